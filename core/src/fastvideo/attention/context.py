@@ -1,0 +1,43 @@
+"""Per-step state for attention backends, set by the denoising stage (never passed through models)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepContext:
+    """What a sparse attention backend may need to know about the current DiT forward.
+
+    ``grid`` is the post-patchify token grid (T, H, W) of the video tokens, which are laid out
+    first in the sequence in raster order; ``step_index`` counts denoising steps from 0.
+    """
+
+    grid: tuple[int, int, int] | None = None
+    step_index: int = 0
+    num_steps: int = 1
+    timestep: float | None = None
+    sparsity: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_CURRENT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("fv_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The step context of the forward now running, or ``None`` outside a denoising step."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def step_context(ctx: StepContext) -> Iterator[StepContext]:
+    """Make ``ctx`` the current step context for the duration of the block."""
+    token = _CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CURRENT.reset(token)

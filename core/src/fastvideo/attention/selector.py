@@ -1,0 +1,149 @@
+"""Backend selection and the :func:`attention` dispatcher."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING
+
+from fastvideo.errors import BackendUnavailableError
+from fastvideo.registry import get_registry, unknown_name_message
+
+if TYPE_CHECKING:
+    import torch
+
+    from fastvideo.interfaces.attention import AttentionBackend
+
+logger = logging.getLogger(__name__)
+
+#: Allow-list sentinels for layers: ``DENSE`` admits only exact backends (cross-attention),
+#: ``ALL`` admits sparse ones too (video self-attention).
+DENSE = "dense"
+ALL = "all"
+ENV_VAR = "FASTVIDEO_ATTENTION_BACKEND"
+
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("fv_attn_backend", default=None)
+
+
+def _classes() -> dict[str, type[AttentionBackend]]:
+    reg = get_registry()
+    return {n: e.cls for n, e in reg.entries["attention_backend"].items()}  # type: ignore[misc]
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run here, best first."""
+    classes = _classes()
+    ok = [c for c in classes.values() if c.is_available()]
+    return [c.name for c in sorted(ok, key=lambda c: (-c.priority, c.name))]
+
+
+def resolve_backend_name(requested: str | None = None) -> str:
+    """The backend that runs when ``requested`` (or the env var, or nothing) is asked for.
+
+    An explicit request for an unknown or unavailable backend raises; an automatic choice takes
+    the best available backend.
+    """
+    classes = _classes()
+    name = requested or os.environ.get(ENV_VAR) or None
+    if name is not None:
+        name = name.strip().lower().replace("_", "-")
+        if name not in classes:
+            raise ValueError(unknown_name_message("attention_backend", name, sorted(classes)))
+        reason = classes[name].unavailable_reason()
+        if reason is not None:
+            hint = f" (pip install {classes[name].requires})" if classes[name].requires else ""
+            raise BackendUnavailableError(f"Attention backend {name!r} cannot run here: {reason}{hint}")
+        return name
+    avail = [n for n in available_backends() if not classes[n].sparse]
+    if not avail:
+        raise BackendUnavailableError("No attention backend can run here; install torch>=2.5 for 'sdpa'")
+    return avail[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _instance(name: str) -> AttentionBackend:
+    return _classes()[name]()
+
+
+def get_backend(name: str) -> AttentionBackend:
+    """The (cached) instance of the backend registered as ``name``."""
+    return _instance(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[str]:
+    """Force a backend for the calls made inside the block (``None`` = automatic choice).
+
+    Resolves and validates the name on entry, so a bad request fails before any work.
+    """
+    resolved = resolve_backend_name(name)
+    token = _FORCED.set(resolved)
+    try:
+        yield resolved
+    finally:
+        _FORCED.reset(token)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_fallback() -> str:
+    classes = _classes()
+    for n in available_backends():
+        if not classes[n].sparse:
+            return n
+    raise BackendUnavailableError("No dense attention backend can run here; install torch>=2.5 for 'sdpa'")
+
+
+def _admits(allow: str | Collection[str], backend: AttentionBackend) -> bool:
+    if allow == ALL:
+        return True
+    if allow == DENSE:
+        return not backend.sparse
+    return backend.name in allow
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    allow: str | Collection[str] = DENSE,
+) -> torch.Tensor:
+    """Scaled dot-product attention on ``[B, L, H, D]`` tensors through the selected backend.
+
+    :param allow: the layer's allow-list: ``DENSE`` (default; exact backends only), ``ALL``, or a
+        collection of backend names. A backend outside it, or one whose ``supports`` declines the
+        inputs, is replaced by the best available dense backend.
+    :returns: ``[B, Lq, H, Dv]``.
+    """
+    from fastvideo.attention.context import current_step
+
+    name = _FORCED.get()
+    if name is None:
+        name = _auto_name()
+    backend = get_backend(name)
+    if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
+        backend = get_backend(_dense_fallback())
+    return backend.forward(q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step())
+
+
+@functools.lru_cache(maxsize=8)
+def _auto_name_for(env_value: str | None) -> str:
+    return resolve_backend_name(env_value)
+
+
+def _auto_name() -> str:
+    return _auto_name_for(os.environ.get(ENV_VAR) or None)
+
+
+def clear_caches() -> None:
+    """Forget cached backend instances and choices (after the registry changes)."""
+    _instance.cache_clear()
+    _dense_fallback.cache_clear()
+    _auto_name_for.cache_clear()

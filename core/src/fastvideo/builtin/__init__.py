@@ -1,0 +1,1 @@
+"""The core's own registrations, made through the same hooks as any plugin."""

@@ -1,0 +1,141 @@
+"""Typed configuration: sampling parameters, pipeline options and parallelism.
+
+All are frozen dataclasses. Family presets supply defaults and explicit arguments override them
+(:meth:`SamplingParams.with_overrides`); validation happens on construction, with messages that
+say what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("bf16", "fp16", "fp32")
+_DTYPE_ALIASES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp16": "fp16",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp32": "fp32",
+}
+
+
+def normalize_dtype(value: str | None, what: str = "dtype") -> str | None:
+    """``"bfloat16"`` -> ``"bf16"``; ``None`` stays ``None`` (meaning: the family default)."""
+    if value is None:
+        return None
+    key = str(value).lower().removeprefix("torch.")
+    if key not in _DTYPE_ALIASES:
+        raise ValueError(f"{what} must be one of {', '.join(DTYPES)}, got {value!r}")
+    return _DTYPE_ALIASES[key]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, minimum: float, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """What to generate. Defaults are FastVideo's generic ones; model presets override them."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None  # None = the family's default negative prompt
+    num_frames: int = 125  # video frames (Wan: 4k+1)
+    height: int = 720  # pixels
+    width: int = 1280  # pixels
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0  # classifier-free guidance; <= 1 disables the negative branch
+    guidance_scale_2: float | None = None  # second expert of an MoE (Wan2.2 A14B); None = guidance_scale
+    seed: int = 1024
+    fps: int = 24
+    flow_shift: float | None = None  # None = the checkpoint scheduler's own shift
+    image: str | None = None  # conditioning image path (I2V, TI2V)
+    max_sequence_length: int = 512  # text tokens
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        _check_int("num_frames", self.num_frames, 1)
+        _check_int("height", self.height, 1)
+        _check_int("width", self.width, 1)
+        _check_int("num_inference_steps", self.num_inference_steps, 1)
+        _check_int("fps", self.fps, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("max_sequence_length", self.max_sequence_length, 1)
+        _check_float("guidance_scale", self.guidance_scale, 0.0)
+        _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, allow_none=True)
+        _check_float("flow_shift", self.flow_shift, 0.0, allow_none=True)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
+        """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
+        (unknown) or ignored (None), so CLI options left unset keep the preset's value."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """How one generation is spread over processes (one per GPU)."""
+
+    num_gpus: int = 1
+    sp_size: int | None = None  # Ulysses degree; None = num_gpus / (ring_size * cfg degree)
+    ring_size: int = 1
+    cfg_parallel: bool = False
+    fsdp: bool = False
+    tp_size: int = 1
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check_int("num_gpus", self.num_gpus, 1)
+        _check_int("ring_size", self.ring_size, 1)
+        _check_int("tp_size", self.tp_size, 1)
+        if self.sp_size is not None:
+            _check_int("sp_size", self.sp_size, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """How to load and run a pipeline. ``None`` fields take the family's or the device's default."""
+
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None = cuda when available
+    dtype: str | None = None  # DiT compute dtype: bf16 | fp16 | fp32
+    vae_dtype: str | None = None
+    text_encoder_dtype: str | None = None
+    attention_backend: str | None = None  # None = FASTVIDEO_ATTENTION_BACKEND, then best available
+    vae_tiling: bool | None = None  # None = tile when the video is large
+    revision: str | None = None  # Hub revision (branch, tag or commit)
+    token: str | None = None  # Hub token; None = HF_TOKEN / HF_API_KEY
+    local_files_only: bool = False
+    progress: bool = True  # rich progress bars
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("dtype", "vae_dtype", "text_encoder_dtype"):
+            object.__setattr__(self, name, normalize_dtype(getattr(self, name), name))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> PipelineConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown pipeline option(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})

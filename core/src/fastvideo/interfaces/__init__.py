@@ -1,0 +1,8 @@
+"""The abstract base classes that plugins subclass: one per kind of extension."""
+
+from fastvideo.interfaces.attention import AttentionBackend
+from fastvideo.interfaces.model_family import ModelFamily, Preset
+from fastvideo.interfaces.parallel import ParallelStrategy
+from fastvideo.interfaces.training import TrainingAlgorithm
+
+__all__ = ["AttentionBackend", "ModelFamily", "ParallelStrategy", "Preset", "TrainingAlgorithm"]

@@ -1,0 +1,140 @@
+"""Base class of model families (Wan, HunyuanVideo, ...).
+
+A family ties together its presets, how to recognise its checkpoints, how to validate a request,
+and how to build a runnable pipeline. A complete tiny family plugin::
+
+    # my_family/family.py  (no torch import at module level)
+    from fastvideo.interfaces import ModelFamily, Preset
+
+    class MyFamily(ModelFamily):
+        name = "mine"
+        pipeline_class_names = ("MyPipeline",)         # model_index.json _class_name
+        presets = (Preset(name="mine-1b", repo_id="me/Mine-1B-Diffusers",
+                          sampling={"num_frames": 33, "height": 256, "width": 256}),)
+
+        @classmethod
+        def build_pipeline(cls, source, config):
+            from my_family.pipeline import build      # torch imported here
+            return build(source, config)
+
+    # my_family/plugin.py
+    from fastvideo import hookimpl
+    FASTVIDEO_PLUGIN_API = 1
+
+    @hookimpl
+    def fv_register_model_families():
+        from my_family.family import MyFamily
+        return [MyFamily]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from fastvideo.configs import PipelineConfig, SamplingParams
+    from fastvideo.pipelines.composed import ComposedPipeline
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """A named checkpoint with its sampling defaults.
+
+    ``repo_id`` is the Hub repo in diffusers format; ``local_path`` (absolute, or relative to the
+    family module's package) points at a checkpoint shipped inside a distribution instead.
+    """
+
+    name: str  # lower-kebab, carries the version: "wan2.1-t2v-1.3b"
+    repo_id: str | None = None
+    local_path: str | None = None
+    workload: str = "t2v"  # t2v | i2v | ti2v
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams field overrides
+    aliases: tuple[str, ...] = ()  # e.g. ("wan",)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.repo_id is None) == (self.local_path is None):
+            raise ValueError(f"preset {self.name!r} needs exactly one of repo_id or local_path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    """A resolved model: where its files are and which family and preset it belongs to."""
+
+    family: type[ModelFamily]
+    path: Path  # local folder holding model_index.json
+    model_index: Mapping[str, Any]
+    preset: Preset | None = None
+    repo_id: str | None = None
+
+    @property
+    def class_name(self) -> str:
+        return str(self.model_index.get("_class_name", ""))
+
+
+class ModelFamily(ABC):
+    """A model family. Subclasses set the class attributes and implement :meth:`build_pipeline`.
+
+    Class attributes:
+        name: lower-kebab family name (``"wan"``).
+        presets: the family's named checkpoints.
+        pipeline_class_names: ``_class_name`` values of ``model_index.json`` this family loads.
+        spatial_factor: height and width must be multiples of it (VAE stride x patch size).
+        temporal_factor: ``num_frames`` must be ``k * temporal_factor + 1`` (1 = any count).
+        default_sampling: defaults for checkpoints that match no preset.
+    """
+
+    name: ClassVar[str]
+    presets: ClassVar[tuple[Preset, ...]] = ()
+    pipeline_class_names: ClassVar[tuple[str, ...]] = ()
+    spatial_factor: ClassVar[int] = 8
+    temporal_factor: ClassVar[int] = 1
+    default_sampling: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def detect(cls, model_index: Mapping[str, Any]) -> bool:
+        """Whether a diffusers ``model_index.json`` belongs to this family."""
+        return model_index.get("_class_name") in cls.pipeline_class_names
+
+    @classmethod
+    def sampling_defaults(cls, source: ModelSource) -> SamplingParams:
+        """Defaults for this checkpoint: generic ones, then the family's, then the preset's."""
+        from fastvideo.configs import SamplingParams
+
+        params = SamplingParams().with_overrides(dict(cls.default_sampling))
+        if source.preset is not None:
+            params = params.with_overrides(dict(source.preset.sampling))
+        return params
+
+    @classmethod
+    def factors(cls, source: ModelSource) -> tuple[int, int]:
+        """``(spatial_factor, temporal_factor)`` for this checkpoint (may depend on its configs)."""
+        return cls.spatial_factor, cls.temporal_factor
+
+    @classmethod
+    def validate(cls, params: SamplingParams, source: ModelSource) -> None:
+        """Raise ``ValueError`` for a request this checkpoint cannot serve (before any weights load)."""
+        spatial, temporal = cls.factors(source)
+        for dim in ("height", "width"):
+            value = getattr(params, dim)
+            if value % spatial:
+                lower = max(spatial, value - value % spatial)
+                raise ValueError(
+                    f"{dim}={value} is not divisible by {spatial}, which {cls.name} requires; "
+                    f"use {lower} or {lower + spatial}"
+                )
+        if temporal > 1 and (params.num_frames - 1) % temporal:
+            k = (params.num_frames - 1) // temporal
+            raise ValueError(
+                f"num_frames={params.num_frames} is invalid for {cls.name}: it must be "
+                f"{temporal}*k+1 (e.g. {temporal * k + 1} or {temporal * (k + 1) + 1})"
+            )
+
+    @classmethod
+    @abstractmethod
+    def build_pipeline(cls, source: ModelSource, config: PipelineConfig) -> ComposedPipeline:
+        """Load the components of ``source`` and return a runnable pipeline."""
