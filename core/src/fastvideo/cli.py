@@ -1,0 +1,269 @@
+"""The ``fv`` command line (Typer). Heavy imports happen inside commands, never at import time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="fv",
+    help="fastvideo: fast video diffusion inference and post-training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+plugins_app = typer.Typer(help="Installed plugins.", no_args_is_help=True)
+models_app = typer.Typer(help="Model families and presets.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(models_app, name="models")
+
+USAGE_ERROR = 2
+
+
+def _err(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _clean_errors() -> Iterator[None]:
+    """Bad input -> one line on stderr and exit 2; other failures -> one line and exit 1.
+
+    ``FASTVIDEO_DEBUG=1`` shows the traceback instead.
+    """
+    from fastvideo.errors import FastVideoError
+
+    debug = os.environ.get("FASTVIDEO_DEBUG", "") not in ("", "0")
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (ValueError, TypeError, FastVideoError) as exc:
+        if debug:
+            raise
+        raise _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, USAGE_ERROR) from None
+    except KeyboardInterrupt:
+        raise _err("interrupted", 130) from None
+    except Exception as exc:  # noqa: BLE001 - last resort: still no traceback
+        if debug:
+            raise
+        raise _err(f"{type(exc).__name__}: {exc} (set FASTVIDEO_DEBUG=1 for the traceback)", 1) from None
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "video"
+
+
+def _default_output(prompt: str, seed: int | None) -> Path:
+    """``outputs/<prompt-slug>-<seed>.mp4``, numbered so an existing file is never replaced."""
+    base = Path("outputs") / f"{_slug(prompt)}{'' if seed is None else f'-{seed}'}"
+    path, n = base.with_suffix(".mp4"), 1
+    while path.exists():
+        path, n = Path(f"{base}-{n}.mp4"), n + 1
+    return path
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Preset, Hub repo id or local diffusers folder.")] = "wan",
+    negative_prompt: Annotated[Optional[str], typer.Option(help="What to avoid (CFG).")] = None,
+    num_frames: Annotated[Optional[int], typer.Option(help="Frames (Wan: 4k+1).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Height in pixels.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Width in pixels.")] = None,
+    num_inference_steps: Annotated[Optional[int], typer.Option("--num-inference-steps", "--steps")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    guidance_scale_2: Annotated[Optional[float], typer.Option(help="Guidance of the low-noise expert (MoE).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
+    flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
+    image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
+    max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
+    num_gpus: Annotated[int, typer.Option(help="GPUs to spread the generation over.")] = 1,
+    dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Generate a video and write it as mp4."""
+    with _clean_errors():
+        from fastvideo.configs import ParallelConfig, PipelineConfig
+        from fastvideo.generator import preflight
+        from fastvideo.video import check_output_path
+
+        sampling = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "num_frames": num_frames,
+            "height": height,
+            "width": width,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "guidance_scale_2": guidance_scale_2,
+            "seed": seed,
+            "fps": fps,
+            "flow_shift": flow_shift,
+            "image": image,
+            "max_sequence_length": max_sequence_length,
+        }
+        sampling = {k: v for k, v in sampling.items() if v is not None}
+        config = PipelineConfig(
+            device=device,
+            dtype=dtype,
+            attention_backend=attention_backend,
+            revision=revision,
+            progress=progress and not as_json,
+            parallel=ParallelConfig(num_gpus=num_gpus),
+        )
+        if output is not None:
+            check_output_path(output, overwrite=overwrite)
+        params = preflight(model, sampling, config)
+        path = output if output is not None else _default_output(params.prompt, params.seed)
+        if params.image is not None and not Path(params.image).is_file():
+            raise ValueError(f"--image {params.image!r} does not exist")
+
+        from fastvideo.generator import VideoGenerator
+
+        gen = VideoGenerator.from_config(model, config, sampling_overrides=sampling)
+        result = gen.generate_video(output_path=path, overwrite=overwrite)
+        if as_json:
+            typer.echo(json.dumps({"model": model, **result.summary()}, indent=2))
+        else:
+            typer.echo(f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)")
+
+
+# ---------------------------------------------------------------- plugins / models
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    check: Annotated[bool, typer.Option(help="Exit 1 when a plugin is broken.")] = False,
+) -> None:
+    """Installed plugins: distribution, version, what each registers; broken ones with the reason."""
+    from fastvideo.plugins import plugin_infos
+    from fastvideo.registry import get_registry
+
+    get_registry()
+    infos = plugin_infos()
+    rows = [
+        {
+            "name": i.name,
+            "distribution": i.dist,
+            "version": i.version,
+            "module": i.module,
+            "registers": i.registered,
+            "broken": i.broken,
+        }
+        for i in infos
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            regs = "; ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
+            status = f"BROKEN: {r['broken']}" if r["broken"] else regs
+            typer.echo(f"{r['distribution']} {r['version']} [{r['name']}]  {status}")
+    if check and any(r["broken"] for r in rows):
+        raise typer.Exit(1)
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Model families with their presets and Hub repo ids."""
+    from fastvideo.registry import get_registry
+
+    reg = get_registry()
+    out: list[dict[str, Any]] = []
+    for name, entry in sorted(reg.entries["model_family"].items()):
+        fam: Any = entry.cls
+        out.append(
+            {
+                "family": name,
+                "distribution": entry.dist,
+                "pipelines": list(fam.pipeline_class_names),
+                "presets": [
+                    {
+                        "name": p.name,
+                        "aliases": list(p.aliases),
+                        "repo_id": p.repo_id,
+                        "local_path": p.local_path,
+                        "workload": p.workload,
+                        "sampling": dict(p.sampling),
+                    }
+                    for p in fam.presets
+                ],
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        typer.echo("no model families installed (pip install fastvideo-wan)")
+    for fam in out:
+        typer.echo(f"{fam['family']} ({fam['distribution']})")
+        for p in fam["presets"]:
+            alias = f" (alias: {', '.join(p['aliases'])})" if p["aliases"] else ""
+            typer.echo(f"  {p['name']}{alias}  {p['repo_id'] or p['local_path']}  [{p['workload']}]")
+
+
+@app.command()
+def doctor() -> None:
+    """Torch, CUDA and GPUs; which attention backends can run here and why the others cannot."""
+    with _clean_errors():
+        import platform
+
+        import torch
+
+        from fastvideo.attention.selector import _classes, resolve_backend_name
+
+        typer.echo(f"python {platform.python_version()}, torch {torch.__version__}")
+        if torch.cuda.is_available():
+            typer.echo(f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s):")
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                typer.echo(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
+        else:
+            typer.echo("CUDA: not available (CPU only)")
+        typer.echo("attention backends:")
+        for name, cls in sorted(_classes().items(), key=lambda kv: -kv[1].priority):
+            reason = cls.unavailable_reason()
+            typer.echo(f"  {name:12s} {'available' if reason is None else 'unavailable: ' + reason}")
+        typer.echo(f"default: {resolve_backend_name(None)}")
+
+
+def _register_plugin_commands() -> None:
+    from fastvideo.plugins import load_plugins, plugin_info
+
+    pm = load_plugins()
+    for impl in pm.hook.fv_register_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            plugin_info(impl.plugin_name).broken = f"fv_register_commands raised {type(exc).__name__}: {exc}"
+
+
+def main() -> None:
+    _register_plugin_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

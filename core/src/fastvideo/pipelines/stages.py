@@ -1,0 +1,290 @@
+"""The standard stages, written once for families to reuse and extend.
+
+Order in a text-to-video pipeline: input validation -> text encoding -> timesteps -> latents ->
+denoising (with classifier-free guidance) -> VAE decoding.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fastvideo import progress
+from fastvideo.attention.context import StepContext, step_context
+from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo.pipelines.composed import PipelineStage
+
+if TYPE_CHECKING:
+    import torch
+
+    from fastvideo.interfaces.model_family import ModelFamily, ModelSource
+
+
+# ---------------------------------------------------------------- input validation
+
+
+class InputValidationStage(PipelineStage):
+    """Checks the request against the checkpoint and seeds the CPU generator."""
+
+    name = "input_validation"
+
+    def __init__(self, family: type[ModelFamily], source: ModelSource) -> None:
+        self.family = family
+        self.source = source
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        import torch
+
+        self.family.validate(batch.params, self.source)
+        batch.generator = torch.Generator(device="cpu").manual_seed(batch.params.seed)
+        return batch
+
+
+# ---------------------------------------------------------------- text encoding
+
+
+def clean_prompt(text: str) -> str:
+    """Fix mojibake (with ftfy when installed), unescape HTML twice and collapse whitespace."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class T5TextEncoder:
+    """A tokenizer + encoder pair producing ``(embeds [B, L, D], mask [B, L])``.
+
+    Embeddings past each prompt's length are zeroed (as the Wan and Cosmos checkpoints were
+    trained), the sequence is padded to ``max_length``.
+    """
+
+    def __init__(self, tokenizer: Any, model: Any, *, preprocess: Callable[[str], str] = clean_prompt) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.preprocess = preprocess
+
+    def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(
+            [self.preprocess(p) for p in prompts],
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        model_device = next(self.model.parameters()).device
+        ids, mask = tokens.input_ids.to(model_device), tokens.attention_mask.to(model_device)
+        hidden = self.model(ids, mask).last_hidden_state  # (B, L, D)
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)  # zero the padding
+        return hidden.to(device), mask.to(device)
+
+
+class TextEncodingStage(PipelineStage):
+    """Encodes the prompt (and the negative prompt when CFG is on) with each text encoder."""
+
+    name = "text_encoding"
+
+    def __init__(self, encoders: Sequence[Callable[..., Any]], *, default_negative_prompt: str = "") -> None:
+        self.encoders = list(encoders)
+        self.default_negative_prompt = default_negative_prompt
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        p = batch.params
+        for enc in self.encoders:
+            emb, mask = enc([p.prompt], p.max_sequence_length, batch.device)
+            batch.prompt_embeds.append(emb)
+            batch.prompt_masks.append(mask)
+            if batch.do_cfg:
+                neg = p.negative_prompt if p.negative_prompt is not None else self.default_negative_prompt
+                nemb, nmask = enc([neg], p.max_sequence_length, batch.device)
+                batch.negative_prompt_embeds.append(nemb)
+                batch.negative_prompt_masks.append(nmask)
+        return batch
+
+
+# ---------------------------------------------------------------- timesteps
+
+
+def scheduler_with_shift(scheduler: Any, shift: float | None) -> Any:
+    """A copy of a diffusers flow scheduler with its shift replaced (``flow_shift`` or ``shift``)."""
+    if shift is None:
+        return scheduler
+    config = dict(scheduler.config)
+    key = "flow_shift" if "flow_shift" in config else "shift"
+    if config.get(key) == shift:
+        return scheduler
+    config[key] = shift
+    return type(scheduler).from_config(config)
+
+
+class TimestepPreparationStage(PipelineStage):
+    """Sets the scheduler's timesteps (applying ``flow_shift`` when the request gives one)."""
+
+    name = "timesteps"
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        scheduler = scheduler_with_shift(self.scheduler, batch.params.flow_shift)
+        scheduler.set_timesteps(batch.params.num_inference_steps, device=batch.device)
+        batch.extra["scheduler"] = scheduler
+        batch.timesteps = scheduler.timesteps
+        return batch
+
+
+# ---------------------------------------------------------------- latents
+
+
+class LatentPreparationStage(PipelineStage):
+    """Draws the initial noise ``(B, C, T', H', W')`` from the seeded CPU generator, in fp32.
+
+    ``latent_shape(params) -> (C, T', H', W')`` is supplied by the family. Latents given in the
+    request (``generate_video(latents=...)``) are used as they are, after a shape check.
+    """
+
+    name = "latents"
+
+    def __init__(self, latent_shape: Callable[[Any], tuple[int, int, int, int]]) -> None:
+        self.latent_shape = latent_shape
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        import torch
+
+        shape = (1, *self.latent_shape(batch.params))
+        if batch.latents is not None:
+            if tuple(batch.latents.shape) != shape:
+                raise ValueError(
+                    f"latents must have shape {shape} for this request, got {tuple(batch.latents.shape)}"
+                )
+            batch.latents = batch.latents.to(device=batch.device, dtype=torch.float32)
+        else:
+            noise = torch.randn(shape, generator=batch.generator, dtype=torch.float32)
+            batch.latents = noise.to(batch.device)
+        sigma = getattr(batch.extra["scheduler"], "init_noise_sigma", 1.0)
+        if sigma != 1.0:
+            batch.latents = batch.latents * sigma
+        return batch
+
+
+# ---------------------------------------------------------------- denoising
+
+
+class DenoisingStage(PipelineStage):
+    """The sampling loop: DiT forwards under the step context, CFG, scheduler steps.
+
+    Families override :meth:`model_inputs` (extra DiT arguments, per-token timesteps, image
+    conditioning), :meth:`token_grid` and :meth:`after_step`. With ``transformer_2`` and
+    ``boundary_ratio`` (Wan2.2 MoE) the second expert runs for ``t < boundary_ratio * 1000``
+    with ``guidance_scale_2``.
+    """
+
+    name = "denoising"
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        *,
+        transformer_2: torch.nn.Module | None = None,
+        boundary_ratio: float | None = None,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        self.transformer = transformer
+        self.transformer_2 = transformer_2
+        self.boundary_ratio = boundary_ratio
+        self.num_train_timesteps = num_train_timesteps
+
+    # -- hooks for families
+    def token_grid(self, latents: torch.Tensor) -> tuple[int, int, int] | None:
+        grid = getattr(self.transformer, "token_grid", None)
+        return grid(tuple(latents.shape)) if callable(grid) else None
+
+    def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments of the DiT call shared by both CFG branches."""
+        return {"hidden_states": latents, "timestep": t.expand(latents.shape[0])}
+
+    def text_inputs(self, batch: ForwardBatch, negative: bool) -> dict[str, Any]:
+        embeds = batch.negative_prompt_embeds if negative else batch.prompt_embeds
+        return {"encoder_hidden_states": embeds[0]}
+
+    def after_step(self, batch: ForwardBatch, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    # -- loop
+    def select_model(self, t: torch.Tensor, batch: ForwardBatch) -> tuple[torch.nn.Module, float]:
+        p = batch.params
+        if self.transformer_2 is None or self.boundary_ratio is None:
+            return self.transformer, p.guidance_scale
+        if float(t) >= self.boundary_ratio * self.num_train_timesteps:
+            return self.transformer, p.guidance_scale
+        g2 = p.guidance_scale_2 if p.guidance_scale_2 is not None else p.guidance_scale
+        return self.transformer_2, g2
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        import torch
+
+        scheduler = batch.extra["scheduler"]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        latents = batch.latents
+        assert latents is not None and batch.timesteps is not None
+        dtype = next(self.transformer.parameters()).dtype
+        batch.prompt_embeds = [e.to(dtype) for e in batch.prompt_embeds]
+        batch.negative_prompt_embeds = [e.to(dtype) for e in batch.negative_prompt_embeds]
+        n = len(batch.timesteps)
+        with progress.task("denoising", n) as advance:
+            for i, t in enumerate(batch.timesteps):
+                model, scale = self.select_model(t, batch)
+                ctx = StepContext(grid=self.token_grid(latents), step_index=i, num_steps=n, timestep=float(t))
+                inputs = self.model_inputs(batch, latents.to(dtype), t)
+                with step_context(ctx):
+                    pred = model(**inputs, **self.text_inputs(batch, negative=False))
+                    if batch.do_cfg:
+                        uncond = model(**inputs, **self.text_inputs(batch, negative=True))
+                        pred = uncond + scale * (pred - uncond)
+                latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+                latents = self.after_step(batch, latents)
+                advance(1)
+        batch.latents = latents.to(torch.float32)
+        return batch
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def frames_to_uint8(video: torch.Tensor) -> Any:
+    """``(C, T, H, W)`` in [-1, 1] -> numpy uint8 ``(T, H, W, 3)``."""
+    import torch
+
+    video = (video.float() / 2 + 0.5).clamp(0, 1)
+    return (video.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+class DecodingStage(PipelineStage):
+    """Denormalises the latents and decodes them with the VAE into uint8 frames.
+
+    ``denormalize(latents) -> latents`` is the family's (Wan: ``x * std + mean`` per channel).
+    """
+
+    name = "decoding"
+
+    def __init__(self, vae: Any, denormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.vae = vae
+        self.denormalize = denormalize
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        assert batch.latents is not None
+        vae_param = next(self.vae.parameters())
+        latents = self.denormalize(batch.latents.to(device=vae_param.device, dtype=vae_param.dtype))
+        with progress.task("decoding", 1) as advance:
+            video = self.vae.decode(latents, return_dict=False)[0]  # (B, 3, T, H, W)
+            advance(1)
+        batch.frames = frames_to_uint8(video[0])
+        return batch

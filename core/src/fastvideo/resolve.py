@@ -1,0 +1,141 @@
+"""Model resolution: preset name | Hugging Face repo id | local diffusers folder -> family + files.
+
+Order: presets (names and aliases) first, then a local folder, then a repo id that a preset
+declares, then detectors on ``_class_name`` of ``model_index.json`` (local folder or Hub).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastvideo.errors import ModelNotFoundError
+from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
+from fastvideo.registry import KNOWN_PROVIDERS, get_registry
+
+#: ``_class_name`` / repo-id patterns of families whose plugin may not be installed.
+KNOWN_FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"^wan|/wan|wan2\.", "wan"),
+    (r"hunyuan", "hunyuan"),
+    (r"^ltx|/ltx|lightricks", "ltx"),
+    (r"cosmos", "cosmos"),
+    (r"step-?video", "stepvideo"),
+)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class PresetMatch:
+    family: type[ModelFamily]
+    preset: Preset
+
+
+def families() -> list[type[ModelFamily]]:
+    return get_registry().classes("model_family")  # type: ignore[return-value]
+
+
+def all_presets() -> list[PresetMatch]:
+    return [PresetMatch(fam, p) for fam in families() for p in fam.presets]
+
+
+def find_preset(model: str) -> PresetMatch | None:
+    """A preset whose name, alias or repo id equals ``model`` (case-insensitive)."""
+    key = model.strip().lower()
+    for m in all_presets():
+        names = {m.preset.name, *m.preset.aliases}
+        if key in names or (m.preset.repo_id and m.preset.repo_id.lower() == key):
+            return m
+    return None
+
+
+def detect_family(model_index: dict[str, Any]) -> type[ModelFamily] | None:
+    matches = [fam for fam in families() if fam.detect(model_index)]
+    return matches[0] if matches else None
+
+
+def _preset_path(family: type[ModelFamily], preset: Preset) -> Path:
+    assert preset.local_path is not None
+    path = Path(preset.local_path)
+    if not path.is_absolute():
+        package = family.__module__.split(".")[0]
+        path = Path(str(importlib.resources.files(package))) / preset.local_path
+    return path
+
+
+def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNotFoundError:
+    installed = [f.name for f in families()]
+    haystack = f"{model} {model_index.get('_class_name', '') if model_index else ''}".lower()
+    for pattern, fam in KNOWN_FAMILY_PATTERNS:
+        if fam not in installed and re.search(pattern, haystack):
+            pkg = KNOWN_PROVIDERS["model_family"][fam]
+            return ModelNotFoundError(
+                f"{model!r} is a {fam} model, but the {fam} family is not installed; pip install {pkg}"
+            )
+    candidates = [p.preset.name for p in all_presets()] + [
+        p.preset.repo_id for p in all_presets() if p.preset.repo_id
+    ]
+    close = difflib.get_close_matches(model, candidates, n=3, cutoff=0.5)
+    msg = f"Unknown model {model!r}: not a preset, a local diffusers folder or a known Hub repo."
+    if model_index is not None:
+        msg = f"No installed family handles {model!r} (_class_name {model_index.get('_class_name')!r})."
+    if close:
+        msg += f" Did you mean {', '.join(repr(c) for c in close)}?"
+    msg += f" Installed families: {', '.join(installed) or 'none'} (see `fv models list`)."
+    return ModelNotFoundError(msg)
+
+
+def resolve_family(model: str, *, revision: str | None = None, token: str | None = None) -> tuple[type[ModelFamily], Preset | None, str | Path, dict[str, Any] | None]:
+    """Family, preset, location (repo id or local path) and, when read, the model index.
+
+    Does not download weights: at most ``model_index.json`` of a repo that no preset declares.
+    """
+    match = find_preset(model)
+    if match is not None:
+        if match.preset.local_path is not None:
+            return match.family, match.preset, _preset_path(match.family, match.preset), None
+        return match.family, match.preset, str(match.preset.repo_id), None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        from fastvideo.loader.components import read_model_index
+
+        index = read_model_index(path)
+        family = detect_family(index)
+        if family is None:
+            raise _not_found(model, index)
+        return family, None, path.resolve(), index
+    if _REPO_ID.match(model):
+        from fastvideo.loader.hub import fetch_model
+
+        index_file = fetch_model(model, revision=revision, token=token, filename="model_index.json")
+        index = json.loads(Path(index_file).read_text())
+        family = detect_family(index)
+        if family is None:
+            raise _not_found(model, index)
+        return family, None, model, index
+    raise _not_found(model)
+
+
+def resolve(
+    model: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> ModelSource:
+    """Resolve ``model`` to a :class:`ModelSource` with every file local (downloading if needed)."""
+    from fastvideo.loader.components import read_model_index
+    from fastvideo.loader.hub import fetch_model
+
+    family, preset, where, _ = resolve_family(model, revision=revision, token=token)
+    repo_id = None
+    if isinstance(where, str):
+        repo_id = where
+        where = fetch_model(where, revision=revision, token=token, local_files_only=local_files_only)
+    index = read_model_index(where)
+    return ModelSource(family=family, path=Path(where), model_index=index, preset=preset, repo_id=repo_id)
