@@ -1,0 +1,88 @@
+# /// script
+# dependencies = ["nox>=2024.3"]
+# ///
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s isolation`, `nox -s demo`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+#: The local CPU build on the project's machines; users on GPUs bring their own CUDA torch.
+TORCH = os.environ.get("FV_TORCH_SPEC", "torch==2.13.0")
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
+DEMO_PROMPT = "a red circle moving left on a black background"
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    """Install torch (pinned CPU build) first, then the given local packages in editable mode."""
+    session.install(TORCH)
+    args: list[str] = []
+    for pkg in packages:
+        args += ["-e", str(ROOT / pkg)]
+    if args:
+        session.install(*args)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The CPU test suite of core, every plugin and the cross-package tests (what CI runs)."""
+    _install(session, "core", *(f"plugins/{p}" for p in PLUGINS))
+    session.install("pytest>=8", "build")
+    session.run("pytest", "-q", *session.posargs, env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check + format check on everything, mypy on core."""
+    session.install("ruff>=0.6", "mypy>=1.10")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.install("-e", str(ROOT / "core"), "pluggy", "typer", "rich")
+    session.run("mypy", "core/src/fastvideo", "--ignore-missing-imports")
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def isolation(session: nox.Session, plugin: str) -> None:
+    """A fresh venv with core plus one plugin only: the entry point loads and nothing is broken."""
+    session.install(TORCH)
+    session.install(str(ROOT / "core"), str(ROOT / "plugins" / plugin))
+    session.run("fv", "plugins", "list", "--check")
+    session.run("fv", "models", "list")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job: generate a video offline on what the repository ships."""
+    _install(session, "core", "plugins/fastvideo-wan")
+    ckpt = ROOT / "outputs" / "tiny-wan"
+    if not (ckpt / "model_index.json").is_file():
+        session.run("fv", "wan", "make-tiny", str(ckpt))
+    session.run(
+        "fv", "generate", "--model", str(ckpt), "--prompt", DEMO_PROMPT, "--num-frames", "17", "--height", "64",
+        "--width", "64", "--steps", "8", "--output", "outputs/demo.mp4", "--overwrite",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+
+@nox.session(default=False, tags=["gpu"])
+def bench(session: nox.Session) -> None:
+    """GPU benchmarks (ours vs diffusers, same weights); appends rows to docs/benchmarks.md."""
+    session.install("-e", str(ROOT / "core"), "-e", str(ROOT / "plugins/fastvideo-wan"))
+    session.run("python", "benchmarks/bench_wan_dit.py", *session.posargs)
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """sdist and wheel of every distribution into dist/."""
+    session.install("build")
+    for pkg in ["core", *(f"plugins/{p}" for p in PLUGINS)]:
+        session.run("python", "-m", "build", "--outdir", str(ROOT / "dist"), str(ROOT / pkg))
