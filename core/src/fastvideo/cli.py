@@ -93,6 +93,7 @@ def generate(
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    lossless: Annotated[bool, typer.Option(help="Bit-exact RGB H.264 (CRF 0) instead of yuv420p.")] = False,
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
     num_gpus: Annotated[int, typer.Option(help="GPUs to spread the generation over.")] = 1,
     dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
@@ -141,7 +142,7 @@ def generate(
         from fastvideo.generator import VideoGenerator
 
         gen = VideoGenerator.from_config(model, config, sampling_overrides=sampling)
-        result = gen.generate_video(output_path=path, overwrite=overwrite)
+        result = gen.generate_video(output_path=path, overwrite=overwrite, lossless=lossless)
         if as_json:
             typer.echo(json.dumps({"model": model, **result.summary()}, indent=2))
         else:

@@ -103,7 +103,6 @@ class VideoGenerator:
         resolve_backend_name(config.attention_backend)  # fail before loading anything
         source = resolve(model, revision=config.revision, token=config.token, local_files_only=config.local_files_only)
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
-        source.family.validate(defaults, source)
         pipeline = source.family.build_pipeline(source, config)
         return cls(source, pipeline, config, defaults)
 
@@ -122,12 +121,15 @@ class VideoGenerator:
         latents: torch.Tensor | None = None,
         output_path: str | Path | None = None,
         overwrite: bool = False,
+        lossless: bool = False,
         **sampling_overrides: Any,
     ) -> GenerationResult:
         """Generate one video.
 
         :param latents: fixes the initial noise ``(1, C, T', H', W')`` (parity tests use it).
         :param output_path: where to write the mp4 (checked before any work); None writes nothing.
+        :param overwrite: replace an existing ``output_path``.
+        :param lossless: write RGB H.264 at CRF 0 (bit-exact frames; larger files).
         """
         from fastvideo.attention import use_backend
         from fastvideo.pipelines.batch import ForwardBatch
@@ -144,7 +146,7 @@ class VideoGenerator:
         path = None
         if output_path is not None:
             t0 = time.perf_counter()
-            path = write_mp4(batch.frames, output_path, params.fps, overwrite=overwrite)
+            path = write_mp4(batch.frames, output_path, params.fps, overwrite=overwrite, lossless=lossless)
             batch.timings["write_mp4"] = time.perf_counter() - t0
         batch.timings["total"] = time.perf_counter() - start
         return GenerationResult(batch.frames, params.fps, path, batch.timings, params, batch.latents)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -38,6 +39,11 @@ class PluginInfo:
     module: str
     broken: str | None = None  # the reason, when it could not be loaded
     registered: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
+    key: str = ""  # the name pluggy knows it by: "builtin", "dist:ep", or an in-process name
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = "builtin" if self.name == "builtin" else f"{self.dist}:{self.name}"
 
 
 class _State:
@@ -57,11 +63,16 @@ def _core_version() -> str:
         return "0+unknown"
 
 
+def _normalize(name: str) -> str:
+    """PEP 503 normalization, so that ``FastVideo_Wan`` selects ``fastvideo-wan``."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def _allow_list() -> set[str] | None:
     raw = os.environ.get("FASTVIDEO_PLUGINS")
     if raw is None:
         return None
-    return {p.strip() for p in raw.split(",") if p.strip()}
+    return {_normalize(p) for p in raw.split(",") if p.strip()}
 
 
 def _autoload_disabled() -> bool:
@@ -112,7 +123,7 @@ def load_plugins(*, reload: bool = False) -> pluggy.PluginManager:
             for ep in _entry_points():
                 dist = ep.dist.name if ep.dist else ep.name
                 version = ep.dist.version if ep.dist else "?"
-                if allow is not None and dist not in allow and ep.name not in allow:
+                if allow is not None and _normalize(dist) not in allow and _normalize(ep.name) not in allow:
                     continue
                 key = f"{dist}:{ep.name}"
                 if key in seen:  # the same distribution found twice on sys.path
@@ -145,24 +156,36 @@ def plugin_infos() -> list[PluginInfo]:
 
 
 def plugin_info(plugin_name: str) -> PluginInfo:
-    """Info of the plugin that pluggy knows as ``plugin_name`` (``"builtin"`` or ``"dist:ep"``)."""
+    """Info of the plugin that pluggy knows as ``plugin_name`` (``"builtin"`` or ``"dist:ep"``).
+
+    A plugin registered in-process with ``load_plugins().register(module, name=...)`` (tests do
+    this) gets an info on first use, with its pluggy name as distribution and entry-point name.
+    """
     for info in plugin_infos():
-        key = "builtin" if info.name == "builtin" else f"{info.dist}:{info.name}"
-        if key == plugin_name:
+        if info.key == plugin_name:
             return info
-    raise KeyError(plugin_name)
+    plugin = _STATE.pm.get_plugin(plugin_name) if _STATE.pm is not None else None
+    if plugin is None:
+        raise KeyError(plugin_name)
+    module = getattr(plugin, "__name__", type(plugin).__name__)
+    info = PluginInfo(plugin_name, plugin_name, "0+local", module, key=plugin_name)
+    _STATE.infos.append(info)
+    return info
 
 
 def call_registration_hook(hook_name: str) -> list[tuple[PluginInfo, Any]]:
     """Call one registration hook on every plugin separately, attributing results to plugins.
 
-    A plugin whose hook raises is marked broken, and its earlier registrations stay valid.
+    Plugins are called in load order (the built-ins first, then distributions sorted by name, then
+    plugins registered in-process), so that on a duplicate name the later plugin is the one
+    rejected. A plugin whose hook raises is marked broken, and its earlier registrations stay valid.
     """
     pm = load_plugins()
     caller = getattr(pm.hook, hook_name)
+    pairs = [(plugin_info(impl.plugin_name), impl) for impl in caller.get_hookimpls()]
+    order = {id(info): n for n, info in enumerate(_STATE.infos)}
     out: list[tuple[PluginInfo, Any]] = []
-    for impl in reversed(caller.get_hookimpls()):  # registration order
-        info = plugin_info(impl.plugin_name)
+    for info, impl in sorted(pairs, key=lambda pair: order[id(pair[0])]):
         if info.broken:
             continue
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -134,21 +135,32 @@ def get_registry(*, reload: bool = False) -> Registry:
         reg = Registry()
         for kind, hook in KINDS.items():
             for info, result in plugins.call_registration_hook(hook):
+                if result is not None and not isinstance(result, (list, tuple)):
+                    _reject(reg, info, PluginError(f"{hook} of {info.dist} returned {result!r}; expected a list of classes"))
+                    continue
                 for cls in result or []:
                     try:
                         reg._add(kind, cls, info)
                     except PluginError as exc:
-                        info.broken = str(exc)
-                        reg.conflicts.append(str(exc))
-                        warnings.warn(str(exc), stacklevel=2)
+                        _reject(reg, info, exc)
         _REGISTRY = reg
         return reg
 
 
+def _reject(reg: Registry, info: plugins.PluginInfo, exc: PluginError) -> None:
+    info.broken = str(exc)
+    reg.conflicts.append(str(exc))
+    warnings.warn(str(exc), stacklevel=3)
+
+
 def reset() -> None:
-    """Forget the registry and the loaded plugins (tests call this around fake plugins)."""
+    """Forget the registry, the loaded plugins and the attention backends chosen from them (tests
+    call this around fake plugins)."""
     global _REGISTRY
     with _LOCK:
         _REGISTRY = None
         plugins._STATE.pm = None
         plugins._STATE.infos = []
+        selector = sys.modules.get("fastvideo.attention.selector")  # not imported = nothing cached
+        if selector is not None:
+            selector.clear_caches()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastvideo.errors import ModelNotFoundError
+from fastvideo.errors import ModelNotCachedError, ModelNotFoundError
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
 from fastvideo.registry import KNOWN_PROVIDERS, get_registry
 
@@ -68,7 +68,8 @@ def _preset_path(family: type[ModelFamily], preset: Preset) -> Path:
     return path
 
 
-def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNotFoundError:
+def _missing_family(model: str, model_index: dict[str, Any] | None = None) -> ModelNotFoundError | None:
+    """The error for a model of a known family whose plugin is not installed, if it is one."""
     installed = [f.name for f in families()]
     haystack = f"{model} {model_index.get('_class_name', '') if model_index else ''}".lower()
     for pattern, fam in KNOWN_FAMILY_PATTERNS:
@@ -77,6 +78,14 @@ def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNo
             return ModelNotFoundError(
                 f"{model!r} is a {fam} model, but the {fam} family is not installed; pip install {pkg}"
             )
+    return None
+
+
+def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNotFoundError:
+    missing = _missing_family(model, model_index)
+    if missing is not None:
+        return missing
+    installed = [f.name for f in families()]
     candidates = [p.preset.name for p in all_presets()] + [
         p.preset.repo_id for p in all_presets() if p.preset.repo_id
     ]
@@ -112,7 +121,13 @@ def resolve_family(model: str, *, revision: str | None = None, token: str | None
     if _REPO_ID.match(model):
         from fastvideo.loader.hub import fetch_model
 
-        index_file = fetch_model(model, revision=revision, token=token, filename="model_index.json")
+        try:
+            index_file = fetch_model(model, revision=revision, token=token, filename="model_index.json")
+        except (ModelNotCachedError, ModelNotFoundError):
+            missing = _missing_family(model)  # installing the family's plugin is the first fix
+            if missing is None:
+                raise
+            raise missing from None
         index = json.loads(Path(index_file).read_text())
         family = detect_family(index)
         if family is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,25 +24,56 @@ def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
     existing = parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise OutputPathError(f"cannot write {str(path)!r}: {str(existing)!r} is not a writable directory")
     return path
 
 
-def write_mp4(frames: Any, path: str | Path, fps: int, *, overwrite: bool = False) -> Path:
-    """Write uint8 ``(T, H, W, 3)`` frames as H.264 mp4, atomically (temp file + rename)."""
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``; ``os.access`` says yes to root everywhere,
+    including read-only mounts and pseudo file systems such as /proc."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _check_frames(frames: Any) -> Any:
+    import numpy as np
+
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {arr.dtype} {tuple(arr.shape)}")
+    if arr.shape[1] % 2 or arr.shape[2] % 2:
+        raise ValueError(f"H.264 needs an even height and width, got {arr.shape[1]}x{arr.shape[2]}; crop or pad the frames")
+    return arr
+
+
+def write_mp4(frames: Any, path: str | Path, fps: int, *, overwrite: bool = False, lossless: bool = False) -> Path:
+    """Write uint8 ``(T, H, W, 3)`` frames as H.264 mp4, atomically (temp file + rename).
+
+    ``lossless=True`` writes RGB H.264 at CRF 0 (``libx264rgb``): the frames read back bit-exact,
+    for evaluation and regression tests; some players cannot show it.
+    """
     import imageio.v2 as imageio
 
+    frames = _check_frames(frames)
     path = check_output_path(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(fd)
+    # ffmpeg creates the temp file itself, so it gets the umask's permissions (mkstemp's are 0600)
+    tmp = str(path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp.mp4")
     try:
+        codec: dict[str, Any] = {"codec": "libx264", "quality": 9}
+        if lossless:
+            codec = {"codec": "libx264rgb", "pixelformat": "rgb24", "output_params": ["-crf", "0"]}
         with imageio.get_writer(
-            tmp, fps=fps, codec="libx264", quality=9, macro_block_size=1, ffmpeg_log_level="error", format="FFMPEG"
+            tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error", format="FFMPEG", **codec
         ) as writer:
             for frame in frames:
                 writer.append_data(frame)
+        if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
+            raise OSError(f"ffmpeg wrote nothing for {str(path)!r} (frames {tuple(frames.shape)})")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,7 +10,7 @@ import os
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
-from fastvideo.errors import BackendUnavailableError
+from fastvideo.errors import BackendUnavailableError, UnknownNameError
 from fastvideo.registry import get_registry, unknown_name_message
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def resolve_backend_name(requested: str | None = None) -> str:
     if name is not None:
         name = name.strip().lower().replace("_", "-")
         if name not in classes:
-            raise ValueError(unknown_name_message("attention_backend", name, sorted(classes)))
+            raise UnknownNameError(unknown_name_message("attention_backend", name, sorted(classes)))
         reason = classes[name].unavailable_reason()
         if reason is not None:
             hint = f" (pip install {classes[name].requires})" if classes[name].requires else ""

@@ -23,6 +23,8 @@ def verify_safetensors(path: str | Path) -> dict[str, dict]:
     :class:`CheckpointError` naming the file.
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file; re-download the checkpoint")
     size = path.stat().st_size
     with path.open("rb") as f:
         raw = f.read(8)
@@ -35,7 +37,12 @@ def verify_safetensors(path: str | Path) -> dict[str, dict]:
             header = json.loads(f.read(n))
         except ValueError as exc:
             raise CheckpointError(f"{path}: corrupt safetensors header ({exc}); re-download the file") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{path}: corrupt safetensors header (not a table of tensors with data_offsets); re-download the file"
+        ) from None
     if 8 + n + end != size:
         raise CheckpointError(
             f"{path}: truncated or corrupt: the header describes {8 + n + end} bytes but the file has "
@@ -51,8 +58,10 @@ def weight_files(folder: str | Path, stem: str | None = None) -> list[Path]:
     if stem is not None:
         indexes = [p for p in indexes if p.name.startswith(stem)]
     if indexes:
-        index = json.loads(indexes[0].read_text())
-        files = sorted({folder / name for name in index.get("weight_map", {}).values()})
+        try:
+            files = sorted({folder / name for name in json.loads(indexes[0].read_text())["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{indexes[0]}: not a valid shard index ({type(exc).__name__}: {exc})") from None
         missing = [str(p) for p in files if not p.exists()]
         if missing:
             raise CheckpointError(f"{indexes[0]} lists shards that are missing: {', '.join(missing)}")

@@ -206,15 +206,23 @@ class DenoisingStage(PipelineStage):
         grid = getattr(self.transformer, "token_grid", None)
         return grid(tuple(latents.shape)) if callable(grid) else None
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
     def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
-        """Keyword arguments of the DiT call shared by both CFG branches."""
-        return {"hidden_states": latents, "timestep": t.expand(latents.shape[0])}
+        """Keyword arguments of the DiT call shared by both CFG branches (``latents`` are fp32)."""
+        return {"hidden_states": latents.to(self.dtype), "timestep": t.expand(latents.shape[0])}
 
     def text_inputs(self, batch: ForwardBatch, negative: bool) -> dict[str, Any]:
         embeds = batch.negative_prompt_embeds if negative else batch.prompt_embeds
         return {"encoder_hidden_states": embeds[0]}
 
     def after_step(self, batch: ForwardBatch, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def finalize(self, batch: ForwardBatch, latents: torch.Tensor) -> torch.Tensor:
+        """Called once after the loop (e.g. to paste conditioning frames back in)."""
         return latents
 
     # -- loop
@@ -235,7 +243,7 @@ class DenoisingStage(PipelineStage):
             scheduler.set_begin_index(0)
         latents = batch.latents
         assert latents is not None and batch.timesteps is not None
-        dtype = next(self.transformer.parameters()).dtype
+        dtype = self.dtype
         batch.prompt_embeds = [e.to(dtype) for e in batch.prompt_embeds]
         batch.negative_prompt_embeds = [e.to(dtype) for e in batch.negative_prompt_embeds]
         n = len(batch.timesteps)
@@ -243,7 +251,7 @@ class DenoisingStage(PipelineStage):
             for i, t in enumerate(batch.timesteps):
                 model, scale = self.select_model(t, batch)
                 ctx = StepContext(grid=self.token_grid(latents), step_index=i, num_steps=n, timestep=float(t))
-                inputs = self.model_inputs(batch, latents.to(dtype), t)
+                inputs = self.model_inputs(batch, latents, t)
                 with step_context(ctx):
                     pred = model(**inputs, **self.text_inputs(batch, negative=False))
                     if batch.do_cfg:
@@ -252,7 +260,7 @@ class DenoisingStage(PipelineStage):
                 latents = scheduler.step(pred, t, latents, return_dict=False)[0]
                 latents = self.after_step(batch, latents)
                 advance(1)
-        batch.latents = latents.to(torch.float32)
+        batch.latents = self.finalize(batch, latents).to(torch.float32)
         return batch
 
 

@@ -13,7 +13,7 @@ wan_app = typer.Typer(help="Wan family tools.", no_args_is_help=True)
 @wan_app.command("make-tiny")
 def make_tiny(
     path: Annotated[Path, typer.Argument(help="Folder to write the checkpoint into.")],
-    variant: Annotated[str, typer.Option(help="t2v or moe.")] = "t2v",
+    variant: Annotated[str, typer.Option(help="t2v, moe, i2v or ti2v.")] = "t2v",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder's files.")] = False,
 ) -> None:
@@ -21,10 +21,11 @@ def make_tiny(
     if path.exists() and any(path.iterdir()) and not overwrite:
         typer.echo(f"error: {path} exists and is not empty; pass --overwrite to write into it", err=True)
         raise typer.Exit(2)
-    if variant not in ("t2v", "moe"):
-        typer.echo(f"error: --variant must be t2v or moe, got {variant!r}", err=True)
+    from fastvideo_wan.tiny import VARIANTS, make_tiny_wan
+
+    if variant not in VARIANTS:
+        typer.echo(f"error: --variant must be one of {', '.join(VARIANTS)}, got {variant!r}", err=True)
         raise typer.Exit(2)
-    from fastvideo_wan.tiny import make_tiny_wan
 
     make_tiny_wan(path, variant=variant, seed=seed)
     typer.echo(f"wrote a tiny Wan {variant} checkpoint to {path}")

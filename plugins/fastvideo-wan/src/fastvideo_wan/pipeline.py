@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastvideo.loader.components import load_component, torch_dtype
-from fastvideo.pipelines.composed import ComposedPipeline
+from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.pipelines.stages import (
     DecodingStage,
     DenoisingStage,
@@ -22,7 +23,6 @@ from fastvideo.pipelines.stages import (
     TextEncodingStage,
     TimestepPreparationStage,
 )
-
 from fastvideo_wan.model import WanTransformer
 from fastvideo_wan.presets import NEGATIVE_PROMPT
 
@@ -66,9 +66,133 @@ class WanLatents:
         return latents / inv_std + mean
 
 
+# ---------------------------------------------------------------- image conditioning (I2V, TI2V)
+
+
+def load_image(path: str) -> Any:
+    from PIL import Image
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--image {path!r} is not a readable image ({exc})") from None
+
+
+class WanImageEncodingStage(PipelineStage):
+    """CLIP vision features of the conditioning image (penultimate hidden state), Wan2.1 I2V."""
+
+    name = "image_encoding"
+
+    def __init__(self, image_processor: Any, image_encoder: Any) -> None:
+        self.image_processor = image_processor
+        self.image_encoder = image_encoder
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        assert batch.params.image is not None
+        device = next(self.image_encoder.parameters()).device
+        pixels = self.image_processor(images=load_image(batch.params.image), return_tensors="pt").to(device)
+        hidden = self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2]  # (1, 257, 1280)
+        batch.family_extra("wan")["image_embeds"] = hidden.to(batch.device)
+        return batch
+
+
+class WanImageLatentStage(PipelineStage):
+    """VAE latents of the conditioning image.
+
+    I2V (Wan2.1, Wan2.2 A14B): the first frame followed by zeros is encoded, and a 4-channel mask
+    marks the given frame; both are concatenated to the noisy latents on the channel axis.
+    TI2V (``expand_timesteps``): the first latent frame is replaced by the image latents, and its
+    tokens get timestep 0.
+    """
+
+    name = "image_latents"
+
+    def __init__(self, vae: Any, geometry: WanLatents, *, expand_timesteps: bool) -> None:
+        from diffusers.video_processor import VideoProcessor
+
+        self.vae = vae
+        self.geometry = geometry
+        self.expand_timesteps = expand_timesteps
+        self.video_processor = VideoProcessor(vae_scale_factor=geometry.spatial)
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        p, extra = batch.params, batch.family_extra("wan")
+        assert batch.latents is not None
+        _, _, t_lat, h_lat, w_lat = batch.latents.shape
+        if p.image is None:  # TI2V used as text-to-video: every token at the current timestep
+            extra["mask"] = torch.ones(1, 1, t_lat, h_lat, w_lat, device=batch.device)
+            return batch
+        vae_param = next(self.vae.parameters())
+        image = self.video_processor.preprocess(load_image(p.image), height=p.height, width=p.width)
+        image = image.to(device=vae_param.device, dtype=torch.float32).unsqueeze(2)  # (1, 3, 1, H, W)
+        if self.expand_timesteps:
+            video = image
+        else:
+            zeros = image.new_zeros(1, 3, p.num_frames - 1, p.height, p.width)
+            video = torch.cat([image, zeros], dim=2)  # (1, 3, F, H, W)
+        cond = self.vae.encode(video.to(vae_param.dtype)).latent_dist.mode()
+        mean = self.geometry.mean.to(batch.device)
+        std = self.geometry.std.to(batch.device)
+        cond = (cond.to(batch.device, torch.float32) - mean) / std
+        if self.expand_timesteps:
+            mask = torch.ones(1, 1, t_lat, h_lat, w_lat, device=batch.device)
+            mask[:, :, 0] = 0
+            extra["mask"], extra["condition"] = mask, cond
+            return batch
+        temporal = self.geometry.temporal
+        frame_mask = torch.zeros(1, 1, p.num_frames, h_lat, w_lat, device=batch.device)
+        frame_mask[:, :, 0] = 1
+        # The first frame's mask is repeated to a full temporal group, then folded into channels.
+        frame_mask = torch.cat([frame_mask[:, :, :1].repeat(1, 1, temporal, 1, 1), frame_mask[:, :, 1:]], dim=2)
+        frame_mask = frame_mask.view(1, -1, temporal, h_lat, w_lat).transpose(1, 2)  # (1, 4, T', h, w)
+        extra["condition"] = torch.cat([frame_mask, cond], dim=1)  # (1, 4 + C, T', h, w)
+        return batch
+
+
+class WanDenoisingStage(DenoisingStage):
+    """Wan's sampling loop: adds the image conditioning and TI2V's per-token timesteps."""
+
+    def __init__(self, *args: Any, expand_timesteps: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expand_timesteps = expand_timesteps
+
+    def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        extra = batch.family_extra("wan")
+        inputs: dict[str, Any] = {}
+        if self.expand_timesteps:
+            mask = extra["mask"]
+            if "condition" in extra:
+                latents = (1 - mask) * extra["condition"] + mask * latents
+            patch = self.transformer.config.patch_size
+            per_token = (mask[0, 0, :: patch[0], :: patch[1], :: patch[2]] * t).flatten()  # (L,)
+            inputs["timestep"] = per_token.unsqueeze(0).expand(latents.shape[0], -1)
+        else:
+            if "condition" in extra:
+                latents = torch.cat([latents, extra["condition"].to(latents.dtype)], dim=1)
+            inputs["timestep"] = t.expand(latents.shape[0])
+        inputs["hidden_states"] = latents.to(self.dtype)
+        if "image_embeds" in extra:
+            inputs["encoder_hidden_states_image"] = extra["image_embeds"].to(self.dtype)
+        return inputs
+
+    def finalize(self, batch: ForwardBatch, latents: torch.Tensor) -> torch.Tensor:
+        extra = batch.family_extra("wan")
+        if self.expand_timesteps and "condition" in extra:
+            mask = extra["mask"]
+            latents = (1 - mask) * extra["condition"] + mask * latents
+        return latents
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _present(index: Any, name: str) -> bool:
+    spec = index.get(name)
+    return bool(spec) and spec[0] is not None
+
+
 def _transformer(source: ModelSource, name: str, dtype: str, device: torch.device) -> WanTransformer | None:
-    spec = source.model_index.get(name)
-    if not spec or spec[0] is None:
+    if not _present(source.model_index, name):
         return None
     model = WanTransformer.from_pretrained(source.path / name, dtype=torch_dtype(dtype), device=device)
     return model.eval()
@@ -79,8 +203,8 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
     device = pick_device(config)
     dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)
     index = source.model_index
-    if index.get("_class_name") == "WanImageToVideoPipeline" or index.get("expand_timesteps"):
-        raise NotImplementedError("Wan I2V / TI2V pipelines are not wired yet")
+    expand = bool(index.get("expand_timesteps"))
+    i2v = index.get("_class_name") == "WanImageToVideoPipeline"
     tokenizer = load_component(source.path, index, "tokenizer")
     text_encoder = load_component(source.path, index, "text_encoder", dtype=text_dtype, device=device)
     vae = load_component(source.path, index, "vae", dtype=vae_dtype, device=device)
@@ -91,16 +215,25 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
         transformer, transformer_2 = transformer_2, None
     assert transformer is not None
     geometry = WanLatents(vae)
-    stages = [
+    stages: list[PipelineStage] = [
         InputValidationStage(family, source),
         TextEncodingStage([T5TextEncoder(tokenizer, text_encoder)], default_negative_prompt=NEGATIVE_PROMPT),
-        TimestepPreparationStage(scheduler),
-        LatentPreparationStage(geometry.shape),
-        DenoisingStage(
+    ]
+    image_encoder = None
+    if i2v and _present(index, "image_encoder") and transformer.config.image_dim is not None:
+        image_processor = load_component(source.path, index, "image_processor")
+        image_encoder = load_component(source.path, index, "image_encoder", dtype=text_dtype if device.type == "cuda" else "fp32", device=device)
+        stages.append(WanImageEncodingStage(image_processor, image_encoder))
+    stages += [TimestepPreparationStage(scheduler), LatentPreparationStage(geometry.shape)]
+    if i2v or expand:
+        stages.append(WanImageLatentStage(vae, geometry, expand_timesteps=expand))
+    stages += [
+        WanDenoisingStage(
             transformer,
             transformer_2=transformer_2,
             boundary_ratio=index.get("boundary_ratio"),
             num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
+            expand_timesteps=expand,
         ),
         DecodingStage(vae, geometry.denormalize),
     ]
@@ -112,5 +245,6 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
         "scheduler": scheduler,
         "transformer": transformer,
         "transformer_2": transformer_2,
+        "image_encoder": image_encoder,
     }
     return ComposedPipeline(stages, components)

@@ -39,19 +39,37 @@ def _randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
             p.copy_(noise + (1.0 if name.endswith(("norm.weight", "norm_q.weight", "norm_k.weight")) else 0.0))
 
 
-def make_tiny_wan(
-    path: str | Path,
-    *,
-    variant: str = "t2v",
-    seed: int = 0,
-    randomize: bool = True,
-) -> Path:
-    """Write a tiny Wan checkpoint (``variant``: ``t2v``, ``moe``) to ``path`` and return it."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+VARIANTS = ("t2v", "moe", "i2v", "ti2v")
+
+
+def _tiny_dit(seed: int, randomize: bool, **overrides: Any) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    cfg: dict[str, Any] = dict(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(**cfg)
+    if randomize:
+        _randomize(model, seed)
+    return model
+
+
+def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, randomize: bool = True) -> Path:
+    """Write a tiny Wan checkpoint to ``path`` and return it.
+
+    ``variant``: ``t2v`` (Wan2.1 T2V), ``moe`` (Wan2.2 A14B layout: two experts and
+    ``boundary_ratio``), ``i2v`` (Wan2.1 I2V with a CLIP image encoder) or ``ti2v`` (Wan2.2 TI2V:
+    48-channel VAE with 16x spatial stride and per-token timesteps).
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
-    if variant not in ("t2v", "moe"):
-        raise ValueError(f"variant must be 't2v' or 'moe', got {variant!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     path = Path(path)
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -59,20 +77,31 @@ def make_tiny_wan(
         UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
     ).eval()
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
-
-    def dit(s: int) -> WanTransformer3DModel:
-        m = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
-                                  out_channels=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2,
-                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-        if randomize:
-            _randomize(m, s)
-        return m
-
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    kwargs: dict[str, Any] = {"transformer": dit(seed)}
-    if variant == "moe":
-        kwargs.update(transformer_2=dit(seed + 1), boundary_ratio=0.875)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **kwargs)
+    common: dict[str, Any] = {"tokenizer": tokenizer, "text_encoder": text_encoder, "scheduler": scheduler}
+    if variant == "ti2v":
+        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                               is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+        dit = _tiny_dit(seed, randomize, in_channels=48, out_channels=48)
+        pipe: Any = WanPipeline(vae=vae, transformer=dit, expand_timesteps=True, **common)
+    else:
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        if variant == "i2v":
+            from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+            clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
+                                                    num_attention_heads=2, image_size=32, patch_size=8,
+                                                    projection_dim=24)).eval()
+            processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
+            dit = _tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
+            pipe = WanImageToVideoPipeline(vae=vae, transformer=dit, image_encoder=clip, image_processor=processor,
+                                           **common)
+        elif variant == "moe":
+            pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize),
+                               transformer_2=_tiny_dit(seed + 1, randomize), boundary_ratio=0.875, **common)
+        else:
+            pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize), **common)
     pipe.save_pretrained(str(path))
     return path

@@ -1,0 +1,117 @@
+"""One Wan DiT forward, ours against diffusers' ``WanTransformer3DModel``, on the same random weights.
+
+    python benchmarks/bench_wan_dit.py --config wan2.1-t2v-1.3b --frames 81 --height 480 --width 832
+
+Builds diffusers' model with random weights, copies the same weights into ours through the declared
+name mapping, checks the outputs agree, then times each model alone on the GPU (the other one is on
+the CPU meanwhile) and appends a row to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+
+from harness import append_row, environment, time_cuda
+
+HEADER = ["date", "card", "config", "shape (F x H x W, tokens)", "dtype", "variant", "ours ms", "diffusers ms",
+          "ratio", "ours peak GiB", "diffusers peak GiB", "max abs diff", "mean abs diff", "versions", "command"]
+
+
+def build_models(config_name: str, dtype: torch.dtype, seed: int):
+    from diffusers import WanTransformer3DModel
+
+    from fastvideo_wan.configs import CONFIGS
+    from fastvideo_wan.convert import diffusers_to_ours
+    from fastvideo_wan.model import WanConfig, WanTransformer
+
+    cfg = dict(CONFIGS[config_name])
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        ref = WanTransformer3DModel(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    with torch.no_grad():  # random (not init-default) values everywhere, small enough to stay finite
+        for p in ref.parameters():
+            p.normal_(0, 0.02)
+    ref = ref.to(dtype).eval()
+    ours = WanTransformer.from_config(WanConfig.from_diffusers_config(cfg), device="meta")
+    state = diffusers_to_ours({k: v.detach().clone() for k, v in ref.state_dict().items()})
+    ours.load_state_dict(state, strict=True, assign=True)
+    return ref, ours.eval(), cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="wan2.1-t2v-1.3b")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=832)
+    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time ours with compile_blocks()")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+
+    ref, ours, cfg = build_models(args.config, dtype, seed=0)
+    z = 48 if cfg.get("in_channels") == 48 else cfg["in_channels"]
+    stride = 16 if z == 48 else 8
+    t_lat, h_lat, w_lat = (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(1, z, t_lat, h_lat, w_lat, device="cuda", generator=gen, dtype=dtype)
+    text = torch.randn(1, args.text_len, cfg["text_dim"], device="cuda", generator=gen, dtype=dtype)
+    t = torch.tensor([500.0], device="cuda")
+    p = cfg["patch_size"]
+    tokens = t_lat // p[0] * (h_lat // p[1]) * (w_lat // p[2])
+
+    def run_ref():
+        with torch.inference_mode():
+            return ref(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+
+    def run_ours():
+        with torch.inference_mode():
+            return ours(x, t, text)
+
+    ours.to("cpu")
+    gc.collect()
+    torch.cuda.empty_cache()
+    t_ref, out_ref = time_cuda("diffusers", run_ref, warmup=args.warmup, iters=args.iters)
+    out_ref = out_ref.float().cpu()
+    ref.to("cpu")
+    gc.collect()
+    torch.cuda.empty_cache()
+    ours.to("cuda")
+    variants = [("eager", ours)]
+    results = []
+    for name, _ in variants:
+        t_ours, out = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
+        results.append((name, t_ours, out.float().cpu()))
+    if args.compile:
+        ours.compile_blocks()
+        t_c, out = time_cuda("ours-compiled", run_ours, warmup=max(args.warmup, 2), iters=args.iters)
+        results.append(("compile_blocks", t_c, out.float().cpu()))
+
+    env = environment()
+    print(f"{env['card']} torch {env['torch']} diffusers {env['diffusers']} tokens={tokens}")
+    print(f"diffusers: {t_ref.median_ms:.1f} ms (min {t_ref.min_ms:.1f}), peak {t_ref.peak_gib:.2f} GiB")
+    for name, tm, out in results:
+        diff = (out - out_ref).abs()
+        ratio = tm.median_ms / t_ref.median_ms
+        print(f"ours[{name}]: {tm.median_ms:.1f} ms (min {tm.min_ms:.1f}), peak {tm.peak_gib:.2f} GiB, "
+              f"ratio {ratio:.3f}, max|d| {diff.max():.4g}, mean|d| {diff.mean():.4g}, ref scale {out_ref.abs().max():.3g}")
+        if not args.no_record:
+            append_row(
+                "Wan DiT forward: ours vs diffusers (same random weights)",
+                HEADER,
+                [env["date"], env["card"], args.config, f"{args.frames}x{args.height}x{args.width}, {tokens}",
+                 args.dtype, name, f"{tm.median_ms:.1f}", f"{t_ref.median_ms:.1f}", f"{ratio:.3f}",
+                 f"{tm.peak_gib:.2f}", f"{t_ref.peak_gib:.2f}", f"{diff.max():.3g}", f"{diff.mean():.3g}",
+                 f"torch {env['torch']}, diffusers {env['diffusers']}", f"`{env['command']}`"],
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Benchmark harness: time callables on the GPU side by side and append a row to docs/benchmarks.md.
+
+Used by every ``bench_*.py`` here. Timings use CUDA events around each call after warm-up and report
+the median; peak memory is ``torch.cuda.max_memory_allocated`` over the timed calls.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Timing:
+    name: str
+    median_ms: float
+    min_ms: float
+    peak_gib: float
+    times_ms: list[float] = field(default_factory=list)
+
+
+def time_cuda(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5) -> tuple[Timing, Any]:
+    """Median time of ``fn()`` over ``iters`` runs after ``warmup`` runs, with peak memory."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return Timing(name, statistics.median(times), min(times), peak, times), out
+
+
+def environment() -> dict[str, str]:
+    """Card, driver-visible versions and the command line, for the results table."""
+    info = {
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": platform.python_version(),
+        "date": _dt.date.today().isoformat(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        info["diffusers"] = "-"
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "-"
+    return info
+
+
+def append_row(section: str, header: list[str], row: list[Any], *, path: Path | None = None) -> None:
+    """Append ``row`` under the markdown table of ``section`` (created when absent).
+
+    Also writes the row as JSON to ``$OUT`` when that is set, so runs on a remote machine can be
+    copied back.
+    """
+    path = path or RESULTS
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    title = f"## {section}"
+    line = "| " + " | ".join(str(c) for c in row) + " |"
+    if title not in text:
+        text += f"\n{title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+        text += line + "\n"
+    else:
+        head, _, tail = text.partition(title)
+        body, sep, rest = tail.partition("\n## ")
+        body = body.rstrip("\n") + "\n" + line + "\n"
+        text = head + title + body + (("\n## " + rest) if sep else "")
+    path.write_text(text)
+    out = os.environ.get("OUT")
+    if out:
+        with open(Path(out) / "bench_rows.jsonl", "a") as f:
+            f.write(json.dumps({"section": section, "header": header, "row": row}) + "\n")

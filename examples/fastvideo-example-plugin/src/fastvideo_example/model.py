@@ -1,0 +1,294 @@
+"""``ExampleTransformer``: a small video DiT written for this example plugin.
+
+Not a published model. It follows DiT (Peebles & Xie, "Scalable Diffusion Models with
+Transformers", 2023) with adaLN modulation from the timestep, extended to video: latents
+``(B, C, T, H, W)`` are cut into ``patch_size`` patches, positions are the sum of learned per-axis
+tables, and each block adds cross-attention to the projected text embeddings.
+
+Every attention call goes through :func:`fastvideo.attention.attention` with ``[B, L, H, D]``
+tensors, so any registered backend can run the model: self-attention admits every backend
+(``allow=ALL``, sparse ones included), cross-attention only exact ones (``allow=DENSE``).
+
+Weights live in a diffusers-style folder: ``config.json`` (the fields of :class:`ExampleConfig`
+plus ``_class_name``) and ``diffusion_pytorch_model.safetensors`` with this module's parameter
+names, loaded through :mod:`fastvideo.loader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastvideo.attention import ALL, DENSE, attention
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExampleConfig:
+    """Hyper-parameters of :class:`ExampleTransformer` (saved as ``config.json``)."""
+
+    in_channels: int = 16  # VAE latent channels
+    out_channels: int = 16  # predicted flow (velocity) channels
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # latent cells per token along (T, H, W)
+    num_layers: int = 2
+    num_heads: int = 2
+    head_dim: int = 16
+    ffn_dim: int = 64  # hidden width of the feed-forward
+    text_dim: int = 32  # hidden size of the text encoder
+    freq_dim: int = 32  # sinusoidal timestep features
+    max_grid: tuple[int, int, int] = (16, 64, 64)  # largest token grid (T', H', W'): position tables
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("patch_size", "max_grid"):
+            value = tuple(getattr(self, name))
+            if len(value) != 3 or any(not isinstance(v, int) or v < 1 for v in value):
+                raise ValueError(f"{name} must be three positive integers (T, H, W), got {value!r}")
+            object.__setattr__(self, name, value)  # JSON gives lists
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim={self.freq_dim} must be even (cosine and sine halves)")
+
+    @property
+    def dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def patch_volume(self) -> int:
+        return math.prod(self.patch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"_class_name": "ExampleTransformer", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExampleConfig:
+        """Build from ``config.json``; keys starting with ``_`` are metadata and ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if not k.startswith("_") and k not in fields)
+        if unknown:
+            raise ValueError(f"unknown ExampleConfig field(s) {unknown}; valid: {', '.join(sorted(fields))}")
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features of timesteps ``(B,)`` in [0, 1000] -> ``(B, dim)`` in fp32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x (B, L, D)`` scaled and shifted by per-sample ``(B, D)`` vectors."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, C, T, H, W)`` -> ``(B, T'*H'*W', C*pt*ph*pw)``, tokens in raster order (T', H', W')."""
+    b, c, t, h, w = x.shape
+    pt, ph, pw = patch
+    x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T', H', W', C, pt, ph, pw)
+    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
+
+
+def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(B, L, C*pt*ph*pw)`` -> ``(B, C, T, H, W)``."""
+    b = x.shape[0]
+    (t, h, w), (pt, ph, pw) = grid, patch
+    x = x.reshape(b, t, h, w, channels, pt, ph, pw)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', ph, W', pw)
+    return x.reshape(b, channels, t * pt, h * ph, w * pw)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class ExampleSelfAttention(nn.Module):
+    """Multi-head self-attention over the video tokens, with RMS-normalised queries and keys."""
+
+    def __init__(self, cfg: ExampleConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.norm_q = nn.RMSNorm(cfg.head_dim, eps=cfg.eps)
+        self.norm_k = nn.RMSNorm(cfg.head_dim, eps=cfg.eps)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).unbind(2)  # 3 x (B, L, H, Dh)
+        out = attention(self.norm_q(q), self.norm_k(k), v, allow=ALL)  # (B, L, H, Dh)
+        return self.proj(out.reshape(b, n, -1))  # (B, L, D)
+
+
+class ExampleCrossAttention(nn.Module):
+    """Video tokens attend to the text tokens; only exact (dense) backends may run it."""
+
+    def __init__(self, cfg: ExampleConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = nn.Linear(cfg.dim, cfg.dim)
+        self.kv = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, self.num_heads, -1)  # (B, L, H, Dh)
+        k, v = self.kv(context).view(b, context.shape[1], 2, self.num_heads, -1).unbind(2)  # 2 x (B, S, H, Dh)
+        out = attention(q, k, v, allow=DENSE)  # (B, L, H, Dh)
+        return self.proj(out.reshape(b, n, -1))  # (B, L, D)
+
+
+class ExampleBlock(nn.Module):
+    """Self-attention and feed-forward modulated by the timestep (adaLN), cross-attention between."""
+
+    def __init__(self, cfg: ExampleConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = ExampleSelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
+        self.cross_attn = ExampleCrossAttention(cfg)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
+        self.modulation = nn.Linear(cfg.dim, 6 * cfg.dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb).chunk(6, dim=-1)  # 6 x (B, D)
+        x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1))  # (B, L, D)
+        x = x + self.cross_attn(self.norm2(x), context)  # (B, L, D)
+        return x + gate2[:, None] * self.ffn(modulate(self.norm3(x), shift2, scale2))  # (B, L, D)
+
+
+# ---------------------------------------------------------------- model
+
+
+class ExampleTransformer(nn.Module):
+    """The example DiT: predicts the flow ``(B, C, T, H, W)`` from noisy latents, timestep and text.
+
+    Call signature matches what :class:`fastvideo.pipelines.stages.DenoisingStage` passes:
+    ``model(hidden_states=latents, timestep=t, encoder_hidden_states=text)``.
+    """
+
+    fsdp_units: ClassVar[tuple[str, ...]] = ("ExampleBlock",)  # what an FSDP strategy may shard
+
+    def __init__(self, config: ExampleConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embed = nn.Linear(config.in_channels * config.patch_volume, dim)
+        self.pos_t = nn.Embedding(config.max_grid[0], dim)
+        self.pos_h = nn.Embedding(config.max_grid[1], dim)
+        self.pos_w = nn.Embedding(config.max_grid[2], dim)
+        self.time_embed = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.text_embed = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.blocks = nn.ModuleList(ExampleBlock(config) for _ in range(config.num_layers))
+        self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
+        self.modulation_out = nn.Linear(dim, 2 * dim)
+        self.proj_out = nn.Linear(dim, config.out_channels * config.patch_volume)
+
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> None:
+        """Random init: normal linear and position weights, zero biases, unit norms.
+
+        Unlike DiT's zero-initialised gates (right for training from scratch), every layer gets
+        non-zero weights, so that a random-weight checkpoint exercises all of them.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
+                if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.weight is not None:
+                    module.weight.fill_(1.0)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+
+    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """``(T', H', W')`` of the tokens of latents of ``shape`` ``(B, C, T, H, W)``.
+
+        The denoising stage puts it in the step context for backends that need the grid.
+        """
+        *_, t, h, w = shape
+        pt, ph, pw = self.config.patch_size
+        if t % pt or h % ph or w % pw:
+            raise ValueError(f"latent size (T, H, W)={(t, h, w)} is not divisible by patch_size={(pt, ph, pw)}")
+        grid = (t // pt, h // ph, w // pw)
+        if any(g > m for g, m in zip(grid, self.config.max_grid)):
+            raise ValueError(f"token grid {grid} exceeds max_grid={self.config.max_grid}; use a smaller video")
+        return grid
+
+    def positions(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """Learned factorised positions ``(T'*H'*W', D)`` in raster order."""
+        t, h, w = (torch.arange(n, device=device) for n in grid)
+        pos = self.pos_t(t)[:, None, None] + self.pos_h(h)[None, :, None] + self.pos_w(w)[None, None, :]
+        return pos.reshape(-1, self.config.dim)  # (L, D)
+
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        cfg = self.config
+        grid = self.token_grid(tuple(hidden_states.shape))
+        x = self.patch_embed(patchify(hidden_states, cfg.patch_size))  # (B, L, D)
+        x = x + self.positions(grid, x.device)  # (B, L, D)
+        freqs = timestep_embedding(timestep.reshape(-1).expand(x.shape[0]), cfg.freq_dim)  # (B, F) fp32
+        temb = F.silu(self.time_embed(freqs.to(x.dtype)))  # (B, D)
+        context = self.text_embed(encoder_hidden_states.to(x.dtype))  # (B, S, D)
+        for block in self.blocks:
+            x = block(x, temb, context)  # (B, L, D)
+        shift, scale = self.modulation_out(temb).chunk(2, dim=-1)  # 2 x (B, D)
+        x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, L, C*pt*ph*pw)
+        return unpatchify(x, grid, cfg.patch_size, cfg.out_channels)  # (B, C, T, H, W)
+
+    # -- diffusers-style folder: config.json + diffusion_pytorch_model.safetensors
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and the weights (safetensors) into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, dtype: torch.dtype | None = None, device: Any = "cpu"
+    ) -> ExampleTransformer:
+        """Build on the ``meta`` device, then load the safetensors weights strictly (``assign=True``)."""
+        from fastvideo.errors import CheckpointError
+        from fastvideo.loader import load_module_weights, load_safetensors_folder
+
+        folder = Path(folder)
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(f"{folder} has no config.json; expected an ExampleTransformer folder")
+        try:
+            config = ExampleConfig.from_dict(json.loads(config_file.read_text()))
+        except ValueError as exc:
+            raise CheckpointError(f"{config_file}: {exc}") from None
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_safetensors_folder(folder)
+        load_module_weights(model, state, source=str(folder), dtype=dtype)
+        return model.to(device).eval()

@@ -1,0 +1,481 @@
+"""The Wan 2.1 / 2.2 video diffusion transformer (DiT).
+
+Paper: "Wan: Open and Advanced Large-Scale Video Generative Models" (Wan Team, arXiv 2503.20314).
+Tracks diffusers' ``src/diffusers/models/transformers/transformer_wan.py`` (``WanTransformer3DModel``,
+diffusers 0.42.1): same configuration, same call convention, same fp32 numerics; weights load from
+its checkpoints through the declared name mapping in :mod:`fastvideo_wan.convert`.
+
+One class serves Wan2.1 T2V 1.3B/14B, I2V/FLF2V 14B (CLIP image tokens through their own key/value
+projections), Wan2.2 TI2V-5B (one timestep per video token) and Wan2.2 A14B (two instances).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.errors import CheckpointError
+from fastvideo_wan import convert
+
+QK_NORMS = ("rms_norm_across_heads",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WanConfig:
+    """Hyper-parameters of :class:`WanTransformer`; the fields and defaults of diffusers' config.json."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) latent cells per token
+    num_attention_heads: int = 40
+    attention_head_dim: int = 128  # split (t, h, w) = (Dh - 4*(Dh//6), 2*(Dh//6), 2*(Dh//6)) by RoPE
+    in_channels: int = 16  # latent channels (+ mask and image latents for I2V: 36; TI2V: 48)
+    out_channels: int | None = 16  # None means in_channels, as in diffusers
+    text_dim: int = 4096  # umT5-XXL hidden size
+    freq_dim: int = 256  # sinusoidal timestep features
+    ffn_dim: int = 13824
+    num_layers: int = 40
+    cross_attn_norm: bool = True  # affine LayerNorm before cross-attention
+    qk_norm: str | None = "rms_norm_across_heads"  # RMSNorm over all heads of q and k
+    eps: float = 1e-6
+    image_dim: int | None = None  # CLIP image-token features (1280) for Wan2.1 I2V / FLF2V
+    added_kv_proj_dim: int | None = None  # input size of the image key/value projections (= inner dim)
+    rope_max_seq_len: int = 1024  # largest token-grid extent along any axis
+    pos_embed_seq_len: int | None = None  # FLF2V: learned position table over 2 x 257 image tokens
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if self.out_channels is None:
+            object.__setattr__(self, "out_channels", self.in_channels)
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size={self.patch_size} must be three positive ints (t, h, w)")
+        if self.attention_head_dim % 2 or self.attention_head_dim < 6:
+            raise ValueError(f"attention_head_dim={self.attention_head_dim} must be even and >= 6 (3D RoPE)")
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim={self.freq_dim} must be even (cos and sin halves)")
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(
+                f"qk_norm={self.qk_norm!r} is not supported; diffusers' WanTransformer3DModel always applies "
+                f"RMSNorm across heads, so only {QK_NORMS} describes its checkpoints"
+            )
+        if (self.image_dim is None) != (self.added_kv_proj_dim is None):
+            raise ValueError(
+                f"image_dim={self.image_dim} and added_kv_proj_dim={self.added_kv_proj_dim} must be set together "
+                "(Wan2.1 I2V: 1280 and the inner dim) or both be None"
+            )
+        if self.added_kv_proj_dim not in (None, self.dim):
+            raise ValueError(
+                f"added_kv_proj_dim={self.added_kv_proj_dim} must equal num_attention_heads * attention_head_dim "
+                f"= {self.dim}: the image key/value projections read embedded image tokens"
+            )
+        if self.pos_embed_seq_len is not None and (self.image_dim is None or self.pos_embed_seq_len % 2):
+            raise ValueError(
+                f"pos_embed_seq_len={self.pos_embed_seq_len} needs image_dim (got {self.image_dim}) and must be "
+                "even (first + last frame tokens)"
+            )
+        if min(self.num_layers, self.num_attention_heads, self.ffn_dim, self.rope_max_seq_len) < 1 or self.eps <= 0:
+            raise ValueError(f"sizes and eps must be positive: {self}")
+
+    @property
+    def dim(self) -> int:
+        """Width of the residual stream (``num_attention_heads * attention_head_dim``)."""
+        return self.num_attention_heads * self.attention_head_dim
+
+    @classmethod
+    def from_diffusers_config(cls, config: Mapping[str, Any]) -> WanConfig:
+        """Build from a diffusers ``config.json`` dict; ``_private`` and unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names and not k.startswith("_")})
+
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """The diffusers ``config.json`` contents (without ``_class_name``) that describe this model."""
+        cfg = dataclasses.asdict(self)
+        cfg["patch_size"] = list(self.patch_size)
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
+
+    :param t: ``(N,)`` timesteps (any dtype). :returns: ``(N, dim)`` fp32.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (N, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def rope_tables(
+    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
+
+    The head dim is split into (t, h, w) parts; part ``a`` of size ``d`` rotates channel pairs
+    ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are computed in fp64 (as diffusers does).
+
+    :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
+        both ``(T*H*W, 1, head_dim)`` fp32, the operands of :func:`rope_apply`.
+    """
+    hw = 2 * (head_dim // 6)
+    f64 = torch.float32 if device.type == "mps" else torch.float64
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, (head_dim - 2 * hw, hw, hw))):
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=f64, device=device) / d)  # (d/2,)
+        angles = torch.outer(torch.arange(n, dtype=f64, device=device), inv_freq)  # (n, d/2)
+        shape = [1, 1, 1, d // 2]
+        shape[axis] = n
+        parts.append(angles.view(shape).expand(*grid, d // 2))
+    angles = torch.cat(parts, dim=-1).reshape(-1, 1, head_dim // 2)  # (L, 1, Dh/2)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`; math in fp32, returns x's dtype."""
+    x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return torch.addcmul(x * cos, x_swapped, sin).type_as(x)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` in fp32 (no affine), returned in x's dtype."""
+    normed = F.layer_norm(x.float(), x.shape[-1:], eps=eps)
+    return torch.addcmul(shift, normed, 1 + scale).type_as(x)
+
+
+def layer_norm_fp32(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """An affine LayerNorm computed in fp32 whatever the dtypes of x and its weights; returns x's dtype."""
+    w, b = norm.weight.float(), norm.bias.float()
+    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).type_as(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class WanMLP(nn.Module):
+    """``fc2(act(fc1(x)))``: the time, text, image and feed-forward projections."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim_in, hidden)
+        self.fc2 = nn.Linear(hidden, dim_out)
+        self.act = _ACTIVATIONS[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WanSelfAttention(nn.Module):
+    """Video self-attention with RMSNorm over all heads of q and k, then 3D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = rope_apply(self.norm_q(self.q(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
+        k = rope_apply(self.norm_k(self.k(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
+        v = self.v(x).unflatten(-1, heads)  # (B, L, H, Dh)
+        return self.o(attention(q, k, v, allow=ALL).flatten(2))  # (B, L, D)
+
+
+class WanCrossAttention(nn.Module):
+    """Attention from video tokens to text tokens, plus (I2V) to image tokens with their own k/v."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.k_img = nn.Linear(dim, dim) if image else None
+        self.v_img = nn.Linear(dim, dim) if image else None
+        self.norm_k_img = nn.RMSNorm(dim, eps=eps) if image else None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, Dh)
+        k = self.norm_k(self.k(context)).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        v = self.v(context).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        out = attention(q, k, v, allow=DENSE).flatten(2)  # (B, L, D)
+        if context_img is not None:
+            k_img = self.norm_k_img(self.k_img(context_img)).unflatten(-1, heads)  # (B, Li, H, Dh)
+            v_img = self.v_img(context_img).unflatten(-1, heads)  # (B, Li, H, Dh)
+            out = out + attention(q, k_img, v_img, allow=DENSE).flatten(2)  # (B, L, D)
+        return self.o(out)  # (B, L, D)
+
+
+class WanBlock(nn.Module):
+    """adaLN-modulated self-attention, cross-attention, and a GELU(tanh) feed-forward."""
+
+    def __init__(self, cfg: WanConfig) -> None:
+        super().__init__()
+        dim, eps = cfg.dim, cfg.eps
+        self.eps = eps
+        self.modulation = nn.Parameter(torch.empty(1, 6, dim))  # + per-step (shift, scale, gate) x 2
+        self.self_attn = WanSelfAttention(dim, cfg.num_attention_heads, eps)
+        self.norm_cross = nn.LayerNorm(dim, eps=eps) if cfg.cross_attn_norm else None
+        self.cross_attn = WanCrossAttention(dim, cfg.num_attention_heads, eps, image=cfg.image_dim is not None)
+        self.ffn = WanMLP(dim, cfg.ffn_dim, dim, "gelu_tanh")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        context_img: torch.Tensor | None,
+        temb6: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        # x (B, L, D); temb6 (B, Lm, 6, D) with Lm = 1 or L; modulation math in fp32 as in diffusers
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation + temb6.float()).unbind(2)  # (B, Lm, D)
+        attn = self.self_attn(modulate(x, shift, scale, self.eps), cos, sin)  # (B, L, D)
+        x = torch.addcmul(x, attn, gate).type_as(x)  # (B, L, D)
+        h = layer_norm_fp32(x, self.norm_cross) if self.norm_cross is not None else x  # (B, L, D)
+        x = x + self.cross_attn(h, context, context_img)  # (B, L, D)
+        ff = self.ffn(modulate(x, c_shift, c_scale, self.eps))  # (B, L, D)
+        return torch.addcmul(x, ff, c_gate).type_as(x)  # (B, L, D)
+
+
+class WanImageEmbedding(nn.Module):
+    """CLIP image tokens -> model width (LayerNorm, GELU MLP, LayerNorm), + FLF2V position table."""
+
+    def __init__(self, image_dim: int, dim: int, pos_embed_seq_len: int | None) -> None:
+        super().__init__()
+        self.norm_in = nn.LayerNorm(image_dim)  # eps 1e-5, as diffusers' default
+        self.fc1 = nn.Linear(image_dim, image_dim)
+        self.fc2 = nn.Linear(image_dim, dim)
+        self.norm_out = nn.LayerNorm(dim)
+        self.pos_embed = None
+        if pos_embed_seq_len is not None:
+            self.pos_embed = nn.Parameter(torch.empty(1, pos_embed_seq_len, image_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pos_embed is not None:  # FLF2V: (2B, Li, C) first/last-frame tokens -> (B, 2 Li, C)
+            x = x.reshape(-1, self.pos_embed.shape[1], x.shape[-1]) + self.pos_embed
+        x = F.gelu(self.fc1(layer_norm_fp32(x, self.norm_in)))  # (B, Li, C)
+        return layer_norm_fp32(self.fc2(x), self.norm_out)  # (B, Li, D)
+
+
+class WanHead(nn.Module):
+    """Output adaLN (shift, scale) and the projection to patch pixels."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Parameter(torch.empty(1, 2, dim))
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation + temb.unsqueeze(2)).unbind(2)  # (B, Lm, D) fp32
+        return self.proj(modulate(x, shift, scale, self.eps))  # (B, L, pt*ph*pw*C)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+class WanTransformer(nn.Module):
+    """Wan DiT: ``forward(latents, timestep, text, image=None) -> prediction`` as diffusers' model."""
+
+    fsdp_units: ClassVar[tuple[str, ...]] = ("WanBlock",)
+    #: Kept in fp32 when loading in bf16/fp16 (diffusers' ``_keep_in_fp32_modules``); an entry matches
+    #: a parameter whose dotted name contains it as whole components (``"modulation"`` matches
+    #: ``blocks.3.modulation`` and ``head.modulation``).
+    fp32_modules: ClassVar[tuple[str, ...]] = (
+        "time_embed",
+        "modulation",
+        "norm_cross",
+        "image_embed.norm_in",
+        "image_embed.norm_out",
+    )
+    #: Attention layers whose ``attention(...)`` call admits sparse backends (glob over module names).
+    sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
+
+    def __init__(self, config: WanConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.dim
+        self.patch_embed = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.time_embed = WanMLP(cfg.freq_dim, dim, dim, "silu")
+        self.time_mod = nn.Linear(dim, 6 * dim)  # silu(temb) -> per-block (shift, scale, gate) x 2
+        self.text_embed = WanMLP(cfg.text_dim, dim, dim, "gelu_tanh")
+        self.image_embed = None
+        if cfg.image_dim is not None:
+            self.image_embed = WanImageEmbedding(cfg.image_dim, dim, cfg.pos_embed_seq_len)
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = WanHead(dim, cfg.out_channels * math.prod(cfg.patch_size), cfg.eps)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (that of the patch embedding); inputs are cast to it."""
+        return self.patch_embed.weight.dtype
+
+    def init_weights(self) -> None:
+        """Random init for training from scratch (PyTorch defaults; modulation ~ N(0, 1/dim))."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()
+        for name, p in self.named_parameters():
+            if name.endswith("modulation"):
+                nn.init.normal_(p, std=self.config.dim**-0.5)
+            elif name.endswith("pos_embed"):
+                nn.init.zeros_(p)
+
+    def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
+        """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``.
+
+        The pipeline passes it to ``fastvideo.attention.StepContext(grid=...)``; video tokens are in
+        raster order over it.
+        """
+        sizes = tuple(latent_shape[-3:])
+        if any(s % p for s, p in zip(sizes, self.config.patch_size)):
+            raise ValueError(f"latent (T, H, W)={sizes} must be divisible by patch_size={self.config.patch_size}")
+        grid = tuple(s // p for s, p in zip(sizes, self.config.patch_size))
+        if max(grid) > self.config.rope_max_seq_len:
+            raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={self.config.rope_max_seq_len}")
+        return grid  # type: ignore[return-value]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow (velocity) for ``hidden_states``, diffusers' call convention.
+
+        :param hidden_states: ``(B, C_in, T, H, W)`` latents.
+        :param timestep: ``(B,)``, or ``(B, L)`` with one timestep per video token (Wan2.2 TI2V).
+        :param encoder_hidden_states: ``(B, Lt, text_dim)`` umT5 embeddings.
+        :param encoder_hidden_states_image: ``(B, Li, image_dim)`` CLIP tokens (I2V; FLF2V: ``(2B, ...)``).
+        :returns: ``(B, C_out, T, H, W)`` in the model's dtype.
+        """
+        grid = self.token_grid(hidden_states.shape)  # (T', H', W')
+        cos, sin = rope_tables(grid, self.config.attention_head_dim, hidden_states.device)  # (L, 1, Dh) x 2
+        x = self.patch_embed(hidden_states.to(self.dtype))  # (B, D, T', H', W')
+        x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
+        temb = self._embed_time(timestep, x.shape[0], x.shape[1])  # (B, Lm, D), Lm = 1 or L
+        temb6 = self.time_mod(F.silu(temb)).unflatten(-1, (6, -1))  # (B, Lm, 6, D)
+        context = self.text_embed(encoder_hidden_states.to(self.dtype))  # (B, Lt, D)
+        context_img = self._embed_image(encoder_hidden_states_image)  # (B, Li, D) or None
+        for block in self.blocks:
+            x = block(x, context, context_img, temb6, cos, sin)  # (B, L, D)
+        x = self.head(x, temb)  # (B, L, pt*ph*pw*C_out)
+        return self.unpatchify(x, grid)  # (B, C_out, T, H, W)
+
+    def _embed_time(self, timestep: torch.Tensor, batch: int, num_tokens: int) -> torch.Tensor:
+        t = timestep.expand(batch) if timestep.ndim == 0 else timestep
+        t = t.reshape(batch, -1)  # (B, Lm)
+        if t.shape[1] not in (1, num_tokens):
+            raise ValueError(f"timestep {tuple(timestep.shape)} must be (B,) or (B, {num_tokens}) (one per token)")
+        freqs = timestep_embedding(t.flatten(), self.config.freq_dim)  # (B*Lm, F) fp32
+        temb = self.time_embed(freqs.to(self.time_embed.fc1.weight.dtype))  # (B*Lm, D)
+        return temb.unflatten(0, t.shape).to(self.dtype)  # (B, Lm, D)
+
+    def _embed_image(self, image: torch.Tensor | None) -> torch.Tensor | None:
+        if image is None:
+            return None
+        if self.image_embed is None:
+            raise ValueError("encoder_hidden_states_image was given but the model has no image_dim (not an I2V DiT)")
+        return self.image_embed(image.to(self.dtype))  # (B, Li, D)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``(B, T'*H'*W', pt*ph*pw*C)`` tokens -> ``(B, C, T'*pt, H'*ph, W'*pw)`` latents."""
+        (t, h, w), (pt, ph, pw) = grid, self.config.patch_size
+        x = x.reshape(x.shape[0], t, h, w, pt, ph, pw, -1)  # (B, T', H', W', pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
+        return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
+
+    def compile_blocks(self, **kwargs: Any) -> WanTransformer:
+        """Regional compilation: ``torch.compile`` each block in place (one graph, reused by all blocks)."""
+        for block in self.blocks:
+            block.compile(**kwargs)
+        return self
+
+    # ---- construction and loading ---------------------------------------------------------------
+
+    @classmethod
+    def is_fp32_param(cls, name: str) -> bool:
+        """Whether parameter ``name`` stays fp32 in a low-precision model (see :attr:`fp32_modules`)."""
+        parts = name.split(".")
+        for entry in cls.fp32_modules:
+            e = entry.split(".")
+            if any(parts[i : i + len(e)] == e for i in range(len(parts) - len(e) + 1)):
+                return True
+        return False
+
+    @classmethod
+    def from_config(cls, config: WanConfig | Mapping[str, Any], device: torch.device | str = "meta") -> WanTransformer:
+        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``."""
+        cfg = config if isinstance(config, WanConfig) else WanConfig.from_diffusers_config(config)
+        with torch.device("meta"):
+            model = cls(cfg)
+        if torch.device(device).type != "meta":
+            model.to_empty(device=device)
+            model.init_weights()
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, dtype: torch.dtype | None = torch.bfloat16, device: torch.device | str = "cpu"
+    ) -> WanTransformer:
+        """Load a diffusers ``WanTransformer3DModel`` folder (``config.json`` + safetensors weights).
+
+        :param dtype: parameter dtype (``None`` keeps the stored dtypes); :attr:`fp32_modules` stay
+            fp32 as diffusers keeps them.
+        :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
+        """
+        folder = Path(folder)
+        model = cls.from_config(_read_config(folder), device="meta")
+        ckpt = convert.DiffusersCheckpoint(folder)
+        ckpt.check_against({k: tuple(v.shape) for k, v in model.state_dict().items()})
+        state = {}
+        for name, tensor in ckpt.tensors(device=device):
+            target = torch.float32 if cls.is_fp32_param(name) else dtype
+            state[name] = tensor if target is None or not tensor.is_floating_point() else tensor.to(target)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
+
+
+def _read_config(folder: Path) -> WanConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        hint = f"; did you mean {folder / 'transformer'}?" if (folder / "transformer" / "config.json").is_file() else ""
+        raise CheckpointError(f"{path} not found: expected a diffusers WanTransformer3DModel folder{hint}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    name = config.get("_class_name", "WanTransformer3DModel")
+    if name != "WanTransformer3DModel":
+        raise CheckpointError(f"{path} describes a {name}; WanTransformer loads WanTransformer3DModel checkpoints")
+    try:
+        return WanConfig.from_diffusers_config(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
