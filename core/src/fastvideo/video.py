@@ -39,13 +39,13 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
-def _check_frames(frames: Any) -> Any:
+def _check_frames(frames: Any, *, lossless: bool) -> Any:
     import numpy as np
 
     arr = np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
         raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {arr.dtype} {tuple(arr.shape)}")
-    if arr.shape[1] % 2 or arr.shape[2] % 2:
+    if not lossless and (arr.shape[1] % 2 or arr.shape[2] % 2):  # yuv420p subsamples chroma by 2
         raise ValueError(f"H.264 needs an even height and width, got {arr.shape[1]}x{arr.shape[2]}; crop or pad the frames")
     return arr
 
@@ -58,7 +58,7 @@ def write_mp4(frames: Any, path: str | Path, fps: int, *, overwrite: bool = Fals
     """
     import imageio.v2 as imageio
 
-    frames = _check_frames(frames)
+    frames = _check_frames(frames, lossless=lossless)
     path = check_output_path(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     # ffmpeg creates the temp file itself, so it gets the umask's permissions (mkstemp's are 0600)

@@ -88,13 +88,24 @@ def use_backend(name: str | None) -> Iterator[str]:
         _FORCED.reset(token)
 
 
-@functools.lru_cache(maxsize=64)
-def _dense_fallback() -> str:
+@functools.lru_cache(maxsize=1)
+def _dense_candidates() -> tuple[str, ...]:
     classes = _classes()
-    for n in available_backends():
-        if not classes[n].sparse:
-            return n
-    raise BackendUnavailableError("No dense attention backend can run here; install torch>=2.5 for 'sdpa'")
+    return tuple(n for n in available_backends() if not classes[n].sparse)
+
+
+def _dense_fallback(
+    allow: str | Collection[str], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+) -> AttentionBackend:
+    """The best available dense backend that takes these inputs, preferring those ``allow`` names."""
+    backends = [get_backend(n) for n in _dense_candidates()]
+    for backend in sorted(backends, key=lambda b: not _admits(allow, b)):  # stable: keeps priority order
+        if backend.supports(q, k, v, attn_mask=attn_mask) is None:
+            return backend
+    raise BackendUnavailableError(
+        f"No dense attention backend can take these inputs here (available dense backends: "
+        f"{', '.join(_dense_candidates()) or 'none'}); install torch>=2.5 for 'sdpa'"
+    )
 
 
 def _admits(allow: str | Collection[str], backend: AttentionBackend) -> bool:
@@ -119,7 +130,8 @@ def attention(
 
     :param allow: the layer's allow-list: ``DENSE`` (default; exact backends only), ``ALL``, or a
         collection of backend names. A backend outside it, or one whose ``supports`` declines the
-        inputs, is replaced by the best available dense backend.
+        inputs, is replaced by the best available dense backend that takes the inputs (one the
+        allow-list names, if any).
     :returns: ``[B, Lq, H, Dv]``.
     """
     from fastvideo.attention.context import current_step
@@ -129,7 +141,7 @@ def attention(
         name = _auto_name()
     backend = get_backend(name)
     if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
-        backend = get_backend(_dense_fallback())
+        backend = _dense_fallback(allow, q, k, v, attn_mask)
     return backend.forward(q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step())
 
 
@@ -145,5 +157,5 @@ def _auto_name() -> str:
 def clear_caches() -> None:
     """Forget cached backend instances and choices (after the registry changes)."""
     _instance.cache_clear()
-    _dense_fallback.cache_clear()
+    _dense_candidates.cache_clear()
     _auto_name_for.cache_clear()

@@ -45,6 +45,16 @@ def component_spec(model_index: Mapping[str, Any], name: str) -> tuple[str, str]
     return spec[0], spec[1]
 
 
+def quiet_libraries() -> None:
+    """Silence diffusers' and transformers' own progress bars and info logs (fastvideo shows its own)."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
 def load_component(
     folder: str | Path,
     model_index: Mapping[str, Any],
@@ -55,6 +65,7 @@ def load_component(
 ) -> Any:
     """Load component ``name`` with the class ``model_index.json`` names, from safetensors only."""
     library, class_name = component_spec(model_index, name)
+    quiet_libraries()
     path = Path(folder) / name
     if not path.is_dir():
         raise CheckpointError(f"component {name!r} is listed in model_index.json but {path} is missing")

@@ -65,7 +65,9 @@ def fetch_model(
     except RevisionNotFoundError:
         raise ModelNotFoundError(f"revision {revision!r} of {repo_id} does not exist") from None
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hub cannot be reached"
+        why = "the Hub cannot be reached"
+        if offline:
+            why = "HF_HUB_OFFLINE=1 is set" if _offline() else "local_files_only=True was passed"
         raise ModelNotCachedError(
             f"{repo_id} is not in the local Hugging Face cache and {why}; {_download_hint(repo_id)}"
         ) from None

@@ -41,7 +41,8 @@ def example_tokenizer() -> Any:
     from transformers import T5TokenizerFast
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [(f"\u2581{word}", -1.0 - i / 100) for i, word in enumerate(VOCABULARY)]  # "▁" marks word starts
+    # "\u2581" ("▁") marks the start of a word; a higher score is preferred when segmenting
+    pieces += [(f"\u2581{word}", -1.0 - i / 100) for i, word in enumerate(VOCABULARY)]
     pieces += [(ch, -10.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
     return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
@@ -60,7 +61,9 @@ def _components(seed: int) -> dict[str, Any]:
         base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
         temperal_downsample=[False, True, True],
     )  # fmt: skip
-    transformer = ExampleTransformer(ExampleConfig(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM))
+    transformer = ExampleTransformer(
+        ExampleConfig(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM)
+    )
     transformer.init_weights(seed=seed)
     return {
         "transformer": transformer,

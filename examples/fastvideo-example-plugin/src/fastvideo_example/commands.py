@@ -18,7 +18,7 @@ def make_checkpoint_command(
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
 ) -> None:
-    """Write a tiny random-weight example checkpoint in diffusers format (offline, about 2 MB)."""
+    """Write a tiny random-weight example checkpoint in diffusers format (offline, about 3 MB)."""
     from fastvideo_example.presets import default_checkpoint_dir
 
     path = path if path is not None else default_checkpoint_dir()
@@ -28,8 +28,11 @@ def make_checkpoint_command(
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         typer.echo(f"error: {path} is not empty; pass --overwrite to write into it", err=True)
         raise typer.Exit(2)
+    from transformers.utils import logging as hf_logging
+
     from fastvideo_example.checkpoint import make_checkpoint
 
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 100 kB file
     make_checkpoint(path, seed=seed)
     typer.echo(f"wrote a random-weight example checkpoint to {path}")
     typer.echo(f'try: fv generate --model {path} --prompt "a red ball" --attention-backend example-math')

@@ -10,7 +10,6 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
-
 from fastvideo_example.presets import PRESETS, SAMPLING
 
 if TYPE_CHECKING:

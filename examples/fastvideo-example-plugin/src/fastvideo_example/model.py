@@ -30,6 +30,7 @@ from torch import nn
 from fastvideo.attention import ALL, DENSE, attention
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+_POSITIVE_INTS = ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +50,7 @@ class ExampleConfig:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim"):
+        for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -107,7 +108,9 @@ def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
     return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
 
 
-def unpatchify(x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int) -> torch.Tensor:
+def unpatchify(
+    x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
+) -> torch.Tensor:
     """Inverse of :func:`patchify`: ``(B, L, C*pt*ph*pw)`` -> ``(B, C, T, H, W)``."""
     b = x.shape[0]
     (t, h, w), (pt, ph, pw) = grid, patch
@@ -150,7 +153,8 @@ class ExampleCrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q(x).view(b, n, self.num_heads, -1)  # (B, L, H, Dh)
-        k, v = self.kv(context).view(b, context.shape[1], 2, self.num_heads, -1).unbind(2)  # 2 x (B, S, H, Dh)
+        kv = self.kv(context).view(b, context.shape[1], 2, self.num_heads, -1)  # (B, S, 2, H, Dh)
+        k, v = kv.unbind(2)  # 2 x (B, S, H, Dh)
         out = attention(q, k, v, allow=DENSE)  # (B, L, H, Dh)
         return self.proj(out.reshape(b, n, -1))  # (B, L, D)
 
@@ -198,7 +202,9 @@ class ExampleTransformer(nn.Module):
         self.pos_h = nn.Embedding(config.max_grid[1], dim)
         self.pos_w = nn.Embedding(config.max_grid[2], dim)
         self.time_embed = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.text_embed = nn.Sequential(nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.text_embed = nn.Sequential(
+            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.blocks = nn.ModuleList(ExampleBlock(config) for _ in range(config.num_layers))
         self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.modulation_out = nn.Linear(dim, 2 * dim)
@@ -230,10 +236,14 @@ class ExampleTransformer(nn.Module):
         *_, t, h, w = shape
         pt, ph, pw = self.config.patch_size
         if t % pt or h % ph or w % pw:
-            raise ValueError(f"latent size (T, H, W)={(t, h, w)} is not divisible by patch_size={(pt, ph, pw)}")
+            raise ValueError(
+                f"latent size (T, H, W)={(t, h, w)} is not divisible by patch_size={(pt, ph, pw)}"
+            )
         grid = (t // pt, h // ph, w // pw)
-        if any(g > m for g, m in zip(grid, self.config.max_grid)):
-            raise ValueError(f"token grid {grid} exceeds max_grid={self.config.max_grid}; use a smaller video")
+        if any(g > m for g, m in zip(grid, self.config.max_grid, strict=True)):
+            raise ValueError(
+                f"token grid {grid} exceeds max_grid={self.config.max_grid}; use a smaller video"
+            )
         return grid
 
     def positions(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:

@@ -25,7 +25,6 @@ from fastvideo.pipelines.stages import (
     TextEncodingStage,
     TimestepPreparationStage,
 )
-
 from fastvideo_example.model import ExampleTransformer
 
 if TYPE_CHECKING:
@@ -68,10 +67,14 @@ def load_transformer(source: ModelSource, dtype: str, device: torch.device) -> E
             f"{source.path}/model_index.json: transformer must be ['fastvideo_example', 'ExampleTransformer'], "
             f"got {spec}"
         )
-    return ExampleTransformer.from_pretrained(source.path / "transformer", dtype=torch_dtype(dtype), device=device)
+    return ExampleTransformer.from_pretrained(
+        source.path / "transformer", dtype=torch_dtype(dtype), device=device
+    )
 
 
-def build_example_pipeline(family: type[ModelFamily], source: ModelSource, config: PipelineConfig) -> ComposedPipeline:
+def build_example_pipeline(
+    family: type[ModelFamily], source: ModelSource, config: PipelineConfig
+) -> ComposedPipeline:
     """Load every component of an example checkpoint and compose the text-to-video stages."""
     device, dit_dtype, text_dtype, vae_dtype = _device_and_dtypes(config)
     folder, index = source.path, source.model_index

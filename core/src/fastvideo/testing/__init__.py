@@ -1,0 +1,34 @@
+"""fastvideo's public test kit, for the core's tests and for plugins' own.
+
+* :func:`assert_close`, :func:`assert_no_worse`, :func:`rel_error`: numerical checks relative to the
+  reference's scale (kernels against ``reference.py``, models against diffusers).
+* :func:`fake_plugins`, :func:`plugin_module`: register hook implementations in-process, isolated
+  from whatever else is installed.
+* :class:`DummyDist`, :func:`install_dists`, :func:`plugin_env`, :func:`run_fv`,
+  :func:`run_python`: build and pip-install real plugin distributions and run ``fv`` against
+  them in a subprocess.
+* :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
+
+Importing this package does not import torch.
+"""
+
+from fastvideo.testing.dists import DummyDist, fv_command, install_dists, plugin_env, run_fv, run_python, write_dist
+from fastvideo.testing.hub import write_hf_cache
+from fastvideo.testing.numeric import assert_close, assert_no_worse, rel_error
+from fastvideo.testing.plugins import fake_plugins, plugin_module
+
+__all__ = [
+    "DummyDist",
+    "assert_close",
+    "assert_no_worse",
+    "fake_plugins",
+    "fv_command",
+    "install_dists",
+    "plugin_env",
+    "plugin_module",
+    "rel_error",
+    "run_fv",
+    "run_python",
+    "write_dist",
+    "write_hf_cache",
+]

@@ -1,0 +1,184 @@
+"""The example third-party plugin, end to end, as a user would meet it.
+
+pip-installs ``examples/fastvideo-example-plugin`` into this interpreter's environment, uses it
+through the ``fv`` CLI in subprocesses (discovery, its own command, a generation with its own
+family and attention backend), compares its backend with torch SDPA in-process, then uninstalls it
+and checks that everything it registered is gone. The uninstall runs in ``finally``. CPU, ~20 s.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastvideo.testing import assert_close, plugin_env, run_fv
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastvideo-example-plugin"
+DIST = "fastvideo-example-plugin"
+PLUGIN_ENV_VARS = ("FASTVIDEO_PLUGINS", "FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD", "FASTVIDEO_ATTENTION_BACKEND")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _pip(*args: str, cwd: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _fv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``fv ARGS`` as a user runs it: no plugin switches set, no Hub access, cache under ``cwd``."""
+    env = plugin_env(HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(cwd / "cache"), FASTVIDEO_DEBUG=None)
+    return run_fv(list(args), env=env, cwd=cwd, timeout=180)
+
+
+def _plugin_rows(cwd: Path) -> list[dict[str, Any]]:
+    proc = _fv("plugins", "list", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return [row for row in json.loads(proc.stdout) if row["distribution"] == DIST]
+
+
+def _read_video(path: Path) -> Any:
+    import imageio.v2 as imageio
+    import numpy as np
+
+    with imageio.get_reader(str(path), format="FFMPEG") as reader:
+        return np.stack([np.asarray(frame) for frame in reader])
+
+
+def _forget_plugins() -> None:
+    """Drop what this process loaded, so later tests rediscover the installed plugins."""
+    from fastvideo import registry
+
+    registry.reset()  # also clears the attention selector's caches
+    for name in [m for m in sys.modules if m == "fastvideo_example" or m.startswith("fastvideo_example.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def _check_listed(work: Path) -> None:
+    rows = _plugin_rows(work)
+    assert len(rows) == 1, f"{DIST} is not listed by `fv plugins list --json` once: {rows}"
+    row = rows[0]
+    assert row["version"] == "0.1.0"
+    assert row["name"] == "example" and row["module"] == "fastvideo_example.plugin"
+    assert row["broken"] is None, row["broken"]
+    assert row["registers"] == {"model_family": ["example"], "attention_backend": ["example-math"]}
+
+
+def _check_generate(work: Path) -> Path:
+    ckpt = work / "ckpt"
+    made = _fv("example", "make-checkpoint", str(ckpt), cwd=work)
+    assert made.returncode == 0, made.stderr
+    index = json.loads((ckpt / "model_index.json").read_text())
+    assert index["_class_name"] == "ExampleVideoPipeline"
+    assert index["transformer"] == ["fastvideo_example", "ExampleTransformer"]
+    assert (ckpt / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+    out = ckpt / "out.mp4"
+    args = [
+        "--model",
+        str(ckpt),
+        "--prompt",
+        "a red ball",
+        "--num-frames",
+        "9",
+        "--height",
+        "64",
+        "--width",
+        "64",
+    ]
+    args += ["--steps", "3", "--attention-backend", "example-math", "--output", str(out), "--json"]
+    gen = _fv("generate", *args, cwd=work)
+    assert gen.returncode == 0, f"fv generate failed (exit {gen.returncode}):\n{gen.stderr}"
+    summary = json.loads(gen.stdout)
+    assert (summary["frames"], summary["height"], summary["width"]) == (9, 64, 64)
+    frames = _read_video(out)
+    assert frames.shape == (9, 64, 64, 3), frames.shape
+    assert frames.std() > 0, "the video is a single flat colour"
+    return ckpt
+
+
+def _check_math_matches_sdpa() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from fastvideo.attention import attention, available_backends, resolve_backend_name, use_backend
+    from fastvideo.registry import get_registry
+
+    _forget_plugins()
+    entry = get_registry().get("attention_backend", "example-math")
+    assert entry.dist == DIST
+    assert resolve_backend_name(None) == "sdpa" and available_backends().index("example-math") > 0
+    backend = entry.cls()
+
+    def sdpa(q, k, v, **kw):  # [B, L, H, D] in and out, like the backends
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), **kw)
+        return out.transpose(1, 2)
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 37, 3, 16, generator=gen)
+    k, v = torch.randn(2, 2, 23, 3, 16, generator=gen)
+    keep = torch.rand(2, 1, 37, 23, generator=gen) > 0.5
+    keep[..., 0] = True  # no fully masked row
+    bias = torch.randn(2, 3, 37, 23, generator=gen)
+    cases = {
+        "plain": ((q, k, v), {}),
+        "scale": ((q, k, v), {"scale": 0.3}),
+        "bool-mask": ((q, k, v), {"attn_mask": keep}),
+        "additive-mask": ((q, k, v), {"attn_mask": bias}),
+        "causal": ((q, q, q), {"is_causal": True}),
+    }
+    for case, (qkv, kw) in cases.items():
+        ref = sdpa(*qkv, **kw)
+        assert_close(case, ref, backend.forward(*qkv, **kw), 1e-5)
+        with use_backend("example-math"):  # through the seam, as a DiT calls it
+            assert_close(f"{case} via attention()", ref, attention(*qkv, **kw), 1e-5)
+    q16, k16, v16 = (t.bfloat16() for t in (q, k, v))
+    half = backend.forward(q16, k16, v16)  # fp32 inside, bf16 out: only the output rounding differs
+    assert half.dtype == torch.bfloat16
+    assert_close("bf16", sdpa(q16.float(), k16.float(), v16.float()), half, 1e-2)
+    assert backend.supports(q, k[:, :, :1], v[:, :, :1]) is not None  # grouped-query attention
+    assert backend.supports(q, k, v, attn_mask=keep.int()) is not None  # integer mask
+
+
+def _check_uninstalled(work: Path, ckpt: Path) -> None:
+    assert _plugin_rows(work) == [], f"{DIST} is still listed after pip uninstall"
+    args = ["--model", str(ckpt), "--prompt", "a red ball", "--attention-backend", "example-math"]
+    gen = _fv("generate", *args, "--output", str(work / "after.mp4"), cwd=work)
+    assert gen.returncode == 2, f"exit {gen.returncode}: {gen.stderr}"
+    assert "example-math" in gen.stderr, gen.stderr
+
+
+# ---------------------------------------------------------------- the test
+
+
+def test_example_plugin_install_use_uninstall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in PLUGIN_ENV_VARS:  # the in-process part discovers plugins like a user's session
+        monkeypatch.delenv(var, raising=False)
+    source = tmp_path / "src"  # build from a copy: pip writes build/ and *.egg-info beside the sources
+    shutil.copytree(
+        EXAMPLE, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__")
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        _pip("install", "--no-deps", "--no-build-isolation", str(source), cwd=work)
+        _check_listed(work)
+        ckpt = _check_generate(work)
+        _check_math_matches_sdpa()
+    finally:
+        _pip("uninstall", "--yes", DIST, cwd=work)
+        _forget_plugins()
+    _check_uninstalled(work, ckpt)
