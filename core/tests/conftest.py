@@ -126,7 +126,10 @@ def fv_register_attention_backends():
 
 DUMMY_DISTS = (
     DummyDist(
-        name="fvtest-good", version="1.2.3", plugin=_GOOD, modules={"family.py": _FAMILY, "backend.py": _BACKEND}
+        name="fvtest-good",
+        version="1.2.3",
+        plugin=_GOOD,
+        modules={"family.py": _FAMILY, "backend.py": _BACKEND},
     ),
     DummyDist(name="fvtest-broken", plugin=_BROKEN),
     DummyDist(name="fvtest-hookfails", plugin=_HOOK_FAILS),

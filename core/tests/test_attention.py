@@ -80,7 +80,9 @@ def test_attention_matches_softmax_reference(case: str) -> None:
 def test_default_backend_is_sdpa_and_flash_attn_is_unavailable_on_cpu() -> None:
     assert resolve_backend_name(None) == "sdpa"
     assert "flash-attn" not in available_backends()
-    with pytest.raises(BackendUnavailableError, match=r"'flash-attn' cannot run here: .* \(pip install flash-attn\)"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"'flash-attn' cannot run here: .* \(pip install flash-attn\)"
+    ):
         resolve_backend_name("flash-attn")
 
 
@@ -143,7 +145,9 @@ def test_automatic_choice_is_the_best_available_dense_backend(fakes: None) -> No
     assert _ran() == ["fake-dense"]
 
 
-def test_env_var_beats_automatic_and_use_backend_beats_env(fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_var_beats_automatic_and_use_backend_beats_env(
+    fakes: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     q, k, v = _qkv()
     monkeypatch.setenv("FASTVIDEO_ATTENTION_BACKEND", "SDPA")  # case and _/- are normalized
     assert resolve_backend_name(None) == "sdpa"

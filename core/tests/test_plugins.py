@@ -11,7 +11,14 @@ import pytest
 from fastvideo import plugins
 from fastvideo.testing import plugin_env, run_fv, run_python
 
-DUMMIES = {"fvtest-good", "fvtest-broken", "fvtest-hookfails", "fvtest-future", "fvtest-dup-a", "fvtest-dup-b"}
+DUMMIES = {
+    "fvtest-good",
+    "fvtest-broken",
+    "fvtest-hookfails",
+    "fvtest-future",
+    "fvtest-dup-a",
+    "fvtest-dup-b",
+}
 
 
 def _plugins(site: Path, **env: str | None) -> dict[str, dict]:
@@ -30,7 +37,9 @@ def test_good_plugin_is_listed_with_version_and_registrations(dummy_site: Path) 
     assert good["registers"] == {"model_family": ["good-family"], "attention_backend": ["good-attn"]}
     assert good["broken"] is None
     assert rows["fastvideo-core"]["registers"]["attention_backend"] == ["sdpa", "flash-attn"]
-    check = run_fv(["plugins", "list", "--check"], env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good"))
+    check = run_fv(
+        ["plugins", "list", "--check"], env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good")
+    )
     assert check.returncode == 0, check.stderr
     assert "fvtest-good 1.2.3 [good]  model family: good-family; attention backend: good-attn" in check.stdout
 
@@ -38,7 +47,10 @@ def test_good_plugin_is_listed_with_version_and_registrations(dummy_site: Path) 
 def test_good_plugin_family_command_and_backend_are_usable(dummy_site: Path) -> None:
     env = plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good,fastvideo-wan")
     models = json.loads(run_fv(["models", "list", "--json"], env=env).stdout)
-    assert {m["family"]: m["distribution"] for m in models} == {"good-family": "fvtest-good", "wan": "fastvideo-wan"}
+    assert {m["family"]: m["distribution"] for m in models} == {
+        "good-family": "fvtest-good",
+        "wan": "fastvideo-wan",
+    }
     hello = run_fv(["good", "hello"], env=env)
     assert (hello.returncode, hello.stdout.strip()) == (0, "hello from fvtest-good")
     out = run_python(
@@ -81,7 +93,9 @@ def test_broken_plugins_are_reported_and_the_others_keep_working(dummy_site: Pat
 
 
 def test_duplicate_backend_name_is_rejected_naming_both_distributions(dummy_site: Path) -> None:
-    env = plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-dup-b,fvtest-dup-a")  # order of the list is irrelevant
+    env = plugin_env(
+        dummy_site, FASTVIDEO_PLUGINS="fvtest-dup-b,fvtest-dup-a"
+    )  # order of the list is irrelevant
     rows = _plugins(dummy_site, FASTVIDEO_PLUGINS="fvtest-dup-b,fvtest-dup-a")
     assert rows["fvtest-dup-a"]["broken"] is None
     assert rows["fvtest-dup-a"]["registers"] == {"attention_backend": ["dup-attn"]}
@@ -92,7 +106,9 @@ def test_duplicate_backend_name_is_rejected_naming_both_distributions(dummy_site
     assert rows["fvtest-dup-b"]["registers"] == {}
     check = run_fv(["plugins", "list", "--check"], env=env)
     assert check.returncode == 1
-    assert "fvtest-dup-b 0.1.0 [dup-b]  BROKEN: attention backend 'dup-attn' is registered twice" in check.stdout
+    assert (
+        "fvtest-dup-b 0.1.0 [dup-b]  BROKEN: attention backend 'dup-attn' is registered twice" in check.stdout
+    )
 
 
 def test_unsupported_plugin_api_is_skipped_with_a_message(dummy_site: Path) -> None:
@@ -165,3 +181,14 @@ def test_load_plugins_is_idempotent(isolated_plugins: None) -> None:
 def test_import_string() -> None:
     assert plugins.import_string("fastvideo.plugins:load_plugins") is plugins.load_plugins
     assert plugins.import_string("fastvideo.plugins.load_plugins") is plugins.load_plugins
+
+
+def test_cli_reports_a_rejected_plugin_as_one_warning_line(dummy_site: Path) -> None:
+    env = plugin_env(
+        dummy_site, FASTVIDEO_PLUGINS="fvtest-dup-a,fvtest-dup-b,fastvideo-wan", HF_HUB_OFFLINE="1"
+    )
+    proc = run_fv(["generate", "--prompt", "x", "--model", "wan", "--num-frames", "80"], env=env)
+    assert proc.returncode == 2
+    warning, error = proc.stderr.splitlines()
+    assert warning.startswith("warning: attention backend 'dup-attn' is registered twice: by ")
+    assert error == "error: num_frames=80 is invalid for wan: it must be 4*k+1 (e.g. 77 or 81)"

@@ -122,7 +122,10 @@ def test_raising_hook_marks_only_that_plugin_broken() -> None:
     good = plugin_module("fake-good", fv_register_model_families=lambda: [FakeFamily])
     with fake_plugins(bad, good):
         reg = registry.get_registry()
-        assert _info("fake-explodes").broken == "fv_register_attention_backends raised RuntimeError: no GPU kernels built"
+        assert (
+            _info("fake-explodes").broken
+            == "fv_register_attention_backends raised RuntimeError: no GPU kernels built"
+        )
         assert reg.names("model_family") == ["fake-family"]
         assert reg.names("attention_backend") == ["flash-attn", "sdpa"]
 
@@ -131,15 +134,21 @@ def test_unknown_name_suggests_close_names(isolated_plugins: None) -> None:
     reg = registry.get_registry()
     with pytest.raises(UnknownNameError) as err:
         reg.get("attention_backend", "sdp")
-    assert str(err.value) == "Unknown attention backend 'sdp'. Available: flash-attn, sdpa. Did you mean 'sdpa'?"
+    assert (
+        str(err.value) == "Unknown attention backend 'sdp'. Available: flash-attn, sdpa. Did you mean 'sdpa'?"
+    )
     assert isinstance(err.value, ValueError)
 
 
 def test_unknown_name_of_an_official_plugin_says_what_to_install(isolated_plugins: None) -> None:
     reg = registry.get_registry()
-    with pytest.raises(UnknownNameError, match=r"'vsa' is provided by fastvideo-vsa \(pip install fastvideo-vsa\)"):
+    with pytest.raises(
+        UnknownNameError, match=r"'vsa' is provided by fastvideo-vsa \(pip install fastvideo-vsa\)"
+    ):
         reg.get("attention_backend", "vsa")
-    with pytest.raises(UnknownNameError, match=r"Unknown model family 'hunyuan'. Available: none. .*fastvideo-hunyuan"):
+    with pytest.raises(
+        UnknownNameError, match=r"Unknown model family 'hunyuan'. Available: none. .*fastvideo-hunyuan"
+    ):
         reg.get("model_family", "hunyuan")
     msg = registry.unknown_name_message("attention_backend", "flash-attn", ["sdpa"])
     assert msg.endswith("'flash-attn' is provided by flash-attn (pip install flash-attn).")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -260,7 +261,14 @@ def _register_plugin_commands() -> None:
             plugin_info(impl.plugin_name).broken = f"fv_register_commands raised {type(exc).__name__}: {exc}"
 
 
+def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    """Warnings (e.g. a plugin rejected for a duplicate name) as one ``warning:`` line each."""
+    lines = str(message).splitlines()
+    typer.echo(f"warning: {lines[0] if lines else type(message).__name__}", err=True)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     _register_plugin_commands()
     app()
 

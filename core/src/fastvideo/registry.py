@@ -136,7 +136,8 @@ def get_registry(*, reload: bool = False) -> Registry:
         for kind, hook in KINDS.items():
             for info, result in plugins.call_registration_hook(hook):
                 if result is not None and not isinstance(result, (list, tuple)):
-                    _reject(reg, info, PluginError(f"{hook} of {info.dist} returned {result!r}; expected a list of classes"))
+                    msg = f"{hook} of {info.dist} returned {result!r}; expected a list of classes"
+                    _reject(reg, info, PluginError(msg))
                     continue
                 for cls in result or []:
                     try:

@@ -46,7 +46,8 @@ def _check_frames(frames: Any, *, lossless: bool) -> Any:
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
         raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {arr.dtype} {tuple(arr.shape)}")
     if not lossless and (arr.shape[1] % 2 or arr.shape[2] % 2):  # yuv420p subsamples chroma by 2
-        raise ValueError(f"H.264 needs an even height and width, got {arr.shape[1]}x{arr.shape[2]}; crop or pad the frames")
+        size = f"{arr.shape[1]}x{arr.shape[2]}"
+        raise ValueError(f"H.264 needs an even height and width, got {size}; crop or pad the frames")
     return arr
 
 

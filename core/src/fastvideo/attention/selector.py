@@ -95,7 +95,11 @@ def _dense_candidates() -> tuple[str, ...]:
 
 
 def _dense_fallback(
-    allow: str | Collection[str], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+    allow: str | Collection[str],
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
 ) -> AttentionBackend:
     """The best available dense backend that takes these inputs, preferring those ``allow`` names."""
     backends = [get_backend(n) for n in _dense_candidates()]

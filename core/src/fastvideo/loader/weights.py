@@ -40,9 +40,8 @@ def verify_safetensors(path: str | Path) -> dict[str, dict]:
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
-        raise CheckpointError(
-            f"{path}: corrupt safetensors header (not a table of tensors with data_offsets); re-download the file"
-        ) from None
+        why = "not a table of tensors with data_offsets"
+        raise CheckpointError(f"{path}: corrupt safetensors header ({why}); re-download the file") from None
     if 8 + n + end != size:
         raise CheckpointError(
             f"{path}: truncated or corrupt: the header describes {8 + n + end} bytes but the file has "
@@ -59,9 +58,11 @@ def weight_files(folder: str | Path, stem: str | None = None) -> list[Path]:
         indexes = [p for p in indexes if p.name.startswith(stem)]
     if indexes:
         try:
-            files = sorted({folder / name for name in json.loads(indexes[0].read_text())["weight_map"].values()})
+            weight_map = json.loads(indexes[0].read_text())["weight_map"]
+            files = sorted({folder / name for name in weight_map.values()})
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{indexes[0]}: not a valid shard index ({type(exc).__name__}: {exc})") from None
+            why = f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"{indexes[0]}: not a valid shard index ({why})") from None
         missing = [str(p) for p in files if not p.exists()]
         if missing:
             raise CheckpointError(f"{indexes[0]} lists shards that are missing: {', '.join(missing)}")

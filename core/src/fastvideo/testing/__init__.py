@@ -12,7 +12,15 @@
 Importing this package does not import torch.
 """
 
-from fastvideo.testing.dists import DummyDist, fv_command, install_dists, plugin_env, run_fv, run_python, write_dist
+from fastvideo.testing.dists import (
+    DummyDist,
+    fv_command,
+    install_dists,
+    plugin_env,
+    run_fv,
+    run_python,
+    write_dist,
+)
 from fastvideo.testing.hub import write_hf_cache
 from fastvideo.testing.numeric import assert_close, assert_no_worse, rel_error
 from fastvideo.testing.plugins import fake_plugins, plugin_module

@@ -67,7 +67,9 @@ def write_dist(dist: DummyDist, root: str | Path) -> Path:
     package = project / dist.package
     package.mkdir(parents=True)
     (project / "pyproject.toml").write_text(
-        _PYPROJECT.format(name=dist.name, version=dist.version, entry_point=dist.ep_name, package=dist.package)
+        _PYPROJECT.format(
+            name=dist.name, version=dist.version, entry_point=dist.ep_name, package=dist.package
+        )
     )
     (package / "__init__.py").write_text("")
     (package / "plugin.py").write_text(textwrap.dedent(dist.plugin))
@@ -93,7 +95,9 @@ def install_dists(dists: Iterable[DummyDist], target: str | Path, *, python: str
     return target
 
 
-def plugin_env(*paths: str | Path, base: Mapping[str, str] | None = None, **overrides: str | None) -> dict[str, str]:
+def plugin_env(
+    *paths: str | Path, base: Mapping[str, str] | None = None, **overrides: str | None
+) -> dict[str, str]:
     """``base`` (default ``os.environ``) with ``paths`` first on ``PYTHONPATH``; an override of
     ``None`` removes that variable. The fastvideo switches are cleared unless overridden."""
     env = dict(os.environ if base is None else base)
@@ -117,7 +121,11 @@ def fv_command() -> list[str]:
 
 
 def run_fv(
-    args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 120
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``fv ARGS`` in a subprocess and return it (text stdout/stderr captured, never raising)."""
     return subprocess.run(

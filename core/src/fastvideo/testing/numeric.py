@@ -38,11 +38,14 @@ def assert_close(name: str, ref: Any, out: Any, ratio: float, *, atol: float = 0
     """
     ref64, out64 = _as_float64(ref), _as_float64(out)
     if tuple(ref64.shape) != tuple(out64.shape):
-        raise AssertionError(f"{name}: shape {tuple(out64.shape)} differs from the reference's {tuple(ref64.shape)}")
+        raise AssertionError(
+            f"{name}: shape {tuple(out64.shape)} differs from the reference's {tuple(ref64.shape)}"
+        )
     ref_bad, out_bad = ~ref64.isfinite(), ~out64.isfinite()
-    if not bool((ref_bad == out_bad).all()) or not bool((ref64[ref_bad] == out64[out_bad]).all()):
-        where = (ref_bad != out_bad).nonzero()
-        first = tuple(where[0].tolist()) if len(where) else "?"
+    same = (ref64 == out64) | (ref64.isnan() & out64.isnan())
+    mismatch = (ref_bad | out_bad) & ~same
+    if bool(mismatch.any()):
+        first = tuple(int(i) for i in mismatch.nonzero()[0].tolist())
         raise AssertionError(
             f"{name}: non-finite values differ from the reference ({int(out_bad.sum())} in output, "
             f"{int(ref_bad.sum())} in reference; first mismatch at {first})"
@@ -63,7 +66,9 @@ def assert_close(name: str, ref: Any, out: Any, ratio: float, *, atol: float = 0
         )
 
 
-def assert_no_worse(name: str, ref: Any, out: Any, baseline: Any, *, factor: float = 2.0, atol: float = 1e-6) -> None:
+def assert_no_worse(
+    name: str, ref: Any, out: Any, baseline: Any, *, factor: float = 2.0, atol: float = 1e-6
+) -> None:
     """For low precision: ``rel_error(ref, out) <= factor * rel_error(ref, baseline) + atol``.
 
     ``baseline`` is the same computation done by plain torch in the same dtype as ``out``, so a

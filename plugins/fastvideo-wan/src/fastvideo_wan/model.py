@@ -119,15 +119,20 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def rope_tables(
-    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+    grid: tuple[int, int, int],
+    head_dim: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    theta: float = 10000.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
 
     The head dim is split into (t, h, w) parts; part ``a`` of size ``d`` rotates channel pairs
-    ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are computed in fp64 (as diffusers does).
+    ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are computed in fp64 (as diffusers does)
+    and rounded once to ``dtype`` (the model's: mixed-dtype elementwise ops run at half speed).
 
     :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
-        both ``(T*H*W, 1, head_dim)`` fp32, the operands of :func:`rope_apply`.
+        both ``(T*H*W, 1, head_dim)``, the operands of :func:`rope_apply`.
     """
     hw = 2 * (head_dim // 6)
     f64 = torch.float32 if device.type == "mps" else torch.float64
@@ -139,26 +144,30 @@ def rope_tables(
         shape[axis] = n
         parts.append(angles.view(shape).expand(*grid, d // 2))
     angles = torch.cat(parts, dim=-1).reshape(-1, 1, head_dim // 2)  # (L, 1, Dh/2)
-    cos, sin = angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos().float().to(dtype), angles.sin().float().to(dtype)
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
 def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`; math in fp32, returns x's dtype."""
+    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`, in x's dtype."""
     x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
     return torch.addcmul(x * cos, x_swapped, sin).type_as(x)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` in fp32 (no affine), returned in x's dtype."""
-    normed = F.layer_norm(x.float(), x.shape[-1:], eps=eps)
-    return torch.addcmul(shift, normed, 1 + scale).type_as(x)
+    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine), in x's dtype.
+
+    ``shift``/``scale`` come in fp32 and are rounded once; both ops accumulate in fp32, so the
+    only extra copy of x is the output (diffusers upcasts x and the result as well).
+    """
+    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
+    return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
 
 
-def layer_norm_fp32(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """An affine LayerNorm computed in fp32 whatever the dtypes of x and its weights; returns x's dtype."""
-    w, b = norm.weight.float(), norm.bias.float()
-    return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).type_as(x)
+def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """An affine LayerNorm whose (possibly fp32-kept) weights are used in x's dtype."""
+    w, b = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
+    return F.layer_norm(x, norm.normalized_shape, w, b, norm.eps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,14 +260,14 @@ class WanBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
     ) -> torch.Tensor:
-        # x (B, L, D); temb6 (B, Lm, 6, D) with Lm = 1 or L; modulation math in fp32 as in diffusers
+        # x (B, L, D); temb6 (B, Lm, 6, D) with Lm = 1 or L; the modulation sum is fp32 as in diffusers
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation + temb6.float()).unbind(2)  # (B, Lm, D)
         attn = self.self_attn(modulate(x, shift, scale, self.eps), cos, sin)  # (B, L, D)
-        x = torch.addcmul(x, attn, gate).type_as(x)  # (B, L, D)
-        h = layer_norm_fp32(x, self.norm_cross) if self.norm_cross is not None else x  # (B, L, D)
+        x = torch.addcmul(x, attn, gate.to(x.dtype))  # (B, L, D)
+        h = layer_norm(x, self.norm_cross) if self.norm_cross is not None else x  # (B, L, D)
         x = x + self.cross_attn(h, context, context_img)  # (B, L, D)
         ff = self.ffn(modulate(x, c_shift, c_scale, self.eps))  # (B, L, D)
-        return torch.addcmul(x, ff, c_gate).type_as(x)  # (B, L, D)
+        return torch.addcmul(x, ff, c_gate.to(x.dtype))  # (B, L, D)
 
 
 class WanImageEmbedding(nn.Module):
@@ -277,8 +286,8 @@ class WanImageEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos_embed is not None:  # FLF2V: (2B, Li, C) first/last-frame tokens -> (B, 2 Li, C)
             x = x.reshape(-1, self.pos_embed.shape[1], x.shape[-1]) + self.pos_embed
-        x = F.gelu(self.fc1(layer_norm_fp32(x, self.norm_in)))  # (B, Li, C)
-        return layer_norm_fp32(self.fc2(x), self.norm_out)  # (B, Li, D)
+        x = F.gelu(self.fc1(layer_norm(x, self.norm_in)))  # (B, Li, C)
+        return layer_norm(self.fc2(x), self.norm_out)  # (B, Li, D)
 
 
 class WanHead(nn.Module):
@@ -377,7 +386,7 @@ class WanTransformer(nn.Module):
         :returns: ``(B, C_out, T, H, W)`` in the model's dtype.
         """
         grid = self.token_grid(hidden_states.shape)  # (T', H', W')
-        cos, sin = rope_tables(grid, self.config.attention_head_dim, hidden_states.device)  # (L, 1, Dh) x 2
+        cos, sin = rope_tables(grid, self.config.attention_head_dim, hidden_states.device, self.dtype)  # (L, 1, Dh)
         x = self.patch_embed(hidden_states.to(self.dtype))  # (B, D, T', H', W')
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
         temb = self._embed_time(timestep, x.shape[0], x.shape[1])  # (B, Lm, D), Lm = 1 or L
