@@ -48,7 +48,7 @@ def _clean_errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (ValueError, TypeError, FastVideoError) as exc:
+    except (ValueError, FastVideoError) as exc:
         if debug:
             raise
         raise _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, USAGE_ERROR) from None
@@ -268,11 +268,31 @@ def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
 
 
 def main() -> None:
+    """Entry point of ``fv``: Click usage errors are reported as one ``error:`` line with exit 2."""
+    try:  # recent typer vendors its own click
+        from typer._click import exceptions as click  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - typer on the click package
+        from click import exceptions as click  # type: ignore[no-redef]
+
     warnings.showwarning = _show_warning
     _register_plugin_commands()
-    app()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        code = USAGE_ERROR
+    except click.Exit as exc:
+        code = exc.exit_code
+    except click.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)
