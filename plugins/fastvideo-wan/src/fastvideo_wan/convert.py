@@ -17,9 +17,12 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastvideo.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 V = TypeVar("V")
 
@@ -140,7 +143,7 @@ def ours_to_diffusers(state_dict: Mapping[str, V]) -> dict[str, V]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _open(path: Path, device: str = "cpu"):  # noqa: ANN202 - safetensors' handle has no public type
+def _open(path: Path, device: str = "cpu") -> Any:  # safetensors' handle has no public type
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -162,8 +165,10 @@ class DiffusersCheckpoint:
         self.shapes: dict[str, tuple[int, ...]] = {}  # our name -> shape
         for path in self.files:
             with _open(path) as f:
-                keys = list(f.keys())
-                names = diffusers_to_ours({k: k for k in keys})
+                try:
+                    names = diffusers_to_ours({k: k for k in f.keys()})
+                except UnmappedKeysError as e:
+                    raise UnmappedKeysError(f"{path}: {e}", e.keys) from None
                 for ours, theirs in names.items():
                     self.source[ours] = (theirs, path)
                     self.shapes[ours] = tuple(f.get_slice(theirs).get_shape())
@@ -177,7 +182,9 @@ class DiffusersCheckpoint:
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"cannot read {index}: {e} (expected a 'weight_map' of name -> shard)") from e
+            raise CheckpointError(
+                f"cannot read {index}: {e} (expected a 'weight_map' of name -> shard)"
+            ) from e
         missing = [s for s in shards if not (self.folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{index} names shard(s) missing from {self.folder}: {_listing(missing)}")
@@ -194,7 +201,8 @@ class DiffusersCheckpoint:
         """
         missing = sorted(set(expected) - set(self.shapes))
         unexpected = sorted(set(self.shapes) - set(expected))
-        mismatched = [n for n in sorted(set(expected) & set(self.shapes)) if tuple(expected[n]) != self.shapes[n]]
+        common = sorted(set(expected) & set(self.shapes))
+        mismatched = [n for n in common if tuple(expected[n]) != self.shapes[n]]
         problems = []
         if missing:
             names = list(ours_to_diffusers({n: n for n in missing}))
@@ -205,13 +213,15 @@ class DiffusersCheckpoint:
                 f"{_listing([self._where(n) for n in unexpected])}"
             )
         for n in mismatched:
-            problems.append(f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}")
+            problems.append(
+                f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}"
+            )
         if problems:
             raise CheckpointError(
                 f"checkpoint {self.folder} does not match its config.json: " + "; ".join(problems)
             )
 
-    def tensors(self, device: str | object = "cpu") -> Iterator[tuple[str, object]]:
+    def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``."""
         by_file: dict[Path, list[tuple[str, str]]] = {}
         for ours, (theirs, path) in self.source.items():

@@ -81,7 +81,8 @@ class WanConfig:
                 f"pos_embed_seq_len={self.pos_embed_seq_len} needs image_dim (got {self.image_dim}) and must be "
                 "even (first + last frame tokens)"
             )
-        if min(self.num_layers, self.num_attention_heads, self.ffn_dim, self.rope_max_seq_len) < 1 or self.eps <= 0:
+        sizes = (self.num_layers, self.num_attention_heads, self.ffn_dim, self.rope_max_seq_len)
+        if min(sizes) < 1 or self.eps <= 0:
             raise ValueError(f"sizes and eps must be positive: {self}")
 
     @property
@@ -137,7 +138,7 @@ def rope_tables(
     hw = 2 * (head_dim // 6)
     f64 = torch.float32 if device.type == "mps" else torch.float64
     parts = []
-    for axis, (n, d) in enumerate(zip(grid, (head_dim - 2 * hw, hw, hw))):
+    for axis, (n, d) in enumerate(zip(grid, (head_dim - 2 * hw, hw, hw), strict=True)):
         inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=f64, device=device) / d)  # (d/2,)
         angles = torch.outer(torch.arange(n, dtype=f64, device=device), inv_freq)  # (n, d/2)
         shape = [1, 1, 1, d // 2]
@@ -157,8 +158,8 @@ def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine), in x's dtype.
 
-    ``shift``/``scale`` come in fp32 and are rounded once; both ops accumulate in fp32, so the
-    only extra copy of x is the output (diffusers upcasts x and the result as well).
+    ``shift``/``scale`` (fp32, tiny) are rounded to x's dtype; both ops accumulate in fp32 inside,
+    so x is read once and written once (diffusers also materializes fp32 copies of x).
     """
     normed = F.layer_norm(x, x.shape[-1:], eps=eps)
     return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
@@ -225,7 +226,10 @@ class WanCrossAttention(nn.Module):
         self.v_img = nn.Linear(dim, dim) if image else None
         self.norm_k_img = nn.RMSNorm(dim, eps=eps) if image else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None
+    ) -> torch.Tensor:
+        # x (B, L, D); context (B, Lt, D); context_img (B, Li, D) or None
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, Dh)
         k = self.norm_k(self.k(context)).unflatten(-1, heads)  # (B, Lt, H, Dh)
@@ -248,7 +252,8 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 6, dim))  # + per-step (shift, scale, gate) x 2
         self.self_attn = WanSelfAttention(dim, cfg.num_attention_heads, eps)
         self.norm_cross = nn.LayerNorm(dim, eps=eps) if cfg.cross_attn_norm else None
-        self.cross_attn = WanCrossAttention(dim, cfg.num_attention_heads, eps, image=cfg.image_dim is not None)
+        image = cfg.image_dim is not None
+        self.cross_attn = WanCrossAttention(dim, cfg.num_attention_heads, eps, image=image)
         self.ffn = WanMLP(dim, cfg.ffn_dim, dim, "gelu_tanh")
 
     def forward(
@@ -261,7 +266,8 @@ class WanBlock(nn.Module):
         sin: torch.Tensor,
     ) -> torch.Tensor:
         # x (B, L, D); temb6 (B, Lm, 6, D) with Lm = 1 or L; the modulation sum is fp32 as in diffusers
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation + temb6.float()).unbind(2)  # (B, Lm, D)
+        mod = self.modulation + temb6.float()  # (B, Lm, 6, D) fp32
+        shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(2)  # 6 x (B, Lm, D)
         attn = self.self_attn(modulate(x, shift, scale, self.eps), cos, sin)  # (B, L, D)
         x = torch.addcmul(x, attn, gate.to(x.dtype))  # (B, L, D)
         h = layer_norm(x, self.norm_cross) if self.norm_cross is not None else x  # (B, L, D)
@@ -363,9 +369,11 @@ class WanTransformer(nn.Module):
         raster order over it.
         """
         sizes = tuple(latent_shape[-3:])
-        if any(s % p for s, p in zip(sizes, self.config.patch_size)):
-            raise ValueError(f"latent (T, H, W)={sizes} must be divisible by patch_size={self.config.patch_size}")
-        grid = tuple(s // p for s, p in zip(sizes, self.config.patch_size))
+        if any(s % p for s, p in zip(sizes, self.config.patch_size, strict=True)):
+            raise ValueError(
+                f"latent (T, H, W)={sizes} must be divisible by patch_size={self.config.patch_size}"
+            )
+        grid = tuple(s // p for s, p in zip(sizes, self.config.patch_size, strict=True))
         if max(grid) > self.config.rope_max_seq_len:
             raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={self.config.rope_max_seq_len}")
         return grid  # type: ignore[return-value]
@@ -386,7 +394,8 @@ class WanTransformer(nn.Module):
         :returns: ``(B, C_out, T, H, W)`` in the model's dtype.
         """
         grid = self.token_grid(hidden_states.shape)  # (T', H', W')
-        cos, sin = rope_tables(grid, self.config.attention_head_dim, hidden_states.device, self.dtype)  # (L, 1, Dh)
+        head_dim = self.config.attention_head_dim
+        cos, sin = rope_tables(grid, head_dim, hidden_states.device, self.dtype)  # (L, 1, Dh) x 2
         x = self.patch_embed(hidden_states.to(self.dtype))  # (B, D, T', H', W')
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
         temb = self._embed_time(timestep, x.shape[0], x.shape[1])  # (B, Lm, D), Lm = 1 or L
@@ -402,7 +411,9 @@ class WanTransformer(nn.Module):
         t = timestep.expand(batch) if timestep.ndim == 0 else timestep
         t = t.reshape(batch, -1)  # (B, Lm)
         if t.shape[1] not in (1, num_tokens):
-            raise ValueError(f"timestep {tuple(timestep.shape)} must be (B,) or (B, {num_tokens}) (one per token)")
+            raise ValueError(
+                f"timestep {tuple(timestep.shape)} must be (B,) or (B, {num_tokens}) (one per token)"
+            )
         freqs = timestep_embedding(t.flatten(), self.config.freq_dim)  # (B*Lm, F) fp32
         temb = self.time_embed(freqs.to(self.time_embed.fc1.weight.dtype))  # (B*Lm, D)
         return temb.unflatten(0, t.shape).to(self.dtype)  # (B, Lm, D)
@@ -411,7 +422,9 @@ class WanTransformer(nn.Module):
         if image is None:
             return None
         if self.image_embed is None:
-            raise ValueError("encoder_hidden_states_image was given but the model has no image_dim (not an I2V DiT)")
+            raise ValueError(
+                "encoder_hidden_states_image was given but the model has no image_dim (not an I2V DiT)"
+            )
         return self.image_embed(image.to(self.dtype))  # (B, Li, D)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -440,7 +453,9 @@ class WanTransformer(nn.Module):
         return False
 
     @classmethod
-    def from_config(cls, config: WanConfig | Mapping[str, Any], device: torch.device | str = "meta") -> WanTransformer:
+    def from_config(
+        cls, config: WanConfig | Mapping[str, Any], device: torch.device | str = "meta"
+    ) -> WanTransformer:
         """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``."""
         cfg = config if isinstance(config, WanConfig) else WanConfig.from_diffusers_config(config)
         with torch.device("meta"):
@@ -452,7 +467,10 @@ class WanTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, dtype: torch.dtype | None = torch.bfloat16, device: torch.device | str = "cpu"
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype | None = torch.bfloat16,
+        device: torch.device | str = "cpu",
     ) -> WanTransformer:
         """Load a diffusers ``WanTransformer3DModel`` folder (``config.json`` + safetensors weights).
 
@@ -466,7 +484,7 @@ class WanTransformer(nn.Module):
         ckpt.check_against({k: tuple(v.shape) for k, v in model.state_dict().items()})
         state = {}
         for name, tensor in ckpt.tensors(device=device):
-            target = torch.float32 if cls.is_fp32_param(name) else dtype
+            target = torch.float32 if dtype is not None and cls.is_fp32_param(name) else dtype
             state[name] = tensor if target is None or not tensor.is_floating_point() else tensor.to(target)
         model.load_state_dict(state, strict=True, assign=True)
         return model.eval()
@@ -475,7 +493,11 @@ class WanTransformer(nn.Module):
 def _read_config(folder: Path) -> WanConfig:
     path = folder / "config.json"
     if not path.is_file():
-        hint = f"; did you mean {folder / 'transformer'}?" if (folder / "transformer" / "config.json").is_file() else ""
+        hint = (
+            f"; did you mean {folder / 'transformer'}?"
+            if (folder / "transformer" / "config.json").is_file()
+            else ""
+        )
         raise CheckpointError(f"{path} not found: expected a diffusers WanTransformer3DModel folder{hint}")
     try:
         config = json.loads(path.read_text())
@@ -483,7 +505,9 @@ def _read_config(folder: Path) -> WanConfig:
         raise CheckpointError(f"cannot read {path}: {e}") from e
     name = config.get("_class_name", "WanTransformer3DModel")
     if name != "WanTransformer3DModel":
-        raise CheckpointError(f"{path} describes a {name}; WanTransformer loads WanTransformer3DModel checkpoints")
+        raise CheckpointError(
+            f"{path} describes a {name}; WanTransformer loads WanTransformer3DModel checkpoints"
+        )
     try:
         return WanConfig.from_diffusers_config(config)
     except (TypeError, ValueError) as e:
