@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,19 +24,21 @@ class StepContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_CURRENT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("fv_step", default=None)
+# Module state rather than a ContextVar: torch.compile traces a global read without a graph break.
+# One generation runs at a time per process (parallel ranks are processes).
+_CURRENT: list[StepContext | None] = [None]
 
 
 def current_step() -> StepContext | None:
     """The step context of the forward now running, or ``None`` outside a denoising step."""
-    return _CURRENT.get()
+    return _CURRENT[0]
 
 
 @contextlib.contextmanager
 def step_context(ctx: StepContext) -> Iterator[StepContext]:
     """Make ``ctx`` the current step context for the duration of the block."""
-    token = _CURRENT.set(ctx)
+    previous, _CURRENT[0] = _CURRENT[0], ctx
     try:
         yield ctx
     finally:
-        _CURRENT.reset(token)
+        _CURRENT[0] = previous

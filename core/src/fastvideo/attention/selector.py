@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import logging
 import os
@@ -26,7 +25,10 @@ DENSE = "dense"
 ALL = "all"
 ENV_VAR = "FASTVIDEO_ATTENTION_BACKEND"
 
-_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("fv_attn_backend", default=None)
+# Plain module state (not ContextVars or locks) so torch.compile traces attention() without graph
+# breaks: the forced backend name and the instances, filled before the first traced call.
+_FORCED: list[str | None] = [None]
+_INSTANCES: dict[str, AttentionBackend] = {}
 
 
 def _classes() -> dict[str, type[AttentionBackend]]:
@@ -64,14 +66,12 @@ def resolve_backend_name(requested: str | None = None) -> str:
     return avail[0]
 
 
-@functools.lru_cache(maxsize=None)
-def _instance(name: str) -> AttentionBackend:
-    return _classes()[name]()
-
-
 def get_backend(name: str) -> AttentionBackend:
     """The (cached) instance of the backend registered as ``name``."""
-    return _instance(name)
+    backend = _INSTANCES.get(name)
+    if backend is None:
+        backend = _INSTANCES[name] = _classes()[name]()
+    return backend
 
 
 @contextlib.contextmanager
@@ -81,11 +81,14 @@ def use_backend(name: str | None) -> Iterator[str]:
     Resolves and validates the name on entry, so a bad request fails before any work.
     """
     resolved = resolve_backend_name(name)
-    token = _FORCED.set(resolved)
+    get_backend(resolved)
+    for dense in _dense_candidates():  # instantiate fallbacks now, outside any compiled region
+        get_backend(dense)
+    previous, _FORCED[0] = _FORCED[0], resolved
     try:
         yield resolved
     finally:
-        _FORCED.reset(token)
+        _FORCED[0] = previous
 
 
 @functools.lru_cache(maxsize=1)
@@ -140,10 +143,10 @@ def attention(
     """
     from fastvideo.attention.context import current_step
 
-    name = _FORCED.get()
+    name = _FORCED[0]
     if name is None:
         name = _auto_name()
-    backend = get_backend(name)
+    backend = _INSTANCES.get(name) or get_backend(name)
     if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
         backend = _dense_fallback(allow, q, k, v, attn_mask)
     return backend.forward(q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step())
@@ -160,6 +163,6 @@ def _auto_name() -> str:
 
 def clear_caches() -> None:
     """Forget cached backend instances and choices (after the registry changes)."""
-    _instance.cache_clear()
+    _INSTANCES.clear()
     _dense_candidates.cache_clear()
     _auto_name_for.cache_clear()
