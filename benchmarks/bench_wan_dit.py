@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -20,25 +22,28 @@ HEADER = ["date", "card", "config", "shape (F x H x W, tokens)", "dtype", "varia
           "ratio", "ours peak GiB", "diffusers peak GiB", "max abs diff", "mean abs diff", "versions", "command"]
 
 
-def build_models(config_name: str, dtype: torch.dtype, seed: int):
+def build_models(config_name: str, dtype: torch.dtype, seed: int, workdir: Path):
+    """diffusers' model with random weights, saved with ``save_pretrained`` and loaded back by both
+    libraries the way users load checkpoints (``from_pretrained`` with a bf16 dtype: each keeps its
+    fp32 modules in fp32)."""
     from diffusers import WanTransformer3DModel
 
     from fastvideo_wan.configs import CONFIGS
-    from fastvideo_wan.convert import diffusers_to_ours
-    from fastvideo_wan.model import WanConfig, WanTransformer
+    from fastvideo_wan.model import WanTransformer
 
-    cfg = dict(CONFIGS[config_name])
+    cfg = {k: v for k, v in CONFIGS[config_name].items() if not k.startswith("_")}
     torch.manual_seed(seed)
     with torch.device("cuda"):
-        ref = WanTransformer3DModel(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        ref = WanTransformer3DModel(**cfg)
     with torch.no_grad():  # random (not init-default) values everywhere, small enough to stay finite
         for p in ref.parameters():
             p.normal_(0, 0.02)
-    ref = ref.to(dtype).eval()
-    ours = WanTransformer.from_config(WanConfig.from_diffusers_config(cfg), device="meta")
-    state = diffusers_to_ours({k: v.detach().clone() for k, v in ref.state_dict().items()})
-    ours.load_state_dict(state, strict=True, assign=True)
-    return ref, ours.eval(), cfg
+    ref.to(dtype).save_pretrained(str(workdir))
+    del ref
+    torch.cuda.empty_cache()
+    ref = WanTransformer3DModel.from_pretrained(str(workdir), torch_dtype=dtype).to("cuda").eval()
+    ours = WanTransformer.from_pretrained(workdir, dtype=dtype, device="cpu").eval()
+    return ref, ours, cfg
 
 
 def main() -> None:
@@ -52,11 +57,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time ours with compile_blocks()")
+    ap.add_argument("--compile-ref", action="store_true", help="also time diffusers' compile_repeated_blocks()")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
-    ref, ours, cfg = build_models(args.config, dtype, seed=0)
+    tmp = tempfile.TemporaryDirectory()
+    ref, ours, cfg = build_models(args.config, dtype, seed=0, workdir=Path(tmp.name))
     z = 48 if cfg.get("in_channels") == 48 else cfg["in_channels"]
     stride = 16 if z == 48 else 8
     t_lat, h_lat, w_lat = (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride
@@ -71,24 +78,29 @@ def main() -> None:
         with torch.inference_mode():
             return ref(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
 
+    from fastvideo.attention import use_backend
+
     def run_ours():
-        with torch.inference_mode():
+        with torch.inference_mode(), use_backend(None):  # as the pipeline runs it
             return ours(x, t, text)
 
-    ours.to("cpu")
     gc.collect()
     torch.cuda.empty_cache()
     t_ref, out_ref = time_cuda("diffusers", run_ref, warmup=args.warmup, iters=args.iters)
     out_ref = out_ref.float().cpu()
+    refs = [("eager", t_ref)]
+    if args.compile_ref:
+        ref.compile_repeated_blocks()
+        t_rc, _ = time_cuda("diffusers-compiled", run_ref, warmup=max(args.warmup, 2), iters=args.iters)
+        refs.append(("compile_repeated_blocks", t_rc))
     ref.to("cpu")
+    del ref
     gc.collect()
     torch.cuda.empty_cache()
     ours.to("cuda")
-    variants = [("eager", ours)]
     results = []
-    for name, _ in variants:
-        t_ours, out = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
-        results.append((name, t_ours, out.float().cpu()))
+    t_ours, out = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
+    results.append(("eager", t_ours, out.float().cpu()))
     if args.compile:
         ours.compile_blocks()
         t_c, out = time_cuda("ours-compiled", run_ours, warmup=max(args.warmup, 2), iters=args.iters)
@@ -96,7 +108,8 @@ def main() -> None:
 
     env = environment()
     print(f"{env['card']} torch {env['torch']} diffusers {env['diffusers']} tokens={tokens}")
-    print(f"diffusers: {t_ref.median_ms:.1f} ms (min {t_ref.min_ms:.1f}), peak {t_ref.peak_gib:.2f} GiB")
+    for name, tm in refs:
+        print(f"diffusers[{name}]: {tm.median_ms:.1f} ms (min {tm.min_ms:.1f}), peak {tm.peak_gib:.2f} GiB")
     for name, tm, out in results:
         diff = (out - out_ref).abs()
         ratio = tm.median_ms / t_ref.median_ms
@@ -104,13 +117,22 @@ def main() -> None:
               f"ratio {ratio:.3f}, max|d| {diff.max():.4g}, mean|d| {diff.mean():.4g}, ref scale {out_ref.abs().max():.3g}")
         if not args.no_record:
             append_row(
-                "Wan DiT forward: ours vs diffusers (same random weights)",
+                "Wan DiT forward: ours vs diffusers eager (same random weights, both from_pretrained in bf16)",
                 HEADER,
                 [env["date"], env["card"], args.config, f"{args.frames}x{args.height}x{args.width}, {tokens}",
                  args.dtype, name, f"{tm.median_ms:.1f}", f"{t_ref.median_ms:.1f}", f"{ratio:.3f}",
                  f"{tm.peak_gib:.2f}", f"{t_ref.peak_gib:.2f}", f"{diff.max():.3g}", f"{diff.mean():.3g}",
                  f"torch {env['torch']}, diffusers {env['diffusers']}", f"`{env['command']}`"],
             )
+    if len(refs) > 1 and not args.no_record:
+        tm = refs[1][1]
+        append_row(
+            "Wan DiT forward: diffusers with its own regional compile (reference only)",
+            ["date", "card", "config", "shape", "dtype", "diffusers compile_repeated_blocks ms", "diffusers eager ms",
+             "peak GiB", "command"],
+            [env["date"], env["card"], args.config, f"{args.frames}x{args.height}x{args.width}, {tokens}", args.dtype,
+             f"{tm.median_ms:.1f}", f"{t_ref.median_ms:.1f}", f"{tm.peak_gib:.2f}", f"`{env['command']}`"],
+        )
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ def generate(
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
     num_gpus: Annotated[int, typer.Option(help="GPUs to spread the generation over.")] = 1,
     dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
+    compile: Annotated[
+        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA].")
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
@@ -128,6 +131,7 @@ def generate(
         config = PipelineConfig(
             device=device,
             dtype=dtype,
+            compile=compile,
             attention_backend=attention_backend,
             revision=revision,
             progress=progress and not as_json,

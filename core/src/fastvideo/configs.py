@@ -127,6 +127,7 @@ class PipelineConfig:
     token: str | None = None  # Hub token; None = HF_TOKEN / HF_API_KEY
     local_files_only: bool = False
     progress: bool = True  # rich progress bars
+    compile: bool | None = None  # regional torch.compile of the DiT blocks; None = on for CUDA devices
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ and how to build a runnable pipeline. A complete tiny family plugin::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -138,3 +138,61 @@ class ModelFamily(ABC):
     @abstractmethod
     def build_pipeline(cls, source: ModelSource, config: PipelineConfig) -> ComposedPipeline:
         """Load the components of ``source`` and return a runnable pipeline."""
+
+    # ---------------------------------------------------------------- training (optional)
+    # Families that support ``fv train`` / ``fv preprocess`` / ``--lora`` implement these. Each
+    # default raises a one-line NotImplementedError naming the family and the missing hook.
+
+    #: Default LoRA targets: ``fnmatch`` globs over the DiT's module names (ours), matching Linear layers.
+    lora_target_modules: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _no_training(cls, hook: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"the {cls.name!r} model family does not support training: {cls.__module__}.{cls.__qualname__}"
+            f" does not implement ModelFamily.{hook}; update the plugin or use a family that does (wan)"
+        )
+
+    @classmethod
+    def load_transformer(
+        cls, source: ModelSource, *, component: str = "transformer", dtype: str = "fp32", device: Any = "cpu"
+    ) -> Any:
+        """Our DiT for ``component`` of ``source`` (a ``torch.nn.Module``), loaded in ``dtype``.
+
+        Its ``forward`` follows diffusers' call convention (``hidden_states``, ``timestep``,
+        ``encoder_hidden_states``) and its ``config`` describes it (see :meth:`transformer_config`).
+        """
+        raise cls._no_training("load_transformer")
+
+    @classmethod
+    def training_objective(cls, source: ModelSource) -> Any:
+        """The loss the family was trained with, e.g. a
+        :class:`fastvideo.training.objectives.FlowMatchingObjective` with the checkpoint's shift."""
+        raise cls._no_training("training_objective")
+
+    @classmethod
+    def training_encoders(cls, source: ModelSource, config: PipelineConfig) -> Any:
+        """The VAE and text encoders for ``fv preprocess``: a
+        :class:`fastvideo.training.preprocess.Encoders` (``encode_video``, ``encode_text``)."""
+        raise cls._no_training("training_encoders")
+
+    @classmethod
+    def to_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        """Map our DiT parameter names to diffusers' (export, LoRA files). Raise on unknown names."""
+        raise cls._no_training("to_diffusers_names")
+
+    @classmethod
+    def from_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        """Map diffusers' DiT parameter names to ours (loading LoRA files). Raise on unknown names."""
+        raise cls._no_training("from_diffusers_names")
+
+    @classmethod
+    def from_original_names(cls, names: Iterable[str]) -> dict[str, str]:
+        """Map the upstream repository's DiT module names (LoRA files published in that naming,
+        ``diffusion_model.`` prefix removed) to ours; names it does not know are left out."""
+        return {}
+
+    @classmethod
+    def transformer_config(cls, model: Any) -> dict[str, Any]:
+        """The diffusers ``config.json`` (with ``_class_name``) that describes ``model``."""
+        raise cls._no_training("transformer_config")

@@ -1,9 +1,50 @@
-"""Base class of training algorithms (finetune, LoRA, DMD2)."""
+"""Base class of training algorithms (finetune, LoRA, DMD2).
+
+The core's trainer (:mod:`fastvideo.training.trainer`) owns everything an algorithm should not
+have to write: processes and devices, data order, mixed precision, activation checkpointing,
+FSDP2 / sequence parallelism, gradient accumulation and clipping, checkpoints, EMA, validation
+videos and metrics. An algorithm gets that trainer as ``ctx`` and decides which models exist,
+which parameters train and what one optimisation step computes. A complete tiny plugin::
+
+    # my_algo/algorithm.py  (no torch import at module level)
+    from fastvideo.interfaces import TrainingAlgorithm
+
+    class HalfLoss(TrainingAlgorithm):
+        name = "half-loss"
+
+        def setup(self):
+            model = self.ctx.load_transformer()                  # fp32 master weights, ours
+            self.model = self.ctx.prepare_model(model)           # checkpointing, FSDP2, SP
+            self.opt = self.ctx.make_optimizer(self.model.parameters())
+            self.ctx.register("transformer", self.model, self.opt)  # checkpointed and exported
+
+        def train_step(self, batch):                             # batch: the micro-batches of a step
+            for micro in batch:
+                loss, _ = self.ctx.objective_loss(self.model, micro)
+                self.ctx.backward(0.5 * loss / len(batch))
+            return {"loss": ..., **self.ctx.optimizer_step(self.opt, self.model)}
+
+    # my_algo/plugin.py
+    from fastvideo import hookimpl
+    FASTVIDEO_PLUGIN_API = 1
+
+    @hookimpl
+    def fv_register_training_algorithms():
+        from my_algo.algorithm import HalfLoss
+        return [HalfLoss]
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from fastvideo.training.trainer import Trainer
 
 
 class TrainingAlgorithm(ABC):
@@ -12,14 +53,33 @@ class TrainingAlgorithm(ABC):
     Class attributes:
         name: lower-kebab name (``"lora"``).
         models: the roles of the models it needs (``("student", "teacher", "critic")``).
+        description: one line for ``fv train --help`` and the docs.
+
+    The trainer calls, in order: ``__init__(ctx)``, :meth:`setup` (build, wrap and
+    :meth:`~fastvideo.training.trainer.Trainer.register` the models and optimizers), then, when
+    resuming, :meth:`load_state_dict`; then :meth:`train_step` once per optimisation step, and
+    :meth:`export` at the end.
     """
 
     name: ClassVar[str]
     models: ClassVar[tuple[str, ...]] = ("transformer",)
+    description: ClassVar[str] = ""
+
+    def __init__(self, ctx: Trainer | None = None) -> None:
+        self.ctx: Any = ctx
+
+    def setup(self) -> None:
+        """Load the models, make the trainable ones ready (``ctx.prepare_model``), build their
+        optimizers (``ctx.make_optimizer``) and ``ctx.register`` each for checkpoints."""
 
     @abstractmethod
     def train_step(self, batch: Any) -> dict[str, float]:
-        """Run one optimisation step and return its metrics."""
+        """Run one optimisation step and return its metrics.
+
+        ``batch`` is the list of this rank's micro-batches for the step (one per gradient
+        accumulation step), each a dict of tensors from the dataset (``latents``, ``text``,
+        ``text_mask``, ``position``).
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """Algorithm state to checkpoint beside the models and optimizers."""
@@ -27,3 +87,14 @@ class TrainingAlgorithm(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model that validation videos and the export use (default: the ``transformer`` role)."""
+        return self.ctx.registered("transformer").model
+
+    def export(self, folder: Path) -> Path:
+        """Write the result where ``fv generate`` and diffusers can load it; returns the path.
+
+        The default writes a diffusers-format folder with :meth:`eval_model` as the transformer.
+        """
+        return self.ctx.export_diffusers(self.eval_model(), folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastvideo import progress
@@ -86,14 +87,101 @@ class T5TextEncoder:
         return hidden.to(device), mask.to(device)
 
 
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Text wrapped around each prompt before a language model encodes it (HunyuanVideo's Llama).
+
+    ``text`` holds one ``{}`` where the prompt goes; ``crop_start`` leading tokens (the template's
+    prefix, as the checkpoint's tokenizer splits it) are dropped from the embeddings and the mask.
+    """
+
+    text: str
+    crop_start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.text.count("{}") != 1 or self.crop_start < 0:
+            raise ValueError(
+                f"a prompt template needs exactly one '{{}}' and crop_start >= 0, got {self.text!r} "
+                f"with crop_start={self.crop_start}"
+            )
+
+
+class LanguageModelTextEncoder:
+    """A decoder-only language model used as text encoder: ``(embeds [B, L, D], mask [B, L])``.
+
+    Each prompt is wrapped in ``template``, tokenized and right-padded to ``max_length +
+    template.crop_start`` tokens; the hidden state at ``hidden_layer`` (``-3``: skip the last two
+    layers, as HunyuanVideo does) is taken and the first ``crop_start`` tokens are dropped.
+    Padding positions keep the model's values; the mask marks them.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: Any,
+        *,
+        template: PromptTemplate | None = None,
+        hidden_layer: int = -1,
+        preprocess: Callable[[str], str] = str,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.template = template or PromptTemplate(text="{}")
+        self.hidden_layer = hidden_layer
+        self.preprocess = preprocess
+
+    def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = self.template.crop_start
+        tokens = self.tokenizer(
+            [self.template.text.format(self.preprocess(p)) for p in prompts],
+            padding="max_length",
+            padding_side="right",  # the crop and the DiT's text mask assume right padding
+            max_length=max_length + crop,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        model_device = next(self.model.parameters()).device
+        ids, mask = tokens.input_ids.to(model_device), tokens.attention_mask.to(model_device)
+        out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = out.hidden_states[self.hidden_layer][:, crop:]  # (B, L, D)
+        return hidden.to(device), mask[:, crop:].to(device)
+
+
+class PooledTextEncoder:
+    """A text model's pooled output (CLIP's end-of-text token state): ``(pooled [B, D], None)``.
+
+    It always tokenizes to its own ``max_length`` (CLIP: 77), whatever the request's text length.
+    """
+
+    def __init__(self, tokenizer: Any, model: Any, *, max_length: int = 77) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.max_length = max_length
+
+    def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, None]:
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        ids = tokens.input_ids.to(next(self.model.parameters()).device)
+        return self.model(ids, output_hidden_states=False).pooler_output.to(device), None
+
+
 class TextEncodingStage(PipelineStage):
-    """Encodes the prompt (and the negative prompt when CFG is on) with each text encoder."""
+    """Encodes the prompt (and the negative prompt when CFG is on) with each text encoder.
+
+    ``cfg=False`` is for guidance-distilled DiTs that take the guidance scale as an input
+    (HunyuanVideo's embedded guidance): no negative prompt is encoded, whatever the scale.
+    """
 
     name = "text_encoding"
 
-    def __init__(self, encoders: Sequence[Callable[..., Any]], *, default_negative_prompt: str = "") -> None:
+    def __init__(
+        self, encoders: Sequence[Callable[..., Any]], *, default_negative_prompt: str = "", cfg: bool = True
+    ) -> None:
         self.encoders = list(encoders)
         self.default_negative_prompt = default_negative_prompt
+        self.cfg = cfg
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         p = batch.params
@@ -101,7 +189,7 @@ class TextEncodingStage(PipelineStage):
             emb, mask = enc([p.prompt], p.max_sequence_length, batch.device)
             batch.prompt_embeds.append(emb)
             batch.prompt_masks.append(mask)
-            if batch.do_cfg:
+            if self.cfg and batch.do_cfg:
                 neg = p.negative_prompt if p.negative_prompt is not None else self.default_negative_prompt
                 nemb, nmask = enc([neg], p.max_sequence_length, batch.device)
                 batch.negative_prompt_embeds.append(nemb)
@@ -125,16 +213,25 @@ def scheduler_with_shift(scheduler: Any, shift: float | None) -> Any:
 
 
 class TimestepPreparationStage(PipelineStage):
-    """Sets the scheduler's timesteps (applying ``flow_shift`` when the request gives one)."""
+    """Sets the scheduler's timesteps (applying ``flow_shift`` when the request gives one).
+
+    ``sigmas(num_steps)``, when given, is the unshifted sigma schedule passed to the scheduler
+    (HunyuanVideo: ``linspace(1, 0, n + 1)[:-1]``) instead of the scheduler's own.
+    """
 
     name = "timesteps"
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, *, sigmas: Callable[[int], Sequence[float]] | None = None) -> None:
         self.scheduler = scheduler
+        self.sigmas = sigmas
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         scheduler = scheduler_with_shift(self.scheduler, batch.params.flow_shift)
-        scheduler.set_timesteps(batch.params.num_inference_steps, device=batch.device)
+        n = batch.params.num_inference_steps
+        if self.sigmas is None:
+            scheduler.set_timesteps(n, device=batch.device)
+        else:
+            scheduler.set_timesteps(sigmas=list(self.sigmas(n)), device=batch.device)
         batch.extra["scheduler"] = scheduler
         batch.timesteps = scheduler.timesteps
         return batch
@@ -183,7 +280,8 @@ class DenoisingStage(PipelineStage):
     Families override :meth:`model_inputs` (extra DiT arguments, per-token timesteps, image
     conditioning), :meth:`token_grid` and :meth:`after_step`. With ``transformer_2`` and
     ``boundary_ratio`` (Wan2.2 MoE) the second expert runs for ``t < boundary_ratio * 1000``
-    with ``guidance_scale_2``.
+    with ``guidance_scale_2``. ``cfg=False`` runs no negative branch (guidance-distilled DiTs that
+    take the guidance scale as an input, through :meth:`model_inputs`).
     """
 
     name = "denoising"
@@ -195,11 +293,13 @@ class DenoisingStage(PipelineStage):
         transformer_2: torch.nn.Module | None = None,
         boundary_ratio: float | None = None,
         num_train_timesteps: int = 1000,
+        cfg: bool = True,
     ) -> None:
         self.transformer = transformer
         self.transformer_2 = transformer_2
         self.boundary_ratio = boundary_ratio
         self.num_train_timesteps = num_train_timesteps
+        self.cfg = cfg
 
     # -- hooks for families
     def token_grid(self, latents: torch.Tensor) -> tuple[int, int, int] | None:
@@ -254,7 +354,7 @@ class DenoisingStage(PipelineStage):
                 inputs = self.model_inputs(batch, latents, t)
                 with step_context(ctx):
                     pred = model(**inputs, **self.text_inputs(batch, negative=False))
-                    if batch.do_cfg:
+                    if self.cfg and batch.do_cfg:
                         uncond = model(**inputs, **self.text_inputs(batch, negative=True))
                         pred = uncond + scale * (pred - uncond)
                 latents = scheduler.step(pred, t, latents, return_dict=False)[0]

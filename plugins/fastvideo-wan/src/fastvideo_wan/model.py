@@ -175,10 +175,18 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 # Layers
 # --------------------------------------------------------------------------------------------------
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation); in place when no autograd graph is being built, which saves the
+    feed-forward's largest activation (L x ffn_dim) at inference."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x, approximate="tanh")
+    return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
 _ACTIVATIONS = {
     "silu": F.silu,
     "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_tanh": gelu_tanh,
 }
 
 

@@ -214,6 +214,10 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
     if transformer is None:  # Wan2.2 checkpoints may ship only the low-noise expert
         transformer, transformer_2 = transformer_2, None
     assert transformer is not None
+    if config.compile or (config.compile is None and device.type == "cuda"):
+        for dit in (transformer, transformer_2):
+            if dit is not None:
+                dit.compile_blocks()  # regional: each block compiles once, shapes are reused per step
     geometry = WanLatents(vae)
     stages: list[PipelineStage] = [
         InputValidationStage(family, source),
