@@ -95,15 +95,22 @@ class SamplingParams:
 
 @dataclass(frozen=True, kw_only=True)
 class ParallelConfig:
-    """How one generation is spread over processes (one per GPU)."""
+    """How one generation is spread over processes (one per GPU); see docs/parallel.md.
+
+    The DiT's ranks form a mesh ``cfg x ring x ulysses`` whose product is ``num_gpus``. Text
+    encoders are tensor-parallel over groups of ``tp_size`` consecutive ranks; FSDP shards the
+    DiT's weights over groups of ``hsdp_shard_size`` ranks (HSDP when fewer than ``num_gpus``).
+    """
 
     num_gpus: int = 1
     sp_size: int | None = None  # Ulysses degree; None = num_gpus / (ring_size * cfg degree)
-    ring_size: int = 1
-    cfg_parallel: bool = False
-    fsdp: bool = False
-    tp_size: int = 1
-    timeout_s: float = 600.0
+    ring_size: int = 1  # ring-attention degree (USP when sp_size > 1 too)
+    cfg_parallel: bool = False  # conditional and unconditional branches on different ranks
+    fsdp: bool = False  # shard DiT weights with FSDP2
+    hsdp_shard_size: int | None = None  # FSDP shard group size; None = num_gpus; fewer = HSDP replicas
+    tp_size: int = 1  # tensor parallelism of the text encoders
+    timeout_s: float = 600.0  # collective timeout of the process group, seconds
+    strategies: tuple[str, ...] = ()  # extra (plugin) parallel strategies to apply, by name
 
     def __post_init__(self) -> None:
         _check_int("num_gpus", self.num_gpus, 1)
@@ -111,6 +118,35 @@ class ParallelConfig:
         _check_int("tp_size", self.tp_size, 1)
         if self.sp_size is not None:
             _check_int("sp_size", self.sp_size, 1)
+        if self.hsdp_shard_size is not None:
+            _check_int("hsdp_shard_size", self.hsdp_shard_size, 1)
+        _check_float("timeout_s", self.timeout_s, 1.0)
+        object.__setattr__(self, "strategies", tuple(self.strategies))
+        n, ring, cfg = self.num_gpus, self.ring_size, self.cfg_degree
+        if self.sp_size is None and n % (ring * cfg):
+            raise ValueError(
+                f"num_gpus={n} is not divisible by ring_size={ring} x cfg degree={cfg}; "
+                f"use a num_gpus that is a multiple of {ring * cfg}"
+            )
+        if self.sp_size is not None and self.sp_size * ring * cfg != n:
+            raise ValueError(
+                f"sp_size={self.sp_size} x ring_size={ring} x cfg degree={cfg} = {self.sp_size * ring * cfg} "
+                f"must equal num_gpus={n}; e.g. sp_size={max(1, n // (ring * cfg))} or leave sp_size unset"
+            )
+        for name in ("tp_size", "hsdp_shard_size"):
+            value = getattr(self, name)
+            if value is not None and n % value:
+                raise ValueError(f"{name}={value} must divide num_gpus={n}; use a divisor of {n}")
+
+    @property
+    def cfg_degree(self) -> int:
+        """2 with CFG parallelism (one rank group per branch), else 1."""
+        return 2 if self.cfg_parallel else 1
+
+    @property
+    def ulysses_size(self) -> int:
+        """The Ulysses degree: ``sp_size``, or what is left of ``num_gpus`` after ring and CFG."""
+        return self.sp_size if self.sp_size is not None else self.num_gpus // (self.ring_size * self.cfg_degree)
 
 
 @dataclass(frozen=True, kw_only=True)

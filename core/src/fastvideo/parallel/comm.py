@@ -1,0 +1,80 @@
+"""Collectives used by the strategies, differentiable where training needs them.
+
+Built on ``torch.distributed._functional_collectives`` (traceable by torch.compile, autograd-aware
+in their ``*_autograd`` forms), on any backend: NCCL on GPUs, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+
+def all_to_all(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Exchange equal chunks of dim 0: chunk ``i`` of ``x`` (``x.shape[0] == group size``) goes to rank
+    ``i``; chunk ``i`` of the result came from rank ``i``. Differentiable (its gradient is the same
+    exchange)."""
+    flat = x.contiguous().flatten()
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = funcol.all_to_all_single_autograd(flat, None, None, group)
+    else:
+        out = funcol.all_to_all_single(flat, None, None, group)
+    return out.view(x.shape)
+
+
+def all_gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along ``dim`` in group-rank order (differentiable)."""
+    x = x.contiguous()
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = funcol.all_gather_tensor_autograd(x, dim, group)
+    else:
+        out = funcol.all_gather_tensor(x, dim, group)
+    return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+
+
+def seq_to_heads(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Ulysses forward exchange: ``(N, B, Lc, H, D)`` token shards -> ``(N, B, U*Lc, H/U, D)`` head shards.
+
+    ``N`` stacks tensors that travel together (q, k, v) in one collective.
+    """
+    n, b, lc, h, d = x.shape
+    u = dist.get_world_size(group)
+    x = x.view(n, b, lc, u, h // u, d).permute(3, 0, 1, 2, 4, 5)  # (U, N, B, Lc, H/U, D)
+    y = all_to_all(x, group)  # chunk i: tokens of rank i, our heads
+    return y.permute(1, 2, 0, 3, 4, 5).reshape(n, b, u * lc, h // u, d)
+
+
+def heads_to_seq(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+    """Ulysses backward exchange: ``(B, U*Lc, H/U, D)`` -> ``(B, Lc, H, D)``."""
+    b, length, hh, d = x.shape
+    u = dist.get_world_size(group)
+    x = x.view(b, u, length // u, hh, d).transpose(0, 1)  # (U, B, Lc, H/U, D)
+    y = all_to_all(x, group)  # chunk i: our tokens, heads of rank i
+    return y.permute(1, 2, 0, 3, 4).reshape(b, length // u, u * hh, d)
+
+
+def padded_length(length: int, parts: int) -> int:
+    """The smallest multiple of ``parts`` that is >= ``length``."""
+    return -(-length // parts) * parts
+
+
+def shard(x: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tensor:
+    """Zero-pad ``dim`` to a multiple of ``parts`` and return chunk ``index`` (contiguous)."""
+    length = x.shape[dim]
+    pad = padded_length(length, parts) - length
+    if pad:
+        shape = list(x.shape)
+        shape[dim] = pad
+        x = torch.cat([x, x.new_zeros(shape)], dim=dim)
+    return x.chunk(parts, dim=dim)[index].contiguous()
+
+
+def gather_unpad(x: torch.Tensor, dim: int, length: int, group: ProcessGroup) -> torch.Tensor:
+    """Inverse of :func:`shard` over ``group``: all-gather along ``dim`` and drop the padding."""
+    return all_gather(x, dim, group).narrow(dim, 0, length)

@@ -1,0 +1,593 @@
+"""The HunyuanVideo diffusion transformer (DiT).
+
+Paper: "HunyuanVideo: A Systematic Framework For Large Video Generative Models" (Tencent Hunyuan,
+arXiv 2412.03603). Tracks diffusers' ``src/diffusers/models/transformers/transformer_hunyuan_video.py``
+(``HunyuanVideoTransformer3DModel``, diffusers 0.42.1, text-to-video): same configuration, same call
+convention, same fp32 numerics; weights load from its checkpoints through the declared name mapping in
+:mod:`fastvideo_hunyuan.convert`.
+
+Layout: a token refiner over the Llama text states, 20 dual-stream blocks (video and text keep their
+own weights and meet in one joint attention), then 40 single-stream blocks over the concatenated
+sequence (attention and MLP in parallel), 3D RoPE on video tokens, and an adaLN conditioning vector
+from the timestep, the CLIP pooled text and the embedded guidance scale.
+
+Speed: diffusers masks the padded text tokens with a ``[B, 1, 1, L]`` boolean mask, which keeps
+SDPA off its fastest kernels. Here padded text tokens are dropped instead (they are masked-out keys
+whose own outputs are discarded, so the video output is unchanged), and joint attention runs
+unmasked whenever every sample has the same number of valid text tokens (always at batch size 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.errors import CheckpointError
+from fastvideo_hunyuan import convert
+
+FREQ_DIM = 256  # sinusoidal features of the timestep and of the guidance scale
+
+
+@dataclass(frozen=True, kw_only=True)
+class HunyuanConfig:
+    """Hyper-parameters of :class:`HunyuanTransformer`; the fields and defaults of diffusers' config.json."""
+
+    in_channels: int = 16  # VAE latent channels
+    out_channels: int | None = 16  # None means in_channels, as in diffusers
+    num_attention_heads: int = 24
+    attention_head_dim: int = 128
+    num_layers: int = 20  # dual-stream blocks
+    num_single_layers: int = 40  # single-stream blocks
+    num_refiner_layers: int = 2  # token-refiner blocks over the text states
+    mlp_ratio: float = 4.0  # MLP width / model width
+    patch_size: int = 2  # spatial patch (latent cells per token side)
+    patch_size_t: int = 1  # temporal patch
+    qk_norm: str = "rms_norm"  # per-head RMSNorm of q and k
+    guidance_embeds: bool = True  # guidance-distilled: the guidance scale is an input
+    text_embed_dim: int = 4096  # Llama hidden size
+    pooled_projection_dim: int = 768  # CLIP pooled size
+    rope_theta: float = 256.0
+    rope_axes_dim: tuple[int, int, int] = (16, 56, 56)  # head-dim channels rotated by t, h, w positions
+    image_condition_type: str | None = None  # HunyuanVideo-I2V variants; only None (T2V) is supported
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rope_axes_dim", tuple(self.rope_axes_dim))
+        if self.out_channels is None:
+            object.__setattr__(self, "out_channels", self.in_channels)
+        if self.qk_norm != "rms_norm":
+            raise ValueError(f"qk_norm={self.qk_norm!r} is not supported; HunyuanVideo checkpoints use 'rms_norm'")
+        if self.image_condition_type is not None:
+            raise ValueError(
+                f"image_condition_type={self.image_condition_type!r} (HunyuanVideo-I2V) is not supported; "
+                "fastvideo-hunyuan serves the text-to-video checkpoints (image_condition_type=None)"
+            )
+        axes = self.rope_axes_dim
+        if len(axes) != 3 or sum(axes) != self.attention_head_dim or any(a <= 0 or a % 2 for a in axes):
+            raise ValueError(
+                f"rope_axes_dim={axes} must be three positive even sizes summing to "
+                f"attention_head_dim={self.attention_head_dim}"
+            )
+        sizes = (self.num_attention_heads, self.patch_size, self.patch_size_t, self.num_refiner_layers)
+        if min(sizes) < 1 or min(self.num_layers, self.num_single_layers) < 0 or self.mlp_ratio <= 0:
+            raise ValueError(f"sizes must be positive: {self}")
+
+    @property
+    def dim(self) -> int:
+        """Width of the residual stream (``num_attention_heads * attention_head_dim``)."""
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    @classmethod
+    def from_diffusers_config(cls, config: Mapping[str, Any]) -> HunyuanConfig:
+        """Build from a diffusers ``config.json`` dict; ``_private`` and unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names and not k.startswith("_")})
+
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """The diffusers ``config.json`` contents (without ``_class_name``) that describe this model."""
+        cfg = dataclasses.asdict(self)
+        cfg["rope_axes_dim"] = list(self.rope_axes_dim)
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
+
+    :param t: ``(N,)`` timesteps or guidance values (any dtype). :returns: ``(N, dim)`` fp32.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (N, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def rope_tables(
+    grid: tuple[int, int, int],
+    axes_dim: tuple[int, int, int],
+    theta: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
+
+    The head dim is split into ``axes_dim`` parts (t, h, w); part ``a`` of size ``d`` rotates channel
+    pairs ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are fp32 (as the checkpoints were
+    trained) and rounded once to ``dtype``.
+
+    :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
+        both ``(T*H*W, 1, head_dim)``, the operands of :func:`rope_apply`.
+    """
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, axes_dim, strict=True)):
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d)  # (d/2,)
+        angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)  # (n, d/2)
+        shape = [1, 1, 1, d // 2]
+        shape[axis] = n
+        parts.append(angles.view(shape).expand(*grid, d // 2))
+    angles = torch.cat(parts, dim=-1).reshape(-1, 1, sum(axes_dim) // 2)  # (L, 1, Dh/2)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`, in x's dtype."""
+    x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return torch.addcmul(x * cos, x_swapped, sin)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine, eps 1e-6); shift/scale ``(B, D)``."""
+    normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
+    return torch.addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1))
+
+
+def gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Gated residual ``x + y * gate`` with gate ``(B, D)``."""
+    return torch.addcmul(x, y, gate.unsqueeze(1))
+
+
+def joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    text_q: torch.Tensor,
+    text_k: torch.Tensor,
+    text_v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over video tokens followed by text tokens, all ``[B, L, H, Dh]``.
+
+    The text tokens stay a separate argument so that a sequence-parallel strategy can treat them as
+    replicated tokens (every rank holds all of them) while it shards the video tokens.
+    ``attn_mask`` is ``None`` or a boolean key mask ``[B, 1, 1, Lv + Lt]`` (True = attend).
+
+    :returns: video outputs ``(B, Lv, H*Dh)`` and text outputs ``(B, Lt, H*Dh)``.
+    """
+    n = q.shape[1]
+    cat = (torch.cat(pair, dim=1) for pair in ((q, text_q), (k, text_k), (v, text_v)))
+    out = attention(*cat, attn_mask=attn_mask, allow=ALL).flatten(2)  # (B, Lv + Lt, D)
+    return out[:, :n], out[:, n:]
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation), in place when no gradient is recorded: saves one (L, mlp_dim) buffer."""
+    if torch.is_grad_enabled():
+        return F.gelu(x, approximate="tanh")
+    return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
+
+
+class HunyuanMLP(nn.Module):
+    """``fc2(act(fc1(x)))``: timestep / guidance / pooled-text embedders and feed-forwards."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim_in, hidden)
+        self.fc2 = nn.Linear(hidden, dim_out)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(_ACTIVATIONS[self.act](self.fc1(x)))
+
+
+class HunyuanRefinerBlock(nn.Module):
+    """Token refiner block: self-attention and a SiLU MLP over text tokens, gated by the conditioning."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = HunyuanMLP(dim, mlp_dim, dim, "silu")
+        self.gate = nn.Linear(dim, 2 * dim)  # silu(cond) -> (attention gate, MLP gate)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # x (B, Lt, D); cond (B, D); mask None or bool (B, 1, Lt, Lt)
+        heads = (self.num_heads, -1)
+        h = self.norm1(x)
+        q, k, v = (proj(h).unflatten(-1, heads) for proj in (self.q, self.k, self.v))  # (B, Lt, H, Dh)
+        attn = self.o(attention(q, k, v, attn_mask=mask, allow=DENSE).flatten(2))  # (B, Lt, D)
+        gate_attn, gate_mlp = self.gate(F.silu(cond)).chunk(2, dim=-1)  # (B, D) x 2
+        x = gated(x, attn, gate_attn)
+        return gated(x, self.mlp(self.norm2(x)), gate_mlp)  # (B, Lt, D)
+
+
+class HunyuanTextRefiner(nn.Module):
+    """Projects Llama states to the model width and refines them, conditioned on the timestep and
+    on their mean (diffusers' ``HunyuanVideoTokenRefiner``)."""
+
+    def __init__(self, cfg: HunyuanConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.time_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu")
+        self.pool_embed = HunyuanMLP(cfg.text_embed_dim, dim, dim, "silu")
+        self.proj_in = nn.Linear(cfg.text_embed_dim, dim)
+        # the refiner's MLP ratio is fixed at 4 in the checkpoints, whatever mlp_ratio says
+        self.blocks = nn.ModuleList(
+            HunyuanRefinerBlock(dim, cfg.num_attention_heads, 4 * dim) for _ in range(cfg.num_refiner_layers)
+        )
+
+    def forward(self, text: torch.Tensor, timestep: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # text (B, Lt, C); timestep (B,); mask None (all valid) or (B, Lt)
+        if mask is None:
+            pooled = text.float().mean(dim=1)  # (B, C) fp32
+            self_mask = None
+        else:
+            m = mask.float().unsqueeze(-1)  # (B, Lt, 1)
+            pooled = (text * m).sum(dim=1) / m.sum(dim=1)  # (B, C) fp32
+            valid = mask.bool()
+            self_mask = valid[:, None, None, :] & valid[:, None, :, None]  # (B, 1, Lt, Lt)
+            self_mask[..., 0] = True  # padded queries attend to token 0 (no empty rows), as diffusers
+        t = timestep_embedding(timestep).to(text.dtype)
+        cond = self.time_embed(t) + self.pool_embed(pooled.to(text.dtype))  # (B, D)
+        x = self.proj_in(text)  # (B, Lt, D)
+        for block in self.blocks:
+            x = block(x, cond, self_mask)
+        return x
+
+
+class HunyuanDoubleBlock(nn.Module):
+    """Dual-stream block: video and text tokens with their own adaLN, projections and MLPs, joined
+    in one attention (RoPE on video tokens only)."""
+
+    def __init__(self, cfg: HunyuanConfig) -> None:
+        super().__init__()
+        dim, self.num_heads = cfg.dim, cfg.num_attention_heads
+        head_dim = cfg.attention_head_dim
+        self.video_mod = nn.Linear(dim, 6 * dim)  # silu(cond) -> (shift, scale, gate) x (attn, mlp)
+        self.text_mod = nn.Linear(dim, 6 * dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+        self.text_norm_q, self.text_norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+        self.video_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
+        self.text_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        txt: torch.Tensor,
+        cond: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # x (B, Lv, D); txt (B, Lt, D); cond (B, D) = silu(conditioning)
+        shift, scale, gate, m_shift, m_scale, m_gate = self.video_mod(cond).chunk(6, dim=-1)  # (B, D) x 6
+        t_shift, t_scale, t_gate, tm_shift, tm_scale, tm_gate = self.text_mod(cond).chunk(6, dim=-1)
+        heads = (self.num_heads, -1)
+        h = modulate(x, shift, scale)  # (B, Lv, D)
+        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), *rope)  # (B, Lv, H, Dh)
+        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), *rope)  # (B, Lv, H, Dh)
+        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
+        ht = modulate(txt, t_shift, t_scale)  # (B, Lt, D)
+        tq = self.text_norm_q(self.text_q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tk = self.text_norm_k(self.text_k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tv = self.text_v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        del h, ht
+        out, text_out = joint_attention(q, k, v, tq, tk, tv, attn_mask)  # (B, Lv, D), (B, Lt, D)
+        del q, k, v, tq, tk, tv
+        x = gated(x, self.o(out), gate)  # (B, Lv, D)
+        txt = gated(txt, self.text_o(text_out), t_gate)  # (B, Lt, D)
+        del out, text_out
+        x = gated(x, self.video_mlp(modulate(x, m_shift, m_scale)), m_gate)  # (B, Lv, D)
+        txt = gated(txt, self.text_mlp(modulate(txt, tm_shift, tm_scale)), tm_gate)  # (B, Lt, D)
+        return x, txt
+
+
+class HunyuanSingleAttention(nn.Module):
+    """q/k/v projections with per-head RMSNorm of a single-stream block (no output projection: the
+    block's ``out`` layer maps attention and MLP together)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+
+    def forward(
+        self, h: torch.Tensor, num_video: int, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # h (B, Lv + Lt, D): video tokens first
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(h).unflatten(-1, heads))  # (B, L, H, Dh)
+        k = self.norm_k(self.k(h).unflatten(-1, heads))  # (B, L, H, Dh)
+        v = self.v(h).unflatten(-1, heads)  # (B, L, H, Dh)
+        n = num_video
+        qv, kv = rope_apply(q[:, :n], *rope), rope_apply(k[:, :n], *rope)  # (B, Lv, H, Dh)
+        out, text_out = joint_attention(qv, kv, v[:, :n], q[:, n:], k[:, n:], v[:, n:], attn_mask)
+        return torch.cat([out, text_out], dim=1)  # (B, L, D)
+
+
+class HunyuanSingleBlock(nn.Module):
+    """Single-stream block over the concatenated video and text tokens: attention and a GELU MLP
+    computed in parallel from one adaLN-modulated input, mapped back by one linear layer."""
+
+    def __init__(self, cfg: HunyuanConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.mod = nn.Linear(dim, 3 * dim)  # silu(cond) -> (shift, scale, gate)
+        self.attn = HunyuanSingleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.mlp_in = nn.Linear(dim, cfg.mlp_dim)
+        self.out = nn.Linear(dim + cfg.mlp_dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_video: int,
+        cond: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # x (B, L, D) = video then text tokens; cond (B, D) = silu(conditioning)
+        shift, scale, gate = self.mod(cond).chunk(3, dim=-1)  # (B, D) x 3
+        h = modulate(x, shift, scale)  # (B, L, D)
+        mlp = gelu_tanh(self.mlp_in(h))  # (B, L, M)
+        attn = self.attn(h, num_video, rope, attn_mask)  # (B, L, D)
+        del h
+        # out([attn, mlp]) as two GEMMs accumulating into one buffer: no (B, L, D + M) concatenation
+        w_attn, w_mlp = self.out.weight.split([attn.shape[-1], mlp.shape[-1]], dim=1)
+        y = F.linear(attn, w_attn, self.out.bias)  # (B, L, D)
+        y.view(-1, y.shape[-1]).addmm_(mlp.reshape(-1, mlp.shape[-1]), w_mlp.t())
+        return gated(x, y, gate)  # (B, L, D)
+
+
+class HunyuanHead(nn.Module):
+    """Output adaLN (scale, shift) and the projection to patch pixels."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mod = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.mod(cond).chunk(2, dim=-1)  # (B, D) x 2; diffusers' order: scale first
+        return self.proj(modulate(x, shift, scale))  # (B, L, pt*p*p*C)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+class HunyuanTransformer(nn.Module):
+    """HunyuanVideo DiT: ``forward(latents, timestep, text, text_mask, pooled, guidance) -> flow``,
+    diffusers' call convention."""
+
+    fsdp_units: ClassVar[tuple[str, ...]] = ("HunyuanDoubleBlock", "HunyuanSingleBlock")
+    #: diffusers keeps no HunyuanVideo parameter in fp32 (no ``_keep_in_fp32_modules``).
+    fp32_modules: ClassVar[tuple[str, ...]] = ()
+    #: Attention layers whose joint attention admits sparse backends (video tokens first, in raster
+    #: order over the step context's grid, then the text tokens).
+    sparse_attention_layers: ClassVar[tuple[str, ...]] = ("double_blocks.*", "single_blocks.*.attn")
+
+    def __init__(self, config: HunyuanConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        dim = cfg.dim
+        patch = (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+        self.patch_embed = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
+        self.text_refiner = HunyuanTextRefiner(cfg)
+        self.time_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu")
+        self.guidance_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu") if cfg.guidance_embeds else None
+        self.pooled_embed = HunyuanMLP(cfg.pooled_projection_dim, dim, dim, "silu")
+        self.double_blocks = nn.ModuleList(HunyuanDoubleBlock(cfg) for _ in range(cfg.num_layers))
+        self.single_blocks = nn.ModuleList(HunyuanSingleBlock(cfg) for _ in range(cfg.num_single_layers))
+        self.head = HunyuanHead(dim, cfg.out_channels * math.prod(patch))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (that of the patch embedding); inputs are cast to it."""
+        return self.patch_embed.weight.dtype
+
+    def init_weights(self) -> None:
+        """Random init for training from scratch (PyTorch defaults; norms at one)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.RMSNorm)):
+                m.reset_parameters()
+
+    def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
+        """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``; video tokens
+        are in raster order over it (the pipeline passes it to ``StepContext(grid=...)``)."""
+        sizes = tuple(latent_shape[-3:])
+        patch = (self.config.patch_size_t, self.config.patch_size, self.config.patch_size)
+        if any(s % p for s, p in zip(sizes, patch, strict=True)):
+            raise ValueError(f"latent (T, H, W)={sizes} must be divisible by the patch (t, h, w)={patch}")
+        return tuple(s // p for s, p in zip(sizes, patch, strict=True))  # type: ignore[return-value]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow (velocity) for ``hidden_states``, diffusers' call convention.
+
+        :param hidden_states: ``(B, C_in, T, H, W)`` latents.
+        :param timestep: ``(B,)`` (or a scalar).
+        :param encoder_hidden_states: ``(B, Lt, text_embed_dim)`` Llama states, right-padded.
+        :param encoder_attention_mask: ``(B, Lt)``, 1 for prompt tokens (None: all valid).
+        :param pooled_projections: ``(B, pooled_projection_dim)`` CLIP pooled states.
+        :param guidance: ``(B,)`` embedded guidance scale x 1000 (guidance-distilled checkpoints).
+        :returns: ``(B, C_out, T, H, W)`` in the model's dtype.
+        """
+        b = hidden_states.shape[0]
+        grid = self.token_grid(hidden_states.shape)  # (T', H', W')
+        cfg = self.config
+        rope = rope_tables(grid, cfg.rope_axes_dim, cfg.rope_theta, hidden_states.device, self.dtype)  # (Lv, 1, Dh)
+        timestep = timestep.expand(b) if timestep.ndim == 0 else timestep.reshape(b)
+        cond = F.silu(self._conditioning(timestep, pooled_projections, guidance))  # (B, D)
+        x = self.patch_embed(hidden_states.to(self.dtype)).flatten(2).transpose(1, 2)  # (B, Lv, D)
+        text, text_mask, attn_mask = _drop_text_padding(encoder_hidden_states.to(self.dtype), encoder_attention_mask, x.shape[1])
+        txt = self.text_refiner(text, timestep, text_mask)  # (B, Lt', D)
+        for block in self.double_blocks:
+            x, txt = block(x, txt, cond, rope, attn_mask)  # (B, Lv, D), (B, Lt', D)
+        num_video = x.shape[1]
+        x = torch.cat([x, txt], dim=1)  # (B, Lv + Lt', D)
+        del txt
+        for block in self.single_blocks:
+            x = block(x, num_video, cond, rope, attn_mask)  # (B, Lv + Lt', D)
+        x = self.head(x[:, :num_video], cond)  # (B, Lv, pt*p*p*C_out)
+        return self.unpatchify(x, grid)  # (B, C_out, T, H, W)
+
+    def _conditioning(
+        self, timestep: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``time_embed(t) + pooled_embed(clip) [+ guidance_embed(g)]``: ``(B, D)``."""
+        cond = self.time_embed(timestep_embedding(timestep).to(self.dtype))
+        if self.guidance_embed is not None:
+            if guidance is None:
+                raise ValueError(
+                    "this HunyuanVideo checkpoint is guidance-distilled (guidance_embeds=True): pass "
+                    "guidance=(B,) tensor of guidance_scale * 1000"
+                )
+            g = guidance.reshape(-1).expand(timestep.shape[0])
+            cond = cond + self.guidance_embed(timestep_embedding(g).to(self.dtype))
+        return cond + self.pooled_embed(pooled.to(self.dtype))
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``(B, T'*H'*W', pt*p*p*C)`` tokens -> ``(B, C, T'*pt, H'*p, W'*p)`` latents."""
+        (t, h, w), p, pt = grid, self.config.patch_size, self.config.patch_size_t
+        x = x.reshape(x.shape[0], t, h, w, -1, pt, p, p)  # (B, T', H', W', C, pt, p, p)
+        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', p, W', p)
+        return x.reshape(x.shape[0], x.shape[1], t * pt, h * p, w * p)
+
+    def compile_blocks(self, **kwargs: Any) -> HunyuanTransformer:
+        """Regional compilation: ``torch.compile`` each block in place."""
+        for block in (*self.double_blocks, *self.single_blocks):
+            block.compile(**kwargs)
+        return self
+
+    # ---- construction and loading ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: HunyuanConfig | Mapping[str, Any], device: torch.device | str = "meta"
+    ) -> HunyuanTransformer:
+        """Build from a :class:`HunyuanConfig` (or diffusers config dict); random init unless on ``meta``."""
+        cfg = config if isinstance(config, HunyuanConfig) else HunyuanConfig.from_diffusers_config(config)
+        with torch.device("meta"):
+            model = cls(cfg)
+        if torch.device(device).type != "meta":
+            model.to_empty(device=device)
+            model.init_weights()
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype | None = torch.bfloat16,
+        device: torch.device | str = "cpu",
+    ) -> HunyuanTransformer:
+        """Load a diffusers ``HunyuanVideoTransformer3DModel`` folder (``config.json`` + safetensors).
+
+        :param dtype: parameter dtype (``None`` keeps the stored dtypes).
+        :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
+        """
+        folder = Path(folder)
+        model = cls.from_config(_read_config(folder), device="meta")
+        ckpt = convert.DiffusersCheckpoint(folder)
+        ckpt.check_against({k: tuple(v.shape) for k, v in model.state_dict().items()})
+        state = {}
+        for name, tensor in ckpt.tensors(device=device):
+            state[name] = tensor if dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.eval()
+
+
+def _drop_text_padding(
+    text: torch.Tensor, mask: torch.Tensor | None, num_video: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Keep only the text tokens some sample attends to, and build masks only where still needed.
+
+    diffusers treats the first ``mask[b].sum()`` text tokens of sample ``b`` as valid in the joint
+    attention. With right padding (what the pipeline produces) the trailing tokens that no sample
+    uses are dropped; when all samples then have the same length (always at batch size 1) no mask
+    is needed and attention runs on the fastest kernels.
+
+    :returns: ``(text (B, Lt', C), refiner mask (B, Lt') or None, joint key mask (B, 1, 1, Lv + Lt')
+        or None)``.
+    """
+    if mask is None:
+        return text, None, None
+    mask = mask.bool()
+    lengths = mask.sum(dim=1)  # (B,)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    prefix = positions[None, :] < lengths[:, None]  # (B, Lt) diffusers' joint-attention validity
+    if torch.equal(prefix, mask):  # right padding
+        keep = int(lengths.max())
+        text, mask, prefix = text[:, :keep], mask[:, :keep], prefix[:, :keep]
+        if bool(prefix.all()):
+            return text, None, None
+    video = torch.ones(mask.shape[0], num_video, dtype=torch.bool, device=mask.device)
+    return text, mask, torch.cat([video, prefix], dim=1)[:, None, None, :]
+
+
+def _read_config(folder: Path) -> HunyuanConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        hint = (
+            f"; did you mean {folder / 'transformer'}?" if (folder / "transformer" / "config.json").is_file() else ""
+        )
+        raise CheckpointError(f"{path} not found: expected a diffusers HunyuanVideoTransformer3DModel folder{hint}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    name = config.get("_class_name", "HunyuanVideoTransformer3DModel")
+    if name != "HunyuanVideoTransformer3DModel":
+        raise CheckpointError(
+            f"{path} describes a {name}; HunyuanTransformer loads HunyuanVideoTransformer3DModel checkpoints"
+        )
+    try:
+        return HunyuanConfig.from_diffusers_config(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e

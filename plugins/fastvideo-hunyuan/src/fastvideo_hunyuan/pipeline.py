@@ -1,0 +1,152 @@
+"""The HunyuanVideo text-to-video pipeline, composed from the core stages.
+
+validation -> text (Llama with HunyuanVideo's prompt template and crop, CLIP pooled) -> timesteps
+(FlowMatchEuler on ``linspace(1, 0, n + 1)[:-1]``, shifted) -> latents -> denoising with embedded
+guidance (no negative branch) -> decoding (``AutoencoderKLHunyuanVideo``, tiled).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastvideo.loader.components import load_component, torch_dtype
+from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo.pipelines.composed import ComposedPipeline
+from fastvideo.pipelines.stages import (
+    DecodingStage,
+    DenoisingStage,
+    InputValidationStage,
+    LanguageModelTextEncoder,
+    LatentPreparationStage,
+    PooledTextEncoder,
+    PromptTemplate,
+    TextEncodingStage,
+    TimestepPreparationStage,
+)
+from fastvideo_hunyuan.model import HunyuanTransformer
+
+if TYPE_CHECKING:
+    from fastvideo.configs import PipelineConfig, SamplingParams
+    from fastvideo.interfaces.model_family import ModelFamily, ModelSource
+
+#: HunyuanVideo's Llama prompt template; its prefix is 95 tokens of the checkpoints' Llama-3 tokenizer
+#: (``<|begin_of_text|>`` included), which are cropped from the text states.
+PROMPT_TEMPLATE = PromptTemplate(
+    text=(
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+        "1. The main content and theme of the video."
+        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+        "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+        "4. background environment, light, style and atmosphere."
+        "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    crop_start=95,
+)
+LLAMA_HIDDEN_LAYER = -3  # the text states skip Llama's last two layers
+CLIP_MAX_LENGTH = 77
+
+
+def pick_device(config: PipelineConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtypes(config: PipelineConfig, device: torch.device) -> tuple[str, str, str]:
+    """(DiT, text encoders, VAE) dtypes: bf16/fp16/fp16 on GPU (HunyuanVideo's release settings),
+    fp32 everywhere on CPU."""
+    gpu = device.type == "cuda"
+    dit = config.dtype or ("bf16" if gpu else "fp32")
+    text = config.text_encoder_dtype or ("fp16" if gpu else "fp32")
+    vae = config.vae_dtype or ("fp16" if gpu else "fp32")
+    return dit, text, vae
+
+
+def flow_sigmas(num_steps: int) -> list[float]:
+    """HunyuanVideo's unshifted sigmas: ``n`` evenly spaced values from 1 down to ``1/n``."""
+    return [1.0 - i / num_steps for i in range(num_steps)]
+
+
+class HunyuanLatents:
+    """Latent geometry of a HunyuanVideo checkpoint: channels, VAE strides and scaling factor."""
+
+    def __init__(self, vae: Any, channels: int) -> None:
+        cfg = vae.config
+        self.channels = channels
+        self.spatial = int(cfg.spatial_compression_ratio)
+        self.temporal = int(cfg.temporal_compression_ratio)
+        self.scaling_factor = float(cfg.scaling_factor)
+
+    def shape(self, p: SamplingParams) -> tuple[int, int, int, int]:
+        t = (p.num_frames - 1) // self.temporal + 1
+        return (self.channels, t, p.height // self.spatial, p.width // self.spatial)
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self.scaling_factor
+
+
+class HunyuanDenoisingStage(DenoisingStage):
+    """The sampling loop with HunyuanVideo's inputs: the Llama states and mask, the CLIP pooled
+    states, and the embedded guidance scale (x 1000, in the DiT's dtype, as diffusers passes it)."""
+
+    def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        b = latents.shape[0]
+        inputs = {"hidden_states": latents.to(self.dtype), "timestep": t.expand(b)}
+        if self.transformer.config.guidance_embeds:
+            scale = torch.full((b,), batch.params.guidance_scale, dtype=self.dtype, device=latents.device)
+            inputs["guidance"] = scale * 1000.0
+        return inputs
+
+    def text_inputs(self, batch: ForwardBatch, negative: bool) -> dict[str, Any]:
+        return {
+            "encoder_hidden_states": batch.prompt_embeds[0],
+            "encoder_attention_mask": batch.prompt_masks[0],
+            "pooled_projections": batch.prompt_embeds[1],
+        }
+
+
+def build_hunyuan_pipeline(
+    family: type[ModelFamily], source: ModelSource, config: PipelineConfig
+) -> ComposedPipeline:
+    """Load every component of a HunyuanVideo checkpoint and compose the text-to-video stages."""
+    device = pick_device(config)
+    dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)
+    index, path = source.model_index, source.path
+    tokenizer = load_component(path, index, "tokenizer")
+    text_encoder = load_component(path, index, "text_encoder", dtype=text_dtype, device=device)
+    tokenizer_2 = load_component(path, index, "tokenizer_2")
+    text_encoder_2 = load_component(path, index, "text_encoder_2", dtype=text_dtype, device=device)
+    vae = load_component(path, index, "vae", dtype=vae_dtype, device=device)
+    if config.vae_tiling is not False:
+        vae.enable_tiling()  # tiles only videos larger than one tile (256 px), so small ones decode whole
+    scheduler = load_component(path, index, "scheduler")
+    transformer = HunyuanTransformer.from_pretrained(path / "transformer", dtype=torch_dtype(dit_dtype), device=device)
+    geometry = HunyuanLatents(vae, transformer.config.in_channels)
+    encoders = [
+        LanguageModelTextEncoder(tokenizer, text_encoder, template=PROMPT_TEMPLATE, hidden_layer=LLAMA_HIDDEN_LAYER),
+        PooledTextEncoder(tokenizer_2, text_encoder_2, max_length=CLIP_MAX_LENGTH),
+    ]
+    stages = [
+        InputValidationStage(family, source),
+        TextEncodingStage(encoders, cfg=False),
+        TimestepPreparationStage(scheduler, sigmas=flow_sigmas),
+        LatentPreparationStage(geometry.shape),
+        HunyuanDenoisingStage(
+            transformer, num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)), cfg=False
+        ),
+        DecodingStage(vae, geometry.denormalize),
+    ]
+    components = {
+        "device": device,
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "tokenizer_2": tokenizer_2,
+        "text_encoder_2": text_encoder_2,
+        "vae": vae,
+        "scheduler": scheduler,
+        "transformer": transformer,
+    }
+    return ComposedPipeline(stages, components)
