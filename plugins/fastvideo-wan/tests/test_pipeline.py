@@ -55,7 +55,14 @@ def _kwargs(variant: str, image: Path) -> dict:
     return kw
 
 
-def _reference(path: Path, variant: str, image: Path) -> np.ndarray:
+def _reference(
+    path: Path,
+    variant: str,
+    image: Path,
+    *,
+    latents: torch.Tensor | None = None,
+    vae_tiles: dict | None = None,
+) -> np.ndarray:
     from diffusers import WanImageToVideoPipeline, WanPipeline
     from PIL import Image
 
@@ -68,13 +75,20 @@ def _reference(path: Path, variant: str, image: Path) -> np.ndarray:
     if variant == "ti2v":  # diffusers runs TI2V image conditioning through its I2V pipeline
         base = WanPipeline.from_pretrained(str(path))
         pipe = WanImageToVideoPipeline(
-            tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler,
-            transformer=base.transformer, expand_timesteps=True,
+            tokenizer=base.tokenizer,
+            text_encoder=base.text_encoder,
+            vae=base.vae,
+            scheduler=base.scheduler,
+            transformer=base.transformer,
+            expand_timesteps=True,
         )
     else:
         pipe = cls.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, latents=_latents(variant).clone(), output_type="np", **kw)
+    if vae_tiles is not None:
+        pipe.vae.enable_tiling(**vae_tiles)
+    latents = _latents(variant) if latents is None else latents
+    out = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, latents=latents.clone(), output_type="np", **kw)
     return (np.asarray(out.frames[0]) * 255).astype(np.float64)  # (T, H, W, 3) in [0, 255]
 
 
@@ -84,8 +98,9 @@ def test_api_matches_diffusers(ckpts: dict[str, Path], image_path: Path, variant
 
     ref = _reference(ckpts[variant], variant, image_path)
     gen = VideoGenerator.from_pretrained(str(ckpts[variant]), device="cpu", progress=False)
-    result = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, latents=_latents(variant),
-                                **_kwargs(variant, image_path))
+    result = gen.generate_video(
+        PROMPT, negative_prompt=NEGATIVE, latents=_latents(variant), **_kwargs(variant, image_path)
+    )
     assert result.frames.dtype == np.uint8 and result.frames.shape == (FRAMES, SIZE, SIZE, 3)
     err = np.abs(result.frames.astype(np.float64) - ref).mean() / 255
     assert ref.std() > 5, "reference video is flat; the test would not detect errors"
@@ -103,23 +118,39 @@ def test_seeded_generation_is_deterministic(ckpts: dict[str, Path]) -> None:
     assert not np.array_equal(a.frames, c.frames)
 
 
-def test_cli_matches_diffusers(ckpts: dict[str, Path], image_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["t2v", "moe", "i2v", "ti2v"])
+def test_cli_matches_diffusers(
+    ckpts: dict[str, Path], image_path: Path, tmp_path: Path, variant: str
+) -> None:
     """``fv generate`` with the same initial noise (drawn from the same seed) writes the same video."""
     from fastvideo.video import read_mp4
 
-    path = ckpts["t2v"]
-    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(42))  # what seed 42 draws
-    from diffusers import WanPipeline
-
-    pipe = WanPipeline.from_pretrained(str(path))
-    pipe.set_progress_bar_config(disable=True)
-    ref = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, latents=latents, output_type="np",
-               **_kwargs("t2v", image_path)).frames[0] * 255
+    channels, stride = (48, 16) if variant == "ti2v" else (16, 8)
+    shape = (1, channels, (FRAMES - 1) // 4 + 1, SIZE // stride, SIZE // stride)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(42))  # what --seed 42 draws
+    ref = _reference(ckpts[variant], variant, image_path, latents=latents)
     out = tmp_path / "out.mp4"
     fv = Path(sys.executable).with_name("fv")
-    cmd = [str(fv), "generate", "--model", str(path), "--prompt", PROMPT, "--negative-prompt", NEGATIVE,
-           "--num-frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--steps", str(STEPS),
-           "--guidance-scale", "3.0", "--seed", "42", "--device", "cpu", "--lossless", "--output", str(out), "--json"]
+    cmd = [
+        str(fv),
+        "generate",
+        "--model",
+        str(ckpts[variant]),
+        "--prompt",
+        PROMPT,
+        "--negative-prompt",
+        NEGATIVE,
+        "--seed",
+        "42",
+        "--device",
+        "cpu",
+        "--lossless",
+        "--output",
+        str(out),
+        "--json",
+    ]
+    for key, value in _kwargs(variant, image_path).items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -127,4 +158,28 @@ def test_cli_matches_diffusers(ckpts: dict[str, Path], image_path: Path, tmp_pat
     frames = read_mp4(out).astype(np.float64)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     err = np.abs(frames - ref).mean() / 255
-    assert err <= TOL, f"mean |fv generate - diffusers| = {err * 255:.3f}/255"
+    assert err <= TOL, f"{variant}: mean |fv generate - diffusers| = {err * 255:.3f}/255"
+
+
+def test_tiled_decode_matches_diffusers_tiled_decode(ckpts: dict[str, Path], image_path: Path) -> None:
+    """With ``vae_tiling=True`` the VAE decodes in overlapping tiles, exactly as diffusers' tiling does."""
+    from fastvideo import VideoGenerator
+
+    tiles = dict(
+        tile_sample_min_height=32,
+        tile_sample_min_width=32,
+        tile_sample_stride_height=16,
+        tile_sample_stride_width=16,
+    )
+    gen = VideoGenerator.from_pretrained(str(ckpts["t2v"]), device="cpu", progress=False, vae_tiling=True)
+    gen.pipeline.components["vae"].enable_tiling(**tiles)
+    ours = gen.generate_video(
+        PROMPT, negative_prompt=NEGATIVE, latents=_latents("t2v"), **_kwargs("t2v", image_path)
+    )
+    ref = _reference(ckpts["t2v"], "t2v", image_path, vae_tiles=tiles)
+    untiled = _reference(ckpts["t2v"], "t2v", image_path)
+    assert np.abs(ref - untiled).mean() > 0.05, (
+        "tiles too large to change the decode; the test would not detect it"
+    )
+    err = np.abs(ours.frames.astype(np.float64) - ref).mean() / 255
+    assert err <= TOL, f"mean |ours tiled - diffusers tiled| = {err * 255:.3f}/255"

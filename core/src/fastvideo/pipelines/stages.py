@@ -379,16 +379,37 @@ class DecodingStage(PipelineStage):
     """Denormalises the latents and decodes them with the VAE into uint8 frames.
 
     ``denormalize(latents) -> latents`` is the family's (Wan: ``x * std + mean`` per channel).
+    ``tiling``: decode in overlapping spatial tiles (the VAE's ``enable_tiling``) to bound memory;
+    ``None`` tiles videos larger than ``tile_above`` pixels per frame.
     """
 
     name = "decoding"
 
-    def __init__(self, vae: Any, denormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        vae: Any,
+        denormalize: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        tiling: bool | None = None,
+        tile_above: int = 480 * 832,
+    ) -> None:
         self.vae = vae
         self.denormalize = denormalize
+        self.tiling = tiling
+        self.tile_above = tile_above
+
+    def _set_tiling(self, batch: ForwardBatch) -> None:
+        if not hasattr(self.vae, "enable_tiling"):
+            return
+        p = batch.params
+        if self.tiling if self.tiling is not None else p.height * p.width > self.tile_above:
+            self.vae.enable_tiling()  # keeps tile sizes set earlier on the VAE
+        else:
+            self.vae.disable_tiling()
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         assert batch.latents is not None
+        self._set_tiling(batch)
         vae_param = next(self.vae.parameters())
         latents = self.denormalize(batch.latents.to(device=vae_param.device, dtype=vae_param.dtype))
         with progress.task("decoding", 1) as advance:

@@ -9,7 +9,6 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
-
 from fastvideo_wan.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -26,14 +25,20 @@ class WanFamily(ModelFamily):
     spatial_factor = 16  # VAE stride 8 x patch 2 (Wan2.2's 48-channel VAE: 16 x 2 = 32)
     temporal_factor = 4
     default_sampling: ClassVar[dict[str, Any]] = {
-        "num_frames": 81, "height": 480, "width": 832, "num_inference_steps": 50,
-        "guidance_scale": 5.0, "fps": 16,
+        "num_frames": 81,
+        "height": 480,
+        "width": 832,
+        "num_inference_steps": 50,
+        "guidance_scale": 5.0,
+        "fps": 16,
     }
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
         vae_cfg = _read_json(source, "vae/config.json")
-        dit_cfg = _read_json(source, "transformer/config.json") or _read_json(source, "transformer_2/config.json")
+        dit_cfg = _read_json(source, "transformer/config.json") or _read_json(
+            source, "transformer_2/config.json"
+        )
         if vae_cfg is not None:
             stride = int(vae_cfg.get("scale_factor_spatial") or (16 if vae_cfg.get("z_dim") == 48 else 8))
             patch = int((dit_cfg or {}).get("patch_size", [1, 2, 2])[1])
@@ -47,9 +52,13 @@ class WanFamily(ModelFamily):
         super().validate(params, source)
         workload = _workload(source)
         if workload == "i2v" and params.image is None:
-            raise ValueError(f"{source.preset.name if source.preset else 'this model'} is image-to-video: pass --image PATH")
+            raise ValueError(
+                f"{source.preset.name if source.preset else 'this model'} is image-to-video: pass --image PATH"
+            )
         if workload == "t2v" and params.image is not None:
-            raise ValueError("this Wan checkpoint is text-to-video and takes no --image; use an I2V or TI2V model")
+            raise ValueError(
+                "this Wan checkpoint is text-to-video and takes no --image; use an I2V or TI2V model"
+            )
 
     @classmethod
     def build_pipeline(cls, source: ModelSource, config: PipelineConfig) -> ComposedPipeline:

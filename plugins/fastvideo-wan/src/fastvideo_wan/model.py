@@ -218,7 +218,7 @@ class WanSelfAttention(nn.Module):
         q = rope_apply(self.norm_q(self.q(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         k = rope_apply(self.norm_k(self.k(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         v = self.v(x).unflatten(-1, heads)  # (B, L, H, Dh)
-        return self.o(attention(q, k, v, allow=ALL).flatten(2))  # (B, L, D)
+        return self.o(attention(q, k, v, allow=ALL, sequence_parallel=True).flatten(2))  # (B, L, D)
 
 
 class WanCrossAttention(nn.Module):
@@ -339,6 +339,10 @@ class WanTransformer(nn.Module):
     )
     #: Attention layers whose ``attention(...)`` call admits sparse backends (glob over module names).
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
+    #: Sequence parallelism, applied from outside by ``fastvideo.parallel``: the blocks run on token
+    #: shards. Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and
+    #: sin (L, 1, Dh); the last block's output is gathered on dim 1.
+    sequence_parallel_plan: ClassVar[dict[str, Any]] = {"blocks": "blocks", "token_args": {0: 1, 3: 1, 4: 0, 5: 0}}
 
     def __init__(self, config: WanConfig) -> None:
         super().__init__()

@@ -58,7 +58,12 @@ class WanLatents:
         self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
 
     def shape(self, p: SamplingParams) -> tuple[int, int, int, int]:
-        return (self.channels, (p.num_frames - 1) // self.temporal + 1, p.height // self.spatial, p.width // self.spatial)
+        return (
+            self.channels,
+            (p.num_frames - 1) // self.temporal + 1,
+            p.height // self.spatial,
+            p.width // self.spatial,
+        )
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         mean = self.mean.to(latents.device, latents.dtype)
@@ -143,7 +148,9 @@ class WanImageLatentStage(PipelineStage):
         frame_mask = torch.zeros(1, 1, p.num_frames, h_lat, w_lat, device=batch.device)
         frame_mask[:, :, 0] = 1
         # The first frame's mask is repeated to a full temporal group, then folded into channels.
-        frame_mask = torch.cat([frame_mask[:, :, :1].repeat(1, 1, temporal, 1, 1), frame_mask[:, :, 1:]], dim=2)
+        frame_mask = torch.cat(
+            [frame_mask[:, :, :1].repeat(1, 1, temporal, 1, 1), frame_mask[:, :, 1:]], dim=2
+        )
         frame_mask = frame_mask.view(1, -1, temporal, h_lat, w_lat).transpose(1, 2)  # (1, 4, T', h, w)
         extra["condition"] = torch.cat([frame_mask, cond], dim=1)  # (1, 4 + C, T', h, w)
         return batch
@@ -198,7 +205,9 @@ def _transformer(source: ModelSource, name: str, dtype: str, device: torch.devic
     return model.eval()
 
 
-def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: PipelineConfig) -> ComposedPipeline:
+def build_wan_pipeline(
+    family: type[ModelFamily], source: ModelSource, config: PipelineConfig
+) -> ComposedPipeline:
     """Load every component of a Wan checkpoint and compose the stages of its workload."""
     device = pick_device(config)
     dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)
@@ -226,7 +235,13 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
     image_encoder = None
     if i2v and _present(index, "image_encoder") and transformer.config.image_dim is not None:
         image_processor = load_component(source.path, index, "image_processor")
-        image_encoder = load_component(source.path, index, "image_encoder", dtype=text_dtype if device.type == "cuda" else "fp32", device=device)
+        image_encoder = load_component(
+            source.path,
+            index,
+            "image_encoder",
+            dtype=text_dtype if device.type == "cuda" else "fp32",
+            device=device,
+        )
         stages.append(WanImageEncodingStage(image_processor, image_encoder))
     stages += [TimestepPreparationStage(scheduler), LatentPreparationStage(geometry.shape)]
     if i2v or expand:
@@ -239,7 +254,7 @@ def build_wan_pipeline(family: type[ModelFamily], source: ModelSource, config: P
             num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
             expand_timesteps=expand,
         ),
-        DecodingStage(vae, geometry.denormalize),
+        DecodingStage(vae, geometry.denormalize, tiling=config.vae_tiling),
     ]
     components = {
         "device": device,

@@ -36,7 +36,9 @@ def _randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
     with torch.no_grad():
         for name, p in sorted(module.named_parameters()):
             noise = torch.randn(p.shape, generator=gen) * std
-            p.copy_(noise + (1.0 if name.endswith(("norm.weight", "norm_q.weight", "norm_k.weight")) else 0.0))
+            p.copy_(
+                noise + (1.0 if name.endswith(("norm.weight", "norm_q.weight", "norm_k.weight")) else 0.0)
+            )
 
 
 VARIANTS = ("t2v", "moe", "i2v", "ti2v")
@@ -46,9 +48,18 @@ def _tiny_dit(seed: int, randomize: bool, **overrides: Any) -> Any:
     from diffusers import WanTransformer3DModel
 
     cfg: dict[str, Any] = dict(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
     )
     cfg.update(overrides)
     torch.manual_seed(seed)
@@ -74,33 +85,73 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+        )
     ).eval()
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
     common: dict[str, Any] = {"tokenizer": tokenizer, "text_encoder": text_encoder, "scheduler": scheduler}
     if variant == "ti2v":
-        vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=12, z_dim=48, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                               is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-                               scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            decoder_base_dim=12,
+            z_dim=48,
+            dim_mult=[1, 2, 2, 2],
+            num_res_blocks=1,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+        )
         dit = _tiny_dit(seed, randomize, in_channels=48, out_channels=48)
         pipe: Any = WanPipeline(vae=vae, transformer=dit, expand_timesteps=True, **common)
     else:
-        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=16,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        )
         if variant == "i2v":
             from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-            clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                                                    num_attention_heads=2, image_size=32, patch_size=8,
-                                                    projection_dim=24)).eval()
+            clip = CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=24,
+                    intermediate_size=48,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    image_size=32,
+                    patch_size=8,
+                    projection_dim=24,
+                )
+            ).eval()
             processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
             dit = _tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
-            pipe = WanImageToVideoPipeline(vae=vae, transformer=dit, image_encoder=clip, image_processor=processor,
-                                           **common)
+            pipe = WanImageToVideoPipeline(
+                vae=vae, transformer=dit, image_encoder=clip, image_processor=processor, **common
+            )
         elif variant == "moe":
-            pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize),
-                               transformer_2=_tiny_dit(seed + 1, randomize), boundary_ratio=0.875, **common)
+            pipe = WanPipeline(
+                vae=vae,
+                transformer=_tiny_dit(seed, randomize),
+                transformer_2=_tiny_dit(seed + 1, randomize),
+                boundary_ratio=0.875,
+                **common,
+            )
         else:
             pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize), **common)
     pipe.save_pretrained(str(path))
