@@ -6,8 +6,8 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any
 
 from fastvideo.errors import BackendUnavailableError, UnknownNameError
 from fastvideo.registry import get_registry, unknown_name_message
@@ -123,6 +123,77 @@ def _admits(allow: str | Collection[str], backend: AttentionBackend) -> bool:
     return backend.name in allow
 
 
+def select_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    allow: str | Collection[str] = DENSE,
+) -> AttentionBackend:
+    """The backend that a call with these inputs and this allow-list runs on (see :func:`attention`)."""
+    name = _FORCED[0]
+    if name is None:
+        name = _auto_name()
+    backend = _INSTANCES.get(name) or get_backend(name)
+    if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
+        backend = _dense_fallback(allow, q, k, v, attn_mask)
+    return backend
+
+
+def attention_local(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    allow: str | Collection[str] = DENSE,
+    gate: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`attention` on this process's tensors only, never communicating."""
+    from fastvideo.attention.context import current_step
+
+    backend = select_backend(q, k, v, attn_mask, allow)
+    extra = {"gate": gate} if gate is not None and backend.accepts_gate else {}
+    return backend.forward(
+        q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step(), **extra
+    )
+
+
+def joint_local(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    replicated: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    replicated_mask: torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    allow: str | Collection[str] = DENSE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over ``[q; replicated q]`` etc. (tokens then replicated tokens), split back in two."""
+    import torch
+
+    n = q.shape[1]
+    q, k, v = (torch.cat((a, b), dim=1) for a, b in zip((q, k, v), replicated, strict=True))
+    mask = None
+    if replicated_mask is not None:  # key mask over [tokens; replicated tokens], True = attend
+        keep = torch.ones(replicated_mask.shape[0], n, dtype=torch.bool, device=replicated_mask.device)
+        mask = torch.cat((keep, replicated_mask.bool()), dim=1)[:, None, None, :]  # (B, 1, 1, Lk)
+    out = attention_local(q, k, v, attn_mask=mask, scale=scale, allow=allow)
+    return out[:, :n], out[:, n:]
+
+
+#: While a sequence-parallel forward runs, the handler that takes over ``attention(...,
+#: sequence_parallel=True)`` (set by :mod:`fastvideo.parallel.sequence`; plain module state, like _FORCED).
+_SEQUENCE_PARALLEL: list[Callable[..., Any] | None] = [None]
+
+
+def set_sequence_parallel(handler: Callable[..., Any] | None) -> None:
+    """Install (or clear, with ``None``) the handler of sequence-parallel attention calls."""
+    _SEQUENCE_PARALLEL[0] = handler
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -132,24 +203,46 @@ def attention(
     scale: float | None = None,
     is_causal: bool = False,
     allow: str | Collection[str] = DENSE,
-) -> torch.Tensor:
+    sequence_parallel: bool = False,
+    replicated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    replicated_mask: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+) -> Any:
     """Scaled dot-product attention on ``[B, L, H, D]`` tensors through the selected backend.
 
     :param allow: the layer's allow-list: ``DENSE`` (default; exact backends only), ``ALL``, or a
         collection of backend names. A backend outside it, or one whose ``supports`` declines the
         inputs, is replaced by the best available dense backend that takes the inputs (one the
         allow-list names, if any).
-    :returns: ``[B, Lq, H, Dv]``.
+    :param sequence_parallel: the layer attends among the tokens that a sequence-parallel run
+        shards over ranks (video self-attention): q, k and v are this rank's shards, and the active
+        strategy (Ulysses, ring, USP) gathers what attention needs. Without a sequence-parallel run
+        it changes nothing. Leave it False where queries attend to tokens every rank holds whole
+        (cross-attention to text): that needs no communication.
+    :param replicated: joint attention: ``(q, k, v)`` ``[B, Lt, H, D]`` of extra tokens that every
+        rank holds whole (text tokens of HunyuanVideo-style models), attending and attended to
+        together with the main tokens, as if concatenated after them. Returns ``(out, out_replicated)``.
+    :param replicated_mask: ``[B, Lt]`` boolean key mask of the replicated tokens (True = attend);
+        the main tokens are always attended. Use it instead of ``attn_mask`` with ``replicated``.
+    :param gate: ``[B, Lq, H, Dv]`` per-token weight of a sparse backend's compressed branch (VSA:
+        ``out = fine + gate * coarse``); only backends with ``accepts_gate`` receive it, the others
+        compute plain attention (the gated branch dropped).
+    :returns: ``[B, Lq, H, Dv]``, or the pair ``([B, Lq, H, Dv], [B, Lt, H, Dv])`` with ``replicated``.
     """
-    from fastvideo.attention.context import current_step
-
-    name = _FORCED[0]
-    if name is None:
-        name = _auto_name()
-    backend = _INSTANCES.get(name) or get_backend(name)
-    if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
-        backend = _dense_fallback(allow, q, k, v, attn_mask)
-    return backend.forward(q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step())
+    handler = _SEQUENCE_PARALLEL[0]
+    if sequence_parallel and handler is not None:
+        return handler(
+            q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow,
+            replicated=replicated, replicated_mask=replicated_mask,
+            **({"gate": gate} if gate is not None else {}),
+        )
+    if replicated is not None:
+        if attn_mask is not None or is_causal:
+            raise ValueError("attention with replicated tokens takes replicated_mask, not attn_mask or is_causal")
+        return joint_local(q, k, v, replicated, replicated_mask, scale=scale, allow=allow)
+    return attention_local(
+        q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow, gate=gate
+    )
 
 
 @functools.lru_cache(maxsize=8)
