@@ -130,7 +130,9 @@ class LanguageModelTextEncoder:
         self.hidden_layer = hidden_layer
         self.preprocess = preprocess
 
-    def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, prompts: Sequence[str], max_length: int, device: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         crop = self.template.crop_start
         tokens = self.tokenizer(
             [self.template.text.format(self.preprocess(p)) for p in prompts],
@@ -161,7 +163,11 @@ class PooledTextEncoder:
 
     def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, None]:
         tokens = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
         )
         ids = tokens.input_ids.to(next(self.model.parameters()).device)
         return self.model(ids, output_hidden_states=False).pooler_output.to(device), None
@@ -335,6 +341,24 @@ class DenoisingStage(PipelineStage):
         g2 = p.guidance_scale_2 if p.guidance_scale_2 is not None else p.guidance_scale
         return self.transformer_2, g2
 
+    def predict(self, model: Any, inputs: dict[str, Any], batch: ForwardBatch, scale: float) -> torch.Tensor:
+        """The (guided) prediction of one step; with CFG parallelism each rank group runs one branch."""
+        from fastvideo.parallel.state import current
+
+        guided = self.cfg and batch.do_cfg
+        state = current()
+        if state is not None and state.cfg_size > 1:
+            from fastvideo.parallel.cfg import cfg_parallel_predict
+
+            cond = self.text_inputs(batch, negative=False)
+            uncond = self.text_inputs(batch, negative=True) if guided else None
+            return cfg_parallel_predict(model, inputs, cond, uncond, scale, state)
+        pred = model(**inputs, **self.text_inputs(batch, negative=False))
+        if guided:
+            uncond_pred = model(**inputs, **self.text_inputs(batch, negative=True))
+            pred = uncond_pred + scale * (pred - uncond_pred)
+        return pred
+
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         import torch
 
@@ -350,13 +374,16 @@ class DenoisingStage(PipelineStage):
         with progress.task("denoising", n) as advance:
             for i, t in enumerate(batch.timesteps):
                 model, scale = self.select_model(t, batch)
-                ctx = StepContext(grid=self.token_grid(latents), step_index=i, num_steps=n, timestep=float(t))
+                ctx = StepContext(
+                    grid=self.token_grid(latents),
+                    step_index=i,
+                    num_steps=n,
+                    timestep=float(t),
+                    sparsity=batch.params.sparsity,
+                )
                 inputs = self.model_inputs(batch, latents, t)
                 with step_context(ctx):
-                    pred = model(**inputs, **self.text_inputs(batch, negative=False))
-                    if self.cfg and batch.do_cfg:
-                        uncond = model(**inputs, **self.text_inputs(batch, negative=True))
-                        pred = uncond + scale * (pred - uncond)
+                    pred = self.predict(model, inputs, batch, scale)
                 latents = scheduler.step(pred, t, latents, return_dict=False)[0]
                 latents = self.after_step(batch, latents)
                 advance(1)
@@ -407,13 +434,26 @@ class DecodingStage(PipelineStage):
         else:
             self.vae.disable_tiling()
 
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode; in a parallel run the tiles of a tiled decode are split across ranks."""
+        from fastvideo.parallel.state import current
+
+        state = current()
+        if state is not None and state.world_size > 1:
+            from fastvideo.parallel.vae import parallel_decode
+
+            video = parallel_decode(self.vae, latents, state)
+            if video is not None:
+                return video
+        return self.vae.decode(latents, return_dict=False)[0]
+
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         assert batch.latents is not None
         self._set_tiling(batch)
         vae_param = next(self.vae.parameters())
         latents = self.denormalize(batch.latents.to(device=vae_param.device, dtype=vae_param.dtype))
         with progress.task("decoding", 1) as advance:
-            video = self.vae.decode(latents, return_dict=False)[0]  # (B, 3, T, H, W)
+            video = self.decode(latents)  # (B, 3, T, H, W)
             advance(1)
         batch.frames = frames_to_uint8(video[0])
         return batch

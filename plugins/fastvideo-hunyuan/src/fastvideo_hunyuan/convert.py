@@ -61,18 +61,18 @@ RULES: tuple[tuple[str, str], ...] = (
     # dual-stream blocks
     (f"{_DOUBLE}.norm1.linear.{{p}}", "double_blocks.{i}.video_mod.{p}"),
     (f"{_DOUBLE}.norm1_context.linear.{{p}}", "double_blocks.{i}.text_mod.{p}"),
-    (f"{_DOUBLE}.attn.to_q.{{p}}", "double_blocks.{i}.q.{p}"),
-    (f"{_DOUBLE}.attn.to_k.{{p}}", "double_blocks.{i}.k.{p}"),
-    (f"{_DOUBLE}.attn.to_v.{{p}}", "double_blocks.{i}.v.{p}"),
-    (f"{_DOUBLE}.attn.to_out.0.{{p}}", "double_blocks.{i}.o.{p}"),
-    (f"{_DOUBLE}.attn.norm_q.weight", "double_blocks.{i}.norm_q.weight"),
-    (f"{_DOUBLE}.attn.norm_k.weight", "double_blocks.{i}.norm_k.weight"),
-    (f"{_DOUBLE}.attn.add_q_proj.{{p}}", "double_blocks.{i}.text_q.{p}"),
-    (f"{_DOUBLE}.attn.add_k_proj.{{p}}", "double_blocks.{i}.text_k.{p}"),
-    (f"{_DOUBLE}.attn.add_v_proj.{{p}}", "double_blocks.{i}.text_v.{p}"),
-    (f"{_DOUBLE}.attn.to_add_out.{{p}}", "double_blocks.{i}.text_o.{p}"),
-    (f"{_DOUBLE}.attn.norm_added_q.weight", "double_blocks.{i}.text_norm_q.weight"),
-    (f"{_DOUBLE}.attn.norm_added_k.weight", "double_blocks.{i}.text_norm_k.weight"),
+    (f"{_DOUBLE}.attn.to_q.{{p}}", "double_blocks.{i}.attn.q.{p}"),
+    (f"{_DOUBLE}.attn.to_k.{{p}}", "double_blocks.{i}.attn.k.{p}"),
+    (f"{_DOUBLE}.attn.to_v.{{p}}", "double_blocks.{i}.attn.v.{p}"),
+    (f"{_DOUBLE}.attn.to_out.0.{{p}}", "double_blocks.{i}.attn.o.{p}"),
+    (f"{_DOUBLE}.attn.norm_q.weight", "double_blocks.{i}.attn.norm_q.weight"),
+    (f"{_DOUBLE}.attn.norm_k.weight", "double_blocks.{i}.attn.norm_k.weight"),
+    (f"{_DOUBLE}.attn.add_q_proj.{{p}}", "double_blocks.{i}.attn.text_q.{p}"),
+    (f"{_DOUBLE}.attn.add_k_proj.{{p}}", "double_blocks.{i}.attn.text_k.{p}"),
+    (f"{_DOUBLE}.attn.add_v_proj.{{p}}", "double_blocks.{i}.attn.text_v.{p}"),
+    (f"{_DOUBLE}.attn.to_add_out.{{p}}", "double_blocks.{i}.attn.text_o.{p}"),
+    (f"{_DOUBLE}.attn.norm_added_q.weight", "double_blocks.{i}.attn.text_norm_q.weight"),
+    (f"{_DOUBLE}.attn.norm_added_k.weight", "double_blocks.{i}.attn.text_norm_k.weight"),
     (f"{_DOUBLE}.ff.net.0.proj.{{p}}", "double_blocks.{i}.video_mlp.fc1.{p}"),
     (f"{_DOUBLE}.ff.net.2.{{p}}", "double_blocks.{i}.video_mlp.fc2.{p}"),
     (f"{_DOUBLE}.ff_context.net.0.proj.{{p}}", "double_blocks.{i}.text_mlp.fc1.{p}"),
@@ -203,7 +203,9 @@ class DiffusersCheckpoint:
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"cannot read {index}: {e} (expected a 'weight_map' of name -> shard)") from e
+            raise CheckpointError(
+                f"cannot read {index}: {e} (expected a 'weight_map' of name -> shard)"
+            ) from e
         missing = [s for s in shards if not (self.folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{index} names shard(s) missing from {self.folder}: {_listing(missing)}")
@@ -220,7 +222,9 @@ class DiffusersCheckpoint:
         """
         missing = sorted(set(expected) - set(self.shapes))
         unexpected = sorted(set(self.shapes) - set(expected))
-        mismatched = [n for n in sorted(set(expected) & set(self.shapes)) if tuple(expected[n]) != self.shapes[n]]
+        mismatched = [
+            n for n in sorted(set(expected) & set(self.shapes)) if tuple(expected[n]) != self.shapes[n]
+        ]
         problems = []
         if missing:
             names = list(ours_to_diffusers({n: n for n in missing}))
@@ -231,9 +235,13 @@ class DiffusersCheckpoint:
                 f"{_listing([self._where(n) for n in unexpected])}"
             )
         for n in mismatched:
-            problems.append(f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}")
+            problems.append(
+                f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}"
+            )
         if problems:
-            raise CheckpointError(f"checkpoint {self.folder} does not match its config.json: " + "; ".join(problems))
+            raise CheckpointError(
+                f"checkpoint {self.folder} does not match its config.json: " + "; ".join(problems)
+            )
 
     def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``."""

@@ -9,7 +9,6 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
-
 from fastvideo_hunyuan.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -26,8 +25,13 @@ class HunyuanFamily(ModelFamily):
     spatial_factor = 16  # VAE stride 8 x patch 2
     temporal_factor = 4
     default_sampling: ClassVar[dict[str, Any]] = {
-        "num_frames": 125, "height": 720, "width": 1280, "num_inference_steps": 50,
-        "guidance_scale": 6.0, "fps": 24, "max_sequence_length": 256,
+        "num_frames": 125,
+        "height": 720,
+        "width": 1280,
+        "num_inference_steps": 50,
+        "guidance_scale": 6.0,
+        "fps": 24,
+        "max_sequence_length": 256,
     }
 
     @classmethod

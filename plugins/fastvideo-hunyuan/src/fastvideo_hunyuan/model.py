@@ -7,9 +7,10 @@ convention, same fp32 numerics; weights load from its checkpoints through the de
 :mod:`fastvideo_hunyuan.convert`.
 
 Layout: a token refiner over the Llama text states, 20 dual-stream blocks (video and text keep their
-own weights and meet in one joint attention), then 40 single-stream blocks over the concatenated
-sequence (attention and MLP in parallel), 3D RoPE on video tokens, and an adaLN conditioning vector
-from the timestep, the CLIP pooled text and the embedded guidance scale.
+own weights and meet in one joint attention), then 40 single-stream blocks (video and text tokens share
+the weights; attention and MLP in parallel), 3D RoPE on video tokens, and an adaLN conditioning vector
+from the timestep, the CLIP pooled text and the embedded guidance scale. Text tokens reach the attention
+seam as replicated tokens, so sequence parallelism shards only the video tokens.
 
 Speed: diffusers masks the padded text tokens with a ``[B, 1, 1, L]`` boolean mask, which keeps
 SDPA off its fastest kernels. Here padded text tokens are dropped instead (they are masked-out keys
@@ -65,7 +66,9 @@ class HunyuanConfig:
         if self.out_channels is None:
             object.__setattr__(self, "out_channels", self.in_channels)
         if self.qk_norm != "rms_norm":
-            raise ValueError(f"qk_norm={self.qk_norm!r} is not supported; HunyuanVideo checkpoints use 'rms_norm'")
+            raise ValueError(
+                f"qk_norm={self.qk_norm!r} is not supported; HunyuanVideo checkpoints use 'rms_norm'"
+            )
         if self.image_condition_type is not None:
             raise ValueError(
                 f"image_condition_type={self.image_condition_type!r} (HunyuanVideo-I2V) is not supported; "
@@ -164,38 +167,16 @@ def gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(x, y, gate.unsqueeze(1))
 
 
-def joint_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    text_q: torch.Tensor,
-    text_k: torch.Tensor,
-    text_v: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over video tokens followed by text tokens, all ``[B, L, H, Dh]``.
-
-    The text tokens stay a separate argument so that a sequence-parallel strategy can treat them as
-    replicated tokens (every rank holds all of them) while it shards the video tokens.
-    ``attn_mask`` is ``None`` or a boolean key mask ``[B, 1, 1, Lv + Lt]`` (True = attend).
-
-    :returns: video outputs ``(B, Lv, H*Dh)`` and text outputs ``(B, Lt, H*Dh)``.
-    """
-    n = q.shape[1]
-    cat = (torch.cat(pair, dim=1) for pair in ((q, text_q), (k, text_k), (v, text_v)))
-    out = attention(*cat, attn_mask=attn_mask, allow=ALL).flatten(2)  # (B, Lv + Lt, D)
-    return out[:, :n], out[:, n:]
-
-
-# --------------------------------------------------------------------------------------------------
-# Layers
-# --------------------------------------------------------------------------------------------------
-
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation), in place when no gradient is recorded: saves one (L, mlp_dim) buffer."""
     if torch.is_grad_enabled():
         return F.gelu(x, approximate="tanh")
     return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
 
 
 _ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
@@ -271,20 +252,69 @@ class HunyuanTextRefiner(nn.Module):
         return x
 
 
-class HunyuanDoubleBlock(nn.Module):
-    """Dual-stream block: video and text tokens with their own adaLN, projections and MLPs, joined
-    in one attention (RoPE on video tokens only)."""
+def joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    text_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    text_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over video tokens and text tokens together, all ``[B, L, H, Dh]``.
 
-    def __init__(self, cfg: HunyuanConfig) -> None:
+    The text tokens go to the seam as replicated tokens: under sequence parallelism the video tokens
+    are sharded over ranks while every rank holds all text tokens. ``text_mask`` ``(B, Lt)`` marks the
+    text keys to attend (None: all).
+
+    :returns: video outputs ``(B, Lv, H*Dh)`` and text outputs ``(B, Lt, H*Dh)``.
+    """
+    out, text_out = attention(
+        q, k, v, replicated=text_qkv, replicated_mask=text_mask, allow=ALL, sequence_parallel=True
+    )
+    return out.flatten(2), text_out.flatten(2)
+
+
+class HunyuanDoubleAttention(nn.Module):
+    """Joint attention of a dual-stream block: video and text tokens with their own projections and
+    per-head RMSNorms, RoPE on video tokens only, one attention over both."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
-        dim, self.num_heads = cfg.dim, cfg.num_attention_heads
-        head_dim = cfg.attention_head_dim
-        self.video_mod = nn.Linear(dim, 6 * dim)  # silu(cond) -> (shift, scale, gate) x (attn, mlp)
-        self.text_mod = nn.Linear(dim, 6 * dim)
+        self.num_heads = num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
         self.text_norm_q, self.text_norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        ht: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated
+        heads = (self.num_heads, -1)
+        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
+        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
+        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
+        tq = self.text_norm_q(self.text_q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tk = self.text_norm_k(self.text_k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tv = self.text_v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        out, text_out = joint_attention(q, k, v, (tq, tk, tv), text_mask)  # (B, Lv, D), (B, Lt, D)
+        return self.o(out), self.text_o(text_out)
+
+
+class HunyuanDoubleBlock(nn.Module):
+    """Dual-stream block: video and text tokens with their own adaLN, attention weights and MLPs,
+    joined in one attention."""
+
+    def __init__(self, cfg: HunyuanConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.video_mod = nn.Linear(dim, 6 * dim)  # silu(cond) -> (shift, scale, gate) x (attn, mlp)
+        self.text_mod = nn.Linear(dim, 6 * dim)
+        self.attn = HunyuanDoubleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
         self.video_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
         self.text_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
 
@@ -293,35 +323,27 @@ class HunyuanDoubleBlock(nn.Module):
         x: torch.Tensor,
         txt: torch.Tensor,
         cond: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        attn_mask: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x (B, Lv, D); txt (B, Lt, D); cond (B, D) = silu(conditioning)
+        # x (B, Lv, D); txt (B, Lt, D); cond (B, D) = silu(conditioning); cos/sin (Lv, 1, Dh)
         shift, scale, gate, m_shift, m_scale, m_gate = self.video_mod(cond).chunk(6, dim=-1)  # (B, D) x 6
         t_shift, t_scale, t_gate, tm_shift, tm_scale, tm_gate = self.text_mod(cond).chunk(6, dim=-1)
-        heads = (self.num_heads, -1)
-        h = modulate(x, shift, scale)  # (B, Lv, D)
-        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), *rope)  # (B, Lv, H, Dh)
-        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), *rope)  # (B, Lv, H, Dh)
-        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
-        ht = modulate(txt, t_shift, t_scale)  # (B, Lt, D)
-        tq = self.text_norm_q(self.text_q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tk = self.text_norm_k(self.text_k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tv = self.text_v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        h, ht = modulate(x, shift, scale), modulate(txt, t_shift, t_scale)  # (B, Lv, D), (B, Lt, D)
+        attn, text_attn = self.attn(h, ht, cos, sin, text_mask)
         del h, ht
-        out, text_out = joint_attention(q, k, v, tq, tk, tv, attn_mask)  # (B, Lv, D), (B, Lt, D)
-        del q, k, v, tq, tk, tv
-        x = gated(x, self.o(out), gate)  # (B, Lv, D)
-        txt = gated(txt, self.text_o(text_out), t_gate)  # (B, Lt, D)
-        del out, text_out
+        x = gated(x, attn, gate)  # (B, Lv, D)
+        txt = gated(txt, text_attn, t_gate)  # (B, Lt, D)
+        del attn, text_attn
         x = gated(x, self.video_mlp(modulate(x, m_shift, m_scale)), m_gate)  # (B, Lv, D)
         txt = gated(txt, self.text_mlp(modulate(txt, tm_shift, tm_scale)), tm_gate)  # (B, Lt, D)
         return x, txt
 
 
 class HunyuanSingleAttention(nn.Module):
-    """q/k/v projections with per-head RMSNorm of a single-stream block (no output projection: the
-    block's ``out`` layer maps attention and MLP together)."""
+    """q/k/v projections with per-head RMSNorm of a single-stream block, shared by video and text
+    tokens (no output projection: the block's ``out`` layer maps attention and MLP together)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -330,22 +352,27 @@ class HunyuanSingleAttention(nn.Module):
         self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
 
     def forward(
-        self, h: torch.Tensor, num_video: int, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        # h (B, Lv + Lt, D): video tokens first
+        self,
+        h: torch.Tensor,
+        ht: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated
         heads = (self.num_heads, -1)
-        q = self.norm_q(self.q(h).unflatten(-1, heads))  # (B, L, H, Dh)
-        k = self.norm_k(self.k(h).unflatten(-1, heads))  # (B, L, H, Dh)
-        v = self.v(h).unflatten(-1, heads)  # (B, L, H, Dh)
-        n = num_video
-        qv, kv = rope_apply(q[:, :n], *rope), rope_apply(k[:, :n], *rope)  # (B, Lv, H, Dh)
-        out, text_out = joint_attention(qv, kv, v[:, :n], q[:, n:], k[:, n:], v[:, n:], attn_mask)
-        return torch.cat([out, text_out], dim=1)  # (B, L, D)
+        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
+        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
+        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
+        tq = self.norm_q(self.q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tk = self.norm_k(self.k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
+        tv = self.v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
+        return joint_attention(q, k, v, (tq, tk, tv), text_mask)  # (B, Lv, D), (B, Lt, D)
 
 
 class HunyuanSingleBlock(nn.Module):
-    """Single-stream block over the concatenated video and text tokens: attention and a GELU MLP
-    computed in parallel from one adaLN-modulated input, mapped back by one linear layer."""
+    """Single-stream block: video and text tokens share all weights; attention and a GELU MLP are
+    computed in parallel from one adaLN-modulated input and mapped back by one linear layer."""
 
     def __init__(self, cfg: HunyuanConfig) -> None:
         super().__init__()
@@ -355,25 +382,31 @@ class HunyuanSingleBlock(nn.Module):
         self.mlp_in = nn.Linear(dim, cfg.mlp_dim)
         self.out = nn.Linear(dim + cfg.mlp_dim, dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        num_video: int,
-        cond: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        attn_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        # x (B, L, D) = video then text tokens; cond (B, D) = silu(conditioning)
-        shift, scale, gate = self.mod(cond).chunk(3, dim=-1)  # (B, D) x 3
-        h = modulate(x, shift, scale)  # (B, L, D)
-        mlp = gelu_tanh(self.mlp_in(h))  # (B, L, M)
-        attn = self.attn(h, num_video, rope, attn_mask)  # (B, L, D)
-        del h
-        # out([attn, mlp]) as two GEMMs accumulating into one buffer: no (B, L, D + M) concatenation
+    def _out(self, attn: torch.Tensor, mlp: torch.Tensor) -> torch.Tensor:
+        """``out([attn, mlp])`` as two GEMMs accumulating into one buffer: no (B, L, D + M) concatenation."""
         w_attn, w_mlp = self.out.weight.split([attn.shape[-1], mlp.shape[-1]], dim=1)
         y = F.linear(attn, w_attn, self.out.bias)  # (B, L, D)
         y.view(-1, y.shape[-1]).addmm_(mlp.reshape(-1, mlp.shape[-1]), w_mlp.t())
-        return gated(x, y, gate)  # (B, L, D)
+        return y
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        txt: torch.Tensor,
+        cond: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # x (B, Lv, D); txt (B, Lt, D); cond (B, D) = silu(conditioning); cos/sin (Lv, 1, Dh)
+        shift, scale, gate = self.mod(cond).chunk(3, dim=-1)  # (B, D) x 3
+        h, ht = modulate(x, shift, scale), modulate(txt, shift, scale)  # (B, Lv, D), (B, Lt, D)
+        mlp, text_mlp = gelu_tanh(self.mlp_in(h)), gelu_tanh(self.mlp_in(ht))  # (B, Lv, M), (B, Lt, M)
+        attn, text_attn = self.attn(h, ht, cos, sin, text_mask)  # (B, Lv, D), (B, Lt, D)
+        del h, ht
+        x = gated(x, self._out(attn, mlp), gate)  # (B, Lv, D)
+        txt = gated(txt, self._out(text_attn, text_mlp), gate)  # (B, Lt, D)
+        return x, txt
 
 
 class HunyuanHead(nn.Module):
@@ -403,7 +436,15 @@ class HunyuanTransformer(nn.Module):
     fp32_modules: ClassVar[tuple[str, ...]] = ()
     #: Attention layers whose joint attention admits sparse backends (video tokens first, in raster
     #: order over the step context's grid, then the text tokens).
-    sparse_attention_layers: ClassVar[tuple[str, ...]] = ("double_blocks.*", "single_blocks.*.attn")
+    sparse_attention_layers: ClassVar[tuple[str, ...]] = ("double_blocks.*.attn", "single_blocks.*.attn")
+    #: Sequence parallelism (fastvideo.parallel.sequence): every block takes ``(x, txt, cond, cos, sin,
+    #: text_mask)``; video tokens ``x`` and the RoPE tables are sharded, text tokens stay whole on every
+    #: rank (replicated tokens of the joint attention); the last block's video output is gathered.
+    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
+        "blocks": ("double_blocks", "single_blocks"),
+        "token_args": {0: 1, 3: 0, 4: 0},
+        "output": {0: 1},
+    }
 
     def __init__(self, config: HunyuanConfig) -> None:
         super().__init__()
@@ -461,20 +502,19 @@ class HunyuanTransformer(nn.Module):
         b = hidden_states.shape[0]
         grid = self.token_grid(hidden_states.shape)  # (T', H', W')
         cfg = self.config
-        rope = rope_tables(grid, cfg.rope_axes_dim, cfg.rope_theta, hidden_states.device, self.dtype)  # (Lv, 1, Dh)
+        cos, sin = rope_tables(
+            grid, cfg.rope_axes_dim, cfg.rope_theta, hidden_states.device, self.dtype
+        )  # (Lv, 1, Dh)
         timestep = timestep.expand(b) if timestep.ndim == 0 else timestep.reshape(b)
         cond = F.silu(self._conditioning(timestep, pooled_projections, guidance))  # (B, D)
         x = self.patch_embed(hidden_states.to(self.dtype)).flatten(2).transpose(1, 2)  # (B, Lv, D)
-        text, text_mask, attn_mask = _drop_text_padding(encoder_hidden_states.to(self.dtype), encoder_attention_mask, x.shape[1])
-        txt = self.text_refiner(text, timestep, text_mask)  # (B, Lt', D)
-        for block in self.double_blocks:
-            x, txt = block(x, txt, cond, rope, attn_mask)  # (B, Lv, D), (B, Lt', D)
-        num_video = x.shape[1]
-        x = torch.cat([x, txt], dim=1)  # (B, Lv + Lt', D)
-        del txt
-        for block in self.single_blocks:
-            x = block(x, num_video, cond, rope, attn_mask)  # (B, Lv + Lt', D)
-        x = self.head(x[:, :num_video], cond)  # (B, Lv, pt*p*p*C_out)
+        text, refiner_mask, text_mask = drop_text_padding(
+            encoder_hidden_states.to(self.dtype), encoder_attention_mask
+        )
+        txt = self.text_refiner(text, timestep, refiner_mask)  # (B, Lt', D)
+        for block in (*self.double_blocks, *self.single_blocks):
+            x, txt = block(x, txt, cond, cos, sin, text_mask)  # (B, Lv, D), (B, Lt', D)
+        x = self.head(x, cond)  # (B, Lv, pt*p*p*C_out)
         return self.unpatchify(x, grid)  # (B, C_out, T, H, W)
 
     def _conditioning(
@@ -543,41 +583,43 @@ class HunyuanTransformer(nn.Module):
         return model.eval()
 
 
-def _drop_text_padding(
-    text: torch.Tensor, mask: torch.Tensor | None, num_video: int
+def drop_text_padding(
+    text: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Keep only the text tokens some sample attends to, and build masks only where still needed.
+    """Keep only the text tokens some sample attends to, and masks only where they are still needed.
 
-    diffusers treats the first ``mask[b].sum()`` text tokens of sample ``b`` as valid in the joint
-    attention. With right padding (what the pipeline produces) the trailing tokens that no sample
-    uses are dropped; when all samples then have the same length (always at batch size 1) no mask
-    is needed and attention runs on the fastest kernels.
+    diffusers treats the first ``mask[b].sum()`` text tokens of sample ``b`` as the valid keys of the
+    joint attention. With right padding (what the pipeline produces) the trailing tokens that no sample
+    uses are dropped; when all samples then have the same length (always at batch size 1) no mask is
+    left and attention runs on the fastest kernels.
 
-    :returns: ``(text (B, Lt', C), refiner mask (B, Lt') or None, joint key mask (B, 1, 1, Lv + Lt')
-        or None)``.
+    :returns: ``(text (B, Lt', C), refiner mask (B, Lt') or None, joint-attention key mask of the
+        text (B, Lt') bool or None)``.
     """
     if mask is None:
         return text, None, None
     mask = mask.bool()
     lengths = mask.sum(dim=1)  # (B,)
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    prefix = positions[None, :] < lengths[:, None]  # (B, Lt) diffusers' joint-attention validity
+    prefix = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]  # (B, Lt)
     if torch.equal(prefix, mask):  # right padding
         keep = int(lengths.max())
         text, mask, prefix = text[:, :keep], mask[:, :keep], prefix[:, :keep]
         if bool(prefix.all()):
             return text, None, None
-    video = torch.ones(mask.shape[0], num_video, dtype=torch.bool, device=mask.device)
-    return text, mask, torch.cat([video, prefix], dim=1)[:, None, None, :]
+    return text, mask, prefix
 
 
 def _read_config(folder: Path) -> HunyuanConfig:
     path = folder / "config.json"
     if not path.is_file():
         hint = (
-            f"; did you mean {folder / 'transformer'}?" if (folder / "transformer" / "config.json").is_file() else ""
+            f"; did you mean {folder / 'transformer'}?"
+            if (folder / "transformer" / "config.json").is_file()
+            else ""
         )
-        raise CheckpointError(f"{path} not found: expected a diffusers HunyuanVideoTransformer3DModel folder{hint}")
+        raise CheckpointError(
+            f"{path} not found: expected a diffusers HunyuanVideoTransformer3DModel folder{hint}"
+        )
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

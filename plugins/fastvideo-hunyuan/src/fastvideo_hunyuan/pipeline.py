@@ -2,7 +2,7 @@
 
 validation -> text (Llama with HunyuanVideo's prompt template and crop, CLIP pooled) -> timesteps
 (FlowMatchEuler on ``linspace(1, 0, n + 1)[:-1]``, shifted) -> latents -> denoising with embedded
-guidance (no negative branch) -> decoding (``AutoencoderKLHunyuanVideo``, tiled).
+guidance (no negative branch) -> decoding (``AutoencoderKLHunyuanVideo``, spatially tiled for large videos).
 """
 
 from __future__ import annotations
@@ -120,13 +120,17 @@ def build_hunyuan_pipeline(
     tokenizer_2 = load_component(path, index, "tokenizer_2")
     text_encoder_2 = load_component(path, index, "text_encoder_2", dtype=text_dtype, device=device)
     vae = load_component(path, index, "vae", dtype=vae_dtype, device=device)
-    if config.vae_tiling is not False:
-        vae.enable_tiling()  # tiles only videos larger than one tile (256 px), so small ones decode whole
     scheduler = load_component(path, index, "scheduler")
-    transformer = HunyuanTransformer.from_pretrained(path / "transformer", dtype=torch_dtype(dit_dtype), device=device)
+    transformer = HunyuanTransformer.from_pretrained(
+        path / "transformer", dtype=torch_dtype(dit_dtype), device=device
+    )
+    if config.compile or (config.compile is None and device.type == "cuda"):
+        transformer.compile_blocks()  # regional: each block compiles once, shapes are reused per step
     geometry = HunyuanLatents(vae, transformer.config.in_channels)
     encoders = [
-        LanguageModelTextEncoder(tokenizer, text_encoder, template=PROMPT_TEMPLATE, hidden_layer=LLAMA_HIDDEN_LAYER),
+        LanguageModelTextEncoder(
+            tokenizer, text_encoder, template=PROMPT_TEMPLATE, hidden_layer=LLAMA_HIDDEN_LAYER
+        ),
         PooledTextEncoder(tokenizer_2, text_encoder_2, max_length=CLIP_MAX_LENGTH),
     ]
     stages = [
@@ -137,7 +141,7 @@ def build_hunyuan_pipeline(
         HunyuanDenoisingStage(
             transformer, num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)), cfg=False
         ),
-        DecodingStage(vae, geometry.denormalize),
+        DecodingStage(vae, geometry.denormalize, tiling=config.vae_tiling),  # None: tiled above 480x832
     ]
     components = {
         "device": device,

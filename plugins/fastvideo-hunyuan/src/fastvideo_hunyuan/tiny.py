@@ -63,10 +63,17 @@ def tiny_llama_tokenizer() -> Any:
     merges = _bpe([["▁", *w] for w in words], vocab)
     merges += _bpe([list(w) for w in ("system", "user", "Describe")] + [["\n", "\n"]], vocab)
     tokenizer = LlamaTokenizer(
-        vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<|begin_of_text|>",
-        eos_token="<|end_of_text|>", add_bos_token=True, padding_side="right",
+        vocab=vocab,
+        merges=merges,
+        unk_token="<unk>",
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        add_bos_token=True,
+        padding_side="right",
     )
-    tokenizer.add_special_tokens({"pad_token": "<|end_of_text|>", "additional_special_tokens": list(LLAMA_SPECIALS)})
+    tokenizer.add_special_tokens(
+        {"pad_token": "<|end_of_text|>", "additional_special_tokens": list(LLAMA_SPECIALS)}
+    )
     return tokenizer
 
 
@@ -94,10 +101,22 @@ def _randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
 
 
 TINY_DIT: dict[str, Any] = dict(
-    in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-    num_single_layers=2, num_refiner_layers=2, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
-    qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=32, pooled_projection_dim=24,
-    rope_theta=256.0, rope_axes_dim=(4, 6, 6),
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=2,
+    mlp_ratio=2.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=32,
+    pooled_projection_dim=24,
+    rope_theta=256.0,
+    rope_axes_dim=(4, 6, 6),
 )
 
 
@@ -113,7 +132,7 @@ def tiny_dit(seed: int = 0, randomize: bool = True, **overrides: Any) -> Any:
 
 
 def make_tiny_hunyuan(path: str | Path, *, seed: int = 0, randomize: bool = True) -> Path:
-    """Write a tiny HunyuanVideo checkpoint (``HunyuanVideoPipeline``, ~2 MB) to ``path`` and return it."""
+    """Write a tiny HunyuanVideo checkpoint (``HunyuanVideoPipeline``, ~1.5 MB) to ``path`` and return it."""
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
@@ -121,24 +140,49 @@ def make_tiny_hunyuan(path: str | Path, *, seed: int = 0, randomize: bool = True
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = tiny_llama_tokenizer(), tiny_clip_tokenizer()
     llama = LlamaModel(
-        LlamaConfig(vocab_size=len(tokenizer), hidden_size=TINY_DIT["text_embed_dim"], intermediate_size=64,
-                    num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id)
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TINY_DIT["text_embed_dim"],
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     ).eval()
     clip = CLIPTextModel(
-        CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=TINY_DIT["pooled_projection_dim"], intermediate_size=48,
-                       num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                       projection_dim=TINY_DIT["pooled_projection_dim"], bos_token_id=tokenizer_2.bos_token_id,
-                       eos_token_id=tokenizer_2.eos_token_id, pad_token_id=tokenizer_2.pad_token_id)
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2),
+            hidden_size=TINY_DIT["pooled_projection_dim"],
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=TINY_DIT["pooled_projection_dim"],
+            bos_token_id=tokenizer_2.bos_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            pad_token_id=tokenizer_2.pad_token_id,
+        )
     ).eval()
     vae = AutoencoderKLHunyuanVideo(
-        latent_channels=TINY_DIT["in_channels"], block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        latent_channels=TINY_DIT["in_channels"],
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
     ).eval()
     pipe = HunyuanVideoPipeline(
-        text_encoder=llama, tokenizer=tokenizer, transformer=tiny_dit(seed, randomize), vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip, tokenizer_2=tokenizer_2,
+        text_encoder=llama,
+        tokenizer=tokenizer,
+        transformer=tiny_dit(seed, randomize),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=clip,
+        tokenizer_2=tokenizer_2,
     )
     pipe.save_pretrained(str(path))
     return path

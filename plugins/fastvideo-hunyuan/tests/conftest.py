@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny diffusers HunyuanVideo checkpoints written with ``save_pretrained`` (the real format).
+
+No environment switches here: ``test_pipeline.py`` needs the installed ``hunyuan`` entry point. Model
+tests pin the attention backend with ``use_backend("sdpa")`` instead, so other installed plugins cannot
+change their numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, Any]]:
+    """``make(**overrides) -> (folder, diffusers HunyuanVideoTransformer3DModel in fp32)``, cached per overrides."""
+    from fastvideo_hunyuan.tiny import tiny_dit
+
+    cache: dict[tuple, tuple[Path, Any]] = {}
+
+    def make(**overrides: Any) -> tuple[Path, Any]:
+        key = tuple(sorted(overrides.items()))
+        if key not in cache:
+            ref = tiny_dit(seed=len(cache) + 1, **overrides)
+            folder = tmp_path_factory.mktemp("hunyuan-dit")
+            ref.save_pretrained(folder)
+            cache[key] = (folder, ref)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole tiny ``HunyuanVideoPipeline`` folder (Llama, CLIP, VAE, scheduler, DiT)."""
+    from fastvideo_hunyuan.tiny import make_tiny_hunyuan
+
+    return make_tiny_hunyuan(tmp_path_factory.mktemp("hunyuan") / "tiny", seed=3)
+
+
+@pytest.fixture(scope="session")
+def real_size_reference() -> Any:
+    """diffusers' 13B HunyuanVideo transformer on the meta device (names, shapes, config; no memory)."""
+    import torch
+    from diffusers import HunyuanVideoTransformer3DModel
+    from fastvideo_hunyuan.configs import HUNYUANVIDEO_T2V_13B
+
+    with torch.device("meta"):
+        return HunyuanVideoTransformer3DModel(
+            **{k: v for k, v in HUNYUANVIDEO_T2V_13B.items() if not k.startswith("_")}
+        )
