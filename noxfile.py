@@ -35,7 +35,7 @@ def _install(session: nox.Session, *packages: str) -> None:
 def tests(session: nox.Session) -> None:
     """The CPU test suite of core, every plugin and the cross-package tests (what CI runs)."""
     _install(session, "core", *(f"plugins/{p}" for p in PLUGINS))
-    session.install("pytest>=8", "setuptools>=68", "wheel")
+    session.install("pytest>=8", "setuptools>=68", "wheel", "peft>=0.15")  # peft: diffusers' LoRA loading (interop)
     session.run("pytest", "-q", *session.posargs, env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"})
 
 

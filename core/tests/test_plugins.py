@@ -149,7 +149,11 @@ def test_allow_list_selects_plugins(dummy_site: Path, allow: str, expected: set[
 def test_disable_autoload_keeps_only_builtins(dummy_site: Path) -> None:
     rows = _plugins(dummy_site, FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD="1", FASTVIDEO_PLUGINS="fvtest-good")
     assert set(rows) == {"fastvideo-core"}
-    assert rows["fastvideo-core"]["registers"] == {"attention_backend": ["sdpa", "flash-attn"]}
+    assert rows["fastvideo-core"]["registers"] == {
+        "attention_backend": ["sdpa", "flash-attn"],
+        "parallel_strategy": ["ulysses", "ring", "usp", "cfg", "fsdp", "tp"],
+        "training_algorithm": ["finetune", "lora"],
+    }
     models = run_fv(["models", "list"], env=plugin_env(dummy_site, FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert "no model families installed (pip install fastvideo-wan)" in models.stdout
 

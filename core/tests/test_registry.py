@@ -62,7 +62,7 @@ def test_fake_plugin_registers_every_kind() -> None:
     with fake_plugins(plugin):
         reg = registry.get_registry()
         assert reg.get("model_family", "fake-family").dist == "fake-plugin"
-        assert reg.classes("training_algorithm") == [FakeAlgorithm]
+        assert FakeAlgorithm in reg.classes("training_algorithm")  # beside the core's finetune and lora
         info = _info("fake-plugin")
         assert info.registered == {"model_family": ["fake-family"], "training_algorithm": ["fake-algo"]}
         assert info.broken is None
@@ -111,7 +111,7 @@ def test_invalid_registration_marks_the_plugin_broken(returned, message) -> None
         broken = _info("fake-bad").broken
         assert broken is not None and message in broken and "fake-bad" in broken
         assert reg.names("model_family") == []
-        assert reg.names("training_algorithm") == ["fake-algo"]
+        assert "fake-algo" in reg.names("training_algorithm")
 
 
 def test_raising_hook_marks_only_that_plugin_broken() -> None:

@@ -96,7 +96,21 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     lossless: Annotated[bool, typer.Option(help="Bit-exact RGB H.264 (CRF 0) instead of yuv420p.")] = False,
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
-    num_gpus: Annotated[int, typer.Option(help="GPUs to spread the generation over.")] = 1,
+    sparsity: Annotated[
+        Optional[float],
+        typer.Option("--sparsity", "--vsa-sparsity", help="Fraction of attention a sparse backend skips, [0, 1)."),
+    ] = None,
+    num_gpus: Annotated[
+        Optional[int], typer.Option(help="GPUs (one worker each) [1; under torchrun: WORLD_SIZE].")
+    ] = None,
+    sp_size: Annotated[
+        Optional[int], typer.Option(help="Ulysses degree [GPUs / (ring size x CFG degree)].")
+    ] = None,
+    ring_size: Annotated[int, typer.Option(help="Ring-attention degree (with --sp-size > 1: USP).")] = 1,
+    cfg_parallel: Annotated[bool, typer.Option(help="Run the two CFG branches on different GPUs.")] = False,
+    fsdp: Annotated[bool, typer.Option(help="Shard the DiT's weights over the GPUs (FSDP2).")] = False,
+    tp_size: Annotated[int, typer.Option(help="Tensor-parallel degree of the text encoders.")] = 1,
+    dist_timeout: Annotated[float, typer.Option(help="Timeout of collectives between GPUs, seconds.")] = 600.0,
     dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
     compile: Annotated[
         Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA].")
@@ -105,6 +119,9 @@ def generate(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    lora: Annotated[
+        Optional[list[str]], typer.Option("--lora", help="LoRA file or folder, PATH[:scale]; repeatable (merged).")
+    ] = None,
 ) -> None:
     """Generate a video and write it as mp4."""
     with _clean_errors():
@@ -126,6 +143,7 @@ def generate(
             "flow_shift": flow_shift,
             "image": image,
             "max_sequence_length": max_sequence_length,
+            "sparsity": sparsity,
         }
         sampling = {k: v for k, v in sampling.items() if v is not None}
         config = PipelineConfig(
@@ -135,7 +153,15 @@ def generate(
             attention_backend=attention_backend,
             revision=revision,
             progress=progress and not as_json,
-            parallel=ParallelConfig(num_gpus=num_gpus),
+            parallel=ParallelConfig(
+                num_gpus=num_gpus or _world_size(),
+                sp_size=sp_size,
+                ring_size=ring_size,
+                cfg_parallel=cfg_parallel,
+                fsdp=fsdp,
+                tp_size=tp_size,
+                timeout_s=dist_timeout,
+            ),
         )
         if output is not None:
             check_output_path(output, overwrite=overwrite)
@@ -143,15 +169,50 @@ def generate(
         path = output if output is not None else _default_output(params.prompt, params.seed)
         if params.image is not None and not Path(params.image).is_file():
             raise ValueError(f"--image {params.image!r} does not exist")
+        from fastvideo.generator import parse_lora_spec
+
+        for spec in lora or []:
+            if not Path(parse_lora_spec(spec)[0]).expanduser().exists():
+                missing = parse_lora_spec(spec)[0]
+                raise ValueError(f"--lora {spec!r}: {missing!r} does not exist (PATH[:scale])")
+
+        if config.parallel.num_gpus > 1:
+            from fastvideo.parallel.launch import Request, generate_distributed
+
+            request = Request(model, config, sampling, str(path), overwrite, lossless, tuple(lora or ()))
+            summary = generate_distributed(request)  # rank 0 writes; None on the other torchrun ranks
+            if summary is not None:
+                _report(model, summary, as_json)
+            return
 
         from fastvideo.generator import VideoGenerator
 
         gen = VideoGenerator.from_config(model, config, sampling_overrides=sampling)
+        for spec in lora or []:
+            gen.load_lora(spec)
+        if lora:
+            gen.merge_loras()
         result = gen.generate_video(output_path=path, overwrite=overwrite, lossless=lossless)
         if as_json:
             typer.echo(json.dumps({"model": model, **result.summary()}, indent=2))
         else:
             typer.echo(f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)")
+
+
+def _world_size() -> int:
+    """``WORLD_SIZE`` when torchrun started this process, else 1."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"WORLD_SIZE={value!r} must be a positive integer (set by torchrun)")
+    return int(value)
+
+
+def _report(model: str, summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"model": model, **summary}, indent=2))
+    else:
+        total = summary["timings_s"].get("total", 0.0)
+        typer.echo(f"wrote {summary['path']} ({summary['frames']} frames, {total:.1f} s)")
 
 
 # ---------------------------------------------------------------- plugins / models

@@ -64,6 +64,7 @@ class SamplingParams:
     flow_shift: float | None = None  # None = the checkpoint scheduler's own shift
     image: str | None = None  # conditioning image path (I2V, TI2V)
     max_sequence_length: int = 512  # text tokens
+    sparsity: float = 0.0  # fraction of attention a sparse backend (vsa) skips, in [0, 1); 0 = dense
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -78,6 +79,9 @@ class SamplingParams:
         _check_float("guidance_scale", self.guidance_scale, 0.0)
         _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, allow_none=True)
         _check_float("flow_shift", self.flow_shift, 0.0, allow_none=True)
+        sparsity = self.sparsity
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
         """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
@@ -146,7 +150,9 @@ class ParallelConfig:
     @property
     def ulysses_size(self) -> int:
         """The Ulysses degree: ``sp_size``, or what is left of ``num_gpus`` after ring and CFG."""
-        return self.sp_size if self.sp_size is not None else self.num_gpus // (self.ring_size * self.cfg_degree)
+        if self.sp_size is not None:
+            return self.sp_size
+        return self.num_gpus // (self.ring_size * self.cfg_degree)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,8 +16,16 @@ if TYPE_CHECKING:
 
     from fastvideo.interfaces.model_family import ModelSource
     from fastvideo.pipelines.composed import ComposedPipeline
+    from fastvideo.parallel.state import ParallelState
 
 _PARALLEL_FIELDS = {f.name for f in dataclasses.fields(ParallelConfig)}
+
+
+def _launched() -> bool:
+    """Whether this process is one rank of a multi-process run (torchrun or ``fv generate --num-gpus``)."""
+    import os
+
+    return "RANK" in os.environ and os.environ.get("WORLD_SIZE", "1") not in ("", "1")
 
 
 @dataclass
@@ -64,7 +72,14 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 class VideoGenerator:
-    """Generates videos with one model. Build it with :meth:`from_pretrained`."""
+    """Generates videos with one model. Build it with :meth:`from_pretrained`.
+
+    Parallel runs (``num_gpus > 1``) need one process per GPU, each building its generator: use
+    ``fv generate --num-gpus N`` or start the script with torchrun (docs/parallel.md).
+    """
+
+    parallel_state: ParallelState | None = None  # this rank's groups in a parallel run
+    _parallelized: bool = False
 
     def __init__(self, source: ModelSource, pipeline: ComposedPipeline, config: PipelineConfig,
                  sampling_defaults: SamplingParams) -> None:
@@ -72,6 +87,8 @@ class VideoGenerator:
         self.pipeline = pipeline
         self.config = config
         self.sampling_defaults = sampling_defaults
+        self._loras: dict[str, dict[str, Any]] = {}  # name -> {"path", "scale", "base": {component: scales}}
+        self._lora_merged = False
 
     @classmethod
     def from_pretrained(cls, model: str, **overrides: Any) -> VideoGenerator:
@@ -94,17 +111,29 @@ class VideoGenerator:
         from fastvideo.attention import resolve_backend_name
         from fastvideo.resolve import resolve
 
-        if config.parallel.num_gpus > 1:
-            raise ValueError(
-                f"num_gpus={config.parallel.num_gpus}: multi-GPU generation needs the parallel strategies, "
-                f"which this release does not include yet; use num_gpus=1"
-            )
+        state = None
+        if config.parallel.num_gpus > 1 or _launched():  # one rank of a parallel run (docs/parallel.md)
+            from fastvideo.parallel.launch import join_run
+
+            state, config = join_run(config)
         progress.set_enabled(config.progress)
         resolve_backend_name(config.attention_backend)  # fail before loading anything
         source = resolve(model, revision=config.revision, token=config.token, local_files_only=config.local_files_only)
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
         pipeline = source.family.build_pipeline(source, config)
-        return cls(source, pipeline, config, defaults)
+        generator = cls(source, pipeline, config, defaults)
+        generator.parallel_state = state
+        return generator
+
+    def _parallelize(self) -> ParallelState | None:
+        """Apply the parallel strategies once, before the first generation (after LoRAs are merged)."""
+        state = self.parallel_state
+        if state is not None and not self._parallelized:
+            from fastvideo.parallel.strategies import parallelize
+
+            parallelize(self.pipeline, state)
+            self._parallelized = True
+        return state
 
     def sampling_params(self, prompt: str | None = None, **overrides: Any) -> SamplingParams:
         """This generator's defaults with ``prompt`` and ``overrides`` applied, validated."""
@@ -136,6 +165,9 @@ class VideoGenerator:
         from fastvideo.video import check_output_path, write_mp4
 
         params = self.sampling_params(prompt, **sampling_overrides)
+        state = self._parallelize()
+        if state is not None and not state.is_main:
+            output_path = None  # rank 0 writes the video
         if output_path is not None:
             check_output_path(output_path, overwrite=overwrite)
         batch = ForwardBatch(params=params, device=self.pipeline.components.get("device"), latents=latents)
@@ -150,6 +182,99 @@ class VideoGenerator:
             batch.timings["write_mp4"] = time.perf_counter() - t0
         batch.timings["total"] = time.perf_counter() - start
         return GenerationResult(batch.frames, params.fps, path, batch.timings, params, batch.latents)
+
+    # ---- LoRA adapters (diffusers/peft files, or the family's original naming)
+
+    @property
+    def loras(self) -> dict[str, float]:
+        """Loaded adapters: name -> scale."""
+        return {name: info["scale"] for name, info in self._loras.items()}
+
+    def load_lora(self, path: str | Path, scale: float | None = None, *, name: str | None = None) -> str:
+        """Add a LoRA to the DiT(s) and return its adapter name (the file stem, made unique).
+
+        ``path`` is a ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``;
+        a string may carry the scale as ``PATH:scale`` (``fv generate --lora``). Several adapters add
+        up; :meth:`merge_loras` folds them into the weights for full-speed inference.
+        """
+        from fastvideo.training.lora import attach_lora, parse_lora, read_lora_file
+
+        if scale is None:
+            path, scale = parse_lora_spec(str(path))
+        tensors, metadata = read_lora_file(path)
+        by_component = parse_lora(tensors, metadata, self.source.family)
+        missing = [c for c in by_component if self.pipeline.components.get(c) is None]
+        if missing:
+            raise ValueError(
+                f"LoRA {str(path)!r} has weights for {missing[0]!r}, which this model does not have"
+            )
+        stem = Path(path).stem if Path(path).suffix else Path(path).name
+        name = name or stem
+        base, n = name, 1
+        while name in self._loras:
+            name, n = f"{base}-{n}", n + 1
+        bases = {}
+        for component, weights in by_component.items():
+            bases[component] = attach_lora(
+                self.pipeline.components[component], weights, name=name, scale=scale
+            )
+        self._loras[name] = {"path": str(path), "scale": float(scale), "base": bases}
+        if self._lora_merged:
+            self.merge_loras()
+        return name
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        """Change adapter ``name``'s scale (re-merging when merged)."""
+        from fastvideo.training.lora import set_adapter_scale
+
+        info = self._lora(name)
+        for component, base in info["base"].items():
+            set_adapter_scale(self.pipeline.components[component], name, scale, base_scales=base)
+        info["scale"] = float(scale)
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove adapter ``name`` (every adapter when None); the weights return to the base model's."""
+        from fastvideo.training.lora import remove_adapter
+
+        for n in [name] if name is not None else list(self._loras):
+            for component in self._lora(n)["base"]:
+                remove_adapter(self.pipeline.components[component], n)
+            del self._loras[n]
+
+    def merge_loras(self) -> None:
+        """Fold the loaded adapters into the DiT weights (no per-layer LoRA cost at inference)."""
+        from fastvideo.training.lora import merge_adapters
+
+        for component in self._lora_components():
+            merge_adapters(self.pipeline.components[component])
+        self._lora_merged = True
+
+    def unmerge_loras(self) -> None:
+        """Undo :meth:`merge_loras`, restoring the exact base weights (adapters stay loaded)."""
+        from fastvideo.training.lora import unmerge_adapters
+
+        for component in self._lora_components():
+            unmerge_adapters(self.pipeline.components[component])
+        self._lora_merged = False
+
+    def _lora(self, name: str) -> dict[str, Any]:
+        if name not in self._loras:
+            raise ValueError(f"no LoRA named {name!r}; loaded: {', '.join(self._loras) or 'none'}")
+        return self._loras[name]
+
+    def _lora_components(self) -> list[str]:
+        return sorted({c for info in self._loras.values() for c in info["base"]})
+
+
+def parse_lora_spec(value: str) -> tuple[str, float]:
+    """``"PATH[:scale]"`` -> ``(PATH, scale)``; the scale defaults to 1.0."""
+    path, sep, tail = value.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return value, 1.0
 
 
 def preflight(model: str, sampling_overrides: dict[str, Any], config: PipelineConfig) -> SamplingParams:
@@ -174,9 +299,4 @@ def preflight(model: str, sampling_overrides: dict[str, Any], config: PipelineCo
     )
     params = family.sampling_defaults(source).with_overrides(sampling_overrides)
     family.validate(params, source)
-    if config.parallel.num_gpus > 1:
-        raise ValueError(
-            f"num_gpus={config.parallel.num_gpus}: multi-GPU generation needs the parallel strategies, "
-            f"which this release does not include yet; use --num-gpus 1"
-        )
     return params

@@ -60,7 +60,10 @@ def resolve_backend_name(requested: str | None = None) -> str:
             hint = f" (pip install {classes[name].requires})" if classes[name].requires else ""
             raise BackendUnavailableError(f"Attention backend {name!r} cannot run here: {reason}{hint}")
         return name
-    avail = [n for n in available_backends() if not classes[n].sparse]
+    # Sparse backends are never chosen automatically, so their availability (which may need torch
+    # or a GPU probe) is not even asked.
+    dense = sorted((c for c in classes.values() if not c.sparse), key=lambda c: (-c.priority, c.name))
+    avail = [c.name for c in dense if c.is_available()]
     if not avail:
         raise BackendUnavailableError("No attention backend can run here; install torch>=2.5 for 'sdpa'")
     return avail[0]

@@ -1,4 +1,4 @@
-"""Built-in registrations of fastvideo-core (attention backends; more kinds as they land)."""
+"""Built-in registrations of fastvideo-core (attention backends, training algorithms, commands)."""
 
 from __future__ import annotations
 
@@ -12,3 +12,24 @@ def fv_register_attention_backends():  # type: ignore[no-untyped-def]
     from fastvideo.attention.backends import FlashAttnBackend, SDPABackend
 
     return [SDPABackend, FlashAttnBackend]
+
+
+@hookimpl
+def fv_register_parallel_strategies():  # type: ignore[no-untyped-def]
+    from fastvideo.parallel.strategies import BUILTIN
+
+    return list(BUILTIN)
+
+
+@hookimpl
+def fv_register_training_algorithms():  # type: ignore[no-untyped-def]
+    from fastvideo.training.algorithms import FinetuneAlgorithm, LoRAAlgorithm
+
+    return [FinetuneAlgorithm, LoRAAlgorithm]
+
+
+@hookimpl
+def fv_register_commands(app):  # type: ignore[no-untyped-def]
+    from fastvideo.training.commands import register
+
+    register(app)

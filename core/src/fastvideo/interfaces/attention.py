@@ -44,12 +44,16 @@ class AttentionBackend(ABC):
         sparse: True for backends that approximate attention (they run only in layers whose
             allow-list admits sparse backends, e.g. video self-attention, never cross-attention).
         requires: the pip requirement that provides what the backend needs, named in errors.
+        accepts_gate: True for backends whose ``forward`` takes ``gate=`` (``[B, Lq, H, Dv]``, the
+            weight of a compressed branch, VSA's ``fine + gate * coarse``); the dispatcher passes a
+            layer's gate only to those. Other backends never see it: they compute plain attention.
     """
 
     name: ClassVar[str]
     priority: ClassVar[int] = 0
     sparse: ClassVar[bool] = False
     requires: ClassVar[str | None] = None
+    accepts_gate: ClassVar[bool] = False
 
     @classmethod
     def is_available(cls) -> bool:

@@ -155,12 +155,20 @@ class ModelFamily(ABC):
 
     @classmethod
     def load_transformer(
-        cls, source: ModelSource, *, component: str = "transformer", dtype: str = "fp32", device: Any = "cpu"
+        cls,
+        source: ModelSource,
+        *,
+        component: str = "transformer",
+        dtype: str = "fp32",
+        device: Any = "cpu",
+        attention_backend: str | None = None,
     ) -> Any:
         """Our DiT for ``component`` of ``source`` (a ``torch.nn.Module``), loaded in ``dtype``.
 
         Its ``forward`` follows diffusers' call convention (``hidden_states``, ``timestep``,
         ``encoder_hidden_states``) and its ``config`` describes it (see :meth:`transformer_config`).
+        ``attention_backend`` is the backend it will train with, for backends that need extra
+        parameters (``vsa``: Wan's zero-initialised gate projections).
         """
         raise cls._no_training("load_transformer")
 

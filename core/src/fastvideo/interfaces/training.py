@@ -71,6 +71,7 @@ class TrainingAlgorithm(ABC):
     def setup(self) -> None:
         """Load the models, make the trainable ones ready (``ctx.prepare_model``), build their
         optimizers (``ctx.make_optimizer``) and ``ctx.register`` each for checkpoints."""
+        return None
 
     @abstractmethod
     def train_step(self, batch: Any) -> dict[str, float]:
@@ -87,6 +88,7 @@ class TrainingAlgorithm(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        return None
 
     def eval_model(self) -> torch.nn.Module:
         """The model that validation videos and the export use (default: the ``transformer`` role)."""

@@ -6,6 +6,7 @@ in their ``*_autograd`` forms), on any backend: NCCL on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,24 +31,30 @@ def all_to_all(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
 
 def all_gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     """Concatenate every rank's ``x`` along ``dim`` in group-rank order (differentiable)."""
-    x = x.contiguous()
-    if torch.is_grad_enabled() and x.requires_grad:
-        out = funcol.all_gather_tensor_autograd(x, dim, group)
-    else:
-        out = funcol.all_gather_tensor(x, dim, group)
-    return funcol.wait_tensor(out) if isinstance(out, funcol.AsyncCollectiveTensor) else out
+    grad = torch.is_grad_enabled() and x.requires_grad
+    name = (
+        "all_gather_single" if hasattr(funcol, "all_gather_single") else "all_gather_tensor"
+    )  # torch < 2.12
+    fn = getattr(funcol, f"{name}_autograd" if grad else name)
+    out = fn(x.contiguous(), 0, group)  # (P * x.shape[0], ...)
+    size = dist.get_world_size(group)
+    return out.view(size, *x.shape).movedim(0, dim).flatten(dim, dim + 1)
 
 
-def seq_to_heads(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
-    """Ulysses forward exchange: ``(N, B, Lc, H, D)`` token shards -> ``(N, B, U*Lc, H/U, D)`` head shards.
+def seq_to_heads(tensors: Sequence[torch.Tensor], group: ProcessGroup) -> list[torch.Tensor]:
+    """Ulysses forward exchange: ``(B, Lc, H, D)`` token shards -> ``(B, U*Lc, H/U, D)`` head shards.
 
-    ``N`` stacks tensors that travel together (q, k, v) in one collective.
+    The tensors (q, k, v, ...) travel together in one collective; each is copied once, straight
+    into the send layout.
     """
-    n, b, lc, h, d = x.shape
+    b, lc, h, d = tensors[0].shape
     u = dist.get_world_size(group)
-    x = x.view(n, b, lc, u, h // u, d).permute(3, 0, 1, 2, 4, 5)  # (U, N, B, Lc, H/U, D)
-    y = all_to_all(x, group)  # chunk i: tokens of rank i, our heads
-    return y.permute(1, 2, 0, 3, 4, 5).reshape(n, b, u * lc, h // u, d)
+    send = tensors[0].new_empty(u, len(tensors), b, lc, h // u, d)  # chunk i: rank i's heads
+    for i, t in enumerate(tensors):
+        send[:, i].copy_(t.view(b, lc, u, h // u, d).permute(2, 0, 1, 3, 4))
+    y = all_to_all(send, group)  # chunk i: tokens of rank i, our heads
+    y = y.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, u * lc, h // u, d)
+    return list(y.unbind(0))
 
 
 def heads_to_seq(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:

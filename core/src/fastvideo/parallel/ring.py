@@ -26,9 +26,9 @@ import torch.distributed as dist
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-#: Which fused kernel returned a usable log-sum-exp, per (device type, dtype); filled on first use.
-_KERNELS: dict[tuple[str, torch.dtype], str] = {}
-_CUDA_ORDER = ("cudnn", "flash", "efficient", "math")
+#: The fused kernels that passed the probe, best first, per (device type, dtype, head dim).
+_KERNELS: dict[tuple[str, torch.dtype, int], tuple[str, ...]] = {}
+_CUDA_ORDER = ("cudnn", "flash", "efficient")
 
 
 def _math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None):
@@ -39,23 +39,52 @@ def _math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask:
     return torch.matmul(torch.softmax(s, dim=-1), v.float()).to(q.dtype), lse
 
 
-def _kernel(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None):
+def _kernel(
+    name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attention call through kernel ``name``: ``(out [B, H, Lq, D], lse [B, H, Lq] fp32)``."""
     aten = torch.ops.aten
-    bias = None
-    if mask is not None:
-        if name in ("flash", "cpu", "cudnn"):
-            raise RuntimeError("kernel takes no mask")
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-        bias = bias[:, None, None, :].expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    b, h, lq, _ = q.shape
+    if name == "math":
+        return _math(q, k, v, scale, mask)
     if name == "cpu":
-        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
-    if name == "cudnn":
-        return aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False, scale=scale)[:2]
-    if name == "flash":
-        return aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
-    if name == "efficient":
-        return aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scale)[:2]
-    return _math(q, k, v, scale, mask)
+        out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
+    elif name == "cudnn":
+        out, lse = aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, False, False, scale=scale
+        )[:2]
+    elif name == "flash":
+        out, lse = aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    else:
+        out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)[
+            :2
+        ]
+    if out.shape != q.shape[:-1] + v.shape[-1:] or lse.numel() < b * h * lq:
+        raise RuntimeError(f"{name} returned out {tuple(out.shape)}, lse {tuple(lse.shape)}")
+    return out, lse.reshape(b, h, -1)[..., :lq].float()  # lse may be (B, H, Lq, 1) or padded
+
+
+def _probe(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether kernel ``name`` runs here and agrees with plain math on a small problem."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 96, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    try:
+        out, lse = _kernel(name, q, k, v, head_dim**-0.5, None)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    ref_out, ref_lse = _math(q, k, v, head_dim**-0.5, None)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    return bool((lse - ref_lse).abs().max() < tol * 10) and bool(
+        (out.float() - ref_out.float()).abs().max() < tol
+    )
+
+
+def _fused(device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[str, ...]:
+    key = (device.type, dtype, head_dim)
+    if key not in _KERNELS:
+        order = ("cpu",) if device.type == "cpu" else _CUDA_ORDER
+        _KERNELS[key] = tuple(n for n in order if _probe(n, device, dtype, head_dim))
+    return _KERNELS[key]
 
 
 def attention_lse(
@@ -64,28 +93,17 @@ def attention_lse(
     """Attention on ``[B, H, L, D]`` with its log-sum-exp: ``(out [B, H, Lq, D], lse [B, H, Lq] fp32)``.
 
     Uses torch's fused SDPA kernels that return the log-sum-exp (cuDNN, flash, memory-efficient on
-    CUDA; the flash CPU kernel on CPU) and falls back to plain math. ``key_mask`` ``[B, Lk]`` is
-    boolean (True = attend).
+    CUDA; the flash kernel on CPU), each checked once against plain math on a small problem, and
+    plain math otherwise. ``key_mask`` ``[B, Lk]`` is boolean (True = attend); masked calls (a few
+    replicated tokens) use plain math.
     """
-    b, h, lq, _ = q.shape
-    key = (q.device.type, q.dtype)
-    if q.device.type == "cpu":
-        names: Sequence[str] = ("math",) if key_mask is not None else ("cpu",)
-    else:
-        names = (_KERNELS[key],) if key in _KERNELS and key_mask is None else _CUDA_ORDER
-    for name in names:
-        try:
-            out, lse = _kernel(name, q, k, v, scale, key_mask)
-        except (RuntimeError, NotImplementedError):
-            if name == "math":
-                raise
-            continue
-        if out.shape != q.shape[:-1] + v.shape[-1:] or lse.numel() < b * h * lq:
-            continue
-        if key_mask is None and q.device.type == "cuda":
-            _KERNELS[key] = name
-        return out, lse.reshape(b, h, -1)[..., :lq].float()
-    raise RuntimeError("no attention kernel returned a log-sum-exp")  # unreachable: math always does
+    if key_mask is None:
+        for name in _fused(q.device, q.dtype, q.shape[-1]):
+            try:
+                return _kernel(name, q, k, v, scale, None)
+            except (RuntimeError, NotImplementedError):  # e.g. a layout this kernel refuses
+                continue
+    return _kernel("math", q, k, v, scale, key_mask)
 
 
 class _Partial:
@@ -101,7 +119,9 @@ class _Partial:
             self.out, self.lse = out, lse
             return
         new = torch.logaddexp(self.lse, lse)  # (B, H, L)
-        self.out = self.out * torch.exp(self.lse - new).unsqueeze(-1) + out * torch.exp(lse - new).unsqueeze(-1)
+        self.out = self.out * torch.exp(self.lse - new).unsqueeze(-1) + out * torch.exp(lse - new).unsqueeze(
+            -1
+        )
         self.lse = new
 
 
@@ -110,6 +130,7 @@ def _exchange(send: torch.Tensor, recv: torch.Tensor, group: ProcessGroup, nxt: 
     return dist.batch_isend_irecv(ops)
 
 
+@torch.compiler.disable  # point-to-point ops: eager
 def ring_attention(
     q: torch.Tensor,
     k: torch.Tensor,

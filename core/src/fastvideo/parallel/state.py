@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +115,9 @@ def _pick_device(requested: str | None, local_rank: int) -> torch.device:
         raise ValueError(f"device={requested!r}: parallel runs support cuda and cpu devices")
     if not torch.cuda.is_available():
         if requested is not None:
-            raise ValueError(f"device={requested!r} was requested but CUDA is not available; use --device cpu")
+            raise ValueError(
+                f"device={requested!r} was requested but CUDA is not available; use --device cpu"
+            )
         return torch.device("cpu")
     count = torch.cuda.device_count()
     if local_rank >= count:
@@ -182,7 +184,9 @@ def init_parallel(config: ParallelConfig, device: str | None = None) -> Parallel
         if shard == world:
             fsdp_mesh = init_device_mesh(dev.type, (world,), mesh_dim_names=("shard",))
         else:
-            fsdp_mesh = init_device_mesh(dev.type, (world // shard, shard), mesh_dim_names=("replicate", "shard"))
+            fsdp_mesh = init_device_mesh(
+                dev.type, (world // shard, shard), mesh_dim_names=("replicate", "shard")
+            )
     state = ParallelState(
         config=config,
         rank=rank,
@@ -213,7 +217,7 @@ def teardown() -> None:
             dist.destroy_process_group()
 
 
-def describe(state: Any) -> str:
+def describe(state: ParallelState) -> str:
     """One line naming the layout, e.g. ``4 ranks: cfg 2 x ring 1 x ulysses 2, tp 1, fsdp off``."""
     c = state.config
     fsdp = "off" if not c.fsdp else f"shard {c.hsdp_shard_size or state.world_size}"

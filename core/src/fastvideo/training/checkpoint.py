@@ -13,11 +13,14 @@ picked up. Loading reshards: a run may resume on a different number of ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,14 @@ def _barrier() -> None:
 def _rank() -> int:
     dist = _dist()
     return dist.get_rank() if dist is not None else 0
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns that it assumes one process when there is no process group: that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -83,7 +94,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(root: str | Path, step: int, state: dict[str, Any], *, keep_last: int = 2, world_size: int = 1) -> Path:
+def save(
+    root: str | Path, step: int, state: dict[str, Any], *, keep_last: int = 2, world_size: int = 1
+) -> Path:
     """Write ``state`` (a DCP state dict: tensors, DTensors and picklable objects) as ``step-N``.
 
     Collective: every rank calls it with its part of ``state``. Returns the final folder.
@@ -98,7 +111,8 @@ def save(root: str | Path, step: int, state: dict[str, Any], *, keep_last: int =
         if tmp.exists():  # left by a killed run
             shutil.rmtree(tmp)
     _barrier()
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _quiet():
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=_dist() is None)
     _barrier()
     if _rank() == 0:
         with open(tmp / COMPLETE, "w") as f:
@@ -137,5 +151,6 @@ def load(path: str | Path, state: dict[str, Any]) -> dict[str, Any]:
             f"{path} is not a complete checkpoint (no {COMPLETE} marker, or not named step-N); "
             f"resume from a complete one, e.g. {latest(path.parent) or 'none found'}"
         )
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet():
+        dcp.load(state, checkpoint_id=str(path), no_dist=_dist() is None)
     return state

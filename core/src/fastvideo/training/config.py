@@ -205,7 +205,9 @@ class AttentionSection:
             raise ValueError(f"attention.sparsity must be in [0, 1), got {self.sparsity!r}")
         _positive("attention.sparsity_ramp_steps", self.sparsity_ramp_steps, allow_zero=True)
         if not 0.0 <= self.sparsity_increment < 1.0:
-            raise ValueError(f"attention.sparsity_increment must be in [0, 1), got {self.sparsity_increment!r}")
+            raise ValueError(
+                f"attention.sparsity_increment must be in [0, 1), got {self.sparsity_increment!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,7 +295,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError(errors[0] if errors else f"{key}: cannot be {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ValueError(f"{key} must be a mapping of its fields, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
@@ -359,13 +361,13 @@ def _parse_scalar(text: str) -> Any:
     if text[:1] in "[{":
         try:
             return _yaml().safe_load(text)
-        except Exception as exc:  # noqa: BLE001 - yaml raises many types
+        except Exception as exc:
             raise ValueError(f"cannot parse {text!r} as a list or mapping ({exc})") from None
     return text
 
 
 def _unknown(key: str, name: str, valid: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"; did you mean {key[: len(key) - len(name)]}{close[0]}?" if close else ""
     return ValueError(f"unknown config key {key!r}{hint} (valid here: {', '.join(sorted(valid))})")
 
@@ -389,7 +391,9 @@ def _yaml() -> Any:
     try:
         import yaml
     except ImportError:  # pragma: no cover - transformers and huggingface_hub depend on it
-        raise ValueError("reading YAML configs needs PyYAML: pip install pyyaml (or use a .json config)") from None
+        raise ValueError(
+            "reading YAML configs needs PyYAML: pip install pyyaml (or use a .json config)"
+        ) from None
     return yaml
 
 
@@ -401,9 +405,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text()
     try:
         raw = json.loads(text) if path.suffix == ".json" else _yaml().safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - yaml and json raise many types
+    except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})") from None
+        raise ValueError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({first})"
+        ) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):

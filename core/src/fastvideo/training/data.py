@@ -63,7 +63,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_shard(path: Path, latents: Sequence[torch.Tensor], texts: Sequence[torch.Tensor], metadata: dict[str, str]) -> None:
+def write_shard(
+    path: Path, latents: Sequence[torch.Tensor], texts: Sequence[torch.Tensor], metadata: dict[str, str]
+) -> None:
     """One shard, written to a temp file and renamed (a shard on disk is always complete)."""
     from safetensors.torch import save_file
 
@@ -73,6 +75,7 @@ def write_shard(path: Path, latents: Sequence[torch.Tensor], texts: Sequence[tor
         tensors[f"text.{k}"] = txt.contiguous()
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -164,8 +167,15 @@ def collate(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def iterate_micro_batches(
-    dataset: Any, *, seed: int, position: int, batch_size: int, dp_rank: int, dp_size: int,
-    grad_accum_steps: int, shuffle: bool,
+    dataset: Any,
+    *,
+    seed: int,
+    position: int,
+    batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    grad_accum_steps: int,
+    shuffle: bool,
 ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """Yield ``(position after the step, this rank's micro-batches)`` for step after step.
 
@@ -208,11 +218,16 @@ def write_synthetic_dataset(
     folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(seed)
     c, t, h, w = latent_shape
-    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, t), torch.linspace(-1, 1, h), torch.linspace(-1, 1, w),
-                                      indexing="ij"))  # (3, T, H, W)
-    bases = [torch.einsum("ck,kthw->cthw", torch.randn(c, 3, generator=gen), grid).sin() for _ in range(patterns)]
+    grid = torch.stack(
+        torch.meshgrid(
+            torch.linspace(-1, 1, t), torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij"
+        )
+    )  # (3, T, H, W)
+    bases = [
+        torch.einsum("ck,kthw->cthw", torch.randn(c, 3, generator=gen), grid).sin() for _ in range(patterns)
+    ]
     codes = [torch.randn(text_dim, generator=gen) for _ in range(patterns)]
-    shards = []
+    shards: list[dict[str, Any]] = []
     for s in range(0, count, shard_size):
         lats, txts = [], []
         for i in range(s, min(count, s + shard_size)):
@@ -223,8 +238,18 @@ def write_synthetic_dataset(
         name = shard_name(len(shards))
         write_shard(folder / name, lats, txts, {"format": FORMAT})
         shards.append({"file": name, "count": len(lats)})
-    write_json_atomic(folder / MANIFEST, {
-        "format": FORMAT, "version": VERSION, "count": count, "shards": shards, "latent_shape": list(latent_shape),
-        "text_dim": text_dim, "max_sequence_length": max_sequence_length, "model": "synthetic", "items": [],
-    })
+    write_json_atomic(
+        folder / MANIFEST,
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "count": count,
+            "shards": shards,
+            "latent_shape": list(latent_shape),
+            "text_dim": text_dim,
+            "max_sequence_length": max_sequence_length,
+            "model": "synthetic",
+            "items": [],
+        },
+    )
     return folder

@@ -46,7 +46,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=opts)
+        return dict(get_model_state_dict(model, options=opts))  # type: ignore[arg-type]
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
@@ -93,9 +93,8 @@ def export_diffusers(
     state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the diffusers folder (collective under FSDP2; rank 0 writes). Returns ``folder``."""
-    from safetensors.torch import save_file
-
     import torch.distributed as dist
+    from safetensors.torch import save_file
 
     state = full_state_dict(model) if state is None else state
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -105,7 +104,8 @@ def export_diffusers(
         names = family.to_diffusers_names(weights)
         target = torch_dtype(dtype)
         tensors = {
-            names[k]: (v.to(target) if v.is_floating_point() else v).contiguous().clone() for k, v in weights.items()
+            names[k]: (v.to(target) if v.is_floating_point() else v).contiguous().clone()
+            for k, v in weights.items()
         }
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -121,6 +121,7 @@ def export_diffusers(
         config = family.transformer_config(model)
         (tmp / component / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         save_file(tensors, str(tmp / component / WEIGHTS), metadata={"format": "pt"})
+        os.chmod(tmp / component / WEIGHTS, 0o644)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -130,4 +131,3 @@ def export_diffusers(
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return folder
-

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -317,12 +318,14 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
             )
         path = files[0]
     if not path.is_file():
-        raise ValueError(f"LoRA file {str(path)!r} does not exist; pass a .safetensors file or a folder with {WEIGHT_NAME}")
+        raise ValueError(
+            f"LoRA file {str(path)!r} does not exist; pass a .safetensors file or a folder with {WEIGHT_NAME}"
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             raw_meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+    except Exception as exc:
         raise CheckpointError(f"{path}: not a readable safetensors LoRA file ({exc})") from None
     meta: dict[str, Any] = {}
     if METADATA_KEY in raw_meta:
@@ -403,13 +406,13 @@ def _map_names(entries: Iterable[tuple[str, str]], family: type[ModelFamily]) ->
                     mapped.update(family.from_diffusers_names([m + ".weight"]))
                 except CheckpointError:
                     pass
-        for (n, m) in pending:
+        for n, m in pending:
             if n in ("diffusers", "") and m + ".weight" in mapped:
                 out[(n, m)] = mapped[m + ".weight"].removesuffix(".weight")
     rest = [m for (n, m) in pending if (n, m) not in out and n in ("original", "")]
     if rest:
         original = family.from_original_names(rest)
-        for (n, m) in pending:
+        for n, m in pending:
             if (n, m) not in out and m in original:
                 out[(n, m)] = original[m]
     unknown = [m for key in pending if key not in out for m in [key[1]]]
@@ -422,14 +425,18 @@ def _map_names(entries: Iterable[tuple[str, str]], family: type[ModelFamily]) ->
 
 
 def _to_ours(
-    entries: Mapping[tuple[str, str], Mapping[str, torch.Tensor]], meta: Mapping[str, Any], family: type[ModelFamily]
+    entries: Mapping[tuple[str, str], Mapping[str, torch.Tensor]],
+    meta: Mapping[str, Any],
+    family: type[ModelFamily],
 ) -> dict[str, LoRAWeights]:
     names = _map_names(entries, family)
     out: dict[str, LoRAWeights] = {}
     for key, parts in entries.items():
         module = key[1]
         if "diff" in parts:
-            raise CheckpointError(f"LoRA entry {module!r} holds a full weight delta (.diff), which is not supported")
+            raise CheckpointError(
+                f"LoRA entry {module!r} holds a full weight delta (.diff), which is not supported"
+            )
         if "A" not in parts or "B" not in parts:
             if set(parts) == {"bias"}:
                 raise CheckpointError(f"LoRA entry {module!r} has only a bias delta, which is not supported")
@@ -483,7 +490,10 @@ def lora_tensors(model: nn.Module, name: str = "default") -> dict[str, LoRAWeigh
         if name in layer.lora_A:
             bias = layer.lora_bias[name].detach().float().cpu() if name in layer.lora_bias else None
             out[module] = LoRAWeights(
-                a=_full(layer.lora_A[name]), b=_full(layer.lora_B[name]), scale=layer.lora_scale[name], bias=bias
+                a=_full(layer.lora_A[name]),
+                b=_full(layer.lora_B[name]),
+                scale=layer.lora_scale[name],
+                bias=bias,
             )
     return out
 
@@ -496,7 +506,11 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def save_lora_file(
-    weights: Mapping[str, LoRAWeights], family: type[ModelFamily], path: str | Path, *, component: str = "transformer"
+    weights: Mapping[str, LoRAWeights],
+    family: type[ModelFamily],
+    path: str | Path,
+    *,
+    component: str = "transformer",
 ) -> Path:
     """Write ``weights`` (our names) in diffusers' format: ``<component>.<diffusers module>.lora_A.weight``
     / ``lora_B.weight`` with the scale folded into B, plus peft metadata (``lora_alpha == r``)."""
@@ -527,10 +541,14 @@ def save_lora_file(
         "lora_dropout": 0.0,
         "lora_bias": any(w.bias is not None for w in weights.values()),
     }
-    meta = {"format": "pt", METADATA_KEY: json.dumps({f"{component}.{k}": v for k, v in config.items()}, sort_keys=True)}
+    meta = {
+        "format": "pt",
+        METADATA_KEY: json.dumps({f"{component}.{k}": v for k, v in config.items()}, sort_keys=True),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)
     tmp.replace(path)
     return path
 

@@ -48,7 +48,9 @@ class FlowMatchingObjective:
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.timestep_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}")
+            raise ValueError(
+                f"timestep_sampling must be uniform or logit_normal, got {self.timestep_sampling!r}"
+            )
 
     def with_options(self, options: ObjectiveSection) -> FlowMatchingObjective:
         """This objective with the training config's overrides applied."""
@@ -72,7 +74,9 @@ class FlowMatchingObjective:
             raw = torch.sigmoid(normal * self.logit_std + self.logit_mean)
         return shift_sigmas(raw, self.shift)
 
-    def model_inputs(self, batch: dict[str, Any], noisy: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+    def model_inputs(
+        self, batch: dict[str, Any], noisy: torch.Tensor, timesteps: torch.Tensor
+    ) -> dict[str, Any]:
         """Keyword arguments of the DiT call (diffusers' convention); families override for extras."""
         return {"hidden_states": noisy, "timestep": timesteps, "encoder_hidden_states": batch["text"]}
 
@@ -88,7 +92,9 @@ class FlowMatchingObjective:
 
         x0 = batch["latents"]
         if len(generators) != x0.shape[0]:
-            raise ValueError(f"need one generator per sample: {x0.shape[0]} samples, {len(generators)} generators")
+            raise ValueError(
+                f"need one generator per sample: {x0.shape[0]} samples, {len(generators)} generators"
+            )
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g, dtype=torch.float32) for g in generators])
         noise = noise.to(x0.device)
         sigmas = self.sample_sigmas(generators).to(x0.device)  # (B,)

@@ -78,8 +78,20 @@ def _pattern(template: str) -> re.Pattern[str]:
     return re.compile(body)
 
 
+#: Names beyond diffusers' class: the per-block VSA gate projection of FastVideo's VSA Wan checkpoints
+#: (``blocks.N.to_gate_compress``, zero-initialised when absent; see ``WanTransformer.add_vsa_gates``).
+VSA_RULES: tuple[tuple[str, str], ...] = (
+    ("blocks.{i}.to_gate_compress.{p}", "blocks.{i}.self_attn.gate_compress.{p}"),
+)
+#: Read only: other ports nest the gate in the self-attention module.
+VSA_ALIASES: tuple[tuple[str, str], ...] = (
+    ("blocks.{i}.attn1.to_gate_compress.{p}", "blocks.{i}.self_attn.gate_compress.{p}"),
+)
+
 _TO_OURS = [(_pattern(d), o) for d, o in RULES]
 _TO_DIFFUSERS = [(_pattern(o), d) for d, o in RULES]
+_VSA_TO_OURS = [(_pattern(d), o) for d, o in VSA_RULES + VSA_ALIASES]
+_VSA_TO_DIFFUSERS = [(_pattern(o), d) for d, o in VSA_RULES]
 _IGNORED = [re.compile(p) for p in IGNORED_DIFFUSERS_KEYS]
 
 
@@ -127,7 +139,7 @@ def diffusers_to_ours(state_dict: Mapping[str, V]) -> dict[str, V]:
 
     :raises UnmappedKeysError: listing every name that no rule matches.
     """
-    return _convert(state_dict, _TO_OURS, _IGNORED, "diffusers")
+    return _convert(state_dict, _TO_OURS + _VSA_TO_OURS, _IGNORED, "diffusers")
 
 
 def ours_to_diffusers(state_dict: Mapping[str, V]) -> dict[str, V]:
@@ -135,7 +147,7 @@ def ours_to_diffusers(state_dict: Mapping[str, V]) -> dict[str, V]:
 
     :raises UnmappedKeysError: listing every name that no rule matches.
     """
-    return _convert(state_dict, _TO_DIFFUSERS, [], "fastvideo_wan")
+    return _convert(state_dict, _TO_DIFFUSERS + _VSA_TO_DIFFUSERS, [], "fastvideo_wan")
 
 
 # --------------------------------------------------------------------------------------------------

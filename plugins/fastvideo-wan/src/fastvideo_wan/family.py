@@ -6,6 +6,8 @@ This module is imported during plugin registration, so it must not import torch.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
@@ -65,6 +67,121 @@ class WanFamily(ModelFamily):
         from fastvideo_wan.pipeline import build_wan_pipeline
 
         return build_wan_pipeline(cls, source, config)
+
+    # ---------------------------------------------------------------- training hooks
+
+    #: LoRA on the attention projections and the feed-forward of every block (our module names).
+    lora_target_modules: ClassVar[tuple[str, ...]] = (
+        "blocks.*.self_attn.[qkvo]",
+        "blocks.*.cross_attn.[qkvo]",
+        "blocks.*.ffn.fc[12]",
+    )
+
+    @classmethod
+    def load_transformer(
+        cls,
+        source: ModelSource,
+        *,
+        component: str = "transformer",
+        dtype: str = "fp32",
+        device: Any = "cpu",
+        attention_backend: str | None = None,
+    ) -> Any:
+        """Our DiT; for ``vsa`` with the zero-initialised gate projections a dense checkpoint lacks."""
+        from fastvideo.loader.components import torch_dtype
+        from fastvideo_wan.model import WanTransformer
+
+        folder = source.path / component
+        if not (folder / "config.json").is_file():
+            listed = sorted(k for k, v in source.model_index.items() if isinstance(v, list) and v and v[0])
+            raise ValueError(
+                f"{source.path} has no component {component!r} to train (it has {', '.join(listed)})"
+            )
+        gate = True if attention_backend == "vsa" else None  # None: as the checkpoint has them
+        return WanTransformer.from_pretrained(folder, dtype=torch_dtype(dtype), device=device, vsa_gate=gate)
+
+    @classmethod
+    def training_objective(cls, source: ModelSource) -> Any:
+        """Flow matching with the checkpoint's shift: the preset's ``flow_shift``, else the scheduler's."""
+        from fastvideo.training.objectives import FlowMatchingObjective
+
+        workload = _workload(source)
+        if workload != "t2v":
+            raise ValueError(
+                f"training supports Wan text-to-video checkpoints; this one is {workload} (image conditioning "
+                "in training is not implemented yet)"
+            )
+        scheduler = _read_json(source, "scheduler/scheduler_config.json") or {}
+        shift = scheduler.get("flow_shift") or scheduler.get("shift") or 1.0
+        if source.preset is not None and source.preset.sampling.get("flow_shift"):
+            shift = source.preset.sampling["flow_shift"]
+        steps = int(scheduler.get("num_train_timesteps", 1000))
+        return FlowMatchingObjective(shift=float(shift), num_train_timesteps=steps)
+
+    @classmethod
+    def training_encoders(cls, source: ModelSource, config: PipelineConfig) -> Any:
+        from fastvideo.loader.components import load_component
+        from fastvideo.pipelines.stages import T5TextEncoder
+        from fastvideo.training.preprocess import Encoders
+        from fastvideo_wan.pipeline import WanLatents, default_dtypes, pick_device
+
+        device = pick_device(config)
+        _, text_dtype, vae_dtype = default_dtypes(config, device)
+        index = source.model_index
+        tokenizer = load_component(source.path, index, "tokenizer")
+        text_encoder = load_component(source.path, index, "text_encoder", dtype=text_dtype, device=device)
+        vae = load_component(source.path, index, "vae", dtype=vae_dtype, device=device)
+        geometry = WanLatents(vae)
+
+        def normalize(latents: Any) -> Any:  # what the pipelines' denormalize inverts
+            return (latents - geometry.mean.to(latents)) / geometry.std.to(latents)
+
+        return Encoders(
+            text=T5TextEncoder(tokenizer, text_encoder), vae=vae, normalize=normalize, device=device
+        )
+
+    @classmethod
+    def to_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        from fastvideo_wan.convert import ours_to_diffusers
+
+        return {ours: theirs for theirs, ours in ours_to_diffusers({n: n for n in names}).items()}
+
+    @classmethod
+    def from_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        from fastvideo_wan.convert import diffusers_to_ours
+
+        return {theirs: ours for ours, theirs in diffusers_to_ours({n: n for n in names}).items()}
+
+    @classmethod
+    def from_original_names(cls, names: Iterable[str]) -> dict[str, str]:
+        """Module names of the official Wan repository (LoRAs published with ``diffusion_model.``)."""
+        out = {}
+        for name in names:
+            for pattern, template in _ORIGINAL_MODULES:
+                if re.fullmatch(pattern, name):
+                    out[name] = re.sub(pattern, template, name)
+                    break
+        return out
+
+    @classmethod
+    def transformer_config(cls, model: Any) -> dict[str, Any]:
+        return {"_class_name": "WanTransformer3DModel", **model.config.to_diffusers_config()}
+
+
+#: Linear layers of the official Wan DiT (Wan-Video/Wan2.1 ``wan/modules/model.py``) -> ours.
+_ORIGINAL_MODULES: tuple[tuple[str, str], ...] = (
+    (r"blocks\.(\d+)\.(self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)", r"blocks.\1.\2.\3"),
+    (r"blocks\.(\d+)\.ffn\.0", r"blocks.\1.ffn.fc1"),
+    (r"blocks\.(\d+)\.ffn\.2", r"blocks.\1.ffn.fc2"),
+    (r"head\.head", "head.proj"),
+    (r"time_projection\.1", "time_mod"),
+    (r"text_embedding\.0", "text_embed.fc1"),
+    (r"text_embedding\.2", "text_embed.fc2"),
+    (r"time_embedding\.0", "time_embed.fc1"),
+    (r"time_embedding\.2", "time_embed.fc2"),
+    (r"img_emb\.proj\.1", "image_embed.fc1"),
+    (r"img_emb\.proj\.3", "image_embed.fc2"),
+)
 
 
 def _workload(source: ModelSource) -> str:

@@ -212,13 +212,17 @@ class WanSelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
+        # VSA's gate of its coarse branch (`to_gate_compress`), see add_vsa_gates; dense backends ignore it
+        self.gate_compress: nn.Linear | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = rope_apply(self.norm_q(self.q(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         k = rope_apply(self.norm_k(self.k(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         v = self.v(x).unflatten(-1, heads)  # (B, L, H, Dh)
-        return self.o(attention(q, k, v, allow=ALL, sequence_parallel=True).flatten(2))  # (B, L, D)
+        gate = self.gate_compress(x).unflatten(-1, heads) if self.gate_compress is not None else None
+        out = attention(q, k, v, allow=ALL, sequence_parallel=True, gate=gate)  # (B, L, H, Dh)
+        return self.o(out.flatten(2))  # (B, L, D)
 
 
 class WanCrossAttention(nn.Module):
@@ -342,7 +346,10 @@ class WanTransformer(nn.Module):
     #: Sequence parallelism, applied from outside by ``fastvideo.parallel``: the blocks run on token
     #: shards. Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and
     #: sin (L, 1, Dh); the last block's output is gathered on dim 1.
-    sequence_parallel_plan: ClassVar[dict[str, Any]] = {"blocks": "blocks", "token_args": {0: 1, 3: 1, 4: 0, 5: 0}}
+    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
+        "blocks": "blocks",
+        "token_args": {0: 1, 3: 1, 4: 0, 5: 0},
+    }
 
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
@@ -371,8 +378,26 @@ class WanTransformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("modulation"):
                 nn.init.normal_(p, std=self.config.dim**-0.5)
-            elif name.endswith("pos_embed"):
+            elif name.endswith("pos_embed") or ".gate_compress." in name:
                 nn.init.zeros_(p)
+
+    @property
+    def has_vsa_gates(self) -> bool:
+        """Whether the blocks carry VSA's gate projection (``self_attn.gate_compress``)."""
+        return any(b.self_attn.gate_compress is not None for b in self.blocks)
+
+    def add_vsa_gates(self) -> WanTransformer:
+        """Give every block VSA's gate projection, zero-initialised (a dense checkpoint then starts as
+        pure fine attention; training learns the gate). Blocks that have one keep it."""
+        for block in self.blocks:
+            attn = block.self_attn
+            if attn.gate_compress is None:
+                w = attn.q.weight
+                attn.gate_compress = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+                if w.device.type != "meta":
+                    nn.init.zeros_(attn.gate_compress.weight)
+                    nn.init.zeros_(attn.gate_compress.bias)
+        return self
 
     def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
         """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``.
@@ -466,12 +491,21 @@ class WanTransformer(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: WanConfig | Mapping[str, Any], device: torch.device | str = "meta"
+        cls,
+        config: WanConfig | Mapping[str, Any],
+        device: torch.device | str = "meta",
+        *,
+        vsa_gate: bool = False,
     ) -> WanTransformer:
-        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``."""
+        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``.
+
+        :param vsa_gate: also build VSA's per-block gate projection (zero-initialised).
+        """
         cfg = config if isinstance(config, WanConfig) else WanConfig.from_diffusers_config(config)
         with torch.device("meta"):
             model = cls(cfg)
+            if vsa_gate:
+                model.add_vsa_gates()
         if torch.device(device).type != "meta":
             model.to_empty(device=device)
             model.init_weights()
@@ -483,22 +517,35 @@ class WanTransformer(nn.Module):
         folder: str | Path,
         dtype: torch.dtype | None = torch.bfloat16,
         device: torch.device | str = "cpu",
+        *,
+        vsa_gate: bool | None = None,
     ) -> WanTransformer:
         """Load a diffusers ``WanTransformer3DModel`` folder (``config.json`` + safetensors weights).
 
         :param dtype: parameter dtype (``None`` keeps the stored dtypes); :attr:`fp32_modules` stay
             fp32 as diffusers keeps them.
+        :param vsa_gate: VSA's gate projection: ``None`` builds it when the checkpoint has it (FastVideo's
+            VSA checkpoints), ``True`` always (zeros where the checkpoint has none), ``False`` never.
         :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
         """
         folder = Path(folder)
-        model = cls.from_config(_read_config(folder), device="meta")
+        config = _read_config(folder)
         ckpt = convert.DiffusersCheckpoint(folder)
-        ckpt.check_against({k: tuple(v.shape) for k, v in model.state_dict().items()})
+        stored = any(".gate_compress." in name for name in ckpt.shapes)
+        model = cls.from_config(config, device="meta", vsa_gate=stored or bool(vsa_gate))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        zeros = [] if stored else [k for k in expected if ".gate_compress." in k]
+        ckpt.check_against({k: v for k, v in expected.items() if k not in zeros})
         state = {}
         for name, tensor in ckpt.tensors(device=device):
             target = torch.float32 if dtype is not None and cls.is_fp32_param(name) else dtype
             state[name] = tensor if target is None or not tensor.is_floating_point() else tensor.to(target)
+        for name in zeros:
+            state[name] = torch.zeros(expected[name], device=device, dtype=dtype or torch.float32)
         model.load_state_dict(state, strict=True, assign=True)
+        if vsa_gate is False:
+            for block in model.blocks:
+                block.self_attn.gate_compress = None
         return model.eval()
 
 

@@ -75,6 +75,30 @@ class CubeGeometry:
         return list(torch.split(order, counts))
 
 
+def run_table(geom: CubeGeometry, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The runs of each cube: ``(runs [C, 16] int32, counts [C] int32)``.
+
+    A run is up to 4 consecutive tokens along W (one ``(t, h)`` line of a cube), encoded as
+    ``first_token << 2 | (length - 1)``. Row ``c`` lists cube ``c``'s ``counts[c]`` non-empty runs
+    first (``t``-major), then ``-1``. The kernels stream key (or query) tokens as lists of runs, so
+    the empty lines of partial cubes cost nothing.
+    """
+    import torch
+
+    (t_size, h_size, w_size), (_, nh, nw) = geom.grid, geom.cube_grid
+    cube = torch.arange(geom.num_cubes, device=device)
+    ct, ch, cw = cube // (nh * nw), cube // nw % nh, cube % nw  # (C,)
+    line = torch.arange(16, device=device)
+    t = ct[:, None] * 4 + line[None, :] // 4  # (C, 16)
+    h = ch[:, None] * 4 + line[None, :] % 4
+    w0 = (cw * 4)[:, None].expand(-1, 16)
+    length = (w_size - w0).clamp(max=4)  # >= 1
+    valid = (t < t_size) & (h < h_size)
+    runs = torch.where(valid, (((t * h_size + h) * w_size + w0) << 2) | (length - 1), -1)
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # valid runs first
+    return runs.gather(1, order).to(torch.int32), valid.sum(1, dtype=torch.int32)
+
+
 def topk_for(sparsity: float, num_cubes: int) -> int:
     """Key cubes each query cube keeps: ``ceil((1 - sparsity) * num_cubes)``, at least 1.
 

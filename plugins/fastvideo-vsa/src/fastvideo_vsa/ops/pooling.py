@@ -1,9 +1,14 @@
-"""The coarse stage: fused cube pooling (Triton), cube attention and top-k selection (torch).
+"""The coarse stage and the plans of the fine stage.
 
-Pooling reads ``q``, ``k`` (and ``v`` when a gate needs the coarse output) once, in raster order,
-and writes fp32 cube means ``[B, H, C, D]``: one program per (cube, batch x head). The cube-level
-attention is ``C x C`` per head (624 x 624 for 81x480x832 Wan), small enough for torch's batched
-matmul in fp32, which also makes the selection exact; ``torch.topk`` picks the key cubes.
+* Pooling (Triton) reads ``q``, ``k`` (and ``v`` when a gate needs the coarse output) once, in
+  raster order, and writes fp32 cube means ``[B, H, C, D]``: one program per (cube, batch x head).
+* The cube-level attention is ``C x C`` per head (624 x 624 for 81x480x832 Wan), small enough for
+  torch's batched matmul in fp32, which also makes the selection exact; ``torch.topk`` picks the key
+  cubes.
+* Plans: the fine-stage kernels stream the tokens of a list of cubes as *runs* (up to 4 tokens along
+  W, see :func:`fastvideo_vsa.ops.geometry.run_table`), so the empty lines of partial cubes are
+  skipped. :func:`cube_runs` expands per-segment cube lists (a query cube's selected key cubes, or the
+  query cubes that selected a key cube) into run lists with a small Triton kernel.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
-from fastvideo_vsa.ops.geometry import CubeGeometry
+from fastvideo_vsa.ops.geometry import CubeGeometry, run_table
 from fastvideo_vsa.ops.triton_fwd import cube_count, cube_tokens, d_pad, geometry_args, launch
 
 # --------------------------------------------------------------------------------------------------
 # Configs
 # --------------------------------------------------------------------------------------------------
 
-POOL_CONFIGS = [triton.Config({}, num_warps=w) for w in (2, 4)]
+POOL_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8)]
+RUNS_BLOCK = 64  # cube-list entries per program of the run expansion
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
@@ -57,6 +63,19 @@ def _pool_kernel(
     _pool_one(K, KC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, skb, skl, skh, C, D)
     if POOL_V:
         _pool_one(V, VC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, svb, svl, svh, C, D)
+
+
+@triton.jit
+def _runs_kernel(LISTS, FIRST, TABLE, COUNTS, RUNS, N, BLOCK_E: tl.constexpr):
+    """Copy the runs of each listed cube to ``RUNS[FIRST[e]:]`` (``FIRST``: prefix sums of counts)."""
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    ok = e < N
+    cube = tl.load(LISTS + e, mask=ok, other=0)
+    first = tl.load(FIRST + e, mask=ok, other=0)
+    count = tl.load(COUNTS + cube, mask=ok, other=0)
+    j = tl.arange(0, 16)
+    runs = tl.load(TABLE + cube[:, None] * 16 + j[None, :])
+    tl.store(RUNS + first[:, None] + j[None, :], runs, mask=ok[:, None] & (j[None, :] < count[:, None]))
 
 
 _pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V"])(_pool_kernel)
@@ -113,17 +132,82 @@ def coarse_backward(
 
 
 def transpose_selection(indices: torch.Tensor, num_cubes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each key cube, the query cubes that selected it: ``(lists [B, H, C, C], counts [B, H, C])``.
+    """For each key cube, the query cubes that selected it, as CSR: ``(lists, offsets)``, both int32.
 
-    Row ``j`` of ``lists`` starts with the ``counts[j]`` selecting query cubes, ascending; both int32.
+    The query cubes that selected key cube ``j`` of batch x head ``n`` are
+    ``lists[offsets[n * C + j] : offsets[n * C + j + 1]]``, ascending; ``offsets`` has ``B*H*C + 1``
+    entries. Memory is that of ``indices`` (not ``C x C`` per head).
     """
-    shape = (*indices.shape[:2], num_cubes, num_cubes)
-    chosen = torch.zeros(shape, dtype=torch.bool, device=indices.device)
-    chosen.scatter_(-1, indices.long(), True)  # (B, H, Cq, Ck)
-    by_key = chosen.transpose(-1, -2)  # (B, H, Ck, Cq)
-    counts = by_key.sum(-1, dtype=torch.int32)
-    slot = torch.where(by_key, by_key.cumsum(-1) - 1, num_cubes)  # overflow column for the unselected
-    lists = torch.zeros((*shape[:3], num_cubes + 1), dtype=torch.int32, device=indices.device)
-    src = torch.arange(num_cubes, dtype=torch.int32, device=indices.device).expand(shape)
-    lists.scatter_(-1, slot, src)
-    return lists[..., :num_cubes].contiguous(), counts
+    batch, heads, cubes, _ = indices.shape
+    device = indices.device
+    bh = torch.arange(batch * heads, device=device).view(batch, heads, 1, 1)
+    query = torch.arange(cubes, device=device).view(1, 1, cubes, 1)
+    keys = torch.sort(
+        ((bh * num_cubes + indices.long()) * cubes + query).flatten()
+    ).values  # (bh, key, query)
+    counts = torch.bincount(keys // cubes, minlength=batch * heads * num_cubes)
+    offsets = torch.zeros(batch * heads * num_cubes + 1, dtype=torch.int32, device=device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return (keys % cubes).to(torch.int32), offsets
+
+
+_RUN_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _run_table(geom: CubeGeometry, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (geom.grid, str(device))
+    if key not in _RUN_TABLES:
+        _RUN_TABLES[key] = run_table(geom, device)
+    return _RUN_TABLES[key]
+
+
+def cube_runs(
+    lists: torch.Tensor, segments: torch.Tensor | int, geom: CubeGeometry
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The runs of listed cubes, per segment: ``(runs, first, count)``, all int32.
+
+    :param lists: cube ids, flat, segment after segment.
+    :param segments: CSR offsets of the segments in ``lists`` (``S + 1`` entries), or an int ``K``
+        when every segment holds ``K`` cubes.
+    :returns: segment ``s`` streams ``runs[first[s] : first[s] + count[s]]``.
+    """
+    table, counts = _run_table(geom, lists.device)
+    lists = lists.reshape(-1)
+    n = lists.numel()
+    if isinstance(segments, int):
+        segments = torch.arange(0, n + 1, segments, device=lists.device)
+    prefix = torch.zeros(n + 1, dtype=torch.int32, device=lists.device)
+    prefix[1:] = torch.cumsum(counts[lists.long()], 0)
+    runs = lists.new_empty(n * 16)  # an upper bound: entries past a segment's count are never read
+    launch(_runs_kernel, _runs_kernel, (triton.cdiv(n, RUNS_BLOCK),), (lists, prefix, table, counts, runs, n),
+           {"BLOCK_E": RUNS_BLOCK}, {"num_warps": 4}, {})  # fmt: skip
+    bounds = prefix[segments.long()]
+    return runs, bounds[:-1].contiguous(), (bounds[1:] - bounds[:-1]).contiguous()
+
+
+def all_cube_runs(geom: CubeGeometry, segments: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`cube_runs` when every segment lists all cubes in order (sparsity 0): one shared list."""
+    key = (geom.grid, str(device), "all")
+    if key not in _RUN_TABLES:
+        table, _ = _run_table(geom, device)
+        _RUN_TABLES[key] = (table[table >= 0].contiguous(), table)  # cube after cube, runs in order
+    runs = _RUN_TABLES[key][0]
+    first = torch.zeros(segments, dtype=torch.int32, device=device)
+    return runs, first, torch.full_like(first, runs.numel())
+
+
+def plans(
+    indices: torch.Tensor, geom: CubeGeometry, *, transposed: bool = False
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+    """The fine stage's run streams from a selection ``[B, H, C, topk]``: the key runs of every
+    (batch x head, query cube) and, with ``transposed``, the query runs of every key cube."""
+    batch, heads, cubes, topk = indices.shape
+    segments = batch * heads * cubes
+    if topk == geom.num_cubes:  # dense: every segment streams every cube, in order
+        shared = all_cube_runs(geom, segments, indices.device)
+        return shared, shared if transposed else None
+    key_plan = cube_runs(indices, topk, geom)
+    if not transposed:
+        return key_plan, None
+    lists, offsets = transpose_selection(indices, geom.num_cubes)
+    return key_plan, cube_runs(lists, offsets, geom)

@@ -1,12 +1,14 @@
 """Triton forward of the VSA fine stage: block-sparse attention over the selected cubes, gated.
 
-Tokens stay where the model put them, ``[B, L, H, D]`` in raster order: each program gathers its
-cube's rows by computing their token indices (:func:`cube_tokens`), so there is no tiling pass, no
-padding in memory, and the output lands in raster order too. One program handles one query cube
-(64 rows; the rows a partial cube lacks are masked) of one (batch, head) and loops over its
-selected key cubes, ``BLOCK_N // 64`` cubes per step: bf16/fp16 ``tl.dot`` with fp32 accumulation
-and an exp2 online softmax. The epilogue adds ``gate * coarse`` and stores the log-sum-exp (base 2,
-of the scaled logits) that the backward pass needs.
+Tokens stay where the model put them, ``[B, L, H, D]`` in raster order: each program gathers the
+rows it needs by token index, so there is no tiling pass, no padding in memory, and the output
+lands in raster order too. One program handles one query cube (64 rows, :func:`cube_tokens`; the
+rows a partial cube lacks are masked) of one (batch, head) and streams the tokens of its selected
+key cubes as *runs* of up to 4 tokens (:func:`run_tokens`; the plan comes from
+:func:`fastvideo_vsa.ops.pooling.plans`), ``BLOCK_N`` key rows per step, so the empty lines of
+partial key cubes cost nothing. bf16/fp16 ``tl.dot`` with fp32 accumulation, exp2 online softmax;
+the epilogue adds ``gate * coarse`` and stores the log-sum-exp (base 2, of the scaled logits) that
+the backward pass needs.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ LOG2E = 1.4426950408889634
 #: Searched on the GPU (Hopper: one warpgroup per 64-row cube, or two splitting the columns).
 FWD_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bn in (64, 128)
-    for w in (4, 8)
-    for s in (2, 3)
+    for bn, w, s in ((64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2))
 ]
 #: The interpreter takes no autotuning: one config (tests pass others explicitly).
 INTERPRETER_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
@@ -61,6 +61,19 @@ def cube_tokens(cube, slot, T, HG, W, NCH, NCW):
 
 
 @triton.jit
+def run_tokens(runs_base, step, count, BLOCK: tl.constexpr):
+    """Rows ``[step * BLOCK, (step + 1) * BLOCK)`` of a stream of ``count`` runs at ``runs_base``
+    (4 rows per run, see :func:`fastvideo_vsa.ops.geometry.run_table`): token indices (int64) and
+    validity (rows past a run's length or past the stream's end are invalid)."""
+    cols = tl.arange(0, BLOCK)
+    r = step * (BLOCK // 4) + cols // 4
+    run = tl.load(runs_base + r, mask=r < count, other=-1)
+    lane = cols % 4
+    valid = (run >= 0) & (lane <= (run & 3))
+    return ((run >> 2) + lane).to(tl.int64), valid
+
+
+@triton.jit
 def cube_count(cube, T, HG, W, NCH, NCW):
     """Number of tokens in ``cube`` (64 unless it is partial)."""
     ct = cube // (NCH * NCW)
@@ -81,13 +94,13 @@ def mm(a, b, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, G, OC, O, LSE, IDX,
+    Q, K, V, G, OC, OUT, LSE, RUNS, FIRST, COUNT,
     stride_qb, stride_ql, stride_qh,
     stride_kb, stride_kl, stride_kh,
     stride_vb, stride_vl, stride_vh,
     stride_gb, stride_gl, stride_gh,
     stride_ob, stride_ol, stride_oh,
-    H, T, HG, W, NCH, NCW, L, C, KSEL,
+    H, T, HG, W, NCH, NCW, L, C,
     qk_scale,
     D: tl.constexpr,
     D_PAD: tl.constexpr,
@@ -112,19 +125,14 @@ def _fwd_kernel(
         q = q.to(tl.float32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    idx_base = IDX + (bh.to(tl.int64) * C + cube_q) * KSEL
-    cols = tl.arange(0, BLOCK_N)
-    col_slot = cols % 64
-    col_cube = cols // 64
+    segment = bh * C + cube_q
+    runs_base = RUNS + tl.load(FIRST + segment)
+    n_runs = tl.load(COUNT + segment)  # runs of the selected key cubes (every run holds a token)
     m_i = tl.full([64], float("-inf"), tl.float32)
     l_i = tl.zeros([64], tl.float32)
     acc = tl.zeros([64, D_PAD], tl.float32)
-    for start in range(0, KSEL, BLOCK_N // 64):
-        pos = start + col_cube
-        pos_ok = pos < KSEL
-        cube_k = tl.load(idx_base + pos, mask=pos_ok, other=0)
-        ktok, kvalid = cube_tokens(cube_k, col_slot, T, HG, W, NCH, NCW)
-        kvalid = kvalid & pos_ok
+    for step in range(0, tl.cdiv(n_runs, BLOCK_N // 4)):  # BLOCK_N key rows per step
+        ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
         kmask = kvalid[:, None] & dmask[None, :]
         k = tl.load(k_base + ktok[:, None] * stride_kl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
         v = tl.load(v_base + ktok[:, None] * stride_vl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
@@ -132,7 +140,7 @@ def _fwd_kernel(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-        s = tl.where(kvalid[None, :], s * qk_scale, float("-inf"))  # log2 units
+        s = s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :]  # log2 units; one FMA per logit
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -149,8 +157,8 @@ def _fwd_kernel(
         oc = tl.load(OC + (bh.to(tl.int64) * C + cube_q) * D + dd, mask=dmask, other=0.0)  # (D,) fp32
         out = out + g.to(tl.float32) * oc[None, :]
     tl.store(
-        O + b * stride_ob + h * stride_oh + qtok[:, None] * stride_ol + dd[None, :],
-        out.to(O.dtype.element_ty),
+        OUT + b * stride_ob + h * stride_oh + qtok[:, None] * stride_ol + dd[None, :],
+        out.to(OUT.dtype.element_ty),
         mask=qvalid[:, None] & dmask[None, :],
     )
     tl.store(LSE + bh.to(tl.int64) * L + qtok, m_i + tl.log2(l_i), mask=qvalid)
@@ -180,7 +188,7 @@ def geometry_args(geom: CubeGeometry) -> tuple[int, ...]:
     return t, hg, w, nch, ncw, geom.num_tokens, geom.num_cubes
 
 
-def launch(kernel, tuned, grid, args, meta, config, default):  # noqa: ANN001, ANN201 - internal helper
+def launch(kernel, tuned, grid, args, meta, config, default):
     """Run ``tuned`` (autotuned) on the GPU, else ``kernel`` with ``config`` (tests) or ``default``
     (the interpreter's single config)."""
     if config is None and not interpreting():
@@ -198,14 +206,16 @@ def fine_forward(
     v: torch.Tensor,
     gate: torch.Tensor | None,
     oc: torch.Tensor | None,
-    indices: torch.Tensor,
+    plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     geom: CubeGeometry,
     scale: float,
     config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out [B, L, H, D], lse [B, H, L] fp32)``; ``indices`` is ``[B, H, C, topk]`` int32.
+    """``(out [B, L, H, D], lse [B, H, L] fp32)``.
 
-    ``out = fine + gate * oc[cube]`` when ``gate`` is given (``oc``: ``[B, H, C, D]`` fp32).
+    ``plan``: the key runs of each (batch x head, query cube), ``(runs, first, count)`` from
+    :func:`fastvideo_vsa.ops.pooling.cube_runs`. ``out = fine + gate * oc[cube]`` when ``gate`` is
+    given (``oc``: ``[B, H, C, D]`` fp32).
     """
     batch, length, heads, dim = q.shape
     out = q.new_empty(q.shape)
@@ -214,13 +224,13 @@ def fine_forward(
     g = gate if has_gate else q
     ocp = oc if has_gate else lse
     args = (
-        q, k, v, g, ocp, out, lse, indices,
+        q, k, v, g, ocp, out, lse, *plan,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         g.stride(0), g.stride(1), g.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        heads, *geometry_args(geom), indices.shape[-1],
+        heads, *geometry_args(geom),
         scale * LOG2E,
     )  # fmt: skip
     meta = dict(D=dim, D_PAD=d_pad(dim), HAS_GATE=has_gate, F32DOT=dot_in_f32(q.dtype))

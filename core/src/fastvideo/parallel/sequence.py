@@ -1,0 +1,279 @@
+"""Sequence parallelism: a DiT's blocks run on token shards, attention gathers what it needs.
+
+A model opts in by declaring, as a class attribute (plain data, no distributed code)::
+
+    sequence_parallel_plan = {
+        "blocks": "blocks",                   # ModuleList attribute(s) holding the blocks, in call order
+        "token_args": {0: 1, 3: 1, 4: 0, 5: 0},  # positional (int) or keyword (str) block arguments -> token dim
+        "output": 1,                          # token dim of the last block's output (or {index: dim})
+    }
+
+Forward hooks then, from outside the model:
+
+* before each block, cut every token argument that is still whole (its token dim equals the full
+  token count ``L``) into ``P`` shards, after zero-padding ``L`` to a multiple of ``P`` (so any
+  token count works); an argument with another size there (one timestep for all tokens, or the
+  hidden states already sharded by the previous block) passes through;
+* after the last block, all-gather the output and drop the padding.
+
+Inside the blocks, layers call ``fastvideo.attention.attention(..., sequence_parallel=True)`` for
+attention among the sharded tokens (video self-attention). This module's handler then runs
+
+* **Ulysses** (``sp_size``): one all-to-all turns token shards of all heads into all tokens of
+  ``H / sp_size`` heads, the selected backend attends (any backend: ``sdpa``, ``vsa``, ...; padding
+  is cut off first), and a second all-to-all turns the result back;
+* **ring** (``ring_size``): keys/values travel around the ring, partial results merge by
+  log-sum-exp (:mod:`fastvideo.parallel.ring`); works for any head count;
+* **USP** (both): Ulysses inside groups of ``sp_size`` ranks, ring across them.
+
+Layers that attend from the sharded tokens to replicated ones (cross-attention to text) call
+``attention`` without ``sequence_parallel``: queries stay local, keys and values are whole, no
+communication. Joint-attention models pass their text tokens as ``replicated=(q, k, v)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastvideo.attention import selector
+from fastvideo.parallel import comm
+from fastvideo.parallel.ring import ring_attention
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fastvideo.parallel.state import ParallelState
+
+Replicated = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def read_plan(model: nn.Module) -> dict[str, Any]:
+    """The model's ``sequence_parallel_plan``, checked, with ``blocks`` as a tuple of names."""
+    plan = getattr(model, "sequence_parallel_plan", None)
+    name = type(model).__name__
+    if not isinstance(plan, Mapping) or "blocks" not in plan or "token_args" not in plan:
+        raise ValueError(
+            f"{name} declares no sequence_parallel_plan, so it cannot run with sp_size or ring_size > 1; "
+            f"use --cfg-parallel / --fsdp only, or declare the plan (docs/parallel.md)"
+        )
+    blocks = (plan["blocks"],) if isinstance(plan["blocks"], str) else tuple(plan["blocks"])
+    lists = [getattr(model, b, None) for b in blocks]
+    if not all(lists) or not all(len(x) for x in lists):  # type: ignore[arg-type]
+        raise ValueError(
+            f"{name}.sequence_parallel_plan names blocks {blocks}, but {name} has no such non-empty lists"
+        )
+    token_args = dict(plan["token_args"])
+    first = token_args.get(0, next(iter(token_args.values())))
+    return {"blocks": blocks, "token_args": token_args, "output": plan.get("output", first)}
+
+
+class SequenceSharding:
+    """The hooks of one model, and the attention handler while its blocks run.
+
+    Apply with :meth:`apply`; the model keeps working in one process after :meth:`remove`.
+    """
+
+    def __init__(self, model: nn.Module, state: ParallelState) -> None:
+        self.state = state
+        self.plan = read_plan(model)
+        self.model_name = type(model).__name__
+        self.length = 0  # full token count of the forward running now
+        self.padded = 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(whole) -> (whole, shard)
+        self._handles: list[Any] = []
+        self._check_heads(model)
+
+    def _check_heads(self, model: nn.Module) -> None:
+        heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+        u = self.state.ulysses_size
+        if isinstance(heads, int) and heads % u:
+            raise ValueError(head_message(self.model_name, heads, self.state))
+
+    # ---- hooks -----------------------------------------------------------------------------
+
+    def apply(self, model: nn.Module) -> None:
+        blocks = [b for name in self.plan["blocks"] for b in getattr(model, name)]
+        for block in blocks:
+            self._handles.append(block.register_forward_pre_hook(self._shard_inputs, with_kwargs=True))
+        self._handles.insert(0, blocks[0].register_forward_pre_hook(self._begin, prepend=True))
+        self._handles.append(blocks[-1].register_forward_hook(self._gather_output))
+        self._handles.append(model.register_forward_hook(self._end, always_call=True))
+        model._fv_sequence_sharding = self  # type: ignore[assignment]
+
+    def remove(self, model: nn.Module) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if getattr(model, "_fv_sequence_sharding", None) is self:
+            del model._fv_sequence_sharding
+
+    @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
+    def _begin(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        first = self.plan["token_args"]
+        key, dim = next(iter(first.items()))
+        x = args[key] if isinstance(key, int) else None
+        if x is None:
+            raise ValueError(f"{self.model_name}: the first token argument of the plan must be positional")
+        self.length = x.shape[dim]
+        p = self.state.sp_size
+        if self.length < p:
+            raise ValueError(
+                f"{self.model_name}: {self.length} tokens cannot be split over {p} sequence-parallel ranks; "
+                f"use a larger video or fewer ranks (sp_size x ring_size)"
+            )
+        self.padded = comm.padded_length(self.length, p)
+        self._cache.clear()
+        selector.set_sequence_parallel(self.attend)
+
+    def _shard(self, t: Any, dim: int) -> Any:
+        if not isinstance(t, torch.Tensor) or t.ndim <= dim or t.shape[dim] != self.length:
+            return t
+        hit = self._cache.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        out = comm.shard(t, dim, self.state.sp_size, self.state.sp_rank)
+        self._cache[id(t)] = (t, out)
+        return out
+
+    @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
+    def _shard_inputs(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args_l = list(args)
+        for key, dim in self.plan["token_args"].items():
+            if isinstance(key, int) and key < len(args_l):
+                args_l[key] = self._shard(args_l[key], dim)
+            elif isinstance(key, str) and key in kwargs:
+                kwargs[key] = self._shard(kwargs[key], dim)
+        return tuple(args_l), kwargs
+
+    @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
+    def _gather_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        selector.set_sequence_parallel(None)
+        group = self.state.sp_group
+        assert group is not None
+        spec = self.plan["output"]
+        if isinstance(output, torch.Tensor):
+            return comm.gather_unpad(output, int(spec), self.length, group)
+        out = list(output)
+        for index, dim in dict(spec).items():
+            out[index] = comm.gather_unpad(out[index], dim, self.length, group)
+        return type(output)(out)
+
+    @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
+    def _end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        selector.set_sequence_parallel(None)
+        self._cache.clear()
+
+    # ---- attention ---------------------------------------------------------------------------
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None,
+        scale: float | None,
+        is_causal: bool,
+        allow: str | Collection[str],
+        replicated: Replicated | None,
+        replicated_mask: torch.Tensor | None,
+        gate: torch.Tensor | None = None,
+    ) -> Any:
+        """Attention among all tokens of the sequence-parallel group, from this rank's shards.
+
+        ``gate`` (a sparse backend's per-token tensor, laid out like ``q``) travels with q, k, v.
+        """
+        if attn_mask is not None or is_causal:
+            raise ValueError(
+                "sequence-parallel attention takes no attn_mask or is_causal (padding is handled); pass "
+                "masks of replicated tokens as replicated_mask"
+            )
+        st = self.state
+        u, r = st.ulysses_size, st.ring_size
+        if u > 1:
+            if q.shape[2] % u:
+                raise ValueError(head_message(self.model_name, q.shape[2], st))
+            assert st.ulysses_group is not None
+            moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
+            q, k, v, *rest = moved  # (B, Lp/R, H/U, D)
+            gate = rest[0] if rest else None
+            if replicated is not None:
+                replicated = tuple(t.chunk(u, dim=2)[st.ulysses_rank] for t in replicated)  # type: ignore[assignment]
+        if r == 1:
+            out, rep_out = self._local(q, k, v, scale, allow, replicated, replicated_mask, gate)
+        else:
+            self._check_ring(q, k, v, allow)
+            block = self.padded // r
+            valid = [min(max(self.length - j * block, 0), block) for j in range(r)]
+            assert st.ring_group is not None
+            out, rep_out = ring_attention(
+                q,
+                k,
+                v,
+                group=st.ring_group,
+                valid=valid,
+                scale=scale,
+                replicated=replicated,
+                replicated_mask=replicated_mask,
+            )
+        if u > 1:
+            assert st.ulysses_group is not None
+            out = comm.heads_to_seq(out, st.ulysses_group)  # (B, Lp/P, H, D)
+            if rep_out is not None:
+                rep_out = comm.all_gather(rep_out, 2, st.ulysses_group)  # (B, Lt, H, D)
+        return out if replicated is None else (out, rep_out)
+
+    def _local(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float | None,
+        allow: str | Collection[str],
+        replicated: Replicated | None,
+        replicated_mask: torch.Tensor | None,
+        gate: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ulysses: every token of a head subset is here; attend without the padding."""
+        n, padded = self.length, q.shape[1]
+        if padded > n:
+            q, k, v = (t[:, :n] for t in (q, k, v))
+            gate = gate[:, :n] if gate is not None else None
+        if replicated is None:
+            out, rep_out = selector.attention_local(q, k, v, scale=scale, allow=allow, gate=gate), None
+        else:
+            out, rep_out = selector.joint_local(
+                q, k, v, replicated, replicated_mask, scale=scale, allow=allow
+            )
+        if padded > n:
+            out = torch.cat([out, out.new_zeros(out.shape[0], padded - n, *out.shape[2:])], dim=1)
+        return out, rep_out
+
+    def _check_ring(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow: str | Collection[str]
+    ) -> None:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise NotImplementedError(
+                "ring attention runs forward only (inference); train with Ulysses (sp_size) instead of ring_size"
+            )
+        backend = selector.select_backend(q, k, v, None, allow)
+        if backend.sparse:
+            raise ValueError(
+                f"ring attention computes dense attention, but attention backend {backend.name!r} is sparse; "
+                f"use Ulysses (--sp-size) with {backend.name!r}, or a dense backend with --ring-size"
+            )
+
+
+def head_message(model: str, heads: int, state: ParallelState) -> str:
+    u, n = state.ulysses_size, state.world_size // state.cfg_size
+    fits = [d for d in range(1, n + 1) if heads % d == 0 and n % d == 0]
+    best = max(fits)
+    return (
+        f"{model} has {heads} attention heads, which Ulysses degree sp_size={u} does not divide; use "
+        f"--sp-size {best} --ring-size {n // best} (USP) or --sp-size 1 --ring-size {n} (ring attention)"
+    )

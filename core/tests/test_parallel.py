@@ -1,0 +1,415 @@
+"""Every parallel strategy against one process: same latents and frames, fp32, on CPU over gloo.
+
+Two process groups are spawned once each (2 and 4 ranks, :func:`fastvideo.parallel.testing.run_ranks`)
+and run every case in turn through the public API (``VideoGenerator.from_pretrained(..., num_gpus=N,
+...)``); the references are computed in this process, without any parallelism. The video has
+9 frames of 48x80: 3 x 3 x 5 = 45 tokens, a multiple of neither 2 nor 4, so the padding paths run.
+The VAE decodes in 15 small tiles, so the parallel decode splits them unevenly over the ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
+from fastvideo.parallel.testing import run_ranks
+from fastvideo.testing import assert_close
+
+if not torch.cuda.is_available():  # the vsa backend's Triton kernels in Triton's CPU interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+PROMPT, NEGATIVE = "a red circle moving left on a black background", "blue square"
+FRAMES, HEIGHT, WIDTH, STEPS = 9, 48, 80, 2
+TILES = dict(
+    tile_sample_min_height=32,
+    tile_sample_min_width=32,
+    tile_sample_stride_height=16,
+    tile_sample_stride_width=16,
+)
+RTOL = 1e-5
+
+#: case name -> (checkpoint, VideoGenerator parallel options); the 2- and 4-rank suites.
+CASES_2: dict[str, tuple[str, dict[str, Any]]] = {
+    "ulysses": ("heads2", {"sp_size": 2}),
+    "ring": ("heads2", {"ring_size": 2}),
+    "cfg": ("heads2", {"cfg_parallel": True}),
+    "cfg-fsdp": ("heads2", {"cfg_parallel": True, "fsdp": True}),
+    "tp-ulysses": ("heads2", {"tp_size": 2}),
+    "ti2v-ulysses": ("ti2v", {"sp_size": 2}),
+}
+CASES_4: dict[str, tuple[str, dict[str, Any]]] = {
+    "ulysses": ("heads4", {"sp_size": 4}),
+    "ring": ("heads4", {"ring_size": 4}),
+    "usp": ("heads4", {"sp_size": 2, "ring_size": 2}),
+    "cfg-ulysses": ("heads4", {"cfg_parallel": True, "sp_size": 2}),
+    "cfg-ring-fsdp": ("heads4", {"cfg_parallel": True, "ring_size": 2, "fsdp": True}),
+    "tp-usp-hsdp": (
+        "heads4",
+        {"tp_size": 4, "sp_size": 2, "ring_size": 2, "fsdp": True, "hsdp_shard_size": 2},
+    ),
+}
+
+
+# ---------------------------------------------------------------- what every rank runs
+
+
+def generate(
+    path: str, size: tuple[int, int] = (HEIGHT, WIDTH), **parallel: Any
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One tiny generation with CFG; parallel when ``parallel`` has options."""
+    from fastvideo import VideoGenerator
+
+    if parallel:
+        parallel.setdefault("num_gpus", torch.distributed.get_world_size())
+    gen = VideoGenerator.from_pretrained(path, device="cpu", progress=False, vae_tiling=True, **parallel)
+    vae = gen.pipeline.components["vae"]
+    tiles = TILES if vae.config.patch_size is None else {k: 2 * v for k, v in TILES.items()}
+    vae.enable_tiling(**tiles)
+    result = gen.generate_video(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_frames=FRAMES,
+        height=size[0],
+        width=size[1],
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        seed=7,
+    )
+    assert result.latents is not None
+    return result.latents, result.frames
+
+
+class ToyJointBlock(nn.Module):
+    """Joint attention as HunyuanVideo does it: video tokens (sharded) with text tokens (replicated)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.text_qkv = nn.Linear(dim, 3 * dim), nn.Linear(dim, 3 * dim)
+        self.out, self.text_out = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor):
+        q, k, v = self.qkv(x + pos).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, L, H, Dh)
+        tq, tk, tv = self.text_qkv(text).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (B, Lt, H, Dh)
+        out, text_out = attention(
+            q, k, v, allow=ALL, sequence_parallel=True, replicated=(tq, tk, tv), replicated_mask=mask
+        )
+        return x + self.out(out.flatten(2)), text + self.text_out(text_out.flatten(2))
+
+
+class ToyJointModel(nn.Module):
+    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
+        "blocks": "blocks",
+        "token_args": {0: 1, 2: 0},
+        "output": {0: 1},
+    }
+
+    def __init__(self, dim: int = 32, heads: int = 4, depth: int = 2) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ToyJointBlock(dim, heads) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor):
+        pos = torch.sin(torch.arange(x.shape[1] * x.shape[2], dtype=x.dtype)).view(x.shape[1], x.shape[2])
+        for block in self.blocks:
+            x, text = block(x, text, pos, mask)
+        return x, text
+
+
+def joint(**parallel: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The toy joint-attention model on 45 video and 7 text tokens (2 masked), optionally parallel."""
+    torch.manual_seed(0)
+    model = ToyJointModel().eval()
+    gen = torch.Generator().manual_seed(1)
+    x, text = torch.randn(2, 45, 32, generator=gen), torch.randn(2, 7, 32, generator=gen)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    if parallel:
+        from fastvideo.configs import ParallelConfig
+        from fastvideo.parallel.sequence import SequenceSharding
+        from fastvideo.parallel.state import init_parallel, teardown
+
+        state = init_parallel(ParallelConfig(num_gpus=torch.distributed.get_world_size(), **parallel), "cpu")
+        SequenceSharding(model, state).apply(model)
+    with use_backend("sdpa"), torch.no_grad():
+        out = model(x, text, mask)
+    if parallel:
+        teardown()
+    return out
+
+
+def tiny_wan(**parallel: Any) -> tuple[Any, Any]:
+    """A tiny random Wan DiT (ours), with sequence parallelism (and FSDP) when ``parallel`` has options."""
+    from fastvideo_wan.model import WanConfig, WanTransformer
+
+    torch.manual_seed(0)
+    cfg = WanConfig(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    model = WanTransformer.from_config(cfg, device="cpu")
+    state = None
+    if parallel:
+        from fastvideo.configs import ParallelConfig
+        from fastvideo.parallel.state import init_parallel
+
+        state = init_parallel(ParallelConfig(num_gpus=torch.distributed.get_world_size(), **parallel), "cpu")
+    return model, state
+
+
+def _wan_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(2)
+    x, text = torch.randn(1, 16, 3, 6, 10, generator=gen), torch.randn(1, 7, 32, generator=gen)
+    return x, torch.tensor([300.0]), text  # 3 x 3 x 5 = 45 tokens
+
+
+def training_grads(**parallel: Any) -> dict[str, torch.Tensor]:
+    """Loss and gradients of one training step of a tiny Wan DiT (FSDP + Ulysses when ``parallel``)."""
+    from fastvideo.parallel.fsdp import shard_model
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import teardown
+
+    model, state = tiny_wan(**parallel)
+    if state is not None:
+        SequenceSharding(model, state).apply(model)
+        assert state.fsdp_mesh is not None
+        shard_model(model, state.fsdp_mesh)
+    with use_backend("sdpa"):
+        loss = model(*_wan_inputs()).square().mean()
+        loss.backward()
+    grads = {"loss": loss.detach()}
+    for name, p in model.named_parameters():
+        g = p.grad
+        grads[name] = g.full_tensor() if hasattr(g, "full_tensor") else g
+    teardown()
+    return grads
+
+
+def vsa_forward(**parallel: Any) -> torch.Tensor:
+    """A DiT forward with the sparse ``vsa`` backend (gated, 50 % sparse); Ulysses when ``parallel``."""
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import teardown
+
+    model, state = tiny_wan(**parallel)
+    model.add_vsa_gates()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.self_attn.gate_compress.weight.copy_(torch.randn(32, 32, generator=gen) * 0.2)
+    if state is not None:
+        SequenceSharding(model, state).apply(model)
+    with use_backend("vsa"), step_context(StepContext(grid=(3, 3, 5), sparsity=0.5)), torch.no_grad():
+        out = model(*_wan_inputs())
+    teardown()
+    return out
+
+
+def llama_tp(tp: bool) -> torch.Tensor:
+    """A tiny Llama text encoder (HunyuanVideo's), tensor-parallel over all ranks when ``tp``."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    model = LlamaModel(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    if tp:
+        from fastvideo.parallel.tp import tensor_parallel
+
+        tensor_parallel(model, torch.distributed.group.WORLD)
+    ids = torch.arange(11).view(1, 11) * 5 % 64
+    with torch.no_grad():
+        return model(input_ids=ids).last_hidden_state
+
+
+def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dict[str, Any]:
+    """Every case of the ``world``-rank suite, on this rank."""
+    cases = CASES_2 if world == 2 else CASES_4
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in cases:
+            ckpt, options = cases[name]
+            out[name] = generate(ckpts[ckpt], size=SIZES[ckpt], **options)
+        elif name == "joint-ulysses":
+            out[name] = joint(sp_size=world)
+        elif name == "joint-ring":
+            out[name] = joint(ring_size=world)
+        elif name == "joint-usp":
+            out[name] = joint(sp_size=2, ring_size=world // 2)
+        elif name == "vsa-ulysses":
+            out[name] = vsa_forward(sp_size=world)
+        elif name == "train-fsdp-ulysses":
+            out[name] = training_grads(sp_size=world, fsdp=True)
+        elif name == "llama-tp":
+            out[name] = llama_tp(True)
+        elif name == "heads-error":
+            try:
+                generate(ckpts["heads2"], sp_size=4)
+            except ValueError as exc:
+                out[name] = str(exc)
+    return out
+
+
+SIZES = {
+    "heads2": (HEIGHT, WIDTH),
+    "heads4": (HEIGHT, WIDTH),
+    "ti2v": (96, 160),
+}  # ti2v: 16x VAE, 3x3x5 tokens
+EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses"]
+EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
+
+
+# ---------------------------------------------------------------- fixtures: checkpoints, runs, references
+
+
+def _four_heads(path: Path) -> Path:
+    """The tiny T2V checkpoint with a 4-head DiT (head dim 8), so that Ulysses can use 4 ranks."""
+    from diffusers import WanTransformer3DModel
+
+    from fastvideo_wan.tiny import make_tiny_wan
+
+    make_tiny_wan(path, variant="t2v", seed=5)
+    torch.manual_seed(5)
+    dit = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    dit.save_pretrained(path / "transformer")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from fastvideo_wan.tiny import make_tiny_wan
+
+    root = tmp_path_factory.mktemp("parallel")
+    return {
+        "heads2": str(make_tiny_wan(root / "heads2", variant="t2v", seed=3)),
+        "heads4": str(_four_heads(root / "heads4")),
+        "ti2v": str(make_tiny_wan(root / "ti2v", variant="ti2v", seed=4)),
+    }
+
+
+@pytest.fixture(scope="module")
+def refs(ckpts: dict[str, str]) -> dict[str, Any]:
+    """One-process results of everything the suites compute."""
+    out: dict[str, Any] = {name: generate(path, size=SIZES[name]) for name, path in ckpts.items()}
+    out["joint"] = joint()
+    out["train"] = training_grads()
+    out["llama"] = llama_tp(False)
+    out["vsa"] = vsa_forward()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks2(ckpts: dict[str, str]) -> list[dict[str, Any]]:
+    return run_ranks(f"{__file__}:suite", 2, args=(ckpts, [*CASES_2, *EXTRA_2]))
+
+
+@pytest.fixture(scope="module")
+def ranks4(ckpts: dict[str, str]) -> list[dict[str, Any]]:
+    return run_ranks(f"{__file__}:suite", 4, args=(ckpts, [*CASES_4, *EXTRA_4]))
+
+
+def _check_generation(name: str, ref: tuple[torch.Tensor, np.ndarray], runs: list[dict[str, Any]]) -> None:
+    ref_latents, ref_frames = ref
+    assert float(ref_latents.std()) > 0.1 and ref_frames.std() > 5, (
+        "flat reference: the test would see nothing"
+    )
+    for rank, result in enumerate(runs):
+        latents, frames = result[name]
+        assert_close(f"{name} rank {rank} latents", ref_latents, latents, RTOL)
+        assert frames.shape == ref_frames.shape and frames.dtype == np.uint8
+        diff = np.abs(frames.astype(np.int16) - ref_frames.astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (
+            f"{name} rank {rank}: frames differ ({diff.max()})"
+        )
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("case", list(CASES_2))
+def test_two_ranks_match_one_process(case: str, ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    _check_generation(case, refs[CASES_2[case][0]], ranks2)
+
+
+@pytest.mark.parametrize("case", list(CASES_4))
+def test_four_ranks_match_one_process(case: str, ranks4: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    _check_generation(case, refs[CASES_4[case][0]], ranks4)
+
+
+@pytest.mark.parametrize(
+    ("world", "case"), [(2, "joint-ulysses"), (2, "joint-ring"), (4, "joint-usp"), (4, "joint-ring")]
+)
+def test_joint_attention_with_replicated_tokens(
+    world: int, case: str, ranks2: list[dict[str, Any]], ranks4: list[dict[str, Any]], refs: dict[str, Any]
+) -> None:
+    """Video tokens sharded, masked text tokens replicated: both outputs equal one process's."""
+    ref_x, ref_text = refs["joint"]
+    for rank, result in enumerate(ranks2 if world == 2 else ranks4):
+        x, text = result[case]
+        assert_close(f"{case} rank {rank} video", ref_x, x, RTOL)
+        assert_close(f"{case} rank {rank} text", ref_text, text, RTOL)
+
+
+def test_fsdp_and_ulysses_training_gradients(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    """Loss and every parameter's gradient of a training step equal one process's."""
+    ref = refs["train"]
+    for rank, result in enumerate(ranks2):
+        grads = result["train-fsdp-ulysses"]
+        assert grads.keys() == ref.keys()
+        for name, g in ref.items():
+            assert_close(f"rank {rank} grad {name}", g, grads[name], RTOL, atol=1e-9)
+
+
+def test_ulysses_with_the_sparse_vsa_backend(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    """VSA (a plugin's sparse backend, with its gate) sees the whole token grid under Ulysses."""
+    dense = tiny_wan()[0]
+    with use_backend("sdpa"), torch.no_grad():
+        assert (dense(*_wan_inputs()) - refs["vsa"]).abs().max() > 1e-3, "vsa ran densely: nothing tested"
+    for rank, result in enumerate(ranks2):
+        assert_close(f"vsa rank {rank}", refs["vsa"], result["vsa-ulysses"], RTOL)
+
+
+def test_tensor_parallel_llama_encoder(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    for rank, result in enumerate(ranks2):
+        assert_close(f"llama rank {rank}", refs["llama"], result["llama-tp"], RTOL)
+
+
+def test_ulysses_degree_must_divide_the_heads(ranks4: list[dict[str, Any]]) -> None:
+    message = ranks4[0]["heads-error"]
+    assert message == (
+        "WanTransformer has 2 attention heads, which Ulysses degree sp_size=4 does not divide; use "
+        "--sp-size 2 --ring-size 2 (USP) or --sp-size 1 --ring-size 4 (ring attention)"
+    )
+    assert all(r["heads-error"] == message for r in ranks4)

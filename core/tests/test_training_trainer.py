@@ -1,0 +1,350 @@
+"""The trainer on a tiny Wan checkpoint (written by diffusers) and a small synthetic latent dataset:
+the loss falls, gradient accumulation equals a larger batch, the exported folder loads in diffusers
+and ours with the trained weights, and checkpoints are atomic (a partial one is never picked up)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fastvideo.training import checkpoint as ckpt
+from fastvideo.training.config import load_config
+from fastvideo.training.data import LatentDataset, global_batch, write_synthetic_dataset
+from fastvideo.training.metrics import read_metrics
+from fastvideo.training.trainer import Trainer
+
+LATENT = (16, 3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fastvideo_wan.tiny import make_tiny_wan
+
+    return make_tiny_wan(tmp_path_factory.mktemp("wan") / "t2v", seed=0, randomize=False)
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("data"), count=8, latent_shape=LATENT, text_dim=32, max_sequence_length=16
+    )
+
+
+def _config(ckpt_path: Path, data_path: Path, out: Path, **overrides: Any) -> Any:
+    base = {
+        "model.path": str(ckpt_path),
+        "data.path": str(data_path),
+        "output_dir": str(out),
+        "max_steps": 6,
+        "mixed_precision": "fp32",
+        "optim.lr": 1e-3,
+        "data.batch_size": 2,
+        "export.dtype": "fp32",
+        "logging.every_steps": 100,
+    }
+    return load_config(None, {**base, **overrides})
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+
+
+def test_dataset_and_data_order(data_path: Path) -> None:
+    ds = LatentDataset(data_path)
+    item = ds[3]
+    assert item["latents"].shape == LATENT and item["text"].shape == (16, 32)
+    n = int(item["text_mask"].sum())
+    assert n >= 1 and item["text"][n:].abs().sum() == 0 and item["text"][:n].abs().sum() > 0
+    # the order is a function of (seed, position): one epoch is a permutation, the next another
+    first = global_batch(8, seed=1, position=0, batch_size=8, shuffle=True)
+    assert sorted(first) == list(range(8))
+    assert global_batch(8, seed=1, position=5, batch_size=6, shuffle=True)[:3] == first[5:]
+    assert global_batch(8, seed=1, position=8, batch_size=8, shuffle=True) != first
+
+
+@pytest.fixture(scope="module")
+def finetuned(
+    ckpt_path: Path, data_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Trainer, Path]:
+    out = tmp_path_factory.mktemp("run") / "finetune"
+    cfg = _config(
+        ckpt_path,
+        data_path,
+        out,
+        max_steps=40,
+        **{
+            "checkpoint.every_steps": 20,
+            "ema.decay": 0.9,
+            "optim.lr": 5e-3,
+            "validation.every_steps": 40,
+            "validation.prompts": "[a red circle]",
+            "validation.num_frames": 5,
+            "validation.height": 32,
+            "validation.width": 32,
+            "validation.num_inference_steps": 2,
+        },
+    )
+    trainer = Trainer(cfg)
+    trainer.train()
+    return trainer, out
+
+
+def test_loss_falls_on_synthetic_data(finetuned: tuple[Trainer, Path]) -> None:
+    _, out = finetuned
+    losses = _losses(out)
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.8 * first, f"loss did not fall: first 8 steps {first:.3f}, last 8 {last:.3f}"
+    assert [p.name for p in ckpt.complete_checkpoints(out / "checkpoints")] == [
+        "step-00000020",
+        "step-00000040",
+    ]
+
+
+def test_validation_videos_are_written(finetuned: tuple[Trainer, Path]) -> None:
+    from fastvideo.video import read_mp4
+
+    _, out = finetuned
+    events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "validation"]
+    assert [e["step"] for e in events] == [40]
+    (video,) = events[0]["videos"]
+    assert video.endswith("validation/step-00000040-0.mp4") and read_mp4(video).shape == (5, 32, 32, 3)
+
+
+def test_sparse_backend_sees_the_sparsity_ramp(ckpt_path: Path, data_path: Path, tmp_path: Path) -> None:
+    """A sparse backend registered by a plugin gets each step's ramp value in its step context."""
+    import torch.nn.functional as F
+
+    from fastvideo.interfaces import AttentionBackend
+    from fastvideo.testing import fake_plugins, plugin_module
+
+    seen: list[tuple[int, float, tuple | None]] = []
+
+    class RecordingSparse(AttentionBackend):
+        name = "recording-sparse"
+        sparse = True
+        priority = -100
+
+        def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None):
+            seen.append((step.step_index, step.sparsity, step.grid))
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale).transpose(1, 2)
+
+    plugin = plugin_module("recording-sparse", fv_register_attention_backends=lambda: [RecordingSparse])
+    with fake_plugins(plugin, autoload=True):
+        cfg = _config(
+            ckpt_path,
+            data_path,
+            tmp_path / "vsa",
+            max_steps=4,
+            **{
+                "attention.backend": "recording-sparse",
+                "attention.sparsity": 0.6,
+                "attention.sparsity_ramp_steps": 4,
+                "export.enabled": False,
+                "parallel.activation_checkpointing": True,
+            },
+        )
+        Trainer(cfg).train()
+    per_step = {i: s for i, s, _ in seen}
+    assert per_step == pytest.approx({1: 0.0, 2: 0.15, 3: 0.3, 4: 0.45})
+    assert {g for _, _, g in seen} == {(3, 4, 4)}  # the token grid of (16, 3, 8, 8) latents, patch (1, 2, 2)
+    # per step and block: the forward and the recomputation in backward (activation checkpointing),
+    # both with the step's context; cross-attention stays dense and never reaches the backend
+    assert len(seen) == 4 * 2 * 2 and all(s == pytest.approx(per_step[i]) for i, s, _ in seen)
+    logged = [r["sparsity"] for r in read_metrics(tmp_path / "vsa" / "metrics.jsonl") if "loss" in r]
+    assert logged == pytest.approx([0.0, 0.15, 0.3, 0.45])
+
+
+def test_export_loads_in_diffusers_and_fv_generate_with_the_trained_weights(
+    finetuned: tuple[Trainer, Path], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    from fastvideo.video import read_mp4
+    from fastvideo_wan.convert import diffusers_to_ours
+
+    trainer, out = finetuned
+    export = out / "export"
+    ref_model = WanTransformer3DModel.from_pretrained(str(export / "transformer"))
+    trained = trainer.algorithm.model.state_dict()
+    exported = diffusers_to_ours(ref_model.state_dict())
+    assert set(exported) == set(trained)
+    assert all(torch.equal(exported[k], trained[k]) for k in trained)  # fp32 export: bit-exact
+    kw = dict(num_frames=9, height=64, width=64, num_inference_steps=3, guidance_scale=3.0)
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(42))  # what --seed 42 draws
+    pipe = WanPipeline.from_pretrained(str(export))
+    pipe.set_progress_bar_config(disable=True)
+    ref = np.asarray(pipe(prompt="a red circle", latents=latents, output_type="np", **kw).frames[0]) * 255
+    video = tmp_path / "export.mp4"
+    fv = Path(sys.executable).with_name("fv")
+    cmd = [
+        str(fv),
+        "generate",
+        "--model",
+        str(export),
+        "--prompt",
+        "a red circle",
+        "--num-frames",
+        "9",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "3",
+        "--guidance-scale",
+        "3.0",
+        "--seed",
+        "42",
+        "--device",
+        "cpu",
+        "--lossless",
+        "--output",
+        str(video),
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    ours = read_mp4(video).astype(np.float64)
+    assert ref.std() > 5 and np.abs(ours - ref).mean() / 255 <= 1 / 255
+
+
+def test_gradient_clipping_then_adamw(ckpt_path: Path, data_path: Path, tmp_path: Path) -> None:
+    """optimizer_step = clip to max_grad_norm, then AdamW, checked against torch's own ops (eps=1 makes
+    AdamW's update depend on the gradient's scale, so a missing clip would show)."""
+    cfg = _config(ckpt_path, data_path, tmp_path / "clip", **{"optim.max_grad_norm": 0.01, "optim.eps": 1.0})
+    trainer = Trainer(cfg).setup()
+    model, opt = trainer.algorithm.model, trainer.algorithm.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    grads = [p.grad.clone() for p in params]
+    ref_params = [p.detach().clone().requires_grad_(True) for p in params]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    for rp, g in zip(ref_params, grads, strict=True):
+        rp.grad = g * (0.01 / (norm + 1e-6))
+    ref_opt = torch.optim.AdamW(
+        ref_params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=1.0, weight_decay=cfg.optim.weight_decay
+    )
+    ref_opt.step()
+    metrics = trainer.optimizer_step(opt, model)
+    assert metrics["grad_norm"] == pytest.approx(float(norm), rel=1e-6)
+    for p, rp in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p.detach(), rp.detach(), rtol=1e-6, atol=1e-7)
+        assert p.grad is None
+
+
+def test_bf16_autocast_step_is_close_to_fp32(ckpt_path: Path, data_path: Path, tmp_path: Path) -> None:
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _config(
+            ckpt_path,
+            data_path,
+            tmp_path / precision,
+            max_steps=2,
+            **{"mixed_precision": precision, "export.enabled": False},
+        )
+        Trainer(cfg).train()
+        losses[precision] = _losses(tmp_path / precision)
+    assert all(np.isfinite(losses["bf16"]))
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=3e-2)  # bf16 has 8 mantissa bits
+
+
+def test_gradient_accumulation_equals_the_larger_batch(
+    ckpt_path: Path, data_path: Path, tmp_path: Path
+) -> None:
+    """Batch 2 in one micro-batch, and 2 micro-batches of 1 (with activation checkpointing): the same
+    samples, noise and loss."""
+    runs = {}
+    for name, accum in (("big", 1), ("accum", 2)):
+        cfg = _config(
+            ckpt_path,
+            data_path,
+            tmp_path / name,
+            max_steps=3,
+            **{
+                "data.grad_accum_steps": accum,
+                "export.enabled": False,
+                "parallel.activation_checkpointing": accum == 2,
+            },
+        )
+        Trainer(cfg).train()
+        runs[name] = _losses(tmp_path / name)
+    np.testing.assert_allclose(runs["accum"], runs["big"], rtol=1e-5)
+
+
+def test_partial_checkpoints_are_never_picked_up(finetuned: tuple[Trainer, Path], tmp_path: Path) -> None:
+    _, out = finetuned
+    root = tmp_path / "checkpoints"
+    shutil.copytree(out / "checkpoints", root)
+    good = ckpt.latest(root)
+    assert good is not None and good.name == "step-00000040"
+    # a run killed while writing step 60 leaves the temp folder; one without the marker is not complete
+    shutil.copytree(good, root / ".tmp-step-00000060")
+    shutil.copytree(good, root / "step-00000080")
+    (root / "step-00000080" / ckpt.COMPLETE).unlink()
+    assert ckpt.latest(root) == good
+    with pytest.raises(Exception, match="is not a complete checkpoint"):
+        ckpt.load(root / "step-00000080", {})
+
+
+def test_resume_loads_models_optimizer_and_position(
+    finetuned: tuple[Trainer, Path], ckpt_path: Path, data_path: Path
+) -> None:
+    trainer, out = finetuned
+    cfg = _config(
+        ckpt_path,
+        data_path,
+        out,
+        max_steps=40,
+        **{"checkpoint.every_steps": 20, "ema.decay": 0.9, "optim.lr": 5e-3},
+    )
+    fresh = Trainer(cfg, resume=True).setup()
+    fresh.load_checkpoint(ckpt.latest(out / "checkpoints"))  # type: ignore[arg-type]
+    assert fresh.step == 40 and fresh.data_position == 80
+    a, b = fresh.algorithm.model.state_dict(), trainer.algorithm.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    sa, sb = (
+        fresh.algorithm.optimizer.state_dict()["state"],
+        trainer.algorithm.optimizer.state_dict()["state"],
+    )
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sb)
+    assert fresh.registered("transformer").scheduler.last_epoch == 40
+    assert all(torch.equal(fresh.ema.shadow[k], trainer.ema.shadow[k]) for k in trainer.ema.shadow)  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="already holds checkpoint step-00000040; pass --resume"):
+        Trainer(cfg).train()
+
+
+def test_lora_training_saves_only_adapters(ckpt_path: Path, data_path: Path, tmp_path: Path) -> None:
+    from fastvideo.training.lora import read_lora_file
+
+    cfg = _config(
+        ckpt_path,
+        data_path,
+        tmp_path / "lora",
+        max_steps=3,
+        **{"algorithm": "lora", "lora.rank": 4, "lora.alpha": 8, "optim.lr": 1e-2},
+    )
+    summary = Trainer(cfg).train()
+    tensors, meta = read_lora_file(summary["export"])
+    assert len(tensors) == 2 * 2 * (4 + 4 + 2)  # 2 blocks x (self q,k,v,o + cross q,k,v,o + ffn 2) x (A, B)
+    assert meta["transformer.r"] == 4 and meta["transformer.lora_alpha"] == 4  # alpha/r folded into B
+    assert any(float(t.abs().max()) > 0 for k, t in tensors.items() if "lora_B" in k)
+    keys = ckpt.saved_keys(ckpt.latest(tmp_path / "lora" / "checkpoints"))  # type: ignore[arg-type]
+    assert {"model-transformer", "optim-transformer", "trainer", "rng-rank0"} <= keys
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta_keys = FileSystemReader(str(ckpt.latest(tmp_path / "lora" / "checkpoints"))).read_metadata()
+    model_keys = [k for k in meta_keys.state_dict_metadata if k.startswith("model-transformer.")]
+    assert model_keys and all(".lora_" in k for k in model_keys)  # the frozen base is not checkpointed
