@@ -52,6 +52,7 @@ def build_models(
 ) -> tuple[Any, Any]:
     """diffusers' model with random weights, and ours holding the same tensors."""
     from diffusers import HunyuanVideoTransformer3DModel
+
     from fastvideo_hunyuan.convert import diffusers_to_ours
     from fastvideo_hunyuan.model import HunyuanTransformer
 
@@ -152,10 +153,9 @@ def main() -> None:
     if not 1 <= args.valid_text <= args.text_len:
         sys.exit(f"--valid-text must be in [1, --text-len={args.text_len}], got {args.valid_text}")
 
+    from fastvideo.attention import use_backend
     from fastvideo_hunyuan.configs import CONFIGS
     from fastvideo_hunyuan.tiny import TINY_DIT
-
-    from fastvideo.attention import use_backend
 
     config = dict(TINY_DIT) if args.config == "tiny" else dict(CONFIGS[args.config])
     for key in ("num_layers", "num_single_layers"):

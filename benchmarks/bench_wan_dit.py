@@ -15,11 +15,25 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from harness import append_row, environment, time_cuda
 
-HEADER = ["date", "card", "config", "shape (F x H x W, tokens)", "dtype", "variant", "ours ms", "diffusers ms",
-          "ratio", "ours peak GiB", "diffusers peak GiB", "max abs diff", "mean abs diff", "versions", "command"]
+HEADER = [
+    "date",
+    "card",
+    "config",
+    "shape (F x H x W, tokens)",
+    "dtype",
+    "variant",
+    "ours ms",
+    "diffusers ms",
+    "ratio",
+    "ours peak GiB",
+    "diffusers peak GiB",
+    "max abs diff",
+    "mean abs diff",
+    "versions",
+    "command",
+]
 
 
 def build_models(config_name: str, dtype: torch.dtype, seed: int, workdir: Path):
@@ -57,7 +71,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time ours with compile_blocks()")
-    ap.add_argument("--compile-ref", action="store_true", help="also time diffusers' compile_repeated_blocks()")
+    ap.add_argument(
+        "--compile-ref", action="store_true", help="also time diffusers' compile_repeated_blocks()"
+    )
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
@@ -93,8 +109,7 @@ def main() -> None:
         ref.compile_repeated_blocks()
         t_rc, _ = time_cuda("diffusers-compiled", run_ref, warmup=max(args.warmup, 2), iters=args.iters)
         refs.append(("compile_repeated_blocks", t_rc))
-    ref.to("cpu")
-    del ref
+    ref.to("cpu")  # frees the card for ours; run_ref is not called again
     gc.collect()
     torch.cuda.empty_cache()
     ours.to("cuda")
@@ -113,25 +128,58 @@ def main() -> None:
     for name, tm, out in results:
         diff = (out - out_ref).abs()
         ratio = tm.median_ms / t_ref.median_ms
-        print(f"ours[{name}]: {tm.median_ms:.1f} ms (min {tm.min_ms:.1f}), peak {tm.peak_gib:.2f} GiB, "
-              f"ratio {ratio:.3f}, max|d| {diff.max():.4g}, mean|d| {diff.mean():.4g}, ref scale {out_ref.abs().max():.3g}")
+        print(
+            f"ours[{name}]: {tm.median_ms:.1f} ms (min {tm.min_ms:.1f}), peak {tm.peak_gib:.2f} GiB, "
+            f"ratio {ratio:.3f}, max|d| {diff.max():.4g}, mean|d| {diff.mean():.4g}, ref scale {out_ref.abs().max():.3g}"
+        )
         if not args.no_record:
             append_row(
                 "Wan DiT forward: ours vs diffusers eager (same random weights, both from_pretrained in bf16)",
                 HEADER,
-                [env["date"], env["card"], args.config, f"{args.frames}x{args.height}x{args.width}, {tokens}",
-                 args.dtype, name, f"{tm.median_ms:.1f}", f"{t_ref.median_ms:.1f}", f"{ratio:.3f}",
-                 f"{tm.peak_gib:.2f}", f"{t_ref.peak_gib:.2f}", f"{diff.max():.3g}", f"{diff.mean():.3g}",
-                 f"torch {env['torch']}, diffusers {env['diffusers']}", f"`{env['command']}`"],
+                [
+                    env["date"],
+                    env["card"],
+                    args.config,
+                    f"{args.frames}x{args.height}x{args.width}, {tokens}",
+                    args.dtype,
+                    name,
+                    f"{tm.median_ms:.1f}",
+                    f"{t_ref.median_ms:.1f}",
+                    f"{ratio:.3f}",
+                    f"{tm.peak_gib:.2f}",
+                    f"{t_ref.peak_gib:.2f}",
+                    f"{diff.max():.3g}",
+                    f"{diff.mean():.3g}",
+                    f"torch {env['torch']}, diffusers {env['diffusers']}",
+                    f"`{env['command']}`",
+                ],
             )
     if len(refs) > 1 and not args.no_record:
         tm = refs[1][1]
         append_row(
             "Wan DiT forward: diffusers with its own regional compile (reference only)",
-            ["date", "card", "config", "shape", "dtype", "diffusers compile_repeated_blocks ms", "diffusers eager ms",
-             "peak GiB", "command"],
-            [env["date"], env["card"], args.config, f"{args.frames}x{args.height}x{args.width}, {tokens}", args.dtype,
-             f"{tm.median_ms:.1f}", f"{t_ref.median_ms:.1f}", f"{tm.peak_gib:.2f}", f"`{env['command']}`"],
+            [
+                "date",
+                "card",
+                "config",
+                "shape",
+                "dtype",
+                "diffusers compile_repeated_blocks ms",
+                "diffusers eager ms",
+                "peak GiB",
+                "command",
+            ],
+            [
+                env["date"],
+                env["card"],
+                args.config,
+                f"{args.frames}x{args.height}x{args.width}, {tokens}",
+                args.dtype,
+                f"{tm.median_ms:.1f}",
+                f"{t_ref.median_ms:.1f}",
+                f"{tm.peak_gib:.2f}",
+                f"`{env['command']}`",
+            ],
         )
 
 

@@ -54,7 +54,7 @@ def _clean_errors() -> Iterator[None]:
         raise _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, USAGE_ERROR) from None
     except KeyboardInterrupt:
         raise _err("interrupted", 130) from None
-    except Exception as exc:  # noqa: BLE001 - last resort: still no traceback
+    except Exception as exc:
         if debug:
             raise
         raise _err(f"{type(exc).__name__}: {exc} (set FASTVIDEO_DEBUG=1 for the traceback)", 1) from None
@@ -79,26 +79,34 @@ def _default_output(prompt: str, seed: int | None) -> Path:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Preset, Hub repo id or local diffusers folder.")] = "wan",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Preset, Hub repo id or local diffusers folder.")
+    ] = "wan",
     negative_prompt: Annotated[Optional[str], typer.Option(help="What to avoid (CFG).")] = None,
     num_frames: Annotated[Optional[int], typer.Option(help="Frames (Wan: 4k+1).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Height in pixels.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Width in pixels.")] = None,
     num_inference_steps: Annotated[Optional[int], typer.Option("--num-inference-steps", "--steps")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
-    guidance_scale_2: Annotated[Optional[float], typer.Option(help="Guidance of the low-noise expert (MoE).")] = None,
+    guidance_scale_2: Annotated[
+        Optional[float], typer.Option(help="Guidance of the low-noise expert (MoE).")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
     flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
     image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     lossless: Annotated[bool, typer.Option(help="Bit-exact RGB H.264 (CRF 0) instead of yuv420p.")] = False,
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
     sparsity: Annotated[
         Optional[float],
-        typer.Option("--sparsity", "--vsa-sparsity", help="Fraction of attention a sparse backend skips, [0, 1)."),
+        typer.Option(
+            "--sparsity", "--vsa-sparsity", help="Fraction of attention a sparse backend skips, [0, 1)."
+        ),
     ] = None,
     num_gpus: Annotated[
         Optional[int], typer.Option(help="GPUs (one worker each) [1; under torchrun: WORLD_SIZE].")
@@ -110,17 +118,21 @@ def generate(
     cfg_parallel: Annotated[bool, typer.Option(help="Run the two CFG branches on different GPUs.")] = False,
     fsdp: Annotated[bool, typer.Option(help="Shard the DiT's weights over the GPUs (FSDP2).")] = False,
     tp_size: Annotated[int, typer.Option(help="Tensor-parallel degree of the text encoders.")] = 1,
-    dist_timeout: Annotated[float, typer.Option(help="Timeout of collectives between GPUs, seconds.")] = 600.0,
+    dist_timeout: Annotated[
+        float, typer.Option(help="Timeout of collectives between GPUs, seconds.")
+    ] = 600.0,
     dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
     compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA].")
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA]."),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     lora: Annotated[
-        Optional[list[str]], typer.Option("--lora", help="LoRA file or folder, PATH[:scale]; repeatable (merged).")
+        Optional[list[str]],
+        typer.Option("--lora", help="LoRA file or folder, PATH[:scale]; repeatable (merged)."),
     ] = None,
 ) -> None:
     """Generate a video and write it as mp4."""
@@ -196,7 +208,9 @@ def generate(
         if as_json:
             typer.echo(json.dumps({"model": model, **result.summary()}, indent=2))
         else:
-            typer.echo(f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)")
+            typer.echo(
+                f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)"
+            )
 
 
 def _world_size() -> int:
@@ -229,7 +243,7 @@ def plugins_list(
 
     get_registry()
     infos = plugin_infos()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": i.name,
             "distribution": i.dist,
@@ -244,7 +258,9 @@ def plugins_list(
         typer.echo(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            regs = "; ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
+            regs = (
+                "; ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
+            )
             status = f"BROKEN: {r['broken']}" if r["broken"] else regs
             typer.echo(f"{r['distribution']} {r['version']} [{r['name']}]  {status}")
     if check and any(r["broken"] for r in rows):
@@ -252,7 +268,9 @@ def plugins_list(
 
 
 @models_app.command("list")
-def models_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Model families with their presets and Hub repo ids."""
     from fastvideo.registry import get_registry
 
@@ -322,7 +340,7 @@ def _register_plugin_commands() -> None:
     for impl in pm.hook.fv_register_commands.get_hookimpls():
         try:
             impl.function(app=app)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+        except Exception as exc:
             plugin_info(impl.plugin_name).broken = f"fv_register_commands raised {type(exc).__name__}: {exc}"
 
 
@@ -351,9 +369,9 @@ def main() -> None:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)
         code = USAGE_ERROR
-    except click.Exit as exc:
+    except click.Exit as exc:  # type: ignore[attr-defined]
         code = exc.exit_code
-    except click.Abort:
+    except click.Abort:  # type: ignore[attr-defined]
         typer.echo("error: aborted", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

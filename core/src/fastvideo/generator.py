@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import torch
 
     from fastvideo.interfaces.model_family import ModelSource
-    from fastvideo.pipelines.composed import ComposedPipeline
     from fastvideo.parallel.state import ParallelState
+    from fastvideo.pipelines.composed import ComposedPipeline
 
 _PARALLEL_FIELDS = {f.name for f in dataclasses.fields(ParallelConfig)}
 
@@ -81,8 +81,13 @@ class VideoGenerator:
     parallel_state: ParallelState | None = None  # this rank's groups in a parallel run
     _parallelized: bool = False
 
-    def __init__(self, source: ModelSource, pipeline: ComposedPipeline, config: PipelineConfig,
-                 sampling_defaults: SamplingParams) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        pipeline: ComposedPipeline,
+        config: PipelineConfig,
+        sampling_defaults: SamplingParams,
+    ) -> None:
         self.source = source
         self.pipeline = pipeline
         self.config = config
@@ -118,7 +123,9 @@ class VideoGenerator:
             state, config = join_run(config)
         progress.set_enabled(config.progress)
         resolve_backend_name(config.attention_backend)  # fail before loading anything
-        source = resolve(model, revision=config.revision, token=config.token, local_files_only=config.local_files_only)
+        source = resolve(
+            model, revision=config.revision, token=config.token, local_files_only=config.local_files_only
+        )
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
         pipeline = source.family.build_pipeline(source, config)
         generator = cls(source, pipeline, config, defaults)

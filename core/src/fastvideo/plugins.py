@@ -133,7 +133,7 @@ def load_plugins(*, reload: bool = False) -> pluggy.PluginManager:
                 infos.append(info)
                 try:
                     module = ep.load()
-                except Exception as exc:  # noqa: BLE001 - any import failure isolates the plugin
+                except Exception as exc:
                     info.broken = f"import of {ep.value} failed: {type(exc).__name__}: {exc}"
                     continue
                 info.broken = _check_api(module, dist)
@@ -141,7 +141,7 @@ def load_plugins(*, reload: bool = False) -> pluggy.PluginManager:
                     try:
                         pm.register(module, name=key)
                         pm.check_pending()
-                    except Exception as exc:  # noqa: BLE001 - bad hookimpl signatures etc.
+                    except Exception as exc:
                         pm.unregister(name=key)
                         info.broken = f"invalid hook implementation: {exc}"
         _STATE.pm = pm
@@ -190,7 +190,7 @@ def call_registration_hook(hook_name: str) -> list[tuple[PluginInfo, Any]]:
             continue
         try:
             result = impl.function()
-        except Exception as exc:  # noqa: BLE001 - isolate the plugin
+        except Exception as exc:
             info.broken = f"{hook_name} raised {type(exc).__name__}: {exc}"
             continue
         out.append((info, result))

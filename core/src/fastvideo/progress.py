@@ -22,7 +22,7 @@ def enabled() -> bool:
 def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a bar on stderr while the block runs."""
     if not enabled():
-        yield lambda n=1: None
+        yield _no_advance
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,4 +31,12 @@ def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
         tid = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(tid, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(tid, n)
+
+        yield advance
+
+
+def _no_advance(n: int = 1) -> None:
+    """What :func:`task` yields when progress bars are off."""

@@ -99,7 +99,9 @@ def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNo
     return ModelNotFoundError(msg)
 
 
-def resolve_family(model: str, *, revision: str | None = None, token: str | None = None) -> tuple[type[ModelFamily], Preset | None, str | Path, dict[str, Any] | None]:
+def resolve_family(
+    model: str, *, revision: str | None = None, token: str | None = None
+) -> tuple[type[ModelFamily], Preset | None, str | Path, dict[str, Any] | None]:
     """Family, preset, location (repo id or local path) and, when read, the model index.
 
     Does not download weights: at most ``model_index.json`` of a repo that no preset declares.

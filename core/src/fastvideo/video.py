@@ -19,7 +19,9 @@ def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
     if path.is_dir():
         raise OutputPathError(f"output path {str(path)!r} is a directory; give a file name ending in .mp4")
     if path.exists() and not overwrite:
-        raise OutputPathError(f"{str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputPathError(
+            f"{str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it"
+        )
     parent = path.parent
     existing = parent
     while not existing.exists() and existing != existing.parent:
@@ -51,7 +53,9 @@ def _check_frames(frames: Any, *, lossless: bool) -> Any:
     return arr
 
 
-def write_mp4(frames: Any, path: str | Path, fps: int, *, overwrite: bool = False, lossless: bool = False) -> Path:
+def write_mp4(
+    frames: Any, path: str | Path, fps: int, *, overwrite: bool = False, lossless: bool = False
+) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as H.264 mp4, atomically (temp file + rename).
 
     ``lossless=True`` writes RGB H.264 at CRF 0 (``libx264rgb``): the frames read back bit-exact,
@@ -68,6 +72,7 @@ def write_mp4(frames: Any, path: str | Path, fps: int, *, overwrite: bool = Fals
         codec: dict[str, Any] = {"codec": "libx264", "quality": 9}
         if lossless:
             codec = {"codec": "libx264rgb", "pixelformat": "rgb24", "output_params": ["-crf", "0"]}
+        writer: Any
         with imageio.get_writer(
             tmp, fps=fps, macro_block_size=1, ffmpeg_log_level="error", format="FFMPEG", **codec
         ) as writer:
@@ -87,5 +92,6 @@ def read_mp4(path: str | Path) -> Any:
     import imageio.v2 as imageio
     import numpy as np
 
+    reader: Any
     with imageio.get_reader(str(path), format="FFMPEG") as reader:
         return np.stack([np.asarray(f) for f in reader])

@@ -46,6 +46,7 @@ def real_size_reference() -> Any:
     """diffusers' 13B HunyuanVideo transformer on the meta device (names, shapes, config; no memory)."""
     import torch
     from diffusers import HunyuanVideoTransformer3DModel
+
     from fastvideo_hunyuan.configs import HUNYUANVIDEO_T2V_13B
 
     with torch.device("meta"):

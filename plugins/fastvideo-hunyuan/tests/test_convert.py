@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from fastvideo_hunyuan import convert
 from fastvideo_hunyuan.configs import HUNYUANVIDEO_T2V_13B
 from fastvideo_hunyuan.convert import (

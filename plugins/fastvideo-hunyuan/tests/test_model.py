@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import torch
+
+from fastvideo.attention import ALL, DENSE, use_backend
+from fastvideo.errors import CheckpointError
 from fastvideo_hunyuan import model as hy_model
 from fastvideo_hunyuan.configs import CONFIGS
 from fastvideo_hunyuan.convert import WEIGHTS_NAME, UnmappedKeysError, ours_to_diffusers
 from fastvideo_hunyuan.model import HunyuanConfig, HunyuanTransformer
-
-from fastvideo.attention import ALL, DENSE, use_backend
-from fastvideo.errors import CheckpointError
 
 
 @pytest.fixture(autouse=True)

@@ -39,12 +39,12 @@ def _inputs(cfg: Any, lengths: tuple[int, ...], latent: tuple[int, int, int] = (
 def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     """On each rank: every case's max |sharded - whole| / max |whole|."""
     import torch
-    from fastvideo_hunyuan.model import HunyuanTransformer
 
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo_hunyuan.model import HunyuanTransformer
 
     torch.set_num_threads(1)  # two ranks share the CPU cores
     model = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)

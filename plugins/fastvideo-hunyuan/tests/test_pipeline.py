@@ -199,8 +199,9 @@ def test_bad_requests_fail_before_loading(tiny_pipeline: Path, overrides: dict, 
 
 def test_make_tiny_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     import typer
-    from fastvideo_hunyuan import plugin
     from typer.testing import CliRunner
+
+    from fastvideo_hunyuan import plugin
 
     app = typer.Typer()
     plugin.fv_register_commands(app)
@@ -215,9 +216,8 @@ def test_make_tiny_command_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
 
 
 def test_prompt_template_needs_one_placeholder() -> None:
-    from fastvideo_hunyuan.pipeline import PROMPT_TEMPLATE, flow_sigmas
-
     from fastvideo.pipelines.stages import PromptTemplate
+    from fastvideo_hunyuan.pipeline import PROMPT_TEMPLATE, flow_sigmas
 
     assert PROMPT_TEMPLATE.crop_start == 95 and PROMPT_TEMPLATE.text.count("{}") == 1
     for text, crop in [("no placeholder", 0), ("{} twice {}", 0), ("{}", -1)]:

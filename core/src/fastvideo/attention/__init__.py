@@ -16,6 +16,7 @@ model signatures.
 
 from __future__ import annotations
 
+from fastvideo.attention.context import StepContext, current_step, step_context
 from fastvideo.attention.selector import (
     ALL,
     DENSE,
@@ -25,7 +26,6 @@ from fastvideo.attention.selector import (
     resolve_backend_name,
     use_backend,
 )
-from fastvideo.attention.context import StepContext, current_step, step_context
 
 __all__ = [
     "ALL",

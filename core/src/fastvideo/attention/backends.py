@@ -90,7 +90,10 @@ class FlashAttnBackend(AttentionBackend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if importlib.util.find_spec("flash_attn_interface") is None and importlib.util.find_spec("flash_attn") is None:
+        if (
+            importlib.util.find_spec("flash_attn_interface") is None
+            and importlib.util.find_spec("flash_attn") is None
+        ):
             return "the flash_attn package is not installed"
         import torch
 

@@ -235,13 +235,22 @@ def attention(
     handler = _SEQUENCE_PARALLEL[0]
     if sequence_parallel and handler is not None:
         return handler(
-            q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow,
-            replicated=replicated, replicated_mask=replicated_mask,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            scale=scale,
+            is_causal=is_causal,
+            allow=allow,
+            replicated=replicated,
+            replicated_mask=replicated_mask,
             **({"gate": gate} if gate is not None else {}),
         )
     if replicated is not None:
         if attn_mask is not None or is_causal:
-            raise ValueError("attention with replicated tokens takes replicated_mask, not attn_mask or is_causal")
+            raise ValueError(
+                "attention with replicated tokens takes replicated_mask, not attn_mask or is_causal"
+            )
         return joint_local(q, k, v, replicated, replicated_mask, scale=scale, allow=allow)
     return attention_local(
         q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow, gate=gate

@@ -70,11 +70,15 @@ def load_component(
     if not path.is_dir():
         raise CheckpointError(f"component {name!r} is listed in model_index.json but {path} is missing")
     if library not in ("diffusers", "transformers"):
-        raise CheckpointError(f"component {name!r}: unsupported library {library!r} (expected diffusers or transformers)")
+        raise CheckpointError(
+            f"component {name!r}: unsupported library {library!r} (expected diffusers or transformers)"
+        )
     cls = getattr(importlib.import_module(library), class_name, None)
     if cls is None:
         raise CheckpointError(f"component {name!r}: {library} has no class {class_name!r}; upgrade {library}")
-    is_model = (path / "config.json").is_file() and any(path.glob("*.safetensors*")) or _expects_weights(cls)
+    is_model = ((path / "config.json").is_file() and any(path.glob("*.safetensors*"))) or _expects_weights(
+        cls
+    )
     if not is_model:  # schedulers, tokenizers, processors
         return cls.from_pretrained(str(path))
     for file in weight_files(path):

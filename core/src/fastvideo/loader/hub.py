@@ -46,14 +46,22 @@ def fetch_model(
     )
 
     offline = local_files_only or _offline()
-    kwargs = {"revision": revision, "token": hub_token(token), "local_files_only": offline}
+    auth = hub_token(token)
     try:
         if filename is not None:
-            return Path(hf_hub_download(repo_id, filename, **kwargs))
+            file = hf_hub_download(repo_id, filename, revision=revision, token=auth, local_files_only=offline)
+            return Path(str(file))
         from fastvideo import progress
 
         with progress.task(f"fetching {repo_id}", None):
-            return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS, **kwargs))
+            folder = snapshot_download(
+                repo_id,
+                allow_patterns=ALLOW_PATTERNS,
+                revision=revision,
+                token=auth,
+                local_files_only=offline,
+            )
+            return Path(str(folder))
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{repo_id} is gated: accept its licence on the Hub and set HF_TOKEN (or HF_API_KEY)"

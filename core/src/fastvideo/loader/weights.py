@@ -36,7 +36,9 @@ def verify_safetensors(path: str | Path) -> dict[str, dict]:
         try:
             header = json.loads(f.read(n))
         except ValueError as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header ({exc}); re-download the file") from None
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header ({exc}); re-download the file"
+            ) from None
     try:
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
@@ -77,7 +79,9 @@ def weight_files(folder: str | Path, stem: str | None = None) -> list[Path]:
     return files
 
 
-def load_safetensors_folder(folder: str | Path, *, stem: str | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
+def load_safetensors_folder(
+    folder: str | Path, *, stem: str | None = None, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Every tensor of a (possibly sharded) component folder, each file verified first."""
     from safetensors.torch import load_file
 
@@ -86,7 +90,7 @@ def load_safetensors_folder(folder: str | Path, *, stem: str | None = None, devi
         verify_safetensors(path)
         try:
             part = load_file(str(path), device=device)
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        except Exception as exc:
             raise CheckpointError(f"{path}: cannot be read ({exc}); re-download it") from None
         dup = set(part) & set(out)
         if dup:
@@ -117,7 +121,9 @@ def load_module_weights(
     missing = sorted(set(expected) - set(renamed))
     unexpected = sorted(set(renamed) - set(expected))
     if missing:
-        raise CheckpointError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     if unexpected:
         raise CheckpointError(
             f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"

@@ -121,7 +121,7 @@ def _shard_module(name: str, module: nn.Module, style: str, group: ProcessGroup)
     module.weight = _slice(module.weight, 1, size, rank, name)
     module.in_features = module.weight.shape[1]
     bias = module.bias
-    module.bias = None  # added once, after the sum over ranks
+    module.bias = None  # type: ignore[assignment]  # added once, after the sum over ranks
     module.register_forward_hook(_rowwise_hook(group))
     if bias is not None:
         module.register_buffer("_fv_tp_bias", bias.detach(), persistent=False)

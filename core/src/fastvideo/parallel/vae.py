@@ -86,6 +86,7 @@ def _exchange(
     for i, t in enumerate(mine):
         shapes[i] = torch.tensor(t.shape)
     group = dist.group.WORLD
+    assert group is not None
     all_shapes = comm.all_gather(shapes.to(state.device), 0, group).cpu()  # (N * slots, 5)
     big = all_shapes.max(dim=0).values.tolist()
     buf = torch.zeros(slots, *big, dtype=dtype, device=state.device)
@@ -93,8 +94,8 @@ def _exchange(
         buf[i, : t.shape[0], : t.shape[1], : t.shape[2], : t.shape[3], : t.shape[4]] = t
     gathered = comm.all_gather(buf, 0, group)  # (N * slots, *big)
     tiles = []
-    for t in range(total):
-        row = (t % n) * slots + t // n
+    for index in range(total):
+        row = (index % n) * slots + index // n
         b, c, f, h, w = all_shapes[row].tolist()
         tiles.append(gathered[row, :b, :c, :f, :h, :w].clone())
     return tiles

@@ -65,12 +65,16 @@ class T5TextEncoder:
     trained), the sequence is padded to ``max_length``.
     """
 
-    def __init__(self, tokenizer: Any, model: Any, *, preprocess: Callable[[str], str] = clean_prompt) -> None:
+    def __init__(
+        self, tokenizer: Any, model: Any, *, preprocess: Callable[[str], str] = clean_prompt
+    ) -> None:
         self.tokenizer = tokenizer
         self.model = model
         self.preprocess = preprocess
 
-    def __call__(self, prompts: Sequence[str], max_length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, prompts: Sequence[str], max_length: int, device: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer(
             [self.preprocess(p) for p in prompts],
             padding="max_length",

@@ -175,6 +175,7 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 # Layers
 # --------------------------------------------------------------------------------------------------
 
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU (tanh approximation); in place when no autograd graph is being built, which saves the
     feed-forward's largest activation (L x ffn_dim) at inference."""
