@@ -15,6 +15,7 @@ import torch
 
 from fastvideo.attention import ALL, DENSE, use_backend
 from fastvideo.errors import CheckpointError
+from fastvideo.testing import rewrite_checkpoint
 from fastvideo_hunyuan import model as hy_model
 from fastvideo_hunyuan.configs import CONFIGS
 from fastvideo_hunyuan.convert import WEIGHTS_NAME, UnmappedKeysError, ours_to_diffusers
@@ -292,18 +293,6 @@ def test_compile_blocks_keeps_outputs_and_names(tiny_checkpoint: Callable) -> No
 # --------------------------------------------------------------------------------------------------
 
 
-def rewrite(src: Path, dst: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> Path:
-    """Copy a checkpoint folder, passing its state dict through ``edit``."""
-    from safetensors.torch import load_file, save_file
-
-    dst.mkdir()
-    shutil.copy(src / "config.json", dst / "config.json")
-    state = load_file(src / WEIGHTS_NAME)
-    edit(state)
-    save_file(state, dst / WEIGHTS_NAME)
-    return dst
-
-
 def test_sharded_checkpoint_loads_like_single_file(tiny_checkpoint: Callable, tmp_path: Path) -> None:
     folder, ref = tiny_checkpoint()
     ref.save_pretrained(tmp_path, max_shard_size="50KB")
@@ -357,6 +346,6 @@ def test_missing_config_and_wrong_class_name_the_path(tiny_checkpoint: Callable,
 def test_state_dict_mismatch_names_the_tensor(
     tiny_checkpoint: Callable, tmp_path: Path, edit: Callable, error: type, words: str
 ) -> None:
-    folder = rewrite(tiny_checkpoint()[0], tmp_path / "ckpt", edit)
+    folder = rewrite_checkpoint(tiny_checkpoint()[0], tmp_path / "ckpt", edit)
     with pytest.raises(error, match=words):
         HunyuanTransformer.from_pretrained(folder)

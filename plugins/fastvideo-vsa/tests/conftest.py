@@ -28,6 +28,14 @@ def _poison(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _forget_constructors() -> None:
+    """``with torch.device(...)`` caches the identity of ``torch.empty`` & co. on first use; a cache
+    filled while they are patched would break every later ``torch.device`` block in the session."""
+    cached = getattr(getattr(torch.utils, "_device", None), "_device_constructors", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def nan_empty(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Uninitialised memory reads as NaN (ints: a large negative index) during the test."""
@@ -36,4 +44,7 @@ def nan_empty(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(
         torch.Tensor, "new_empty", lambda self, *a, **k: _poison(_REAL["new_empty"](self, *a, **k))
     )
+    _forget_constructors()
     yield
+    monkeypatch.undo()
+    _forget_constructors()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from fastvideo.testing import assert_same_placeholders
 from fastvideo_wan import convert
 from fastvideo_wan.configs import CONFIGS
 from fastvideo_wan.convert import (
@@ -52,8 +52,7 @@ def test_every_rule_is_used_by_a_real_checkpoint() -> None:
 
 
 def test_rules_use_the_same_placeholders_on_both_sides() -> None:
-    for theirs, ours in RULES:
-        assert sorted(re.findall(r"\{(\w+)\}", theirs)) == sorted(re.findall(r"\{(\w+)\}", ours)), theirs
+    assert_same_placeholders(RULES)
 
 
 def test_values_pass_through_untouched() -> None:

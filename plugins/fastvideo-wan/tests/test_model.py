@@ -16,6 +16,7 @@ import torch
 
 from fastvideo.attention import ALL, DENSE, use_backend
 from fastvideo.errors import CheckpointError
+from fastvideo.testing import rewrite_checkpoint
 from fastvideo_wan import model as wan_model
 from fastvideo_wan.configs import CONFIGS
 from fastvideo_wan.convert import (
@@ -271,18 +272,6 @@ def test_compile_blocks_keeps_outputs_and_names(tiny_checkpoint: Callable) -> No
 # --------------------------------------------------------------------------------------------------
 
 
-def rewrite(src: Path, dst: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> Path:
-    """Copy a checkpoint folder, passing its state dict through ``edit``."""
-    from safetensors.torch import load_file, save_file
-
-    dst.mkdir()
-    shutil.copy(src / "config.json", dst / "config.json")
-    state = load_file(src / WEIGHTS_NAME)
-    edit(state)
-    save_file(state, dst / WEIGHTS_NAME)
-    return dst
-
-
 def test_sharded_checkpoint_loads_like_single_file(tiny_checkpoint: Callable, tmp_path: Path) -> None:
     _, ref = tiny_checkpoint()
     ref.save_pretrained(tmp_path, max_shard_size="20KB")
@@ -376,13 +365,13 @@ def _add(key: str, shape: tuple[int, ...]) -> Callable[[dict], None]:
 def test_state_dict_mismatch_names_the_tensor(
     tiny_checkpoint: Callable, tmp_path: Path, edit: Callable, error: type, words: str
 ) -> None:
-    folder = rewrite(tiny_checkpoint()[0], tmp_path / "ckpt", edit)
+    folder = rewrite_checkpoint(tiny_checkpoint()[0], tmp_path / "ckpt", edit)
     with pytest.raises(error, match=words):
         WanTransformer.from_pretrained(folder)
 
 
 def test_ignored_diffusers_key_is_dropped(tiny_checkpoint: Callable, tmp_path: Path) -> None:
-    folder = rewrite(
+    folder = rewrite_checkpoint(
         tiny_checkpoint(**I2V)[0], tmp_path / "ckpt", _add("blocks.0.attn2.norm_added_q.weight", (32,))
     )
     assert "blocks.0.cross_attn.norm_k_img.weight" in WanTransformer.from_pretrained(folder).state_dict()

@@ -8,10 +8,12 @@
   :func:`run_python`: build and pip-install real plugin distributions and run ``fv`` against
   them in a subprocess.
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
+* :func:`rewrite_checkpoint`, :func:`assert_same_placeholders`: checkpoint-conversion test helpers.
 
 Importing this package does not import torch.
 """
 
+from fastvideo.testing.checkpoints import assert_same_placeholders, rewrite_checkpoint
 from fastvideo.testing.dists import (
     DummyDist,
     fv_command,
@@ -29,12 +31,14 @@ __all__ = [
     "DummyDist",
     "assert_close",
     "assert_no_worse",
+    "assert_same_placeholders",
     "fake_plugins",
     "fv_command",
     "install_dists",
     "plugin_env",
     "plugin_module",
     "rel_error",
+    "rewrite_checkpoint",
     "run_fv",
     "run_python",
     "write_dist",

@@ -21,7 +21,6 @@ unmasked whenever every sample has the same number of valid text tokens (always 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
-from fastvideo.errors import CheckpointError
+from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_hunyuan import convert
 
 FREQ_DIM = 256  # sinusoidal features of the timestep and of the guidance scale
@@ -573,14 +572,14 @@ class HunyuanTransformer(nn.Module):
         :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
         """
         folder = Path(folder)
-        model = cls.from_config(_read_config(folder), device="meta")
-        ckpt = convert.DiffusersCheckpoint(folder)
-        ckpt.check_against({k: tuple(v.shape) for k, v in model.state_dict().items()})
-        state = {}
-        for name, tensor in ckpt.tensors(device=device):
-            state[name] = tensor if dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
-        model.load_state_dict(state, strict=True, assign=True)
-        return model.eval()
+        config = read_config(
+            folder,
+            "HunyuanVideoTransformer3DModel",
+            "HunyuanTransformer",
+            HunyuanConfig.from_diffusers_config,
+        )
+        model = cls.from_config(config, device="meta")
+        return load_pretrained(model, convert.DiffusersCheckpoint(folder), dtype=dtype, device=device)
 
 
 def drop_text_padding(
@@ -607,29 +606,3 @@ def drop_text_padding(
         if bool(prefix.all()):
             return text, None, None
     return text, mask, prefix
-
-
-def _read_config(folder: Path) -> HunyuanConfig:
-    path = folder / "config.json"
-    if not path.is_file():
-        hint = (
-            f"; did you mean {folder / 'transformer'}?"
-            if (folder / "transformer" / "config.json").is_file()
-            else ""
-        )
-        raise CheckpointError(
-            f"{path} not found: expected a diffusers HunyuanVideoTransformer3DModel folder{hint}"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    name = config.get("_class_name", "HunyuanVideoTransformer3DModel")
-    if name != "HunyuanVideoTransformer3DModel":
-        raise CheckpointError(
-            f"{path} describes a {name}; HunyuanTransformer loads HunyuanVideoTransformer3DModel checkpoints"
-        )
-    try:
-        return HunyuanConfig.from_diffusers_config(config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {e}") from e

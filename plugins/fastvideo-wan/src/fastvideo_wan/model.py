@@ -12,7 +12,6 @@ projections), Wan2.2 TI2V-5B (one timestep per video token) and Wan2.2 A14B (two
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
-from fastvideo.errors import CheckpointError
+from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_wan import convert
 
 QK_NORMS = ("rms_norm_across_heads",)
@@ -530,45 +529,15 @@ class WanTransformer(nn.Module):
         :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
         """
         folder = Path(folder)
-        config = _read_config(folder)
+        config = read_config(
+            folder, "WanTransformer3DModel", "WanTransformer", WanConfig.from_diffusers_config
+        )
         ckpt = convert.DiffusersCheckpoint(folder)
         stored = any(".gate_compress." in name for name in ckpt.shapes)
         model = cls.from_config(config, device="meta", vsa_gate=stored or bool(vsa_gate))
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        zeros = [] if stored else [k for k in expected if ".gate_compress." in k]
-        ckpt.check_against({k: v for k, v in expected.items() if k not in zeros})
-        state = {}
-        for name, tensor in ckpt.tensors(device=device):
-            target = torch.float32 if dtype is not None and cls.is_fp32_param(name) else dtype
-            state[name] = tensor if target is None or not tensor.is_floating_point() else tensor.to(target)
-        for name in zeros:
-            state[name] = torch.zeros(expected[name], device=device, dtype=dtype or torch.float32)
-        model.load_state_dict(state, strict=True, assign=True)
+        zeros = [] if stored else [k for k in model.state_dict() if ".gate_compress." in k]
+        load_pretrained(model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros)
         if vsa_gate is False:
             for block in model.blocks:
                 block.self_attn.gate_compress = None
-        return model.eval()
-
-
-def _read_config(folder: Path) -> WanConfig:
-    path = folder / "config.json"
-    if not path.is_file():
-        hint = (
-            f"; did you mean {folder / 'transformer'}?"
-            if (folder / "transformer" / "config.json").is_file()
-            else ""
-        )
-        raise CheckpointError(f"{path} not found: expected a diffusers WanTransformer3DModel folder{hint}")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    name = config.get("_class_name", "WanTransformer3DModel")
-    if name != "WanTransformer3DModel":
-        raise CheckpointError(
-            f"{path} describes a {name}; WanTransformer loads WanTransformer3DModel checkpoints"
-        )
-    try:
-        return WanConfig.from_diffusers_config(config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: {e}") from e
+        return model

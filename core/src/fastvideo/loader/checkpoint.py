@@ -1,0 +1,182 @@
+"""Reading a diffusers transformer folder into a model of ours through a :class:`NameMapping`.
+
+:class:`DiffusersCheckpoint` reads a diffusers folder (``diffusion_pytorch_model.safetensors`` or a
+sharded ``...safetensors.index.json``) and checks names and shapes against a model before any tensor
+data is read. :func:`read_config` and :func:`load_pretrained` are the two halves of a model's
+``from_pretrained``::
+
+    config = read_config(folder, "WanTransformer3DModel", "WanTransformer", WanConfig.from_diffusers_config)
+    model = WanTransformer.from_config(config, device="meta")
+    return load_pretrained(model, DiffusersCheckpoint(folder, MAPPING), dtype=torch.bfloat16)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fastvideo.errors import CheckpointError
+from fastvideo.loader.mapping import NameMapping, UnmappedKeysError, listing
+from fastvideo.loader.weights import verify_safetensors, weight_files
+
+if TYPE_CHECKING:
+    import torch
+
+C = TypeVar("C")
+M = TypeVar("M", bound="torch.nn.Module")
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+
+
+def _open(path: Path, device: str = "cpu") -> Any:  # safetensors' handle has no public type
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e} (truncated or corrupt? download it again)") from e
+
+
+class DiffusersCheckpoint:
+    """The safetensors files of a diffusers transformer folder, indexed by our parameter names.
+
+    Opening reads only the headers (each verified against the file size): names, shapes and which
+    file holds each tensor. A plugin either passes its ``mapping`` or subclasses with a ``mapping``
+    class attribute (then ``Checkpoint(folder)`` is enough).
+    """
+
+    mapping: NameMapping
+
+    def __init__(self, folder: str | Path, mapping: NameMapping | None = None) -> None:
+        if mapping is not None:
+            self.mapping = mapping
+        elif getattr(self, "mapping", None) is None:
+            raise TypeError(
+                f"{type(self).__name__} needs a NameMapping: pass mapping=... or set a `mapping` "
+                "class attribute in a subclass"
+            )
+        mapping = self.mapping
+        self.folder = Path(folder)
+        self.files = self._weight_files()
+        self.source: dict[str, tuple[str, Path]] = {}  # our name -> (their name, file)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # our name -> shape
+        for path in self.files:
+            header = verify_safetensors(path)
+            try:
+                names = mapping.to_ours({k: k for k in header if k != "__metadata__"})
+            except UnmappedKeysError as e:
+                raise UnmappedKeysError(f"{path}: {e}", e.keys) from None
+            for ours, theirs in names.items():
+                self.source[ours] = (theirs, path)
+                self.shapes[ours] = tuple(header[theirs]["shape"])
+
+    def _weight_files(self) -> list[Path]:
+        if (self.folder / WEIGHTS_NAME).is_file():
+            return [self.folder / WEIGHTS_NAME]
+        if not (self.folder / INDEX_NAME).is_file():
+            raise CheckpointError(f"no weights in {self.folder}: expected {WEIGHTS_NAME} or {INDEX_NAME}")
+        return weight_files(self.folder, stem=WEIGHTS_NAME)  # only INDEX_NAME starts with it
+
+    def _where(self, name: str) -> str:
+        theirs, path = self.source[name]
+        return f"{theirs} ({path.name})"
+
+    def check_against(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+        """Compare with a model's ``{our name: shape}``.
+
+        :raises CheckpointError: naming missing, unexpected and mis-shaped tensors.
+        """
+        missing = sorted(set(expected) - set(self.shapes))
+        unexpected = sorted(set(self.shapes) - set(expected))
+        common = sorted(set(expected) & set(self.shapes))
+        mismatched = [n for n in common if tuple(expected[n]) != self.shapes[n]]
+        problems = []
+        if missing:
+            names = list(self.mapping.to_theirs({n: n for n in missing}))
+            problems.append(f"missing {len(missing)} tensor(s) the config needs: {listing(names)}")
+        if unexpected:
+            problems.append(
+                f"{len(unexpected)} unexpected tensor(s) the config has no place for: "
+                f"{listing([self._where(n) for n in unexpected])}"
+            )
+        for n in mismatched:
+            problems.append(
+                f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}"
+            )
+        if problems:
+            raise CheckpointError(
+                f"checkpoint {self.folder} does not match its config.json: " + "; ".join(problems)
+            )
+
+    def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``."""
+        by_file: dict[Path, list[tuple[str, str]]] = {}
+        for ours, (theirs, path) in self.source.items():
+            by_file.setdefault(path, []).append((ours, theirs))
+        for path, names in by_file.items():
+            with _open(path, str(device)) as f:
+                for ours, theirs in names:
+                    try:
+                        tensor = f.get_tensor(theirs)
+                    except Exception as e:  # safetensors raises its own error types for bad data
+                        raise CheckpointError(f"cannot read tensor {theirs} from {path}: {e}") from e
+                    yield ours, tensor
+
+
+def read_config(folder: Path, class_name: str, loader: str, parse: Callable[[dict[str, Any]], C]) -> C:
+    """``folder/config.json`` of a diffusers ``class_name``, parsed by ``parse`` into our config.
+
+    :param loader: our class, named in the error when the folder holds another diffusers class.
+    :raises CheckpointError: a missing or unreadable file, another class, or values ``parse`` rejects.
+    """
+    path = folder / "config.json"
+    if not path.is_file():
+        nested = (folder / "transformer" / "config.json").is_file()
+        hint = f"; did you mean {folder / 'transformer'}?" if nested else ""
+        raise CheckpointError(f"{path} not found: expected a diffusers {class_name} folder{hint}")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    name = config.get("_class_name", class_name)
+    if name != class_name:
+        raise CheckpointError(f"{path} describes a {name}; {loader} loads {class_name} checkpoints")
+    try:
+        return parse(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def load_pretrained(
+    model: M,
+    ckpt: DiffusersCheckpoint,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str = "cpu",
+    keep_fp32: Callable[[str], bool] | None = None,
+    zero_init: Iterable[str] = (),
+) -> M:
+    """Check ``ckpt`` against ``model`` (built on ``meta``), then load it with ``assign=True``.
+
+    :param dtype: parameter dtype (``None`` keeps the stored dtypes); names for which ``keep_fp32``
+        is true stay fp32 (diffusers' ``_keep_in_fp32_modules``).
+    :param zero_init: our names the checkpoint may lack; they are filled with zeros.
+    :returns: the model, in eval mode.
+    :raises CheckpointError: missing, unexpected or mis-shaped tensors, or unreadable data.
+    """
+    import torch
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    zeros = list(zero_init)
+    ckpt.check_against({k: v for k, v in expected.items() if k not in zeros})
+    state = {}
+    for name, tensor in ckpt.tensors(device=device):
+        target = torch.float32 if dtype is not None and keep_fp32 and keep_fp32(name) else dtype
+        state[name] = tensor if target is None or not tensor.is_floating_point() else tensor.to(target)
+    for name in zeros:
+        state[name] = torch.zeros(expected[name], device=device, dtype=dtype or torch.float32)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
