@@ -391,10 +391,11 @@ class Trainer:
             return self.objective(model, batch, gens)
 
     def backward(self, loss: torch.Tensor) -> None:
-        # Under sequence parallelism each rank's backward yields its sequence shard's share of the
-        # gradient; FSDP2 averages over all ranks, so the sp ranks' sum needs the factor sp_size.
-        scale = self.config.parallel.sp_size
-        (loss * scale if scale > 1 else loss).backward()
+        # No sp_size factor under sequence parallelism: every sp rank computes the same full loss and
+        # the output all-gather's backward is a reduce-scatter (sum over the sp ranks), so each rank's
+        # gradient is already sp_size x its token shard's share (and the full one for layers after the
+        # gather); FSDP2's mean over the sp ranks is then the one-process gradient.
+        loss.backward()
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> None:
         """Skip FSDP2's reduce-scatter on all but the last micro-batch of a step."""
