@@ -12,9 +12,9 @@ Determinism: every random draw of a sample (noise, timestep) comes from a genera
 the data position, so a resumed run, or the same run on another number of ranks, sees the same
 numbers. The remaining global RNG states (dropout) are checkpointed per rank.
 
-Parallelism seams (the parallel strategies in :mod:`fastvideo.parallel` can take these over):
-:func:`shard_model` (FSDP2, one unit per block class in the model's ``fsdp_units``) and
-:func:`apply_sequence_parallel` (the registered ``ulysses`` strategy).
+Parallelism comes from :mod:`fastvideo.parallel`: FSDP2 through the ``fsdp`` strategy's
+``shard_model`` (one unit per block class in the model's ``fsdp_units``) and sequence parallelism
+through the registered ``ulysses`` strategy (:func:`apply_sequence_parallel`).
 """
 
 from __future__ import annotations
@@ -48,20 +48,6 @@ EXPORT = "export"
 
 
 # ---------------------------------------------------------------- parallel seams
-
-
-def shard_model(model: nn.Module, mesh: Any, *, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2 (``fully_shard``): one unit per module whose class is named in ``model.fsdp_units``,
-    then the root. Parameters stay fp32 (autocast does the bf16 compute), so sharded and
-    single-process training compute the same numbers."""
-    from torch.distributed.fsdp import fully_shard
-
-    units = tuple(getattr(model, "fsdp_units", ()))
-    for module in model.modules():
-        if module is not model and type(module).__name__ in units:
-            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    return model
 
 
 def apply_sequence_parallel(
@@ -307,7 +293,9 @@ class Trainer:
         if self.fsdp:
             assert self.mesh is not None
             mesh = self.mesh["dp", "sp"]._flatten("dp_sp") if par.sp_size > 1 else self.mesh["dp"]
-            model = shard_model(model, mesh)
+            from fastvideo.parallel.fsdp import shard_model  # the fsdp strategy's own sharding
+
+            model = shard_model(model, mesh)  # parameters stay fp32: autocast does the bf16 compute
         else:
             model = model.to(self.device)
         return model.train()
