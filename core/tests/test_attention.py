@@ -16,6 +16,7 @@ from fastvideo.attention import (
     attention,
     available_backends,
     resolve_backend_name,
+    selector,
     step_context,
     use_backend,
 )
@@ -192,8 +193,10 @@ def test_backend_receives_the_step_context(fakes: None) -> None:
 def test_backend_that_declines_the_inputs_falls_back(fakes: None) -> None:
     q, k, v = _qkv()
     mask = torch.ones(1, 1, 5, 7, dtype=torch.bool)
+    selector._WARNED.clear()
     with use_backend("fake-dense"):
-        out = attention(q, k, v, attn_mask=mask)
+        with pytest.warns(RuntimeWarning, match=r"'fake-dense' cannot take this call \(.*\); using 'sdpa'"):
+            out = attention(q, k, v, attn_mask=mask)
         assert _ran() == []  # fake-dense declined the mask: sdpa ran
         attention(q, k, v)
         assert _ran() == ["fake-dense"]

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -138,9 +139,24 @@ def select_backend(
     if name is None:
         name = _auto_name()
     backend = _INSTANCES.get(name) or get_backend(name)
-    if not _admits(allow, backend) or backend.supports(q, k, v, attn_mask=attn_mask) is not None:
-        backend = _dense_fallback(allow, q, k, v, attn_mask)
+    if not _admits(allow, backend):  # e.g. cross-attention under a sparse backend: expected, silent
+        return _dense_fallback(allow, q, k, v, attn_mask)
+    reason = backend.supports(q, k, v, attn_mask=attn_mask)
+    if reason is not None:
+        fallback = _dense_fallback(allow, q, k, v, attn_mask)
+        _warn_once(f"attention backend {backend.name!r} cannot take this call ({reason}); using {fallback.name!r}")
+        return fallback
     return backend
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A one-line warning, once per distinct message."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def attention_local(
