@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
 from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_hunyuan import convert
 
@@ -110,51 +111,6 @@ class HunyuanConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
-
-    :param t: ``(N,)`` timesteps or guidance values (any dtype). :returns: ``(N, dim)`` fp32.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None, :]  # (N, dim/2)
-    return torch.cat([args.cos(), args.sin()], dim=-1)
-
-
-def rope_tables(
-    grid: tuple[int, int, int],
-    axes_dim: tuple[int, int, int],
-    theta: float,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
-
-    The head dim is split into ``axes_dim`` parts (t, h, w); part ``a`` of size ``d`` rotates channel
-    pairs ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are fp32 (as the checkpoints were
-    trained) and rounded once to ``dtype``.
-
-    :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
-        both ``(T*H*W, 1, head_dim)``, the operands of :func:`rope_apply`.
-    """
-    parts = []
-    for axis, (n, d) in enumerate(zip(grid, axes_dim, strict=True)):
-        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d)  # (d/2,)
-        angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)  # (n, d/2)
-        shape = [1, 1, 1, d // 2]
-        shape[axis] = n
-        parts.append(angles.view(shape).expand(*grid, d // 2))
-    angles = torch.cat(parts, dim=-1).reshape(-1, 1, sum(axes_dim) // 2)  # (L, 1, Dh/2)
-    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
-    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
-
-
-def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`, in x's dtype."""
-    x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
-    return torch.addcmul(x * cos, x_swapped, sin)
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine, eps 1e-6); shift/scale ``(B, D)``."""
     normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
@@ -164,13 +120,6 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 def gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Gated residual ``x + y * gate`` with gate ``(B, D)``."""
     return torch.addcmul(x, y, gate.unsqueeze(1))
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU (tanh approximation), in place when no gradient is recorded: saves one (L, mlp_dim) buffer."""
-    if torch.is_grad_enabled():
-        return F.gelu(x, approximate="tanh")
-    return torch.ops.aten.gelu_(x, approximate="tanh")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,7 +192,7 @@ class HunyuanTextRefiner(nn.Module):
             valid = mask.bool()
             self_mask = valid[:, None, None, :] & valid[:, None, :, None]  # (B, 1, Lt, Lt)
             self_mask[..., 0] = True  # padded queries attend to token 0 (no empty rows), as diffusers
-        t = timestep_embedding(timestep).to(text.dtype)
+        t = timestep_embedding(timestep, FREQ_DIM).to(text.dtype)
         cond = self.time_embed(t) + self.pool_embed(pooled.to(text.dtype))  # (B, D)
         x = self.proj_in(text)  # (B, Lt, D)
         for block in self.blocks:
@@ -502,7 +451,7 @@ class HunyuanTransformer(nn.Module):
         grid = self.token_grid(hidden_states.shape)  # (T', H', W')
         cfg = self.config
         cos, sin = rope_tables(
-            grid, cfg.rope_axes_dim, cfg.rope_theta, hidden_states.device, self.dtype
+            grid, cfg.rope_axes_dim, theta=cfg.rope_theta, device=hidden_states.device, dtype=self.dtype
         )  # (Lv, 1, Dh)
         timestep = timestep.expand(b) if timestep.ndim == 0 else timestep.reshape(b)
         cond = F.silu(self._conditioning(timestep, pooled_projections, guidance))  # (B, D)
@@ -520,7 +469,7 @@ class HunyuanTransformer(nn.Module):
         self, timestep: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None
     ) -> torch.Tensor:
         """``time_embed(t) + pooled_embed(clip) [+ guidance_embed(g)]``: ``(B, D)``."""
-        cond = self.time_embed(timestep_embedding(timestep).to(self.dtype))
+        cond = self.time_embed(timestep_embedding(timestep, FREQ_DIM).to(self.dtype))
         if self.guidance_embed is not None:
             if guidance is None:
                 raise ValueError(
@@ -528,7 +477,7 @@ class HunyuanTransformer(nn.Module):
                     "guidance=(B,) tensor of guidance_scale * 1000"
                 )
             g = guidance.reshape(-1).expand(timestep.shape[0])
-            cond = cond + self.guidance_embed(timestep_embedding(g).to(self.dtype))
+            cond = cond + self.guidance_embed(timestep_embedding(g, FREQ_DIM).to(self.dtype))
         return cond + self.pooled_embed(pooled.to(self.dtype))
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
 from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_wan import convert
 
@@ -107,53 +108,6 @@ class WanConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
-
-    :param t: ``(N,)`` timesteps (any dtype). :returns: ``(N, dim)`` fp32.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None, :]  # (N, dim/2)
-    return torch.cat([args.cos(), args.sin()], dim=-1)
-
-
-def rope_tables(
-    grid: tuple[int, int, int],
-    head_dim: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-    theta: float = 10000.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
-
-    The head dim is split into (t, h, w) parts; part ``a`` of size ``d`` rotates channel pairs
-    ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are computed in fp64 (as diffusers does)
-    and rounded once to ``dtype`` (the model's: mixed-dtype elementwise ops run at half speed).
-
-    :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
-        both ``(T*H*W, 1, head_dim)``, the operands of :func:`rope_apply`.
-    """
-    hw = 2 * (head_dim // 6)
-    f64 = torch.float32 if device.type == "mps" else torch.float64
-    parts = []
-    for axis, (n, d) in enumerate(zip(grid, (head_dim - 2 * hw, hw, hw), strict=True)):
-        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=f64, device=device) / d)  # (d/2,)
-        angles = torch.outer(torch.arange(n, dtype=f64, device=device), inv_freq)  # (n, d/2)
-        shape = [1, 1, 1, d // 2]
-        shape[axis] = n
-        parts.append(angles.view(shape).expand(*grid, d // 2))
-    angles = torch.cat(parts, dim=-1).reshape(-1, 1, head_dim // 2)  # (L, 1, Dh/2)
-    cos, sin = angles.cos().float().to(dtype), angles.sin().float().to(dtype)
-    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
-
-
-def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`, in x's dtype."""
-    x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
-    return torch.addcmul(x * cos, x_swapped, sin).type_as(x)
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine), in x's dtype.
 
@@ -173,14 +127,6 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU (tanh approximation); in place when no autograd graph is being built, which saves the
-    feed-forward's largest activation (L x ffn_dim) at inference."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.gelu(x, approximate="tanh")
-    return torch.ops.aten.gelu_(x, approximate="tanh")
 
 
 _ACTIVATIONS = {
@@ -432,7 +378,11 @@ class WanTransformer(nn.Module):
         """
         grid = self.token_grid(hidden_states.shape)  # (T', H', W')
         head_dim = self.config.attention_head_dim
-        cos, sin = rope_tables(grid, head_dim, hidden_states.device, self.dtype)  # (L, 1, Dh) x 2
+        hw = 2 * (head_dim // 6)  # Wan splits the head dim (t, h, w) = (Dh - 2hw, hw, hw); fp64 angles
+        axes = (head_dim - 2 * hw, hw, hw)
+        cos, sin = rope_tables(
+            grid, axes, device=hidden_states.device, dtype=self.dtype, angle_dtype=torch.float64
+        )
         x = self.patch_embed(hidden_states.to(self.dtype))  # (B, D, T', H', W')
         x = x.flatten(2).transpose(1, 2).contiguous()  # (B, L, D)
         temb = self._embed_time(timestep, x.shape[0], x.shape[1])  # (B, Lm, D), Lm = 1 or L

@@ -1,0 +1,70 @@
+"""Building blocks shared by the DiTs of several families: timestep features, 3D RoPE, GELU.
+
+Model files import these instead of each carrying a copy; they are plain functions on tensors
+(no state, no distributed code), so strategies and torch.compile see through them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
+
+    :param t: ``(N,)`` timesteps or guidance values (any dtype). :returns: ``(N, dim)`` fp32.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]  # (N, dim/2)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def rope_tables(
+    grid: tuple[int, int, int],
+    axes_dim: tuple[int, int, int],
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    theta: float = 10000.0,
+    angle_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real-valued 3D RoPE tables for a ``(T, H, W)`` token grid in raster order.
+
+    The head dim is split into ``axes_dim`` parts (t, h, w); part ``a`` of size ``d`` rotates channel
+    pairs ``(2i, 2i+1)`` by ``pos_a * theta^(-2i/d)``. Angles are computed in ``angle_dtype`` (the
+    precision the checkpoint was trained with; fp64 falls back to fp32 on MPS) and rounded once to
+    ``dtype`` (the model's: mixed-dtype elementwise ops run at half speed).
+
+    :returns: ``cos`` with each pair's cosine repeated, and ``sin`` as ``(-sin, +sin)`` per pair,
+        both ``(T*H*W, 1, head_dim)``, the operands of :func:`rope_apply`.
+    """
+    if angle_dtype == torch.float64 and device.type == "mps":
+        angle_dtype = torch.float32
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, axes_dim, strict=True)):
+        inv_freq = 1.0 / theta ** (torch.arange(0, d, 2, dtype=angle_dtype, device=device) / d)  # (d/2,)
+        angles = torch.outer(torch.arange(n, dtype=angle_dtype, device=device), inv_freq)  # (n, d/2)
+        shape = [1, 1, 1, d // 2]
+        shape[axis] = n
+        parts.append(angles.view(shape).expand(*grid, d // 2))
+    angles = torch.cat(parts, dim=-1).reshape(-1, 1, sum(axes_dim) // 2)  # (L, 1, Dh/2)
+    cos, sin = angles.cos().float().to(dtype), angles.sin().float().to(dtype)
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` ``(B, L, H, Dh)`` by :func:`rope_tables`, in x's dtype."""
+    x_swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return torch.addcmul(x * cos, x_swapped, sin).type_as(x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh approximation); in place when no autograd graph is being built, which saves the
+    feed-forward's largest activation (L x ffn_dim) at inference."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x, approximate="tanh")
+    return torch.ops.aten.gelu_(x, approximate="tanh")
