@@ -144,7 +144,9 @@ def select_backend(
     reason = backend.supports(q, k, v, attn_mask=attn_mask)
     if reason is not None:
         fallback = _dense_fallback(allow, q, k, v, attn_mask)
-        _warn_once(f"attention backend {backend.name!r} cannot take this call ({reason}); using {fallback.name!r}")
+        _warn_once(
+            f"attention backend {backend.name!r} cannot take this call ({reason}); using {fallback.name!r}"
+        )
         return fallback
     return backend
 
