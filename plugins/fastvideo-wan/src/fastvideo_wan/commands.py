@@ -29,3 +29,25 @@ def make_tiny(
 
     make_tiny_wan(path, variant=variant, seed=seed)
     typer.echo(f"wrote a tiny Wan {variant} checkpoint to {path}")
+
+
+@wan_app.command("toy-dataset")
+def toy_dataset(
+    out: Annotated[Path, typer.Argument(help="Folder to write the clips and captions.json into.")],
+    num: Annotated[int, typer.Option(help="Number of clips.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the clips.")] = 0,
+    frames: Annotated[int, typer.Option(help="Frames per clip.")] = 17,
+    size: Annotated[int, typer.Option(help="Height and width in pixels (>= 48).")] = 64,
+    split: Annotated[str, typer.Option(help="train or held-out (unseen attribute combinations).")] = "train",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing clips.")] = False,
+) -> None:
+    """Write a procedural toy dataset (moving coloured shapes, lossless mp4 + fv preprocess manifest)."""
+    from fastvideo.errors import OutputPathError
+    from fastvideo_wan.toy import write_dataset
+
+    try:
+        manifest = write_dataset(out, num, seed, split=split, frames=frames, size=size, overwrite=overwrite)
+    except (ValueError, OutputPathError) as exc:  # bad options, or a clip exists without --overwrite
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {num} {split} clips and {manifest}")
