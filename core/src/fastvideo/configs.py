@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 DTYPES = ("bf16", "fp16", "fp32")
 _DTYPE_ALIASES = {
@@ -182,3 +182,21 @@ class PipelineConfig:
         if unknown:
             raise TypeError(f"unknown pipeline option(s) {unknown}; valid: {', '.join(sorted(names))}")
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_C = TypeVar("_C", bound="DiffusersConfigMixin")
+
+
+class DiffusersConfigMixin:
+    """For a model config dataclass whose fields mirror a diffusers ``config.json``."""
+
+    @classmethod
+    def from_diffusers_config(cls: type[_C], config: Mapping[str, Any]) -> _C:
+        """Build from a diffusers ``config.json`` dict; ``_private`` and unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in config.items() if k in names and not k.startswith("_")})
+
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """The diffusers ``config.json`` contents (without ``_class_name``) that describe this model."""
+        cfg = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}

@@ -20,7 +20,6 @@ unmasked whenever every sample has the same number of valid text tokens (always 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
 from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_hunyuan import convert
@@ -40,7 +40,7 @@ FREQ_DIM = 256  # sinusoidal features of the timestep and of the guidance scale
 
 
 @dataclass(frozen=True, kw_only=True)
-class HunyuanConfig:
+class HunyuanConfig(DiffusersConfigMixin):
     """Hyper-parameters of :class:`HunyuanTransformer`; the fields and defaults of diffusers' config.json."""
 
     in_channels: int = 16  # VAE latent channels
@@ -92,18 +92,6 @@ class HunyuanConfig:
     @property
     def mlp_dim(self) -> int:
         return int(self.dim * self.mlp_ratio)
-
-    @classmethod
-    def from_diffusers_config(cls, config: Mapping[str, Any]) -> HunyuanConfig:
-        """Build from a diffusers ``config.json`` dict; ``_private`` and unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names and not k.startswith("_")})
-
-    def to_diffusers_config(self) -> dict[str, Any]:
-        """The diffusers ``config.json`` contents (without ``_class_name``) that describe this model."""
-        cfg = dataclasses.asdict(self)
-        cfg["rope_axes_dim"] = list(self.rope_axes_dim)
-        return cfg
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ projections), Wan2.2 TI2V-5B (one timestep per video token) and Wan2.2 A14B (two
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
 from fastvideo.loader.checkpoint import load_pretrained, read_config
 from fastvideo_wan import convert
@@ -31,7 +31,7 @@ QK_NORMS = ("rms_norm_across_heads",)
 
 
 @dataclass(frozen=True, kw_only=True)
-class WanConfig:
+class WanConfig(DiffusersConfigMixin):
     """Hyper-parameters of :class:`WanTransformer`; the fields and defaults of diffusers' config.json."""
 
     patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) latent cells per token
@@ -89,18 +89,6 @@ class WanConfig:
     def dim(self) -> int:
         """Width of the residual stream (``num_attention_heads * attention_head_dim``)."""
         return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_diffusers_config(cls, config: Mapping[str, Any]) -> WanConfig:
-        """Build from a diffusers ``config.json`` dict; ``_private`` and unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names and not k.startswith("_")})
-
-    def to_diffusers_config(self) -> dict[str, Any]:
-        """The diffusers ``config.json`` contents (without ``_class_name``) that describe this model."""
-        cfg = dataclasses.asdict(self)
-        cfg["patch_size"] = list(self.patch_size)
-        return cfg
 
 
 # --------------------------------------------------------------------------------------------------
