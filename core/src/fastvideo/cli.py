@@ -189,12 +189,14 @@ def generate(
                 raise ValueError(f"--lora {spec!r}: {missing!r} does not exist (PATH[:scale])")
 
         if config.parallel.num_gpus > 1:
-            from fastvideo.parallel.launch import Request, generate_distributed
+            from fastvideo.parallel.launch import Request, exit_worker, generate_distributed, launched
 
             request = Request(model, config, sampling, str(path), overwrite, lossless, tuple(lora or ()))
             summary = generate_distributed(request)  # rank 0 writes; None on the other torchrun ranks
             if summary is not None:
                 _report(model, summary, as_json)
+            if launched():
+                exit_worker(0)  # see exit_worker: skip the finalization that can abort a gloo rank
             return
 
         from fastvideo.generator import VideoGenerator

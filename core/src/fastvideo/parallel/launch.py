@@ -83,6 +83,19 @@ class Request:
     loras: tuple[str, ...] = ()
 
 
+def exit_worker(code: int = 0) -> None:
+    """End this worker process now, after flushing its output, without interpreter finalization.
+
+    A worker's process group is already destroyed when it gets here; what remains are C++ static
+    destructors, and with gloo one of them occasionally meets a still-joinable thread and aborts
+    the process ("terminate called without an active exception", SIGABRT after the work was done),
+    which torchrun and the spawn launcher report as a failed rank. Nothing is left to clean up.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def generate_here(request: Request) -> dict[str, Any] | None:
     """Run ``request`` as this process's rank; rank 0 writes the video and returns its summary."""
     from fastvideo.generator import VideoGenerator
@@ -136,8 +149,8 @@ def _worker(local_rank: int, world: int, port: int, folder: str, request: Reques
             "traceback": traceback.format_exc(),
         }
         (Path(folder) / f"error-{local_rank}.json").write_text(json.dumps(record))
-        sys.stderr.flush()
-        os._exit(1)  # no teardown: peers may be blocked in collectives; the parent ends them
+        exit_worker(1)  # no teardown: peers may be blocked in collectives; the parent ends them
+    exit_worker(0)
 
 
 def _root_cause(folder: Path, exc: BaseException) -> Exception:

@@ -58,6 +58,10 @@ def train(
             trainer.close()
         if trainer.rank == 0:
             typer.echo(f"done: step {summary['step']}, export {summary.get('export')}")
+        if trainer.world_size > 1:
+            from fastvideo.parallel.launch import exit_worker
+
+            exit_worker(0)  # the process group is gone; skip the finalization that can abort a gloo rank
 
 
 def _export_only(trainer: Trainer) -> dict[str, Any]:
