@@ -36,8 +36,9 @@ def tests(session: nox.Session) -> None:
     """The CPU test suite of core, every plugin and the cross-package tests (what CI runs)."""
     _install(session, "core", *(f"plugins/{p}" for p in PLUGINS))
     session.install(
-        "pytest>=8", "setuptools>=68", "wheel", "peft>=0.15", "triton"
-    )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU
+        "pytest>=8", "setuptools>=68", "wheel", "peft>=0.15", "triton", "scikit-image"
+    )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU;
+    # scikit-image: the independent SSIM reference
     session.run("pytest", "-q", *session.posargs, env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"})
 
 

@@ -260,9 +260,11 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
                 {"path": "b.mp4", "caption": "a blue square"},
                 {"path": "short.mp4", "caption": "too short"},
                 {"path": "missing.mp4", "caption": "not there"},
+                {"path": "c.npy", "caption": "a green triangle"},  # uint8 (T, H, W, 3) frames
             ]
         )
     )
+    np.save(videos / "c.npy", clips["b.mp4"][::-1].copy())
     out = root / "data"
     cmd = [
         FV,
@@ -283,6 +285,8 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
         "32",
         "--shard-size",
         "2",
+        "--encode-batch-size",
+        "2",  # a and b in one VAE call; the reference encodes them one by one
         "--max-sequence-length",
         "16",
         "--device",
@@ -291,7 +295,7 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
     ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 2 samples in 1 shard(s)" in proc.stdout and "(2 skipped)" in proc.stdout
+    assert "wrote 3 samples in 2 shard(s)" in proc.stdout and "(2 skipped)" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     reasons = {s["path"]: s["reason"] for s in manifest["skipped"]}
     assert "need 5" in reasons["short.mp4"] and "cannot read video" in reasons["missing.mp4"]
@@ -302,8 +306,9 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     ds = LatentDataset(out)
-    assert len(ds) == 2
-    for i, (name, caption) in enumerate([("a.mp4", "a red circle moving left"), ("b.mp4", "a blue square")]):
+    assert len(ds) == 3
+    items = [("a.mp4", "a red circle moving left"), ("b.mp4", "a blue square"), ("c.npy", "a green triangle")]
+    for i, (name, caption) in enumerate(items):
         frames = load_frames(videos / name, 5, 32, 32)
         video = frames.permute(3, 0, 1, 2)[None].float() / 127.5 - 1
         with torch.no_grad():
@@ -314,6 +319,12 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
     assert np.array_equal(
         load_frames(videos / "b.mp4", 5, 32, 32).numpy(), clips["b.mp4"]
     )  # lossless, no resize
+    assert np.array_equal(load_frames(videos / "c.npy", 5, 32, 32).numpy(), clips["b.mp4"][::-1])
+    # the empty prompt (caption dropout's and CFG's unconditional input), zero-padded like the captions
+    with torch.no_grad():
+        null, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16)
+    assert manifest["null_text"] == "null-text.safetensors" and ds.null_text is not None
+    torch.testing.assert_close(ds.null_text, null[0].float(), rtol=1e-5, atol=1e-5)
 
     # resumable (the same code in-process): a second run re-encodes nothing, a lost shard is
     # rewritten, other settings are refused
@@ -326,7 +337,7 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
     def rerun() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert preprocess(str(tiny["ckpt"]), videos, captions, out, shard_size=2, **options)["count"] == 2
+            assert preprocess(str(tiny["ckpt"]), videos, captions, out, shard_size=2, **options)["count"] == 3
         skipped = sorted(str(w.message).split(":")[0] for w in caught if w.category is UserWarning)
         assert skipped == ["skipped missing.mp4", "skipped short.mp4"]
 

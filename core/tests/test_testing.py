@@ -66,3 +66,35 @@ def test_plugin_env_puts_paths_first_and_clears_switches() -> None:
     base = {"PYTHONPATH": "/old", "FASTVIDEO_PLUGINS": "x", "KEEP": "1", "DROP": "1"}
     env = plugin_env("/a", "/b", base=base, DROP=None, NEW="2")
     assert env == {"PYTHONPATH": "/a:/b:/old", "KEEP": "1", "NEW": "2"}
+
+
+def test_mean_ssim_matches_scikit_image() -> None:
+    """Against scikit-image's structural_similarity with the same definition (Gaussian window,
+    sigma 1.5, population covariances, data range 255), per frame, averaged."""
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from fastvideo.testing import mean_ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+    for spread in (5, 40, 120):
+        b = np.clip(a.astype(int) + rng.integers(-spread, spread + 1, a.shape), 0, 255).astype(np.uint8)
+        ref = np.mean(
+            [
+                structural_similarity(
+                    a[t],
+                    b[t],
+                    gaussian_weights=True,
+                    sigma=1.5,
+                    use_sample_covariance=False,
+                    data_range=255,
+                    channel_axis=-1,
+                )
+                for t in range(3)
+            ]
+        )
+        assert abs(mean_ssim(a, b) - ref) < 1e-9
+    assert mean_ssim(a, a) == 1.0
+    with pytest.raises(ValueError, match="equal shapes"):
+        mean_ssim(a, a[:2])

@@ -348,3 +348,59 @@ def test_lora_training_saves_only_adapters(ckpt_path: Path, data_path: Path, tmp
     meta_keys = FileSystemReader(str(ckpt.latest(tmp_path / "lora" / "checkpoints"))).read_metadata()
     model_keys = [k for k in meta_keys.state_dict_metadata if k.startswith("model-transformer.")]
     assert model_keys and all(".lora_" in k for k in model_keys)  # the frozen base is not checkpointed
+
+
+def test_caption_dropout_feeds_the_null_text_to_the_drawn_samples() -> None:
+    """objective.text_dropout: after its noise and timestep draws, each sample's generator draws
+    u ~ U(0, 1); u < p replaces the sample's text by the empty prompt's embedding (the dataset's
+    null text). Checked against those draws made independently, with a model that records its input."""
+    from fastvideo.training.objectives import FlowMatchingObjective
+    from fastvideo.training.trainer import sample_generator
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def model(
+        hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> Any:
+        seen["text"] = encoder_hidden_states
+        return torch.zeros_like(hidden_states)
+
+    n, p = 16, 0.5
+    batch = {
+        "latents": torch.randn(n, 4, 2, 4, 4),
+        "text": torch.randn(n, 6, 8),
+        "null_text": torch.full((6, 8), 7.0),
+    }
+    objective = FlowMatchingObjective(text_dropout=p)
+    objective(model, batch, [sample_generator(0, 1, i) for i in range(n)])
+    expected = []
+    for i in range(n):
+        g = sample_generator(0, 1, i)
+        torch.randn(batch["latents"].shape[1:], generator=g)  # noise
+        torch.rand(1, generator=g)  # sigma
+        expected.append(bool(torch.rand(1, generator=g) < p))
+    dropped = [bool((seen["text"][i] == 7.0).all()) for i in range(n)]
+    assert dropped == expected and 0 < sum(dropped) < n
+    for i in range(n):
+        if not dropped[i]:
+            assert torch.equal(seen["text"][i], batch["text"][i])
+    # without a null text the dropped samples see zeros; p = 0 draws nothing and changes nothing
+    objective(
+        model,
+        {k: v for k, v in batch.items() if k != "null_text"},
+        [sample_generator(0, 1, i) for i in range(n)],
+    )
+    assert all(bool((seen["text"][i] == 0).all()) == expected[i] for i in range(n))
+    FlowMatchingObjective()(model, batch, [sample_generator(0, 1, i) for i in range(n)])
+    assert torch.equal(seen["text"], batch["text"])
+
+
+def test_max_minutes_stops_the_run_then_saves_and_exports(
+    ckpt_path: Path, data_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "capped"
+    summary = Trainer(_config(ckpt_path, data_path, out, max_steps=50, max_minutes=1e-6)).train()
+    assert summary["step"] == 1  # the first step already passes the limit
+    events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "time_limit"]
+    assert events == [{"step": 1, "event": "time_limit", "max_minutes": 1e-6}]
+    assert ckpt.latest(out / "checkpoints") is not None and (out / "export" / "model_index.json").is_file()

@@ -24,8 +24,9 @@ def fv_register_parallel_strategies():  # type: ignore[no-untyped-def]
 @hookimpl
 def fv_register_training_algorithms():  # type: ignore[no-untyped-def]
     from fastvideo.training.algorithms import FinetuneAlgorithm, LoRAAlgorithm
+    from fastvideo.training.vae import VAEAlgorithm
 
-    return [FinetuneAlgorithm, LoRAAlgorithm]
+    return [FinetuneAlgorithm, LoRAAlgorithm, VAEAlgorithm]
 
 
 @hookimpl

@@ -68,6 +68,12 @@ class TrainingAlgorithm(ABC):
     def __init__(self, ctx: Trainer | None = None) -> None:
         self.ctx: Any = ctx
 
+    def make_dataset(self) -> Any:
+        """The dataset to train on, or None for the preprocessed latents at ``data.path`` (the
+        default). Called before :meth:`setup`; items are dicts of CPU tensors that the trainer
+        batches (e.g. :class:`~fastvideo.training.data.VideoClipDataset` for an autoencoder)."""
+        return None
+
     def setup(self) -> None:
         """Load the models, make the trainable ones ready (``ctx.prepare_model``), build their
         optimizers (``ctx.make_optimizer``) and ``ctx.register`` each for checkpoints."""

@@ -7,6 +7,7 @@
 * :class:`DummyDist`, :func:`install_dists`, :func:`plugin_env`, :func:`run_fv`,
   :func:`run_python`: build and pip-install real plugin distributions and run ``fv`` against
   them in a subprocess.
+* :func:`mean_ssim`: structural similarity of two uint8 videos (regression tests of generations).
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`rewrite_checkpoint`, :func:`assert_same_placeholders`: checkpoint-conversion test helpers.
 
@@ -26,6 +27,7 @@ from fastvideo.testing.dists import (
 from fastvideo.testing.hub import write_hf_cache
 from fastvideo.testing.numeric import assert_close, assert_no_worse, rel_error
 from fastvideo.testing.plugins import fake_plugins, plugin_module
+from fastvideo.testing.video import mean_ssim
 
 __all__ = [
     "DummyDist",
@@ -35,6 +37,7 @@ __all__ = [
     "fake_plugins",
     "fv_command",
     "install_dists",
+    "mean_ssim",
     "plugin_env",
     "plugin_module",
     "rel_error",

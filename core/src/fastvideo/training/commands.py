@@ -88,6 +88,7 @@ def preprocess(
     frame_stride: Annotated[int, typer.Option(help="Take every N-th frame.")] = 1,
     max_sequence_length: Annotated[int, typer.Option(help="Text tokens.")] = 512,
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 64,
+    encode_batch_size: Annotated[int, typer.Option(help="Videos per VAE call (small clips: 32+).")] = 1,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu [cuda when available].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start the output folder again.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -113,6 +114,7 @@ def preprocess(
             shard_size=shard_size,
             device=device,
             overwrite=overwrite,
+            encode_batch_size=encode_batch_size,
         )
         typer.echo(
             f"wrote {manifest['count']} samples in {len(manifest['shards'])} shard(s) to {output} "

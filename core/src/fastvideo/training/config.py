@@ -93,9 +93,12 @@ class ObjectiveSection:
     timestep_sampling: str = "uniform"  # uniform | logit_normal, before the shift
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    text_dropout: float = 0.0  # probability of training a sample on the empty prompt (for CFG)
 
     def __post_init__(self) -> None:
         _choice("objective.timestep_sampling", self.timestep_sampling, TIMESTEP_SAMPLING)
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"objective.text_dropout must be in [0, 1), got {self.text_dropout!r}")
         if self.shift is not None:
             _positive("objective.shift", self.shift)
         _positive("objective.logit_std", self.logit_std)
@@ -230,6 +233,7 @@ class TrainConfig:
     algorithm: str = ALGORITHM_DEFAULT  # finetune | lora | a plugin's (dmd2)
     output_dir: str = "outputs/train"
     max_steps: int = 0
+    max_minutes: float = 0.0  # > 0: also stop after the step that passes this much training time
     seed: int = 0  # seeds data order, noise, timesteps and adapter init
     mixed_precision: str = "bf16"  # compute dtype under autocast; master weights stay fp32
     device: str | None = None  # None = cuda:LOCAL_RANK when available, else cpu
@@ -249,12 +253,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("max_steps", self.max_steps)
+        _positive("max_minutes", self.max_minutes, allow_zero=True)
         _positive("seed", self.seed, allow_zero=True)
         object.__setattr__(self, "mixed_precision", normalize_dtype(self.mixed_precision, "mixed_precision"))
         if not self.model.path:
             raise ValueError("model.path is required: a preset name, Hub repo id or diffusers folder")
         if not self.data.path:
-            raise ValueError("data.path is required: a folder written by `fv preprocess`")
+            raise ValueError(
+                "data.path is required: a folder written by `fv preprocess` (or the algorithm's data)"
+            )
         if self.export.use_ema and self.ema.decay == 0:
             raise ValueError("export.use_ema needs EMA: set ema.decay (e.g. 0.999)")
 

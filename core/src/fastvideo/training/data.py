@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 FORMAT = "fastvideo-latents"
 VERSION = 1
 MANIFEST = "manifest.json"
+NULL_TEXT = "null-text.safetensors"  # the empty prompt's embedding (n, D), written by fv preprocess
 
 
 def shard_name(index: int) -> str:
@@ -95,6 +96,12 @@ class LatentDataset:
         if not self.index:
             raise ValueError(f"dataset {self.folder} has no samples")
         self._handles: dict[str, Any] = {}
+        self.null_text: torch.Tensor | None = None  # (L, D) zero-padded, when the dataset has one
+        null = self.folder / str(self.manifest.get("null_text") or NULL_TEXT)
+        if null.is_file():
+            from safetensors.torch import load_file
+
+            self.null_text = self._pad(load_file(str(null))["text"].float())[0]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -109,18 +116,62 @@ class LatentDataset:
         return self._handles[file]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        import torch
 
         file, k = self.index[i]
         f = self._open(file)
         latents = f.get_tensor(f"latents.{k}").float()
-        text = f.get_tensor(f"text.{k}").float()
+        padded, mask = self._pad(f.get_tensor(f"text.{k}").float())
+        return {"latents": latents, "text": padded, "text_mask": mask}
+
+    def _pad(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         n, dim = text.shape
         padded = torch.zeros(self.max_sequence_length, dim)
         padded[:n] = text[: self.max_sequence_length]
         mask = torch.zeros(self.max_sequence_length, dtype=torch.long)
         mask[:n] = 1
-        return {"latents": latents, "text": padded, "text_mask": mask}
+        return padded, mask
+
+
+class VideoClipDataset:
+    """Pixel clips for autoencoder training: the videos of a ``fv preprocess`` caption manifest.
+
+    ``ds[i]`` is ``{"video": (3, T, H, W) fp32 in [-1, 1]}``: the first ``num_frames`` frames of
+    clip ``i`` scaled to cover ``height x width`` and centre-cropped (as ``fv preprocess`` does).
+    Clips are decoded once and kept in memory as uint8 (a 17x64x64 clip is 209 KB).
+    """
+
+    def __init__(self, folder: str | Path, *, num_frames: int, height: int, width: int) -> None:
+        from fastvideo.training.preprocess import find_captions, read_captions
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ValueError(f"video folder {str(self.folder)!r} does not exist")
+        self.items = read_captions(find_captions(self.folder))
+        if not self.items:
+            raise ValueError(f"{self.folder}: the caption manifest lists no videos")
+        self.shape = (num_frames, height, width)
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frames(self, i: int) -> torch.Tensor:
+        """uint8 ``(T, H, W, 3)`` of clip ``i``; ValueError naming the clip when it cannot be used."""
+        from fastvideo.training.preprocess import load_frames
+
+        if i not in self._cache:
+            path = self.folder / self.items[i]["path"]
+            try:
+                self._cache[i] = load_frames(path, *self.shape)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        video = self.frames(i).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+        return {"video": video}
 
 
 class InMemoryDataset:

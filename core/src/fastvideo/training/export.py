@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,30 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def write_with_component(base: Path, folder: Path, component: str, write: Callable[[Path], None]) -> None:
+    """Make ``folder`` the diffusers checkpoint ``base`` with ``component`` replaced by what ``write``
+    puts into the (not yet existing) folder it is given. The other components are hard-linked (copied
+    across file systems); the result is assembled beside ``folder`` and renamed into place."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    index = json.loads((base / "model_index.json").read_text())
+    for name, spec in index.items():
+        if name == component or name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        if (base / name).is_dir():
+            _link_tree(base / name, tmp / name)
+    shutil.copy2(base / "model_index.json", tmp / "model_index.json")
+    write(tmp / component)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
 def export_diffusers(
     family: type[ModelFamily],
     source: ModelSource,
@@ -107,27 +132,15 @@ def export_diffusers(
             names[k]: (v.to(target) if v.is_floating_point() else v).contiguous().clone()
             for k, v in weights.items()
         }
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        index = json.loads((source.path / "model_index.json").read_text())
-        for name, spec in index.items():
-            if name == component or name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-                continue
-            if (source.path / name).is_dir():
-                _link_tree(source.path / name, tmp / name)
-        shutil.copy2(source.path / "model_index.json", tmp / "model_index.json")
-        (tmp / component).mkdir()
-        config = family.transformer_config(model)
-        (tmp / component / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        save_file(tensors, str(tmp / component / WEIGHTS), metadata={"format": "pt"})
-        os.chmod(tmp / component / WEIGHTS, 0o644)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
+
+        def write(out: Path) -> None:
+            out.mkdir()
+            config = family.transformer_config(model)
+            (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+            save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
+            os.chmod(out / WEIGHTS, 0o644)
+
+        write_with_component(source.path, folder, component, write)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return folder

@@ -36,6 +36,9 @@ class FlowMatchingObjective:
     :param shift: timestep shift (Wan2.1 480P: 3.0); 1 = no shift.
     :param timestep_sampling: ``uniform`` or ``logit_normal`` (``sigmoid(N(mean, std))``), before the shift.
     :param num_train_timesteps: the DiT sees ``timestep = sigma * num_train_timesteps``.
+    :param text_dropout: probability that a sample's text is replaced by the empty prompt's
+        embedding (``batch["null_text"]``, zeros when absent), so that the model also learns the
+        unconditional prediction classifier-free guidance needs. Drawn after noise and timestep.
     """
 
     shift: float = 1.0
@@ -43,6 +46,7 @@ class FlowMatchingObjective:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     num_train_timesteps: int = 1000
+    text_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.shift <= 0:
@@ -58,6 +62,7 @@ class FlowMatchingObjective:
             "timestep_sampling": options.timestep_sampling,
             "logit_mean": options.logit_mean,
             "logit_std": options.logit_std,
+            "text_dropout": options.text_dropout,
         }
         if options.shift is not None:
             changes["shift"] = options.shift
@@ -101,6 +106,18 @@ class FlowMatchingObjective:
         s = sigmas.view(-1, *([1] * (x0.ndim - 1)))
         noisy = (1 - s) * x0 + s * noise  # (B, C, T, H, W)
         target = noise - x0
+        if self.text_dropout > 0:
+            batch = {**batch, "text": self._drop_text(batch, generators)}
         pred = model(**self.model_inputs(batch, noisy, sigmas * self.num_train_timesteps))
         per_sample = (pred.float() - target).pow(2).flatten(1).mean(1)  # (B,)
         return per_sample.mean(), {"sigma_mean": float(sigmas.mean())}
+
+    def _drop_text(self, batch: dict[str, Any], generators: Sequence[torch.Generator]) -> torch.Tensor:
+        import torch
+
+        text = batch["text"]
+        drop = torch.cat([torch.rand(1, generator=g) for g in generators]) < self.text_dropout
+        null = batch.get("null_text")
+        null = torch.zeros_like(text[0]) if null is None else null.to(text.device, text.dtype)
+        keep = (~drop).to(text.device).view(-1, *([1] * (text.ndim - 1)))
+        return torch.where(keep, text, null.expand_as(text))

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastvideo import progress
-from fastvideo.training.data import FORMAT, MANIFEST, VERSION, shard_name, write_json_atomic, write_shard
+from fastvideo.training.data import (
+    FORMAT,
+    MANIFEST,
+    NULL_TEXT,
+    VERSION,
+    shard_name,
+    write_json_atomic,
+    write_shard,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,13 +59,17 @@ class Encoders:
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``(T, H, W, 3)`` -> normalized latents ``(C, T', H', W')`` fp32."""
+        return self.encode_videos(frames.unsqueeze(0))[0]
+
+    def encode_videos(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, T, H, W, 3)`` -> normalized latents ``(B, C, T', H', W')`` fp32, in one VAE call."""
         import torch
 
         param = next(self.vae.parameters())
-        video = frames.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0  # (1, 3, T, H, W)
+        video = frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, 3, T, H, W)
         with torch.inference_mode():
             latents = self.vae.encode(video.to(param.device, param.dtype)).latent_dist.mode()
-            return self.normalize(latents.float())[0].cpu()
+            return self.normalize(latents.float()).cpu()
 
     def encode_text(self, prompts: Sequence[str], max_length: int) -> list[torch.Tensor]:
         """One ``(n_tokens, D)`` fp32 embedding per prompt (padding removed)."""
@@ -67,6 +79,17 @@ class Encoders:
             embeds, mask = self.text(list(prompts), max_length, self.device)
         lengths = mask.sum(dim=1).tolist()
         return [embeds[i, : int(n)].float().cpu() for i, n in enumerate(lengths)]
+
+
+CAPTION_FILES = ("captions.json", "captions.csv")
+
+
+def find_captions(folder: str | Path) -> Path:
+    """The caption manifest inside a video folder: ``captions.json`` or ``captions.csv``."""
+    for name in CAPTION_FILES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    raise ValueError(f"{folder} has no caption manifest ({' or '.join(CAPTION_FILES)})")
 
 
 def read_captions(manifest: str | Path) -> list[dict[str, str]]:
@@ -106,7 +129,10 @@ def read_captions(manifest: str | Path) -> list[dict[str, str]]:
 
 def load_frames(path: Path, num_frames: int, height: int, width: int, stride: int = 1) -> torch.Tensor:
     """uint8 ``(num_frames, height, width, 3)``: every ``stride``-th frame from the start, scaled to
-    cover the size (antialiased bilinear) and centre-cropped. ValueError when unreadable or too short."""
+    cover the size (antialiased bilinear) and centre-cropped. ValueError when unreadable or too short.
+
+    Videos are read with imageio's FFMPEG plugin; ``.npy`` files holding uint8 ``(T, H, W, 3)``
+    frames are read directly."""
     import imageio.v2 as imageio
     import numpy as np
     import torch
@@ -114,12 +140,18 @@ def load_frames(path: Path, num_frames: int, height: int, width: int, stride: in
 
     frames: list[Any] = []
     try:
-        with imageio.get_reader(str(path), format="FFMPEG") as reader:
-            for i, frame in enumerate(reader):  # type: ignore[arg-type, var-annotated]
-                if i % stride == 0:
-                    frames.append(np.asarray(frame)[..., :3])
-                if len(frames) == num_frames:
-                    break
+        if path.suffix.lower() == ".npy":  # uint8 (T, H, W, 3), e.g. `fv wan toy-dataset --format npy`
+            array = np.load(path, mmap_mode="r")
+            if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (3, 4):
+                raise ValueError(f"expected uint8 (T, H, W, 3), got {array.dtype} {tuple(array.shape)}")
+            frames = [np.asarray(f)[..., :3] for f in array[::stride][:num_frames]]
+        else:
+            with imageio.get_reader(str(path), format="FFMPEG") as reader:
+                for i, frame in enumerate(reader):  # type: ignore[arg-type, var-annotated]
+                    if i % stride == 0:
+                        frames.append(np.asarray(frame)[..., :3])
+                    if len(frames) == num_frames:
+                        break
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(f"cannot read video: {type(exc).__name__}: {first}") from None
@@ -185,6 +217,7 @@ def preprocess(
     device: str | None = None,
     overwrite: bool = False,
     encoders: Encoders | None = None,
+    encode_batch_size: int = 1,
 ) -> dict[str, Any]:
     """Write the dataset (see the module docstring) and return its manifest."""
     from fastvideo.configs import PipelineConfig, SamplingParams
@@ -193,8 +226,11 @@ def preprocess(
     videos, output = Path(videos), Path(output)
     if not videos.is_dir():
         raise ValueError(f"video folder {str(videos)!r} does not exist")
-    if shard_size < 1 or frame_stride < 1:
-        raise ValueError(f"shard_size and frame_stride must be >= 1, got {shard_size} and {frame_stride}")
+    if shard_size < 1 or frame_stride < 1 or encode_batch_size < 1:
+        raise ValueError(
+            f"shard_size, frame_stride and encode_batch_size must be >= 1, got {shard_size}, {frame_stride} "
+            f"and {encode_batch_size}"
+        )
     items = read_captions(captions)
     source = resolve(model)
     params = SamplingParams(num_frames=num_frames, height=height, width=width)
@@ -218,7 +254,7 @@ def preprocess(
             path = output / shard_name(index)
             digest = hashlib.sha256(json.dumps(group, sort_keys=True).encode()).hexdigest()
             if not _shard_done(path, digest):
-                _encode_shard(path, group, digest, videos, encoders, options)
+                _encode_shard(path, group, digest, videos, encoders, options, encode_batch_size)
             info = _shard_info(path)
             shards.append({"file": path.name, "count": info["count"]})
             skipped += info["skipped"]
@@ -230,6 +266,9 @@ def preprocess(
     count = sum(s["count"] for s in shards)
     if count == 0:
         raise ValueError(f"no video could be used ({len(skipped)} skipped, first: {skipped[0]['reason']})")
+    # the empty prompt's embedding: what caption dropout (objective.text_dropout) trains on, and what
+    # the pipelines feed the unconditional branch of classifier-free guidance for an empty negative prompt
+    _write_null_text(output / NULL_TEXT, encoders.encode_text([""], max_sequence_length)[0])
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -239,6 +278,7 @@ def preprocess(
         "text_dim": text_dim,
         "max_sequence_length": max_sequence_length,
         "model": model,
+        "null_text": NULL_TEXT,
         "skipped": skipped,
         **{k: v for k, v in options.items() if k != "max_sequence_length"},
     }
@@ -253,8 +293,20 @@ def _encode_shard(
     videos: Path,
     encoders: Encoders,
     options: dict[str, Any],
+    encode_batch_size: int = 1,
 ) -> None:
-    lats, kept, skipped = [], [], []
+    import torch
+
+    lats: list[torch.Tensor] = []
+    kept: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
+    pending: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if pending:
+            lats.extend(encoders.encode_videos(torch.stack(pending)).unbind(0))
+            pending.clear()
+
     for item in group:
         try:
             frames = load_frames(
@@ -267,8 +319,11 @@ def _encode_shard(
         except ValueError as exc:
             skipped.append({"path": item["path"], "reason": str(exc)})
             continue
-        lats.append(encoders.encode_video(frames))
+        pending.append(frames)
         kept.append(item)
+        if len(pending) == encode_batch_size:
+            flush()
+    flush()
     texts = encoders.encode_text([i["caption"] for i in kept], options["max_sequence_length"]) if kept else []
     meta = {
         "format": FORMAT,
@@ -279,6 +334,16 @@ def _encode_shard(
         "text_dim": json.dumps(int(texts[0].shape[1]) if texts else None),
     }
     write_shard(path, lats, texts, meta)
+
+
+def _write_null_text(path: Path, text: torch.Tensor) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"text": text.contiguous()}, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, path)
 
 
 def _shard_info(path: Path) -> dict[str, Any]:

@@ -247,14 +247,16 @@ class Trainer:
             self.objective = self.family.training_objective(self.source)
         if hasattr(self.objective, "with_options"):
             self.objective = self.objective.with_options(cfg.objective)
-        if self.dataset is None:
-            self.dataset = LatentDataset(cfg.data.path)
         self.output_dir = cfg.output_path
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         from fastvideo.registry import get_registry
 
         self.algorithm = get_registry().get("training_algorithm", cfg.algorithm).cls(self)
+        if self.dataset is None:
+            self.dataset = self.algorithm.make_dataset()
+        if self.dataset is None:
+            self.dataset = LatentDataset(cfg.data.path)
         self.algorithm.setup()
         if not self.registry:
             raise ValueError(
@@ -375,6 +377,9 @@ class Trainer:
         """The family objective on one micro-batch, under autocast and the attention step context."""
         gens = self.generators(micro, stream)
         batch = self.to_device(micro)
+        null_text = getattr(self.dataset, "null_text", None)
+        if null_text is not None:
+            batch["null_text"] = null_text.to(self.device)
         with self.autocast(), step_context(self.step_context(model, batch["latents"])):
             return self.objective(model, batch, gens)
 
@@ -600,7 +605,12 @@ class Trainer:
 
         # the step context stays set through backward: recomputed (checkpointed) blocks must
         # dispatch attention exactly as the forward did
-        ctx = self.step_context(self.algorithm.eval_model(), micro_batches[0]["latents"])
+        latents = micro_batches[0].get("latents")
+        ctx = (
+            self.step_context(self.algorithm.eval_model(), latents)
+            if latents is not None
+            else StepContext(step_index=self.step, num_steps=self.config.max_steps)
+        )
         with use_backend(self.backend), step_context(ctx):
             metrics = self.algorithm.train_step(micro_batches)
         if self.ema is not None:
@@ -608,6 +618,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return metrics
+
+    def _time_is_up(self, started: float) -> bool:
+        """Whether ``max_minutes`` have passed since ``started``; rank 0's clock decides for all."""
+        up = time.monotonic() - started >= 60.0 * self.config.max_minutes
+        if self.world_size > 1:
+            flag = torch.tensor([float(up)], device=self.device)
+            dist.broadcast(flag, src=0)
+            up = bool(flag.item())
+        return up
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -643,6 +662,7 @@ class Trainer:
             from fastvideo.attention import use_backend
 
             batches = self._batches()
+            started = time.monotonic()
             while self.step < cfg.max_steps:
                 self.step += 1
                 position, micro_batches = next(batches)
@@ -663,6 +683,9 @@ class Trainer:
                 if self._due(cfg.validation.every_steps):
                     with use_backend(self.backend):
                         self.validate()
+                if cfg.max_minutes and self._time_is_up(started):
+                    self.logger.event(self.step, "time_limit", max_minutes=cfg.max_minutes)
+                    break
             if saved_at != self.step:
                 self.save_checkpoint()
             exported = None

@@ -15,6 +15,20 @@ NEGATIVE_PROMPT = (
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
+#: Sampling defaults of our ``wan-toy`` demo model (:mod:`fastvideo_wan.toy_model`); the steps and
+#: guidance were chosen on held-out accuracy (docs/wan-toy.md).
+TOY_SAMPLING = {
+    "num_frames": 17,
+    "height": 64,
+    "width": 64,
+    "num_inference_steps": 20,
+    "guidance_scale": 4.0,
+    "flow_shift": 2.0,
+    "fps": 8,
+    "negative_prompt": "",
+    "max_sequence_length": 16,  # the longest caption is 10 tokens with </s>
+}
+
 _480P = {"height": 480, "width": 832}
 _720P = {"height": 720, "width": 1280}
 

@@ -178,23 +178,34 @@ def write_dataset(
     size: int = 64,
     fps: int = 16,
     overwrite: bool = False,
+    format: str = "mp4",
 ) -> Path:
-    """Write ``num`` lossless mp4s and ``captions.json`` (the ``fv preprocess`` manifest) into ``out``.
+    """Write ``num`` clips and ``captions.json`` (the ``fv preprocess`` manifest) into ``out``.
 
-    Returns the manifest's path; videos are ``clip-NNNNN.mp4``, paths in the manifest relative to ``out``.
+    ``format``: ``mp4`` (lossless H.264, needs imageio-ffmpeg) or ``npy`` (uint8 ``(T, H, W, 3)``
+    arrays, read by ``fv preprocess`` and the ``vae`` training algorithm without ffmpeg).
+    Returns the manifest's path; clips are ``clip-NNNNN.<format>``, paths relative to ``out``.
     """
+    from fastvideo.errors import OutputPathError
     from fastvideo.training.data import write_json_atomic
     from fastvideo.video import write_mp4
 
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    if format not in ("mp4", "npy"):
+        raise ValueError(f"format must be mp4 or npy, got {format!r}")
     make_clip(seed, 0, split=split, frames=frames, size=size)  # check the options before writing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (video, text) in enumerate(generate(num, seed, split=split, frames=frames, size=size)):
-        name = f"clip-{i:05d}.mp4"
-        write_mp4(video, out / name, fps, overwrite=overwrite, lossless=True)
+        name = f"clip-{i:05d}.{format}"
+        if format == "mp4":
+            write_mp4(video, out / name, fps, overwrite=overwrite, lossless=True)
+        else:
+            if (out / name).exists() and not overwrite:
+                raise OutputPathError(f"{out / name} already exists; pass --overwrite to replace it")
+            np.save(out / name, video)
         entries.append({"path": name, "caption": text})
     manifest = out / MANIFEST
     write_json_atomic(manifest, entries)

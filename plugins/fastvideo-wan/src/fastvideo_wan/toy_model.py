@@ -1,0 +1,131 @@
+"""The ``wan-toy`` demo model: its untrained starting checkpoint and its evaluation.
+
+The model is the Wan2.1 text-to-video architecture at toy size, trained by ``fv train`` on the
+procedural clips of :mod:`fastvideo_wan.toy` (the recipe: ``examples/train/wan-toy/``):
+
+* VAE: ``AutoencoderKLWan`` (base width 16, 8 latent channels, 8x spatial / 4x temporal stride,
+  so 17x64x64 clips become 8x5x8x8 latents), trained with the ``vae`` algorithm;
+* DiT: ``WanTransformer3DModel`` (4 blocks, width 128 = 2 heads x 64, patch 1x2x2: 80 video tokens),
+  trained from scratch with the ``finetune`` algorithm on flow matching;
+* text: a frozen, randomly initialized 2-layer ``UMT5EncoderModel`` (width 64) behind a tokenizer
+  whose vocabulary is the caption grammar's words (plus single letters for anything else).
+
+:func:`make_toy_scaffold` writes the untrained checkpoint; :func:`evaluate_model` generates the
+held-out prompts and scores them with the pixel evaluator of :mod:`fastvideo_wan.toy`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastvideo_wan.presets import TOY_SAMPLING as SAMPLING
+from fastvideo_wan.toy import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
+
+#: The caption grammar's words, then single letters (so that any other word still tokenizes).
+VOCABULARY: tuple[str, ...] = (
+    "a",
+    "an",
+    "moving",
+    "on",
+    "background",
+    *COLOURS,
+    *SHAPES,
+    *DIRECTIONS,
+    *(b for b in BACKGROUNDS if b not in COLOURS),
+)
+MAX_SEQUENCE_LENGTH = int(SAMPLING["max_sequence_length"])
+
+VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 16,
+    "z_dim": 8,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+    "latents_mean": [0.0] * 8,
+    "latents_std": [1.0] * 8,
+}
+DIT_CONFIG: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 2,
+    "attention_head_dim": 64,
+    "in_channels": 8,
+    "out_channels": 8,
+    "text_dim": 64,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 4,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 64,
+}
+TEXT_CONFIG: dict[str, Any] = {
+    "d_model": 64,
+    "d_kv": 16,
+    "d_ff": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "feed_forward_proj": "gated-gelu",
+}
+FLOW_SHIFT = float(SAMPLING["flow_shift"])
+
+
+def toy_tokenizer() -> Any:
+    """A T5 tokenizer (sentencepiece-style unigram) whose pieces are the caption words."""
+    from transformers import T5TokenizerFast
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab = specials + [("▁" + w, -float(i + 1)) for i, w in enumerate(VOCABULARY)]
+    vocab += [(c, -100.0 - i) for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")]
+    vocab += [("▁", -200.0)]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def make_toy_scaffold(path: str | Path, *, seed: int = 0) -> Path:
+    """Write the untrained ``wan-toy`` checkpoint (diffusers format, every component by its own
+    library's ``save_pretrained``) to ``path``; the training recipe starts from it."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = toy_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)).eval()
+    vae = AutoencoderKLWan(**VAE_CONFIG)
+    transformer = WanTransformer3DModel(**DIT_CONFIG)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def evaluate_model(
+    model: str,
+    prompts: list[str] | None = None,
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    **sampling: Any,
+) -> dict[str, Any]:
+    """Generate each prompt (default: the held-out ones) once and score it from its pixels.
+
+    Returns ``{"accuracy": {attribute: fraction}, "count": n, "failures": [(prompt, detected)]}``.
+    """
+    from fastvideo import VideoGenerator
+    from fastvideo_wan.toy import detect, evaluate, held_out_prompts, score_clip
+
+    prompts = list(prompts) if prompts is not None else held_out_prompts()
+    gen = VideoGenerator.from_pretrained(model, device=device, progress=False, **{**SAMPLING, **sampling})
+    pairs, failures = [], []
+    for i, prompt in enumerate(prompts):
+        frames = gen.generate_video(prompt, seed=seed + i).frames
+        pairs.append((frames, prompt))
+        if not all(score_clip(frames, prompt).values()):
+            failures.append((prompt, detect(frames)))
+    return {"accuracy": evaluate(pairs), "count": len(prompts), "failures": failures}
