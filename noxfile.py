@@ -18,7 +18,7 @@ ROOT = Path(__file__).parent
 #: The local CPU build on the project's machines; users on GPUs bring their own CUDA torch.
 TORCH = os.environ.get("FV_TORCH_SPEC", "torch==2.13.0")
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
-DEMO_PROMPT = "a red circle moving left on a black background"
+DEMO_PROMPT = "a blue square moving up on a black background"
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -66,24 +66,13 @@ def isolation(session: nox.Session, plugin: str) -> None:
 def demo(session: nox.Session) -> None:
     """The README's main job: generate a video offline on what the repository ships."""
     _install(session, "core", "plugins/fastvideo-wan")
-    ckpt = ROOT / "outputs" / "tiny-wan"
-    if not (ckpt / "model_index.json").is_file():
-        session.run("fv", "wan", "make-tiny", str(ckpt))
     session.run(
         "fv",
         "generate",
         "--model",
-        str(ckpt),
+        "wan-toy",
         "--prompt",
         DEMO_PROMPT,
-        "--num-frames",
-        "17",
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--steps",
-        "8",
         "--output",
         "outputs/demo.mp4",
         "--overwrite",

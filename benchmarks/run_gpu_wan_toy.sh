@@ -23,6 +23,6 @@ work=/tmp/wan-toy
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
 bash examples/train/wan-toy/recipe.sh "$work" 2>&1 | grep -v -i "warning" | tee "$out/recipe-stdout.log"
 tar -C "$work/dit" -czhf "$out/wan-toy-model.tgz" export
-tar -C "$work" -czf "$out/wan-toy-logs.tgz" recipe.log eval.json vae/metrics.jsonl vae/config.yaml \
+tar -C "$work" -czf "$out/wan-toy-logs.tgz" recipe.log eval.json vae/metrics.jsonl vae/config.yaml vae17/metrics.jsonl \
     dit/metrics.jsonl dit/config.yaml latents/manifest.json clips/captions.json 2>/dev/null
 ls -la "$out"

@@ -152,7 +152,7 @@ def test_disable_autoload_keeps_only_builtins(dummy_site: Path) -> None:
     assert rows["fastvideo-core"]["registers"] == {
         "attention_backend": ["sdpa", "flash-attn"],
         "parallel_strategy": ["ulysses", "ring", "usp", "cfg", "fsdp", "tp"],
-        "training_algorithm": ["finetune", "lora"],
+        "training_algorithm": ["finetune", "lora", "vae"],
     }
     models = run_fv(["models", "list"], env=plugin_env(dummy_site, FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert "no model families installed (pip install fastvideo-wan)" in models.stdout

@@ -7,7 +7,8 @@
 #
 # 1. procedural clips (17 frames, 64x64, moving coloured shapes; held-out combinations excluded)
 # 2. the untrained checkpoint (`fv wan toy-init`: Wan VAE / DiT / UMT5 at toy size + caption tokenizer)
-# 3. `fv train` algorithm vae on the clips                       -> WORKDIR/vae/export
+# 3. `fv train` algorithm vae on the clips (9 frames)            -> WORKDIR/vae/export
+#    then on all 17 frames                                        -> WORKDIR/vae17/export
 # 4. `fv preprocess` with that VAE and the frozen text encoder   -> WORKDIR/latents
 # 5. `fv train` algorithm finetune (from scratch) on the latents  -> WORKDIR/dit/export  (the model)
 # 6. `fv wan toy-eval` on the 56 held-out prompts                 -> WORKDIR/eval.json
@@ -29,13 +30,17 @@ stamp "train the VAE"
 # shellcheck disable=SC2086
 fv train --config "$here/vae.yaml" --model.path "$work/init" --data.path "$work/clips" \
     --output_dir "$work/vae" ${VAE_ARGS:-}
+stamp "train the VAE on 17 frames"
+# shellcheck disable=SC2086
+fv train --config "$here/vae-17f.yaml" --model.path "$work/vae/export" --data.path "$work/clips" \
+    --output_dir "$work/vae17" ${VAE_ARGS:-}
 stamp "encode latents and captions"
-fv preprocess -m "$work/vae/export" --videos "$work/clips" --captions "$work/clips/captions.json" \
+fv preprocess -m "$work/vae17/export" --videos "$work/clips" --captions "$work/clips/captions.json" \
     -o "$work/latents" --num-frames 17 --height 64 --width 64 --max-sequence-length 16 \
     --shard-size 1024 --encode-batch-size 64 --overwrite --no-progress
 stamp "train the DiT"
 # shellcheck disable=SC2086
-fv train --config "$here/dit.yaml" --model.path "$work/vae/export" --data.path "$work/latents" \
+fv train --config "$here/dit.yaml" --model.path "$work/vae17/export" --data.path "$work/latents" \
     --output_dir "$work/dit" ${DIT_ARGS:-}
 stamp "evaluate on held-out prompts"
 fv wan toy-eval "$work/dit/export" --num "${EVAL_NUM:-56}" --device "${EVAL_DEVICE:-cpu}" --json > "$work/eval.json"

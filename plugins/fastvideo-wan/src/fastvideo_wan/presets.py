@@ -22,7 +22,7 @@ TOY_SAMPLING = {
     "height": 64,
     "width": 64,
     "num_inference_steps": 20,
-    "guidance_scale": 4.0,
+    "guidance_scale": 2.0,
     "flow_shift": 2.0,
     "fps": 8,
     "negative_prompt": "",
@@ -33,6 +33,15 @@ _480P = {"height": 480, "width": 832}
 _720P = {"height": 720, "width": 1280}
 
 PRESETS: tuple[Preset, ...] = (
+    Preset(
+        name="wan-toy",
+        local_path="assets/wan-toy",
+        sampling=TOY_SAMPLING,
+        description=(
+            "our toy Wan2.1-architecture T2V model trained on procedural clips of moving coloured shapes "
+            "(17 frames, 64x64; ships with fastvideo-wan, runs offline on a CPU)"
+        ),
+    ),
     Preset(
         name="wan2.1-t2v-1.3b",
         repo_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
