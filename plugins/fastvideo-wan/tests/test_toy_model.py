@@ -140,7 +140,10 @@ def test_vae_loss_with_posterior_mean_and_foreground_weights(
     ("options", "message"),
     [
         ({"num_frames": 5, "height": 48}, r"needs algorithm_options width \(the clip geometry\)"),
-        ({"num_frames": 5, "height": 48, "width": 48, "kl_weigth": 1}, r"did you mean 'kl_weight'"),
+        (
+            {"num_frames": 5, "height": 48, "width": 48, "kl_weigth": 1},
+            r"did you mean algorithm_options.kl_weight\?",
+        ),
         ({"num_frames": 5, "height": 48, "width": 48.5}, r"algorithm_options.width must be an integer"),
         ({"num_frames": 5, "height": 48, "width": 48, "sample_posterior": 2}, r"must be true or false"),
     ],

@@ -394,6 +394,12 @@ def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
         raise ValueError(f"{prefix or 'config'}: {exc}") from None
 
 
+def parse_algorithm_options(cls: type, options: Mapping[str, Any]) -> Any:
+    """``options`` (the config's ``algorithm_options``) as the frozen dataclass ``cls`` of an algorithm,
+    with the same typing, command-line string parsing and one-line errors as the config's sections."""
+    return _build(cls, options, prefix="algorithm_options.")
+
+
 def _yaml() -> Any:
     try:
         import yaml

@@ -68,14 +68,19 @@ def write_shard(
     path: Path, latents: Sequence[torch.Tensor], texts: Sequence[torch.Tensor], metadata: dict[str, str]
 ) -> None:
     """One shard, written to a temp file and renamed (a shard on disk is always complete)."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for k, (lat, txt) in enumerate(zip(latents, texts, strict=True)):
-        tensors[f"latents.{k}"] = lat.contiguous()
-        tensors[f"text.{k}"] = txt.contiguous()
+        tensors[f"latents.{k}"] = lat
+        tensors[f"text.{k}"] = txt
+    write_tensors_atomic(path, tensors, metadata)
+
+
+def write_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written to a temp file and renamed into place."""
+    from safetensors.torch import save_file
+
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
@@ -116,7 +121,6 @@ class LatentDataset:
         return self._handles[file]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-
         file, k = self.index[i]
         f = self._open(file)
         latents = f.get_tensor(f"latents.{k}").float()

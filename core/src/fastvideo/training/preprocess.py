@@ -32,6 +32,7 @@ from fastvideo.training.data import (
     shard_name,
     write_json_atomic,
     write_shard,
+    write_tensors_atomic,
 )
 
 if TYPE_CHECKING:
@@ -268,7 +269,8 @@ def preprocess(
         raise ValueError(f"no video could be used ({len(skipped)} skipped, first: {skipped[0]['reason']})")
     # the empty prompt's embedding: what caption dropout (objective.text_dropout) trains on, and what
     # the pipelines feed the unconditional branch of classifier-free guidance for an empty negative prompt
-    _write_null_text(output / NULL_TEXT, encoders.encode_text([""], max_sequence_length)[0])
+    null = encoders.encode_text([""], max_sequence_length)[0]
+    write_tensors_atomic(output / NULL_TEXT, {"text": null}, {"format": FORMAT})
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -334,16 +336,6 @@ def _encode_shard(
         "text_dim": json.dumps(int(texts[0].shape[1]) if texts else None),
     }
     write_shard(path, lats, texts, meta)
-
-
-def _write_null_text(path: Path, text: torch.Tensor) -> None:
-    import os
-
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"text": text.contiguous()}, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, path)
 
 
 def _shard_info(path: Path) -> dict[str, Any]:

@@ -171,6 +171,7 @@ class Trainer:
         self.algorithm: Any = None
         self.logger: MetricsLogger | None = None
         self._validation: Any = None
+        self._null_text: torch.Tensor | None = None
         self._is_setup = False
 
     # -- processes and devices
@@ -257,6 +258,8 @@ class Trainer:
             self.dataset = self.algorithm.make_dataset()
         if self.dataset is None:
             self.dataset = LatentDataset(cfg.data.path)
+        null_text = getattr(self.dataset, "null_text", None)  # the empty prompt, for caption dropout
+        self._null_text = None if null_text is None else null_text.to(self.device)
         self.algorithm.setup()
         if not self.registry:
             raise ValueError(
@@ -377,9 +380,8 @@ class Trainer:
         """The family objective on one micro-batch, under autocast and the attention step context."""
         gens = self.generators(micro, stream)
         batch = self.to_device(micro)
-        null_text = getattr(self.dataset, "null_text", None)
-        if null_text is not None:
-            batch["null_text"] = null_text.to(self.device)
+        if self._null_text is not None:
+            batch["null_text"] = self._null_text
         with self.autocast(), step_context(self.step_context(model, batch["latents"])):
             return self.objective(model, batch, gens)
 

@@ -25,13 +25,12 @@ for small objects on plain backgrounds: the loss terms are then weighted means).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastvideo.interfaces.training import TrainingAlgorithm
+from fastvideo.training.config import _positive, parse_algorithm_options
 
 if TYPE_CHECKING:
     import torch
@@ -39,59 +38,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class VAEOptions:
-    num_frames: int
-    height: int
-    width: int
+    num_frames: int = 0  # the clip geometry (required)
+    height: int = 0
+    width: int = 0
     kl_weight: float = 1e-6
     mse_weight: float = 1.0
     stats_samples: int = 256
     sample_posterior: bool = True  # decode z ~ q(z|x); False decodes the posterior mean
     foreground_weight: float = 0.0  # extra loss weight of pixels that differ from the frame's border
 
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> VAEOptions:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(
-                    f"algorithm_options.{key}: unknown option of the vae algorithm{hint}; "
-                    f"known: {', '.join(fields)}"
-                )
-        missing = [k for k in ("num_frames", "height", "width") if k not in options]
+    def __post_init__(self) -> None:
+        missing = [k for k in ("num_frames", "height", "width") if getattr(self, k) == 0]
         if missing:
             raise ValueError(
                 f"the vae algorithm needs algorithm_options {', '.join(missing)} (the clip geometry), "
                 f"e.g. algorithm_options: {{num_frames: 17, height: 64, width: 64}}"
             )
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key == "sample_posterior":
-                if isinstance(value, str) and value.lower() in ("true", "false"):
-                    value = value.lower() == "true"
-                if not isinstance(value, bool):
-                    raise ValueError(f"algorithm_options.{key} must be true or false, got {value!r}")
-                values[key] = value
-                continue
-            kind = int if key in ("num_frames", "height", "width", "stats_samples") else float
-            if isinstance(value, str):  # from a command-line override (--algorithm_options.key value)
-                try:
-                    value = kind(value)
-                except ValueError:
-                    pass
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or (kind is int and value != int(value))
-            ):
-                raise ValueError(
-                    f"algorithm_options.{key} must be a{'n integer' if kind is int else ' number'}, got {value!r}"
-                )
-            if value < 0 or (value == 0 and kind is int):
-                raise ValueError(f"algorithm_options.{key} must be > 0, got {value!r}")
-            values[key] = kind(value)
-        return cls(**values)
+        for key in ("num_frames", "height", "width", "stats_samples"):
+            _positive(f"algorithm_options.{key}", getattr(self, key))
+        for key in ("kl_weight", "mse_weight", "foreground_weight"):
+            _positive(f"algorithm_options.{key}", getattr(self, key), allow_zero=True)
 
 
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -129,7 +95,9 @@ class VAEAlgorithm(TrainingAlgorithm):
 
     def __init__(self, ctx: Any = None) -> None:
         super().__init__(ctx)
-        self.options = VAEOptions.parse(dict(ctx.config.algorithm_options)) if ctx is not None else None
+        self.options = (
+            parse_algorithm_options(VAEOptions, ctx.config.algorithm_options) if ctx is not None else None
+        )
 
     def make_dataset(self) -> Any:
         from fastvideo.training.data import VideoClipDataset
@@ -164,13 +132,13 @@ class VAEAlgorithm(TrainingAlgorithm):
 
         ctx, o = self.ctx, self.options
         assert o is not None
-        gens = ctx.generators(micro)
         x = micro["video"].to(ctx.device)
         with ctx.autocast():
             posterior = self.model.encode(x).latent_dist
             mean, logvar = posterior.mean.float(), posterior.logvar.float()
             z = mean
             if o.sample_posterior:
+                gens = ctx.generators(micro)
                 eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean.device)
                 z = mean + (0.5 * logvar).exp() * eps
             recon = self.model.decode(z).sample.float()
