@@ -88,6 +88,13 @@ def toy_eval(
     flow_shift: Annotated[Optional[float], typer.Option(help="Timestep shift [the model's default].")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... [best available].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    autoencoder: Annotated[
+        bool,
+        typer.Option(
+            "--autoencoder",
+            help="Score the VAE alone: encode + decode ground-truth held-out clips (its ceiling).",
+        ),
+    ] = False,
 ) -> None:
     """Generate held-out toy prompts (never seen in training) and report per-attribute accuracy."""
     import json
@@ -100,6 +107,21 @@ def toy_eval(
         prompts = held_out_prompts()
         if not 1 <= num <= len(prompts):
             raise ValueError(f"--num must be in 1..{len(prompts)}, got {num}")
+        if autoencoder:
+            from fastvideo_wan.toy_model import evaluate_autoencoder
+
+            result = evaluate_autoencoder(model, num, seed=seed, device=device)
+            if as_json:
+                typer.echo(json.dumps(result, indent=1))
+                return
+            acc = result["accuracy"]
+            typer.echo(
+                f"VAE on {num} held-out clips: "
+                + "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
+                + f"  PSNR {result['psnr']:.2f} dB"
+            )
+            typer.echo("object-pixel MAE per frame: " + " ".join(f"{v:.1f}" for v in result["object_mae"]))
+            return
         sampling = {"num_inference_steps": steps, "guidance_scale": guidance_scale, "flow_shift": flow_shift}
         from fastvideo_wan.toy_model import evaluate_model
 

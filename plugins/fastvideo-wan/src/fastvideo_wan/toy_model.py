@@ -82,9 +82,19 @@ def toy_tokenizer() -> Any:
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
-def make_toy_scaffold(path: str | Path, *, seed: int = 0) -> Path:
+def make_toy_scaffold(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    vae_overrides: dict[str, Any] | None = None,
+    dit_overrides: dict[str, Any] | None = None,
+) -> Path:
     """Write the untrained ``wan-toy`` checkpoint (diffusers format, every component by its own
-    library's ``save_pretrained``) to ``path``; the training recipe starts from it."""
+    library's ``save_pretrained``) to ``path``; the training recipe starts from it.
+
+    ``vae_overrides`` / ``dit_overrides`` replace entries of :data:`VAE_CONFIG` / :data:`DIT_CONFIG`
+    (architecture experiments); the DiT's channels follow the VAE's ``z_dim`` unless overridden.
+    """
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -93,8 +103,14 @@ def make_toy_scaffold(path: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = toy_tokenizer()
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)).eval()
-    vae = AutoencoderKLWan(**VAE_CONFIG)
-    transformer = WanTransformer3DModel(**DIT_CONFIG)
+    vae_config = {**VAE_CONFIG, **(vae_overrides or {})}
+    z_dim = int(vae_config["z_dim"])
+    vae_config.setdefault("latents_mean", [0.0] * z_dim)
+    if len(vae_config["latents_mean"]) != z_dim:
+        vae_config["latents_mean"], vae_config["latents_std"] = [0.0] * z_dim, [1.0] * z_dim
+    dit_config = {**DIT_CONFIG, "in_channels": z_dim, "out_channels": z_dim, **(dit_overrides or {})}
+    vae = AutoencoderKLWan(**vae_config)
+    transformer = WanTransformer3DModel(**dit_config)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=FLOW_SHIFT
     )
@@ -129,3 +145,43 @@ def evaluate_model(
         if not all(score_clip(frames, prompt).values()):
             failures.append((prompt, detect(frames)))
     return {"accuracy": evaluate(pairs), "count": len(prompts), "failures": failures}
+
+
+def evaluate_autoencoder(
+    model: str, num: int = 56, *, seed: int = 0, device: str | None = None
+) -> dict[str, Any]:
+    """The VAE's ceiling: encode + decode ``num`` ground-truth held-out clips and score them.
+
+    ``model`` is a checkpoint folder (or preset) with a ``vae`` component. Returns ``{"accuracy":
+    {attribute: fraction}, "count": n, "object_mae": [per frame], "psnr": dB}``, where
+    ``object_mae`` is the mean absolute error (0-255) over the pixels of the object, frame by frame,
+    and ``psnr`` is over the whole clips.
+    """
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from fastvideo.resolve import resolve
+    from fastvideo_wan.toy import evaluate, make_clip
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = AutoencoderKLWan.from_pretrained(
+        str(resolve(model).path), subfolder="vae", torch_dtype=torch.float32
+    ).to(dev)
+    vae.eval()
+    pairs, mae_sum, mae_count, sq_err = [], 0.0, 0.0, []
+    for i in range(num):
+        clip, prompt = make_clip(seed, i, split="held-out")
+        x = torch.from_numpy(clip).to(dev).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        out = ((y[0].permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        pairs.append((out, prompt))
+        diff = np.abs(out.astype(np.float64) - clip)
+        obj = np.any(clip != clip[:, :1, :1], axis=-1)  # pixels that are not the background colour
+        mae_sum = mae_sum + (diff.mean(-1) * obj).sum(axis=(1, 2))
+        mae_count = mae_count + obj.sum(axis=(1, 2))
+        sq_err.append(float(((out.astype(np.float64) - clip) ** 2).mean()))
+    psnr = float(10 * np.log10(255.0**2 / np.mean(sq_err)))
+    object_mae = [round(float(v), 2) for v in mae_sum / np.maximum(mae_count, 1)]
+    return {"accuracy": evaluate(pairs), "count": num, "object_mae": object_mae, "psnr": round(psnr, 2)}
