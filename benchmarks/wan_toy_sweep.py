@@ -51,7 +51,7 @@ python3 -c {q(init)} init {q(json.dumps(spec["vae"]))} {q(json.dumps(spec["dit"]
 fv train --config {q(RECIPE / "vae.yaml")} --model.path init --data.path {q(clips)} --output_dir vae \
   --algorithm_options.num_frames 17 --data.batch_size {vae_bs} --max_steps 100000 \
   --max_minutes {args.vae_minutes} --checkpoint.every_steps 100000 --logging.every_steps 50 \
-  --ema.decay {args.vae_ema}
+  --ema.decay {args.vae_ema} --mixed_precision {args.vae_precision}
 t1=$(date +%s)
 fv wan toy-eval vae/export --autoencoder --json > vae-eval.json
 fv preprocess -m vae/export --videos {q(clips)} --captions {q(clips / "captions.json")} -o latents \
@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--vae-minutes", type=float, default=3.5)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-ema", type=float, default=0.995)
+    p.add_argument("--vae-precision", default="fp32", help="fp32 or bf16 (autocast)")
     p.add_argument("--dit-minutes", type=float, default=2.5)
     p.add_argument("--dit-steps", type=int, default=100000)
     p.add_argument("--dit-batch", type=int, default=128)
