@@ -7,6 +7,7 @@ source benchmarks/gpu_env.sh
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 work=/tmp/sweep
+rm -rf "$work"  # a warm machine keeps the last run's folder
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$out/card.txt"
 timeout "${SWEEP_SECONDS:-540}" python3 benchmarks/wan_toy_sweep.py "$work" "$@" 2>&1 | grep -v -i "warning" | tee "$out/sweep-stdout.log"
 cp "$work/summary.json" "$out/" 2>/dev/null || python3 - "$work" "$out" <<'PY'
