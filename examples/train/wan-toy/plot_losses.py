@@ -2,8 +2,8 @@
 
     python examples/train/wan-toy/plot_losses.py WORKDIR docs/wan-toy-loss.svg
 
-Reads the ``metrics.jsonl`` that ``fv train`` wrote in ``WORKDIR/vae``, ``WORKDIR/vae17`` (the VAE's
-17-frame continuation, drawn after the first stage) and ``WORKDIR/dit``, and draws each model's loss per
+Reads the ``metrics.jsonl`` that ``fv train`` wrote in ``WORKDIR/vae`` and ``WORKDIR/dit``, and draws
+each model's loss per
 step (a moving average over 25 steps, log scale) in its own panel.
 """
 
@@ -65,9 +65,6 @@ def _panel(points: list[tuple[int, float]], title: str, x0: int) -> str:
 
 def main(work: str, out: str) -> None:
     vae = _losses(Path(work) / "vae" / "metrics.jsonl")
-    more = Path(work) / "vae17" / "metrics.jsonl"
-    if more.is_file():
-        vae += [(vae[-1][0] + s, v) for s, v in _losses(more)]
     panels = [
         _panel(_smooth(vae), "VAE: weighted L1 + MSE (+ KL)", 0),
         _panel(_smooth(_losses(Path(work) / "dit" / "metrics.jsonl")), "DiT: flow-matching MSE", WIDTH),

@@ -94,12 +94,14 @@ def test_vae_algorithm_trains_and_exports_a_diffusers_vae_with_latent_stats(
     )
 
 
+@pytest.mark.parametrize("first_frame_weight", [1.0, 3.0])
 def test_vae_loss_with_posterior_mean_and_foreground_weights(
-    clips: Path, tiny_ckpt: Path, tmp_path: Path
+    first_frame_weight: float, clips: Path, tiny_ckpt: Path, tmp_path: Path
 ) -> None:
     """The vae algorithm's loss on one micro-batch against a manual computation with diffusers' own
     VAE: z = posterior mean (sample_posterior false), pixel weights 1 + w on the rendered object (the
-    pixels whose colour differs from the clip's background colour) and 1 elsewhere."""
+    pixels whose colour differs from the clip's background colour) and 1 elsewhere, times
+    first_frame_weight on frame 0."""
     from diffusers import AutoencoderKLWan
 
     extra, kl_weight = 5.0, 0.5
@@ -111,6 +113,7 @@ def test_vae_loss_with_posterior_mean_and_foreground_weights(
         "foreground_weight": extra,
         "kl_weight": kl_weight,
         "mse_weight": 2.0,
+        "first_frame_weight": first_frame_weight,
     }
     trainer = Trainer(_vae_config(tiny_ckpt, clips, tmp_path / "o", algorithm_options=options)).setup()
     _, micro_batches = next(trainer._batches())
@@ -128,6 +131,7 @@ def test_vae_loss_with_posterior_mean_and_foreground_weights(
         object_mask = (pixels != pixels[:, :1, :1, :1]).any(dim=0, keepdim=True)
         weights.append(1 + extra * object_mask.float())
     w = torch.stack(weights)
+    w[:, :, 0] = w[:, :, 0] * first_frame_weight
     l1 = ((recon - x).abs() * w).mean()
     mse = ((recon - x).pow(2) * w).mean()
     kl = 0.5 * (post.mean.pow(2) + post.logvar.exp() - 1 - post.logvar).mean()

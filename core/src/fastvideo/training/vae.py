@@ -20,7 +20,9 @@ geometry), ``kl_weight`` (1e-6), ``mse_weight`` (1.0), ``stats_samples`` (256),
 ``sample_posterior`` (true; false decodes the posterior mean: a KL-regularized autoencoder, which
 learns much faster when the budget is small, since the decoder does not have to see through the
 initial unit-variance posterior noise), ``foreground_weight`` (0; see :func:`foreground_weights`,
-for small objects on plain backgrounds: the loss terms are then weighted means).
+for small objects on plain backgrounds: the loss terms are then weighted means),
+``first_frame_weight`` (1.0; the loss weight of frame 0 relative to the others: causal video VAEs
+such as Wan's encode and decode the first frame alone, and it is the frame they learn last).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class VAEOptions:
     stats_samples: int = 256
     sample_posterior: bool = True  # decode z ~ q(z|x); False decodes the posterior mean
     foreground_weight: float = 0.0  # extra loss weight of pixels that differ from the frame's border
+    first_frame_weight: float = 1.0  # loss weight of frame 0 (the others weigh 1)
 
     def __post_init__(self) -> None:
         missing = [k for k in ("num_frames", "height", "width") if getattr(self, k) == 0]
@@ -56,7 +59,7 @@ class VAEOptions:
             )
         for key in ("num_frames", "height", "width", "stats_samples"):
             _positive(f"algorithm_options.{key}", getattr(self, key))
-        for key in ("kl_weight", "mse_weight", "foreground_weight"):
+        for key in ("kl_weight", "mse_weight", "foreground_weight", "first_frame_weight"):
             _positive(f"algorithm_options.{key}", getattr(self, key), allow_zero=True)
 
 
@@ -143,6 +146,9 @@ class VAEAlgorithm(TrainingAlgorithm):
                 z = mean + (0.5 * logvar).exp() * eps
             recon = self.model.decode(z).sample.float()
         weight = foreground_weights(x, o.foreground_weight) if o.foreground_weight > 0 else None
+        if o.first_frame_weight != 1.0:
+            weight = torch.ones_like(x[:, :1]) if weight is None else weight.clone()
+            weight[:, :, 0] *= o.first_frame_weight
         l1 = _weighted_mean((recon - x).abs(), weight)
         mse = _weighted_mean((recon - x).pow(2), weight)
         kl = kl_to_standard_normal(mean, logvar)

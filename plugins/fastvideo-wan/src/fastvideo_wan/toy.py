@@ -118,7 +118,7 @@ def render_clip(combo: Combo, rng: np.random.Generator, *, frames: int = 17, siz
     if frames < 2 or size < 48:
         raise ValueError(f"need frames >= 2 and size >= 48, got frames={frames} size={size}")
     margin = 2.0
-    side = float(rng.uniform(0.22, 0.32) * size)
+    side = float(rng.uniform(0.36, 0.46) * size)  # a third to a half of the frame: shapes stay legible
     room = size - 2 * margin - side  # range of the object's top-left corner along an axis
     travel = float(rng.uniform(0.4, 0.6) * room)
     dx, dy = _STEPS[combo.direction]
