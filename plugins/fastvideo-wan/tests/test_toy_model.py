@@ -225,7 +225,7 @@ def test_autoencoder_evaluation_matches_a_manual_round_trip() -> None:
     assert result["count"] == 3
     assert result["psnr"] == pytest.approx(psnr, abs=0.01)
     np.testing.assert_allclose(result["object_mae"], mae, atol=0.006)
-    assert result["accuracy"] == toy.evaluate(zip(out.astype(np.uint8), prompts))
+    assert result["accuracy"] == toy.evaluate(zip(out.astype(np.uint8), prompts, strict=True))
     cli = CliRunner().invoke(
         wan_app, ["toy-eval", "wan-toy", "--autoencoder", "--num", "2", "--device", "cpu"]
     )

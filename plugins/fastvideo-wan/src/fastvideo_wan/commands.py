@@ -82,7 +82,12 @@ def toy_eval(
         str, typer.Argument(help="The model to score: wan-toy or a checkpoint folder.")
     ] = "wan-toy",
     num: Annotated[int, typer.Option(help="How many held-out prompts (of 56), in their fixed order.")] = 56,
-    seed: Annotated[int, typer.Option(help="Seed of the first prompt (the i-th uses seed + i).")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the first prompt (the i-th uses seed + i); with --autoencoder, of the clips."
+        ),
+    ] = 0,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps [the model's default].")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option(help="CFG scale [the model's default].")] = None,
     flow_shift: Annotated[Optional[float], typer.Option(help="Timestep shift [the model's default].")] = None,
