@@ -105,7 +105,6 @@ def make_toy_scaffold(
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TEXT_CONFIG)).eval()
     vae_config = {**VAE_CONFIG, **(vae_overrides or {})}
     z_dim = int(vae_config["z_dim"])
-    vae_config.setdefault("latents_mean", [0.0] * z_dim)
     if len(vae_config["latents_mean"]) != z_dim:
         vae_config["latents_mean"], vae_config["latents_std"] = [0.0] * z_dim, [1.0] * z_dim
     dit_config = {**DIT_CONFIG, "in_channels": z_dim, "out_channels": z_dim, **(dit_overrides or {})}
