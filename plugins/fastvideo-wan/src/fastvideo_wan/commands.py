@@ -119,11 +119,8 @@ def toy_eval(
             if as_json:
                 typer.echo(json.dumps(result, indent=1))
                 return
-            acc = result["accuracy"]
             typer.echo(
-                f"VAE on {num} held-out clips: "
-                + "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
-                + f"  PSNR {result['psnr']:.2f} dB"
+                f"VAE on {num} held-out clips: {_accuracy_line(result['accuracy'])}  PSNR {result['psnr']:.2f} dB"
             )
             typer.echo("object-pixel MAE per frame: " + " ".join(f"{v:.1f}" for v in result["object_mae"]))
             return
@@ -140,9 +137,10 @@ def toy_eval(
         if as_json:
             typer.echo(json.dumps(result, indent=1))
             return
-        acc = result["accuracy"]
-        typer.echo(
-            f"{result['count']} held-out prompts: " + "  ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
-        )
+        typer.echo(f"{result['count']} held-out prompts: {_accuracy_line(result['accuracy'])}")
         for prompt, got in result["failures"][:10]:
             typer.echo(f"  miss: {prompt!r} -> {got}")
+
+
+def _accuracy_line(accuracy: dict[str, float]) -> str:
+    return "  ".join(f"{k} {100 * v:.1f}%" for k, v in accuracy.items())

@@ -180,7 +180,7 @@ def evaluate_autoencoder(
         obj = np.any(clip != clip[:, :1, :1], axis=-1)  # pixels that are not the background colour
         mae_sum = mae_sum + (diff.mean(-1) * obj).sum(axis=(1, 2))
         mae_count = mae_count + obj.sum(axis=(1, 2))
-        sq_err.append(float(((out.astype(np.float64) - clip) ** 2).mean()))
+        sq_err.append(float((diff**2).mean()))
     psnr = float(10 * np.log10(255.0**2 / np.mean(sq_err)))
     object_mae = [round(float(v), 2) for v in mae_sum / np.maximum(mae_count, 1)]
     return {"accuracy": evaluate(pairs), "count": num, "object_mae": object_mae, "psnr": round(psnr, 2)}
