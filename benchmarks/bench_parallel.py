@@ -195,14 +195,23 @@ def bench_dit(args: argparse.Namespace) -> None:
             assert bool(ref.isfinite().all()), "the one-GPU output is not finite"
             print(f"{env['card']}: 1 GPU {base_ms:.1f} ms ({tokens} tokens)", flush=True)
         dist.barrier()
-        for name in args.strategies.split(","):
+        runs = [
+            (name, chunks)
+            for name in args.strategies.split(",")
+            for chunks in (args.ulysses_chunks if name != "ring" else [1])
+        ]
+        for name, chunks in runs:
             state = init_parallel(ParallelConfig(num_gpus=world, **strategy_config(name, world)), str(device))
-            sharding = SequenceSharding(model, state)
+            sharding = SequenceSharding(model, state, chunks=chunks)
             sharding.apply(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             ms, out = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
+            if args.profile and rank == 0:
+                print_profile(forward, f"{name}, {chunks} head groups")
+            if name != "ring":
+                name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
             sharding.remove(model)
             teardown()
             if rank == 0:
@@ -235,6 +244,18 @@ def bench_dit(args: argparse.Namespace) -> None:
                             f"`torchrun --nproc-per-node {world} {' '.join(sys.argv)}`",
                         ],
                     )
+
+
+def print_profile(fn: Callable[[], Any], title: str) -> None:
+    """The kernels of one call of ``fn`` on this rank, by GPU time (the other ranks run it too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    print(f"--- profile, rank 0: {title}", flush=True)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
 
 
 # ---------------------------------------------------------------- whole generation with CFG parallel
@@ -392,6 +413,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--strategies", default="ulysses,ring", help="dit: comma-separated ulysses, ring, usp")
+    ap.add_argument(
+        "--ulysses-chunks",
+        type=lambda s: [int(c) for c in s.split(",")],
+        default=[2],
+        help="dit: Ulysses head groups whose exchanges overlap attention, comma-separated to compare",
+    )
+    ap.add_argument("--profile", action="store_true", help="dit: print rank 0's kernel table per strategy")
     ap.add_argument("--steps", type=int, default=50, help="generate: denoising steps")
     ap.add_argument(
         "--vae-tiling",

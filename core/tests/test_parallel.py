@@ -144,14 +144,15 @@ def joint(**parallel: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return out
 
 
-def tiny_wan(**parallel: Any) -> tuple[Any, Any]:
-    """A tiny random Wan DiT (ours), with sequence parallelism (and FSDP) when ``parallel`` has options."""
+def tiny_wan(heads: int = 2, head_dim: int | None = None, **parallel: Any) -> tuple[Any, Any]:
+    """A tiny random Wan DiT (ours, width 32 unless ``head_dim`` says otherwise), with sequence
+    parallelism (and FSDP) when ``parallel`` has options."""
     from fastvideo_wan.model import WanConfig, WanTransformer
 
     torch.manual_seed(0)
     cfg = WanConfig(
-        num_attention_heads=2,
-        attention_head_dim=16,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim or 32 // heads,
         text_dim=32,
         freq_dim=32,
         ffn_dim=64,
@@ -180,7 +181,7 @@ def training_grads(**parallel: Any) -> dict[str, torch.Tensor]:
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
-    model, state = tiny_wan(**parallel)
+    model, state = tiny_wan(heads=4, **parallel)  # 2 heads per rank: two overlapped Ulysses groups
     if state is not None:
         SequenceSharding(model, state).apply(model)
         assert state.fsdp_mesh is not None
@@ -201,7 +202,7 @@ def vsa_forward(**parallel: Any) -> torch.Tensor:
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
-    model, state = tiny_wan(**parallel)
+    model, state = tiny_wan(heads=4, **parallel)
     model.add_vsa_gates()
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -210,6 +211,20 @@ def vsa_forward(**parallel: Any) -> torch.Tensor:
     if state is not None:
         SequenceSharding(model, state).apply(model)
     with use_backend("vsa"), step_context(StepContext(grid=(3, 3, 5), sparsity=0.5)), torch.no_grad():
+        out = model(*_wan_inputs())
+    teardown()
+    return out
+
+
+def wan_forward(heads: int, chunks: int | None = None, **parallel: Any) -> torch.Tensor:
+    """A DiT forward (``sdpa``); Ulysses with ``chunks`` overlapped head groups when ``parallel``."""
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import teardown
+
+    model, state = tiny_wan(heads=heads, head_dim=8, **parallel)
+    if state is not None:
+        SequenceSharding(model, state, chunks=chunks).apply(model)
+    with use_backend("sdpa"), torch.no_grad():
         out = model(*_wan_inputs())
     teardown()
     return out
@@ -253,6 +268,8 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
             out[name] = joint(ring_size=world)
         elif name == "joint-usp":
             out[name] = joint(sp_size=2, ring_size=world // 2)
+        elif name == "ulysses-chunks":
+            out[name] = {c: wan_forward(8, c, sp_size=world) for c in (1, 2, 4)}
         elif name == "vsa-ulysses":
             out[name] = vsa_forward(sp_size=world)
         elif name == "train-fsdp-ulysses":
@@ -272,7 +289,7 @@ SIZES = {
     "heads4": (HEIGHT, WIDTH),
     "ti2v": (96, 160),
 }  # ti2v: 16x VAE, 3x3x5 tokens
-EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses"]
+EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses", "ulysses-chunks"]
 EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
 
@@ -327,6 +344,7 @@ def refs(ckpts: dict[str, str]) -> dict[str, Any]:
     out["train"] = training_grads()
     out["llama"] = llama_tp(False)
     out["vsa"] = vsa_forward()
+    out["wan8"] = wan_forward(8)
     return out
 
 
@@ -394,11 +412,32 @@ def test_fsdp_and_ulysses_training_gradients(ranks2: list[dict[str, Any]], refs:
 
 def test_ulysses_with_the_sparse_vsa_backend(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
     """VSA (a plugin's sparse backend, with its gate) sees the whole token grid under Ulysses."""
-    dense = tiny_wan()[0]
+    dense = tiny_wan(heads=4)[0]
     with use_backend("sdpa"), torch.no_grad():
         assert (dense(*_wan_inputs()) - refs["vsa"]).abs().max() > 1e-3, "vsa ran densely: nothing tested"
     for rank, result in enumerate(ranks2):
         assert_close(f"vsa rank {rank}", refs["vsa"], result["vsa-ulysses"], RTOL)
+
+
+def test_ulysses_overlapped_head_groups(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    """8 heads on 2 ranks in 1, 2 or 4 groups whose exchanges overlap attention: one process's output."""
+    for rank, result in enumerate(ranks2):
+        for chunks, out in result["ulysses-chunks"].items():
+            assert_close(f"{chunks} groups, rank {rank}", refs["wan8"], out, RTOL)
+
+
+def test_overlap_chunks_divide_the_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.parallel.sequence import DEFAULT_CHUNKS, overlap_chunks
+
+    assert [overlap_chunks(6, c) for c in (1, 2, 3, 4, 5, 6, 9)] == [1, 2, 3, 3, 3, 6, 6]
+    assert overlap_chunks(1, 4) == 1 and overlap_chunks(7, 4) == 1
+    monkeypatch.delenv("FASTVIDEO_ULYSSES_CHUNKS", raising=False)
+    assert overlap_chunks(12, None) == DEFAULT_CHUNKS
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_CHUNKS", "3")
+    assert overlap_chunks(12, None) == 3
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_CHUNKS", "two")
+    with pytest.raises(ValueError, match="FASTVIDEO_ULYSSES_CHUNKS must be a positive integer, got 'two'"):
+        overlap_chunks(12, None)
 
 
 def test_tensor_parallel_llama_encoder(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ in their ``*_autograd`` forms), on any backend: NCCL on GPUs, gloo on CPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,6 +55,40 @@ def seq_to_heads(tensors: Sequence[torch.Tensor], group: ProcessGroup) -> list[t
     y = all_to_all(send, group)  # chunk i: tokens of rank i, our heads
     y = y.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, u * lc, h // u, d)
     return list(y.unbind(0))
+
+
+def ulysses_attention(
+    tensors: Sequence[torch.Tensor],
+    group: ProcessGroup,
+    attend: Callable[..., torch.Tensor],
+    chunks: int = 1,
+) -> torch.Tensor:
+    """Ulysses attention from ``(B, Lc, H, D)`` token shards: ``(B, Lc, H, D)``, this rank's tokens.
+
+    ``attend(*tensors)`` gets every token of ``H / U`` heads at a time (``U``: the group size) and
+    returns ``(B, U*Lc, heads, D)``. With ``chunks > 1`` those heads go in ``chunks`` groups: the
+    exchanges of all groups are issued at once and each group's attention starts as soon as its own
+    exchange is in, so the collectives of the later groups and the return trip of the earlier ones
+    run while attention computes (collectives are asynchronous until their result is read).
+    ``H / U`` must be a multiple of ``chunks``.
+    """
+    b, lc, h, d = tensors[0].shape
+    u = dist.get_world_size(group)
+    hc = h // (u * chunks)  # heads of one group on one rank
+    n = len(tensors)
+    send = tensors[0].new_empty(chunks, u, n, b, lc, hc, d)  # [j, i]: group j of rank i's heads
+    for t_index, t in enumerate(tensors):
+        send[:, :, t_index].copy_(t.view(b, lc, u, chunks, hc, d).permute(3, 2, 0, 1, 4, 5))
+    received = [all_to_all(send[j], group) for j in range(chunks)]  # all issued; read one by one
+    back = []
+    for y in received:  # y[i]: rank i's tokens of our heads of this group
+        parts = y.permute(1, 2, 0, 3, 4, 5).reshape(n, b, u * lc, hc, d).unbind(0)
+        out = attend(*parts)  # (B, U*Lc, hc, D)
+        back.append(all_to_all(out.reshape(b, u, lc, hc, d).transpose(0, 1), group))
+    result = tensors[0].new_empty(b, lc, u, chunks, hc, d)
+    for j, y in enumerate(back):  # y[i]: our tokens of rank i's heads of group j
+        result[:, :, :, j].copy_(y.permute(1, 2, 0, 3, 4))
+    return result.view(b, lc, h, d)
 
 
 def heads_to_seq(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:

@@ -33,6 +33,7 @@ communication. Joint-attention models pass their text tokens as ``replicated=(q,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,9 @@ class SequenceSharding:
     Apply with :meth:`apply`; the model keeps working in one process after :meth:`remove`.
     """
 
-    def __init__(self, model: nn.Module, state: ParallelState) -> None:
+    def __init__(self, model: nn.Module, state: ParallelState, chunks: int | None = None) -> None:
         self.state = state
+        self.chunks = chunks  # Ulysses head groups whose exchanges overlap attention; None: the default
         self.plan = read_plan(model)
         self.model_name = type(model).__name__
         self.length = 0  # full token count of the forward running now
@@ -199,6 +201,14 @@ class SequenceSharding:
             if q.shape[2] % u:
                 raise ValueError(head_message(self.model_name, q.shape[2], st))
             assert st.ulysses_group is not None
+            if r == 1 and replicated is None:
+                chunks = overlap_chunks(q.shape[2] // u, self.chunks)
+
+                def local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gate: torch.Tensor) -> torch.Tensor:
+                    return self._local(q, k, v, scale, allow, None, None, gate[0] if gate else None)[0]
+
+                moving = (q, k, v) if gate is None else (q, k, v, gate)
+                return comm.ulysses_attention(moving, st.ulysses_group, local, chunks)
             moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
             q, k, v, *rest = moved  # (B, Lp/R, H/U, D)
             gate = rest[0] if rest else None
@@ -267,6 +277,27 @@ class SequenceSharding:
                 f"ring attention computes dense attention, but attention backend {backend.name!r} is sparse; "
                 f"use Ulysses (--sp-size) with {backend.name!r}, or a dense backend with --ring-size"
             )
+
+
+#: Ulysses head groups per attention (:func:`fastvideo.parallel.comm.ulysses_attention`), unless
+#: ``FASTVIDEO_ULYSSES_CHUNKS`` or the caller says otherwise. Measured in docs/benchmarks.md.
+DEFAULT_CHUNKS = 2
+
+
+def overlap_chunks(heads: int, wanted: int | None) -> int:
+    """The number of head groups for ``heads`` heads per rank: the largest divisor of ``heads`` that is
+    at most ``wanted`` (default: ``FASTVIDEO_ULYSSES_CHUNKS``, else :data:`DEFAULT_CHUNKS`)."""
+    if wanted is None:
+        raw = os.environ.get("FASTVIDEO_ULYSSES_CHUNKS", "").strip()
+        try:
+            wanted = int(raw) if raw else DEFAULT_CHUNKS
+        except ValueError:
+            raise ValueError(
+                f"FASTVIDEO_ULYSSES_CHUNKS must be a positive integer, got {raw!r}; unset it for the default"
+            ) from None
+    if wanted < 1:
+        raise ValueError(f"Ulysses overlap chunks must be >= 1, got {wanted}")
+    return max(c for c in range(1, min(wanted, heads) + 1) if heads % c == 0)
 
 
 def head_message(model: str, heads: int, state: ParallelState) -> str:
