@@ -255,7 +255,10 @@ def print_profile(fn: Callable[[], Any], title: str) -> None:
         fn()
         sync()
     print(f"--- profile, rank 0: {title}", flush=True)
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70),
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------- whole generation with CFG parallel

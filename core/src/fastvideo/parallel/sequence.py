@@ -204,7 +204,9 @@ class SequenceSharding:
             if r == 1 and replicated is None:
                 chunks = overlap_chunks(q.shape[2] // u, self.chunks)
 
-                def local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gate: torch.Tensor) -> torch.Tensor:
+                def local(
+                    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gate: torch.Tensor
+                ) -> torch.Tensor:
                     return self._local(q, k, v, scale, allow, None, None, gate[0] if gate else None)[0]
 
                 moving = (q, k, v) if gate is None else (q, k, v, gate)
