@@ -208,7 +208,7 @@ def bench_dit(args: argparse.Namespace) -> None:
                 torch.cuda.reset_peak_memory_stats()
             ms, out = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
-            if args.profile and rank == 0:
+            if args.profile:  # every rank runs the forward (collectives), rank 0 prints
                 print_profile(forward, f"{name}, {chunks} head groups")
             if name != "ring":
                 name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
@@ -254,11 +254,8 @@ def print_profile(fn: Callable[[], Any], title: str) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         sync()
-    print(f"--- profile, rank 0: {title}", flush=True)
-    print(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70),
-        flush=True,
-    )
+    rank0_print(f"--- profile, rank 0: {title}")
+    rank0_print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
 
 
 # ---------------------------------------------------------------- whole generation with CFG parallel
