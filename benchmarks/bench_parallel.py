@@ -194,6 +194,8 @@ def bench_dit(args: argparse.Namespace) -> None:
             base_ms, ref = timed(forward, args.warmup, args.iters, together=False)
             assert bool(ref.isfinite().all()), "the one-GPU output is not finite"
             print(f"{env['card']}: 1 GPU {base_ms:.1f} ms ({tokens} tokens)", flush=True)
+            if args.profile:
+                print_profile(forward, "1 GPU", show=True)
         dist.barrier()
         runs = [
             (name, chunks)
@@ -209,7 +211,7 @@ def bench_dit(args: argparse.Namespace) -> None:
             ms, out = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
             if args.profile:  # every rank runs the forward (collectives), rank 0 prints
-                print_profile(forward, f"{name}, {chunks} head groups")
+                print_profile(forward, f"{name} x{world}, {chunks} head groups", show=rank == 0)
             if name != "ring":
                 name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
             sharding.remove(model)
@@ -246,16 +248,47 @@ def bench_dit(args: argparse.Namespace) -> None:
                     )
 
 
-def print_profile(fn: Callable[[], Any], title: str) -> None:
-    """The kernels of one call of ``fn`` on this rank, by GPU time (the other ranks run it too)."""
+def print_profile(fn: Callable[[], Any], title: str, *, show: bool) -> None:
+    """Profile one call of ``fn`` (on every rank that calls this; ``show``: print). Prints the kernels
+    by GPU time and where the GPU sat idle: the span from the first kernel to the last, the time no
+    kernel ran on any stream, and the longest such gaps with the kernels around them."""
+    import json
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     sync()
+    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         sync()
-    rank0_print(f"--- profile, rank 0: {title}")
-    rank0_print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    wall = (time.perf_counter() - start) * 1e3
+    if not show:
+        return
+    print(f"--- profile: {title} (wall {wall:.1f} ms under the profiler)", flush=True)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    kernels = sorted(
+        (e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if e.get("cat") == "kernel" and "dur" in e
+    )
+    if not kernels:
+        return
+    busy, gaps, end, before = 0.0, [], kernels[0][0], kernels[0][2]
+    for k0, k1, name in kernels:  # union of kernel intervals over all streams
+        if k0 > end:
+            gaps.append((k0 - end, before, name))
+        if k1 > end:
+            busy += k1 - max(k0, end)
+            end, before = k1, name
+    span = (end - kernels[0][0]) / 1e3
+    idle = sum(g for g, _, _ in gaps) / 1e3
+    print(f"GPU span {span:.1f} ms, busy {busy / 1e3:.1f} ms, idle {idle:.1f} ms in {len(gaps)} gaps")
+    for gap, a, b in sorted(gaps, reverse=True)[:12]:
+        print(f"  gap {gap / 1e3:7.3f} ms after {a[:60]!r} before {b[:60]!r}")
+    small = [g for g, _, _ in gaps if g < 50]
+    print(f"  gaps under 50 us: {len(small)}, {sum(small) / 1e3:.1f} ms", flush=True)
 
 
 # ---------------------------------------------------------------- whole generation with CFG parallel
