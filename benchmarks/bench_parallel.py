@@ -67,6 +67,8 @@ GEN_HEADER = [
     "command",
 ]
 TARGETS = {2: 1.9, 4: 3.5}
+#: NCCL settings worth naming in a row when set (fewer channels: fewer SMs taken from attention).
+NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS")
 DEVICE: list[torch.device] = [torch.device("cpu")]  # this rank's device, set in main()
 #: --tiny: a small Wan-like DiT (and encoder / VAE) for a CPU smoke test over gloo.
 TINY_DIT = dict(
@@ -214,6 +216,7 @@ def bench_dit(args: argparse.Namespace) -> None:
                 print_profile(forward, f"{name} x{world}, {chunks} head groups", show=rank == 0)
             if name != "ring":
                 name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
+            name += "".join(f", {k}={os.environ[k]}" for k in NCCL_KNOBS if k in os.environ)
             sharding.remove(model)
             teardown()
             if rank == 0:
