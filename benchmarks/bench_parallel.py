@@ -168,7 +168,7 @@ def build_dit(args: argparse.Namespace, dtype: torch.dtype, device: torch.device
 def bench_dit(args: argparse.Namespace) -> None:
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.sequence import SequenceSharding, overlap_chunks
     from fastvideo.parallel.state import init_parallel, teardown
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -214,7 +214,8 @@ def bench_dit(args: argparse.Namespace) -> None:
             peak = peak_gib()
             if args.profile:  # every rank runs the forward (collectives), rank 0 prints
                 print_profile(forward, f"{name} x{world}, {chunks} head groups", show=rank == 0)
-            if name != "ring":
+            if name != "ring":  # the groups actually used: a divisor of the heads per rank
+                chunks = overlap_chunks(cfg.num_attention_heads // state.ulysses_size, chunks)
                 name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
             name += "".join(f", {k}={os.environ[k]}" for k in NCCL_KNOBS if k in os.environ)
             sharding.remove(model)
