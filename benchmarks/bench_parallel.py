@@ -168,7 +168,7 @@ def build_dit(args: argparse.Namespace, dtype: torch.dtype, device: torch.device
 def bench_dit(args: argparse.Namespace) -> None:
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.sequence import SequenceSharding, overlap_chunks
+    from fastvideo.parallel.sequence import SequenceSharding, head_groups
     from fastvideo.parallel.state import init_parallel, teardown
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -200,23 +200,23 @@ def bench_dit(args: argparse.Namespace) -> None:
                 print_profile(forward, "1 GPU", show=True)
         dist.barrier()
         runs = [
-            (name, chunks)
+            (name, plan)
             for name in args.strategies.split(",")
-            for chunks in (args.ulysses_chunks if name != "ring" else [1])
+            for plan in (args.head_groups if name != "ring" else [None])
         ]
-        for name, chunks in runs:
+        for name, plan in runs:
             state = init_parallel(ParallelConfig(num_gpus=world, **strategy_config(name, world)), str(device))
-            sharding = SequenceSharding(model, state, chunks=chunks)
+            sharding = SequenceSharding(model, state, head_groups=plan)
             sharding.apply(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             ms, out = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
             if args.profile:  # every rank runs the forward (collectives), rank 0 prints
-                print_profile(forward, f"{name} x{world}, {chunks} head groups", show=rank == 0)
-            if name != "ring":  # the groups actually used: a divisor of the heads per rank
-                chunks = overlap_chunks(cfg.num_attention_heads // state.ulysses_size, chunks)
-                name = f"{name}, {chunks} head group{'s' if chunks > 1 else ''}"
+                print_profile(forward, f"{name} x{world}, head groups {plan}", show=rank == 0)
+            if name != "ring":  # the groups actually used
+                groups = head_groups(cfg.num_attention_heads // state.ulysses_size, plan)
+                name = f"{name}, head groups {'+'.join(map(str, groups))}"
             name += "".join(f", {k}={os.environ[k]}" for k in NCCL_KNOBS if k in os.environ)
             sharding.remove(model)
             teardown()
@@ -250,6 +250,13 @@ def bench_dit(args: argparse.Namespace) -> None:
                             f"`torchrun --nproc-per-node {world} {' '.join(sys.argv)}`",
                         ],
                     )
+
+
+def parse_plan(text: str) -> int | tuple[int, ...] | None:
+    if text == "default":
+        return None
+    sizes = tuple(int(p) for p in text.split(","))
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def print_profile(fn: Callable[[], Any], title: str, *, show: bool) -> None:
@@ -451,10 +458,11 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--strategies", default="ulysses,ring", help="dit: comma-separated ulysses, ring, usp")
     ap.add_argument(
-        "--ulysses-chunks",
-        type=lambda s: [int(c) for c in s.split(",")],
-        default=[2],
-        help="dit: Ulysses head groups whose exchanges overlap attention, comma-separated to compare",
+        "--head-groups",
+        type=lambda s: [parse_plan(p) for p in s.split()],
+        default=[None],
+        help="dit: Ulysses head-group plans to compare, space-separated: default, a number of equal "
+        "groups (3) or sizes (1,4,1)",
     )
     ap.add_argument("--profile", action="store_true", help="dit: print rank 0's kernel table per strategy")
     ap.add_argument("--steps", type=int, default=50, help="generate: denoising steps")

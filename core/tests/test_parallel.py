@@ -216,14 +216,14 @@ def vsa_forward(**parallel: Any) -> torch.Tensor:
     return out
 
 
-def wan_forward(heads: int, chunks: int | None = None, **parallel: Any) -> torch.Tensor:
-    """A DiT forward (``sdpa``); Ulysses with ``chunks`` overlapped head groups when ``parallel``."""
+def wan_forward(heads: int, groups: Any = None, **parallel: Any) -> torch.Tensor:
+    """A DiT forward (``sdpa``); Ulysses with overlapped head ``groups`` when ``parallel``."""
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
     model, state = tiny_wan(heads=heads, head_dim=8, **parallel)
     if state is not None:
-        SequenceSharding(model, state, chunks=chunks).apply(model)
+        SequenceSharding(model, state, head_groups=groups).apply(model)
     with use_backend("sdpa"), torch.no_grad():
         out = model(*_wan_inputs())
     teardown()
@@ -268,8 +268,9 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
             out[name] = joint(ring_size=world)
         elif name == "joint-usp":
             out[name] = joint(sp_size=2, ring_size=world // 2)
-        elif name == "ulysses-chunks":
-            out[name] = {c: wan_forward(8, c, sp_size=world) for c in (1, 2, 4)}
+        elif name == "ulysses-groups":
+            plans = [1, 2, 4, (1, 2, 1), (3, 1), None]  # None: the default, (1, 2, 1)
+            out[name] = {str(g): wan_forward(8, g, sp_size=world) for g in plans}
         elif name == "vsa-ulysses":
             out[name] = vsa_forward(sp_size=world)
         elif name == "train-fsdp-ulysses":
@@ -289,7 +290,7 @@ SIZES = {
     "heads4": (HEIGHT, WIDTH),
     "ti2v": (96, 160),
 }  # ti2v: 16x VAE, 3x3x5 tokens
-EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses", "ulysses-chunks"]
+EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses", "ulysses-groups"]
 EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
 
@@ -420,24 +421,34 @@ def test_ulysses_with_the_sparse_vsa_backend(ranks2: list[dict[str, Any]], refs:
 
 
 def test_ulysses_overlapped_head_groups(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
-    """8 heads on 2 ranks in 1, 2 or 4 groups whose exchanges overlap attention: one process's output."""
+    """8 heads on 2 ranks, in head groups of every plan (equal, tapered, uneven): one process's output."""
     for rank, result in enumerate(ranks2):
-        for chunks, out in result["ulysses-chunks"].items():
-            assert_close(f"{chunks} groups, rank {rank}", refs["wan8"], out, RTOL)
+        assert len(result["ulysses-groups"]) == 6
+        for plan, out in result["ulysses-groups"].items():
+            assert_close(f"groups {plan}, rank {rank}", refs["wan8"], out, RTOL)
 
 
-def test_overlap_chunks_divide_the_heads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fastvideo.parallel.sequence import DEFAULT_CHUNKS, overlap_chunks
+def test_head_groups_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.parallel.sequence import head_groups
 
-    assert [overlap_chunks(6, c) for c in (1, 2, 3, 4, 5, 6, 9)] == [1, 2, 3, 3, 3, 6, 6]
-    assert overlap_chunks(1, 4) == 1 and overlap_chunks(7, 4) == 1
-    monkeypatch.delenv("FASTVIDEO_ULYSSES_CHUNKS", raising=False)
-    assert overlap_chunks(12, None) == DEFAULT_CHUNKS
-    monkeypatch.setenv("FASTVIDEO_ULYSSES_CHUNKS", "3")
-    assert overlap_chunks(12, None) == 3
-    monkeypatch.setenv("FASTVIDEO_ULYSSES_CHUNKS", "two")
-    with pytest.raises(ValueError, match="FASTVIDEO_ULYSSES_CHUNKS must be a positive integer, got 'two'"):
-        overlap_chunks(12, None)
+    monkeypatch.delenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", raising=False)
+    assert [head_groups(6, c) for c in (1, 2, 3, 4, 5, 6, 9)] == [
+        (6,), (3, 3), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1,) * 6, (1,) * 6
+    ]  # fmt: skip
+    assert head_groups(7, 4) == (7,)
+    assert [head_groups(h) for h in (1, 2, 3, 6, 12)] == [(1,), (1, 1), (1, 1, 1), (1, 4, 1), (1, 10, 1)]
+    assert head_groups(6, [2, 3, 1]) == (2, 3, 1)
+    with pytest.raises(ValueError, match="Ulysses head groups 2,3 must be positive and sum to the 6 heads"):
+        head_groups(6, (2, 3))
+    with pytest.raises(ValueError, match="number of Ulysses head groups must be >= 1, got 0"):
+        head_groups(6, 0)
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "3")
+    assert head_groups(12) == (4, 4, 4)
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "1,4,1")
+    assert head_groups(6) == (1, 4, 1)
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "two")
+    with pytest.raises(ValueError, match="FASTVIDEO_ULYSSES_HEAD_GROUPS must be a number of groups or comma"):
+        head_groups(12)
 
 
 def test_tensor_parallel_llama_encoder(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:

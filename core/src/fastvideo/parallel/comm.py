@@ -61,33 +61,40 @@ def ulysses_attention(
     tensors: Sequence[torch.Tensor],
     group: ProcessGroup,
     attend: Callable[..., torch.Tensor],
-    chunks: int = 1,
+    groups: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Ulysses attention from ``(B, Lc, H, D)`` token shards: ``(B, Lc, H, D)``, this rank's tokens.
 
-    ``attend(*tensors)`` gets every token of ``H / U`` heads at a time (``U``: the group size) and
-    returns ``(B, U*Lc, heads, D)``. With ``chunks > 1`` those heads go in ``chunks`` groups: the
-    exchanges of all groups are issued at once and each group's attention starts as soon as its own
-    exchange is in, so the collectives of the later groups and the return trip of the earlier ones
-    run while attention computes (collectives are asynchronous until their result is read).
-    ``H / U`` must be a multiple of ``chunks``.
+    ``attend(*tensors)`` gets every token of some of this rank's ``H / U`` heads (``U``: the group
+    size) and returns ``(B, U*Lc, heads, D)``. ``groups`` splits those heads into consecutive groups
+    (their sizes, summing to ``H / U``; default: one group): the exchanges of all groups are issued at
+    once and each group's attention starts as soon as its own exchange is in, so the exchanges of the
+    later groups and the return trips of the earlier ones run while attention computes (collectives
+    are asynchronous until their result is read). Only the first group's exchange and the last one's
+    return trip wait for nothing to overlap, so small first and last groups hide the most.
     """
     b, lc, h, d = tensors[0].shape
     u = dist.get_world_size(group)
-    hc = h // (u * chunks)  # heads of one group on one rank
-    n = len(tensors)
-    send = tensors[0].new_empty(chunks, u, n, b, lc, hc, d)  # [j, i]: group j of rank i's heads
-    for t_index, t in enumerate(tensors):
-        send[:, :, t_index].copy_(t.view(b, lc, u, chunks, hc, d).permute(3, 2, 0, 1, 4, 5))
-    received = [all_to_all(send[j], group) for j in range(chunks)]  # all issued; read one by one
+    hp = h // u  # heads per rank
+    groups = tuple(groups or (hp,))
+    if sum(groups) != hp or min(groups) < 1:
+        raise ValueError(f"head groups {groups} must be positive and sum to the {hp} heads per rank")
+    starts = [sum(groups[:j]) for j in range(len(groups))]
+    views = [t.view(b, lc, u, hp, d) for t in tensors]
+    received = []
+    for g, s in zip(groups, starts, strict=True):  # issue every group's exchange; read them one by one
+        send = tensors[0].new_empty(u, len(tensors), b, lc, g, d)  # [i]: rank i's heads of this group
+        for t_index, t in enumerate(views):
+            send[:, t_index].copy_(t[:, :, :, s : s + g].permute(2, 0, 1, 3, 4))
+        received.append(all_to_all(send, group))
     back = []
-    for y in received:  # y[i]: rank i's tokens of our heads of this group
-        parts = y.permute(1, 2, 0, 3, 4, 5).reshape(n, b, u * lc, hc, d).unbind(0)
-        out = attend(*parts)  # (B, U*Lc, hc, D)
-        back.append(all_to_all(out.reshape(b, u, lc, hc, d).transpose(0, 1), group))
-    result = tensors[0].new_empty(b, lc, u, chunks, hc, d)
-    for j, y in enumerate(back):  # y[i]: our tokens of rank i's heads of group j
-        result[:, :, :, j].copy_(y.permute(1, 2, 0, 3, 4))
+    for g, y in zip(groups, received, strict=True):  # y[i]: rank i's tokens of our heads of this group
+        parts = y.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, u * lc, g, d).unbind(0)
+        out = attend(*parts)  # (B, U*Lc, g, D)
+        back.append(all_to_all(out.reshape(b, u, lc, g, d).transpose(0, 1), group))
+    result = tensors[0].new_empty(b, lc, u, hp, d)
+    for g, s, y in zip(groups, starts, back, strict=True):  # y[i]: our tokens of rank i's heads of this group
+        result[:, :, :, s : s + g].copy_(y.permute(1, 2, 0, 3, 4))
     return result.view(b, lc, h, d)
 
 

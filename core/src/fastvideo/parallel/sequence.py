@@ -34,7 +34,7 @@ communication. Joint-attention models pass their text tokens as ``replicated=(q,
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -77,9 +77,9 @@ class SequenceSharding:
     Apply with :meth:`apply`; the model keeps working in one process after :meth:`remove`.
     """
 
-    def __init__(self, model: nn.Module, state: ParallelState, chunks: int | None = None) -> None:
+    def __init__(self, model: nn.Module, state: ParallelState, head_groups: HeadGroups | None = None) -> None:
         self.state = state
-        self.chunks = chunks  # Ulysses head groups whose exchanges overlap attention; None: the default
+        self.head_groups = head_groups  # Ulysses head groups (see head_groups()); None: the default
         self.plan = read_plan(model)
         self.model_name = type(model).__name__
         self.length = 0  # full token count of the forward running now
@@ -202,7 +202,7 @@ class SequenceSharding:
                 raise ValueError(head_message(self.model_name, q.shape[2], st))
             assert st.ulysses_group is not None
             if r == 1 and replicated is None:
-                chunks = overlap_chunks(q.shape[2] // u, self.chunks)
+                groups = head_groups(q.shape[2] // u, self.head_groups)
 
                 def local(
                     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gate: torch.Tensor
@@ -210,7 +210,7 @@ class SequenceSharding:
                     return self._local(q, k, v, scale, allow, None, None, gate[0] if gate else None)[0]
 
                 moving = (q, k, v) if gate is None else (q, k, v, gate)
-                return comm.ulysses_attention(moving, st.ulysses_group, local, chunks)
+                return comm.ulysses_attention(moving, st.ulysses_group, local, groups)
             moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
             q, k, v, *rest = moved  # (B, Lp/R, H/U, D)
             gate = rest[0] if rest else None
@@ -281,25 +281,42 @@ class SequenceSharding:
             )
 
 
-#: Ulysses head groups per attention (:func:`fastvideo.parallel.comm.ulysses_attention`), unless
-#: ``FASTVIDEO_ULYSSES_CHUNKS`` or the caller says otherwise. Measured in docs/benchmarks.md.
-DEFAULT_CHUNKS = 2
+HeadGroups = int | Sequence[int]
 
 
-def overlap_chunks(heads: int, wanted: int | None) -> int:
-    """The number of head groups for ``heads`` heads per rank: the largest divisor of ``heads`` that is
-    at most ``wanted`` (default: ``FASTVIDEO_ULYSSES_CHUNKS``, else :data:`DEFAULT_CHUNKS`)."""
+def head_groups(heads: int, wanted: HeadGroups | None = None) -> tuple[int, ...]:
+    """How Ulysses splits ``heads`` heads per rank into groups whose exchanges overlap attention
+    (:func:`fastvideo.parallel.comm.ulysses_attention`): the group sizes.
+
+    ``wanted``: a number of equal groups (the largest divisor of ``heads`` up to it), or the sizes
+    themselves. Default: ``FASTVIDEO_ULYSSES_HEAD_GROUPS`` (``3`` or ``1,4,1``), else one head, the
+    rest, one head (``1, heads - 2, 1``): only the first group's exchange and the last group's return
+    trip are not hidden behind attention, so they are kept to one head (docs/benchmarks.md).
+    """
     if wanted is None:
-        raw = os.environ.get("FASTVIDEO_ULYSSES_CHUNKS", "").strip()
+        raw = os.environ.get("FASTVIDEO_ULYSSES_HEAD_GROUPS", "").strip()
         try:
-            wanted = int(raw) if raw else DEFAULT_CHUNKS
+            parts = [int(p) for p in raw.split(",")] if raw else []
         except ValueError:
             raise ValueError(
-                f"FASTVIDEO_ULYSSES_CHUNKS must be a positive integer, got {raw!r}; unset it for the default"
+                f"FASTVIDEO_ULYSSES_HEAD_GROUPS must be a number of groups or comma-separated group sizes "
+                f"(3 or 1,4,1), got {raw!r}; unset it for the default"
             ) from None
-    if wanted < 1:
-        raise ValueError(f"Ulysses overlap chunks must be >= 1, got {wanted}")
-    return max(c for c in range(1, min(wanted, heads) + 1) if heads % c == 0)
+        wanted = parts[0] if len(parts) == 1 else parts or None
+    if wanted is None:
+        return (1, heads - 2, 1) if heads >= 3 else (1,) * heads
+    if isinstance(wanted, int):
+        if wanted < 1:
+            raise ValueError(f"the number of Ulysses head groups must be >= 1, got {wanted}")
+        n = max(c for c in range(1, min(wanted, heads) + 1) if heads % c == 0)
+        return (heads // n,) * n
+    sizes = tuple(wanted)
+    if sum(sizes) != heads or min(sizes, default=0) < 1:
+        raise ValueError(
+            f"Ulysses head groups {','.join(map(str, sizes))} must be positive and sum to the {heads} heads "
+            f"per rank; pass sizes that do, or a number of equal groups"
+        )
+    return sizes
 
 
 def head_message(model: str, heads: int, state: ParallelState) -> str:
