@@ -269,7 +269,7 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
         elif name == "joint-usp":
             out[name] = joint(sp_size=2, ring_size=world // 2)
         elif name == "ulysses-groups":
-            plans = [1, 2, 4, (1, 2, 1), (3, 1), None]  # None: the default, (1, 2, 1)
+            plans = [1, 2, 4, (1, 2, 1), (3, 1), None]  # None: the default, (2, 2)
             out[name] = {str(g): wan_forward(8, g, sp_size=world) for g in plans}
         elif name == "vsa-ulysses":
             out[name] = vsa_forward(sp_size=world)
@@ -436,14 +436,21 @@ def test_head_groups_plans(monkeypatch: pytest.MonkeyPatch) -> None:
         (6,), (3, 3), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1,) * 6, (1,) * 6
     ]  # fmt: skip
     assert head_groups(7, 4) == (7,)
-    assert [head_groups(h) for h in (1, 2, 3, 6, 12)] == [(1,), (1, 1), (1, 1, 1), (1, 4, 1), (1, 10, 1)]
+    assert [head_groups(h) for h in (1, 2, 3, 4, 6, 12)] == [
+        (1,),
+        (1, 1),
+        (1, 1, 1),
+        (2, 2),
+        (2, 2, 2),
+        (4, 4, 4),
+    ]
     assert head_groups(6, [2, 3, 1]) == (2, 3, 1)
     with pytest.raises(ValueError, match="Ulysses head groups 2,3 must be positive and sum to the 6 heads"):
         head_groups(6, (2, 3))
     with pytest.raises(ValueError, match="number of Ulysses head groups must be >= 1, got 0"):
         head_groups(6, 0)
-    monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "3")
-    assert head_groups(12) == (4, 4, 4)
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "2")
+    assert head_groups(12) == (6, 6)
     monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "1,4,1")
     assert head_groups(6) == (1, 4, 1)
     monkeypatch.setenv("FASTVIDEO_ULYSSES_HEAD_GROUPS", "two")
