@@ -67,8 +67,8 @@ GEN_HEADER = [
     "command",
 ]
 TARGETS = {2: 1.9, 4: 3.5}
-#: NCCL settings worth naming in a row when set (fewer channels: fewer SMs taken from attention).
-NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS")
+#: NCCL settings worth naming in a row when set (channels: SMs taken from attention; stream priority).
+NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "TORCH_NCCL_HIGH_PRIORITY")
 DEVICE: list[torch.device] = [torch.device("cpu")]  # this rank's device, set in main()
 #: --tiny: a small Wan-like DiT (and encoder / VAE) for a CPU smoke test over gloo.
 TINY_DIT = dict(
