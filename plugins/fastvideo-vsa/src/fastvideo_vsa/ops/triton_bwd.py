@@ -43,13 +43,16 @@ from fastvideo_vsa.ops.triton_fwd import (
 # --------------------------------------------------------------------------------------------------
 
 PREP_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 16)]
+#: Launch configs searched by the autotuners. benchmarks/vsa_config_sweep.py on an H100 at the Wan
+#: shape (docs/benchmarks.md): 8 warps ran 1.5-2.5x slower than 4 everywhere, so only 4-warp configs
+#: stay; (64, 4, 2) for dk/dv took 6.01 ms against 6.69 ms for the earlier list's pick.
 DQ_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bn, w, s in ((64, 4, 2), (64, 4, 3), (64, 8, 2))
+    for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 4, 3))
 ]
 DKDV_CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-    for bm, w, s in ((32, 4, 2), (32, 8, 2), (64, 8, 2))
+    for bm, w, s in ((32, 4, 2), (64, 4, 2), (64, 4, 3))
 ]
 #: dk, dv and (atomically) dq in one pass: 5 matmuls per block pair instead of 7.
 DKDVQ_CONFIGS = [
