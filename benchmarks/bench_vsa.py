@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +133,25 @@ def useful_flops(idx: torch.Tensor, grid: tuple[int, int, int]) -> float:
     return float((keys * sizes).sum()) * 4 * DIM
 
 
+def op_stages(q, k, v, g, dout, geom, topk: int, scale: float) -> SimpleNamespace:
+    """Every intermediate of one VSA forward and backward, stage by stage (gated), for timing the
+    stages one at a time: cube means, selection, plans, fine output, backward inputs, pooled grads."""
+    from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, plans, pool
+    from fastvideo_vsa.ops.triton_bwd import prep_backward
+    from fastvideo_vsa.ops.triton_fwd import fine_forward
+
+    qc, kc, vc = pool(q, k, v, geom)
+    idx, oc = coarse_select(qc, kc, vc, topk, scale)
+    key_plan, query_plan = plans(idx, geom, transposed=True)
+    out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
+    delta, _, doc = prep_backward(out, dout, g, oc, geom)
+    dqc, dkc, dvc = coarse_backward(qc, kc, vc, doc, scale)
+    return SimpleNamespace(
+        qc=qc, kc=kc, vc=vc, idx=idx, oc=oc, key_plan=key_plan, query_plan=query_plan, out=out, lse=lse,
+        delta=delta, doc=doc, dqc=dqc, dkc=dkc, dvc=dvc, bwd=(q, k, v, dout, lse, delta),
+    )  # fmt: skip
+
+
 def vsa_stage_timings(
     grid: tuple[int, int, int], sparsity: float, iters: int
 ) -> tuple[dict[str, float], float]:
@@ -145,13 +165,17 @@ def vsa_stage_timings(
     geom = CubeGeometry(grid)
     topk, scale = topk_for(sparsity, geom.num_cubes), DIM**-0.5
     q, k, v, g, dout = tensors(grid)
-    qc, kc, vc = pool(q, k, v, geom)
-    idx, oc = coarse_select(qc, kc, vc, topk, scale)
-    key_plan, query_plan = plans(idx, geom, transposed=True)
-    out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
-    delta, _, doc = prep_backward(out, dout, g, oc, geom)
-    dqc, dkc, dvc = coarse_backward(qc, kc, vc, doc, scale)
-    bwd = (q, k, v, dout, lse, delta)
+    st = op_stages(q, k, v, g, dout, geom, topk, scale)
+    qc, kc, vc, idx, oc, doc = st.qc, st.kc, st.vc, st.idx, st.oc, st.doc
+    key_plan, query_plan, out, dqc, dkc, dvc, bwd = (
+        st.key_plan,
+        st.query_plan,
+        st.out,
+        st.dqc,
+        st.dkc,
+        st.dvc,
+        st.bwd,
+    )
 
     def atomic_pass() -> torch.Tensor:
         acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)

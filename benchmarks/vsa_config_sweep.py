@@ -21,6 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_vsa import op_stages
 from harness import environment, time_cuda
 
 GRID = (21, 30, 52)
@@ -40,8 +41,7 @@ def time_cpu(name: str, fn, *, warmup: int = 1, iters: int = 1):
 
 def main() -> None:
     from fastvideo_vsa.ops import CubeGeometry, topk_for
-    from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, plans, pool
-    from fastvideo_vsa.ops.triton_bwd import dkdv_backward, dq_backward, prep_backward
+    from fastvideo_vsa.ops.triton_bwd import dkdv_backward, dq_backward
     from fastvideo_vsa.ops.triton_fwd import fine_forward
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,13 +115,16 @@ def main() -> None:
     ]
     for sparsity in args.sparsity:
         topk = topk_for(sparsity, geom.num_cubes)
-        qc, kc, vc = pool(q, k, v, geom)
-        idx, oc = coarse_select(qc, kc, vc, topk, scale)
-        key_plan, query_plan = plans(idx, geom, transposed=True)
-        out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
-        delta, _, doc = prep_backward(out, dout, g, oc, geom)
-        dqc, dkc, dvc = coarse_backward(qc, kc, vc, doc, scale)
-        bwd = (q, k, v, dout, lse, delta)
+        st = op_stages(q, k, v, g, dout, geom, topk, scale)
+        oc, key_plan, query_plan, dqc, dkc, dvc, bwd = (
+            st.oc,
+            st.key_plan,
+            st.query_plan,
+            st.dqc,
+            st.dkc,
+            st.dvc,
+            st.bwd,
+        )
         sweep(
             "fwd",
             sparsity,
