@@ -71,7 +71,7 @@ def ulysses_attention(
     once and each group's attention starts as soon as its own exchange is in, so the exchanges of the
     later groups and the return trips of the earlier ones run while attention computes (collectives
     are asynchronous until their result is read). Only the first group's exchange and the last one's
-    return trip wait for nothing to overlap, so small first and last groups hide the most.
+    return trip have no attention to hide behind.
     """
     b, lc, h, d = tensors[0].shape
     u = dist.get_world_size(group)

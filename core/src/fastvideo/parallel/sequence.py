@@ -21,7 +21,8 @@ attention among the sharded tokens (video self-attention). This module's handler
 
 * **Ulysses** (``sp_size``): one all-to-all turns token shards of all heads into all tokens of
   ``H / sp_size`` heads, the selected backend attends (any backend: ``sdpa``, ``vsa``, ...; padding
-  is cut off first), and a second all-to-all turns the result back;
+  is cut off first), and a second all-to-all turns the result back. The heads go in groups
+  (:func:`head_groups`) whose exchanges run while the previous group attends;
 * **ring** (``ring_size``): keys/values travel around the ring, partial results merge by
   log-sum-exp (:mod:`fastvideo.parallel.ring`); works for any head count;
 * **USP** (both): Ulysses inside groups of ``sp_size`` ranks, ring across them.
