@@ -129,7 +129,7 @@ def main() -> None:
             "fwd",
             sparsity,
             lambda cfg: fine_forward(q, k, v, g, oc, key_plan, geom, scale, config=cfg),  # noqa: B023 (called in this iteration)
-            grid3("BLOCK_N", (32, 64, 128), (4, 8), (2, 3, 4)),
+            grid3("BLOCK_N", (32, 64, 128), (4, 8), (1, 2, 3, 4)),
         )
         if sparsity != args.sparsity[0]:
             continue
