@@ -200,23 +200,26 @@ def bench_dit(args: argparse.Namespace) -> None:
                 print_profile(forward, "1 GPU", show=True)
         dist.barrier()
         runs = [
-            (name, plan)
+            (name, plan, exchange)
             for name in args.strategies.split(",")
             for plan in (args.head_groups if name != "ring" else [None])
+            for exchange in (args.exchange.split(",") if name == "ulysses" else ["auto"])
         ]
-        for name, plan in runs:
+        for name, plan, exchange in runs:
             state = init_parallel(ParallelConfig(num_gpus=world, **strategy_config(name, world)), str(device))
-            sharding = SequenceSharding(model, state, head_groups=plan)
+            sharding = SequenceSharding(model, state, head_groups=plan, exchange=exchange)
             sharding.apply(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             ms, out = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
             if args.profile:  # every rank runs the forward (collectives), rank 0 prints
-                print_profile(forward, f"{name} x{world}, head groups {plan}", show=rank == 0)
+                print_profile(forward, f"{name} x{world}, head groups {plan}, {exchange}", show=rank == 0)
             if name != "ring":  # the groups actually used
                 groups = head_groups(cfg.num_attention_heads // state.ulysses_size, plan)
                 name = f"{name}, head groups {'+'.join(map(str, groups))}"
+            if name.startswith("ulysses"):  # peer: copy engines through peer memory; nccl: all-to-all
+                name += f", {sharding.last_exchange} exchange"
             name += "".join(f", {k}={os.environ[k]}" for k in NCCL_KNOBS if k in os.environ)
             sharding.remove(model)
             teardown()
@@ -463,6 +466,12 @@ def main() -> None:
         default=[None],
         help="dit: Ulysses head-group plans to compare, space-separated: default, a number of equal "
         "groups (3) or sizes (1,4,1)",
+    )
+    ap.add_argument(
+        "--exchange",
+        default="auto",
+        help="dit: Ulysses exchanges to compare, comma-separated: nccl (all-to-all), peer (copy engines "
+        "through peer memory), auto",
     )
     ap.add_argument("--profile", action="store_true", help="dit: print rank 0's kernel table per strategy")
     ap.add_argument("--steps", type=int, default=50, help="generate: denoising steps")

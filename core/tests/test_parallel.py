@@ -216,14 +216,15 @@ def vsa_forward(**parallel: Any) -> torch.Tensor:
     return out
 
 
-def wan_forward(heads: int, groups: Any = None, **parallel: Any) -> torch.Tensor:
+def wan_forward(heads: int, groups: Any = None, exchange: str | None = None, **parallel: Any) -> torch.Tensor:
     """A DiT forward (``sdpa``); Ulysses with overlapped head ``groups`` when ``parallel``."""
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
     model, state = tiny_wan(heads=heads, head_dim=8, **parallel)
     if state is not None:
-        SequenceSharding(model, state, head_groups=groups).apply(model)
+        sharding = SequenceSharding(model, state, head_groups=groups, exchange=exchange)
+        sharding.apply(model)
     with use_backend("sdpa"), torch.no_grad():
         out = model(*_wan_inputs())
     teardown()
@@ -271,6 +272,12 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
         elif name == "ulysses-groups":
             plans = [1, 2, 4, (1, 2, 1), (3, 1), None]  # None: the default, (2, 2)
             out[name] = {str(g): wan_forward(8, g, sp_size=world) for g in plans}
+        elif name == "peer-exchange-on-cpu":  # auto falls back to NCCL-style all-to-all; peer refuses
+            out[name] = {"auto": wan_forward(8, exchange="auto", sp_size=world)}
+            try:
+                wan_forward(8, exchange="peer", sp_size=world)
+            except ValueError as exc:
+                out[name]["peer"] = str(exc)
         elif name == "vsa-ulysses":
             out[name] = vsa_forward(sp_size=world)
         elif name == "train-fsdp-ulysses":
@@ -290,7 +297,15 @@ SIZES = {
     "heads4": (HEIGHT, WIDTH),
     "ti2v": (96, 160),
 }  # ti2v: 16x VAE, 3x3x5 tokens
-EXTRA_2 = ["joint-ulysses", "joint-ring", "train-fsdp-ulysses", "llama-tp", "vsa-ulysses", "ulysses-groups"]
+EXTRA_2 = [
+    "joint-ulysses",
+    "joint-ring",
+    "train-fsdp-ulysses",
+    "llama-tp",
+    "vsa-ulysses",
+    "ulysses-groups",
+    "peer-exchange-on-cpu",
+]
 EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
 
@@ -426,6 +441,33 @@ def test_ulysses_overlapped_head_groups(ranks2: list[dict[str, Any]], refs: dict
         assert len(result["ulysses-groups"]) == 6
         for plan, out in result["ulysses-groups"].items():
             assert_close(f"groups {plan}, rank {rank}", refs["wan8"], out, RTOL)
+
+
+def test_peer_exchange_needs_cuda(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
+    """On gloo/CPU, ``auto`` runs the all-to-all path; asking for peer copies is a clear error
+    (the copy-engine path itself is checked against NCCL on GPUs: test_parallel_gpu.py)."""
+    for rank, result in enumerate(ranks2):
+        assert_close(
+            f"auto exchange, rank {rank}", refs["wan8"], result["peer-exchange-on-cpu"]["auto"], RTOL
+        )
+        assert result["peer-exchange-on-cpu"]["peer"] == (
+            "the peer Ulysses exchange was requested, but it needs CUDA devices, and this run is on cpu; "
+            "unset FASTVIDEO_ULYSSES_EXCHANGE (or pass exchange='auto') to use NCCL"
+        )
+
+
+def test_exchange_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.parallel.peer import exchange_mode
+
+    monkeypatch.delenv("FASTVIDEO_ULYSSES_EXCHANGE", raising=False)
+    assert exchange_mode() == "auto"
+    assert exchange_mode("nccl") == "nccl"
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_EXCHANGE", "peer")
+    assert exchange_mode() == "peer"
+    assert exchange_mode("auto") == "auto"  # an explicit choice wins over the environment
+    monkeypatch.setenv("FASTVIDEO_ULYSSES_EXCHANGE", "nvlink")
+    with pytest.raises(ValueError, match="Ulysses exchange must be one of auto, nccl, peer, got 'nvlink'"):
+        exchange_mode()
 
 
 def test_head_groups_plans(monkeypatch: pytest.MonkeyPatch) -> None:

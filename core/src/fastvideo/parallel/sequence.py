@@ -22,7 +22,9 @@ attention among the sharded tokens (video self-attention). This module's handler
 * **Ulysses** (``sp_size``): one all-to-all turns token shards of all heads into all tokens of
   ``H / sp_size`` heads, the selected backend attends (any backend: ``sdpa``, ``vsa``, ...; padding
   is cut off first), and a second all-to-all turns the result back. The heads go in groups
-  (:func:`head_groups`) whose exchanges run while the previous group attends;
+  (:func:`head_groups`) whose exchanges run while the previous group attends. For inference on the
+  GPUs of one host the exchanges are copy-engine copies through peer memory
+  (:mod:`fastvideo.parallel.peer`), elsewhere NCCL's all-to-all;
 * **ring** (``ring_size``): keys/values travel around the ring, partial results merge by
   log-sum-exp (:mod:`fastvideo.parallel.ring`); works for any head count;
 * **USP** (both): Ulysses inside groups of ``sp_size`` ranks, ring across them.
@@ -42,6 +44,7 @@ import torch
 
 from fastvideo.attention import selector
 from fastvideo.parallel import comm
+from fastvideo.parallel.peer import PeerExchange, exchange_mode, peer_exchange
 from fastvideo.parallel.ring import ring_attention
 
 if TYPE_CHECKING:
@@ -78,9 +81,20 @@ class SequenceSharding:
     Apply with :meth:`apply`; the model keeps working in one process after :meth:`remove`.
     """
 
-    def __init__(self, model: nn.Module, state: ParallelState, head_groups: HeadGroups | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        state: ParallelState,
+        head_groups: HeadGroups | None = None,
+        exchange: str | None = None,
+    ) -> None:
         self.state = state
         self.head_groups = head_groups  # Ulysses head groups (see head_groups()); None: the default
+        self.exchange = exchange_mode(
+            exchange
+        )  # Ulysses exchange: auto, nccl or peer (fastvideo.parallel.peer)
+        self._peer: PeerExchange | None = None  # this forward's peer exchange, when it uses one
+        self.last_exchange = ""  # "peer" or "nccl": what the last forward's Ulysses exchanges used
         self.plan = read_plan(model)
         self.model_name = type(model).__name__
         self.length = 0  # full token count of the forward running now
@@ -129,7 +143,37 @@ class SequenceSharding:
             )
         self.padded = comm.padded_length(self.length, p)
         self._cache.clear()
+        self._peer = self._pick_exchange(module, x)
+        self.last_exchange = "peer" if self._peer is not None else "nccl"
         selector.set_sequence_parallel(self.attend)
+
+    def _pick_exchange(self, block: nn.Module, x: torch.Tensor) -> PeerExchange | None:
+        """The peer exchange when this forward's plain Ulysses attention can use it (CUDA, one host,
+        no autograd), else ``None`` (NCCL all-to-all). ``exchange="peer"`` insists: it raises
+        where peer copies cannot run."""
+        st = self.state
+        if self.exchange == "nccl" or st.ulysses_size == 1 or st.ring_size > 1:
+            return None
+        training = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in block.parameters())
+        )
+        reason = None
+        if training:
+            reason = "it runs inference only (no autograd); training uses NCCL's all-to-all"
+        elif x.device.type != "cuda":
+            reason = f"it needs CUDA devices, and this run is on {x.device.type}"
+        else:
+            assert st.ulysses_group is not None
+            exchange = peer_exchange(st.ulysses_group, st.config.timeout_s)
+            if exchange is not None:
+                return exchange
+            reason = "the Ulysses group's GPUs are not all on this host with peer access"
+        if self.exchange == "peer":
+            raise ValueError(
+                f"the peer Ulysses exchange was requested, but {reason}; "
+                f"unset FASTVIDEO_ULYSSES_EXCHANGE (or pass exchange='auto') to use NCCL"
+            )
+        return None
 
     def _shard(self, t: Any, dim: int) -> Any:
         if not isinstance(t, torch.Tensor) or t.ndim <= dim or t.shape[dim] != self.length:
@@ -170,6 +214,7 @@ class SequenceSharding:
     def _end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         selector.set_sequence_parallel(None)
         self._cache.clear()
+        self._peer = None
 
     # ---- attention ---------------------------------------------------------------------------
 
@@ -211,6 +256,8 @@ class SequenceSharding:
                     return self._local(q, k, v, scale, allow, None, None, gate[0] if gate else None)[0]
 
                 moving = (q, k, v) if gate is None else (q, k, v, gate)
+                if self._peer is not None:
+                    return self._peer.ulysses_attention(moving, local, groups)
                 return comm.ulysses_attention(moving, st.ulysses_group, local, groups)
             moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
             q, k, v, *rest = moved  # (B, Lp/R, H/U, D)

@@ -210,6 +210,10 @@ def init_parallel(config: ParallelConfig, device: str | None = None) -> Parallel
 def teardown() -> None:
     """Forget the current state and destroy the default group if :func:`init_parallel` made it."""
     state, _CURRENT[0] = _CURRENT[0], None
+    if state is not None:
+        from fastvideo.parallel.peer import forget_exchanges
+
+        forget_exchanges()
     if state is not None and state.owns_process_group:
         import torch.distributed as dist
 

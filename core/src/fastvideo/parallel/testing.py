@@ -1,11 +1,12 @@
-"""Test kit for parallel code: run a function on several CPU processes over gloo and collect results.
+"""Test kit for parallel code: run a function on several processes (CPU over gloo, or one GPU each
+over NCCL) and collect results.
 
     results = run_ranks("tests/test_mine.py:suite", world=2, args=(str(tmp_path),))
     # results[r] is what suite(rank=r, world=2, *args) returned on rank r
 
 The target is ``"path/to/file.py:function"`` or ``"package.module:function"``; a test module can
 name itself (``f"{__file__}:suite"``), since spawned processes load it by path. Each process joins
-one gloo process group (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT`` are set,
+one process group (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT`` are set,
 so code under test sees what torchrun would give it). One spawn can run many cases: start the
 group once and loop inside the target, as the core's tests do. Failures come back as
 :class:`RankFailure` with the rank's traceback.
@@ -43,7 +44,14 @@ def load_target(target: str) -> Any:
 
 
 def _entry(
-    rank: int, world: int, port: int, folder: str, target: str, args: tuple[Any, ...], timeout: float
+    rank: int,
+    world: int,
+    port: int,
+    folder: str,
+    target: str,
+    args: tuple[Any, ...],
+    timeout: float,
+    backend: str = "gloo",
 ) -> None:
     import torch
     import torch.distributed as dist
@@ -59,7 +67,9 @@ def _entry(
     )
     out = Path(folder) / f"rank-{rank}.pkl"
     try:
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
         result = ("ok", load_target(target)(rank, world, *args))
     except BaseException:
         out.write_bytes(pickle.dumps(("error", traceback.format_exc())))
@@ -75,8 +85,11 @@ def run_ranks(
     args: tuple[Any, ...] = (),
     timeout: float = 120.0,
     start_method: str | None = None,
+    backend: str = "gloo",
 ) -> list[Any]:
-    """Call ``target(rank, world, *args)`` on ``world`` CPU processes; return each rank's result.
+    """Call ``target(rank, world, *args)`` on ``world`` processes; return each rank's result.
+
+    ``backend="nccl"``: rank ``r`` runs on GPU ``r`` (GPU tests; the processes are spawned).
 
     Results must be picklable (tensors are). Collectives time out after ``timeout`` seconds. The
     processes are forked (they inherit this process's imports: fast) unless CUDA is initialized
@@ -92,10 +105,11 @@ def run_ranks(
         if start_method is None:
             import torch
 
-            start_method = "spawn" if torch.cuda.is_initialized() or sys.platform != "linux" else "fork"
+            cuda = torch.cuda.is_initialized() or backend == "nccl"
+            start_method = "spawn" if cuda or sys.platform != "linux" else "fork"
         context = mp.start_processes(
             _entry,
-            args=(world, _free_port(), tmp, target, args, timeout),
+            args=(world, _free_port(), tmp, target, args, timeout, backend),
             nprocs=world,
             join=False,
             start_method=start_method,
