@@ -285,12 +285,17 @@ def print_profile(fn: Callable[[], Any], title: str, *, show: bool) -> None:
         prof.export_chrome_trace(f.name)
         events = json.load(open(f.name))["traceEvents"]
     kernels = sorted(
-        (e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if e.get("cat") == "kernel" and "dur" in e
-    )
+        [
+            (e["ts"], e["ts"] + e["dur"], e["name"], e.get("args", {}).get("stream"))
+            for e in events
+            if e.get("cat") == "kernel" and "dur" in e and "barrier" not in e["name"].lower()
+        ],
+        key=lambda k: k[0],
+    )  # barrier kernels (peer exchange) spin while they wait: not work
     if not kernels:
         return
     busy, gaps, end, before = 0.0, [], kernels[0][0], kernels[0][2]
-    for k0, k1, name in kernels:  # union of kernel intervals over all streams
+    for k0, k1, name, _ in kernels:  # union of kernel intervals over all streams
         if k0 > end:
             gaps.append((k0 - end, before, name))
         if k1 > end:
@@ -303,6 +308,37 @@ def print_profile(fn: Callable[[], Any], title: str, *, show: bool) -> None:
         print(f"  gap {gap / 1e3:7.3f} ms after {a[:60]!r} before {b[:60]!r}")
     small = [g for g, _, _ in gaps if g < 50]
     print(f"  gaps under 50 us: {len(small)}, {sum(small) / 1e3:.1f} ms", flush=True)
+    per_stream: dict[Any, float] = {}
+    for k0, k1, _, stream in kernels:
+        per_stream[stream] = per_stream.get(stream, 0.0) + (k1 - k0)
+    print("  kernel time per stream: " + ", ".join(f"{s}: {t / 1e3:.1f} ms" for s, t in per_stream.items()))
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "dur" in e]
+    if copies:  # copy-engine work (the peer exchange's chunks)
+        total = sum(e["dur"] for e in copies) / 1e3
+        moved = sum(e.get("args", {}).get("bytes", 0) for e in copies)
+        rate = moved / (total * 1e-3) / 1e9 if total else 0.0
+        print(
+            f"  memcpys: {len(copies)}, {total:.1f} ms, {moved / 2**30:.2f} GiB, {rate:.0f} GB/s while copying"
+        )
+    main = max(per_stream, key=lambda s: per_stream[s])  # the compute stream: where it waited
+    waits = []
+    prev = None
+    for k0, k1, name, stream in kernels:
+        if stream != main:
+            continue
+        if prev is not None and k0 - prev[0] > 20:
+            waits.append((k0 - prev[0], prev[1], name))
+        prev = (k1, name)
+    total_wait = sum(w for w, _, _ in waits) / 1e3
+    print(f"  compute stream {main}: {len(waits)} waits over 20 us, {total_wait:.1f} ms; by kernel pair:")
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for w, a, b in waits:
+        pairs.setdefault((a[:50], b[:50]), []).append(w)
+    for (a, b), ws in sorted(pairs.items(), key=lambda kv: -sum(kv[1]))[:10]:
+        print(
+            f"    {len(ws):4d} x {sum(ws) / len(ws):7.1f} us = {sum(ws) / 1e3:6.2f} ms  after {a!r} before {b!r}"
+        )
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------- whole generation with CFG parallel

@@ -99,29 +99,27 @@ class PeerExchange:
     @torch.compiler.disable  # streams, events and peer buffers: eager inside regionally compiled blocks
     def ulysses_attention(
         self,
-        tensors: Sequence[torch.Tensor],
+        packed: Sequence[torch.Tensor],
         attend: Callable[..., torch.Tensor],
-        groups: Sequence[int],
     ) -> torch.Tensor:
         """As :func:`fastvideo.parallel.comm.ulysses_attention`, with the exchanges done by copy engines.
 
-        Per head group ``j`` (``g`` heads), rank ``r``'s buffer holds ``in_j`` ``(n, B, U, Lc, g, D)``
-        (slot ``[:, :, s]``: rank ``s``'s tokens of our heads) and ``out_j`` ``(U, B, Lc, g, D)`` (slot
-        ``[s]``: our tokens of rank ``s``'s heads). Each rank packs its chunks on the compute stream
-        (its own chunk straight into its ``in_j``), copies the others into the peers' ``in_j`` on the
-        exchange stream, and every group's attention waits only for its own chunks; the outputs go
-        back the same way while the next group attends.
+        ``packed``: per head group, ``(n, B, U, Lc, g, D)`` from :func:`pack_groups` (slot
+        ``[:, :, s]``: our tokens of rank ``s``'s heads of the group). Rank ``r``'s buffer holds, per
+        group, ``in_j`` in that same layout (slot ``[:, :, s]``: rank ``s``'s tokens of our heads) and
+        ``out_j`` ``(U, B, Lc, g, D)`` (slot ``[s]``: our tokens of rank ``s``'s heads). Every chunk
+        for a peer travels as a ``cudaMemcpyAsync`` on the exchange stream into the peer's ``in_j``
+        (our own chunk is copied on the compute stream); each group's attention waits only for its
+        own chunks, and the outputs go back the same way while the next group attends. Returns
+        ``(B, Lc, H, D)``.
         """
-        b, lc, h, d = tensors[0].shape
-        u, rank, n = self.size, self.rank, len(tensors)
-        hp = h // u
-        dtype = tensors[0].dtype
-        esize = tensors[0].element_size()
-        if any(t.shape != tensors[0].shape or t.dtype != dtype for t in tensors):
-            raise ValueError("Ulysses peer exchange: q, k, v (and gate) must share one shape and dtype")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        n, b, u, lc, _, d = packed[0].shape
+        groups = [p.shape[4] for p in packed]
+        rank, dtype, esize = self.rank, packed[0].dtype, packed[0].element_size()
+        if u != self.size:
+            raise ValueError(f"Ulysses peer exchange: packed for {u} ranks, but the group has {self.size}")
+        if torch.is_grad_enabled() and any(p.requires_grad for p in packed):
             raise RuntimeError("the peer Ulysses exchange runs inference only; use NCCL's (exchange='nccl')")
-        starts = [sum(groups[:j]) for j in range(len(groups))]
         layout, offset = [], 0
         for g in groups:
             in_bytes = n * b * u * lc * g * d * esize
@@ -132,32 +130,32 @@ class PeerExchange:
         self.reserve(offset)
 
         compute, copier = torch.cuda.current_stream(self.device), self.stream
-        views = [t.view(b, lc, u, hp, d) for t in tensors]
-        peers = [p for p in range(u) if p != rank]
+        packed = [send.contiguous() for send in packed]
+        ready = torch.cuda.Event()
+        ready.record(compute)
+        copier.wait_event(ready)
+        for send, g, (in_at, _) in zip(packed, groups, layout, strict=True):
+            # our own slot: an SM copy on the compute stream (a local memcpy by a copy engine runs at
+            # ~100 GB/s on an H200 and would queue ahead of the peers' chunks)
+            self.region(rank, in_at, (n, b, u, lc, g, d), dtype)[:, :, rank].copy_(send[:, :, rank])
         arrived = []
-        for (g, s), (in_at, _) in zip(zip(groups, starts, strict=True), layout, strict=True):
-            mine = self.region(rank, in_at, (n, b, u, lc, g, d), dtype)
-            send = tensors[0].new_empty(u, n, b, lc, g, d)  # [p]: what goes to rank p
-            for i, t in enumerate(views):
+        with torch.cuda.stream(copier):
+            for send, g, (in_at, _) in zip(packed, groups, layout, strict=True):
                 for p in range(u):
-                    (mine[i, :, p] if p == rank else send[p, i]).copy_(t[:, :, p, s : s + g])
-            packed = torch.cuda.Event()
-            packed.record(compute)
-            copier.wait_event(packed)
-            with torch.cuda.stream(copier):
-                for p in peers:
+                    if p == rank:
+                        continue
                     theirs = self.region(p, in_at, (n, b, u, lc, g, d), dtype)
                     for i in range(n):
                         for bb in range(b):  # contiguous (Lc, g, D) pieces: plain memcpys
-                            theirs[i, bb, rank].copy_(send[p, i, bb])
+                            theirs[i, bb, rank].copy_(send[i, bb, p])
+                send.record_stream(copier)
                 self.barrier()
                 done = torch.cuda.Event()
                 done.record(copier)
-            send.record_stream(copier)
-            arrived.append((mine, done))
+                arrived.append((self.region(rank, in_at, (n, b, u, lc, g, d), dtype), done))
 
         returned = []
-        for (g, (mine, done)), (_, out_at) in zip(zip(groups, arrived, strict=True), layout, strict=True):
+        for g, (mine, done), (_, out_at) in zip(groups, arrived, layout, strict=True):
             compute.wait_event(done)
             out = attend(*mine.view(n, b, u * lc, g, d).unbind(0))  # (B, U*Lc, g, D)
             out = out.contiguous()
@@ -165,7 +163,9 @@ class PeerExchange:
             finished.record(compute)
             copier.wait_event(finished)
             with torch.cuda.stream(copier):
-                for p in peers:
+                for p in range(u):
+                    if p == rank:
+                        continue
                     theirs = self.region(p, out_at, (u, b, lc, g, d), dtype)
                     for bb in range(b):
                         theirs[rank, bb].copy_(out[bb, p * lc : (p + 1) * lc])
@@ -175,16 +175,33 @@ class PeerExchange:
             out.record_stream(copier)
             returned.append((out, back))
 
-        result = tensors[0].new_empty(b, lc, u, hp, d)
-        for (g, s), (out, back), (_, out_at) in zip(
-            zip(groups, starts, strict=True), returned, layout, strict=True
-        ):
+        hp = sum(groups)
+        result = packed[0].new_empty(b, lc, u, hp, d)
+        start = 0
+        for g, (out, back), (_, out_at) in zip(groups, returned, layout, strict=True):
             compute.wait_event(back)
             theirs = self.region(rank, out_at, (u, b, lc, g, d), dtype)
             for p in range(u):
                 src = out[:, rank * lc : (rank + 1) * lc] if p == rank else theirs[p]
-                result[:, :, p, s : s + g].copy_(src)
-        return result.view(b, lc, h, d)
+                result[:, :, p, start : start + g].copy_(src)
+            start += g
+        return result.view(b, lc, u * hp, d)
+
+
+def pack_groups(tensors: Sequence[torch.Tensor], ranks: int, groups: Sequence[int]) -> list[torch.Tensor]:
+    """``(B, Lc, H, D)`` tensors -> per head group ``(n, B, U, Lc, g, D)``: slot ``[:, :, s]`` holds
+    rank ``s``'s heads of the group (``U = ranks``; ``groups`` split the ``H / U`` heads of a rank).
+
+    Plain tensor code, so that under torch.compile it fuses with whatever produced the tensors
+    (RoPE, for q and k) and writes the send layout directly.
+    """
+    b, lc, h, d = tensors[0].shape
+    views = [t.view(b, lc, ranks, h // ranks, d).transpose(1, 2) for t in tensors]  # (B, U, Lc, hp, D)
+    out, start = [], 0
+    for g in groups:
+        out.append(torch.stack([v[..., start : start + g, :] for v in views]))
+        start += g
+    return out
 
 
 _EXCHANGES: dict[str, PeerExchange | None] = {}

@@ -44,7 +44,7 @@ import torch
 
 from fastvideo.attention import selector
 from fastvideo.parallel import comm
-from fastvideo.parallel.peer import PeerExchange, exchange_mode, peer_exchange
+from fastvideo.parallel.peer import PeerExchange, exchange_mode, pack_groups, peer_exchange
 from fastvideo.parallel.ring import ring_attention
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class SequenceSharding:
 
                 moving = (q, k, v) if gate is None else (q, k, v, gate)
                 if self._peer is not None:
-                    return self._peer.ulysses_attention(moving, local, groups)
+                    return self._peer.ulysses_attention(pack_groups(moving, u, groups), local)
                 return comm.ulysses_attention(moving, st.ulysses_group, local, groups)
             moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
             q, k, v, *rest = moved  # (B, Lp/R, H/U, D)
