@@ -2,7 +2,8 @@
 
 The peer-memory Ulysses exchange (copy engines, :mod:`fastvideo.parallel.peer`) exists only on CUDA:
 here it must give what NCCL's all-to-all gives, and what one GPU gives, for a Wan DiT in fp32 with a
-token count that does not divide the ranks and several head-group plans.
+token count that does not divide the ranks and several head-group plans; and with the sparse ``vsa``
+backend (its gate travels as a fourth tensor) when the VSA plugin is installed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ def _model_and_inputs(device: torch.device) -> tuple[Any, tuple[torch.Tensor, ..
     return model, (x.to(device), torch.tensor([300.0], device=device), text.to(device))
 
 
+def _has_vsa() -> bool:
+    try:
+        import fastvideo_vsa  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def suite(rank: int, world: int) -> dict[str, Any]:
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
@@ -63,6 +72,25 @@ def suite(rank: int, world: int) -> dict[str, Any]:
                 results[f"{exchange} {plan}"] = outs
                 sharding.remove(model)
                 teardown()
+    if not _has_vsa():
+        return results
+    from fastvideo.attention import StepContext, step_context
+
+    model.add_vsa_gates()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for block in model.blocks:
+            w = block.self_attn.gate_compress.weight
+            w.copy_(torch.randn(w.shape, generator=gen).to(device) * 0.2)
+    with use_backend("vsa"), step_context(StepContext(grid=(5, 7, 11), sparsity=0.5)), torch.no_grad():
+        results["vsa one"] = model(*inputs).cpu()
+        for exchange in ("nccl", "peer"):
+            state = init_parallel(ParallelConfig(num_gpus=world), str(device))
+            sharding = SequenceSharding(model, state, exchange=exchange)
+            sharding.apply(model)
+            results[f"vsa {exchange}"] = model(*inputs).cpu()
+            sharding.remove(model)
+            teardown()
     return results
 
 
@@ -79,3 +107,8 @@ def test_peer_exchange_matches_nccl_and_one_gpu() -> None:
             peer, nccl = result[f"peer {plan}"][0], result[f"nccl {plan}"][0]
             diff = ((peer - nccl).norm() / nccl.norm()).item()
             assert diff <= 1e-6, f"head groups {plan}: peer and NCCL exchanges differ by {diff:.2e}"
+        if "vsa one" in result:  # VSA's gate is a fourth exchanged tensor
+            ref = result["vsa one"]
+            for exchange in ("nccl", "peer"):
+                err = ((result[f"vsa {exchange}"] - ref).norm() / ref.norm()).item()
+                assert err <= 1e-5, f"vsa with the {exchange} exchange: rel err {err:.2e}"
