@@ -1,11 +1,12 @@
 # Sourced by the GPU benchmark scripts: makes `fv` and the plugins runnable on the bare GPU machine
 # (no network, no install): the carried wheels (.whl: diffusers and its missing deps) go to
-# /tmp/site, core and the Wan plugin run from the checkout, and their entry points are declared
+# /tmp/site, core and the Wan and VSA plugins run from the checkout, and their entry points are declared
 # with hand-written dist-info folders.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/core/src:$PWD/plugins/fastvideo-wan/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+export PYTHONPATH=/tmp/site:$PWD/core/src:$PWD/plugins/fastvideo-wan/src:$PWD/plugins/fastvideo-vsa/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
     FASTVIDEO_PROGRESS=0
-for d in "fastvideo_core:console_scripts:fv = fastvideo.cli:main" "fastvideo_wan:fastvideo:wan = fastvideo_wan.plugin"; do
+for d in "fastvideo_core:console_scripts:fv = fastvideo.cli:main" "fastvideo_wan:fastvideo:wan = fastvideo_wan.plugin" \
+    "fastvideo_vsa:fastvideo:vsa = fastvideo_vsa.plugin"; do
     IFS=: read -r name group entry <<<"$d"
     info=/tmp/site/$name-0.1.0.dist-info
     mkdir -p "$info"
