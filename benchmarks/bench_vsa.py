@@ -141,8 +141,8 @@ def op_stages(q, k, v, g, dout, geom, topk: int, scale: float) -> SimpleNamespac
     from fastvideo_vsa.ops.triton_fwd import fine_forward
 
     qc, kc, vc = pool(q, k, v, geom)
-    idx, oc = coarse_select(qc, kc, vc, topk, scale)
-    key_plan, query_plan = plans(idx, geom, transposed=True)
+    idx, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+    _, query_plan = plans(idx, geom, transposed=True)
     out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
     delta, _, doc = prep_backward(out, dout, g, oc, geom)
     dqc, dkc, dvc = coarse_backward(qc, kc, vc, doc, scale)
@@ -184,8 +184,7 @@ def vsa_stage_timings(
 
     stages = {
         "pool": lambda: pool(q, k, v, geom),
-        "coarse+topk": lambda: coarse_select(qc, kc, vc, topk, scale),
-        "key plan": lambda: plans(idx, geom),
+        "coarse+select+key plan": lambda: coarse_select(qc, kc, vc, topk, scale, geom),
         "fine fwd": lambda: fine_forward(q, k, v, g, oc, key_plan, geom, scale),
         "fine fwd (no gate)": lambda: fine_forward(q, k, v, None, None, key_plan, geom, scale),
         "bwd prep": lambda: prep_backward(out, dout, g, oc, geom),

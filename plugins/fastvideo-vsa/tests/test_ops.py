@@ -267,6 +267,44 @@ def test_plans_stream_exactly_the_tokens_of_the_listed_cubes() -> None:
             assert tokens(queries, h * 12 + c) == expected
 
 
+def test_fused_selection_and_key_plan_match_topk_and_plans() -> None:
+    """The forward's one-kernel selection + key plan: torch.topk's cubes (ascending; ties to the lower
+    cube) and a plan that streams exactly the tokens :func:`plans` streams for them."""
+    from fastvideo_vsa.ops.pooling import plans, select_and_plan
+
+    geom = CubeGeometry((5, 6, 9))  # 12 cubes, partial along T and H
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 3, 12, 12, generator=gen)
+    scores[1, 2, 4] = torch.tensor([0.0, 1, 1, 1, 1, 0, 2, 1, 0, 0, 1, 0])  # ties at the cut
+    for topk in (1, 5, 11):
+        idx, plan = select_and_plan(scores.to(DEVICE), topk, geom)
+        expected = torch.topk(scores, topk, dim=-1).indices.sort(-1).values
+        row = scores[1, 2, 4].tolist()  # tied: the lower cube wins (torch.topk picks either)
+        expected[1, 2, 4] = torch.tensor(sorted(sorted(range(12), key=lambda c: (-row[c], c))[:topk]))
+        assert torch.equal(idx.cpu().long(), expected), topk
+        reference = plans(idx, geom)[0]
+        for a, b in zip(plan, reference, strict=True):
+            assert a.dtype in (torch.int32, torch.int64) and b.dtype in (torch.int32, torch.int64)
+        runs, first, count = (x.cpu().tolist() for x in plan)
+        ref_runs, ref_first, ref_count = (x.cpu().tolist() for x in reference)
+        assert count == ref_count
+        for segment in range(len(count)):
+            mine = runs[first[segment] : first[segment] + count[segment]]
+            theirs = ref_runs[ref_first[segment] : ref_first[segment] + ref_count[segment]]
+            assert mine == theirs, (topk, segment)
+
+
+def test_selection_beyond_the_fused_kernel_falls_back_to_topk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo_vsa.ops import pooling
+
+    case = CASES[0]
+    xs = inputs(case, seed=3)
+    topk = topk_for(case.sparsity, CubeGeometry(case.grid).num_cubes)
+    fused = vsa_attention(*xs[:3], case.grid, topk=topk)
+    monkeypatch.setattr(pooling, "SELECT_MAX_CUBES", 1)
+    assert torch.equal(vsa_attention(*xs[:3], case.grid, topk=topk), fused)
+
+
 def test_cube_geometry_of_an_odd_grid() -> None:
     geom = CubeGeometry((21, 30, 52))  # Wan2.1 at 81x480x832
     sizes = geom.cube_sizes()

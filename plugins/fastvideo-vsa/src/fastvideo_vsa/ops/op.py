@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from fastvideo_vsa.ops.geometry import CubeGeometry, topk_for
-from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, plans, pool
+from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, pool
 from fastvideo_vsa.ops.triton_bwd import fine_backward, prep_backward
 from fastvideo_vsa.ops.triton_fwd import fine_forward, interpreting
 
@@ -37,8 +37,8 @@ def vsa_fwd(
     geom = CubeGeometry(tuple(grid))
     has_gate = gate is not None
     qc, kc, vc = pool(q, k, v if has_gate else None, geom)
-    indices, oc = coarse_select(qc, kc, vc, topk, scale)
-    out, lse = fine_forward(q, k, v, gate, oc, plans(indices, geom)[0], geom, scale)
+    indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+    out, lse = fine_forward(q, k, v, gate, oc, key_plan, geom, scale)
     return out, lse, indices, qc, kc, vc if has_gate else _empty(q), oc if has_gate else _empty(q)
 
 
@@ -199,4 +199,4 @@ def vsa_select(
     geom = CubeGeometry(grid)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qc, kc, _ = pool(_inner_contiguous(q), _inner_contiguous(k), None, geom)
-    return coarse_select(qc, kc, None, topk, scale)[0]
+    return coarse_select(qc, kc, None, topk, scale, geom)[0]

@@ -26,6 +26,9 @@ from fastvideo_vsa.ops.triton_fwd import cube_count, cube_tokens, d_pad, geometr
 
 POOL_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8)]
 RUNS_BLOCK = 64  # cube-list entries per program of the run expansion
+#: The fused selection holds a query cube's scores in one program; beyond this many cubes (videos far
+#: larger than 720p x 81 frames' 1440) selection falls back to ``torch.topk`` and :func:`plans`.
+SELECT_MAX_CUBES = 4096
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
@@ -78,6 +81,32 @@ def _runs_kernel(LISTS, FIRST, TABLE, COUNTS, RUNS, N, BLOCK_E: tl.constexpr):
     tl.store(RUNS + first[:, None] + j[None, :], runs, mask=ok[:, None] & (j[None, :] < count[:, None]))
 
 
+@triton.jit
+def _select_kernel(SCORES, COUNTS, IDX, FIRST_E, FIRST, COUNT, C, TOPK, BLOCK_C: tl.constexpr):
+    """One (batch x head, query cube) row: keep the ``TOPK`` highest of its ``C`` cube scores (ties: the
+    lower cube first), write them ascending to ``IDX`` and lay out the row's key plan: entry ``e``'s runs
+    start at ``FIRST_E[e]`` (row ``r`` owns ``RUNS[r * TOPK * 16 :]``), the row streams ``COUNT[r]`` runs
+    from ``FIRST[r]``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    inside = cols < C
+    s = tl.load(SCORES + row * C + cols, mask=inside, other=float("-inf"))
+    ordered = tl.sort(s, descending=True)
+    t = tl.max(tl.where(cols == TOPK - 1, ordered, float("-inf")), 0)  # the TOPK-th highest score
+    above = (s > t) & inside
+    tied = (s == t) & inside
+    room = TOPK - tl.sum(above.to(tl.int32), 0)  # how many of the tied cubes still fit
+    keep = above | (tied & (tl.cumsum(tied.to(tl.int32), 0) <= room))
+    pos = tl.cumsum(keep.to(tl.int32), 0) - 1  # ascending cube order
+    runs = tl.where(keep, tl.load(COUNTS + cols, mask=inside, other=0), 0)
+    before = tl.cumsum(runs, 0) - runs  # runs of the kept cubes ahead of this one
+    base = row * TOPK
+    tl.store(IDX + base + pos, cols, mask=keep)
+    tl.store(FIRST_E + base + pos, base * 16 + before, mask=keep)
+    tl.store(FIRST + row, base * 16)
+    tl.store(COUNT + row, tl.sum(runs, 0))
+
+
 _pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V"])(_pool_kernel)
 
 # --------------------------------------------------------------------------------------------------
@@ -106,18 +135,50 @@ def pool(
 
 
 def coarse_select(
-    qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor | None, topk: int, scale: float
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Selected key cubes ``[B, H, C, topk]`` int32 (ascending) and, with ``vc``, the coarse
-    output ``softmax(qc kc^T * scale) vc`` ``[B, H, C, D]`` fp32."""
+    qc: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor | None, topk: int, scale: float, geom: CubeGeometry
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+    """Selected key cubes ``[B, H, C, topk]`` int32 (ascending); with ``vc`` the coarse output
+    ``softmax(qc kc^T * scale) vc`` ``[B, H, C, D]`` fp32 (else ``None``); and the fine stage's key
+    plan, as :func:`plans` builds it from the selection.
+
+    Below ``topk = C`` (and up to :data:`SELECT_MAX_CUBES` cubes), one Triton program per query cube
+    selects from its scores and lays out its key runs (:func:`select_and_plan`), in place of
+    ``torch.topk``, a sort and the plan's passes.
+    """
     scores = torch.matmul(qc, kc.transpose(-1, -2)) * scale  # (B, H, C, C) fp32
     num_cubes = scores.shape[-1]
     if topk >= num_cubes:
         idx = torch.arange(num_cubes, device=qc.device, dtype=torch.int32).expand(scores.shape).contiguous()
+        plan = plans(idx, geom)[0]
+    elif num_cubes <= SELECT_MAX_CUBES:
+        idx, plan = select_and_plan(scores, topk, geom)
     else:
         idx = torch.topk(scores, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+        plan = plans(idx, geom)[0]
     oc = torch.matmul(torch.softmax(scores, dim=-1), vc) if vc is not None else None
-    return idx, oc
+    return idx, oc, plan
+
+
+def select_and_plan(
+    scores: torch.Tensor, topk: int, geom: CubeGeometry
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The ``topk`` highest-scoring key cubes of every query cube (``[B, H, C, topk]`` int32,
+    ascending; ties go to the lower cube) and their key plan ``(runs, first, count)``."""
+    batch, heads, cubes, _ = scores.shape
+    rows = batch * heads * cubes
+    table, counts = _run_table(geom, scores.device)
+    idx = torch.empty(rows * topk, dtype=torch.int32, device=scores.device)
+    entry_first = torch.empty(rows * topk, dtype=torch.int64, device=scores.device)
+    first = torch.empty(rows, dtype=torch.int64, device=scores.device)
+    count = torch.empty(rows, dtype=torch.int32, device=scores.device)
+    block = max(16, triton.next_power_of_2(cubes))
+    args = (scores.contiguous(), counts, idx, entry_first, first, count, cubes, topk)
+    warps = {"num_warps": 8 if block > 1024 else 4}
+    launch(_select_kernel, _select_kernel, (rows,), args, {"BLOCK_C": block}, warps, {})
+    runs = idx.new_empty(rows * topk * 16)  # row r's runs from r * topk * 16, at most 16 per cube
+    launch(_runs_kernel, _runs_kernel, (triton.cdiv(rows * topk, RUNS_BLOCK),),
+           (idx, entry_first, table, counts, runs, rows * topk), {"BLOCK_E": RUNS_BLOCK}, {"num_warps": 4}, {})  # fmt: skip
+    return idx.view(batch, heads, cubes, topk), (runs, first, count)
 
 
 def coarse_backward(
