@@ -142,7 +142,7 @@ def op_stages(q, k, v, g, dout, geom, topk: int, scale: float) -> SimpleNamespac
 
     qc, kc, vc = pool(q, k, v, geom)
     idx, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
-    _, query_plan = plans(idx, geom, transposed=True)
+    _, query_plan = plans(idx, geom, transposed=True, key_plan=key_plan)
     out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
     delta, _, doc = prep_backward(out, dout, g, oc, geom)
     dqc, dkc, dvc = coarse_backward(qc, kc, vc, doc, scale)
@@ -189,7 +189,7 @@ def vsa_stage_timings(
         "fine fwd (no gate)": lambda: fine_forward(q, k, v, None, None, key_plan, geom, scale),
         "bwd prep": lambda: prep_backward(out, dout, g, oc, geom),
         "coarse bwd": lambda: coarse_backward(qc, kc, vc, doc, scale),
-        "both plans": lambda: plans(idx, geom, transposed=True),
+        "query plan": lambda: plans(idx, geom, transposed=True, key_plan=key_plan),
         "dq": lambda: dq_backward(*bwd, key_plan, geom, scale, dqc),
         "dkdv": lambda: dkdv_backward(*bwd, query_plan, geom, scale, (dkc, dvc)),
         "dkdv+dq atomic": atomic_pass,

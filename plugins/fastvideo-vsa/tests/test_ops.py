@@ -214,7 +214,15 @@ def test_fake_implementation_matches_the_real_one() -> None:
     q, k, v, g = inputs(case, seed=11)
     torch.library.opcheck(
         vsa_op.vsa_fwd, (q, k, v, g, list(case.grid), 2, 0.25), test_utils=("test_schema", "test_faketensor")
-    )
+    )  # every cube kept: the shared dense plan
+    case = Case(1, (5, 6, 9), 2, 16, "fp16", 0.5, True)
+    q, k, v, g = inputs(case, seed=11)
+    for gate in (g, None):  # 12 cubes, 5 kept: the selection kernel's plan
+        torch.library.opcheck(
+            vsa_op.vsa_fwd,
+            (q, k, v, gate, list(case.grid), 5, 0.25),
+            test_utils=("test_schema", "test_faketensor"),
+        )
 
 
 @pytest.mark.parametrize(

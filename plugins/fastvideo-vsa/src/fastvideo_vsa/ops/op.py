@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from fastvideo_vsa.ops.geometry import CubeGeometry, topk_for
-from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, pool
+from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, key_runs_length, pool
 from fastvideo_vsa.ops.triton_bwd import fine_backward, prep_backward
 from fastvideo_vsa.ops.triton_fwd import fine_forward, interpreting
 
@@ -32,14 +32,19 @@ def vsa_fwd(
     grid: list[int],
     topk: int,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(out, lse, indices, qc, kc, vc, oc)``; ``vc``/``oc`` are empty without a gate."""
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+]:  # fmt: skip
+    """``(out, lse, indices, qc, kc, vc, oc, runs, first, count)``; ``vc``/``oc`` are empty without a
+    gate; the last three are the key plan (kept for the backward's dq pass)."""
     geom = CubeGeometry(tuple(grid))
     has_gate = gate is not None
     qc, kc, vc = pool(q, k, v if has_gate else None, geom)
     indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
     out, lse = fine_forward(q, k, v, gate, oc, key_plan, geom, scale)
-    return out, lse, indices, qc, kc, vc if has_gate else _empty(q), oc if has_gate else _empty(q)
+    vc_oc = (vc, oc) if has_gate else (_empty(q), _empty(q))
+    return out, lse, indices, qc, kc, *vc_oc, *key_plan
 
 
 @vsa_fwd.register_fake
@@ -52,6 +57,12 @@ def _(q, k, v, gate, grid, topk, scale):
         vc_oc = (q.new_empty(coarse, dtype=f32), q.new_empty(coarse, dtype=f32))
     else:
         vc_oc = (_empty(q), _empty(q))
+    segments = batch * heads * cubes
+    plan = (
+        q.new_empty((key_runs_length(CubeGeometry(tuple(grid)), segments, topk),), dtype=torch.int32),
+        q.new_empty((segments,), dtype=torch.int64),
+        q.new_empty((segments,), dtype=torch.int32),
+    )
     return (
         q.new_empty(q.shape),
         q.new_empty((batch, heads, length), dtype=f32),
@@ -59,6 +70,7 @@ def _(q, k, v, gate, grid, topk, scale):
         q.new_empty(coarse, dtype=f32),
         q.new_empty(coarse, dtype=f32),
         *vc_oc,
+        *plan,
     )
 
 
@@ -76,6 +88,9 @@ def vsa_bwd(
     kc: torch.Tensor,
     vc: torch.Tensor,
     oc: torch.Tensor,
+    runs: torch.Tensor,
+    first: torch.Tensor,
+    count: torch.Tensor,
     grid: list[int],
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,27 +100,30 @@ def vsa_bwd(
     dout = dout.contiguous()
     delta, dgate, doc = prep_backward(out, dout, gate, oc if has_gate else None, geom)
     coarse = coarse_backward(qc, kc, vc, doc, scale) if has_gate else None
-    dq, dk, dv = fine_backward(q, k, v, dout, lse, delta, indices, geom, scale, coarse)
+    key_plan = (runs, first, count)
+    dq, dk, dv = fine_backward(q, k, v, dout, lse, delta, indices, geom, scale, coarse, key_plan)
     return dq, dk, dv, dgate if dgate is not None else _empty(q)
 
 
 @vsa_bwd.register_fake
-def _(dout, q, k, v, gate, out, lse, indices, qc, kc, vc, oc, grid, scale):
+def _(dout, q, k, v, gate, out, lse, indices, qc, kc, vc, oc, runs, first, count, grid, scale):
     dgate = gate.new_empty(gate.shape) if gate is not None else _empty(q)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dgate
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, gate, grid, _, scale = inputs
-    out, lse, indices, qc, kc, vc, oc = output
-    ctx.save_for_backward(q, k, v, gate, out, lse, indices, qc, kc, vc, oc)
+    out, lse, indices, qc, kc, vc, oc, runs, first, count = output
+    ctx.save_for_backward(q, k, v, gate, out, lse, indices, qc, kc, vc, oc, runs, first, count)
     ctx.grid, ctx.scale = grid, scale
-    ctx.mark_non_differentiable(lse, indices, qc, kc, vc, oc)
+    ctx.mark_non_differentiable(lse, indices, qc, kc, vc, oc, runs, first, count)
 
 
 def _backward(ctx, dout, *_):
-    q, k, v, gate, out, lse, indices, qc, kc, vc, oc = ctx.saved_tensors
-    dq, dk, dv, dgate = vsa_bwd(dout, q, k, v, gate, out, lse, indices, qc, kc, vc, oc, ctx.grid, ctx.scale)
+    q, k, v, gate, out, lse, indices, qc, kc, vc, oc, runs, first, count = ctx.saved_tensors
+    dq, dk, dv, dgate = vsa_bwd(
+        dout, q, k, v, gate, out, lse, indices, qc, kc, vc, oc, runs, first, count, ctx.grid, ctx.scale
+    )
     return dq, dk, dv, dgate if gate is not None else None, None, None, None
 
 

@@ -155,8 +155,19 @@ def coarse_select(
     else:
         idx = torch.topk(scores, topk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
         plan = plans(idx, geom)[0]
+    runs, first, count = plan  # one layout whichever way it was built (the op returns it)
+    plan = (runs, first.to(torch.int64), count.to(torch.int32))
     oc = torch.matmul(torch.softmax(scores, dim=-1), vc) if vc is not None else None
     return idx, oc, plan
+
+
+def key_runs_length(geom: CubeGeometry, segments: int, topk: int) -> int:
+    """Length of the ``runs`` tensor of :func:`coarse_select`'s key plan (for fake tensors): every run
+    of the grid once when every cube is kept (one shared stream), else ``16`` slots per selected cube."""
+    if topk >= geom.num_cubes:
+        (t, h, _), (_, _, ncw) = geom.grid, geom.cube_grid
+        return t * h * ncw  # one run per (t, h) line of every column of cubes
+    return segments * topk * 16
 
 
 def select_and_plan(
@@ -258,16 +269,22 @@ def all_cube_runs(geom: CubeGeometry, segments: int, device: torch.device) -> tu
 
 
 def plans(
-    indices: torch.Tensor, geom: CubeGeometry, *, transposed: bool = False
+    indices: torch.Tensor,
+    geom: CubeGeometry,
+    *,
+    transposed: bool = False,
+    key_plan: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
     """The fine stage's run streams from a selection ``[B, H, C, topk]``: the key runs of every
-    (batch x head, query cube) and, with ``transposed``, the query runs of every key cube."""
+    (batch x head, query cube) and, with ``transposed``, the query runs of every key cube.
+    ``key_plan``: the key runs already built (the forward's), reused."""
     batch, heads, cubes, topk = indices.shape
     segments = batch * heads * cubes
     if topk == geom.num_cubes:  # dense: every segment streams every cube, in order
         shared = all_cube_runs(geom, segments, indices.device)
         return shared, shared if transposed else None
-    key_plan = cube_runs(indices, topk, geom)
+    if key_plan is None:
+        key_plan = cube_runs(indices, topk, geom)
     if not transposed:
         return key_plan, None
     lists, offsets = transpose_selection(indices, geom.num_cubes)

@@ -394,14 +394,16 @@ def fine_backward(
     geom: CubeGeometry,
     scale: float,
     coarse_grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    key_plan: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` ``[B, L, H, D]``, each plus its pooling share of ``coarse_grads``
-    (``dqc, dkc, dvc`` ``[B, H, C, D]`` fp32) when given; ``indices`` is the forward's selection."""
+    (``dqc, dkc, dvc`` ``[B, H, C, D]`` fp32) when given; ``indices`` is the forward's selection and
+    ``key_plan`` its key runs (built again from ``indices`` when not given)."""
     from fastvideo_vsa.ops.pooling import plans
 
     dqc, dkc, dvc = coarse_grads if coarse_grads is not None else (None, None, None)
     pair = (dkc, dvc) if coarse_grads is not None else None
-    key_plan, query_plan = plans(indices, geom, transposed=True)
+    key_plan, query_plan = plans(indices, geom, transposed=True, key_plan=key_plan)
     common = (q, k, v, dout, lse, delta)
     if backward_mode() == "atomic":
         dqacc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
