@@ -302,6 +302,22 @@ def test_fused_selection_and_key_plan_match_topk_and_plans() -> None:
             assert mine == theirs, (topk, segment)
 
 
+def test_fused_selection_keeps_topk_cubes_even_with_nan_scores() -> None:
+    """Diverged inputs must give NaN outputs, never a short selection the fine stage would read past."""
+    from fastvideo_vsa.ops.pooling import select_and_plan
+
+    geom = CubeGeometry((5, 6, 9))
+    scores = torch.randn(1, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+    scores[0, 0, 3, [2, 7]] = float("nan")
+    scores[0, 0, 5] = float("nan")
+    idx, (_, _, count) = select_and_plan(scores.to(DEVICE), 4, geom)
+    idx = idx.cpu()
+    assert all(len(set(row.tolist())) == 4 for row in idx[0, 0])
+    assert {2, 7} <= set(idx[0, 0, 3].tolist())  # NaN ranks highest, as in torch.topk
+    assert idx[0, 0, 5].tolist() == [0, 1, 2, 3]  # all tied: the lowest cubes
+    assert bool((count.cpu() > 0).all())
+
+
 def test_selection_beyond_the_fused_kernel_falls_back_to_topk(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastvideo_vsa.ops import pooling
 

@@ -91,6 +91,7 @@ def _select_kernel(SCORES, COUNTS, IDX, FIRST_E, FIRST, COUNT, C, TOPK, BLOCK_C:
     cols = tl.arange(0, BLOCK_C)
     inside = cols < C
     s = tl.load(SCORES + row * C + cols, mask=inside, other=float("-inf"))
+    s = tl.where(s != s, float("inf"), s)  # NaN ranks highest, as in torch.topk: always TOPK kept
     ordered = tl.sort(s, descending=True)
     t = tl.max(tl.where(cols == TOPK - 1, ordered, float("-inf")), 0)  # the TOPK-th highest score
     above = (s > t) & inside
