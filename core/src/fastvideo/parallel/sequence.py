@@ -90,9 +90,8 @@ class SequenceSharding:
     ) -> None:
         self.state = state
         self.head_groups = head_groups  # Ulysses head groups (see head_groups()); None: the default
-        self.exchange = exchange_mode(
-            exchange
-        )  # Ulysses exchange: auto, nccl or peer (fastvideo.parallel.peer)
+        # Ulysses exchange: auto, nccl or peer (fastvideo.parallel.peer)
+        self.exchange = exchange_mode(exchange)
         self._peer: PeerExchange | None = None  # this forward's peer exchange, when it uses one
         self.last_exchange = ""  # "peer" or "nccl": what the last forward's Ulysses exchanges used
         self.plan = read_plan(model)
@@ -150,7 +149,8 @@ class SequenceSharding:
     def _pick_exchange(self, block: nn.Module, x: torch.Tensor) -> PeerExchange | None:
         """The peer exchange when this forward's plain Ulysses attention can use it (CUDA, one host,
         no autograd), else ``None`` (NCCL all-to-all). ``exchange="peer"`` insists: it raises
-        where peer copies cannot run."""
+        where peer copies cannot run. USP (ring_size > 1) and joint attention (replicated tokens)
+        always take NCCL's all-to-all."""
         st = self.state
         if self.exchange == "nccl" or st.ulysses_size == 1 or st.ring_size > 1:
             return None
