@@ -15,6 +15,7 @@ when nothing requires grad and every rank of the group is on this host, unless
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -84,10 +85,7 @@ class PeerExchange:
 
     def region(self, rank: int, offset: int, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """A ``shape`` tensor of ``dtype`` at byte ``offset`` of ``rank``'s buffer."""
-        count = 1
-        for s in shape:
-            count *= s
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         return self._buffers[rank][offset : offset + nbytes].view(dtype).view(*shape)
 
     def barrier(self) -> None:
