@@ -108,25 +108,28 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], Any], warmup: int, iters: int, *, together: bool) -> tuple[float, Any]:
-    """Median wall time (ms) of ``fn``; with ``together`` each run starts at a barrier and lasts until
-    the slowest rank finishes (max over ranks)."""
+def timed(fn: Callable[[], Any], warmup: int, iters: int, *, together: bool) -> tuple[float, Any, float]:
+    """Median wall time (ms) of ``fn``, its output, and the median time (ms) the host took to return
+    from ``fn`` (all launches queued; near the wall time means the run is bound by the CPU). With
+    ``together`` each run starts at a barrier and both times are the slowest rank's (max over ranks)."""
     out = None
     for _ in range(warmup):
         out = fn()
-    times = []
+    times, hosts = [], []
     for _ in range(iters):
         if together:
             dist.barrier()
         sync()
         start = time.perf_counter()
         out = fn()
+        launched = time.perf_counter()
         sync()
-        elapsed = torch.tensor([time.perf_counter() - start], device=DEVICE[0])
+        elapsed = torch.tensor([time.perf_counter() - start, launched - start], device=DEVICE[0])
         if together:
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        times.append(float(elapsed) * 1e3)
-    return statistics.median(times), out
+        times.append(float(elapsed[0]) * 1e3)
+        hosts.append(float(elapsed[1]) * 1e3)
+    return statistics.median(times), out, statistics.median(hosts)
 
 
 def peak_gib() -> float:
@@ -193,9 +196,11 @@ def bench_dit(args: argparse.Namespace) -> None:
     base_ms, ref = None, None
     with use_backend("sdpa"):
         if rank == 0:
-            base_ms, ref = timed(forward, args.warmup, args.iters, together=False)
+            base_ms, ref, host_ms = timed(forward, args.warmup, args.iters, together=False)
             assert bool(ref.isfinite().all()), "the one-GPU output is not finite"
-            print(f"{env['card']}: 1 GPU {base_ms:.1f} ms ({tokens} tokens)", flush=True)
+            print(
+                f"{env['card']}: 1 GPU {base_ms:.1f} ms ({tokens} tokens), host {host_ms:.1f} ms", flush=True
+            )
             if args.profile:
                 print_profile(forward, "1 GPU", show=True)
         dist.barrier()
@@ -206,29 +211,43 @@ def bench_dit(args: argparse.Namespace) -> None:
             for exchange in (args.exchange.split(",") if name == "ulysses" else ["auto"])
         ]
         for name, plan, exchange in runs:
+            # peer-rows: the peer exchange with one memcpy per contiguous piece instead of 2D copies
+            os.environ["FASTVIDEO_PEER_MEMCPY2D"] = "0" if exchange == "peer-rows" else "1"
+            rows, exchange = exchange == "peer-rows", exchange.replace("peer-rows", "peer")
             state = init_parallel(ParallelConfig(num_gpus=world, **strategy_config(name, world)), str(device))
             sharding = SequenceSharding(model, state, head_groups=plan, exchange=exchange)
             sharding.apply(model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            ms, out = timed(forward, args.warmup, args.iters, together=True)
+            ms, out, host_ms = timed(forward, args.warmup, args.iters, together=True)
             peak = peak_gib()
             if args.profile:  # every rank runs the forward (collectives), rank 0 prints
                 print_profile(forward, f"{name} x{world}, head groups {plan}, {exchange}", show=rank == 0)
+            if args.host_profile:
+                print_host_profile(forward, show=rank == 0)
             if name != "ring":  # the groups actually used
                 groups = head_groups(cfg.num_attention_heads // state.ulysses_size, plan)
                 name = f"{name}, head groups {'+'.join(map(str, groups))}"
             if name.startswith("ulysses"):  # peer: copy engines through peer memory; nccl: all-to-all
-                name += f", {sharding.last_exchange} exchange"
+                name += f", {sharding.last_exchange} exchange" + (" (a memcpy per piece)" if rows else "")
             name += "".join(f", {k}={os.environ[k]}" for k in NCCL_KNOBS if k in os.environ)
             sharding.remove(model)
             teardown()
+            one_ms = base_ms
+            if args.paired and rank == 0:  # one GPU again, right after: drift (clocks, heat) cancels
+                after, _, _ = timed(forward, 1, args.iters, together=False)
+                assert base_ms is not None
+                one_ms, base_ms = (base_ms + after) / 2, after
+                print(
+                    f"1 GPU after: {after:.1f} ms; the speedup below is against {one_ms:.1f} ms", flush=True
+                )
+            dist.barrier()
             if rank == 0:
-                assert base_ms is not None and ref is not None
-                speedup, err = base_ms / ms, rel_err(ref, out)
+                assert one_ms is not None and ref is not None
+                speedup, err = one_ms / ms, rel_err(ref, out)
                 print(
                     f"{name} x{world}: {ms:.1f} ms, speedup {speedup:.2f}x (target {TARGETS.get(world, '-')}), "
-                    f"rel err {err:.2e}, peak {peak:.2f} GiB",
+                    f"rel err {err:.2e}, peak {peak:.2f} GiB, host {host_ms:.1f} ms",
                     flush=True,
                 )
                 if not args.no_record and not args.tiny:
@@ -243,7 +262,7 @@ def bench_dit(args: argparse.Namespace) -> None:
                             "bf16" + (" compiled" if args.compile else ""),
                             name,
                             world,
-                            f"{base_ms:.1f}",
+                            f"{one_ms:.1f}",
                             f"{ms:.1f}",
                             f"{speedup:.2f}x",
                             f">= {TARGETS.get(world, '-')}x",
@@ -260,6 +279,25 @@ def parse_plan(text: str) -> int | tuple[int, ...] | None:
         return None
     sizes = tuple(int(p) for p in text.split(","))
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def print_host_profile(fn: Callable[[], Any], *, show: bool, calls: int = 3) -> None:
+    """cProfile ``calls`` calls of ``fn`` (the host side only: what Python and the launches cost)."""
+    import cProfile
+    import io
+    import pstats
+
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    sync()
+    if show:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+        print(f"--- host profile, {calls} calls\n{text.getvalue()}", flush=True)
 
 
 def print_profile(fn: Callable[[], Any], title: str, *, show: bool) -> None:
@@ -507,8 +545,17 @@ def main() -> None:
         "--exchange",
         default="auto",
         help="dit: Ulysses exchanges to compare, comma-separated: nccl (all-to-all), peer (copy engines "
-        "through peer memory), auto",
+        "through peer memory; peer-rows: one memcpy per contiguous piece instead of one 2D copy per peer), "
+        "auto",
     )
+    ap.add_argument(
+        "--paired",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dit: time one GPU again after each parallel run and compare against the mean of the one-GPU "
+        "times before and after it (cancels drift over the run)",
+    )
+    ap.add_argument("--host-profile", action="store_true", help="dit: cProfile rank 0's host side")
     ap.add_argument("--profile", action="store_true", help="dit: print rank 0's kernel table per strategy")
     ap.add_argument("--steps", type=int, default=50, help="generate: denoising steps")
     ap.add_argument(

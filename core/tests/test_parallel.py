@@ -478,13 +478,16 @@ def test_head_groups_plans(monkeypatch: pytest.MonkeyPatch) -> None:
         (6,), (3, 3), (2, 2, 2), (2, 2, 2), (2, 2, 2), (1,) * 6, (1,) * 6
     ]  # fmt: skip
     assert head_groups(7, 4) == (7,)
-    assert [head_groups(h) for h in (1, 2, 3, 4, 6, 12)] == [
+    # the default: 3 equal groups (or fewer, to divide), the last one halved
+    assert [head_groups(h) for h in (1, 2, 3, 4, 5, 6, 12, 20)] == [
         (1,),
         (1, 1),
         (1, 1, 1),
-        (2, 2),
-        (2, 2, 2),
-        (4, 4, 4),
+        (2, 1, 1),
+        (3, 2),
+        (2, 2, 1, 1),
+        (4, 4, 2, 2),
+        (10, 5, 5),
     ]
     assert head_groups(6, [2, 3, 1]) == (2, 3, 1)
     with pytest.raises(ValueError, match="Ulysses head groups 2,3 must be positive and sum to the 6 heads"):

@@ -15,6 +15,7 @@ when nothing requires grad and every rank of the group is on this host, unless
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import socket
@@ -62,6 +63,8 @@ class PeerExchange:
         self.capacity = 0
         self._handle: Any = None
         self._buffers: list[torch.Tensor] = []  # [rank]: that rank's buffer, mapped here (uint8)
+        self._plans: dict[tuple[Any, ...], _Plan] = {}  # per shape: the buffer layout and its views
+        self.memcpy2d = _cuda_memcpy2d()  # one strided copy per peer and head group; None: per piece
         try:
             if symm.get_backend(self.device) is None:
                 symm.set_backend("CUDA")
@@ -74,7 +77,7 @@ class PeerExchange:
             return
         nbytes = -(-nbytes // (64 << 20)) * (64 << 20)  # whole 64 MiB steps: few regrowths
         torch.cuda.synchronize(self.device)  # no copy still targets the old buffers
-        self._buffers, self._handle = [], None
+        self._buffers, self._handle, self._plans = [], None, {}
         local = self._symm.empty(nbytes, dtype=torch.uint8, device=self.device)
         self._handle = self._symm.rendezvous(local, self.group)
         self._buffers = [
@@ -94,6 +97,56 @@ class PeerExchange:
 
     # ---- Ulysses attention ------------------------------------------------------------------
 
+    def _plan(self, n: int, b: int, lc: int, groups: tuple[int, ...], d: int, dtype: torch.dtype) -> _Plan:
+        """The buffer layout for one call shape, and the views into every rank's buffer (cached)."""
+        key = (n, b, lc, groups, d, dtype)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        u, esize, layout, offset = self.size, dtype.itemsize, [], 0
+        for g in groups:
+            in_bytes = n * b * u * lc * g * d * esize
+            out_at = offset + -(-in_bytes // _ALIGN) * _ALIGN
+            out_bytes = u * b * lc * g * d * esize
+            layout.append((offset, out_at))
+            offset = out_at + -(-out_bytes // _ALIGN) * _ALIGN
+        self.reserve(offset)  # may regrow (and drop every cached plan): views are taken after it
+        plan = _Plan(
+            ins=[
+                [self.region(p, at, (n, b, u, lc, g, d), dtype) for p in range(u)]
+                for g, (at, _) in zip(groups, layout, strict=True)
+            ],
+            outs=[
+                [self.region(p, at, (u, b, lc, g, d), dtype) for p in range(u)]
+                for g, (_, at) in zip(groups, layout, strict=True)
+            ],
+        )
+        self._plans[key] = plan
+        return plan
+
+    def _send(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Copy ``src`` into ``dst`` (same shape ``(rows, ...)``, each row contiguous, rows evenly
+        strided) on the current stream: one 2D memcpy by a copy engine, else one memcpy per row."""
+        if self.memcpy2d is not None and dst.shape[0] > 1:
+            row = dst[0].numel() * dst.element_size()
+            err = self.memcpy2d(
+                dst.data_ptr(),
+                dst.stride(0) * dst.element_size(),
+                src.data_ptr(),
+                src.stride(0) * src.element_size(),
+                row,
+                dst.shape[0],
+                _CUDA_MEMCPY_DEFAULT,
+                torch.cuda.current_stream(self.device).cuda_stream,
+            )
+            if err:
+                raise RuntimeError(
+                    f"cudaMemcpy2DAsync failed with CUDA error {err} in the peer Ulysses exchange"
+                )
+            return
+        for i in range(dst.shape[0]):
+            dst[i].copy_(src[i])
+
     @torch.compiler.disable  # streams, events and peer buffers: eager inside regionally compiled blocks
     def ulysses_attention(
         self,
@@ -105,27 +158,20 @@ class PeerExchange:
         ``packed``: per head group, ``(n, B, U, Lc, g, D)`` from :func:`pack_groups` (slot
         ``[:, :, s]``: our tokens of rank ``s``'s heads of the group). Rank ``r``'s buffer holds, per
         group, ``in_j`` in that same layout (slot ``[:, :, s]``: rank ``s``'s tokens of our heads) and
-        ``out_j`` ``(U, B, Lc, g, D)`` (slot ``[s]``: our tokens of rank ``s``'s heads). Every chunk
-        for a peer travels as a ``cudaMemcpyAsync`` on the exchange stream into the peer's ``in_j``
-        (our own chunk is copied on the compute stream); each group's attention waits only for its
-        own chunks, and the outputs go back the same way while the next group attends. Returns
-        ``(B, Lc, H, D)``.
+        ``out_j`` ``(U, B, Lc, g, D)`` (slot ``[s]``: our tokens of rank ``s``'s heads). The chunks for
+        a peer travel as one strided ``cudaMemcpy2DAsync`` per head group on the exchange stream into
+        the peer's ``in_j`` (our own chunk is copied on the compute stream); each group's attention
+        waits only for its own chunks, and the outputs go back the same way while the next group
+        attends. Returns ``(B, Lc, H, D)``.
         """
         n, b, u, lc, _, d = packed[0].shape
-        groups = [p.shape[4] for p in packed]
-        rank, dtype, esize = self.rank, packed[0].dtype, packed[0].element_size()
+        groups = tuple(p.shape[4] for p in packed)
+        rank, dtype = self.rank, packed[0].dtype
         if u != self.size:
             raise ValueError(f"Ulysses peer exchange: packed for {u} ranks, but the group has {self.size}")
         if torch.is_grad_enabled() and any(p.requires_grad for p in packed):
             raise RuntimeError("the peer Ulysses exchange runs inference only; use NCCL's (exchange='nccl')")
-        layout, offset = [], 0
-        for g in groups:
-            in_bytes = n * b * u * lc * g * d * esize
-            out_at = offset + -(-in_bytes // _ALIGN) * _ALIGN
-            out_bytes = u * b * lc * g * d * esize
-            layout.append((offset, out_at))
-            offset = out_at + -(-out_bytes // _ALIGN) * _ALIGN
-        self.reserve(offset)
+        plan = self._plan(n, b, lc, groups, d, dtype)
 
         compute, copier = torch.cuda.current_stream(self.device), self.stream
         packed = [send.contiguous() for send in packed]
@@ -136,42 +182,35 @@ class PeerExchange:
         # pieces (a strided copy_ takes a slow generic kernel; a local memcpy by a copy engine ran at
         # ~100 GB/s on an H200 and would queue ahead of the peers' chunks)
         dst, src = [], []
-        for send, g, (in_at, _) in zip(packed, groups, layout, strict=True):
-            mine = self.region(rank, in_at, (n, b, u, lc, g, d), dtype)
-            dst += [mine[i, bb, rank] for i in range(n) for bb in range(b)]
-            src += [send[i, bb, rank] for i in range(n) for bb in range(b)]
+        for send, ins in zip(packed, plan.ins, strict=True):
+            dst += list(_rows(ins[rank], rank).unbind(0))
+            src += list(_rows(send, rank).unbind(0))
         torch._foreach_copy_(dst, src)
         arrived = []
         with torch.cuda.stream(copier):
-            for send, g, (in_at, _) in zip(packed, groups, layout, strict=True):
+            for send, ins in zip(packed, plan.ins, strict=True):
                 for p in range(u):
-                    if p == rank:
-                        continue
-                    theirs = self.region(p, in_at, (n, b, u, lc, g, d), dtype)
-                    for i in range(n):
-                        for bb in range(b):  # contiguous (Lc, g, D) pieces: plain memcpys
-                            theirs[i, bb, rank].copy_(send[i, bb, p])
+                    if p != rank:  # (n*B, Lc, g, D) rows, contiguous each, evenly strided
+                        self._send(_rows(ins[p], rank), _rows(send, p))
                 send.record_stream(copier)
                 self.barrier()
                 done = torch.cuda.Event()
                 done.record(copier)
-                arrived.append((self.region(rank, in_at, (n, b, u, lc, g, d), dtype), done))
+                arrived.append(done)
 
         returned = []
-        for g, (mine, done), (_, out_at) in zip(groups, arrived, layout, strict=True):
+        for ins, outs, done in zip(plan.ins, plan.outs, arrived, strict=True):
             compute.wait_event(done)
-            out = attend(*mine.view(n, b, u * lc, g, d).unbind(0))  # (B, U*Lc, g, D)
+            g = ins[rank].shape[4]
+            out = attend(*ins[rank].view(n, b, u * lc, g, d).unbind(0))  # (B, U*Lc, g, D)
             out = out.contiguous()
             finished = torch.cuda.Event()
             finished.record(compute)
             copier.wait_event(finished)
             with torch.cuda.stream(copier):
                 for p in range(u):
-                    if p == rank:
-                        continue
-                    theirs = self.region(p, out_at, (u, b, lc, g, d), dtype)
-                    for bb in range(b):
-                        theirs[rank, bb].copy_(out[bb, p * lc : (p + 1) * lc])
+                    if p != rank:  # (B, Lc, g, D) rows: our tokens of rank p's heads
+                        self._send(outs[p][rank], out.unflatten(1, (u, lc))[:, p])
                 self.barrier()
                 back = torch.cuda.Event()
                 back.record(copier)
@@ -179,13 +218,56 @@ class PeerExchange:
             returned.append((out, back))
 
         pieces = {}  # (rank p, group j) -> our tokens of rank p's heads of group j, (B, Lc, g, D)
-        for j, (g, (out, back), (_, out_at)) in enumerate(zip(groups, returned, layout, strict=True)):
+        for j, ((out, back), outs) in enumerate(zip(returned, plan.outs, strict=True)):
             compute.wait_event(back)
-            theirs = self.region(rank, out_at, (u, b, lc, g, d), dtype)
             for p in range(u):
-                pieces[p, j] = out[:, rank * lc : (rank + 1) * lc] if p == rank else theirs[p]
+                pieces[p, j] = out[:, rank * lc : (rank + 1) * lc] if p == rank else outs[rank][p]
         # heads in order: rank 0's groups, rank 1's, ...: one concatenating kernel
         return torch.cat([pieces[p, j] for p in range(u) for j in range(len(groups))], dim=2)
+
+
+def _rows(t: torch.Tensor, slot: int) -> torch.Tensor:
+    """Slot ``[:, :, slot]`` of an ``(n, B, U, Lc, g, D)`` tensor as ``(n*B, Lc, g, D)`` rows (a view:
+    each row contiguous, the rows evenly strided; ``view`` raises rather than copy)."""
+    n, b, _, lc, g, d = t.shape
+    return t[:, :, slot].view(n * b, lc, g, d)
+
+
+class _Plan:
+    """Views of every rank's buffer for one call shape: ``ins[j][p]`` ``(n, B, U, Lc, g, D)`` and
+    ``outs[j][p]`` ``(U, B, Lc, g, D)``, head group ``j``, rank ``p``."""
+
+    __slots__ = ("ins", "outs")
+
+    def __init__(self, ins: list[list[torch.Tensor]], outs: list[list[torch.Tensor]]) -> None:
+        self.ins, self.outs = ins, outs
+
+
+_CUDA_MEMCPY_DEFAULT = 4  # cudaMemcpyDefault: direction from the (unified) addresses
+
+
+def _cuda_memcpy2d() -> Callable[..., int] | None:
+    """``cudaMemcpy2DAsync`` of the CUDA runtime this process already loaded (for torch), or ``None``
+    when there is none to find (the exchange then issues one memcpy per contiguous piece).
+    ``FASTVIDEO_PEER_MEMCPY2D=0`` asks for the per-piece copies."""
+    if os.environ.get("FASTVIDEO_PEER_MEMCPY2D", "1") == "0":
+        return None
+    paths = []
+    try:  # only a runtime already mapped: never a second copy beside torch's
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "/libcudart.so" in line})
+    except OSError:
+        pass
+    for path in paths:
+        try:
+            fn = ctypes.CDLL(path).cudaMemcpy2DAsync
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+        fn.argtypes += [ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+        return fn  # type: ignore[no-any-return]
+    return None
 
 
 def pack_groups(tensors: Sequence[torch.Tensor], ranks: int, groups: Sequence[int]) -> list[torch.Tensor]:

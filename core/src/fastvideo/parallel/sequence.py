@@ -330,7 +330,8 @@ class SequenceSharding:
 
 
 HeadGroups = int | Sequence[int]
-#: Equal Ulysses head groups per attention call unless the caller or the environment says otherwise.
+#: Ulysses head groups per attention call unless the caller or the environment says otherwise: this
+#: many equal groups, the last one then halved (see :func:`head_groups`).
 DEFAULT_HEAD_GROUPS = 3
 
 
@@ -340,10 +341,14 @@ def head_groups(heads: int, wanted: HeadGroups | None = None) -> tuple[int, ...]
 
     ``wanted``: a number of equal groups (the largest divisor of ``heads`` up to it), or the sizes
     themselves. Default: ``FASTVIDEO_ULYSSES_HEAD_GROUPS`` (``3`` or ``1,4,1``), else
-    :data:`DEFAULT_HEAD_GROUPS` equal groups. Measured on Wan 1.3B over 2 GPUs (docs/benchmarks.md):
-    3 groups of 2 heads beat 1, 2 and 6 groups, and tapered plans such as ``1,4,1`` (a one-head
-    attention call runs less efficiently than what its smaller exposed exchange saves).
+    :data:`DEFAULT_HEAD_GROUPS` equal groups with the last one split in two (6 heads: ``2,2,1,1``).
+    Each group's return trip runs under the next group's attention except the last one's, which
+    the output waits for, together with whatever the ranks drifted apart during that group; a
+    smaller last group shortens both. Measured on Wan 1.3B over 2 H200s with the peer exchange
+    (docs/benchmarks.md, paired runs): ``2,2,1,1`` 1.90x-1.96x, median 1.93x, against 1.88x-1.96x,
+    median 1.90x for ``2,2,2``; one group, 2 groups and 6 groups were slower than 3.
     """
+    default = False
     if wanted is None:
         raw = os.environ.get("FASTVIDEO_ULYSSES_HEAD_GROUPS", "").strip()
         try:
@@ -355,12 +360,15 @@ def head_groups(heads: int, wanted: HeadGroups | None = None) -> tuple[int, ...]
             ) from None
         wanted = parts[0] if len(parts) == 1 else parts or None
     if wanted is None:
-        wanted = DEFAULT_HEAD_GROUPS
+        wanted, default = DEFAULT_HEAD_GROUPS, True
     if isinstance(wanted, int):
         if wanted < 1:
             raise ValueError(f"the number of Ulysses head groups must be >= 1, got {wanted}")
         n = max(c for c in range(1, min(wanted, heads) + 1) if heads % c == 0)
-        return (heads // n,) * n
+        g = heads // n
+        if default and g > 1:  # the last group halved
+            return (g,) * (n - 1) + (g - g // 2, g // 2)
+        return (g,) * n
     sizes = tuple(wanted)
     if sum(sizes) != heads or min(sizes, default=0) < 1:
         raise ValueError(
