@@ -385,3 +385,28 @@ def test_real_shape_matches_reference_on_gpu(
         out = out[:, :, HEADS]
         assert bool(out.isfinite().all()), f"{name}: non-finite values"
         assert_no_worse(name, ref, out, base, factor=2.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [(5, 6, 9), (9, 14, 22)])  # 12 cubes; 72 cubes (3 words of bits a row)
+def test_query_plan_kernels_match_transpose_and_cube_runs(grid: tuple[int, int, int]) -> None:
+    """The backward's query plan from its three kernels (bit matrix, counts, runs) equals the one
+    :func:`transpose_selection` + :func:`cube_runs` build: same counts, offsets and runs, query cubes
+    ascending, key cubes nobody selected streaming nothing."""
+    from fastvideo_vsa.ops.pooling import cube_runs, query_runs, transpose_selection
+
+    geom = CubeGeometry(grid)
+    cubes = geom.num_cubes
+    gen = torch.Generator().manual_seed(2)
+    for topk in (1, 5, cubes - 1):
+        scores = torch.rand(2, 3, cubes, cubes, generator=gen)
+        scores[..., : cubes // 3] -= 2.0  # the first third of the key cubes: rarely or never selected
+        idx = scores.topk(topk, dim=-1).indices.sort(-1).values.to(torch.int32).to(DEVICE)
+        runs, first, count = (x.cpu() for x in query_runs(idx, geom))
+        lists, offsets = transpose_selection(idx, cubes)
+        ref_runs, ref_first, ref_count = (x.cpu() for x in cube_runs(lists, offsets, geom))
+        assert torch.equal(count.long(), ref_count.long()), topk
+        assert torch.equal(first.long(), ref_first.long()), topk
+        total = int(count.sum())
+        assert torch.equal(runs[:total], ref_runs[:total]), topk
+        if topk == 1:
+            assert (count == 0).any()  # some key cube selected by no query cube

@@ -108,6 +108,52 @@ def _select_kernel(SCORES, COUNTS, IDX, FIRST_E, FIRST, COUNT, C, TOPK, BLOCK_C:
     tl.store(COUNT + row, tl.sum(runs, 0))
 
 
+@triton.jit
+def _mark_kernel(IDX, BITS, C, WORDS, TOPK, BLOCK_K: tl.constexpr):
+    """One (batch x head, query cube ``i``) row of the selection: set bit ``i`` of every selected key
+    cube's row of ``BITS`` ``[B*H, C, WORDS]`` int32 (row ``j``: which query cubes selected ``j``)."""
+    row = tl.program_id(0).to(tl.int64)
+    bh = row // C
+    i = (row % C).to(tl.int32)
+    t = tl.arange(0, BLOCK_K)
+    ok = t < TOPK
+    key = tl.load(IDX + row * TOPK + t, mask=ok, other=0).to(tl.int64)
+    bit = tl.full((BLOCK_K,), 1, tl.int32) << (i % 32)
+    tl.atomic_or(BITS + (bh * C + key) * WORDS + i // 32, bit, mask=ok)
+
+
+@triton.jit
+def _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C: tl.constexpr):
+    """Query cubes ``0..BLOCK_C`` for key segment ``seg``: whether each selected it, and its run count
+    there (0 when not selected)."""
+    cols = tl.arange(0, BLOCK_C)
+    inside = cols < C
+    word = tl.load(BITS + seg * WORDS + cols // 32, mask=inside, other=0)
+    chosen = (((word >> (cols % 32)) & 1) != 0) & inside
+    runs = tl.where(chosen, tl.load(COUNTS + cols, mask=inside, other=0), 0)
+    return cols, chosen, runs
+
+
+@triton.jit
+def _query_count_kernel(BITS, COUNTS, COUNT, C, WORDS, BLOCK_C: tl.constexpr):
+    """The number of query runs of one (batch x head, key cube) segment."""
+    seg = tl.program_id(0).to(tl.int64)
+    _, _, runs = _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C)
+    tl.store(COUNT + seg, tl.sum(runs, 0))
+
+
+@triton.jit
+def _query_runs_kernel(BITS, TABLE, COUNTS, FIRST, RUNS, C, WORDS, BLOCK_C: tl.constexpr):
+    """Write one segment's query runs from ``RUNS[FIRST[seg]]``: the runs of the query cubes that
+    selected its key cube, query cubes ascending."""
+    seg = tl.program_id(0).to(tl.int64)
+    cols, chosen, runs = _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C)
+    at = tl.load(FIRST + seg) + (tl.cumsum(runs, 0) - runs)
+    for r in tl.static_range(16):
+        run = tl.load(TABLE + cols * 16 + r, mask=chosen, other=0)
+        tl.store(RUNS + at + r, run, mask=chosen & (r < runs))
+
+
 _pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V"])(_pool_kernel)
 
 # --------------------------------------------------------------------------------------------------
@@ -288,5 +334,32 @@ def plans(
         key_plan = cube_runs(indices, topk, geom)
     if not transposed:
         return key_plan, None
+    if geom.num_cubes <= SELECT_MAX_CUBES:
+        return key_plan, query_runs(indices, geom)
     lists, offsets = transpose_selection(indices, geom.num_cubes)
     return key_plan, cube_runs(lists, offsets, geom)
+
+
+def query_runs(indices: torch.Tensor, geom: CubeGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query plan ``(runs, first, count)`` of a selection ``[B, H, C, topk]``: per (batch x head,
+    key cube), the runs of the query cubes that selected it, ascending; what :func:`transpose_selection`
+    and :func:`cube_runs` give, in three small kernels: the selection as a bit matrix (key cube x
+    query cube, ``C * C / 8`` bytes per head), each segment's run count, and the runs themselves."""
+    batch, heads, cubes, topk = indices.shape
+    device, segments = indices.device, batch * heads * cubes
+    table, counts = _run_table(geom, device)
+    words = triton.cdiv(cubes, 32)
+    bits = torch.zeros(segments * words, dtype=torch.int32, device=device)
+    block_k = max(16, triton.next_power_of_2(topk))
+    launch(_mark_kernel, _mark_kernel, (segments,), (indices.contiguous(), bits, cubes, words, topk),
+           {"BLOCK_K": block_k}, {"num_warps": 4}, {})  # fmt: skip
+    block = max(16, triton.next_power_of_2(cubes))
+    warps = {"num_warps": 8 if block > 1024 else 4}
+    count = torch.empty(segments, dtype=torch.int32, device=device)
+    launch(_query_count_kernel, _query_count_kernel, (segments,), (bits, counts, count, cubes, words),
+           {"BLOCK_C": block}, warps, {})  # fmt: skip
+    first = torch.cumsum(count, 0, dtype=torch.int64) - count
+    runs = torch.empty(segments * topk * 16, dtype=torch.int32, device=device)  # at most 16 per entry
+    launch(_query_runs_kernel, _query_runs_kernel, (segments,), (bits, table, counts, first, runs, cubes, words),
+           {"BLOCK_C": block}, warps, {})  # fmt: skip
+    return runs, first, count
