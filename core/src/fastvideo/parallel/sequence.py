@@ -345,8 +345,9 @@ def head_groups(heads: int, wanted: HeadGroups | None = None) -> tuple[int, ...]
     Each group's return trip runs under the next group's attention except the last one's, which
     the output waits for, together with whatever the ranks drifted apart during that group; a
     smaller last group shortens both. Measured on Wan 1.3B over 2 H200s with the peer exchange
-    (docs/benchmarks.md, paired runs): ``2,2,1,1`` 1.90x-1.96x, median 1.93x, against 1.88x-1.96x,
-    median 1.90x for ``2,2,2``; one group, 2 groups and 6 groups were slower than 3.
+    (docs/benchmarks.md, paired runs): ``2,2,1,1`` 1.88x-1.96x, median 1.915x, against 1.88x-1.96x,
+    median 1.895x for ``2,2,2`` (within the run-to-run spread); one group, 2 groups and 6 groups
+    were slower than 3.
     """
     default = False
     if wanted is None:
