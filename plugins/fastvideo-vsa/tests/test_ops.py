@@ -410,3 +410,21 @@ def test_query_plan_kernels_match_transpose_and_cube_runs(grid: tuple[int, int, 
         assert torch.equal(runs[:total], ref_runs[:total]), topk
         if topk == 1:
             assert (count == 0).any()  # some key cube selected by no query cube
+
+
+def test_plans_fall_back_to_the_sort_beyond_the_bit_matrix_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above ``SELECT_MAX_CUBES`` cubes :func:`plans` builds the query plan by sorting the selection:
+    the same plan as the kernels'."""
+    from fastvideo_vsa.ops import pooling
+
+    geom = CubeGeometry((9, 14, 22))
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.rand(1, 2, 72, 72, generator=gen).argsort(-1)[..., :9].sort(-1).values.to(torch.int32)
+    kernels = pooling.plans(idx.to(DEVICE), geom, transposed=True)[1]
+    monkeypatch.setattr(pooling, "SELECT_MAX_CUBES", 64)
+    sorted_ = pooling.plans(idx.to(DEVICE), geom, transposed=True)[1]
+    (runs, first, count), (s_runs, s_first, s_count) = (
+        [x.cpu().long() for x in p] for p in (kernels, sorted_)
+    )
+    assert torch.equal(count, s_count) and torch.equal(first, s_first)
+    assert torch.equal(runs[: int(count.sum())], s_runs[: int(count.sum())])
