@@ -47,26 +47,14 @@ PREP_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 16)]
 #: shape (docs/benchmarks.md): 8 warps ran 1.5-2.5x slower than 4 everywhere, so only 4-warp configs
 #: stay; (64, 4, 2) for dk/dv took 6.01 ms against 6.69 ms for the earlier list's pick.
 #: ``PREFETCH`` as in the forward (:data:`fastvideo_vsa.ops.triton_fwd.FWD_CONFIGS`): the next step's
-#: gathers are issued before this step's matmuls.
+#: gathers issued before this step's matmuls; CPU-checked, not yet measured on a GPU, so not searched.
 DQ_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "PREFETCH": pf}, num_warps=w, num_stages=s)
-    for bn, w, s, pf in (
-        (64, 4, 2, False),
-        (64, 4, 3, False),
-        (128, 4, 3, False),
-        (64, 4, 1, True),
-        (64, 4, 2, True),
-    )
+    triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=s)
+    for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 4, 3))
 ]
 DKDV_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "PREFETCH": pf}, num_warps=w, num_stages=s)
-    for bm, w, s, pf in (
-        (32, 4, 2, False),
-        (64, 4, 2, False),
-        (64, 4, 3, False),
-        (64, 4, 1, True),
-        (32, 4, 1, True),
-    )
+    triton.Config({"BLOCK_M": bm, "PREFETCH": False}, num_warps=w, num_stages=s)
+    for bm, w, s in ((32, 4, 2), (64, 4, 2), (64, 4, 3))
 ]
 #: dk, dv and (atomically) dq in one pass: 5 matmuls per block pair instead of 7.
 DKDVQ_CONFIGS = [
@@ -191,13 +179,22 @@ def _dq_kernel(
             nv = _rows(V, b, h, ntok, dd, nmask, svb, svl, svh)
             dq = _dq_step(q, do, lse, delta, k, v, kvalid, dq, qk_scale, F32DOT, BLOCK_N)
             k, v, kvalid = nk, nv, nvalid
-    else:
+    else:  # the loop as measured (docs/benchmarks.md)
         for step in range(0, steps):
             ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
             kmask = kvalid[:, None] & dmask[None, :]
             k = _rows(K, b, h, ktok, dd, kmask, skb, skl, skh)  # (N, D)
             v = _rows(V, b, h, ktok, dd, kmask, svb, svl, svh)  # (N, D)
-            dq = _dq_step(q, do, lse, delta, k, v, kvalid, dq, qk_scale, F32DOT, BLOCK_N)
+            if F32DOT:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+            p = tl.exp2(
+                s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :] - lse[:, None]
+            )  # (64, N)
+            dp = mm(do, tl.trans(v), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+            ds = p * (dp - delta[:, None])
+            dq = mm(ds.to(k.dtype), k, dq, F32DOT)  # (64, D)
     dq = dq * scale
     if HAS_GATE:
         count = cube_count(cube_q, T, HG, W, NCH, NCW).to(tl.float32)
@@ -260,15 +257,25 @@ def _dkdv_kernel(
             ndelta = tl.load(delta_base + ntok, mask=nvalid, other=0.0)
             dk, dv, _ = _dkdv_step(k, v, q, do, lse, delta, dk, dv, qk_scale, F32DOT, BLOCK_M)
             q, do, lse, delta = nq, ndo, nlse, ndelta
-    else:
+    else:  # the loop as measured (docs/benchmarks.md)
         for step in range(0, steps):
             qtok, qvalid = run_tokens(runs_base, step, n_runs, BLOCK_M)
             qmask = qvalid[:, None] & dmask[None, :]
             q = _rows(Q, b, h, qtok, dd, qmask, sqb, sql, sqh)  # (M, D)
             do = _rows(DO, b, h, qtok, dd, qmask, sdb, sdl, sdh)  # (M, D)
-            lse = tl.load(lse_base + qtok, mask=qvalid, other=float("inf"))  # masked rows: p = 0
-            delta = tl.load(delta_base + qtok, mask=qvalid, other=0.0)
-            dk, dv, dst = _dkdv_step(k, v, q, do, lse, delta, dk, dv, qk_scale, F32DOT, BLOCK_M)
+            if F32DOT:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(
+                LSE + bh.to(tl.int64) * L + qtok, mask=qvalid, other=float("inf")
+            )  # masked rows: p = 0
+            delta = tl.load(DELTA + bh.to(tl.int64) * L + qtok, mask=qvalid, other=0.0)
+            st = mm(k, tl.trans(q), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
+            pt = tl.exp2(st * qk_scale - lse[None, :])
+            dv = mm(pt.to(do.dtype), do, dv, F32DOT)  # (64, D)
+            dpt = mm(v, tl.trans(do), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
+            dst = pt * (dpt - delta[None, :])
+            dk = mm(dst.to(q.dtype), q, dk, F32DOT)  # (64, D)
             if DQ_ATOMIC:  # dq += ds k, accumulated in fp32 across the key cubes of the query rows
                 dq = mm(
                     tl.trans(dst.to(k.dtype)), k, tl.zeros([BLOCK_M, D_PAD], tl.float32), F32DOT

@@ -29,19 +29,14 @@ LOG2E = 1.4426950408889634
 
 #: Searched on the GPU: one warpgroup per 64-row cube. benchmarks/vsa_config_sweep.py on an H100
 #: (docs/benchmarks.md): (64, 4, 2) fastest at both sparsities; 8 warps ran about 2x slower.
-#: ``PREFETCH``: each step issues the next step's key/value gathers before its own matmuls (the
-#: gathers are indirect, through the run list, which Triton's pipeliner does not overlap by itself:
-#: benchmarks/vsa_roofline.py measured the gathers alone and the matmuls alone at 1.46 and 1.30 ms
-#: against 3.39 ms for the kernel at 0.875 on an H200).
+#: ``PREFETCH=True``: each step issues the next step's key/value gathers before its own matmuls. The
+#: gathers are indirect (through the run list); benchmarks/vsa_roofline.py measured the gathers alone
+#: and the matmuls alone at 1.46 and 1.30 ms against 3.39 ms for the kernel (0.875, H200), so they
+#: barely overlap now. Checked against the reference on the CPU only, not yet compiled or timed on a
+#: GPU: out of the default search until benchmarks/vsa_config_sweep.py (which tries it) has measured it.
 FWD_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "PREFETCH": pf}, num_warps=w, num_stages=s)
-    for bn, w, s, pf in (
-        (64, 4, 2, False),
-        (64, 4, 3, False),
-        (128, 4, 3, False),
-        (64, 4, 1, True),
-        (64, 4, 2, True),
-    )
+    triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=s)
+    for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 4, 3))
 ]
 #: The interpreter takes no autotuning: one config (tests pass others explicitly).
 INTERPRETER_CONFIG = {"BLOCK_N": 64, "PREFETCH": False, "num_warps": 4, "num_stages": 1}
@@ -179,12 +174,23 @@ def _fwd_kernel(
             nv = gather(v_base, ntok, nvalid, dd, dmask, stride_vl)
             m_i, l_i, acc = _fwd_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, F32DOT, BLOCK_N)
             k, v, kvalid = nk, nv, nvalid
-    else:
+    else:  # the loop as measured (docs/benchmarks.md)
         for step in range(0, steps):
             ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
-            k = gather(k_base, ktok, kvalid, dd, dmask, stride_kl)  # (N, D)
-            v = gather(v_base, ktok, kvalid, dd, dmask, stride_vl)  # (N, D)
-            m_i, l_i, acc = _fwd_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, F32DOT, BLOCK_N)
+            kmask = kvalid[:, None] & dmask[None, :]
+            k = tl.load(k_base + ktok[:, None] * stride_kl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
+            v = tl.load(v_base + ktok[:, None] * stride_vl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
+            if F32DOT:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+            s = s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :]  # log2 units; one FMA per logit
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = mm(p.to(v.dtype), v, acc * alpha[:, None], F32DOT)  # (64, D)
+            m_i = m_new
     out = acc / l_i[:, None]
     if HAS_GATE:
         g = tl.load(
