@@ -111,8 +111,7 @@ def main() -> None:
             print(f"  {r['ms']:.3f} ms  err {r['err']:.2e}  {r['config']}", flush=True)
 
     grid3 = lambda name, sizes, warps, stages: [  # noqa: E731
-        {name: s, "PREFETCH": pf, "num_warps": w, "num_stages": st}
-        for s, w, st, pf in itertools.product(sizes, warps, stages, (False, True))
+        {name: s, "num_warps": w, "num_stages": st} for s, w, st in itertools.product(sizes, warps, stages)
     ]
     for sparsity in args.sparsity:
         topk = topk_for(sparsity, geom.num_cubes)

@@ -51,10 +51,6 @@ CASES = [
     Case(1, (9, 6, 5), 1, 48, "bf16", 0.6, True),  # head dim padded to 64 in the kernels
     # other block sizes: 128 key rows per forward/dq step, 32 query rows per dk/dv step
     Case(1, (5, 6, 9), 1, 32, "fp16", 0.3, True, {"BLOCK_N": 128, "BLOCK_M": 32}),
-    # the next step's gathers issued before this step's matmuls (forward, dq and dk/dv)
-    Case(1, (5, 6, 9), 2, 32, "fp16", 0.5, True, {"PREFETCH": True}),
-    Case(2, (3, 5, 7), 1, 16, "bf16", 0.5, False, {"BLOCK_M": 32, "PREFETCH": True}),
-    Case(1, (9, 6, 5), 1, 48, "fp32", 0.6, True, {"BLOCK_N": 128, "PREFETCH": True}),
 ]
 
 
@@ -98,8 +94,7 @@ class config_override:
 
         if not self.configs:
             return
-        prefetch = self.configs.get("PREFETCH", False)
-        fwd = {"BLOCK_N": self.configs.get("BLOCK_N", 64), "PREFETCH": prefetch}
+        fwd = {"BLOCK_N": self.configs.get("BLOCK_N", 64)}
         self.saved = {
             "fwd": triton_fwd.INTERPRETER_CONFIG,
             "dq": triton_bwd.INTERPRETER_DQ,
@@ -107,7 +102,7 @@ class config_override:
         }
         triton_fwd.INTERPRETER_CONFIG = {**triton_fwd.INTERPRETER_CONFIG, **fwd}
         triton_bwd.INTERPRETER_DQ = fwd
-        triton_bwd.INTERPRETER_DKDV = {"BLOCK_M": self.configs.get("BLOCK_M", 64), "PREFETCH": prefetch}
+        triton_bwd.INTERPRETER_DKDV = {"BLOCK_M": self.configs.get("BLOCK_M", 64)}
 
     def __exit__(self, *exc: object) -> None:
         from fastvideo_vsa.ops import triton_bwd, triton_fwd

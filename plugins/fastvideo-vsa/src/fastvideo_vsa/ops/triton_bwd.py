@@ -46,23 +46,20 @@ PREP_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 16)]
 #: Launch configs searched by the autotuners. benchmarks/vsa_config_sweep.py on an H100 at the Wan
 #: shape (docs/benchmarks.md): 8 warps ran 1.5-2.5x slower than 4 everywhere, so only 4-warp configs
 #: stay; (64, 4, 2) for dk/dv took 6.01 ms against 6.69 ms for the earlier list's pick.
-#: ``PREFETCH`` as in the forward (:data:`fastvideo_vsa.ops.triton_fwd.FWD_CONFIGS`): the next step's
-#: gathers issued before this step's matmuls; CPU-checked, not yet measured on a GPU, so not searched.
 DQ_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=s)
+    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 4, 3))
 ]
 DKDV_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "PREFETCH": False}, num_warps=w, num_stages=s)
+    triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
     for bm, w, s in ((32, 4, 2), (64, 4, 2), (64, 4, 3))
 ]
 #: dk, dv and (atomically) dq in one pass: 5 matmuls per block pair instead of 7.
 DKDVQ_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "PREFETCH": False}, num_warps=w, num_stages=s)
-    for bm, w, s in ((32, 8, 2), (32, 8, 3))
+    triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s) for bm, w, s in ((32, 8, 2), (32, 8, 3))
 ]
-INTERPRETER_DQ = {"BLOCK_N": 64, "PREFETCH": False}
-INTERPRETER_DKDV = {"BLOCK_M": 64, "PREFETCH": False}
+INTERPRETER_DQ = {"BLOCK_N": 64}
+INTERPRETER_DKDV = {"BLOCK_M": 64}
 
 # --------------------------------------------------------------------------------------------------
 # Kernels
@@ -107,34 +104,6 @@ def _prep_kernel(
 
 
 @triton.jit
-def _dq_step(q, do, lse, delta, k, v, kvalid, dq, qk_scale, F32DOT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """``dq`` plus one step's ``ds k`` over ``BLOCK_N`` key rows (unscaled)."""
-    if F32DOT:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-    p = tl.exp2(s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :] - lse[:, None])  # (64, N)
-    dp = mm(do, tl.trans(v), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-    ds = p * (dp - delta[:, None])
-    return mm(ds.to(k.dtype), k, dq, F32DOT)  # (64, D)
-
-
-@triton.jit
-def _dkdv_step(k, v, q, do, lse, delta, dk, dv, qk_scale, F32DOT: tl.constexpr, BLOCK_M: tl.constexpr):
-    """``(dk, dv, ds^T)`` after one step over ``BLOCK_M`` query rows (dk unscaled)."""
-    if F32DOT:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    st = mm(k, tl.trans(q), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
-    pt = tl.exp2(st * qk_scale - lse[None, :])
-    dv = mm(pt.to(do.dtype), do, dv, F32DOT)  # (64, D)
-    dpt = mm(v, tl.trans(do), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
-    dst = pt * (dpt - delta[None, :])
-    dk = mm(dst.to(q.dtype), q, dk, F32DOT)  # (64, D)
-    return dk, dv, dst
-
-
-@triton.jit
 def _dq_kernel(
     Q, K, V, DO, LSE, DELTA, RUNS, FIRST, COUNT, DQC, DQ,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sdb, sdl, sdh, sxb, sxl, sxh,
@@ -145,7 +114,6 @@ def _dq_kernel(
     HAS_GATE: tl.constexpr,
     F32DOT: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     cube_q = tl.program_id(0)
     bh = tl.program_id(1)
@@ -166,35 +134,19 @@ def _dq_kernel(
     runs_base = RUNS + tl.load(FIRST + segment)
     n_runs = tl.load(COUNT + segment)
     dq = tl.zeros([64, D_PAD], tl.float32)
-    steps = tl.cdiv(n_runs, BLOCK_N // 4)
-    if PREFETCH:  # step i + 1's gathers are in flight while step i multiplies
-        ktok, kvalid = run_tokens(runs_base, 0, n_runs, BLOCK_N)
+    for step in range(0, tl.cdiv(n_runs, BLOCK_N // 4)):
+        ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
         kmask = kvalid[:, None] & dmask[None, :]
         k = _rows(K, b, h, ktok, dd, kmask, skb, skl, skh)  # (N, D)
         v = _rows(V, b, h, ktok, dd, kmask, svb, svl, svh)  # (N, D)
-        for step in range(0, steps):
-            ntok, nvalid = run_tokens(runs_base, step + 1, n_runs, BLOCK_N)  # past the end: all masked
-            nmask = nvalid[:, None] & dmask[None, :]
-            nk = _rows(K, b, h, ntok, dd, nmask, skb, skl, skh)
-            nv = _rows(V, b, h, ntok, dd, nmask, svb, svl, svh)
-            dq = _dq_step(q, do, lse, delta, k, v, kvalid, dq, qk_scale, F32DOT, BLOCK_N)
-            k, v, kvalid = nk, nv, nvalid
-    else:  # the loop as measured (docs/benchmarks.md)
-        for step in range(0, steps):
-            ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
-            kmask = kvalid[:, None] & dmask[None, :]
-            k = _rows(K, b, h, ktok, dd, kmask, skb, skl, skh)  # (N, D)
-            v = _rows(V, b, h, ktok, dd, kmask, svb, svl, svh)  # (N, D)
-            if F32DOT:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-            p = tl.exp2(
-                s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :] - lse[:, None]
-            )  # (64, N)
-            dp = mm(do, tl.trans(v), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-            ds = p * (dp - delta[:, None])
-            dq = mm(ds.to(k.dtype), k, dq, F32DOT)  # (64, D)
+        if F32DOT:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+        p = tl.exp2(s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :] - lse[:, None])  # (64, N)
+        dp = mm(do, tl.trans(v), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+        ds = p * (dp - delta[:, None])
+        dq = mm(ds.to(k.dtype), k, dq, F32DOT)  # (64, D)
     dq = dq * scale
     if HAS_GATE:
         count = cube_count(cube_q, T, HG, W, NCH, NCW).to(tl.float32)
@@ -217,7 +169,6 @@ def _dkdv_kernel(
     F32DOT: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,
     BLOCK_M: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     cube_k = tl.program_id(0)
     bh = tl.program_id(1)
@@ -237,51 +188,26 @@ def _dkdv_kernel(
     n_runs = tl.load(COUNT + segment)  # runs of the query cubes that selected this key cube
     dk = tl.zeros([64, D_PAD], tl.float32)
     dv = tl.zeros([64, D_PAD], tl.float32)
-    steps = tl.cdiv(n_runs, BLOCK_M // 4)  # BLOCK_M query rows per step
-    lse_base = LSE + bh.to(tl.int64) * L
-    delta_base = DELTA + bh.to(tl.int64) * L
-    if PREFETCH:  # step i + 1's gathers are in flight while step i multiplies (no atomic dq here)
-        tl.static_assert(not DQ_ATOMIC, "the atomic dq pass runs without PREFETCH")
-        qtok, qvalid = run_tokens(runs_base, 0, n_runs, BLOCK_M)
+    for step in range(0, tl.cdiv(n_runs, BLOCK_M // 4)):  # BLOCK_M query rows per step
+        qtok, qvalid = run_tokens(runs_base, step, n_runs, BLOCK_M)
         qmask = qvalid[:, None] & dmask[None, :]
         q = _rows(Q, b, h, qtok, dd, qmask, sqb, sql, sqh)  # (M, D)
         do = _rows(DO, b, h, qtok, dd, qmask, sdb, sdl, sdh)  # (M, D)
-        lse = tl.load(lse_base + qtok, mask=qvalid, other=float("inf"))  # masked rows: p = 0
-        delta = tl.load(delta_base + qtok, mask=qvalid, other=0.0)
-        for step in range(0, steps):
-            ntok, nvalid = run_tokens(runs_base, step + 1, n_runs, BLOCK_M)  # past the end: all masked
-            nmask = nvalid[:, None] & dmask[None, :]
-            nq = _rows(Q, b, h, ntok, dd, nmask, sqb, sql, sqh)
-            ndo = _rows(DO, b, h, ntok, dd, nmask, sdb, sdl, sdh)
-            nlse = tl.load(lse_base + ntok, mask=nvalid, other=float("inf"))
-            ndelta = tl.load(delta_base + ntok, mask=nvalid, other=0.0)
-            dk, dv, _ = _dkdv_step(k, v, q, do, lse, delta, dk, dv, qk_scale, F32DOT, BLOCK_M)
-            q, do, lse, delta = nq, ndo, nlse, ndelta
-    else:  # the loop as measured (docs/benchmarks.md)
-        for step in range(0, steps):
-            qtok, qvalid = run_tokens(runs_base, step, n_runs, BLOCK_M)
-            qmask = qvalid[:, None] & dmask[None, :]
-            q = _rows(Q, b, h, qtok, dd, qmask, sqb, sql, sqh)  # (M, D)
-            do = _rows(DO, b, h, qtok, dd, qmask, sdb, sdl, sdh)  # (M, D)
-            if F32DOT:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
-            lse = tl.load(
-                LSE + bh.to(tl.int64) * L + qtok, mask=qvalid, other=float("inf")
-            )  # masked rows: p = 0
-            delta = tl.load(DELTA + bh.to(tl.int64) * L + qtok, mask=qvalid, other=0.0)
-            st = mm(k, tl.trans(q), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
-            pt = tl.exp2(st * qk_scale - lse[None, :])
-            dv = mm(pt.to(do.dtype), do, dv, F32DOT)  # (64, D)
-            dpt = mm(v, tl.trans(do), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
-            dst = pt * (dpt - delta[None, :])
-            dk = mm(dst.to(q.dtype), q, dk, F32DOT)  # (64, D)
-            if DQ_ATOMIC:  # dq += ds k, accumulated in fp32 across the key cubes of the query rows
-                dq = mm(
-                    tl.trans(dst.to(k.dtype)), k, tl.zeros([BLOCK_M, D_PAD], tl.float32), F32DOT
-                )  # (M, D)
-                rows = b * sxb + h * sxh + qtok[:, None] * sxl + dd[None, :]
-                tl.atomic_add(DQACC + rows, dq * scale, mask=qmask, sem="relaxed")
+        if F32DOT:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(LSE + bh.to(tl.int64) * L + qtok, mask=qvalid, other=float("inf"))  # masked rows: p = 0
+        delta = tl.load(DELTA + bh.to(tl.int64) * L + qtok, mask=qvalid, other=0.0)
+        st = mm(k, tl.trans(q), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
+        pt = tl.exp2(st * qk_scale - lse[None, :])
+        dv = mm(pt.to(do.dtype), do, dv, F32DOT)  # (64, D)
+        dpt = mm(v, tl.trans(do), tl.zeros([64, BLOCK_M], tl.float32), F32DOT)  # (64, M)
+        dst = pt * (dpt - delta[None, :])
+        dk = mm(dst.to(q.dtype), q, dk, F32DOT)  # (64, D)
+        if DQ_ATOMIC:  # dq += ds k, accumulated in fp32 across the key cubes of the query rows
+            dq = mm(tl.trans(dst.to(k.dtype)), k, tl.zeros([BLOCK_M, D_PAD], tl.float32), F32DOT)  # (M, D)
+            rows = b * sxb + h * sxh + qtok[:, None] * sxl + dd[None, :]
+            tl.atomic_add(DQACC + rows, dq * scale, mask=qmask, sem="relaxed")
     dk = dk * scale
     if HAS_GATE:
         inv = 1.0 / cube_count(cube_k, T, HG, W, NCH, NCW).to(tl.float32)
@@ -428,8 +354,7 @@ def dkdv_backward(
     grid = (geom.num_cubes, batch * heads)
     meta = {**_meta(q, dkc_dvc is not None), "DQ_ATOMIC": atomic}
     tuned = _dkdvq_tuned if atomic else _dkdv_tuned
-    default = {**INTERPRETER_DKDV, "PREFETCH": False} if atomic else INTERPRETER_DKDV  # atomic: no prefetch
-    launch(_dkdv_kernel, tuned, grid, args, meta, config, default)
+    launch(_dkdv_kernel, tuned, grid, args, meta, config, INTERPRETER_DKDV)
     return dk, dv
 
 

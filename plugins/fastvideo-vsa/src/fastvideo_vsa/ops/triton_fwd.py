@@ -29,17 +29,12 @@ LOG2E = 1.4426950408889634
 
 #: Searched on the GPU: one warpgroup per 64-row cube. benchmarks/vsa_config_sweep.py on an H100
 #: (docs/benchmarks.md): (64, 4, 2) fastest at both sparsities; 8 warps ran about 2x slower.
-#: ``PREFETCH=True``: each step issues the next step's key/value gathers before its own matmuls. The
-#: gathers are indirect (through the run list); benchmarks/vsa_roofline.py measured the gathers alone
-#: and the matmuls alone at 1.46 and 1.30 ms against 3.39 ms for the kernel (0.875, H200), so they
-#: barely overlap now. Checked against the reference on the CPU only, not yet compiled or timed on a
-#: GPU: out of the default search until benchmarks/vsa_config_sweep.py (which tries it) has measured it.
 FWD_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "PREFETCH": False}, num_warps=w, num_stages=s)
+    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 4, 3))
 ]
 #: The interpreter takes no autotuning: one config (tests pass others explicitly).
-INTERPRETER_CONFIG = {"BLOCK_N": 64, "PREFETCH": False, "num_warps": 4, "num_stages": 1}
+INTERPRETER_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
 
 
 def interpreting() -> bool:
@@ -99,31 +94,6 @@ def mm(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def gather(BASE, tok, valid, dd, dmask, stride):
-    """Rows ``tok`` (``(N,)`` int64) of a ``[.., L, .., D]`` tensor at ``BASE``, ``(N, D_PAD)``; zeros
-    where ``valid`` or the head dim mask is off."""
-    return tl.load(
-        BASE + tok[:, None] * stride + dd[None, :], mask=valid[:, None] & dmask[None, :], other=0.0
-    )
-
-
-@triton.jit
-def _fwd_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, F32DOT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One step of the online softmax over ``BLOCK_N`` key rows: ``(m_i, l_i, acc)`` updated."""
-    if F32DOT:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-    s = s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :]  # log2 units; one FMA per logit
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = mm(p.to(v.dtype), v, acc * alpha[:, None], F32DOT)  # (64, D)
-    return m_new, l_i, acc
-
-
-@triton.jit
 def _fwd_kernel(
     Q, K, V, G, OC, OUT, LSE, RUNS, FIRST, COUNT,
     stride_qb, stride_ql, stride_qh,
@@ -138,7 +108,6 @@ def _fwd_kernel(
     HAS_GATE: tl.constexpr,
     F32DOT: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     cube_q = tl.program_id(0)
     bh = tl.program_id(1)
@@ -163,34 +132,22 @@ def _fwd_kernel(
     m_i = tl.full([64], float("-inf"), tl.float32)
     l_i = tl.zeros([64], tl.float32)
     acc = tl.zeros([64, D_PAD], tl.float32)
-    steps = tl.cdiv(n_runs, BLOCK_N // 4)  # BLOCK_N key rows per step
-    if PREFETCH:  # step i + 1's gathers are in flight while step i multiplies
-        ktok, kvalid = run_tokens(runs_base, 0, n_runs, BLOCK_N)
-        k = gather(k_base, ktok, kvalid, dd, dmask, stride_kl)  # (N, D)
-        v = gather(v_base, ktok, kvalid, dd, dmask, stride_vl)  # (N, D)
-        for step in range(0, steps):
-            ntok, nvalid = run_tokens(runs_base, step + 1, n_runs, BLOCK_N)  # past the end: all masked
-            nk = gather(k_base, ntok, nvalid, dd, dmask, stride_kl)
-            nv = gather(v_base, ntok, nvalid, dd, dmask, stride_vl)
-            m_i, l_i, acc = _fwd_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, F32DOT, BLOCK_N)
-            k, v, kvalid = nk, nv, nvalid
-    else:  # the loop as measured (docs/benchmarks.md)
-        for step in range(0, steps):
-            ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
-            kmask = kvalid[:, None] & dmask[None, :]
-            k = tl.load(k_base + ktok[:, None] * stride_kl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
-            v = tl.load(v_base + ktok[:, None] * stride_vl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
-            if F32DOT:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
-            s = s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :]  # log2 units; one FMA per logit
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = mm(p.to(v.dtype), v, acc * alpha[:, None], F32DOT)  # (64, D)
-            m_i = m_new
+    for step in range(0, tl.cdiv(n_runs, BLOCK_N // 4)):  # BLOCK_N key rows per step
+        ktok, kvalid = run_tokens(runs_base, step, n_runs, BLOCK_N)
+        kmask = kvalid[:, None] & dmask[None, :]
+        k = tl.load(k_base + ktok[:, None] * stride_kl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
+        v = tl.load(v_base + ktok[:, None] * stride_vl + dd[None, :], mask=kmask, other=0.0)  # (N, D)
+        if F32DOT:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = mm(q, tl.trans(k), tl.zeros([64, BLOCK_N], tl.float32), F32DOT)  # (64, N)
+        s = s * qk_scale + tl.where(kvalid, 0.0, float("-inf"))[None, :]  # log2 units; one FMA per logit
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = mm(p.to(v.dtype), v, acc * alpha[:, None], F32DOT)  # (64, D)
+        m_i = m_new
     out = acc / l_i[:, None]
     if HAS_GATE:
         g = tl.load(
