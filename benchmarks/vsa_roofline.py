@@ -3,8 +3,8 @@
     PYTHONPATH=core/src:plugins/fastvideo-wan/src:plugins/fastvideo-vsa/src python benchmarks/vsa_roofline.py
 
 The fine stage gives every (batch x head, query cube) program the keys and values of its selected
-cubes: at sparsity 0.875 on Wan's 21x30x52 grid about 4096 key rows x (256 + 256) bytes, about 2 MB
-per program, 15.7 GB per call, read again and again from L2 (each key cube is selected by ~78 query
+cubes: at sparsity 0.875 on Wan's 21x30x52 grid about 3300 key rows x (256 + 256) bytes, 1.7 MB per
+program, 12.7 GB per call, read again and again from L2 (each key cube is selected by ~78 query
 cubes). Over the same plan (the real selection of random q and k), three kernels run:
 
 * ``fine``: the real fine forward (``fastvideo_vsa.ops.triton_fwd.fine_forward``, autotuned);
@@ -123,9 +123,6 @@ def report(sparsity: float, iters: int) -> None:
         t = time_cuda("math", partial(probe, False, *config), warmup=3, iters=iters)[0].median_ms
         print(f"  math only (one tile), BLOCK_N {config[0]}, {config[1]} warps: {t:.3f} ms = "
               f"{flops / t / 1e9:.0f} TFLOP/s")  # fmt: skip
-    l2 = torch.empty(16 << 20, dtype=torch.bfloat16, device=q.device)  # 32 MB: fits the 50 MB L2
-    t = time_cuda("l2", partial(torch.sum, l2, dtype=torch.float32), warmup=5, iters=iters)[0].median_ms
-    print(f"  torch.sum over 32 MB that stay in L2: {t:.4f} ms = {l2.nbytes / t / 1e9:.2f} TB/s")
 
 
 def main() -> None:
