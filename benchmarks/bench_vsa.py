@@ -182,11 +182,13 @@ def vsa_stage_timings(
         dkdv_backward(*bwd, query_plan, geom, scale, (dkc, dvc), acc)
         return dq_finish(acc, dqc, geom, q.dtype)
 
+    from fastvideo_vsa.ops import hopper
+
     stages = {
         "pool": lambda: pool(q, k, v, geom),
         "coarse+select+key plan": lambda: coarse_select(qc, kc, vc, topk, scale, geom),
-        "fine fwd": lambda: fine_forward(q, k, v, g, oc, key_plan, geom, scale),
-        "fine fwd (no gate)": lambda: fine_forward(q, k, v, None, None, key_plan, geom, scale),
+        "fine fwd (Triton)": lambda: fine_forward(q, k, v, g, oc, key_plan, geom, scale),
+        "fine fwd (Triton, no gate)": lambda: fine_forward(q, k, v, None, None, key_plan, geom, scale),
         "bwd prep": lambda: prep_backward(out, dout, g, oc, geom),
         "coarse bwd": lambda: coarse_backward(qc, kc, vc, doc, scale),
         "query plan": lambda: plans(idx, geom, transposed=True, key_plan=key_plan),
@@ -194,6 +196,13 @@ def vsa_stage_timings(
         "dkdv": lambda: dkdv_backward(*bwd, query_plan, geom, scale, (dkc, dvc)),
         "dkdv+dq atomic": atomic_pass,
     }
+    if hopper.supported(q):  # the op's forward on this card: pooling also writes the copies
+        tiles = q.new_empty((3, q.shape[2] * geom.num_cubes * 64, DIM))
+        stages["pool + cube-major copies"] = lambda: pool(q, k, v, geom, tiles=tiles)
+        stages["fine fwd (Hopper)"] = lambda: hopper.fine_forward(q, tuple(tiles), g, oc, idx, geom, scale)
+        stages["fine fwd (Hopper, no gate)"] = lambda: hopper.fine_forward(
+            q, tuple(tiles), None, None, idx, geom, scale
+        )
     times = {name: time_cuda(name, fn, warmup=3, iters=iters)[0].median_ms for name, fn in stages.items()}
     return times, useful_flops(idx, grid)
 
@@ -203,18 +212,18 @@ def _row(label: str, what: str, sparsity: str, fwd: str, bwd: str, *rest: str) -
     return cells + [""] * (10 - len(cells))
 
 
-def _speedups(dense: dict, fwd_ms: float | None, bwd_ms: float) -> list[str]:
+def _speedups(dense: dict, fwd_ms: float | None, bwd_ms: float | None) -> list[str]:
     """``fwd vs cuDNN, bwd vs cuDNN, fwd vs flash, bwd vs flash`` (dense time / ours)."""
     out = []
     for ref in ("cuDNN", "flash"):
         rf, rb = dense.get(ref, (None, None))
         out.append(f"{rf.median_ms / fwd_ms:.2f}x" if rf is not None and fwd_ms else "")
-        out.append(f"{rb.median_ms / bwd_ms:.2f}x" if rb is not None else "")
+        out.append(f"{rb.median_ms / bwd_ms:.2f}x" if rb is not None and bwd_ms else "")
     return out
 
 
 def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
-    from fastvideo_vsa.ops import CubeGeometry, topk_for, vsa_attention
+    from fastvideo_vsa.ops import CubeGeometry, hopper, topk_for, vsa_attention
 
     env = environment()
     rows: list[list[str]] = []
@@ -237,9 +246,17 @@ def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
                 tb_atomic = time_fwd_bwd(fn, ins, dout, iters)[1]
                 del os.environ["FASTVIDEO_VSA_BACKWARD"]
                 stages, flops = vsa_stage_timings(grid, sparsity, iters) if gated else ({}, 0.0)
-                fine = stages.get("fine fwd")
+                fine = stages.get("fine fwd (Hopper)") or stages.get("fine fwd (Triton)")
                 tflops = f"{flops / (fine * 1e-3) / 1e12:.0f}" if fine else ""
-                what = f"VSA {'gate' if gated else 'no gate'} (k={topk})"
+                path = ", Hopper fwd" if hopper.supported(q) else ""
+                what = f"VSA {'gate' if gated else 'no gate'} (k={topk}){path}"
+                if path and gated:  # the portable forward on the same card, side by side
+                    os.environ["FASTVIDEO_VSA_HOPPER"] = "0"
+                    tp = time_fwd_bwd(fn, ins, dout, iters)[0]
+                    del os.environ["FASTVIDEO_VSA_HOPPER"]
+                    portable = f"VSA gate (k={topk}), Triton fwd"
+                    rows.append(_row(label, portable, f"{sparsity}", f"{tp.median_ms:.2f}", "",
+                                     *_speedups(dense, tp.median_ms, None)))  # fmt: skip
                 fwd, bwd = f"{tf.median_ms:.2f}", f"{tb.median_ms:.2f}"
                 rows.append(
                     _row(

@@ -11,7 +11,9 @@ cubes). Over the same plan (the real selection of random q and k), three kernels
 * ``loads``: the same key/value gathers, ``BLOCK_N`` rows a step, summed instead of attended (the
   floor the traffic sets for this access pattern);
 * ``math``: the same matmuls and online softmax, step for step, on one key/value tile loaded once
-  (the floor the arithmetic sets at 64 query rows a program).
+  (the floor the arithmetic sets at 64 query rows a program);
+* on Hopper, the Gluon kernel (:mod:`fastvideo_vsa.ops.hopper`, on the cube-major copies) whole, with
+  its loads alone (the TMA ring, no math) and with its math alone (no loads after the first tiles).
 
 Prints each time, the bytes and FLOPs behind it and the rate; records nothing (the figures go to the
 prose of docs/benchmarks.md by hand).
@@ -123,6 +125,21 @@ def report(sparsity: float, iters: int) -> None:
         t = time_cuda("math", partial(probe, False, *config), warmup=3, iters=iters)[0].median_ms
         print(f"  math only (one tile), BLOCK_N {config[0]}, {config[1]} warps: {t:.3f} ms = "
               f"{flops / t / 1e9:.0f} TFLOP/s")  # fmt: skip
+    from fastvideo_vsa.ops import hopper
+
+    if hopper.supported(q):  # the Gluon kernel on cube-major copies, and its two probes
+        tiles = q.new_empty((3, HEADS * geom.num_cubes * 64, DIM))
+        pool(q, k, v, geom, tiles=tiles)
+        tile_bytes = HEADS * geom.num_cubes * topk * 64 * DIM * q.element_size() * 2  # whole 64-row tiles
+        for mode, name in (
+            (0, "Hopper fine forward"),
+            (1, "Hopper kernel, loads only"),
+            (2, "Hopper kernel, math only"),
+        ):
+            t = time_cuda(name, partial(hopper.fine_forward, q, tuple(tiles), g, oc, idx, geom, scale, mode),
+                          warmup=3, iters=iters)[0].median_ms  # fmt: skip
+            print(f"  {name}: {t:.3f} ms = {tile_bytes / t / 1e9:.2f} TB/s of K+V tiles "
+                  f"({tile_bytes / 1e9:.2f} GB), {flops / t / 1e9:.0f} TFLOP/s useful")  # fmt: skip
 
 
 def main() -> None:

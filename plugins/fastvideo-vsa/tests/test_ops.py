@@ -428,3 +428,59 @@ def test_plans_fall_back_to_the_sort_beyond_the_bit_matrix_limit(monkeypatch: py
     )
     assert torch.equal(count, s_count) and torch.equal(first, s_first)
     assert torch.equal(runs[: int(count.sum())], s_runs[: int(count.sum())])
+
+
+def test_pool_writes_cube_major_copies() -> None:
+    """``pool(tiles=...)``: the same cube means, plus q, k, v copied cube after cube (64 rows each,
+    slot order, zeros in the empty slots of partial cubes), as the Hopper fine stage reads them."""
+    from fastvideo_vsa.ops.pooling import pool
+
+    geom = CubeGeometry((5, 6, 7))
+    case = Case(2, geom.grid, 3, 32, "bf16", 0.5, False)
+    q, k, v = inputs(case, seed=4)
+    c = geom.num_cubes
+    tiles = q.new_full((3, 2 * 3 * c * 64, 32), float("nan"))
+    means = pool(q, k, v, geom, tiles=tiles, mean_v=False)
+    plain = pool(q, k, v, geom)
+    assert means[2] is None
+    assert torch.equal(means[0], plain[0]) and torch.equal(means[1], plain[1])
+    cube_of = geom.cube_of_token()
+    t, h, w = geom.grid
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    slot = ((tt % 4) * 16 + (hh % 4) * 4 + ww % 4).flatten()
+    for x, got in zip((q, k, v), tiles, strict=True):
+        want = torch.zeros(2, 3, c * 64, 32, dtype=x.dtype)
+        want[:, :, cube_of * 64 + slot] = x.cpu().permute(0, 2, 1, 3)
+        assert torch.equal(got.cpu().view(2, 3, c * 64, 32), want)
+
+
+HOPPER_CASES = [
+    Case(2, (5, 6, 7), 3, 128, "bf16", 0.6, True),  # every cube partial in W, some in T and H; B = 2
+    Case(1, (9, 10, 13), 2, 64, "fp16", 0.7, False),  # head dim 64
+    Case(3, (3, 5, 6), 2, 128, "bf16", 0.0, True),  # dense (topk = C) over 3 batch elements
+    Case(1, (4, 8, 8), 2, 128, "bf16", 0.9, True),  # topk 1: one cube, a ring never refilled
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=GPU, id=c.id) for c in HOPPER_CASES])
+def test_hopper_forward_matches_reference_on_gpu(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On sm_90 the op's forward runs the Gluon kernel on the pooling pass's cube-major copies: it
+    matches the fp32 reference no worse than 2x plain PyTorch in the same dtype, and the Triton
+    kernel's output closely; the backward (Triton) still matches the reference."""
+    from fastvideo_vsa.ops import hopper
+
+    if not hopper.supported(torch.empty(1, 1, 1, case.dim, device="cuda", dtype=DTYPES[case.dtype])):
+        pytest.skip("needs a Hopper GPU and Gluon")
+    calls = []
+    real = hopper.fine_forward
+    monkeypatch.setattr(hopper, "fine_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    xs = inputs(case, seed=5, device="cuda")
+    topk = topk_for(case.sparsity, CubeGeometry(case.grid).num_cubes)
+    indices = vsa_select(xs[0], xs[1], case.grid, topk).long()
+    compare(case, xs, torch.float32, indices)
+    assert calls, "the Hopper kernel did not run"
+    gate = xs[3] if case.gate else None
+    hop = vsa_attention(*xs[:3], case.grid, sparsity=case.sparsity, gate=gate)
+    monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "0")
+    portable = vsa_attention(*xs[:3], case.grid, sparsity=case.sparsity, gate=gate)
+    assert_close("out vs the Triton kernel", portable.float(), hop.float(), 1e-2)

@@ -69,6 +69,7 @@ def main() -> None:
     d = ap.parse_args().head_dim
     dims = dict(D=d, D_PAD=triton_fwd.d_pad(d), F32DOT=False)
     rows = {n: BF16 for n in ("Q", "K", "V", "G", "OUT", "DO", "DG", "DQ", "DK", "DV")}
+    rows.update({n: BF16 for n in ("QT", "KT", "VT")})
     f32 = {n: F32 for n in ("OC", "LSE", "DELTA", "DOC", "DQC", "DKC", "DVC", "QC", "KC", "VC", "DQACC")}
     ptrs = {**rows, **f32, "RUNS": I32, "FIRST": I32, "COUNT": I32}
     plan = [
@@ -77,7 +78,8 @@ def main() -> None:
         ("dkdv", triton_bwd._dkdv_kernel, triton_bwd.DKDV_CONFIGS, {"HAS_GATE": True, "DQ_ATOMIC": False}),
         ("dkdv+dq", triton_bwd._dkdv_kernel, triton_bwd.DKDVQ_CONFIGS, {"HAS_GATE": True, "DQ_ATOMIC": True}),
         ("prep", triton_bwd._prep_kernel, triton_bwd.PREP_CONFIGS, {"HAS_GATE": True}),
-        ("pool", pooling._pool_kernel, pooling.POOL_CONFIGS, {"POOL_V": True}),
+        ("pool", pooling._pool_kernel, pooling.POOL_CONFIGS, {"POOL_V": True, "TILES": False}),
+        ("pool+tiles", pooling._pool_kernel, pooling.POOL_CONFIGS, {"POOL_V": True, "TILES": True}),
     ]
     for name, fn, configs, extra in plan:
         for cfg in configs:

@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from fastvideo_vsa.ops import hopper
 from fastvideo_vsa.ops.geometry import CubeGeometry, topk_for
 from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, key_runs_length, pool
 from fastvideo_vsa.ops.triton_bwd import fine_backward, prep_backward
@@ -37,12 +38,24 @@ def vsa_fwd(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 ]:  # fmt: skip
     """``(out, lse, indices, qc, kc, vc, oc, runs, first, count)``; ``vc``/``oc`` are empty without a
-    gate; the last three are the key plan (kept for the backward's dq pass)."""
+    gate; the last three are the key plan (kept for the backward's dq pass).
+
+    On Hopper (:func:`fastvideo_vsa.ops.hopper.supported`) the pooling pass also writes cube-major
+    copies of q, k and v, which the Gluon fine stage reads by TMA; elsewhere the Triton kernels
+    gather from q, k, v directly."""
     geom = CubeGeometry(tuple(grid))
     has_gate = gate is not None
-    qc, kc, vc = pool(q, k, v if has_gate else None, geom)
-    indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
-    out, lse = fine_forward(q, k, v, gate, oc, key_plan, geom, scale)
+    if hopper.supported(q):
+        batch, _, heads, dim = q.shape
+        tiles = q.new_empty((3, batch * heads * geom.num_cubes * 64, dim))
+        qc, kc, vc = pool(q, k, v, geom, tiles=tiles, mean_v=has_gate)
+        indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+        out, lse = hopper.fine_forward(q, tuple(tiles), gate, oc, indices, geom, scale)
+        del tiles
+    else:
+        qc, kc, vc = pool(q, k, v if has_gate else None, geom)
+        indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+        out, lse = fine_forward(q, k, v, gate, oc, key_plan, geom, scale)
     vc_oc = (vc, oc) if has_gate else (_empty(q), _empty(q))
     return out, lse, indices, qc, kc, *vc_oc, *key_plan
 

@@ -36,22 +36,28 @@ SELECT_MAX_CUBES = 4096
 
 
 @triton.jit
-def _pool_one(X, XC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sb, sl, sh, C, D: tl.constexpr):
+def _pool_one(X, XC, XT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sb, sl, sh, C, D: tl.constexpr,
+              MEAN: tl.constexpr, TILES: tl.constexpr):  # fmt: skip
     x = tl.load(
         X + b * sb + h * sh + tok[:, None] * sl + dd[None, :], mask=valid[:, None] & dmask[None, :], other=0.0
     )
-    mean = tl.sum(x.to(tl.float32), 0) / count  # (D,)
-    tl.store(XC + (bh.to(tl.int64) * C + cube) * D + dd, mean, mask=dmask)
+    if MEAN:
+        mean = tl.sum(x.to(tl.float32), 0) / count  # (D,)
+        tl.store(XC + (bh.to(tl.int64) * C + cube) * D + dd, mean, mask=dmask)
+    if TILES:  # the cube's 64 rows, in slot order, zeros in its empty slots
+        out_rows = (bh.to(tl.int64) * C + cube) * 64 + rows
+        tl.store(XT + out_rows[:, None] * D + dd[None, :], x, mask=dmask[None, :])
 
 
 @triton.jit
 def _pool_kernel(
-    Q, K, V, QC, KC, VC,
+    Q, K, V, QC, KC, VC, QT, KT, VT,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
     H, T, HG, W, NCH, NCW, L, C,
     D: tl.constexpr,
     D_PAD: tl.constexpr,
     POOL_V: tl.constexpr,
+    TILES: tl.constexpr,
 ):  # fmt: skip
     cube = tl.program_id(0)
     bh = tl.program_id(1)
@@ -62,10 +68,12 @@ def _pool_kernel(
     dmask = dd < D
     tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
     count = cube_count(cube, T, HG, W, NCH, NCW).to(tl.float32)
-    _pool_one(Q, QC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sqb, sql, sqh, C, D)
-    _pool_one(K, KC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, skb, skl, skh, C, D)
-    if POOL_V:
-        _pool_one(V, VC, b, h, bh, cube, rows, dd, dmask, valid, tok, count, svb, svl, svh, C, D)
+    _pool_one(Q, QC, QT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sqb, sql, sqh, C, D, True, TILES)
+    _pool_one(K, KC, KT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, skb, skl, skh, C, D, True, TILES)
+    if POOL_V or TILES:
+        _pool_one(
+            V, VC, VT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, svb, svl, svh, C, D, POOL_V, TILES
+        )
 
 
 @triton.jit
@@ -154,7 +162,7 @@ def _query_runs_kernel(BITS, TABLE, COUNTS, FIRST, RUNS, C, WORDS, BLOCK_C: tl.c
         tl.store(RUNS + at + r, run, mask=chosen & (r < runs))
 
 
-_pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V"])(_pool_kernel)
+_pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V", "TILES"])(_pool_kernel)
 
 # --------------------------------------------------------------------------------------------------
 # Launchers and the torch part
@@ -162,21 +170,36 @@ _pool_tuned = triton.autotune(POOL_CONFIGS, key=["D_PAD", "POOL_V"])(_pool_kerne
 
 
 def pool(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, geom: CubeGeometry
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor | None,
+    geom: CubeGeometry,
+    *,
+    tiles: torch.Tensor | None = None,
+    mean_v: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """fp32 cube means ``[B, H, C, D]`` of ``q``, ``k`` and (when given) ``v``."""
+    """fp32 cube means ``[B, H, C, D]`` of ``q``, ``k`` and (when given and ``mean_v``) ``v``.
+
+    :param tiles: a ``[3, B*H*C*64, D]`` buffer (q's dtype) that also receives cube-major copies of q,
+        k and ``v`` (required then): cube ``c`` of batch x head ``n`` in rows ``(n*C + c)*64 ..`` in
+        slot order, zeros in the empty slots of partial cubes (what :mod:`fastvideo_vsa.ops.hopper`
+        reads). The tokens are read once for both.
+    """
     batch, _, heads, dim = q.shape
     shape = (batch, heads, geom.num_cubes, dim)
     qc = q.new_empty(shape, dtype=torch.float32)
     kc = q.new_empty(shape, dtype=torch.float32)
-    vc = q.new_empty(shape, dtype=torch.float32) if v is not None else None
+    vc = q.new_empty(shape, dtype=torch.float32) if v is not None and mean_v else None
+    if tiles is not None and v is None:
+        raise ValueError("pool(tiles=...) copies v too: pass v")
     vv = v if v is not None else k
+    tt = tiles if tiles is not None else (q, q, q)
     args = (
-        q, k, vv, qc, kc, vc if vc is not None else kc,
+        q, k, vv, qc, kc, vc if vc is not None else kc, tt[0], tt[1], tt[2],
         *q.stride()[:3], *k.stride()[:3], *vv.stride()[:3],
         heads, *geometry_args(geom),
     )  # fmt: skip
-    meta = dict(D=dim, D_PAD=d_pad(dim), POOL_V=v is not None)
+    meta = dict(D=dim, D_PAD=d_pad(dim), POOL_V=vc is not None, TILES=tiles is not None)
     launch(_pool_kernel, _pool_tuned, (geom.num_cubes, batch * heads), args, meta, None, {"num_warps": 4})
     return qc, kc, vc
 

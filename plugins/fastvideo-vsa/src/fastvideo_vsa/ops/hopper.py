@@ -1,0 +1,265 @@
+"""Hopper (sm_90) forward of the VSA fine stage, in Gluon: TMA, a shared-memory ring, async wgmma.
+
+The portable Triton kernel (:mod:`fastvideo_vsa.ops.triton_fwd`) gathers keys four tokens at a time
+with ``cp.async`` and runs each step's matmuls and softmax back to back. This kernel:
+
+* reads cube-major copies of q, k and v (``[B*H*C*64, D]``: cube ``c`` of batch x head ``n`` is the
+  64 rows from ``(n * C + c) * 64``, slot order as in :mod:`fastvideo_vsa.ops.geometry`, zeros in
+  the empty slots of partial cubes), which the pooling kernel writes while it reads the tokens for
+  the cube means (:func:`fastvideo_vsa.ops.pooling.pool` with ``tiles=True``): every key cube is one
+  contiguous ``[64, D]`` TMA box;
+* keeps a ring of 3 key/value tiles in shared memory, filled by TMA on mbarriers one to two steps
+  ahead of their use;
+* runs two key cubes per loop iteration so that the tensor cores overlap the softmax: the logits of
+  cube b run while the softmax of cube a does, ``P_a @ V_a`` while the softmax of b does (the
+  in-flight accumulator never crosses the loop's back edge, which would make ptxas serialize every
+  wgmma).
+
+Measured on one H200 (docs/benchmarks.md): 2.7 ms for the fine stage at sparsity 0.875 on Wan's
+21x30x52 grid against 3.3-3.7 ms for the Triton kernel. ``MODE`` 1 and 2 turn the kernel into the
+probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
+
+bf16/fp16, head dim 64 or 128, CUDA capability 9.x; :func:`supported` says whether a call
+qualifies (the op falls back to the Triton kernels otherwise, and on the CPU interpreter).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fastvideo_vsa.ops.geometry import CubeGeometry
+from fastvideo_vsa.ops.triton_fwd import geometry_args, interpreting
+
+try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the triton build
+    HAVE_GLUON = False
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _slot_valid(cube, slot, T, HG, W, NCH, NCW):
+        """Validity and raster token index (int64) of ``slot`` (elementwise) of ``cube``."""
+        ct = cube // (NCH * NCW)
+        rem = cube - ct * (NCH * NCW)
+        ch = rem // NCW
+        cw = rem - ch * NCW
+        t = ct * 4 + slot // 16
+        y = ch * 4 + (slot // 4) % 4
+        x = cw * 4 + slot % 4
+        return (t < T) & (y < HG) & (x < W), ((t * HG + y) * W + x).to(gl.int64)
+
+    @gluon.jit
+    def _cube_of(idx_base, step, TOPK):
+        """The key cube of ``step``; steps past the selection repeat the last one (masked later)."""
+        return gl.load(idx_base + gl.minimum(step, TOPK - 1))
+
+    @gluon.jit
+    def _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube, step, row0, LIMIT, NS: gl.constexpr):
+        """TMA of the key and value tiles of ``step`` (key cube ``cube``) into ring slot ``step % NS``,
+        for steps below ``LIMIT``."""
+        ok = step < LIMIT
+        row = row0 + cube * 64
+        slot = step % NS
+        bar = bars.index(slot)
+        mbarrier.expect(bar, 2 * k_desc.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(k_desc, [row, 0], bar, k_smem.index(slot), pred=ok)
+        tma.async_copy_global_to_shared(v_desc, [row, 0], bar, v_smem.index(slot), pred=ok)
+
+    @gluon.jit
+    def _softmax_step(s, m_i, l_i, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
+        """Online-softmax update for the logits of one key cube (base-2 units); empty slots and steps
+        past the selection are masked."""
+        kvalid, _ = _slot_valid(cube, slots, T, HG, W, NCH, NCW)
+        kvalid = kvalid & (step < TOPK)
+        s = gl.where(kvalid[None, :], s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s - m_new[:, None])
+        return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+    @gluon.jit
+    def _fwd_kernel(
+        q_desc, k_desc, v_desc, G, OC, OUT, LSE, IDX,
+        stride_gb, stride_gl, stride_gh,
+        stride_ob, stride_ol, stride_oh,
+        H, T, HG, W, NCH, NCW, L, C, TOPK,
+        qk_scale,
+        D: gl.constexpr,
+        HAS_GATE: gl.constexpr,
+        MODE: gl.constexpr = 0,
+    ):  # fmt: skip
+        """One (query cube, batch x head) program over its ``TOPK`` key cubes, two per iteration."""
+        NS: gl.constexpr = 3
+        cube_q = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = (bh // H).to(gl.int64)
+        h = bh % H
+
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+        )
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [64, D], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [NS, 64, D], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [NS, 64, D], v_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_bar, count=1)
+        for i in gl.static_range(NS):
+            mbarrier.init(bars.index(i), count=1)
+
+        pairs = (TOPK + 1) // 2
+        LIMIT = 2 * pairs + 1  # the last iteration also computes the logits of step 2 * pairs (unused)
+        if MODE == 2:  # probe: the math alone, on the first two tiles
+            LIMIT = 2
+        row0 = bh * C * 64
+        idx_base = IDX + (bh.to(gl.int64) * C + cube_q) * TOPK
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row0 + cube_q * 64, 0], q_bar, q_smem)
+        for i in gl.static_range(NS - 1):
+            _load_step(k_desc, v_desc, k_smem, v_smem, bars, _cube_of(idx_base, i, TOPK), i, row0, LIMIT, NS)
+        # key cubes are loaded an iteration before they are needed: a, a+1 (masks), a+2, a+3 (TMA)
+        cube_a = _cube_of(idx_base, 0, TOPK)
+        cube_b = _cube_of(idx_base, 1, TOPK)
+        cube_c = _cube_of(idx_base, 2, TOPK)
+        cube_d = _cube_of(idx_base, 3, TOPK)
+
+        slots = gl.arange(0, 64, layout=s_cols)
+        m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
+        l_i = gl.zeros([64], gl.float32, layout=s_rows)
+        acc = gl.zeros([64, D], gl.float32, layout=o_layout)
+        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+
+        mbarrier.wait(q_bar, 0)
+        mbarrier.wait(bars.index(0), 0)
+        s_a = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a,))
+        for i in range(pairs):
+            a = 2 * i
+            cube_e = _cube_of(idx_base, a + 4, TOPK)
+            cube_f = _cube_of(idx_base, a + 5, TOPK)
+            if MODE == 1:  # probe: the loads alone
+                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_c, a + 2, row0, LIMIT, NS)
+                mbarrier.wait(bars.index((a + 1) % NS), ((a + 1) // NS) & 1)
+                mbarrier.wait(bars.index((a + 2) % NS), ((a + 2) // NS) & 1)
+                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_d, a + 3, row0, LIMIT, NS)
+            else:
+                # the slot of step a - 1 is free (its P @ V completed last iteration): step a + 2
+                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_c, a + 2, row0, LIMIT, NS)
+                mbarrier.wait(bars.index((a + 1) % NS), ((a + 1) // NS) & 1, pred=a + 1 < LIMIT)
+                s_b = warpgroup_mma(q_smem, k_smem.index((a + 1) % NS).permute((1, 0)), zero_s, use_acc=False,
+                                    is_async=True)  # fmt: skip
+                p, alpha, m_i, l_i = _softmax_step(
+                    s_a, m_i, l_i, cube_a, a, slots, qk_scale, T, HG, W, NCH, NCW, TOPK
+                )
+                s_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b,))
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                pv = gl.convert_layout(p.to(q_desc.dtype), p_layout)
+                acc = warpgroup_mma(pv, v_smem.index(a % NS), acc, is_async=True)
+                p, alpha, m_i, l_i = _softmax_step(s_b, m_i, l_i, cube_b, a + 1, slots, qk_scale, T, HG, W, NCH, NCW,
+                                                   TOPK)  # fmt: skip
+                mbarrier.wait(bars.index((a + 2) % NS), ((a + 2) // NS) & 1, pred=a + 2 < LIMIT)
+                s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % NS).permute((1, 0)), zero_s, use_acc=False,
+                                    is_async=True)  # fmt: skip
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # P_a @ V_a done: its slot is free
+                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_d, a + 3, row0, LIMIT, NS)
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                pv = gl.convert_layout(p.to(q_desc.dtype), p_layout)
+                acc = warpgroup_mma(pv, v_smem.index((a + 1) % NS), acc, is_async=True)
+                s_a, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, acc))
+            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
+        mbarrier.invalidate(q_bar)
+        for i in gl.static_range(NS):
+            mbarrier.invalidate(bars.index(i))
+
+        out = acc / gl.convert_layout(l_i, o_rows)[:, None]
+        dd = gl.arange(0, D, layout=o_cols)
+        qvalid, qtok = _slot_valid(cube_q, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
+        omask = qvalid[:, None] & (dd < D)[None, :]
+        if HAS_GATE:
+            g = gl.load(
+                G + b * stride_gb + h * stride_gh + qtok[:, None] * stride_gl + dd[None, :],
+                mask=omask,
+                other=0.0,
+            )
+            oc = gl.load(OC + (bh.to(gl.int64) * C + cube_q) * D + dd)
+            out = out + g.to(gl.float32) * oc[None, :]
+        gl.store(
+            OUT + b * stride_ob + h * stride_oh + qtok[:, None] * stride_ol + dd[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=omask,
+        )
+        lvalid, ltok = _slot_valid(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
+        gl.store(LSE + bh.to(gl.int64) * L + ltok, m_i + gl.log2(l_i), mask=lvalid)
+
+
+def supported(q: torch.Tensor) -> bool:
+    """Whether the Hopper kernel can run a call with queries (and equally shaped keys/values) ``q``:
+    Gluon present, a CUDA device of capability 9.x, bf16 or fp16, head dim 64 or 128.
+    ``FASTVIDEO_VSA_HOPPER=0`` turns the path off."""
+    if not HAVE_GLUON or interpreting() or os.environ.get("FASTVIDEO_VSA_HOPPER", "1") == "0":
+        return False
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    return q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in HEAD_DIMS
+
+
+def _descriptors(tiles: tuple[torch.Tensor, ...]) -> tuple:
+    dim = tiles[0].shape[-1]
+    gdt = gl.bfloat16 if tiles[0].dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([64, dim], gdt)
+    return tuple(TensorDescriptor.from_tensor(x, [64, dim], layout) for x in tiles)
+
+
+def fine_forward(
+    q: torch.Tensor,
+    tiles: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    gate: torch.Tensor | None,
+    oc: torch.Tensor | None,
+    indices: torch.Tensor,
+    geom: CubeGeometry,
+    scale: float,
+    mode: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, L, H, D], lse [B, H, L] fp32)``, the contract of
+    :func:`fastvideo_vsa.ops.triton_fwd.fine_forward`, from the cube-major copies ``tiles`` of q, k, v
+    and the selection ``indices [B, H, C, topk]``; call only where :func:`supported` holds."""
+    batch, length, heads, dim = q.shape
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((batch, heads, length), dtype=torch.float32)
+    has_gate = gate is not None
+    g = gate if has_gate else q
+    ocp = oc if has_gate else lse
+    _fwd_kernel[(geom.num_cubes, batch * heads)](
+        *_descriptors(tiles), g, ocp, out, lse, indices.contiguous(),
+        g.stride(0), g.stride(1), g.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        heads, *geometry_args(geom), indices.shape[-1],
+        scale * LOG2E,
+        D=dim, HAS_GATE=has_gate, MODE=mode, num_warps=4,
+    )  # fmt: skip
+    return out, lse
