@@ -30,7 +30,7 @@ import os
 import torch
 
 from fastvideo_vsa.ops.geometry import CubeGeometry
-from fastvideo_vsa.ops.triton_fwd import geometry_args, interpreting
+from fastvideo_vsa.ops.triton_fwd import cube_tokens, geometry_args, interpreting, output_buffers
 
 try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
     from triton.experimental import gluon
@@ -53,18 +53,6 @@ HEAD_DIMS = (64, 128)
 if HAVE_GLUON:
 
     @gluon.jit
-    def _slot_valid(cube, slot, T, HG, W, NCH, NCW):
-        """Validity and raster token index (int64) of ``slot`` (elementwise) of ``cube``."""
-        ct = cube // (NCH * NCW)
-        rem = cube - ct * (NCH * NCW)
-        ch = rem // NCW
-        cw = rem - ch * NCW
-        t = ct * 4 + slot // 16
-        y = ch * 4 + (slot // 4) % 4
-        x = cw * 4 + slot % 4
-        return (t < T) & (y < HG) & (x < W), ((t * HG + y) * W + x).to(gl.int64)
-
-    @gluon.jit
     def _cube_of(idx_base, step, TOPK):
         """The key cube of ``step``; steps past the selection repeat the last one (masked later)."""
         return gl.load(idx_base + gl.minimum(step, TOPK - 1))
@@ -85,7 +73,7 @@ if HAVE_GLUON:
     def _softmax_step(s, m_i, l_i, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
         """Online-softmax update for the logits of one key cube (base-2 units); empty slots and steps
         past the selection are masked."""
-        kvalid, _ = _slot_valid(cube, slots, T, HG, W, NCH, NCW)
+        _, kvalid = cube_tokens(cube, slots, T, HG, W, NCH, NCW)
         kvalid = kvalid & (step < TOPK)
         s = gl.where(kvalid[None, :], s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1))
@@ -198,7 +186,7 @@ if HAVE_GLUON:
 
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
         dd = gl.arange(0, D, layout=o_cols)
-        qvalid, qtok = _slot_valid(cube_q, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
+        qtok, qvalid = cube_tokens(cube_q, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
         omask = qvalid[:, None] & (dd < D)[None, :]
         if HAS_GATE:
             g = gl.load(
@@ -213,7 +201,7 @@ if HAVE_GLUON:
             out.to(OUT.dtype.element_ty),
             mask=omask,
         )
-        lvalid, ltok = _slot_valid(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
+        ltok, lvalid = cube_tokens(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
         gl.store(LSE + bh.to(gl.int64) * L + ltok, m_i + gl.log2(l_i), mask=lvalid)
 
 
@@ -248,12 +236,9 @@ def fine_forward(
     """``(out [B, L, H, D], lse [B, H, L] fp32)``, the contract of
     :func:`fastvideo_vsa.ops.triton_fwd.fine_forward`, from the cube-major copies ``tiles`` of q, k, v
     and the selection ``indices [B, H, C, topk]``; call only where :func:`supported` holds."""
-    batch, length, heads, dim = q.shape
-    out = q.new_empty(q.shape)
-    lse = q.new_empty((batch, heads, length), dtype=torch.float32)
+    batch, _, heads, dim = q.shape
+    out, lse, g, ocp = output_buffers(q, gate, oc)
     has_gate = gate is not None
-    g = gate if has_gate else q
-    ocp = oc if has_gate else lse
     _fwd_kernel[(geom.num_cubes, batch * heads)](
         *_descriptors(tiles), g, ocp, out, lse, indices.contiguous(),
         g.stride(0), g.stride(1), g.stride(2),

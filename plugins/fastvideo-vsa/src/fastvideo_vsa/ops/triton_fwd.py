@@ -201,6 +201,17 @@ def launch(kernel, tuned, grid, args, meta, config, default):
     return kernel[grid](*args, **meta, **cfg)
 
 
+def output_buffers(
+    q: torch.Tensor, gate: torch.Tensor | None, oc: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, lse, g, oc)`` for a fine forward: empty outputs ``[B, L, H, D]`` and ``[B, H, L]`` fp32,
+    and the gate and coarse output, or stand-ins (never read) when there is no gate."""
+    batch, length, heads, _ = q.shape
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((batch, heads, length), dtype=torch.float32)
+    return out, lse, (gate if gate is not None else q), (oc if gate is not None else lse)
+
+
 def fine_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -218,12 +229,9 @@ def fine_forward(
     :func:`fastvideo_vsa.ops.pooling.cube_runs`. ``out = fine + gate * oc[cube]`` when ``gate`` is
     given (``oc``: ``[B, H, C, D]`` fp32).
     """
-    batch, length, heads, dim = q.shape
-    out = q.new_empty(q.shape)
-    lse = q.new_empty((batch, heads, length), dtype=torch.float32)
+    batch, _, heads, dim = q.shape
+    out, lse, g, ocp = output_buffers(q, gate, oc)
     has_gate = gate is not None
-    g = gate if has_gate else q
-    ocp = oc if has_gate else lse
     args = (
         q, k, v, g, ocp, out, lse, *plan,
         q.stride(0), q.stride(1), q.stride(2),
