@@ -444,6 +444,9 @@ def test_pool_writes_cube_major_copies() -> None:
     plain = pool(q, k, v, geom)
     assert means[2] is None
     assert torch.equal(means[0], plain[0]) and torch.equal(means[1], plain[1])
+    from fastvideo_vsa.ops.hopper import copy_tiles
+
+    assert torch.equal(copy_tiles(k, v, geom), tiles[1:])  # the backward's copies of k and v
     cube_of = geom.cube_of_token()
     t, h, w = geom.grid
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
@@ -463,22 +466,23 @@ HOPPER_CASES = [
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=GPU, id=c.id) for c in HOPPER_CASES])
-def test_hopper_forward_matches_reference_on_gpu(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On sm_90 the op's forward runs the Gluon kernel on the pooling pass's cube-major copies: it
-    matches the fp32 reference no worse than 2x plain PyTorch in the same dtype, and the Triton
-    kernel's output closely; the backward (Triton) still matches the reference."""
+def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On sm_90 the op's forward and its dq run the Gluon kernels on cube-major copies: output and
+    every gradient match the fp32 reference no worse than 2x plain PyTorch in the same dtype, and the
+    output matches the Triton kernel's closely."""
     from fastvideo_vsa.ops import hopper
 
     if not hopper.supported(torch.empty(1, 1, 1, case.dim, device="cuda", dtype=DTYPES[case.dtype])):
         pytest.skip("needs a Hopper GPU and Gluon")
-    calls = []
-    real = hopper.fine_forward
-    monkeypatch.setattr(hopper, "fine_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls: list[str] = []
+    real_fwd, real_dq = hopper.fine_forward, hopper.dq_backward
+    monkeypatch.setattr(hopper, "fine_forward", lambda *a, **kw: calls.append("fwd") or real_fwd(*a, **kw))
+    monkeypatch.setattr(hopper, "dq_backward", lambda *a, **kw: calls.append("dq") or real_dq(*a, **kw))
     xs = inputs(case, seed=5, device="cuda")
     topk = topk_for(case.sparsity, CubeGeometry(case.grid).num_cubes)
     indices = vsa_select(xs[0], xs[1], case.grid, topk).long()
     compare(case, xs, torch.float32, indices)
-    assert calls, "the Hopper kernel did not run"
+    assert set(calls) == {"fwd", "dq"}, f"the Hopper kernels did not both run: {calls}"
     gate = xs[3] if case.gate else None
     hop = vsa_attention(*xs[:3], case.grid, sparsity=case.sparsity, gate=gate)
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "0")

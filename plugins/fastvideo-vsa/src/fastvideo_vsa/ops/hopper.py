@@ -28,14 +28,25 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 from fastvideo_vsa.ops.geometry import CubeGeometry
-from fastvideo_vsa.ops.triton_fwd import cube_tokens, geometry_args, interpreting, output_buffers
+from fastvideo_vsa.ops.triton_fwd import (
+    cube_count,
+    cube_tokens,
+    d_pad,
+    geometry_args,
+    interpreting,
+    launch,
+    output_buffers,
+)
 
 try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -49,6 +60,37 @@ except ImportError:  # pragma: no cover - depends on the triton build
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
+
+
+@triton.jit
+def _copy_tiles_kernel(K, V, KT, VT, skb, skl, skh, svb, svl, svh, H, T, HG, W, NCH, NCW, L, C,
+                       D: tl.constexpr, D_PAD: tl.constexpr):  # fmt: skip
+    """Cube-major copies of k and v (as the pooling pass writes them), one (cube, batch x head) a program."""
+    cube = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    rows = tl.arange(0, 64)
+    dd = tl.arange(0, D_PAD)
+    dmask = dd < D
+    tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
+    m = valid[:, None] & dmask[None, :]
+    out = ((bh.to(tl.int64) * C + cube) * 64 + rows)[:, None] * D + dd[None, :]
+    tl.store(KT + out, tl.load(K + b * skb + h * skh + tok[:, None] * skl + dd[None, :], mask=m, other=0.0),
+             mask=dmask[None, :])  # fmt: skip
+    tl.store(VT + out, tl.load(V + b * svb + h * svh + tok[:, None] * svl + dd[None, :], mask=m, other=0.0),
+             mask=dmask[None, :])  # fmt: skip
+
+
+def copy_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Tensor:
+    """``[2, B*H*C*64, D]``: the cube-major copies of ``k`` and ``v`` (see :func:`pooling.pool`)."""
+    batch, _, heads, dim = k.shape
+    tiles = k.new_empty((2, batch * heads * geom.num_cubes * 64, dim))
+    args = (k, v, tiles[0], tiles[1], *k.stride()[:3], *v.stride()[:3], heads, *geometry_args(geom))
+    launch(_copy_tiles_kernel, _copy_tiles_kernel, (geom.num_cubes, batch * heads), args,
+           {"D": dim, "D_PAD": d_pad(dim)}, {"num_warps": 4}, {})  # fmt: skip
+    return tiles
+
 
 if HAVE_GLUON:
 
@@ -205,6 +247,158 @@ if HAVE_GLUON:
         gl.store(LSE + bh.to(gl.int64) * L + ltok, m_i + gl.log2(l_i), mask=lvalid)
 
 
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _rows_to_smem(X, base, tok, valid, stride_l, smem, D: gl.constexpr):
+        """Gather the 64 rows ``tok`` of one head (``X + base``) into the operand tile ``smem``."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (D // 8), D // 8], [4, 1], [1, 0])
+        dd = gl.arange(0, D, layout=gl.SliceLayout(0, layout))
+        t = gl.convert_layout(tok, gl.SliceLayout(1, layout))
+        ok = gl.convert_layout(valid, gl.SliceLayout(1, layout))
+        x = gl.load(
+            X + base + t[:, None] * stride_l + dd[None, :], mask=ok[:, None] & (dd < D)[None, :], other=0.0
+        )
+        smem.store(x)
+
+    @gluon.jit
+    def _ds_step(s, dp, lse, delta, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
+        """``dS = P * (dP - delta)`` of one key cube, ``P`` recomputed from the logits and ``lse``."""
+        _, kvalid = cube_tokens(cube, slots, T, HG, W, NCH, NCW)
+        kvalid = kvalid & (step < TOPK)
+        p = gl.where(kvalid[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
+        return p * (dp - delta[:, None])
+
+    @gluon.jit
+    def _load_tile(desc, ring, bars, cube, step, row0, LIMIT, SLOTS: gl.constexpr):
+        """TMA of the tile of key cube ``cube`` (``step``) into ring slot ``step % SLOTS``, for steps
+        below ``LIMIT``."""
+        ok = step < LIMIT
+        bar = bars.index(step % SLOTS)
+        mbarrier.expect(bar, desc.block_type.nbytes, pred=ok)
+        tma.async_copy_global_to_shared(desc, [row0 + cube * 64, 0], bar, ring.index(step % SLOTS), pred=ok)
+
+    @gluon.jit
+    def _wait_tile(bars, step, LIMIT, SLOTS: gl.constexpr):
+        mbarrier.wait(bars.index(step % SLOTS), (step // SLOTS) & 1, pred=step < LIMIT)
+
+    @gluon.jit
+    def _dq_kernel(
+        Q, DO, k_desc, v_desc, LSE, DELTA, IDX, DQC, DQ,
+        sqb, sql, sqh, sdb, sdl, sdh, sxb, sxl, sxh,
+        H, T, HG, W, NCH, NCW, L, C, TOPK,
+        scale, qk_scale,
+        D: gl.constexpr,
+        HAS_COARSE: gl.constexpr,
+    ):  # fmt: skip
+        """dq of one (query cube, batch x head) over its ``TOPK`` key cubes, two per iteration: the
+        logits and dP of cube b run on the tensor cores while dS of cube a is formed, dS_a @ K_a while
+        dS_b is. Keys in a ring of 3 (each is read again by dS @ K), values in a ring of 2."""
+        KS: gl.constexpr = 3
+        VS: gl.constexpr = 2
+        cube_q = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = (bh // H).to(gl.int64)
+        h = bh % H
+
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+        )
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+        q_smem = gl.allocate_shared_memory(k_desc.dtype, [64, D], k_desc.layout)
+        do_smem = gl.allocate_shared_memory(k_desc.dtype, [64, D], k_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [KS, 64, D], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [VS, 64, D], v_desc.layout)
+        k_bars = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
+        v_bars = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(KS):
+            mbarrier.init(k_bars.index(i), count=1)
+        for i in gl.static_range(VS):
+            mbarrier.init(v_bars.index(i), count=1)
+
+        pairs = (TOPK + 1) // 2
+        LIMIT = 2 * pairs + 1
+        row0 = bh * C * 64
+        idx_base = IDX + (bh.to(gl.int64) * C + cube_q) * TOPK
+        cube_a = _cube_of(idx_base, 0, TOPK)
+        cube_b = _cube_of(idx_base, 1, TOPK)
+        _load_tile(k_desc, k_smem, k_bars, cube_a, 0, row0, LIMIT, KS)
+        _load_tile(v_desc, v_smem, v_bars, cube_a, 0, row0, LIMIT, VS)
+        _load_tile(k_desc, k_smem, k_bars, cube_b, 1, row0, LIMIT, KS)
+        _load_tile(v_desc, v_smem, v_bars, cube_b, 1, row0, LIMIT, VS)
+        cube_c = _cube_of(idx_base, 2, TOPK)
+        cube_d = _cube_of(idx_base, 3, TOPK)
+
+        qtok, qvalid = cube_tokens(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
+        _rows_to_smem(Q, b * sqb + h * sqh, qtok, qvalid, sql, q_smem, D)
+        _rows_to_smem(DO, b * sdb + h * sdh, qtok, qvalid, sdl, do_smem, D)
+        lse = gl.load(LSE + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
+        delta = gl.load(DELTA + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
+        fence_async_shared()
+
+        slots = gl.arange(0, 64, layout=s_cols)
+        dq = gl.zeros([64, D], gl.float32, layout=o_layout)
+        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+
+        _wait_tile(k_bars, 0, LIMIT, KS)
+        _wait_tile(v_bars, 0, LIMIT, VS)
+        s_a = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        dp_a = warpgroup_mma(do_smem, v_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s_a, dp_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a))
+        for i in range(pairs):
+            a = 2 * i
+            cube_e = _cube_of(idx_base, a + 4, TOPK)
+            cube_f = _cube_of(idx_base, a + 5, TOPK)
+            # K_{a-1} (read by dS @ K last iteration) and V_a (dP_a done) have left their slots
+            _load_tile(k_desc, k_smem, k_bars, cube_c, a + 2, row0, LIMIT, KS)
+            _load_tile(v_desc, v_smem, v_bars, cube_c, a + 2, row0, LIMIT, VS)
+            _wait_tile(k_bars, a + 1, LIMIT, KS)
+            _wait_tile(v_bars, a + 1, LIMIT, VS)
+            kb = k_smem.index((a + 1) % KS)
+            s_b = warpgroup_mma(q_smem, kb.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            dp_b = warpgroup_mma(do_smem, v_smem.index((a + 1) % VS).permute((1, 0)), zero_s, use_acc=False,
+                                 is_async=True)  # fmt: skip
+            ds = _ds_step(s_a, dp_a, lse, delta, cube_a, a, slots, qk_scale, T, HG, W, NCH, NCW, TOPK)
+            s_b, dp_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b, dp_b))
+            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), k_smem.index(a % KS), dq,
+                               is_async=True)  # fmt: skip
+            ds = _ds_step(s_b, dp_b, lse, delta, cube_b, a + 1, slots, qk_scale, T, HG, W, NCH, NCW, TOPK)
+            _wait_tile(k_bars, a + 2, LIMIT, KS)
+            _wait_tile(v_bars, a + 2, LIMIT, VS)
+            s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % KS).permute((1, 0)), zero_s, use_acc=False,
+                                is_async=True)  # fmt: skip
+            dp_a = warpgroup_mma(do_smem, v_smem.index((a + 2) % VS).permute((1, 0)), zero_s, use_acc=False,
+                                 is_async=True)  # fmt: skip
+            dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq,))  # dS_a @ K_a done: K_a's slot is free
+            _load_tile(k_desc, k_smem, k_bars, cube_d, a + 3, row0, LIMIT, KS)
+            _load_tile(v_desc, v_smem, v_bars, cube_d, a + 3, row0, LIMIT, VS)  # V_{a+1}: dP_b done
+            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
+            s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
+            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
+        for i in gl.static_range(KS):
+            mbarrier.invalidate(k_bars.index(i))
+        for i in gl.static_range(VS):
+            mbarrier.invalidate(v_bars.index(i))
+
+        dq = dq * scale
+        dd = gl.arange(0, D, layout=o_cols)
+        otok, ovalid = cube_tokens(cube_q, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
+        if HAS_COARSE:
+            count = cube_count(cube_q, T, HG, W, NCH, NCW).to(gl.float32)
+            dqc = gl.load(DQC + (bh.to(gl.int64) * C + cube_q) * D + dd)
+            dq = dq + dqc[None, :] / count
+        gl.store(DQ + b * sxb + h * sxh + otok[:, None] * sxl + dd[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=ovalid[:, None] & (dd < D)[None, :])  # fmt: skip
+
+
 def supported(q: torch.Tensor) -> bool:
     """Whether the Hopper kernel can run a call with queries (and equally shaped keys/values) ``q``:
     Gluon present, a CUDA device of capability 9.x, bf16 or fp16, head dim 64 or 128.
@@ -248,3 +442,30 @@ def fine_forward(
         D=dim, HAS_GATE=has_gate, MODE=mode, num_warps=4,
     )  # fmt: skip
     return out, lse
+
+
+def dq_backward(
+    q: torch.Tensor,
+    kv_tiles: torch.Tensor,
+    dout: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    indices: torch.Tensor,
+    geom: CubeGeometry,
+    scale: float,
+    dqc: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dq`` ``[B, L, H, D]`` of the fine stage (plus ``dqc[cube] / n_cube`` when given), the contract
+    of :func:`fastvideo_vsa.ops.triton_bwd.dq_backward`, from the cube-major copies of k and v
+    (:func:`copy_tiles`) and the selection; call only where :func:`supported` holds."""
+    batch, _, heads, dim = q.shape
+    dq = q.new_empty(q.shape)
+    k_desc, v_desc = _descriptors(tuple(kv_tiles))
+    _dq_kernel[(geom.num_cubes, batch * heads)](
+        q, dout, k_desc, v_desc, lse, delta, indices.contiguous(), dqc if dqc is not None else lse, dq,
+        *q.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
+        heads, *geometry_args(geom), indices.shape[-1],
+        scale, scale * LOG2E,
+        D=dim, HAS_COARSE=dqc is not None, num_warps=4,
+    )  # fmt: skip
+    return dq

@@ -414,6 +414,13 @@ def fine_backward(
             dqacc.zero_()
             dkdv_backward(*common, query_plan, geom, scale, pair, dqacc)  # type: ignore[arg-type]
         return dq_finish(dqacc, dqc, geom, q.dtype), dk, dv
-    dq = dq_backward(*common, key_plan, geom, scale, dqc)
+    from fastvideo_vsa.ops import hopper
+
+    if hopper.supported(q):  # dq on Hopper: Gluon, over cube-major copies of k and v
+        kv_tiles = hopper.copy_tiles(k, v, geom)
+        dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
+        del kv_tiles
+    else:
+        dq = dq_backward(*common, key_plan, geom, scale, dqc)
     dk, dv = dkdv_backward(*common, query_plan, geom, scale, pair)  # type: ignore[arg-type]
     return dq, dk, dv
