@@ -196,12 +196,18 @@ def vsa_stage_timings(
         "dkdv": lambda: dkdv_backward(*bwd, query_plan, geom, scale, (dkc, dvc)),
         "dkdv+dq atomic": atomic_pass,
     }
-    if hopper.supported(q):  # the op's forward on this card: pooling also writes the copies
+    if hopper.supported(q):  # the Hopper kernels (the op takes them from hopper.MIN_TOPK kept cubes)
         tiles = q.new_empty((3, q.shape[2] * geom.num_cubes * 64, DIM))
         stages["pool + cube-major copies"] = lambda: pool(q, k, v, geom, tiles=tiles)
         stages["fine fwd (Hopper)"] = lambda: hopper.fine_forward(q, tuple(tiles), g, oc, idx, geom, scale)
         stages["fine fwd (Hopper, no gate)"] = lambda: hopper.fine_forward(
             q, tuple(tiles), None, None, idx, geom, scale
+        )
+        kv_tiles = hopper.copy_tiles(k, v, geom)
+        lse, delta = st.lse, st.delta
+        stages["copy k, v tiles (bwd)"] = lambda: hopper.copy_tiles(k, v, geom)
+        stages["dq (Hopper)"] = lambda: hopper.dq_backward(
+            q, kv_tiles, dout, lse, delta, idx, geom, scale, dqc
         )
     times = {name: time_cuda(name, fn, warmup=3, iters=iters)[0].median_ms for name, fn in stages.items()}
     return times, useful_flops(idx, grid)
@@ -246,17 +252,17 @@ def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
                 tb_atomic = time_fwd_bwd(fn, ins, dout, iters)[1]
                 del os.environ["FASTVIDEO_VSA_BACKWARD"]
                 stages, flops = vsa_stage_timings(grid, sparsity, iters) if gated else ({}, 0.0)
-                fine = stages.get("fine fwd (Hopper)") or stages.get("fine fwd (Triton)")
+                path = ", Hopper fwd + dq" if hopper.enabled(q, topk) else ""
+                fine = stages.get("fine fwd (Hopper)" if path else "fine fwd (Triton)")
                 tflops = f"{flops / (fine * 1e-3) / 1e12:.0f}" if fine else ""
-                path = ", Hopper fwd" if hopper.supported(q) else ""
                 what = f"VSA {'gate' if gated else 'no gate'} (k={topk}){path}"
-                if path and gated:  # the portable forward on the same card, side by side
+                if path and gated:  # the portable kernels on the same card, side by side
                     os.environ["FASTVIDEO_VSA_HOPPER"] = "0"
-                    tp = time_fwd_bwd(fn, ins, dout, iters)[0]
+                    tp, tpb = time_fwd_bwd(fn, ins, dout, iters)
                     del os.environ["FASTVIDEO_VSA_HOPPER"]
-                    portable = f"VSA gate (k={topk}), Triton fwd"
-                    rows.append(_row(label, portable, f"{sparsity}", f"{tp.median_ms:.2f}", "",
-                                     *_speedups(dense, tp.median_ms, None)))  # fmt: skip
+                    portable = f"VSA gate (k={topk}), Triton fwd + dq"
+                    rows.append(_row(label, portable, f"{sparsity}", f"{tp.median_ms:.2f}", f"{tpb.median_ms:.2f}",
+                                     *_speedups(dense, tp.median_ms, tpb.median_ms)))  # fmt: skip
                 fwd, bwd = f"{tf.median_ms:.2f}", f"{tb.median_ms:.2f}"
                 rows.append(
                     _row(

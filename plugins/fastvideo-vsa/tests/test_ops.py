@@ -474,6 +474,7 @@ def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.M
 
     if not hopper.supported(torch.empty(1, 1, 1, case.dim, device="cuda", dtype=DTYPES[case.dtype])):
         pytest.skip("needs a Hopper GPU and Gluon")
+    monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "1")  # these cases keep few cubes: force the path
     calls: list[str] = []
     real_fwd, real_dq = hopper.fine_forward, hopper.dq_backward
     monkeypatch.setattr(hopper, "fine_forward", lambda *a, **kw: calls.append("fwd") or real_fwd(*a, **kw))
@@ -488,3 +489,24 @@ def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.M
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "0")
     portable = vsa_attention(*xs[:3], case.grid, sparsity=case.sparsity, gate=gate)
     assert_close("out vs the Triton kernel", portable.float(), hop.float(), 1e-2)
+
+
+def test_hopper_path_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FASTVIDEO_VSA_HOPPER``: 0 never, 1 wherever supported, auto from ``MIN_TOPK`` kept cubes;
+    another value is a clear error. Never where the kernels cannot run (here: CPU tensors)."""
+    from fastvideo_vsa.ops import hopper
+
+    q = torch.empty(1, 64, 2, 128)
+    assert not hopper.enabled(q, 78)  # CPU: unsupported whatever the setting
+    monkeypatch.setattr(hopper, "supported", lambda q: True)
+    cases = {"0": (False, False), "1": (True, True), "auto": (False, True)}
+    for mode, (few, many) in cases.items():
+        monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", mode)
+        assert hopper.enabled(q, hopper.MIN_TOPK - 1) == few and hopper.enabled(q, hopper.MIN_TOPK) == many, (
+            mode
+        )
+    monkeypatch.delenv("FASTVIDEO_VSA_HOPPER")
+    assert hopper.enabled(q, 78) and not hopper.enabled(q, 32)
+    monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "yes")
+    with pytest.raises(ValueError, match="FASTVIDEO_VSA_HOPPER must be 0, 1 or auto"):
+        hopper.enabled(q, 78)

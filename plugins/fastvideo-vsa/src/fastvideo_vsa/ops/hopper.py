@@ -19,8 +19,11 @@ Measured on one H200 (docs/benchmarks.md): 2.7 ms for the fine stage at sparsity
 21x30x52 grid against 3.3-3.7 ms for the Triton kernel. ``MODE`` 1 and 2 turn the kernel into the
 probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
 
-bf16/fp16, head dim 64 or 128, CUDA capability 9.x; :func:`supported` says whether a call
-qualifies (the op falls back to the Triton kernels otherwise, and on the CPU interpreter).
+The backward's dq (:func:`dq_backward`) follows the same plan over cube-major copies of k and v
+(:func:`copy_tiles`): per iteration the logits and dP of one key cube run while dS of the other is
+formed. bf16/fp16, head dim 64 or 128, CUDA capability 9.x: :func:`supported` says whether the kernels
+can run, :func:`enabled` whether the op takes them (the Triton kernels otherwise, and on the CPU
+interpreter).
 """
 
 from __future__ import annotations
@@ -399,15 +402,34 @@ if HAVE_GLUON:
                  mask=ovalid[:, None] & (dd < D)[None, :])  # fmt: skip
 
 
+#: Fewer selected cubes than this per query cube and the copies cost more than the kernels save (one
+#: H200, Wan's 21x30x52 grid: forward and backward slower at 32 cubes, faster at 78; docs/benchmarks.md).
+MIN_TOPK = 40
+
+
 def supported(q: torch.Tensor) -> bool:
-    """Whether the Hopper kernel can run a call with queries (and equally shaped keys/values) ``q``:
-    Gluon present, a CUDA device of capability 9.x, bf16 or fp16, head dim 64 or 128.
-    ``FASTVIDEO_VSA_HOPPER=0`` turns the path off."""
-    if not HAVE_GLUON or interpreting() or os.environ.get("FASTVIDEO_VSA_HOPPER", "1") == "0":
+    """Whether the Hopper kernels can run a call with queries (and equally shaped keys/values) ``q``:
+    Gluon present, a CUDA device of capability 9.x, bf16 or fp16, head dim 64 or 128."""
+    if not HAVE_GLUON or interpreting():
         return False
     if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
         return False
     return q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in HEAD_DIMS
+
+
+def enabled(q: torch.Tensor, topk: int) -> bool:
+    """Whether the op takes the Hopper kernels for a call keeping ``topk`` cubes: where
+    :func:`supported`, and ``FASTVIDEO_VSA_HOPPER`` is ``1`` (always), or unset / ``auto`` and
+    ``topk >= MIN_TOPK``; ``0`` turns them off.
+
+    :raises ValueError: another value of ``FASTVIDEO_VSA_HOPPER``.
+    """
+    mode = os.environ.get("FASTVIDEO_VSA_HOPPER", "auto")
+    if mode not in ("0", "1", "auto"):
+        raise ValueError(f"FASTVIDEO_VSA_HOPPER must be 0, 1 or auto, got {mode!r}")
+    if mode == "0" or not supported(q):
+        return False
+    return mode == "1" or topk >= MIN_TOPK
 
 
 def _descriptors(tiles: tuple[torch.Tensor, ...]) -> tuple:

@@ -40,12 +40,12 @@ def vsa_fwd(
     """``(out, lse, indices, qc, kc, vc, oc, runs, first, count)``; ``vc``/``oc`` are empty without a
     gate; the last three are the key plan (kept for the backward's dq pass).
 
-    On Hopper (:func:`fastvideo_vsa.ops.hopper.supported`) the pooling pass also writes cube-major
+    On Hopper (:func:`fastvideo_vsa.ops.hopper.enabled`) the pooling pass also writes cube-major
     copies of q, k and v, which the Gluon fine stage reads by TMA; elsewhere the Triton kernels
     gather from q, k, v directly."""
     geom = CubeGeometry(tuple(grid))
     has_gate = gate is not None
-    if hopper.supported(q):
+    if hopper.enabled(q, topk):
         batch, _, heads, dim = q.shape
         tiles = q.new_empty((3, batch * heads * geom.num_cubes * 64, dim))
         qc, kc, vc = pool(q, k, v, geom, tiles=tiles, mean_v=has_gate)

@@ -416,7 +416,7 @@ def fine_backward(
         return dq_finish(dqacc, dqc, geom, q.dtype), dk, dv
     from fastvideo_vsa.ops import hopper
 
-    if hopper.supported(q):  # dq on Hopper: Gluon, over cube-major copies of k and v
+    if hopper.enabled(q, indices.shape[-1]):  # dq on Hopper: Gluon, over cube-major copies of k and v
         kv_tiles = hopper.copy_tiles(k, v, geom)
         dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
         del kv_tiles

@@ -1,0 +1,75 @@
+"""The Hopper (Gluon) VSA kernels against the portable Triton ones, side by side on one GPU.
+
+    PYTHONPATH=core/src:plugins/fastvideo-wan/src:plugins/fastvideo-vsa/src python benchmarks/vsa_hopper_ab.py
+
+bf16, 12 heads x 128, random q, k, v, gate and output gradient; Wan's 21x30x52 grid at sparsity 0.875 and
+0.95 and an 8x64x64 grid (no partial cubes) at 0.875. Per case: the largest difference between the two
+dq kernels, the times of dq (Triton, Hopper) and of the k/v copies the Hopper dq reads, and the whole op's
+forward and backward with ``FASTVIDEO_VSA_HOPPER=1`` (the Hopper forward and dq wherever the card runs
+them) and ``=0`` (Triton only). Prints; records nothing (the figures go to docs/benchmarks.md by hand).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from bench_vsa import DIM, GRID, tensors, time_fwd_bwd
+from harness import environment, time_cuda
+
+from fastvideo_vsa.ops import CubeGeometry, hopper, topk_for, vsa_attention
+from fastvideo_vsa.ops.pooling import coarse_select, pool
+from fastvideo_vsa.ops.triton_bwd import dq_backward, prep_backward
+from fastvideo_vsa.ops.triton_fwd import fine_forward
+
+
+def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) -> None:
+    """Print the comparison for one grid and sparsity (``xs``: q, k, v, gate, output gradient)."""
+    q, k, v, g, dout = xs
+    geom = CubeGeometry(grid)
+    scale = DIM**-0.5
+    topk = topk_for(sparsity, geom.num_cubes)
+    qc, kc, vc = pool(q, k, v, geom)
+    idx, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+    out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
+    delta, _, _ = prep_backward(out, dout, g, oc, geom)
+    dqc = torch.randn_like(qc)
+    tiles = hopper.copy_tiles(k, v, geom)
+    ref = dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)
+    got = hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)
+    diff = (got.float() - ref.float()).abs().max().item()
+    print(f"{'x'.join(map(str, grid))}, sparsity {sparsity} (k={topk}): dq Hopper vs Triton max |diff| {diff:.2e} "
+          f"(largest |dq| {ref.float().abs().max().item():.2f})")  # fmt: skip
+    for name, fn in (
+        ("dq, Triton", lambda: dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)),
+        ("k, v copies", lambda: hopper.copy_tiles(k, v, geom)),
+        ("dq, Hopper", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
+    ):
+        print(f"  {name}: {time_cuda(name, fn, warmup=3, iters=20)[0].median_ms:.3f} ms")
+
+    def op(a, b, c, gg):
+        return vsa_attention(a, b, c, grid, sparsity=sparsity, gate=gg)
+
+    for mode in ("1", "0"):
+        os.environ["FASTVIDEO_VSA_HOPPER"] = mode
+        tf, tb = time_fwd_bwd(op, [q, k, v, g], dout, 10)
+        print(
+            f"  op, FASTVIDEO_VSA_HOPPER={mode}: forward {tf.median_ms:.3f} ms, backward {tb.median_ms:.3f} ms"
+        )
+    del os.environ["FASTVIDEO_VSA_HOPPER"]
+
+
+def main() -> None:
+    env = environment()
+    print(f"{env['card']}, torch {env['torch']}, triton {env['triton']}")
+    q0 = torch.empty(1, 1, 1, DIM, device="cuda", dtype=torch.bfloat16)
+    if not hopper.supported(q0):
+        raise SystemExit("the Hopper kernels do not run on this card (CUDA capability 9.x and Gluon needed)")
+    for grid, sparsities in ((GRID, (0.875, 0.95)), ((8, 64, 64), (0.875,))):
+        xs = tensors(grid)
+        for sparsity in sparsities:
+            report(grid, sparsity, xs)
+
+
+if __name__ == "__main__":
+    main()
