@@ -510,3 +510,28 @@ def test_hopper_path_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "yes")
     with pytest.raises(ValueError, match="FASTVIDEO_VSA_HOPPER must be 0, 1 or auto"):
         hopper.enabled(q, 78)
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+def test_hopper_kernels_compile_for_sm90(dim: int) -> None:
+    """The Gluon kernels compile for Hopper with the installed triton (no GPU needed): tensor-core
+    (HGMMA) and TMA (UTMALDG) instructions in their SASS. Catches a triton whose Gluon API moved."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastvideo_vsa.ops import hopper
+
+    if not hopper.HAVE_GLUON:
+        pytest.skip("this triton has no Gluon (the Hopper path is then off)")
+    tool = Path(__file__).parents[1] / "tools" / "sm90_report.py"
+    proc = subprocess.run(
+        [sys.executable, str(tool), "--gluon-only", "--head-dim", str(dim)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("gluon")]
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        counts = dict(re.findall(r"(HGMMA|UTMALDG)=(\d+)", line))
+        assert int(counts["HGMMA"]) > 0 and int(counts["UTMALDG"]) > 0, line

@@ -1,6 +1,9 @@
 """Compile every VSA kernel config for Hopper (sm_90) without a GPU and report what the compiler made.
 
-    python plugins/fastvideo-vsa/tools/sm90_report.py [--head-dim 128]
+    python plugins/fastvideo-vsa/tools/sm90_report.py [--head-dim 128] [--gluon-only]
+
+The Gluon kernels of :mod:`fastvideo_vsa.ops.hopper` are compiled too (the tests run this with
+``--gluon-only`` to catch a triton whose Gluon API the kernels no longer match).
 
 Uses the ``ptxas``/``cuobjdump`` that ship with the triton wheel. Per autotuning config: registers
 per thread, spill stack bytes, shared memory, and counts of Hopper tensor-core instructions
@@ -24,7 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastvideo_vsa.ops import pooling, triton_bwd, triton_fwd
+from fastvideo_vsa.ops import hopper, pooling, triton_bwd, triton_fwd
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 BF16, F32, I32 = "*bf16", "*fp32", "*i32"
@@ -59,14 +62,49 @@ def describe(kernel) -> str:
         sass = subprocess.run([BIN / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     regs, stack = (m.group(1), m.group(2)) if m else ("?", "?")
-    counts = " ".join(f"{op}={sass.count(op)}" for op in ("HGMMA", "LDGSTS", "MUFU.EX2"))
+    counts = " ".join(f"{op}={sass.count(op)}" for op in ("HGMMA", "LDGSTS", "UTMALDG", "MUFU.EX2"))
     return f"regs {regs:>3}  spill {stack:>4} B  smem {kernel.metadata.shared // 1024:>3} KiB  {counts}"
+
+
+def compile_gluon_sm90(fn, d: int, constexprs: dict):
+    """Compile a Gluon kernel of :mod:`fastvideo_vsa.ops.hopper` for sm_90 (4 warps), bf16, head dim ``d``."""
+    import torch
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    desc = mangle_type(hopper._descriptors((torch.empty(64, d, dtype=torch.bfloat16),))[0])
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_desc"):
+            signature[name] = desc
+        elif name in ("Q", "DO", "G", "OUT", "DQ"):
+            signature[name] = BF16
+        elif name in ("OC", "LSE", "DELTA", "DQC"):
+            signature[name] = F32
+        elif name == "IDX":
+            signature[name] = I32
+        else:
+            signature[name] = "fp32" if name in SCALARS_F32 else "i32"
+    src = GluonASTSource(fn, signature, constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--head-dim", type=int, default=128)
-    d = ap.parse_args().head_dim
+    ap.add_argument("--gluon-only", action="store_true")
+    args = ap.parse_args()
+    d = args.head_dim
+    if hopper.HAVE_GLUON and d in hopper.HEAD_DIMS:
+        for name, fn, consts in (
+            ("gluon fwd", hopper._fwd_kernel, {"D": d, "HAS_GATE": True, "MODE": 0}),
+            ("gluon dq", hopper._dq_kernel, {"D": d, "HAS_COARSE": True}),
+        ):
+            print(f"{name:8} (4 warps): {describe(compile_gluon_sm90(fn, d, consts))}")
+    if args.gluon_only:
+        return
     dims = dict(D=d, D_PAD=triton_fwd.d_pad(d), F32DOT=False)
     rows = {n: BF16 for n in ("Q", "K", "V", "G", "OUT", "DO", "DG", "DQ", "DK", "DV")}
     rows.update({n: BF16 for n in ("QT", "KT", "VT")})

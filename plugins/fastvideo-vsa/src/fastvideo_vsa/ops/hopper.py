@@ -57,6 +57,8 @@ try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    # the TMA load's name: async_copy_global_to_shared up to triton 3.6, async_load from 3.7
+    tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     HAVE_GLUON = True
 except ImportError:  # pragma: no cover - depends on the triton build
     HAVE_GLUON = False
@@ -111,8 +113,8 @@ if HAVE_GLUON:
         slot = step % NS
         bar = bars.index(slot)
         mbarrier.expect(bar, 2 * k_desc.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(k_desc, [row, 0], bar, k_smem.index(slot), pred=ok)
-        tma.async_copy_global_to_shared(v_desc, [row, 0], bar, v_smem.index(slot), pred=ok)
+        tma_load(k_desc, [row, 0], bar, k_smem.index(slot), pred=ok)
+        tma_load(v_desc, [row, 0], bar, v_smem.index(slot), pred=ok)
 
     @gluon.jit
     def _softmax_step(s, m_i, l_i, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
@@ -172,7 +174,7 @@ if HAVE_GLUON:
         row0 = bh * C * 64
         idx_base = IDX + (bh.to(gl.int64) * C + cube_q) * TOPK
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row0 + cube_q * 64, 0], q_bar, q_smem)
+        tma_load(q_desc, [row0 + cube_q * 64, 0], q_bar, q_smem)
         for i in gl.static_range(NS - 1):
             _load_step(k_desc, v_desc, k_smem, v_smem, bars, _cube_of(idx_base, i, TOPK), i, row0, LIMIT, NS)
         # key cubes are loaded an iteration before they are needed: a, a+1 (masks), a+2, a+3 (TMA)
@@ -279,7 +281,7 @@ if HAVE_GLUON:
         ok = step < LIMIT
         bar = bars.index(step % SLOTS)
         mbarrier.expect(bar, desc.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(desc, [row0 + cube * 64, 0], bar, ring.index(step % SLOTS), pred=ok)
+        tma_load(desc, [row0 + cube * 64, 0], bar, ring.index(step % SLOTS), pred=ok)
 
     @gluon.jit
     def _wait_tile(bars, step, LIMIT, SLOTS: gl.constexpr):
