@@ -45,7 +45,12 @@ from fastvideo_vsa.ops.triton_fwd import (
     output_buffers,
 )
 
+#: The oldest triton the Gluon kernels were run with (3.6 on the GPU machine; 3.9 compiles them, tested).
+MIN_TRITON = (3, 6)
+
 try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < MIN_TRITON:
+        raise ImportError(f"triton {triton.__version__} is older than {MIN_TRITON}")
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
