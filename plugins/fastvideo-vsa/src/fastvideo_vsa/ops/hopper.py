@@ -1,4 +1,4 @@
-"""Hopper (sm_90) forward of the VSA fine stage, in Gluon: TMA, a shared-memory ring, async wgmma.
+"""Hopper (sm_90) kernels of the VSA fine stage (forward, and dq), in Gluon: TMA, shared-memory rings, async wgmma.
 
 The portable Triton kernel (:mod:`fastvideo_vsa.ops.triton_fwd`) gathers keys four tokens at a time
 with ``cp.async`` and runs each step's matmuls and softmax back to back. This kernel:
@@ -6,7 +6,7 @@ with ``cp.async`` and runs each step's matmuls and softmax back to back. This ke
 * reads cube-major copies of q, k and v (``[B*H*C*64, D]``: cube ``c`` of batch x head ``n`` is the
   64 rows from ``(n * C + c) * 64``, slot order as in :mod:`fastvideo_vsa.ops.geometry`, zeros in
   the empty slots of partial cubes), which the pooling kernel writes while it reads the tokens for
-  the cube means (:func:`fastvideo_vsa.ops.pooling.pool` with ``tiles=True``): every key cube is one
+  the cube means (:func:`fastvideo_vsa.ops.pooling.pool` with ``tiles=...``): every key cube is one
   contiguous ``[64, D]`` TMA box;
 * keeps a ring of 3 key/value tiles in shared memory, filled by TMA on mbarriers one to two steps
   ahead of their use;
@@ -16,7 +16,7 @@ with ``cp.async`` and runs each step's matmuls and softmax back to back. This ke
   wgmma).
 
 Measured on one H200 (docs/benchmarks.md): 2.7 ms for the fine stage at sparsity 0.875 on Wan's
-21x30x52 grid against 3.3-3.7 ms for the Triton kernel. ``MODE`` 1 and 2 turn the kernel into the
+21x30x52 grid against 3.3 ms for the Triton kernel (1.9 against 3.4 ms on 8x64x64, no partial cubes). ``MODE`` 1 and 2 turn the kernel into the
 probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
 
 The backward's dq (:func:`dq_backward`) follows the same plan over cube-major copies of k and v
