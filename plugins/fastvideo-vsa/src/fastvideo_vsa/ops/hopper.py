@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_vsa.ops.geometry import CubeGeometry
+from fastvideo_vsa.ops.pooling import _pool_one
 from fastvideo_vsa.ops.triton_fwd import (
     cube_count,
     cube_tokens,
@@ -82,14 +83,9 @@ def _copy_tiles_kernel(K, V, KT, VT, skb, skl, skh, svb, svl, svh, H, T, HG, W, 
     h = bh % H
     rows = tl.arange(0, 64)
     dd = tl.arange(0, D_PAD)
-    dmask = dd < D
     tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
-    m = valid[:, None] & dmask[None, :]
-    out = ((bh.to(tl.int64) * C + cube) * 64 + rows)[:, None] * D + dd[None, :]
-    tl.store(KT + out, tl.load(K + b * skb + h * skh + tok[:, None] * skl + dd[None, :], mask=m, other=0.0),
-             mask=dmask[None, :])  # fmt: skip
-    tl.store(VT + out, tl.load(V + b * svb + h * svh + tok[:, None] * svl + dd[None, :], mask=m, other=0.0),
-             mask=dmask[None, :])  # fmt: skip
+    _pool_one(K, K, KT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, skb, skl, skh, C, D, False, True)
+    _pool_one(V, V, VT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, svb, svl, svh, C, D, False, True)
 
 
 def copy_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Tensor:
@@ -103,6 +99,11 @@ def copy_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Te
 
 
 if HAVE_GLUON:
+
+    @gluon.constexpr_function
+    def _mma_layout(n):
+        """The wgmma accumulator layout of a 64 x ``n`` tile on one warpgroup."""
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
     @gluon.jit
     def _cube_of(idx_base, step, TOPK):
@@ -151,12 +152,8 @@ if HAVE_GLUON:
         b = (bh // H).to(gl.int64)
         h = bh % H
 
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]
-        )
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
-        )
+        s_layout: gl.constexpr = _mma_layout(64)  # 64 x 64 logits (one key cube)
+        o_layout: gl.constexpr = _mma_layout(D)  # 64 x D accumulator
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -311,12 +308,8 @@ if HAVE_GLUON:
         b = (bh // H).to(gl.int64)
         h = bh % H
 
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]
-        )
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
-        )
+        s_layout: gl.constexpr = _mma_layout(64)  # 64 x 64 logits and dP (one key cube)
+        o_layout: gl.constexpr = _mma_layout(D)  # 64 x D dq
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
