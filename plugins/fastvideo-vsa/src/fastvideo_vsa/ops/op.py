@@ -45,16 +45,16 @@ def vsa_fwd(
     gather from q, k, v directly."""
     geom = CubeGeometry(tuple(grid))
     has_gate = gate is not None
+    tiles = None
     if hopper.enabled(q, topk):
         batch, _, heads, dim = q.shape
         tiles = q.new_empty((3, batch * heads * geom.num_cubes * 64, dim))
-        qc, kc, vc = pool(q, k, v, geom, tiles=tiles, mean_v=has_gate)
-        indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+    qc, kc, vc = pool(q, k, v if has_gate or tiles is not None else None, geom, tiles=tiles, mean_v=has_gate)
+    indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
+    if tiles is not None:
         out, lse = hopper.fine_forward(q, tuple(tiles), gate, oc, indices, geom, scale)
         del tiles
     else:
-        qc, kc, vc = pool(q, k, v if has_gate else None, geom)
-        indices, oc, key_plan = coarse_select(qc, kc, vc, topk, scale, geom)
         out, lse = fine_forward(q, k, v, gate, oc, key_plan, geom, scale)
     vc_oc = (vc, oc) if has_gate else (_empty(q), _empty(q))
     return out, lse, indices, qc, kc, *vc_oc, *key_plan
