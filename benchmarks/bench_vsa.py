@@ -158,7 +158,7 @@ def vsa_stage_timings(
     """Milliseconds of each stage of the op, forward and backward, with a gate; and the fine stage's
     useful forward FLOPs."""
     from fastvideo_vsa.ops import CubeGeometry, topk_for
-    from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, plans, pool
+    from fastvideo_vsa.ops.pooling import coarse_backward, coarse_select, plans, pool, query_cubes
     from fastvideo_vsa.ops.triton_bwd import dkdv_backward, dq_backward, dq_finish, prep_backward
     from fastvideo_vsa.ops.triton_fwd import fine_forward
 
@@ -203,11 +203,18 @@ def vsa_stage_timings(
         stages["fine fwd (Hopper, no gate)"] = lambda: hopper.fine_forward(
             q, tuple(tiles), None, None, idx, geom, scale
         )
-        kv_tiles = hopper.copy_tiles(k, v, geom)
+        kv_tiles = hopper.copy_tiles(k, v, geom)[0]
         lse, delta = st.lse, st.delta
         stages["copy k, v tiles (bwd)"] = lambda: hopper.copy_tiles(k, v, geom)
         stages["dq (Hopper)"] = lambda: hopper.dq_backward(
             q, kv_tiles, dout, lse, delta, idx, geom, scale, dqc
+        )
+        stages["query cube lists (Hopper dkdv)"] = lambda: query_cubes(idx)
+        stages["copy q, dout tiles + lse, delta (bwd)"] = lambda: hopper.copy_tiles(
+            q, dout, geom, stats=(lse, delta)
+        )
+        stages["dkdv (Hopper, with lists and copies)"] = lambda: hopper.dkdv_backward(
+            q, kv_tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc)
         )
     times = {name: time_cuda(name, fn, warmup=3, iters=iters)[0].median_ms for name, fn in stages.items()}
     return times, useful_flops(idx, grid)
@@ -252,7 +259,7 @@ def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
                 tb_atomic = time_fwd_bwd(fn, ins, dout, iters)[1]
                 del os.environ["FASTVIDEO_VSA_BACKWARD"]
                 stages, flops = vsa_stage_timings(grid, sparsity, iters) if gated else ({}, 0.0)
-                path = ", Hopper fwd + dq" if hopper.enabled(q, topk) else ""
+                path = ", Hopper fwd, dq, dk/dv" if hopper.enabled(q, topk) else ""
                 fine = stages.get("fine fwd (Hopper)" if path else "fine fwd (Triton)")
                 tflops = f"{flops / (fine * 1e-3) / 1e12:.0f}" if fine else ""
                 what = f"VSA {'gate' if gated else 'no gate'} (k={topk}){path}"
@@ -260,7 +267,7 @@ def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
                     os.environ["FASTVIDEO_VSA_HOPPER"] = "0"
                     tp, tpb = time_fwd_bwd(fn, ins, dout, iters)
                     del os.environ["FASTVIDEO_VSA_HOPPER"]
-                    portable = f"VSA gate (k={topk}), Triton fwd + dq"
+                    portable = f"VSA gate (k={topk}), Triton fwd, dq, dk/dv"
                     rows.append(_row(label, portable, f"{sparsity}", f"{tp.median_ms:.2f}", f"{tpb.median_ms:.2f}",
                                      *_speedups(dense, tp.median_ms, tpb.median_ms)))  # fmt: skip
                 fwd, bwd = f"{tf.median_ms:.2f}", f"{tb.median_ms:.2f}"

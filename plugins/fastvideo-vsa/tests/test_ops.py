@@ -412,6 +412,32 @@ def test_query_plan_kernels_match_transpose_and_cube_runs(grid: tuple[int, int, 
             assert (count == 0).any()  # some key cube selected by no query cube
 
 
+@pytest.mark.parametrize("grid", [(5, 6, 9), (9, 14, 22)])
+def test_query_cube_lists_match_transpose_selection(
+    grid: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Hopper dk/dv pass's query-cube lists (from the selection's bit matrix, and from the sort
+    beyond ``SELECT_MAX_CUBES``) list, per key cube, the query cubes that selected it, ascending."""
+    from fastvideo_vsa.ops import pooling
+
+    cubes = CubeGeometry(grid).num_cubes
+    gen = torch.Generator().manual_seed(5)
+    for topk in (1, 4, cubes):
+        scores = torch.rand(2, 3, cubes, cubes, generator=gen)
+        scores[..., : cubes // 3] -= 2.0  # rarely or never selected
+        idx = scores.topk(topk, dim=-1).indices.sort(-1).values.to(torch.int32).to(DEVICE)
+        ref_lists, offsets = (x.cpu().long() for x in pooling.transpose_selection(idx, cubes))
+        for limit in (pooling.SELECT_MAX_CUBES, cubes - 1):  # bit matrix, then the sort
+            monkeypatch.setattr(pooling, "SELECT_MAX_CUBES", limit)
+            lists, first, count = (x.cpu().long() for x in pooling.query_cubes(idx))
+            assert torch.equal(count, offsets[1:] - offsets[:-1]), (topk, limit)
+            assert lists.numel() > int(first[-1] + count[-1])  # one readable entry past the last
+            got = torch.cat([lists[f : f + n] for f, n in zip(first.tolist(), count.tolist(), strict=True)])
+            assert torch.equal(got, ref_lists), (topk, limit)
+        if topk == 1:
+            assert (count == 0).any()
+
+
 def test_plans_fall_back_to_the_sort_beyond_the_bit_matrix_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above ``SELECT_MAX_CUBES`` cubes :func:`plans` builds the query plan by sorting the selection:
     the same plan as the kernels'."""
@@ -446,11 +472,21 @@ def test_pool_writes_cube_major_copies() -> None:
     assert torch.equal(means[0], plain[0]) and torch.equal(means[1], plain[1])
     from fastvideo_vsa.ops.hopper import copy_tiles
 
-    assert torch.equal(copy_tiles(k, v, geom), tiles[1:])  # the backward's copies of k and v
+    assert torch.equal(copy_tiles(k, v, geom)[0], tiles[1:])  # the backward's copies of k and v
+    lse, delta = (
+        torch.randn(2, 3, geom.num_tokens, generator=torch.Generator().manual_seed(i)) for i in (1, 2)
+    )
+    qk, lt, dt = copy_tiles(q, k, geom, stats=(lse.to(DEVICE), delta.to(DEVICE)))
+    assert torch.equal(qk, tiles[:2])
+    want_lse = torch.full((2, 3, c * 64), float("inf"))
+    want_delta = torch.zeros(2, 3, c * 64)
     cube_of = geom.cube_of_token()
     t, h, w = geom.grid
     tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
     slot = ((tt % 4) * 16 + (hh % 4) * 4 + ww % 4).flatten()
+    want_lse[:, :, cube_of * 64 + slot] = lse
+    want_delta[:, :, cube_of * 64 + slot] = delta
+    assert torch.equal(lt.cpu().view(2, 3, -1), want_lse) and torch.equal(dt.cpu().view(2, 3, -1), want_delta)
     for x, got in zip((q, k, v), tiles, strict=True):
         want = torch.zeros(2, 3, c * 64, 32, dtype=x.dtype)
         want[:, :, cube_of * 64 + slot] = x.cpu().permute(0, 2, 1, 3)
@@ -467,7 +503,7 @@ HOPPER_CASES = [
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=GPU, id=c.id) for c in HOPPER_CASES])
 def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On sm_90 the op's forward and its dq run the Gluon kernels on cube-major copies: output and
+    """On sm_90 the op's forward, dq and dk/dv run the Gluon kernels on cube-major copies: output and
     every gradient match the fp32 reference no worse than 2x plain PyTorch in the same dtype, and the
     output matches the Triton kernel's closely."""
     from fastvideo_vsa.ops import hopper
@@ -476,14 +512,14 @@ def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.M
         pytest.skip("needs a Hopper GPU and Gluon")
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "1")  # these cases keep few cubes: force the path
     calls: list[str] = []
-    real_fwd, real_dq = hopper.fine_forward, hopper.dq_backward
-    monkeypatch.setattr(hopper, "fine_forward", lambda *a, **kw: calls.append("fwd") or real_fwd(*a, **kw))
-    monkeypatch.setattr(hopper, "dq_backward", lambda *a, **kw: calls.append("dq") or real_dq(*a, **kw))
+    for name in ("fine_forward", "dq_backward", "dkdv_backward"):
+        real = getattr(hopper, name)
+        monkeypatch.setattr(hopper, name, lambda *a, _f=real, _n=name, **kw: calls.append(_n) or _f(*a, **kw))
     xs = inputs(case, seed=5, device="cuda")
     topk = topk_for(case.sparsity, CubeGeometry(case.grid).num_cubes)
     indices = vsa_select(xs[0], xs[1], case.grid, topk).long()
     compare(case, xs, torch.float32, indices)
-    assert set(calls) == {"fwd", "dq"}, f"the Hopper kernels did not both run: {calls}"
+    assert set(calls) == {"fine_forward", "dq_backward", "dkdv_backward"}, f"Hopper kernels not run: {calls}"
     gate = xs[3] if case.gate else None
     hop = vsa_attention(*xs[:3], case.grid, sparsity=case.sparsity, gate=gate)
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "0")
@@ -531,7 +567,7 @@ def test_hopper_kernels_compile_for_sm90(dim: int) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("gluon")]
-    assert len(lines) == 2, proc.stdout
+    assert len(lines) == 4, proc.stdout  # forward, dq, dk/dv at 2 and 3 stages
     for line in lines:
         counts = dict(re.findall(r"(HGMMA|UTMALDG)=(\d+)", line))
         assert int(counts["HGMMA"]) > 0 and int(counts["UTMALDG"]) > 0, line

@@ -79,12 +79,14 @@ def compile_gluon_sm90(fn, d: int, constexprs: dict):
             signature[name] = "constexpr"
         elif name.endswith("_desc"):
             signature[name] = desc
-        elif name in ("Q", "DO", "G", "OUT", "DQ"):
+        elif name in ("Q", "DO", "G", "OUT", "DQ", "DK", "DV"):
             signature[name] = BF16
-        elif name in ("OC", "LSE", "DELTA", "DQC"):
+        elif name in ("OC", "LSE", "DELTA", "DQC", "LT", "DT", "DKC", "DVC"):
             signature[name] = F32
-        elif name == "IDX":
+        elif name in ("IDX", "ORDER", "LISTS", "COUNT"):
             signature[name] = I32
+        elif name == "FIRST":
+            signature[name] = "*i64"
         else:
             signature[name] = "fp32" if name in SCALARS_F32 else "i32"
     src = GluonASTSource(fn, signature, constexprs)
@@ -101,6 +103,8 @@ def main() -> None:
         for name, fn, consts in (
             ("gluon fwd", hopper._fwd_kernel, {"D": d, "HAS_GATE": True, "MODE": 0}),
             ("gluon dq", hopper._dq_kernel, {"D": d, "HAS_COARSE": True}),
+            ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 2}),
+            ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 3}),
         ):
             print(f"{name:8} (4 warps): {describe(compile_gluon_sm90(fn, d, consts))}")
     if args.gluon_only:

@@ -74,9 +74,10 @@ HEAD_DIMS = (64, 128)
 
 
 @triton.jit
-def _copy_tiles_kernel(K, V, KT, VT, skb, skl, skh, svb, svl, svh, H, T, HG, W, NCH, NCW, L, C,
-                       D: tl.constexpr, D_PAD: tl.constexpr):  # fmt: skip
-    """Cube-major copies of k and v (as the pooling pass writes them), one (cube, batch x head) a program."""
+def _copy_tiles_kernel(X, Y, XT, YT, LSE, DELTA, LT, DT, sxb, sxl, sxh, syb, syl, syh, H, T, HG, W, NCH, NCW, L, C,
+                       D: tl.constexpr, D_PAD: tl.constexpr, STATS: tl.constexpr):  # fmt: skip
+    """Cube-major copies of x and y (as the pooling pass writes them), one (cube, batch x head) a
+    program; with ``STATS`` also of the per-token ``LSE`` (``+inf`` in empty slots) and ``DELTA`` (0)."""
     cube = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -84,18 +85,36 @@ def _copy_tiles_kernel(K, V, KT, VT, skb, skl, skh, svb, svl, svh, H, T, HG, W, 
     rows = tl.arange(0, 64)
     dd = tl.arange(0, D_PAD)
     tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
-    _pool_one(K, K, KT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, skb, skl, skh, C, D, False, True)
-    _pool_one(V, V, VT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, svb, svl, svh, C, D, False, True)
+    _pool_one(X, X, XT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, sxb, sxl, sxh, C, D, False, True)
+    _pool_one(Y, Y, YT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, syb, syl, syh, C, D, False, True)
+    if STATS:
+        src = bh.to(tl.int64) * L + tok
+        dst = (bh.to(tl.int64) * C + cube) * 64 + rows
+        tl.store(LT + dst, tl.load(LSE + src, mask=valid, other=float("inf")))
+        tl.store(DT + dst, tl.load(DELTA + src, mask=valid, other=0.0))
 
 
-def copy_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Tensor:
-    """``[2, B*H*C*64, D]``: the cube-major copies of ``k`` and ``v`` (see :func:`pooling.pool`)."""
-    batch, _, heads, dim = k.shape
-    tiles = k.new_empty((2, batch * heads * geom.num_cubes * 64, dim))
-    args = (k, v, tiles[0], tiles[1], *k.stride()[:3], *v.stride()[:3], heads, *geometry_args(geom))
-    launch(_copy_tiles_kernel, _copy_tiles_kernel, (geom.num_cubes, batch * heads), args,
-           {"D": dim, "D_PAD": d_pad(dim)}, {"num_warps": 4}, {})  # fmt: skip
-    return tiles
+def copy_tiles(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    geom: CubeGeometry,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``[2, B*H*C*64, D]``: the cube-major copies of ``x`` and ``y`` ``[B, L, H, D]`` (the layout of
+    :func:`pooling.pool`'s ``tiles``); with ``stats = (lse, delta)`` (``[B, H, L]`` fp32) also their
+    cube-major copies ``[B*H*C*64]`` (``+inf`` and 0 in the empty slots), else ``None``."""
+    batch, _, heads, dim = x.shape
+    tiles = x.new_empty((2, batch * heads * geom.num_cubes * 64, dim))
+    lt = dt = None
+    if stats is not None:
+        lt, dt = (tiles.new_empty(tiles.shape[1], dtype=torch.float32) for _ in range(2))
+    lse, delta = stats if stats is not None else (x, x)
+    args = (x, y, tiles[0], tiles[1], lse, delta, lt if lt is not None else x, dt if dt is not None else x,
+            *x.stride()[:3], *y.stride()[:3], heads, *geometry_args(geom))  # fmt: skip
+    meta = {"D": dim, "D_PAD": d_pad(dim), "STATS": stats is not None}
+    launch(_copy_tiles_kernel, _copy_tiles_kernel, (geom.num_cubes, batch * heads), args, meta,
+           {"num_warps": 4}, {})  # fmt: skip
+    return tiles, lt, dt
 
 
 if HAVE_GLUON:
@@ -402,6 +421,109 @@ if HAVE_GLUON:
                  mask=ovalid[:, None] & (dd < D)[None, :])  # fmt: skip
 
 
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _dkdv_kernel(
+        q_desc, do_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, COUNT, DKC, DVC, DK, DV,
+        sxb, sxl, sxh,
+        H, T, HG, W, NCH, NCW, L, C,
+        scale, qk_scale,
+        D: gl.constexpr,
+        HAS_COARSE: gl.constexpr,
+        NS: gl.constexpr = 2,
+    ):  # fmt: skip
+        """dk and dv of one (batch x head, key cube) segment (``ORDER``: segments by decreasing work)
+        over the query cubes that selected it; q and dO tiles in a ring of ``NS``, filled ``NS - 1``
+        steps ahead, each step's four matmuls done before the next step's (two programs share an SM
+        at ``NS = 2``, and overlap each other's)."""
+        seg = gl.load(ORDER + gl.program_id(0))
+        bh = seg // C
+        cube_k = seg - bh * C
+        b = (bh // H).to(gl.int64)
+        h = bh % H
+
+        s_layout: gl.constexpr = _mma_layout(64)  # 64 keys x 64 query slots: S^T, dP^T
+        o_layout: gl.constexpr = _mma_layout(D)  # 64 x D: dk, dv
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [64, D], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [64, D], v_desc.layout)
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NS, 64, D], q_desc.layout)
+        do_smem = gl.allocate_shared_memory(do_desc.dtype, [NS, 64, D], do_desc.layout)
+        kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_bar, count=1)
+        for i in gl.static_range(NS):
+            mbarrier.init(bars.index(i), count=1)
+
+        row0 = bh * C * 64
+        n = gl.load(COUNT + seg)
+        lists = LISTS + gl.load(FIRST + seg)
+        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
+        tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
+        tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
+        # query cubes of steps j, j + 1, j + 2 (clamped to the list; loads past n are predicated off)
+        c0 = gl.load(lists)
+        c1 = _cube_of(lists, 1, gl.maximum(n, 1))
+        c2 = _cube_of(lists, 2, gl.maximum(n, 1))
+        _load_step(q_desc, do_desc, q_smem, do_smem, bars, c0, 0, row0, n, NS)
+        if NS == 3:
+            _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, 1, row0, n, NS)
+
+        slots = gl.arange(0, 64, layout=s_cols)
+        dk = gl.zeros([64, D], gl.float32, layout=o_layout)
+        dv = gl.zeros([64, D], gl.float32, layout=o_layout)
+        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+        mbarrier.wait(kv_bar, 0)
+        for j in range(n):
+            c3 = _cube_of(lists, j + 3, n)
+            # the slot of step j - 1 is free (its matmuls completed last iteration)
+            if NS == 2:
+                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, j + 1, row0, n, NS)
+            else:
+                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c2, j + 2, row0, n, NS)
+            stats = (bh.to(gl.int64) * C + c0) * 64 + slots
+            lse = gl.load(LT + stats)
+            slot = j % NS
+            mbarrier.wait(bars.index(slot), (j // NS) & 1)
+            st = warpgroup_mma(
+                k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True
+            )
+            dpt = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                                is_async=True)  # fmt: skip
+            st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+            pt = gl.exp2(st * qk_scale - lse[None, :])  # empty query slots: lse = +inf, p = 0
+            delta = gl.load(DT + stats)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(q_desc.dtype), a_layout), do_smem.index(slot), dv,
+                               is_async=True)  # fmt: skip
+            dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))
+            dst = pt * (dpt - delta[None, :])
+            dk = warpgroup_mma(gl.convert_layout(dst.to(q_desc.dtype), a_layout), q_smem.index(slot), dk,
+                               is_async=True)  # fmt: skip
+            dv, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk))
+            c0, c1, c2 = c1, c2, c3
+        mbarrier.invalidate(kv_bar)
+        for i in gl.static_range(NS):
+            mbarrier.invalidate(bars.index(i))
+
+        dk = dk * scale
+        dd = gl.arange(0, D, layout=o_cols)
+        ktok, kvalid = cube_tokens(cube_k, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
+        if HAS_COARSE:
+            inv = 1.0 / cube_count(cube_k, T, HG, W, NCH, NCW).to(gl.float32)
+            coarse = (bh.to(gl.int64) * C + cube_k) * D + dd
+            dk = dk + gl.load(DKC + coarse)[None, :] * inv
+            dv = dv + gl.load(DVC + coarse)[None, :] * inv
+        out = b * sxb + h * sxh + ktok[:, None] * sxl + dd[None, :]
+        mask = kvalid[:, None] & (dd < D)[None, :]
+        gl.store(DK + out, dk.to(DK.dtype.element_ty), mask=mask)
+        gl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask)
+
+
 #: Fewer selected cubes than this per query cube and the copies cost more than the kernels save (one
 #: H200, Wan's 21x30x52 grid: forward and backward slower at 32 cubes, faster at 78; docs/benchmarks.md).
 MIN_TOPK = 40
@@ -491,3 +613,41 @@ def dq_backward(
         D=dim, HAS_COARSE=dqc is not None, num_warps=4,
     )  # fmt: skip
     return dq
+
+
+#: q/dO ring depth of the dk/dv kernel (2: two programs an SM).
+DKDV_STAGES = 2
+
+
+def dkdv_backward(
+    q: torch.Tensor,
+    kv_tiles: torch.Tensor,
+    dout: torch.Tensor,
+    lse: torch.Tensor,
+    delta: torch.Tensor,
+    indices: torch.Tensor,
+    geom: CubeGeometry,
+    scale: float,
+    dkc_dvc: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stages: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dk, dv)`` ``[B, L, H, D]`` of the fine stage (plus ``dkc[cube] / n_cube`` and
+    ``dvc[cube] / n_cube`` when given), the contract of
+    :func:`fastvideo_vsa.ops.triton_bwd.dkdv_backward`, from the cube-major copies of k and v
+    (:func:`copy_tiles`) and the selection; call only where :func:`supported` holds."""
+    from fastvideo_vsa.ops.pooling import query_cubes
+
+    _, _, heads, dim = q.shape
+    lists, first, count = query_cubes(indices)
+    order = torch.argsort(count, descending=True).to(torch.int32)  # the longest lists start first
+    qd_tiles, lt, dt = copy_tiles(q, dout, geom, stats=(lse, delta))
+    dk, dv = q.new_empty(q.shape), q.new_empty(q.shape)
+    dkc, dvc = dkc_dvc if dkc_dvc is not None else (lt, lt)
+    _dkdv_kernel[(order.numel(),)](
+        *_descriptors((*qd_tiles, *kv_tiles)), lt, dt, order, lists, first, count, dkc, dvc, dk, dv,
+        *dk.stride()[:3],
+        heads, *geometry_args(geom),
+        scale, scale * LOG2E,
+        D=dim, HAS_COARSE=dkc_dvc is not None, NS=stages or DKDV_STAGES, num_warps=4,
+    )  # fmt: skip
+    return dk, dv

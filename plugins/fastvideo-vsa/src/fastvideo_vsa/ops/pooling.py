@@ -131,15 +131,32 @@ def _mark_kernel(IDX, BITS, C, WORDS, TOPK, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C: tl.constexpr):
-    """Query cubes ``0..BLOCK_C`` for key segment ``seg``: whether each selected it, and its run count
-    there (0 when not selected)."""
+def _chosen(BITS, seg, C, WORDS, BLOCK_C: tl.constexpr):
+    """Query cubes ``0..BLOCK_C`` and whether each selected the key cube of segment ``seg``."""
     cols = tl.arange(0, BLOCK_C)
     inside = cols < C
     word = tl.load(BITS + seg * WORDS + cols // 32, mask=inside, other=0)
-    chosen = (((word >> (cols % 32)) & 1) != 0) & inside
-    runs = tl.where(chosen, tl.load(COUNTS + cols, mask=inside, other=0), 0)
+    return cols, (((word >> (cols % 32)) & 1) != 0) & inside
+
+
+@triton.jit
+def _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C: tl.constexpr):
+    """Query cubes ``0..BLOCK_C`` for key segment ``seg``: whether each selected it, and its run count
+    there (0 when not selected)."""
+    cols, chosen = _chosen(BITS, seg, C, WORDS, BLOCK_C)
+    runs = tl.where(chosen, tl.load(COUNTS + cols, mask=cols < C, other=0), 0)
     return cols, chosen, runs
+
+
+@triton.jit
+def _query_cubes_kernel(BITS, LISTS, COUNT, C, WORDS, BLOCK_C: tl.constexpr):
+    """The query cubes that selected one segment's key cube, ascending, from ``LISTS[seg * C]``, and
+    their number."""
+    seg = tl.program_id(0).to(tl.int64)
+    cols, chosen = _chosen(BITS, seg, C, WORDS, BLOCK_C)
+    pos = tl.cumsum(chosen.to(tl.int32), 0) - 1
+    tl.store(LISTS + seg * C + pos, cols, mask=chosen)
+    tl.store(COUNT + seg, tl.sum(chosen.to(tl.int32), 0))
 
 
 @triton.jit
@@ -371,13 +388,7 @@ def query_runs(indices: torch.Tensor, geom: CubeGeometry) -> tuple[torch.Tensor,
     batch, heads, cubes, topk = indices.shape
     device, segments = indices.device, batch * heads * cubes
     table, counts = _run_table(geom, device)
-    words = triton.cdiv(cubes, 32)
-    bits = torch.zeros(segments * words, dtype=torch.int32, device=device)
-    block_k = max(16, triton.next_power_of_2(topk))
-    launch(_mark_kernel, _mark_kernel, (segments,), (indices.contiguous(), bits, cubes, words, topk),
-           {"BLOCK_K": block_k}, {"num_warps": 4}, {})  # fmt: skip
-    block = max(16, triton.next_power_of_2(cubes))
-    warps = {"num_warps": 8 if block > 1024 else 4}
+    bits, words, block, warps = _selection_bits(indices)
     count = torch.empty(segments, dtype=torch.int32, device=device)
     launch(_query_count_kernel, _query_count_kernel, (segments,), (bits, counts, count, cubes, words),
            {"BLOCK_C": block}, warps, {})  # fmt: skip
@@ -386,3 +397,39 @@ def query_runs(indices: torch.Tensor, geom: CubeGeometry) -> tuple[torch.Tensor,
     launch(_query_runs_kernel, _query_runs_kernel, (segments,), (bits, table, counts, first, runs, cubes, words),
            {"BLOCK_C": block}, warps, {})  # fmt: skip
     return runs, first, count
+
+
+def _selection_bits(indices: torch.Tensor) -> tuple[torch.Tensor, int, int, dict]:
+    """The selection ``[B, H, C, topk]`` as a bit matrix (per batch x head: key cube x query cube,
+    ``C / 32`` int32 words a row), with the block and warps of a program that reads one row."""
+    batch, heads, cubes, topk = indices.shape
+    segments = batch * heads * cubes
+    words = triton.cdiv(cubes, 32)
+    bits = torch.zeros(segments * words, dtype=torch.int32, device=indices.device)
+    block_k = max(16, triton.next_power_of_2(topk))
+    launch(_mark_kernel, _mark_kernel, (segments,), (indices.contiguous(), bits, cubes, words, topk),
+           {"BLOCK_K": block_k}, {"num_warps": 4}, {})  # fmt: skip
+    block = max(16, triton.next_power_of_2(cubes))
+    return bits, words, block, {"num_warps": 8 if block > 1024 else 4}
+
+
+def query_cubes(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each (batch x head, key cube) segment, the query cubes that selected it, ascending:
+    ``(lists, first, count)`` (int32, int64, int32); segment ``s`` reads
+    ``lists[first[s] : first[s] + count[s]]``, and ``lists`` holds at least one entry past the last.
+    Up to :data:`SELECT_MAX_CUBES` cubes from the selection's bit matrix (``C`` entries reserved per
+    segment), beyond that by :func:`transpose_selection`."""
+    batch, heads, cubes, _ = indices.shape
+    segments = batch * heads * cubes
+    device = indices.device
+    if cubes > SELECT_MAX_CUBES:
+        lists, offsets = transpose_selection(indices, cubes)
+        lists = torch.cat([lists, lists.new_zeros(1)])
+        return lists, offsets[:-1].to(torch.int64), (offsets[1:] - offsets[:-1]).to(torch.int32)
+    bits, words, block, warps = _selection_bits(indices)
+    lists = torch.empty(segments * cubes, dtype=torch.int32, device=device)
+    count = torch.empty(segments, dtype=torch.int32, device=device)
+    launch(_query_cubes_kernel, _query_cubes_kernel, (segments,), (bits, lists, count, cubes, words),
+           {"BLOCK_C": block}, warps, {})  # fmt: skip
+    first = torch.arange(0, segments * cubes, cubes, dtype=torch.int64, device=device)
+    return lists, first, count

@@ -399,12 +399,19 @@ def fine_backward(
     """``(dq, dk, dv)`` ``[B, L, H, D]``, each plus its pooling share of ``coarse_grads``
     (``dqc, dkc, dvc`` ``[B, H, C, D]`` fp32) when given; ``indices`` is the forward's selection and
     ``key_plan`` its key runs (built again from ``indices`` when not given)."""
+    from fastvideo_vsa.ops import hopper
     from fastvideo_vsa.ops.pooling import plans
 
     dqc, dkc, dvc = coarse_grads if coarse_grads is not None else (None, None, None)
     pair = (dkc, dvc) if coarse_grads is not None else None
-    key_plan, query_plan = plans(indices, geom, transposed=True, key_plan=key_plan)
     common = (q, k, v, dout, lse, delta)
+    if backward_mode() == "split" and hopper.enabled(q, indices.shape[-1]):
+        # Hopper: both passes in Gluon, over cube-major copies of k and v (and of q, dout in the second)
+        kv_tiles, _, _ = hopper.copy_tiles(k, v, geom)
+        dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
+        dk, dv = hopper.dkdv_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, pair)
+        return dq, dk, dv
+    key_plan, query_plan = plans(indices, geom, transposed=True, key_plan=key_plan)
     if backward_mode() == "atomic":
         dqacc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         dk, dv = dkdv_backward(*common, query_plan, geom, scale, pair, dqacc)  # type: ignore[arg-type]
@@ -414,13 +421,6 @@ def fine_backward(
             dqacc.zero_()
             dkdv_backward(*common, query_plan, geom, scale, pair, dqacc)  # type: ignore[arg-type]
         return dq_finish(dqacc, dqc, geom, q.dtype), dk, dv
-    from fastvideo_vsa.ops import hopper
-
-    if hopper.enabled(q, indices.shape[-1]):  # dq on Hopper: Gluon, over cube-major copies of k and v
-        kv_tiles = hopper.copy_tiles(k, v, geom)
-        dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
-        del kv_tiles
-    else:
-        dq = dq_backward(*common, key_plan, geom, scale, dqc)
+    dq = dq_backward(*common, key_plan, geom, scale, dqc)
     dk, dv = dkdv_backward(*common, query_plan, geom, scale, pair)  # type: ignore[arg-type]
     return dq, dk, dv
