@@ -541,8 +541,11 @@ def test_hopper_path_selection(monkeypatch: pytest.MonkeyPatch) -> None:
         assert hopper.enabled(q, hopper.MIN_TOPK - 1) == few and hopper.enabled(q, hopper.MIN_TOPK) == many, (
             mode
         )
+        low, high = hopper.MIN_TOPK_BACKWARD - 1, hopper.MIN_TOPK_BACKWARD
+        assert hopper.enabled(q, low, backward=True) == few and hopper.enabled(q, high, backward=True) == many
     monkeypatch.delenv("FASTVIDEO_VSA_HOPPER")
     assert hopper.enabled(q, 78) and not hopper.enabled(q, 32)
+    assert hopper.enabled(q, 32, backward=True) and not hopper.enabled(q, 31, backward=True)
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "yes")
     with pytest.raises(ValueError, match="FASTVIDEO_VSA_HOPPER must be 0, 1 or auto"):
         hopper.enabled(q, 78)

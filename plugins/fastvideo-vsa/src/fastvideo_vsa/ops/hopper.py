@@ -524,9 +524,12 @@ if HAVE_GLUON:
         gl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask)
 
 
-#: Fewer selected cubes than this per query cube and the copies cost more than the kernels save (one
-#: H200, Wan's 21x30x52 grid: forward and backward slower at 32 cubes, faster at 78; docs/benchmarks.md).
+#: Fewer selected cubes than this per query cube and the forward's copies cost more than its kernel
+#: saves (one H200, Wan's 21x30x52 grid: slower at 32 cubes, faster at 78; docs/benchmarks.md).
 MIN_TOPK = 40
+#: The backward's threshold: on the same card and grid both Gluon passes together beat the Triton ones
+#: at 32 cubes (5.04 against 5.69 ms) and at 78; below 32 it was not measured.
+MIN_TOPK_BACKWARD = 32
 
 
 def supported(q: torch.Tensor) -> bool:
@@ -539,10 +542,10 @@ def supported(q: torch.Tensor) -> bool:
     return q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in HEAD_DIMS
 
 
-def enabled(q: torch.Tensor, topk: int) -> bool:
-    """Whether the op takes the Hopper kernels for a call keeping ``topk`` cubes: where
-    :func:`supported`, and ``FASTVIDEO_VSA_HOPPER`` is ``1`` (always), or unset / ``auto`` and
-    ``topk >= MIN_TOPK``; ``0`` turns them off.
+def enabled(q: torch.Tensor, topk: int, backward: bool = False) -> bool:
+    """Whether the op takes the Hopper kernels for a call keeping ``topk`` cubes (in its forward, or
+    with ``backward`` its backward): where :func:`supported`, and ``FASTVIDEO_VSA_HOPPER`` is ``1``
+    (always), or unset / ``auto`` and ``topk >= MIN_TOPK`` (``MIN_TOPK_BACKWARD``); ``0`` turns them off.
 
     :raises ValueError: another value of ``FASTVIDEO_VSA_HOPPER``.
     """
@@ -551,7 +554,7 @@ def enabled(q: torch.Tensor, topk: int) -> bool:
         raise ValueError(f"FASTVIDEO_VSA_HOPPER must be 0, 1 or auto, got {mode!r}")
     if mode == "0" or not supported(q):
         return False
-    return mode == "1" or topk >= MIN_TOPK
+    return mode == "1" or topk >= (MIN_TOPK_BACKWARD if backward else MIN_TOPK)
 
 
 def _descriptors(tiles: tuple[torch.Tensor, ...]) -> tuple:

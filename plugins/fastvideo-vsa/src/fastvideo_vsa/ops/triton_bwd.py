@@ -405,7 +405,7 @@ def fine_backward(
     dqc, dkc, dvc = coarse_grads if coarse_grads is not None else (None, None, None)
     pair = (dkc, dvc) if coarse_grads is not None else None
     common = (q, k, v, dout, lse, delta)
-    if backward_mode() == "split" and hopper.enabled(q, indices.shape[-1]):
+    if backward_mode() == "split" and hopper.enabled(q, indices.shape[-1], backward=True):
         # Hopper: both passes in Gluon, over cube-major copies of k and v (and of q, dout in the second)
         kv_tiles, _, _ = hopper.copy_tiles(k, v, geom)
         dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
