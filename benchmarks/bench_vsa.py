@@ -286,10 +286,9 @@ def kernel_benchmarks(iters: int, record: bool) -> list[list[str]]:
                     )
                 )
                 atomic = _speedups(dense, None, tb_atomic.median_ms)
+                what_atomic = what.replace(", Hopper dq + dk/dv", "") + ", atomic bwd (Triton)"
                 rows.append(
-                    _row(
-                        label, what + ", atomic bwd", f"{sparsity}", "", f"{tb_atomic.median_ms:.2f}", *atomic
-                    )
+                    _row(label, what_atomic, f"{sparsity}", "", f"{tb_atomic.median_ms:.2f}", *atomic)
                 )
                 if stages:
                     rows.append(

@@ -1,4 +1,4 @@
-"""Hopper (sm_90) kernels of the VSA fine stage (forward, and dq), in Gluon: TMA, shared-memory rings, async wgmma.
+"""Hopper (sm_90) kernels of the VSA fine stage (forward, dq, dk/dv), in Gluon: TMA, shared-memory rings, async wgmma.
 
 The portable Triton kernel (:mod:`fastvideo_vsa.ops.triton_fwd`) gathers keys four tokens at a time
 with ``cp.async`` and runs each step's matmuls and softmax back to back. This kernel:
@@ -21,9 +21,13 @@ probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
 
 The backward's dq (:func:`dq_backward`) follows the same plan over cube-major copies of k and v
 (:func:`copy_tiles`): per iteration the logits and dP of one key cube run while dS of the other is
-formed. bf16/fp16, head dim 64 or 128, CUDA capability 9.x: :func:`supported` says whether the kernels
-can run, :func:`enabled` whether the op takes them (the Triton kernels otherwise, and on the CPU
-interpreter).
+formed. Its dk/dv (:func:`dkdv_backward`) runs one program per key cube, longest query lists first
+(:func:`fastvideo_vsa.ops.pooling.query_cubes`): the key and value tiles stay in shared memory, the
+tiles of q and dout (cube-major copies, with lse and delta) stream through a ring of 2, and two
+programs share an SM. Measured on one H200: backward 11.1 -> 9.0 ms at 0.875 on 21x30x52, 10.1 -> 6.6
+ms on 8x64x64. bf16/fp16, head dim 64 or 128, CUDA capability 9.x: :func:`supported` says whether the
+kernels can run, :func:`enabled` whether the op takes them (the Triton kernels otherwise, and on the
+CPU interpreter).
 """
 
 from __future__ import annotations
@@ -618,7 +622,7 @@ def dq_backward(
     return dq
 
 
-#: q/dO ring depth of the dk/dv kernel (2: two programs an SM).
+#: q/dout ring depth of the dk/dv kernel: at 2 two programs share an SM (3: one, measured slower).
 DKDV_STAGES = 2
 
 
