@@ -203,9 +203,9 @@ def vsa_stage_timings(
         stages["fine fwd (Hopper, no gate)"] = lambda: hopper.fine_forward(
             q, tuple(tiles), None, None, idx, geom, scale
         )
-        kv_tiles = hopper.copy_tiles(k, v, geom)[0]
+        kv_tiles = hopper.kv_tiles(k, v, geom)
         lse, delta = st.lse, st.delta
-        stages["copy k, v tiles (bwd)"] = lambda: hopper.copy_tiles(k, v, geom)
+        stages["copy k, v tiles (bwd)"] = lambda: hopper.kv_tiles(k, v, geom)
         stages["dq (Hopper)"] = lambda: hopper.dq_backward(
             q, kv_tiles, dout, lse, delta, idx, geom, scale, dqc
         )

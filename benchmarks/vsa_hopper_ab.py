@@ -4,8 +4,8 @@
 
 bf16, 12 heads x 128, random q, k, v, gate and output gradient; Wan's 21x30x52 grid at sparsity 0.875 and
 0.95 and an 8x64x64 grid (no partial cubes) at 0.875. Per case: the largest differences between the
-Triton and Hopper dq and dk/dv kernels, the times of dq and dk/dv (Triton; Hopper, dk/dv at ring depths 2 and
-3), of the copies and lists the Hopper kernels read, and the whole op's forward and backward with
+Triton and Hopper dq and dk/dv kernels, the times of dq and dk/dv (Triton; Hopper, dk/dv with and without the
+narrow kernel for partial key cubes), of the copies and lists the Hopper kernels read, and the whole op's forward and backward with
 ``FASTVIDEO_VSA_HOPPER=1`` (the Hopper kernels wherever the card runs them) and ``=0`` (Triton only).
 Prints; records nothing (the figures go to docs/benchmarks.md by hand).
 """
@@ -35,7 +35,7 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
     out, lse = fine_forward(q, k, v, g, oc, key_plan, geom, scale)
     delta, _, _ = prep_backward(out, dout, g, oc, geom)
     dqc, dkc, dvc = (torch.randn_like(qc) for _ in range(3))
-    tiles = hopper.copy_tiles(k, v, geom)[0]
+    tiles = hopper.kv_tiles(k, v, geom)
     query_plan = plans(idx, geom, transposed=True, key_plan=key_plan)[1]
     tag = f"{'x'.join(map(str, grid))}, sparsity {sparsity} (k={topk})"
     ref = dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)
@@ -44,23 +44,23 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
         f"dq {(got.float() - ref.float()).abs().max().item():.2e} (|dq| <= {ref.float().abs().max().item():.2f})"
     ]
     ref = dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))
-    for stages in (2, 3):
-        got = hopper.dkdv_backward(q, tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc), stages=stages)
+    for narrow in (True, False):
+        got = hopper.dkdv_backward(q, tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc), narrow=narrow)
         for name, a, b in zip(("dk", "dv"), got, ref, strict=True):
-            diffs.append(f"{name} ({stages} stages) {(a.float() - b.float()).abs().max().item():.2e} "
+            diffs.append(f"{name} ({'narrow' if narrow else '64-row'}) {(a.float() - b.float()).abs().max().item():.2e} "
                          f"(|{name}| <= {b.float().abs().max().item():.2f})")  # fmt: skip
     print(f"{tag}: Hopper vs Triton max |diff|: " + ", ".join(diffs))
     for name, fn in (
         ("dq, Triton", lambda: dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)),
-        ("k, v copies", lambda: hopper.copy_tiles(k, v, geom)),
+        ("k, v copies", lambda: hopper.kv_tiles(k, v, geom)),
         ("dq, Hopper", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
         ("dkdv, Triton", lambda: dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))),
         ("query cube lists", lambda: query_cubes(idx)),
         ("q, dout copies + lse, delta", lambda: hopper.copy_tiles(q, dout, geom, stats=(lse, delta))),
         *(
-            (f"dkdv, Hopper, {n} stages (with lists, copies)",
-             lambda n=n: hopper.dkdv_backward(q, tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc), stages=n))
-            for n in (2, 3)
+            (f"dkdv, Hopper, {'narrow tiles for partial cubes' if n else '64-row tiles only'} (with lists, copies)",
+             lambda n=n: hopper.dkdv_backward(q, tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc), narrow=n))
+            for n in (True, False)
         ),
     ):  # fmt: skip
         print(f"  {name}: {time_cuda(name, fn, warmup=3, iters=20)[0].median_ms:.3f} ms")

@@ -478,6 +478,14 @@ def test_pool_writes_cube_major_copies() -> None:
     )
     qk, lt, dt = copy_tiles(q, k, geom, stats=(lse.to(DEVICE), delta.to(DEVICE)))
     assert torch.equal(qk, tiles[:2])
+    compact = (
+        copy_tiles(k, v, geom, compact=True)[0].cpu().view(2, 2, 3, c, 64, 32)
+    )  # each cube's tokens first
+    for cube, rows in enumerate(geom.tokens_of_cubes()):
+        for x, got in zip((k, v), compact, strict=True):
+            want = torch.zeros(2, 3, 64, 32, dtype=x.dtype)
+            want[:, :, : rows.numel()] = x.cpu()[:, rows].permute(0, 2, 1, 3)
+            assert torch.equal(got[:, :, cube], want), cube
     want_lse = torch.full((2, 3, c * 64), float("inf"))
     want_delta = torch.zeros(2, 3, c * 64)
     cube_of = geom.cube_of_token()
@@ -570,7 +578,9 @@ def test_hopper_kernels_compile_for_sm90(dim: int) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("gluon")]
-    assert len(lines) == 4, proc.stdout  # forward, dq, dk/dv at 2 and 3 stages
+    assert len(lines) == 6, (
+        proc.stdout
+    )  # forward, dq, dk/dv at 2 and 3 stages, narrow dk/dv at 16 and 32 rows
     for line in lines:
         counts = dict(re.findall(r"(HGMMA|UTMALDG)=(\d+)", line))
         assert int(counts["HGMMA"]) > 0 and int(counts["UTMALDG"]) > 0, line

@@ -72,11 +72,21 @@ def compile_gluon_sm90(fn, d: int, constexprs: dict):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    desc = mangle_type(hopper._descriptors((torch.empty(64, d, dtype=torch.bfloat16),))[0])
+    tile = torch.empty(64, d, dtype=torch.bfloat16)
+    desc = mangle_type(hopper._descriptors((tile,))[0])
+    nk = constexprs.get("NK", 64)  # the narrow dk/dv kernel: key tiles of NK rows, P and dS tiles 64 x NK
+    key_desc = mangle_type(hopper._descriptors((tile,), rows=nk)[0])
+    if "NK" in constexprs:
+        constexprs = {
+            **constexprs,
+            "P_LAYOUT": hopper.gl.NVMMASharedLayout.get_default_for([64, nk], hopper.gl.bfloat16),
+        }
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in ("k_desc", "v_desc"):
+            signature[name] = key_desc
         elif name.endswith("_desc"):
             signature[name] = desc
         elif name in ("Q", "DO", "G", "OUT", "DQ", "DK", "DV"):
@@ -105,6 +115,14 @@ def main() -> None:
             ("gluon dq", hopper._dq_kernel, {"D": d, "HAS_COARSE": True}),
             ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 2}),
             ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 3}),
+            *(
+                (
+                    "gluon dkdv narrow",
+                    hopper._dkdv_narrow_kernel,
+                    {"D": d, "NK": nk, "HAS_COARSE": True, "NS": 3},
+                )
+                for nk in hopper.NARROW_WIDTHS
+            ),
         ):
             print(f"{name:8} (4 warps): {describe(compile_gluon_sm90(fn, d, consts))}")
     if args.gluon_only:

@@ -41,6 +41,7 @@ import triton.language as tl
 from fastvideo_vsa.ops.geometry import CubeGeometry
 from fastvideo_vsa.ops.pooling import _pool_one
 from fastvideo_vsa.ops.triton_fwd import (
+    compact_tokens,
     cube_count,
     cube_tokens,
     d_pad,
@@ -79,16 +80,20 @@ HEAD_DIMS = (64, 128)
 
 @triton.jit
 def _copy_tiles_kernel(X, Y, XT, YT, LSE, DELTA, LT, DT, sxb, sxl, sxh, syb, syl, syh, H, T, HG, W, NCH, NCW, L, C,
-                       D: tl.constexpr, D_PAD: tl.constexpr, STATS: tl.constexpr):  # fmt: skip
-    """Cube-major copies of x and y (as the pooling pass writes them), one (cube, batch x head) a
-    program; with ``STATS`` also of the per-token ``LSE`` (``+inf`` in empty slots) and ``DELTA`` (0)."""
+                       D: tl.constexpr, D_PAD: tl.constexpr, STATS: tl.constexpr, COMPACT: tl.constexpr):  # fmt: skip
+    """Cube-major copies of x and y (in slot order as the pooling pass writes them, or with ``COMPACT``
+    in compacted row order), one (cube, batch x head) a program; with ``STATS`` also of the per-token
+    ``LSE`` (``+inf`` in empty slots) and ``DELTA`` (0)."""
     cube = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = bh % H
     rows = tl.arange(0, 64)
     dd = tl.arange(0, D_PAD)
-    tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
+    if COMPACT:
+        tok, valid = compact_tokens(cube, rows, T, HG, W, NCH, NCW)
+    else:
+        tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
     _pool_one(X, X, XT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, sxb, sxl, sxh, C, D, False, True)
     _pool_one(Y, Y, YT, b, h, bh, cube, rows, dd, dd < D, valid, tok, 1.0, syb, syl, syh, C, D, False, True)
     if STATS:
@@ -103,10 +108,12 @@ def copy_tiles(
     y: torch.Tensor,
     geom: CubeGeometry,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    compact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``[2, B*H*C*64, D]``: the cube-major copies of ``x`` and ``y`` ``[B, L, H, D]`` (the layout of
-    :func:`pooling.pool`'s ``tiles``); with ``stats = (lse, delta)`` (``[B, H, L]`` fp32) also their
-    cube-major copies ``[B*H*C*64]`` (``+inf`` and 0 in the empty slots), else ``None``."""
+    :func:`pooling.pool`'s ``tiles``; with ``compact`` each cube's tokens first, in (t, y, x) order, see
+    :func:`fastvideo_vsa.ops.triton_fwd.compact_tokens`); with ``stats = (lse, delta)`` (``[B, H, L]``
+    fp32) also their cube-major copies ``[B*H*C*64]`` (``+inf`` and 0 in the empty rows), else ``None``."""
     batch, _, heads, dim = x.shape
     tiles = x.new_empty((2, batch * heads * geom.num_cubes * 64, dim))
     lt = dt = None
@@ -115,10 +122,16 @@ def copy_tiles(
     lse, delta = stats if stats is not None else (x, x)
     args = (x, y, tiles[0], tiles[1], lse, delta, lt if lt is not None else x, dt if dt is not None else x,
             *x.stride()[:3], *y.stride()[:3], heads, *geometry_args(geom))  # fmt: skip
-    meta = {"D": dim, "D_PAD": d_pad(dim), "STATS": stats is not None}
+    meta = {"D": dim, "D_PAD": d_pad(dim), "STATS": stats is not None, "COMPACT": compact}
     launch(_copy_tiles_kernel, _copy_tiles_kernel, (geom.num_cubes, batch * heads), args, meta,
            {"num_warps": 4}, {})  # fmt: skip
     return tiles, lt, dt
+
+
+def kv_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Tensor:
+    """The backward's copies of k and v ``[2, B*H*C*64, D]``, compacted rows (what :func:`dq_backward`
+    and :func:`dkdv_backward` read)."""
+    return copy_tiles(k, v, geom, compact=True)[0]
 
 
 if HAVE_GLUON:
@@ -293,9 +306,9 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _ds_step(s, dp, lse, delta, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
-        """``dS = P * (dP - delta)`` of one key cube, ``P`` recomputed from the logits and ``lse``."""
-        _, kvalid = cube_tokens(cube, slots, T, HG, W, NCH, NCW)
-        kvalid = kvalid & (step < TOPK)
+        """``dS = P * (dP - delta)`` of one key cube (compacted rows), ``P`` recomputed from the logits
+        and ``lse``."""
+        kvalid = (slots < cube_count(cube, T, HG, W, NCH, NCW)) & (step < TOPK)
         p = gl.where(kvalid[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
         return p * (dp - delta[:, None])
 
@@ -516,7 +529,7 @@ if HAVE_GLUON:
 
         dk = dk * scale
         dd = gl.arange(0, D, layout=o_cols)
-        ktok, kvalid = cube_tokens(cube_k, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
+        ktok, kvalid = compact_tokens(cube_k, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
         if HAS_COARSE:
             inv = 1.0 / cube_count(cube_k, T, HG, W, NCH, NCW).to(gl.float32)
             coarse = (bh.to(gl.int64) * C + cube_k) * D + dd
@@ -526,6 +539,124 @@ if HAVE_GLUON:
         mask = kvalid[:, None] & (dd < D)[None, :]
         gl.store(DK + out, dk.to(DK.dtype.element_ty), mask=mask)
         gl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask)
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _dkdv_narrow_kernel(
+        q_desc, do_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, COUNT, DKC, DVC, DK, DV,
+        sxb, sxl, sxh,
+        H, T, HG, W, NCH, NCW, L, C,
+        scale, qk_scale,
+        D: gl.constexpr,
+        NK: gl.constexpr,
+        P_LAYOUT: gl.constexpr,
+        HAS_COARSE: gl.constexpr,
+        NS: gl.constexpr = 3,
+    ):  # fmt: skip
+        """dk and dv of a key cube of at most ``NK`` tokens (its compacted rows ``0..NK``), transposed so
+        that no matmul spans the empty rows: per step ``S = Q K^T`` and ``dP = dO V^T`` (64 query slots x
+        ``NK`` keys), then ``dV^T += dO^T P`` and ``dK^T += Q^T dS`` in 64-row halves of the head dim,
+        P and dS through shared memory. Same lists, order and ring as :func:`_dkdv_kernel`."""
+        seg = gl.load(ORDER + gl.program_id(0))
+        bh = seg // C
+        cube_k = seg - bh * C
+        b = (bh // H).to(gl.int64)
+        h = bh % H
+        HALVES: gl.constexpr = D // 64
+
+        n_layout: gl.constexpr = _mma_layout(NK)  # 64 x NK: S, dP, and each half of dK^T, dV^T
+        n_rows: gl.constexpr = gl.SliceLayout(1, n_layout)
+        n_cols: gl.constexpr = gl.SliceLayout(0, n_layout)
+
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [NK, D], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [NK, D], v_desc.layout)
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NS, 64, D], q_desc.layout)
+        do_smem = gl.allocate_shared_memory(do_desc.dtype, [NS, 64, D], do_desc.layout)
+        p_smem = gl.allocate_shared_memory(q_desc.dtype, [64, NK], P_LAYOUT)
+        ds_smem = gl.allocate_shared_memory(q_desc.dtype, [64, NK], P_LAYOUT)
+        kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_bar, count=1)
+        for i in gl.static_range(NS):
+            mbarrier.init(bars.index(i), count=1)
+
+        row0 = bh * C * 64
+        n = gl.load(COUNT + seg)
+        lists = LISTS + gl.load(FIRST + seg)
+        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
+        tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
+        tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
+        c0 = gl.load(lists)
+        c1 = _cube_of(lists, 1, gl.maximum(n, 1))
+        c2 = _cube_of(lists, 2, gl.maximum(n, 1))
+        _load_step(q_desc, do_desc, q_smem, do_smem, bars, c0, 0, row0, n, NS)
+        if NS == 3:
+            _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, 1, row0, n, NS)
+
+        slots = gl.arange(0, 64, layout=n_rows)
+        zero = gl.zeros([64, NK], gl.float32, layout=n_layout)
+        dk0 = gl.zeros([64, NK], gl.float32, layout=n_layout)  # dK^T, head dims 0..63
+        dv0 = gl.zeros([64, NK], gl.float32, layout=n_layout)
+        dk1 = gl.zeros([64, NK], gl.float32, layout=n_layout)  # head dims 64..127 (D = 128)
+        dv1 = gl.zeros([64, NK], gl.float32, layout=n_layout)
+        mbarrier.wait(kv_bar, 0)
+        for j in range(n):
+            c3 = _cube_of(lists, j + 3, n)
+            if NS == 2:
+                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, j + 1, row0, n, NS)
+            else:
+                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c2, j + 2, row0, n, NS)
+            stats = (bh.to(gl.int64) * C + c0) * 64 + slots
+            lse = gl.load(LT + stats)
+            slot = j % NS
+            qt = q_smem.index(slot)
+            dot = do_smem.index(slot)
+            mbarrier.wait(bars.index(slot), (j // NS) & 1)
+            s = warpgroup_mma(qt, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+            dp = warpgroup_mma(dot, v_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            p = gl.exp2(s * qk_scale - lse[:, None])  # empty query slots: lse = +inf, p = 0
+            p_smem.store(p.to(q_desc.dtype))
+            delta = gl.load(DT + stats)
+            dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+            ds_smem.store((p * (dp - delta[:, None])).to(q_desc.dtype))
+            fence_async_shared()
+            dv0 = warpgroup_mma(dot.slice(0, 64, dim=1).permute((1, 0)), p_smem, dv0, is_async=True)
+            dk0 = warpgroup_mma(qt.slice(0, 64, dim=1).permute((1, 0)), ds_smem, dk0, is_async=True)
+            if HALVES == 2:
+                dv1 = warpgroup_mma(dot.slice(64, 64, dim=1).permute((1, 0)), p_smem, dv1, is_async=True)
+                dk1 = warpgroup_mma(qt.slice(64, 64, dim=1).permute((1, 0)), ds_smem, dk1, is_async=True)
+                dv0, dk0, dv1, dk1 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0, dv1, dk1))
+            else:
+                dv0, dk0 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0))
+            c0, c1, c2 = c1, c2, c3
+        mbarrier.invalidate(kv_bar)
+        for i in gl.static_range(NS):
+            mbarrier.invalidate(bars.index(i))
+
+        ktok, kvalid = compact_tokens(cube_k, gl.arange(0, NK, layout=n_cols), T, HG, W, NCH, NCW)
+        _store_transposed(dk0 * scale, dv0, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, slots,
+                          sxb, sxl, sxh, T, HG, W, NCH, NCW, C, D, HAS_COARSE)  # fmt: skip
+        if HALVES == 2:
+            _store_transposed(dk1 * scale, dv1, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, slots + 64,
+                              sxb, sxl, sxh, T, HG, W, NCH, NCW, C, D, HAS_COARSE)  # fmt: skip
+
+    @gluon.jit
+    def _store_transposed(dkt, dvt, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, dd,
+                          sxb, sxl, sxh, T, HG, W, NCH, NCW, C, D: gl.constexpr, HAS_COARSE: gl.constexpr):  # fmt: skip
+        """Store head dims ``dd`` (64 of them) of dk and dv from their transposes (``[64, NK]``), plus the
+        pooling shares when ``HAS_COARSE``."""
+        if HAS_COARSE:
+            inv = 1.0 / cube_count(cube_k, T, HG, W, NCH, NCW).to(gl.float32)
+            coarse = (bh.to(gl.int64) * C + cube_k) * D + dd
+            dkt = dkt + gl.load(DKC + coarse)[:, None] * inv
+            dvt = dvt + gl.load(DVC + coarse)[:, None] * inv
+        out = b * sxb + h * sxh + ktok[None, :] * sxl + dd[:, None]
+        mask = kvalid[None, :] & (dd < D)[:, None]
+        gl.store(DK + out, dkt.to(DK.dtype.element_ty), mask=mask)
+        gl.store(DV + out, dvt.to(DV.dtype.element_ty), mask=mask)
 
 
 #: Fewer selected cubes than this per query cube and the forward's copies cost more than its kernel
@@ -561,11 +692,12 @@ def enabled(q: torch.Tensor, topk: int, backward: bool = False) -> bool:
     return mode == "1" or topk >= (MIN_TOPK_BACKWARD if backward else MIN_TOPK)
 
 
-def _descriptors(tiles: tuple[torch.Tensor, ...]) -> tuple:
+def _descriptors(tiles: tuple[torch.Tensor, ...], rows: int = 64) -> tuple:
+    """TMA descriptors of cube-major tiles, boxes of ``rows`` rows (a cube's first ``rows``)."""
     dim = tiles[0].shape[-1]
     gdt = gl.bfloat16 if tiles[0].dtype == torch.bfloat16 else gl.float16
-    layout = gl.NVMMASharedLayout.get_default_for([64, dim], gdt)
-    return tuple(TensorDescriptor.from_tensor(x, [64, dim], layout) for x in tiles)
+    layout = gl.NVMMASharedLayout.get_default_for([rows, dim], gdt)
+    return tuple(TensorDescriptor.from_tensor(x, [rows, dim], layout) for x in tiles)
 
 
 def fine_forward(
@@ -624,6 +756,28 @@ def dq_backward(
 
 #: q/dout ring depth of the dk/dv kernel: at 2 two programs share an SM (3: one, measured slower).
 DKDV_STAGES = 2
+#: Ring depth of the narrow dk/dv kernel by key-tile width: the most that still fits two programs an SM
+#: (108 KiB at 16 rows and 3 slots, 88 KiB at 32 rows and 2; sm90_report.py).
+NARROW_STAGES = {16: 3, 32: 2}
+#: Key cubes of at most this many tokens go to the narrow kernel at that tile width (else the 64-row one).
+NARROW_WIDTHS = (16, 32)
+
+_CLASSES: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+
+
+def _width_classes(geom: CubeGeometry, device: torch.device) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Per cube, the index of its key-tile width in the widths ``(64, *NARROW_WIDTHS descending)``;
+    those widths; and how many cubes each gets (counted on the host: no device sync)."""
+    widths = [64, *sorted(NARROW_WIDTHS, reverse=True)]
+    key = (geom.grid, str(device))
+    if key not in _CLASSES:
+        sizes = torch.tensor(geom.cube_sizes())
+        cls = torch.zeros_like(sizes)
+        for i, w in enumerate(widths[1:], start=1):
+            cls[sizes <= w] = i
+        _CLASSES[key] = (cls.to(device), [int((cls == i).sum()) for i in range(len(widths))])
+    cls, counts = _CLASSES[key]
+    return cls, widths, counts
 
 
 def dkdv_backward(
@@ -637,24 +791,62 @@ def dkdv_backward(
     scale: float,
     dkc_dvc: tuple[torch.Tensor, torch.Tensor] | None = None,
     stages: int | None = None,
+    narrow: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)`` ``[B, L, H, D]`` of the fine stage (plus ``dkc[cube] / n_cube`` and
     ``dvc[cube] / n_cube`` when given), the contract of
-    :func:`fastvideo_vsa.ops.triton_bwd.dkdv_backward`, from the cube-major copies of k and v
-    (:func:`copy_tiles`) and the selection; call only where :func:`supported` holds."""
+    :func:`fastvideo_vsa.ops.triton_bwd.dkdv_backward`, from the compacted copies of k and v
+    (:func:`kv_tiles`) and the selection; call only where :func:`supported` holds.
+
+    With ``narrow`` the key cubes of at most 32 or 16 tokens (partial cubes) run the transposed kernel
+    at that tile width instead of a 64-row tile."""
     from fastvideo_vsa.ops.pooling import query_cubes
 
-    _, _, heads, dim = q.shape
+    batch, _, heads, dim = q.shape
     lists, first, count = query_cubes(indices)
-    order = torch.argsort(count, descending=True).to(torch.int32)  # the longest lists start first
+    cubes = geom.num_cubes
+    if narrow:
+        cls, widths, per_class = _width_classes(geom, q.device)
+    else:
+        cls, widths, per_class = torch.zeros(cubes, dtype=torch.int64, device=q.device), [64], [cubes]
+    # segments by width class, then longest list first (no host sync: class sizes come from the grid)
+    seg_cls = cls.repeat(batch * heads).to(torch.int64)
+    order = torch.argsort(seg_cls * (cubes + 1) - count.to(torch.int64)).to(torch.int32)
     qd_tiles, lt, dt = copy_tiles(q, dout, geom, stats=(lse, delta))
     dk, dv = q.new_empty(q.shape), q.new_empty(q.shape)
     dkc, dvc = dkc_dvc if dkc_dvc is not None else (lt, lt)
-    _dkdv_kernel[(order.numel(),)](
-        *_descriptors((*qd_tiles, *kv_tiles)), lt, dt, order, lists, first, count, dkc, dvc, dk, dv,
+    q_desc, do_desc = _descriptors(tuple(qd_tiles))
+    common = (lt, dt)
+    tail = (
+        first,
+        count,
+        dkc,
+        dvc,
+        dk,
+        dv,
         *dk.stride()[:3],
-        heads, *geometry_args(geom),
-        scale, scale * LOG2E,
-        D=dim, HAS_COARSE=dkc_dvc is not None, NS=stages or DKDV_STAGES, num_warps=4,
-    )  # fmt: skip
+        heads,
+        *geometry_args(geom),
+        scale,
+        scale * LOG2E,
+    )
+    start = 0
+    for width, n in zip(widths, per_class, strict=True):
+        part = order[start : start + n * batch * heads]
+        start += n * batch * heads
+        if part.numel() == 0:
+            continue
+        k_desc, v_desc = _descriptors(tuple(kv_tiles), rows=width)
+        if width == 64:
+            _dkdv_kernel[(part.numel(),)](
+                q_desc, do_desc, k_desc, v_desc, *common, part, lists, *tail,
+                D=dim, HAS_COARSE=dkc_dvc is not None, NS=stages or DKDV_STAGES, num_warps=4,
+            )  # fmt: skip
+        else:
+            gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+            _dkdv_narrow_kernel[(part.numel(),)](
+                q_desc, do_desc, k_desc, v_desc, *common, part, lists, *tail,
+                D=dim, NK=width, P_LAYOUT=gl.NVMMASharedLayout.get_default_for([64, width], gdt),
+                HAS_COARSE=dkc_dvc is not None, NS=NARROW_STAGES[width], num_warps=4,
+            )  # fmt: skip
     return dk, dv

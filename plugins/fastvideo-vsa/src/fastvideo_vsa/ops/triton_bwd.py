@@ -407,7 +407,7 @@ def fine_backward(
     common = (q, k, v, dout, lse, delta)
     if backward_mode() == "split" and hopper.enabled(q, indices.shape[-1], backward=True):
         # Hopper: both passes in Gluon, over cube-major copies of k and v (and of q, dout in the second)
-        kv_tiles, _, _ = hopper.copy_tiles(k, v, geom)
+        kv_tiles = hopper.kv_tiles(k, v, geom)
         dq = hopper.dq_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, dqc)
         dk, dv = hopper.dkdv_backward(q, kv_tiles, dout, lse, delta, indices, geom, scale, pair)
         return dq, dk, dv

@@ -62,6 +62,23 @@ def cube_tokens(cube, slot, T, HG, W, NCH, NCW):
 
 
 @triton.jit
+def compact_tokens(cube, row, T, HG, W, NCH, NCW):
+    """Token index (int64) and validity of ``row`` (0..63) of ``cube``'s *compacted* rows: its tokens
+    first, in (t, y, x) order, then the empty rows (a full cube's rows are its slots)."""
+    ct = cube // (NCH * NCW)
+    rem = cube - ct * (NCH * NCW)
+    ch = rem // NCW
+    cw = rem - ch * NCW
+    nt = tl.minimum(T - ct * 4, 4)
+    ny = tl.minimum(HG - ch * 4, 4)
+    nx = tl.minimum(W - cw * 4, 4)
+    t = ct * 4 + row // (ny * nx)
+    y = ch * 4 + (row // nx) % ny
+    x = cw * 4 + row % nx
+    return ((t * HG + y) * W + x).to(tl.int64), row < nt * ny * nx
+
+
+@triton.jit
 def run_tokens(runs_base, step, count, BLOCK: tl.constexpr):
     """Rows ``[step * BLOCK, (step + 1) * BLOCK)`` of a stream of ``count`` runs at ``runs_base``
     (4 rows per run, see :func:`fastvideo_vsa.ops.geometry.run_table`): token indices (int64) and
