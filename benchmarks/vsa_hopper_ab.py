@@ -39,9 +39,12 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
     query_plan = plans(idx, geom, transposed=True, key_plan=key_plan)[1]
     tag = f"{'x'.join(map(str, grid))}, sparsity {sparsity} (k={topk})"
     ref = dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)
+    got = hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc, narrow=False)
+    wide = (got.float() - ref.float()).abs().max().item()
     got = hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)
     diffs = [
-        f"dq {(got.float() - ref.float()).abs().max().item():.2e} (|dq| <= {ref.float().abs().max().item():.2f})"
+        f"dq (64-row) {wide:.2e}",
+        f"dq (narrow) {(got.float() - ref.float()).abs().max().item():.2e} (|dq| <= {ref.float().abs().max().item():.2f})",
     ]
     ref = dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))
     for narrow in (True, False):
@@ -53,7 +56,8 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
     for name, fn in (
         ("dq, Triton", lambda: dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)),
         ("k, v copies", lambda: hopper.kv_tiles(k, v, geom)),
-        ("dq, Hopper", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
+        ("dq, Hopper, narrow tiles for partial cubes", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
+        ("dq, Hopper, 64-row tiles only", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc, narrow=False)),
         ("dkdv, Triton", lambda: dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))),
         ("query cube lists", lambda: query_cubes(idx)),
         ("q, dout copies + lse, delta", lambda: hopper.copy_tiles(q, dout, geom, stats=(lse, delta))),

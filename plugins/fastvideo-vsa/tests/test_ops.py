@@ -438,6 +438,29 @@ def test_query_cube_lists_match_transpose_selection(
             assert (count == 0).any()
 
 
+def test_selection_by_key_tile_width() -> None:
+    """The Hopper dq reads each query cube's selection whole cubes first, then cubes of at most 32 and
+    of at most 16 tokens, ascending within each, with the count of each; unchanged without ``narrow``."""
+    from fastvideo_vsa.ops.hopper import _by_width
+
+    geom = CubeGeometry((9, 10, 13))  # cubes of 64, 48, 32, 16, 12, 8 and 4 tokens
+    sizes = torch.tensor(geom.cube_sizes())
+    cls = (sizes <= 32).long() + (sizes <= 16).long()
+    gen = torch.Generator().manual_seed(6)
+    idx = torch.rand(2, 3, geom.num_cubes, geom.num_cubes, generator=gen).argsort(-1)[..., :7]
+    idx = idx.sort(-1).values.to(torch.int32)
+    ordered, widths = _by_width(idx, geom, narrow=True)
+    rows = idx.reshape(-1, 7)
+    ordered = ordered[: rows.numel()].view(-1, 7)
+    for row, got, n in zip(rows, ordered, widths, strict=True):
+        want = [c for k in range(3) for c in row.tolist() if cls[c] == k]
+        assert got.tolist() == want
+        assert n.tolist() == [int((cls[row.long()] == k).sum()) for k in range(3)]
+    plain, widths = _by_width(idx, geom, narrow=False)
+    assert torch.equal(plain[: rows.numel()].view(-1, 7), rows) and (widths[:, 0] == 7).all()
+    assert (widths[:, 1:] == 0).all()
+
+
 def test_plans_fall_back_to_the_sort_beyond_the_bit_matrix_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above ``SELECT_MAX_CUBES`` cubes :func:`plans` builds the query plan by sorting the selection:
     the same plan as the kernels'."""

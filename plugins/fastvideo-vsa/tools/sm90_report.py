@@ -87,13 +87,15 @@ def compile_gluon_sm90(fn, d: int, constexprs: dict):
             signature[name] = "constexpr"
         elif name in ("k_desc", "v_desc"):
             signature[name] = key_desc
+        elif name in ("k32_desc", "v32_desc", "k16_desc", "v16_desc"):
+            signature[name] = mangle_type(hopper._descriptors((tile,), rows=int(name[1:3]))[0])
         elif name.endswith("_desc"):
             signature[name] = desc
         elif name in ("Q", "DO", "G", "OUT", "DQ", "DK", "DV"):
             signature[name] = BF16
         elif name in ("OC", "LSE", "DELTA", "DQC", "LT", "DT", "DKC", "DVC"):
             signature[name] = F32
-        elif name in ("IDX", "ORDER", "LISTS", "COUNT"):
+        elif name in ("IDX", "ORDER", "LISTS", "COUNT", "WIDTHS"):
             signature[name] = I32
         elif name == "FIRST":
             signature[name] = "*i64"
@@ -119,7 +121,7 @@ def main() -> None:
                 (
                     "gluon dkdv narrow",
                     hopper._dkdv_narrow_kernel,
-                    {"D": d, "NK": nk, "HAS_COARSE": True, "NS": 3},
+                    {"D": d, "NK": nk, "HAS_COARSE": True, "NS": hopper.NARROW_STAGES[nk]},
                 )
                 for nk in hopper.NARROW_WIDTHS
             ),

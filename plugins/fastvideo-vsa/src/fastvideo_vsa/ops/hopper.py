@@ -305,50 +305,116 @@ if HAVE_GLUON:
         smem.store(x)
 
     @gluon.jit
-    def _ds_step(s, dp, lse, delta, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
-        """``dS = P * (dP - delta)`` of one key cube (compacted rows), ``P`` recomputed from the logits
-        and ``lse``."""
-        kvalid = (slots < cube_count(cube, T, HG, W, NCH, NCW)) & (step < TOPK)
+    def _ds_step(s, dp, lse, delta, cube, step, n, slots, qk_scale, T, HG, W, NCH, NCW):
+        """``dS = P * (dP - delta)`` of one key cube (compacted rows; steps from ``n`` on masked), ``P``
+        recomputed from the logits and ``lse``."""
+        kvalid = (slots < cube_count(cube, T, HG, W, NCH, NCW)) & (step < n)
         p = gl.where(kvalid[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
         return p * (dp - delta[:, None])
 
     @gluon.jit
-    def _load_tile(desc, ring, bars, cube, step, row0, LIMIT, SLOTS: gl.constexpr):
-        """TMA of the tile of key cube ``cube`` (``step``) into ring slot ``step % SLOTS``, for steps
-        below ``LIMIT``."""
+    def _rows_of(ring, step, NK: gl.constexpr, SLOTS: gl.constexpr):
+        """The first ``NK`` rows of ring slot ``step % SLOTS``."""
+        return ring.index(step % SLOTS).slice(0, NK)
+
+    @gluon.jit
+    def _load_rows(desc, ring, bars, cube, step, LIMIT, row0, NK: gl.constexpr, SLOTS: gl.constexpr):
+        """TMA of the first ``NK`` rows (``desc``'s box) of key cube ``cube``'s tile into ring slot
+        ``step % SLOTS``, for steps below ``LIMIT``."""
         ok = step < LIMIT
         bar = bars.index(step % SLOTS)
         mbarrier.expect(bar, desc.block_type.nbytes, pred=ok)
-        tma_load(desc, [row0 + cube * 64, 0], bar, ring.index(step % SLOTS), pred=ok)
+        tma_load(desc, [row0 + cube * 64, 0], bar, _rows_of(ring, step, NK, SLOTS), pred=ok)
 
     @gluon.jit
     def _wait_tile(bars, step, LIMIT, SLOTS: gl.constexpr):
         mbarrier.wait(bars.index(step % SLOTS), (step // SLOTS) & 1, pred=step < LIMIT)
 
     @gluon.jit
+    def _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n, s0, row0, lse, delta,
+                 dq, zero_s, qk_scale, T, HG, W, NCH, NCW, NK: gl.constexpr, D: gl.constexpr):  # fmt: skip
+        """dq over ``n`` key cubes of at most ``NK`` tokens (``idx_base[0:n]``, compacted rows), two per
+        iteration: the logits and dP of cube b run on the tensor cores while dS of cube a is formed,
+        dS_a @ K_a while dS_b is. Ring steps continue from ``s0`` (keys: 3 slots, values: 2); returns
+        ``(dq, steps issued)``, every issued load waited for."""
+        KS: gl.constexpr = 3
+        VS: gl.constexpr = 2
+        o_layout: gl.constexpr = _mma_layout(D)
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        slots = gl.arange(0, NK, layout=gl.SliceLayout(0, _mma_layout(NK)))
+        pairs = (n + 1) // 2
+        LIMIT = gl.where(n > 0, 2 * pairs + 1, 0)  # step 2 * pairs: logits computed, unused
+        last = gl.maximum(n, 1)
+        cube_a = _cube_of(idx_base, 0, last)
+        cube_b = _cube_of(idx_base, 1, last)
+        _load_rows(k_desc, k_smem, k_bars, cube_a, s0, s0 + LIMIT, row0, NK, KS)
+        _load_rows(v_desc, v_smem, v_bars, cube_a, s0, s0 + LIMIT, row0, NK, VS)
+        _load_rows(k_desc, k_smem, k_bars, cube_b, s0 + 1, s0 + LIMIT, row0, NK, KS)
+        _load_rows(v_desc, v_smem, v_bars, cube_b, s0 + 1, s0 + LIMIT, row0, NK, VS)
+        cube_c = _cube_of(idx_base, 2, last)
+        cube_d = _cube_of(idx_base, 3, last)
+        _wait_tile(k_bars, s0, s0 + LIMIT, KS)
+        _wait_tile(v_bars, s0, s0 + LIMIT, VS)
+        s_a = warpgroup_mma(
+            q_smem, _rows_of(k_smem, s0, NK, KS).permute((1, 0)), zero_s, use_acc=False, is_async=True
+        )
+        dp_a = warpgroup_mma(do_smem, _rows_of(v_smem, s0, NK, VS).permute((1, 0)), zero_s, use_acc=False,
+                             is_async=True)  # fmt: skip
+        s_a, dp_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a))
+        for i in range(pairs):
+            a = s0 + 2 * i  # ring step of cube a; 2 * i its place in the list
+            cube_e = _cube_of(idx_base, 2 * i + 4, last)
+            cube_f = _cube_of(idx_base, 2 * i + 5, last)
+            # K_{a-1} (read by dS @ K last iteration) and V_a (dP_a done) have left their slots
+            _load_rows(k_desc, k_smem, k_bars, cube_c, a + 2, s0 + LIMIT, row0, NK, KS)
+            _load_rows(v_desc, v_smem, v_bars, cube_c, a + 2, s0 + LIMIT, row0, NK, VS)
+            _wait_tile(k_bars, a + 1, s0 + LIMIT, KS)
+            _wait_tile(v_bars, a + 1, s0 + LIMIT, VS)
+            kb = _rows_of(k_smem, a + 1, NK, KS)
+            s_b = warpgroup_mma(q_smem, kb.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            dp_b = warpgroup_mma(do_smem, _rows_of(v_smem, a + 1, NK, VS).permute((1, 0)), zero_s, use_acc=False,
+                                 is_async=True)  # fmt: skip
+            ds = _ds_step(s_a, dp_a, lse, delta, cube_a, 2 * i, n, slots, qk_scale, T, HG, W, NCH, NCW)
+            s_b, dp_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b, dp_b))
+            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), _rows_of(k_smem, a, NK, KS), dq,
+                               is_async=True)  # fmt: skip
+            ds = _ds_step(s_b, dp_b, lse, delta, cube_b, 2 * i + 1, n, slots, qk_scale, T, HG, W, NCH, NCW)
+            _wait_tile(k_bars, a + 2, s0 + LIMIT, KS)
+            _wait_tile(v_bars, a + 2, s0 + LIMIT, VS)
+            s_a = warpgroup_mma(q_smem, _rows_of(k_smem, a + 2, NK, KS).permute((1, 0)), zero_s, use_acc=False,
+                                is_async=True)  # fmt: skip
+            dp_a = warpgroup_mma(do_smem, _rows_of(v_smem, a + 2, NK, VS).permute((1, 0)), zero_s, use_acc=False,
+                                 is_async=True)  # fmt: skip
+            dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq,))  # dS_a @ K_a done: K_a's slot is free
+            _load_rows(k_desc, k_smem, k_bars, cube_d, a + 3, s0 + LIMIT, row0, NK, KS)
+            _load_rows(v_desc, v_smem, v_bars, cube_d, a + 3, s0 + LIMIT, row0, NK, VS)  # V_{a+1}: dP_b done
+            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
+            s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
+            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
+        return dq, LIMIT
+
+    @gluon.jit
     def _dq_kernel(
-        Q, DO, k_desc, v_desc, LSE, DELTA, IDX, DQC, DQ,
+        Q, DO, k_desc, v_desc, k32_desc, v32_desc, k16_desc, v16_desc, LSE, DELTA, IDX, WIDTHS, DQC, DQ,
         sqb, sql, sqh, sdb, sdl, sdh, sxb, sxl, sxh,
         H, T, HG, W, NCH, NCW, L, C, TOPK,
         scale, qk_scale,
         D: gl.constexpr,
         HAS_COARSE: gl.constexpr,
     ):  # fmt: skip
-        """dq of one (query cube, batch x head) over its ``TOPK`` key cubes, two per iteration: the
-        logits and dP of cube b run on the tensor cores while dS of cube a is formed, dS_a @ K_a while
-        dS_b is. Keys in a ring of 3 (each is read again by dS @ K), values in a ring of 2."""
+        """dq of one (query cube, batch x head) over its ``TOPK`` key cubes (``IDX``: whole cubes first,
+        then those of at most 32 tokens, then at most 16; ``WIDTHS``: how many of each), one
+        :func:`_dq_pass` per tile width: 64, 32, 16 key rows."""
         KS: gl.constexpr = 3
         VS: gl.constexpr = 2
         cube_q = gl.program_id(0)
         bh = gl.program_id(1)
         b = (bh // H).to(gl.int64)
         h = bh % H
+        row = bh.to(gl.int64) * C + cube_q
 
-        s_layout: gl.constexpr = _mma_layout(64)  # 64 x 64 logits and dP (one key cube)
         o_layout: gl.constexpr = _mma_layout(D)  # 64 x D dq
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        s_rows: gl.constexpr = gl.SliceLayout(1, _mma_layout(64))
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
 
@@ -363,65 +429,31 @@ if HAVE_GLUON:
         for i in gl.static_range(VS):
             mbarrier.init(v_bars.index(i), count=1)
 
-        pairs = (TOPK + 1) // 2
-        LIMIT = 2 * pairs + 1
         row0 = bh * C * 64
-        idx_base = IDX + (bh.to(gl.int64) * C + cube_q) * TOPK
-        cube_a = _cube_of(idx_base, 0, TOPK)
-        cube_b = _cube_of(idx_base, 1, TOPK)
-        _load_tile(k_desc, k_smem, k_bars, cube_a, 0, row0, LIMIT, KS)
-        _load_tile(v_desc, v_smem, v_bars, cube_a, 0, row0, LIMIT, VS)
-        _load_tile(k_desc, k_smem, k_bars, cube_b, 1, row0, LIMIT, KS)
-        _load_tile(v_desc, v_smem, v_bars, cube_b, 1, row0, LIMIT, VS)
-        cube_c = _cube_of(idx_base, 2, TOPK)
-        cube_d = _cube_of(idx_base, 3, TOPK)
-
+        idx_base = IDX + row * TOPK
+        n64 = gl.load(WIDTHS + row * 3)
+        n32 = gl.load(WIDTHS + row * 3 + 1)
+        n16 = gl.load(WIDTHS + row * 3 + 2)
         qtok, qvalid = cube_tokens(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
         _rows_to_smem(Q, b * sqb + h * sqh, qtok, qvalid, sql, q_smem, D)
         _rows_to_smem(DO, b * sdb + h * sdh, qtok, qvalid, sdl, do_smem, D)
+        fence_async_shared()
+        dq = gl.zeros([64, D], gl.float32, layout=o_layout)
         lse = gl.load(LSE + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
         delta = gl.load(DELTA + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
-        fence_async_shared()
-
-        slots = gl.arange(0, 64, layout=s_cols)
-        dq = gl.zeros([64, D], gl.float32, layout=o_layout)
-        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
-
-        _wait_tile(k_bars, 0, LIMIT, KS)
-        _wait_tile(v_bars, 0, LIMIT, VS)
-        s_a = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        dp_a = warpgroup_mma(do_smem, v_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        s_a, dp_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a))
-        for i in range(pairs):
-            a = 2 * i
-            cube_e = _cube_of(idx_base, a + 4, TOPK)
-            cube_f = _cube_of(idx_base, a + 5, TOPK)
-            # K_{a-1} (read by dS @ K last iteration) and V_a (dP_a done) have left their slots
-            _load_tile(k_desc, k_smem, k_bars, cube_c, a + 2, row0, LIMIT, KS)
-            _load_tile(v_desc, v_smem, v_bars, cube_c, a + 2, row0, LIMIT, VS)
-            _wait_tile(k_bars, a + 1, LIMIT, KS)
-            _wait_tile(v_bars, a + 1, LIMIT, VS)
-            kb = k_smem.index((a + 1) % KS)
-            s_b = warpgroup_mma(q_smem, kb.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            dp_b = warpgroup_mma(do_smem, v_smem.index((a + 1) % VS).permute((1, 0)), zero_s, use_acc=False,
-                                 is_async=True)  # fmt: skip
-            ds = _ds_step(s_a, dp_a, lse, delta, cube_a, a, slots, qk_scale, T, HG, W, NCH, NCW, TOPK)
-            s_b, dp_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b, dp_b))
-            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), k_smem.index(a % KS), dq,
-                               is_async=True)  # fmt: skip
-            ds = _ds_step(s_b, dp_b, lse, delta, cube_b, a + 1, slots, qk_scale, T, HG, W, NCH, NCW, TOPK)
-            _wait_tile(k_bars, a + 2, LIMIT, KS)
-            _wait_tile(v_bars, a + 2, LIMIT, VS)
-            s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % KS).permute((1, 0)), zero_s, use_acc=False,
-                                is_async=True)  # fmt: skip
-            dp_a = warpgroup_mma(do_smem, v_smem.index((a + 2) % VS).permute((1, 0)), zero_s, use_acc=False,
-                                 is_async=True)  # fmt: skip
-            dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq,))  # dS_a @ K_a done: K_a's slot is free
-            _load_tile(k_desc, k_smem, k_bars, cube_d, a + 3, row0, LIMIT, KS)
-            _load_tile(v_desc, v_smem, v_bars, cube_d, a + 3, row0, LIMIT, VS)  # V_{a+1}: dP_b done
-            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
-            s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
-            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
+        zero = gl.zeros([64, 64], gl.float32, layout=_mma_layout(64))
+        dq, steps = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0,
+                             row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 64, D)  # fmt: skip
+        lse32 = gl.convert_layout(lse, gl.SliceLayout(1, _mma_layout(32)))
+        delta32 = gl.convert_layout(delta, gl.SliceLayout(1, _mma_layout(32)))
+        zero32 = gl.zeros([64, 32], gl.float32, layout=_mma_layout(32))
+        dq, more = _dq_pass(q_smem, do_smem, k32_desc, v32_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64,
+                            n32, steps, row0, lse32, delta32, dq, zero32, qk_scale, T, HG, W, NCH, NCW, 32, D)  # fmt: skip
+        lse16 = gl.convert_layout(lse, gl.SliceLayout(1, _mma_layout(16)))
+        delta16 = gl.convert_layout(delta, gl.SliceLayout(1, _mma_layout(16)))
+        zero16 = gl.zeros([64, 16], gl.float32, layout=_mma_layout(16))
+        dq, _ = _dq_pass(q_smem, do_smem, k16_desc, v16_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64 + n32,
+                         n16, steps + more, row0, lse16, delta16, dq, zero16, qk_scale, T, HG, W, NCH, NCW, 16, D)  # fmt: skip
         for i in gl.static_range(KS):
             mbarrier.invalidate(k_bars.index(i))
         for i in gl.static_range(VS):
@@ -432,7 +464,7 @@ if HAVE_GLUON:
         otok, ovalid = cube_tokens(cube_q, gl.arange(0, 64, layout=o_rows), T, HG, W, NCH, NCW)
         if HAS_COARSE:
             count = cube_count(cube_q, T, HG, W, NCH, NCW).to(gl.float32)
-            dqc = gl.load(DQC + (bh.to(gl.int64) * C + cube_q) * D + dd)
+            dqc = gl.load(DQC + row * D + dd)
             dq = dq + dqc[None, :] / count
         gl.store(DQ + b * sxb + h * sxh + otok[:, None] * sxl + dd[None, :], dq.to(DQ.dtype.element_ty),
                  mask=ovalid[:, None] & (dd < D)[None, :])  # fmt: skip
@@ -727,6 +759,26 @@ def fine_forward(
     return out, lse
 
 
+def _by_width(indices: torch.Tensor, geom: CubeGeometry, narrow: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query cube's selection reordered whole cubes first, then cubes of at most 32 tokens, then of at
+    most 16 (ascending within each; a few readable entries past the end), and how many of each
+    (``[B*H*C, 3]`` int32); with ``narrow`` False all count as whole."""
+    topk = indices.shape[-1]
+    flat = indices.reshape(-1, topk)
+    if not narrow:
+        widths = torch.zeros(flat.shape[0], 3, dtype=torch.int32, device=flat.device)
+        widths[:, 0] = topk
+        ordered = flat.to(torch.int32)
+    else:
+        cls = _width_classes(geom, flat.device)[0][flat.long()]
+        cubes = geom.num_cubes
+        ordered = (torch.sort(cls * cubes + flat, dim=-1).values % cubes).to(torch.int32)
+        widths = torch.nn.functional.one_hot(cls, 3).sum(-2, dtype=torch.int32)
+    padded = ordered.new_zeros(ordered.numel() + 8)
+    padded[: ordered.numel()] = ordered.flatten()
+    return padded, widths.contiguous()
+
+
 def dq_backward(
     q: torch.Tensor,
     kv_tiles: torch.Tensor,
@@ -737,15 +789,18 @@ def dq_backward(
     geom: CubeGeometry,
     scale: float,
     dqc: torch.Tensor | None = None,
+    narrow: bool = True,
 ) -> torch.Tensor:
     """``dq`` ``[B, L, H, D]`` of the fine stage (plus ``dqc[cube] / n_cube`` when given), the contract
-    of :func:`fastvideo_vsa.ops.triton_bwd.dq_backward`, from the cube-major copies of k and v
-    (:func:`copy_tiles`) and the selection; call only where :func:`supported` holds."""
+    of :func:`fastvideo_vsa.ops.triton_bwd.dq_backward`, from the compacted copies of k and v
+    (:func:`kv_tiles`) and the selection; call only where :func:`supported` holds. With ``narrow`` the
+    key cubes of at most 32 or 16 tokens run on tiles of that many key rows instead of 64."""
     batch, _, heads, dim = q.shape
     dq = q.new_empty(q.shape)
-    k_desc, v_desc = _descriptors(tuple(kv_tiles))
+    ordered, widths = _by_width(indices, geom, narrow)
+    descs = [d for rows in (64, 32, 16) for d in _descriptors(tuple(kv_tiles), rows=rows)]
     _dq_kernel[(geom.num_cubes, batch * heads)](
-        q, dout, k_desc, v_desc, lse, delta, indices.contiguous(), dqc if dqc is not None else lse, dq,
+        q, dout, *descs, lse, delta, ordered, widths, dqc if dqc is not None else lse, dq,
         *q.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
         heads, *geometry_args(geom), indices.shape[-1],
         scale, scale * LOG2E,
