@@ -305,93 +305,102 @@ if HAVE_GLUON:
         smem.store(x)
 
     @gluon.jit
-    def _ds_step(s, dp, lse, delta, cube, step, n, slots, qk_scale, T, HG, W, NCH, NCW):
-        """``dS = P * (dP - delta)`` of one key cube (compacted rows; steps from ``n`` on masked), ``P``
+    def _ds_step(s, dp, lse, delta, kvalid, qk_scale):
+        """``dS = P * (dP - delta)`` of one step's key columns (``kvalid``: which hold a token), ``P``
         recomputed from the logits and ``lse``."""
-        kvalid = (slots < cube_count(cube, T, HG, W, NCH, NCW)) & (step < n)
         p = gl.where(kvalid[None, :], gl.exp2(s * qk_scale - lse[:, None]), 0.0)
         return p * (dp - delta[:, None])
-
-    @gluon.jit
-    def _rows_of(ring, step, NK: gl.constexpr, SLOTS: gl.constexpr):
-        """The first ``NK`` rows of ring slot ``step % SLOTS``."""
-        return ring.index(step % SLOTS).slice(0, NK)
-
-    @gluon.jit
-    def _load_rows(desc, ring, bars, cube, step, LIMIT, row0, NK: gl.constexpr, SLOTS: gl.constexpr):
-        """TMA of the first ``NK`` rows (``desc``'s box) of key cube ``cube``'s tile into ring slot
-        ``step % SLOTS``, for steps below ``LIMIT``."""
-        ok = step < LIMIT
-        bar = bars.index(step % SLOTS)
-        mbarrier.expect(bar, desc.block_type.nbytes, pred=ok)
-        tma_load(desc, [row0 + cube * 64, 0], bar, _rows_of(ring, step, NK, SLOTS), pred=ok)
 
     @gluon.jit
     def _wait_tile(bars, step, LIMIT, SLOTS: gl.constexpr):
         mbarrier.wait(bars.index(step % SLOTS), (step // SLOTS) & 1, pred=step < LIMIT)
 
     @gluon.jit
-    def _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n, s0, row0, lse, delta,
-                 dq, zero_s, qk_scale, T, HG, W, NCH, NCW, NK: gl.constexpr, D: gl.constexpr):  # fmt: skip
-        """dq over ``n`` key cubes of at most ``NK`` tokens (``idx_base[0:n]``, compacted rows), two per
-        iteration: the logits and dP of cube b run on the tensor cores while dS of cube a is formed,
-        dS_a @ K_a while dS_b is. Ring steps continue from ``s0`` (keys: 3 slots, values: 2); returns
-        ``(dq, steps issued)``, every issued load waited for."""
+    def _group_mask(idx_base, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
+        """Which of the 64 key columns of step ``t`` hold a token: column ``c`` is row ``c % (64 / G)`` of
+        list entry ``t * G + c // (64 / G)`` (compacted rows)."""
+        e = t * G + cols // (64 // G)
+        cube = gl.load(idx_base + gl.minimum(e, n - 1))
+        return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
+
+    @gluon.jit
+    def _load_group(
+        desc, ring, bars, idx_base, t, n, step, LIMIT, row0, G: gl.constexpr, SLOTS: gl.constexpr
+    ):
+        """TMA of step ``t``'s ``G`` key cubes (list entries ``t * G ..``; the first ``64 / G`` rows of each,
+        ``desc``'s box) into ring slot ``step % SLOTS``, for ring steps below ``LIMIT``; entries past
+        ``n`` repeat the last (masked)."""
+        ok = step < LIMIT
+        bar = bars.index(step % SLOTS)
+        mbarrier.expect(bar, G * desc.block_type.nbytes, pred=ok)
+        for g in gl.static_range(G):
+            cube = gl.load(idx_base + gl.minimum(t * G + g, n - 1))
+            dst = ring.index(step % SLOTS).slice(g * (64 // G), 64 // G)
+            tma_load(desc, [row0 + cube * 64, 0], bar, dst, pred=ok)
+
+    @gluon.jit
+    def _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n, s0, LIMIT, row0,
+                 lse, delta, dq, zero_s, qk_scale, T, HG, W, NCH, NCW, G: gl.constexpr, D: gl.constexpr):  # fmt: skip
+        """dq over the ``n`` key cubes at ``idx_base`` (compacted rows; ``G`` cubes of at most ``64 / G``
+        tokens per 64-column step), two steps per iteration: the logits and dP of step b run on the
+        tensor cores while dS of step a is formed, dS_a @ K_a while dS_b is. Ring steps ``s0 ..
+        s0 + LIMIT`` (keys: 3 slots, values: 2), every one loaded and waited for."""
         KS: gl.constexpr = 3
         VS: gl.constexpr = 2
-        o_layout: gl.constexpr = _mma_layout(D)
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        slots = gl.arange(0, NK, layout=gl.SliceLayout(0, _mma_layout(NK)))
-        pairs = (n + 1) // 2
-        LIMIT = gl.where(n > 0, 2 * pairs + 1, 0)  # step 2 * pairs: logits computed, unused
-        last = gl.maximum(n, 1)
-        cube_a = _cube_of(idx_base, 0, last)
-        cube_b = _cube_of(idx_base, 1, last)
-        _load_rows(k_desc, k_smem, k_bars, cube_a, s0, s0 + LIMIT, row0, NK, KS)
-        _load_rows(v_desc, v_smem, v_bars, cube_a, s0, s0 + LIMIT, row0, NK, VS)
-        _load_rows(k_desc, k_smem, k_bars, cube_b, s0 + 1, s0 + LIMIT, row0, NK, KS)
-        _load_rows(v_desc, v_smem, v_bars, cube_b, s0 + 1, s0 + LIMIT, row0, NK, VS)
-        cube_c = _cube_of(idx_base, 2, last)
-        cube_d = _cube_of(idx_base, 3, last)
-        _wait_tile(k_bars, s0, s0 + LIMIT, KS)
-        _wait_tile(v_bars, s0, s0 + LIMIT, VS)
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_mma_layout(D), k_width=2)
+        cols = gl.arange(0, 64, layout=gl.SliceLayout(0, _mma_layout(64)))
+        end = s0 + LIMIT
+        pairs = (LIMIT - 1) // 2
+        _load_group(k_desc, k_smem, k_bars, idx_base, 0, n, s0, end, row0, G, KS)
+        _load_group(v_desc, v_smem, v_bars, idx_base, 0, n, s0, end, row0, G, VS)
+        _load_group(k_desc, k_smem, k_bars, idx_base, 1, n, s0 + 1, end, row0, G, KS)
+        _load_group(v_desc, v_smem, v_bars, idx_base, 1, n, s0 + 1, end, row0, G, VS)
+        _wait_tile(k_bars, s0, end, KS)
+        _wait_tile(v_bars, s0, end, VS)
         s_a = warpgroup_mma(
-            q_smem, _rows_of(k_smem, s0, NK, KS).permute((1, 0)), zero_s, use_acc=False, is_async=True
+            q_smem, k_smem.index(s0 % KS).permute((1, 0)), zero_s, use_acc=False, is_async=True
         )
-        dp_a = warpgroup_mma(do_smem, _rows_of(v_smem, s0, NK, VS).permute((1, 0)), zero_s, use_acc=False,
-                             is_async=True)  # fmt: skip
+        dp_a = warpgroup_mma(
+            do_smem, v_smem.index(s0 % VS).permute((1, 0)), zero_s, use_acc=False, is_async=True
+        )
         s_a, dp_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a))
         for i in range(pairs):
-            a = s0 + 2 * i  # ring step of cube a; 2 * i its place in the list
-            cube_e = _cube_of(idx_base, 2 * i + 4, last)
-            cube_f = _cube_of(idx_base, 2 * i + 5, last)
+            t = 2 * i  # the pass's step of a; ring step s0 + t
+            a = s0 + t
             # K_{a-1} (read by dS @ K last iteration) and V_a (dP_a done) have left their slots
-            _load_rows(k_desc, k_smem, k_bars, cube_c, a + 2, s0 + LIMIT, row0, NK, KS)
-            _load_rows(v_desc, v_smem, v_bars, cube_c, a + 2, s0 + LIMIT, row0, NK, VS)
-            _wait_tile(k_bars, a + 1, s0 + LIMIT, KS)
-            _wait_tile(v_bars, a + 1, s0 + LIMIT, VS)
-            kb = _rows_of(k_smem, a + 1, NK, KS)
+            _load_group(k_desc, k_smem, k_bars, idx_base, t + 2, n, a + 2, end, row0, G, KS)
+            _load_group(v_desc, v_smem, v_bars, idx_base, t + 2, n, a + 2, end, row0, G, VS)
+            _wait_tile(k_bars, a + 1, end, KS)
+            _wait_tile(v_bars, a + 1, end, VS)
+            kb = k_smem.index((a + 1) % KS)
             s_b = warpgroup_mma(q_smem, kb.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            dp_b = warpgroup_mma(do_smem, _rows_of(v_smem, a + 1, NK, VS).permute((1, 0)), zero_s, use_acc=False,
+            dp_b = warpgroup_mma(do_smem, v_smem.index((a + 1) % VS).permute((1, 0)), zero_s, use_acc=False,
                                  is_async=True)  # fmt: skip
-            ds = _ds_step(s_a, dp_a, lse, delta, cube_a, 2 * i, n, slots, qk_scale, T, HG, W, NCH, NCW)
+            mask = _group_mask(idx_base, t, n, cols, G, T, HG, W, NCH, NCW)
+            ds = _ds_step(s_a, dp_a, lse, delta, mask, qk_scale)
             s_b, dp_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b, dp_b))
-            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), _rows_of(k_smem, a, NK, KS), dq,
+            dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), k_smem.index(a % KS), dq,
                                is_async=True)  # fmt: skip
-            ds = _ds_step(s_b, dp_b, lse, delta, cube_b, 2 * i + 1, n, slots, qk_scale, T, HG, W, NCH, NCW)
-            _wait_tile(k_bars, a + 2, s0 + LIMIT, KS)
-            _wait_tile(v_bars, a + 2, s0 + LIMIT, VS)
-            s_a = warpgroup_mma(q_smem, _rows_of(k_smem, a + 2, NK, KS).permute((1, 0)), zero_s, use_acc=False,
+            mask = _group_mask(idx_base, t + 1, n, cols, G, T, HG, W, NCH, NCW)
+            ds = _ds_step(s_b, dp_b, lse, delta, mask, qk_scale)
+            _wait_tile(k_bars, a + 2, end, KS)
+            _wait_tile(v_bars, a + 2, end, VS)
+            s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % KS).permute((1, 0)), zero_s, use_acc=False,
                                 is_async=True)  # fmt: skip
-            dp_a = warpgroup_mma(do_smem, _rows_of(v_smem, a + 2, NK, VS).permute((1, 0)), zero_s, use_acc=False,
+            dp_a = warpgroup_mma(do_smem, v_smem.index((a + 2) % VS).permute((1, 0)), zero_s, use_acc=False,
                                  is_async=True)  # fmt: skip
             dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq,))  # dS_a @ K_a done: K_a's slot is free
-            _load_rows(k_desc, k_smem, k_bars, cube_d, a + 3, s0 + LIMIT, row0, NK, KS)
-            _load_rows(v_desc, v_smem, v_bars, cube_d, a + 3, s0 + LIMIT, row0, NK, VS)  # V_{a+1}: dP_b done
+            _load_group(k_desc, k_smem, k_bars, idx_base, t + 3, n, a + 3, end, row0, G, KS)
+            _load_group(v_desc, v_smem, v_bars, idx_base, t + 3, n, a + 3, end, row0, G, VS)  # dP_b done
             dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
             s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
-            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
-        return dq, LIMIT
+        return dq
+
+    @gluon.jit
+    def _ring_steps(n, G: gl.constexpr):
+        """Ring steps a :func:`_dq_pass` over ``n`` cubes, ``G`` a step, loads (0 when ``n`` is 0)."""
+        steps = (n + G - 1) // G
+        return gl.where(n > 0, 2 * ((steps + 1) // 2) + 1, 0)
 
     @gluon.jit
     def _dq_kernel(
@@ -403,8 +412,9 @@ if HAVE_GLUON:
         HAS_COARSE: gl.constexpr,
     ):  # fmt: skip
         """dq of one (query cube, batch x head) over its ``TOPK`` key cubes (``IDX``: whole cubes first,
-        then those of at most 32 tokens, then at most 16; ``WIDTHS``: how many of each), one
-        :func:`_dq_pass` per tile width: 64, 32, 16 key rows."""
+        then those of at most 32 tokens, then of at most 16; ``WIDTHS``: how many of each), one
+        :func:`_dq_pass` per kind: one whole cube, two or four smaller ones to a 64-column step (their
+        compacted rows, boxes of 32 or 16 rows)."""
         KS: gl.constexpr = 3
         VS: gl.constexpr = 2
         cube_q = gl.program_id(0)
@@ -442,18 +452,19 @@ if HAVE_GLUON:
         lse = gl.load(LSE + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
         delta = gl.load(DELTA + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
         zero = gl.zeros([64, 64], gl.float32, layout=_mma_layout(64))
-        dq, steps = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0,
-                             row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 64, D)  # fmt: skip
-        lse32 = gl.convert_layout(lse, gl.SliceLayout(1, _mma_layout(32)))
-        delta32 = gl.convert_layout(delta, gl.SliceLayout(1, _mma_layout(32)))
-        zero32 = gl.zeros([64, 32], gl.float32, layout=_mma_layout(32))
-        dq, more = _dq_pass(q_smem, do_smem, k32_desc, v32_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64,
-                            n32, steps, row0, lse32, delta32, dq, zero32, qk_scale, T, HG, W, NCH, NCW, 32, D)  # fmt: skip
-        lse16 = gl.convert_layout(lse, gl.SliceLayout(1, _mma_layout(16)))
-        delta16 = gl.convert_layout(delta, gl.SliceLayout(1, _mma_layout(16)))
-        zero16 = gl.zeros([64, 16], gl.float32, layout=_mma_layout(16))
-        dq, _ = _dq_pass(q_smem, do_smem, k16_desc, v16_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64 + n32,
-                         n16, steps + more, row0, lse16, delta16, dq, zero16, qk_scale, T, HG, W, NCH, NCW, 16, D)  # fmt: skip
+        # whole cubes one a step, cubes of <= 32 tokens two a step, of <= 16 four a step
+        lim64 = _ring_steps(n64, 1)
+        lim32 = _ring_steps(n32, 2)
+        lim16 = _ring_steps(n16, 4)
+        if n64 > 0:
+            dq = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0, lim64,
+                          row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 1, D)  # fmt: skip
+        if n32 > 0:
+            dq = _dq_pass(q_smem, do_smem, k32_desc, v32_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64, n32,
+                          lim64, lim32, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 2, D)  # fmt: skip
+        if n16 > 0:
+            dq = _dq_pass(q_smem, do_smem, k16_desc, v16_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64 + n32,
+                          n16, lim64 + lim32, lim16, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 4, D)  # fmt: skip
         for i in gl.static_range(KS):
             mbarrier.invalidate(k_bars.index(i))
         for i in gl.static_range(VS):
