@@ -134,6 +134,25 @@ def kv_tiles(k: torch.Tensor, v: torch.Tensor, geom: CubeGeometry) -> torch.Tens
     return copy_tiles(k, v, geom, compact=True)[0]
 
 
+@triton.jit
+def _by_width_kernel(IDX, CLS, OUT, WIDTHS, TOPK, BLOCK_K: tl.constexpr):
+    """One selection row: its key cubes by width class (0: whole, 1: <= 32 tokens, 2: <= 16), ascending
+    within each, and how many of each."""
+    row = tl.program_id(0).to(tl.int64)
+    t = tl.arange(0, BLOCK_K)
+    ok = t < TOPK
+    cube = tl.load(IDX + row * TOPK + t, mask=ok, other=0)
+    cls = tl.load(CLS + cube, mask=ok, other=3)
+    base = 0
+    for k in tl.static_range(3):
+        sel = (cls == k) & ok
+        pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
+        tl.store(OUT + row * TOPK + pos, cube, mask=sel)
+        n = tl.sum(sel.to(tl.int32), 0)
+        tl.store(WIDTHS + row * 3 + k, n)
+        base += n
+
+
 if HAVE_GLUON:
 
     @gluon.constexpr_function
@@ -319,9 +338,13 @@ if HAVE_GLUON:
     def _group_mask(idx_base, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
         """Which of the 64 key columns of step ``t`` hold a token: column ``c`` is row ``c % (64 / G)`` of
         list entry ``t * G + c // (64 / G)`` (compacted rows)."""
-        e = t * G + cols // (64 // G)
-        cube = gl.load(idx_base + gl.minimum(e, n - 1))
-        return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
+        if G == 1:
+            cube = gl.load(idx_base + gl.minimum(t, n - 1))
+            return (cols < cube_count(cube, T, HG, W, NCH, NCW)) & (t < n)
+        else:
+            e = t * G + cols // (64 // G)
+            cube = gl.load(idx_base + gl.minimum(e, n - 1))
+            return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
 
     @gluon.jit
     def _load_group(
@@ -776,18 +799,18 @@ def _by_width(indices: torch.Tensor, geom: CubeGeometry, narrow: bool) -> tuple[
     (``[B*H*C, 3]`` int32); with ``narrow`` False all count as whole."""
     topk = indices.shape[-1]
     flat = indices.reshape(-1, topk)
+    rows = flat.shape[0]
+    ordered = flat.new_zeros(rows * topk + 8, dtype=torch.int32)
+    widths = torch.zeros(rows, 3, dtype=torch.int32, device=flat.device)
     if not narrow:
-        widths = torch.zeros(flat.shape[0], 3, dtype=torch.int32, device=flat.device)
+        ordered[: rows * topk] = flat.flatten()
         widths[:, 0] = topk
-        ordered = flat.to(torch.int32)
-    else:
-        cls = _width_classes(geom, flat.device)[0][flat.long()]
-        cubes = geom.num_cubes
-        ordered = (torch.sort(cls * cubes + flat, dim=-1).values % cubes).to(torch.int32)
-        widths = torch.nn.functional.one_hot(cls, 3).sum(-2, dtype=torch.int32)
-    padded = ordered.new_zeros(ordered.numel() + 8)
-    padded[: ordered.numel()] = ordered.flatten()
-    return padded, widths.contiguous()
+        return ordered, widths
+    cls = _width_classes(geom, flat.device)[0]
+    block = max(16, triton.next_power_of_2(topk))
+    launch(_by_width_kernel, _by_width_kernel, (rows,), (flat.contiguous(), cls, ordered, widths, topk),
+           {"BLOCK_K": block}, {"num_warps": 4}, {})  # fmt: skip
+    return ordered, widths
 
 
 def dq_backward(
@@ -841,7 +864,10 @@ def _width_classes(geom: CubeGeometry, device: torch.device) -> tuple[torch.Tens
         cls = torch.zeros_like(sizes)
         for i, w in enumerate(widths[1:], start=1):
             cls[sizes <= w] = i
-        _CLASSES[key] = (cls.to(device), [int((cls == i).sum()) for i in range(len(widths))])
+        _CLASSES[key] = (
+            cls.to(device=device, dtype=torch.int32),
+            [int((cls == i).sum()) for i in range(len(widths))],
+        )
     cls, counts = _CLASSES[key]
     return cls, widths, counts
 
