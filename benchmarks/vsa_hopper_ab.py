@@ -56,7 +56,8 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
     for name, fn in (
         ("dq, Triton", lambda: dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)),
         ("k, v copies", lambda: hopper.kv_tiles(k, v, geom)),
-        ("dq, Hopper, narrow tiles for partial cubes", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
+        ("selection by key width (dq)", lambda: hopper._by_width(idx, geom, True)),
+        ("dq, Hopper, partial key cubes packed 2 or 4 to a step", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
         ("dq, Hopper, 64-row tiles only", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc, narrow=False)),
         ("dkdv, Triton", lambda: dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))),
         ("query cube lists", lambda: query_cubes(idx)),
