@@ -52,8 +52,18 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
         for name, a, b in zip(("dk", "dv"), got, ref, strict=True):
             diffs.append(f"{name} ({'narrow' if narrow else '64-row'}) {(a.float() - b.float()).abs().max().item():.2e} "
                          f"(|{name}| <= {b.float().abs().max().item():.2f})")  # fmt: skip
+    tiles3 = q.new_empty((3, q.shape[2] * geom.num_cubes * 64, DIM))
+    pool(q, k, v, geom, tiles=tiles3)
+    for narrow in (True, False):
+        got = hopper.fine_forward(q, tuple(tiles3), g, oc, idx, geom, scale, narrow=narrow)[0]
+        diffs.append(
+            f"out ({'packed' if narrow else '64-row'}) {(got.float() - out.float()).abs().max().item():.2e}"
+        )
     print(f"{tag}: Hopper vs Triton max |diff|: " + ", ".join(diffs))
     for name, fn in (
+        ("fine fwd, Triton", lambda: fine_forward(q, k, v, g, oc, key_plan, geom, scale)),
+        ("fine fwd, Hopper, partial key cubes packed", lambda: hopper.fine_forward(q, tuple(tiles3), g, oc, idx, geom, scale)),
+        ("fine fwd, Hopper, 64-row steps only", lambda: hopper.fine_forward(q, tuple(tiles3), g, oc, idx, geom, scale, narrow=False)),
         ("dq, Triton", lambda: dq_backward(q, k, v, dout, lse, delta, key_plan, geom, scale, dqc)),
         ("k, v copies", lambda: hopper.kv_tiles(k, v, geom)),
         ("selection by key width (dq)", lambda: hopper._by_width(idx, geom, True)),

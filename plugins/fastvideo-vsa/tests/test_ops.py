@@ -480,8 +480,9 @@ def test_plans_fall_back_to_the_sort_beyond_the_bit_matrix_limit(monkeypatch: py
 
 
 def test_pool_writes_cube_major_copies() -> None:
-    """``pool(tiles=...)``: the same cube means, plus q, k, v copied cube after cube (64 rows each,
-    slot order, zeros in the empty slots of partial cubes), as the Hopper fine stage reads them."""
+    """``pool(tiles=...)``: the same cube means, plus q, k, v copied cube after cube (64 rows each; q in
+    slot order, k and v compacted: each cube's tokens first; zeros in the rows a partial cube lacks), as
+    the Hopper fine stage reads them; likewise the backward's copies (``copy_tiles``)."""
     from fastvideo_vsa.ops.pooling import pool
 
     geom = CubeGeometry((5, 6, 7))
@@ -495,12 +496,12 @@ def test_pool_writes_cube_major_copies() -> None:
     assert torch.equal(means[0], plain[0]) and torch.equal(means[1], plain[1])
     from fastvideo_vsa.ops.hopper import copy_tiles
 
-    assert torch.equal(copy_tiles(k, v, geom)[0], tiles[1:])  # the backward's copies of k and v
+    assert torch.equal(copy_tiles(k, v, geom, compact=True)[0], tiles[1:])  # the backward's copies of k and v
     lse, delta = (
         torch.randn(2, 3, geom.num_tokens, generator=torch.Generator().manual_seed(i)) for i in (1, 2)
     )
     qk, lt, dt = copy_tiles(q, k, geom, stats=(lse.to(DEVICE), delta.to(DEVICE)))
-    assert torch.equal(qk, tiles[:2])
+    assert torch.equal(qk[0], tiles[0])
     compact = (
         copy_tiles(k, v, geom, compact=True)[0].cpu().view(2, 2, 3, c, 64, 32)
     )  # each cube's tokens first
@@ -518,7 +519,7 @@ def test_pool_writes_cube_major_copies() -> None:
     want_lse[:, :, cube_of * 64 + slot] = lse
     want_delta[:, :, cube_of * 64 + slot] = delta
     assert torch.equal(lt.cpu().view(2, 3, -1), want_lse) and torch.equal(dt.cpu().view(2, 3, -1), want_delta)
-    for x, got in zip((q, k, v), tiles, strict=True):
+    for x, got in ((q, tiles[0]), (k, qk[1])):  # slot order (k, v compacted: checked above)
         want = torch.zeros(2, 3, c * 64, 32, dtype=x.dtype)
         want[:, :, cube_of * 64 + slot] = x.cpu().permute(0, 2, 1, 3)
         assert torch.equal(got.cpu().view(2, 3, c * 64, 32), want)

@@ -178,11 +178,9 @@ if HAVE_GLUON:
         tma_load(v_desc, [row, 0], bar, v_smem.index(slot), pred=ok)
 
     @gluon.jit
-    def _softmax_step(s, m_i, l_i, cube, step, slots, qk_scale, T, HG, W, NCH, NCW, TOPK):
-        """Online-softmax update for the logits of one key cube (base-2 units); empty slots and steps
-        past the selection are masked."""
-        _, kvalid = cube_tokens(cube, slots, T, HG, W, NCH, NCW)
-        kvalid = kvalid & (step < TOPK)
+    def _softmax_step(s, m_i, l_i, kvalid, qk_scale):
+        """Online-softmax update for the logits of one step (base-2 units); columns not ``kvalid``
+        masked."""
         s = gl.where(kvalid[None, :], s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1))
         alpha = gl.exp2(m_i - m_new)
@@ -190,8 +188,101 @@ if HAVE_GLUON:
         return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
 
     @gluon.jit
+    def _group_mask(idx_base, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
+        """Which of the 64 key columns of step ``t`` hold a token: column ``c`` is row ``c % (64 / G)`` of
+        list entry ``t * G + c // (64 / G)`` (compacted rows)."""
+        if G == 1:
+            cube = gl.load(idx_base + gl.minimum(t, n - 1))
+            return (cols < cube_count(cube, T, HG, W, NCH, NCW)) & (t < n)
+        else:
+            e = t * G + cols // (64 // G)
+            cube = gl.load(idx_base + gl.minimum(e, n - 1))
+            return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
+
+    @gluon.jit
+    def _load_group(desc, ring, bars, idx_base, t, n, step, LIMIT, row0, G: gl.constexpr, SLOTS: gl.constexpr,
+                    desc2=None, ring2=None):  # fmt: skip
+        """TMA of step ``t``'s ``G`` key cubes (list entries ``t * G ..``; the first ``64 / G`` rows of each,
+        ``desc``'s box) into ring slot ``step % SLOTS`` (and from ``desc2`` into ``ring2`` on the same
+        barrier), for ring steps below ``LIMIT``; entries past ``n`` repeat the last (masked)."""
+        ok = step < LIMIT
+        bar = bars.index(step % SLOTS)
+        if desc2 is None:
+            mbarrier.expect(bar, G * desc.block_type.nbytes, pred=ok)
+        else:
+            mbarrier.expect(bar, 2 * G * desc.block_type.nbytes, pred=ok)
+        for g in gl.static_range(G):
+            cube = gl.load(idx_base + gl.minimum(t * G + g, n - 1))
+            rows = [row0 + cube * 64, 0]
+            tma_load(desc, rows, bar, ring.index(step % SLOTS).slice(g * (64 // G), 64 // G), pred=ok)
+            if desc2 is not None:
+                tma_load(desc2, rows, bar, ring2.index(step % SLOTS).slice(g * (64 // G), 64 // G), pred=ok)
+
+    @gluon.jit
+    def _ring_steps(n, G: gl.constexpr):
+        """Ring steps a pass over ``n`` cubes, ``G`` a step, loads (0 when ``n`` is 0): two steps an
+        iteration, plus the logits of one step past the last pair (computed, unused)."""
+        steps = (n + G - 1) // G
+        return gl.where(n > 0, 2 * ((steps + 1) // 2) + 1, 0)
+
+    @gluon.jit
+    def _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, n, s0, LIMIT, row0, m_i, l_i, acc,
+                  zero_s, qk_scale, T, HG, W, NCH, NCW, G: gl.constexpr, D: gl.constexpr, MODE: gl.constexpr):  # fmt: skip
+        """The online softmax over the ``n`` key cubes at ``idx_base`` (compacted rows; ``G`` cubes of at
+        most ``64 / G`` tokens per 64-column step), two steps per iteration; ring steps ``s0 ..
+        s0 + LIMIT``, every one loaded and waited for (``MODE`` 2: only the first two of the first pass)."""
+        NS: gl.constexpr = 3
+        o_layout: gl.constexpr = _mma_layout(D)
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        cols = gl.arange(0, 64, layout=gl.SliceLayout(0, _mma_layout(64)))
+        end = s0 + LIMIT
+        if MODE == 2:  # probe: the math alone, on tiles loaded once
+            end = gl.minimum(end, 2)
+        pairs = (LIMIT - 1) // 2
+        _load_group(k_desc, k_smem, bars, idx_base, 0, n, s0, end, row0, G, NS, v_desc, v_smem)
+        _load_group(k_desc, k_smem, bars, idx_base, 1, n, s0 + 1, end, row0, G, NS, v_desc, v_smem)
+        _wait_tile(bars, s0, end, NS)
+        s_a = warpgroup_mma(
+            q_smem, k_smem.index(s0 % NS).permute((1, 0)), zero_s, use_acc=False, is_async=True
+        )
+        s_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a,))
+        for i in range(pairs):
+            t = 2 * i  # the pass's step of a; ring step s0 + t
+            a = s0 + t
+            if MODE == 1:  # probe: the loads alone
+                _load_group(k_desc, k_smem, bars, idx_base, t + 2, n, a + 2, end, row0, G, NS, v_desc, v_smem)
+                _wait_tile(bars, a + 1, end, NS)
+                _wait_tile(bars, a + 2, end, NS)
+                _load_group(k_desc, k_smem, bars, idx_base, t + 3, n, a + 3, end, row0, G, NS, v_desc, v_smem)
+            else:
+                # the slot of step a - 1 is free (its P @ V completed last iteration): step a + 2
+                _load_group(k_desc, k_smem, bars, idx_base, t + 2, n, a + 2, end, row0, G, NS, v_desc, v_smem)
+                _wait_tile(bars, a + 1, end, NS)
+                s_b = warpgroup_mma(q_smem, k_smem.index((a + 1) % NS).permute((1, 0)), zero_s, use_acc=False,
+                                    is_async=True)  # fmt: skip
+                mask = _group_mask(idx_base, t, n, cols, G, T, HG, W, NCH, NCW)
+                p, alpha, m_i, l_i = _softmax_step(s_a, m_i, l_i, mask, qk_scale)
+                s_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b,))
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                acc = warpgroup_mma(gl.convert_layout(p.to(k_desc.dtype), p_layout), v_smem.index(a % NS), acc,
+                                    is_async=True)  # fmt: skip
+                mask = _group_mask(idx_base, t + 1, n, cols, G, T, HG, W, NCH, NCW)
+                p, alpha, m_i, l_i = _softmax_step(s_b, m_i, l_i, mask, qk_scale)
+                _wait_tile(bars, a + 2, end, NS)
+                s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % NS).permute((1, 0)), zero_s, use_acc=False,
+                                    is_async=True)  # fmt: skip
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # P_a @ V_a done: its slot is free
+                _load_group(k_desc, k_smem, bars, idx_base, t + 3, n, a + 3, end, row0, G, NS, v_desc, v_smem)
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                acc = warpgroup_mma(gl.convert_layout(p.to(k_desc.dtype), p_layout), v_smem.index((a + 1) % NS),
+                                    acc, is_async=True)  # fmt: skip
+                s_a, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, acc))
+        return m_i, l_i, acc
+
+    @gluon.jit
     def _fwd_kernel(
-        q_desc, k_desc, v_desc, G, OC, OUT, LSE, IDX,
+        q_desc, k_desc, v_desc, k32_desc, v32_desc, k16_desc, v16_desc, G, OC, OUT, LSE, IDX, WIDTHS,
         stride_gb, stride_gl, stride_gh,
         stride_ob, stride_ol, stride_oh,
         H, T, HG, W, NCH, NCW, L, C, TOPK,
@@ -200,18 +291,19 @@ if HAVE_GLUON:
         HAS_GATE: gl.constexpr,
         MODE: gl.constexpr = 0,
     ):  # fmt: skip
-        """One (query cube, batch x head) program over its ``TOPK`` key cubes, two per iteration."""
+        """One (query cube, batch x head) program over its ``TOPK`` key cubes (``IDX``: whole cubes first,
+        then those of at most 32 tokens, then of at most 16; ``WIDTHS``: how many of each), one
+        :func:`_fwd_pass` per kind: one whole cube, two or four smaller ones to a 64-column step."""
         NS: gl.constexpr = 3
         cube_q = gl.program_id(0)
         bh = gl.program_id(1)
         b = (bh // H).to(gl.int64)
         h = bh % H
+        row = bh.to(gl.int64) * C + cube_q
 
-        s_layout: gl.constexpr = _mma_layout(64)  # 64 x 64 logits (one key cube)
+        s_layout: gl.constexpr = _mma_layout(64)  # 64 x 64 logits (one step)
         o_layout: gl.constexpr = _mma_layout(D)  # 64 x D accumulator
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
 
@@ -224,66 +316,31 @@ if HAVE_GLUON:
         for i in gl.static_range(NS):
             mbarrier.init(bars.index(i), count=1)
 
-        pairs = (TOPK + 1) // 2
-        LIMIT = 2 * pairs + 1  # the last iteration also computes the logits of step 2 * pairs (unused)
-        if MODE == 2:  # probe: the math alone, on the first two tiles
-            LIMIT = 2
         row0 = bh * C * 64
-        idx_base = IDX + (bh.to(gl.int64) * C + cube_q) * TOPK
+        idx_base = IDX + row * TOPK
+        n64 = gl.load(WIDTHS + row * 3)
+        n32 = gl.load(WIDTHS + row * 3 + 1)
+        n16 = gl.load(WIDTHS + row * 3 + 2)
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma_load(q_desc, [row0 + cube_q * 64, 0], q_bar, q_smem)
-        for i in gl.static_range(NS - 1):
-            _load_step(k_desc, v_desc, k_smem, v_smem, bars, _cube_of(idx_base, i, TOPK), i, row0, LIMIT, NS)
-        # key cubes are loaded an iteration before they are needed: a, a+1 (masks), a+2, a+3 (TMA)
-        cube_a = _cube_of(idx_base, 0, TOPK)
-        cube_b = _cube_of(idx_base, 1, TOPK)
-        cube_c = _cube_of(idx_base, 2, TOPK)
-        cube_d = _cube_of(idx_base, 3, TOPK)
-
-        slots = gl.arange(0, 64, layout=s_cols)
         m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
         l_i = gl.zeros([64], gl.float32, layout=s_rows)
         acc = gl.zeros([64, D], gl.float32, layout=o_layout)
-        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
-
+        zero = gl.zeros([64, 64], gl.float32, layout=s_layout)
+        lim64 = _ring_steps(n64, 1)
+        lim32 = _ring_steps(n32, 2)
+        lim16 = _ring_steps(n16, 4)
         mbarrier.wait(q_bar, 0)
-        mbarrier.wait(bars.index(0), 0)
-        s_a = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        s_a = warpgroup_mma_wait(num_outstanding=0, deps=(s_a,))
-        for i in range(pairs):
-            a = 2 * i
-            cube_e = _cube_of(idx_base, a + 4, TOPK)
-            cube_f = _cube_of(idx_base, a + 5, TOPK)
-            if MODE == 1:  # probe: the loads alone
-                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_c, a + 2, row0, LIMIT, NS)
-                mbarrier.wait(bars.index((a + 1) % NS), ((a + 1) // NS) & 1)
-                mbarrier.wait(bars.index((a + 2) % NS), ((a + 2) // NS) & 1)
-                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_d, a + 3, row0, LIMIT, NS)
-            else:
-                # the slot of step a - 1 is free (its P @ V completed last iteration): step a + 2
-                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_c, a + 2, row0, LIMIT, NS)
-                mbarrier.wait(bars.index((a + 1) % NS), ((a + 1) // NS) & 1, pred=a + 1 < LIMIT)
-                s_b = warpgroup_mma(q_smem, k_smem.index((a + 1) % NS).permute((1, 0)), zero_s, use_acc=False,
-                                    is_async=True)  # fmt: skip
-                p, alpha, m_i, l_i = _softmax_step(
-                    s_a, m_i, l_i, cube_a, a, slots, qk_scale, T, HG, W, NCH, NCW, TOPK
-                )
-                s_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b,))
-                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                pv = gl.convert_layout(p.to(q_desc.dtype), p_layout)
-                acc = warpgroup_mma(pv, v_smem.index(a % NS), acc, is_async=True)
-                p, alpha, m_i, l_i = _softmax_step(s_b, m_i, l_i, cube_b, a + 1, slots, qk_scale, T, HG, W, NCH, NCW,
-                                                   TOPK)  # fmt: skip
-                mbarrier.wait(bars.index((a + 2) % NS), ((a + 2) // NS) & 1, pred=a + 2 < LIMIT)
-                s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % NS).permute((1, 0)), zero_s, use_acc=False,
-                                    is_async=True)  # fmt: skip
-                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # P_a @ V_a done: its slot is free
-                _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube_d, a + 3, row0, LIMIT, NS)
-                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                pv = gl.convert_layout(p.to(q_desc.dtype), p_layout)
-                acc = warpgroup_mma(pv, v_smem.index((a + 1) % NS), acc, is_async=True)
-                s_a, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, acc))
-            cube_a, cube_b, cube_c, cube_d = cube_c, cube_d, cube_e, cube_f
+        if n64 > 0:
+            m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, n64, 0, lim64, row0,
+                                      m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1, D, MODE)  # fmt: skip
+        if n32 > 0:
+            m_i, l_i, acc = _fwd_pass(q_smem, k32_desc, v32_desc, k_smem, v_smem, bars, idx_base + n64, n32, lim64,
+                                      lim32, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 2, D, MODE)  # fmt: skip
+        if n16 > 0:
+            m_i, l_i, acc = _fwd_pass(q_smem, k16_desc, v16_desc, k_smem, v_smem, bars, idx_base + n64 + n32, n16,
+                                      lim64 + lim32, lim16, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW,
+                                      4, D, MODE)  # fmt: skip
         mbarrier.invalidate(q_bar)
         for i in gl.static_range(NS):
             mbarrier.invalidate(bars.index(i))
@@ -333,33 +390,6 @@ if HAVE_GLUON:
     @gluon.jit
     def _wait_tile(bars, step, LIMIT, SLOTS: gl.constexpr):
         mbarrier.wait(bars.index(step % SLOTS), (step // SLOTS) & 1, pred=step < LIMIT)
-
-    @gluon.jit
-    def _group_mask(idx_base, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
-        """Which of the 64 key columns of step ``t`` hold a token: column ``c`` is row ``c % (64 / G)`` of
-        list entry ``t * G + c // (64 / G)`` (compacted rows)."""
-        if G == 1:
-            cube = gl.load(idx_base + gl.minimum(t, n - 1))
-            return (cols < cube_count(cube, T, HG, W, NCH, NCW)) & (t < n)
-        else:
-            e = t * G + cols // (64 // G)
-            cube = gl.load(idx_base + gl.minimum(e, n - 1))
-            return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
-
-    @gluon.jit
-    def _load_group(
-        desc, ring, bars, idx_base, t, n, step, LIMIT, row0, G: gl.constexpr, SLOTS: gl.constexpr
-    ):
-        """TMA of step ``t``'s ``G`` key cubes (list entries ``t * G ..``; the first ``64 / G`` rows of each,
-        ``desc``'s box) into ring slot ``step % SLOTS``, for ring steps below ``LIMIT``; entries past
-        ``n`` repeat the last (masked)."""
-        ok = step < LIMIT
-        bar = bars.index(step % SLOTS)
-        mbarrier.expect(bar, G * desc.block_type.nbytes, pred=ok)
-        for g in gl.static_range(G):
-            cube = gl.load(idx_base + gl.minimum(t * G + g, n - 1))
-            dst = ring.index(step % SLOTS).slice(g * (64 // G), 64 // G)
-            tma_load(desc, [row0 + cube * 64, 0], bar, dst, pred=ok)
 
     @gluon.jit
     def _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n, s0, LIMIT, row0,
@@ -418,12 +448,6 @@ if HAVE_GLUON:
             dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
             s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
         return dq
-
-    @gluon.jit
-    def _ring_steps(n, G: gl.constexpr):
-        """Ring steps a :func:`_dq_pass` over ``n`` cubes, ``G`` a step, loads (0 when ``n`` is 0)."""
-        steps = (n + G - 1) // G
-        return gl.where(n > 0, 2 * ((steps + 1) // 2) + 1, 0)
 
     @gluon.jit
     def _dq_kernel(
@@ -775,15 +799,21 @@ def fine_forward(
     geom: CubeGeometry,
     scale: float,
     mode: int = 0,
+    narrow: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, L, H, D], lse [B, H, L] fp32)``, the contract of
     :func:`fastvideo_vsa.ops.triton_fwd.fine_forward`, from the cube-major copies ``tiles`` of q, k, v
-    and the selection ``indices [B, H, C, topk]``; call only where :func:`supported` holds."""
+    (k and v compacted, as :func:`pooling.pool` writes them) and the selection ``indices [B, H, C,
+    topk]``; call only where :func:`supported` holds. With ``narrow`` two or four key cubes of at most
+    32 or 16 tokens share a step."""
     batch, _, heads, dim = q.shape
     out, lse, g, ocp = output_buffers(q, gate, oc)
     has_gate = gate is not None
+    ordered, widths = _by_width(indices, geom, narrow)
+    (q_desc,) = _descriptors(tiles[:1])
+    kv = [d for rows in (64, 32, 16) for d in _descriptors(tiles[1:], rows=rows)]
     _fwd_kernel[(geom.num_cubes, batch * heads)](
-        *_descriptors(tiles), g, ocp, out, lse, indices.contiguous(),
+        q_desc, *kv, g, ocp, out, lse, ordered, widths,
         g.stride(0), g.stride(1), g.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         heads, *geometry_args(geom), indices.shape[-1],

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from fastvideo_vsa.ops.geometry import CubeGeometry, run_table
-from fastvideo_vsa.ops.triton_fwd import cube_count, cube_tokens, d_pad, geometry_args, launch
+from fastvideo_vsa.ops.triton_fwd import compact_tokens, cube_count, cube_tokens, d_pad, geometry_args, launch
 
 # --------------------------------------------------------------------------------------------------
 # Configs
@@ -69,6 +69,9 @@ def _pool_kernel(
     tok, valid = cube_tokens(cube, rows, T, HG, W, NCH, NCW)
     count = cube_count(cube, T, HG, W, NCH, NCW).to(tl.float32)
     _pool_one(Q, QC, QT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sqb, sql, sqh, C, D, True, TILES)
+    # keys and values in compacted row order (the cube's tokens first): the tiles' layout, and the same
+    # summation order for the means whether or not tiles are written
+    tok, valid = compact_tokens(cube, rows, T, HG, W, NCH, NCW)
     _pool_one(K, KC, KT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, skb, skl, skh, C, D, True, TILES)
     if POOL_V or TILES:
         _pool_one(
@@ -198,9 +201,10 @@ def pool(
     """fp32 cube means ``[B, H, C, D]`` of ``q``, ``k`` and (when given and ``mean_v``) ``v``.
 
     :param tiles: a ``[3, B*H*C*64, D]`` buffer (q's dtype) that also receives cube-major copies of q,
-        k and ``v`` (required then): cube ``c`` of batch x head ``n`` in rows ``(n*C + c)*64 ..`` in
-        slot order, zeros in the empty slots of partial cubes (what :mod:`fastvideo_vsa.ops.hopper`
-        reads). The tokens are read once for both.
+        k and ``v`` (required then): cube ``c`` of batch x head ``n`` in rows ``(n*C + c)*64 ..``, q in
+        slot order, k and v compacted (the cube's tokens first, see
+        :func:`fastvideo_vsa.ops.triton_fwd.compact_tokens`), zeros in the rows a partial cube lacks
+        (what :mod:`fastvideo_vsa.ops.hopper` reads). The tokens are read once for both.
     """
     batch, _, heads, dim = q.shape
     shape = (batch, heads, geom.num_cubes, dim)
