@@ -188,23 +188,43 @@ if HAVE_GLUON:
         return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
 
     @gluon.jit
-    def _group_mask(idx_base, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
-        """Which of the 64 key columns of step ``t`` hold a token: column ``c`` is row ``c % (64 / G)`` of
-        list entry ``t * G + c // (64 / G)`` (compacted rows)."""
+    def _step_cubes(idx_base, t, n, G: gl.constexpr):
+        """The ``G`` key cubes of step ``t`` (a tuple): list entries ``t * G ..`` (past the list: its last
+        entry, masked)."""
+        c0 = gl.load(idx_base + gl.minimum(t * G, n - 1))
         if G == 1:
-            cube = gl.load(idx_base + gl.minimum(t, n - 1))
-            return (cols < cube_count(cube, T, HG, W, NCH, NCW)) & (t < n)
+            cubes = (c0,)
         else:
-            e = t * G + cols // (64 // G)
-            cube = gl.load(idx_base + gl.minimum(e, n - 1))
-            return (e < n) & (cols % (64 // G) < cube_count(cube, T, HG, W, NCH, NCW))
+            c1 = gl.load(idx_base + gl.minimum(t * G + 1, n - 1))
+            if G == 2:
+                cubes = (c0, c1)
+            else:
+                c2 = gl.load(idx_base + gl.minimum(t * G + 2, n - 1))
+                c3 = gl.load(idx_base + gl.minimum(t * G + 3, n - 1))
+                cubes = (c0, c1, c2, c3)
+        return cubes
 
     @gluon.jit
-    def _load_group(desc, ring, bars, idx_base, t, n, step, LIMIT, row0, G: gl.constexpr, SLOTS: gl.constexpr,
+    def _step_mask(cubes, t, n, cols, G: gl.constexpr, T, HG, W, NCH, NCW):
+        """Which of the 64 key columns of step ``t`` (key cubes ``cubes``) hold a token: column ``c`` is
+        row ``c % (64 / G)`` of the step's cube ``c // (64 / G)`` (compacted rows)."""
+        if G == 1:
+            return (cols < cube_count(cubes[0], T, HG, W, NCH, NCW)) & (t < n)
+        else:
+            group = cols // (64 // G)
+            count = gl.where(group == 0, cube_count(cubes[0], T, HG, W, NCH, NCW),
+                             cube_count(cubes[1], T, HG, W, NCH, NCW))  # fmt: skip
+            if G == 4:
+                count = gl.where(group == 2, cube_count(cubes[2], T, HG, W, NCH, NCW), count)
+                count = gl.where(group == 3, cube_count(cubes[3], T, HG, W, NCH, NCW), count)
+            return (t * G + group < n) & (cols % (64 // G) < count)
+
+    @gluon.jit
+    def _load_group(desc, ring, bars, cubes, step, LIMIT, row0, G: gl.constexpr, SLOTS: gl.constexpr,
                     desc2=None, ring2=None):  # fmt: skip
-        """TMA of step ``t``'s ``G`` key cubes (list entries ``t * G ..``; the first ``64 / G`` rows of each,
-        ``desc``'s box) into ring slot ``step % SLOTS`` (and from ``desc2`` into ``ring2`` on the same
-        barrier), for ring steps below ``LIMIT``; entries past ``n`` repeat the last (masked)."""
+        """TMA of a step's ``G`` key cubes (``cubes``; the first ``64 / G`` rows of each, ``desc``'s box)
+        into ring slot ``step % SLOTS`` (and from ``desc2`` into ``ring2`` on the same barrier), for ring
+        steps below ``LIMIT``."""
         ok = step < LIMIT
         bar = bars.index(step % SLOTS)
         if desc2 is None:
@@ -212,8 +232,7 @@ if HAVE_GLUON:
         else:
             mbarrier.expect(bar, 2 * G * desc.block_type.nbytes, pred=ok)
         for g in gl.static_range(G):
-            cube = gl.load(idx_base + gl.minimum(t * G + g, n - 1))
-            rows = [row0 + cube * 64, 0]
+            rows = [row0 + cubes[g] * 64, 0]
             tma_load(desc, rows, bar, ring.index(step % SLOTS).slice(g * (64 // G), 64 // G), pred=ok)
             if desc2 is not None:
                 tma_load(desc2, rows, bar, ring2.index(step % SLOTS).slice(g * (64 // G), 64 // G), pred=ok)
@@ -240,8 +259,13 @@ if HAVE_GLUON:
         if MODE == 2:  # probe: the math alone, on tiles loaded once
             end = gl.minimum(end, 2)
         pairs = (LIMIT - 1) // 2
-        _load_group(k_desc, k_smem, bars, idx_base, 0, n, s0, end, row0, G, NS, v_desc, v_smem)
-        _load_group(k_desc, k_smem, bars, idx_base, 1, n, s0 + 1, end, row0, G, NS, v_desc, v_smem)
+        # key cubes are read an iteration before they are needed: a, b (masks), c, d (TMA)
+        cubes_a = _step_cubes(idx_base, 0, n, G)
+        cubes_b = _step_cubes(idx_base, 1, n, G)
+        _load_group(k_desc, k_smem, bars, cubes_a, s0, end, row0, G, NS, v_desc, v_smem)
+        _load_group(k_desc, k_smem, bars, cubes_b, s0 + 1, end, row0, G, NS, v_desc, v_smem)
+        cubes_c = _step_cubes(idx_base, 2, n, G)
+        cubes_d = _step_cubes(idx_base, 3, n, G)
         _wait_tile(bars, s0, end, NS)
         s_a = warpgroup_mma(
             q_smem, k_smem.index(s0 % NS).permute((1, 0)), zero_s, use_acc=False, is_async=True
@@ -250,34 +274,37 @@ if HAVE_GLUON:
         for i in range(pairs):
             t = 2 * i  # the pass's step of a; ring step s0 + t
             a = s0 + t
+            cubes_e = _step_cubes(idx_base, t + 4, n, G)
+            cubes_f = _step_cubes(idx_base, t + 5, n, G)
             if MODE == 1:  # probe: the loads alone
-                _load_group(k_desc, k_smem, bars, idx_base, t + 2, n, a + 2, end, row0, G, NS, v_desc, v_smem)
+                _load_group(k_desc, k_smem, bars, cubes_c, a + 2, end, row0, G, NS, v_desc, v_smem)
                 _wait_tile(bars, a + 1, end, NS)
                 _wait_tile(bars, a + 2, end, NS)
-                _load_group(k_desc, k_smem, bars, idx_base, t + 3, n, a + 3, end, row0, G, NS, v_desc, v_smem)
+                _load_group(k_desc, k_smem, bars, cubes_d, a + 3, end, row0, G, NS, v_desc, v_smem)
             else:
                 # the slot of step a - 1 is free (its P @ V completed last iteration): step a + 2
-                _load_group(k_desc, k_smem, bars, idx_base, t + 2, n, a + 2, end, row0, G, NS, v_desc, v_smem)
+                _load_group(k_desc, k_smem, bars, cubes_c, a + 2, end, row0, G, NS, v_desc, v_smem)
                 _wait_tile(bars, a + 1, end, NS)
                 s_b = warpgroup_mma(q_smem, k_smem.index((a + 1) % NS).permute((1, 0)), zero_s, use_acc=False,
                                     is_async=True)  # fmt: skip
-                mask = _group_mask(idx_base, t, n, cols, G, T, HG, W, NCH, NCW)
+                mask = _step_mask(cubes_a, t, n, cols, G, T, HG, W, NCH, NCW)
                 p, alpha, m_i, l_i = _softmax_step(s_a, m_i, l_i, mask, qk_scale)
                 s_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b,))
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 acc = warpgroup_mma(gl.convert_layout(p.to(k_desc.dtype), p_layout), v_smem.index(a % NS), acc,
                                     is_async=True)  # fmt: skip
-                mask = _group_mask(idx_base, t + 1, n, cols, G, T, HG, W, NCH, NCW)
+                mask = _step_mask(cubes_b, t + 1, n, cols, G, T, HG, W, NCH, NCW)
                 p, alpha, m_i, l_i = _softmax_step(s_b, m_i, l_i, mask, qk_scale)
                 _wait_tile(bars, a + 2, end, NS)
                 s_a = warpgroup_mma(q_smem, k_smem.index((a + 2) % NS).permute((1, 0)), zero_s, use_acc=False,
                                     is_async=True)  # fmt: skip
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # P_a @ V_a done: its slot is free
-                _load_group(k_desc, k_smem, bars, idx_base, t + 3, n, a + 3, end, row0, G, NS, v_desc, v_smem)
+                _load_group(k_desc, k_smem, bars, cubes_d, a + 3, end, row0, G, NS, v_desc, v_smem)
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 acc = warpgroup_mma(gl.convert_layout(p.to(k_desc.dtype), p_layout), v_smem.index((a + 1) % NS),
                                     acc, is_async=True)  # fmt: skip
                 s_a, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, acc))
+            cubes_a, cubes_b, cubes_c, cubes_d = cubes_c, cubes_d, cubes_e, cubes_f
         return m_i, l_i, acc
 
     @gluon.jit
@@ -404,10 +431,14 @@ if HAVE_GLUON:
         cols = gl.arange(0, 64, layout=gl.SliceLayout(0, _mma_layout(64)))
         end = s0 + LIMIT
         pairs = (LIMIT - 1) // 2
-        _load_group(k_desc, k_smem, k_bars, idx_base, 0, n, s0, end, row0, G, KS)
-        _load_group(v_desc, v_smem, v_bars, idx_base, 0, n, s0, end, row0, G, VS)
-        _load_group(k_desc, k_smem, k_bars, idx_base, 1, n, s0 + 1, end, row0, G, KS)
-        _load_group(v_desc, v_smem, v_bars, idx_base, 1, n, s0 + 1, end, row0, G, VS)
+        cubes_a = _step_cubes(idx_base, 0, n, G)
+        cubes_b = _step_cubes(idx_base, 1, n, G)
+        _load_group(k_desc, k_smem, k_bars, cubes_a, s0, end, row0, G, KS)
+        _load_group(v_desc, v_smem, v_bars, cubes_a, s0, end, row0, G, VS)
+        _load_group(k_desc, k_smem, k_bars, cubes_b, s0 + 1, end, row0, G, KS)
+        _load_group(v_desc, v_smem, v_bars, cubes_b, s0 + 1, end, row0, G, VS)
+        cubes_c = _step_cubes(idx_base, 2, n, G)
+        cubes_d = _step_cubes(idx_base, 3, n, G)
         _wait_tile(k_bars, s0, end, KS)
         _wait_tile(v_bars, s0, end, VS)
         s_a = warpgroup_mma(
@@ -420,21 +451,23 @@ if HAVE_GLUON:
         for i in range(pairs):
             t = 2 * i  # the pass's step of a; ring step s0 + t
             a = s0 + t
+            cubes_e = _step_cubes(idx_base, t + 4, n, G)
+            cubes_f = _step_cubes(idx_base, t + 5, n, G)
             # K_{a-1} (read by dS @ K last iteration) and V_a (dP_a done) have left their slots
-            _load_group(k_desc, k_smem, k_bars, idx_base, t + 2, n, a + 2, end, row0, G, KS)
-            _load_group(v_desc, v_smem, v_bars, idx_base, t + 2, n, a + 2, end, row0, G, VS)
+            _load_group(k_desc, k_smem, k_bars, cubes_c, a + 2, end, row0, G, KS)
+            _load_group(v_desc, v_smem, v_bars, cubes_c, a + 2, end, row0, G, VS)
             _wait_tile(k_bars, a + 1, end, KS)
             _wait_tile(v_bars, a + 1, end, VS)
             kb = k_smem.index((a + 1) % KS)
             s_b = warpgroup_mma(q_smem, kb.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             dp_b = warpgroup_mma(do_smem, v_smem.index((a + 1) % VS).permute((1, 0)), zero_s, use_acc=False,
                                  is_async=True)  # fmt: skip
-            mask = _group_mask(idx_base, t, n, cols, G, T, HG, W, NCH, NCW)
+            mask = _step_mask(cubes_a, t, n, cols, G, T, HG, W, NCH, NCW)
             ds = _ds_step(s_a, dp_a, lse, delta, mask, qk_scale)
             s_b, dp_b = warpgroup_mma_wait(num_outstanding=0, deps=(s_b, dp_b))
             dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), k_smem.index(a % KS), dq,
                                is_async=True)  # fmt: skip
-            mask = _group_mask(idx_base, t + 1, n, cols, G, T, HG, W, NCH, NCW)
+            mask = _step_mask(cubes_b, t + 1, n, cols, G, T, HG, W, NCH, NCW)
             ds = _ds_step(s_b, dp_b, lse, delta, mask, qk_scale)
             _wait_tile(k_bars, a + 2, end, KS)
             _wait_tile(v_bars, a + 2, end, VS)
@@ -443,10 +476,11 @@ if HAVE_GLUON:
             dp_a = warpgroup_mma(do_smem, v_smem.index((a + 2) % VS).permute((1, 0)), zero_s, use_acc=False,
                                  is_async=True)  # fmt: skip
             dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq,))  # dS_a @ K_a done: K_a's slot is free
-            _load_group(k_desc, k_smem, k_bars, idx_base, t + 3, n, a + 3, end, row0, G, KS)
-            _load_group(v_desc, v_smem, v_bars, idx_base, t + 3, n, a + 3, end, row0, G, VS)  # dP_b done
+            _load_group(k_desc, k_smem, k_bars, cubes_d, a + 3, end, row0, G, KS)
+            _load_group(v_desc, v_smem, v_bars, cubes_d, a + 3, end, row0, G, VS)  # dP_b done
             dq = warpgroup_mma(gl.convert_layout(ds.to(k_desc.dtype), a_layout), kb, dq, is_async=True)
             s_a, dp_a, dq = warpgroup_mma_wait(num_outstanding=0, deps=(s_a, dp_a, dq))
+            cubes_a, cubes_b, cubes_c, cubes_d = cubes_c, cubes_d, cubes_e, cubes_f
         return dq
 
     @gluon.jit
