@@ -209,9 +209,11 @@ def vsa_stage_timings(
         stages["dq (Hopper)"] = lambda: hopper.dq_backward(
             q, kv_tiles, dout, lse, delta, idx, geom, scale, dqc
         )
-        stages["query cube lists (Hopper dkdv)"] = lambda: query_cubes(idx)
+        stages["query cube lists (Hopper dkdv)"] = lambda: query_cubes(
+            idx, hopper._width_classes(geom, q.device)[0]
+        )
         stages["copy q, dout tiles + lse, delta (bwd)"] = lambda: hopper.copy_tiles(
-            q, dout, geom, stats=(lse, delta)
+            q, dout, geom, stats=(lse, delta), compact=True
         )
         stages["dkdv (Hopper, with lists and copies)"] = lambda: hopper.dkdv_backward(
             q, kv_tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc)

@@ -70,8 +70,8 @@ def report(grid: tuple[int, int, int], sparsity: float, xs: list[torch.Tensor]) 
         ("dq, Hopper, partial key cubes packed 2 or 4 to a step", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc)),
         ("dq, Hopper, 64-row tiles only", lambda: hopper.dq_backward(q, tiles, dout, lse, delta, idx, geom, scale, dqc, narrow=False)),
         ("dkdv, Triton", lambda: dkdv_backward(q, k, v, dout, lse, delta, query_plan, geom, scale, (dkc, dvc))),
-        ("query cube lists", lambda: query_cubes(idx)),
-        ("q, dout copies + lse, delta", lambda: hopper.copy_tiles(q, dout, geom, stats=(lse, delta))),
+        ("query cube lists", lambda: query_cubes(idx, hopper._width_classes(geom, q.device)[0])),
+        ("q, dout copies + lse, delta", lambda: hopper.copy_tiles(q, dout, geom, stats=(lse, delta), compact=True)),
         *(
             (f"dkdv, Hopper, {'narrow tiles for partial cubes' if n else '64-row tiles only'} (with lists, copies)",
              lambda n=n: hopper.dkdv_backward(q, tiles, dout, lse, delta, idx, geom, scale, (dkc, dvc), narrow=n))

@@ -417,23 +417,38 @@ def test_query_cube_lists_match_transpose_selection(
     grid: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Hopper dk/dv pass's query-cube lists (from the selection's bit matrix, and from the sort
-    beyond ``SELECT_MAX_CUBES``) list, per key cube, the query cubes that selected it, ascending."""
+    beyond ``SELECT_MAX_CUBES``) list, per key cube, the query cubes that selected it: ascending, or
+    with classes by class, then ascending, with the count of each class."""
     from fastvideo_vsa.ops import pooling
 
     cubes = CubeGeometry(grid).num_cubes
     gen = torch.Generator().manual_seed(5)
+    classes = torch.randint(0, 3, (cubes,), generator=gen, dtype=torch.int32)
+    fused = pooling.SELECT_MAX_CUBES
     for topk in (1, 4, cubes):
         scores = torch.rand(2, 3, cubes, cubes, generator=gen)
         scores[..., : cubes // 3] -= 2.0  # rarely or never selected
         idx = scores.topk(topk, dim=-1).indices.sort(-1).values.to(torch.int32).to(DEVICE)
         ref_lists, offsets = (x.cpu().long() for x in pooling.transpose_selection(idx, cubes))
-        for limit in (pooling.SELECT_MAX_CUBES, cubes - 1):  # bit matrix, then the sort
+        ref = [ref_lists[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+        for limit, cls in (
+            (fused, None),
+            (fused, classes),
+            (cubes - 1, None),
+        ):
             monkeypatch.setattr(pooling, "SELECT_MAX_CUBES", limit)
-            lists, first, count = (x.cpu().long() for x in pooling.query_cubes(idx))
+            out = pooling.query_cubes(idx, cls.to(DEVICE) if cls is not None else None)
+            lists, first, count, widths = (x.cpu().long() for x in out)
             assert torch.equal(count, offsets[1:] - offsets[:-1]), (topk, limit)
-            assert lists.numel() > int(first[-1] + count[-1])  # one readable entry past the last
-            got = torch.cat([lists[f : f + n] for f, n in zip(first.tolist(), count.tolist(), strict=True)])
-            assert torch.equal(got, ref_lists), (topk, limit)
+            assert torch.equal(widths.sum(-1), count)
+            for f, n, w, want in zip(first.tolist(), count.tolist(), widths.tolist(), ref, strict=True):
+                got = lists[f : f + n]
+                if cls is None:
+                    assert torch.equal(got, want) and w == [n, 0, 0], (topk, limit)
+                else:
+                    by_class = [want[cls[want] == k] for k in range(3)]
+                    assert torch.equal(got, torch.cat(by_class)), (topk, limit)
+                    assert w == [x.numel() for x in by_class]
         if topk == 1:
             assert (count == 0).any()
 

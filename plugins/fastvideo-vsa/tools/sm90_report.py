@@ -87,15 +87,26 @@ def compile_gluon_sm90(fn, d: int, constexprs: dict):
             signature[name] = "constexpr"
         elif name in ("k_desc", "v_desc"):
             signature[name] = key_desc
-        elif name in ("k32_desc", "v32_desc", "k16_desc", "v16_desc"):
-            signature[name] = mangle_type(hopper._descriptors((tile,), rows=int(name[1:3]))[0])
+        elif name in (
+            "k32_desc",
+            "v32_desc",
+            "k16_desc",
+            "v16_desc",
+            "q32_desc",
+            "do32_desc",
+            "q16_desc",
+            "do16_desc",
+        ):
+            signature[name] = mangle_type(
+                hopper._descriptors((tile,), rows=int("".join(ch for ch in name if ch.isdigit())))[0]
+            )
         elif name.endswith("_desc"):
             signature[name] = desc
         elif name in ("Q", "DO", "G", "OUT", "DQ", "DK", "DV"):
             signature[name] = BF16
         elif name in ("OC", "LSE", "DELTA", "DQC", "LT", "DT", "DKC", "DVC"):
             signature[name] = F32
-        elif name in ("IDX", "ORDER", "LISTS", "COUNT", "WIDTHS"):
+        elif name in ("IDX", "ORDER", "LISTS", "COUNT", "WIDTHS", "QW"):
             signature[name] = I32
         elif name == "FIRST":
             signature[name] = "*i64"

@@ -161,23 +161,6 @@ if HAVE_GLUON:
         return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
     @gluon.jit
-    def _cube_of(idx_base, step, TOPK):
-        """The key cube of ``step``; steps past the selection repeat the last one (masked later)."""
-        return gl.load(idx_base + gl.minimum(step, TOPK - 1))
-
-    @gluon.jit
-    def _load_step(k_desc, v_desc, k_smem, v_smem, bars, cube, step, row0, LIMIT, NS: gl.constexpr):
-        """TMA of the key and value tiles of ``step`` (key cube ``cube``) into ring slot ``step % NS``,
-        for steps below ``LIMIT``."""
-        ok = step < LIMIT
-        row = row0 + cube * 64
-        slot = step % NS
-        bar = bars.index(slot)
-        mbarrier.expect(bar, 2 * k_desc.block_type.nbytes, pred=ok)
-        tma_load(k_desc, [row, 0], bar, k_smem.index(slot), pred=ok)
-        tma_load(v_desc, [row, 0], bar, v_smem.index(slot), pred=ok)
-
-    @gluon.jit
     def _softmax_step(s, m_i, l_i, kvalid, qk_scale):
         """Online-softmax update for the logits of one step (base-2 units); columns not ``kvalid``
         masked."""
@@ -565,8 +548,70 @@ if HAVE_GLUON:
 if HAVE_GLUON:
 
     @gluon.jit
+    def _query_rows(base, cubes, t, n, slots, G: gl.constexpr):
+        """Rows of the cube-major copies (and their lse / delta) behind step ``t``'s 64 query slots
+        (``slots``, 0..63 in the layout wanted): slot ``c`` is row ``c % (64 / G)`` of the step's query cube
+        ``c // (64 / G)`` (compacted rows); and whether the slot's list entry exists."""
+        if G == 1:
+            return (base + cubes[0]) * 64 + slots, t < n
+        else:
+            group = slots // (64 // G)
+            cube = gl.where(group == 0, cubes[0], cubes[1])
+            if G == 4:
+                cube = gl.where(group == 2, cubes[2], cube)
+                cube = gl.where(group == 3, cubes[3], cube)
+            return (base + cube) * 64 + slots % (64 // G), t * G + group < n
+
+    @gluon.jit
+    def _dkdv_wide_pass(k_smem, v_smem, q_desc, do_desc, q_smem, do_smem, bars, LT, DT, base, lists, n, s0, row0,
+                        dk, dv, zero_s, qk_scale, G: gl.constexpr, NS: gl.constexpr, D: gl.constexpr):  # fmt: skip
+        """dk, dv of a 64-row key tile over the ``n`` query cubes at ``lists`` (``G`` to a step of 64 query
+        slots); ring steps from ``s0``, ``NS - 1`` ahead, every one loaded and waited for."""
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=_mma_layout(D), k_width=2)
+        slots = gl.arange(0, 64, layout=gl.SliceLayout(0, _mma_layout(64)))
+        steps = (n + G - 1) // G
+        end = s0 + steps
+        # query cubes of steps j, j + 1, j + 2 (clamped to the list; loads past the end are predicated off)
+        cubes0 = _step_cubes(lists, 0, n, G)
+        cubes1 = _step_cubes(lists, 1, n, G)
+        cubes2 = _step_cubes(lists, 2, n, G)
+        _load_group(q_desc, q_smem, bars, cubes0, s0, end, row0, G, NS, do_desc, do_smem)
+        if NS == 3:
+            _load_group(q_desc, q_smem, bars, cubes1, s0 + 1, end, row0, G, NS, do_desc, do_smem)
+        for j in range(steps):
+            r = s0 + j
+            cubes3 = _step_cubes(lists, j + 3, n, G)
+            # the slot of step r - 1 is free (its matmuls completed last iteration)
+            if NS == 2:
+                _load_group(q_desc, q_smem, bars, cubes1, r + 1, end, row0, G, NS, do_desc, do_smem)
+            else:
+                _load_group(q_desc, q_smem, bars, cubes2, r + 2, end, row0, G, NS, do_desc, do_smem)
+            rows, ok = _query_rows(base, cubes0, j, n, slots, G)
+            lse = gl.where(ok, gl.load(LT + rows), float("inf"))
+            slot = r % NS
+            mbarrier.wait(bars.index(slot), (r // NS) & 1)
+            st = warpgroup_mma(
+                k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True
+            )
+            dpt = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False,
+                                is_async=True)  # fmt: skip
+            st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+            pt = gl.exp2(st * qk_scale - lse[None, :])  # empty query slots: lse = +inf, p = 0
+            delta = gl.load(DT + rows)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(q_desc.dtype), a_layout), do_smem.index(slot), dv,
+                               is_async=True)  # fmt: skip
+            dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))
+            dst = pt * (dpt - delta[None, :])
+            dk = warpgroup_mma(gl.convert_layout(dst.to(q_desc.dtype), a_layout), q_smem.index(slot), dk,
+                               is_async=True)  # fmt: skip
+            dv, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk))
+            cubes0, cubes1, cubes2 = cubes1, cubes2, cubes3
+        return dk, dv
+
+    @gluon.jit
     def _dkdv_kernel(
-        q_desc, do_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, COUNT, DKC, DVC, DK, DV,
+        q_desc, do_desc, q32_desc, do32_desc, q16_desc, do16_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, QW,
+        DKC, DVC, DK, DV,
         sxb, sxl, sxh,
         H, T, HG, W, NCH, NCW, L, C,
         scale, qk_scale,
@@ -575,19 +620,18 @@ if HAVE_GLUON:
         NS: gl.constexpr = 2,
     ):  # fmt: skip
         """dk and dv of one (batch x head, key cube) segment (``ORDER``: segments by decreasing work)
-        over the query cubes that selected it; q and dO tiles in a ring of ``NS``, filled ``NS - 1``
-        steps ahead, each step's four matmuls done before the next step's (two programs share an SM
-        at ``NS = 2``, and overlap each other's)."""
+        over the query cubes that selected it (``LISTS``: whole cubes first, then those of at most 32
+        tokens, then of at most 16; ``QW``: how many of each): one, two or four query cubes to a step
+        (compacted copies of q and dout, boxes of 64, 32 or 16 rows); q and dO tiles in a ring of
+        ``NS``, filled ``NS - 1`` steps ahead, each step's four matmuls done before the next step's (two
+        programs share an SM at ``NS = 2``, and overlap each other's)."""
         seg = gl.load(ORDER + gl.program_id(0))
         bh = seg // C
         cube_k = seg - bh * C
         b = (bh // H).to(gl.int64)
         h = bh % H
 
-        s_layout: gl.constexpr = _mma_layout(64)  # 64 keys x 64 query slots: S^T, dP^T
         o_layout: gl.constexpr = _mma_layout(D)  # 64 x D: dk, dv
-        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         o_cols: gl.constexpr = gl.SliceLayout(0, o_layout)
 
@@ -602,51 +646,29 @@ if HAVE_GLUON:
             mbarrier.init(bars.index(i), count=1)
 
         row0 = bh * C * 64
-        n = gl.load(COUNT + seg)
         lists = LISTS + gl.load(FIRST + seg)
+        n64 = gl.load(QW + seg * 3)
+        n32 = gl.load(QW + seg * 3 + 1)
+        n16 = gl.load(QW + seg * 3 + 2)
         mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
         tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
         tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
-        # query cubes of steps j, j + 1, j + 2 (clamped to the list; loads past n are predicated off)
-        c0 = gl.load(lists)
-        c1 = _cube_of(lists, 1, gl.maximum(n, 1))
-        c2 = _cube_of(lists, 2, gl.maximum(n, 1))
-        _load_step(q_desc, do_desc, q_smem, do_smem, bars, c0, 0, row0, n, NS)
-        if NS == 3:
-            _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, 1, row0, n, NS)
-
-        slots = gl.arange(0, 64, layout=s_cols)
         dk = gl.zeros([64, D], gl.float32, layout=o_layout)
         dv = gl.zeros([64, D], gl.float32, layout=o_layout)
-        zero_s = gl.zeros([64, 64], gl.float32, layout=s_layout)
+        zero_s = gl.zeros([64, 64], gl.float32, layout=_mma_layout(64))
+        base = bh * C
+        s32 = n64
+        s16 = s32 + (n32 + 1) // 2
         mbarrier.wait(kv_bar, 0)
-        for j in range(n):
-            c3 = _cube_of(lists, j + 3, n)
-            # the slot of step j - 1 is free (its matmuls completed last iteration)
-            if NS == 2:
-                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, j + 1, row0, n, NS)
-            else:
-                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c2, j + 2, row0, n, NS)
-            stats = (bh.to(gl.int64) * C + c0) * 64 + slots
-            lse = gl.load(LT + stats)
-            slot = j % NS
-            mbarrier.wait(bars.index(slot), (j // NS) & 1)
-            st = warpgroup_mma(
-                k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True
-            )
-            dpt = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False,
-                                is_async=True)  # fmt: skip
-            st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
-            pt = gl.exp2(st * qk_scale - lse[None, :])  # empty query slots: lse = +inf, p = 0
-            delta = gl.load(DT + stats)
-            dv = warpgroup_mma(gl.convert_layout(pt.to(q_desc.dtype), a_layout), do_smem.index(slot), dv,
-                               is_async=True)  # fmt: skip
-            dpt = warpgroup_mma_wait(num_outstanding=1, deps=(dpt,))
-            dst = pt * (dpt - delta[None, :])
-            dk = warpgroup_mma(gl.convert_layout(dst.to(q_desc.dtype), a_layout), q_smem.index(slot), dk,
-                               is_async=True)  # fmt: skip
-            dv, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dv, dk))
-            c0, c1, c2 = c1, c2, c3
+        if n64 > 0:
+            dk, dv = _dkdv_wide_pass(k_smem, v_smem, q_desc, do_desc, q_smem, do_smem, bars, LT, DT, base, lists, n64,
+                                     0, row0, dk, dv, zero_s, qk_scale, 1, NS, D)  # fmt: skip
+        if n32 > 0:
+            dk, dv = _dkdv_wide_pass(k_smem, v_smem, q32_desc, do32_desc, q_smem, do_smem, bars, LT, DT, base,
+                                     lists + n64, n32, s32, row0, dk, dv, zero_s, qk_scale, 2, NS, D)  # fmt: skip
+        if n16 > 0:
+            dk, dv = _dkdv_wide_pass(k_smem, v_smem, q16_desc, do16_desc, q_smem, do_smem, bars, LT, DT, base,
+                                     lists + n64 + n32, n16, s16, row0, dk, dv, zero_s, qk_scale, 4, NS, D)  # fmt: skip
         mbarrier.invalidate(kv_bar)
         for i in gl.static_range(NS):
             mbarrier.invalidate(bars.index(i))
@@ -664,12 +686,58 @@ if HAVE_GLUON:
         gl.store(DK + out, dk.to(DK.dtype.element_ty), mask=mask)
         gl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask)
 
-
-if HAVE_GLUON:
+    @gluon.jit
+    def _dkdv_narrow_pass(k_smem, v_smem, q_desc, do_desc, q_smem, do_smem, p_smem, ds_smem, bars, LT, DT, base,
+                          lists, n, s0, row0, dk0, dv0, dk1, dv1, zero, qk_scale, G: gl.constexpr, NS: gl.constexpr,
+                          NK: gl.constexpr, D: gl.constexpr):  # fmt: skip
+        """dK^T, dV^T (two 64-row halves of the head dim) of an ``NK``-row key tile over the ``n`` query
+        cubes at ``lists`` (``G`` to a step of 64 query slots); ring steps from ``s0``."""
+        slots = gl.arange(0, 64, layout=gl.SliceLayout(1, _mma_layout(NK)))
+        steps = (n + G - 1) // G
+        end = s0 + steps
+        cubes0 = _step_cubes(lists, 0, n, G)
+        cubes1 = _step_cubes(lists, 1, n, G)
+        cubes2 = _step_cubes(lists, 2, n, G)
+        _load_group(q_desc, q_smem, bars, cubes0, s0, end, row0, G, NS, do_desc, do_smem)
+        if NS == 3:
+            _load_group(q_desc, q_smem, bars, cubes1, s0 + 1, end, row0, G, NS, do_desc, do_smem)
+        for j in range(steps):
+            r = s0 + j
+            cubes3 = _step_cubes(lists, j + 3, n, G)
+            if NS == 2:
+                _load_group(q_desc, q_smem, bars, cubes1, r + 1, end, row0, G, NS, do_desc, do_smem)
+            else:
+                _load_group(q_desc, q_smem, bars, cubes2, r + 2, end, row0, G, NS, do_desc, do_smem)
+            rows, ok = _query_rows(base, cubes0, j, n, slots, G)
+            lse = gl.where(ok, gl.load(LT + rows), float("inf"))
+            slot = r % NS
+            qt = q_smem.index(slot)
+            dot = do_smem.index(slot)
+            mbarrier.wait(bars.index(slot), (r // NS) & 1)
+            s = warpgroup_mma(qt, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+            dp = warpgroup_mma(dot, v_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            p = gl.exp2(s * qk_scale - lse[:, None])  # empty query slots: lse = +inf, p = 0
+            p_smem.store(p.to(q_desc.dtype))
+            delta = gl.load(DT + rows)
+            dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+            ds_smem.store((p * (dp - delta[:, None])).to(q_desc.dtype))
+            fence_async_shared()
+            dv0 = warpgroup_mma(dot.slice(0, 64, dim=1).permute((1, 0)), p_smem, dv0, is_async=True)
+            dk0 = warpgroup_mma(qt.slice(0, 64, dim=1).permute((1, 0)), ds_smem, dk0, is_async=True)
+            if D == 128:
+                dv1 = warpgroup_mma(dot.slice(64, 64, dim=1).permute((1, 0)), p_smem, dv1, is_async=True)
+                dk1 = warpgroup_mma(qt.slice(64, 64, dim=1).permute((1, 0)), ds_smem, dk1, is_async=True)
+                dv0, dk0, dv1, dk1 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0, dv1, dk1))
+            else:
+                dv0, dk0 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0))
+            cubes0, cubes1, cubes2 = cubes1, cubes2, cubes3
+        return dk0, dv0, dk1, dv1
 
     @gluon.jit
     def _dkdv_narrow_kernel(
-        q_desc, do_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, COUNT, DKC, DVC, DK, DV,
+        q_desc, do_desc, q32_desc, do32_desc, q16_desc, do16_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, QW,
+        DKC, DVC, DK, DV,
         sxb, sxl, sxh,
         H, T, HG, W, NCH, NCW, L, C,
         scale, qk_scale,
@@ -682,13 +750,13 @@ if HAVE_GLUON:
         """dk and dv of a key cube of at most ``NK`` tokens (its compacted rows ``0..NK``), transposed so
         that no matmul spans the empty rows: per step ``S = Q K^T`` and ``dP = dO V^T`` (64 query slots x
         ``NK`` keys), then ``dV^T += dO^T P`` and ``dK^T += Q^T dS`` in 64-row halves of the head dim,
-        P and dS through shared memory. Same lists, order and ring as :func:`_dkdv_kernel`."""
+        P and dS through shared memory. Same lists, query packing, order and ring as
+        :func:`_dkdv_kernel`."""
         seg = gl.load(ORDER + gl.program_id(0))
         bh = seg // C
         cube_k = seg - bh * C
         b = (bh // H).to(gl.int64)
         h = bh % H
-        HALVES: gl.constexpr = D // 64
 
         n_layout: gl.constexpr = _mma_layout(NK)  # 64 x NK: S, dP, and each half of dK^T, dV^T
         n_rows: gl.constexpr = gl.SliceLayout(1, n_layout)
@@ -707,64 +775,44 @@ if HAVE_GLUON:
             mbarrier.init(bars.index(i), count=1)
 
         row0 = bh * C * 64
-        n = gl.load(COUNT + seg)
         lists = LISTS + gl.load(FIRST + seg)
+        n64 = gl.load(QW + seg * 3)
+        n32 = gl.load(QW + seg * 3 + 1)
+        n16 = gl.load(QW + seg * 3 + 2)
         mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
         tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
         tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
-        c0 = gl.load(lists)
-        c1 = _cube_of(lists, 1, gl.maximum(n, 1))
-        c2 = _cube_of(lists, 2, gl.maximum(n, 1))
-        _load_step(q_desc, do_desc, q_smem, do_smem, bars, c0, 0, row0, n, NS)
-        if NS == 3:
-            _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, 1, row0, n, NS)
-
-        slots = gl.arange(0, 64, layout=n_rows)
         zero = gl.zeros([64, NK], gl.float32, layout=n_layout)
         dk0 = gl.zeros([64, NK], gl.float32, layout=n_layout)  # dK^T, head dims 0..63
         dv0 = gl.zeros([64, NK], gl.float32, layout=n_layout)
         dk1 = gl.zeros([64, NK], gl.float32, layout=n_layout)  # head dims 64..127 (D = 128)
         dv1 = gl.zeros([64, NK], gl.float32, layout=n_layout)
+        base = bh * C
+        s32 = n64
+        s16 = s32 + (n32 + 1) // 2
         mbarrier.wait(kv_bar, 0)
-        for j in range(n):
-            c3 = _cube_of(lists, j + 3, n)
-            if NS == 2:
-                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c1, j + 1, row0, n, NS)
-            else:
-                _load_step(q_desc, do_desc, q_smem, do_smem, bars, c2, j + 2, row0, n, NS)
-            stats = (bh.to(gl.int64) * C + c0) * 64 + slots
-            lse = gl.load(LT + stats)
-            slot = j % NS
-            qt = q_smem.index(slot)
-            dot = do_smem.index(slot)
-            mbarrier.wait(bars.index(slot), (j // NS) & 1)
-            s = warpgroup_mma(qt, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
-            dp = warpgroup_mma(dot, v_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-            p = gl.exp2(s * qk_scale - lse[:, None])  # empty query slots: lse = +inf, p = 0
-            p_smem.store(p.to(q_desc.dtype))
-            delta = gl.load(DT + stats)
-            dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
-            ds_smem.store((p * (dp - delta[:, None])).to(q_desc.dtype))
-            fence_async_shared()
-            dv0 = warpgroup_mma(dot.slice(0, 64, dim=1).permute((1, 0)), p_smem, dv0, is_async=True)
-            dk0 = warpgroup_mma(qt.slice(0, 64, dim=1).permute((1, 0)), ds_smem, dk0, is_async=True)
-            if HALVES == 2:
-                dv1 = warpgroup_mma(dot.slice(64, 64, dim=1).permute((1, 0)), p_smem, dv1, is_async=True)
-                dk1 = warpgroup_mma(qt.slice(64, 64, dim=1).permute((1, 0)), ds_smem, dk1, is_async=True)
-                dv0, dk0, dv1, dk1 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0, dv1, dk1))
-            else:
-                dv0, dk0 = warpgroup_mma_wait(num_outstanding=0, deps=(dv0, dk0))
-            c0, c1, c2 = c1, c2, c3
+        if n64 > 0:
+            dk0, dv0, dk1, dv1 = _dkdv_narrow_pass(
+                k_smem, v_smem, q_desc, do_desc, q_smem, do_smem, p_smem, ds_smem, bars, LT, DT, base, lists, n64, 0,
+                row0, dk0, dv0, dk1, dv1, zero, qk_scale, 1, NS, NK, D)  # fmt: skip
+        if n32 > 0:
+            dk0, dv0, dk1, dv1 = _dkdv_narrow_pass(
+                k_smem, v_smem, q32_desc, do32_desc, q_smem, do_smem, p_smem, ds_smem, bars, LT, DT, base,
+                lists + n64, n32, s32, row0, dk0, dv0, dk1, dv1, zero, qk_scale, 2, NS, NK, D)  # fmt: skip
+        if n16 > 0:
+            dk0, dv0, dk1, dv1 = _dkdv_narrow_pass(
+                k_smem, v_smem, q16_desc, do16_desc, q_smem, do_smem, p_smem, ds_smem, bars, LT, DT, base,
+                lists + n64 + n32, n16, s16, row0, dk0, dv0, dk1, dv1, zero, qk_scale, 4, NS, NK, D)  # fmt: skip
         mbarrier.invalidate(kv_bar)
         for i in gl.static_range(NS):
             mbarrier.invalidate(bars.index(i))
 
+        dd = gl.arange(0, 64, layout=n_rows)
         ktok, kvalid = compact_tokens(cube_k, gl.arange(0, NK, layout=n_cols), T, HG, W, NCH, NCW)
-        _store_transposed(dk0 * scale, dv0, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, slots,
+        _store_transposed(dk0 * scale, dv0, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, dd,
                           sxb, sxl, sxh, T, HG, W, NCH, NCW, C, D, HAS_COARSE)  # fmt: skip
-        if HALVES == 2:
-            _store_transposed(dk1 * scale, dv1, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, slots + 64,
+        if D == 128:
+            _store_transposed(dk1 * scale, dv1, DKC, DVC, DK, DV, b, h, bh, cube_k, ktok, kvalid, dd + 64,
                               sxb, sxl, sxh, T, HG, W, NCH, NCW, C, D, HAS_COARSE)  # fmt: skip
 
     @gluon.jit
@@ -955,37 +1003,27 @@ def dkdv_backward(
     (:func:`kv_tiles`) and the selection; call only where :func:`supported` holds.
 
     With ``narrow`` the key cubes of at most 32 or 16 tokens (partial cubes) run the transposed kernel
-    at that tile width instead of a 64-row tile."""
+    at that tile width instead of a 64-row tile, and two or four query cubes of at most 32 or 16 tokens
+    share a step of 64 query slots."""
     from fastvideo_vsa.ops.pooling import query_cubes
 
     batch, _, heads, dim = q.shape
-    lists, first, count = query_cubes(indices)
     cubes = geom.num_cubes
-    if narrow:
-        cls, widths, per_class = _width_classes(geom, q.device)
-    else:
-        cls, widths, per_class = torch.zeros(cubes, dtype=torch.int64, device=q.device), [64], [cubes]
-    # segments by width class, then longest list first (no host sync: class sizes come from the grid)
+    cls, widths, per_class = _width_classes(geom, q.device)
+    lists, first, count, query_widths = query_cubes(indices, cls if narrow else None)
+    if not narrow:
+        widths, per_class = [64], [cubes]
+        cls = torch.zeros_like(cls)
+    # segments by key width class, then longest list first (no host sync: class sizes come from the grid)
     seg_cls = cls.repeat(batch * heads).to(torch.int64)
     order = torch.argsort(seg_cls * (cubes + 1) - count.to(torch.int64)).to(torch.int32)
-    qd_tiles, lt, dt = copy_tiles(q, dout, geom, stats=(lse, delta))
+    qd_tiles, lt, dt = copy_tiles(q, dout, geom, stats=(lse, delta), compact=True)
     dk, dv = q.new_empty(q.shape), q.new_empty(q.shape)
     dkc, dvc = dkc_dvc if dkc_dvc is not None else (lt, lt)
-    q_desc, do_desc = _descriptors(tuple(qd_tiles))
-    common = (lt, dt)
-    tail = (
-        first,
-        count,
-        dkc,
-        dvc,
-        dk,
-        dv,
-        *dk.stride()[:3],
-        heads,
-        *geometry_args(geom),
-        scale,
-        scale * LOG2E,
-    )
+    query_descs = [d for rows in (64, 32, 16) for d in _descriptors(tuple(qd_tiles), rows=rows)]
+    tail = (lt, dt)
+    rest = (first, query_widths, dkc, dvc, dk, dv, *dk.stride()[:3], heads, *geometry_args(geom), scale,
+            scale * LOG2E)  # fmt: skip
     start = 0
     for width, n in zip(widths, per_class, strict=True):
         part = order[start : start + n * batch * heads]
@@ -995,13 +1033,13 @@ def dkdv_backward(
         k_desc, v_desc = _descriptors(tuple(kv_tiles), rows=width)
         if width == 64:
             _dkdv_kernel[(part.numel(),)](
-                q_desc, do_desc, k_desc, v_desc, *common, part, lists, *tail,
+                *query_descs, k_desc, v_desc, *tail, part, lists, *rest,
                 D=dim, HAS_COARSE=dkc_dvc is not None, NS=stages or DKDV_STAGES, num_warps=4,
             )  # fmt: skip
         else:
             gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
             _dkdv_narrow_kernel[(part.numel(),)](
-                q_desc, do_desc, k_desc, v_desc, *common, part, lists, *tail,
+                *query_descs, k_desc, v_desc, *tail, part, lists, *rest,
                 D=dim, NK=width, P_LAYOUT=gl.NVMMASharedLayout.get_default_for([64, width], gdt),
                 HAS_COARSE=dkc_dvc is not None, NS=NARROW_STAGES[width], num_warps=4,
             )  # fmt: skip

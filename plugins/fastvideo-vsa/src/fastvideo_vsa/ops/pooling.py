@@ -152,14 +152,22 @@ def _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _query_cubes_kernel(BITS, LISTS, COUNT, C, WORDS, BLOCK_C: tl.constexpr):
-    """The query cubes that selected one segment's key cube, ascending, from ``LISTS[seg * C]``, and
-    their number."""
+def _query_cubes_kernel(BITS, CLS, LISTS, COUNT, WIDTHS, C, WORDS, BLOCK_C: tl.constexpr):
+    """The query cubes that selected one segment's key cube, from ``LISTS[seg * C]``: by width class
+    (``CLS``: 0 whole cubes, 1 at most 32 tokens, 2 at most 16), ascending within each; their number, and
+    how many of each class."""
     seg = tl.program_id(0).to(tl.int64)
     cols, chosen = _chosen(BITS, seg, C, WORDS, BLOCK_C)
-    pos = tl.cumsum(chosen.to(tl.int32), 0) - 1
-    tl.store(LISTS + seg * C + pos, cols, mask=chosen)
-    tl.store(COUNT + seg, tl.sum(chosen.to(tl.int32), 0))
+    cls = tl.load(CLS + cols, mask=cols < C, other=3)
+    base = 0
+    for k in tl.static_range(3):
+        sel = chosen & (cls == k)
+        pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
+        tl.store(LISTS + seg * C + pos, cols, mask=sel)
+        n = tl.sum(sel.to(tl.int32), 0)
+        tl.store(WIDTHS + seg * 3 + k, n)
+        base += n
+    tl.store(COUNT + seg, base)
 
 
 @triton.jit
@@ -417,23 +425,34 @@ def _selection_bits(indices: torch.Tensor) -> tuple[torch.Tensor, int, int, dict
     return bits, words, block, {"num_warps": 8 if block > 1024 else 4}
 
 
-def query_cubes(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For each (batch x head, key cube) segment, the query cubes that selected it, ascending:
-    ``(lists, first, count)`` (int32, int64, int32); segment ``s`` reads
-    ``lists[first[s] : first[s] + count[s]]``, and ``lists`` holds at least one entry past the last.
-    Up to :data:`SELECT_MAX_CUBES` cubes from the selection's bit matrix (``C`` entries reserved per
-    segment), beyond that by :func:`transpose_selection`."""
+def query_cubes(
+    indices: torch.Tensor, classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each (batch x head, key cube) segment, the query cubes that selected it:
+    ``(lists, first, count, widths)`` (int32, int64, int32, int32 ``[S, 3]``); segment ``s`` reads
+    ``lists[first[s] : first[s] + count[s]]``.
+
+    With ``classes`` (int32 per cube: 0, 1 or 2, e.g. whole cubes, cubes of at most 32 and of at most 16
+    tokens) each list holds class 0 first, then 1, then 2, ascending within each, and ``widths[s]`` how
+    many of each; without, ascending, all counted in ``widths[s, 0]``. Up to :data:`SELECT_MAX_CUBES`
+    cubes from the selection's bit matrix (``C`` entries reserved per segment), beyond that by
+    :func:`transpose_selection` (ascending, classes not applied)."""
     batch, heads, cubes, _ = indices.shape
     segments = batch * heads * cubes
     device = indices.device
     if cubes > SELECT_MAX_CUBES:
         lists, offsets = transpose_selection(indices, cubes)
-        lists = torch.cat([lists, lists.new_zeros(1)])
-        return lists, offsets[:-1].to(torch.int64), (offsets[1:] - offsets[:-1]).to(torch.int32)
+        count = (offsets[1:] - offsets[:-1]).to(torch.int32)
+        widths = torch.zeros(segments, 3, dtype=torch.int32, device=device)
+        widths[:, 0] = count
+        return lists, offsets[:-1].to(torch.int64), count, widths
+    if classes is None:
+        classes = torch.zeros(cubes, dtype=torch.int32, device=device)
     bits, words, block, warps = _selection_bits(indices)
     lists = torch.empty(segments * cubes, dtype=torch.int32, device=device)
     count = torch.empty(segments, dtype=torch.int32, device=device)
-    launch(_query_cubes_kernel, _query_cubes_kernel, (segments,), (bits, lists, count, cubes, words),
+    widths = torch.empty(segments, 3, dtype=torch.int32, device=device)
+    launch(_query_cubes_kernel, _query_cubes_kernel, (segments,), (bits, classes, lists, count, widths, cubes, words),
            {"BLOCK_C": block}, warps, {})  # fmt: skip
     first = torch.arange(0, segments * cubes, cubes, dtype=torch.int64, device=device)
-    return lists, first, count
+    return lists, first, count, widths
