@@ -124,8 +124,8 @@ def main() -> None:
     d = args.head_dim
     if hopper.HAVE_GLUON and d in hopper.HEAD_DIMS:
         for name, fn, consts in (
-            ("gluon fwd", hopper._fwd_kernel, {"D": d, "HAS_GATE": True, "MODE": 0}),
-            ("gluon dq", hopper._dq_kernel, {"D": d, "HAS_COARSE": True}),
+            ("gluon fwd", hopper._fwd_kernel, {"D": d, "HAS_GATE": True, "MODE": 0, "PACKED": True}),
+            ("gluon dq", hopper._dq_kernel, {"D": d, "HAS_COARSE": True, "PACKED": True}),
             ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 2}),
             ("gluon dkdv", hopper._dkdv_kernel, {"D": d, "HAS_COARSE": True, "NS": 3}),
             *(

@@ -300,6 +300,7 @@ if HAVE_GLUON:
         D: gl.constexpr,
         HAS_GATE: gl.constexpr,
         MODE: gl.constexpr = 0,
+        PACKED: gl.constexpr = True,
     ):  # fmt: skip
         """One (query cube, batch x head) program over its ``TOPK`` key cubes (``IDX``: whole cubes first,
         then those of at most 32 tokens, then of at most 16; ``WIDTHS``: how many of each), one
@@ -341,16 +342,21 @@ if HAVE_GLUON:
         lim32 = _ring_steps(n32, 2)
         lim16 = _ring_steps(n16, 4)
         mbarrier.wait(q_bar, 0)
-        if n64 > 0:
-            m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, n64, 0, lim64, row0,
-                                      m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1, D, MODE)  # fmt: skip
-        if n32 > 0:
-            m_i, l_i, acc = _fwd_pass(q_smem, k32_desc, v32_desc, k_smem, v_smem, bars, idx_base + n64, n32, lim64,
-                                      lim32, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 2, D, MODE)  # fmt: skip
-        if n16 > 0:
-            m_i, l_i, acc = _fwd_pass(q_smem, k16_desc, v16_desc, k_smem, v_smem, bars, idx_base + n64 + n32, n16,
-                                      lim64 + lim32, lim16, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW,
-                                      4, D, MODE)  # fmt: skip
+        if PACKED:
+            if n64 > 0:
+                m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, n64, 0, lim64, row0,
+                                          m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1, D, MODE)  # fmt: skip
+            if n32 > 0:
+                m_i, l_i, acc = _fwd_pass(q_smem, k32_desc, v32_desc, k_smem, v_smem, bars, idx_base + n64, n32, lim64,
+                                          lim32, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 2, D, MODE)  # fmt: skip
+            if n16 > 0:
+                m_i, l_i, acc = _fwd_pass(q_smem, k16_desc, v16_desc, k_smem, v_smem, bars, idx_base + n64 + n32, n16,
+                                          lim64 + lim32, lim16, row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW,
+                                          4, D, MODE)  # fmt: skip
+        else:
+            m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, TOPK, 0,
+                                          _ring_steps(TOPK, 1), row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1,
+                                          D, MODE)  # fmt: skip
         mbarrier.invalidate(q_bar)
         for i in gl.static_range(NS):
             mbarrier.invalidate(bars.index(i))
@@ -474,6 +480,7 @@ if HAVE_GLUON:
         scale, qk_scale,
         D: gl.constexpr,
         HAS_COARSE: gl.constexpr,
+        PACKED: gl.constexpr = True,
     ):  # fmt: skip
         """dq of one (query cube, batch x head) over its ``TOPK`` key cubes (``IDX``: whole cubes first,
         then those of at most 32 tokens, then of at most 16; ``WIDTHS``: how many of each), one
@@ -520,15 +527,19 @@ if HAVE_GLUON:
         lim64 = _ring_steps(n64, 1)
         lim32 = _ring_steps(n32, 2)
         lim16 = _ring_steps(n16, 4)
-        if n64 > 0:
-            dq = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0, lim64,
-                          row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 1, D)  # fmt: skip
-        if n32 > 0:
-            dq = _dq_pass(q_smem, do_smem, k32_desc, v32_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64, n32,
-                          lim64, lim32, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 2, D)  # fmt: skip
-        if n16 > 0:
-            dq = _dq_pass(q_smem, do_smem, k16_desc, v16_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64 + n32,
-                          n16, lim64 + lim32, lim16, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 4, D)  # fmt: skip
+        if PACKED:
+            if n64 > 0:
+                dq = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0, lim64,
+                              row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 1, D)  # fmt: skip
+            if n32 > 0:
+                dq = _dq_pass(q_smem, do_smem, k32_desc, v32_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64, n32,
+                              lim64, lim32, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 2, D)  # fmt: skip
+            if n16 > 0:
+                dq = _dq_pass(q_smem, do_smem, k16_desc, v16_desc, k_smem, v_smem, k_bars, v_bars, idx_base + n64 + n32,
+                              n16, lim64 + lim32, lim16, row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 4, D)  # fmt: skip
+        else:
+            dq = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, TOPK, 0,
+                              _ring_steps(TOPK, 1), row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 1, D)  # fmt: skip
         for i in gl.static_range(KS):
             mbarrier.invalidate(k_bars.index(i))
         for i in gl.static_range(VS):
@@ -900,9 +911,14 @@ def fine_forward(
         out.stride(0), out.stride(1), out.stride(2),
         heads, *geometry_args(geom), indices.shape[-1],
         scale * LOG2E,
-        D=dim, HAS_GATE=has_gate, MODE=mode, num_warps=4,
+        D=dim, HAS_GATE=has_gate, MODE=mode, PACKED=narrow and _has_partial(geom), num_warps=4,
     )  # fmt: skip
     return out, lse
+
+
+def _has_partial(geom: CubeGeometry) -> bool:
+    """Whether some cube of ``geom`` holds fewer than 64 tokens (the packed passes are compiled only then)."""
+    return any(n % 4 for n in geom.grid)
 
 
 def _by_width(indices: torch.Tensor, geom: CubeGeometry, narrow: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -950,7 +966,7 @@ def dq_backward(
         *q.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
         heads, *geometry_args(geom), indices.shape[-1],
         scale, scale * LOG2E,
-        D=dim, HAS_COARSE=dqc is not None, num_warps=4,
+        D=dim, HAS_COARSE=dqc is not None, PACKED=narrow and _has_partial(geom), num_warps=4,
     )  # fmt: skip
     return dq
 
