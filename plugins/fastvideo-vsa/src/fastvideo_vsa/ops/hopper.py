@@ -4,10 +4,13 @@ The portable Triton kernel (:mod:`fastvideo_vsa.ops.triton_fwd`) gathers keys fo
 with ``cp.async`` and runs each step's matmuls and softmax back to back. This kernel:
 
 * reads cube-major copies of q, k and v (``[B*H*C*64, D]``: cube ``c`` of batch x head ``n`` is the
-  64 rows from ``(n * C + c) * 64``, slot order as in :mod:`fastvideo_vsa.ops.geometry`, zeros in
-  the empty slots of partial cubes), which the pooling kernel writes while it reads the tokens for
-  the cube means (:func:`fastvideo_vsa.ops.pooling.pool` with ``tiles=...``): every key cube is one
-  contiguous ``[64, D]`` TMA box;
+  64 rows from ``(n * C + c) * 64``; q in slot order as in :mod:`fastvideo_vsa.ops.geometry`, k and v
+  compacted, the cube's tokens first (:func:`fastvideo_vsa.ops.triton_fwd.compact_tokens`); zeros in
+  the rows a partial cube lacks), which the pooling kernel writes while it reads the tokens for the
+  cube means (:func:`fastvideo_vsa.ops.pooling.pool` with ``tiles=...``);
+* sorts each query cube's key cubes by size (:func:`_by_width`): a whole cube is one ``[64, D]`` TMA
+  box a step, two cubes of at most 32 tokens or four of at most 16 share a step (boxes of 32 or 16
+  rows; the grid without partial cubes compiles the one-pass kernel);
 * keeps a ring of 3 key/value tiles in shared memory, filled by TMA on mbarriers one to two steps
   ahead of their use;
 * runs two key cubes per loop iteration so that the tensor cores overlap the softmax: the logits of
@@ -15,17 +18,18 @@ with ``cp.async`` and runs each step's matmuls and softmax back to back. This ke
   in-flight accumulator never crosses the loop's back edge, which would make ptxas serialize every
   wgmma).
 
-Measured on one H200 (docs/benchmarks.md): 2.7 ms for the fine stage at sparsity 0.875 on Wan's
-21x30x52 grid against 3.3 ms for the Triton kernel (1.9 against 3.4 ms on 8x64x64, no partial cubes). ``MODE`` 1 and 2 turn the kernel into the
-probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
+Measured on one H200 (docs/benchmarks.md): 2.3 ms for the fine stage at sparsity 0.875 on Wan's
+21x30x52 grid against 3.4 ms for the Triton kernel (2.0 against 3.3 ms on 8x64x64, no partial cubes).
+``MODE`` 1 and 2 turn the kernel into the probes of ``benchmarks/vsa_roofline.py`` (its loads alone, its math alone).
 
-The backward's dq (:func:`dq_backward`) follows the same plan over cube-major copies of k and v
-(:func:`copy_tiles`): per iteration the logits and dP of one key cube run while dS of the other is
-formed. Its dk/dv (:func:`dkdv_backward`) runs one program per key cube, longest query lists first
-(:func:`fastvideo_vsa.ops.pooling.query_cubes`): the key and value tiles stay in shared memory, the
-tiles of q and dout (cube-major copies, with lse and delta) stream through a ring of 2, and two
-programs share an SM. Measured on one H200: backward 11.1 -> 9.0 ms at 0.875 on 21x30x52, 10.1 -> 6.6
-ms on 8x64x64. bf16/fp16, head dim 64 or 128, CUDA capability 9.x: :func:`supported` says whether the
+The backward's dq (:func:`dq_backward`) follows the same plan over compacted copies of k and v
+(:func:`kv_tiles`): per iteration the logits and dP of one step run while dS of the other is formed.
+Its dk/dv (:func:`dkdv_backward`) runs one program per key cube, longest query lists first
+(:func:`fastvideo_vsa.ops.pooling.query_cubes`, sorted by size too: small query cubes two or four to
+a step of 64 query slots): the key and value tiles stay in shared memory, the tiles of q and dout
+(compacted copies, with lse and delta) stream through a ring, two programs share an SM; key cubes of
+at most 32 or 16 tokens run a transposed kernel on 32- or 16-row key tiles. Measured on one H200:
+backward 11.6 -> 7.5 ms at 0.875 on 21x30x52 (4.2x cuDNN dense). bf16/fp16, head dim 64 or 128, CUDA capability 9.x: :func:`supported` says whether the
 kernels can run, :func:`enabled` whether the op takes them (the Triton kernels otherwise, and on the
 CPU interpreter).
 """
