@@ -578,6 +578,38 @@ if HAVE_GLUON:
             return (base + cube) * 64 + slots % (64 // G), t * G + group < n
 
     @gluon.jit
+    def _query_prologue(q_desc, do_desc, q_smem, do_smem, bars, lists, n, s0, end, row0, G: gl.constexpr,
+                        NS: gl.constexpr):  # fmt: skip
+        """The query cubes of a dk/dv pass's first three steps (clamped to the list; loads past ``end``
+        are predicated off), the tiles of its first ``NS - 1`` requested."""
+        cubes0 = _step_cubes(lists, 0, n, G)
+        cubes1 = _step_cubes(lists, 1, n, G)
+        cubes2 = _step_cubes(lists, 2, n, G)
+        _load_group(q_desc, q_smem, bars, cubes0, s0, end, row0, G, NS, do_desc, do_smem)
+        if NS == 3:
+            _load_group(q_desc, q_smem, bars, cubes1, s0 + 1, end, row0, G, NS, do_desc, do_smem)
+        return cubes0, cubes1, cubes2
+
+    @gluon.jit
+    def _query_step(q_desc, do_desc, q_smem, do_smem, bars, LT, lists, n, j, s0, end, row0, base, slots, cubes1,
+                    cubes2, cubes0, G: gl.constexpr, NS: gl.constexpr):  # fmt: skip
+        """Step ``j`` of a dk/dv pass (query cubes ``cubes0``): requests the tiles ``NS - 1`` steps ahead
+        (the slot of step ``j - 1`` is free: its matmuls completed), reads the cubes 3 steps ahead, and
+        waits for step ``j``'s tiles. Returns those cubes, the rows of the step's query slots, their lse
+        (``+inf`` past the list) and the ring slot."""
+        r = s0 + j
+        cubes3 = _step_cubes(lists, j + 3, n, G)
+        if NS == 2:
+            _load_group(q_desc, q_smem, bars, cubes1, r + 1, end, row0, G, NS, do_desc, do_smem)
+        else:
+            _load_group(q_desc, q_smem, bars, cubes2, r + 2, end, row0, G, NS, do_desc, do_smem)
+        rows, ok = _query_rows(base, cubes0, j, n, slots, G)
+        lse = gl.where(ok, gl.load(LT + rows), float("inf"))
+        slot = r % NS
+        mbarrier.wait(bars.index(slot), (r // NS) & 1)
+        return cubes3, rows, lse, slot
+
+    @gluon.jit
     def _dkdv_wide_pass(k_smem, v_smem, q_desc, do_desc, q_smem, do_smem, bars, LT, DT, base, lists, n, s0, row0,
                         dk, dv, zero_s, qk_scale, G: gl.constexpr, NS: gl.constexpr, D: gl.constexpr):  # fmt: skip
         """dk, dv of a 64-row key tile over the ``n`` query cubes at ``lists`` (``G`` to a step of 64 query
@@ -586,25 +618,11 @@ if HAVE_GLUON:
         slots = gl.arange(0, 64, layout=gl.SliceLayout(0, _mma_layout(64)))
         steps = (n + G - 1) // G
         end = s0 + steps
-        # query cubes of steps j, j + 1, j + 2 (clamped to the list; loads past the end are predicated off)
-        cubes0 = _step_cubes(lists, 0, n, G)
-        cubes1 = _step_cubes(lists, 1, n, G)
-        cubes2 = _step_cubes(lists, 2, n, G)
-        _load_group(q_desc, q_smem, bars, cubes0, s0, end, row0, G, NS, do_desc, do_smem)
-        if NS == 3:
-            _load_group(q_desc, q_smem, bars, cubes1, s0 + 1, end, row0, G, NS, do_desc, do_smem)
+        cubes0, cubes1, cubes2 = _query_prologue(q_desc, do_desc, q_smem, do_smem, bars, lists, n, s0, end, row0, G,
+                                                 NS)  # fmt: skip
         for j in range(steps):
-            r = s0 + j
-            cubes3 = _step_cubes(lists, j + 3, n, G)
-            # the slot of step r - 1 is free (its matmuls completed last iteration)
-            if NS == 2:
-                _load_group(q_desc, q_smem, bars, cubes1, r + 1, end, row0, G, NS, do_desc, do_smem)
-            else:
-                _load_group(q_desc, q_smem, bars, cubes2, r + 2, end, row0, G, NS, do_desc, do_smem)
-            rows, ok = _query_rows(base, cubes0, j, n, slots, G)
-            lse = gl.where(ok, gl.load(LT + rows), float("inf"))
-            slot = r % NS
-            mbarrier.wait(bars.index(slot), (r // NS) & 1)
+            cubes3, rows, lse, slot = _query_step(q_desc, do_desc, q_smem, do_smem, bars, LT, lists, n, j, s0, end,
+                                                  row0, base, slots, cubes1, cubes2, cubes0, G, NS)  # fmt: skip
             st = warpgroup_mma(
                 k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True
             )
@@ -710,25 +728,13 @@ if HAVE_GLUON:
         slots = gl.arange(0, 64, layout=gl.SliceLayout(1, _mma_layout(NK)))
         steps = (n + G - 1) // G
         end = s0 + steps
-        cubes0 = _step_cubes(lists, 0, n, G)
-        cubes1 = _step_cubes(lists, 1, n, G)
-        cubes2 = _step_cubes(lists, 2, n, G)
-        _load_group(q_desc, q_smem, bars, cubes0, s0, end, row0, G, NS, do_desc, do_smem)
-        if NS == 3:
-            _load_group(q_desc, q_smem, bars, cubes1, s0 + 1, end, row0, G, NS, do_desc, do_smem)
+        cubes0, cubes1, cubes2 = _query_prologue(q_desc, do_desc, q_smem, do_smem, bars, lists, n, s0, end, row0, G,
+                                                 NS)  # fmt: skip
         for j in range(steps):
-            r = s0 + j
-            cubes3 = _step_cubes(lists, j + 3, n, G)
-            if NS == 2:
-                _load_group(q_desc, q_smem, bars, cubes1, r + 1, end, row0, G, NS, do_desc, do_smem)
-            else:
-                _load_group(q_desc, q_smem, bars, cubes2, r + 2, end, row0, G, NS, do_desc, do_smem)
-            rows, ok = _query_rows(base, cubes0, j, n, slots, G)
-            lse = gl.where(ok, gl.load(LT + rows), float("inf"))
-            slot = r % NS
+            cubes3, rows, lse, slot = _query_step(q_desc, do_desc, q_smem, do_smem, bars, LT, lists, n, j, s0, end,
+                                                  row0, base, slots, cubes1, cubes2, cubes0, G, NS)  # fmt: skip
             qt = q_smem.index(slot)
             dot = do_smem.index(slot)
-            mbarrier.wait(bars.index(slot), (r // NS) & 1)
             s = warpgroup_mma(qt, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
             dp = warpgroup_mma(dot, v_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
