@@ -333,20 +333,20 @@ if HAVE_GLUON:
 
         row0 = bh * C * 64
         idx_base = IDX + row * TOPK
-        n64 = gl.load(WIDTHS + row * 3)
-        n32 = gl.load(WIDTHS + row * 3 + 1)
-        n16 = gl.load(WIDTHS + row * 3 + 2)
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         tma_load(q_desc, [row0 + cube_q * 64, 0], q_bar, q_smem)
         m_i = gl.full([64], float("-inf"), gl.float32, layout=s_rows)
         l_i = gl.zeros([64], gl.float32, layout=s_rows)
         acc = gl.zeros([64, D], gl.float32, layout=o_layout)
         zero = gl.zeros([64, 64], gl.float32, layout=s_layout)
-        lim64 = _ring_steps(n64, 1)
-        lim32 = _ring_steps(n32, 2)
-        lim16 = _ring_steps(n16, 4)
         mbarrier.wait(q_bar, 0)
-        if PACKED:
+        if PACKED:  # whole cubes one a step, cubes of <= 32 tokens two a step, of <= 16 four a step
+            n64 = gl.load(WIDTHS + row * 3)
+            n32 = gl.load(WIDTHS + row * 3 + 1)
+            n16 = gl.load(WIDTHS + row * 3 + 2)
+            lim64 = _ring_steps(n64, 1)
+            lim32 = _ring_steps(n32, 2)
+            lim16 = _ring_steps(n16, 4)
             if n64 > 0:
                 m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, n64, 0, lim64, row0,
                                           m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1, D, MODE)  # fmt: skip
@@ -516,9 +516,6 @@ if HAVE_GLUON:
 
         row0 = bh * C * 64
         idx_base = IDX + row * TOPK
-        n64 = gl.load(WIDTHS + row * 3)
-        n32 = gl.load(WIDTHS + row * 3 + 1)
-        n16 = gl.load(WIDTHS + row * 3 + 2)
         qtok, qvalid = cube_tokens(cube_q, gl.arange(0, 64, layout=s_rows), T, HG, W, NCH, NCW)
         _rows_to_smem(Q, b * sqb + h * sqh, qtok, qvalid, sql, q_smem, D)
         _rows_to_smem(DO, b * sdb + h * sdh, qtok, qvalid, sdl, do_smem, D)
@@ -527,11 +524,13 @@ if HAVE_GLUON:
         lse = gl.load(LSE + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
         delta = gl.load(DELTA + bh.to(gl.int64) * L + qtok, mask=qvalid, other=0.0)
         zero = gl.zeros([64, 64], gl.float32, layout=_mma_layout(64))
-        # whole cubes one a step, cubes of <= 32 tokens two a step, of <= 16 four a step
-        lim64 = _ring_steps(n64, 1)
-        lim32 = _ring_steps(n32, 2)
-        lim16 = _ring_steps(n16, 4)
-        if PACKED:
+        if PACKED:  # whole cubes one a step, cubes of <= 32 tokens two a step, of <= 16 four a step
+            n64 = gl.load(WIDTHS + row * 3)
+            n32 = gl.load(WIDTHS + row * 3 + 1)
+            n16 = gl.load(WIDTHS + row * 3 + 2)
+            lim64 = _ring_steps(n64, 1)
+            lim32 = _ring_steps(n32, 2)
+            lim16 = _ring_steps(n16, 4)
             if n64 > 0:
                 dq = _dq_pass(q_smem, do_smem, k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, n64, 0, lim64,
                               row0, lse, delta, dq, zero, qk_scale, T, HG, W, NCH, NCW, 1, D)  # fmt: skip
@@ -912,16 +911,16 @@ def fine_forward(
     batch, _, heads, dim = q.shape
     out, lse, g, ocp = output_buffers(q, gate, oc)
     has_gate = gate is not None
-    ordered, widths = _by_width(indices, geom, narrow)
+    ordered, widths = _ordered(indices, geom, narrow)
     (q_desc,) = _descriptors(tiles[:1])
     kv = [d for rows in (64, 32, 16) for d in _descriptors(tiles[1:], rows=rows)]
     _fwd_kernel[(geom.num_cubes, batch * heads)](
-        q_desc, *kv, g, ocp, out, lse, ordered, widths,
+        q_desc, *kv, g, ocp, out, lse, ordered, widths if widths is not None else ordered,
         g.stride(0), g.stride(1), g.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         heads, *geometry_args(geom), indices.shape[-1],
         scale * LOG2E,
-        D=dim, HAS_GATE=has_gate, MODE=mode, PACKED=narrow and _has_partial(geom), num_warps=4,
+        D=dim, HAS_GATE=has_gate, MODE=mode, PACKED=widths is not None, num_warps=4,
     )  # fmt: skip
     return out, lse
 
@@ -951,6 +950,17 @@ def _by_width(indices: torch.Tensor, geom: CubeGeometry, narrow: bool) -> tuple[
     return ordered, widths
 
 
+def _ordered(
+    indices: torch.Tensor, geom: CubeGeometry, narrow: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the forward and dq kernels stream: the selection ordered by key width and the count of each
+    width (:func:`_by_width`) where ``narrow`` and ``geom`` has partial cubes; else the selection as it
+    is (int32) and ``None`` (the one-pass kernels)."""
+    if narrow and _has_partial(geom):
+        return _by_width(indices, geom, True)
+    return indices.to(torch.int32).contiguous().view(-1), None
+
+
 def dq_backward(
     q: torch.Tensor,
     kv_tiles: torch.Tensor,
@@ -969,14 +979,14 @@ def dq_backward(
     key cubes of at most 32 or 16 tokens run on tiles of that many key rows instead of 64."""
     batch, _, heads, dim = q.shape
     dq = q.new_empty(q.shape)
-    ordered, widths = _by_width(indices, geom, narrow)
+    ordered, widths = _ordered(indices, geom, narrow)
     descs = [d for rows in (64, 32, 16) for d in _descriptors(tuple(kv_tiles), rows=rows)]
     _dq_kernel[(geom.num_cubes, batch * heads)](
-        q, dout, *descs, lse, delta, ordered, widths, dqc if dqc is not None else lse, dq,
+        q, dout, *descs, lse, delta, ordered, widths if widths is not None else ordered, dqc if dqc is not None else lse, dq,
         *q.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
         heads, *geometry_args(geom), indices.shape[-1],
         scale, scale * LOG2E,
-        D=dim, HAS_COARSE=dqc is not None, PACKED=narrow and _has_partial(geom), num_warps=4,
+        D=dim, HAS_COARSE=dqc is not None, PACKED=widths is not None, num_warps=4,
     )  # fmt: skip
     return dq
 
