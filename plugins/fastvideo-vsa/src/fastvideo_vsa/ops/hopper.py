@@ -913,7 +913,7 @@ def fine_forward(
     has_gate = gate is not None
     ordered, widths = _ordered(indices, geom, narrow)
     (q_desc,) = _descriptors(tiles[:1])
-    kv = [d for rows in (64, 32, 16) for d in _descriptors(tiles[1:], rows=rows)]
+    kv = _key_descriptors(tiles[1:], widths is not None)
     _fwd_kernel[(geom.num_cubes, batch * heads)](
         q_desc, *kv, g, ocp, out, lse, ordered, widths if widths is not None else ordered,
         g.stride(0), g.stride(1), g.stride(2),
@@ -950,6 +950,14 @@ def _by_width(indices: torch.Tensor, geom: CubeGeometry, narrow: bool) -> tuple[
     return ordered, widths
 
 
+def _key_descriptors(kv: tuple[torch.Tensor, ...], packed: bool) -> list:
+    """The k, v descriptors of the forward and dq kernels: boxes of 64, 32 and 16 rows where ``packed``;
+    else the 64-row pair three times (only the first is read: descriptors cost host time per call)."""
+    if not packed:
+        return list(_descriptors(kv)) * 3
+    return [d for rows in (64, 32, 16) for d in _descriptors(kv, rows=rows)]
+
+
 def _ordered(
     indices: torch.Tensor, geom: CubeGeometry, narrow: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -980,7 +988,7 @@ def dq_backward(
     batch, _, heads, dim = q.shape
     dq = q.new_empty(q.shape)
     ordered, widths = _ordered(indices, geom, narrow)
-    descs = [d for rows in (64, 32, 16) for d in _descriptors(tuple(kv_tiles), rows=rows)]
+    descs = _key_descriptors(tuple(kv_tiles), widths is not None)
     _dq_kernel[(geom.num_cubes, batch * heads)](
         q, dout, *descs, lse, delta, ordered, widths if widths is not None else ordered, dqc if dqc is not None else lse, dq,
         *q.stride()[:3], *dout.stride()[:3], *dq.stride()[:3],
