@@ -43,8 +43,9 @@ import triton
 import triton.language as tl
 
 from fastvideo_vsa.ops.geometry import CubeGeometry
-from fastvideo_vsa.ops.pooling import _pool_one
+from fastvideo_vsa.ops.pooling import _pool_one, by_class
 from fastvideo_vsa.ops.triton_fwd import (
+    LOG2E,
     compact_tokens,
     cube_count,
     cube_tokens,
@@ -78,7 +79,6 @@ try:  # Gluon ships with triton >= 3.5; the Hopper path is optional
 except ImportError:  # pragma: no cover - depends on the triton build
     HAVE_GLUON = False
 
-LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 
 
@@ -146,15 +146,7 @@ def _by_width_kernel(IDX, CLS, OUT, WIDTHS, TOPK, BLOCK_K: tl.constexpr):
     t = tl.arange(0, BLOCK_K)
     ok = t < TOPK
     cube = tl.load(IDX + row * TOPK + t, mask=ok, other=0)
-    cls = tl.load(CLS + cube, mask=ok, other=3)
-    base = 0
-    for k in tl.static_range(3):
-        sel = (cls == k) & ok
-        pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
-        tl.store(OUT + row * TOPK + pos, cube, mask=sel)
-        n = tl.sum(sel.to(tl.int32), 0)
-        tl.store(WIDTHS + row * 3 + k, n)
-        base += n
+    by_class(cube, tl.load(CLS + cube, mask=ok, other=3), ok, OUT + row * TOPK, WIDTHS + row * 3)
 
 
 if HAVE_GLUON:
@@ -327,9 +319,7 @@ if HAVE_GLUON:
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [NS, 64, D], v_desc.layout)
         q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
-        for i in gl.static_range(NS):
-            mbarrier.init(bars.index(i), count=1)
+        _init_barriers(q_bar, bars, NS)
 
         row0 = bh * C * 64
         idx_base = IDX + row * TOPK
@@ -361,9 +351,7 @@ if HAVE_GLUON:
             m_i, l_i, acc = _fwd_pass(q_smem, k_desc, v_desc, k_smem, v_smem, bars, idx_base, TOPK, 0,
                                           _ring_steps(TOPK, 1), row0, m_i, l_i, acc, zero, qk_scale, T, HG, W, NCH, NCW, 1,
                                           D, MODE)  # fmt: skip
-        mbarrier.invalidate(q_bar)
-        for i in gl.static_range(NS):
-            mbarrier.invalidate(bars.index(i))
+        _invalidate_barriers(q_bar, bars, NS)
 
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
         dd = gl.arange(0, D, layout=o_cols)
@@ -641,6 +629,41 @@ if HAVE_GLUON:
         return dk, dv
 
     @gluon.jit
+    def _key_segment(ORDER, C, H):
+        """The (batch x head, key cube) segment of this dk/dv program (``ORDER``: by decreasing work):
+        ``(seg, bh, cube_k, b, h, row0)``."""
+        seg = gl.load(ORDER + gl.program_id(0))
+        bh = seg // C
+        cube_k = seg - bh * C
+        return seg, bh, cube_k, (bh // H).to(gl.int64), bh % H, bh * C * 64
+
+    @gluon.jit
+    def _query_list(LISTS, FIRST, QW, seg):
+        """Segment ``seg``'s query list and how many of its cubes are whole, of <= 32 and <= 16 tokens."""
+        lists = LISTS + gl.load(FIRST + seg)
+        return lists, gl.load(QW + seg * 3), gl.load(QW + seg * 3 + 1), gl.load(QW + seg * 3 + 2)
+
+    @gluon.jit
+    def _init_barriers(bar, ring, NS: gl.constexpr):
+        """Initialize a single-use barrier and a ring of ``NS``, one arrival each."""
+        mbarrier.init(bar, count=1)
+        for i in gl.static_range(NS):
+            mbarrier.init(ring.index(i), count=1)
+
+    @gluon.jit
+    def _invalidate_barriers(bar, ring, NS: gl.constexpr):
+        mbarrier.invalidate(bar)
+        for i in gl.static_range(NS):
+            mbarrier.invalidate(ring.index(i))
+
+    @gluon.jit
+    def _load_key_tile(k_desc, v_desc, k_smem, v_smem, kv_bar, row0, cube_k):
+        """TMA of the key cube's key and value tiles (the first rows of its compacted copies)."""
+        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
+        tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
+        tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
+
+    @gluon.jit
     def _dkdv_kernel(
         q_desc, do_desc, q32_desc, do32_desc, q16_desc, do16_desc, k_desc, v_desc, LT, DT, ORDER, LISTS, FIRST, QW,
         DKC, DVC, DK, DV,
@@ -657,11 +680,7 @@ if HAVE_GLUON:
         (compacted copies of q and dout, boxes of 64, 32 or 16 rows); q and dO tiles in a ring of
         ``NS``, filled ``NS - 1`` steps ahead, each step's four matmuls done before the next step's (two
         programs share an SM at ``NS = 2``, and overlap each other's)."""
-        seg = gl.load(ORDER + gl.program_id(0))
-        bh = seg // C
-        cube_k = seg - bh * C
-        b = (bh // H).to(gl.int64)
-        h = bh % H
+        seg, bh, cube_k, b, h, row0 = _key_segment(ORDER, C, H)
 
         o_layout: gl.constexpr = _mma_layout(D)  # 64 x D: dk, dv
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -673,18 +692,9 @@ if HAVE_GLUON:
         do_smem = gl.allocate_shared_memory(do_desc.dtype, [NS, 64, D], do_desc.layout)
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(kv_bar, count=1)
-        for i in gl.static_range(NS):
-            mbarrier.init(bars.index(i), count=1)
-
-        row0 = bh * C * 64
-        lists = LISTS + gl.load(FIRST + seg)
-        n64 = gl.load(QW + seg * 3)
-        n32 = gl.load(QW + seg * 3 + 1)
-        n16 = gl.load(QW + seg * 3 + 2)
-        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
-        tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
-        tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
+        _init_barriers(kv_bar, bars, NS)
+        lists, n64, n32, n16 = _query_list(LISTS, FIRST, QW, seg)
+        _load_key_tile(k_desc, v_desc, k_smem, v_smem, kv_bar, row0, cube_k)
         dk = gl.zeros([64, D], gl.float32, layout=o_layout)
         dv = gl.zeros([64, D], gl.float32, layout=o_layout)
         zero_s = gl.zeros([64, 64], gl.float32, layout=_mma_layout(64))
@@ -701,9 +711,7 @@ if HAVE_GLUON:
         if n16 > 0:
             dk, dv = _dkdv_wide_pass(k_smem, v_smem, q16_desc, do16_desc, q_smem, do_smem, bars, LT, DT, base,
                                      lists + n64 + n32, n16, s16, row0, dk, dv, zero_s, qk_scale, 4, NS, D)  # fmt: skip
-        mbarrier.invalidate(kv_bar)
-        for i in gl.static_range(NS):
-            mbarrier.invalidate(bars.index(i))
+        _invalidate_barriers(kv_bar, bars, NS)
 
         dk = dk * scale
         dd = gl.arange(0, D, layout=o_cols)
@@ -772,11 +780,7 @@ if HAVE_GLUON:
         ``NK`` keys), then ``dV^T += dO^T P`` and ``dK^T += Q^T dS`` in 64-row halves of the head dim,
         P and dS through shared memory. Same lists, query packing, order and ring as
         :func:`_dkdv_kernel`."""
-        seg = gl.load(ORDER + gl.program_id(0))
-        bh = seg // C
-        cube_k = seg - bh * C
-        b = (bh // H).to(gl.int64)
-        h = bh % H
+        seg, bh, cube_k, b, h, row0 = _key_segment(ORDER, C, H)
 
         n_layout: gl.constexpr = _mma_layout(NK)  # 64 x NK: S, dP, and each half of dK^T, dV^T
         n_rows: gl.constexpr = gl.SliceLayout(1, n_layout)
@@ -790,18 +794,9 @@ if HAVE_GLUON:
         ds_smem = gl.allocate_shared_memory(q_desc.dtype, [64, NK], P_LAYOUT)
         kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         bars = gl.allocate_shared_memory(gl.int64, [NS, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(kv_bar, count=1)
-        for i in gl.static_range(NS):
-            mbarrier.init(bars.index(i), count=1)
-
-        row0 = bh * C * 64
-        lists = LISTS + gl.load(FIRST + seg)
-        n64 = gl.load(QW + seg * 3)
-        n32 = gl.load(QW + seg * 3 + 1)
-        n16 = gl.load(QW + seg * 3 + 2)
-        mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes)
-        tma_load(k_desc, [row0 + cube_k * 64, 0], kv_bar, k_smem)
-        tma_load(v_desc, [row0 + cube_k * 64, 0], kv_bar, v_smem)
+        _init_barriers(kv_bar, bars, NS)
+        lists, n64, n32, n16 = _query_list(LISTS, FIRST, QW, seg)
+        _load_key_tile(k_desc, v_desc, k_smem, v_smem, kv_bar, row0, cube_k)
         zero = gl.zeros([64, NK], gl.float32, layout=n_layout)
         dk0 = gl.zeros([64, NK], gl.float32, layout=n_layout)  # dK^T, head dims 0..63
         dv0 = gl.zeros([64, NK], gl.float32, layout=n_layout)
@@ -823,9 +818,7 @@ if HAVE_GLUON:
             dk0, dv0, dk1, dv1 = _dkdv_narrow_pass(
                 k_smem, v_smem, q16_desc, do16_desc, q_smem, do_smem, p_smem, ds_smem, bars, LT, DT, base,
                 lists + n64 + n32, n16, s16, row0, dk0, dv0, dk1, dv1, zero, qk_scale, 4, NS, NK, D)  # fmt: skip
-        mbarrier.invalidate(kv_bar)
-        for i in gl.static_range(NS):
-            mbarrier.invalidate(bars.index(i))
+        _invalidate_barriers(kv_bar, bars, NS)
 
         dd = gl.arange(0, 64, layout=n_rows)
         ktok, kvalid = compact_tokens(cube_k, gl.arange(0, NK, layout=n_cols), T, HG, W, NCH, NCW)
@@ -1038,7 +1031,6 @@ def dkdv_backward(
     geom: CubeGeometry,
     scale: float,
     dkc_dvc: tuple[torch.Tensor, torch.Tensor] | None = None,
-    stages: int | None = None,
     narrow: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dk, dv)`` ``[B, L, H, D]`` of the fine stage (plus ``dkc[cube] / n_cube`` and
@@ -1078,7 +1070,7 @@ def dkdv_backward(
         if width == 64:
             _dkdv_kernel[(part.numel(),)](
                 *query_descs, k_desc, v_desc, *tail, part, lists, *rest,
-                D=dim, HAS_COARSE=dkc_dvc is not None, NS=stages or DKDV_STAGES, num_warps=4,
+                D=dim, HAS_COARSE=dkc_dvc is not None, NS=DKDV_STAGES, num_warps=4,
             )  # fmt: skip
         else:
             gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16

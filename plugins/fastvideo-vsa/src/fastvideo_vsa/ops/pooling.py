@@ -44,7 +44,7 @@ def _pool_one(X, XC, XT, b, h, bh, cube, rows, dd, dmask, valid, tok, count, sb,
     if MEAN:
         mean = tl.sum(x.to(tl.float32), 0) / count  # (D,)
         tl.store(XC + (bh.to(tl.int64) * C + cube) * D + dd, mean, mask=dmask)
-    if TILES:  # the cube's 64 rows, in slot order, zeros in its empty slots
+    if TILES:  # the cube's 64 rows in the order of ``tok``, zeros where not ``valid``
         out_rows = (bh.to(tl.int64) * C + cube) * 64 + rows
         tl.store(XT + out_rows[:, None] * D + dd[None, :], x, mask=dmask[None, :])
 
@@ -152,6 +152,20 @@ def _selectors(BITS, COUNTS, seg, C, WORDS, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def by_class(values, cls, ok, OUT, WIDTHS):
+    """Write the ``values`` where ``ok`` to ``OUT`` by class (``cls``: 0, 1, 2), in their order within
+    each class, and how many of each class to ``WIDTHS[0:3]``; returns how many in all."""
+    base = 0
+    for k in tl.static_range(3):
+        sel = ok & (cls == k)
+        tl.store(OUT + base + tl.cumsum(sel.to(tl.int32), 0) - 1, values, mask=sel)
+        n = tl.sum(sel.to(tl.int32), 0)
+        tl.store(WIDTHS + k, n)
+        base += n
+    return base
+
+
+@triton.jit
 def _query_cubes_kernel(BITS, CLS, LISTS, COUNT, WIDTHS, C, WORDS, BLOCK_C: tl.constexpr):
     """The query cubes that selected one segment's key cube, from ``LISTS[seg * C]``: by width class
     (``CLS``: 0 whole cubes, 1 at most 32 tokens, 2 at most 16), ascending within each; their number, and
@@ -159,15 +173,7 @@ def _query_cubes_kernel(BITS, CLS, LISTS, COUNT, WIDTHS, C, WORDS, BLOCK_C: tl.c
     seg = tl.program_id(0).to(tl.int64)
     cols, chosen = _chosen(BITS, seg, C, WORDS, BLOCK_C)
     cls = tl.load(CLS + cols, mask=cols < C, other=3)
-    base = 0
-    for k in tl.static_range(3):
-        sel = chosen & (cls == k)
-        pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
-        tl.store(LISTS + seg * C + pos, cols, mask=sel)
-        n = tl.sum(sel.to(tl.int32), 0)
-        tl.store(WIDTHS + seg * 3 + k, n)
-        base += n
-    tl.store(COUNT + seg, base)
+    tl.store(COUNT + seg, by_class(cols, cls, chosen, LISTS + seg * C, WIDTHS + seg * 3))
 
 
 @triton.jit
