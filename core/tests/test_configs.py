@@ -12,17 +12,31 @@ from fastvideo.configs import ParallelConfig, PipelineConfig, SamplingParams, no
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_inference_steps": -1}, "num_inference_steps must be an integer >= 1, got -1"),
-        ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1, got 0"),
+        ({"num_inference_steps": -1}, "num_inference_steps must be an integer in [1, 1000], got -1"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be an integer in [1, 1000], got 0"),
+        (
+            {"num_inference_steps": 1_000_000},
+            "num_inference_steps must be an integer in [1, 1000], got 1000000",
+        ),
         ({"num_frames": 0}, "num_frames must be an integer >= 1, got 0"),
         ({"height": 2.5}, "height must be an integer >= 1, got 2.5"),
         ({"width": True}, "width must be an integer >= 1, got True"),
-        ({"seed": -3}, "seed must be an integer >= 0, got -3"),
+        ({"seed": -3}, "seed must be an integer in [0, 2**64 - 1], got -3"),
+        ({"seed": 2**64}, "seed must be an integer in [0, 2**64 - 1], got 18446744073709551616"),
+        ({"seed": 10**400}, f"seed must be an integer in [0, 2**64 - 1], got {10**400}"),
         ({"fps": "24"}, "fps must be an integer >= 1, got '24'"),
         ({"guidance_scale": -0.5}, "guidance_scale must be a number >= 0.0, got -0.5"),
         ({"guidance_scale_2": -1.0}, "guidance_scale_2 must be a number >= 0.0, got -1.0"),
         ({"flow_shift": "3"}, "flow_shift must be a number >= 0.0, got '3'"),
-        ({"max_sequence_length": 0}, "max_sequence_length must be an integer >= 1, got 0"),
+        ({"max_sequence_length": 0}, "max_sequence_length must be an integer in [1, 4096], got 0"),
+        ({"max_sequence_length": 10**6}, "max_sequence_length must be an integer in [1, 4096], got 1000000"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number >= 0.0, got nan"),
+        ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number >= 0.0, got inf"),
+        ({"guidance_scale_2": float("inf")}, "guidance_scale_2 must be a finite number >= 0.0, got inf"),
+        ({"flow_shift": float("nan")}, "flow_shift must be a finite number >= 0.0, got nan"),
+        ({"guidance_scale": float("-inf")}, "guidance_scale must be a finite number >= 0.0, got -inf"),
+        ({"sparsity": float("nan")}, "sparsity must be a finite number in [0, 1), got nan"),
+        ({"sparsity": 1.0}, "sparsity must be a number in [0, 1), got 1.0"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )
@@ -63,7 +77,7 @@ def test_with_overrides_rejects_unknown_keys() -> None:
 
 
 def test_with_overrides_validates_the_result() -> None:
-    with pytest.raises(ValueError, match="num_inference_steps must be an integer >= 1, got -2"):
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer in \[1, 1000\], got -2"):
         SamplingParams().with_overrides({"num_inference_steps": -2})
 
 
@@ -122,10 +136,65 @@ def test_pipeline_config_overrides() -> None:
         ({"sp_size": 0}, "sp_size must be an integer >= 1, got 0"),
         ({"ring_size": -1}, "ring_size must be an integer >= 1, got -1"),
         ({"tp_size": 1.5}, "tp_size must be an integer >= 1, got 1.5"),
+        ({"timeout_s": float("inf")}, "timeout_s must be a finite number >= 1.0, got inf"),
+        ({"timeout_s": float("nan")}, "timeout_s must be a finite number >= 1.0, got nan"),
     ],
-    ids=["num_gpus", "sp_size", "ring_size", "tp_size"],
+    ids=["num_gpus", "sp_size", "ring_size", "tp_size", "timeout_inf", "timeout_nan"],
 )
 def test_parallel_config_validation(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError) as err:
         ParallelConfig(**kwargs)  # type: ignore[arg-type]
     assert str(err.value) == message
+
+
+def test_seed_upper_bound_is_inclusive() -> None:
+    assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1
+    assert SamplingParams(num_inference_steps=1000, max_sequence_length=4096).num_inference_steps == 1000
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (SamplingParams, {"negative_prompt": 5}, "negative_prompt must be a string or None, got int (5)"),
+        (SamplingParams, {"image": 3}, "image must be a string or None, got int (3)"),
+        (PipelineConfig, {"attention_backend": 1}, "attention_backend must be a string or None, got int (1)"),
+        (PipelineConfig, {"device": 0}, "device must be a string or None, got int (0)"),
+        (PipelineConfig, {"token": b"x"}, "token must be a string or None, got bytes (b'x')"),
+        (PipelineConfig, {"progress": "no"}, "progress must be True or False, got str ('no')"),
+        (PipelineConfig, {"compile": 1}, "compile must be True or False or None, got int (1)"),
+        (PipelineConfig, {"parallel": {"num_gpus": 2}}, "parallel must be a ParallelConfig, got dict"),
+        (
+            ParallelConfig,
+            {"strategies": "ulysses"},
+            "strategies must be a list of names, got str ('ulysses')",
+        ),
+        (
+            ParallelConfig,
+            {"strategies": ["a", 2]},
+            "strategies must be a list of names (strings), got int (2)",
+        ),
+        (ParallelConfig, {"fsdp": "yes"}, "fsdp must be True or False, got str ('yes')"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
+def test_configs_reject_wrong_types(cls: type, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(TypeError) as err:
+        cls(**kwargs)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_dtype_value_names_the_field() -> None:
+    with pytest.raises(ValueError) as err:
+        PipelineConfig(dtype=3)  # type: ignore[arg-type]
+    assert str(err.value) == "dtype must be one of bf16, fp16, fp32, got 3"
+
+
+def test_path_and_device_objects_are_normalized() -> None:
+    import pathlib
+
+    import torch
+
+    assert SamplingParams(image=pathlib.Path("cat.png")).image == "cat.png"
+    assert PipelineConfig(device=torch.device("cuda", 1)).device == "cuda:1"
+    assert ParallelConfig(strategies=["a", "b"]).strategies == ("a", "b")

@@ -8,9 +8,14 @@ say what was expected and what was received.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 DTYPES = ("bf16", "fp16", "fp32")
 _DTYPE_ALIASES = {
@@ -35,16 +40,90 @@ def normalize_dtype(value: str | None, what: str = "dtype") -> str | None:
     return _DTYPE_ALIASES[key]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+#: The largest seed (``torch.Generator.manual_seed`` takes unsigned 64-bit values).
+MAX_SEED = 2**64 - 1
+#: Upper bounds of the sampling parameters (a family may lower ``max_sequence_length`` further,
+#: see :meth:`~fastvideo.interfaces.ModelFamily.max_sequence_length`).
+MAX_INFERENCE_STEPS = 1000
+MAX_SEQUENCE_LENGTH = 4096
 
 
-def _check_float(name: str, value: Any, minimum: float, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}, got {value!r}")
+@dataclass(frozen=True)
+class _Range:
+    """The allowed values of one numeric field: ``lo <= x`` and ``x <= hi`` (``x < hi`` when open)."""
+
+    lo: float
+    hi: float | None = None
+    hi_open: bool = False
+
+    def text(self) -> str:
+        if self.hi is None:
+            return f">= {self.lo}"
+        hi = "2**64 - 1" if self.hi == MAX_SEED else str(self.hi)
+        return f"in [{self.lo}, {hi}{')' if self.hi_open else ']'}"
+
+    def __contains__(self, value: float) -> bool:
+        if value < self.lo:
+            return False
+        if self.hi is None:
+            return True
+        return value < self.hi if self.hi_open else value <= self.hi
+
+
+def _check_number(name: str, value: Any, kind: type, allowed: _Range) -> None:
+    """ValueError unless ``value`` is an int (``kind`` int), or a finite int or float (``kind`` float), in range."""
+    what = "an integer" if kind is int else "a number"
+    ok = isinstance(value, int) or (kind is float and isinstance(value, float))
+    finite = isinstance(value, int) or (ok and math.isfinite(value))  # big ints overflow isfinite
+    if isinstance(value, bool) or not ok or (finite and value not in allowed):
+        raise ValueError(f"{name} must be {what} {allowed.text()}, got {value!r}")
+    if not finite:
+        raise ValueError(f"{name} must be a finite number {allowed.text()}, got {value!r}")
+
+
+def _type_name(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[Any, bool]]:
+    """``{field: (type, optional)}`` of a config dataclass, from its annotations."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args
+        if optional:
+            (tp,) = [a for a in args if a is not type(None)]
+        out[f.name] = (tp, optional)
+    return out
+
+
+def _check_fields(config: Any, ranges: Mapping[str, _Range]) -> None:
+    """The one validation layer of the config dataclasses: every field has its annotated type
+    (numbers are finite and in ``ranges``), else a one-line TypeError/ValueError naming it."""
+    for name, (tp, optional) in _field_types(type(config)).items():
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        none = " or None" if optional else ""
+        if tp is int or tp is float:
+            _check_number(name, value, tp, ranges.get(name, _Range(-math.inf)))
+        elif tp is str and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string{none}, got {_type_name(value)}")
+        elif tp is bool and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False{none}, got {_type_name(value)}")
+        elif typing.get_origin(tp) is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError(f"{name} must be a list of names, got {_type_name(value)}")
+            bad = [v for v in value if not isinstance(v, str)]
+            if bad:
+                raise TypeError(f"{name} must be a list of names (strings), got {_type_name(bad[0])} in it")
+            object.__setattr__(config, name, tuple(value))
+        elif isinstance(tp, type) and tp not in (int, float, str, bool) and not isinstance(value, tp):
+            raise TypeError(f"{name} must be a {tp.__name__}{none}, got {_type_name(value)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,22 +145,24 @@ class SamplingParams:
     max_sequence_length: int = 512  # text tokens
     sparsity: float = 0.0  # fraction of attention a sparse backend (vsa) skips, in [0, 1); 0 = dense
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        "num_frames": _Range(1),
+        "height": _Range(1),
+        "width": _Range(1),
+        "num_inference_steps": _Range(1, MAX_INFERENCE_STEPS),
+        "guidance_scale": _Range(0.0),
+        "guidance_scale_2": _Range(0.0),
+        "seed": _Range(0, MAX_SEED),
+        "fps": _Range(1),
+        "flow_shift": _Range(0.0),
+        "max_sequence_length": _Range(1, MAX_SEQUENCE_LENGTH),
+        "sparsity": _Range(0, 1, hi_open=True),
+    }
+
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        _check_int("num_frames", self.num_frames, 1)
-        _check_int("height", self.height, 1)
-        _check_int("width", self.width, 1)
-        _check_int("num_inference_steps", self.num_inference_steps, 1)
-        _check_int("fps", self.fps, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("max_sequence_length", self.max_sequence_length, 1)
-        _check_float("guidance_scale", self.guidance_scale, 0.0)
-        _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, allow_none=True)
-        _check_float("flow_shift", self.flow_shift, 0.0, allow_none=True)
-        sparsity = self.sparsity
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-            raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+        if isinstance(self.image, os.PathLike):
+            object.__setattr__(self, "image", os.fspath(self.image))
+        _check_fields(self, self._RANGES)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
         """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
@@ -116,16 +197,12 @@ class ParallelConfig:
     timeout_s: float = 600.0  # collective timeout of the process group, seconds
     strategies: tuple[str, ...] = ()  # extra (plugin) parallel strategies to apply, by name
 
+    _RANGES: ClassVar[dict[str, _Range]] = {
+        name: _Range(1) for name in ("num_gpus", "sp_size", "ring_size", "hsdp_shard_size", "tp_size")
+    } | {"timeout_s": _Range(1.0)}
+
     def __post_init__(self) -> None:
-        _check_int("num_gpus", self.num_gpus, 1)
-        _check_int("ring_size", self.ring_size, 1)
-        _check_int("tp_size", self.tp_size, 1)
-        if self.sp_size is not None:
-            _check_int("sp_size", self.sp_size, 1)
-        if self.hsdp_shard_size is not None:
-            _check_int("hsdp_shard_size", self.hsdp_shard_size, 1)
-        _check_float("timeout_s", self.timeout_s, 1.0)
-        object.__setattr__(self, "strategies", tuple(self.strategies))
+        _check_fields(self, self._RANGES)
         n, ring, cfg = self.num_gpus, self.ring_size, self.cfg_degree
         if self.sp_size is None and n % (ring * cfg):
             raise ValueError(
@@ -175,6 +252,9 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         for name in ("dtype", "vae_dtype", "text_encoder_dtype"):
             object.__setattr__(self, name, normalize_dtype(getattr(self, name), name))
+        if type(self.device).__module__ == "torch" and type(self.device).__name__ == "device":
+            object.__setattr__(self, "device", str(self.device))  # torch.device("cuda", 1) -> "cuda:1"
+        _check_fields(self, {})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> PipelineConfig:
         names = {f.name for f in dataclasses.fields(self)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,38 @@ class GenerationResult:
         }
 
 
+def model_name(model: Any) -> str:
+    """``model`` as the string :func:`~fastvideo.resolve.resolve` takes (a ``pathlib.Path`` is a local
+    folder); TypeError for anything else."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise TypeError(
+            f"model must be a preset name, a Hub repo id or a local folder (str or pathlib.Path), "
+            f"got {type(model).__name__} ({model!r:.40})"
+        )
+    return model
+
+
+def check_latents(latents: Any) -> None:
+    """``latents`` must be None or a floating-point tensor ``(B, C, T', H', W')`` (the exact sizes are
+    checked against the request when the latents are prepared)."""
+    if latents is None:
+        return
+    import torch
+
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(
+            f"latents must be a torch.Tensor of shape (B, C, T', H', W'), got {type(latents).__name__}; "
+            "use torch.as_tensor(...) or leave it unset"
+        )
+    if latents.ndim != 5 or not latents.is_floating_point():
+        raise ValueError(
+            f"latents must be a floating-point tensor of shape (B, C, T', H', W'), got {latents.dtype} "
+            f"of shape {tuple(latents.shape)}"
+        )
+
+
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Split keyword overrides into (pipeline, parallel, sampling) fields."""
     pipe_fields = {f.name for f in dataclasses.fields(PipelineConfig)} - {"parallel"}
@@ -96,26 +129,34 @@ class VideoGenerator:
         self._lora_merged = False
 
     @classmethod
-    def from_pretrained(cls, model: str, **overrides: Any) -> VideoGenerator:
+    def from_pretrained(cls, model: str | os.PathLike[str], **overrides: Any) -> VideoGenerator:
         """Resolve ``model`` (preset, Hub repo id or local diffusers folder) and load it.
 
         ``overrides`` may set any :class:`PipelineConfig` field (``device``, ``dtype``,
         ``attention_backend``, ...), any :class:`ParallelConfig` field (``num_gpus``, ...) and any
         :class:`SamplingParams` field, which then becomes this generator's default.
         """
+        model = model_name(model)
         pipe, par, samp = split_overrides(overrides)
         config = PipelineConfig(parallel=ParallelConfig(**par)).with_overrides(pipe)
         return cls.from_config(model, config, sampling_overrides=samp)
 
     @classmethod
     def from_config(
-        cls, model: str, config: PipelineConfig, *, sampling_overrides: dict[str, Any] | None = None
+        cls,
+        model: str | os.PathLike[str],
+        config: PipelineConfig,
+        *,
+        sampling_overrides: dict[str, Any] | None = None,
     ) -> VideoGenerator:
         """Like :meth:`from_pretrained`, with the options already in a :class:`PipelineConfig`."""
         from fastvideo import progress
         from fastvideo.attention import resolve_backend_name
         from fastvideo.resolve import resolve
 
+        model = model_name(model)
+        if not isinstance(config, PipelineConfig):
+            raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
         state = None
         if config.parallel.num_gpus > 1 or _launched():  # one rank of a parallel run (docs/parallel.md)
             from fastvideo.parallel.launch import join_run
@@ -172,6 +213,7 @@ class VideoGenerator:
         from fastvideo.video import check_output_path, write_mp4
 
         params = self.sampling_params(prompt, **sampling_overrides)
+        check_latents(latents)
         state = self._parallelize()
         if state is not None and not state.is_main:
             output_path = None  # rank 0 writes the video
@@ -284,13 +326,16 @@ def parse_lora_spec(value: str) -> tuple[str, float]:
     return value, 1.0
 
 
-def preflight(model: str, sampling_overrides: dict[str, Any], config: PipelineConfig) -> SamplingParams:
+def preflight(
+    model: str | os.PathLike[str], sampling_overrides: dict[str, Any], config: PipelineConfig
+) -> SamplingParams:
     """Check a request without loading weights: the backend, the model name and the sampling
     parameters against the family's rules. Returns the parameters that would be used."""
     from fastvideo.attention import resolve_backend_name
     from fastvideo.interfaces.model_family import ModelSource
     from fastvideo.resolve import resolve_family
 
+    model = model_name(model)
     resolve_backend_name(config.attention_backend)
     family, preset, where, index = resolve_family(model, revision=config.revision, token=config.token)
     if index is None and not isinstance(where, str) and (Path(where) / "model_index.json").is_file():

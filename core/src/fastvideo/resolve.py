@@ -2,10 +2,16 @@
 
 Order: presets (names and aliases) first, then a local folder, then a repo id that a preset
 declares, then detectors on ``_class_name`` of ``model_index.json`` (local folder or Hub).
+
+A local folder may carry its sampling defaults in ``fastvideo.json`` (:data:`FOLDER_SETTINGS`):
+``{"preset": "wan-toy", "sampling": {"num_frames": 17, ...}}``. ``fv train`` writes it into its
+exports and the shipped ``wan-toy`` has one, so a copy or a fine-tune of a preset samples like the
+preset (its ``sampling`` entries win over the named preset's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.resources
 import json
@@ -26,6 +32,9 @@ KNOWN_FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"cosmos", "cosmos"),
     (r"step-?video", "stepvideo"),
 )
+
+#: The file of a local model folder that holds its sampling defaults and the preset it derives from.
+FOLDER_SETTINGS = "fastvideo.json"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -99,6 +108,54 @@ def _not_found(model: str, model_index: dict[str, Any] | None = None) -> ModelNo
     return ModelNotFoundError(msg)
 
 
+def folder_settings(source: ModelSource) -> dict[str, Any]:
+    """What :data:`FOLDER_SETTINGS` of a folder made from ``source`` holds: the preset it derives from
+    (when it is an installed preset) and ``source``'s sampling defaults (the fields that are set)."""
+    params = source.family.sampling_defaults(source)
+    sampling = {
+        k: v for k, v in dataclasses.asdict(params).items() if k not in ("prompt", "image") and v is not None
+    }
+    preset = source.preset.name if source.preset is not None else None
+    if preset is not None and find_preset(preset) is None:
+        preset = None  # a folder's own defaults (see _folder_preset), not an installed preset
+    return {"preset": preset, "family": source.family.name, "sampling": sampling}
+
+
+def write_folder_settings(folder: str | Path, source: ModelSource) -> Path:
+    """Write :data:`FOLDER_SETTINGS` into ``folder`` for a model made from ``source``."""
+    path = Path(folder) / FOLDER_SETTINGS
+    path.write_text(json.dumps(folder_settings(source), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def _folder_preset(family: type[ModelFamily], folder: Path) -> Preset | None:
+    """The preset that a local folder's :data:`FOLDER_SETTINGS` gives: the named preset (when it is
+    one of ``family``'s) with the file's sampling entries on top, or a preset of the folder's own
+    defaults; None without the file."""
+    path = folder / FOLDER_SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete the file") from None
+    sampling = settings.get("sampling") if isinstance(settings, dict) else None
+    if not isinstance(settings, dict) or not isinstance(sampling, (dict, type(None))):
+        raise ValueError(f'{path}: expected {{"preset": NAME, "sampling": {{...}}}}; fix or delete the file')
+    sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
+    from fastvideo.configs import SamplingParams
+
+    try:
+        SamplingParams().with_overrides(sampling)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    named = settings.get("preset")
+    match = find_preset(named) if isinstance(named, str) else None
+    if match is not None and match.family is family:
+        return dataclasses.replace(match.preset, sampling={**match.preset.sampling, **sampling})
+    return Preset(name=folder.name, local_path=str(folder), sampling=sampling)
+
+
 def resolve_family(
     model: str, *, revision: str | None = None, token: str | None = None
 ) -> tuple[type[ModelFamily], Preset | None, str | Path, dict[str, Any] | None]:
@@ -119,7 +176,7 @@ def resolve_family(
         family = detect_family(index)
         if family is None:
             raise _not_found(model, index)
-        return family, None, path.resolve(), index
+        return family, _folder_preset(family, path.resolve()), path.resolve(), index
     if _REPO_ID.match(model):
         from fastvideo.loader.hub import fetch_model
 

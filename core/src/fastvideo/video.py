@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,10 @@ from fastvideo.errors import OutputPathError
 
 def check_output_path(path: str | Path, *, overwrite: bool) -> Path:
     """Fail early (before any work) when ``path`` cannot be written or exists without overwrite."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"output_path must be a str or pathlib.Path ending in .mp4, got {type(path).__name__}"
+        )
     path = Path(path).expanduser()
     if path.suffix.lower() != ".mp4":
         raise OutputPathError(f"output path must end in .mp4, got {str(path)!r}")
@@ -41,6 +50,72 @@ def _can_create_in(folder: Path) -> bool:
         return False
 
 
+#: Our temp files beside an output: ``.<stem>.fv-<host hash>-<pid>-<token>.tmp.mp4``; older versions
+#: wrote ``.<stem>.<12 hex>.tmp.mp4``.
+_TEMP = re.compile(r"^\..+\.fv-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp\.mp4$")
+_OLD_TEMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp\.mp4$")
+#: A temp file whose writer cannot be checked is left alone until it has not changed for this long.
+STALE_TEMP_S = 3600.0
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.stem}.fv-{_host()}-{os.getpid()}-{secrets.token_hex(4)}.tmp.mp4"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def _stale_temp(entry: os.DirEntry[str], now: float) -> bool:
+    """Whether ``entry`` is a temp file that one of our writes left behind (killed mid-write): our name
+    pattern, a regular file of this user, and its writer gone (a dead process of this host) or silent
+    for :data:`STALE_TEMP_S`."""
+    match = _TEMP.match(entry.name)
+    if match is None and _OLD_TEMP.match(entry.name) is None:
+        return False
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    getuid = getattr(os, "getuid", None)
+    if not stat.S_ISREG(info.st_mode) or (getuid is not None and info.st_uid != getuid()):
+        return False
+    if match is not None and match["host"] == _host() and not _pid_alive(int(match["pid"])):
+        return True
+    return now - info.st_mtime > STALE_TEMP_S
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files that killed writes left in ``folder`` (see :func:`_stale_temp`; nothing
+    else is touched); returns what was removed."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if _stale_temp(entry, now):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
 def _check_frames(frames: Any, *, lossless: bool) -> Any:
     import numpy as np
 
@@ -66,8 +141,9 @@ def write_mp4(
     frames = _check_frames(frames, lossless=lossless)
     path = check_output_path(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent)
     # ffmpeg creates the temp file itself, so it gets the umask's permissions (mkstemp's are 0600)
-    tmp = str(path.parent / f".{path.stem}.{secrets.token_hex(6)}.tmp.mp4")
+    tmp = str(_temp_path(path))
     try:
         codec: dict[str, Any] = {"codec": "libx264", "quality": 9}
         if lossless:

@@ -29,6 +29,7 @@ and how to build a runnable pipeline. A complete tiny family plugin::
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -116,6 +117,28 @@ class ModelFamily(ABC):
         return cls.spatial_factor, cls.temporal_factor
 
     @classmethod
+    def max_sequence_length(cls, source: ModelSource) -> int | None:
+        """The most text tokens this checkpoint's text encoder takes, or None when it has no limit.
+
+        By default the smaller of ``text_encoder/config.json``'s ``max_position_embeddings`` and
+        ``tokenizer/tokenizer_config.json``'s ``model_max_length`` (values of a million or more, which
+        tokenizers write for "no limit", are ignored); :class:`SamplingParams` caps it at 4096 anyway.
+        """
+        limits = []
+        for rel, key in (
+            ("text_encoder/config.json", "max_position_embeddings"),
+            ("tokenizer/tokenizer_config.json", "model_max_length"),
+        ):
+            path = source.path / rel if str(source.path) not in ("", ".") else None
+            try:
+                value = json.loads(path.read_text()).get(key) if path is not None and path.is_file() else None
+            except (OSError, ValueError):
+                value = None
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000:
+                limits.append(value)
+        return min(limits, default=None)
+
+    @classmethod
     def validate(cls, params: SamplingParams, source: ModelSource) -> None:
         """Raise ``ValueError`` for a request this checkpoint cannot serve (before any weights load)."""
         spatial, temporal = cls.factors(source)
@@ -127,6 +150,12 @@ class ModelFamily(ABC):
                     f"{dim}={value} is not divisible by {spatial}, which {cls.name} requires; "
                     f"use {lower} or {lower + spatial}"
                 )
+        limit = cls.max_sequence_length(source)
+        if limit is not None and params.max_sequence_length > limit:
+            raise ValueError(
+                f"max_sequence_length={params.max_sequence_length} is more than this checkpoint's text encoder "
+                f"takes ({limit} tokens); use at most {limit}"
+            )
         if temporal > 1 and (params.num_frames - 1) % temporal:
             k = (params.num_frames - 1) // temporal
             raise ValueError(

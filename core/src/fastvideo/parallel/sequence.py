@@ -383,7 +383,6 @@ def head_message(model: str, heads: int, state: ParallelState) -> str:
     u, n = state.ulysses_size, state.world_size // state.cfg_size
     fits = [d for d in range(1, n + 1) if heads % d == 0 and n % d == 0]
     best = max(fits)
-    return (
-        f"{model} has {heads} attention heads, which Ulysses degree sp_size={u} does not divide; use "
-        f"--sp-size {best} --ring-size {n // best} (USP) or --sp-size 1 --ring-size {n} (ring attention)"
-    )
+    ring = f"--sp-size 1 --ring-size {n} (ring attention)"
+    fix = ring if best == 1 else f"--sp-size {best} --ring-size {n // best} (USP) or {ring}"
+    return f"{model} has {heads} attention heads, which Ulysses degree sp_size={u} does not divide; use {fix}"

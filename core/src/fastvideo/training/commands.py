@@ -82,11 +82,15 @@ def preprocess(
     videos: Annotated[Path, typer.Option(help="Folder holding the videos.")],
     captions: Annotated[Path, typer.Option(help="JSON or CSV manifest of {path, caption}.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Dataset folder to write.")],
-    num_frames: Annotated[int, typer.Option(help="Frames per sample (Wan: 4k+1).")] = 81,
-    height: Annotated[int, typer.Option(help="Height in pixels.")] = 480,
-    width: Annotated[int, typer.Option(help="Width in pixels.")] = 832,
+    num_frames: Annotated[
+        Optional[int], typer.Option(help="Frames per sample (Wan: 4k+1) [the model's default].")
+    ] = None,
+    height: Annotated[Optional[int], typer.Option(help="Height in pixels [the model's default].")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Width in pixels [the model's default].")] = None,
     frame_stride: Annotated[int, typer.Option(help="Take every N-th frame.")] = 1,
-    max_sequence_length: Annotated[int, typer.Option(help="Text tokens.")] = 512,
+    max_sequence_length: Annotated[
+        Optional[int], typer.Option(help="Text tokens [the model's default].")
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Samples per shard.")] = 64,
     encode_batch_size: Annotated[int, typer.Option(help="Videos per VAE call (small clips: 32+).")] = 1,
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu [cuda when available].")] = None,

@@ -83,10 +83,21 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def write_with_component(base: Path, folder: Path, component: str, write: Callable[[Path], None]) -> None:
+def write_with_component(
+    base: Path,
+    folder: Path,
+    component: str,
+    write: Callable[[Path], None],
+    *,
+    source: ModelSource | None = None,
+) -> None:
     """Make ``folder`` the diffusers checkpoint ``base`` with ``component`` replaced by what ``write``
     puts into the (not yet existing) folder it is given. The other components are hard-linked (copied
-    across file systems); the result is assembled beside ``folder`` and renamed into place."""
+    across file systems); the result is assembled beside ``folder`` and renamed into place. With
+    ``source`` (the base, resolved), ``fastvideo.json`` records its preset and sampling defaults;
+    without, the base's own ``fastvideo.json`` is copied when it has one."""
+    from fastvideo.resolve import FOLDER_SETTINGS, write_folder_settings
+
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -98,6 +109,10 @@ def write_with_component(base: Path, folder: Path, component: str, write: Callab
         if (base / name).is_dir():
             _link_tree(base / name, tmp / name)
     shutil.copy2(base / "model_index.json", tmp / "model_index.json")
+    if source is not None:
+        write_folder_settings(tmp, source)
+    elif (base / FOLDER_SETTINGS).is_file():
+        shutil.copy2(base / FOLDER_SETTINGS, tmp / FOLDER_SETTINGS)
     write(tmp / component)
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -140,7 +155,7 @@ def export_diffusers(
             save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
             os.chmod(out / WEIGHTS, 0o644)
 
-        write_with_component(source.path, folder, component, write)
+        write_with_component(source.path, folder, component, write, source=source)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return folder

@@ -5,7 +5,8 @@ objects, or a mapping ``{path: caption}``) or CSV (columns ``path`` and ``captio
 ``file`` and ``prompt`` / ``text`` are accepted too). Paths are relative to the video folder.
 
 Each video is cut to its first ``num_frames`` frames (every ``frame_stride``-th), scaled to cover
-``height x width`` and centre-cropped, then encoded by the family's VAE (the latent distribution's
+``height x width`` and centre-cropped (the frame count, size and text length default to the model's
+sampling defaults, e.g. 17x64x64 and 16 tokens for ``wan-toy``), then encoded by the family's VAE (the latent distribution's
 mode, normalized as the family's pipelines expect); each caption by its text encoder. Shards of
 ``shard_size`` samples are written atomically; a re-run with the same settings skips the shards
 already on disk (resumable), and the manifest is written last. Videos that cannot be read or are
@@ -37,6 +38,8 @@ from fastvideo.training.data import (
 
 if TYPE_CHECKING:
     import torch
+
+    from fastvideo.interfaces.model_family import ModelSource
 
 SETTINGS = "preprocess.json"
 _PATH_KEYS = ("path", "video", "file")
@@ -203,25 +206,44 @@ def _shard_done(path: Path, expected: str) -> bool:
         return False
 
 
+#: The options of :func:`preprocess` that default to the model's sampling defaults.
+SAMPLE_OPTIONS = ("num_frames", "height", "width", "max_sequence_length")
+
+
+def sample_options(source: ModelSource, **explicit: int | None) -> dict[str, int]:
+    """``num_frames``, ``height``, ``width`` and ``max_sequence_length`` for preprocessing ``source``:
+    the explicit values given (not None), else the checkpoint's sampling defaults, validated by its
+    family (e.g. Wan: 4k+1 frames, sizes in multiples of 16)."""
+    unknown = sorted(set(explicit) - set(SAMPLE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown preprocess option(s) {unknown}; valid: {', '.join(SAMPLE_OPTIONS)}")
+    params = source.family.sampling_defaults(source).with_overrides(explicit)
+    source.family.validate(params, source)
+    return {name: int(getattr(params, name)) for name in SAMPLE_OPTIONS}
+
+
 def preprocess(
     model: str,
     videos: str | Path,
     captions: str | Path,
     output: str | Path,
     *,
-    num_frames: int,
-    height: int,
-    width: int,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
     frame_stride: int = 1,
-    max_sequence_length: int = 512,
+    max_sequence_length: int | None = None,
     shard_size: int = 64,
     device: str | None = None,
     overwrite: bool = False,
     encoders: Encoders | None = None,
     encode_batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Write the dataset (see the module docstring) and return its manifest."""
-    from fastvideo.configs import PipelineConfig, SamplingParams
+    """Write the dataset (see the module docstring) and return its manifest.
+
+    ``num_frames``, ``height``, ``width`` and ``max_sequence_length`` left None take the model's
+    sampling defaults (:func:`sample_options`)."""
+    from fastvideo.configs import PipelineConfig
     from fastvideo.resolve import resolve
 
     videos, output = Path(videos), Path(output)
@@ -234,17 +256,12 @@ def preprocess(
         )
     items = read_captions(captions)
     source = resolve(model)
-    params = SamplingParams(num_frames=num_frames, height=height, width=width)
-    source.family.validate(params, source)  # e.g. Wan: 4k+1 frames, multiples of 16
+    sample = sample_options(
+        source, num_frames=num_frames, height=height, width=width, max_sequence_length=max_sequence_length
+    )
+    max_sequence_length = sample["max_sequence_length"]
     output.mkdir(parents=True, exist_ok=True)
-    options = {
-        "num_frames": num_frames,
-        "height": height,
-        "width": width,
-        "frame_stride": frame_stride,
-        "max_sequence_length": max_sequence_length,
-        "shard_size": shard_size,
-    }
+    options = {**sample, "frame_stride": frame_stride, "shard_size": shard_size}
     _check_settings(output, _settings(model, items, options), overwrite)
     if encoders is None:
         encoders = source.family.training_encoders(source, PipelineConfig(device=device, progress=False))

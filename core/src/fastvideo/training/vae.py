@@ -223,5 +223,6 @@ class VAEAlgorithm(TrainingAlgorithm):
             Path(folder),
             "vae",
             lambda path: out.save_pretrained(str(path), safe_serialization=True),
+            source=self.ctx.source,
         )
         return Path(folder)

@@ -1,0 +1,139 @@
+"""The Python API checks its arguments like the CLI: a fake family whose pipeline returns black frames
+(no weights), so each case runs in milliseconds."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from fastvideo import VideoGenerator
+from fastvideo.errors import OutputPathError
+from fastvideo.interfaces import ModelFamily
+from fastvideo.testing import fake_plugins, plugin_module
+
+
+class _Pipeline:
+    """Black frames of the requested size; records the latents it was given."""
+
+    components: ClassVar[dict[str, Any]] = {"device": torch.device("cpu")}
+
+    def __call__(self, batch: Any) -> Any:
+        p = batch.params
+        batch.frames = np.zeros((p.num_frames, p.height, p.width, 3), np.uint8)
+        return batch
+
+
+class StubFamily(ModelFamily):
+    name = "stub-fam"
+    pipeline_class_names = ("StubPipeline",)
+    default_sampling: ClassVar[dict[str, Any]] = {"num_frames": 3, "height": 16, "width": 16}
+
+    @classmethod
+    def build_pipeline(cls, source, config):  # type: ignore[no-untyped-def]
+        return _Pipeline()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "stub-model"
+    path.mkdir()
+    (path / "model_index.json").write_text(json.dumps({"_class_name": "StubPipeline"}))
+    with fake_plugins(plugin_module("stub-family-plugin", fv_register_model_families=lambda: [StubFamily])):
+        yield path
+
+
+def test_from_pretrained_takes_a_pathlib_path(folder: Path) -> None:
+    gen = VideoGenerator.from_pretrained(pathlib.Path(folder), device="cpu", progress=False)
+    assert gen.source.path == folder.resolve() and gen.source.family is StubFamily
+    assert gen.generate_video("x").frames.shape == (3, 16, 16, 3)
+
+
+@pytest.mark.parametrize("model", [None, 5, ["a"]], ids=["None", "int", "list"])
+def test_model_of_the_wrong_type(folder: Path, model: Any) -> None:
+    with pytest.raises(TypeError) as err:
+        VideoGenerator.from_pretrained(model)
+    assert str(err.value).startswith(
+        "model must be a preset name, a Hub repo id or a local folder (str or pathlib.Path), "
+        f"got {type(model).__name__}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"attention_backend": 1}, TypeError, "attention_backend must be a string or None, got int (1)"),
+        ({"dtype": 3}, ValueError, "dtype must be one of bf16, fp16, fp32, got 3"),
+        ({"negative_prompt": 5}, TypeError, "negative_prompt must be a string or None, got int (5)"),
+        (
+            {"guidance_scale": float("nan")},
+            ValueError,
+            "guidance_scale must be a finite number >= 0.0, got nan",
+        ),
+        ({"num_inference_steps": 10**6}, ValueError, "num_inference_steps must be an integer in [1, 1000]"),
+    ],
+    ids=["attention_backend", "dtype", "negative_prompt", "guidance_nan", "steps"],
+)
+def test_from_pretrained_options_of_the_wrong_type(
+    folder: Path, overrides: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as err:
+        VideoGenerator.from_pretrained(str(folder), device="cpu", progress=False, **overrides)
+    assert type(err.value) is error and str(err.value).startswith(message)
+
+
+@pytest.fixture
+def gen(folder: Path) -> VideoGenerator:
+    return VideoGenerator.from_pretrained(str(folder), device="cpu", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"negative_prompt": 5}, TypeError, "negative_prompt must be a string or None, got int (5)"),
+        ({"seed": 2**64}, ValueError, "seed must be an integer in [0, 2**64 - 1], got 18446744073709551616"),
+        ({"flow_shift": float("nan")}, ValueError, "flow_shift must be a finite number >= 0.0, got nan"),
+        (
+            {"latents": [[0.0]]},
+            TypeError,
+            "latents must be a torch.Tensor of shape (B, C, T', H', W'), got list",
+        ),
+        (
+            {"latents": torch.zeros(1, 4, 2, 2)},
+            ValueError,
+            "latents must be a floating-point tensor of shape (B, C, T', H', W'), got torch.float32 of shape "
+            "(1, 4, 2, 2)",
+        ),
+        (
+            {"latents": torch.zeros(1, 4, 1, 2, 2, dtype=torch.int64)},
+            ValueError,
+            "latents must be a floating-point tensor of shape (B, C, T', H', W'), got torch.int64",
+        ),
+        (
+            {"output_path": 5},
+            TypeError,
+            "output_path must be a str or pathlib.Path ending in .mp4, got int",
+        ),
+    ],
+    ids=["negative_prompt", "seed", "flow_shift", "latents_list", "latents_4d", "latents_int", "output_path"],
+)
+def test_generate_video_checks_its_arguments(
+    gen: VideoGenerator, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as err:
+        gen.generate_video("x", **kwargs)
+    assert type(err.value) is error and str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_generate_video_accepts_a_pathlib_output_path(gen: VideoGenerator, tmp_path: Path) -> None:
+    out = gen.generate_video("x", output_path=tmp_path / "a.mp4")
+    assert out.path == tmp_path / "a.mp4" and out.path.is_file()
+    with pytest.raises(OutputPathError, match="already exists"):
+        gen.generate_video("x", output_path=tmp_path / "a.mp4")
