@@ -515,3 +515,25 @@ def test_ulysses_degree_must_divide_the_heads(ranks4: list[dict[str, Any]]) -> N
         "--sp-size 2 --ring-size 2 (USP) or --sp-size 1 --ring-size 4 (ring attention)"
     )
     assert all(r["heads-error"] == message for r in ranks4)
+
+
+@pytest.mark.parametrize(
+    ("heads", "world", "cfg", "fix"),
+    [
+        (2, 3, 1, "use --sp-size 1 --ring-size 3 (ring attention)"),  # one suggestion, not the same one twice
+        (2, 4, 1, "use --sp-size 2 --ring-size 2 (USP) or --sp-size 1 --ring-size 4 (ring attention)"),
+        (5, 8, 2, "use --sp-size 1 --ring-size 4 (ring attention)"),
+    ],
+    ids=["only-ring", "usp-or-ring", "cfg"],
+)
+def test_heads_message_offers_each_fix_once(heads: int, world: int, cfg: int, fix: str) -> None:
+    from types import SimpleNamespace
+
+    from fastvideo.parallel.sequence import head_message
+
+    state = SimpleNamespace(ulysses_size=world // cfg, world_size=world, cfg_size=cfg)
+    message = head_message("M", heads, state)  # type: ignore[arg-type]
+    assert (
+        message
+        == f"M has {heads} attention heads, which Ulysses degree sp_size={world // cfg} does not divide; {fix}"
+    )

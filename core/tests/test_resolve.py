@@ -213,3 +213,99 @@ def test_preset_needs_exactly_one_location() -> None:
         Preset(name="x")
     with pytest.raises(ValueError, match="needs exactly one"):
         Preset(name="x", repo_id="a/b", local_path="/c")
+
+
+# ---------------------------------------------------------------- fastvideo.json of local folders
+
+
+def _with_settings(folder: Path, settings: object) -> Path:
+    (folder / "fastvideo.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_local_folder_takes_the_sampling_defaults_of_its_preset(
+    family: type[ModelFamily], tmp_path: Path
+) -> None:
+    folder = _with_settings(_folder(tmp_path / "copy", "FakePipeline"), {"preset": "fake-1b", "sampling": {}})
+    source = resolve(str(folder))
+    assert source.path == folder.resolve() and source.preset is not None
+    preset_source = ModelSource(family=family, path=Path(), model_index={}, preset=family.presets[0])
+    expected = family.sampling_defaults(preset_source)
+    assert family.sampling_defaults(source) == expected
+    assert (expected.height, expected.num_inference_steps) == (128, 8)  # the preset's, not the family's
+    # the file's own entries win over the preset's
+    _with_settings(folder, {"preset": "fake-1b", "sampling": {"num_inference_steps": 3, "fps": 12}})
+    params = family.sampling_defaults(resolve(str(folder)))
+    assert (params.height, params.num_inference_steps, params.fps) == (128, 3, 12)
+
+
+def test_local_folder_with_sampling_and_no_known_preset(family: type[ModelFamily], tmp_path: Path) -> None:
+    folder = _with_settings(
+        _folder(tmp_path / "export", "FakePipeline"),
+        {"preset": None, "sampling": {"num_frames": 9, "height": 64, "width": 96}},
+    )
+    fam, preset, _, _ = resolve_family(str(folder))
+    assert fam is family and preset is not None and preset.name == "export"
+    params = family.sampling_defaults(resolve(str(folder)))
+    assert (params.num_frames, params.height, params.width, params.guidance_scale) == (9, 64, 96, 4.0)
+    _with_settings(folder, {"preset": "no-such-preset", "sampling": {"height": 32}})  # falls back to the file
+    assert family.sampling_defaults(resolve(str(folder))).height == 32
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", 'expected {"preset": NAME, "sampling": {...}}'),
+        ('{"sampling": {"steps": 4}}', "unknown sampling parameter(s) ['steps']"),
+        ('{"sampling": {"guidance_scale": NaN}}', "guidance_scale must be a finite number >= 0.0, got nan"),
+    ],
+    ids=["json", "shape", "unknown-key", "nan"],
+)
+def test_bad_folder_settings_name_the_file(
+    family: type[ModelFamily], tmp_path: Path, content: str, message: str
+) -> None:
+    folder = _folder(tmp_path / "bad", "FakePipeline")
+    (folder / "fastvideo.json").write_text(content)
+    with pytest.raises(ValueError) as err:
+        resolve_family(str(folder))
+    assert str(err.value).startswith(f"{folder.resolve() / 'fastvideo.json'}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_folder_settings_round_trip(family: type[ModelFamily], tmp_path: Path) -> None:
+    from fastvideo.resolve import folder_settings, write_folder_settings
+
+    base = _folder(tmp_path / "a", "FakePipeline")
+    hub_like = ModelSource(family=family, path=base, model_index={}, preset=family.presets[0])
+    settings = folder_settings(hub_like)
+    assert settings["preset"] == "fake-1b" and settings["family"] == "fake-fam"
+    assert "prompt" not in settings["sampling"] and settings["sampling"]["num_inference_steps"] == 8
+    copy = _folder(tmp_path / "b", "FakePipeline")
+    write_folder_settings(copy, hub_like)
+    assert family.sampling_defaults(resolve(str(copy))) == family.sampling_defaults(hub_like)
+
+
+# ---------------------------------------------------------------- the text encoder's length limit
+
+
+def test_max_sequence_length_is_bounded_by_the_text_encoder(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "ckpt", "FakePipeline")
+    (folder / "text_encoder").mkdir()
+    (folder / "text_encoder" / "config.json").write_text(json.dumps({"max_position_embeddings": 77}))
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 10**30}))
+    source = ModelSource(family=FakeFamily, path=folder, model_index={})
+    assert FakeFamily.max_sequence_length(source) == 77
+    params = FakeFamily.sampling_defaults(source)
+    FakeFamily.validate(params.with_overrides({"max_sequence_length": 77}), source)
+    with pytest.raises(ValueError) as err:
+        FakeFamily.validate(params.with_overrides({"max_sequence_length": 78}), source)
+    assert str(err.value) == (
+        "max_sequence_length=78 is more than this checkpoint's text encoder takes (77 tokens); use at most 77"
+    )
+    (folder / "text_encoder" / "config.json").write_text(
+        json.dumps({"d_model": 64})
+    )  # T5: relative positions
+    assert FakeFamily.max_sequence_length(source) is None
+    assert FakeFamily.max_sequence_length(_source(FakeFamily)) is None  # no local files

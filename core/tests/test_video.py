@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,44 @@ def test_check_output_path_accepts_a_new_file(tmp_path: Path) -> None:
     assert check_output_path(tmp_path / "new" / "out.mp4", overwrite=False) == tmp_path / "new" / "out.mp4"
     assert not (tmp_path / "new").exists()  # checking creates nothing
     assert list(tmp_path.iterdir()) == []
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a stand-in for a writer killed mid-write)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_killed_writes_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    from fastvideo.video import STALE_TEMP_S, _host
+
+    old = time.time() - STALE_TEMP_S - 60
+    ours_dead = tmp_path / f".clip.fv-{_host()}-{_dead_pid()}-0a1b2c3d.tmp.mp4"  # SIGKILLed writer
+    ours_old = tmp_path / ".clip.0123456789ab.tmp.mp4"  # an older version's name, silent for an hour
+    ours_live = tmp_path / f".clip.fv-{_host()}-{os.getpid()}-00000000.tmp.mp4"  # being written now
+    ours_recent = tmp_path / ".other.aaaaaaaaaaaa.tmp.mp4"  # writer unknown, changed a minute ago
+    user_files = [
+        tmp_path / ".clip.tmp.mp4",
+        tmp_path / ".clip.backup.tmp.mp4",
+        tmp_path / "clip.0123456789ab.tmp.mp4",  # not hidden
+        tmp_path / ".clip.0123456789ab.tmp.mp4.keep",
+        tmp_path / ".clip.fv-zz-1-0a1b2c3d.tmp.mp4",
+    ]
+    for path in [ours_dead, ours_old, ours_live, ours_recent, *user_files]:
+        path.write_bytes(b"partial")
+    os.utime(ours_old, (old, old))
+    for path in user_files:
+        os.utime(path, (old, old))
+    link = tmp_path / ".link.fedcba987654.tmp.mp4"  # a symlink is never ours
+    link.symlink_to(tmp_path / ".clip.tmp.mp4")
+    os.utime(link, (old, old), follow_symlinks=False)
+
+    write_mp4(_frames(t=2), tmp_path / "next.mp4", fps=8)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert ours_dead.name not in left and ours_old.name not in left
+    assert {ours_live.name, ours_recent.name, link.name, "next.mp4"} <= left
+    assert all(p.read_bytes() == b"partial" for p in user_files)
