@@ -137,3 +137,29 @@ def test_generate_video_accepts_a_pathlib_output_path(gen: VideoGenerator, tmp_p
     assert out.path == tmp_path / "a.mp4" and out.path.is_file()
     with pytest.raises(OutputPathError, match="already exists"):
         gen.generate_video("x", output_path=tmp_path / "a.mp4")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--guidance-scale", "nan"], "error: guidance_scale must be a finite number >= 0.0, got nan"),
+        (["--flow-shift", "inf"], "error: flow_shift must be a finite number >= 0.0, got inf"),
+        (["--steps", "1000000"], "error: num_inference_steps must be an integer in [1, 1000], got 1000000"),
+        (["--seed", str(2**64)], f"error: seed must be an integer in [0, 2**64 - 1], got {2**64}"),
+        (
+            ["--max-sequence-length", "5000"],
+            "error: max_sequence_length must be an integer in [1, 4096], got 5000",
+        ),
+    ],
+    ids=["guidance-nan", "shift-inf", "steps", "seed", "text-length"],
+)
+def test_cli_reports_the_config_checks(folder: Path, tmp_path: Path, option: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from fastvideo.cli import app
+
+    args = ["generate", "--model", str(folder), "--prompt", "x", "--output", str(tmp_path / "o.mp4"), *option]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [message]
+    assert not (tmp_path / "o.mp4").exists()

@@ -72,6 +72,9 @@ def test_dumped_config_reads_back_equal(tmp_path: Path) -> None:
         ({"export.use_ema": "true"}, "export.use_ema needs EMA: set ema.decay"),
         ({"optim.betas": "[0.9]"}, "optim.betas must be a list of 2 values"),
         ({"parallel.fsdp": "maybe"}, "parallel.fsdp must be true or false, got 'maybe'"),
+        ({"optim.lr": "nan"}, "optim.lr must be a finite number, got 'nan'"),
+        ({"objective.text_dropout": "inf"}, "objective.text_dropout must be a finite number, got 'inf'"),
+        ({"optim.betas": "[0.9, .nan]"}, "optim.betas[1] must be a finite number"),
     ],
 )
 def test_bad_values_give_one_line_errors(overrides: dict[str, str], message: str) -> None:
@@ -79,6 +82,15 @@ def test_bad_values_give_one_line_errors(overrides: dict[str, str], message: str
         load_config(None, {**REQUIRED, **overrides})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_non_finite_numbers_built_in_python_are_rejected() -> None:
+    from fastvideo.training.config import OptimSection
+
+    with pytest.raises(ValueError, match=r"^optim.lr must be a finite number > 0, got nan$"):
+        OptimSection(lr=float("nan"))
+    with pytest.raises(ValueError, match=r"^optim.max_grad_norm must be a finite number >= 0, got inf$"):
+        OptimSection(max_grad_norm=float("inf"))
 
 
 def test_override_syntax_errors() -> None:

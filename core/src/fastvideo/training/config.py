@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
@@ -343,16 +346,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return int(value)
         raise ValueError(f"{key} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key} must be a number, got {value!r}")
+        if number is None:
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
