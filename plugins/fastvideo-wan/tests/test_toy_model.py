@@ -179,6 +179,10 @@ def test_scaffold_is_the_documented_architecture(tmp_path: Path) -> None:
     assert len(ids) == len(longest.split()) + 1  # one token per word, then </s>
     again = CliRunner().invoke(wan_app, ["toy-init", str(tmp_path / "init")])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    from fastvideo.resolve import resolve
+
+    init, preset = resolve(str(tmp_path / "init")), resolve("wan-toy")  # it samples like the preset
+    assert init.family.sampling_defaults(init) == preset.family.sampling_defaults(preset)
 
 
 def test_scaffold_overrides_keep_vae_and_dit_consistent(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ held-out prompts and scores them with the pixel evaluator of :mod:`fastvideo_wan
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,9 @@ def make_toy_scaffold(
         tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
+    # sampling defaults of the folder, inherited by the recipe's exports (fastvideo.resolve.FOLDER_SETTINGS)
+    settings = {"preset": "wan-toy", "family": "wan", "sampling": dict(SAMPLING)}
+    (path / "fastvideo.json").write_text(json.dumps(settings, indent=2) + "\n")
     return path
 
 
