@@ -37,6 +37,7 @@ from fastvideo.configs import ParallelConfig, PipelineConfig, SamplingParams, no
         ({"guidance_scale": float("-inf")}, "guidance_scale must be a finite number >= 0.0, got -inf"),
         ({"sparsity": float("nan")}, "sparsity must be a finite number in [0, 1), got nan"),
         ({"sparsity": 1.0}, "sparsity must be a number in [0, 1), got 1.0"),
+        ({"guidance_scale": 10**400}, f"guidance_scale must be a finite number >= 0.0, got {10**400}"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )

@@ -74,7 +74,10 @@ def _check_number(name: str, value: Any, kind: type, allowed: _Range) -> None:
     """ValueError unless ``value`` is an int (``kind`` int), or a finite int or float (``kind`` float), in range."""
     what = "an integer" if kind is int else "a number"
     ok = isinstance(value, int) or (kind is float and isinstance(value, float))
-    finite = isinstance(value, int) or (ok and math.isfinite(value))  # big ints overflow isfinite
+    try:
+        finite = ok and math.isfinite(value)
+    except OverflowError:  # an int too large for a float: fine as an integer, not as a float
+        finite = kind is int
     if isinstance(value, bool) or not ok or (finite and value not in allowed):
         raise ValueError(f"{name} must be {what} {allowed.text()}, got {value!r}")
     if not finite:
