@@ -289,6 +289,8 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
         "2",  # a and b in one VAE call; the reference encodes them one by one
         "--max-sequence-length",
         "16",
+        "--negative-prompt",
+        "blurry static frames",
         "--device",
         "cpu",
         "--no-progress",
@@ -325,6 +327,13 @@ def test_preprocess_matches_diffusers_encoders_and_resumes(tiny: dict[str, Path]
         null, _ = pipe.encode_prompt("", do_classifier_free_guidance=False, max_sequence_length=16)
     assert manifest["null_text"] == "null-text.safetensors" and ds.null_text is not None
     torch.testing.assert_close(ds.null_text, null[0].float(), rtol=1e-5, atol=1e-5)
+    # the negative prompt (a CFG teacher's unconditional input), likewise
+    with torch.no_grad():
+        negative, _ = pipe.encode_prompt(
+            "blurry static frames", do_classifier_free_guidance=False, max_sequence_length=16
+        )
+    assert manifest["negative_prompt"] == "blurry static frames" and ds.negative_text is not None
+    torch.testing.assert_close(ds.negative_text, negative[0].float(), rtol=1e-5, atol=1e-5)
 
     # resumable (the same code in-process): a second run re-encodes nothing, a lost shard is
     # rewritten, other settings are refused

@@ -232,6 +232,21 @@ class VideoGenerator:
         batch.timings["total"] = time.perf_counter() - start
         return GenerationResult(batch.frames, params.fps, path, batch.timings, params, batch.latents)
 
+    def set_transformer(self, model: Any, component: str = "transformer") -> None:
+        """Run the pipeline with ``model`` as its ``component`` DiT from now on (training validation
+        swaps in the model being trained; a distilled student replaces its teacher).
+
+        Every stage that holds the component (an attribute of the same name) gets the new one.
+        :raises ValueError: the pipeline has no such component.
+        """
+        if self.pipeline.components.get(component) is None:
+            have = sorted(k for k, v in self.pipeline.components.items() if hasattr(v, "parameters"))
+            raise ValueError(f"this pipeline has no {component!r} to replace; it has: {', '.join(have)}")
+        for stage in self.pipeline.stages:
+            if hasattr(stage, component):
+                setattr(stage, component, model)
+        self.pipeline.components[component] = model
+
     # ---- LoRA adapters (diffusers/peft files, or the family's original naming)
 
     @property

@@ -3,6 +3,6 @@
 from fastvideo.interfaces.attention import AttentionBackend
 from fastvideo.interfaces.model_family import ModelFamily, Preset
 from fastvideo.interfaces.parallel import ParallelStrategy
-from fastvideo.interfaces.training import TrainingAlgorithm
+from fastvideo.interfaces.training import ModelRole, TrainingAlgorithm
 
-__all__ = ["AttentionBackend", "ModelFamily", "ParallelStrategy", "Preset", "TrainingAlgorithm"]
+__all__ = ["AttentionBackend", "ModelFamily", "ModelRole", "ParallelStrategy", "Preset", "TrainingAlgorithm"]

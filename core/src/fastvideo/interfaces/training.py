@@ -37,6 +37,7 @@ which parameters train and what one optimisation step computes. A complete tiny 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -47,12 +48,37 @@ if TYPE_CHECKING:
     from fastvideo.training.trainer import Trainer
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelRole:
+    """One model an algorithm trains or consults, e.g. DMD2's ``student``, ``teacher`` and ``critic``.
+
+    The trainer gives each registered role its own optimizer and lr schedule (``ctx.make_optimizer(
+    model, role=...)`` reads ``roles.<name>.optim`` overrides of the config's ``optim``), FSDP
+    wrapping (``ctx.prepare_model(model, role=...)``), EMA (``ema``, with ``roles.<name>.ema``
+    overrides) and checkpoint state (``model-<name>``, ``optim-<name>``, ``sched-<name>``,
+    ``ema-<name>``).
+    """
+
+    name: str  # an identifier: checkpoint keys and config sections are named after it
+    trainable: bool = True  # False: frozen (eval mode, no grad, no optimizer), e.g. a teacher
+    ema: bool = True  # keep an EMA of it when the config enables EMA (trainable roles only)
+    shard: bool = True  # FSDP2-shard it in runs that shard (frozen roles too: saves memory)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"role names are identifiers (no '.' or '-'), got {self.name!r}")
+
+
 class TrainingAlgorithm(ABC):
     """One post-training method.
 
     Class attributes:
         name: lower-kebab name (``"lora"``).
-        models: the roles of the models it needs (``("student", "teacher", "critic")``).
+        roles: the models it needs, as :class:`ModelRole` (finetune and LoRA: one trainable
+            ``transformer``; DMD2: ``student``, ``teacher``, ``critic``). The trainer checks after
+            :meth:`setup` that each declared role was registered, and nothing else.
+        eval_role: the role whose model validation videos and the export use.
         description: one line for ``fv train --help`` and the docs.
 
     The trainer calls, in order: ``__init__(ctx)``, :meth:`setup` (build, wrap and
@@ -62,8 +88,20 @@ class TrainingAlgorithm(ABC):
     """
 
     name: ClassVar[str]
-    models: ClassVar[tuple[str, ...]] = ("transformer",)
+    roles: ClassVar[tuple[ModelRole, ...]] = (ModelRole(name="transformer"),)
+    eval_role: ClassVar[str] = "transformer"
     description: ClassVar[str] = ""
+
+    @classmethod
+    def role(cls, name: str) -> ModelRole:
+        """The declared role ``name`` (a ``KeyError`` listing the declared ones otherwise)."""
+        for role in cls.roles:
+            if role.name == name:
+                return role
+        raise KeyError(
+            f"training algorithm {cls.name!r} declares no role {name!r}; "
+            f"declared: {', '.join(r.name for r in cls.roles) or 'none'}"
+        )
 
     def __init__(self, ctx: Trainer | None = None) -> None:
         self.ctx: Any = ctx
@@ -97,8 +135,8 @@ class TrainingAlgorithm(ABC):
         return None
 
     def eval_model(self) -> torch.nn.Module:
-        """The model that validation videos and the export use (default: the ``transformer`` role)."""
-        return self.ctx.registered("transformer").model
+        """The model that validation videos and the export use (default: the :attr:`eval_role`'s)."""
+        return self.ctx.registered(self.eval_role).model
 
     def export(self, folder: Path) -> Path:
         """Write the result where ``fv generate`` and diffusers can load it; returns the path.

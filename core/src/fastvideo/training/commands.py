@@ -96,6 +96,9 @@ def preprocess(
     device: Annotated[Optional[str], typer.Option(help="cuda or cpu [cuda when available].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start the output folder again.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(help="Also encode this negative prompt (for CFG teachers, e.g. DMD2).")
+    ] = None,
 ) -> None:
     """Encode videos and captions into latent/text-embedding shards for `fv train` (resumable)."""
     from fastvideo.cli import _clean_errors
@@ -119,6 +122,7 @@ def preprocess(
             device=device,
             overwrite=overwrite,
             encode_batch_size=encode_batch_size,
+            negative_prompt=negative_prompt,
         )
         typer.echo(
             f"wrote {manifest['count']} samples in {len(manifest['shards'])} shard(s) to {output} "

@@ -253,6 +253,9 @@ class TrainConfig:
     attention: AttentionSection = field(default_factory=AttentionSection)
     export: ExportSection = field(default_factory=ExportSection)
     algorithm_options: Mapping[str, Any] = field(default_factory=dict)  # free-form, read by plugin algorithms
+    #: Per-role overrides of ``optim`` and ``ema`` (``roles: {critic: {optim: {lr: 2.0e-6}}}``), for
+    #: algorithms with several models (DMD2's student, teacher and critic); see :meth:`optim_for`.
+    roles: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("max_steps", self.max_steps)
@@ -267,6 +270,38 @@ class TrainConfig:
             )
         if self.export.use_ema and self.ema.decay == 0:
             raise ValueError("export.use_ema needs EMA: set ema.decay (e.g. 0.999)")
+        for role, section in self.roles.items():
+            if not str(role).isidentifier() or not isinstance(section, Mapping):
+                raise ValueError(
+                    f"roles.{role} must be a role name mapped to {{optim: ..., ema: ...}}, got {section!r}"
+                )
+            unknown = sorted(set(section) - {"optim", "ema"})
+            if unknown:
+                raise _unknown(f"roles.{role}.{unknown[0]}", unknown[0], ["optim", "ema"])
+            self.optim_for(role)
+            self.ema_for(role)
+
+    def _role_section(self, role: str | None, name: str) -> Any:
+        base = getattr(self, name)
+        override = (self.roles.get(role) or {}).get(name) if role is not None else None
+        if not override:
+            return base
+        if not isinstance(override, Mapping):
+            raise ValueError(f"roles.{role}.{name} must be a mapping of {name} fields, got {override!r}")
+        try:
+            return _build(
+                type(base), {**dataclasses.asdict(base), **override}, prefix=f"roles.{role}.{name}."
+            )
+        except ValueError as exc:
+            raise ValueError(f"roles.{role}: {exc}") from None
+
+    def optim_for(self, role: str | None) -> OptimSection:
+        """``optim`` with ``roles.<role>.optim`` applied (the run-wide section for ``None``)."""
+        return self._role_section(role, "optim")  # type: ignore[no-any-return]
+
+    def ema_for(self, role: str | None) -> EMASection:
+        """``ema`` with ``roles.<role>.ema`` applied."""
+        return self._role_section(role, "ema")  # type: ignore[no-any-return]
 
     @property
     def output_path(self) -> Path:

@@ -30,6 +30,7 @@ FORMAT = "fastvideo-latents"
 VERSION = 1
 MANIFEST = "manifest.json"
 NULL_TEXT = "null-text.safetensors"  # the empty prompt's embedding (n, D), written by fv preprocess
+NEGATIVE_TEXT = "negative-text.safetensors"  # the negative prompt's (fv preprocess --negative-prompt)
 
 
 def shard_name(index: int) -> str:
@@ -101,12 +102,19 @@ class LatentDataset:
         if not self.index:
             raise ValueError(f"dataset {self.folder} has no samples")
         self._handles: dict[str, Any] = {}
-        self.null_text: torch.Tensor | None = None  # (L, D) zero-padded, when the dataset has one
-        null = self.folder / str(self.manifest.get("null_text") or NULL_TEXT)
-        if null.is_file():
-            from safetensors.torch import load_file
+        #: (L, D) zero-padded embeddings of the empty prompt (caption dropout) and of the negative
+        #: prompt the dataset was written with (a CFG teacher's unconditional branch), when it has them
+        self.null_text = self._text_file(self.manifest.get("null_text") or NULL_TEXT)
+        negative = self.manifest.get("negative_text")
+        self.negative_text = self._text_file(negative) if negative else None
 
-            self.null_text = self._pad(load_file(str(null))["text"].float())[0]
+    def _text_file(self, name: str) -> torch.Tensor | None:
+        path = self.folder / str(name)
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        return self._pad(load_file(str(path))["text"].float())[0]
 
     def __len__(self) -> int:
         return len(self.index)

@@ -28,6 +28,7 @@ from fastvideo import progress
 from fastvideo.training.data import (
     FORMAT,
     MANIFEST,
+    NEGATIVE_TEXT,
     NULL_TEXT,
     VERSION,
     shard_name,
@@ -238,11 +239,14 @@ def preprocess(
     overwrite: bool = False,
     encoders: Encoders | None = None,
     encode_batch_size: int = 1,
+    negative_prompt: str | None = None,
 ) -> dict[str, Any]:
     """Write the dataset (see the module docstring) and return its manifest.
 
     ``num_frames``, ``height``, ``width`` and ``max_sequence_length`` left None take the model's
-    sampling defaults (:func:`sample_options`)."""
+    sampling defaults (:func:`sample_options`). ``negative_prompt`` is also encoded
+    (``negative-text.safetensors``): algorithms whose teacher runs classifier-free guidance (DMD2) read
+    it as ``batch["negative_text"]``."""
     from fastvideo.configs import PipelineConfig
     from fastvideo.resolve import resolve
 
@@ -288,6 +292,11 @@ def preprocess(
     # the pipelines feed the unconditional branch of classifier-free guidance for an empty negative prompt
     null = encoders.encode_text([""], max_sequence_length)[0]
     write_tensors_atomic(output / NULL_TEXT, {"text": null}, {"format": FORMAT})
+    negative = {}
+    if negative_prompt is not None:
+        embedding = encoders.encode_text([negative_prompt], max_sequence_length)[0]
+        write_tensors_atomic(output / NEGATIVE_TEXT, {"text": embedding}, {"format": FORMAT})
+        negative = {"negative_text": NEGATIVE_TEXT, "negative_prompt": negative_prompt}
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -298,6 +307,7 @@ def preprocess(
         "max_sequence_length": max_sequence_length,
         "model": model,
         "null_text": NULL_TEXT,
+        **negative,
         "skipped": skipped,
         **{k: v for k, v in options.items() if k != "max_sequence_length"},
     }

@@ -12,77 +12,43 @@ Determinism: every random draw of a sample (noise, timestep) comes from a genera
 the data position, so a resumed run, or the same run on another number of ranks, sees the same
 numbers. The remaining global RNG states (dropout) are checkpointed per rank.
 
-Parallelism comes from :mod:`fastvideo.parallel`: FSDP2 through the ``fsdp`` strategy's
-``shard_model`` (one unit per block class in the model's ``fsdp_units``) and sequence parallelism
-through the registered ``ulysses`` strategy (:func:`apply_sequence_parallel`).
+The pieces: :class:`~fastvideo.training.runtime.TrainingRuntime` (processes, devices, FSDP2 and
+sequence parallelism through :mod:`fastvideo.parallel`), one
+:class:`~fastvideo.training.roles.RoleState` per model role the algorithm declares (optimizer, lr
+schedule, EMA), :class:`~fastvideo.training.checkpointing.CheckpointManager` (what a checkpoint
+holds, which one to resume), :class:`~fastvideo.training.validation.Validator` (videos through the
+family's inference pipeline) and, here, the loop and the services algorithms call back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from fastvideo.attention.context import StepContext, step_context
-from fastvideo.errors import CheckpointError
 from fastvideo.training import checkpoint as ckpt
+from fastvideo.training.checkpointing import CheckpointManager
 from fastvideo.training.config import TrainConfig, dump_config
 from fastvideo.training.data import LatentDataset, iterate_micro_batches
 from fastvideo.training.ema import EMA
 from fastvideo.training.metrics import MetricsLogger, truncate_after
+from fastvideo.training.roles import Registered, RoleState
+from fastvideo.training.runtime import TrainingRuntime
 from fastvideo.training.sparsity import sparsity_at
+from fastvideo.training.validation import Validator
+
+__all__ = ["Registered", "RoleState", "Trainer", "lr_factor", "sample_generator"]
 
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
-
-
-# ---------------------------------------------------------------- parallel seams
-
-
-def apply_sequence_parallel(
-    model: nn.Module, sp_size: int, world_size: int, device: torch.device
-) -> nn.Module:
-    """Ulysses sequence parallelism through the registered ``ulysses`` strategy of
-    :mod:`fastvideo.parallel` (token shards per rank, all-to-all around attention)."""
-    from fastvideo.registry import get_registry
-
-    table = get_registry().entries["parallel_strategy"]
-    if "ulysses" not in table:
-        raise ValueError(
-            f"parallel.sp_size={sp_size} needs the 'ulysses' parallel strategy, which nothing registers here "
-            f"(registered: {', '.join(sorted(table)) or 'none'}); set parallel.sp_size: 1"
-        )
-    from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.state import init_parallel
-
-    state = init_parallel(ParallelConfig(num_gpus=world_size, sp_size=sp_size), device=str(device))
-    return table["ulysses"].cls().wrap(model, state)
-
-
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute every ``fsdp_units`` block in the backward pass; returns how many were wrapped."""
-    from torch.distributed._composable import checkpoint
-
-    units = tuple(getattr(model, "fsdp_units", ()))
-    blocks = [m for m in model.modules() if m is not model and type(m).__name__ in units]
-    if not blocks:
-        raise ValueError(
-            f"activation checkpointing needs {type(model).__name__}.fsdp_units (the block class names); it has none"
-        )
-    for block in blocks:
-        checkpoint(block)
-    return len(blocks)
 
 
 # ---------------------------------------------------------------- helpers
@@ -104,36 +70,6 @@ def lr_factor(i: int, *, warmup: int, total: int, kind: str, min_ratio: float) -
     if kind == "linear":
         return 1.0 - (1.0 - min_ratio) * progress
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass
-class Registered:
-    """A model the trainer checkpoints (with its optimizer and lr schedule)."""
-
-    role: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer | None
-    scheduler: Any
-    trainable_only: bool  # checkpoint only parameters that require grad (LoRA: the adapters)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state().numpy().tobytes(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state().numpy().tobytes()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
 
 
 # ---------------------------------------------------------------- the trainer
@@ -164,68 +100,55 @@ class Trainer:
         self.dataset = dataset
         self.objective = objective
         self.injected_model = model
-        self.registry: dict[str, Registered] = {}
+        self.runtime = TrainingRuntime(config)
+        self.registry: dict[str, RoleState] = {}
         self.step = 0
         self.data_position = 0
-        self.ema: EMA | None = None
         self.algorithm: Any = None
         self.logger: MetricsLogger | None = None
-        self._validation: Any = None
+        self.checkpoints: CheckpointManager | None = None
+        self._validator: Validator | None = None
         self._null_text: torch.Tensor | None = None
+        self._negative_text: torch.Tensor | None = None
         self._is_setup = False
 
-    # -- processes and devices
-    def _init_distributed(self) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if self.config.device is not None:
-            self.device = torch.device(self.config.device)
-            if self.device.type == "cuda" and self.device.index is None:
-                self.device = torch.device("cuda", self.local_rank)
-        elif torch.cuda.is_available():
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
-        sp = self.config.parallel.sp_size
-        if self.world_size % sp:
-            raise ValueError(f"parallel.sp_size={sp} must divide the number of processes ({self.world_size})")
-        if sp > 1 and sp != self.world_size:
-            raise ValueError(
-                f"parallel.sp_size={sp} with {self.world_size} processes: sequence parallelism inside several "
-                f"data-parallel groups is not supported yet; use sp_size = the number of processes"
-            )
-        self.dp_size, self.dp_rank = self.world_size // sp, self.rank // sp
-        data = self.config.data
-        if data.batch_size % (data.grad_accum_steps * self.dp_size):
-            raise ValueError(
-                f"data.batch_size={data.batch_size} must be a multiple of data.grad_accum_steps "
-                f"({data.grad_accum_steps}) x data-parallel ranks ({self.dp_size})"
-            )
-        self.fsdp = (
-            self.config.parallel.fsdp if self.config.parallel.fsdp is not None else self.world_size > 1
-        )
-        if self.world_size > 1 and not self.fsdp:
-            raise ValueError("several processes need parallel.fsdp: true (plain DDP is not provided)")
-        self.mesh = None
-        if self.world_size > 1:
-            from torch.distributed.device_mesh import init_device_mesh
+    # -- the runtime's view (kept as attributes: algorithms and tests read them)
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
-            self.mesh = init_device_mesh(self.device.type, (self.dp_size, sp), mesh_dim_names=("dp", "sp"))
+    @property
+    def rank(self) -> int:
+        return self.runtime.rank
 
-    def _seed(self) -> None:
-        seed = self.config.seed
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+    @property
+    def world_size(self) -> int:
+        return self.runtime.world_size
+
+    @property
+    def dp_size(self) -> int:
+        return self.runtime.dp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.runtime.dp_rank
+
+    @property
+    def fsdp(self) -> bool:
+        return self.runtime.fsdp
+
+    @property
+    def mesh(self) -> Any:
+        return self.runtime.mesh
+
+    @property
+    def ema(self) -> EMA | None:
+        """The EMA of the evaluated role (validation and export use it)."""
+        reg = self.registry.get(self.algorithm.eval_role) if self.algorithm is not None else None
+        return reg.ema if reg is not None else None
 
     def setup(self) -> Trainer:
-        """Processes, model family, data, algorithm, EMA, logging. Idempotent."""
+        """Processes, model family, data, algorithm and its roles, logging. Idempotent."""
         if self._is_setup:
             return self
         cfg = self.config
@@ -233,8 +156,7 @@ class Trainer:
             raise ValueError(
                 "mixed_precision fp16 needs loss scaling, which the trainer does not do; use bf16"
             )
-        self._init_distributed()
-        self._seed()
+        self.runtime.start()
         from fastvideo.attention import get_backend, resolve_backend_name
 
         self.backend = resolve_backend_name(cfg.attention.backend)
@@ -253,27 +175,48 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         from fastvideo.registry import get_registry
 
-        self.algorithm = get_registry().get("training_algorithm", cfg.algorithm).cls(self)
+        algorithm_cls = get_registry().get("training_algorithm", cfg.algorithm).cls
+        unknown = sorted(set(cfg.roles) - {r.name for r in algorithm_cls.roles})
+        if unknown:
+            raise ValueError(
+                f"roles.{unknown[0]}: training algorithm {cfg.algorithm!r} has no such role; its roles: "
+                f"{', '.join(r.name for r in algorithm_cls.roles)}"
+            )
+        self.algorithm = algorithm_cls(self)
+        self.checkpoints = CheckpointManager(
+            self.output_dir / CHECKPOINTS,
+            rank=self.rank,
+            world_size=self.world_size,
+            keep_last=cfg.checkpoint.keep_last,
+            eval_role=self.algorithm.eval_role,
+        )
         if self.dataset is None:
             self.dataset = self.algorithm.make_dataset()
         if self.dataset is None:
             self.dataset = LatentDataset(cfg.data.path)
-        null_text = getattr(self.dataset, "null_text", None)  # the empty prompt, for caption dropout
-        self._null_text = None if null_text is None else null_text.to(self.device)
+        self._null_text = self._dataset_text("null_text")  # the empty prompt, for caption dropout
+        self._negative_text = self._dataset_text("negative_text")  # the negative prompt (CFG teachers)
         self.algorithm.setup()
-        if not self.registry:
-            raise ValueError(
-                f"training algorithm {cfg.algorithm!r} registered no model in setup(); call ctx.register"
-            )
-        if cfg.ema.decay > 0:
-            self.ema = EMA(
-                self.algorithm.eval_model(),
-                decay=cfg.ema.decay,
-                start_step=cfg.ema.start_step,
-                every_steps=cfg.ema.every_steps,
-            )
+        self._check_roles()
         self._is_setup = True
         return self
+
+    def _dataset_text(self, name: str) -> torch.Tensor | None:
+        value = getattr(self.dataset, name, None)
+        return None if value is None else value.to(self.device)
+
+    def _check_roles(self) -> None:
+        declared = [r.name for r in self.algorithm.roles]
+        if not self.registry:
+            raise ValueError(
+                f"training algorithm {self.config.algorithm!r} registered no model in setup(); call ctx.register"
+            )
+        missing = [r for r in declared if r not in self.registry]
+        if missing:
+            raise ValueError(
+                f"training algorithm {self.config.algorithm!r} declares role {missing[0]!r} but registered no "
+                f"model for it in setup() (registered: {', '.join(self.registry)})"
+            )
 
     # -- services for algorithms
     def load_transformer(self, component: str | None = None, *, dtype: str = "fp32") -> nn.Module:
@@ -288,34 +231,30 @@ class Trainer:
             self.source, component=comp, dtype=dtype, device=device, attention_backend=self.backend
         )
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Activation checkpointing, sequence parallelism and FSDP2 as configured; train mode."""
-        par = self.config.parallel
-        if par.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        if par.sp_size > 1:
-            model = apply_sequence_parallel(model, par.sp_size, self.world_size, self.device)
-        if self.fsdp:
-            assert self.mesh is not None
-            mesh = self.mesh["dp", "sp"]._flatten("dp_sp") if par.sp_size > 1 else self.mesh["dp"]
-            from fastvideo.parallel.fsdp import shard_model  # the fsdp strategy's own sharding
+    def prepare_model(self, model: nn.Module, *, role: str | None = None) -> nn.Module:
+        """Activation checkpointing, sequence parallelism and FSDP2 as configured; train mode. With
+        ``role``, as that declared role needs (a frozen one: eval mode, no grad, sharded only if the
+        role's ``shard`` says so)."""
+        if role is None:
+            return self.runtime.prepare_model(model)
+        spec = self.algorithm.role(role)
+        return self.runtime.prepare_model(model, trainable=spec.trainable, shard=self.fsdp and spec.shard)
 
-            model = shard_model(model, mesh)  # parameters stay fp32: autocast does the bf16 compute
-        else:
-            model = model.to(self.device)
-        return model.train()
-
-    def make_optimizer(self, model_or_params: nn.Module | Any) -> torch.optim.Optimizer:
-        """AdamW over the parameters that require grad."""
+    def make_optimizer(
+        self, model_or_params: nn.Module | Any, *, role: str | None = None
+    ) -> torch.optim.Optimizer:
+        """AdamW over the parameters that require grad, with ``optim`` (and ``roles.<role>.optim``)."""
         params = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
         trainable = [p for p in params if p.requires_grad]
         if not trainable:
-            raise ValueError("no parameter requires grad: nothing to train")
-        o = self.config.optim
+            raise ValueError(
+                f"no parameter requires grad: nothing to train{f' for role {role!r}' if role else ''}"
+            )
+        o = self.config.optim_for(role)
         return torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
-    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
-        o, total = self.config.optim, self.config.max_steps
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, *, role: str | None = None) -> Any:
+        o, total = self.config.optim_for(role), self.config.max_steps
 
         def factor(i: int) -> float:
             return lr_factor(
@@ -333,14 +272,23 @@ class Trainer:
         scheduler: Any = "auto",
         trainable_only: bool = False,
     ) -> None:
-        """Checkpoint ``model`` (+ optimizer and lr schedule, made here when ``scheduler="auto"``)."""
-        if "." in role or "-" in role:
-            raise ValueError(f"role names are identifiers (no '.' or '-'), got {role!r}")
+        """Checkpoint ``model`` as ``role`` (+ optimizer and lr schedule, made here when
+        ``scheduler="auto"``, and an EMA when the config enables it for this role)."""
+        try:
+            spec = self.algorithm.role(role)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         if scheduler == "auto":
-            scheduler = self.make_scheduler(optimizer) if optimizer is not None else None
-        self.registry[role] = Registered(role, model, optimizer, scheduler, trainable_only)
+            scheduler = self.make_scheduler(optimizer, role=role) if optimizer is not None else None
+        ema_cfg = self.config.ema_for(role)
+        ema = None
+        if spec.trainable and spec.ema and ema_cfg.decay > 0:
+            ema = EMA(
+                model, decay=ema_cfg.decay, start_step=ema_cfg.start_step, every_steps=ema_cfg.every_steps
+            )
+        self.registry[role] = RoleState(spec, model, optimizer, scheduler, trainable_only, ema)
 
-    def registered(self, role: str) -> Registered:
+    def registered(self, role: str) -> RoleState:
         if role not in self.registry:
             raise KeyError(
                 f"no model registered as {role!r}; registered: {', '.join(self.registry) or 'none'}"
@@ -348,8 +296,7 @@ class Trainer:
         return self.registry[role]
 
     def autocast(self) -> Any:
-        enabled = self.config.mixed_precision != "fp32"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return self.runtime.autocast()
 
     def sparsity(self, step: int | None = None) -> float:
         """The attention sparsity of optimizer step ``step`` (1-based; 0 for dense backends): the ramp
@@ -365,7 +312,16 @@ class Trainer:
         return [sample_generator(self.config.seed, self.step, int(p), stream) for p in micro["position"]]
 
     def to_device(self, micro: dict[str, Any]) -> dict[str, Any]:
-        return {k: (v.to(self.device, non_blocking=True) if k != "position" else v) for k, v in micro.items()}
+        """``micro`` on this rank's device, with the dataset's ``null_text`` (empty prompt) and
+        ``negative_text`` (negative prompt) embeddings when it has them."""
+        batch = {
+            k: (v.to(self.device, non_blocking=True) if k != "position" else v) for k, v in micro.items()
+        }
+        if self._null_text is not None:
+            batch["null_text"] = self._null_text
+        if self._negative_text is not None:
+            batch["negative_text"] = self._negative_text
+        return batch
 
     def step_context(self, model: nn.Module, latents: torch.Tensor) -> StepContext:
         grid_fn = getattr(model, "token_grid", None)
@@ -380,8 +336,6 @@ class Trainer:
         """The family objective on one micro-batch, under autocast and the attention step context."""
         gens = self.generators(micro, stream)
         batch = self.to_device(micro)
-        if self._null_text is not None:
-            batch["null_text"] = self._null_text
         with self.autocast(), step_context(self.step_context(model, batch["latents"])):
             return self.objective(model, batch, gens)
 
@@ -399,9 +353,11 @@ class Trainer:
             setter(enabled)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, float]:
-        """Clip (``optim.max_grad_norm``), step, advance the lr schedule, zero the grads."""
+        """Clip (``optim.max_grad_norm`` of the optimizer's role), step, advance the lr schedule,
+        zero the grads."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        max_norm = self.config.optim.max_grad_norm or float("inf")
+        role = next((r.role for r in self.registry.values() if r.optimizer is optimizer), None)
+        max_norm = self.config.optim_for(role).max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         full = getattr(norm, "full_tensor", None)
         norm = full() if callable(full) else norm
@@ -415,12 +371,7 @@ class Trainer:
 
     def mean_over_ranks(self, value: torch.Tensor) -> float:
         """The mean of a scalar over all ranks (losses for logging)."""
-        value = value.detach().float().reshape(())
-        if self.world_size > 1:
-            value = value.to(self.device)
-            dist.all_reduce(value)
-            value = value / self.world_size
-        return float(value)
+        return self.runtime.mean_over_ranks(value)
 
     def export_diffusers(self, model: nn.Module, folder: str | Path) -> Path:
         from fastvideo.training.export import export_diffusers
@@ -439,147 +390,65 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.output_dir / CHECKPOINTS
 
-    def _model_state(self, reg: Registered) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        opts = StateDictOptions(ignore_frozen_params=reg.trainable_only)
-        return get_model_state_dict(reg.model, options=opts)
-
-    def _state(self, keys: set[str] | None = None) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        state: dict[str, Any] = {
-            "trainer": {"step": self.step, "data_position": self.data_position, "world_size": self.world_size}
-        }
-        state[f"rng-rank{self.rank}"] = _rng_state()
-        algo = self.algorithm.state_dict()
-        if algo:
-            state["algorithm"] = algo
-        for role, reg in self.registry.items():
-            state[f"model-{role}"] = self._model_state(reg)
-            if reg.optimizer is not None:
-                state[f"optim-{role}"] = get_optimizer_state_dict(reg.model, reg.optimizer)
-            if reg.scheduler is not None:
-                state[f"sched-{role}"] = reg.scheduler.state_dict()
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        if keys is not None:
-            state = {k: v for k, v in state.items() if k in keys}
-        return state
-
     def save_checkpoint(self) -> Path:
-        path = ckpt.save(
-            self.checkpoint_root,
+        assert self.checkpoints is not None
+        path = self.checkpoints.save(
             self.step,
-            self._state(),
-            keep_last=self.config.checkpoint.keep_last,
-            world_size=self.world_size,
+            self.registry,
+            counters={"step": self.step, "data_position": self.data_position},
+            algorithm=self.algorithm.state_dict(),
         )
         if self.logger is not None:
             self.logger.event(self.step, "checkpoint", path=str(path))
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore models, optimizers, schedules, EMA, RNG states and the data position."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
+        """Restore every role's model, optimizer, schedule and EMA, the RNG states, the algorithm's
+        state and the data position."""
+        assert self.checkpoints is not None
+        counters, algorithm = self.checkpoints.load(
+            path, self.registry, algorithm=self.algorithm.state_dict()
         )
-
-        keys = ckpt.saved_keys(path)
-        missing = [f"model-{r}" for r in self.registry if f"model-{r}" not in keys]
-        if missing:
-            raise CheckpointError(
-                f"{path} holds no {missing[0]!r}: it was written by another algorithm ({keys})"
-            )
-        state = ckpt.load(path, self._state(keys))
-        for role, reg in self.registry.items():
-            set_model_state_dict(
-                reg.model, state[f"model-{role}"], options=StateDictOptions(strict=not reg.trainable_only)
-            )
-            if reg.optimizer is not None and f"optim-{role}" in state:
-                set_optimizer_state_dict(reg.model, reg.optimizer, state[f"optim-{role}"])
-            if reg.scheduler is not None and f"sched-{role}" in state:
-                reg.scheduler.load_state_dict(state[f"sched-{role}"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-        if "algorithm" in state:
-            self.algorithm.load_state_dict(state["algorithm"])
-        if f"rng-rank{self.rank}" in state:
-            _set_rng_state(state[f"rng-rank{self.rank}"])
-        self.step = int(state["trainer"]["step"])
-        self.data_position = int(state["trainer"]["data_position"])
+        if algorithm is not None:
+            self.algorithm.load_state_dict(algorithm)
+        self.step = counters["step"]
+        self.data_position = counters["data_position"]
 
     def _resume_path(self) -> Path | None:
-        req = self.resume_request
-        if req in (None, False):
-            found = ckpt.latest(self.checkpoint_root)
-            if found is not None:
-                raise ValueError(
-                    f"{self.output_dir} already holds checkpoint {found.name}; pass --resume to continue it "
-                    f"or choose another output_dir"
-                )
-            return None
-        if req in (True, "auto", "latest"):
-            return ckpt.latest(self.checkpoint_root)
-        path = Path(str(req))
-        if not ckpt.is_complete(path):
-            raise ValueError(
-                f"--resume-from {path}: not a complete checkpoint (a step-N folder with a COMPLETE marker)"
-            )
-        return path
+        assert self.checkpoints is not None
+        return self.checkpoints.resume_path(self.resume_request, self.output_dir)
 
     # -- validation
+    @contextlib.contextmanager
+    def _eval_weights(self, model: nn.Module) -> Iterator[nn.Module]:
+        """``model`` with the EMA weights in it when ``export.use_ema`` (validation and export)."""
+        ema = self.ema
+        with (
+            ema.applied(model) if ema is not None and self.config.export.use_ema else contextlib.nullcontext()
+        ):
+            yield model
+
     def validate(self) -> list[str]:
         """Write one video per validation prompt with the current (or EMA) weights; returns paths."""
-        cfg = self.config.validation
-        from fastvideo.configs import PipelineConfig
-        from fastvideo.generator import VideoGenerator
-
-        model = self.algorithm.eval_model()
-        if self._validation is None:
-            pipe_cfg = PipelineConfig(
-                device=str(self.device), dtype="fp32", progress=False, attention_backend=self.backend
+        if self._validator is None:
+            self._validator = Validator(
+                self.family,
+                self.source,
+                device=str(self.device),
+                attention_backend=self.backend,
+                component=self.config.model.component,
             )
-            pipeline = self.family.build_pipeline(self.source, pipe_cfg)
-            defaults = self.family.sampling_defaults(self.source)
-            self._validation = VideoGenerator(self.source, pipeline, pipe_cfg, defaults)
-        gen = self._validation
-        component = self.config.model.component
-        for stage in gen.pipeline.stages:
-            if component == "transformer" and hasattr(stage, "transformer"):
-                stage.transformer = model
-            if component == "transformer_2" and hasattr(stage, "transformer_2"):
-                stage.transformer_2 = model
-        gen.pipeline.components[component] = model
-        overrides = {
-            k: getattr(cfg, k)
-            for k in ("num_frames", "height", "width", "guidance_scale")
-            if getattr(cfg, k) is not None
-        }
-        out_dir = self.output_dir / "validation"
-        paths = []
+        model = self.algorithm.eval_model()
         model.eval()
         try:
-            ctx = (
-                self.ema.applied(model)
-                if self.ema is not None and self.config.export.use_ema
-                else contextlib.nullcontext()
-            )
-            with ctx, self.autocast():
-                for i, prompt in enumerate(cfg.prompts):
-                    path = out_dir / f"step-{self.step:08d}-{i}.mp4" if self.rank == 0 else None
-                    gen.generate_video(
-                        prompt,
-                        output_path=path,
-                        overwrite=True,
-                        seed=cfg.seed,
-                        num_inference_steps=cfg.num_inference_steps,
-                        **overrides,
-                    )
-                    if path is not None:
-                        paths.append(str(path))
+            with self._eval_weights(model), self.autocast():
+                paths = self._validator.write(
+                    model,
+                    self.config.validation,
+                    self.output_dir / "validation",
+                    step=self.step,
+                    main=self.rank == 0,
+                )
         finally:
             model.train()
         if self.logger is not None:
@@ -602,7 +471,7 @@ class Trainer:
 
     def run_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, Any]:
         """Optimizer step ``self.step``: the algorithm's ``train_step`` under the attention backend
-        and step context, then the EMA update. Returns the algorithm's metrics."""
+        and step context, then every role's EMA update. Returns the algorithm's metrics."""
         from fastvideo.attention import use_backend
 
         # the step context stays set through backward: recomputed (checkpointed) blocks must
@@ -615,20 +484,15 @@ class Trainer:
         )
         with use_backend(self.backend), step_context(ctx):
             metrics = self.algorithm.train_step(micro_batches)
-        if self.ema is not None:
-            self.ema.update(self.algorithm.eval_model(), self.step)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        for reg in self.registry.values():
+            if reg.ema is not None:
+                reg.ema.update(reg.model, self.step)
+        self.runtime.synchronize()
         return metrics
 
     def _time_is_up(self, started: float) -> bool:
         """Whether ``max_minutes`` have passed since ``started``; rank 0's clock decides for all."""
-        up = time.monotonic() - started >= 60.0 * self.config.max_minutes
-        if self.world_size > 1:
-            flag = torch.tensor([float(up)], device=self.device)
-            dist.broadcast(flag, src=0)
-            up = bool(flag.item())
-        return up
+        return self.runtime.rank0_decides(time.monotonic() - started >= 60.0 * self.config.max_minutes)
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -705,20 +569,12 @@ class Trainer:
 
     def export(self) -> Path:
         """The algorithm's export into ``<output_dir>/export`` (EMA weights with ``export.use_ema``)."""
-        folder = self.output_dir / EXPORT
-        model = self.algorithm.eval_model()
-        ctx = (
-            self.ema.applied(model)
-            if self.ema is not None and self.config.export.use_ema
-            else contextlib.nullcontext()
-        )
-        with ctx:
-            path = self.algorithm.export(folder)
+        with self._eval_weights(self.algorithm.eval_model()):
+            path = self.algorithm.export(self.output_dir / EXPORT)
         if self.logger is not None:
             self.logger.event(self.step, "export", path=str(path))
         return path
 
     def close(self) -> None:
-        """Leave the process group this trainer created."""
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group this trainer joined."""
+        self.runtime.close()

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from fastvideo.interfaces.training import TrainingAlgorithm
+from fastvideo.interfaces.training import ModelRole, TrainingAlgorithm
 from fastvideo.training.config import _positive, parse_algorithm_options
 
 if TYPE_CHECKING:
@@ -93,7 +93,8 @@ class VAEAlgorithm(TrainingAlgorithm):
     """Reconstruction training of the checkpoint's ``vae`` component (one process)."""
 
     name = "vae"
-    models = ("vae",)
+    roles: ClassVar[tuple[ModelRole, ...]] = (ModelRole(name="vae"),)
+    eval_role = "vae"
     description = "the checkpoint's VAE on pixel clips: L1 + MSE reconstruction + KL (one process)"
 
     def __init__(self, ctx: Any = None) -> None:
@@ -124,11 +125,8 @@ class VAEAlgorithm(TrainingAlgorithm):
         vae = load_component(ctx.source.path, ctx.source.model_index, "vae", dtype="fp32", device=ctx.device)
         vae.train().requires_grad_(True)
         self.model = vae
-        self.optimizer = ctx.make_optimizer(vae)
+        self.optimizer = ctx.make_optimizer(vae, role="vae")
         ctx.register("vae", vae, self.optimizer)
-
-    def eval_model(self) -> Any:
-        return self.ctx.registered("vae").model
 
     def loss(self, micro: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         import torch
