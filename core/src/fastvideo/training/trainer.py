@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ class Registered:
 def _rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state().numpy().tobytes(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -128,9 +129,16 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
+def _numpy_state() -> tuple[Any, ...]:
+    """numpy's global RNG state as plain data (no ndarray), which checkpoints decode without pickle globals."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return (str(name), np.asarray(key, dtype=np.uint32).tobytes(), int(pos), int(has_gauss), float(cached))
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.frombuffer(key, dtype=np.uint32).copy(), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
@@ -173,6 +181,7 @@ class Trainer:
         self._validation: Any = None
         self._null_text: torch.Tensor | None = None
         self._is_setup = False
+        self._verified: dict[Path, Any] = {}  # checkpoint -> its verified DCP metadata
 
     # -- processes and devices
     def _init_distributed(self) -> None:
@@ -487,13 +496,17 @@ class Trainer:
             set_optimizer_state_dict,
         )
 
-        keys = ckpt.saved_keys(path)
+        path = Path(path)
+        metadata = self._verified.pop(path, None)
+        if metadata is None:
+            metadata = ckpt.verify(path)
+        keys = ckpt.saved_keys(path, metadata)
         missing = [f"model-{r}" for r in self.registry if f"model-{r}" not in keys]
         if missing:
             raise CheckpointError(
                 f"{path} holds no {missing[0]!r}: it was written by another algorithm ({keys})"
             )
-        state = ckpt.load(path, self._state(keys))
+        state = ckpt.load(path, self._state(keys), metadata)
         for role, reg in self.registry.items():
             set_model_state_dict(
                 reg.model, state[f"model-{role}"], options=StateDictOptions(strict=not reg.trainable_only)
@@ -522,13 +535,42 @@ class Trainer:
                 )
             return None
         if req in (True, "auto", "latest"):
-            return ckpt.latest(self.checkpoint_root)
+            return self._newest_intact()
         path = Path(str(req))
         if not ckpt.is_complete(path):
             raise ValueError(
                 f"--resume-from {path}: not a complete checkpoint (a step-N folder with a COMPLETE marker)"
             )
+        self._verified[path] = ckpt.verify(path)  # an explicit checkpoint that is damaged is an error
         return path
+
+    def _newest_intact(self) -> Path | None:
+        """The newest checkpoint that passes :func:`ckpt.verify`; a damaged newer one is skipped with a
+        warning. Raises when checkpoints exist but none is usable (starting over would discard them)."""
+        found = ckpt.complete_checkpoints(self.checkpoint_root)
+        skipped: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            try:
+                self._verified[path] = ckpt.verify(path)
+            except CheckpointError as exc:
+                skipped.append((path, str(exc).removesuffix(f"; {ckpt.DAMAGED_HINT}")))
+                continue
+            if self.rank == 0:
+                for bad, reason in skipped:
+                    warnings.warn(
+                        f"checkpoint {bad.name} is unusable ({reason}); resuming from {path.name}, the newest "
+                        f"intact checkpoint",
+                        stacklevel=2,
+                    )
+            return path
+        if skipped:
+            bad, reason = skipped[0]
+            more = f" (and {len(skipped) - 1} older one(s))" if len(skipped) > 1 else ""
+            raise CheckpointError(
+                f"no intact checkpoint under {self.checkpoint_root}: {bad.name}{more} unusable ({reason}); "
+                f"repair or remove the damaged checkpoints, or choose another output_dir"
+            )
+        return None
 
     # -- validation
     def validate(self) -> list[str]:
