@@ -102,7 +102,7 @@ def corrupt_copy(
     is the file to write). ``dst`` must not exist. ``file`` (a name in the folder) and ``tensor``
     pick what to damage; by default the file holding ``tensor``, else the first ``*.safetensors``
     in name order (a sharded folder's first shard), and the first tensor in file order that ``how``
-    can change. ``how``:
+    can change (for ``"flip"`` a floating one, when the file has one). ``how``:
 
     * ``"truncate"``: cut the file in the middle of its data (of ``tensor``'s data when given);
       the header then describes more bytes than the file has.
@@ -163,6 +163,8 @@ def corrupt_copy(
         return Corruption(target, tensor, how)
 
     candidates = [k for k in names if size(k) > 0 and (how != "reshape" or len(header[k]["shape"]) >= 1)]
+    if how == "flip":  # a floating tensor first: its flip reads back as NaN
+        candidates.sort(key=lambda k: header[k]["dtype"] not in _NAN_BITS)
     name = tensor if tensor is not None else (candidates[0] if candidates else None)
     if name is None:
         raise ValueError(f"{target.name} holds no tensor that {how!r} can change")
