@@ -257,7 +257,7 @@ def _file_problem(folder: Path, name: str, rec: dict[str, Any]) -> str | None:
         if size == 0:
             return f"checkpoint file {file} is empty (0 bytes, {want} expected)"
         if size < want:
-            return f"checkpoint file {file} is truncated ({size} bytes, {want} expected)"
+            return f"checkpoint file {file} is truncated or replaced ({size} bytes, {want} expected)"
         return f"checkpoint file {file} has {size} bytes, {want} expected"
     if _sha256(file) != rec["sha256"]:
         return (
