@@ -265,3 +265,23 @@ def test_metadata_pointing_outside_the_checkpoint_is_refused(run: dict[str, Any]
     _forge_manifest(step4)
     with pytest.raises(CheckpointError, match=r"points at '../../secret', which is not a data file"):
         _resume(cfg, str(step4))
+
+
+def test_metadata_unpickler_accepts_dcp_metadata_and_nothing_else(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    import builtins
+    import os
+    import subprocess
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folder = run["out"] / "checkpoints" / "step-00000004"
+    ours = ckpt._parse_metadata((folder / ".metadata").read_bytes(), folder / ".metadata")
+    theirs = FileSystemReader(str(folder)).read_metadata()  # torch's own (unrestricted) reader
+    assert ours.state_dict_metadata == theirs.state_dict_metadata and ours.storage_data == theirs.storage_data
+    for target in (os.system, builtins.eval, subprocess.Popen, torch.load, shutil.rmtree):
+        with pytest.raises(CheckpointError, match="which no DCP metadata holds; refusing to unpickle it"):
+            ckpt._parse_metadata(pickle.dumps(target), tmp_path / ".metadata")
+    with pytest.raises(CheckpointError, match="not a DCP metadata file \\(it holds a dict\\)"):
+        ckpt._parse_metadata(pickle.dumps({"a": 1}), tmp_path / ".metadata")

@@ -267,6 +267,7 @@ def _file_problem(folder: Path, name: str, rec: dict[str, Any]) -> str | None:
 
 
 # the only globals a DCP .metadata file references (DCP's dataclasses, torch.Size, dtypes, layouts, paths)
+_PATHS = frozenset({"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"})
 _METADATA_GLOBALS: dict[str, frozenset[str]] = {
     "torch.distributed.checkpoint.metadata": frozenset(
         {
@@ -283,7 +284,8 @@ _METADATA_GLOBALS: dict[str, frozenset[str]] = {
     "torch.distributed.checkpoint.filesystem": frozenset({"_StorageInfo"}),
     "torch": frozenset({"Size"}),
     "torch.serialization": frozenset({"_get_layout"}),
-    "pathlib": frozenset({"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}),
+    "pathlib": _PATHS,
+    "pathlib._local": _PATHS,  # where Python 3.13 defines them
     "collections": frozenset({"OrderedDict"}),
 }
 
@@ -303,7 +305,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         if module == "torch":
             import torch
 
-            value = getattr(torch, name, None)
+            value = vars(torch).get(name)  # no getattr: torch's module __getattr__ imports submodules
             if isinstance(value, torch.dtype):
                 return value
         raise CheckpointError(
