@@ -401,3 +401,110 @@ def test_train_bad_input_is_one_line(args: list[str], message: str, tmp_path: Pa
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- damaged or crafted checkpoints
+
+
+def _tree_hash(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tiny: dict[str, Path]) -> Path:
+    """A finished 2-step run with a checkpoint at each step."""
+    cfg, out = _write_config(tiny, "two-ckpts", max_steps=2, checkpoint__every_steps=1, export__enabled=False)
+    proc = subprocess.run(
+        [FV, "train", "--config", str(cfg)], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out / "checkpoints"
+
+
+def _damaged_run(tiny: dict[str, Path], two_checkpoints: Path, name: str) -> tuple[Path, Path]:
+    cfg, out = _write_config(tiny, name, max_steps=2, checkpoint__every_steps=1, export__enabled=False)
+    shutil.copytree(two_checkpoints, out / "checkpoints")
+    return cfg, out
+
+
+def _truncate_shard(step: Path) -> Path:
+    shard = sorted(step.glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    return shard
+
+
+class _Payload:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def _plant_metadata(step: Path, marker: Path) -> Path:
+    """A .metadata that creates ``marker`` when unpickled, with COMPLETE's manifest forged to match."""
+    import hashlib
+    import pickle
+
+    meta = step / ".metadata"
+    meta.write_bytes(pickle.dumps(_Payload(marker)))
+    info = json.loads((step / "COMPLETE").read_text())
+    data = meta.read_bytes()
+    info["files"][".metadata"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (step / "COMPLETE").write_text(json.dumps(info))
+    return meta
+
+
+@pytest.mark.parametrize("case", ["resume-from-truncated", "resume-none-intact", "resume-from-crafted"])
+def test_train_damaged_checkpoint_is_exit_2_and_changes_nothing(
+    tiny: dict[str, Path], two_checkpoints: Path, case: str, tmp_path: Path
+) -> None:
+    cfg, out = _damaged_run(tiny, two_checkpoints, case)
+    step2 = out / "checkpoints" / "step-00000002"
+    marker = tmp_path / "PWNED"
+    if case == "resume-from-crafted":
+        named, args = _plant_metadata(step2, marker), ["--resume-from", str(step2)]
+    elif case == "resume-from-truncated":
+        named, args = _truncate_shard(step2), ["--resume-from", str(step2)]
+    else:
+        named = _truncate_shard(step2)
+        _truncate_shard(out / "checkpoints" / "step-00000001")
+        args = ["--resume"]
+    before = _tree_hash(out)
+    proc = subprocess.run(
+        [FV, "train", "--config", str(cfg), *args], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(named) in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert _tree_hash(out) == before
+    assert not marker.exists()
+
+
+def test_train_resume_falls_back_to_the_newest_intact_checkpoint(
+    tiny: dict[str, Path], two_checkpoints: Path
+) -> None:
+    cfg, out = _damaged_run(tiny, two_checkpoints, "resume-fallback")
+    shard = _truncate_shard(out / "checkpoints" / "step-00000002")
+    proc = subprocess.run(
+        [FV, "train", "--config", str(cfg), "--resume"], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "unusable" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: checkpoint step-00000002 is unusable"), (
+        proc.stderr
+    )
+    assert str(shard) in warned[0] and "resuming from step-00000001" in warned[0]
+    assert f"resume: path={out / 'checkpoints' / 'step-00000001'}" in proc.stdout
+    assert sorted(_losses(out)) == [2]  # step 2 trained again from step 1, and saved intact
+    from fastvideo.training import checkpoint as ckpt
+
+    assert ckpt.checkpoint_step(ckpt.latest(out / "checkpoints")) == 2  # type: ignore[arg-type]
+    ckpt.verify(out / "checkpoints" / "step-00000002")

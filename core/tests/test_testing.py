@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,3 +99,145 @@ def test_mean_ssim_matches_scikit_image() -> None:
     assert mean_ssim(a, a) == 1.0
     with pytest.raises(ValueError, match="equal shapes"):
         mean_ssim(a, a[:2])
+
+
+# ---------------------------------------------------------------- corrupt_copy
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "a.weight": torch.randn(4, 6, generator=g),
+        "b.bias": torch.randn(6, generator=g).to(torch.bfloat16),
+        "c.scale": torch.randn(2, 3, 2, generator=g).to(torch.float16),
+        "d.index": torch.arange(5, dtype=torch.int64),
+    }
+
+
+def _digest(folder: Any) -> dict[str, bytes]:
+    from pathlib import Path
+
+    root = Path(folder)
+    return (
+        {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+        if root.is_dir()
+        else {root.name: root.read_bytes()}
+    )
+
+
+@pytest.fixture
+def single(tmp_path: Any) -> Any:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "single"
+    folder.mkdir()
+    save_file(_tensors(), str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def sharded(tmp_path: Any) -> Any:
+    """Two shards and the index, laid out as diffusers' save_pretrained writes them."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    tensors = _tensors()
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": ["a.weight", "b.bias"],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": ["c.scale", "d.index"],
+    }
+    weight_map = {}
+    for name, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / name))
+        weight_map.update(dict.fromkeys(keys, name))
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_corrupt_copy_flip_drop_reshape_read_back_with_safetensors(single: Any, tmp_path: Any) -> None:
+    from safetensors.torch import load_file
+
+    from fastvideo.testing import corrupt_copy
+
+    before = _digest(single)
+    ref = _tensors()
+    weights = "diffusion_pytorch_model.safetensors"
+    for tensor in ("a.weight", "b.bias", "c.scale"):  # fp32, bf16, fp16: every element NaN
+        c = corrupt_copy(single, tmp_path / f"flip-{tensor}", "flip", tensor=tensor)
+        assert c.path == tmp_path / f"flip-{tensor}" / weights and c.tensor == tensor
+        got = load_file(str(c.path))
+        assert got[tensor].isnan().all() and got[tensor].shape == ref[tensor].shape
+        assert all(torch.equal(got[k], ref[k]) for k in ref if k != tensor)
+    got = load_file(str(corrupt_copy(single, tmp_path / "flip-int", "flip", tensor="d.index").path))
+    assert torch.equal(got["d.index"], ~ref["d.index"])  # integers: every bit inverted
+
+    c = corrupt_copy(single, tmp_path / "drop", "drop", tensor="b.bias")
+    got = load_file(str(c.path))
+    assert set(got) == set(ref) - {"b.bias"} and all(torch.equal(got[k], ref[k]) for k in got)
+    assert (tmp_path / "drop" / "config.json").read_text() == "{}"  # the rest of the folder is copied
+
+    c = corrupt_copy(single, tmp_path / "reshape", "reshape", tensor="c.scale")
+    got = load_file(str(c.path))
+    assert got["c.scale"].shape == (6, 2) and torch.equal(got["c.scale"], ref["c.scale"].reshape(6, 2))
+    got = load_file(str(corrupt_copy(single, tmp_path / "reshape-1d", "reshape", tensor="b.bias").path))
+    assert got["b.bias"].shape == (1, 6)
+    assert _digest(single) == before  # the source is never touched
+
+
+def test_corrupt_copy_truncate_breaks_the_file(single: Any, tmp_path: Any) -> None:
+    from safetensors import safe_open
+
+    from fastvideo.testing import corrupt_copy
+
+    src = single / "diffusion_pytorch_model.safetensors"
+    c = corrupt_copy(single, tmp_path / "t", "truncate")
+    assert c.tensor is None and 8 < c.path.stat().st_size < src.stat().st_size
+    with pytest.raises(Exception):  # noqa: B017 - safetensors' own error type
+        safe_open(str(c.path), framework="pt")
+    # one file as src: dst is the file to write
+    c = corrupt_copy(src, tmp_path / "one.safetensors", "truncate", tensor="a.weight")
+    assert c.path == tmp_path / "one.safetensors" and c.path.stat().st_size < src.stat().st_size
+
+
+def test_corrupt_copy_of_a_sharded_folder(sharded: Any, tmp_path: Any) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from fastvideo.testing import corrupt_copy
+
+    ref = _tensors()
+    second = "diffusion_pytorch_model-00002-of-00002.safetensors"
+    c = corrupt_copy(sharded, tmp_path / "drop", "drop", tensor="c.scale")  # found in the second shard
+    assert c.path.name == second and set(load_file(str(c.path))) == {"d.index"}
+    index = json.loads((tmp_path / "drop" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert "c.scale" not in index["weight_map"] and index["weight_map"]["d.index"] == second
+    first = tmp_path / "drop" / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    assert first.read_bytes() == (sharded / first.name).read_bytes()
+
+    c = corrupt_copy(sharded, tmp_path / "flip", "flip")  # default: the first shard's first tensor
+    assert c.path.name.endswith("00001-of-00002.safetensors") and c.tensor == "a.weight"
+    assert load_file(str(c.path))["a.weight"].isnan().all()
+    c = corrupt_copy(sharded, tmp_path / "reshape", "reshape", file=second)
+    assert c.tensor == "d.index" and load_file(str(c.path))["d.index"].shape == (1, 5)  # first in file order
+    assert torch.equal(load_file(str(c.path))["c.scale"], ref["c.scale"])
+    c = corrupt_copy(sharded, tmp_path / "flip2", "flip", file=second)  # a floating tensor first
+    assert c.tensor == "c.scale" and load_file(str(c.path))["c.scale"].isnan().all()
+
+
+def test_corrupt_copy_bad_arguments_are_one_line(single: Any, tmp_path: Any) -> None:
+    from fastvideo.testing import corrupt_copy
+
+    with pytest.raises(ValueError, match="how='melt': expected one of truncate, flip, drop, reshape"):
+        corrupt_copy(single, tmp_path / "x", "melt")
+    with pytest.raises(ValueError, match="already exists"):
+        corrupt_copy(single, single, "flip")
+    with pytest.raises(ValueError, match="holds a tensor named 'nope'"):
+        corrupt_copy(single, tmp_path / "y", "drop", tensor="nope")
+    with pytest.raises(ValueError, match=r"has no file 'w\.safetensors'"):
+        corrupt_copy(single, tmp_path / "z", "drop", file="w.safetensors")

@@ -69,3 +69,26 @@ def test_checkpoint_reads_headers_then_tensors(tiny_checkpoint: Callable, tmp_pa
         ckpt.check_against(expected)
         tensors = dict(ckpt.tensors())
         assert tensors.keys() == theirs.keys() and all(torch.equal(tensors[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "drop", "reshape"])
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_damaged_checkpoint_is_a_one_line_error(
+    tiny_checkpoint: Callable, tmp_path: Path, how: str, sharded: bool
+) -> None:
+    """A damaged copy of the tiny DiT (fastvideo.testing.corrupt_copy) fails to load with one line
+    naming the damaged file or tensor, never loads silently."""
+    from fastvideo.errors import CheckpointError
+    from fastvideo.testing import corrupt_copy
+
+    folder, ref = tiny_checkpoint()
+    if sharded:
+        ref.save_pretrained(tmp_path / "sharded", max_shard_size="50KB")
+        folder = tmp_path / "sharded"
+    damaged = corrupt_copy(folder, tmp_path / "damaged", how)
+    with pytest.raises(CheckpointError) as info:
+        HunyuanTransformer.from_pretrained(damaged.path.parent, dtype=torch.float32)
+    message = str(info.value)
+    assert "\n" not in message
+    named = str(damaged.path) if how == "truncate" else damaged.tensor
+    assert named is not None and named in message, message

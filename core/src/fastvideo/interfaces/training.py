@@ -127,7 +127,8 @@ class TrainingAlgorithm(ABC):
         """
 
     def state_dict(self) -> dict[str, Any]:
-        """Algorithm state to checkpoint beside the models and optimizers."""
+        """Algorithm state to checkpoint beside the models and optimizers: tensors and plain Python
+        data (containers, numbers, strings, bytes), since checkpoints are decoded with ``weights_only``."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -112,7 +112,10 @@ class DiffusersCheckpoint:
             )
 
     def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``."""
+        """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``.
+
+        :raises CheckpointError: unreadable data, or NaN values (bit rot: no trained weight is NaN).
+        """
         by_file: dict[Path, list[tuple[str, str]]] = {}
         for ours, (theirs, path) in self.source.items():
             by_file.setdefault(path, []).append((ours, theirs))
@@ -123,6 +126,10 @@ class DiffusersCheckpoint:
                         tensor = f.get_tensor(theirs)
                     except Exception as e:  # safetensors raises its own error types for bad data
                         raise CheckpointError(f"cannot read tensor {theirs} from {path}: {e}") from e
+                    if tensor.is_floating_point() and bool(tensor.isnan().any()):  # no trained weight is NaN
+                        raise CheckpointError(
+                            f"tensor {theirs} in {path} holds NaN values: the file is corrupt; download it again"
+                        )
                     yield ours, tensor
 
 

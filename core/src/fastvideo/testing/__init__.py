@@ -9,12 +9,18 @@
   them in a subprocess.
 * :func:`mean_ssim`: structural similarity of two uint8 videos (regression tests of generations).
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
-* :func:`rewrite_checkpoint`, :func:`assert_same_placeholders`: checkpoint-conversion test helpers.
+* :func:`corrupt_copy` (truncated, bit-flipped, dropped or reshaped tensors), :func:`rewrite_checkpoint`,
+  :func:`assert_same_placeholders`: checkpoint test helpers.
 
 Importing this package does not import torch.
 """
 
-from fastvideo.testing.checkpoints import assert_same_placeholders, rewrite_checkpoint
+from fastvideo.testing.checkpoints import (
+    Corruption,
+    assert_same_placeholders,
+    corrupt_copy,
+    rewrite_checkpoint,
+)
 from fastvideo.testing.dists import (
     DummyDist,
     fv_command,
@@ -30,10 +36,12 @@ from fastvideo.testing.plugins import fake_plugins, plugin_module
 from fastvideo.testing.video import mean_ssim
 
 __all__ = [
+    "Corruption",
     "DummyDist",
     "assert_close",
     "assert_no_worse",
     "assert_same_placeholders",
+    "corrupt_copy",
     "fake_plugins",
     "fv_command",
     "install_dists",

@@ -10,6 +10,7 @@ counters (``trainer``), each rank's RNG states (``rng-rank<N>``), the algorithm'
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ LEGACY_EMA = "ema"
 def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state().numpy().tobytes(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -36,9 +37,16 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def _numpy_state() -> tuple[Any, ...]:
+    """numpy's global RNG state as plain data (no ndarray), which checkpoints decode without pickle globals."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return (str(name), np.asarray(key, dtype=np.uint32).tobytes(), int(pos), int(has_gauss), float(cached))
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.frombuffer(key, dtype=np.uint32).copy(), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
@@ -53,6 +61,7 @@ class CheckpointManager:
         self.world_size = world_size
         self.keep_last = keep_last
         self.eval_role = eval_role
+        self._verified: dict[Path, Any] = {}  # checkpoint -> its verified DCP metadata
 
     # ---------------------------------------------------------------- state dicts
 
@@ -117,7 +126,11 @@ class CheckpointManager:
             set_optimizer_state_dict,
         )
 
-        keys = ckpt.saved_keys(path)
+        path = Path(path)
+        metadata = self._verified.pop(path, None)
+        if metadata is None:
+            metadata = ckpt.verify(path)
+        keys = ckpt.saved_keys(path, metadata)
         wanted = [f"model-{r}" for r, reg in roles.items() if reg.spec.trainable]
         missing = [k for k in wanted if k not in keys]
         if missing:
@@ -125,7 +138,7 @@ class CheckpointManager:
                 f"{path} holds no {missing[0]!r}: it was written by another algorithm ({sorted(keys)})"
             )
         template = self.state(roles, counters={"step": 0, "data_position": 0}, algorithm=algorithm, keys=keys)
-        state = ckpt.load(path, template)
+        state = ckpt.load(path, template, metadata)
         for role, reg in roles.items():
             if f"model-{role}" not in state:
                 continue
@@ -158,10 +171,39 @@ class CheckpointManager:
                 )
             return None
         if request in (True, "auto", "latest"):
-            return ckpt.latest(self.root)
+            return self.newest_intact()
         path = Path(str(request))
         if not ckpt.is_complete(path):
             raise ValueError(
                 f"--resume-from {path}: not a complete checkpoint (a step-N folder with a COMPLETE marker)"
             )
+        self._verified[path] = ckpt.verify(path)  # an explicit checkpoint that is damaged is an error
         return path
+
+    def newest_intact(self) -> Path | None:
+        """The newest checkpoint that passes :func:`ckpt.verify`; a damaged newer one is skipped with a
+        warning. Raises when checkpoints exist but none is usable (starting over would discard them)."""
+        found = ckpt.complete_checkpoints(self.root)
+        skipped: list[tuple[Path, str]] = []
+        for path in reversed(found):
+            try:
+                self._verified[path] = ckpt.verify(path)
+            except CheckpointError as exc:
+                skipped.append((path, str(exc).removesuffix(f"; {ckpt.DAMAGED_HINT}")))
+                continue
+            if self.rank == 0:
+                for bad, reason in skipped:
+                    warnings.warn(
+                        f"checkpoint {bad.name} is unusable ({reason}); resuming from {path.name}, the newest "
+                        f"intact checkpoint",
+                        stacklevel=2,
+                    )
+            return path
+        if skipped:
+            bad, reason = skipped[0]
+            more = f" (and {len(skipped) - 1} older one(s))" if len(skipped) > 1 else ""
+            raise CheckpointError(
+                f"no intact checkpoint under {self.root}: {bad.name}{more} unusable ({reason}); "
+                f"repair or remove the damaged checkpoints, or choose another output_dir"
+            )
+        return None

@@ -65,10 +65,8 @@ def train(
 
 
 def _export_only(trainer: Trainer) -> dict[str, Any]:
-    from fastvideo.training import checkpoint as ckpt
-
     trainer.setup()
-    path = ckpt.latest(trainer.checkpoint_root)
+    path = trainer._resume_path()  # the newest intact checkpoint
     if path is None:
         raise ValueError(f"--export-only: no complete checkpoint under {trainer.checkpoint_root}")
     trainer.load_checkpoint(path)
