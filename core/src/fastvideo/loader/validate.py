@@ -81,32 +81,23 @@ _DIVISOR_KEY = re.compile(
 def check_config_values(config: Mapping[str, Any], path: str | Path) -> None:
     """Refuse divisor-like values (``patch_size``, ``scale_factor_*``, ``*_compression_ratio``) below 1.
 
-    ``None`` (the library's default) is accepted; lists must hold only positive integers.
+    ``None`` (the library's default) is accepted; lists must hold only positive numbers.
     :raises ValueError: naming the file, the key and the value.
     """
     for key, value in config.items():
         if not _DIVISOR_KEY.search(key) or value is None:
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
-        if not values or not all(_positive_int(v) for v in values):
+        if not values or not all(_positive(v) for v in values):
             raise CheckpointMismatchError(
                 f"{path}: {key}={json.dumps(value)} must be a positive integer (or a list of them); "
                 "fix the config or re-download it"
             )
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def positive_int(config: Mapping[str, Any], key: str, default: int, path: str | Path) -> int:
-    """``config[key]`` as a positive int (``default`` when absent or null), or a ValueError naming the file."""
-    value = config.get(key)
-    if value is None:
-        return default
-    if not _positive_int(value):
-        raise CheckpointMismatchError(f"{path}: {key}={json.dumps(value)} must be a positive integer")
-    return int(value)
+def _positive(value: Any) -> bool:
+    """A number above 0 (some libraries store float factors; only 0, negatives and non-numbers are refused)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 # ---------------------------------------------------------------- shard indexes
