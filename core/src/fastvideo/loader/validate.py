@@ -225,6 +225,8 @@ def meta_build(build: Callable[[], T], *, stored_numel: int, config: str | Path,
             f"{config} describes at least {exc.count:,} parameters, the weights ({weights}) hold "
             f"{stored_numel:,}: the config does not match the weights; fix the config or re-download the checkpoint"
         ) from None
+    except CheckpointError:
+        raise
     except (TypeError, ValueError, AssertionError, KeyError, AttributeError, ZeroDivisionError) as exc:
         raise CheckpointError(
             f"{config}: the model cannot be built from it ({type(exc).__name__}: {exc})"
