@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import struct
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from fastvideo.errors import CheckpointError, ModelNotCachedError
 from fastvideo.loader import (
@@ -21,6 +24,7 @@ from fastvideo.loader import (
     read_model_index,
     verify_safetensors,
 )
+from fastvideo.loader.validate import CheckpointMismatchError, check_config_values, meta_build
 from fastvideo.testing import plugin_env, run_python, write_hf_cache
 
 TINY_WAN_DIT = {
@@ -368,3 +372,345 @@ def test_fetch_model_offline_finds_a_cached_repo(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(snapshot), str(snapshot / "vae" / "config.json")]
+
+
+# ---------------------------------------------------------------- strict components: transformers and diffusers
+
+#: Real tiny transformers encoders (the families' text and image encoders), each saved by save_pretrained.
+ENCODERS = {
+    "umt5": ("UMT5EncoderModel", "UMT5Config", dict(d_model=16, d_kv=4, d_ff=32, num_heads=4)),
+    "t5": ("T5EncoderModel", "T5Config", dict(d_model=16, d_kv=4, d_ff=32, num_heads=4)),
+    "clip-text": (
+        "CLIPTextModel",
+        "CLIPTextConfig",
+        dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, max_position_embeddings=16),
+    ),
+    "clip-vision": (
+        "CLIPVisionModel",
+        "CLIPVisionConfig",
+        dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, image_size=16, patch_size=8),
+    ),
+    "llama": (
+        "LlamaModel",
+        "LlamaConfig",
+        dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1),
+    ),
+}
+_LAYERS = {"umt5": "num_layers", "t5": "num_layers", "llama": "num_hidden_layers"}
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    """A folder with one sub-folder per encoder of :data:`ENCODERS` (2 layers, vocabulary 64) and a
+    tiny diffusers AutoencoderKLWan, plus the model index that lists them."""
+    import transformers
+    from diffusers import AutoencoderKLWan
+
+    root = tmp_path_factory.mktemp("encoders")
+    index: dict[str, list[str]] = {}
+    torch.manual_seed(0)
+    for name, (model_cls, config_cls, kwargs) in ENCODERS.items():
+        layers = _LAYERS.get(name, "num_hidden_layers")
+        vocab = {} if name == "clip-vision" else {"vocab_size": 64}
+        config = getattr(transformers, config_cls)(**kwargs, **vocab, **{layers: 2})
+        getattr(transformers, model_cls)(config).eval().save_pretrained(root / name)
+        index[name] = ["transformers", model_cls]
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False]
+    )
+    vae.save_pretrained(root / "vae")
+    index["vae"] = ["diffusers", "AutoencoderKLWan"]
+    return root, index
+
+
+def _corrupt(src: Path, dst: Path, edit: Any = None, config: dict[str, Any] | None = None) -> Path:
+    """A copy of the component folder ``src`` with its single weight file edited and its config updated."""
+    shutil.copytree(src, dst)
+    weights = next(dst.glob("*.safetensors"))
+    if edit is not None:
+        state = load_file(str(weights))
+        edit(state)
+        save_file(state, str(weights), metadata={"format": "pt"})
+    if config:
+        cfg = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**cfg, **config}))
+    return dst
+
+
+def _load(folder: Path, library_class: list[str]) -> Any:
+    return load_component(folder.parent, {folder.name: library_class}, folder.name)
+
+
+@pytest.mark.parametrize("name", [*ENCODERS, "vae"])
+def test_component_loads_exactly_what_its_library_loads(encoders: tuple[Path, dict], name: str) -> None:
+    import diffusers
+    import transformers
+
+    root, index = encoders
+    library, class_name = index[name]
+    reference = getattr(transformers if library == "transformers" else diffusers, class_name).from_pretrained(
+        root / name
+    )
+    model = load_component(root, index, name)
+    expected = reference.state_dict()
+    assert set(model.state_dict()) == set(expected)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("name", [*ENCODERS, "vae"])
+def test_component_with_a_missing_tensor_is_refused(
+    encoders: tuple[Path, dict], tmp_path: Path, name: str
+) -> None:
+    root, index = encoders
+    state = load_file(str(next((root / name).glob("*.safetensors"))))
+    victim = sorted(state)[len(state) // 2]
+    shape = ", ".join(str(s) for s in state[victim].shape) + ("," if state[victim].dim() == 1 else "")
+    numel = sum(t.numel() for t in state.values())
+    folder = _corrupt(root / name, tmp_path / name, lambda sd: sd.pop(victim))
+    file = next(folder.glob("*.safetensors")).name
+    with pytest.raises(CheckpointMismatchError) as err:
+        _load(folder, index[name])
+    assert isinstance(err.value, ValueError)
+    assert str(err.value) == (
+        f"{folder / 'config.json'} describes {numel:,} parameters, the weights hold "
+        f"{numel - state[victim].numel():,}: missing 1 tensor(s) the config needs: {victim} of shape ({shape}) "
+        f"(not in {file}); fix the config or re-download the checkpoint"
+    )
+
+
+def test_component_with_a_mis_shaped_tensor_names_both_shapes(
+    encoders: tuple[Path, dict], tmp_path: Path
+) -> None:
+    root, index = encoders
+    key = "encoder.block.1.layer.0.SelfAttention.q.weight"
+    folder = _corrupt(root / "umt5", tmp_path / "umt5", lambda sd: sd.__setitem__(key, torch.zeros(17, 16)))
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=re.escape(f"tensor {key} (model.safetensors) has shape (17, 16), the config needs (16, 16)"),
+    ):
+        _load(folder, index["umt5"])
+
+
+def test_component_with_an_unexpected_tensor_is_refused(encoders: tuple[Path, dict], tmp_path: Path) -> None:
+    root, index = encoders
+    folder = _corrupt(
+        root / "llama", tmp_path / "llama", lambda sd: sd.__setitem__("extra.weight", torch.zeros(3))
+    )
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=re.escape(
+            "1 unexpected tensor(s) the config has no place for: extra.weight (model.safetensors) of shape (3,)"
+        ),
+    ):
+        _load(folder, index["llama"])
+
+
+@pytest.mark.parametrize("stored", ["shared", "embed_tokens", "both"])
+def test_tied_t5_embedding_loads_from_either_name(
+    encoders: tuple[Path, dict], tmp_path: Path, stored: str
+) -> None:
+    """T5's ``shared.weight`` is tied into ``encoder.embed_tokens.weight``: a checkpoint holding either
+    name (or both, as older savers wrote) loads, tied, with the stored values."""
+    root, index = encoders
+
+    def edit(sd: dict[str, torch.Tensor]) -> None:
+        if stored == "embed_tokens":
+            sd["encoder.embed_tokens.weight"] = sd.pop("shared.weight")
+        elif stored == "both":
+            sd["encoder.embed_tokens.weight"] = sd["shared.weight"].clone()
+
+    folder = _corrupt(root / "umt5", tmp_path / "umt5", edit)
+    model = _load(folder, index["umt5"])
+    reference = load_file(str(root / "umt5" / "model.safetensors"))["shared.weight"]
+    assert model.encoder.embed_tokens.weight is model.shared.weight
+    assert torch.equal(model.shared.weight, reference)
+
+
+def test_component_with_a_legacy_prefix_loads_through_its_library(
+    encoders: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Names the library renames itself (CLIP vision checkpoints saved as ``vision_model.*``) still load."""
+    from transformers import CLIPVisionModel
+
+    root, index = encoders
+    folder = tmp_path / "clip-vision"
+    _corrupt(
+        root / "clip-vision", folder, lambda sd: sd.update({f"vision_model.{k}": sd.pop(k) for k in list(sd)})
+    )
+    model = _load(folder, index["clip-vision"])
+    reference = CLIPVisionModel.from_pretrained(root / "clip-vision").state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+
+
+def test_renamed_tensor_that_the_library_cannot_place_is_refused(
+    encoders: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Same counts, different names: left to the library, whose loading report is then checked."""
+    root, index = encoders
+    key = "encoder.layers.1.layer_norm1.bias"
+    folder = _corrupt(
+        root / "clip-vision", tmp_path / "clip", lambda sd: sd.__setitem__(key + "x", sd.pop(key))
+    )
+    with pytest.raises(CheckpointMismatchError, match=rf"missing tensor\(s\) {re.escape(key)}; unexpected"):
+        _load(folder, index["clip-vision"])
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("umt5", "num_layers"), ("llama", "num_hidden_layers"), ("vae", "base_dim")]
+)
+def test_absurd_config_is_refused_before_allocating(
+    encoders: tuple[Path, dict], tmp_path: Path, name: str, key: str
+) -> None:
+    root, index = encoders
+    numel = sum(t.numel() for t in load_file(str(next((root / name).glob("*.safetensors")))).values())
+    folder = _corrupt(root / name, tmp_path / name, config={key: 100_000})
+    start = time.perf_counter()
+    with pytest.raises(CheckpointMismatchError) as err:
+        _load(folder, index[name])
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'config.json'} describes at least ")
+    assert f"parameters, the weights ({next(folder.glob('*.safetensors')).name}) hold {numel:,}: " in message
+
+
+def test_meta_build_stops_an_absurd_model_early() -> None:
+    """Layers of 10,100 parameters against weights of 10,100: the limit (2 x 10,100 + 1,000,000) is
+    passed by the weight of the 102nd layer (101 x 10,100 + 10,000), and no further layer is built."""
+    built = []
+
+    def build() -> torch.nn.Module:
+        return torch.nn.Sequential(*(built.append(i) or torch.nn.Linear(100, 100) for i in range(100_000)))
+
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"^cfg.json describes at least 1,030,100 parameters, the weights \(w.safetensors\) hold 10,100: ",
+    ):
+        meta_build(build, stored_numel=10_100, config="cfg.json", weights="w.safetensors")
+    assert len(built) == 102
+
+
+# ---------------------------------------------------------------- config files and values
+
+
+@pytest.mark.parametrize(
+    ("rel", "text", "where"),
+    [
+        ("umt5/config.json", '{"d_model": 16\n "x": 1}', "line 2 column 2: Expecting ',' delimiter"),
+        ("umt5/generation_config.json", "{", "line 1 column 2: Expecting property name"),
+        ("vae/config.json", '{"z_dim": 4,}', "line 1 column 13: Expecting property name"),
+    ],
+    ids=["transformers-config", "other-json", "diffusers-config"],
+)
+def test_invalid_json_names_the_file_and_the_position(
+    encoders: tuple[Path, dict], tmp_path: Path, rel: str, text: str, where: str
+) -> None:
+    root, index = encoders
+    name = rel.split("/")[0]
+    shutil.copytree(root / name, tmp_path / name)
+    (tmp_path / rel).write_text(text)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / rel}: invalid JSON at {where}")):
+        _load(tmp_path / name, index[name])
+
+
+def test_invalid_tokenizer_and_scheduler_json_name_the_file(tmp_path: Path) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import T5TokenizerFast
+
+    FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "scheduler")
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁a", -1.0)]
+    T5TokenizerFast(vocab=vocab, extra_ids=0).save_pretrained(tmp_path / "tokenizer")
+    index = {
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+    }
+    for rel in ("scheduler/scheduler_config.json", "tokenizer/tokenizer.json"):
+        (tmp_path / rel).write_text('{"a": 1, oops}')
+        with pytest.raises(
+            CheckpointError, match=re.escape(f"{tmp_path / rel}: invalid JSON at line 1 column 10")
+        ):
+            load_component(tmp_path, index, rel.split("/")[0])
+
+
+@pytest.mark.parametrize(("text", "kind"), [("[]", "array"), ('"WanPipeline"', "string"), ("null", "null")])
+def test_model_index_that_is_not_an_object(tmp_path: Path, text: str, kind: str) -> None:
+    (tmp_path / "model_index.json").write_text(text)
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(
+            f"{tmp_path / 'model_index.json'}: expected a JSON object {{...}}, got a JSON {kind}"
+        ),
+    ):
+        read_model_index(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "shown"),
+    [
+        ({"scale_factor_spatial": 0}, "scale_factor_spatial=0"),
+        ({"scale_factor_temporal": -4}, "scale_factor_temporal=-4"),
+        ({"patch_size": 0}, "patch_size=0"),
+    ],
+)
+def test_zero_divisor_in_a_vae_config_is_refused(
+    encoders: tuple[Path, dict], tmp_path: Path, change: dict, shown: str
+) -> None:
+    root, index = encoders
+    folder = _corrupt(root / "vae", tmp_path / "vae", config=change)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=re.escape(f"{folder / 'config.json'}: {shown} must be a positive integer"),
+    ):
+        _load(folder, index["vae"])
+
+
+def test_check_config_values_accepts_defaults_and_positive_values() -> None:
+    check_config_values(
+        {"patch_size": [1, 2, 2], "scale_factor_spatial": None, "spatial_compression_ratio": 8}, "c"
+    )
+    check_config_values({"num_layers": 0, "patch_embed_dim": 0}, "c")  # not divisors: the model checks them
+    with pytest.raises(ValueError, match=r"^c: patch_size_t=true must be a positive integer"):
+        check_config_values({"patch_size_t": True}, "c")
+    with pytest.raises(ValueError, match=r"^c: temporal_compression_ratio=0 must be"):
+        check_config_values({"temporal_compression_ratio": 0}, "c")
+
+
+# ---------------------------------------------------------------- shard indexes stay in their folder
+
+
+def _index_to(folder: Path, target: str) -> None:
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"a.weight": target, "a.bias": target}})
+    )
+
+
+@pytest.mark.parametrize("kind", ["parent", "absolute", "symlink"])
+def test_shard_index_pointing_outside_its_folder_is_refused(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "component"
+    folder.mkdir()
+    outside = tmp_path / "x.safetensors"
+    save_file(_tensors(), str(outside))
+    target = {"parent": "../x.safetensors", "absolute": str(outside), "symlink": "link.safetensors"}[kind]
+    if kind == "symlink":
+        (folder / "link.safetensors").symlink_to(outside)
+    _index_to(folder, target)
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(
+            f"model.safetensors.index.json: shard {target!r} is outside {folder}; an index may only"
+        ),
+    ):
+        load_safetensors_folder(folder)
+
+
+def test_shard_index_in_the_hub_cache_follows_blob_symlinks(tmp_path: Path) -> None:
+    """huggingface_hub's snapshots link each file to ``blobs/<hash>``, outside the snapshot folder."""
+    repo = tmp_path / "models--org--name"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "abc" / "text_encoder"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    save_file(_tensors(), str(blobs / "f00d"))
+    (snapshot / "model-00001-of-00001.safetensors").symlink_to("../../../blobs/f00d")
+    _index_to(snapshot, "model-00001-of-00001.safetensors")
+    loaded = load_safetensors_folder(snapshot)
+    assert all(torch.equal(loaded[k], v) for k, v in _tensors().items())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +186,9 @@ def resolve_family(
             if missing is None:
                 raise
             raise missing from None
-        index = json.loads(Path(index_file).read_text())
+        from fastvideo.loader.validate import read_json
+
+        index = read_json(index_file)
         family = detect_family(index)
         if family is None:
             raise _not_found(model, index)

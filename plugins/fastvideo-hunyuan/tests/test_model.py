@@ -349,3 +349,43 @@ def test_state_dict_mismatch_names_the_tensor(
     folder = rewrite_checkpoint(tiny_checkpoint()[0], tmp_path / "ckpt", edit)
     with pytest.raises(error, match=words):
         HunyuanTransformer.from_pretrained(folder)
+
+
+def test_absurd_config_is_refused_before_building_it(tiny_checkpoint: Callable, tmp_path: Path) -> None:
+    """``num_layers: 100000`` stops while the model is built on meta, naming both parameter counts."""
+    import math
+    import time
+
+    from safetensors import safe_open
+
+    src = tiny_checkpoint()[0]
+    with safe_open(str(src / WEIGHTS_NAME), "pt") as f:
+        stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    folder = tmp_path / "ckpt"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_layers": 100_000}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        HunyuanTransformer.from_pretrained(folder)
+    assert time.perf_counter() - start < 5
+    assert str(err.value).startswith(f"{folder / 'config.json'} describes at least ")
+    assert f"parameters, the weights ({WEIGHTS_NAME}) hold {stored:,}: the config does not match" in str(
+        err.value
+    )
+
+
+def test_family_refuses_a_zero_vae_compression_ratio(tmp_path: Path) -> None:
+    from fastvideo.interfaces.model_family import ModelSource
+    from fastvideo_hunyuan.family import HunyuanFamily
+
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"spatial_compression_ratio": 0}))
+    source = ModelSource(family=HunyuanFamily, path=tmp_path, model_index={})
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{tmp_path / 'vae' / 'config.json'}: spatial_compression_ratio=0 must be a positive integer"
+        ),
+    ):
+        HunyuanFamily.factors(source)

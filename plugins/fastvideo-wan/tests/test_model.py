@@ -370,6 +370,43 @@ def test_state_dict_mismatch_names_the_tensor(
         WanTransformer.from_pretrained(folder)
 
 
+def test_absurd_config_is_refused_before_building_it(tiny_checkpoint: Callable, tmp_path: Path) -> None:
+    """``num_layers: 100000`` stops while the model is built on meta (not after minutes and gigabytes),
+    naming the config and both parameter counts."""
+    import time
+
+    from safetensors import safe_open
+
+    src = tiny_checkpoint()[0]
+    with safe_open(str(src / WEIGHTS_NAME), "pt") as f:
+        stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    folder = tmp_path / "ckpt"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_layers": 100_000}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        WanTransformer.from_pretrained(folder)
+    assert time.perf_counter() - start < 5
+    assert isinstance(err.value, ValueError)
+    assert str(err.value).startswith(f"{folder / 'config.json'} describes at least ")
+    assert f"parameters, the weights ({WEIGHTS_NAME}) hold {stored:,}: the config does not match" in str(
+        err.value
+    )
+
+
+def test_config_with_a_zero_patch_size_names_the_file(tiny_checkpoint: Callable, tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint()[0], folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "patch_size": [1, 0, 2]}))
+    with pytest.raises(
+        CheckpointError,
+        match=re.escape(f"{folder / 'config.json'}: patch_size=[1, 0, 2] must be a positive integer"),
+    ):
+        WanTransformer.from_pretrained(folder)
+
+
 def test_ignored_diffusers_key_is_dropped(tiny_checkpoint: Callable, tmp_path: Path) -> None:
     folder = rewrite_checkpoint(
         tiny_checkpoint(**I2V)[0], tmp_path / "ckpt", _add("blocks.0.attn2.norm_added_q.weight", (32,))

@@ -4,9 +4,11 @@ from fastvideo.loader.checkpoint import DiffusersCheckpoint, load_pretrained, re
 from fastvideo.loader.components import load_component, read_model_index, torch_dtype
 from fastvideo.loader.hub import fetch_model, hub_token
 from fastvideo.loader.mapping import NameMapping, UnmappedKeysError
+from fastvideo.loader.validate import CheckpointMismatchError, read_json
 from fastvideo.loader.weights import load_module_weights, load_safetensors_folder, verify_safetensors
 
 __all__ = [
+    "CheckpointMismatchError",
     "DiffusersCheckpoint",
     "NameMapping",
     "UnmappedKeysError",
@@ -17,6 +19,7 @@ __all__ = [
     "load_pretrained",
     "load_safetensors_folder",
     "read_config",
+    "read_json",
     "read_model_index",
     "torch_dtype",
     "verify_safetensors",

@@ -12,13 +12,19 @@ data is read. :func:`read_config` and :func:`load_pretrained` are the two halves
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastvideo.errors import CheckpointError
-from fastvideo.loader.mapping import NameMapping, UnmappedKeysError, listing
+from fastvideo.loader.mapping import NameMapping, UnmappedKeysError
+from fastvideo.loader.validate import (
+    StoredTensors,
+    check_config_values,
+    compare_tensors,
+    meta_build,
+    read_json,
+)
 from fastvideo.loader.weights import verify_safetensors, weight_files
 
 if TYPE_CHECKING:
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
 
 C = TypeVar("C")
 M = TypeVar("M", bound="torch.nn.Module")
+B = TypeVar("B")
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -80,36 +87,37 @@ class DiffusersCheckpoint:
             raise CheckpointError(f"no weights in {self.folder}: expected {WEIGHTS_NAME} or {INDEX_NAME}")
         return weight_files(self.folder, stem=WEIGHTS_NAME)  # only INDEX_NAME starts with it
 
-    def _where(self, name: str) -> str:
-        theirs, path = self.source[name]
-        return f"{theirs} ({path.name})"
+    @property
+    def numel(self) -> int:
+        """How many values the checkpoint's tensors hold (from the headers)."""
+        return self._stored().numel
+
+    def _stored(self) -> StoredTensors:
+        return StoredTensors(shapes=dict(self.shapes), files={n: p for n, (_, p) in self.source.items()})
+
+    def _theirs(self, name: str) -> str:
+        if name in self.source:
+            return self.source[name][0]
+        try:
+            return next(iter(self.mapping.to_theirs({name: name})))
+        except UnmappedKeysError:
+            return name
+
+    def build(self, factory: Callable[[], B]) -> B:
+        """``factory()`` (a model built on ``meta``), stopped at once if the config describes far more
+        parameters than this checkpoint holds (see :func:`fastvideo.loader.validate.meta_build`)."""
+        where = (
+            self.files[0].name if len(self.files) == 1 else f"the {len(self.files)} shards in {self.folder}"
+        )
+        return meta_build(factory, stored_numel=self.numel, config=self.folder / "config.json", weights=where)
 
     def check_against(self, expected: Mapping[str, tuple[int, ...]]) -> None:
         """Compare with a model's ``{our name: shape}``.
 
-        :raises CheckpointError: naming missing, unexpected and mis-shaped tensors.
+        :raises CheckpointError: (a ``ValueError`` too) naming missing, unexpected and mis-shaped
+            tensors, their files, both shapes and both parameter counts.
         """
-        missing = sorted(set(expected) - set(self.shapes))
-        unexpected = sorted(set(self.shapes) - set(expected))
-        common = sorted(set(expected) & set(self.shapes))
-        mismatched = [n for n in common if tuple(expected[n]) != self.shapes[n]]
-        problems = []
-        if missing:
-            names = list(self.mapping.to_theirs({n: n for n in missing}))
-            problems.append(f"missing {len(missing)} tensor(s) the config needs: {listing(names)}")
-        if unexpected:
-            problems.append(
-                f"{len(unexpected)} unexpected tensor(s) the config has no place for: "
-                f"{listing([self._where(n) for n in unexpected])}"
-            )
-        for n in mismatched:
-            problems.append(
-                f"tensor {self._where(n)} has shape {self.shapes[n]}, the config needs {expected[n]}"
-            )
-        if problems:
-            raise CheckpointError(
-                f"checkpoint {self.folder} does not match its config.json: " + "; ".join(problems)
-            )
+        compare_tensors(expected, self._stored(), config=self.folder / "config.json", display=self._theirs)
 
     def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``.
@@ -144,10 +152,8 @@ def read_config(folder: Path, class_name: str, loader: str, parse: Callable[[dic
         nested = (folder / "transformer" / "config.json").is_file()
         hint = f"; did you mean {folder / 'transformer'}?" if nested else ""
         raise CheckpointError(f"{path} not found: expected a diffusers {class_name} folder{hint}")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
+    config = read_json(path)
+    check_config_values(config, path)
     name = config.get("_class_name", class_name)
     if name != class_name:
         raise CheckpointError(f"{path} describes a {name}; {loader} loads {class_name} checkpoints")

@@ -59,16 +59,9 @@ def weight_files(folder: str | Path, stem: str | None = None) -> list[Path]:
     if stem is not None:
         indexes = [p for p in indexes if p.name.startswith(stem)]
     if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            files = sorted({folder / name for name in weight_map.values()})
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-            raise CheckpointError(f"{indexes[0]}: not a valid shard index ({why})") from None
-        missing = [str(p) for p in files if not p.exists()]
-        if missing:
-            raise CheckpointError(f"{indexes[0]} lists shards that are missing: {', '.join(missing)}")
-        return files
+        from fastvideo.loader.validate import shard_files
+
+        return shard_files(indexes[0])
     files = sorted(folder.glob("*.safetensors"))
     if stem is not None:
         files = [p for p in files if p.name.startswith(stem)] or files

@@ -515,8 +515,11 @@ class HunyuanTransformer(nn.Module):
             "HunyuanTransformer",
             HunyuanConfig.from_diffusers_config,
         )
-        model = cls.from_config(config, device="meta")
-        return load_pretrained(model, convert.DiffusersCheckpoint(folder), dtype=dtype, device=device)
+        ckpt = convert.DiffusersCheckpoint(folder)
+        model = ckpt.build(
+            lambda: cls.from_config(config, device="meta")
+        )  # stops at once on an absurd config
+        return load_pretrained(model, ckpt, dtype=dtype, device=device)
 
 
 def drop_text_padding(

@@ -5,7 +5,6 @@ This module is imported during plugin registration, so it must not import torch.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -198,4 +197,8 @@ def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
     path = source.path / rel if str(source.path) not in ("", ".") else None
     if path is None or not path.is_file():
         return None
-    return json.loads(path.read_text())
+    from fastvideo.loader.validate import check_config_values, read_json
+
+    config = read_json(path)
+    check_config_values(config, path)  # a zero patch size or VAE stride is refused here, naming the file
+    return config

@@ -472,7 +472,10 @@ class WanTransformer(nn.Module):
         )
         ckpt = convert.DiffusersCheckpoint(folder)
         stored = any(".gate_compress." in name for name in ckpt.shapes)
-        model = cls.from_config(config, device="meta", vsa_gate=stored or bool(vsa_gate))
+        gate = stored or bool(vsa_gate)
+        model = ckpt.build(
+            lambda: cls.from_config(config, device="meta", vsa_gate=gate)
+        )  # stops on absurd configs
         zeros = [] if stored else [k for k in model.state_dict() if ".gate_compress." in k]
         load_pretrained(model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros)
         if vsa_gate is False:
