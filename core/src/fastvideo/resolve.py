@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
