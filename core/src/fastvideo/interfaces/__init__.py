@@ -3,6 +3,16 @@
 from fastvideo.interfaces.attention import AttentionBackend
 from fastvideo.interfaces.model_family import ModelFamily, Preset
 from fastvideo.interfaces.parallel import ParallelStrategy
+from fastvideo.interfaces.sampler import Sampler
 from fastvideo.interfaces.training import TrainingAlgorithm
+from fastvideo.interfaces.transform import PipelineTransform
 
-__all__ = ["AttentionBackend", "ModelFamily", "ParallelStrategy", "Preset", "TrainingAlgorithm"]
+__all__ = [
+    "AttentionBackend",
+    "ModelFamily",
+    "ParallelStrategy",
+    "PipelineTransform",
+    "Preset",
+    "Sampler",
+    "TrainingAlgorithm",
+]
