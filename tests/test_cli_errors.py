@@ -121,3 +121,11 @@ def test_model_of_a_family_whose_plugin_is_not_installed(cwd: Path) -> None:
         "error: 'hunyuanvideo-community/HunyuanVideo' is a hunyuan model, but the hunyuan family is not "
         "installed; pip install fastvideo-hunyuan"
     )
+
+
+def test_unknown_sampler(cwd: Path) -> None:
+    line = fv_error(cwd, "--model", "wan", "--sampler", "unipcc")
+    assert line == (
+        "error: Unknown sampler 'unipcc'. Available: checkpoint, few-step, flow-euler, unipc. "
+        "Did you mean 'unipc'?"
+    )

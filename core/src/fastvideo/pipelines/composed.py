@@ -34,6 +34,7 @@ class ComposedPipeline:
     def __init__(self, stages: Iterable[PipelineStage], components: Mapping[str, Any] | None = None) -> None:
         self.stages = list(stages)
         self.components = dict(components or {})
+        self.transforms: list[str] = []  # names of the pipeline transforms applied, in order
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
