@@ -102,7 +102,7 @@ def test_checkpoint_sampler_is_the_checkpoint_scheduler() -> None:
     latents, preds = _inputs(3)
     expected = _run(ref, ref.timesteps, latents, preds, ours=False)
     assert torch.equal(_run(ours, timesteps, latents, preds, ours=True), expected)
-    with pytest.raises(ValueError, match="model_index.json names none; pick another sampler"):
+    with pytest.raises(ValueError, match=r"model_index\.json names none; pick another sampler"):
         CheckpointSampler(None).set_timesteps(3)
 
 
