@@ -16,6 +16,7 @@ from fastvideo.samplers import (
     UniPCSampler,
     sampler_class,
     sampler_name,
+    use_sampler,
 )
 from fastvideo.testing import fake_plugins, plugin_module
 
@@ -200,3 +201,21 @@ def test_a_plugin_sampler_is_registered_and_duplicates_are_rejected() -> None:
             reg = get_registry()
         assert reg.get("sampler", "flow-euler").cls is FlowEulerSampler
         assert any("registered twice" in c for c in reg.conflicts)
+
+
+def test_use_sampler_sets_the_timestep_stages() -> None:
+    from fastvideo.pipelines.composed import ComposedPipeline
+    from fastvideo.pipelines.stages import DenoisingStage, TimestepPreparationStage
+
+    plain, chosen = TimestepPreparationStage(None), TimestepPreparationStage(None, sampler="few-step")
+    pipeline = ComposedPipeline([plain], {})
+    assert use_sampler(pipeline, PipelineConfig(), _source()) == "unipc"  # the family's default
+    assert plain.sampler == "unipc"
+    pipeline = ComposedPipeline([chosen], {})
+    use_sampler(pipeline, PipelineConfig(), _source())
+    assert chosen.sampler == "few-step"  # a family's stage keeps its own choice over its default
+    use_sampler(pipeline, PipelineConfig(sampler="flow-euler"), _source())
+    assert chosen.sampler == "flow-euler"  # an explicit request replaces it
+    no_steps = ComposedPipeline([DenoisingStage(torch.nn.Linear(1, 1))], {})
+    with pytest.raises(ValueError, match="has no timestep stage"):
+        use_sampler(no_steps, PipelineConfig(sampler="unipc"))

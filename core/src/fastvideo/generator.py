@@ -130,10 +130,10 @@ class VideoGenerator:
         source = resolve(
             model, revision=config.revision, token=config.token, local_files_only=config.local_files_only
         )
-        sampler = sampler_name(config, source)
+        sampler_name(config, source)  # an unknown sampler fails before loading
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
         pipeline = source.family.build_pipeline(source, config)
-        use_sampler(pipeline, sampler)
+        use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         generator = cls(source, pipeline, config, defaults)
         generator.parallel_state = state

@@ -293,15 +293,24 @@ def sampler_class(name: str | None) -> type[Sampler]:
     return get_registry().get("sampler", name or DEFAULT_SAMPLER).cls  # type: ignore[no-any-return]
 
 
-def use_sampler(pipeline: ComposedPipeline, name: str) -> None:
-    """Make every timestep stage of ``pipeline`` build ``name``'s sampler for each request."""
+def use_sampler(pipeline: ComposedPipeline, config: PipelineConfig, source: ModelSource | None = None) -> str:
+    """Set the sampler of every timestep stage of ``pipeline`` (see :func:`sampler_name`); returns it.
+
+    A sampler named by the config or the preset replaces whatever the family's stages chose; the
+    family's ``default_sampler`` (or ``checkpoint``) only fills stages that chose none.
+    """
     from fastvideo.pipelines.stages import TimestepPreparationStage
 
+    name = sampler_name(config, source)
+    preset = source.preset if source is not None else None
+    explicit = config.sampler is not None or getattr(preset, "sampler", None) is not None
     stages = [s for s in pipeline.stages if isinstance(s, TimestepPreparationStage)]
-    if not stages and name != DEFAULT_SAMPLER:
+    if not stages and explicit:
         raise ValueError(
             f"sampler {name!r} cannot be used: this pipeline has no timestep stage "
             f"(stages: {', '.join(s.name for s in pipeline.stages)}); leave the sampler unset"
         )
     for stage in stages:
-        stage.sampler = name
+        if explicit or stage.sampler is None:
+            stage.sampler = name
+    return name
