@@ -227,3 +227,14 @@ def test_a_strategy_the_layout_does_not_enable_is_an_error() -> None:
     with pytest.raises(ValueError, match="strategy 'ulysses' is named in strategies but this layout"):
         check_strategies(config, parallel=True)
     check_strategies(ParallelConfig(num_gpus=2, strategies=("ulysses",)), parallel=True)  # enabled: fine
+
+
+def test_replace_component_updates_the_stages_that_held_it() -> None:
+    dit, other = ToyDiT(), ToyDiT()
+    stage = DenoisingStage(dit)
+    pipeline = ComposedPipeline([stage], {"transformer": dit})
+    wrapped = torch.nn.Sequential(dit)
+    pipeline.replace_component("transformer", wrapped)
+    assert pipeline.components["transformer"] is wrapped and stage.transformer is wrapped
+    pipeline.replace_component("transformer_2", other)  # new component: nothing held it
+    assert pipeline.components["transformer_2"] is other and stage.transformer_2 is None

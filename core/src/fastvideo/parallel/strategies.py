@@ -199,18 +199,10 @@ def parallelize(pipeline: ComposedPipeline, state: ParallelState) -> list[str]:
                 continue
             new = strategy.wrap(old, state)
             if new is not old:
-                _replace(pipeline, old, new, key)
+                pipeline.replace_component(key, new)
         applied.append(cls.name)
     if state.is_main:
         from fastvideo.parallel.state import describe
 
         logger.info("parallel run: %s; strategies: %s", describe(state), ", ".join(applied) or "none")
     return applied
-
-
-def _replace(pipeline: ComposedPipeline, old: Any, new: Any, key: str) -> None:
-    pipeline.components[key] = new
-    for stage in pipeline.stages:
-        for attr, value in list(vars(stage).items()):
-            if value is old:
-                setattr(stage, attr, new)
