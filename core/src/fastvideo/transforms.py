@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig
+    from fastvideo.interfaces.transform import PipelineTransform
     from fastvideo.pipelines.composed import ComposedPipeline
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,8 @@ def apply_transforms(pipeline: ComposedPipeline, config: PipelineConfig) -> list
     ``order`` then name; returns their names (also kept in ``pipeline.transforms``)."""
     from fastvideo.registry import get_registry
 
-    classes = sorted(get_registry().classes("pipeline_transform"), key=lambda c: (c.order, c.name))
+    classes: list[type[PipelineTransform]] = get_registry().classes("pipeline_transform")
+    classes.sort(key=lambda c: (c.order, c.name))
     applied = []
     for cls in classes:
         transform = cls()

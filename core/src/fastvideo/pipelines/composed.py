@@ -17,18 +17,6 @@ class PipelineStage:
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         raise NotImplementedError
 
-    def replace_component(self, key: str, new: Any) -> None:
-        """Replace component ``key`` by ``new`` in ``components`` and in every stage attribute that
-        held the old object (transforms that wrap a model: FP8, offload, compile)."""
-        old = self.components.get(key)
-        self.components[key] = new
-        if old is None:
-            return
-        for stage in self.stages:
-            for attr, value in list(vars(stage).items()):
-                if value is old:
-                    setattr(stage, attr, new)
-
     def __call__(self, batch: ForwardBatch) -> ForwardBatch:
         return self.forward(batch)
 
