@@ -536,6 +536,7 @@ class Trainer:
         cfg = self.config.validation
         from fastvideo.configs import PipelineConfig
         from fastvideo.generator import VideoGenerator
+        from fastvideo.transforms import apply_transforms
 
         model = self.algorithm.eval_model()
         if self._validation is None:
@@ -543,6 +544,7 @@ class Trainer:
                 device=str(self.device), dtype="fp32", progress=False, attention_backend=self.backend
             )
             pipeline = self.family.build_pipeline(self.source, pipe_cfg)
+            apply_transforms(pipeline, pipe_cfg)  # as VideoGenerator does: parallel VAE decode, plugins'
             defaults = self.family.sampling_defaults(self.source)
             self._validation = VideoGenerator(self.source, pipeline, pipe_cfg, defaults)
         gen = self._validation
