@@ -463,8 +463,9 @@ def run_pipeline(pipeline: Any, args: argparse.Namespace, device: torch.device) 
 
 def bench_generate(args: argparse.Namespace) -> None:
     from fastvideo import progress
-    from fastvideo.configs import ParallelConfig
+    from fastvideo.configs import ParallelConfig, PipelineConfig
     from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.transforms import apply_transforms
 
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != 2:
@@ -483,7 +484,9 @@ def bench_generate(args: argparse.Namespace) -> None:
             f"1 GPU: {base[0]:.1f} s { ({k: round(v, 2) for k, v in base[1].timings.items()}) }", flush=True
         )
     dist.barrier()
-    init_parallel(ParallelConfig(num_gpus=2, cfg_parallel=True), str(device))
+    par_config = ParallelConfig(num_gpus=2, cfg_parallel=True)
+    init_parallel(par_config, str(device))
+    apply_transforms(pipeline, PipelineConfig(parallel=par_config))  # CFG-parallel guidance, parallel VAE
     run_pipeline(pipeline, argparse.Namespace(**{**vars(args), "steps": 2}), device)  # warm-up
     dist.barrier()
     par = run_pipeline(pipeline, args, device)

@@ -67,7 +67,7 @@ def test_invalid_frame_count(cwd: Path) -> None:
 
 def test_negative_steps(cwd: Path) -> None:
     line = fv_error(cwd, "--model", "wan", "--steps", "-4")
-    assert line == "error: num_inference_steps must be an integer >= 1, got -4"
+    assert line == "error: num_inference_steps must be an integer in [1, 1000], got -4"
 
 
 @pytest.mark.parametrize("path", ["/proc/fvtest.mp4", "/sys/fvtest/out.mp4"])
@@ -120,4 +120,12 @@ def test_model_of_a_family_whose_plugin_is_not_installed(cwd: Path) -> None:
     assert line == (
         "error: 'hunyuanvideo-community/HunyuanVideo' is a hunyuan model, but the hunyuan family is not "
         "installed; pip install fastvideo-hunyuan"
+    )
+
+
+def test_unknown_sampler(cwd: Path) -> None:
+    line = fv_error(cwd, "--model", "wan", "--sampler", "unipcc")
+    assert line == (
+        "error: Unknown sampler 'unipcc'. Available: checkpoint, few-step, flow-euler, unipc. "
+        "Did you mean 'unipc'?"
     )

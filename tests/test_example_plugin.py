@@ -2,8 +2,9 @@
 
 pip-installs ``examples/fastvideo-example-plugin`` into this interpreter's environment, uses it
 through the ``fv`` CLI in subprocesses (discovery, its own command, a generation with its own
-family and attention backend), compares its backend with torch SDPA in-process, then uninstalls it
-and checks that everything it registered is gone. The uninstall runs in ``finally``. CPU, ~20 s.
+family and attention backend), compares its backend with torch SDPA in-process, generates in-process
+with its sampler and its step-skipping transform (checked against the loop written out by hand),
+then uninstalls it and checks that everything it registered is gone. The uninstall runs in ``finally``. CPU, ~20 s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastvideo.testing import assert_close, plugin_env, run_fv
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastvideo-example-plugin"
 DIST = "fastvideo-example-plugin"
+STEPS = 4
 PLUGIN_ENV_VARS = ("FASTVIDEO_PLUGINS", "FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD", "FASTVIDEO_ATTENTION_BACKEND")
 
 
@@ -74,7 +76,12 @@ def _check_listed(work: Path) -> None:
     assert row["version"] == "0.1.0"
     assert row["name"] == "example" and row["module"] == "fastvideo_example.plugin"
     assert row["broken"] is None, row["broken"]
-    assert row["registers"] == {"model_family": ["example"], "attention_backend": ["example-math"]}
+    assert row["registers"] == {
+        "model_family": ["example"],
+        "attention_backend": ["example-math"],
+        "sampler": ["example-linear"],
+        "pipeline_transform": ["example-skip-steps"],
+    }
 
 
 def _check_generate(work: Path) -> Path:
@@ -153,6 +160,74 @@ def _check_math_matches_sdpa() -> None:
     assert backend.supports(q, k, v, attn_mask=keep.int()) is not None  # integer mask
 
 
+def _generate(ckpt: Path) -> tuple[Any, Any, int]:
+    """The example family + backend + sampler in-process: (generator, result, DiT forwards)."""
+    from fastvideo import VideoGenerator
+
+    gen = VideoGenerator.from_pretrained(
+        str(ckpt), device="cpu", attention_backend="example-math", sampler="example-linear", progress=False
+    )
+    calls: list[int] = []
+    handle = gen.pipeline.components["transformer"].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        result = gen.generate_video(
+            "a red ball", num_frames=9, height=64, width=64, num_inference_steps=STEPS, seed=3
+        )
+    finally:
+        handle.remove()
+    return gen, result, len(calls)
+
+
+def _by_hand(gen: Any, *, reuse_odd: bool) -> Any:
+    """The denoising loop written out: the pipeline's own text encoding and noise, then CFG and
+    Euler steps on ``linspace(1, 0, n + 1)``, reusing the last guided prediction on odd steps."""
+    import torch
+
+    from fastvideo.attention import use_backend
+    from fastvideo.pipelines.batch import ForwardBatch
+
+    params = gen.sampling_params(
+        "a red ball", num_frames=9, height=64, width=64, num_inference_steps=STEPS, seed=3
+    )
+    batch = ForwardBatch(params=params, device=torch.device("cpu"))
+    dit = gen.pipeline.components["transformer"]
+    sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
+    with torch.inference_mode(), use_backend("example-math"):
+        for stage in gen.pipeline.stages[: gen.pipeline.index("denoising")]:
+            batch = stage(batch)
+        x, pred = batch.latents.clone(), None
+        for i in range(STEPS):
+            if not (reuse_odd and i % 2):
+                t = (sigmas[i] * 1000).expand(1)
+                cond = dit(hidden_states=x, timestep=t, encoder_hidden_states=batch.prompt_embeds[0])
+                uncond = dit(
+                    hidden_states=x, timestep=t, encoder_hidden_states=batch.negative_prompt_embeds[0]
+                )
+                pred = uncond + params.guidance_scale * (cond - uncond)
+            x = x + (sigmas[i + 1] - sigmas[i]) * pred
+    return x
+
+
+def _check_sampler_and_step_skipping(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's sampler and its step-skipping transform, through VideoGenerator like a user."""
+    import torch
+
+    _forget_plugins()
+    monkeypatch.delenv("FASTVIDEO_EXAMPLE_SKIP_STEPS", raising=False)
+    plain_gen, plain, plain_calls = _generate(ckpt)
+    assert plain_gen.pipeline.transforms == []
+    assert plain_calls == 2 * STEPS  # conditional and unconditional branch per step
+    assert_close("plain run vs by hand", _by_hand(plain_gen, reuse_odd=False), plain.latents, 1e-5)
+
+    monkeypatch.setenv("FASTVIDEO_EXAMPLE_SKIP_STEPS", "1")
+    skip_gen, skipped, skip_calls = _generate(ckpt)
+    monkeypatch.delenv("FASTVIDEO_EXAMPLE_SKIP_STEPS")
+    assert skip_gen.pipeline.transforms == ["example-skip-steps"]
+    assert skip_calls == plain_calls // 2, f"{skip_calls} DiT forwards, expected {plain_calls // 2}"
+    assert not torch.allclose(skipped.latents, plain.latents, atol=1e-4), "skipping changed nothing"
+    assert_close("skipping run vs by hand", _by_hand(skip_gen, reuse_odd=True), skipped.latents, 1e-5)
+
+
 def _check_uninstalled(work: Path, ckpt: Path) -> None:
     assert _plugin_rows(work) == [], f"{DIST} is still listed after pip uninstall"
     args = ["--model", str(ckpt), "--prompt", "a red ball", "--attention-backend", "example-math"]
@@ -178,6 +253,7 @@ def test_example_plugin_install_use_uninstall(tmp_path: Path, monkeypatch: pytes
         _check_listed(work)
         ckpt = _check_generate(work)
         _check_math_matches_sdpa()
+        _check_sampler_and_step_skipping(ckpt, monkeypatch)
     finally:
         _pip("uninstall", "--yes", DIST, cwd=work)
         _forget_plugins()

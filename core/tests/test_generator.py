@@ -16,15 +16,16 @@ import torch
 from fastvideo import VideoGenerator
 from fastvideo.errors import OutputPathError
 from fastvideo.interfaces import ModelFamily
+from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.testing import fake_plugins, plugin_module
 
 
-class _Pipeline:
-    """Black frames of the requested size; records the latents it was given."""
+class _BlackFrames(PipelineStage):
+    """Black frames of the requested size."""
 
-    components: ClassVar[dict[str, Any]] = {"device": torch.device("cpu")}
+    name = "black_frames"
 
-    def __call__(self, batch: Any) -> Any:
+    def forward(self, batch: Any) -> Any:
         p = batch.params
         batch.frames = np.zeros((p.num_frames, p.height, p.width, 3), np.uint8)
         return batch
@@ -37,7 +38,7 @@ class StubFamily(ModelFamily):
 
     @classmethod
     def build_pipeline(cls, source, config):  # type: ignore[no-untyped-def]
-        return _Pipeline()
+        return ComposedPipeline([_BlackFrames()], {"device": torch.device("cpu")})
 
 
 @pytest.fixture

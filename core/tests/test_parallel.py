@@ -69,7 +69,13 @@ def generate(
     if parallel:
         parallel.setdefault("num_gpus", torch.distributed.get_world_size())
     gen = VideoGenerator.from_pretrained(path, device="cpu", progress=False, vae_tiling=True, **parallel)
+    expected = (["cfg-parallel"] if parallel.get("cfg_parallel") else []) + ["parallel-vae"]
+    assert gen.pipeline.transforms == (expected if parallel else [])  # applied on every rank
     vae = gen.pipeline.components["vae"]
+    if parallel:  # the tiles are split over the ranks by the VAE class's splitter (fastvideo-wan's)
+        from fastvideo.parallel.vae import splitter_for
+
+        assert splitter_for(vae) is not None
     tiles = TILES if vae.config.patch_size is None else {k: 2 * v for k, v in TILES.items()}
     vae.enable_tiling(**tiles)
     result = gen.generate_video(

@@ -102,6 +102,9 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     lossless: Annotated[bool, typer.Option(help="Bit-exact RGB H.264 (CRF 0) instead of yuv420p.")] = False,
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
+    sampler: Annotated[
+        Optional[str], typer.Option(help="checkpoint, flow-euler, unipc, few-step, or a plugin's [preset's].")
+    ] = None,
     sparsity: Annotated[
         Optional[float],
         typer.Option(
@@ -163,6 +166,7 @@ def generate(
             dtype=dtype,
             compile=compile,
             attention_backend=attention_backend,
+            sampler=sampler,
             revision=revision,
             progress=progress and not as_json,
             parallel=ParallelConfig(

@@ -250,6 +250,7 @@ class PipelineConfig:
     local_files_only: bool = False
     progress: bool = True  # rich progress bars
     compile: bool | None = None  # regional torch.compile of the DiT blocks; None = on for CUDA devices
+    sampler: str | None = None  # registered sampler name; None = the preset's, family's or "checkpoint"
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:

@@ -152,7 +152,10 @@ class VideoGenerator:
         """Like :meth:`from_pretrained`, with the options already in a :class:`PipelineConfig`."""
         from fastvideo import progress
         from fastvideo.attention import resolve_backend_name
+        from fastvideo.parallel.strategies import check_strategies
         from fastvideo.resolve import resolve
+        from fastvideo.samplers import sampler_name, use_sampler
+        from fastvideo.transforms import apply_transforms
 
         model = model_name(model)
         if not isinstance(config, PipelineConfig):
@@ -164,11 +167,15 @@ class VideoGenerator:
             state, config = join_run(config)
         progress.set_enabled(config.progress)
         resolve_backend_name(config.attention_backend)  # fail before loading anything
+        check_strategies(config.parallel, parallel=state is not None)
         source = resolve(
             model, revision=config.revision, token=config.token, local_files_only=config.local_files_only
         )
+        sampler_name(config, source)  # an unknown sampler fails before loading
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
         pipeline = source.family.build_pipeline(source, config)
+        use_sampler(pipeline, config, source)
+        apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         generator = cls(source, pipeline, config, defaults)
         generator.parallel_state = state
         return generator
@@ -349,6 +356,7 @@ def preflight(
     from fastvideo.attention import resolve_backend_name
     from fastvideo.interfaces.model_family import ModelSource
     from fastvideo.resolve import resolve_family
+    from fastvideo.samplers import sampler_name
 
     model = model_name(model)
     resolve_backend_name(config.attention_backend)
@@ -364,6 +372,7 @@ def preflight(
         preset=preset,
         repo_id=where if isinstance(where, str) else None,
     )
+    sampler_name(config, source)
     params = family.sampling_defaults(source).with_overrides(sampling_overrides)
     family.validate(params, source)
     return params

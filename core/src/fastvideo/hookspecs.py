@@ -21,7 +21,14 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from fastvideo.interfaces import AttentionBackend, ModelFamily, ParallelStrategy, TrainingAlgorithm
+    from fastvideo.interfaces import (
+        AttentionBackend,
+        ModelFamily,
+        ParallelStrategy,
+        PipelineTransform,
+        Sampler,
+        TrainingAlgorithm,
+    )
 
 PROJECT = "fastvideo"
 #: The plugin API this core implements. A plugin module declares ``FASTVIDEO_PLUGIN_API = N``;
@@ -70,6 +77,26 @@ def fv_register_training_algorithms() -> list[type[TrainingAlgorithm]]:
     """Return the :class:`~fastvideo.interfaces.TrainingAlgorithm` subclasses this plugin provides.
 
     Called once, with the other registration hooks. Names are lower-kebab (``"lora"``, ``"dmd2"``).
+    """
+
+
+@hookspec
+def fv_register_samplers() -> list[type[Sampler]]:
+    """Return the :class:`~fastvideo.interfaces.Sampler` subclasses this plugin provides.
+
+    Called once, with the other registration hooks. A sampler owns the timestep schedule and the
+    update rule of the denoising loop (``fv generate --sampler NAME``, ``PipelineConfig.sampler``);
+    a family or preset may name one as its default. Names are lower-kebab (``"few-step"``).
+    """
+
+
+@hookspec
+def fv_register_pipeline_transforms() -> list[type[PipelineTransform]]:
+    """Return the :class:`~fastvideo.interfaces.PipelineTransform` subclasses this plugin provides.
+
+    Called once, with the other registration hooks. Every registered transform whose
+    ``applies(pipeline, config)`` is true is applied to every built pipeline (in one process or on
+    every rank), in increasing ``order``: step caching, FP8 linears, offload, compile.
     """
 
 

@@ -23,12 +23,16 @@ KINDS: dict[str, str] = {
     "attention_backend": "fv_register_attention_backends",
     "parallel_strategy": "fv_register_parallel_strategies",
     "training_algorithm": "fv_register_training_algorithms",
+    "sampler": "fv_register_samplers",
+    "pipeline_transform": "fv_register_pipeline_transforms",
 }
 _KIND_WORDS = {
     "model_family": "model family",
     "attention_backend": "attention backend",
     "parallel_strategy": "parallel strategy",
     "training_algorithm": "training algorithm",
+    "sampler": "sampler",
+    "pipeline_transform": "pipeline transform",
 }
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 

@@ -183,3 +183,29 @@ def test_tiled_decode_matches_diffusers_tiled_decode(ckpts: dict[str, Path], ima
     )
     err = np.abs(ours.frames.astype(np.float64) - ref).mean() / 255
     assert err <= TOL, f"mean |ours tiled - diffusers tiled| = {err * 255:.3f}/255"
+
+
+def test_samplers_on_a_wan_checkpoint(ckpts: dict[str, Path], image_path: Path) -> None:
+    """``unipc`` rebuilds the UniPC flow scheduler Wan ships (bit-identical to the default); ``flow-euler``
+    matches diffusers' WanPipeline given a FlowMatchEulerDiscreteScheduler with the same shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    from fastvideo import VideoGenerator
+
+    kw = dict(latents=_latents("t2v"), negative_prompt=NEGATIVE, **_kwargs("t2v", image_path))
+    runs = {}
+    for sampler in (None, "unipc", "flow-euler"):
+        gen = VideoGenerator.from_pretrained(str(ckpts["t2v"]), device="cpu", progress=False, sampler=sampler)
+        runs[sampler] = gen.generate_video(PROMPT, **kw)
+    assert torch.equal(runs["unipc"].latents, runs[None].latents)
+    assert not torch.allclose(runs["flow-euler"].latents, runs[None].latents, atol=1e-3)
+
+    pipe = WanPipeline.from_pretrained(str(ckpts["t2v"]))
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=pipe.scheduler.config.flow_shift)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(
+        prompt=PROMPT, output_type="np", **{k: v.clone() if k == "latents" else v for k, v in kw.items()}
+    )
+    ref_frames = np.asarray(ref.frames[0]) * 255
+    err = np.abs(runs["flow-euler"].frames.astype(np.float64) - ref_frames).mean() / 255
+    assert err <= TOL, f"flow-euler: mean |ours - diffusers| = {err * 255:.3f}/255"

@@ -1,4 +1,5 @@
-"""Built-in registrations of fastvideo-core (attention backends, training algorithms, commands)."""
+"""Built-in registrations of fastvideo-core (attention backends, parallel strategies, training
+algorithms, samplers, pipeline transforms, commands)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ def fv_register_training_algorithms():  # type: ignore[no-untyped-def]
     from fastvideo.training.vae import VAEAlgorithm
 
     return [FinetuneAlgorithm, LoRAAlgorithm, VAEAlgorithm]
+
+
+@hookimpl
+def fv_register_samplers():  # type: ignore[no-untyped-def]
+    from fastvideo.samplers import BUILTIN
+
+    return list(BUILTIN)
+
+
+@hookimpl
+def fv_register_pipeline_transforms():  # type: ignore[no-untyped-def]
+    from fastvideo.parallel.transforms import CFGParallelTransform, ParallelVAETransform
+
+    return [CFGParallelTransform, ParallelVAETransform]
 
 
 @hookimpl

@@ -3,6 +3,17 @@
 from fastvideo.interfaces.attention import AttentionBackend
 from fastvideo.interfaces.model_family import ModelFamily, Preset
 from fastvideo.interfaces.parallel import ParallelStrategy
+from fastvideo.interfaces.sampler import Sampler
 from fastvideo.interfaces.training import ModelRole, TrainingAlgorithm
+from fastvideo.interfaces.transform import PipelineTransform
 
-__all__ = ["AttentionBackend", "ModelFamily", "ModelRole", "ParallelStrategy", "Preset", "TrainingAlgorithm"]
+__all__ = [
+    "AttentionBackend",
+    "ModelFamily",
+    "ModelRole",
+    "ParallelStrategy",
+    "PipelineTransform",
+    "Preset",
+    "Sampler",
+    "TrainingAlgorithm",
+]

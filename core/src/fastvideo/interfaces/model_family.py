@@ -55,6 +55,9 @@ class Preset:
     workload: str = "t2v"  # t2v | i2v | ti2v
     sampling: Mapping[str, Any] = field(default_factory=dict)  # SamplingParams field overrides
     aliases: tuple[str, ...] = ()  # e.g. ("wan",)
+    sampler: str | None = (
+        None  # a registered sampler name (distilled students: "few-step"); None = the family's
+    )
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -87,6 +90,12 @@ class ModelFamily(ABC):
         spatial_factor: height and width must be multiples of it (VAE stride x patch size).
         temporal_factor: ``num_frames`` must be ``k * temporal_factor + 1`` (1 = any count).
         default_sampling: defaults for checkpoints that match no preset.
+        default_sampler: the registered :class:`~fastvideo.interfaces.Sampler` its checkpoints use
+            unless the config or preset names one (None: ``"checkpoint"``, the checkpoint's own
+            diffusers scheduler).
+        vae_splitters: VAE class name -> ``"module:attr"`` of a
+            :class:`fastvideo.parallel.vae.VAESplitter`, for parallel tiled decoding of that VAE
+            class (in any family's pipeline).
     """
 
     name: ClassVar[str]
@@ -95,6 +104,8 @@ class ModelFamily(ABC):
     spatial_factor: ClassVar[int] = 8
     temporal_factor: ClassVar[int] = 1
     default_sampling: ClassVar[Mapping[str, Any]] = {}
+    default_sampler: ClassVar[str | None] = None
+    vae_splitters: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def detect(cls, model_index: Mapping[str, Any]) -> bool:

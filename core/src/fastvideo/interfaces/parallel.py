@@ -10,14 +10,15 @@ A complete tiny strategy plugin::
     # my_par/strategy.py
     from fastvideo.interfaces import ParallelStrategy
 
-    class CompileBlocks(ParallelStrategy):
-        name = "compile-blocks"
+    class BroadcastWeights(ParallelStrategy):
+        name = "broadcast-weights"
         components = ("transformer",)
-        order = 900                      # after the built-ins
+        order = 50                       # before sequence sharding and FSDP
 
         def wrap(self, model, state):
-            for block in model.blocks:
-                block.compile()
+            import torch.distributed as dist
+            for param in model.parameters():   # every rank starts from rank 0's weights
+                dist.broadcast(param.data, src=0)
             return model
 
     # my_par/plugin.py
@@ -27,10 +28,13 @@ A complete tiny strategy plugin::
 
     @hookimpl
     def fv_register_parallel_strategies():
-        from my_par.strategy import CompileBlocks
-        return [CompileBlocks]
+        from my_par.strategy import BroadcastWeights
+        return [BroadcastWeights]
 
-It runs when asked for by name: ``ParallelConfig(strategies=("compile-blocks",))``.
+It runs when asked for by name in a parallel run: ``ParallelConfig(num_gpus=2,
+strategies=("broadcast-weights",))``. Naming it in a one-process run is an error; changes that are
+not about ranks (compile, offload, FP8, step caches) are pipeline transforms
+(:class:`~fastvideo.interfaces.PipelineTransform`), which run in one process and in many.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The ranks of cfg index 0 compute the conditional prediction, those of index 1 th
 one, each in one DiT forward (with sequence parallelism inside the branch when configured). One
 all-gather over the ``cfg`` group gives every rank both predictions, which are combined with the
 same formula as in one process, so all ranks keep identical latents and the result equals the
-sequential run's.
+sequential run's. The ``cfg-parallel`` pipeline transform (:mod:`fastvideo.parallel.transforms`)
+installs :class:`CFGParallelGuidance` as the denoising stage's ``guidance``.
 """
 
 from __future__ import annotations
@@ -41,3 +42,21 @@ def cfg_parallel_predict(
     both = comm.all_gather(mine.unsqueeze(0), 0, state.cfg_group)  # (2, ...): cond, uncond
     pred, uncond_pred = both[0], both[1]
     return uncond_pred + scale * (pred - uncond_pred)
+
+
+class CFGParallelGuidance:
+    """A denoising stage's ``guidance`` in a CFG-parallel run (see
+    :class:`fastvideo.pipelines.stages.ClassifierFreeGuidance` for the call)."""
+
+    def __init__(self, state: ParallelState) -> None:
+        self.state = state
+
+    def __call__(
+        self,
+        model: Callable[..., torch.Tensor],
+        inputs: Mapping[str, Any],
+        cond: Mapping[str, Any],
+        uncond: Mapping[str, Any] | None,
+        scale: float,
+    ) -> torch.Tensor:
+        return cfg_parallel_predict(model, inputs, cond, uncond, scale, self.state)

@@ -12,8 +12,9 @@ name          mesh dims           what it does
 ============  ==================  ==========================================================
 
 They are registered through ``fv_register_parallel_strategies`` like a plugin's, and chosen from
-the :class:`~fastvideo.configs.ParallelConfig`. Parallel VAE decoding needs no strategy: the
-decoding stage splits tiles whenever several ranks run (:mod:`fastvideo.parallel.vae`).
+the :class:`~fastvideo.configs.ParallelConfig`. The strategies that act on stages rather than
+models are pipeline transforms (:mod:`fastvideo.parallel.transforms`): ``cfg-parallel`` replaces
+the denoising stage's guidance, ``parallel-vae`` wraps the decoding stage's VAE decode.
 """
 
 from __future__ import annotations
@@ -77,11 +78,12 @@ class USPStrategy(_SequenceParallel):
 
 
 class CFGParallelStrategy(ParallelStrategy):
-    """Classifier-free guidance branches on different ranks (the denoising stage splits them)."""
+    """Classifier-free guidance branches on different ranks: declares the ``cfg`` mesh dim; the
+    ``cfg-parallel`` pipeline transform swaps the denoising stage's guidance (no model changes)."""
 
     name = "cfg"
     mesh_dims = ("cfg",)
-    components: ClassVar[tuple[str, ...]] = ()  # no model changes: see fastvideo.parallel.cfg
+    components: ClassVar[tuple[str, ...]] = ()  # no model changes: see fastvideo.parallel.transforms
     order = 0
 
     @classmethod
@@ -155,6 +157,33 @@ def enabled_strategies(config: ParallelConfig) -> list[type[ParallelStrategy]]:
     return sorted((c for c in classes if c.enabled(config)), key=lambda c: (c.order, c.name))  # type: ignore[attr-defined]
 
 
+def check_strategies(config: ParallelConfig, *, parallel: bool) -> None:
+    """Reject strategy names that are not registered or that this run would never apply.
+
+    :param parallel: whether this process is one rank of a parallel run.
+    :raises UnknownNameError: a name in ``config.strategies`` is not registered.
+    :raises ValueError: a named strategy is not enabled by this layout, or the run has one process.
+    """
+    requested = list(dict.fromkeys(config.strategies))
+    if not requested:
+        return
+    enabled = {c.name for c in enabled_strategies(config)}  # raises for unknown names
+    if not parallel:
+        many = len(requested) > 1
+        raise ValueError(
+            f"parallel strateg{'ies' if many else 'y'} {', '.join(map(repr, requested))} "
+            f"need{'' if many else 's'} a parallel run, got num_gpus={config.num_gpus} in one process; "
+            f"set num_gpus > 1 (fv generate --num-gpus N) or drop {'them' if many else 'it'} "
+            "(one-process changes are pipeline transforms)"
+        )
+    idle = [name for name in requested if name not in enabled]
+    if idle:
+        raise ValueError(
+            f"parallel strategy {idle[0]!r} is named in strategies but this layout does not enable it "
+            f"(enabled: {', '.join(sorted(enabled)) or 'none'}); set the options that enable it or drop it"
+        )
+
+
 def parallelize(pipeline: ComposedPipeline, state: ParallelState) -> list[str]:
     """Apply every enabled strategy to the pipeline's components, in place; returns their names.
 
@@ -170,18 +199,10 @@ def parallelize(pipeline: ComposedPipeline, state: ParallelState) -> list[str]:
                 continue
             new = strategy.wrap(old, state)
             if new is not old:
-                _replace(pipeline, old, new, key)
+                pipeline.replace_component(key, new)
         applied.append(cls.name)
     if state.is_main:
         from fastvideo.parallel.state import describe
 
         logger.info("parallel run: %s; strategies: %s", describe(state), ", ".join(applied) or "none")
     return applied
-
-
-def _replace(pipeline: ComposedPipeline, old: Any, new: Any, key: str) -> None:
-    pipeline.components[key] = new
-    for stage in pipeline.stages:
-        for attr, value in list(vars(stage).items()):
-            if value is old:
-                setattr(stage, attr, new)

@@ -1,84 +1,90 @@
-"""Parallel VAE decoding: the spatial tiles of a tiled decode are split across ranks.
+"""Parallel VAE decoding: the tiles of a tiled decode are split across ranks.
 
-For VAEs with diffusers' tiled-decoding interface (``AutoencoderKLWan``: ``use_tiling``,
-``tile_sample_min_*``, ``tile_sample_stride_*``, ``blend_v`` / ``blend_h``, a causal decoder with a
-feature cache), rank ``r`` decodes tiles ``r, r + N, r + 2N, ...`` (each over all frames), the raw
-tiles are all-gathered, and every rank blends them in the order the VAE's own ``tiled_decode`` does,
-with the VAE's own blend functions. The frames therefore equal one process's tiled decode; the
-decode time is divided by the number of ranks. Whether to tile is the decoding stage's decision
-(``PipelineConfig.vae_tiling``, or automatic for large videos), the same in one process and in N.
+What a tile is, how one is decoded and how the decoded tiles are blended back together is specific
+to a VAE class, and lives with the family that uses it: a *splitter* registered for the class name,
+either by :func:`register_vae_splitter` or declared by a model family
+(``ModelFamily.vae_splitters = {"AutoencoderKLWan": "fastvideo_wan.vae_split:WanVAESplitter"}``).
+The core part here is the distribution: rank ``r`` decodes tiles ``r, r + N, r + 2N, ...``, the raw
+tiles are all-gathered, and every rank assembles them with the splitter, so the frames equal one
+process's tiled decode and the decode time is divided by the number of ranks. Whether to tile is
+the decoding stage's decision (``PipelineConfig.vae_tiling``, or automatic for large videos), the
+same in one process and in N.
 
-Anything else (tiling off, a single tile, another VAE class) decodes the whole video on every rank,
-as one process would.
+The ``parallel-vae`` pipeline transform (:mod:`fastvideo.parallel.transforms`) installs
+:class:`ParallelVAEDecode` as the decoding stage's ``vae_decode`` in every parallel run. A VAE
+without a splitter, or a request its splitter does not tile (tiling off, a single tile), decodes
+the whole video on every rank, as one process would.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import torch
-
-from fastvideo.parallel import comm
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import torch
+
     from fastvideo.parallel.state import ParallelState
 
-_NEEDS = (
-    "use_tiling",
-    "tile_sample_min_height",
-    "tile_sample_min_width",
-    "tile_sample_stride_height",
-    "tile_sample_stride_width",
-    "spatial_compression_ratio",
-    "clear_cache",
-    "post_quant_conv",
-    "decoder",
-    "blend_v",
-    "blend_h",
-    "tiled_decode",
-)
+
+class VAESplitter(Protocol):
+    """How to decode one VAE class tile by tile (one instance serves every VAE of that class)."""
+
+    def split(self, vae: Any, z: torch.Tensor) -> list[torch.Tensor] | None:
+        """The latent tiles of ``z`` ``(B, C, T, H, W)``, in the order :meth:`assemble` takes them;
+        None when this VAE or request is not decoded in tiles."""
+
+    def decode_tile(self, vae: Any, tile: torch.Tensor) -> torch.Tensor:
+        """One latent tile decoded (raw: not blended, not clamped)."""
+
+    def assemble(self, vae: Any, z: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """The video ``(B, 3, F, H*s, W*s)`` from all decoded tiles, as the VAE's own tiled decode."""
 
 
-def supports_parallel_decode(vae: Any) -> bool:
-    """Whether ``vae`` has the tiled-decoding interface this module splits across ranks."""
-    return all(hasattr(vae, a) for a in _NEEDS)
+_SPLITTERS: dict[str, Any] = {}  # VAE class name -> splitter, or "module:attr" of its class
 
 
-def _geometry(vae: Any) -> dict[str, int]:
-    ratio = vae.spatial_compression_ratio
-    patch = getattr(vae.config, "patch_size", None) or 1
-    stride_h, stride_w = vae.tile_sample_stride_height // patch, vae.tile_sample_stride_width // patch
-    return {
-        "lat_h": vae.tile_sample_min_height // ratio,
-        "lat_w": vae.tile_sample_min_width // ratio,
-        "lat_stride_h": vae.tile_sample_stride_height // ratio,
-        "lat_stride_w": vae.tile_sample_stride_width // ratio,
-        "stride_h": stride_h,
-        "stride_w": stride_w,
-        "blend_h": vae.tile_sample_min_height // patch - stride_h,
-        "blend_w": vae.tile_sample_min_width // patch - stride_w,
-        "ratio": ratio,
-        "patch": patch,
-    }
+def register_vae_splitter(vae_class_name: str, splitter: Any) -> None:
+    """Decode VAEs of class ``vae_class_name`` (e.g. ``"AutoencoderKLWan"``) in parallel tiles with
+    ``splitter``: a :class:`VAESplitter`, its class, or ``"module:attr"`` naming it (imported on use)."""
+    if not isinstance(vae_class_name, str) or not vae_class_name:
+        raise TypeError(f"vae_class_name must be a class name string, got {vae_class_name!r}")
+    _SPLITTERS[vae_class_name] = splitter
 
 
-def _decode_tile(vae: Any, tile: torch.Tensor) -> torch.Tensor:
-    """One latent tile ``(B, C, T, h, w)`` through the causal decoder, frame by frame (no clamp)."""
-    vae.clear_cache()
-    frames = []
-    for k in range(tile.shape[2]):
-        vae._conv_idx = [0]
-        x = vae.post_quant_conv(tile[:, :, k : k + 1])
-        frames.append(vae.decoder(x, feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=k == 0))
-    vae.clear_cache()
-    return torch.cat(frames, dim=2)
+def _load(spec: Any) -> Any:
+    if isinstance(spec, str):
+        module, _, attr = spec.partition(":")
+        spec = getattr(importlib.import_module(module), attr)
+    return spec() if isinstance(spec, type) else spec
+
+
+def splitter_for(vae: Any) -> VAESplitter | None:
+    """The splitter registered for ``vae``'s class (or a base class), else None. Registrations made
+    with :func:`register_vae_splitter` win over those the model families declare."""
+    from fastvideo.registry import get_registry
+
+    declared: dict[str, Any] = {}
+    for family in get_registry().classes("model_family"):
+        declared.update(getattr(family, "vae_splitters", None) or {})
+    for cls in type(vae).__mro__:
+        spec = _SPLITTERS.get(cls.__name__, declared.get(cls.__name__))
+        if spec is not None:
+            splitter = _load(spec)
+            _SPLITTERS[cls.__name__] = splitter
+            return splitter  # type: ignore[no-any-return]
+    return None
 
 
 def _exchange(
     mine: list[torch.Tensor], total: int, dtype: torch.dtype, state: ParallelState
 ) -> list[torch.Tensor]:
     """Every rank's tiles to every rank, in tile order (tile ``t`` is decoded by rank ``t % N``)."""
+    import torch
     import torch.distributed as dist
+
+    from fastvideo.parallel import comm
 
     n = state.world_size
     slots = -(-total // n)
@@ -101,50 +107,34 @@ def _exchange(
     return tiles
 
 
-def parallel_decode(vae: Any, z: torch.Tensor, state: ParallelState) -> torch.Tensor | None:
+def parallel_decode(
+    vae: Any, z: torch.Tensor, state: ParallelState, splitter: VAESplitter
+) -> torch.Tensor | None:
     """Decode ``z`` ``(B, C, T, H, W)`` with its tiles spread over all ranks; every rank gets the video.
 
-    :returns: ``(B, 3, F, H*s, W*s)`` clamped to [-1, 1], equal to ``vae.tiled_decode(z)``; or None
-        when this VAE or request is not decoded in tiles (the caller decodes as one process does).
+    :returns: the assembled video (equal to the VAE's tiled decode), or None when ``splitter`` does
+        not tile this request (the caller decodes as one process does).
     """
-    if not supports_parallel_decode(vae) or not vae.use_tiling or state.world_size == 1:
+    tiles_in = splitter.split(vae, z)
+    if tiles_in is None or state.world_size == 1:
         return None
-    g = _geometry(vae)
-    _, _, _, height, width = z.shape
-    if height <= g["lat_h"] and width <= g["lat_w"]:
-        return None  # one tile: the VAE decodes without tiling
-    origins = [
-        (i, j) for i in range(0, height, g["lat_stride_h"]) for j in range(0, width, g["lat_stride_w"])
-    ]
-    mine = [
-        _decode_tile(vae, z[:, :, :, i : i + g["lat_h"], j : j + g["lat_w"]])
-        for i, j in origins[state.rank :: state.world_size]
-    ]
-    tiles = _exchange(mine, len(origins), next(vae.parameters()).dtype, state)
-    cols = len(range(0, width, g["lat_stride_w"]))
-    rows = [tiles[r * cols : (r + 1) * cols] for r in range(len(tiles) // cols)]
-    return _blend(vae, rows, g, height, width)
+    mine = [splitter.decode_tile(vae, t) for t in tiles_in[state.rank :: state.world_size]]
+    tiles = _exchange(mine, len(tiles_in), next(vae.parameters()).dtype, state)
+    return splitter.assemble(vae, z, tiles)
 
 
-def _blend(
-    vae: Any, rows: list[list[torch.Tensor]], g: dict[str, int], height: int, width: int
-) -> torch.Tensor:
-    """Blend tiles with their upper and left neighbours (in place, in raster order, as the VAE does)."""
-    out_rows = []
-    for i, row in enumerate(rows):
-        cropped = []
-        for j, tile in enumerate(row):
-            if i > 0:
-                tile = vae.blend_v(rows[i - 1][j], tile, g["blend_h"])
-            if j > 0:
-                tile = vae.blend_h(row[j - 1], tile, g["blend_w"])
-            row[j] = tile
-            cropped.append(tile[:, :, :, : g["stride_h"], : g["stride_w"]])
-        out_rows.append(torch.cat(cropped, dim=-1))
-    sample_h, sample_w = height * g["ratio"] // g["patch"], width * g["ratio"] // g["patch"]
-    dec = torch.cat(out_rows, dim=3)[:, :, :, :sample_h, :sample_w]
-    if g["patch"] > 1:
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+class ParallelVAEDecode:
+    """A decoding stage's ``vae_decode`` in a parallel run: tiles over the ranks where the VAE has a
+    splitter and the request is tiled, else ``inner(vae, latents)`` on every rank."""
 
-        dec = unpatchify(dec, patch_size=g["patch"])
-    return dec.clamp(-1.0, 1.0)
+    def __init__(self, state: ParallelState, inner: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        self.state = state
+        self.inner = inner
+
+    def __call__(self, vae: Any, latents: torch.Tensor) -> torch.Tensor:
+        splitter = splitter_for(vae)
+        if splitter is not None:
+            video = parallel_decode(vae, latents, self.state, splitter)
+            if video is not None:
+                return video
+        return self.inner(vae, latents)

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from fastvideo.configs import SamplingParams
+    from fastvideo.interfaces.sampler import Sampler
 
 
 @dataclass(kw_only=True)
@@ -26,6 +27,7 @@ class ForwardBatch:
     prompt_masks: list[torch.Tensor | None] = field(default_factory=list)
     negative_prompt_masks: list[torch.Tensor | None] = field(default_factory=list)
     # schedule and latents
+    sampler: Sampler | None = None  # this request's schedule and update rule (the timestep stage's)
     timesteps: torch.Tensor | None = None
     latents: torch.Tensor | None = None  # (B, C, T, H, W) noise in, denoised latents out
     # output

@@ -34,6 +34,7 @@ class ComposedPipeline:
     def __init__(self, stages: Iterable[PipelineStage], components: Mapping[str, Any] | None = None) -> None:
         self.stages = list(stages)
         self.components = dict(components or {})
+        self.transforms: list[str] = []  # names of the pipeline transforms applied, in order
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -49,6 +50,18 @@ class ComposedPipeline:
 
     def replace(self, name: str, stage: PipelineStage) -> None:
         self.stages[self.index(name)] = stage
+
+    def replace_component(self, key: str, new: Any) -> None:
+        """Replace component ``key`` by ``new`` in ``components`` and in every stage attribute that
+        held the old object (transforms that wrap a model: FP8, offload, compile)."""
+        old = self.components.get(key)
+        self.components[key] = new
+        if old is None:
+            return
+        for stage in self.stages:
+            for attr, value in list(vars(stage).items()):
+                if value is old:
+                    setattr(stage, attr, new)
 
     def __call__(self, batch: ForwardBatch) -> ForwardBatch:
         import torch

@@ -6,6 +6,7 @@ denoising (with classifier-free guidance) -> VAE decoding.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Callable, Sequence
@@ -210,40 +211,42 @@ class TextEncodingStage(PipelineStage):
 # ---------------------------------------------------------------- timesteps
 
 
-def scheduler_with_shift(scheduler: Any, shift: float | None) -> Any:
-    """A copy of a diffusers flow scheduler with its shift replaced (``flow_shift`` or ``shift``)."""
-    if shift is None:
-        return scheduler
-    config = dict(scheduler.config)
-    key = "flow_shift" if "flow_shift" in config else "shift"
-    if config.get(key) == shift:
-        return scheduler
-    config[key] = shift
-    return type(scheduler).from_config(config)
-
-
 class TimestepPreparationStage(PipelineStage):
-    """Sets the scheduler's timesteps (applying ``flow_shift`` when the request gives one).
+    """Builds this request's sampler (``batch.sampler``) and its timesteps (``batch.timesteps``).
 
-    ``sigmas(num_steps)``, when given, is the unshifted sigma schedule passed to the scheduler
-    (HunyuanVideo: ``linspace(1, 0, n + 1)[:-1]``) instead of the scheduler's own.
+    ``scheduler`` is the checkpoint's diffusers scheduler, handed to the sampler for its defaults
+    (and run as it is by the default ``checkpoint`` sampler). ``sampler`` names the registered
+    :class:`~fastvideo.interfaces.Sampler` (None: ``checkpoint``); ``VideoGenerator`` sets it from
+    the config, preset or family. ``sigmas(num_steps)``, when given, is the unshifted sigma schedule
+    the family prefers (HunyuanVideo: ``linspace(1, 0, n + 1)[:-1]``), passed to the sampler. The
+    request's ``flow_shift`` overrides the checkpoint's shift.
     """
 
     name = "timesteps"
 
-    def __init__(self, scheduler: Any, *, sigmas: Callable[[int], Sequence[float]] | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Any,
+        *,
+        sigmas: Callable[[int], Sequence[float]] | None = None,
+        sampler: str | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.sigmas = sigmas
+        self.sampler = sampler
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
-        scheduler = scheduler_with_shift(self.scheduler, batch.params.flow_shift)
+        from fastvideo.samplers import sampler_class
+
+        sampler = sampler_class(self.sampler)(self.scheduler)
         n = batch.params.num_inference_steps
-        if self.sigmas is None:
-            scheduler.set_timesteps(n, device=batch.device)
-        else:
-            scheduler.set_timesteps(sigmas=list(self.sigmas(n)), device=batch.device)
-        batch.extra["scheduler"] = scheduler
-        batch.timesteps = scheduler.timesteps
+        batch.timesteps = sampler.set_timesteps(
+            n,
+            device=batch.device,
+            shift=batch.params.flow_shift,
+            sigmas=None if self.sigmas is None else list(self.sigmas(n)),
+        )
+        batch.sampler = sampler
         return batch
 
 
@@ -251,7 +254,8 @@ class TimestepPreparationStage(PipelineStage):
 
 
 class LatentPreparationStage(PipelineStage):
-    """Draws the initial noise ``(B, C, T', H', W')`` from the seeded CPU generator, in fp32.
+    """Draws the initial noise ``(B, C, T', H', W')`` from the seeded CPU generator, in fp32, scaled
+    by the sampler's ``init_noise_sigma``.
 
     ``latent_shape(params) -> (C, T', H', W')`` is supplied by the family. Latents given in the
     request (``generate_video(latents=...)``) are used as they are, after a shape check.
@@ -275,7 +279,7 @@ class LatentPreparationStage(PipelineStage):
         else:
             noise = torch.randn(shape, generator=batch.generator, dtype=torch.float32)
             batch.latents = noise.to(batch.device)
-        sigma = getattr(batch.extra["scheduler"], "init_noise_sigma", 1.0)
+        sigma = batch.sampler.init_noise_sigma if batch.sampler is not None else 1.0
         if sigma != 1.0:
             batch.latents = batch.latents * sigma
         return batch
@@ -284,14 +288,88 @@ class LatentPreparationStage(PipelineStage):
 # ---------------------------------------------------------------- denoising
 
 
+class ClassifierFreeGuidance:
+    """The guided prediction of one step in one process: ``uncond + scale * (cond - uncond)``.
+
+    Called as ``guidance(model, inputs, cond, uncond, scale)``: ``inputs`` are the DiT keyword
+    arguments both branches share (latents, timestep), ``cond`` / ``uncond`` each branch's text
+    arguments (``uncond`` None: no guidance, one forward). A transform replaces the denoising
+    stage's ``guidance`` to run the branches differently (CFG parallelism: one per rank group).
+    """
+
+    def __call__(
+        self,
+        model: Callable[..., torch.Tensor],
+        inputs: dict[str, Any],
+        cond: dict[str, Any],
+        uncond: dict[str, Any] | None,
+        scale: float,
+    ) -> torch.Tensor:
+        pred = model(**inputs, **cond)
+        if uncond is not None:
+            uncond_pred = model(**inputs, **uncond)
+            pred = uncond_pred + scale * (pred - uncond_pred)
+        return pred
+
+
+@dataclass(kw_only=True)
+class StepInfo:
+    """What a step hook knows about the current step of the denoising loop."""
+
+    index: int  # 0-based
+    num_steps: int
+    timestep: Any  # torch.Tensor, as the sampler returned it
+    latents: Any  # (B, C, T, H, W) fp32, the input of this step
+    model: Any  # the DiT of this step (the second expert below the MoE boundary)
+    guidance_scale: float
+    inputs: dict[str, Any] | None = None  # the DiT keyword arguments shared by both CFG branches
+
+
+class StepHook:
+    """Per-step callbacks of :class:`DenoisingStage` (``stage.step_hooks``), for transforms.
+
+    Subclass and override what you need; the defaults do nothing. Hooks run in list order; for
+    :meth:`predict` the first hook is the outermost: its ``compute()`` calls the next hook's
+    ``predict``, and the last one's calls the guided DiT prediction.
+    """
+
+    def before_step(self, stage: DenoisingStage, batch: ForwardBatch, step: StepInfo) -> None:
+        """Called before step ``step.index`` (``step.inputs`` is already set)."""
+
+    def predict(
+        self,
+        stage: DenoisingStage,
+        batch: ForwardBatch,
+        step: StepInfo,
+        compute: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """The (guided) prediction of this step: ``compute()`` runs the DiT(s); return a cached
+        tensor instead to skip them (step caching). Runs under the step's attention context."""
+        return compute()
+
+    def after_step(
+        self,
+        stage: DenoisingStage,
+        batch: ForwardBatch,
+        step: StepInfo,
+        pred: torch.Tensor,
+        latents: torch.Tensor,
+    ) -> None:
+        """Called after the sampler's update with the prediction used and the new latents."""
+
+
 class DenoisingStage(PipelineStage):
-    """The sampling loop: DiT forwards under the step context, CFG, scheduler steps.
+    """The sampling loop: DiT forwards under the step context, guidance, sampler steps.
 
     Families override :meth:`model_inputs` (extra DiT arguments, per-token timesteps, image
     conditioning), :meth:`token_grid` and :meth:`after_step`. With ``transformer_2`` and
     ``boundary_ratio`` (Wan2.2 MoE) the second expert runs for ``t < boundary_ratio * 1000``
     with ``guidance_scale_2``. ``cfg=False`` runs no negative branch (guidance-distilled DiTs that
     take the guidance scale as an input, through :meth:`model_inputs`).
+
+    Seams for transforms: ``guidance`` (:class:`ClassifierFreeGuidance` by default) turns the DiT
+    into one guided prediction; ``step_hooks`` (:class:`StepHook`) run before and after each step
+    and may return a prediction instead of calling the DiT. The update rule is ``batch.sampler``'s.
     """
 
     name = "denoising"
@@ -310,6 +388,8 @@ class DenoisingStage(PipelineStage):
         self.boundary_ratio = boundary_ratio
         self.num_train_timesteps = num_train_timesteps
         self.cfg = cfg
+        self.guidance: Callable[..., torch.Tensor] = ClassifierFreeGuidance()
+        self.step_hooks: list[StepHook] = []
 
     # -- hooks for families
     def token_grid(self, latents: torch.Tensor) -> tuple[int, int, int] | None:
@@ -346,31 +426,29 @@ class DenoisingStage(PipelineStage):
         return self.transformer_2, g2
 
     def predict(self, model: Any, inputs: dict[str, Any], batch: ForwardBatch, scale: float) -> torch.Tensor:
-        """The (guided) prediction of one step; with CFG parallelism each rank group runs one branch."""
-        from fastvideo.parallel.state import current
-
+        """The (guided) prediction of one step, through ``self.guidance``."""
         guided = self.cfg and batch.do_cfg
-        state = current()
-        if state is not None and state.cfg_size > 1:
-            from fastvideo.parallel.cfg import cfg_parallel_predict
+        cond = self.text_inputs(batch, negative=False)
+        uncond = self.text_inputs(batch, negative=True) if guided else None
+        return self.guidance(model, inputs, cond, uncond, scale)
 
-            cond = self.text_inputs(batch, negative=False)
-            uncond = self.text_inputs(batch, negative=True) if guided else None
-            return cfg_parallel_predict(model, inputs, cond, uncond, scale, state)
-        pred = model(**inputs, **self.text_inputs(batch, negative=False))
-        if guided:
-            uncond_pred = model(**inputs, **self.text_inputs(batch, negative=True))
-            pred = uncond_pred + scale * (pred - uncond_pred)
-        return pred
+    def _hooked_predict(self, batch: ForwardBatch, step: StepInfo) -> torch.Tensor:
+        assert step.inputs is not None
+        inputs = step.inputs
+
+        def compute() -> torch.Tensor:
+            return self.predict(step.model, inputs, batch, step.guidance_scale)
+
+        for hook in reversed(self.step_hooks):
+            compute = functools.partial(hook.predict, self, batch, step, compute)
+        return compute()
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         import torch
 
-        scheduler = batch.extra["scheduler"]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
+        sampler = batch.sampler
         latents = batch.latents
-        assert latents is not None and batch.timesteps is not None
+        assert sampler is not None and latents is not None and batch.timesteps is not None
         dtype = self.dtype
         batch.prompt_embeds = [e.to(dtype) for e in batch.prompt_embeds]
         batch.negative_prompt_embeds = [e.to(dtype) for e in batch.negative_prompt_embeds]
@@ -386,10 +464,23 @@ class DenoisingStage(PipelineStage):
                     sparsity=batch.params.sparsity,
                 )
                 inputs = self.model_inputs(batch, latents, t)
+                step = StepInfo(
+                    index=i,
+                    num_steps=n,
+                    timestep=t,
+                    latents=latents,
+                    model=model,
+                    guidance_scale=scale,
+                    inputs=inputs,
+                )
+                for hook in self.step_hooks:
+                    hook.before_step(self, batch, step)
                 with step_context(ctx):
-                    pred = self.predict(model, inputs, batch, scale)
-                latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+                    pred = self._hooked_predict(batch, step)
+                latents = sampler.step(pred, t, latents, step_index=i, generator=batch.generator)
                 latents = self.after_step(batch, latents)
+                for hook in self.step_hooks:
+                    hook.after_step(self, batch, step, pred, latents)
                 advance(1)
         batch.latents = self.finalize(batch, latents).to(torch.float32)
         return batch
@@ -406,12 +497,19 @@ def frames_to_uint8(video: torch.Tensor) -> Any:
     return (video.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def vae_decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(latents)`` as a tensor ``(B, 3, T, H, W)`` in [-1, 1]."""
+    return vae.decode(latents, return_dict=False)[0]
+
+
 class DecodingStage(PipelineStage):
     """Denormalises the latents and decodes them with the VAE into uint8 frames.
 
     ``denormalize(latents) -> latents`` is the family's (Wan: ``x * std + mean`` per channel).
     ``tiling``: decode in overlapping spatial tiles (the VAE's ``enable_tiling``) to bound memory;
-    ``None`` tiles videos larger than ``tile_above`` pixels per frame.
+    ``None`` tiles videos larger than ``tile_above`` pixels per frame. ``vae_decode(vae, latents)``
+    is the decode call (:func:`vae_decode`); transforms wrap it (parallel VAE decoding splits the
+    tiles over the ranks).
     """
 
     name = "decoding"
@@ -428,6 +526,7 @@ class DecodingStage(PipelineStage):
         self.denormalize = denormalize
         self.tiling = tiling
         self.tile_above = tile_above
+        self.vae_decode: Callable[[Any, torch.Tensor], torch.Tensor] = vae_decode
 
     def _set_tiling(self, batch: ForwardBatch) -> None:
         if not hasattr(self.vae, "enable_tiling"):
@@ -439,17 +538,8 @@ class DecodingStage(PipelineStage):
             self.vae.disable_tiling()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE decode; in a parallel run the tiles of a tiled decode are split across ranks."""
-        from fastvideo.parallel.state import current
-
-        state = current()
-        if state is not None and state.world_size > 1:
-            from fastvideo.parallel.vae import parallel_decode
-
-            video = parallel_decode(self.vae, latents, state)
-            if video is not None:
-                return video
-        return self.vae.decode(latents, return_dict=False)[0]
+        """VAE decode through ``self.vae_decode(vae, latents)`` (a transform may wrap it)."""
+        return self.vae_decode(self.vae, latents)
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         assert batch.latents is not None

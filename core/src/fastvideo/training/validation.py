@@ -31,11 +31,13 @@ class Validator:
         if self._generator is None:
             from fastvideo.configs import PipelineConfig
             from fastvideo.generator import VideoGenerator
+            from fastvideo.transforms import apply_transforms
 
             config = PipelineConfig(
                 device=self.device, dtype="fp32", progress=False, attention_backend=self.attention_backend
             )
             pipeline = self.family.build_pipeline(self.source, config)
+            apply_transforms(pipeline, config)  # as VideoGenerator does: parallel VAE decode, plugins'
             defaults = self.family.sampling_defaults(self.source)
             self._generator = VideoGenerator(self.source, pipeline, config, defaults)
         return self._generator

@@ -26,6 +26,20 @@ def fv_register_attention_backends():  # type: ignore[no-untyped-def]
 
 
 @hookimpl
+def fv_register_samplers():  # type: ignore[no-untyped-def]
+    from fastvideo_example.sampler import ExampleLinearSampler
+
+    return [ExampleLinearSampler]
+
+
+@hookimpl
+def fv_register_pipeline_transforms():  # type: ignore[no-untyped-def]
+    from fastvideo_example.transforms import SkipAlternateSteps
+
+    return [SkipAlternateSteps]
+
+
+@hookimpl
 def fv_register_commands(app):  # type: ignore[no-untyped-def]
     from fastvideo_example.commands import example_app
 

@@ -33,6 +33,8 @@ class WanFamily(ModelFamily):
         "guidance_scale": 5.0,
         "fps": 16,
     }
+    #: Tile-by-tile decoding of Wan's VAE for the core's parallel VAE decode (any family using it).
+    vae_splitters: ClassVar[dict[str, str]] = {"AutoencoderKLWan": "fastvideo_wan.vae_split:WanVAESplitter"}
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
