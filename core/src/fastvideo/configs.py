@@ -64,7 +64,9 @@ class SamplingParams:
     flow_shift: float | None = None  # None = the checkpoint scheduler's own shift
     image: str | None = None  # conditioning image path (I2V, TI2V)
     max_sequence_length: int = 512  # text tokens
-    sparsity: float = 0.0  # fraction of attention a sparse backend (vsa) skips, in [0, 1); 0 = dense
+    # options of the attention backend, {backend: {option: value}}, checked against its declaration
+    # when a generation starts (fastvideo.attention.options); merged option by option on override
+    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -79,9 +81,9 @@ class SamplingParams:
         _check_float("guidance_scale", self.guidance_scale, 0.0)
         _check_float("guidance_scale_2", self.guidance_scale_2, 0.0, allow_none=True)
         _check_float("flow_shift", self.flow_shift, 0.0, allow_none=True)
-        sparsity = self.sparsity
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-            raise ValueError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+        from fastvideo.attention.options import check_shape
+
+        object.__setattr__(self, "backend_options", check_shape(self.backend_options))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
         """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
@@ -90,7 +92,12 @@ class SamplingParams:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "backend_options" in changes:
+            from fastvideo.attention.options import check_shape, merge
+
+            changes["backend_options"] = merge(self.backend_options, check_shape(changes["backend_options"]))
+        return dataclasses.replace(self, **changes)
 
     @property
     def do_cfg(self) -> bool:

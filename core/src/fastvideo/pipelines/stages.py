@@ -383,7 +383,7 @@ class DenoisingStage(PipelineStage):
                     step_index=i,
                     num_steps=n,
                     timestep=float(t),
-                    sparsity=batch.params.sparsity,
+                    options=batch.params.backend_options,
                 )
                 inputs = self.model_inputs(batch, latents, t)
                 with step_context(ctx):
