@@ -86,7 +86,6 @@ def suite(rank: int, world: int) -> dict[str, Any]:
     if not _has_vsa():
         return results
     from fastvideo.attention import StepContext, step_context
-
     from fastvideo.attention.layers import attach_layer_modules
 
     attach_layer_modules(model, "vsa")  # the backend's gate projections, zeros
