@@ -1,8 +1,9 @@
 """Per-layer modules of attention backends (``AttentionBackend.layer_modules``), attached by core.
 
 A model lists its sparse attention layers in a ``sparse_attention_layers`` class attribute (globs
-over module names, matched component by component: ``blocks.*.self_attn``). A backend that needs learned parameters there (``vsa``: a gate projection)
-declares :class:`fastvideo.interfaces.attention.LayerModule` s. This module
+over module names, matched component by component: ``blocks.*.self_attn``). A backend that needs
+learned parameters there (``vsa``: a gate projection) declares
+:class:`fastvideo.interfaces.attention.LayerModule` s. This module
 
 * attaches them to those layers (:func:`attach_layer_modules`) when the backend is selected or a
   checkpoint holds them, and hooks the layers so that the dispatcher can hand the backend the layer
@@ -51,7 +52,8 @@ def _is_layer(name: str, globs: Iterable[str]) -> bool:
 def module_backends() -> dict[str, type[AttentionBackend]]:
     """Registered backends that declare layer modules, by name."""
     entries = get_registry().entries["attention_backend"]
-    return {n: e.cls for n, e in sorted(entries.items()) if getattr(e.cls, "layer_modules", ())}  # type: ignore[misc]
+    out = {n: e.cls for n, e in sorted(entries.items()) if getattr(e.cls, "layer_modules", ())}
+    return out  # type: ignore[return-value]
 
 
 def _all_modules() -> list[tuple[str, LayerModule]]:
