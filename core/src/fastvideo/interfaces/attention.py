@@ -66,7 +66,9 @@ class BackendOption:
     context (:meth:`fastvideo.attention.StepContext.backend_options`).
 
     :param name: lower_snake name, unique within the backend.
-    :param type: ``float``, ``int``, ``bool`` or ``str``; an int is accepted for a float.
+    :param type: ``float``, ``int``, ``bool`` or ``str``; an int is accepted for a float. Structured
+        values (per-layer window sizes) are a ``str`` that ``validate`` and
+        :meth:`AttentionBackend.option_values` parse (``"3,3,3"``): one flag, one config key.
     :param default: the value when none is given.
     :param help: one line for ``--help``.
     :param cli_flags: ``fv generate`` flags (``("--vsa-sparsity", "--sparsity")``); empty: API and
