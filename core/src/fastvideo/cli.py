@@ -272,7 +272,7 @@ def _with_backend_option_flags(func: Callable[..., Any]) -> Callable[..., Any]:
 def _add_backend_option_flags() -> None:
     """Give ``fv generate`` the flags of the registered attention backends' options."""
     for info in app.registered_commands:
-        if info.callback is generate:
+        if getattr(info.callback, "__wrapped__", info.callback) is generate:  # again: the registry may differ
             info.callback = _with_backend_option_flags(generate)
 
 
