@@ -237,6 +237,18 @@ def test_the_backend_gets_its_modules_output_in_the_sparse_layers_only(backends:
     assert not torch.allclose(out, dense, atol=1e-3) and selector._LAYERS == []
 
 
+def test_a_layer_called_with_keywords_gets_its_module_output_too(backends: None) -> None:
+    model = model_with_modules()
+    layer, x = model.blocks[0].attn, torch.randn(1, 8, 32)
+    with (
+        torch.no_grad(),
+        use_backend("biased"),
+        step_context(StepContext(options={"biased": {"weight": 1.0}})),
+    ):
+        assert_close("keywords", layer(x), layer(x=x), 0.0)
+    assert Biased.calls == [True, True]
+
+
 def test_modules_train(backends: None) -> None:
     model = model_with_modules()
     with use_backend("biased"), step_context(StepContext(options={"biased": {"weight": 1.0}})):

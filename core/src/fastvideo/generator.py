@@ -66,8 +66,12 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
         elif key in samp_fields:
             samp[key] = value
         else:
+            from fastvideo.attention.options import moved_option_hint
+
             valid = sorted(pipe_fields | _PARALLEL_FIELDS | samp_fields)
-            raise TypeError(f"unknown option {key!r}; valid options: {', '.join(valid)}")
+            raise TypeError(
+                f"unknown option {key!r}{moved_option_hint(key)}; valid options: {', '.join(valid)}"
+            )
     return pipe, par, samp
 
 
@@ -153,10 +157,15 @@ class VideoGenerator:
         selected attention backend's declarations and completed with its defaults.
         """
         from fastvideo.attention import resolve_backend_name
-        from fastvideo.attention.options import resolve_options
+        from fastvideo.attention.options import moved_option_hint, resolve_options
 
         if prompt is not None:
             overrides["prompt"] = prompt
+        fields = {f.name for f in dataclasses.fields(SamplingParams)}
+        for key in (k for k in overrides if k not in fields):
+            hint = moved_option_hint(key)  # a backend's option given as a keyword: say where it goes
+            if hint:
+                raise TypeError(f"unknown sampling parameter {key!r}{hint}")
         params = self.sampling_defaults.with_overrides(overrides)
         self.source.family.validate(params, self.source)
         backend = resolve_backend_name(self.config.attention_backend)

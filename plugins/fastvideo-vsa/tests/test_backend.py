@@ -373,6 +373,11 @@ def test_generation_puts_the_options_into_the_step_context(
         ValueError, match=r"^vsa option 'sparsity' \(--vsa-sparsity\) must be in \[0, 1\), got 1.0$"
     ):
         gen.generate_video("a dot", backend_options={"vsa": {"sparsity": 1.0}})
+    hint = r"'sparsity' is an option of attention backend 'vsa': pass backend_options=\{'vsa': \{'sparsity': ...\}\}"
+    with pytest.raises(TypeError, match=rf"^unknown sampling parameter 'sparsity'; {hint}$"):
+        gen.generate_video("a dot", sparsity=0.5)  # the keyword of earlier versions
+    with pytest.raises(TypeError, match=rf"^unknown option 'sparsity'; {hint}; valid options: "):
+        VideoGenerator.from_pretrained(str(example_ckpt), attention_backend="vsa", sparsity=0.5)
     with pytest.raises(ValueError, match=r"selected attention backend is 'sdpa'"):
         VideoGenerator.from_pretrained(
             str(example_ckpt), device="cpu", backend_options={"vsa": {"sparsity": 0.5}}

@@ -214,12 +214,13 @@ def hook_layer(layer: nn.Module) -> None:
         return
     from fastvideo.attention import selector
 
-    def enter(module: nn.Module, args: tuple[Any, ...]) -> None:
-        selector._LAYERS.append((module, args[0]))
+    def enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else next(iter(kwargs.values()), None)  # the first argument
+        selector._LAYERS.append((module, hidden))
 
     def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         selector._LAYERS.pop()
 
-    layer.register_forward_pre_hook(enter)
+    layer.register_forward_pre_hook(enter, with_kwargs=True)
     layer.register_forward_hook(leave, always_call=True)
     object.__setattr__(layer, _HOOKED, True)

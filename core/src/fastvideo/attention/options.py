@@ -125,6 +125,19 @@ def resolve_options(
     return {selected: cls.option_values(checked, step=step, total=total)}
 
 
+def moved_option_hint(key: str) -> str:
+    """``""``, or a hint for a keyword argument that is a registered backend's option (the Python API
+    takes those in ``backend_options``): ``; 'window' is an option of attention backend 'x': ...``."""
+    try:
+        entries = get_registry().entries["attention_backend"]
+    except Exception:  # a hint must never hide the error it decorates
+        return ""
+    for name, entry in sorted(entries.items()):
+        if any(o.name == key for o in getattr(entry.cls, "options", ())):
+            return f"; {key!r} is an option of attention backend {name!r}: pass backend_options={{{name!r}: {{{key!r}: ...}}}}"
+    return ""
+
+
 def cli_flags() -> list[tuple[tuple[str, ...], str, BackendOption]]:
     """``(flags, backend, option)`` for every option that declares ``fv generate`` flags.
 
