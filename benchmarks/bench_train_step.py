@@ -114,6 +114,7 @@ def run_variant(
     variant: str, cfg: dict[str, Any], latent: tuple[int, ...], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Time ``variant`` (dense or vsa); returns the row's measurements, or {} when skipped."""
+    from fastvideo.attention.layers import attach_layer_modules
     from fastvideo_wan.model import WanTransformer
 
     backend = None if variant == "dense" else variant
@@ -121,8 +122,10 @@ def run_variant(
         print(f"{variant}: skipped ({why})")
         return {}
     torch.manual_seed(0)
-    # random init with fp32 master weights; vsa adds its zero-initialised gate projections
-    model = WanTransformer.from_config(cfg, device=args.device, vsa_gate=backend == "vsa")
+    # random init with fp32 master weights; core attaches vsa's zero-initialised gate projections
+    model = WanTransformer.from_config(cfg, device=args.device)
+    if backend is not None:
+        attach_layer_modules(model, backend)
     trainer = make_trainer(model, cfg["text_dim"], args, backend, latent)
     batches = trainer._batches()
     metrics: dict[str, float] = {}

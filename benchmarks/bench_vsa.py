@@ -341,6 +341,7 @@ def e2e(
     sparsity: float, gate: bool, frames: int, height: int, width: int, compile_blocks: bool, record: bool
 ):
     from fastvideo.attention import StepContext, step_context, use_backend
+    from fastvideo.attention.layers import attach_layer_modules
     from fastvideo.testing import fake_plugins
     from fastvideo_vsa import plugin as vsa_plugin
     from fastvideo_wan.configs import CONFIGS
@@ -348,8 +349,10 @@ def e2e(
 
     cfg = WanConfig.from_diffusers_config(CONFIGS["wan2.1-t2v-1.3b"])
     torch.manual_seed(0)
-    model = WanTransformer.from_config(cfg, device="cuda", vsa_gate=gate).to(torch.bfloat16).eval()
-    if gate:  # trained-looking gates, so that nothing can skip the coarse branch
+    model = WanTransformer.from_config(cfg, device="cuda").to(torch.bfloat16).eval()
+    if gate:  # vsa's gate projections (attached by core as the backend declares), trained-looking,
+        with fake_plugins(vsa_plugin):  # so that nothing can skip the coarse branch
+            attach_layer_modules(model, "vsa")
         with torch.no_grad():
             for b in model.blocks:
                 b.self_attn.gate_compress.weight.normal_(0, 0.02)
@@ -372,7 +375,7 @@ def e2e(
     results = {}
     with fake_plugins(vsa_plugin), torch.inference_mode():
         for name, backend, s in (("dense", "sdpa", 0.0), ("vsa", "vsa", sparsity)):
-            with use_backend(backend), step_context(StepContext(grid=grid, sparsity=s)):
+            with use_backend(backend), step_context(StepContext(grid=grid, options={"vsa": {"sparsity": s}})):
                 timing, out = time_cuda(name, lambda: model(latents, t, text), warmup=2, iters=5)
             assert bool(out.isfinite().all()), f"{name}: non-finite output"
             results[name] = timing

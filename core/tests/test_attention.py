@@ -182,7 +182,7 @@ def test_sparse_backend_runs_only_where_the_allow_list_admits_it(fakes: None) ->
 
 def test_backend_receives_the_step_context(fakes: None) -> None:
     q, k, v = _qkv()
-    ctx = StepContext(grid=(1, 1, 5), step_index=2, num_steps=4, sparsity=0.9)
+    ctx = StepContext(grid=(1, 1, 5), step_index=2, num_steps=4, options={"fake-sparse": {"window": 3}})
     with use_backend("fake-sparse"):
         with step_context(ctx):
             attention(q, k, v, allow=ALL)

@@ -209,14 +209,20 @@ def vsa_forward(**parallel: Any) -> torch.Tensor:
     from fastvideo.parallel.state import teardown
 
     model, state = tiny_wan(heads=4, **parallel)
-    model.add_vsa_gates()
+    from fastvideo.attention.layers import attach_layer_modules
+
+    attach_layer_modules(model, "vsa")  # the backend's gate projections, zeros
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for block in model.blocks:
             block.self_attn.gate_compress.weight.copy_(torch.randn(32, 32, generator=gen) * 0.2)
     if state is not None:
         SequenceSharding(model, state).apply(model)
-    with use_backend("vsa"), step_context(StepContext(grid=(3, 3, 5), sparsity=0.5)), torch.no_grad():
+    with (
+        use_backend("vsa"),
+        step_context(StepContext(grid=(3, 3, 5), options={"vsa": {"sparsity": 0.5}})),
+        torch.no_grad(),
+    ):
         out = model(*_wan_inputs())
     teardown()
     return out

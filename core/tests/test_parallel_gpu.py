@@ -86,14 +86,19 @@ def suite(rank: int, world: int) -> dict[str, Any]:
     if not _has_vsa():
         return results
     from fastvideo.attention import StepContext, step_context
+    from fastvideo.attention.layers import attach_layer_modules
 
-    model.add_vsa_gates()
+    attach_layer_modules(model, "vsa")  # the backend's gate projections, zeros
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for block in model.blocks:
             w = block.self_attn.gate_compress.weight
             w.copy_(torch.randn(w.shape, generator=gen).to(device) * 0.2)
-    with use_backend("vsa"), step_context(StepContext(grid=(5, 7, 11), sparsity=0.5)), torch.no_grad():
+    with (
+        use_backend("vsa"),
+        step_context(StepContext(grid=(5, 7, 11), options={"vsa": {"sparsity": 0.5}})),
+        torch.no_grad(),
+    ):
         results["vsa one"] = model(*inputs).cpu()
         for exchange in ("nccl", "peer"):
             state = init_parallel(ParallelConfig(num_gpus=world), str(device))

@@ -1,4 +1,5 @@
-"""The typed training config (YAML + dotted overrides), the sparsity ramp, the lr schedule, the
+"""The typed training config (YAML + dotted overrides), attention backend options and their
+training schedules, the lr schedule, the
 flow-matching objective's timestep shift and the EMA, each against an independent reference."""
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from fastvideo.training.config import TrainConfig, dump_config, load_config, parse_overrides
-from fastvideo.training.sparsity import sparsity_at
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = {"model.path": "wan", "data.path": "data", "max_steps": "10"}
@@ -118,36 +118,96 @@ def test_example_configs_load() -> None:
         assert cfg.algorithm in ("finetune", "lora")
 
 
-# ---------------------------------------------------------------- sparsity ramp
+# ---------------------------------------------------------------- attention backend options
 
 
-def test_sparsity_ramp_linear_and_staircase() -> None:
-    assert [sparsity_at(s, 0.9, 10) for s in (0, 5, 10, 20)] == [0.0, 0.45, 0.9, 0.9]
-    assert sparsity_at(0, 0.9) == 0.9  # no ramp
-    assert (
-        sparsity_at(1499, 0.9, 1500, 0.04) == pytest.approx(0.88)
-        and sparsity_at(1500, 0.9, 1500, 0.04) == 0.9
+def ramped():  # type: ignore[no-untyped-def]
+    """A sparse backend with an option and a training ramp of it (a schedule the backend owns)."""
+    import torch.nn.functional as F
+
+    from fastvideo.interfaces.attention import AttentionBackend, BackendOption
+
+    class Ramped(AttentionBackend):
+        name = "ramped-sparse"
+        sparse = True
+        priority = -100
+        options = (
+            BackendOption(
+                name="target", type=float, default=0.0, cli_flags=("--ramped-target",),
+                validate=lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+            ),
+            BackendOption(name="ramp_steps", type=int, default=0, training_only=True),
+        )  # fmt: skip
+
+        @classmethod
+        def option_values(cls, options, *, step=None, total=None):  # type: ignore[no-untyped-def]
+            values = super().option_values(options)
+            if step is not None and options.get("ramp_steps"):
+                values["target"] *= min(1.0, step / options["ramp_steps"])
+            return values
+
+        def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None):  # type: ignore[no-untyped-def]
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale).transpose(1, 2)
+
+    return Ramped
+
+
+@pytest.fixture
+def ramped_backend():  # type: ignore[no-untyped-def]
+    from fastvideo.testing import fake_plugins, plugin_module
+
+    backend = ramped()
+    with fake_plugins(plugin_module("ramped", fv_register_attention_backends=lambda: [backend])):
+        yield backend
+
+
+def test_attention_keys_are_the_backends_options(ramped_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "max_steps: 5\nmodel: {path: wan}\ndata: {path: d}\nattention: {backend: ramped-sparse, target: 0.8}\n"
     )
-    # FastVideo's VSA recipe: min(step // interval, target // rate) * rate with rate 0.03, interval 50;
-    # a linear ramp over 30 * 50 steps in increments of 0.03 is the same staircase
-    for step in range(0, 2000, 7):
-        expected = min(step // 50, round(0.9 / 0.03)) * 0.03
-        assert sparsity_at(step, 0.9, 1500, 0.03) == pytest.approx(expected, abs=1e-9), step
-    with pytest.raises(ValueError, match="target sparsity must be in"):
-        sparsity_at(1, 1.0, 10)
+    cfg = load_config(path, ["--attention.ramp_steps", "4"])
+    assert cfg.attention.backend == "ramped-sparse"
+    assert cfg.attention.options == {"target": 0.8, "ramp_steps": 4}
+    assert load_config(dump_config(cfg, tmp_path / "again.yaml")) == cfg
+    for overrides, message in (
+        ({"attention.target": "1.5"}, r"^attention.target must be in \[0, 1\), got '1.5'$"),
+        ({"attention.ramp_steps": "x"}, r"^attention.ramp_steps must be an integer, got 'x'$"),
+        ({"attention.targte": "0.5"}, r"has no option 'targte'; did you mean 'target'\?"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_config(path, overrides)
+    with pytest.raises(
+        ValueError, match=r"^attention.target is an option of an attention backend, but attention.backend"
+    ):
+        load_config(None, {**REQUIRED, "attention.target": "0.5"})
 
 
-def test_trainer_puts_the_ramp_into_the_step_context() -> None:
+def test_trainer_puts_the_backends_schedule_into_the_step_context(ramped_backend) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
     from fastvideo.training.trainer import Trainer
 
-    cfg = load_config(None, {**REQUIRED, "attention.sparsity": "0.8", "attention.sparsity_ramp_steps": "4"})
+    cfg = load_config(
+        None,
+        {
+            **REQUIRED,
+            "attention.backend": "ramped-sparse",
+            "attention.target": "0.8",
+            "attention.ramp_steps": "4",
+        },
+    )
     trainer = Trainer(cfg)
-    trainer.sparse = True  # as when a sparse backend (vsa) is selected
+    trainer.backend = "ramped-sparse"  # as setup() resolves it
     trainer.step = 2
-    ctx = trainer.step_context(object(), __import__("torch").zeros(1, 16, 2, 4, 4))  # type: ignore[arg-type]
-    assert ctx.sparsity == pytest.approx(0.2) and ctx.step_index == 2  # 1 step done of a 4-step ramp
-    trainer.sparse = False
-    assert trainer.step_context(object(), __import__("torch").zeros(1)).sparsity == 0.0  # type: ignore[arg-type]
+    ctx = trainer.step_context(object(), torch.zeros(1, 16, 2, 4, 4))  # type: ignore[arg-type]
+    assert ctx.backend_options("ramped-sparse") == {"target": pytest.approx(0.2)}  # 1 step done of 4
+    assert ctx.step_index == 2 and "ramp_steps" not in ctx.backend_options("ramped-sparse")
+    assert trainer.backend_options(5) == {"ramped-sparse": {"target": pytest.approx(0.8)}}
+    dense = Trainer(load_config(None, REQUIRED))
+    dense.backend, dense.step = "sdpa", 2  # a backend without options: nothing in the step context
+    assert dense.step_context(object(), torch.zeros(1)).options == {}  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- lr schedule, objective, EMA

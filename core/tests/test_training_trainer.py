@@ -116,49 +116,135 @@ def test_validation_videos_are_written(finetuned: tuple[Trainer, Path]) -> None:
     assert video.endswith("validation/step-00000040-0.mp4") and read_mp4(video).shape == (5, 32, 32, 3)
 
 
-def test_sparse_backend_sees_the_sparsity_ramp(ckpt_path: Path, data_path: Path, tmp_path: Path) -> None:
-    """A sparse backend registered by a plugin gets each step's ramp value in its step context."""
+def _module_backend(seen: list[tuple[int, float, tuple | None, bool]]) -> type:
+    """A sparse backend that owns an option with a training ramp and a per-layer module (like vsa's
+    sparsity and gate): ``out = attention + extra``, ``extra`` from the layer's module."""
     import torch.nn.functional as F
+    from torch import nn
 
-    from fastvideo.interfaces import AttentionBackend
-    from fastvideo.testing import fake_plugins, plugin_module
+    from fastvideo.interfaces.attention import AttentionBackend, BackendOption, LayerModule
 
-    seen: list[tuple[int, float, tuple | None]] = []
+    def build(layer: nn.Module) -> nn.Module:
+        q = layer.q  # Wan's query projection
+        return nn.Linear(q.in_features, q.out_features, device=q.weight.device, dtype=q.weight.dtype)
 
     class RecordingSparse(AttentionBackend):
         name = "recording-sparse"
         sparse = True
         priority = -100
+        options = (
+            BackendOption(name="target", type=float, default=0.0),
+            BackendOption(name="ramp_steps", type=int, default=0, training_only=True),
+        )
+        layer_modules = (LayerModule(name="extra", build=build, checkpoint_names=("{parent}.to_extra",)),)
 
-        def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None):
-            seen.append((step.step_index, step.sparsity, step.grid))
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale).transpose(1, 2)
+        @classmethod
+        def option_values(cls, options, *, step=None, total=None):  # type: ignore[no-untyped-def]
+            values = super().option_values(options)
+            if step is not None and options.get("ramp_steps"):
+                values["target"] *= min(1.0, step / options["ramp_steps"])
+            return values
 
-    plugin = plugin_module("recording-sparse", fv_register_attention_backends=lambda: [RecordingSparse])
-    with fake_plugins(plugin, autoload=True):
+        def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
+            return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
+
+        def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
+            seen.append((step.step_index, self.option(step, "target"), step.grid, extra is not None))
+            out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), scale=scale)
+            return out.transpose(1, 2) + (extra if extra is not None else 0)
+
+    return RecordingSparse
+
+
+def test_backend_options_schedule_and_layer_modules_in_training(
+    ckpt_path: Path, data_path: Path, tmp_path: Path
+) -> None:
+    """A sparse backend registered by a plugin gets each step's value of its option's ramp in its step
+    context; its per-layer module is attached to Wan's self-attention, trained, and exported under the
+    checkpoint name it declares (which loads back)."""
+    from safetensors import safe_open
+
+    from fastvideo.testing import fake_plugins, plugin_module
+    from fastvideo_wan import plugin as wan_plugin
+    from fastvideo_wan.model import WanTransformer
+
+    seen: list[tuple[int, float, tuple | None, bool]] = []
+    backend = _module_backend(seen)
+    plugin = plugin_module("recording-sparse", fv_register_attention_backends=lambda: [backend])
+    with fake_plugins(plugin, wan_plugin):
         cfg = _config(
             ckpt_path,
             data_path,
-            tmp_path / "vsa",
+            tmp_path / "sparse",
             max_steps=4,
             **{
                 "attention.backend": "recording-sparse",
-                "attention.sparsity": 0.6,
-                "attention.sparsity_ramp_steps": 4,
-                "export.enabled": False,
+                "attention.target": 0.6,
+                "attention.ramp_steps": 4,
                 "parallel.activation_checkpointing": True,
             },
         )
-        Trainer(cfg).train()
-    per_step = {i: s for i, s, _ in seen}
+        trainer = Trainer(cfg)
+        trainer.train()
+        model = trainer.algorithm.model
+        exported = WanTransformer.from_pretrained(tmp_path / "sparse" / "export" / "transformer", dtype=None)
+    per_step = {i: t for i, t, _, _ in seen}
     assert per_step == pytest.approx({1: 0.0, 2: 0.15, 3: 0.3, 4: 0.45})
-    assert {g for _, _, g in seen} == {(3, 4, 4)}  # the token grid of (16, 3, 8, 8) latents, patch (1, 2, 2)
+    assert {g for _, _, g, _ in seen} == {
+        (3, 4, 4)
+    }  # the token grid of (16, 3, 8, 8) latents, patch (1, 2, 2)
     # per step and block: the forward and the recomputation in backward (activation checkpointing),
-    # both with the step's context; cross-attention stays dense and never reaches the backend
-    assert len(seen) == 4 * 2 * 2 and all(s == pytest.approx(per_step[i]) for i, s, _ in seen)
-    logged = [r["sparsity"] for r in read_metrics(tmp_path / "vsa" / "metrics.jsonl") if "loss" in r]
+    # both with the step's context and the module's output; cross-attention never reaches the backend
+    assert len(seen) == 4 * 2 * 2 and all(t == pytest.approx(per_step[i]) and e for i, t, _, e in seen)
+    logged = [
+        r["recording-sparse.target"]
+        for r in read_metrics(tmp_path / "sparse" / "metrics.jsonl")
+        if "loss" in r
+    ]
     assert logged == pytest.approx([0.0, 0.15, 0.3, 0.45])
+    extra = [block.self_attn.extra.weight for block in model.blocks]
+    assert all(w.requires_grad and w.abs().sum() > 0 for w in extra)  # attached at zero, trained
+    weights = tmp_path / "sparse" / "export" / "transformer" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        assert {"blocks.0.to_extra.weight", "blocks.1.to_extra.bias"} <= set(f.keys())
+    assert torch.equal(
+        exported.blocks[1].self_attn.extra.weight, model.blocks[1].self_attn.extra.weight.cpu()
+    )
+
+
+@pytest.mark.slow
+def test_training_with_vsa_trains_and_exports_the_gates(
+    ckpt_path: Path, data_path: Path, tmp_path: Path
+) -> None:
+    """The real vsa backend (Triton's CPU interpreter without a GPU): its ramp runs, its gate
+    projections are attached to Wan's self-attention, trained, exported as FastVideo names them
+    (``blocks.N.to_gate_compress``) and loaded back from the export."""
+    import os
+
+    from safetensors import safe_open
+
+    from fastvideo_wan.model import WanTransformer
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    cfg = _config(
+        ckpt_path,
+        data_path,
+        tmp_path / "vsa",
+        max_steps=2,
+        **{"attention.backend": "vsa", "attention.sparsity": 0.5, "attention.sparsity_ramp_steps": 1},
+    )
+    trainer = Trainer(cfg)
+    trainer.train()
+    logged = [r["vsa.sparsity"] for r in read_metrics(tmp_path / "vsa" / "metrics.jsonl") if "loss" in r]
+    assert logged == pytest.approx([0.0, 0.5])
+    gates = [block.self_attn.gate_compress.weight for block in trainer.algorithm.model.blocks]
+    assert all(g.abs().sum() > 0 for g in gates)  # zero-initialised, moved by training
+    export = tmp_path / "vsa" / "export" / "transformer"
+    with safe_open(str(export / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {"blocks.0.to_gate_compress.weight", "blocks.1.to_gate_compress.bias"} <= set(f.keys())
+    loaded = WanTransformer.from_pretrained(export, dtype=None)  # gates load whichever backend runs
+    assert torch.equal(loaded.blocks[0].self_attn.gate_compress.weight, gates[0].detach().cpu())
 
 
 def test_export_loads_in_diffusers_and_fv_generate_with_the_trained_weights(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -78,6 +80,7 @@ def _default_output(prompt: str, seed: int | None) -> Path:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What the video shows.")],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Preset, Hub repo id or local diffusers folder.")
@@ -104,12 +107,6 @@ def generate(
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
     sampler: Annotated[
         Optional[str], typer.Option(help="checkpoint, flow-euler, unipc, few-step, or a plugin's [preset's].")
-    ] = None,
-    sparsity: Annotated[
-        Optional[float],
-        typer.Option(
-            "--sparsity", "--vsa-sparsity", help="Fraction of attention a sparse backend skips, [0, 1)."
-        ),
     ] = None,
     num_gpus: Annotated[
         Optional[int], typer.Option(help="GPUs (one worker each) [1; under torchrun: WORLD_SIZE].")
@@ -138,7 +135,11 @@ def generate(
         typer.Option("--lora", help="LoRA file or folder, PATH[:scale]; repeatable (merged)."),
     ] = None,
 ) -> None:
-    """Generate a video and write it as mp4."""
+    """Generate a video and write it as mp4.
+
+    The installed attention backends add their options' flags (e.g. --vsa-sparsity); see the end
+    of the option list.
+    """
     with _clean_errors():
         from fastvideo.configs import ParallelConfig, PipelineConfig
         from fastvideo.generator import preflight
@@ -158,7 +159,7 @@ def generate(
             "flow_shift": flow_shift,
             "image": image,
             "max_sequence_length": max_sequence_length,
-            "sparsity": sparsity,
+            "backend_options": ctx.meta.get(_BACKEND_OPTIONS) or None,
         }
         sampling = {k: v for k, v in sampling.items() if v is not None}
         config = PipelineConfig(
@@ -217,6 +218,66 @@ def generate(
             typer.echo(
                 f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)"
             )
+
+
+#: ``ctx.meta`` key under which the flags of attention backends' options collect their values.
+_BACKEND_OPTIONS = "fastvideo.backend_options"
+
+
+def _with_backend_option_flags(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``fv generate``'s callback with one more option per flag set that registered attention
+    backends declare for their options (``BackendOption.cli_flags``, e.g. ``--vsa-sparsity``). Given
+    values are collected, as typed, into ``ctx.meta[_BACKEND_OPTIONS]`` (``{backend: {option:
+    value}}``) and checked later against the selected backend. Flags ``fv generate`` has are skipped."""
+    from fastvideo.attention.options import cli_flags
+
+    signature = inspect.signature(func, eval_str=True)
+    params = list(signature.parameters.values())
+    taken = {"--" + p.name.replace("_", "-") for p in params}
+    for p in params:
+        info = next((m for m in getattr(p.annotation, "__metadata__", ()) if hasattr(m, "param_decls")), None)
+        taken.update(d for d in getattr(info, "param_decls", ()) or () if d.startswith("-"))
+    added: dict[str, tuple[str, str]] = {}
+    for flags, backend, option in cli_flags():
+        free = [f for f in flags if f not in taken]
+        if not free:
+            continue
+        taken.update(free)
+        name = f"backend_option_{len(added)}"
+        added[name] = (backend, option.name)
+        flag = typer.Option(
+            *free,
+            metavar=option.type.__name__.upper(),
+            help=f"{option.help} [attention backend {backend}; default {option.default}]",
+        )
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[str], flag]
+            )
+        )
+    if not added:
+        return func
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given: dict[str, dict[str, Any]] = {}
+        for name, (backend, option) in added.items():
+            value = kwargs.pop(name, None)
+            if value is not None:
+                given.setdefault(backend, {})[option] = value
+        kwargs["ctx"].meta[_BACKEND_OPTIONS] = given
+        return func(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _add_backend_option_flags() -> None:
+    """Give ``fv generate`` the flags of the registered attention backends' options."""
+    for info in app.registered_commands:
+        if getattr(info.callback, "__wrapped__", info.callback) is generate:  # again: the registry may differ
+            info.callback = _with_backend_option_flags(generate)
 
 
 def _world_size() -> int:
@@ -365,6 +426,7 @@ def main() -> None:
 
     warnings.showwarning = _show_warning
     _register_plugin_commands()
+    _add_backend_option_flags()
     command = typer.main.get_command(app)
     try:
         code = command.main(standalone_mode=False)

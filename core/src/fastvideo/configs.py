@@ -146,7 +146,9 @@ class SamplingParams:
     flow_shift: float | None = None  # None = the checkpoint scheduler's own shift
     image: str | None = None  # conditioning image path (I2V, TI2V)
     max_sequence_length: int = 512  # text tokens
-    sparsity: float = 0.0  # fraction of attention a sparse backend (vsa) skips, in [0, 1); 0 = dense
+    # options of the attention backend, {backend: {option: value}}, checked against its declaration
+    # when a generation starts (fastvideo.attention.options); merged option by option on override
+    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     _RANGES: ClassVar[dict[str, _Range]] = {
         "num_frames": _Range(1),
@@ -159,13 +161,15 @@ class SamplingParams:
         "fps": _Range(1),
         "flow_shift": _Range(0.0),
         "max_sequence_length": _Range(1, MAX_SEQUENCE_LENGTH),
-        "sparsity": _Range(0, 1, hi_open=True),
     }
 
     def __post_init__(self) -> None:
         if isinstance(self.image, os.PathLike):
             object.__setattr__(self, "image", os.fspath(self.image))
         _check_fields(self, self._RANGES)
+        from fastvideo.attention.options import check_shape
+
+        object.__setattr__(self, "backend_options", check_shape(self.backend_options))
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
         """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
@@ -174,7 +178,12 @@ class SamplingParams:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown sampling parameter(s) {unknown}; valid: {', '.join(sorted(names))}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "backend_options" in changes:
+            from fastvideo.attention.options import check_shape, merge
+
+            changes["backend_options"] = merge(self.backend_options, check_shape(changes["backend_options"]))
+        return dataclasses.replace(self, **changes)
 
     @property
     def do_cfg(self) -> bool:

@@ -99,8 +99,12 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
         elif key in samp_fields:
             samp[key] = value
         else:
+            from fastvideo.attention.options import moved_option_hint
+
             valid = sorted(pipe_fields | _PARALLEL_FIELDS | samp_fields)
-            raise TypeError(f"unknown option {key!r}; valid options: {', '.join(valid)}")
+            raise TypeError(
+                f"unknown option {key!r}{moved_option_hint(key)}; valid options: {', '.join(valid)}"
+            )
     return pipe, par, samp
 
 
@@ -134,7 +138,9 @@ class VideoGenerator:
 
         ``overrides`` may set any :class:`PipelineConfig` field (``device``, ``dtype``,
         ``attention_backend``, ...), any :class:`ParallelConfig` field (``num_gpus``, ...) and any
-        :class:`SamplingParams` field, which then becomes this generator's default.
+        :class:`SamplingParams` field, which then becomes this generator's default; e.g.
+        ``attention_backend="vsa", backend_options={"vsa": {"sparsity": 0.9}}`` (the options that
+        the selected backend declares, checked here).
         """
         model = model_name(model)
         pipe, par, samp = split_overrides(overrides)
@@ -152,6 +158,7 @@ class VideoGenerator:
         """Like :meth:`from_pretrained`, with the options already in a :class:`PipelineConfig`."""
         from fastvideo import progress
         from fastvideo.attention import resolve_backend_name
+        from fastvideo.attention.options import check_options
         from fastvideo.parallel.strategies import check_strategies
         from fastvideo.resolve import resolve
         from fastvideo.samplers import sampler_name, use_sampler
@@ -166,7 +173,8 @@ class VideoGenerator:
 
             state, config = join_run(config)
         progress.set_enabled(config.progress)
-        resolve_backend_name(config.attention_backend)  # fail before loading anything
+        backend = resolve_backend_name(config.attention_backend)  # fail before loading anything
+        check_options(backend, (sampling_overrides or {}).get("backend_options"))
         check_strategies(config.parallel, parallel=state is not None)
         source = resolve(
             model, revision=config.revision, token=config.token, local_files_only=config.local_files_only
@@ -191,12 +199,25 @@ class VideoGenerator:
         return state
 
     def sampling_params(self, prompt: str | None = None, **overrides: Any) -> SamplingParams:
-        """This generator's defaults with ``prompt`` and ``overrides`` applied, validated."""
+        """This generator's defaults with ``prompt`` and ``overrides`` applied, validated.
+
+        ``backend_options`` are merged option by option into the generator's, checked against the
+        selected attention backend's declarations and completed with its defaults.
+        """
+        from fastvideo.attention import resolve_backend_name
+        from fastvideo.attention.options import moved_option_hint, resolve_options
+
         if prompt is not None:
             overrides["prompt"] = prompt
+        fields = {f.name for f in dataclasses.fields(SamplingParams)}
+        for key in (k for k in overrides if k not in fields):
+            hint = moved_option_hint(key)  # a backend's option given as a keyword: say where it goes
+            if hint:
+                raise TypeError(f"unknown sampling parameter {key!r}{hint}")
         params = self.sampling_defaults.with_overrides(overrides)
         self.source.family.validate(params, self.source)
-        return params
+        backend = resolve_backend_name(self.config.attention_backend)
+        return dataclasses.replace(params, backend_options=resolve_options(backend, params.backend_options))
 
     def generate_video(
         self,
@@ -209,6 +230,9 @@ class VideoGenerator:
         **sampling_overrides: Any,
     ) -> GenerationResult:
         """Generate one video.
+
+        ``sampling_overrides`` are :class:`SamplingParams` fields, e.g. ``num_frames=33`` or
+        ``backend_options={"<backend>": {"<option>": value}}`` for the selected attention backend.
 
         :param latents: fixes the initial noise ``(1, C, T', H', W')`` (parity tests use it).
         :param output_path: where to write the mp4 (checked before any work); None writes nothing.
@@ -354,12 +378,14 @@ def preflight(
     """Check a request without loading weights: the backend, the model name and the sampling
     parameters against the family's rules. Returns the parameters that would be used."""
     from fastvideo.attention import resolve_backend_name
+    from fastvideo.attention.options import check_options
     from fastvideo.interfaces.model_family import ModelSource
     from fastvideo.resolve import resolve_family
     from fastvideo.samplers import sampler_name
 
     model = model_name(model)
-    resolve_backend_name(config.attention_backend)
+    backend = resolve_backend_name(config.attention_backend)
+    check_options(backend, sampling_overrides.get("backend_options"))
     family, preset, where, index = resolve_family(model, revision=config.revision, token=config.token)
     if index is None and not isinstance(where, str) and (Path(where) / "model_index.json").is_file():
         from fastvideo.loader.components import read_model_index

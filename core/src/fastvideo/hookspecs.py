@@ -60,7 +60,9 @@ def fv_register_attention_backends() -> list[type[AttentionBackend]]:
 
     Called once, with the other registration hooks. Backends report whether they can run here
     through ``unavailable_reason()``; register them even when they cannot, so that ``fv doctor``
-    can say why and an explicit request gets a precise error.
+    can say why and an explicit request gets a precise error. A backend's options and per-layer
+    modules (``options``, ``layer_modules``) are class attributes read at registration (``fv
+    generate`` gets the options' flags), so the module that defines the class must not import torch.
     """
 
 

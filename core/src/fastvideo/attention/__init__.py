@@ -9,7 +9,7 @@ has the layout of ``q``. Which backend runs is decided per call:
 2. then the layer's allow-list: a layer that does not accept the chosen backend (cross-attention
    accepts only dense backends) gets the best available dense backend instead.
 
-Per-step state that sparse backends need (latent grid, step index, sparsity) is in
+Per-step state that sparse backends need (latent grid, step index, their options) is in
 :func:`fastvideo.attention.context.current_step`, set by the denoising stage, never passed through
 model signatures.
 """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,14 +14,21 @@ class StepContext:
 
     ``grid`` is the post-patchify token grid (T, H, W) of the video tokens, which are laid out
     first in the sequence in raster order; ``step_index`` counts denoising steps from 0.
+    ``options`` holds the selected backend's option values by backend name (``{"vsa": {"sparsity":
+    0.9}}``), checked and completed with the declared defaults; read them with
+    :meth:`backend_options`.
     """
 
     grid: tuple[int, int, int] | None = None
     step_index: int = 0
     num_steps: int = 1
     timestep: float | None = None
-    sparsity: float = 0.0
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def backend_options(self, name: str) -> Mapping[str, Any]:
+        """The option values of backend ``name`` (empty when none were given)."""
+        return self.options.get(name, {})
 
 
 # Module state rather than a ContextVar: torch.compile traces a global read without a graph break.

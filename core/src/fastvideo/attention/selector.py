@@ -161,6 +161,33 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
+#: The sparse attention layers whose forward is running, innermost last, with their input hidden
+#: states: pushed and popped by the hooks that :mod:`fastvideo.attention.layers` puts on layers
+#: holding a backend's modules (plain module state, like _FORCED).
+_LAYERS: list[tuple[Any, torch.Tensor]] = []
+
+
+def _requested() -> AttentionBackend:
+    name = _FORCED[0]
+    if name is None:
+        name = _auto_name()
+    return _INSTANCES.get(name) or get_backend(name)
+
+
+def layer_inputs(q: torch.Tensor) -> dict[str, Any]:
+    """The selected backend's extra ``forward`` arguments for this call, computed by its modules of
+    the layer now running (see ``AttentionBackend.layer_modules``); empty elsewhere."""
+    if not _LAYERS:
+        return {}
+    backend = _requested()
+    if not backend.layer_modules:
+        return {}
+    layer, hidden = _LAYERS[-1]
+    if any(getattr(layer, m.name, None) is None for m in backend.layer_modules):
+        return {}
+    return backend.layer_inputs(layer, hidden, q)
+
+
 def attention_local(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -170,13 +197,17 @@ def attention_local(
     scale: float | None = None,
     is_causal: bool = False,
     allow: str | Collection[str] = DENSE,
-    gate: torch.Tensor | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """:func:`attention` on this process's tensors only, never communicating."""
+    """:func:`attention` on this process's tensors only, never communicating.
+
+    ``extras``: what :func:`layer_inputs` returned for the call; passed on only when the selected
+    backend runs (not a dense fallback).
+    """
     from fastvideo.attention.context import current_step
 
     backend = select_backend(q, k, v, attn_mask, allow)
-    extra = {"gate": gate} if gate is not None and backend.accepts_gate else {}
+    extra = extras if extras and backend is _requested() else {}
     return backend.forward(
         q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, step=current_step(), **extra
     )
@@ -227,7 +258,6 @@ def attention(
     sequence_parallel: bool = False,
     replicated: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     replicated_mask: torch.Tensor | None = None,
-    gate: torch.Tensor | None = None,
 ) -> Any:
     """Scaled dot-product attention on ``[B, L, H, D]`` tensors through the selected backend.
 
@@ -245,12 +275,10 @@ def attention(
         together with the main tokens, as if concatenated after them. Returns ``(out, out_replicated)``.
     :param replicated_mask: ``[B, Lt]`` boolean key mask of the replicated tokens (True = attend);
         the main tokens are always attended. Use it instead of ``attn_mask`` with ``replicated``.
-    :param gate: ``[B, Lq, H, Dv]`` per-token weight of a sparse backend's compressed branch (VSA:
-        ``out = fine + gate * coarse``); only backends with ``accepts_gate`` receive it, the others
-        compute plain attention (the gated branch dropped).
     :returns: ``[B, Lq, H, Dv]``, or the pair ``([B, Lq, H, Dv], [B, Lt, H, Dv])`` with ``replicated``.
     """
     handler = _SEQUENCE_PARALLEL[0]
+    extras = layer_inputs(q)  # a backend's per-layer modules at work (computed on this rank's tokens)
     if sequence_parallel and handler is not None:
         return handler(
             q,
@@ -262,7 +290,7 @@ def attention(
             allow=allow,
             replicated=replicated,
             replicated_mask=replicated_mask,
-            **({"gate": gate} if gate is not None else {}),
+            **({"extras": extras} if extras else {}),
         )
     if replicated is not None:
         if attn_mask is not None or is_causal:
@@ -271,7 +299,7 @@ def attention(
             )
         return joint_local(q, k, v, replicated, replicated_mask, scale=scale, allow=allow)
     return attention_local(
-        q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow, gate=gate
+        q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow, extras=extras
     )
 
 

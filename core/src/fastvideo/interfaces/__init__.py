@@ -1,6 +1,6 @@
 """The abstract base classes that plugins subclass: one per kind of extension."""
 
-from fastvideo.interfaces.attention import AttentionBackend
+from fastvideo.interfaces.attention import AttentionBackend, BackendOption, LayerModule
 from fastvideo.interfaces.model_family import ModelFamily, Preset
 from fastvideo.interfaces.parallel import ParallelStrategy
 from fastvideo.interfaces.sampler import Sampler
@@ -9,6 +9,8 @@ from fastvideo.interfaces.transform import PipelineTransform
 
 __all__ = [
     "AttentionBackend",
+    "BackendOption",
+    "LayerModule",
     "ModelFamily",
     "ModelRole",
     "ParallelStrategy",

@@ -207,8 +207,8 @@ class ModelFamily(ABC):
 
         Its ``forward`` follows diffusers' call convention (``hidden_states``, ``timestep``,
         ``encoder_hidden_states``) and its ``config`` describes it (see :meth:`transformer_config`).
-        ``attention_backend`` is the backend it will train with, for backends that need extra
-        parameters (``vsa``: Wan's zero-initialised gate projections).
+        ``attention_backend`` is the backend it will train with: attach the per-layer modules it
+        declares (``fastvideo.attention.layers.attach_layer_modules``, e.g. ``vsa``'s gate projections).
         """
         raise cls._no_training("load_transformer")
 

@@ -81,11 +81,7 @@ class DiffusersCheckpoint:
                 self.shapes[ours] = tuple(header[theirs]["shape"])
 
     def _weight_files(self) -> list[Path]:
-        if (self.folder / WEIGHTS_NAME).is_file():
-            return [self.folder / WEIGHTS_NAME]
-        if not (self.folder / INDEX_NAME).is_file():
-            raise CheckpointError(f"no weights in {self.folder}: expected {WEIGHTS_NAME} or {INDEX_NAME}")
-        return weight_files(self.folder, stem=WEIGHTS_NAME)  # only INDEX_NAME starts with it
+        return checkpoint_files(self.folder)
 
     @property
     def numel(self) -> int:
@@ -139,6 +135,33 @@ class DiffusersCheckpoint:
                             f"tensor {theirs} in {path} holds NaN values: the file is corrupt; download it again"
                         )
                     yield ours, tensor
+
+
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The safetensors files of a diffusers component folder (one file, or the shards of its index)."""
+    folder = Path(folder)
+    if (folder / WEIGHTS_NAME).is_file():
+        return [folder / WEIGHTS_NAME]
+    if not (folder / INDEX_NAME).is_file():
+        raise CheckpointError(f"no weights in {folder}: expected {WEIGHTS_NAME} or {INDEX_NAME}")
+    return weight_files(folder, stem=WEIGHTS_NAME)  # only INDEX_NAME starts with it
+
+
+def build_checked(folder: str | Path, factory: Callable[[], B]) -> B:
+    """``factory()`` (a model built on ``meta``), stopped at once if the config describes far more
+    parameters than the weights in ``folder`` hold (counted from the safetensors headers, before any
+    name mapping: for models whose mapping depends on the built model)."""
+    import math
+
+    files = checkpoint_files(folder)
+    numel = sum(
+        math.prod(info["shape"])
+        for path in files
+        for name, info in verify_safetensors(path).items()
+        if name != "__metadata__"
+    )
+    where = files[0].name if len(files) == 1 else f"the {len(files)} shards in {folder}"
+    return meta_build(factory, stored_numel=numel, config=Path(folder) / "config.json", weights=where)
 
 
 def read_config(folder: Path, class_name: str, loader: str, parse: Callable[[dict[str, Any]], C]) -> C:

@@ -1,9 +1,10 @@
 """Declared checkpoint name mappings: one list of template rules, read in both directions.
 
 A rule is a pair of templates ``(their name, our name)`` whose placeholders ``{i}`` (a block index)
-and ``{p}`` (``weight`` or ``bias``) compile into regular expressions. The first rule that matches
-wins. Both directions come from the same rules, so ``to_theirs(to_ours(sd)) == sd`` by construction.
-Tensors are renamed, never reshaped or split; values pass through untouched.
+and ``{p}`` (``weight`` or ``bias``) compile into regular expressions (``{param}``: any dotted
+parameter name). The first rule that matches wins. Both directions come from the same rules, so
+``to_theirs(to_ours(sd)) == sd`` by construction. Tensors are renamed, never reshaped or split;
+values pass through untouched.
 
 A plugin's ``convert.py`` declares its rules and builds one :class:`NameMapping`::
 
@@ -31,7 +32,7 @@ Rule = tuple[str, str]
 Compiled = list[tuple[re.Pattern[str], str]]
 
 #: What each placeholder of a rule template matches.
-FIELDS = {"i": r"\d+", "p": r"weight|bias"}
+FIELDS = {"i": r"\d+", "p": r"weight|bias", "param": r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"}
 
 
 class UnmappedKeysError(CheckpointError):
@@ -89,11 +90,25 @@ class NameMapping:
         our_class: str,
     ) -> None:
         self.rules = tuple(rules)
+        self.read_only, self.ignored = tuple(read_only), tuple(ignored)
         self.rules_name, self.ours, self.theirs = rules_name, ours, theirs
         self.their_class, self.our_class = their_class, our_class
         self._to_ours: Compiled = [(template_pattern(t), o) for t, o in (*rules, *read_only)]
         self._to_theirs: Compiled = [(template_pattern(o), t) for t, o in rules]
         self._ignored = [re.compile(p) for p in ignored]
+
+    def extended(self, rules: Sequence[Rule], *, read_only: Sequence[Rule] = ()) -> NameMapping:
+        """A copy with more rules, tried before these (e.g. an attention backend's layer modules)."""
+        return NameMapping(
+            (*rules, *self.rules),
+            read_only=(*read_only, *self.read_only),
+            ignored=self.ignored,
+            rules_name=self.rules_name,
+            ours=self.ours,
+            theirs=self.theirs,
+            their_class=self.their_class,
+            our_class=self.our_class,
+        )
 
     def to_ours(self, state_dict: Mapping[str, V]) -> dict[str, V]:
         """Rename their state dict (values untouched) to ours; ignored names are dropped.

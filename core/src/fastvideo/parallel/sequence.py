@@ -230,12 +230,15 @@ class SequenceSharding:
         allow: str | Collection[str],
         replicated: Replicated | None,
         replicated_mask: torch.Tensor | None,
-        gate: torch.Tensor | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
     ) -> Any:
         """Attention among all tokens of the sequence-parallel group, from this rank's shards.
 
-        ``gate`` (a sparse backend's per-token tensor, laid out like ``q``) travels with q, k, v.
+        ``extras`` (a backend's per-token tensors from its layer modules, laid out like ``q``)
+        travel with q, k, v.
         """
+        keys = sorted(extras or {})
+        extra = tuple(extras[key] for key in keys) if extras else ()
         if attn_mask is not None or is_causal:
             raise ValueError(
                 "sequence-parallel attention takes no attn_mask or is_causal (padding is handled); pass "
@@ -251,21 +254,22 @@ class SequenceSharding:
                 groups = head_groups(q.shape[2] // u, self.head_groups)
 
                 def local(
-                    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *gate: torch.Tensor
+                    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: torch.Tensor
                 ) -> torch.Tensor:
-                    return self._local(q, k, v, scale, allow, None, None, gate[0] if gate else None)[0]
+                    moved = dict(zip(keys, rest, strict=True))
+                    return self._local(q, k, v, scale, allow, None, None, moved)[0]
 
-                moving = (q, k, v) if gate is None else (q, k, v, gate)
+                moving = (q, k, v, *extra)
                 if self._peer is not None:
                     return self._peer.ulysses_attention(pack_groups(moving, u, groups), local)
                 return comm.ulysses_attention(moving, st.ulysses_group, local, groups)
-            moved = comm.seq_to_heads((q, k, v) if gate is None else (q, k, v, gate), st.ulysses_group)
-            q, k, v, *rest = moved  # (B, Lp/R, H/U, D)
-            gate = rest[0] if rest else None
+            q, k, v, *rest = comm.seq_to_heads((q, k, v, *extra), st.ulysses_group)  # (B, Lp/R, H/U, D)
+            extra = tuple(rest)
             if replicated is not None:
                 replicated = tuple(t.chunk(u, dim=2)[st.ulysses_rank] for t in replicated)  # type: ignore[assignment]
         if r == 1:
-            out, rep_out = self._local(q, k, v, scale, allow, replicated, replicated_mask, gate)
+            moved = dict(zip(keys, extra, strict=True))
+            out, rep_out = self._local(q, k, v, scale, allow, replicated, replicated_mask, moved)
         else:
             self._check_ring(q, k, v, allow)
             block = self.padded // r
@@ -297,15 +301,16 @@ class SequenceSharding:
         allow: str | Collection[str],
         replicated: Replicated | None,
         replicated_mask: torch.Tensor | None,
-        gate: torch.Tensor | None,
+        extras: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Ulysses: every token of a head subset is here; attend without the padding."""
         n, padded = self.length, q.shape[1]
         if padded > n:
             q, k, v = (t[:, :n] for t in (q, k, v))
-            gate = gate[:, :n] if gate is not None else None
+            extras = {key: t[:, :n] for key, t in extras.items()}
         if replicated is None:
-            out, rep_out = selector.attention_local(q, k, v, scale=scale, allow=allow, gate=gate), None
+            out = selector.attention_local(q, k, v, scale=scale, allow=allow, extras=extras)
+            rep_out = None
         else:
             out, rep_out = selector.joint_local(
                 q, k, v, replicated, replicated_mask, scale=scale, allow=allow

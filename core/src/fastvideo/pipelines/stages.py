@@ -461,7 +461,7 @@ class DenoisingStage(PipelineStage):
                     step_index=i,
                     num_steps=n,
                     timestep=float(t),
-                    sparsity=batch.params.sparsity,
+                    options=batch.params.backend_options,
                 )
                 inputs = self.model_inputs(batch, latents, t)
                 step = StepInfo(

@@ -4,7 +4,8 @@
 * ``fv train`` (:mod:`.trainer`, :mod:`.config`): the algorithms registered through
   ``fv_register_training_algorithms`` (built-ins ``finetune`` and ``lora``, :mod:`.algorithms`) on
   the family's objective (:mod:`.objectives`), with checkpoints (:mod:`.checkpoint`), EMA
-  (:mod:`.ema`), the sparse-attention ramp (:mod:`.sparsity`) and the diffusers export (:mod:`.export`).
+  (:mod:`.ema`) and the diffusers export (:mod:`.export`); attention backends own their training
+  schedules (``AttentionBackend.option_values``).
 * LoRA layers and files in the diffusers/peft format (:mod:`.lora`), also used by ``fv generate --lora``.
 
 Importing this package does not import torch; the submodules that need it import it themselves.

@@ -199,21 +199,43 @@ class ParallelSection:
 
 @dataclass(frozen=True, kw_only=True)
 class AttentionSection:
-    """The attention backend and, for sparse ones (``vsa``), the sparsity ramp."""
+    """The attention backend and its options.
+
+    Every other key of the section is an option that the backend declares (``vsa``: ``sparsity`` and
+    the training ramp ``sparsity_ramp_steps``, ``sparsity_increment``), checked against the
+    declaration; they are kept in ``options``.
+    """
 
     backend: str | None = None  # None = FASTVIDEO_ATTENTION_BACKEND, then the best available
-    sparsity: float = 0.0  # target sparsity of a sparse backend
-    sparsity_ramp_steps: int = 0  # reach the target linearly over this many steps (0 = at once)
-    sparsity_increment: float = 0.0  # > 0: round the ramp down to multiples of it (a staircase)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the backend's options, by name
+
+    @classmethod
+    def fold_keys(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``raw`` with the keys that are not fields moved into ``options``."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        out = {k: v for k, v in raw.items() if str(k).replace("-", "_") in fields}
+        extra = {str(k): v for k, v in raw.items() if str(k).replace("-", "_") not in fields}
+        if extra:
+            options = out.get("options") or {}
+            if not isinstance(options, Mapping):
+                raise ValueError(f"attention.options must be a mapping of option values, got {options!r}")
+            out["options"] = {**options, **extra}
+        return out
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"attention.sparsity must be in [0, 1), got {self.sparsity!r}")
-        _positive("attention.sparsity_ramp_steps", self.sparsity_ramp_steps, allow_zero=True)
-        if not 0.0 <= self.sparsity_increment < 1.0:
+        if not self.options:
+            return
+        if self.backend is None:
+            first = next(iter(self.options))
             raise ValueError(
-                f"attention.sparsity_increment must be in [0, 1), got {self.sparsity_increment!r}"
+                f"attention.{first} is an option of an attention backend, but attention.backend is not set; "
+                "set attention.backend (e.g. in the config or with --attention.backend NAME)"
             )
+        from fastvideo.attention.options import check_options
+
+        backend = self.backend.strip().lower().replace("_", "-")
+        checked = check_options(backend, {backend: self.options}, training=True, where="attention")
+        object.__setattr__(self, "options", checked)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -421,6 +443,9 @@ def _unknown(key: str, name: str, valid: Sequence[str]) -> ValueError:
 
 
 def _build(cls: type, raw: Mapping[str, Any], *, prefix: str = "") -> Any:
+    fold = getattr(cls, "fold_keys", None)  # a section that collects free keys (attention options)
+    if fold is not None:
+        raw = fold(raw)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}

@@ -136,12 +136,14 @@ def export_diffusers(
     import torch.distributed as dist
     from safetensors.torch import save_file
 
+    from fastvideo.attention.layers import to_their_names
+
     state = full_state_dict(model) if state is None else state
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     folder = Path(folder)
     if rank == 0:
         weights = merged_state_dict(model, state)
-        names = family.to_diffusers_names(weights)
+        names = to_their_names(model, weights, family.to_diffusers_names)  # + backends' layer modules
         target = torch_dtype(dtype)
         tensors = {
             names[k]: (v.to(target) if v.is_floating_point() else v).contiguous().clone()

@@ -86,7 +86,8 @@ class MetricsLogger:
             self._wandb.log(metrics, step=step)
         if step % self.every_steps == 0 or step == self.max_steps:
             parts = [f"step {step}/{self.max_steps}"]
-            for key in ("loss", "grad_norm", "lr", "sparsity", "step_time_s", "max_memory_gib"):
+            options = sorted(k for k in metrics if "." in k)  # the attention backend's, e.g. vsa.sparsity
+            for key in ("loss", "grad_norm", "lr", *options, "step_time_s", "max_memory_gib"):
                 if key in metrics:
                     value = metrics[key]
                     parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -42,7 +42,6 @@ from fastvideo.training.ema import EMA
 from fastvideo.training.metrics import MetricsLogger, truncate_after
 from fastvideo.training.roles import Registered, RoleState
 from fastvideo.training.runtime import TrainingRuntime
-from fastvideo.training.sparsity import sparsity_at
 from fastvideo.training.validation import Validator
 
 __all__ = ["Registered", "RoleState", "Trainer", "lr_factor", "sample_generator"]
@@ -157,10 +156,9 @@ class Trainer:
                 "mixed_precision fp16 needs loss scaling, which the trainer does not do; use bf16"
             )
         self.runtime.start()
-        from fastvideo.attention import get_backend, resolve_backend_name
+        from fastvideo.attention import resolve_backend_name
 
         self.backend = resolve_backend_name(cfg.attention.backend)
-        self.sparse = bool(get_backend(self.backend).sparse)
         if self.source is None:
             from fastvideo.resolve import resolve
 
@@ -298,14 +296,18 @@ class Trainer:
     def autocast(self) -> Any:
         return self.runtime.autocast()
 
-    def sparsity(self, step: int | None = None) -> float:
-        """The attention sparsity of optimizer step ``step`` (1-based; 0 for dense backends): the ramp
-        of ``attention.*`` after ``step - 1`` completed steps, so the first step is dense when ramping."""
-        if not self.sparse:
-            return 0.0
-        a = self.config.attention
+    def backend_options(self, step: int | None = None) -> dict[str, dict[str, Any]]:
+        """The attention backend's option values for optimizer step ``step`` (1-based; default the
+        current one), as the step context carries them: the backend evaluates its schedules (a
+        sparsity ramp) after ``step - 1`` completed steps, so a ramp's first step is at its start."""
+        from fastvideo.attention.options import resolve_options
+
         done = (self.step if step is None else step) - 1
-        return sparsity_at(max(0, done), a.sparsity, a.sparsity_ramp_steps, a.sparsity_increment)
+        configured = self.config.attention
+        options = {(configured.backend or self.backend).strip().lower().replace("_", "-"): configured.options}
+        return resolve_options(
+            self.backend, options, step=max(0, done), total=self.config.max_steps, training=True
+        )
 
     def generators(self, micro: dict[str, Any], stream: int = 0) -> list[torch.Generator]:
         """One seeded CPU generator per sample of ``micro`` (see :func:`sample_generator`)."""
@@ -327,7 +329,7 @@ class Trainer:
         grid_fn = getattr(model, "token_grid", None)
         grid = grid_fn(tuple(latents.shape)) if callable(grid_fn) else None
         return StepContext(
-            grid=grid, step_index=self.step, num_steps=self.config.max_steps, sparsity=self.sparsity()
+            grid=grid, step_index=self.step, num_steps=self.config.max_steps, options=self.backend_options()
         )
 
     def objective_loss(
@@ -537,8 +539,8 @@ class Trainer:
                 self.data_position = position
                 metrics["step_time_s"] = time.perf_counter() - start
                 metrics["samples_per_s"] = cfg.data.batch_size / metrics["step_time_s"]
-                if self.sparse:
-                    metrics["sparsity"] = self.sparsity()
+                for backend, values in self.backend_options().items():  # e.g. vsa.sparsity, as ramped
+                    metrics.update({f"{backend}.{k}": v for k, v in values.items() if _is_number(v)})
                 if self.device.type == "cuda":
                     metrics["max_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 self.logger.log(self.step, metrics)
@@ -578,3 +580,7 @@ class Trainer:
     def close(self) -> None:
         """Leave the process group this trainer joined."""
         self.runtime.close()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -192,6 +192,9 @@ class ExampleTransformer(nn.Module):
     """
 
     fsdp_units: ClassVar[tuple[str, ...]] = ("ExampleBlock",)  # what an FSDP strategy may shard
+    #: attention layers that admit sparse backends (allow=ALL); backends that need per-layer modules
+    #: (a gate projection) get them attached here, see fastvideo.attention.layers
+    sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
 
     def __init__(self, config: ExampleConfig) -> None:
         super().__init__()
@@ -283,9 +286,19 @@ class ExampleTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, dtype: torch.dtype | None = None, device: Any = "cpu"
+        cls,
+        folder: str | Path,
+        *,
+        dtype: torch.dtype | None = None,
+        device: Any = "cpu",
+        attention_backend: str | None = None,
     ) -> ExampleTransformer:
-        """Build on the ``meta`` device, then load the safetensors weights strictly (``assign=True``)."""
+        """Build on the ``meta`` device, then load the safetensors weights strictly (``assign=True``).
+
+        Per-layer modules of attention backends are attached when the checkpoint holds them, and
+        those of ``attention_backend`` always (zeros where the checkpoint has none).
+        """
+        from fastvideo.attention.layers import attach_layer_modules
         from fastvideo.errors import CheckpointError
         from fastvideo.loader import load_module_weights, load_safetensors_folder
 
@@ -300,5 +313,7 @@ class ExampleTransformer(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         state = load_safetensors_folder(folder)
+        for name in attach_layer_modules(model, attention_backend, stored=state):  # not in the checkpoint
+            state[name] = torch.zeros(model.get_parameter(name).shape)
         load_module_weights(model, state, source=str(folder), dtype=dtype)
         return model.to(device).eval()

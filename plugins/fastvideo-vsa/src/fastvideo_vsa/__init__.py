@@ -8,7 +8,7 @@ is ``fine + gate * coarse``.
 * :func:`fastvideo_vsa.ops.vsa_attention`: the op (Triton forward and backward, ``torch.library``
   custom op); :func:`fastvideo_vsa.ops.vsa_attention_reference`: its plain PyTorch spec.
 * :class:`fastvideo_vsa.backend.VSABackend`: the ``vsa`` attention backend.
-* :func:`sparsity_at`: the training ramp of the sparsity.
+* :func:`sparsity_at`: the training ramp of the sparsity (used by ``VSABackend.option_values``).
 
 Importing this package imports neither torch nor triton.
 """

@@ -2,12 +2,20 @@
 
 It runs where the model's allow-list admits sparse backends (Wan: video self-attention; cross-
 attention stays dense) and reads what it needs from the step context the denoising stage (or a
-trainer) sets: the token ``grid`` and the ``sparsity``. Tokens arrive in raster order, exactly the
-grid's ``T * H * W`` of them; the kernels gather each 4x4x4 cube themselves, so nothing is
-permuted or padded in memory. A layer's ``gate`` (Wan's ``to_gate_compress`` projection) weights
-the coarse branch; without one the gate is zero.
+trainer) sets: the token ``grid`` and its option ``sparsity``. Tokens arrive in raster order,
+exactly the grid's ``T * H * W`` of them; the kernels gather each 4x4x4 cube themselves, so nothing
+is permuted or padded in memory.
 
-Select it with ``fv generate --attention-backend vsa --sparsity 0.9`` (or ``--vsa-sparsity``),
+The backend owns what it needs, so that neither core nor the model families name it:
+
+* options: ``sparsity`` (``--vsa-sparsity``, alias ``--sparsity``), and for training the ramp
+  ``sparsity_ramp_steps`` / ``sparsity_increment`` (:meth:`VSABackend.option_values`);
+* a per-layer module: the gate projection ``gate_compress`` (``Linear(dim, dim)``, zero-initialised)
+  on each of the model's ``sparse_attention_layers``, whose output weights the coarse branch
+  (``out = fine + gate * coarse``); FastVideo's VSA checkpoints store it as ``blocks.N.to_gate_compress``.
+
+Select it with ``fv generate --attention-backend vsa --vsa-sparsity 0.9``,
+``VideoGenerator.from_pretrained(..., attention_backend="vsa", backend_options={"vsa": {"sparsity": 0.9}})``,
 ``FASTVIDEO_ATTENTION_BACKEND=vsa``, or ``fastvideo.attention.use_backend("vsa")``.
 """
 
@@ -15,16 +23,42 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from fastvideo.interfaces.attention import AttentionBackend
+from fastvideo.interfaces.attention import AttentionBackend, BackendOption, LayerModule
+from fastvideo_vsa.schedule import sparsity_at
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
     from fastvideo.attention.context import StepContext
 
 MAX_HEAD_DIM = 256
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else "must be in [0, 1)"
+
+
+def _steps(value: int) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def gate_projection(layer: nn.Module) -> nn.Module:
+    """VSA's gate projection for an attention layer: ``Linear(dim, dim)`` on the layer's device and
+    dtype, ``dim`` its hidden size (the input size of its first Linear, the q or fused qkv projection)."""
+    from torch import nn
+
+    first = next((m for m in layer.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ValueError(
+            f"vsa's gate projection takes the hidden size from the layer's projections, but "
+            f"{type(layer).__name__} has no nn.Linear; list only attention layers in sparse_attention_layers"
+        )
+    dim, w = first.in_features, first.weight
+    return nn.Linear(dim, dim, device=w.device, dtype=w.dtype)
 
 
 def _interpreting() -> bool:
@@ -43,8 +77,64 @@ class VSABackend(AttentionBackend):
     name = "vsa"
     priority = -10  # sparse: only when asked for
     sparse = True
-    accepts_gate = True
     requires = "fastvideo-vsa[triton]"
+    options: ClassVar[tuple[BackendOption, ...]] = (
+        BackendOption(
+            name="sparsity",
+            type=float,
+            default=0.0,
+            help="Fraction of attention VSA skips, [0, 1).",
+            cli_flags=("--vsa-sparsity", "--sparsity"),
+            validate=_fraction,
+        ),
+        BackendOption(
+            name="sparsity_ramp_steps",
+            type=int,
+            default=0,
+            help="Training: reach the sparsity linearly over this many optimizer steps (0 = at once).",
+            validate=_steps,
+            training_only=True,
+        ),
+        BackendOption(
+            name="sparsity_increment",
+            type=float,
+            default=0.0,
+            help="Training: round the ramp down to multiples of it, a staircase (0 = smooth).",
+            validate=_fraction,
+            training_only=True,
+        ),
+    )
+    layer_modules: ClassVar[tuple[LayerModule, ...]] = (
+        LayerModule(
+            name="gate_compress",
+            build=gate_projection,
+            # FastVideo's Wan port keeps it on the block, other ports in the attention module
+            checkpoint_names=("{parent}.to_gate_compress", "{layer}.to_gate_compress"),
+        ),
+    )
+
+    @classmethod
+    def option_values(
+        cls, options: Mapping[str, Any], *, step: int | None = None, total: int | None = None
+    ) -> dict[str, Any]:
+        """The sparsity ``forward`` uses: the target, or during training (``step`` optimizer steps
+        done) its ramp (:func:`fastvideo_vsa.schedule.sparsity_at`)."""
+        values = super().option_values(options)
+        if step is not None:
+            ramp = options.get("sparsity_ramp_steps", 0)
+            increment = options.get("sparsity_increment", 0.0) or None
+            values["sparsity"] = sparsity_at(step, values["sparsity"], ramp, increment=increment)
+        return values
+
+    def layer_inputs(self, layer: nn.Module, hidden: torch.Tensor, q: torch.Tensor) -> dict[str, Any]:
+        """The gate of the coarse branch, ``[B, L, H, D]`` like ``q``, from the layer's input."""
+        gate = layer.gate_compress(hidden)  # (B, L, dim)
+        if gate.shape[-1] != q.shape[2] * q.shape[3]:
+            raise ValueError(
+                f"vsa's gate has {gate.shape[-1]} features but q has {q.shape[2]} heads x {q.shape[3]} dims; "
+                f"the gate needs heads x head_dim == the hidden size of {type(layer).__name__}"
+            )
+        return {"gate": gate.unflatten(-1, (q.shape[2], q.shape[3]))}  # (B, L, H, D)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -96,10 +186,11 @@ class VSABackend(AttentionBackend):
 
         if step is None or step.grid is None:
             raise ValueError("the vsa backend needs a step context with the token grid (StepContext.grid)")
-        if step.sparsity == 0.0 and gate is None:
+        sparsity = self.option(step, "sparsity")
+        if sparsity == 0.0 and gate is None:
             return get_backend("sdpa").forward(q, k, v, scale=scale, step=step)
         from fastvideo_vsa.ops import vsa_attention
 
         if gate is not None and gate.dtype != q.dtype:
             gate = gate.to(q.dtype)
-        return vsa_attention(q, k, v, tuple(step.grid), sparsity=step.sparsity, gate=gate, scale=scale)
+        return vsa_attention(q, k, v, tuple(step.grid), sparsity=sparsity, gate=gate, scale=scale)

@@ -1,6 +1,6 @@
 """Checkpoint names: diffusers' ``WanTransformer3DModel`` <-> :class:`fastvideo_wan.model.WanTransformer`.
 
-The mapping is declared once, in :data:`RULES` (plus the VSA gate rules): an ordered list of
+The mapping is declared once, in :data:`RULES`: an ordered list of
 one-to-one rules, each a pair of templates (diffusers name, our name) whose placeholders ``{i}`` (a
 block index) and ``{p}`` (``weight`` or ``bias``) compile into regular expressions. Both directions
 come from the same rules (see :class:`fastvideo.loader.mapping.NameMapping`), so
@@ -23,8 +23,6 @@ __all__ = [
     "INDEX_NAME",
     "MAPPING",
     "RULES",
-    "VSA_ALIASES",
-    "VSA_RULES",
     "WEIGHTS_NAME",
     "DiffusersCheckpoint",
     "UnmappedKeysError",
@@ -72,19 +70,11 @@ RULES: tuple[tuple[str, str], ...] = (
 #: unused image-query norm that some converted I2V checkpoints carry).
 IGNORED_DIFFUSERS_KEYS: tuple[str, ...] = (r"blocks\.\d+\.attn2\.norm_added_q\.weight",)
 
-#: Names beyond diffusers' class: the per-block VSA gate projection of FastVideo's VSA Wan checkpoints
-#: (``blocks.N.to_gate_compress``, zero-initialised when absent; see ``WanTransformer.add_vsa_gates``).
-VSA_RULES: tuple[tuple[str, str], ...] = (
-    ("blocks.{i}.to_gate_compress.{p}", "blocks.{i}.self_attn.gate_compress.{p}"),
-)
-#: Read only: other ports nest the gate in the self-attention module.
-VSA_ALIASES: tuple[tuple[str, str], ...] = (
-    ("blocks.{i}.attn1.to_gate_compress.{p}", "blocks.{i}.self_attn.gate_compress.{p}"),
-)
-
+#: Modules that attention backends add to the sparse attention layers (and name in checkpoints) are
+#: not listed here: the backends declare them (``AttentionBackend.layer_modules``) and
+#: :func:`fastvideo.attention.layers.checkpoint_mapping` adds their rules when a checkpoint loads.
 MAPPING = NameMapping(
-    RULES + VSA_RULES,
-    read_only=VSA_ALIASES,
+    RULES,
     ignored=IGNORED_DIFFUSERS_KEYS,
     rules_name="fastvideo_wan.convert.RULES",
     ours="fastvideo_wan",

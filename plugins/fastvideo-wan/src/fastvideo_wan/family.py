@@ -88,7 +88,8 @@ class WanFamily(ModelFamily):
         device: Any = "cpu",
         attention_backend: str | None = None,
     ) -> Any:
-        """Our DiT; for ``vsa`` with the zero-initialised gate projections a dense checkpoint lacks."""
+        """Our DiT, with the per-layer modules ``attention_backend`` declares (zeros where the
+        checkpoint has none; see ``WanTransformer.from_pretrained``)."""
         from fastvideo.loader.components import torch_dtype
         from fastvideo_wan.model import WanTransformer
 
@@ -98,8 +99,9 @@ class WanFamily(ModelFamily):
             raise ValueError(
                 f"{source.path} has no component {component!r} to train (it has {', '.join(listed)})"
             )
-        gate = True if attention_backend == "vsa" else None  # None: as the checkpoint has them
-        return WanTransformer.from_pretrained(folder, dtype=torch_dtype(dtype), device=device, vsa_gate=gate)
+        return WanTransformer.from_pretrained(
+            folder, dtype=torch_dtype(dtype), device=device, attention_backend=attention_backend
+        )
 
     @classmethod
     def training_objective(cls, source: ModelSource) -> Any:

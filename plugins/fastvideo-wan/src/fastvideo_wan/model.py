@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.attention.layers import attach_layer_modules, checkpoint_mapping
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
-from fastvideo.loader.checkpoint import load_pretrained, read_config
+from fastvideo.loader.checkpoint import build_checked, load_pretrained, read_config
 from fastvideo_wan import convert
 
 QK_NORMS = ("rms_norm_across_heads",)
@@ -146,16 +147,13 @@ class WanSelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
-        # VSA's gate of its coarse branch (`to_gate_compress`), see add_vsa_gates; dense backends ignore it
-        self.gate_compress: nn.Linear | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
         q = rope_apply(self.norm_q(self.q(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         k = rope_apply(self.norm_k(self.k(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         v = self.v(x).unflatten(-1, heads)  # (B, L, H, Dh)
-        gate = self.gate_compress(x).unflatten(-1, heads) if self.gate_compress is not None else None
-        out = attention(q, k, v, allow=ALL, sequence_parallel=True, gate=gate)  # (B, L, H, Dh)
+        out = attention(q, k, v, allow=ALL, sequence_parallel=True)  # (B, L, H, Dh)
         return self.o(out.flatten(2))  # (B, L, D)
 
 
@@ -275,7 +273,8 @@ class WanTransformer(nn.Module):
         "image_embed.norm_in",
         "image_embed.norm_out",
     )
-    #: Attention layers whose ``attention(...)`` call admits sparse backends (glob over module names).
+    #: Attention layers whose ``attention(...)`` call admits sparse backends (glob over module names);
+    #: backends that need per-layer modules get them attached here (fastvideo.attention.layers).
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
     #: Sequence parallelism, applied from outside by ``fastvideo.parallel``: the blocks run on token
     #: shards. Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and
@@ -312,26 +311,8 @@ class WanTransformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("modulation"):
                 nn.init.normal_(p, std=self.config.dim**-0.5)
-            elif name.endswith("pos_embed") or ".gate_compress." in name:
+            elif name.endswith("pos_embed"):
                 nn.init.zeros_(p)
-
-    @property
-    def has_vsa_gates(self) -> bool:
-        """Whether the blocks carry VSA's gate projection (``self_attn.gate_compress``)."""
-        return any(b.self_attn.gate_compress is not None for b in self.blocks)
-
-    def add_vsa_gates(self) -> WanTransformer:
-        """Give every block VSA's gate projection, zero-initialised (a dense checkpoint then starts as
-        pure fine attention; training learns the gate). Blocks that have one keep it."""
-        for block in self.blocks:
-            attn = block.self_attn
-            if attn.gate_compress is None:
-                w = attn.q.weight
-                attn.gate_compress = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
-                if w.device.type != "meta":
-                    nn.init.zeros_(attn.gate_compress.weight)
-                    nn.init.zeros_(attn.gate_compress.bias)
-        return self
 
     def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
         """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``.
@@ -432,18 +413,11 @@ class WanTransformer(nn.Module):
         cls,
         config: WanConfig | Mapping[str, Any],
         device: torch.device | str = "meta",
-        *,
-        vsa_gate: bool = False,
     ) -> WanTransformer:
-        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``.
-
-        :param vsa_gate: also build VSA's per-block gate projection (zero-initialised).
-        """
+        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``."""
         cfg = config if isinstance(config, WanConfig) else WanConfig.from_diffusers_config(config)
         with torch.device("meta"):
             model = cls(cfg)
-            if vsa_gate:
-                model.add_vsa_gates()
         if torch.device(device).type != "meta":
             model.to_empty(device=device)
             model.init_weights()
@@ -456,29 +430,23 @@ class WanTransformer(nn.Module):
         dtype: torch.dtype | None = torch.bfloat16,
         device: torch.device | str = "cpu",
         *,
-        vsa_gate: bool | None = None,
+        attention_backend: str | None = None,
     ) -> WanTransformer:
         """Load a diffusers ``WanTransformer3DModel`` folder (``config.json`` + safetensors weights).
 
         :param dtype: parameter dtype (``None`` keeps the stored dtypes); :attr:`fp32_modules` stay
             fp32 as diffusers keeps them.
-        :param vsa_gate: VSA's gate projection: ``None`` builds it when the checkpoint has it (FastVideo's
-            VSA checkpoints), ``True`` always (zeros where the checkpoint has none), ``False`` never.
+        :param attention_backend: the backend the model will run with: its per-layer modules (if it
+            declares any) are attached, zeros where the checkpoint has none. Modules of any backend
+            that the checkpoint holds are attached and loaded either way.
         :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
         """
         folder = Path(folder)
         config = read_config(
             folder, "WanTransformer3DModel", "WanTransformer", WanConfig.from_diffusers_config
         )
-        ckpt = convert.DiffusersCheckpoint(folder)
-        stored = any(".gate_compress." in name for name in ckpt.shapes)
-        gate = stored or bool(vsa_gate)
-        model = ckpt.build(
-            lambda: cls.from_config(config, device="meta", vsa_gate=gate)
-        )  # stops on absurd configs
-        zeros = [] if stored else [k for k in model.state_dict() if ".gate_compress." in k]
+        model = build_checked(folder, lambda: cls.from_config(config, device="meta"))  # stops absurd configs
+        ckpt = convert.DiffusersCheckpoint(folder, mapping=checkpoint_mapping(model, convert.MAPPING))
+        zeros = attach_layer_modules(model, attention_backend, stored=ckpt.shapes)
         load_pretrained(model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros)
-        if vsa_gate is False:
-            for block in model.blocks:
-                block.self_attn.gate_compress = None
         return model
