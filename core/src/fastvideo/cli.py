@@ -317,7 +317,7 @@ def _check_sparsity(sparsity: float | None, attention_backend: str | None) -> No
         chosen = "requested" if requested else "chosen automatically"
         raise ValueError(
             f"--sparsity {sparsity:g} has no effect with the dense attention backend {name!r} ({chosen}); "
-            f"pass {how}, or leave --sparsity out"
+            f"{how}, or leave --sparsity out"
         )
 
 

@@ -176,7 +176,8 @@ def run_guarded(info: PluginInfo, what: str, fn: Callable[[], Any]) -> Any:
     if "error" in box:
         exc = box["error"]
         verb = "failed:" if what.startswith("import") else "raised"
-        info.broken = f"{what} {verb} {type(exc).__name__}: {exc}"
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        info.broken = f"{what} {verb} {detail}"
         info.traceback = box["traceback"]
         raise PluginFailed(info.broken)
     return box.get("result")
