@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -545,7 +546,7 @@ def _register_plugin_commands() -> None:
             continue
         before = (list(app.registered_commands), list(app.registered_groups))
         try:
-            run_guarded(info, "fv_register_commands", lambda impl=impl: impl.function(app=app))
+            run_guarded(info, "fv_register_commands", functools.partial(impl.function, app=app))
         except PluginFailed:
             _restore_commands(before)
             continue
