@@ -601,7 +601,8 @@ def main(argv: list[str] | None = None) -> None:
     code: Any = 0
     try:
         if args != ["--version"]:  # versions come from metadata: no plugin needs to load
-            _register_plugin_commands()
+            with _clean_errors():  # e.g. a bad FASTVIDEO_PLUGIN_TIMEOUT
+                _register_plugin_commands()
         command = typer.main.get_command(app)
         code = command.main(args=args, prog_name="fv", standalone_mode=False)
     except typer.Exit as exc:
