@@ -1,7 +1,8 @@
 # /// script
 # dependencies = ["nox>=2024.3"]
 # ///
-"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s isolation`, `nox -s demo`, `nox -s bench`."""
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s isolation`, `nox -s demo`, `nox -s bench`,
+`nox -s minimums`."""
 
 from __future__ import annotations
 
@@ -40,6 +41,54 @@ def tests(session: nox.Session) -> None:
     )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU;
     # scikit-image: the independent SSIM reference
     session.run("pytest", "-q", *session.posargs, env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"})
+
+
+def _floor_pins(pyproject: Path) -> list[str]:
+    """``name==floor`` for every ``name>=floor`` dependency of ``pyproject`` (torch excepted: see TORCH)."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    pins = []
+    for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+        req = Requirement(line)
+        floors = [spec.version for spec in req.specifier if spec.operator == ">="]
+        if req.name != "torch" and floors:
+            pins.append(f"{req.name}=={floors[0]}")
+    return pins
+
+
+@nox.session(default=False)
+def minimums(session: nox.Session) -> None:
+    """The lowest versions core/pyproject.toml allows (every `>=` floor pinned with `==`, torch 2.13.0):
+    `fv` starts, lists models, wan-toy's tokenizer loads, and core's CPU tests pass.
+
+    `nox -s minimums -- PYTEST_ARGS` runs other tests (default: core/tests).
+    """
+    session.install("torch==2.13.0")
+    session.install(
+        *_floor_pins(ROOT / "core" / "pyproject.toml"),
+        "pytest>=8",
+        "setuptools>=68",
+        "wheel",
+        "peft>=0.15",
+        "triton",
+        "scikit-image",
+    )
+    session.install("--no-deps", "-e", str(ROOT / "core"))
+    session.install("-e", str(ROOT / "plugins" / "fastvideo-wan"))  # its own deps (ftfy) at their newest
+    session.run("pip", "list")
+    env = {"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "FASTVIDEO_PLUGINS": "fastvideo-wan"}
+    session.run("fv", "--help", env=env)
+    session.run("fv", "models", "list", env=env)
+    tokenizer = ROOT / "plugins/fastvideo-wan/src/fastvideo_wan/assets/wan-toy/tokenizer"
+    code = f"from transformers import AutoTokenizer; print(AutoTokenizer.from_pretrained({str(tokenizer)!r})('a corgi'))"
+    session.run("python", "-c", code, env=env)
+    session.run(
+        "pytest",
+        "-q",
+        *(session.posargs or ["core/tests"]),
+        env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @nox.session

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from fastvideo import plugins
-from fastvideo.testing import plugin_env, run_fv, run_python
+from fastvideo.testing import DummyDist, install_dists, plugin_env, run_fv, run_python
 
 DUMMIES = {
     "fvtest-good",
@@ -198,3 +200,241 @@ def test_cli_reports_a_rejected_plugin_as_one_warning_line(dummy_site: Path) -> 
     warning, error = proc.stderr.splitlines()
     assert warning.startswith("warning: attention backend 'dup-attn' is registered twice: by ")
     assert error == "error: num_frames=80 is invalid for wan: it must be 4*k+1 (e.g. 77 or 81)"
+
+
+# ---------------------------------------------------------------- plugins that misbehave
+
+_PRINTER = """
+from fastvideo import hookimpl
+
+FASTVIDEO_PLUGIN_API = 1
+print("hello from fvtest-printer's import")
+
+
+@hookimpl
+def fv_register_model_families():
+    print("registering fvtest-printer's families")
+    return []
+"""
+
+_HIJACK = """
+from fastvideo import hookimpl
+
+FASTVIDEO_PLUGIN_API = 1
+
+
+@hookimpl
+def fv_register_commands(app):
+    @app.command("generate")
+    def generate() -> None:
+        print("hijacked by fvtest-hijack")
+
+    @app.command("hijack-extra")
+    def extra() -> None:
+        print("an extra command of fvtest-hijack")
+"""
+
+_HOOK_HANGS = """
+import time
+
+from fastvideo import hookimpl
+
+FASTVIDEO_PLUGIN_API = 1
+
+
+@hookimpl
+def fv_register_attention_backends():
+    time.sleep(600)
+"""
+
+MISBEHAVING = (
+    DummyDist(name="fvtest-printer", plugin=_PRINTER),
+    DummyDist(name="fvtest-exits", plugin="raise SystemExit(3)\n"),
+    DummyDist(name="fvtest-interrupts", plugin="raise KeyboardInterrupt\n"),
+    DummyDist(name="fvtest-hijack", plugin=_HIJACK),
+    DummyDist(name="fvtest-hangs", plugin="import time\ntime.sleep(600)\n"),
+    DummyDist(name="fvtest-hookhangs", plugin=_HOOK_HANGS),
+    DummyDist(name="fvtest-old", plugin="FASTVIDEO_PLUGIN_API = 0\n"),
+)
+
+
+@pytest.fixture(scope="module")
+def bad_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The misbehaving distributions above, installed (apart from :data:`DUMMY_DISTS`, so that the
+    tests that load every dummy do not wait on the hanging ones)."""
+    return install_dists(MISBEHAVING, tmp_path_factory.mktemp("bad") / "site")
+
+
+def _no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+
+
+def test_plugin_printing_on_stdout_cannot_corrupt_json(bad_site: Path) -> None:
+    env = plugin_env(bad_site, FASTVIDEO_PLUGINS="fvtest-printer,fastvideo-wan")
+    proc = run_fv(["plugins", "list", "--json"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["distribution"]: row for row in json.loads(proc.stdout)}  # stdout is pure JSON
+    printer = rows["fvtest-printer"]
+    assert printer["broken"] is None
+    assert printer["output"] == [
+        "import of fvtest_printer.plugin: hello from fvtest-printer's import",
+        "fv_register_model_families: registering fvtest-printer's families",
+    ]
+    models = run_fv(["models", "list", "--json"], env=env)
+    assert models.returncode == 0, models.stderr
+    assert [m["family"] for m in json.loads(models.stdout)] == ["wan"]
+    text = run_fv(["plugins", "list"], env=env)
+    assert "  note: printed on stdout during import of fvtest_printer.plugin: hello from" in text.stdout
+    assert not any(line.startswith(("hello", "registering")) for line in text.stdout.splitlines())
+
+
+def test_systemexit_or_keyboardinterrupt_on_import_marks_the_plugin_broken(
+    bad_site: Path, dummy_site: Path
+) -> None:
+    env = plugin_env(bad_site, dummy_site, FASTVIDEO_PLUGINS="fvtest-exits,fvtest-interrupts,fvtest-good")
+    proc = run_fv(["plugins", "list", "--json"], env=env)
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["distribution"]: row for row in json.loads(proc.stdout)}
+    assert rows["fvtest-exits"]["broken"] == "import of fvtest_exits.plugin failed: SystemExit: 3"
+    assert (
+        rows["fvtest-interrupts"]["broken"] == "import of fvtest_interrupts.plugin failed: KeyboardInterrupt"
+    )
+    assert rows["fvtest-good"]["broken"] is None
+    hello = run_fv(["good", "hello"], env=env)  # the good plugin's command still works
+    assert (hello.returncode, hello.stdout.strip()) == (0, "hello from fvtest-good")
+
+
+def test_plugin_cannot_replace_a_builtin_command(bad_site: Path) -> None:
+    env = plugin_env(bad_site, FASTVIDEO_PLUGINS="fvtest-hijack,fastvideo-wan", HF_HUB_OFFLINE="1")
+    proc = run_fv(["generate", "--prompt", "x", "--model", "wan", "--num-frames", "80"], env=env)
+    _no_traceback(proc)
+    assert "hijacked" not in proc.stdout
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: num_frames=80 is invalid for wan: it must be 4*k+1 (e.g. 77 or 81)"
+    extra = run_fv(["hijack-extra"], env=env)  # all of a hook's commands are undone, not only the clash
+    assert extra.returncode == 2
+    assert extra.stderr.startswith("error: No such command 'hijack-extra'")
+    rows = {
+        row["distribution"]: row for row in json.loads(run_fv(["plugins", "list", "--json"], env=env).stdout)
+    }
+    assert rows["fvtest-hijack"]["broken"] == (
+        "fv_register_commands tried to replace the command(s) 'generate' of `fv`; "
+        "a plugin may only add new command names"
+    )
+    assert rows["fvtest-hijack"]["commands"] == []
+
+
+def test_plugins_list_shows_the_commands_a_plugin_adds(dummy_site: Path) -> None:
+    env = plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good")
+    rows = _plugins(dummy_site, FASTVIDEO_PLUGINS="fvtest-good")
+    assert rows["fvtest-good"]["commands"] == ["good"]
+    assert rows["fastvideo-core"]["commands"] == ["train", "preprocess"]
+    text = run_fv(["plugins", "list"], env=env).stdout
+    assert (
+        "fvtest-good 1.2.3 [good]  model family: good-family; attention backend: good-attn; commands: good"
+        in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("dist", "what"),
+    [
+        ("fvtest-hangs", "import of fvtest_hangs.plugin"),
+        ("fvtest-hookhangs", "fv_register_attention_backends"),
+    ],
+    ids=["import", "hook"],
+)
+def test_a_hanging_plugin_is_given_up_after_the_timeout(
+    bad_site: Path, dummy_site: Path, dist: str, what: str
+) -> None:
+    env = plugin_env(
+        bad_site, dummy_site, FASTVIDEO_PLUGINS=f"{dist},fvtest-good", FASTVIDEO_PLUGIN_TIMEOUT="1"
+    )
+    start = time.monotonic()
+    proc = run_fv(["plugins", "list", "--json"], env=env, timeout=60)
+    assert time.monotonic() - start < 20  # the plugin sleeps for 600 s
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["distribution"]: row for row in json.loads(proc.stdout)}
+    assert rows[dist]["broken"] == (
+        f"{what} did not finish within 1 s (FASTVIDEO_PLUGIN_TIMEOUT); exclude it with "
+        f"FASTVIDEO_PLUGINS=fvtest-good (the plugins to load) or pip uninstall {dist}"
+    )
+    assert rows["fvtest-good"]["broken"] is None
+
+
+def test_plugin_older_than_the_core_says_to_upgrade_the_plugin(bad_site: Path) -> None:
+    rows = _plugins(bad_site, FASTVIDEO_PLUGINS="fvtest-old")
+    reason = rows["fvtest-old"]["broken"]
+    assert reason == (
+        "fvtest-old needs fastvideo plugin API 0, but fastvideo-core 0.1.0 supports [1]; "
+        "the plugin is older than the core: upgrade fvtest-old (pip install -U fvtest-old)"
+    )
+
+
+def test_plugin_newer_than_the_core_says_to_upgrade_the_core(dummy_site: Path) -> None:
+    reason = _plugins(dummy_site, FASTVIDEO_PLUGINS="fvtest-future")["fvtest-future"]["broken"]
+    assert reason is not None
+    assert reason.endswith(
+        "the core is older than the plugin: upgrade fastvideo-core (pip install -U fastvideo-core)"
+    )
+
+
+def test_broken_plugin_is_named_where_the_user_fails(dummy_site: Path, tmp_path: Path) -> None:
+    env = plugin_env(
+        dummy_site,
+        FASTVIDEO_PLUGINS="fvtest-broken,fastvideo-wan",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        FASTVIDEO_DEBUG=None,
+    )
+    note = (
+        "(note: plugins that failed to load, whose names are missing: fvtest-broken (import of "
+        "fvtest_broken.plugin failed: RuntimeError: fvtest-broken cannot find libfake.so); see `fv plugins list`)"
+    )
+    for args in (["--model", "good-tiny"], ["--model", "wan", "--attention-backend", "good-attn"]):
+        proc = run_fv(["generate", "--prompt", "x", *args], env=env, cwd=tmp_path)
+        _no_traceback(proc)
+        assert proc.returncode == 2
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("error: Unknown ") and line.endswith(note), line
+    assert not (tmp_path / "outputs").exists()
+    models = run_fv(["models", "list", "--json"], env=env)
+    assert models.returncode == 0
+    assert [m["family"] for m in json.loads(models.stdout)] == ["wan"]
+    assert models.stderr.splitlines() == [
+        "warning: plugin fvtest-broken is broken, so its model families are missing here: "
+        "import of fvtest_broken.plugin failed: RuntimeError: fvtest-broken cannot find libfake.so"
+    ]
+    debug = run_fv(["models", "list", "--json"], env={**env, "FASTVIDEO_DEBUG": "1"})
+    assert "traceback of plugin fvtest-broken" in debug.stderr
+    assert 'raise RuntimeError("fvtest-broken cannot find libfake.so")' in debug.stderr
+
+
+def test_doctor_lists_broken_plugins_and_a_second_fastvideo_distribution(
+    dummy_site: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-site"
+    info = other / "fastvideo-0.9.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fastvideo\nVersion: 0.9.0\n")
+    (info / "RECORD").write_text("fastvideo/__init__.py,,\nfastvideo-0.9.0.dist-info/METADATA,,\n")
+    (info / "top_level.txt").write_text("fastvideo\n")
+    env = plugin_env(dummy_site, other, FASTVIDEO_PLUGINS="fvtest-broken,fvtest-good")
+    proc = run_fv(["doctor"], env=env)
+    _no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "  fvtest-broken 0.1.0: BROKEN: import of fvtest_broken.plugin failed: RuntimeError: "
+        "fvtest-broken cannot find libfake.so" in proc.stdout
+    )
+    assert "  fvtest-good 1.2.3: ok" in proc.stdout
+    assert "warning: 1 broken plugin(s): fvtest-broken; see `fv plugins list`" in proc.stderr
+    assert (
+        "warning: the distribution fastvideo 0.9.0 also installs the import package 'fastvideo'"
+        in proc.stderr
+    )
+    assert "pip uninstall fastvideo" in proc.stderr
+    clean = run_fv(["doctor"], env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good"))
+    assert clean.returncode == 0 and "warning" not in clean.stderr, clean.stderr

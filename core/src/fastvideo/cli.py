@@ -9,6 +9,8 @@ import json
 import os
 import re
 import sys
+import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,11 +32,69 @@ app.add_typer(plugins_app, name="plugins")
 app.add_typer(models_app, name="models")
 
 USAGE_ERROR = 2
+MAX_SEED = 2**64 - 1
 
 
 def _err(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _debug() -> bool:
+    return os.environ.get("FASTVIDEO_DEBUG", "") not in ("", "0")
+
+
+def _show_plugin_tracebacks() -> None:
+    """Under ``FASTVIDEO_DEBUG=1``: the traceback of every broken plugin's failure, on stderr."""
+    if not _debug():
+        return
+    from fastvideo.plugins import broken_plugins
+
+    for info in broken_plugins():
+        if info.traceback:
+            typer.echo(
+                f"traceback of plugin {info.dist} ({info.broken}):\n{info.traceback.rstrip()}", err=True
+            )
+
+
+def _with_broken_note(message: str, exc: BaseException) -> str:
+    """An unknown model/backend error names the plugins that failed to load (they may be why)."""
+    from fastvideo.errors import ModelNotFoundError, UnknownNameError
+
+    if not isinstance(exc, (UnknownNameError, ModelNotFoundError)):
+        return message
+    from fastvideo.plugins import broken_note
+
+    note = broken_note()
+    return f"{message} (note: {note})" if note else message
+
+
+def _version_callback(value: bool) -> None:
+    if not value:
+        return
+    from fastvideo.plugins import BUILTIN_DIST, _core_version, _entry_points
+
+    typer.echo(f"{BUILTIN_DIST} {_core_version()}")
+    seen: set[str] = set()
+    for ep in _entry_points():  # metadata only: no plugin is imported
+        dist = ep.dist.name if ep.dist else ep.name
+        if dist not in seen:
+            seen.add(dist)
+            version = ep.dist.version if ep.dist else "?"
+            typer.echo(f"{dist} {version} (plugin)")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--version", is_eager=True, callback=_version_callback, help="Core and plugin versions."
+        ),
+    ] = None,
+) -> None:
+    """fastvideo: fast video diffusion inference and post-training."""
 
 
 @contextlib.contextmanager
@@ -45,15 +105,17 @@ def _clean_errors() -> Iterator[None]:
     """
     from fastvideo.errors import FastVideoError
 
-    debug = os.environ.get("FASTVIDEO_DEBUG", "") not in ("", "0")
+    debug = _debug()
     try:
         yield
     except typer.Exit:
         raise
     except (ValueError, FastVideoError) as exc:
         if debug:
+            _show_plugin_tracebacks()
             raise
-        raise _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, USAGE_ERROR) from None
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _err(_with_broken_note(message, exc), USAGE_ERROR) from None
     except KeyboardInterrupt:
         raise _err("interrupted", 130) from None
     except Exception as exc:
@@ -94,7 +156,9 @@ def generate(
     guidance_scale_2: Annotated[
         Optional[float], typer.Option(help="Guidance of the low-noise expert (MoE).")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    seed: Annotated[
+        Optional[int], typer.Option(min=0, max=MAX_SEED, help="Random seed, 0 to 2**64-1.")
+    ] = None,
     fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
     flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
     image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
@@ -109,7 +173,8 @@ def generate(
         Optional[str], typer.Option(help="checkpoint, flow-euler, unipc, few-step, or a plugin's [preset's].")
     ] = None,
     num_gpus: Annotated[
-        Optional[int], typer.Option(help="GPUs (one worker each) [1; under torchrun: WORLD_SIZE].")
+        Optional[int],
+        typer.Option(min=1, help="GPUs (one worker each) [1; under torchrun: WORLD_SIZE]."),
     ] = None,
     sp_size: Annotated[
         Optional[int], typer.Option(help="Ulysses degree [GPUs / (ring size x CFG degree)].")
@@ -140,6 +205,7 @@ def generate(
     The installed attention backends add their options' flags (e.g. --vsa-sparsity); see the end
     of the option list.
     """
+    started = time.perf_counter()
     with _clean_errors():
         from fastvideo.configs import ParallelConfig, PipelineConfig
         from fastvideo.generator import preflight
@@ -171,7 +237,7 @@ def generate(
             revision=revision,
             progress=progress and not as_json,
             parallel=ParallelConfig(
-                num_gpus=num_gpus or _world_size(),
+                num_gpus=num_gpus if num_gpus is not None else _world_size(),
                 sp_size=sp_size,
                 ring_size=ring_size,
                 cfg_parallel=cfg_parallel,
@@ -182,6 +248,7 @@ def generate(
         )
         if output is not None:
             check_output_path(output, overwrite=overwrite)
+        _check_device(device)
         params = preflight(model, sampling, config)
         path = output if output is not None else _default_output(params.prompt, params.seed)
         if params.image is not None and not Path(params.image).is_file():
@@ -199,7 +266,7 @@ def generate(
             request = Request(model, config, sampling, str(path), overwrite, lossless, tuple(lora or ()))
             summary = generate_distributed(request)  # rank 0 writes; None on the other torchrun ranks
             if summary is not None:
-                _report(model, summary, as_json)
+                _report(model, summary, as_json, time.perf_counter() - started)
             if launched():
                 exit_worker(0)  # see exit_worker: skip the finalization that can abort a gloo rank
             return
@@ -212,12 +279,28 @@ def generate(
         if lora:
             gen.merge_loras()
         result = gen.generate_video(output_path=path, overwrite=overwrite, lossless=lossless)
-        if as_json:
-            typer.echo(json.dumps({"model": model, **result.summary()}, indent=2))
-        else:
-            typer.echo(
-                f"wrote {result.path} ({result.frames.shape[0]} frames, {result.timings['total']:.1f} s)"
-            )
+        _report(model, result.summary(), as_json, time.perf_counter() - started)
+
+
+def _check_device(device: str | None) -> None:
+    """``--device cuda`` / ``cuda:N`` that this machine cannot give: one clear error before any loading."""
+    if device is None or not device.strip().lower().startswith("cuda"):
+        return
+    import torch
+
+    spec = device.strip().lower()
+    index = spec.partition(":")[2]
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, {build}, sees no GPU); "
+            "use --device cpu, or leave --device out to pick the best device"
+        )
+    count = torch.cuda.device_count()
+    if index and (not index.isdigit() or int(index) >= count):
+        raise ValueError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
 
 
 #: ``ctx.meta`` key under which the flags of attention backends' options collect their values.
@@ -288,12 +371,21 @@ def _world_size() -> int:
     return int(value)
 
 
-def _report(model: str, summary: dict[str, Any], as_json: bool) -> None:
+def _report(model: str, summary: dict[str, Any], as_json: bool, wall_s: float) -> None:
+    """``wrote x.mp4 (17 frames, 64x64, generated in 1.8 s, 2.0 s total)``, or the JSON summary.
+
+    *generated in*: the generation itself (denoising, decoding, writing); *total*: the whole
+    command, loading the model included (``wall_s`` in the JSON).
+    """
     if as_json:
-        typer.echo(json.dumps({"model": model, **summary}, indent=2))
+        typer.echo(json.dumps({"model": model, **summary, "wall_s": round(wall_s, 4)}, indent=2))
     else:
-        total = summary["timings_s"].get("total", 0.0)
-        typer.echo(f"wrote {summary['path']} ({summary['frames']} frames, {total:.1f} s)")
+        generated = summary["timings_s"].get("total", 0.0)
+        size = f"{summary['width']}x{summary['height']}, " if "width" in summary else ""
+        typer.echo(
+            f"wrote {summary['path']} ({summary['frames']} frames, {size}"
+            f"generated in {generated:.1f} s, {wall_s:.1f} s total)"
+        )
 
 
 # ---------------------------------------------------------------- plugins / models
@@ -317,7 +409,9 @@ def plugins_list(
             "version": i.version,
             "module": i.module,
             "registers": i.registered,
+            "commands": i.commands,
             "broken": i.broken,
+            "output": i.output,
         }
         for i in infos
     ]
@@ -325,13 +419,31 @@ def plugins_list(
         typer.echo(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            regs = (
-                "; ".join(f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
-            )
+            kinds = [(k.replace("_", " "), v) for k, v in r["registers"].items()]
+            if r["commands"]:
+                kinds.append(("commands", r["commands"]))
+            regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in kinds) or "-"
             status = f"BROKEN: {r['broken']}" if r["broken"] else regs
             typer.echo(f"{r['distribution']} {r['version']} [{r['name']}]  {status}")
+            for printed in r["output"]:
+                typer.echo(f"  note: printed on stdout during {_one_line(printed)}")
+    _show_plugin_tracebacks()
     if check and any(r["broken"] for r in rows):
         raise typer.Exit(1)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _warn_broken_plugins(what: str) -> None:
+    """One ``warning:`` line on stderr per broken plugin (stdout stays parseable)."""
+    from fastvideo.plugins import broken_plugins
+
+    for info in broken_plugins():
+        typer.echo(f"warning: plugin {info.dist} is broken, {what}: {info.broken}", err=True)
+    _show_plugin_tracebacks()
 
 
 @models_app.command("list")
@@ -363,6 +475,7 @@ def models_list(
                 ],
             }
         )
+    _warn_broken_plugins("so its model families are missing here")
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -398,17 +511,111 @@ def doctor() -> None:
             reason = cls.unavailable_reason()
             typer.echo(f"  {name:12s} {'available' if reason is None else 'unavailable: ' + reason}")
         typer.echo(f"default: {resolve_backend_name(None)}")
+        _doctor_plugins()
+
+
+def _doctor_plugins() -> None:
+    """Plugins (broken ones with their reason) and distributions that fight over ``fastvideo``."""
+    from fastvideo.plugins import plugin_infos
+    from fastvideo.registry import get_registry
+
+    get_registry()
+    infos = plugin_infos()
+    typer.echo("plugins:")
+    for info in infos:
+        state = f"BROKEN: {info.broken}" if info.broken else "ok"
+        typer.echo(f"  {info.dist} {info.version}: {state}")
+    broken = [i.dist for i in infos if i.broken]
+    if broken:
+        typer.echo(
+            f"warning: {len(broken)} broken plugin(s): {', '.join(broken)}; see `fv plugins list`", err=True
+        )
+    _show_plugin_tracebacks()
+    for dist, version in _other_fastvideo_distributions():
+        typer.echo(
+            f"warning: the distribution {dist} {version} also installs the import package 'fastvideo', "
+            f"so it and fastvideo-core overwrite each other's files; pip uninstall {dist} "
+            "(then pip install --force-reinstall fastvideo-core)",
+            err=True,
+        )
+
+
+def _other_fastvideo_distributions() -> list[tuple[str, str]]:
+    """Installed distributions other than fastvideo-core that provide the ``fastvideo`` package
+    (e.g. FastVideo's own PyPI package ``fastvideo``), from their RECORD / top_level.txt."""
+    import importlib.metadata as md
+
+    from fastvideo.plugins import BUILTIN_DIST, _normalize
+
+    names = md.packages_distributions().get("fastvideo", [])
+    out: dict[str, str] = {}
+    for name in names:
+        if _normalize(name) == BUILTIN_DIST:
+            continue
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "?"
+    return sorted(out.items())
+
+
+def _command_name(entry: Any) -> str | None:
+    """The name under which a Typer command or sub-app entry will appear (None if unknown)."""
+    name = getattr(entry, "name", None)
+    if not isinstance(name, str):
+        sub = getattr(entry, "typer_instance", None)
+        name = getattr(getattr(sub, "info", None), "name", None)
+    if not isinstance(name, str):
+        callback = getattr(entry, "callback", None)
+        name = getattr(callback, "__name__", None)
+        name = name.lower().replace("_", "-") if isinstance(name, str) else None
+    return name
 
 
 def _register_plugin_commands() -> None:
-    from fastvideo.plugins import load_plugins, plugin_info
+    """Let every plugin add its sub-commands (built-ins first, then plugins in load order).
 
-    pm = load_plugins()
-    for impl in pm.hook.fv_register_commands.get_hookimpls():
+    A plugin's hook runs guarded (see :func:`fastvideo.plugins.run_guarded`); one that fails,
+    or that replaces or removes a command already there (a built-in's or an earlier plugin's), is
+    undone and marked broken.
+    """
+    from fastvideo.plugins import PluginFailed, ordered_hookimpls, run_guarded
+
+    taken = {n for e in [*app.registered_commands, *app.registered_groups] if (n := _command_name(e))}
+    for info, impl in ordered_hookimpls("fv_register_commands"):
+        if info.broken:
+            continue
+        before = (list(app.registered_commands), list(app.registered_groups))
         try:
-            impl.function(app=app)
-        except Exception as exc:
-            plugin_info(impl.plugin_name).broken = f"fv_register_commands raised {type(exc).__name__}: {exc}"
+            run_guarded(info, "fv_register_commands", functools.partial(impl.function, app=app))
+        except PluginFailed:
+            _restore_commands(before)
+            continue
+        added, kept = _added_commands(before)
+        names = [_command_name(e) or "?" for e in added]
+        clash = sorted({n for n in names if n in taken} | {n for n in names if names.count(n) > 1})
+        if not kept or clash:
+            _restore_commands(before)
+            what = f"the command(s) {', '.join(repr(n) for n in clash)}" if clash else "existing commands"
+            info.broken = f"fv_register_commands tried to replace {what} of `fv`; a plugin may only add new command names"
+            continue
+        info.commands.extend(names)
+        taken.update(names)
+
+
+def _restore_commands(before: tuple[list[Any], list[Any]]) -> None:
+    app.registered_commands[:] = before[0]
+    app.registered_groups[:] = before[1]
+
+
+def _added_commands(before: tuple[list[Any], list[Any]]) -> tuple[list[Any], bool]:
+    """The entries added since ``before``, and whether every earlier entry is still in place."""
+    added: list[Any] = []
+    kept = True
+    for now, then in ((app.registered_commands, before[0]), (app.registered_groups, before[1])):
+        kept = kept and len(now) >= len(then) and all(a is b for a, b in zip(now, then, strict=False))
+        added += now[len(then) :]
+    return added, kept
 
 
 def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
@@ -417,32 +624,66 @@ def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
     typer.echo(f"warning: {lines[0] if lines else type(message).__name__}", err=True)
 
 
-def main() -> None:
-    """Entry point of ``fv``: Click usage errors are reported as one ``error:`` line with exit 2."""
-    try:  # recent typer vendors its own click
-        from typer._click import exceptions as click  # type: ignore[import-not-found]
-    except ImportError:  # pragma: no cover - typer on the click package
-        from click import exceptions as click  # type: ignore[no-redef]
+def _usage_error(exc: BaseException) -> bool:
+    """A Click-style error of the command line (bad option, missing value): it has an int
+    ``exit_code`` and ``format_message()``, whichever click (the package, or typer's own) raised it."""
+    return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "format_message", None))
 
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``fv``.
+
+    Command-line errors: one ``error:`` line and exit 2. Anything that escapes a command (an
+    exception, or a ``BaseException`` such as torch's ``CheckpointException``): one ``error:`` line
+    and exit 1, or its traceback with ``FASTVIDEO_DEBUG=1``. Ctrl-C: exit 130.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
-    _register_plugin_commands()
-    _add_backend_option_flags()
-    command = typer.main.get_command(app)
+    code: Any = 0
     try:
-        code = command.main(standalone_mode=False)
-    except click.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        code = 0
-    except click.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
-        code = USAGE_ERROR
-    except click.Exit as exc:  # type: ignore[attr-defined]
+        if args != ["--version"]:  # versions come from metadata: no plugin needs to load
+            with _clean_errors():  # e.g. a bad FASTVIDEO_PLUGIN_TIMEOUT
+                _register_plugin_commands()
+                _add_backend_option_flags()
+        command = typer.main.get_command(app)
+        code = command.main(args=args, prog_name="fv", standalone_mode=False)
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.Abort:  # type: ignore[attr-defined]
+    except typer.Abort:
         typer.echo("error: aborted", err=True)
         code = 130
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        code = 130
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        code = _last_resort(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _last_resort(exc: BaseException) -> int:
+    """Report what escaped the command; returns the exit code."""
+    if _usage_error(exc):
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if ctx is not None and message == ctx.get_help():  # no_args_is_help: the help is the answer
+            typer.echo(message)
+            return 0
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        first = message.splitlines()[0] if message else type(exc).__name__
+        typer.echo(f"error: {first}{hint}", err=True)
+        code = exc.exit_code  # type: ignore[attr-defined]
+        return code if code else USAGE_ERROR
+    if _debug():
+        traceback.print_exception(exc)
+        return 1
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    typer.echo(
+        f"error: {type(exc).__name__}{': ' + text if text else ''} (set FASTVIDEO_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    return 1
 
 
 if __name__ == "__main__":

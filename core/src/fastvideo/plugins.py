@@ -5,18 +5,27 @@ Environment switches:
 * ``FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points (built-ins still register).
 * ``FASTVIDEO_PLUGINS=fastvideo-wan,my-plugin``: load only these (distribution or entry-point
   names); an empty value loads none.
+* ``FASTVIDEO_PLUGIN_TIMEOUT=20``: seconds a plugin's import or one of its hooks may take before
+  the plugin is given up as broken (``0``: no limit).
 
 A plugin that fails to import, declares an unsupported plugin API, or raises in a registration
-hook is recorded as *broken* with its reason and never stops the others from loading.
+hook is recorded as *broken* with its reason and never stops the others from loading. Whatever
+it raises (``SystemExit`` and ``KeyboardInterrupt`` included) or prints on stdout while fastvideo
+runs its code is kept in its :class:`PluginInfo`, so that it cannot end ``fv`` or corrupt its
+``--json`` output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
+import io
 import os
 import re
 import threading
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -27,6 +36,8 @@ from fastvideo import hookspecs
 
 GROUP = "fastvideo"
 BUILTIN_DIST = "fastvideo-core"
+TIMEOUT_VAR = "FASTVIDEO_PLUGIN_TIMEOUT"
+DEFAULT_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -40,6 +51,9 @@ class PluginInfo:
     broken: str | None = None  # the reason, when it could not be loaded
     registered: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     key: str = ""  # the name pluggy knows it by: "builtin", "dist:ep", or an in-process name
+    commands: list[str] = field(default_factory=list)  # `fv` sub-commands it added
+    output: list[str] = field(default_factory=list)  # what it printed on stdout, "<when>: <text>"
+    traceback: str | None = None  # of the failure that made it broken (FASTVIDEO_DEBUG=1 shows it)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -81,19 +95,92 @@ def _autoload_disabled() -> bool:
 
 def _check_api(module: ModuleType, dist: str) -> str | None:
     api = getattr(module, "FASTVIDEO_PLUGIN_API", None)
+    supported = sorted(hookspecs.SUPPORTED_PLUGIN_APIS)
     if api is None:
         return (
             f"{dist} does not declare FASTVIDEO_PLUGIN_API in {module.__name__}; this core supports "
-            f"plugin API {sorted(hookspecs.SUPPORTED_PLUGIN_APIS)}: add FASTVIDEO_PLUGIN_API = "
+            f"plugin API {supported}: add FASTVIDEO_PLUGIN_API = "
             f"{hookspecs.PLUGIN_API_VERSION} to the plugin module"
         )
-    if api not in hookspecs.SUPPORTED_PLUGIN_APIS:
-        return (
-            f"{dist} needs fastvideo plugin API {api!r}, but fastvideo-core {_core_version()} supports "
-            f"{sorted(hookspecs.SUPPORTED_PLUGIN_APIS)}; upgrade fastvideo-core or install a "
-            f"{dist} release made for this core"
+    if api in hookspecs.SUPPORTED_PLUGIN_APIS:
+        return None
+    head = f"{dist} needs fastvideo plugin API {api!r}, but fastvideo-core {_core_version()} supports {supported}"
+    if isinstance(api, int) and not isinstance(api, bool) and api > max(supported):
+        return f"{head}; the core is older than the plugin: upgrade fastvideo-core (pip install -U fastvideo-core)"
+    if isinstance(api, int) and not isinstance(api, bool):
+        return f"{head}; the plugin is older than the core: upgrade {dist} (pip install -U {dist})"
+    return f"{head}; FASTVIDEO_PLUGIN_API must be an integer: report this to the authors of {dist}"
+
+
+class PluginFailed(Exception):
+    """Raised by :func:`run_guarded` after it marked the plugin broken."""
+
+
+def plugin_timeout() -> float | None:
+    """``FASTVIDEO_PLUGIN_TIMEOUT`` in seconds (default 20); ``None`` when it is 0 (no limit)."""
+    raw = os.environ.get(TIMEOUT_VAR, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_VAR} must be a number of seconds, got {raw!r}") from None
+    return value if value > 0 else None
+
+
+def _exclude_hint(dist: str) -> str:
+    """How to run without ``dist``: the ``FASTVIDEO_PLUGINS`` value that names every other plugin."""
+    allow = _allow_list()
+    names = {ep.dist.name if ep.dist else ep.name for ep in _entry_points()} - {dist}
+    others = sorted(n for n in names if allow is None or _normalize(n) in allow)
+    return (
+        f"exclude it with FASTVIDEO_PLUGINS={','.join(others)} (the plugins to load) or pip uninstall {dist}"
+    )
+
+
+def run_guarded(info: PluginInfo, what: str, fn: Callable[[], Any]) -> Any:
+    """Run one piece of a plugin's code (``what``: "import of x", "fv_register_..."), so that it
+    cannot take ``fv`` down.
+
+    Its stdout is captured into ``info.output``; anything it raises, ``SystemExit`` and
+    ``KeyboardInterrupt`` included, and running longer than :func:`plugin_timeout` (the code runs
+    in a daemon thread then, which is left behind), mark ``info`` broken and raise
+    :class:`PluginFailed`.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+            box["traceback"] = traceback.format_exc()
+
+    timeout = plugin_timeout()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        if timeout is None:
+            target()
+            done = True
+        else:
+            thread = threading.Thread(target=target, name=f"fv-plugin {info.dist}", daemon=True)
+            thread.start()
+            thread.join(timeout)
+            done = not thread.is_alive()
+    printed = buffer.getvalue().strip()
+    if printed:
+        info.output.append(f"{what}: {printed}")
+    if not done:
+        info.broken = (
+            f"{what} did not finish within {timeout:g} s ({TIMEOUT_VAR}); {_exclude_hint(info.dist)}"
         )
-    return None
+        raise PluginFailed(info.broken)
+    if "error" in box:
+        exc = box["error"]
+        verb = "failed:" if what.startswith("import") else "raised"
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        info.broken = f"{what} {verb} {detail}"
+        info.traceback = box["traceback"]
+        raise PluginFailed(info.broken)
+    return box.get("result")
 
 
 def _entry_points() -> list[md.EntryPoint]:
@@ -132,9 +219,8 @@ def load_plugins(*, reload: bool = False) -> pluggy.PluginManager:
                 info = PluginInfo(ep.name, dist, version, ep.value)
                 infos.append(info)
                 try:
-                    module = ep.load()
-                except Exception as exc:
-                    info.broken = f"import of {ep.value} failed: {type(exc).__name__}: {exc}"
+                    module = run_guarded(info, f"import of {ep.value}", ep.load)
+                except PluginFailed:
                     continue
                 info.broken = _check_api(module, dist)
                 if info.broken is None:
@@ -180,21 +266,38 @@ def call_registration_hook(hook_name: str) -> list[tuple[PluginInfo, Any]]:
     plugins registered in-process), so that on a duplicate name the later plugin is the one
     rejected. A plugin whose hook raises is marked broken, and its earlier registrations stay valid.
     """
-    pm = load_plugins()
-    caller = getattr(pm.hook, hook_name)
-    pairs = [(plugin_info(impl.plugin_name), impl) for impl in caller.get_hookimpls()]
-    order = {id(info): n for n, info in enumerate(_STATE.infos)}
     out: list[tuple[PluginInfo, Any]] = []
-    for info, impl in sorted(pairs, key=lambda pair: order[id(pair[0])]):
+    for info, impl in ordered_hookimpls(hook_name):
         if info.broken:
             continue
         try:
-            result = impl.function()
-        except Exception as exc:
-            info.broken = f"{hook_name} raised {type(exc).__name__}: {exc}"
+            result = run_guarded(info, hook_name, impl.function)
+        except PluginFailed:
             continue
         out.append((info, result))
     return out
+
+
+def ordered_hookimpls(hook_name: str) -> list[tuple[PluginInfo, Any]]:
+    """The implementations of one hook with their plugin, in load order (built-ins first)."""
+    pm = load_plugins()
+    pairs = [(plugin_info(impl.plugin_name), impl) for impl in getattr(pm.hook, hook_name).get_hookimpls()]
+    order = {id(info): n for n, info in enumerate(_STATE.infos)}
+    return sorted(pairs, key=lambda pair: order[id(pair[0])])
+
+
+def broken_plugins() -> list[PluginInfo]:
+    """The plugins that could not be loaded or registered, in load order."""
+    return [info for info in plugin_infos() if info.broken]
+
+
+def broken_note() -> str:
+    """``plugin x failed to load (reason); see `fv plugins list` ...`` for error messages, or ``""``."""
+    broken = broken_plugins()
+    if not broken:
+        return ""
+    what = "; ".join(f"{i.dist} ({i.broken})" for i in broken)
+    return f"plugins that failed to load, whose names are missing: {what}; see `fv plugins list`"
 
 
 def import_string(path: str) -> Any:

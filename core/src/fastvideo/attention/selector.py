@@ -58,7 +58,8 @@ def resolve_backend_name(requested: str | None = None) -> str:
             raise UnknownNameError(unknown_name_message("attention_backend", name, sorted(classes)))
         reason = classes[name].unavailable_reason()
         if reason is not None:
-            hint = f" (pip install {classes[name].requires})" if classes[name].requires else ""
+            missing = classes[name].requires and "not installed" in reason  # else installing won't help
+            hint = f" (pip install {classes[name].requires})" if missing else ""
             raise BackendUnavailableError(f"Attention backend {name!r} cannot run here: {reason}{hint}")
         return name
     # Sparse backends are never chosen automatically, so their availability (which may need torch

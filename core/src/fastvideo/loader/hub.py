@@ -20,6 +20,36 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+_PROBE_TIMEOUT_S = 3.0
+_PROBED: dict[str, str | None] = {}
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub endpoint cannot be reached, or ``None``: one TCP connect (at most 3 s), so that
+    a machine without network fails at once instead of after huggingface_hub's retries (~25 s).
+
+    Skipped (``None``) when a proxy is configured: the proxy may reach what a direct connect cannot.
+    """
+    if any(os.environ.get(var) for var in _PROXY_VARS):
+        return None
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = str(constants.ENDPOINT)
+    if endpoint not in _PROBED:
+        url = urlsplit(endpoint)
+        host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+                _PROBED[endpoint] = None
+        except OSError as exc:
+            _PROBED[endpoint] = f"{endpoint} cannot be reached: {exc.strerror or type(exc).__name__}"
+    return _PROBED[endpoint]
+
+
 def _download_hint(repo_id: str) -> str:
     return f"download it first with `hf download {repo_id}` (or `huggingface-cli download {repo_id}`) on a machine with Hub access"
 
@@ -46,10 +76,17 @@ def fetch_model(
     )
 
     offline = local_files_only or _offline()
+    unreachable = None if offline else _hub_unreachable()
     auth = hub_token(token)
     try:
         if filename is not None:
-            file = hf_hub_download(repo_id, filename, revision=revision, token=auth, local_files_only=offline)
+            file = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                token=auth,
+                local_files_only=offline or bool(unreachable),
+            )
             return Path(str(file))
         from fastvideo import progress
 
@@ -59,7 +96,7 @@ def fetch_model(
                 allow_patterns=ALLOW_PATTERNS,
                 revision=revision,
                 token=auth,
-                local_files_only=offline,
+                local_files_only=offline or bool(unreachable),
             )
             return Path(str(folder))
     except GatedRepoError:
@@ -73,7 +110,7 @@ def fetch_model(
     except RevisionNotFoundError:
         raise ModelNotFoundError(f"revision {revision!r} of {repo_id} does not exist") from None
     except LocalEntryNotFoundError:
-        why = "the Hub cannot be reached"
+        why = f"the Hub cannot be reached ({unreachable})" if unreachable else "the Hub cannot be reached"
         if offline:
             why = "HF_HUB_OFFLINE=1 is set" if _offline() else "local_files_only=True was passed"
         raise ModelNotCachedError(

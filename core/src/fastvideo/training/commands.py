@@ -39,6 +39,8 @@ def train(
     with _clean_errors():
         from fastvideo.training.config import load_config
 
+        if config is None and not ctx.args:
+            raise ValueError("fv train needs a config: --config train.yaml (see examples/train/*.yaml)")
         cfg = load_config(config, list(ctx.args))
         if print_config:
             import yaml
