@@ -438,3 +438,40 @@ def test_doctor_lists_broken_plugins_and_a_second_fastvideo_distribution(
     assert "pip uninstall fastvideo" in proc.stderr
     clean = run_fv(["doctor"], env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good"))
     assert clean.returncode == 0 and "warning" not in clean.stderr, clean.stderr
+
+
+def test_registration_hooks_are_called_through_pluggy() -> None:
+    """Hook monitoring (pluggy's tracing) sees every registration call, one plugin at a time, and a
+    plugin's ``tryfirst`` wrapper around its own implementation runs."""
+    from fastvideo.hookspecs import hookimpl
+    from fastvideo.registry import get_registry
+    from fastvideo.testing import fake_plugins, plugin_module
+
+    class Wrapped:
+        __name__ = "fvtest-wrapped"
+        seen: list[str] = []  # noqa: RUF012
+
+        @hookimpl(wrapper=True)
+        def fv_register_samplers(self):  # type: ignore[no-untyped-def]
+            result = yield
+            self.seen.append("wrapped")
+            return result
+
+        @hookimpl(specname="fv_register_samplers")
+        def samplers(self):  # type: ignore[no-untyped-def]
+            return []
+
+    calls: list[tuple[str, list[str]]] = []
+    with fake_plugins(plugin_module("fvtest-plain", fv_register_samplers=lambda: []), Wrapped()) as pm:
+        undo = pm.add_hookcall_monitoring(
+            lambda name, impls, kwargs: calls.append((name, [i.plugin_name for i in impls])),
+            lambda outcome, name, impls, kwargs: None,
+        )
+        try:
+            get_registry()
+        finally:
+            undo()
+    sampler_calls = [impls for name, impls in calls if name == "fv_register_samplers"]
+    assert ["fvtest-plain"] in sampler_calls  # each plugin alone
+    assert ["Wrapped", "Wrapped"] in sampler_calls or ["fvtest-wrapped", "fvtest-wrapped"] in sampler_calls
+    assert Wrapped.seen == ["wrapped"]

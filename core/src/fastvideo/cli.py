@@ -249,7 +249,8 @@ def generate(
         if output is not None:
             check_output_path(output, overwrite=overwrite)
         _check_device(device)
-        params = preflight(model, sampling, config)
+        plan = preflight(model, sampling, config)  # resolved and validated once, before anything loads
+        params = plan.params
         path = output if output is not None else _default_output(params.prompt, params.seed)
         if params.image is not None and not Path(params.image).is_file():
             raise ValueError(f"--image {params.image!r} does not exist")
@@ -273,7 +274,7 @@ def generate(
 
         from fastvideo.generator import VideoGenerator
 
-        gen = VideoGenerator.from_config(model, config, sampling_overrides=sampling)
+        gen = VideoGenerator.from_config(model, config, sampling_overrides=sampling, plan=plan)
         for spec in lora or []:
             gen.load_lora(spec)
         if lora:
@@ -579,7 +580,7 @@ def _register_plugin_commands() -> None:
     or that replaces or removes a command already there (a built-in's or an earlier plugin's), is
     undone and marked broken.
     """
-    from fastvideo.plugins import PluginFailed, ordered_hookimpls, run_guarded
+    from fastvideo.plugins import PluginFailed, hook_of, ordered_hookimpls, run_guarded
 
     taken = {n for e in [*app.registered_commands, *app.registered_groups] if (n := _command_name(e))}
     for info, impl in ordered_hookimpls("fv_register_commands"):
@@ -587,7 +588,7 @@ def _register_plugin_commands() -> None:
             continue
         before = (list(app.registered_commands), list(app.registered_groups))
         try:
-            run_guarded(info, "fv_register_commands", functools.partial(impl.function, app=app))
+            run_guarded(info, "fv_register_commands", hook_of(impl, "fv_register_commands", app=app))
         except PluginFailed:
             _restore_commands(before)
             continue

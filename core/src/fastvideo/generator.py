@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from fastvideo.interfaces.model_family import ModelSource
+    from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
     from fastvideo.parallel.state import ParallelState
     from fastvideo.pipelines.composed import ComposedPipeline
 
@@ -124,11 +124,17 @@ class VideoGenerator:
         pipeline: ComposedPipeline,
         config: PipelineConfig,
         sampling_defaults: SamplingParams,
+        *,
+        backend: str | None = None,
     ) -> None:
+        from fastvideo.attention import resolve_backend_name
+
         self.source = source
         self.pipeline = pipeline
         self.config = config
         self.sampling_defaults = sampling_defaults
+        self.backend = backend or resolve_backend_name(config.attention_backend)
+        self._validated: SamplingParams | None = None  # the last request validated for this checkpoint
         self._loras: dict[str, dict[str, Any]] = {}  # name -> {"path", "scale", "base": {component: scales}}
         self._lora_merged = False
 
@@ -154,17 +160,20 @@ class VideoGenerator:
         config: PipelineConfig,
         *,
         sampling_overrides: dict[str, Any] | None = None,
+        plan: Plan | None = None,
     ) -> VideoGenerator:
-        """Like :meth:`from_pretrained`, with the options already in a :class:`PipelineConfig`."""
+        """Like :meth:`from_pretrained`, with the options already in a :class:`PipelineConfig`.
+
+        ``plan`` is what :func:`preflight` checked for the same model, config and overrides (``fv
+        generate`` does that before anything loads): its family, backend and validated parameters are
+        used as they are, so a request is resolved and validated once.
+        """
         from fastvideo import progress
-        from fastvideo.attention import resolve_backend_name
-        from fastvideo.attention.options import check_options
         from fastvideo.parallel.strategies import check_strategies
-        from fastvideo.resolve import resolve
-        from fastvideo.samplers import sampler_name, use_sampler
+        from fastvideo.resolve import fetch_source
+        from fastvideo.samplers import use_sampler
         from fastvideo.transforms import apply_transforms
 
-        model = model_name(model)
         if not isinstance(config, PipelineConfig):
             raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
         state = None
@@ -173,18 +182,24 @@ class VideoGenerator:
 
             state, config = join_run(config)
         progress.set_enabled(config.progress)
-        backend = resolve_backend_name(config.attention_backend)  # fail before loading anything
-        check_options(backend, (sampling_overrides or {}).get("backend_options"))
         check_strategies(config.parallel, parallel=state is not None)
-        source = resolve(
-            model, revision=config.revision, token=config.token, local_files_only=config.local_files_only
+        if plan is None:
+            plan = preflight(model, sampling_overrides or {}, config, validate=False)
+        source = fetch_source(
+            plan.family,
+            plan.preset,
+            plan.where,
+            revision=config.revision,
+            token=config.token,
+            local_files_only=config.local_files_only,
         )
-        sampler_name(config, source)  # an unknown sampler fails before loading
-        defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
         pipeline = source.family.build_pipeline(source, config)
         use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
-        generator = cls(source, pipeline, config, defaults)
+        defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
+        generator = cls(source, pipeline, config, defaults, backend=plan.backend)
+        if plan.validated:
+            generator._validated = plan.params
         generator.parallel_state = state
         return generator
 
@@ -204,7 +219,6 @@ class VideoGenerator:
         ``backend_options`` are merged option by option into the generator's, checked against the
         selected attention backend's declarations and completed with its defaults.
         """
-        from fastvideo.attention import resolve_backend_name
         from fastvideo.attention.options import moved_option_hint, resolve_options
 
         if prompt is not None:
@@ -215,9 +229,12 @@ class VideoGenerator:
             if hint:
                 raise TypeError(f"unknown sampling parameter {key!r}{hint}")
         params = self.sampling_defaults.with_overrides(overrides)
-        self.source.family.validate(params, self.source)
-        backend = resolve_backend_name(self.config.attention_backend)
-        return dataclasses.replace(params, backend_options=resolve_options(backend, params.backend_options))
+        if params != self._validated:  # a request checked already (by preflight) is not checked again
+            self.source.family.validate(params, self.source)
+            self._validated = params
+        return dataclasses.replace(
+            params, backend_options=resolve_options(self.backend, params.backend_options)
+        )
 
     def generate_video(
         self,
@@ -252,7 +269,7 @@ class VideoGenerator:
             check_output_path(output_path, overwrite=overwrite)
         batch = ForwardBatch(params=params, device=self.pipeline.components.get("device"), latents=latents)
         start = time.perf_counter()
-        with use_backend(self.config.attention_backend):
+        with use_backend(self.backend):
             batch = self.pipeline(batch)
         assert batch.frames is not None
         path = None
@@ -372,11 +389,29 @@ def parse_lora_spec(value: str) -> tuple[str, float]:
     return value, 1.0
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A request checked without loading weights (:func:`preflight`): where the model is, its family
+    and preset, the attention backend that will run, and the sampling parameters that will be used."""
+
+    family: type[ModelFamily]
+    preset: Preset | None
+    where: str | Path  # a Hub repo id (downloaded by from_config) or a local folder
+    backend: str
+    params: SamplingParams
+    validated: bool  # params passed the family's checks, with the checkpoint's own configs on disk
+
+
 def preflight(
-    model: str | os.PathLike[str], sampling_overrides: dict[str, Any], config: PipelineConfig
-) -> SamplingParams:
-    """Check a request without loading weights: the backend, the model name and the sampling
-    parameters against the family's rules. Returns the parameters that would be used."""
+    model: str | os.PathLike[str],
+    sampling_overrides: dict[str, Any],
+    config: PipelineConfig,
+    *,
+    validate: bool = True,
+) -> Plan:
+    """Check a request without loading weights: the model name (resolved to its family, downloading
+    at most ``model_index.json``), the attention backend and its options, the sampler, and (unless
+    ``validate`` is false) the sampling parameters against the family's rules."""
     from fastvideo.attention import resolve_backend_name
     from fastvideo.attention.options import check_options
     from fastvideo.interfaces.model_family import ModelSource
@@ -398,7 +433,10 @@ def preflight(
         preset=preset,
         repo_id=where if isinstance(where, str) else None,
     )
-    sampler_name(config, source)
+    sampler_name(config, source)  # an unknown sampler fails before loading
     params = family.sampling_defaults(source).with_overrides(sampling_overrides)
-    family.validate(params, source)
-    return params
+    if validate:
+        family.validate(params, source)
+    # a Hub repo's configs are not here yet: the generator checks again once they are downloaded
+    local = validate and not isinstance(where, str)
+    return Plan(family=family, preset=preset, where=where, backend=backend, params=params, validated=local)

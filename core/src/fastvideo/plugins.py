@@ -271,17 +271,36 @@ def call_registration_hook(hook_name: str) -> list[tuple[PluginInfo, Any]]:
         if info.broken:
             continue
         try:
-            result = run_guarded(info, hook_name, impl.function)
+            result = run_guarded(info, hook_name, hook_of(impl, hook_name))
         except PluginFailed:
             continue
         out.append((info, result))
     return out
 
 
-def ordered_hookimpls(hook_name: str) -> list[tuple[PluginInfo, Any]]:
-    """The implementations of one hook with their plugin, in load order (built-ins first)."""
+def hook_of(impl: Any, hook_name: str, **kwargs: Any) -> Callable[[], Any]:
+    """A call of ``hook_name`` on ``impl``'s plugin alone, made through pluggy (so hook wrappers,
+    ``pm.trace`` and ``pm.add_hookcall_monitoring`` see it); returns that plugin's result, or None."""
     pm = load_plugins()
-    pairs = [(plugin_info(impl.plugin_name), impl) for impl in getattr(pm.hook, hook_name).get_hookimpls()]
+    others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
+
+    def call() -> Any:
+        results = pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+        return results[0] if results else None
+
+    return call
+
+
+def ordered_hookimpls(hook_name: str) -> list[tuple[PluginInfo, Any]]:
+    """The implementations of one hook with their plugin, in load order (built-ins first): one per
+    plugin, which :func:`hook_of` calls through pluggy with the plugin's wrappers around it."""
+    pm = load_plugins()
+    pairs, seen = [], set()
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # one entry per plugin (not its wrappers)
+        if impl.wrapper or impl.hookwrapper or id(impl.plugin) in seen:
+            continue
+        seen.add(id(impl.plugin))
+        pairs.append((plugin_info(impl.plugin_name), impl))
     order = {id(info): n for n, info in enumerate(_STATE.infos)}
     return sorted(pairs, key=lambda pair: order[id(pair[0])])
 

@@ -205,10 +205,26 @@ def resolve(
     local_files_only: bool = False,
 ) -> ModelSource:
     """Resolve ``model`` to a :class:`ModelSource` with every file local (downloading if needed)."""
+    family, preset, where, _ = resolve_family(model, revision=revision, token=token)
+    return fetch_source(
+        family, preset, where, revision=revision, token=token, local_files_only=local_files_only
+    )
+
+
+def fetch_source(
+    family: type[ModelFamily],
+    preset: Preset | None,
+    where: str | Path,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+) -> ModelSource:
+    """The :class:`ModelSource` of what :func:`resolve_family` found, with every file local
+    (``where``, a Hub repo id, is downloaded)."""
     from fastvideo.loader.components import read_model_index
     from fastvideo.loader.hub import fetch_model
 
-    family, preset, where, _ = resolve_family(model, revision=revision, token=token)
     repo_id = None
     if isinstance(where, str):
         repo_id = where
