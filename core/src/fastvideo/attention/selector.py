@@ -165,7 +165,7 @@ def _warn_once(message: str) -> None:
 #: The sparse attention layers whose forward is running, innermost last, with their input hidden
 #: states: pushed and popped by the hooks that :mod:`fastvideo.attention.layers` puts on layers
 #: holding a backend's modules (plain module state, like _FORCED).
-_LAYERS: list[tuple[Any, torch.Tensor]] = []
+_LAYERS: list[tuple[Any, torch.Tensor | None]] = []
 
 
 def _requested() -> AttentionBackend:
@@ -184,7 +184,7 @@ def layer_inputs(q: torch.Tensor) -> dict[str, Any]:
     if not backend.layer_modules:
         return {}
     layer, hidden = _LAYERS[-1]
-    if any(getattr(layer, m.name, None) is None for m in backend.layer_modules):
+    if hidden is None or any(getattr(layer, m.name, None) is None for m in backend.layer_modules):
         return {}
     return backend.layer_inputs(layer, hidden, q)
 
