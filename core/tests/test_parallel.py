@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
+from fastvideo.parallel.plan import SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import assert_close
 
@@ -105,11 +106,9 @@ class ToyJointBlock(nn.Module):
 
 
 class ToyJointModel(nn.Module):
-    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
-        "blocks": "blocks",
-        "token_args": {0: 1, 2: 0},
-        "output": {0: 1},
-    }
+    sequence_parallel_plan: ClassVar[SequenceParallelPlan] = SequenceParallelPlan(
+        blocks="blocks", shard={"x": 1, "pos": 0}, output={0: 1}
+    )
 
     def __init__(self, dim: int = 32, heads: int = 4, depth: int = 2) -> None:
         super().__init__()
@@ -515,3 +514,71 @@ def test_ulysses_degree_must_divide_the_heads(ranks4: list[dict[str, Any]]) -> N
         "--sp-size 2 --ring-size 2 (USP) or --sp-size 1 --ring-size 4 (ring attention)"
     )
     assert all(r["heads-error"] == message for r in ranks4)
+
+
+class _PlanBlock(nn.Module):
+    def forward(self, x: torch.Tensor, text: torch.Tensor, *, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _ReorderedBlock(nn.Module):  # the same arguments in another order
+    def forward(self, text: torch.Tensor, pos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _PlanModel(nn.Module):
+    sequence_parallel_plan = SequenceParallelPlan(blocks=("first", "second"), shard={"x": 1, "pos": 0})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.ModuleList([_PlanBlock()])
+        self.second = nn.ModuleList([_ReorderedBlock()])
+
+
+def test_plan_names_arguments_and_shards_them_by_name_in_any_order() -> None:
+    """Each block's own signature places the named arguments, passed by position or by keyword;
+    a tensor whose token dim is not the full length (the text here) is left whole."""
+    from types import SimpleNamespace
+
+    from fastvideo.parallel.sequence import SequenceSharding, read_plan
+
+    model = _PlanModel()
+    plan = read_plan(model)
+    assert plan.resolve(model.first[0]) == {"x": (0, 1), "pos": (None, 0)}
+    assert plan.resolve(model.second[0]) == {"x": (2, 1), "pos": (1, 0)}
+    assert plan.output == 1 and plan.first == "x"
+    state = SimpleNamespace(sp_size=2, sp_rank=1, ulysses_size=1)
+    sharding = SequenceSharding(model, state)  # type: ignore[arg-type]
+    sharding.length = 6
+    x, text, pos = torch.randn(1, 6, 4), torch.randn(1, 6, 4)[:, :3], torch.randn(6, 1, 2)
+    args, kwargs = sharding._shard_inputs(model.first[0], (x, text), {"pos": pos})
+    assert torch.equal(args[0], x[:, 3:]) and args[1] is text and torch.equal(kwargs["pos"], pos[3:])
+    args, kwargs = sharding._shard_inputs(model.second[0], (text, pos), {"x": x})
+    assert args[0] is text and torch.equal(args[1], pos[3:]) and torch.equal(kwargs["x"], x[:, 3:])
+
+
+def test_plan_rejects_unknown_names_and_positions() -> None:
+    from fastvideo.parallel.sequence import read_plan
+
+    class Typo(_PlanModel):
+        sequence_parallel_plan = SequenceParallelPlan(blocks=("first", "second"), shard={"x": 1, "rope": 0})
+
+    with pytest.raises(
+        ValueError,
+        match=r"Typo.sequence_parallel_plan shards 'rope', but _PlanBlock.forward takes \(x, text, pos\)",
+    ):
+        read_plan(Typo())
+
+    class Positional(_PlanModel):
+        sequence_parallel_plan = {"blocks": "first", "token_args": {0: 1}}  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match=r"numbers block arguments \(token_args=\{0: 1\}\); declare Seq"):
+        read_plan(Positional())
+    with pytest.raises(ValueError, match=r"got \{0: 1\}; name the arguments .*positions are not accepted"):
+        SequenceParallelPlan(blocks="blocks", shard={0: 1})  # type: ignore[dict-item]
+
+    class NoPlan(nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="NoPlan declares no sequence_parallel_plan"):
+        read_plan(NoPlan())
