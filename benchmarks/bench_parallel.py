@@ -408,7 +408,7 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> Any:
         TextEncodingStage,
         TimestepPreparationStage,
     )
-    from fastvideo_wan.pipeline import WanDenoisingStage, WanLatents
+    from fastvideo_wan.pipeline import WanDenoisingStage, wan_latents
     from fastvideo_wan.presets import NEGATIVE_PROMPT
     from fastvideo_wan.tiny import tiny_tokenizer
 
@@ -423,7 +423,7 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> Any:
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
-    geometry = WanLatents(vae)
+    geometry = wan_latents(vae)
     stages = [
         TextEncodingStage(
             [T5TextEncoder(tiny_tokenizer(), encoder)], default_negative_prompt=NEGATIVE_PROMPT

@@ -121,9 +121,10 @@ class WanFamily(ModelFamily):
     @classmethod
     def training_encoders(cls, source: ModelSource, config: PipelineConfig) -> Any:
         from fastvideo.loader.components import load_component
+        from fastvideo.models import default_dtypes, pick_device
         from fastvideo.pipelines.stages import T5TextEncoder
         from fastvideo.training.preprocess import Encoders
-        from fastvideo_wan.pipeline import WanLatents, default_dtypes, pick_device
+        from fastvideo_wan.pipeline import wan_latents
 
         device = pick_device(config)
         _, text_dtype, vae_dtype = default_dtypes(config, device)
@@ -131,11 +132,7 @@ class WanFamily(ModelFamily):
         tokenizer = load_component(source.path, index, "tokenizer")
         text_encoder = load_component(source.path, index, "text_encoder", dtype=text_dtype, device=device)
         vae = load_component(source.path, index, "vae", dtype=vae_dtype, device=device)
-        geometry = WanLatents(vae)
-
-        def normalize(latents: Any) -> Any:  # what the pipelines' denormalize inverts
-            return (latents - geometry.mean.to(latents)) / geometry.std.to(latents)
-
+        normalize = wan_latents(vae).normalize  # what the pipelines' denormalize inverts
         return Encoders(
             text=T5TextEncoder(tokenizer, text_encoder), vae=vae, normalize=normalize, device=device
         )
