@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from fastvideo.attention import ALL, DENSE, use_backend
+from fastvideo.attention import DENSE, use_backend
 from fastvideo.errors import CheckpointError
 from fastvideo.testing import rewrite_checkpoint
 from fastvideo_hunyuan import model as hy_model
@@ -109,16 +109,20 @@ def test_padded_text_runs_unmasked_on_the_valid_tokens_only(
     folder, ref = tiny_checkpoint()
     model = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)
     calls = []
-    seam = hy_model.attention
+    seam, joint_seam = hy_model.attention, hy_model.joint_attention
 
     def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw: Any) -> Any:
-        rep = kw.get("replicated")
-        masks = (kw.get("attn_mask"), kw.get("replicated_mask"))
-        shapes = (tuple(q.shape), tuple(k.shape), tuple(rep[1].shape) if rep is not None else None)
-        calls.append((*shapes, masks, kw["allow"], kw.get("sequence_parallel", False)))
+        calls.append((tuple(q.shape), tuple(k.shape), None, kw.get("attn_mask"), kw["allow"], "attention"))
         return seam(q, k, v, **kw)
 
+    def joint_spy(*qkv: torch.Tensor, **kw: Any) -> Any:
+        calls.append(
+            (tuple(qkv[0].shape), tuple(qkv[1].shape), tuple(qkv[4].shape), kw.get("txt_mask"), "", "joint")
+        )
+        return joint_seam(*qkv, **kw)
+
     monkeypatch.setattr(hy_model, "attention", spy)
+    monkeypatch.setattr(hy_model, "joint_attention", joint_spy)
     x, t, text, mask, pooled, g = make_inputs(ref.config, lengths=(5,), text_len=12)
     with torch.no_grad():
         padded = model(x, t, text, mask, pooled, g)
@@ -126,8 +130,8 @@ def test_padded_text_runs_unmasked_on_the_valid_tokens_only(
     assert torch.equal(padded, unpadded)
     lv, heads = 3 * 4 * 4, (2, 16)
     cfg = ref.config
-    refiner = [((1, 5, *heads), (1, 5, *heads), None, (None, None), DENSE, False)] * cfg.num_refiner_layers
-    joint = [((1, lv, *heads), (1, lv, *heads), (1, 5, *heads), (None, None), ALL, True)]
+    refiner = [((1, 5, *heads), (1, 5, *heads), None, None, DENSE, "attention")] * cfg.num_refiner_layers
+    joint = [((1, lv, *heads), (1, lv, *heads), (1, 5, *heads), None, "", "joint")]
     assert calls == (refiner + joint * (cfg.num_layers + cfg.num_single_layers)) * 2
 
 
@@ -136,13 +140,13 @@ def test_sequence_parallel_plan_names_the_video_token_arguments(tiny_checkpoint:
     folder, ref = tiny_checkpoint()
     model = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)
     plan = model.sequence_parallel_plan
-    blocks = [b for name in plan["blocks"] for b in getattr(model, name)]
+    blocks = [b for name in plan.blocks for b in getattr(model, name)]
     assert len(blocks) == ref.config.num_layers + ref.config.num_single_layers
     seen = []
 
     def check(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        seen.append({i: args[i].shape[d] for i, d in plan["token_args"].items()})
-        assert {i: output[i].shape[d] for i, d in plan["output"].items()} == {0: 48}
+        seen.append({name: args[i].shape[d] for name, (i, d) in plan.resolve(module).items()})
+        assert {i: output[i].shape[d] for i, d in plan.output.items()} == {0: 48}
         assert args[1].shape[1] == 5  # text tokens: whole, not in the plan
 
     handles = [b.register_forward_hook(check) for b in blocks]
@@ -150,7 +154,7 @@ def test_sequence_parallel_plan_names_the_video_token_arguments(tiny_checkpoint:
         model(*make_inputs(ref.config, lengths=(5,)))
     for h in handles:
         h.remove()
-    assert seen == [{0: 48, 3: 48, 4: 48}] * len(blocks)
+    assert seen == [{"x": 48, "cos": 48, "sin": 48}] * len(blocks)
 
 
 def test_unequal_lengths_mask_padded_keys_like_diffusers(tiny_checkpoint: Callable) -> None:
