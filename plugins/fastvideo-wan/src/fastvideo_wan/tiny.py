@@ -44,26 +44,30 @@ def _randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
 VARIANTS = ("t2v", "moe", "i2v", "ti2v")
 
 
-def _tiny_dit(seed: int, randomize: bool, **overrides: Any) -> Any:
+#: The tiny Wan DiT (diffusers' ``WanTransformer3DModel`` kwargs): 2 blocks of 2 heads x 16, used by
+#: the tests, the benchmarks' ``--tiny`` runs and :func:`make_tiny_wan`.
+TINY_DIT: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+)
+
+
+def tiny_dit(seed: int = 0, randomize: bool = True, **overrides: Any) -> Any:
+    """diffusers' ``WanTransformer3DModel`` at :data:`TINY_DIT` size (fp32, eval mode)."""
     from diffusers import WanTransformer3DModel
 
-    cfg: dict[str, Any] = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    cfg.update(overrides)
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**cfg)
+    model = WanTransformer3DModel(**{**TINY_DIT, **overrides}).eval()
     if randomize:
         _randomize(model, seed)
     return model
@@ -115,7 +119,7 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
             latents_mean=[0.0] * 48,
             latents_std=[1.0] * 48,
         )
-        dit = _tiny_dit(seed, randomize, in_channels=48, out_channels=48)
+        dit = tiny_dit(seed, randomize, in_channels=48, out_channels=48)
         pipe: Any = WanPipeline(vae=vae, transformer=dit, expand_timesteps=True, **common)
     else:
         vae = AutoencoderKLWan(
@@ -140,19 +144,19 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
                 )
             ).eval()
             processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
-            dit = _tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
+            dit = tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
             pipe = WanImageToVideoPipeline(
                 vae=vae, transformer=dit, image_encoder=clip, image_processor=processor, **common
             )
         elif variant == "moe":
             pipe = WanPipeline(
                 vae=vae,
-                transformer=_tiny_dit(seed, randomize),
-                transformer_2=_tiny_dit(seed + 1, randomize),
+                transformer=tiny_dit(seed, randomize),
+                transformer_2=tiny_dit(seed + 1, randomize),
                 boundary_ratio=0.875,
                 **common,
             )
         else:
-            pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize), **common)
+            pipe = WanPipeline(vae=vae, transformer=tiny_dit(seed, randomize), **common)
     pipe.save_pretrained(str(path))
     return path
