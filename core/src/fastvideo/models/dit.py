@@ -55,8 +55,9 @@ class DiT(nn.Module):
     config_class: ClassVar[type]
     #: diffusers' class name in ``config.json`` (``_class_name``), and the reference of parity tests.
     diffusers_class: ClassVar[str]
-    #: diffusers state-dict names <-> ours (:class:`fastvideo.loader.mapping.NameMapping`).
-    name_mapping: ClassVar[NameMapping]
+    #: diffusers state-dict names <-> ours (:class:`fastvideo.loader.mapping.NameMapping`); None:
+    #: the checkpoint stores our own names (a model that has no diffusers counterpart).
+    name_mapping: ClassVar[NameMapping | None]
     #: ``ModuleList`` attributes holding the transformer blocks, in call order.
     block_lists: ClassVar[tuple[str, ...]] = ("blocks",)
     #: Module classes an FSDP strategy may wrap as units.
@@ -171,7 +172,7 @@ class DiT(nn.Module):
         """The safetensors of ``folder`` indexed by our names (headers only, through :attr:`name_mapping`)."""
         from fastvideo.loader.checkpoint import DiffusersCheckpoint
 
-        return DiffusersCheckpoint(folder, cls.name_mapping)
+        return DiffusersCheckpoint(folder, cls.name_mapping or _SameNames())  # type: ignore[arg-type]
 
     @classmethod
     def load_checkpoint(
@@ -208,3 +209,12 @@ class DiT(nn.Module):
         config = cls.read_config(folder)
         ckpt = cls.open_checkpoint(folder)
         return cls.load_checkpoint(cls.from_config(config), ckpt, dtype=dtype, device=device)
+
+
+class _SameNames:
+    """The name mapping of a checkpoint written with our own parameter names."""
+
+    def to_ours(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(state)
+
+    to_theirs = to_ours
