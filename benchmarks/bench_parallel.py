@@ -70,19 +70,9 @@ TARGETS = {2: 1.9, 4: 3.5}
 #: NCCL settings worth naming in a row when set (channels: SMs taken from attention; stream priority).
 NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "TORCH_NCCL_HIGH_PRIORITY")
 DEVICE: list[torch.device] = [torch.device("cpu")]  # this rank's device, set in main()
-#: --tiny: a small Wan-like DiT (and encoder / VAE) for a CPU smoke test over gloo.
-TINY_DIT = dict(
-    patch_size=[1, 2, 2],
-    num_attention_heads=4,
-    attention_head_dim=16,
-    in_channels=16,
-    out_channels=16,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=64,
-)
+#: --tiny: the tiny Wan DiT (fastvideo_wan.tiny.TINY_DIT) with 4 heads (and a small encoder / VAE), for
+#: a CPU smoke test over gloo.
+TINY_HEADS = dict(num_attention_heads=4, rope_max_seq_len=64)
 TINY_UMT5 = dict(
     d_model=32,
     d_kv=8,
@@ -158,9 +148,10 @@ def build_dit(args: argparse.Namespace, dtype: torch.dtype, device: torch.device
     """The DiT with random weights (the same on every rank); fp32 modules stay fp32, as when loaded."""
     from fastvideo_wan.configs import CONFIGS
     from fastvideo_wan.model import WanConfig, WanTransformer
+    from fastvideo_wan.tiny import TINY_DIT
 
     torch.manual_seed(0)
-    config = TINY_DIT if args.tiny else CONFIGS[args.config]
+    config = {**TINY_DIT, **TINY_HEADS} if args.tiny else CONFIGS[args.config]
     model = WanTransformer.from_config(WanConfig.from_diffusers_config(config), device=device)
     for name, p in model.named_parameters():
         if not model.is_fp32_param(name):

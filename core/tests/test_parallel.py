@@ -313,29 +313,10 @@ EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
 def _four_heads(path: Path) -> Path:
     """The tiny T2V checkpoint with a 4-head DiT (head dim 8), so that Ulysses can use 4 ranks."""
-    from diffusers import WanTransformer3DModel
-
-    from fastvideo_wan.tiny import make_tiny_wan
+    from fastvideo_wan.tiny import make_tiny_wan, tiny_dit
 
     make_tiny_wan(path, variant="t2v", seed=5)
-    torch.manual_seed(5)
-    dit = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=8,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=32,
-    )
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    dit.save_pretrained(path / "transformer")
+    tiny_dit(seed=5, num_attention_heads=4, attention_head_dim=8).save_pretrained(path / "transformer")
     return path
 
 
@@ -570,7 +551,7 @@ def test_plan_rejects_unknown_names_and_positions() -> None:
         read_plan(Typo())
 
     class Positional(_PlanModel):
-        sequence_parallel_plan = {"blocks": "first", "token_args": {0: 1}}  # type: ignore[assignment]
+        sequence_parallel_plan: ClassVar[Any] = {"blocks": "first", "token_args": {0: 1}}
 
     with pytest.raises(ValueError, match=r"numbers block arguments \(token_args=\{0: 1\}\); declare Seq"):
         read_plan(Positional())

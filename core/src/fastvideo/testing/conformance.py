@@ -73,6 +73,10 @@ def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if not k.startswith("_")}
 
 
+def _pop(state: dict[str, Any], name: str) -> None:
+    del state[name]
+
+
 class _ModuleStack:
     """Names of the modules whose forward is running, innermost last (forward hooks)."""
 
@@ -122,7 +126,13 @@ class DiTConformance:
     bad_inputs: ClassVar[Sequence[Any]] = ()
     #: a config.json change rejected on load, and the regex of the CheckpointError.
     bad_checkpoint_config: ClassVar[tuple[dict, str]] = ({}, "")
-    #: ``pytest.param(edit(state dict), error class, regex, id=...)`` on the tiny diffusers weights.
+    #: Edits of the tiny diffusers weights and the errors that must name the tensor: a name to drop,
+    #: a ``(name, shape)`` the config has no place for, and ``(name, wrong shape, the config's shape)``;
+    #: ``unmapped_example`` is added as the unmapped one. More: ``checkpoint_edits``.
+    missing_example: ClassVar[str] = ""
+    unexpected_example: ClassVar[tuple[str, tuple[int, ...]]] = ("", ())
+    mis_shaped_example: ClassVar[tuple[str, tuple[int, ...], tuple[int, ...]]] = ("", (), ())
+    #: ``pytest.param(edit(state dict), error class, regex, id=...)``: further edits.
     checkpoint_edits: ClassVar[Sequence[Any]] = ()
     #: ``max_shard_size`` that splits the tiny checkpoint into several files.
     shard_size: ClassVar[str] = "20KB"
@@ -150,11 +160,38 @@ class DiTConformance:
                 ("edit", "words"),
                 [*self._latent_cases(), *self.bad_inputs],
             ),
-            "test_state_dict_mismatch_names_the_tensor": (("edit", "error", "words"), self.checkpoint_edits),
+            "test_state_dict_mismatch_names_the_tensor": (
+                ("edit", "error", "words"),
+                [*self._checkpoint_cases(), *self.checkpoint_edits],
+            ),
         }
         if metafunc.function.__name__ in params:
             names, values = params[metafunc.function.__name__]
             metafunc.parametrize(names, list(values))
+
+    def _checkpoint_cases(self) -> list[Any]:
+        def put(name: str, shape: tuple[int, ...]) -> Callable[[dict], None]:
+            return lambda sd: sd.__setitem__(name, torch.zeros(shape))  # name, shape: this call's
+
+        cases = []
+        if self.missing_example:
+            name = self.missing_example
+            words = rf"missing 1 tensor.*{re.escape(name)}"
+            cases.append(
+                pytest.param(functools.partial(_pop, name=name), CheckpointError, words, id="missing")
+            )
+        if self.unexpected_example[0]:
+            name, shape = self.unexpected_example
+            words = rf"unexpected tensor.*{re.escape(name)} \({WEIGHTS_NAME}"
+            cases.append(pytest.param(put(name, shape), CheckpointError, words, id="unexpected"))
+        if self.unmapped_example:
+            name = self.unmapped_example
+            cases.append(pytest.param(put(name, (4, 4)), UnmappedKeysError, re.escape(name), id="unmapped"))
+        if self.mis_shaped_example[0]:
+            name, bad, want = self.mis_shaped_example
+            words = rf"{re.escape(name)} .*{re.escape(str(bad))}, the config needs {re.escape(str(want))}"
+            cases.append(pytest.param(put(name, bad), CheckpointError, words, id="shape-mismatch"))
+        return cases
 
     def _latent_cases(self) -> list[Any]:
         def odd_height(args: Inputs) -> Inputs:
