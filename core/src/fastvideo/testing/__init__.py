@@ -10,6 +10,8 @@
 * :func:`mean_ssim`: structural similarity of two uint8 videos (regression tests of generations).
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`rewrite_checkpoint`, :func:`assert_same_placeholders`: checkpoint-conversion test helpers.
+* :mod:`fastvideo.testing.conformance`: ``DiTConformance``, the tests every model family's DiT
+  passes against its diffusers reference (imported on its own: it needs torch and pytest).
 
 Importing this package does not import torch.
 """

@@ -115,8 +115,9 @@ class DiTConformance:
     low_precision_tolerance: ClassVar[float] = 3e-2
     #: parameters that must be among those kept in fp32 (beyond the comparison with diffusers).
     fp32_expected: ClassVar[tuple[str, ...]] = ()
-    #: (overrides, inputs) of the determinism / gradient check and of the metadata checks.
+    #: (overrides, inputs) of the determinism / gradient check and of the attention-call check.
     grad_case: ClassVar[tuple[dict, dict]] = ({}, {})
+    #: config overrides under which every declared module exists (e.g. the optional image layers).
     metadata_overrides: ClassVar[dict[str, Any]] = {}
     #: (overrides, inputs) under which every sequence-parallel argument has all the video tokens.
     sp_case: ClassVar[tuple[dict, dict]] = ({}, {})
@@ -338,6 +339,7 @@ class DiTConformance:
         assert_same_placeholders(self.model_class.name_mapping.rules)
 
     def test_mapping_renames_and_passes_values_through(self) -> None:
+        assert self.mapping_examples, f"{type(self).__name__}: declare mapping_examples {{their name: ours}}"
         mapping = self.model_class.name_mapping
         values = {theirs: object() for theirs in self.mapping_examples}
         out = mapping.to_ours(values)
@@ -346,6 +348,9 @@ class DiTConformance:
         assert mapping.to_theirs(out) == values
 
     def test_unmapped_names_are_all_listed(self) -> None:
+        assert self.mapping_examples and self.unmapped_example, (
+            f"{type(self).__name__}: declare mapping_examples and unmapped_example"
+        )
         mapping = self.model_class.name_mapping
         known = next(iter(self.mapping_examples))
         with pytest.raises(
