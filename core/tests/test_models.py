@@ -223,8 +223,10 @@ def test_latent_geometry_reads_wan_and_hunyuan_vae_configs() -> None:
 
 def test_device_and_default_dtypes() -> None:
     cfg = SimpleNamespace(device=None, dtype=None, text_encoder_dtype=None, vae_dtype=None)
-    assert pick_device(SimpleNamespace(device="cpu")) == torch.device("cpu")
-    assert pick_device(cfg).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device(SimpleNamespace(device="cpu")) == pick_device("cpu") == torch.device("cpu")
+    assert (
+        pick_device(cfg) == pick_device(None) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     assert default_dtypes(cfg, torch.device("cpu")) == ("fp32", "fp32", "fp32")
     assert default_dtypes(cfg, torch.device("cuda")) == ("bf16", "bf16", "fp32")
     assert default_dtypes(cfg, torch.device("cuda"), text="fp16", vae="fp16") == ("bf16", "fp16", "fp16")

@@ -12,10 +12,11 @@ if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig, SamplingParams
 
 
-def pick_device(config: PipelineConfig) -> torch.device:
-    """``config.device``, else CUDA when available, else CPU."""
-    if config.device is not None:
-        return torch.device(config.device)
+def pick_device(config: PipelineConfig | str | torch.device | None = None) -> torch.device:
+    """The requested device (``config.device``, or the string itself), else CUDA when available, else CPU."""
+    requested = config if config is None or isinstance(config, (str, torch.device)) else config.device
+    if requested is not None:
+        return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
