@@ -249,3 +249,14 @@ def test_joint_attention_is_attention_over_video_then_text() -> None:
         out, out_txt = joint_attention(q, k, v, qt, kt, vt, txt_mask=mask)
     torch.testing.assert_close(out, ref[:, :6])
     torch.testing.assert_close(out_txt, ref[:, 6:])
+
+
+def test_model_source_reads_component_configs(tmp_path: Path) -> None:
+    from fastvideo.interfaces.model_family import ModelFamily, ModelSource
+
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"z_dim": 16}')
+    source = ModelSource(family=ModelFamily, path=tmp_path, model_index={})
+    assert source.read_json("vae/config.json") == {"z_dim": 16}
+    assert source.read_json("transformer/config.json") is None
+    assert ModelSource(family=ModelFamily, path=Path("."), model_index={}).read_json("vae/config.json") is None

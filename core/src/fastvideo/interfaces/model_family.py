@@ -75,6 +75,16 @@ class ModelSource:
     def class_name(self) -> str:
         return str(self.model_index.get("_class_name", ""))
 
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        """``path/rel`` parsed (a component's ``config.json``), or None where there is no such file
+        (or no local folder yet: a Hub repo not downloaded)."""
+        import json
+
+        if str(self.path) in ("", "."):
+            return None
+        path = self.path / rel
+        return json.loads(path.read_text()) if path.is_file() else None
+
 
 class ModelFamily(ABC):
     """A model family. Subclasses set the class attributes and implement :meth:`build_pipeline`.

@@ -5,7 +5,6 @@ This module is imported during plugin registration, so it must not import torch.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
@@ -36,10 +35,10 @@ class HunyuanFamily(ModelFamily):
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
-        vae_cfg = _read_json(source, "vae/config.json")
+        vae_cfg = source.read_json("vae/config.json")
         if vae_cfg is None:
             return cls.spatial_factor, cls.temporal_factor
-        dit_cfg = _read_json(source, "transformer/config.json") or {}
+        dit_cfg = source.read_json("transformer/config.json") or {}
         stride = int(vae_cfg.get("spatial_compression_ratio", 8))
         return stride * int(dit_cfg.get("patch_size", 2)), int(vae_cfg.get("temporal_compression_ratio", 4))
 
@@ -59,10 +58,3 @@ class HunyuanFamily(ModelFamily):
         from fastvideo_hunyuan.pipeline import build_hunyuan_pipeline
 
         return build_hunyuan_pipeline(cls, source, config)
-
-
-def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
-    path = source.path / rel if str(source.path) not in ("", ".") else None
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text())

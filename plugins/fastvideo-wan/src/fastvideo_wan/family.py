@@ -5,7 +5,6 @@ This module is imported during plugin registration, so it must not import torch.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,10 +36,8 @@ class WanFamily(ModelFamily):
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
-        vae_cfg = _read_json(source, "vae/config.json")
-        dit_cfg = _read_json(source, "transformer/config.json") or _read_json(
-            source, "transformer_2/config.json"
-        )
+        vae_cfg = source.read_json("vae/config.json")
+        dit_cfg = source.read_json("transformer/config.json") or source.read_json("transformer_2/config.json")
         if vae_cfg is not None:
             stride = int(vae_cfg.get("scale_factor_spatial") or (16 if vae_cfg.get("z_dim") == 48 else 8))
             patch = int((dit_cfg or {}).get("patch_size", [1, 2, 2])[1])
@@ -111,7 +108,7 @@ class WanFamily(ModelFamily):
                 f"training supports Wan text-to-video checkpoints; this one is {workload} (image conditioning "
                 "in training is not implemented yet)"
             )
-        scheduler = _read_json(source, "scheduler/scheduler_config.json") or {}
+        scheduler = source.read_json("scheduler/scheduler_config.json") or {}
         shift = scheduler.get("flow_shift") or scheduler.get("shift") or 1.0
         if source.preset is not None and source.preset.sampling.get("flow_shift"):
             shift = source.preset.sampling["flow_shift"]
@@ -189,10 +186,3 @@ def _workload(source: ModelSource) -> str:
             return "ti2v"
         return "t2v"
     return source.preset.workload if source.preset else "t2v"
-
-
-def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
-    path = source.path / rel if str(source.path) not in ("", ".") else None
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text())
