@@ -405,7 +405,7 @@ class HunyuanTransformer(DiT):
             encoder_hidden_states.to(self.dtype), encoder_attention_mask
         )
         txt = self.text_refiner(text, timestep, refiner_mask)  # (B, Lt', D)
-        for block in (*self.double_blocks, *self.single_blocks):
+        for block in self.blocks_in_order():
             x, txt = block(x, txt, cond, cos, sin, text_mask)  # (B, Lv, D), (B, Lt', D)
         x = self.head(x, cond)  # (B, Lv, pt*p*p*C_out)
         return unpatchify(x, grid, self.patch())  # (B, C_out, T, H, W)
