@@ -100,11 +100,7 @@ def test_joint_attention_layers_are_the_sparse_ones_and_text_stays_whole(tiny_ch
     """The declared sparse layers are the joint attentions; every block gets the 5 prompt tokens whole."""
     folder, ref = tiny_checkpoint()
     model = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)
-    joint = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, (hy_model.HunyuanDoubleAttention, hy_model.HunyuanSingleAttention))
-    ]
+    joint = [n for n, m in model.named_modules() if isinstance(m, hy_model.HunyuanJointAttention)]
     assert joint == [f"{b}.{i}.attn" for b in ("double_blocks", "single_blocks") for i in range(2)]
     assert HunyuanTransformer.sparse_attention_layers == ("double_blocks.*.attn", "single_blocks.*.attn")
     text_tokens = []

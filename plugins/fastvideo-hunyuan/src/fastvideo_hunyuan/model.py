@@ -118,15 +118,6 @@ def heads_qkv(
     return q, k, proj[2](x).unflatten(-1, heads)
 
 
-def joint(
-    video: tuple[torch.Tensor, ...], text: tuple[torch.Tensor, ...], text_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint attention over video and text q, k, v (text as the seam's replicated tokens, so sequence
-    parallelism shards only the video): ``(B, Lv, H*Dh)``, ``(B, Lt, H*Dh)``."""
-    out, text_out = joint_attention(*video, *text, txt_mask=text_mask)
-    return out.flatten(2), text_out.flatten(2)
-
-
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
@@ -189,17 +180,29 @@ class HunyuanTextRefiner(nn.Module):
         return x
 
 
-class HunyuanDoubleAttention(nn.Module):
-    """Joint attention of a dual-stream block: video and text tokens with their own projections and
-    per-head RMSNorms, RoPE on video tokens only, one attention over both."""
+class HunyuanJointAttention(nn.Module):
+    """Joint attention of video and text tokens: q/k/v projections with per-head RMSNorms, RoPE on
+    the video tokens only, one attention over both (the text as the seam's replicated tokens, so
+    sequence parallelism shards only the video).
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
+    ``dual`` (dual-stream blocks): the text has its own projections and norms, and each stream its
+    output projection. Otherwise (single-stream blocks) the text shares the video's weights and there
+    is no output projection: the block's ``out`` layer maps attention and MLP together.
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, *, dual: bool) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
+        self.num_heads, self.dual = num_heads, dual
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        if dual:
+            self.o = nn.Linear(dim, dim)
+            self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
-        self.text_norm_q, self.text_norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+        if dual:
+            self.text_norm_q, self.text_norm_k = (
+                nn.RMSNorm(head_dim, eps=1e-6),
+                nn.RMSNorm(head_dim, eps=1e-6),
+            )
 
     def forward(
         self,
@@ -209,12 +212,15 @@ class HunyuanDoubleAttention(nn.Module):
         sin: torch.Tensor,
         text_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated
-        video = heads_qkv(h, (self.q, self.k, self.v), (self.norm_q, self.norm_k), self.num_heads, (cos, sin))
-        text_proj, text_norms = (self.text_q, self.text_k, self.text_v), (self.text_norm_q, self.text_norm_k)
-        text = heads_qkv(ht, text_proj, text_norms, self.num_heads)  # 3 x (B, Lt, H, Dh)
-        out, text_out = joint(video, text, text_mask)  # (B, Lv, D), (B, Lt, D)
-        return self.o(out), self.text_o(text_out)
+        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated; text_mask (B, Lt) or None
+        proj, norms = (self.q, self.k, self.v), (self.norm_q, self.norm_k)
+        video = heads_qkv(h, proj, norms, self.num_heads, (cos, sin))  # 3 x (B, Lv, H, Dh)
+        if self.dual:
+            proj, norms = (self.text_q, self.text_k, self.text_v), (self.text_norm_q, self.text_norm_k)
+        text = heads_qkv(ht, proj, norms, self.num_heads)  # 3 x (B, Lt, H, Dh)
+        out, text_out = joint_attention(*video, *text, txt_mask=text_mask)
+        out, text_out = out.flatten(2), text_out.flatten(2)  # (B, Lv, D), (B, Lt, D)
+        return (self.o(out), self.text_o(text_out)) if self.dual else (out, text_out)
 
 
 class HunyuanDoubleBlock(nn.Module):
@@ -226,7 +232,7 @@ class HunyuanDoubleBlock(nn.Module):
         dim = cfg.dim
         self.video_mod = nn.Linear(dim, 6 * dim)  # silu(cond) -> (shift, scale, gate) x (attn, mlp)
         self.text_mod = nn.Linear(dim, 6 * dim)
-        self.attn = HunyuanDoubleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.attn = HunyuanJointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, dual=True)
         self.video_mlp = MLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
         self.text_mlp = MLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
 
@@ -253,31 +259,6 @@ class HunyuanDoubleBlock(nn.Module):
         return x, txt
 
 
-class HunyuanSingleAttention(nn.Module):
-    """q/k/v projections with per-head RMSNorm of a single-stream block, shared by video and text
-    tokens (no output projection: the block's ``out`` layer maps attention and MLP together)."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
-        self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        ht: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        text_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated: the same weights for both
-        proj, norms = (self.q, self.k, self.v), (self.norm_q, self.norm_k)
-        video = heads_qkv(h, proj, norms, self.num_heads, (cos, sin))  # 3 x (B, Lv, H, Dh)
-        text = heads_qkv(ht, proj, norms, self.num_heads)  # 3 x (B, Lt, H, Dh)
-        return joint(video, text, text_mask)  # (B, Lv, D), (B, Lt, D)
-
-
 class HunyuanSingleBlock(nn.Module):
     """Single-stream block: video and text tokens share all weights; attention and a GELU MLP are
     computed in parallel from one adaLN-modulated input and mapped back by one linear layer."""
@@ -286,7 +267,7 @@ class HunyuanSingleBlock(nn.Module):
         super().__init__()
         dim = cfg.dim
         self.mod = nn.Linear(dim, 3 * dim)  # silu(cond) -> (shift, scale, gate)
-        self.attn = HunyuanSingleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.attn = HunyuanJointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, dual=False)
         self.mlp_in = nn.Linear(dim, cfg.mlp_dim)
         self.out = nn.Linear(dim + cfg.mlp_dim, dim)
 
