@@ -42,7 +42,7 @@ communication. Joint-attention models pass their text tokens as ``replicated=(q,
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
