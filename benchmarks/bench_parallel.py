@@ -70,22 +70,9 @@ TARGETS = {2: 1.9, 4: 3.5}
 #: NCCL settings worth naming in a row when set (channels: SMs taken from attention; stream priority).
 NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "TORCH_NCCL_HIGH_PRIORITY")
 DEVICE: list[torch.device] = [torch.device("cpu")]  # this rank's device, set in main()
-#: --tiny: the tiny Wan DiT (fastvideo_wan.tiny.TINY_DIT) with 4 heads (and a small encoder / VAE), for
-#: a CPU smoke test over gloo.
+#: --tiny: the tiny Wan DiT, umT5 and VAE of fastvideo_wan.tiny, the DiT with 4 heads, for a CPU smoke
+#: test over gloo.
 TINY_HEADS = dict(num_attention_heads=4, rope_max_seq_len=64)
-TINY_UMT5 = dict(
-    d_model=32,
-    d_kv=8,
-    d_ff=64,
-    num_layers=2,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    feed_forward_proj="gated-gelu",
-    vocab_size=128,
-)
-TINY_VAE = dict(
-    base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
-)
 
 
 def rank0_print(*args: Any) -> None:
@@ -401,13 +388,14 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> Any:
     )
     from fastvideo_wan.pipeline import WanDenoisingStage, wan_latents
     from fastvideo_wan.presets import NEGATIVE_PROMPT
-    from fastvideo_wan.tiny import tiny_tokenizer
+    from fastvideo_wan.tiny import TINY_UMT5, TINY_VAE, tiny_tokenizer
 
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit = build_dit(args, low, device)
     torch.manual_seed(1)
     with torch.device(device):
-        encoder = UMT5EncoderModel(UMT5Config(**(TINY_UMT5 if args.tiny else UMT5_XXL))).to(low).eval()
+        umt5 = {**TINY_UMT5, "vocab_size": 128} if args.tiny else UMT5_XXL
+        encoder = UMT5EncoderModel(UMT5Config(**umt5)).to(low).eval()
         vae = AutoencoderKLWan(
             **(TINY_VAE if args.tiny else {})
         ).eval()  # the Wan2.1 VAE's architecture, fp32

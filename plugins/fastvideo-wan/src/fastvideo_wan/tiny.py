@@ -62,6 +62,22 @@ TINY_DIT: dict[str, Any] = dict(
 )
 
 
+#: The tiny umT5 text encoder (``UMT5Config`` kwargs, vocabulary size aside) and Wan2.1 VAE
+#: (``AutoencoderKLWan`` kwargs) of :func:`make_tiny_wan`.
+TINY_UMT5: dict[str, Any] = dict(
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    feed_forward_proj="gated-gelu",
+)
+TINY_VAE: dict[str, Any] = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
+
+
 def tiny_dit(seed: int = 0, randomize: bool = True, **overrides: Any) -> Any:
     """diffusers' ``WanTransformer3DModel`` at :data:`TINY_DIT` size (fp32, eval mode)."""
     from diffusers import WanTransformer3DModel
@@ -88,18 +104,7 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
     path = Path(path)
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-        )
-    ).eval()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_UMT5)).eval()
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -122,13 +127,7 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
         dit = tiny_dit(seed, randomize, in_channels=48, out_channels=48)
         pipe: Any = WanPipeline(vae=vae, transformer=dit, expand_timesteps=True, **common)
     else:
-        vae = AutoencoderKLWan(
-            base_dim=8,
-            z_dim=16,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )
+        vae = AutoencoderKLWan(**TINY_VAE)
         if variant == "i2v":
             from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
