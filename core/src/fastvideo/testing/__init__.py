@@ -6,7 +6,7 @@
   from whatever else is installed.
 * :class:`DummyDist`, :func:`install_dists`, :func:`plugin_env`, :func:`run_fv`,
   :func:`run_python`: build and pip-install real plugin distributions and run ``fv`` against
-  them in a subprocess.
+  them in a subprocess; :func:`fv_generate` runs ``fv generate`` and reads the video back.
 * :func:`mean_ssim`: structural similarity of two uint8 videos (regression tests of generations).
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`rewrite_checkpoint`, :func:`assert_same_placeholders`: checkpoint-conversion test helpers.
@@ -20,6 +20,7 @@ from fastvideo.testing.checkpoints import assert_same_placeholders, rewrite_chec
 from fastvideo.testing.dists import (
     DummyDist,
     fv_command,
+    fv_generate,
     install_dists,
     plugin_env,
     run_fv,
@@ -38,6 +39,7 @@ __all__ = [
     "assert_same_placeholders",
     "fake_plugins",
     "fv_command",
+    "fv_generate",
     "install_dists",
     "mean_ssim",
     "plugin_env",
