@@ -38,6 +38,8 @@ CORE_REQUIREMENT = "fastvideo-core>=0.1,<0.2"
 TEMPLATE_SUFFIX = ".tmpl"
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _RESERVED = ("core",)  # fastvideo-core is the core's distribution
+# a family plugin adds `fv NAME ...`: NAME must not be one of fv's own commands
+_COMMANDS = ("generate", "plugins", "models", "doctor", "train", "preprocess")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +144,10 @@ def create_plugin(name: str, kind: str = "family", output: str | Path = ".", *, 
         without ``force``).
     """
     names = check_name(name)
+    if kind == "family" and name in _COMMANDS:
+        raise ValueError(
+            f"a family plugin adds the command `fv {name}`, which is fastvideo's own; pick another name"
+        )
     files = render(check_kind(kind), names)
     parent = Path(output).expanduser()
     if parent.exists() and not parent.is_dir():
