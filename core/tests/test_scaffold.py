@@ -29,27 +29,29 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def _pip_install(project: Path, site: Path) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--no-deps",
-        "--no-build-isolation",
-        "--no-index",
-    ]
-    cmd += ["--disable-pip-version-check", "--target", str(site), str(project)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+def _venv(root: Path) -> Path:
+    """A fresh venv whose interpreter also sees this environment's packages; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, timeout=300)
+    python = root / "bin" / "python"
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout
+    parents = [p for p in sys.path if p.endswith("site-packages")]
+    (Path(out.strip()) / "_fastvideo_test_parent.pth").write_text("\n".join(parents) + "\n")
+    return python
+
+
+def _pip_install(project: Path, *, target: Path | None = None, python: str | Path = sys.executable) -> None:
+    """Build and install ``project`` offline (into ``target`` when given, else ``python``'s environment)."""
+    cmd = [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    cmd += ["--no-index", "--disable-pip-version-check", *(["--target", str(target)] if target else [])]
+    proc = subprocess.run([*cmd, str(project)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"pip install of {project.name} failed:\n{proc.stdout}\n{proc.stderr}"
-    return site
 
 
-def _run_generated_tests(project: Path, *paths: Path) -> None:
+def _run_generated_tests(project: Path, *paths: Path, python: str | Path = sys.executable) -> None:
     """``python -m pytest tests`` in the generated project, with ``paths`` first on PYTHONPATH."""
     env = plugin_env(*paths, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
+    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, (
         f"the generated tests of {project.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr}"
@@ -201,18 +203,28 @@ def test_cli_writes_and_refuses_with_one_line(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the packages work
 
 
-def test_attention_package_installs_registers_and_passes_its_tests(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_attention_package_installs_in_a_venv_registers_and_passes_its_tests(tmp_path: Path) -> None:
+    """A real ``pip install`` into a fresh venv (offline: fastvideo-core and its dependencies are this
+    environment's, made visible to the venv by a ``.pth`` file)."""
     project = scaffold.create_plugin("my-attn", "attention", tmp_path / "src")
-    site = _pip_install(project, tmp_path / "site")
-    assert (site / "fastvideo_my_attn" / "backend.py").is_file()
-    env = plugin_env(site)
-    listed = run_fv(["plugins", "list", "--json"], env=env)
+    python = _venv(tmp_path / "venv")
+    _pip_install(project, python=python)
+    env = plugin_env()
+    code = "import fastvideo_my_attn.backend as b; print(b.__file__)"
+    where = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert str(tmp_path / "venv") in where.stdout  # imported from the venv, not from the project
+    listed = subprocess.run(
+        [python, "-m", "fastvideo.cli", "plugins", "list", "--json"], env=env, capture_output=True, text=True
+    )
     assert listed.returncode == 0, listed.stderr
     (row,) = [r for r in json.loads(listed.stdout) if r["distribution"] == "fastvideo-my-attn"]
     assert row["broken"] is None and row["registers"] == {"attention_backend": ["my-attn"]}
-    flag = run_fv(["generate", "--help"], env=env)
-    assert "--my-attn-softcap" in flag.stdout  # the backend's option became a flag
-    _run_generated_tests(project, site)
+    flags = subprocess.run(
+        [python, "-m", "fastvideo.cli", "generate", "--help"], env=env, capture_output=True, text=True
+    )
+    assert "--my-attn-softcap" in flags.stdout  # the backend's option became a flag
+    _run_generated_tests(project, python=python)
 
 
 @pytest.mark.slow
@@ -226,7 +238,8 @@ def test_family_package_installs_passes_its_tests_and_generates(tmp_path: Path) 
     import imageio.v3 as iio
 
     project = scaffold.create_plugin("my-model", "family", tmp_path / "src")
-    site = _pip_install(project, tmp_path / "site")
+    site = tmp_path / "site"
+    _pip_install(project, target=site)
     _run_generated_tests(project, site)
 
     env = plugin_env(site, HF_HUB_OFFLINE="1", XDG_CACHE_HOME=str(tmp_path / "cache"), FASTVIDEO_DEBUG=None)
