@@ -126,9 +126,14 @@ def test_bad_names_are_refused(name: str, match: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_family_names_must_not_shadow_fv_commands(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="`fv generate`, which is fastvideo's own"):
+def test_names_taken_by_fastvideo_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="would add the command `fv generate`, which is fastvideo's own"):
         scaffold.create_plugin("generate", "family", tmp_path)
+    with pytest.raises(ValueError, match="the attention backend 'sdpa', which is built into fastvideo"):
+        scaffold.create_plugin("sdpa", "attention", tmp_path)
+    with pytest.raises(ValueError, match="the training algorithm 'lora', which is built into fastvideo"):
+        scaffold.create_plugin("lora", "training", tmp_path)
+    assert list(tmp_path.iterdir()) == []
     assert scaffold.create_plugin("generate", "attention", tmp_path).is_dir()  # adds no command
 
 
@@ -257,3 +262,22 @@ def test_family_package_installs_passes_its_tests_and_generates(tmp_path: Path) 
     assert (summary["frames"], summary["height"], summary["width"]) == (9, 32, 32)
     frames = iio.imread(out)
     assert frames.shape == (9, 32, 32, 3) and frames.std() > 0
+
+
+@pytest.mark.slow
+def test_templates_ship_in_the_core_wheel(tmp_path: Path) -> None:
+    import shutil
+    import zipfile
+
+    core = Path(scaffold.__file__).resolve().parents[2]  # core/src/fastvideo/scaffold.py -> core
+    copy = tmp_path / "core"  # build a copy: setuptools writes build/ and egg-info folders
+    shutil.copytree(core, copy, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run(
+        [*cmd, "-w", str(tmp_path / "dist"), str(copy)], check=True, capture_output=True, timeout=300
+    )
+    (wheel,) = (tmp_path / "dist").glob("fastvideo_core-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("fastvideo/templates/")}
+    source = core / "src"
+    want = {str(p.relative_to(source)) for p in (source / "fastvideo" / "templates").rglob("*.tmpl")}
+    assert shipped == want and len(want) > 10

@@ -440,7 +440,9 @@ def plugins_new(
         str, typer.Option(help="What the plugin adds: family, attention or training.")
     ] = "family",
     output: Annotated[Path, typer.Option(help="Folder to create fastvideo-NAME in.")] = Path("."),
-    force: Annotated[bool, typer.Option(help="Replace an existing non-empty fastvideo-NAME folder.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing non-empty fastvideo-NAME folder.")
+    ] = False,
 ) -> None:
     """Write a new plugin package (pyproject, README, hooks, a working module and its tests)."""
     from fastvideo import scaffold

@@ -38,8 +38,18 @@ CORE_REQUIREMENT = "fastvideo-core>=0.1,<0.2"
 TEMPLATE_SUFFIX = ".tmpl"
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _RESERVED = ("core",)  # fastvideo-core is the core's distribution
-# a family plugin adds `fv NAME ...`: NAME must not be one of fv's own commands
-_COMMANDS = ("generate", "plugins", "models", "doctor", "train", "preprocess")
+# a family plugin adds `fv NAME ...`: NAME must not be one of fv's own commands; the other kinds
+# register NAME, which must not be a built-in's (the registry would reject the duplicate)
+_TAKEN = {
+    "family": ("generate", "plugins", "models", "doctor", "train", "preprocess"),
+    "attention": ("sdpa", "flash-attn"),
+    "training": ("finetune", "lora", "vae"),
+}
+_TAKEN_WHAT = {
+    "family": "the command `fv {name}`, which is fastvideo's own",
+    "attention": "the attention backend {name!r}, which is built into fastvideo",
+    "training": "the training algorithm {name!r}, which is built into fastvideo",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,11 +154,10 @@ def create_plugin(name: str, kind: str = "family", output: str | Path = ".", *, 
         without ``force``).
     """
     names = check_name(name)
-    if kind == "family" and name in _COMMANDS:
-        raise ValueError(
-            f"a family plugin adds the command `fv {name}`, which is fastvideo's own; pick another name"
-        )
-    files = render(check_kind(kind), names)
+    if name in _TAKEN.get(check_kind(kind), ()):
+        taken = _TAKEN_WHAT[kind].format(name=name)
+        raise ValueError(f"a {kind} plugin named {name!r} would add {taken}; pick another name")
+    files = render(kind, names)
     parent = Path(output).expanduser()
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"--output {parent} is a file; expected a folder to create {names.dist} in")
