@@ -28,8 +28,7 @@ LORA_TARGET_MODULES: tuple[str, ...] = (
     "blocks.*.cross_attn.q",
     "blocks.*.cross_attn.kv",
     "blocks.*.cross_attn.proj",
-    "blocks.*.ffn.0",
-    "blocks.*.ffn.2",
+    "blocks.*.ffn.*",  # both Linear layers of the feed-forward (LoRA matches Linear layers only)
 )
 
 
