@@ -2,14 +2,21 @@
 
 Two process groups are spawned once each (2 and 4 ranks, :func:`fastvideo.parallel.testing.run_ranks`)
 and run every case in turn through the public API (``VideoGenerator.from_pretrained(..., num_gpus=N,
-...)``); the references are computed in this process, without any parallelism. The video has
-9 frames of 48x80: 3 x 3 x 5 = 45 tokens, a multiple of neither 2 nor 4, so the padding paths run.
-The VAE decodes in 15 small tiles, so the parallel decode splits them unevenly over the ranks.
+...)``); the references are computed in this process, without any parallelism. The model is the
+example plugin's (its own DiT, diffusers' Wan VAE, UMT5). The video has 9 frames of 48x80:
+3 x 3 x 5 = 45 tokens, a multiple of neither 2 nor 4, so the padding paths run.
+
+The example DiT does not declare sequence parallelism itself (yet): :func:`sequence_parallel_example`
+opts it in from outside, as a model file would. The VAE splitting of the parallel decode is per VAE
+class: Wan's splitter, and whole pipelines of Wan checkpoints (T2V, TI2V) over ranks, are tested in
+fastvideo-wan's tests (test_parallel_pipeline.py, test_vae_split.py); the real ``vsa`` backend under
+Ulysses in fastvideo-vsa's.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,12 +26,11 @@ import torch
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
+from fastvideo.interfaces.attention import AttentionBackend, LayerModule
 from fastvideo.parallel.plan import SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
-from fastvideo.testing import assert_close
-
-if not torch.cuda.is_available():  # the vsa backend's Triton kernels in Triton's CPU interpreter
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from fastvideo.testing import assert_close, fake_plugins, plugin_module
+from fastvideo_example import plugin as example_plugin
 
 PROMPT, NEGATIVE = "a red circle moving left on a black background", "blue square"
 FRAMES, HEIGHT, WIDTH, STEPS = 9, 48, 80, 2
@@ -43,7 +49,6 @@ CASES_2: dict[str, tuple[str, dict[str, Any]]] = {
     "cfg": ("heads2", {"cfg_parallel": True}),
     "cfg-fsdp": ("heads2", {"cfg_parallel": True, "fsdp": True}),
     "tp-ulysses": ("heads2", {"tp_size": 2}),
-    "ti2v-ulysses": ("ti2v", {"sp_size": 2}),
 }
 CASES_4: dict[str, tuple[str, dict[str, Any]]] = {
     "ulysses": ("heads4", {"sp_size": 4}),
@@ -56,6 +61,49 @@ CASES_4: dict[str, tuple[str, dict[str, Any]]] = {
         {"tp_size": 4, "sp_size": 2, "ring_size": 2, "fsdp": True, "hsdp_shard_size": 2},
     ),
 }
+
+
+# ---------------------------------------------------------------- the model and backend under test
+
+
+@contextmanager
+def sequence_parallel_example() -> Iterator[None]:
+    """The example plugin and the test's frame-local backend registered (the example DiT declares its
+    sequence-parallel plan and attends among sharded tokens in self-attention)."""
+    backends = plugin_module("frame-local", fv_register_attention_backends=lambda: [FrameLocal])
+    with fake_plugins(example_plugin, backends):
+        yield
+
+
+def _extra_projection(layer: nn.Module) -> nn.Module:
+    dim = layer.qkv.in_features
+    return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
+
+
+class FrameLocal(AttentionBackend):
+    """A sparse backend that needs the whole token grid, as block-sparse ones (vsa) do: each query
+    attends only to the keys of its own latent frame (``step.grid``), plus a per-layer module's
+    output (like vsa's gate), which must travel with q, k, v."""
+
+    name = "frame-local"
+    sparse = True
+    priority = -100
+    layer_modules = (LayerModule(name="extra", build=_extra_projection),)
+
+    def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
+        return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
+
+    def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        assert step is not None and step.grid is not None, "frame-local needs the token grid"
+        t, h, w = step.grid
+        if q.shape[1] != t * h * w:
+            raise AssertionError(f"frame-local got {q.shape[1]} tokens, not the whole grid {step.grid}")
+        frame = torch.arange(t * h * w, device=q.device) // (h * w)
+        mask = frame[:, None] == frame[None, :]  # (L, L)
+        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), mask, scale=scale)
+        return out.transpose(1, 2) + (extra if extra is not None else 0)
 
 
 # ---------------------------------------------------------------- what every rank runs
@@ -73,12 +121,8 @@ def generate(
     expected = (["cfg-parallel"] if parallel.get("cfg_parallel") else []) + ["parallel-vae"]
     assert gen.pipeline.transforms == (expected if parallel else [])  # applied on every rank
     vae = gen.pipeline.components["vae"]
-    if parallel:  # the tiles are split over the ranks by the VAE class's splitter (fastvideo-wan's)
-        from fastvideo.parallel.vae import splitter_for
-
-        assert splitter_for(vae) is not None
-    tiles = TILES if vae.config.patch_size is None else {k: 2 * v for k, v in TILES.items()}
-    vae.enable_tiling(**tiles)
+    # no VAE splitter is registered here (Wan's is fastvideo-wan's): each rank decodes all the tiles
+    vae.enable_tiling(**TILES)
     result = gen.generate_video(
         PROMPT,
         negative_prompt=NEGATIVE,
@@ -149,22 +193,16 @@ def joint(**parallel: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return out
 
 
-def tiny_wan(heads: int = 2, head_dim: int | None = None, **parallel: Any) -> tuple[Any, Any]:
-    """A tiny random Wan DiT (ours, width 32 unless ``head_dim`` says otherwise), with sequence
+def tiny_dit(heads: int = 2, head_dim: int | None = None, **parallel: Any) -> tuple[Any, Any]:
+    """A tiny random example DiT (width 32 unless ``head_dim`` says otherwise), with sequence
     parallelism (and FSDP) when ``parallel`` has options."""
-    from fastvideo_wan.model import WanConfig, WanTransformer
+    from fastvideo_example.model import ExampleConfig, ExampleTransformer
 
-    torch.manual_seed(0)
-    cfg = WanConfig(
-        num_attention_heads=heads,
-        attention_head_dim=head_dim or 32 // heads,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=32,
+    cfg = ExampleConfig(
+        num_heads=heads, head_dim=head_dim or 32 // heads, text_dim=32, ffn_dim=64, num_layers=2
     )
-    model = WanTransformer.from_config(cfg, device="cpu")
+    model = ExampleTransformer(cfg)
+    model.init_weights(seed=0, std=0.2)
     state = None
     if parallel:
         from fastvideo.configs import ParallelConfig
@@ -174,25 +212,25 @@ def tiny_wan(heads: int = 2, head_dim: int | None = None, **parallel: Any) -> tu
     return model, state
 
 
-def _wan_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _dit_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
     x, text = torch.randn(1, 16, 3, 6, 10, generator=gen), torch.randn(1, 7, 32, generator=gen)
     return x, torch.tensor([300.0]), text  # 3 x 3 x 5 = 45 tokens
 
 
 def training_grads(**parallel: Any) -> dict[str, torch.Tensor]:
-    """Loss and gradients of one training step of a tiny Wan DiT (FSDP + Ulysses when ``parallel``)."""
+    """Loss and gradients of one training step of a tiny DiT (FSDP + Ulysses when ``parallel``)."""
     from fastvideo.parallel.fsdp import shard_model
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
-    model, state = tiny_wan(heads=4, **parallel)  # 2 heads per rank: two overlapped Ulysses groups
+    model, state = tiny_dit(heads=4, **parallel)  # 2 heads per rank: two overlapped Ulysses groups
     if state is not None:
         SequenceSharding(model, state).apply(model)
         assert state.fsdp_mesh is not None
         shard_model(model, state.fsdp_mesh)
     with use_backend("sdpa"):
-        loss = model(*_wan_inputs()).square().mean()
+        loss = model(*_dit_inputs()).square().mean()
         loss.backward()
     grads = {"loss": loss.detach()}
     for name, p in model.named_parameters():
@@ -202,42 +240,38 @@ def training_grads(**parallel: Any) -> dict[str, torch.Tensor]:
     return grads
 
 
-def vsa_forward(**parallel: Any) -> torch.Tensor:
-    """A DiT forward with the sparse ``vsa`` backend (gated, 50 % sparse); Ulysses when ``parallel``."""
+def sparse_forward(**parallel: Any) -> torch.Tensor:
+    """A DiT forward with the sparse ``frame-local`` backend and its layer module; Ulysses when ``parallel``."""
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
-    model, state = tiny_wan(heads=4, **parallel)
+    model, state = tiny_dit(heads=4, **parallel)
     from fastvideo.attention.layers import attach_layer_modules
 
-    attach_layer_modules(model, "vsa")  # the backend's gate projections, zeros
+    attach_layer_modules(model, "frame-local")  # the backend's projections, zeros
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for block in model.blocks:
-            block.self_attn.gate_compress.weight.copy_(torch.randn(32, 32, generator=gen) * 0.2)
+            block.self_attn.extra.weight.copy_(torch.randn(32, 32, generator=gen) * 0.2)
     if state is not None:
         SequenceSharding(model, state).apply(model)
-    with (
-        use_backend("vsa"),
-        step_context(StepContext(grid=(3, 3, 5), options={"vsa": {"sparsity": 0.5}})),
-        torch.no_grad(),
-    ):
-        out = model(*_wan_inputs())
+    with use_backend("frame-local"), step_context(StepContext(grid=(3, 3, 5))), torch.no_grad():
+        out = model(*_dit_inputs())
     teardown()
     return out
 
 
-def wan_forward(heads: int, groups: Any = None, exchange: str | None = None, **parallel: Any) -> torch.Tensor:
+def dit_forward(heads: int, groups: Any = None, exchange: str | None = None, **parallel: Any) -> torch.Tensor:
     """A DiT forward (``sdpa``); Ulysses with overlapped head ``groups`` when ``parallel``."""
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import teardown
 
-    model, state = tiny_wan(heads=heads, head_dim=8, **parallel)
+    model, state = tiny_dit(heads=heads, head_dim=8, **parallel)
     if state is not None:
         sharding = SequenceSharding(model, state, head_groups=groups, exchange=exchange)
         sharding.apply(model)
     with use_backend("sdpa"), torch.no_grad():
-        out = model(*_wan_inputs())
+        out = model(*_dit_inputs())
     teardown()
     return out
 
@@ -268,6 +302,11 @@ def llama_tp(tp: bool) -> torch.Tensor:
 
 def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dict[str, Any]:
     """Every case of the ``world``-rank suite, on this rank."""
+    with sequence_parallel_example():
+        return _suite(world, ckpts, names)
+
+
+def _suite(world: int, ckpts: dict[str, str], names: list[str]) -> dict[str, Any]:
     cases = CASES_2 if world == 2 else CASES_4
     out: dict[str, Any] = {}
     for name in names:
@@ -282,15 +321,15 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
             out[name] = joint(sp_size=2, ring_size=world // 2)
         elif name == "ulysses-groups":
             plans = [1, 2, 4, (1, 2, 1), (3, 1), None]  # None: the default, (2, 2)
-            out[name] = {str(g): wan_forward(8, g, sp_size=world) for g in plans}
+            out[name] = {str(g): dit_forward(8, g, sp_size=world) for g in plans}
         elif name == "peer-exchange-on-cpu":  # auto falls back to NCCL-style all-to-all; peer refuses
-            out[name] = {"auto": wan_forward(8, exchange="auto", sp_size=world)}
+            out[name] = {"auto": dit_forward(8, exchange="auto", sp_size=world)}
             try:
-                wan_forward(8, exchange="peer", sp_size=world)
+                dit_forward(8, exchange="peer", sp_size=world)
             except ValueError as exc:
                 out[name]["peer"] = str(exc)
-        elif name == "vsa-ulysses":
-            out[name] = vsa_forward(sp_size=world)
+        elif name == "sparse-ulysses":
+            out[name] = sparse_forward(sp_size=world)
         elif name == "train-fsdp-ulysses":
             out[name] = training_grads(sp_size=world, fsdp=True)
         elif name == "llama-tp":
@@ -303,17 +342,13 @@ def suite(rank: int, world: int, ckpts: dict[str, str], names: list[str]) -> dic
     return out
 
 
-SIZES = {
-    "heads2": (HEIGHT, WIDTH),
-    "heads4": (HEIGHT, WIDTH),
-    "ti2v": (96, 160),
-}  # ti2v: 16x VAE, 3x3x5 tokens
+SIZES = {"heads2": (HEIGHT, WIDTH), "heads4": (HEIGHT, WIDTH)}
 EXTRA_2 = [
     "joint-ulysses",
     "joint-ring",
     "train-fsdp-ulysses",
     "llama-tp",
-    "vsa-ulysses",
+    "sparse-ulysses",
     "ulysses-groups",
     "peer-exchange-on-cpu",
 ]
@@ -323,36 +358,37 @@ EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 # ---------------------------------------------------------------- fixtures: checkpoints, runs, references
 
 
-def _four_heads(path: Path) -> Path:
-    """The tiny T2V checkpoint with a 4-head DiT (head dim 8), so that Ulysses can use 4 ranks."""
-    from fastvideo_wan.tiny import make_tiny_wan, tiny_dit
+def _example(path: Path, seed: int, heads: int) -> str:
+    """The example checkpoint with a ``heads``-head DiT of width 32 and random weights far from zero
+    (std 0.2: every layer matters), so that Ulysses can use up to ``heads`` ranks."""
+    from fastvideo_example.checkpoint import make_checkpoint
+    from fastvideo_example.model import ExampleConfig, ExampleTransformer
 
-    make_tiny_wan(path, variant="t2v", seed=5)
-    tiny_dit(seed=5, num_attention_heads=4, attention_head_dim=8).save_pretrained(path / "transformer")
-    return path
+    make_checkpoint(path, seed=seed)
+    dit = ExampleTransformer(
+        ExampleConfig(num_heads=heads, head_dim=32 // heads, in_channels=16, out_channels=16, text_dim=32)
+    )
+    dit.init_weights(seed=seed, std=0.2)
+    dit.save_pretrained(path / "transformer")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from fastvideo_wan.tiny import make_tiny_wan
-
     root = tmp_path_factory.mktemp("parallel")
-    return {
-        "heads2": str(make_tiny_wan(root / "heads2", variant="t2v", seed=3)),
-        "heads4": str(_four_heads(root / "heads4")),
-        "ti2v": str(make_tiny_wan(root / "ti2v", variant="ti2v", seed=4)),
-    }
+    return {"heads2": _example(root / "heads2", 3, 2), "heads4": _example(root / "heads4", 5, 4)}
 
 
 @pytest.fixture(scope="module")
 def refs(ckpts: dict[str, str]) -> dict[str, Any]:
     """One-process results of everything the suites compute."""
-    out: dict[str, Any] = {name: generate(path, size=SIZES[name]) for name, path in ckpts.items()}
-    out["joint"] = joint()
-    out["train"] = training_grads()
-    out["llama"] = llama_tp(False)
-    out["vsa"] = vsa_forward()
-    out["wan8"] = wan_forward(8)
+    with sequence_parallel_example():
+        out: dict[str, Any] = {name: generate(path, size=SIZES[name]) for name, path in ckpts.items()}
+        out["joint"] = joint()
+        out["train"] = training_grads()
+        out["llama"] = llama_tp(False)
+        out["sparse"] = sparse_forward()
+        out["dit8"] = dit_forward(8)
     return out
 
 
@@ -418,13 +454,16 @@ def test_fsdp_and_ulysses_training_gradients(ranks2: list[dict[str, Any]], refs:
             assert_close(f"rank {rank} grad {name}", g, grads[name], RTOL, atol=1e-9)
 
 
-def test_ulysses_with_the_sparse_vsa_backend(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
-    """VSA (a plugin's sparse backend, with its gate) sees the whole token grid under Ulysses."""
-    dense = tiny_wan(heads=4)[0]
+def test_ulysses_with_a_sparse_backend_and_its_layer_module(
+    ranks2: list[dict[str, Any]], refs: dict[str, Any]
+) -> None:
+    """A plugin's sparse backend that needs the whole token grid (with its per-layer module) sees it
+    under Ulysses: each rank's output equals one process's."""
+    dense = tiny_dit(heads=4)[0]
     with use_backend("sdpa"), torch.no_grad():
-        assert (dense(*_wan_inputs()) - refs["vsa"]).abs().max() > 1e-3, "vsa ran densely: nothing tested"
+        assert (dense(*_dit_inputs()) - refs["sparse"]).abs().max() > 1e-3, "ran densely: nothing tested"
     for rank, result in enumerate(ranks2):
-        assert_close(f"vsa rank {rank}", refs["vsa"], result["vsa-ulysses"], RTOL)
+        assert_close(f"frame-local rank {rank}", refs["sparse"], result["sparse-ulysses"], RTOL)
 
 
 def test_ulysses_overlapped_head_groups(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
@@ -432,7 +471,7 @@ def test_ulysses_overlapped_head_groups(ranks2: list[dict[str, Any]], refs: dict
     for rank, result in enumerate(ranks2):
         assert len(result["ulysses-groups"]) == 6
         for plan, out in result["ulysses-groups"].items():
-            assert_close(f"groups {plan}, rank {rank}", refs["wan8"], out, RTOL)
+            assert_close(f"groups {plan}, rank {rank}", refs["dit8"], out, RTOL)
 
 
 def test_peer_exchange_needs_cuda(ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
@@ -440,7 +479,7 @@ def test_peer_exchange_needs_cuda(ranks2: list[dict[str, Any]], refs: dict[str, 
     (the copy-engine path itself is checked against NCCL on GPUs: test_parallel_gpu.py)."""
     for rank, result in enumerate(ranks2):
         assert_close(
-            f"auto exchange, rank {rank}", refs["wan8"], result["peer-exchange-on-cpu"]["auto"], RTOL
+            f"auto exchange, rank {rank}", refs["dit8"], result["peer-exchange-on-cpu"]["auto"], RTOL
         )
         assert result["peer-exchange-on-cpu"]["peer"] == (
             "the peer Ulysses exchange was requested, but it needs CUDA devices, and this run is on cpu; "
@@ -503,7 +542,7 @@ def test_tensor_parallel_llama_encoder(ranks2: list[dict[str, Any]], refs: dict[
 def test_ulysses_degree_must_divide_the_heads(ranks4: list[dict[str, Any]]) -> None:
     message = ranks4[0]["heads-error"]
     assert message == (
-        "WanTransformer has 2 attention heads, which Ulysses degree sp_size=4 does not divide; use "
+        "ExampleTransformer has 2 attention heads, which Ulysses degree sp_size=4 does not divide; use "
         "--sp-size 2 --ring-size 2 (USP) or --sp-size 1 --ring-size 4 (ring attention)"
     )
     assert all(r["heads-error"] == message for r in ranks4)

@@ -1,51 +1,81 @@
 """Sequence parallelism on real GPUs (NCCL, two or four GPUs; skipped where there are fewer).
 
 The peer-memory Ulysses exchange (copy engines, :mod:`fastvideo.parallel.peer`) exists only on CUDA:
-here it must give what NCCL's all-to-all gives, and what one GPU gives, for a Wan DiT in fp32 with a
-token count that does not divide the ranks, several head-group plans and a batch of two; and with the
-sparse ``vsa`` backend (its gate travels as a fourth tensor) when the VSA plugin is installed.
+here it must give what NCCL's all-to-all gives, and what one GPU gives, for the example plugin's DiT
+in fp32 with a token count that does not divide the ranks, several head-group plans and a batch of
+two; and with a sparse backend whose per-layer module's output travels as a fourth tensor (as vsa's
+gate does). The example DiT does not declare sequence parallelism itself (yet): the test opts it in
+from outside, as a model file would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
+from fastvideo.interfaces.attention import AttentionBackend, LayerModule
 from fastvideo.parallel.testing import run_ranks
+from fastvideo.testing import fake_plugins, plugin_module
+from fastvideo_example import plugin as example_plugin
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 # head-group plans for the 8 heads of the model below: 4 per rank on 2 GPUs, 2 per rank on 4
 PLANS: dict[int, list[Any]] = {2: [1, 2, (1, 3), 4], 4: [1, 2, (1, 1)]}
 
 
-def _model_and_inputs(device: torch.device) -> tuple[Any, tuple[torch.Tensor, ...]]:
-    from fastvideo_wan.model import WanConfig, WanTransformer
+def _extra_projection(layer: nn.Module) -> nn.Module:
+    dim = layer.qkv.in_features
+    return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
 
-    torch.manual_seed(0)
-    cfg = WanConfig(
-        num_attention_heads=8,
-        attention_head_dim=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=128,
-        num_layers=2,
-        rope_max_seq_len=64,
-    )
-    model = WanTransformer.from_config(cfg, device=device).float().eval()
+
+class FrameLocal(AttentionBackend):
+    """A sparse backend that needs the whole token grid: each query attends to the keys of its own
+    latent frame (``step.grid``), plus its per-layer module's output (like vsa's gate)."""
+
+    name = "frame-local"
+    sparse = True
+    priority = -100
+    layer_modules = (LayerModule(name="extra", build=_extra_projection),)
+
+    def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
+        return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
+
+    def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        t, h, w = step.grid
+        assert q.shape[1] == t * h * w, f"frame-local got {q.shape[1]} tokens, not the grid {step.grid}"
+        frame = torch.arange(t * h * w, device=q.device) // (h * w)
+        mask = frame[:, None] == frame[None, :]  # (L, L)
+        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), mask, scale=scale)
+        return out.transpose(1, 2) + (extra if extra is not None else 0)
+
+
+@contextmanager
+def sequence_parallel_example() -> Iterator[None]:
+    """The plugins under test registered (the example DiT declares its sequence-parallel plan and
+    attends among the sharded tokens in self-attention)."""
+    backends = plugin_module("frame-local", fv_register_attention_backends=lambda: [FrameLocal])
+    with fake_plugins(example_plugin, backends):
+        yield
+
+
+def _model_and_inputs(device: torch.device) -> tuple[Any, tuple[torch.Tensor, ...]]:
+    from fastvideo_example.model import ExampleConfig, ExampleTransformer
+
+    cfg = ExampleConfig(num_heads=8, head_dim=16, text_dim=32, ffn_dim=128, num_layers=2)
+    model = ExampleTransformer(cfg)
+    model.init_weights(seed=0, std=0.2)
+    model = model.to(device).float().eval()
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 16, 5, 14, 22, generator=gen)  # 5 x 7 x 11 = 385 tokens: padded for 2 or 4 ranks
     text = torch.randn(2, 9, 32, generator=gen)
     return model, (x.to(device), torch.tensor([300.0, 700.0], device=device), text.to(device))
-
-
-def _has_vsa() -> bool:
-    try:
-        import fastvideo_vsa  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # the exchanges compared: NCCL's all-to-all; peer copies, one strided cudaMemcpy2DAsync per peer and
@@ -54,6 +84,11 @@ EXCHANGES = {"nccl": ("nccl", "1"), "peer": ("peer", "1"), "peer rows": ("peer",
 
 
 def suite(rank: int, world: int) -> dict[str, Any]:
+    with sequence_parallel_example():
+        return _suite(rank, world)
+
+
+def _suite(rank: int, world: int) -> dict[str, Any]:
     import os
 
     from fastvideo.attention import use_backend
@@ -83,28 +118,22 @@ def suite(rank: int, world: int) -> dict[str, Any]:
                 sharding.remove(model)
                 teardown()
         os.environ.pop("FASTVIDEO_PEER_MEMCPY2D")
-    if not _has_vsa():
-        return results
     from fastvideo.attention import StepContext, step_context
     from fastvideo.attention.layers import attach_layer_modules
 
-    attach_layer_modules(model, "vsa")  # the backend's gate projections, zeros
+    attach_layer_modules(model, "frame-local")  # the backend's projections, zeros
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for block in model.blocks:
-            w = block.self_attn.gate_compress.weight
+            w = block.self_attn.extra.weight
             w.copy_(torch.randn(w.shape, generator=gen).to(device) * 0.2)
-    with (
-        use_backend("vsa"),
-        step_context(StepContext(grid=(5, 7, 11), options={"vsa": {"sparsity": 0.5}})),
-        torch.no_grad(),
-    ):
-        results["vsa one"] = model(*inputs).cpu()
+    with use_backend("frame-local"), step_context(StepContext(grid=(5, 7, 11))), torch.no_grad():
+        results["sparse one"] = model(*inputs).cpu()
         for exchange in ("nccl", "peer"):
             state = init_parallel(ParallelConfig(num_gpus=world), str(device))
             sharding = SequenceSharding(model, state, exchange=exchange)
             sharding.apply(model)
-            results[f"vsa {exchange}"] = model(*inputs).cpu()
+            results[f"sparse {exchange}"] = model(*inputs).cpu()
             sharding.remove(model)
             teardown()
     return results
@@ -130,8 +159,9 @@ def test_peer_exchange_matches_nccl_and_one_gpu(world: int) -> None:
             for name in ("peer", "peer rows"):
                 diff = ((result[f"{name} {plan}"][0] - nccl).norm() / nccl.norm()).item()
                 assert diff <= 1e-6, f"head groups {plan}: {name} and NCCL exchanges differ by {diff:.2e}"
-        if "vsa one" in result:  # VSA's gate is a fourth exchanged tensor
-            ref = result["vsa one"]
-            for exchange in ("nccl", "peer"):
-                err = ((result[f"vsa {exchange}"] - ref).norm() / ref.norm()).item()
-                assert err <= 1e-5, f"vsa with the {exchange} exchange: rel err {err:.2e}"
+        # the sparse backend's module output is a fourth exchanged tensor; it changes the result
+        ref = result["sparse one"]
+        assert ((ref - result["one"]).norm() / result["one"].norm()).item() > 1e-3, "ran densely"
+        for exchange in ("nccl", "peer"):
+            err = ((result[f"sparse {exchange}"] - ref).norm() / ref.norm()).item()
+            assert err <= 1e-5, f"frame-local with the {exchange} exchange: rel err {err:.2e}"

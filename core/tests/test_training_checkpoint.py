@@ -1,6 +1,6 @@
 """Resuming never runs code from a checkpoint, and a damaged checkpoint is a one-line error.
 
-A tiny Wan run writes two checkpoints (step 2 and 4); each test damages a copy of step 4 and
+A run on the example plugin's tiny checkpoint writes two checkpoints (step 2 and 4); each test damages a copy of step 4 and
 resumes. The crafted files are checked against torch's own readers first (``pickle.load`` of
 ``.metadata``, ``torch.load(weights_only=False)`` of a value: what DCP does), so the payloads
 are known to run when decoded the unsafe way.
@@ -13,6 +13,7 @@ import io
 import json
 import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ import pytest
 import torch
 
 from fastvideo.errors import CheckpointError
+from fastvideo.testing import fake_plugins
 from fastvideo.training import checkpoint as ckpt
 from fastvideo.training.config import load_config
 from fastvideo.training.data import write_synthetic_dataset
 from fastvideo.training.trainer import Trainer
+from fastvideo_example import plugin as example_plugin
 
 
 class _Payload:
@@ -36,12 +39,19 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
+@pytest.fixture(autouse=True)
+def example_family() -> Iterator[None]:
+    """The core's built-ins and the example plugin only (no installed plugin)."""
+    with fake_plugins(example_plugin):
+        yield
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from fastvideo_wan.tiny import make_tiny_wan
+    from fastvideo_example.checkpoint import make_checkpoint
 
     root = tmp_path_factory.mktemp("ckpt")
-    model = make_tiny_wan(root / "t2v", seed=0, randomize=False)
+    model = make_checkpoint(root / "tiny", seed=0)
     data = write_synthetic_dataset(
         root / "data", count=4, latent_shape=(16, 3, 8, 8), text_dim=32, max_sequence_length=16
     )
@@ -56,8 +66,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "checkpoint.every_steps": 2,
         "export.enabled": False,
     }
-    trainer = Trainer(load_config(None, {**overrides, "output_dir": str(out)}))
-    trainer.train()
+    with fake_plugins(example_plugin):  # module-scoped: set up before the autouse fixture
+        trainer = Trainer(load_config(None, {**overrides, "output_dir": str(out)}))
+        trainer.train()
     weights = {k: v.clone() for k, v in trainer.algorithm.model.state_dict().items()}
     return {"out": out, "overrides": overrides, "weights4": weights}
 

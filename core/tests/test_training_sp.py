@@ -1,9 +1,15 @@
 """Sequence-parallel (Ulysses) training: the trainer with ``parallel.sp_size: 2`` over 2 gloo processes
 (FSDP2 over the same 2 ranks) computes the same per-step losses, gradient norms and final weights as
-one process, on the tiny Wan checkpoint with a token count (45) that 2 does not divide."""
+one process, on the example plugin's tiny checkpoint with a token count (45) that 2 does not divide.
+
+The example DiT does not declare sequence parallelism itself (yet): :func:`sequence_parallel_example`
+opts it in from outside, as a model file would (a ``sequence_parallel_plan`` and
+``attention(..., sequence_parallel=True)`` in its self-attention), and nothing else."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +18,23 @@ import pytest
 import torch
 
 from fastvideo.parallel.testing import run_ranks
+from fastvideo.testing import fake_plugins
 from fastvideo.training.config import load_config
 from fastvideo.training.data import write_synthetic_dataset
 from fastvideo.training.metrics import read_metrics
 from fastvideo.training.trainer import Trainer
+from fastvideo_example import plugin as example_plugin
 
 LATENT = (16, 3, 6, 10)  # patch (1, 2, 2): 3 x 3 x 5 = 45 tokens, padded to 46 for 2 ranks
 STEPS = 3
+
+
+@contextmanager
+def sequence_parallel_example() -> Iterator[None]:
+    """The plugins under test registered (the example DiT declares its sequence-parallel plan and
+    attends among the sharded tokens in self-attention)."""
+    with fake_plugins(example_plugin):
+        yield
 
 
 def _config(ckpt: str, data: str, out: str, sp_size: int) -> Any:
@@ -45,8 +61,9 @@ def _config(ckpt: str, data: str, out: str, sp_size: int) -> Any:
 
 
 def _train(ckpt: str, data: str, out: str, sp_size: int) -> dict[str, Any]:
-    trainer = Trainer(_config(ckpt, data, out, sp_size))
-    trainer.train()
+    with sequence_parallel_example():
+        trainer = Trainer(_config(ckpt, data, out, sp_size))
+        trainer.train()
     records = (
         [r for r in read_metrics(Path(out) / "metrics.jsonl") if "loss" in r] if trainer.rank == 0 else []
     )
@@ -72,9 +89,13 @@ def sp_rank(rank: int, world: int, ckpt: str, data: str, out: str) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    from fastvideo_wan.tiny import make_tiny_wan
+    from fastvideo_example.checkpoint import make_checkpoint
+    from fastvideo_example.model import ExampleTransformer
 
-    ckpt = make_tiny_wan(tmp_path_factory.mktemp("wan") / "t2v", seed=0)
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("example") / "tiny", seed=0)
+    dit = ExampleTransformer.from_pretrained(ckpt / "transformer")
+    dit.init_weights(seed=0, std=0.2)  # every layer far from zero: each one's gradient is compared
+    dit.save_pretrained(ckpt / "transformer")
     data = write_synthetic_dataset(
         tmp_path_factory.mktemp("data"), count=4, latent_shape=LATENT, text_dim=32, max_sequence_length=16
     )
@@ -106,6 +127,7 @@ def test_ulysses_training_equals_one_process(paths: tuple[str, str], tmp_path: P
                 atol=1e-6,
                 msg=lambda m, n=name, r=rank: f"rank {r} {n}: {m}",
             )
-    initial = Trainer(_config(ckpt, data, str(tmp_path / "init"), 1)).setup().algorithm.model.state_dict()
+    with sequence_parallel_example():
+        initial = Trainer(_config(ckpt, data, str(tmp_path / "init"), 1)).setup().algorithm.model.state_dict()
     moved = max(float((w - initial[n]).abs().max()) for n, w in ref["weights"].items())
     assert moved > 1e-4, "the weights did not move: nothing was compared"

@@ -1,7 +1,7 @@
 """Wan's VAE splitter (the parallel VAE decode's per-class part) against diffusers' own tiled decode.
 
 The splitter's tiles, decoded one by one and assembled, must equal ``AutoencoderKLWan.tiled_decode``
-(what one process runs); the core spreads the same tiles over ranks (core/tests/test_parallel.py).
+(what one process runs); the core spreads the same tiles over ranks (test_parallel_pipeline.py).
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ module, which does, is imported inside :meth:`ExampleFamily.build_pipeline`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
 from fastvideo_example.presets import PRESETS, SAMPLING
+from fastvideo_example.training import LORA_TARGET_MODULES
 
 if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig, SamplingParams
@@ -53,3 +55,44 @@ class ExampleFamily(ModelFamily):
         from fastvideo_example.pipeline import build_example_pipeline
 
         return build_example_pipeline(cls, source, config)
+
+    # ---------------------------------------------------------------- training hooks (training.py)
+
+    #: LoRA targets: the attention projections and the feed-forward of every block.
+    lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
+
+    @classmethod
+    def load_transformer(cls, source: ModelSource, **kwargs: Any) -> Any:
+        from fastvideo_example import training
+
+        return training.load_transformer(source, **kwargs)
+
+    @classmethod
+    def training_objective(cls, source: ModelSource) -> Any:
+        from fastvideo_example import training
+
+        return training.training_objective(source)
+
+    @classmethod
+    def training_encoders(cls, source: ModelSource, config: PipelineConfig) -> Any:
+        from fastvideo_example import training
+
+        return training.training_encoders(source, config)
+
+    @classmethod
+    def to_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        from fastvideo_example import training
+
+        return training.checked_names(names)  # the checkpoint uses the DiT's own names
+
+    @classmethod
+    def from_diffusers_names(cls, names: Iterable[str]) -> dict[str, str]:
+        from fastvideo_example import training
+
+        return training.checked_names(names)
+
+    @classmethod
+    def transformer_config(cls, model: Any) -> dict[str, Any]:
+        from fastvideo_example import training
+
+        return training.transformer_config(model)

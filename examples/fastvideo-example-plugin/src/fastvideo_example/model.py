@@ -31,7 +31,7 @@ from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.layers import MLP, modulate, patchify, timestep_embedding, unpatchify
-from fastvideo.models import DiT
+from fastvideo.models import DiT, SequenceParallelPlan
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _POSITIVE_INTS = ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim")
@@ -106,7 +106,7 @@ class ExampleSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, -1).unbind(2)  # 3 x (B, L, H, Dh)
-        out = attention(self.norm_q(q), self.norm_k(k), v, allow=ALL)  # (B, L, H, Dh)
+        out = attention(self.norm_q(q), self.norm_k(k), v, allow=ALL, sequence_parallel=True)  # (B, L, H, Dh)
         return self.proj(out.reshape(b, n, -1))  # (B, L, D)
 
 
@@ -165,6 +165,9 @@ class ExampleTransformer(DiT):
     #: attention layers that admit sparse backends (allow=ALL); backends that need per-layer modules
     #: (a gate projection) get them attached here, see fastvideo.attention.layers
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
+    #: Sequence parallelism, applied from outside by fastvideo.parallel: the blocks run on token shards
+    #: of ``x`` (B, L, D); ``temb`` and the text ``context`` stay whole; the output is gathered on dim 1.
+    sequence_parallel_plan = SequenceParallelPlan(blocks="blocks", shard={"x": 1})
 
     def __init__(self, config: ExampleConfig) -> None:
         super().__init__()
