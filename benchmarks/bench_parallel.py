@@ -70,32 +70,9 @@ TARGETS = {2: 1.9, 4: 3.5}
 #: NCCL settings worth naming in a row when set (channels: SMs taken from attention; stream priority).
 NCCL_KNOBS = ("NCCL_MAX_NCHANNELS", "NCCL_MIN_NCHANNELS", "TORCH_NCCL_HIGH_PRIORITY")
 DEVICE: list[torch.device] = [torch.device("cpu")]  # this rank's device, set in main()
-#: --tiny: a small Wan-like DiT (and encoder / VAE) for a CPU smoke test over gloo.
-TINY_DIT = dict(
-    patch_size=[1, 2, 2],
-    num_attention_heads=4,
-    attention_head_dim=16,
-    in_channels=16,
-    out_channels=16,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=64,
-)
-TINY_UMT5 = dict(
-    d_model=32,
-    d_kv=8,
-    d_ff=64,
-    num_layers=2,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    feed_forward_proj="gated-gelu",
-    vocab_size=128,
-)
-TINY_VAE = dict(
-    base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
-)
+#: --tiny: the tiny Wan DiT, umT5 and VAE of fastvideo_wan.tiny, the DiT with 4 heads, for a CPU smoke
+#: test over gloo.
+TINY_HEADS = dict(num_attention_heads=4, rope_max_seq_len=64)
 
 
 def rank0_print(*args: Any) -> None:
@@ -158,9 +135,10 @@ def build_dit(args: argparse.Namespace, dtype: torch.dtype, device: torch.device
     """The DiT with random weights (the same on every rank); fp32 modules stay fp32, as when loaded."""
     from fastvideo_wan.configs import CONFIGS
     from fastvideo_wan.model import WanConfig, WanTransformer
+    from fastvideo_wan.tiny import TINY_DIT
 
     torch.manual_seed(0)
-    config = TINY_DIT if args.tiny else CONFIGS[args.config]
+    config = {**TINY_DIT, **TINY_HEADS} if args.tiny else CONFIGS[args.config]
     model = WanTransformer.from_config(WanConfig.from_diffusers_config(config), device=device)
     for name, p in model.named_parameters():
         if not model.is_fp32_param(name):
@@ -408,22 +386,23 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> Any:
         TextEncodingStage,
         TimestepPreparationStage,
     )
-    from fastvideo_wan.pipeline import WanDenoisingStage, WanLatents
+    from fastvideo_wan.pipeline import WanDenoisingStage, wan_latents
     from fastvideo_wan.presets import NEGATIVE_PROMPT
-    from fastvideo_wan.tiny import tiny_tokenizer
+    from fastvideo_wan.tiny import TINY_UMT5, TINY_VAE, tiny_tokenizer
 
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     dit = build_dit(args, low, device)
     torch.manual_seed(1)
     with torch.device(device):
-        encoder = UMT5EncoderModel(UMT5Config(**(TINY_UMT5 if args.tiny else UMT5_XXL))).to(low).eval()
+        umt5 = {**TINY_UMT5, "vocab_size": 128} if args.tiny else UMT5_XXL
+        encoder = UMT5EncoderModel(UMT5Config(**umt5)).to(low).eval()
         vae = AutoencoderKLWan(
             **(TINY_VAE if args.tiny else {})
         ).eval()  # the Wan2.1 VAE's architecture, fp32
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
-    geometry = WanLatents(vae)
+    geometry = wan_latents(vae)
     stages = [
         TextEncodingStage(
             [T5TextEncoder(tiny_tokenizer(), encoder)], default_negative_prompt=NEGATIVE_PROMPT

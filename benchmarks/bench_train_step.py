@@ -27,9 +27,6 @@ from harness import Timing, append_row, environment, time_cuda
 HEADER = ["date", "card", "config", "latents (F x H x W, tokens)", "attention", "activation ckpt", "step ms",
           "min ms", "peak GiB", "loss", "versions", "command"]  # fmt: skip
 SECTION = "Wan DiT training step (finetune, bf16 autocast, fp32 AdamW, random init, batch 1)"
-TINY = {"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 16,
-        "out_channels": 16, "text_dim": 32, "freq_dim": 32, "ffn_dim": 64, "num_layers": 2,
-        "rope_max_seq_len": 32}  # fmt: skip
 
 
 def time_cpu(name: str, fn: Any, *, warmup: int, iters: int) -> tuple[Timing, Any]:
@@ -162,8 +159,9 @@ def main() -> None:
 
     from fastvideo_wan.configs import CONFIGS
     from fastvideo_wan.model import WanTransformer
+    from fastvideo_wan.tiny import TINY_DIT
 
-    cfg = dict(TINY if args.tiny else CONFIGS[args.config])
+    cfg = dict(TINY_DIT if args.tiny else CONFIGS[args.config])
     name = "tiny" if args.tiny else args.config
     t_lat, h_lat, w_lat = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
     latent = (cfg["in_channels"], t_lat, h_lat, w_lat)

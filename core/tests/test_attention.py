@@ -121,7 +121,7 @@ class FakeMissing(Recorder):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        return "the fake kernels are not built"
+        return "the fake kernels are not installed"
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_backend_that_declines_the_inputs_falls_back(fakes: None) -> None:
 def test_explicit_request_for_an_unavailable_backend_names_the_package(
     fakes: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected = r"'fake-missing' cannot run here: the fake kernels are not built \(pip install fastvideo-fake-kernels\)"
+    expected = r"'fake-missing' cannot run here: the fake kernels are not installed \(pip install fastvideo-fake-kernels\)"
     with pytest.raises(BackendUnavailableError, match=expected):
         resolve_backend_name("fake-missing")
     with pytest.raises(BackendUnavailableError, match=expected), use_backend("fake-missing"):

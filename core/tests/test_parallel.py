@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
+from fastvideo.parallel.plan import SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import assert_close
 
@@ -111,11 +112,9 @@ class ToyJointBlock(nn.Module):
 
 
 class ToyJointModel(nn.Module):
-    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
-        "blocks": "blocks",
-        "token_args": {0: 1, 2: 0},
-        "output": {0: 1},
-    }
+    sequence_parallel_plan: ClassVar[SequenceParallelPlan] = SequenceParallelPlan(
+        blocks="blocks", shard={"x": 1, "pos": 0}, output={0: 1}
+    )
 
     def __init__(self, dim: int = 32, heads: int = 4, depth: int = 2) -> None:
         super().__init__()
@@ -326,29 +325,10 @@ EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
 def _four_heads(path: Path) -> Path:
     """The tiny T2V checkpoint with a 4-head DiT (head dim 8), so that Ulysses can use 4 ranks."""
-    from diffusers import WanTransformer3DModel
-
-    from fastvideo_wan.tiny import make_tiny_wan
+    from fastvideo_wan.tiny import make_tiny_wan, tiny_dit
 
     make_tiny_wan(path, variant="t2v", seed=5)
-    torch.manual_seed(5)
-    dit = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=8,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=32,
-    )
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in dit.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    dit.save_pretrained(path / "transformer")
+    tiny_dit(seed=5, num_attention_heads=4, attention_head_dim=8).save_pretrained(path / "transformer")
     return path
 
 
@@ -549,3 +529,71 @@ def test_heads_message_offers_each_fix_once(heads: int, world: int, cfg: int, fi
         message
         == f"M has {heads} attention heads, which Ulysses degree sp_size={world // cfg} does not divide; {fix}"
     )
+
+
+class _PlanBlock(nn.Module):
+    def forward(self, x: torch.Tensor, text: torch.Tensor, *, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _ReorderedBlock(nn.Module):  # the same arguments in another order
+    def forward(self, text: torch.Tensor, pos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _PlanModel(nn.Module):
+    sequence_parallel_plan = SequenceParallelPlan(blocks=("first", "second"), shard={"x": 1, "pos": 0})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.ModuleList([_PlanBlock()])
+        self.second = nn.ModuleList([_ReorderedBlock()])
+
+
+def test_plan_names_arguments_and_shards_them_by_name_in_any_order() -> None:
+    """Each block's own signature places the named arguments, passed by position or by keyword;
+    a tensor whose token dim is not the full length (the text here) is left whole."""
+    from types import SimpleNamespace
+
+    from fastvideo.parallel.sequence import SequenceSharding, read_plan
+
+    model = _PlanModel()
+    plan = read_plan(model)
+    assert plan.resolve(model.first[0]) == {"x": (0, 1), "pos": (None, 0)}
+    assert plan.resolve(model.second[0]) == {"x": (2, 1), "pos": (1, 0)}
+    assert plan.output == 1 and plan.first == "x"
+    state = SimpleNamespace(sp_size=2, sp_rank=1, ulysses_size=1)
+    sharding = SequenceSharding(model, state)  # type: ignore[arg-type]
+    sharding.length = 6
+    x, text, pos = torch.randn(1, 6, 4), torch.randn(1, 6, 4)[:, :3], torch.randn(6, 1, 2)
+    args, kwargs = sharding._shard_inputs(model.first[0], (x, text), {"pos": pos})
+    assert torch.equal(args[0], x[:, 3:]) and args[1] is text and torch.equal(kwargs["pos"], pos[3:])
+    args, kwargs = sharding._shard_inputs(model.second[0], (text, pos), {"x": x})
+    assert args[0] is text and torch.equal(args[1], pos[3:]) and torch.equal(kwargs["x"], x[:, 3:])
+
+
+def test_plan_rejects_unknown_names_and_positions() -> None:
+    from fastvideo.parallel.sequence import read_plan
+
+    class Typo(_PlanModel):
+        sequence_parallel_plan = SequenceParallelPlan(blocks=("first", "second"), shard={"x": 1, "rope": 0})
+
+    with pytest.raises(
+        ValueError,
+        match=r"Typo.sequence_parallel_plan shards 'rope', but _PlanBlock.forward takes \(x, text, pos\)",
+    ):
+        read_plan(Typo())
+
+    class Positional(_PlanModel):
+        sequence_parallel_plan: ClassVar[Any] = {"blocks": "first", "token_args": {0: 1}}
+
+    with pytest.raises(ValueError, match=r"numbers block arguments \(token_args=\{0: 1\}\); declare Seq"):
+        read_plan(Positional())
+    with pytest.raises(ValueError, match=r"got \{0: 1\}; name the arguments .*positions are not accepted"):
+        SequenceParallelPlan(blocks="blocks", shard={0: 1})  # type: ignore[dict-item]
+
+    class NoPlan(nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="NoPlan declares no sequence_parallel_plan"):
+        read_plan(NoPlan())

@@ -433,6 +433,27 @@ def plugins_list(
         raise typer.Exit(1)
 
 
+@plugins_app.command("new")
+def plugins_new(
+    name: Annotated[str, typer.Argument(help="Plugin name, lower-kebab (my-model): writes fastvideo-NAME/.")],
+    kind: Annotated[
+        str, typer.Option(help="What the plugin adds: family, attention or training.")
+    ] = "family",
+    output: Annotated[Path, typer.Option(help="Folder to create fastvideo-NAME in.")] = Path("."),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing non-empty fastvideo-NAME folder.")
+    ] = False,
+) -> None:
+    """Write a new plugin package (pyproject, README, hooks, a working module and its tests)."""
+    from fastvideo import scaffold
+
+    with _clean_errors():
+        target = scaffold.create_plugin(name, kind, output, force=force)
+    typer.echo(f"wrote {target} ({kind} plugin {scaffold.check_name(name).dist}); next:")
+    for step in scaffold.next_steps(kind, target, scaffold.check_name(name)):
+        typer.echo(f"  {step}")
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -107,7 +107,7 @@ def _field_types(cls: type) -> dict[str, tuple[Any, bool]]:
 def _check_fields(config: Any, ranges: Mapping[str, _Range]) -> None:
     """The one validation layer of the config dataclasses: every field has its annotated type
     (numbers are finite and in ``ranges``), else a one-line TypeError/ValueError naming it."""
-    for name, (tp, optional) in _field_types(type(config)).items():
+    for name, (tp, optional) in _field_types(type(config)).items():  # type: ignore[arg-type]
         value = getattr(config, name)
         if value is None and optional:
             continue

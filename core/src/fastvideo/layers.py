@@ -1,4 +1,5 @@
-"""Building blocks shared by the DiTs of several families: timestep features, 3D RoPE, GELU.
+"""Building blocks shared by the DiTs of several families: timestep features, 3D RoPE, GELU, adaLN
+modulation, the two-layer MLP, and patchify / unpatchify.
 
 Model files import these instead of each carrying a copy; they are plain functions on tensors
 (no state, no distributed code), so strategies and torch.compile see through them.
@@ -10,6 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -68,3 +70,67 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return F.gelu(x, approximate="tanh")
     return torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+#: Activations of :class:`MLP`, by name (the name is what a model file passes).
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
+
+
+class MLP(nn.Module):
+    """``fc2(act(fc1(x)))``: timestep / text / image embedders and feed-forwards of the DiTs.
+
+    :param act: a key of :data:`ACTIVATIONS` (``silu``, ``gelu``, ``gelu_tanh``).
+    """
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, act: str = "gelu_tanh") -> None:
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"MLP activation {act!r} is not one of {', '.join(ACTIVATIONS)}")
+        self.fc1 = nn.Linear(dim_in, hidden)
+        self.fc2 = nn.Linear(hidden, dim_out)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (LayerNorm without affine weights), in x's dtype.
+
+    :param x: ``(B, L, D)`` tokens.
+    :param shift: / ``scale``: per sample ``(B, D)`` or per token ``(B, L or 1, D)``, in any dtype:
+        ``1 + scale`` is formed in their dtype (fp32 modulation tables stay exact), then rounded to
+        x's. The normalisation and the multiply-add each read x once.
+    """
+    if shift.ndim == x.ndim - 1:  # (B, D) -> (B, 1, D)
+        shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
+    return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """``(B, C, T, H, W)`` -> ``(B, T'*H'*W', C*pt*ph*pw)``: tokens in raster order over (T', H', W'),
+    each token's features channel-major (for a linear patch embedding)."""
+    b, c, t, h, w = x.shape
+    pt, ph, pw = patch
+    x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T', H', W', C, pt, ph, pw)
+    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
+
+
+def unpatchify(
+    x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], *, channels_last: bool = False
+) -> torch.Tensor:
+    """``(B, T'*H'*W', pt*ph*pw*C)`` tokens -> ``(B, C, T'*pt, H'*ph, W'*pw)`` latents.
+
+    :param channels_last: each token's features are ``(pt, ph, pw, C)`` (Wan's head) rather than
+        ``(C, pt, ph, pw)`` (HunyuanVideo's head, :func:`patchify`).
+    """
+    (t, h, w), (pt, ph, pw) = grid, patch
+    if channels_last:
+        x = x.reshape(x.shape[0], t, h, w, pt, ph, pw, -1)  # (B, T', H', W', pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
+    else:
+        x = x.reshape(x.shape[0], t, h, w, -1, pt, ph, pw)  # (B, T', H', W', C, pt, ph, pw)
+        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', ph, W', pw)
+    return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)

@@ -113,7 +113,9 @@ def folder_settings(source: ModelSource) -> dict[str, Any]:
     (when it is an installed preset) and ``source``'s sampling defaults (the fields that are set)."""
     params = source.family.sampling_defaults(source)
     sampling = {
-        k: v for k, v in dataclasses.asdict(params).items() if k not in ("prompt", "image") and v is not None
+        k: v
+        for k, v in dataclasses.asdict(params).items()
+        if k not in ("prompt", "image") and v is not None and v != {}  # no empty backend_options
     }
     preset = source.preset.name if source.preset is not None else None
     if preset is not None and find_preset(preset) is None:

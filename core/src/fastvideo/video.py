@@ -100,7 +100,7 @@ def _stale_temp(entry: os.DirEntry[str], now: float) -> bool:
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temp files that killed writes left in ``folder`` (see :func:`_stale_temp`; nothing
     else is touched); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     now = time.time()
     try:
         entries = list(os.scandir(folder))

@@ -39,17 +39,3 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fastvideo_hunyuan.tiny import make_tiny_hunyuan
 
     return make_tiny_hunyuan(tmp_path_factory.mktemp("hunyuan") / "tiny", seed=3)
-
-
-@pytest.fixture(scope="session")
-def real_size_reference() -> Any:
-    """diffusers' 13B HunyuanVideo transformer on the meta device (names, shapes, config; no memory)."""
-    import torch
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    from fastvideo_hunyuan.configs import HUNYUANVIDEO_T2V_13B
-
-    with torch.device("meta"):
-        return HunyuanVideoTransformer3DModel(
-            **{k: v for k, v in HUNYUANVIDEO_T2V_13B.items() if not k.startswith("_")}
-        )

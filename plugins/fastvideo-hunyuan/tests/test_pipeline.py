@@ -7,15 +7,14 @@ Same checkpoint, same initial latents, same prompt: the frames of our pipeline (
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from fastvideo.testing import fv_generate
 
 PROMPT = "a red circle moving left on a black background"
 FRAMES, SIZE, STEPS = 9, 64, 4
@@ -113,43 +112,21 @@ def test_guidance_and_prompt_change_the_video(tiny_pipeline: Path) -> None:
 
 def test_cli_matches_diffusers(tiny_pipeline: Path, reference_pipe, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """``fv generate`` with the same initial noise (drawn from the same seed) writes the same video."""
-    from fastvideo.video import read_mp4
-
     latents = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(42))  # what seed 42 draws
     ref = _reference(reference_pipe, latents, 6.0)
-    out = tmp_path / "out.mp4"
-    fv = Path(sys.executable).with_name("fv")
-    cmd = [
-        str(fv),
-        "generate",
-        "--model",
-        str(tiny_pipeline),
-        "--prompt",
-        PROMPT,
-        "--num-frames",
-        str(FRAMES),
-        "--height",
-        str(SIZE),
-        "--width",
-        str(SIZE),
-        "--steps",
-        str(STEPS),
-        "--guidance-scale",
-        "6.0",
-        "--seed",
-        "42",
-        "--device",
-        "cpu",
-        "--lossless",
-        "--output",
-        str(out),
-        "--json",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["path"] == str(out) and summary["frames"] == FRAMES
-    frames = read_mp4(out).astype(np.float64)
+    summary, frames = fv_generate(
+        tiny_pipeline,
+        tmp_path / "out.mp4",
+        prompt=PROMPT,
+        num_frames=FRAMES,
+        height=SIZE,
+        width=SIZE,
+        steps=STEPS,
+        guidance_scale=6.0,
+        seed=42,
+    )
+    assert summary["frames"] == FRAMES
+    frames = frames.astype(np.float64)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     err = np.abs(frames - ref).mean() / 255
     assert err <= TOL, f"mean |fv generate - diffusers| = {err * 255:.3f}/255"

@@ -6,16 +6,13 @@ Same checkpoint, same initial latents, same prompts: the frames of our pipeline 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fastvideo.testing import fv_generate
 from fastvideo_wan.tiny import make_tiny_wan
 
 PROMPT = "a red circle moving left on a black background"
@@ -123,39 +120,20 @@ def test_cli_matches_diffusers(
     ckpts: dict[str, Path], image_path: Path, tmp_path: Path, variant: str
 ) -> None:
     """``fv generate`` with the same initial noise (drawn from the same seed) writes the same video."""
-    from fastvideo.video import read_mp4
-
     channels, stride = (48, 16) if variant == "ti2v" else (16, 8)
     shape = (1, channels, (FRAMES - 1) // 4 + 1, SIZE // stride, SIZE // stride)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(42))  # what --seed 42 draws
     ref = _reference(ckpts[variant], variant, image_path, latents=latents)
-    out = tmp_path / "out.mp4"
-    fv = Path(sys.executable).with_name("fv")
-    cmd = [
-        str(fv),
-        "generate",
-        "--model",
-        str(ckpts[variant]),
-        "--prompt",
-        PROMPT,
-        "--negative-prompt",
-        NEGATIVE,
-        "--seed",
-        "42",
-        "--device",
-        "cpu",
-        "--lossless",
-        "--output",
-        str(out),
-        "--json",
-    ]
-    for key, value in _kwargs(variant, image_path).items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["path"] == str(out) and summary["frames"] == FRAMES
-    frames = read_mp4(out).astype(np.float64)
+    summary, frames = fv_generate(
+        ckpts[variant],
+        tmp_path / "out.mp4",
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        seed=42,
+        **_kwargs(variant, image_path),
+    )
+    assert summary["frames"] == FRAMES
+    frames = frames.astype(np.float64)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
     err = np.abs(frames - ref).mean() / 255
     assert err <= TOL, f"{variant}: mean |fv generate - diffusers| = {err * 255:.3f}/255"

@@ -23,6 +23,7 @@ from fastvideo.attention.selector import (
     attention,
     available_backends,
     get_backend,
+    joint_attention,
     resolve_backend_name,
     use_backend,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "available_backends",
     "current_step",
     "get_backend",
+    "joint_attention",
     "resolve_backend_name",
     "step_context",
     "use_backend",

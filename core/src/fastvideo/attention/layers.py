@@ -178,7 +178,7 @@ def attach_layer_modules(
         return []
     stored = set(stored)
     layers = [(n, m) for n, m in model.named_modules() if n and _is_layer(n, globs)]
-    wanted = {backend} & set(backends)
+    wanted: set[str] = {backend} & set(backends) if backend is not None else set()
     for name, cls in backends.items():
         prefixes = tuple(f"{layer}.{m.name}." for layer, _ in layers for m in cls.layer_modules)
         if any(key.startswith(prefixes) for key in stored):

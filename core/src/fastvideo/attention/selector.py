@@ -165,7 +165,7 @@ def _warn_once(message: str) -> None:
 #: The sparse attention layers whose forward is running, innermost last, with their input hidden
 #: states: pushed and popped by the hooks that :mod:`fastvideo.attention.layers` puts on layers
 #: holding a backend's modules (plain module state, like _FORCED).
-_LAYERS: list[tuple[Any, torch.Tensor]] = []
+_LAYERS: list[tuple[Any, torch.Tensor | None]] = []
 
 
 def _requested() -> AttentionBackend:
@@ -184,7 +184,7 @@ def layer_inputs(q: torch.Tensor) -> dict[str, Any]:
     if not backend.layer_modules:
         return {}
     layer, hidden = _LAYERS[-1]
-    if any(getattr(layer, m.name, None) is None for m in backend.layer_modules):
+    if hidden is None or any(getattr(layer, m.name, None) is None for m in backend.layer_modules):
         return {}
     return backend.layer_inputs(layer, hidden, q)
 
@@ -318,3 +318,39 @@ def clear_caches() -> None:
     _INSTANCES.clear()
     _dense_candidates.cache_clear()
     _auto_name_for.cache_clear()
+
+
+def joint_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_txt: torch.Tensor,
+    k_txt: torch.Tensor,
+    v_txt: torch.Tensor,
+    *,
+    txt_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    allow: str | Collection[str] = ALL,
+    sequence_parallel: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint attention (MM-DiT): video tokens and text tokens attend to all of both, as if the text
+    were concatenated after the video; all ``[B, L, H, D]``.
+
+    The text tokens are the seam's replicated tokens (:func:`attention`'s ``replicated``): under
+    sequence parallelism the video tokens are sharded over ranks, and every rank holds all text tokens.
+
+    :param txt_mask: ``[B, Lt]`` boolean key mask of the text tokens (True = attend; None: all).
+    :param allow: the layer's allow-list; joint attention over video tokens admits every backend.
+    :param sequence_parallel: the video tokens are the ones a sequence-parallel run shards.
+    :returns: ``([B, Lv, H, D], [B, Lt, H, D])``: the video outputs and the text outputs.
+    """
+    return attention(  # type: ignore[no-any-return]
+        q,
+        k,
+        v,
+        scale=scale,
+        allow=allow,
+        sequence_parallel=sequence_parallel,
+        replicated=(q_txt, k_txt, v_txt),
+        replicated_mask=txt_mask,
+    )

@@ -79,6 +79,22 @@ class ModelSource:
     def class_name(self) -> str:
         return str(self.model_index.get("_class_name", ""))
 
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        """``path/rel`` parsed (a component's ``config.json``), or None where there is no such file
+        (or no local folder yet: a Hub repo not downloaded). Invalid JSON, a value that is not an
+        object, or a zero/negative divisor (``patch_size``, a VAE scale factor) is a one-line
+        ``ValueError`` naming the file."""
+        if str(self.path) in ("", "."):
+            return None
+        path = self.path / rel
+        if not path.is_file():
+            return None
+        from fastvideo.loader.validate import check_config_values, read_json
+
+        config: dict[str, Any] = read_json(path)
+        check_config_values(config, path)
+        return config
+
 
 class ModelFamily(ABC):
     """A model family. Subclasses set the class attributes and implement :meth:`build_pipeline`.

@@ -105,7 +105,7 @@ def load_component(
     return model.to(device).eval()
 
 
-def check_model_files(cls: type, library: str, path: Path, stored: StoredTensors) -> None:
+def check_model_files(cls: Any, library: str, path: Path, stored: StoredTensors) -> None:
     """Build ``cls`` from ``path/config.json`` on meta and compare it with the stored tensors.
 
     Runs before any tensor is allocated: an absurd config stops while it is built (see

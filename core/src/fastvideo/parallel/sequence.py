@@ -1,12 +1,17 @@
 """Sequence parallelism: a DiT's blocks run on token shards, attention gathers what it needs.
 
-A model opts in by declaring, as a class attribute (plain data, no distributed code)::
+A model opts in by declaring a :class:`~fastvideo.parallel.plan.SequenceParallelPlan` as a class
+attribute (plain data, no distributed code)::
 
-    sequence_parallel_plan = {
-        "blocks": "blocks",                   # ModuleList attribute(s) holding the blocks, in call order
-        "token_args": {0: 1, 3: 1, 4: 0, 5: 0},  # positional (int) or keyword (str) block arguments -> token dim
-        "output": 1,                          # token dim of the last block's output (or {index: dim})
-    }
+    sequence_parallel_plan = SequenceParallelPlan(
+        blocks="blocks",                                # ModuleList attribute(s) holding the blocks, in call order
+        shard={"x": 1, "temb6": 1, "cos": 0, "sin": 0},  # block forward argument names -> token dim
+        output=1,                                       # token dim of the last block's output (or {index: dim})
+    )
+
+The names are looked up in each block's ``forward`` signature when the plan is applied (a name the
+block does not take is an error), and arguments are found by name whether passed by position or
+by keyword.
 
 Forward hooks then, from outside the model:
 
@@ -37,7 +42,7 @@ communication. Joint-attention models pass their text tokens as ``replicated=(q,
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,6 +50,7 @@ import torch
 from fastvideo.attention import selector
 from fastvideo.parallel import comm
 from fastvideo.parallel.peer import PeerExchange, exchange_mode, pack_groups, peer_exchange
+from fastvideo.parallel.plan import SequenceParallelPlan, as_plan
 from fastvideo.parallel.ring import ring_attention
 
 if TYPE_CHECKING:
@@ -55,24 +61,19 @@ if TYPE_CHECKING:
 Replicated = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def read_plan(model: nn.Module) -> dict[str, Any]:
-    """The model's ``sequence_parallel_plan``, checked, with ``blocks`` as a tuple of names."""
-    plan = getattr(model, "sequence_parallel_plan", None)
+def read_plan(model: nn.Module) -> SequenceParallelPlan:
+    """The model's ``sequence_parallel_plan``, checked against its blocks' ``forward`` signatures."""
     name = type(model).__name__
-    if not isinstance(plan, Mapping) or "blocks" not in plan or "token_args" not in plan:
-        raise ValueError(
-            f"{name} declares no sequence_parallel_plan, so it cannot run with sp_size or ring_size > 1; "
-            f"use --cfg-parallel / --fsdp only, or declare the plan (docs/parallel.md)"
-        )
-    blocks = (plan["blocks"],) if isinstance(plan["blocks"], str) else tuple(plan["blocks"])
-    lists = [getattr(model, b, None) for b in blocks]
+    plan = as_plan(getattr(model, "sequence_parallel_plan", None), name)
+    lists = [getattr(model, b, None) for b in plan.blocks]
     if not all(lists) or not all(len(x) for x in lists):  # type: ignore[arg-type]
         raise ValueError(
-            f"{name}.sequence_parallel_plan names blocks {blocks}, but {name} has no such non-empty lists"
+            f"{name}.sequence_parallel_plan names blocks {plan.blocks}, but {name} has no such non-empty lists"
         )
-    token_args = dict(plan["token_args"])
-    first = token_args.get(0, next(iter(token_args.values())))
-    return {"blocks": blocks, "token_args": token_args, "output": plan.get("output", first)}
+    for blocks in lists:
+        for block in blocks:  # type: ignore[union-attr]
+            plan.resolve(block, name)
+    return plan
 
 
 class SequenceSharding:
@@ -111,10 +112,11 @@ class SequenceSharding:
     # ---- hooks -----------------------------------------------------------------------------
 
     def apply(self, model: nn.Module) -> None:
-        blocks = [b for name in self.plan["blocks"] for b in getattr(model, name)]
+        blocks = [b for name in self.plan.blocks for b in getattr(model, name)]
         for block in blocks:
             self._handles.append(block.register_forward_pre_hook(self._shard_inputs, with_kwargs=True))
-        self._handles.insert(0, blocks[0].register_forward_pre_hook(self._begin, prepend=True))
+        begin = blocks[0].register_forward_pre_hook(self._begin, prepend=True, with_kwargs=True)
+        self._handles.insert(0, begin)
         self._handles.append(blocks[-1].register_forward_hook(self._gather_output))
         self._handles.append(model.register_forward_hook(self._end, always_call=True))
         model._fv_sequence_sharding = self  # type: ignore[assignment]
@@ -127,12 +129,15 @@ class SequenceSharding:
             del model._fv_sequence_sharding
 
     @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
-    def _begin(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        first = self.plan["token_args"]
-        key, dim = next(iter(first.items()))
-        x = args[key] if isinstance(key, int) else None
-        if x is None:
-            raise ValueError(f"{self.model_name}: the first token argument of the plan must be positional")
+    def _begin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        first = self.plan.first
+        x = self._argument(module, args, kwargs, first)
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(
+                f"{self.model_name}: {type(module).__name__}.forward got no tensor for {first!r}, the first "
+                "argument of sequence_parallel_plan.shard (it defines the token count)"
+            )
+        dim = self.plan.shard[first]
         self.length = x.shape[dim]
         p = self.state.sp_size
         if self.length < p:
@@ -190,19 +195,26 @@ class SequenceSharding:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args_l = list(args)
-        for key, dim in self.plan["token_args"].items():
-            if isinstance(key, int) and key < len(args_l):
-                args_l[key] = self._shard(args_l[key], dim)
-            elif isinstance(key, str) and key in kwargs:
-                kwargs[key] = self._shard(kwargs[key], dim)
+        for name, (index, dim) in self.plan.resolve(module, self.model_name).items():
+            if index is not None and index < len(args_l):
+                args_l[index] = self._shard(args_l[index], dim)
+            elif name in kwargs:
+                kwargs[name] = self._shard(kwargs[name], dim)
         return tuple(args_l), kwargs
+
+    def _argument(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
+        """The value a block call passes for argument ``name`` (by position or keyword), or None."""
+        index, _ = self.plan.resolve(module, self.model_name)[name]
+        if index is not None and index < len(args):
+            return args[index]
+        return kwargs.get(name)
 
     @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
     def _gather_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         selector.set_sequence_parallel(None)
         group = self.state.sp_group
         assert group is not None
-        spec = self.plan["output"]
+        spec = self.plan.output
         if isinstance(output, torch.Tensor):
             return comm.gather_unpad(output, int(spec), self.length, group)
         out = list(output)

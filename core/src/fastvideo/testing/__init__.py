@@ -6,11 +6,13 @@
   from whatever else is installed.
 * :class:`DummyDist`, :func:`install_dists`, :func:`plugin_env`, :func:`run_fv`,
   :func:`run_python`: build and pip-install real plugin distributions and run ``fv`` against
-  them in a subprocess.
+  them in a subprocess; :func:`fv_generate` runs ``fv generate`` and reads the video back.
 * :func:`mean_ssim`: structural similarity of two uint8 videos (regression tests of generations).
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`corrupt_copy` (truncated, bit-flipped, dropped or reshaped tensors), :func:`rewrite_checkpoint`,
   :func:`assert_same_placeholders`: checkpoint test helpers.
+* :mod:`fastvideo.testing.conformance`: ``DiTConformance``, the tests every model family's DiT
+  passes against its diffusers reference (imported on its own: it needs torch and pytest).
 
 Importing this package does not import torch.
 """
@@ -24,6 +26,7 @@ from fastvideo.testing.checkpoints import (
 from fastvideo.testing.dists import (
     DummyDist,
     fv_command,
+    fv_generate,
     install_dists,
     plugin_env,
     run_fv,
@@ -44,6 +47,7 @@ __all__ = [
     "corrupt_copy",
     "fake_plugins",
     "fv_command",
+    "fv_generate",
     "install_dists",
     "mean_ssim",
     "plugin_env",

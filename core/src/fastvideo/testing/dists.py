@@ -139,6 +139,37 @@ def run_fv(
     )
 
 
+def fv_generate(model: str | Path, output: Path, **options: object) -> tuple[dict, object]:
+    """``fv generate --model MODEL --output OUTPUT --device cpu --lossless --json``, offline, plus
+    ``--key value`` per option (``num_frames=9`` -> ``--num-frames 9``).
+
+    :returns: the JSON summary (its ``path`` checked to be ``output``) and the frames ``(T, H, W, 3)``
+        uint8 read back from the lossless mp4.
+    """
+    import json
+
+    from fastvideo.video import read_mp4
+
+    args = [
+        "generate",
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--lossless",
+        "--output",
+        str(output),
+        "--json",
+    ]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    proc = run_fv(args, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["path"] == str(output), summary
+    return summary, read_mp4(output)
+
+
 def run_python(
     code: str, *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

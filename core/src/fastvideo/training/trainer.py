@@ -173,7 +173,7 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         from fastvideo.registry import get_registry
 
-        algorithm_cls = get_registry().get("training_algorithm", cfg.algorithm).cls
+        algorithm_cls: Any = get_registry().get("training_algorithm", cfg.algorithm).cls
         unknown = sorted(set(cfg.roles) - {r.name for r in algorithm_cls.roles})
         if unknown:
             raise ValueError(

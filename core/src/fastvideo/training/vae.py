@@ -211,7 +211,7 @@ class VAEAlgorithm(TrainingAlgorithm):
         from fastvideo.loader.components import torch_dtype
         from fastvideo.training.export import write_with_component
 
-        model = self.eval_model()
+        model: Any = self.eval_model()
         mean, std = self.latent_stats(model)
         out = copy.deepcopy(model).to("cpu", torch_dtype(self.ctx.config.export.dtype))
         if "latents_mean" in out.config:

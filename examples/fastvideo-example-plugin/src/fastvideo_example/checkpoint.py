@@ -130,7 +130,7 @@ def _check_round_trip(path: Path, written: ExampleTransformer) -> None:
     """Load the transformer back through fastvideo.loader and compare every tensor."""
     from fastvideo.errors import CheckpointError
 
-    loaded = ExampleTransformer.from_pretrained(path / "transformer")
+    loaded = ExampleTransformer.from_pretrained(path / "transformer", dtype=None)
     expected = written.state_dict()
     for name, tensor in loaded.state_dict().items():
         if not torch.equal(tensor, expected[name]):

@@ -6,7 +6,6 @@ module, which does, is imported inside :meth:`ExampleFamily.build_pipeline`.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
@@ -32,8 +31,8 @@ class ExampleFamily(ModelFamily):
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
         """Read the strides from the checkpoint's configs when they are on disk."""
-        vae = _read_json(source, "vae/config.json")
-        dit = _read_json(source, "transformer/config.json")
+        vae = source.read_json("vae/config.json")
+        dit = source.read_json("transformer/config.json")
         if vae is None or dit is None:
             return cls.spatial_factor, cls.temporal_factor
         _, ph, _ = dit.get("patch_size", (1, 2, 2))  # a temporal patch > 1 is checked by the DiT
@@ -54,10 +53,3 @@ class ExampleFamily(ModelFamily):
         from fastvideo_example.pipeline import build_example_pipeline
 
         return build_example_pipeline(cls, source, config)
-
-
-def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
-    if str(source.path) in ("", "."):  # a Hub repo not downloaded yet
-        return None
-    path = source.path / rel
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -9,9 +9,11 @@ Every attention call goes through :func:`fastvideo.attention.attention` with ``[
 tensors, so any registered backend can run the model: self-attention admits every backend
 (``allow=ALL``, sparse ones included), cross-attention only exact ones (``allow=DENSE``).
 
-Weights live in a diffusers-style folder: ``config.json`` (the fields of :class:`ExampleConfig`
-plus ``_class_name``) and ``diffusion_pytorch_model.safetensors`` with this module's parameter
-names, loaded through :mod:`fastvideo.loader`.
+The model subclasses :class:`fastvideo.models.DiT`, which gives it construction on the ``meta``
+device, loading, regional compilation and the token grid; the layers it shares with the published
+families (``MLP``, ``modulate``, patchify) come from :mod:`fastvideo.layers`. Weights live in a
+diffusers-style folder: ``config.json`` (the fields of :class:`ExampleConfig` plus ``_class_name``)
+and ``diffusion_pytorch_model.safetensors`` with this module's parameter names (no name mapping).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.layers import MLP, modulate, patchify, timestep_embedding, unpatchify
+from fastvideo.models import DiT
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _POSITIVE_INTS = ("in_channels", "out_channels", "num_layers", "num_heads", "head_dim", "ffn_dim", "text_dim")
@@ -82,41 +86,7 @@ class ExampleConfig:
             raise ValueError(f"unknown ExampleConfig field(s) {unknown}; valid: {', '.join(sorted(fields))}")
         return cls(**{k: v for k, v in data.items() if k in fields})
 
-
-# ---------------------------------------------------------------- helpers
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of timesteps ``(B,)`` in [0, 1000] -> ``(B, dim)`` in fp32."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x (B, L, D)`` scaled and shifted by per-sample ``(B, D)`` vectors."""
-    return x * (1 + scale[:, None]) + shift[:, None]
-
-
-def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
-    """``(B, C, T, H, W)`` -> ``(B, T'*H'*W', C*pt*ph*pw)``, tokens in raster order (T', H', W')."""
-    b, c, t, h, w = x.shape
-    pt, ph, pw = patch
-    x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T', H', W', C, pt, ph, pw)
-    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), c * pt * ph * pw)
-
-
-def unpatchify(
-    x: torch.Tensor, grid: tuple[int, int, int], patch: tuple[int, int, int], channels: int
-) -> torch.Tensor:
-    """Inverse of :func:`patchify`: ``(B, L, C*pt*ph*pw)`` -> ``(B, C, T, H, W)``."""
-    b = x.shape[0]
-    (t, h, w), (pt, ph, pw) = grid, patch
-    x = x.reshape(b, t, h, w, channels, pt, ph, pw)
-    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', ph, W', pw)
-    return x.reshape(b, channels, t * pt, h * ph, w * pw)
+    from_diffusers_config = from_dict  # what DiT.from_pretrained parses config.json with
 
 
 # ---------------------------------------------------------------- blocks
@@ -164,33 +134,33 @@ class ExampleBlock(nn.Module):
 
     def __init__(self, cfg: ExampleConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.eps = cfg.eps
         self.self_attn = ExampleSelfAttention(cfg)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.eps)
         self.cross_attn = ExampleCrossAttention(cfg)
-        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(
-            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
-        )
+        self.ffn = MLP(cfg.dim, cfg.ffn_dim, cfg.dim, "gelu_tanh")
         self.modulation = nn.Linear(cfg.dim, 6 * cfg.dim)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(temb).chunk(6, dim=-1)  # 6 x (B, D)
-        x = x + gate1[:, None] * self.self_attn(modulate(self.norm1(x), shift1, scale1))  # (B, L, D)
+        x = x + gate1[:, None] * self.self_attn(modulate(x, shift1, scale1, eps=self.eps))  # (B, L, D)
         x = x + self.cross_attn(self.norm2(x), context)  # (B, L, D)
-        return x + gate2[:, None] * self.ffn(modulate(self.norm3(x), shift2, scale2))  # (B, L, D)
+        return x + gate2[:, None] * self.ffn(modulate(x, shift2, scale2, eps=self.eps))  # (B, L, D)
 
 
 # ---------------------------------------------------------------- model
 
 
-class ExampleTransformer(nn.Module):
+class ExampleTransformer(DiT):
     """The example DiT: predicts the flow ``(B, C, T, H, W)`` from noisy latents, timestep and text.
 
     Call signature matches what :class:`fastvideo.pipelines.stages.DenoisingStage` passes:
     ``model(hidden_states=latents, timestep=t, encoder_hidden_states=text)``.
     """
 
+    config_class = ExampleConfig
+    diffusers_class = "ExampleTransformer"  # the ``_class_name`` of its config.json
+    name_mapping = None  # the checkpoint stores our own parameter names
     fsdp_units: ClassVar[tuple[str, ...]] = ("ExampleBlock",)  # what an FSDP strategy may shard
     #: attention layers that admit sparse backends (allow=ALL); backends that need per-layer modules
     #: (a gate projection) get them attached here, see fastvideo.attention.layers
@@ -204,12 +174,9 @@ class ExampleTransformer(nn.Module):
         self.pos_t = nn.Embedding(config.max_grid[0], dim)
         self.pos_h = nn.Embedding(config.max_grid[1], dim)
         self.pos_w = nn.Embedding(config.max_grid[2], dim)
-        self.time_embed = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.text_embed = nn.Sequential(
-            nn.Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
-        )
+        self.time_embed = MLP(config.freq_dim, dim, dim, "silu")
+        self.text_embed = MLP(config.text_dim, dim, dim, "gelu_tanh")
         self.blocks = nn.ModuleList(ExampleBlock(config) for _ in range(config.num_layers))
-        self.norm_out = nn.LayerNorm(dim, eps=config.eps, elementwise_affine=False)
         self.modulation_out = nn.Linear(dim, 2 * dim)
         self.proj_out = nn.Linear(dim, config.out_channels * config.patch_volume)
 
@@ -231,23 +198,12 @@ class ExampleTransformer(nn.Module):
                     if getattr(module, "bias", None) is not None:
                         module.bias.zero_()
 
-    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
-        """``(T', H', W')`` of the tokens of latents of ``shape`` ``(B, C, T, H, W)``.
-
-        The denoising stage puts it in the step context for backends that need the grid.
-        """
-        *_, t, h, w = shape
-        pt, ph, pw = self.config.patch_size
-        if t % pt or h % ph or w % pw:
-            raise ValueError(
-                f"latent size (T, H, W)={(t, h, w)} is not divisible by patch_size={(pt, ph, pw)}"
-            )
-        grid = (t // pt, h // ph, w // pw)
+    def check_grid(self, grid: tuple[int, int, int]) -> None:
+        """:meth:`DiT.token_grid` checks the patch; the position tables bound the grid."""
         if any(g > m for g, m in zip(grid, self.config.max_grid, strict=True)):
             raise ValueError(
                 f"token grid {grid} exceeds max_grid={self.config.max_grid}; use a smaller video"
             )
-        return grid
 
     def positions(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """Learned factorised positions ``(T'*H'*W', D)`` in raster order."""
@@ -268,8 +224,8 @@ class ExampleTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, temb, context)  # (B, L, D)
         shift, scale = self.modulation_out(temb).chunk(2, dim=-1)  # 2 x (B, D)
-        x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, L, C*pt*ph*pw)
-        return unpatchify(x, grid, cfg.patch_size, cfg.out_channels)  # (B, C, T, H, W)
+        x = self.proj_out(modulate(x, shift, scale, eps=cfg.eps))  # (B, L, C*pt*ph*pw)
+        return unpatchify(x, grid, cfg.patch_size)  # (B, C, T, H, W)
 
     # -- diffusers-style folder: config.json + diffusion_pytorch_model.safetensors
 
@@ -283,37 +239,3 @@ class ExampleTransformer(nn.Module):
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         return folder
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        *,
-        dtype: torch.dtype | None = None,
-        device: Any = "cpu",
-        attention_backend: str | None = None,
-    ) -> ExampleTransformer:
-        """Build on the ``meta`` device, then load the safetensors weights strictly (``assign=True``).
-
-        Per-layer modules of attention backends are attached when the checkpoint holds them, and
-        those of ``attention_backend`` always (zeros where the checkpoint has none).
-        """
-        from fastvideo.attention.layers import attach_layer_modules
-        from fastvideo.errors import CheckpointError
-        from fastvideo.loader import load_module_weights, load_safetensors_folder
-
-        folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"{folder} has no config.json; expected an ExampleTransformer folder")
-        try:
-            config = ExampleConfig.from_dict(json.loads(config_file.read_text()))
-        except ValueError as exc:
-            raise CheckpointError(f"{config_file}: {exc}") from None
-        with torch.device("meta"):
-            model = cls(config)
-        state = load_safetensors_folder(folder)
-        for name in attach_layer_modules(model, attention_backend, stored=state):  # not in the checkpoint
-            state[name] = torch.zeros(model.get_parameter(name).shape)
-        load_module_weights(model, state, source=str(folder), dtype=dtype)
-        return model.to(device).eval()

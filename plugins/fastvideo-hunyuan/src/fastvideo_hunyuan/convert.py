@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fastvideo.loader import checkpoint
 from fastvideo.loader.checkpoint import INDEX_NAME, WEIGHTS_NAME
-from fastvideo.loader.mapping import NameMapping, UnmappedKeysError, template_pattern
+from fastvideo.loader.mapping import NameMapping, UnmappedKeysError
 
 __all__ = [
     "INDEX_NAME",
@@ -97,7 +97,6 @@ MAPPING = NameMapping(
     their_class="HunyuanVideoTransformer3DModel",
     our_class="HunyuanTransformer",
 )
-_TO_OURS = [(template_pattern(d), o) for d, o in RULES]  # one per rule, in order
 
 #: ``diffusers_to_ours(sd)`` / ``ours_to_diffusers(sd)``: rename (values untouched), raising
 #: :class:`UnmappedKeysError` with every name that no rule matches.

@@ -35,10 +35,10 @@ class HunyuanFamily(ModelFamily):
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
-        vae_cfg = _read_json(source, "vae/config.json")
+        vae_cfg = source.read_json("vae/config.json")
         if vae_cfg is None:
             return cls.spatial_factor, cls.temporal_factor
-        dit_cfg = _read_json(source, "transformer/config.json") or {}
+        dit_cfg = source.read_json("transformer/config.json") or {}
         stride = int(vae_cfg.get("spatial_compression_ratio", 8))
         return stride * int(dit_cfg.get("patch_size", 2)), int(vae_cfg.get("temporal_compression_ratio", 4))
 
@@ -58,14 +58,3 @@ class HunyuanFamily(ModelFamily):
         from fastvideo_hunyuan.pipeline import build_hunyuan_pipeline
 
         return build_hunyuan_pipeline(cls, source, config)
-
-
-def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
-    path = source.path / rel if str(source.path) not in ("", ".") else None
-    if path is None or not path.is_file():
-        return None
-    from fastvideo.loader.validate import check_config_values, read_json
-
-    config = read_json(path)
-    check_config_values(config, path)  # a zero patch size or VAE stride is refused here, naming the file
-    return config

@@ -21,19 +21,17 @@ unmasked whenever every sample has the same number of valid text tokens (always 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvideo.attention import ALL, DENSE, attention
+from fastvideo.attention import DENSE, attention, joint_attention
 from fastvideo.configs import DiffusersConfigMixin
-from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
-from fastvideo.loader.checkpoint import load_pretrained, read_config
+from fastvideo.layers import MLP, gelu_tanh, modulate, rope_apply, rope_tables, timestep_embedding, unpatchify
+from fastvideo.models import DiT, SequenceParallelPlan
 from fastvideo_hunyuan import convert
 
 FREQ_DIM = 256  # sinusoidal features of the timestep and of the guidance scale
@@ -99,36 +97,30 @@ class HunyuanConfig(DiffusersConfigMixin):
 # --------------------------------------------------------------------------------------------------
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine, eps 1e-6); shift/scale ``(B, D)``."""
-    normed = F.layer_norm(x, x.shape[-1:], eps=1e-6)
-    return torch.addcmul(shift.unsqueeze(1), normed, 1 + scale.unsqueeze(1))
-
-
 def gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Gated residual ``x + y * gate`` with gate ``(B, D)``."""
     return torch.addcmul(x, y, gate.unsqueeze(1))
 
 
+def heads_qkv(
+    x: torch.Tensor,
+    proj: tuple[nn.Linear, nn.Linear, nn.Linear],
+    norms: tuple[nn.RMSNorm, nn.RMSNorm],
+    num_heads: int,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, L, D)`` -> q, k, v ``(B, L, H, Dh)``: projected, q and k RMS-normed per head, then
+    rotated by ``rope = (cos, sin)`` (video tokens; text tokens get no RoPE)."""
+    heads = (num_heads, -1)
+    q, k = (norm(p(x).unflatten(-1, heads)) for p, norm in zip(proj[:2], norms, strict=True))
+    if rope is not None:
+        q, k = rope_apply(q, *rope), rope_apply(k, *rope)
+    return q, k, proj[2](x).unflatten(-1, heads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
-
-
-_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
-
-
-class HunyuanMLP(nn.Module):
-    """``fc2(act(fc1(x)))``: timestep / guidance / pooled-text embedders and feed-forwards."""
-
-    def __init__(self, dim_in: int, hidden: int, dim_out: int, act: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim_in, hidden)
-        self.fc2 = nn.Linear(hidden, dim_out)
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(_ACTIVATIONS[self.act](self.fc1(x)))
 
 
 class HunyuanRefinerBlock(nn.Module):
@@ -140,7 +132,7 @@ class HunyuanRefinerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = HunyuanMLP(dim, mlp_dim, dim, "silu")
+        self.mlp = MLP(dim, mlp_dim, dim, "silu")
         self.gate = nn.Linear(dim, 2 * dim)  # silu(cond) -> (attention gate, MLP gate)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -161,8 +153,8 @@ class HunyuanTextRefiner(nn.Module):
     def __init__(self, cfg: HunyuanConfig) -> None:
         super().__init__()
         dim = cfg.dim
-        self.time_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu")
-        self.pool_embed = HunyuanMLP(cfg.text_embed_dim, dim, dim, "silu")
+        self.time_embed = MLP(FREQ_DIM, dim, dim, "silu")
+        self.pool_embed = MLP(cfg.text_embed_dim, dim, dim, "silu")
         self.proj_in = nn.Linear(cfg.text_embed_dim, dim)
         # the refiner's MLP ratio is fixed at 4 in the checkpoints, whatever mlp_ratio says
         self.blocks = nn.ModuleList(
@@ -188,38 +180,29 @@ class HunyuanTextRefiner(nn.Module):
         return x
 
 
-def joint_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    text_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    text_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over video tokens and text tokens together, all ``[B, L, H, Dh]``.
+class HunyuanJointAttention(nn.Module):
+    """Joint attention of video and text tokens: q/k/v projections with per-head RMSNorms, RoPE on
+    the video tokens only, one attention over both (the text as the seam's replicated tokens, so
+    sequence parallelism shards only the video).
 
-    The text tokens go to the seam as replicated tokens: under sequence parallelism the video tokens
-    are sharded over ranks while every rank holds all text tokens. ``text_mask`` ``(B, Lt)`` marks the
-    text keys to attend (None: all).
-
-    :returns: video outputs ``(B, Lv, H*Dh)`` and text outputs ``(B, Lt, H*Dh)``.
+    ``dual`` (dual-stream blocks): the text has its own projections and norms, and each stream its
+    output projection. Otherwise (single-stream blocks) the text shares the video's weights and there
+    is no output projection: the block's ``out`` layer maps attention and MLP together.
     """
-    out, text_out = attention(
-        q, k, v, replicated=text_qkv, replicated_mask=text_mask, allow=ALL, sequence_parallel=True
-    )
-    return out.flatten(2), text_out.flatten(2)
 
-
-class HunyuanDoubleAttention(nn.Module):
-    """Joint attention of a dual-stream block: video and text tokens with their own projections and
-    per-head RMSNorms, RoPE on video tokens only, one attention over both."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
+    def __init__(self, dim: int, num_heads: int, head_dim: int, *, dual: bool) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
+        self.num_heads, self.dual = num_heads, dual
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        if dual:
+            self.o = nn.Linear(dim, dim)
+            self.text_q, self.text_k, self.text_v, self.text_o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
-        self.text_norm_q, self.text_norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
+        if dual:
+            self.text_norm_q, self.text_norm_k = (
+                nn.RMSNorm(head_dim, eps=1e-6),
+                nn.RMSNorm(head_dim, eps=1e-6),
+            )
 
     def forward(
         self,
@@ -229,16 +212,15 @@ class HunyuanDoubleAttention(nn.Module):
         sin: torch.Tensor,
         text_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated
-        heads = (self.num_heads, -1)
-        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
-        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
-        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
-        tq = self.text_norm_q(self.text_q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tk = self.text_norm_k(self.text_k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tv = self.text_v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
-        out, text_out = joint_attention(q, k, v, (tq, tk, tv), text_mask)  # (B, Lv, D), (B, Lt, D)
-        return self.o(out), self.text_o(text_out)
+        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated; text_mask (B, Lt) or None
+        proj, norms = (self.q, self.k, self.v), (self.norm_q, self.norm_k)
+        video = heads_qkv(h, proj, norms, self.num_heads, (cos, sin))  # 3 x (B, Lv, H, Dh)
+        if self.dual:
+            proj, norms = (self.text_q, self.text_k, self.text_v), (self.text_norm_q, self.text_norm_k)
+        text = heads_qkv(ht, proj, norms, self.num_heads)  # 3 x (B, Lt, H, Dh)
+        out, text_out = joint_attention(*video, *text, txt_mask=text_mask)
+        out, text_out = out.flatten(2), text_out.flatten(2)  # (B, Lv, D), (B, Lt, D)
+        return (self.o(out), self.text_o(text_out)) if self.dual else (out, text_out)
 
 
 class HunyuanDoubleBlock(nn.Module):
@@ -250,9 +232,9 @@ class HunyuanDoubleBlock(nn.Module):
         dim = cfg.dim
         self.video_mod = nn.Linear(dim, 6 * dim)  # silu(cond) -> (shift, scale, gate) x (attn, mlp)
         self.text_mod = nn.Linear(dim, 6 * dim)
-        self.attn = HunyuanDoubleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
-        self.video_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
-        self.text_mlp = HunyuanMLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
+        self.attn = HunyuanJointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, dual=True)
+        self.video_mlp = MLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
+        self.text_mlp = MLP(dim, cfg.mlp_dim, dim, "gelu_tanh")
 
     def forward(
         self,
@@ -277,35 +259,6 @@ class HunyuanDoubleBlock(nn.Module):
         return x, txt
 
 
-class HunyuanSingleAttention(nn.Module):
-    """q/k/v projections with per-head RMSNorm of a single-stream block, shared by video and text
-    tokens (no output projection: the block's ``out`` layer maps attention and MLP together)."""
-
-    def __init__(self, dim: int, num_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
-        self.norm_q, self.norm_k = nn.RMSNorm(head_dim, eps=1e-6), nn.RMSNorm(head_dim, eps=1e-6)
-
-    def forward(
-        self,
-        h: torch.Tensor,
-        ht: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        text_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # h (B, Lv, D) video; ht (B, Lt, D) text, both modulated
-        heads = (self.num_heads, -1)
-        q = rope_apply(self.norm_q(self.q(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
-        k = rope_apply(self.norm_k(self.k(h).unflatten(-1, heads)), cos, sin)  # (B, Lv, H, Dh)
-        v = self.v(h).unflatten(-1, heads)  # (B, Lv, H, Dh)
-        tq = self.norm_q(self.q(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tk = self.norm_k(self.k(ht).unflatten(-1, heads))  # (B, Lt, H, Dh)
-        tv = self.v(ht).unflatten(-1, heads)  # (B, Lt, H, Dh)
-        return joint_attention(q, k, v, (tq, tk, tv), text_mask)  # (B, Lv, D), (B, Lt, D)
-
-
 class HunyuanSingleBlock(nn.Module):
     """Single-stream block: video and text tokens share all weights; attention and a GELU MLP are
     computed in parallel from one adaLN-modulated input and mapped back by one linear layer."""
@@ -314,7 +267,7 @@ class HunyuanSingleBlock(nn.Module):
         super().__init__()
         dim = cfg.dim
         self.mod = nn.Linear(dim, 3 * dim)  # silu(cond) -> (shift, scale, gate)
-        self.attn = HunyuanSingleAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim)
+        self.attn = HunyuanJointAttention(dim, cfg.num_attention_heads, cfg.attention_head_dim, dual=False)
         self.mlp_in = nn.Linear(dim, cfg.mlp_dim)
         self.out = nn.Linear(dim + cfg.mlp_dim, dim)
 
@@ -363,10 +316,14 @@ class HunyuanHead(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class HunyuanTransformer(nn.Module):
+class HunyuanTransformer(DiT):
     """HunyuanVideo DiT: ``forward(latents, timestep, text, text_mask, pooled, guidance) -> flow``,
     diffusers' call convention."""
 
+    config_class = HunyuanConfig
+    diffusers_class = "HunyuanVideoTransformer3DModel"
+    name_mapping = convert.MAPPING
+    block_lists: ClassVar[tuple[str, ...]] = ("double_blocks", "single_blocks")
     fsdp_units: ClassVar[tuple[str, ...]] = ("HunyuanDoubleBlock", "HunyuanSingleBlock")
     #: diffusers keeps no HunyuanVideo parameter in fp32 (no ``_keep_in_fp32_modules``).
     fp32_modules: ClassVar[tuple[str, ...]] = ()
@@ -376,11 +333,9 @@ class HunyuanTransformer(nn.Module):
     #: Sequence parallelism (fastvideo.parallel.sequence): every block takes ``(x, txt, cond, cos, sin,
     #: text_mask)``; video tokens ``x`` and the RoPE tables are sharded, text tokens stay whole on every
     #: rank (replicated tokens of the joint attention); the last block's video output is gathered.
-    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
-        "blocks": ("double_blocks", "single_blocks"),
-        "token_args": {0: 1, 3: 0, 4: 0},
-        "output": {0: 1},
-    }
+    sequence_parallel_plan = SequenceParallelPlan(
+        blocks=("double_blocks", "single_blocks"), shard={"x": 1, "cos": 0, "sin": 0}, output={0: 1}
+    )
 
     def __init__(self, config: HunyuanConfig) -> None:
         super().__init__()
@@ -389,32 +344,15 @@ class HunyuanTransformer(nn.Module):
         patch = (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
         self.patch_embed = nn.Conv3d(cfg.in_channels, dim, kernel_size=patch, stride=patch)
         self.text_refiner = HunyuanTextRefiner(cfg)
-        self.time_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu")
-        self.guidance_embed = HunyuanMLP(FREQ_DIM, dim, dim, "silu") if cfg.guidance_embeds else None
-        self.pooled_embed = HunyuanMLP(cfg.pooled_projection_dim, dim, dim, "silu")
+        self.time_embed = MLP(FREQ_DIM, dim, dim, "silu")
+        self.guidance_embed = MLP(FREQ_DIM, dim, dim, "silu") if cfg.guidance_embeds else None
+        self.pooled_embed = MLP(cfg.pooled_projection_dim, dim, dim, "silu")
         self.double_blocks = nn.ModuleList(HunyuanDoubleBlock(cfg) for _ in range(cfg.num_layers))
         self.single_blocks = nn.ModuleList(HunyuanSingleBlock(cfg) for _ in range(cfg.num_single_layers))
         self.head = HunyuanHead(dim, cfg.out_channels * math.prod(patch))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The compute dtype (that of the patch embedding); inputs are cast to it."""
-        return self.patch_embed.weight.dtype
-
-    def init_weights(self) -> None:
-        """Random init for training from scratch (PyTorch defaults; norms at one)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.RMSNorm)):
-                m.reset_parameters()
-
-    def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
-        """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``; video tokens
-        are in raster order over it (the pipeline passes it to ``StepContext(grid=...)``)."""
-        sizes = tuple(latent_shape[-3:])
-        patch = (self.config.patch_size_t, self.config.patch_size, self.config.patch_size)
-        if any(s % p for s, p in zip(sizes, patch, strict=True)):
-            raise ValueError(f"latent (T, H, W)={sizes} must be divisible by the patch (t, h, w)={patch}")
-        return tuple(s // p for s, p in zip(sizes, patch, strict=True))  # type: ignore[return-value]
+    def patch(self) -> tuple[int, int, int]:
+        return (self.config.patch_size_t, self.config.patch_size, self.config.patch_size)
 
     def forward(
         self,
@@ -448,10 +386,10 @@ class HunyuanTransformer(nn.Module):
             encoder_hidden_states.to(self.dtype), encoder_attention_mask
         )
         txt = self.text_refiner(text, timestep, refiner_mask)  # (B, Lt', D)
-        for block in (*self.double_blocks, *self.single_blocks):
+        for block in self.blocks_in_order():
             x, txt = block(x, txt, cond, cos, sin, text_mask)  # (B, Lv, D), (B, Lt', D)
         x = self.head(x, cond)  # (B, Lv, pt*p*p*C_out)
-        return self.unpatchify(x, grid)  # (B, C_out, T, H, W)
+        return unpatchify(x, grid, self.patch())  # (B, C_out, T, H, W)
 
     def _conditioning(
         self, timestep: torch.Tensor, pooled: torch.Tensor, guidance: torch.Tensor | None
@@ -467,59 +405,6 @@ class HunyuanTransformer(nn.Module):
             g = guidance.reshape(-1).expand(timestep.shape[0])
             cond = cond + self.guidance_embed(timestep_embedding(g, FREQ_DIM).to(self.dtype))
         return cond + self.pooled_embed(pooled.to(self.dtype))
-
-    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """``(B, T'*H'*W', pt*p*p*C)`` tokens -> ``(B, C, T'*pt, H'*p, W'*p)`` latents."""
-        (t, h, w), p, pt = grid, self.config.patch_size, self.config.patch_size_t
-        x = x.reshape(x.shape[0], t, h, w, -1, pt, p, p)  # (B, T', H', W', C, pt, p, p)
-        x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', p, W', p)
-        return x.reshape(x.shape[0], x.shape[1], t * pt, h * p, w * p)
-
-    def compile_blocks(self, **kwargs: Any) -> HunyuanTransformer:
-        """Regional compilation: ``torch.compile`` each block in place."""
-        for block in (*self.double_blocks, *self.single_blocks):
-            block.compile(**kwargs)
-        return self
-
-    # ---- construction and loading ---------------------------------------------------------------
-
-    @classmethod
-    def from_config(
-        cls, config: HunyuanConfig | Mapping[str, Any], device: torch.device | str = "meta"
-    ) -> HunyuanTransformer:
-        """Build from a :class:`HunyuanConfig` (or diffusers config dict); random init unless on ``meta``."""
-        cfg = config if isinstance(config, HunyuanConfig) else HunyuanConfig.from_diffusers_config(config)
-        with torch.device("meta"):
-            model = cls(cfg)
-        if torch.device(device).type != "meta":
-            model.to_empty(device=device)
-            model.init_weights()
-        return model
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        dtype: torch.dtype | None = torch.bfloat16,
-        device: torch.device | str = "cpu",
-    ) -> HunyuanTransformer:
-        """Load a diffusers ``HunyuanVideoTransformer3DModel`` folder (``config.json`` + safetensors).
-
-        :param dtype: parameter dtype (``None`` keeps the stored dtypes).
-        :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
-        """
-        folder = Path(folder)
-        config = read_config(
-            folder,
-            "HunyuanVideoTransformer3DModel",
-            "HunyuanTransformer",
-            HunyuanConfig.from_diffusers_config,
-        )
-        ckpt = convert.DiffusersCheckpoint(folder)
-        model = ckpt.build(
-            lambda: cls.from_config(config, device="meta")
-        )  # stops at once on an absurd config
-        return load_pretrained(model, ckpt, dtype=dtype, device=device)
 
 
 def drop_text_padding(

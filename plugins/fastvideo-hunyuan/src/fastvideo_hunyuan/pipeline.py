@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastvideo.loader.components import load_component, torch_dtype
+from fastvideo.models import LatentGeometry, default_dtypes, pick_device
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.composed import ComposedPipeline
 from fastvideo.pipelines.stages import (
@@ -28,7 +29,7 @@ from fastvideo.pipelines.stages import (
 from fastvideo_hunyuan.model import HunyuanTransformer
 
 if TYPE_CHECKING:
-    from fastvideo.configs import PipelineConfig, SamplingParams
+    from fastvideo.configs import PipelineConfig
     from fastvideo.interfaces.model_family import ModelFamily, ModelSource
 
 #: HunyuanVideo's Llama prompt template; its prefix is 95 tokens of the checkpoints' Llama-3 tokenizer
@@ -49,43 +50,9 @@ LLAMA_HIDDEN_LAYER = -3  # the text states skip Llama's last two layers
 CLIP_MAX_LENGTH = 77
 
 
-def pick_device(config: PipelineConfig) -> torch.device:
-    if config.device is not None:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtypes(config: PipelineConfig, device: torch.device) -> tuple[str, str, str]:
-    """(DiT, text encoders, VAE) dtypes: bf16/fp16/fp16 on GPU (HunyuanVideo's release settings),
-    fp32 everywhere on CPU."""
-    gpu = device.type == "cuda"
-    dit = config.dtype or ("bf16" if gpu else "fp32")
-    text = config.text_encoder_dtype or ("fp16" if gpu else "fp32")
-    vae = config.vae_dtype or ("fp16" if gpu else "fp32")
-    return dit, text, vae
-
-
 def flow_sigmas(num_steps: int) -> list[float]:
     """HunyuanVideo's unshifted sigmas: ``n`` evenly spaced values from 1 down to ``1/n``."""
     return [1.0 - i / num_steps for i in range(num_steps)]
-
-
-class HunyuanLatents:
-    """Latent geometry of a HunyuanVideo checkpoint: channels, VAE strides and scaling factor."""
-
-    def __init__(self, vae: Any, channels: int) -> None:
-        cfg = vae.config
-        self.channels = channels
-        self.spatial = int(cfg.spatial_compression_ratio)
-        self.temporal = int(cfg.temporal_compression_ratio)
-        self.scaling_factor = float(cfg.scaling_factor)
-
-    def shape(self, p: SamplingParams) -> tuple[int, int, int, int]:
-        t = (p.num_frames - 1) // self.temporal + 1
-        return (self.channels, t, p.height // self.spatial, p.width // self.spatial)
-
-    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents / self.scaling_factor
 
 
 class HunyuanDenoisingStage(DenoisingStage):
@@ -113,7 +80,8 @@ def build_hunyuan_pipeline(
 ) -> ComposedPipeline:
     """Load every component of a HunyuanVideo checkpoint and compose the text-to-video stages."""
     device = pick_device(config)
-    dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)
+    # bf16 DiT, fp16 text encoders and VAE on GPU: HunyuanVideo's release settings
+    dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device, text="fp16", vae="fp16")
     index, path = source.model_index, source.path
     tokenizer = load_component(path, index, "tokenizer")
     text_encoder = load_component(path, index, "text_encoder", dtype=text_dtype, device=device)
@@ -126,7 +94,7 @@ def build_hunyuan_pipeline(
     )
     if config.compile or (config.compile is None and device.type == "cuda"):
         transformer.compile_blocks()  # regional: each block compiles once, shapes are reused per step
-    geometry = HunyuanLatents(vae, transformer.config.in_channels)
+    geometry = LatentGeometry.from_vae(vae, channels=transformer.config.in_channels)
     encoders = [
         LanguageModelTextEncoder(
             tokenizer, text_encoder, template=PROMPT_TEMPLATE, hidden_layer=LLAMA_HIDDEN_LAYER

@@ -38,10 +38,8 @@ class WanFamily(ModelFamily):
 
     @classmethod
     def factors(cls, source: ModelSource) -> tuple[int, int]:
-        vae_cfg = _read_json(source, "vae/config.json")
-        dit_cfg = _read_json(source, "transformer/config.json") or _read_json(
-            source, "transformer_2/config.json"
-        )
+        vae_cfg = source.read_json("vae/config.json")
+        dit_cfg = source.read_json("transformer/config.json") or source.read_json("transformer_2/config.json")
         if vae_cfg is not None:
             stride = int(vae_cfg.get("scale_factor_spatial") or (16 if vae_cfg.get("z_dim") == 48 else 8))
             patch = int((dit_cfg or {}).get("patch_size", [1, 2, 2])[1])
@@ -114,7 +112,7 @@ class WanFamily(ModelFamily):
                 f"training supports Wan text-to-video checkpoints; this one is {workload} (image conditioning "
                 "in training is not implemented yet)"
             )
-        scheduler = _read_json(source, "scheduler/scheduler_config.json") or {}
+        scheduler = source.read_json("scheduler/scheduler_config.json") or {}
         shift = scheduler.get("flow_shift") or scheduler.get("shift") or 1.0
         if source.preset is not None and source.preset.sampling.get("flow_shift"):
             shift = source.preset.sampling["flow_shift"]
@@ -124,9 +122,10 @@ class WanFamily(ModelFamily):
     @classmethod
     def training_encoders(cls, source: ModelSource, config: PipelineConfig) -> Any:
         from fastvideo.loader.components import load_component
+        from fastvideo.models import default_dtypes, pick_device
         from fastvideo.pipelines.stages import T5TextEncoder
         from fastvideo.training.preprocess import Encoders
-        from fastvideo_wan.pipeline import WanLatents, default_dtypes, pick_device
+        from fastvideo_wan.pipeline import wan_latents
 
         device = pick_device(config)
         _, text_dtype, vae_dtype = default_dtypes(config, device)
@@ -134,11 +133,7 @@ class WanFamily(ModelFamily):
         tokenizer = load_component(source.path, index, "tokenizer")
         text_encoder = load_component(source.path, index, "text_encoder", dtype=text_dtype, device=device)
         vae = load_component(source.path, index, "vae", dtype=vae_dtype, device=device)
-        geometry = WanLatents(vae)
-
-        def normalize(latents: Any) -> Any:  # what the pipelines' denormalize inverts
-            return (latents - geometry.mean.to(latents)) / geometry.std.to(latents)
-
+        normalize = wan_latents(vae).normalize  # what the pipelines' denormalize inverts
         return Encoders(
             text=T5TextEncoder(tokenizer, text_encoder), vae=vae, normalize=normalize, device=device
         )
@@ -195,14 +190,3 @@ def _workload(source: ModelSource) -> str:
             return "ti2v"
         return "t2v"
     return source.preset.workload if source.preset else "t2v"
-
-
-def _read_json(source: ModelSource, rel: str) -> dict[str, Any] | None:
-    path = source.path / rel if str(source.path) not in ("", ".") else None
-    if path is None or not path.is_file():
-        return None
-    from fastvideo.loader.validate import check_config_values, read_json
-
-    config = read_json(path)
-    check_config_values(config, path)  # a zero patch size or VAE stride is refused here, naming the file
-    return config

@@ -12,20 +12,17 @@ projections), Wan2.2 TI2V-5B (one timestep per video token) and Wan2.2 A14B (two
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, attention
-from fastvideo.attention.layers import attach_layer_modules, checkpoint_mapping
 from fastvideo.configs import DiffusersConfigMixin
-from fastvideo.layers import gelu_tanh, rope_apply, rope_tables, timestep_embedding
-from fastvideo.loader.checkpoint import build_checked, load_pretrained, read_config
+from fastvideo.layers import MLP, modulate, rope_apply, rope_tables, timestep_embedding, unpatchify
+from fastvideo.models import DiT, SequenceParallelPlan
 from fastvideo_wan import convert
 
 QK_NORMS = ("rms_norm_across_heads",)
@@ -97,16 +94,6 @@ class WanConfig(DiffusersConfigMixin):
 # --------------------------------------------------------------------------------------------------
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
-    """adaLN: ``LayerNorm(x) * (1 + scale) + shift`` (no affine), in x's dtype.
-
-    ``shift``/``scale`` (fp32, tiny) are rounded to x's dtype; both ops accumulate in fp32 inside,
-    so x is read once and written once (diffusers also materializes fp32 copies of x).
-    """
-    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
-    return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
-
-
 def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """An affine LayerNorm whose (possibly fp32-kept) weights are used in x's dtype."""
     w, b = norm.weight.to(x.dtype), norm.bias.to(x.dtype)
@@ -116,26 +103,6 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------------
-
-
-_ACTIVATIONS = {
-    "silu": F.silu,
-    "gelu": F.gelu,
-    "gelu_tanh": gelu_tanh,
-}
-
-
-class WanMLP(nn.Module):
-    """``fc2(act(fc1(x)))``: the time, text, image and feed-forward projections."""
-
-    def __init__(self, dim_in: int, hidden: int, dim_out: int, act: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim_in, hidden)
-        self.fc2 = nn.Linear(hidden, dim_out)
-        self.act = _ACTIVATIONS[act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class WanSelfAttention(nn.Module):
@@ -198,7 +165,7 @@ class WanBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(dim, eps=eps) if cfg.cross_attn_norm else None
         image = cfg.image_dim is not None
         self.cross_attn = WanCrossAttention(dim, cfg.num_attention_heads, eps, image=image)
-        self.ffn = WanMLP(dim, cfg.ffn_dim, dim, "gelu_tanh")
+        self.ffn = MLP(dim, cfg.ffn_dim, dim, "gelu_tanh")
 
     def forward(
         self,
@@ -212,11 +179,11 @@ class WanBlock(nn.Module):
         # x (B, L, D); temb6 (B, Lm, 6, D) with Lm = 1 or L; the modulation sum is fp32 as in diffusers
         mod = self.modulation + temb6.float()  # (B, Lm, 6, D) fp32
         shift, scale, gate, c_shift, c_scale, c_gate = mod.unbind(2)  # 6 x (B, Lm, D)
-        attn = self.self_attn(modulate(x, shift, scale, self.eps), cos, sin)  # (B, L, D)
+        attn = self.self_attn(modulate(x, shift, scale, eps=self.eps), cos, sin)  # (B, L, D)
         x = torch.addcmul(x, attn, gate.to(x.dtype))  # (B, L, D)
         h = layer_norm(x, self.norm_cross) if self.norm_cross is not None else x  # (B, L, D)
         x = x + self.cross_attn(h, context, context_img)  # (B, L, D)
-        ff = self.ffn(modulate(x, c_shift, c_scale, self.eps))  # (B, L, D)
+        ff = self.ffn(modulate(x, c_shift, c_scale, eps=self.eps))  # (B, L, D)
         return torch.addcmul(x, ff, c_gate.to(x.dtype))  # (B, L, D)
 
 
@@ -251,7 +218,7 @@ class WanHead(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation + temb.unsqueeze(2)).unbind(2)  # (B, Lm, D) fp32
-        return self.proj(modulate(x, shift, scale, self.eps))  # (B, L, pt*ph*pw*C)
+        return self.proj(modulate(x, shift, scale, eps=self.eps))  # (B, L, pt*ph*pw*C)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,13 +226,14 @@ class WanHead(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class WanTransformer(nn.Module):
+class WanTransformer(DiT):
     """Wan DiT: ``forward(latents, timestep, text, image=None) -> prediction`` as diffusers' model."""
 
+    config_class = WanConfig
+    diffusers_class = "WanTransformer3DModel"
+    name_mapping = convert.MAPPING
     fsdp_units: ClassVar[tuple[str, ...]] = ("WanBlock",)
-    #: Kept in fp32 when loading in bf16/fp16 (diffusers' ``_keep_in_fp32_modules``); an entry matches
-    #: a parameter whose dotted name contains it as whole components (``"modulation"`` matches
-    #: ``blocks.3.modulation`` and ``head.modulation``).
+    #: diffusers' ``_keep_in_fp32_modules``
     fp32_modules: ClassVar[tuple[str, ...]] = (
         "time_embed",
         "modulation",
@@ -273,62 +241,42 @@ class WanTransformer(nn.Module):
         "image_embed.norm_in",
         "image_embed.norm_out",
     )
-    #: Attention layers whose ``attention(...)`` call admits sparse backends (glob over module names);
-    #: backends that need per-layer modules get them attached here (fastvideo.attention.layers).
+    #: backends that need per-layer modules get them attached here (fastvideo.attention.layers)
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
-    #: Sequence parallelism, applied from outside by ``fastvideo.parallel``: the blocks run on token
-    #: shards. Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and
-    #: sin (L, 1, Dh); the last block's output is gathered on dim 1.
-    sequence_parallel_plan: ClassVar[dict[str, Any]] = {
-        "blocks": "blocks",
-        "token_args": {0: 1, 3: 1, 4: 0, 5: 0},
-    }
+    #: Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and sin
+    #: (L, 1, Dh); the last block's output is gathered on dim 1.
+    sequence_parallel_plan = SequenceParallelPlan(
+        blocks="blocks", shard={"x": 1, "temb6": 1, "cos": 0, "sin": 0}
+    )
 
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
         self.config = cfg = config
         dim = cfg.dim
         self.patch_embed = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.time_embed = WanMLP(cfg.freq_dim, dim, dim, "silu")
+        self.time_embed = MLP(cfg.freq_dim, dim, dim, "silu")
         self.time_mod = nn.Linear(dim, 6 * dim)  # silu(temb) -> per-block (shift, scale, gate) x 2
-        self.text_embed = WanMLP(cfg.text_dim, dim, dim, "gelu_tanh")
+        self.text_embed = MLP(cfg.text_dim, dim, dim, "gelu_tanh")
         self.image_embed = None
         if cfg.image_dim is not None:
             self.image_embed = WanImageEmbedding(cfg.image_dim, dim, cfg.pos_embed_seq_len)
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = WanHead(dim, cfg.out_channels * math.prod(cfg.patch_size), cfg.eps)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The compute dtype (that of the patch embedding); inputs are cast to it."""
-        return self.patch_embed.weight.dtype
-
     def init_weights(self) -> None:
         """Random init for training from scratch (PyTorch defaults; modulation ~ N(0, 1/dim))."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv3d, nn.LayerNorm, nn.RMSNorm)):
-                m.reset_parameters()
+        super().init_weights()
         for name, p in self.named_parameters():
             if name.endswith("modulation"):
                 nn.init.normal_(p, std=self.config.dim**-0.5)
             elif name.endswith("pos_embed"):
                 nn.init.zeros_(p)
 
-    def token_grid(self, latent_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
-        """The post-patchify token grid ``(T', H', W')`` of a latent ``(..., T, H, W)``.
-
-        The pipeline passes it to ``fastvideo.attention.StepContext(grid=...)``; video tokens are in
-        raster order over it.
-        """
-        sizes = tuple(latent_shape[-3:])
-        if any(s % p for s, p in zip(sizes, self.config.patch_size, strict=True)):
-            raise ValueError(
-                f"latent (T, H, W)={sizes} must be divisible by patch_size={self.config.patch_size}"
-            )
-        grid = tuple(s // p for s, p in zip(sizes, self.config.patch_size, strict=True))
+    def check_grid(self, grid: tuple[int, int, int]) -> None:
         if max(grid) > self.config.rope_max_seq_len:
-            raise ValueError(f"token grid {grid} exceeds rope_max_seq_len={self.config.rope_max_seq_len}")
-        return grid  # type: ignore[return-value]
+            raise ValueError(
+                f"token grid {grid} exceeds rope_max_seq_len={self.config.rope_max_seq_len}; use a smaller video"
+            )
 
     def forward(
         self,
@@ -361,7 +309,7 @@ class WanTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, context, context_img, temb6, cos, sin)  # (B, L, D)
         x = self.head(x, temb)  # (B, L, pt*ph*pw*C_out)
-        return self.unpatchify(x, grid)  # (B, C_out, T, H, W)
+        return unpatchify(x, grid, self.config.patch_size, channels_last=True)  # (B, C_out, T, H, W)
 
     def _embed_time(self, timestep: torch.Tensor, batch: int, num_tokens: int) -> torch.Tensor:
         t = timestep.expand(batch) if timestep.ndim == 0 else timestep
@@ -382,71 +330,3 @@ class WanTransformer(nn.Module):
                 "encoder_hidden_states_image was given but the model has no image_dim (not an I2V DiT)"
             )
         return self.image_embed(image.to(self.dtype))  # (B, Li, D)
-
-    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """``(B, T'*H'*W', pt*ph*pw*C)`` tokens -> ``(B, C, T'*pt, H'*ph, W'*pw)`` latents."""
-        (t, h, w), (pt, ph, pw) = grid, self.config.patch_size
-        x = x.reshape(x.shape[0], t, h, w, pt, ph, pw, -1)  # (B, T', H', W', pt, ph, pw, C)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T', pt, H', ph, W', pw)
-        return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
-
-    def compile_blocks(self, **kwargs: Any) -> WanTransformer:
-        """Regional compilation: ``torch.compile`` each block in place (one graph, reused by all blocks)."""
-        for block in self.blocks:
-            block.compile(**kwargs)
-        return self
-
-    # ---- construction and loading ---------------------------------------------------------------
-
-    @classmethod
-    def is_fp32_param(cls, name: str) -> bool:
-        """Whether parameter ``name`` stays fp32 in a low-precision model (see :attr:`fp32_modules`)."""
-        parts = name.split(".")
-        for entry in cls.fp32_modules:
-            e = entry.split(".")
-            if any(parts[i : i + len(e)] == e for i in range(len(parts) - len(e) + 1)):
-                return True
-        return False
-
-    @classmethod
-    def from_config(
-        cls,
-        config: WanConfig | Mapping[str, Any],
-        device: torch.device | str = "meta",
-    ) -> WanTransformer:
-        """Build from a :class:`WanConfig` (or diffusers config dict); random init unless on ``meta``."""
-        cfg = config if isinstance(config, WanConfig) else WanConfig.from_diffusers_config(config)
-        with torch.device("meta"):
-            model = cls(cfg)
-        if torch.device(device).type != "meta":
-            model.to_empty(device=device)
-            model.init_weights()
-        return model
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        dtype: torch.dtype | None = torch.bfloat16,
-        device: torch.device | str = "cpu",
-        *,
-        attention_backend: str | None = None,
-    ) -> WanTransformer:
-        """Load a diffusers ``WanTransformer3DModel`` folder (``config.json`` + safetensors weights).
-
-        :param dtype: parameter dtype (``None`` keeps the stored dtypes); :attr:`fp32_modules` stay
-            fp32 as diffusers keeps them.
-        :param attention_backend: the backend the model will run with: its per-layer modules (if it
-            declares any) are attached, zeros where the checkpoint has none. Modules of any backend
-            that the checkpoint holds are attached and loaded either way.
-        :raises CheckpointError: a missing/corrupt file, or weights that don't match the config.
-        """
-        folder = Path(folder)
-        config = read_config(
-            folder, "WanTransformer3DModel", "WanTransformer", WanConfig.from_diffusers_config
-        )
-        model = build_checked(folder, lambda: cls.from_config(config, device="meta"))  # stops absurd configs
-        ckpt = convert.DiffusersCheckpoint(folder, mapping=checkpoint_mapping(model, convert.MAPPING))
-        zeros = attach_layer_modules(model, attention_backend, stored=ckpt.shapes)
-        load_pretrained(model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros)
-        return model

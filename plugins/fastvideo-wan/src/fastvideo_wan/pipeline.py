@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastvideo.loader.components import load_component, torch_dtype
+from fastvideo.models import LatentGeometry, default_dtypes, pick_device
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.pipelines.stages import (
@@ -27,48 +28,13 @@ from fastvideo_wan.model import WanTransformer
 from fastvideo_wan.presets import NEGATIVE_PROMPT
 
 if TYPE_CHECKING:
-    from fastvideo.configs import PipelineConfig, SamplingParams
+    from fastvideo.configs import PipelineConfig
     from fastvideo.interfaces.model_family import ModelFamily, ModelSource
 
 
-def pick_device(config: PipelineConfig) -> torch.device:
-    if config.device is not None:
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtypes(config: PipelineConfig, device: torch.device) -> tuple[str, str, str]:
-    """(DiT, text encoder, VAE) dtypes: bf16/bf16/fp32 on GPU, fp32 everywhere on CPU."""
-    gpu = device.type == "cuda"
-    dit = config.dtype or ("bf16" if gpu else "fp32")
-    text = config.text_encoder_dtype or ("bf16" if gpu else "fp32")
-    vae = config.vae_dtype or "fp32"
-    return dit, text, vae
-
-
-class WanLatents:
-    """Latent geometry of a Wan checkpoint: channels and VAE strides."""
-
-    def __init__(self, vae: Any) -> None:
-        cfg = vae.config
-        self.channels = int(cfg.z_dim)
-        self.spatial = int(getattr(cfg, "scale_factor_spatial", None) or (16 if cfg.z_dim == 48 else 8))
-        self.temporal = int(getattr(cfg, "scale_factor_temporal", None) or 4)
-        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self.std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-
-    def shape(self, p: SamplingParams) -> tuple[int, int, int, int]:
-        return (
-            self.channels,
-            (p.num_frames - 1) // self.temporal + 1,
-            p.height // self.spatial,
-            p.width // self.spatial,
-        )
-
-    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(latents.device, latents.dtype)
-        inv_std = (1.0 / self.std).to(latents.device, latents.dtype)
-        return latents / inv_std + mean
+def wan_latents(vae: Any) -> LatentGeometry:
+    """Latent geometry of a Wan VAE (strides 8 / 4; Wan2.2's 48-channel VAE: 16 spatial)."""
+    return LatentGeometry.from_vae(vae, spatial=16 if vae.config.z_dim == 48 else 8, temporal=4)
 
 
 # ---------------------------------------------------------------- image conditioning (I2V, TI2V)
@@ -112,7 +78,7 @@ class WanImageLatentStage(PipelineStage):
 
     name = "image_latents"
 
-    def __init__(self, vae: Any, geometry: WanLatents, *, expand_timesteps: bool) -> None:
+    def __init__(self, vae: Any, geometry: LatentGeometry, *, expand_timesteps: bool) -> None:
         from diffusers.video_processor import VideoProcessor
 
         self.vae = vae
@@ -227,7 +193,7 @@ def build_wan_pipeline(
         for dit in (transformer, transformer_2):
             if dit is not None:
                 dit.compile_blocks()  # regional: each block compiles once, shapes are reused per step
-    geometry = WanLatents(vae)
+    geometry = wan_latents(vae)
     stages: list[PipelineStage] = [
         InputValidationStage(family, source),
         TextEncodingStage([T5TextEncoder(tokenizer, text_encoder)], default_negative_prompt=NEGATIVE_PROMPT),

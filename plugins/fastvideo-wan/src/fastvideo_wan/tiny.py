@@ -44,26 +44,46 @@ def _randomize(module: torch.nn.Module, seed: int, std: float = 0.2) -> None:
 VARIANTS = ("t2v", "moe", "i2v", "ti2v")
 
 
-def _tiny_dit(seed: int, randomize: bool, **overrides: Any) -> Any:
+#: The tiny Wan DiT (diffusers' ``WanTransformer3DModel`` kwargs): 2 blocks of 2 heads x 16, used by
+#: the tests, the benchmarks' ``--tiny`` runs and :func:`make_tiny_wan`.
+TINY_DIT: dict[str, Any] = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
+)
+
+
+#: The tiny umT5 text encoder (``UMT5Config`` kwargs, vocabulary size aside) and Wan2.1 VAE
+#: (``AutoencoderKLWan`` kwargs) of :func:`make_tiny_wan`.
+TINY_UMT5: dict[str, Any] = dict(
+    d_model=32,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    feed_forward_proj="gated-gelu",
+)
+TINY_VAE: dict[str, Any] = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
+
+
+def tiny_dit(seed: int = 0, randomize: bool = True, **overrides: Any) -> Any:
+    """diffusers' ``WanTransformer3DModel`` at :data:`TINY_DIT` size (fp32, eval mode)."""
     from diffusers import WanTransformer3DModel
 
-    cfg: dict[str, Any] = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    cfg.update(overrides)
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(**cfg)
+    model = WanTransformer3DModel(**{**TINY_DIT, **overrides}).eval()
     if randomize:
         _randomize(model, seed)
     return model
@@ -84,18 +104,7 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
     path = Path(path)
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-        )
-    ).eval()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **TINY_UMT5)).eval()
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
     )
@@ -115,16 +124,10 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
             latents_mean=[0.0] * 48,
             latents_std=[1.0] * 48,
         )
-        dit = _tiny_dit(seed, randomize, in_channels=48, out_channels=48)
+        dit = tiny_dit(seed, randomize, in_channels=48, out_channels=48)
         pipe: Any = WanPipeline(vae=vae, transformer=dit, expand_timesteps=True, **common)
     else:
-        vae = AutoencoderKLWan(
-            base_dim=8,
-            z_dim=16,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )
+        vae = AutoencoderKLWan(**TINY_VAE)
         if variant == "i2v":
             from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
@@ -140,19 +143,19 @@ def make_tiny_wan(path: str | Path, *, variant: str = "t2v", seed: int = 0, rand
                 )
             ).eval()
             processor = CLIPImageProcessor(crop_size=32, size={"shortest_edge": 32})
-            dit = _tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
+            dit = tiny_dit(seed, randomize, in_channels=36, image_dim=24, added_kv_proj_dim=32)
             pipe = WanImageToVideoPipeline(
                 vae=vae, transformer=dit, image_encoder=clip, image_processor=processor, **common
             )
         elif variant == "moe":
             pipe = WanPipeline(
                 vae=vae,
-                transformer=_tiny_dit(seed, randomize),
-                transformer_2=_tiny_dit(seed + 1, randomize),
+                transformer=tiny_dit(seed, randomize),
+                transformer_2=tiny_dit(seed + 1, randomize),
                 boundary_ratio=0.875,
                 **common,
             )
         else:
-            pipe = WanPipeline(vae=vae, transformer=_tiny_dit(seed, randomize), **common)
+            pipe = WanPipeline(vae=vae, transformer=tiny_dit(seed, randomize), **common)
     pipe.save_pretrained(str(path))
     return path

@@ -164,10 +164,11 @@ def evaluate_autoencoder(
     import torch
     from diffusers import AutoencoderKLWan
 
+    from fastvideo.models import pick_device
     from fastvideo.resolve import resolve
     from fastvideo_wan.toy import evaluate, make_clip
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     vae = AutoencoderKLWan.from_pretrained(
         str(resolve(model).path), subfolder="vae", torch_dtype=torch.float32
     ).to(dev)
