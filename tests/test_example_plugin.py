@@ -47,6 +47,11 @@ def _installed_from() -> list[str] | None:
         dist = md.distribution(DIST)
     except md.PackageNotFoundError:
         return None
+    if dist.read_text("RECORD") is None:  # pip cannot uninstall it, nor this test restore it
+        pytest.fail(
+            f"{DIST} is visible at {dist.locate_file('')} but not installed by pip (an *.egg-info left "
+            "beside the sources by an editable build, on PYTHONPATH?); delete it or run nox -s tests"
+        )
     direct = json.loads(dist.read_text("direct_url.json") or "{}")
     url = direct.get("url", "")
     if not url.startswith("file://"):
