@@ -116,6 +116,12 @@ def _check_listed(work: Path) -> None:
 
 def _check_generate(work: Path) -> Path:
     ckpt = work / "ckpt"
+    bad = _fv("example", "make-checkpoint", str(ckpt), "--backend-modules", "example-math", cwd=work)
+    assert bad.returncode == 2 and not ckpt.exists(), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith(
+        "error: attention backend 'example-math' is not installed or declares no per-layer modules; "
+        "backends that do: "
+    ), bad.stderr
     made = _fv("example", "make-checkpoint", str(ckpt), cwd=work)
     assert made.returncode == 0, made.stderr
     index = json.loads((ckpt / "model_index.json").read_text())
