@@ -1,8 +1,8 @@
 # /// script
 # dependencies = ["nox>=2024.3"]
 # ///
-"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s isolation`, `nox -s demo`, `nox -s bench`,
-`nox -s minimums`."""
+"""Task runner: `nox -s tests`, `nox -s lint`, `nox -s isolation`, `nox -s plugin-tests`, `nox -s demo`,
+`nox -s bench`, `nox -s minimums`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ ROOT = Path(__file__).parent
 #: The local CPU build on the project's machines; users on GPUs bring their own CUDA torch.
 TORCH = os.environ.get("FV_TORCH_SPEC", "torch==2.13.0")
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
+EXAMPLE = "examples/fastvideo-example-plugin"
 DEMO_PROMPT = "a blue square moving up on a black background"
 
 
@@ -35,7 +36,8 @@ def _install(session: nox.Session, *packages: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The CPU test suite of core, every plugin and the cross-package tests (what CI runs)."""
-    _install(session, "core", *(f"plugins/{p}" for p in PLUGINS))
+    # the example plugin: core's and vsa's tests use it as an installed plugin (entry points, `fv example`)
+    _install(session, "core", *(f"plugins/{p}" for p in PLUGINS), EXAMPLE)
     session.install(
         "pytest>=8", "setuptools>=68", "wheel", "peft>=0.15", "triton", "scikit-image"
     )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU;
@@ -109,6 +111,53 @@ def isolation(session: nox.Session, plugin: str) -> None:
     session.install(str(ROOT / "core"), str(ROOT / "plugins" / plugin))
     session.run("fv", "plugins", "list", "--check")
     session.run("fv", "models", "list")
+
+
+def _dist_name(project: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((project / "pyproject.toml").read_text())["project"]["name"]
+
+
+def _test_extra(project: Path) -> list[str]:
+    """The requirements of ``project``'s ``test`` extra (what its tests need beyond the core)."""
+    import tomllib
+
+    extras = tomllib.loads((project / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {}
+    )
+    return list(extras.get("test", []))
+
+
+@nox.session(name="plugin-tests")
+@nox.parametrize("plugin", PLUGINS)
+def plugin_tests(session: nox.Session, plugin: str) -> None:
+    """One plugin's tests in a fresh venv holding only the core, that plugin and its `test` extra
+    (the test dependencies it declares; local distributions among them, such as the example plugin,
+    are installed from this repository): no other plugin can be imported or discovered.
+
+    `nox -s "plugin-tests(plugin='fastvideo-vsa')" -- PYTEST_ARGS` passes arguments to pytest.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    local = {
+        canonicalize_name(_dist_name(p)): p.relative_to(ROOT).as_posix()
+        for p in [ROOT / "core", *(ROOT / "plugins").iterdir(), *(ROOT / "examples").iterdir()]
+        if (p / "pyproject.toml").is_file()
+    }
+    needs = [canonicalize_name(Requirement(r).name) for r in _test_extra(ROOT / "plugins" / plugin)]
+    # the local test dependencies first, from here: pip must not look them up on an index
+    _install(session, "core", *(local[n] for n in needs if n in local and local[n] != "core"))
+    session.install("-e", f"{ROOT / 'plugins' / plugin}[test]")
+    session.run("pip", "list")
+    session.run(
+        "pytest",
+        "-q",
+        f"plugins/{plugin}/tests",
+        *session.posargs,
+        env={"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @nox.session

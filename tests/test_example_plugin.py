@@ -4,18 +4,22 @@ pip-installs ``examples/fastvideo-example-plugin`` into this interpreter's envir
 through the ``fv`` CLI in subprocesses (discovery, its own command, a generation with its own
 family and attention backend), compares its backend with torch SDPA in-process, generates in-process
 with its sampler and its step-skipping transform (checked against the loop written out by hand),
-then uninstalls it and checks that everything it registered is gone. The uninstall runs in ``finally``. CPU, ~20 s.
+then uninstalls it and checks that everything it registered is gone. The uninstall runs in ``finally``;
+so does the restore: an example plugin installed before the test (``nox -s tests`` installs it
+editable, for the tests that use it) is reinstalled from where it came. CPU, ~20 s.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as md
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -34,6 +38,32 @@ def _pip(*args: str, cwd: Path) -> None:
     cmd = [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, f"pip {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def _installed_from() -> list[str] | None:
+    """pip's arguments that reinstall the example plugin as it is installed now (``None``: it is
+    not), read from its metadata (PEP 610 ``direct_url.json``)."""
+    try:
+        dist = md.distribution(DIST)
+    except md.PackageNotFoundError:
+        return None
+    if dist.read_text("RECORD") is None:  # pip cannot uninstall it, nor this test restore it
+        pytest.fail(
+            f"{DIST} is visible at {dist.locate_file('')} but not installed by pip (an *.egg-info left "
+            "beside the sources by an editable build, on PYTHONPATH?); delete it or run nox -s tests"
+        )
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    url = direct.get("url", "")
+    if not url.startswith("file://"):
+        return [f"{DIST}=={dist.version}"]
+    path = unquote(urlparse(url).path)
+    return ["-e", path] if direct.get("dir_info", {}).get("editable") else [path]
+
+
+def _restore(previous: list[str] | None, cwd: Path) -> None:
+    if previous is not None:
+        _pip("install", "--no-deps", "--no-build-isolation", *previous, cwd=cwd)
+        _forget_plugins()
 
 
 def _fv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -86,6 +116,12 @@ def _check_listed(work: Path) -> None:
 
 def _check_generate(work: Path) -> Path:
     ckpt = work / "ckpt"
+    bad = _fv("example", "make-checkpoint", str(ckpt), "--backend-modules", "example-math", cwd=work)
+    assert bad.returncode == 2 and not ckpt.exists(), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith(
+        "error: attention backend 'example-math' is not installed or declares no per-layer modules; "
+        "backends that do: "
+    ), bad.stderr
     made = _fv("example", "make-checkpoint", str(ckpt), cwd=work)
     assert made.returncode == 0, made.stderr
     index = json.loads((ckpt / "model_index.json").read_text())
@@ -248,13 +284,18 @@ def test_example_plugin_install_use_uninstall(tmp_path: Path, monkeypatch: pytes
     )
     work = tmp_path / "work"
     work.mkdir()
+    previous = _installed_from()
     try:
-        _pip("install", "--no-deps", "--no-build-isolation", str(source), cwd=work)
-        _check_listed(work)
-        ckpt = _check_generate(work)
-        _check_math_matches_sdpa()
-        _check_sampler_and_step_skipping(ckpt, monkeypatch)
+        try:
+            _pip("install", "--no-deps", "--no-build-isolation", str(source), cwd=work)
+            _check_listed(work)
+            ckpt = _check_generate(work)
+            _check_math_matches_sdpa()
+            _check_sampler_and_step_skipping(ckpt, monkeypatch)
+        finally:
+            _pip("uninstall", "--yes", DIST, cwd=work)
+            _forget_plugins()
+        _check_uninstalled(work, ckpt)
     finally:
-        _pip("uninstall", "--yes", DIST, cwd=work)
-        _forget_plugins()
-    _check_uninstalled(work, ckpt)
+        _restore(previous, work)
+    assert _installed_from() == previous, "the example plugin was not restored as it was installed before"

@@ -179,6 +179,33 @@ def test_discovery_imports_no_heavy_modules(dummy_site: Path) -> None:
     assert lines[1] == "[]"
 
 
+def test_fake_plugins_autoloads_only_the_named_distributions(dummy_site: Path) -> None:
+    """What a plugin's tests use to load a test dependency through its entry point: only the
+    named distributions load (whatever FASTVIDEO_PLUGINS says outside), and nothing stays after."""
+    proc = run_python(
+        """
+        from fastvideo.registry import get_registry
+        from fastvideo.testing import fake_plugins
+        with fake_plugins(autoload=("fvtest-good", "fastvideo-wan")):
+            print(sorted(get_registry().names("model_family")))
+        with fake_plugins():
+            print(sorted(get_registry().names("model_family")))
+        try:
+            with fake_plugins(autoload="fvtest-good"):
+                pass
+        except TypeError as exc:
+            print(exc)
+        """,
+        env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-dup-a"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "['good-family', 'wan']",
+        "[]",
+        "autoload takes a bool or a collection of distribution names, got 'fvtest-good'",
+    ]
+
+
 def test_load_plugins_is_idempotent(isolated_plugins: None) -> None:
     pm = plugins.load_plugins()
     assert plugins.load_plugins() is pm

@@ -1,10 +1,12 @@
 """The ``vsa`` attention backend: registration, dispatch through the seam, its options (sparsity and
 the training ramp) and its per-layer gate projection (attached by core, loaded from checkpoints),
-from the CLI and the Python API to the step context. Models are defined here or come from the
-example plugin: a plugin never imports another plugin."""
+from the CLI and the Python API to the step context. Models are defined here, or come from the
+example plugin used as a user would (a test dependency, loaded through its entry point, its
+checkpoint written by ``fv example make-checkpoint``): a plugin never imports another plugin."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import math
 import subprocess
@@ -20,13 +22,13 @@ from fastvideo.attention import ALL, DENSE, StepContext, attention, current_step
 from fastvideo.attention.layers import attach_layer_modules, checkpoint_mapping, to_their_names
 from fastvideo.attention.options import resolve_options
 from fastvideo.registry import get_registry
-from fastvideo.testing import assert_close, fake_plugins, plugin_module
-from fastvideo_example import plugin as example_plugin
-from fastvideo_vsa import plugin as vsa_plugin
+from fastvideo.testing import assert_close, fake_plugins, plugin_env, plugin_module, run_fv
 from fastvideo_vsa.backend import VSABackend
 from fastvideo_vsa.ops import CubeGeometry, topk_for, vsa_attention, vsa_attention_reference, vsa_select
 from fastvideo_vsa.schedule import sparsity_at
 
+#: What the tests load through entry points: this plugin and its test dependency, the example family.
+DISTRIBUTIONS = ("fastvideo-vsa", "fastvideo-example-plugin")
 GRID = (3, 4, 6)  # 72 tokens, 1 x 1 x 2 cubes (both partial)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -50,12 +52,25 @@ class ReferenceVSA(VSABackend):
         return vsa_attention_reference(q, k, v, step.grid, gate=gate, indices=idx, scale=scale)
 
 
+def _check_installed() -> None:
+    for dist in DISTRIBUTIONS:
+        try:
+            md.distribution(dist)
+        except md.PackageNotFoundError:
+            pytest.fail(
+                f"{dist} is not installed; fastvideo-vsa's tests need it: pip install -e "
+                "'plugins/fastvideo-vsa[test]' examples/fastvideo-example-plugin (or nox -s plugin-tests)"
+            )
+
+
 @pytest.fixture
 def vsa_plugins() -> Iterator[None]:
-    """Only the core's built-ins, the vsa plugin, the example plugin and the reference backend."""
+    """Only the core's built-ins, the vsa and example plugins (installed, through their entry
+    points) and the reference backend."""
+    _check_installed()
     ReferenceVSA.calls = []
     ref = plugin_module("vsa-ref", fv_register_attention_backends=lambda: [ReferenceVSA])
-    with fake_plugins(vsa_plugin, example_plugin, ref):
+    with fake_plugins(ref, autoload=DISTRIBUTIONS):
         yield
 
 
@@ -324,19 +339,18 @@ def test_checkpoints_with_gates_load_and_export_under_the_declared_names(
 
 @pytest.fixture(scope="module")
 def example_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny example checkpoint whose DiT carries (non-zero) VSA gates, as a trained one would."""
-    from safetensors.torch import load_file, save_file
+    """A tiny example checkpoint whose DiT carries (non-zero) VSA gates, as a trained one would,
+    written by the example plugin's own command (in a subprocess, as a user runs it)."""
+    from safetensors import safe_open
 
-    from fastvideo_example.checkpoint import make_checkpoint
-
-    path = make_checkpoint(tmp_path_factory.mktemp("example") / "tiny", seed=2)
-    weights = path / "transformer" / "diffusion_pytorch_model.safetensors"
-    state = load_file(weights)
-    gen = torch.Generator().manual_seed(0)
-    for i in range(2):
-        state[f"blocks.{i}.self_attn.gate_compress.weight"] = torch.randn(32, 32, generator=gen) * 0.3
-        state[f"blocks.{i}.self_attn.gate_compress.bias"] = torch.zeros(32)
-    save_file(state, str(weights), metadata={"format": "pt"})
+    _check_installed()
+    path = tmp_path_factory.mktemp("example") / "tiny"
+    args = ["example", "make-checkpoint", str(path), "--seed", "2", "--backend-modules", "vsa"]
+    proc = run_fv(args, env=plugin_env(FASTVIDEO_PLUGINS=",".join(DISTRIBUTIONS)), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with safe_open(str(path / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        gates = [f.get_tensor(k) for k in f.keys() if ".gate_compress.weight" in k]
+    assert len(gates) >= 2 and all(g.any() for g in gates), "the checkpoint carries no (non-zero) gates"
     return path
 
 
@@ -362,7 +376,10 @@ def test_generation_puts_the_options_into_the_step_context(
         backend_options={"vsa": {"sparsity": 0.5}},
         progress=False,
     )
-    assert gen.pipeline.components["transformer"].blocks[0].self_attn.gate_compress.weight.any()
+    gates = [
+        m for n, m in gen.pipeline.components["transformer"].named_modules() if n.endswith(".gate_compress")
+    ]
+    assert gates and all(g.weight.any() for g in gates)  # loaded from the checkpoint, not zeros
     small = dict(num_frames=9, height=32, width=32, num_inference_steps=1)
     gen.generate_video("a dot", **small)
     assert seen and all(s == (0.5, (3, 2, 2), True) for s in seen)
@@ -385,8 +402,7 @@ def test_generation_puts_the_options_into_the_step_context(
 
 
 def fv(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``fv ARGS`` in this process (the example plugin is not an installed distribution):
-    (exit code, stdout, stderr)."""
+    """``fv ARGS`` in this process, with the plugins the test loaded: (exit code, stdout, stderr)."""
     from fastvideo import cli
 
     capsys.readouterr()

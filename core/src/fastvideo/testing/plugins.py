@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import pluggy
@@ -30,16 +30,19 @@ def plugin_module(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def fake_plugins(*plugins: Any, autoload: bool = False) -> Iterator[pluggy.PluginManager]:
+def fake_plugins(*plugins: Any, autoload: bool | Collection[str] = False) -> Iterator[pluggy.PluginManager]:
     """Load plugins afresh with ``plugins`` registered after the built-ins, then forget them all.
 
     Each plugin is a module (see :func:`plugin_module`) or any object with ``@hookimpl``
     functions; it is known by its ``__name__`` (else its class name), which errors show as its
     distribution. Installed entry points are not loaded unless ``autoload`` is true, and
     ``FASTVIDEO_PLUGINS`` / ``FASTVIDEO_ATTENTION_BACKEND`` are unset inside the block, so a test
-    sees only the core and ``plugins``. The registry and attention caches are reset on entry and
-    on exit.
+    sees only the core and ``plugins``. ``autoload`` may instead name installed distributions
+    (``("fastvideo-vsa", "fastvideo-example-plugin")``): only those load, as with
+    ``FASTVIDEO_PLUGINS``. The registry and attention caches are reset on entry and on exit.
     """
+    if isinstance(autoload, str):
+        raise TypeError(f"autoload takes a bool or a collection of distribution names, got {autoload!r}")
     from fastvideo import registry
     from fastvideo.plugins import load_plugins
 
@@ -48,6 +51,8 @@ def fake_plugins(*plugins: Any, autoload: bool = False) -> Iterator[pluggy.Plugi
         os.environ.pop(var, None)
     if not autoload:
         os.environ["FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    elif autoload is not True:
+        os.environ["FASTVIDEO_PLUGINS"] = ",".join(autoload)
     registry.reset()
     try:
         pm = load_plugins()

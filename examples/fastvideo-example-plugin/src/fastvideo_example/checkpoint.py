@@ -47,7 +47,7 @@ def example_tokenizer() -> Any:
     return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
-def _components(seed: int) -> dict[str, Any]:
+def _components(seed: int, backend_modules: str | None = None) -> dict[str, Any]:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -65,6 +65,8 @@ def _components(seed: int) -> dict[str, Any]:
         ExampleConfig(in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM)
     )
     transformer.init_weights(seed=seed)
+    if backend_modules is not None:
+        _add_backend_modules(transformer, backend_modules, seed)
     return {
         "transformer": transformer,
         "vae": vae.eval(),
@@ -74,18 +76,47 @@ def _components(seed: int) -> dict[str, Any]:
     }
 
 
+def check_backend_modules(backend: str) -> None:
+    """Raise ``ValueError`` unless attention backend ``backend`` declares per-layer modules."""
+    from fastvideo.attention.layers import module_backends
+
+    known = sorted(module_backends())
+    if backend not in known:
+        raise ValueError(
+            f"attention backend {backend!r} is not installed or declares no per-layer modules; backends that do: "
+            f"{', '.join(known) or 'none installed'}"
+        )
+
+
+def _add_backend_modules(transformer: ExampleTransformer, backend: str, seed: int) -> None:
+    """Attach ``backend``'s per-layer modules (e.g. a gate projection) with random weights
+    (biases zero), as a checkpoint trained with that backend carries them."""
+    from fastvideo.attention.layers import attach_layer_modules
+
+    check_backend_modules(backend)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name in attach_layer_modules(transformer, backend):
+            param = transformer.get_parameter(name)
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+
+
 def _library(obj: Any) -> str:
     """``[library, class]`` as diffusers records it; our own transformer names this package."""
     return type(obj).__module__.split(".")[0]
 
 
-def make_checkpoint(path: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny random-weight example checkpoint to ``path`` (created if needed) and return it."""
+def make_checkpoint(path: str | Path, *, seed: int = 0, backend_modules: str | None = None) -> Path:
+    """Write a tiny random-weight example checkpoint to ``path`` (created if needed) and return it.
+
+    ``backend_modules``: also write the per-layer modules that this attention backend declares.
+    """
     import diffusers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    components = _components(seed)
+    components = _components(seed, backend_modules)
     for name, obj in components.items():
         obj.save_pretrained(path / name)
     index: dict[str, Any] = {"_class_name": PIPELINE_CLASS_NAME, "_diffusers_version": diffusers.__version__}

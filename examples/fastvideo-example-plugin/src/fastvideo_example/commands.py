@@ -17,6 +17,14 @@ def make_checkpoint_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
+    backend_modules: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="BACKEND",
+            help="Also write the per-layer modules this attention backend declares (e.g. a gate "
+            "projection), with random weights, as a checkpoint trained with it carries.",
+        ),
+    ] = None,
 ) -> None:
     """Write a tiny random-weight example checkpoint in diffusers format (offline, about 3 MB)."""
     from fastvideo_example.presets import default_checkpoint_dir
@@ -30,9 +38,15 @@ def make_checkpoint_command(
         raise typer.Exit(2)
     from transformers.utils import logging as hf_logging
 
-    from fastvideo_example.checkpoint import make_checkpoint
+    from fastvideo_example.checkpoint import check_backend_modules, make_checkpoint
 
+    if backend_modules is not None:
+        try:
+            check_backend_modules(backend_modules)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 100 kB file
-    make_checkpoint(path, seed=seed)
+    make_checkpoint(path, seed=seed, backend_modules=backend_modules)
     typer.echo(f"wrote a random-weight example checkpoint to {path}")
     typer.echo(f'try: fv generate --model {path} --prompt "a red ball" --attention-backend example-math')
