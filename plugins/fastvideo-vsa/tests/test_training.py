@@ -1,6 +1,7 @@
 """Training with the ``vsa`` backend through the core trainer, on the example plugin's tiny
-checkpoint (a plugin never imports another plugin's model: the example is the neutral third party).
-Without a GPU the kernels run in Triton's CPU interpreter."""
+checkpoint: the example family is used as a user would use it (installed, through its entry point,
+its checkpoint written by ``fv example make-checkpoint``), never imported (a plugin never imports
+another plugin). Without a GPU the kernels run in Triton's CPU interpreter."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastvideo.testing import fake_plugins
+from fastvideo.testing import fake_plugins, plugin_env, run_fv
 from fastvideo.training.config import load_config
 from fastvideo.training.data import write_synthetic_dataset
 from fastvideo.training.metrics import read_metrics
 from fastvideo.training.trainer import Trainer
-from fastvideo_example import plugin as example_plugin
-from fastvideo_vsa import plugin as vsa_plugin
+
+DISTRIBUTIONS = ("fastvideo-vsa", "fastvideo-example-plugin")  # the example: a test dependency (pyproject)
 
 LATENT = (16, 3, 8, 8)  # token grid (3, 4, 4) with the DiT's (1, 2, 2) patches
 
@@ -26,9 +27,10 @@ def test_training_with_vsa_trains_and_exports_the_gates(tmp_path: Path) -> None:
     and exported as FastVideo names them (``blocks.N.to_gate_compress``) with the trained values."""
     from safetensors import safe_open
 
-    from fastvideo_example.checkpoint import make_checkpoint
-
-    ckpt = make_checkpoint(tmp_path / "ckpt", seed=0)
+    ckpt = tmp_path / "ckpt"
+    args = ["example", "make-checkpoint", str(ckpt), "--seed", "0"]
+    proc = run_fv(args, env=plugin_env(FASTVIDEO_PLUGINS=",".join(DISTRIBUTIONS)), timeout=300)
+    assert proc.returncode == 0, proc.stderr
     data = write_synthetic_dataset(
         tmp_path / "data", count=4, latent_shape=LATENT, text_dim=32, max_sequence_length=16
     )
@@ -46,7 +48,7 @@ def test_training_with_vsa_trains_and_exports_the_gates(tmp_path: Path) -> None:
         "attention.sparsity": 0.5,
         "attention.sparsity_ramp_steps": 1,
     }
-    with fake_plugins(vsa_plugin, example_plugin):
+    with fake_plugins(autoload=DISTRIBUTIONS):
         trainer = Trainer(load_config(None, overrides))
         trainer.train()
     logged = [r["vsa.sparsity"] for r in read_metrics(tmp_path / "vsa" / "metrics.jsonl") if "loss" in r]
