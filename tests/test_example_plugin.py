@@ -143,6 +143,12 @@ def _check_generate(work: Path) -> Path:
         "64",
     ]
     args += ["--steps", "3", "--attention-backend", "example-math", "--output", str(out), "--json"]
+    args += ["--example-math-softcap", "5"]  # the backend's own option, its flag added by the core
+    bad_cap = _fv("generate", *args[:-1], "-1", cwd=work)
+    assert bad_cap.returncode == 2 and not out.exists(), bad_cap.stderr
+    assert bad_cap.stderr.strip() == (
+        "error: example-math option 'softcap' (--example-math-softcap) must be >= 0, got '-1'"
+    ), bad_cap.stderr
     gen = _fv("generate", *args, cwd=work)
     assert gen.returncode == 0, f"fv generate failed (exit {gen.returncode}):\n{gen.stderr}"
     summary = json.loads(gen.stdout)
@@ -188,6 +194,16 @@ def _check_math_matches_sdpa() -> None:
         assert_close(case, ref, backend.forward(*qkv, **kw), 1e-5)
         with use_backend("example-math"):  # through the seam, as a DiT calls it
             assert_close(f"{case} via attention()", ref, attention(*qkv, **kw), 1e-5)
+    from fastvideo.attention import StepContext, step_context
+
+    cap = 0.7  # soft-capped logits: c * tanh(s / c), against the formula in float64
+    q64, k64, v64 = (t.transpose(1, 2).double() for t in (q, k, v))
+    logits = q64 @ k64.transpose(-2, -1) * q.shape[-1] ** -0.5
+    ref = ((cap * torch.tanh(logits / cap)).softmax(-1) @ v64).transpose(1, 2).float()
+    step = StepContext(options={"example-math": {"softcap": cap}})
+    assert_close("softcap", ref, backend.forward(q, k, v, step=step), 1e-5)
+    with use_backend("example-math"), step_context(step):
+        assert_close("softcap via attention()", ref, attention(q, k, v), 1e-5)
     q16, k16, v16 = (t.bfloat16() for t in (q, k, v))
     half = backend.forward(q16, k16, v16)  # fp32 inside, bf16 out: only the output rounding differs
     assert half.dtype == torch.bfloat16
@@ -196,8 +212,9 @@ def _check_math_matches_sdpa() -> None:
     assert backend.supports(q, k, v, attn_mask=keep.int()) is not None  # integer mask
 
 
-def _generate(ckpt: Path) -> tuple[Any, Any, int]:
-    """The example family + backend + sampler in-process: (generator, result, DiT forwards)."""
+def _generate(ckpt: Path, softcap: float = 0.0) -> tuple[Any, Any, int]:
+    """The example family + backend (with its ``softcap`` option) + sampler in-process: (generator,
+    result, DiT forwards)."""
     from fastvideo import VideoGenerator
 
     gen = VideoGenerator.from_pretrained(
@@ -207,19 +224,25 @@ def _generate(ckpt: Path) -> tuple[Any, Any, int]:
     handle = gen.pipeline.components["transformer"].register_forward_hook(lambda *_: calls.append(1))
     try:
         result = gen.generate_video(
-            "a red ball", num_frames=9, height=64, width=64, num_inference_steps=STEPS, seed=3
+            "a red ball",
+            num_frames=9,
+            height=64,
+            width=64,
+            num_inference_steps=STEPS,
+            seed=3,
+            backend_options={"example-math": {"softcap": softcap}},
         )
     finally:
         handle.remove()
     return gen, result, len(calls)
 
 
-def _by_hand(gen: Any, *, reuse_odd: bool) -> Any:
+def _by_hand(gen: Any, *, reuse_odd: bool, softcap: float = 0.0) -> Any:
     """The denoising loop written out: the pipeline's own text encoding and noise, then CFG and
     Euler steps on ``linspace(1, 0, n + 1)``, reusing the last guided prediction on odd steps."""
     import torch
 
-    from fastvideo.attention import use_backend
+    from fastvideo.attention import StepContext, step_context, use_backend
     from fastvideo.pipelines.batch import ForwardBatch
 
     params = gen.sampling_params(
@@ -228,7 +251,8 @@ def _by_hand(gen: Any, *, reuse_odd: bool) -> Any:
     batch = ForwardBatch(params=params, device=torch.device("cpu"))
     dit = gen.pipeline.components["transformer"]
     sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
-    with torch.inference_mode(), use_backend("example-math"):
+    options = {"example-math": {"softcap": softcap}}
+    with torch.inference_mode(), use_backend("example-math"), step_context(StepContext(options=options)):
         for stage in gen.pipeline.stages[: gen.pipeline.index("denoising")]:
             batch = stage(batch)
         x, pred = batch.latents.clone(), None
@@ -262,6 +286,18 @@ def _check_sampler_and_step_skipping(ckpt: Path, monkeypatch: pytest.MonkeyPatch
     assert skip_calls == plain_calls // 2, f"{skip_calls} DiT forwards, expected {plain_calls // 2}"
     assert not torch.allclose(skipped.latents, plain.latents, atol=1e-4), "skipping changed nothing"
     assert_close("skipping run vs by hand", _by_hand(skip_gen, reuse_odd=True), skipped.latents, 1e-5)
+
+    # all four together: the family, the backend with its own option, the sampler and the transform
+    monkeypatch.setenv("FASTVIDEO_EXAMPLE_SKIP_STEPS", "1")
+    all_gen, capped, capped_calls = _generate(ckpt, softcap=0.01)  # far below the logits: it matters
+    monkeypatch.delenv("FASTVIDEO_EXAMPLE_SKIP_STEPS")
+    assert capped_calls == skip_calls and capped.params.backend_options == {"example-math": {"softcap": 0.01}}
+    change = (
+        (capped.latents - skipped.latents).abs().max()
+    )  # same code, deterministic: any change is the cap's
+    assert change > 1e-6, f"the softcap changed the latents by {change:.2e} only"
+    by_hand = _by_hand(all_gen, reuse_odd=True, softcap=0.01)
+    assert_close("family + backend option + sampler + transform vs by hand", by_hand, capped.latents, 1e-5)
 
 
 def _check_uninstalled(work: Path, ckpt: Path) -> None:

@@ -5,6 +5,12 @@ plain tensor operations, which makes it a readable reference (and a slow one: it
 ``[B, H, Lq, Lk]`` score matrix). Its priority is below ``sdpa``'s, so it runs only when asked for
 (``--attention-backend example-math`` or ``FASTVIDEO_ATTENTION_BACKEND=example-math``).
 
+It owns one option, ``softcap`` (``--example-math-softcap``; the Python API's
+``backend_options={"example-math": {"softcap": 30.0}}``): logits are soft-capped as
+``c * tanh(s / c)`` before the softmax (Gemma 2's trick), 0 disabling it. The core adds the flag,
+checks the value against the declaration and passes it in the step context; nothing in the core or
+the model names it.
+
 This module is imported during plugin registration, so torch is imported inside the methods only.
 """
 
@@ -13,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from fastvideo.interfaces import AttentionBackend
+from fastvideo.interfaces import AttentionBackend, BackendOption
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +37,16 @@ class ExampleMathAttention(AttentionBackend):
     name = "example-math"
     priority = -100  # sdpa has 0: never chosen automatically
     sparse = False  # exact, so cross-attention layers (allow=DENSE) may run it too
+    options = (
+        BackendOption(
+            name="softcap",
+            type=float,
+            default=0.0,
+            help="Soft-cap the attention logits at this value (c * tanh(s / c)); 0 disables it.",
+            cli_flags=("--example-math-softcap",),
+            validate=lambda c: None if c >= 0 else "must be >= 0",
+        ),
+    )
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -69,6 +85,9 @@ class ExampleMathAttention(AttentionBackend):
         q, k, v = (t.transpose(1, 2).float() for t in (q, k, v))  # (B, H, L, D) fp32
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
+        cap = self.option(step, "softcap")
+        if cap:
+            scores = cap * torch.tanh(scores / cap)
         if is_causal:  # query i sees keys 0..i (top-left aligned, as torch SDPA)
             lq, lk = scores.shape[-2:]
             causal = torch.ones(lq, lk, dtype=torch.bool, device=scores.device).tril()
