@@ -26,6 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "plugins.md"
+#: The pages the guide sends plugin authors to: their code blocks and core names are checked too.
+LINKED = (ROOT / "docs" / "parallel.md", ROOT / "docs" / "training.md")
 INTERFACES = ROOT / "core" / "src" / "fastvideo" / "interfaces"
 
 #: Modules whose public classes the guide may name without their module (``DenoisingStage.guidance``).
@@ -53,13 +55,14 @@ def guide_text() -> str:
     return GUIDE.read_text()
 
 
-def guide_blocks() -> list[tuple[str, str]]:
-    """``(id, code)`` of every ```python block of the guide; the id is its first line number."""
-    text = guide_text()
+def guide_blocks(pages: tuple[Path, ...] = (GUIDE,)) -> list[tuple[str, str]]:
+    """``(id, code)`` of every ```python block of ``pages``; the id is the page and first line."""
     out = []
-    for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
-        line = text.count("\n", 0, m.start()) + 1
-        out.append((f"plugins.md:{line}", m.group(1)))
+    for page in pages:
+        text = page.read_text()
+        for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+            line = text.count("\n", 0, m.start()) + 1
+            out.append((f"{page.name}:{line}", m.group(1)))
     return out
 
 
@@ -88,13 +91,13 @@ def docstring_examples() -> list[tuple[str, str]]:
     return out
 
 
-def inline_spans() -> list[str]:
-    """The inline code spans of the guide's prose (code blocks removed)."""
-    text = re.sub(r"^```.*?^```", "", guide_text(), flags=re.S | re.M)
+def inline_spans(page: Path = GUIDE) -> list[str]:
+    """The inline code spans of a page's prose (code blocks removed)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
     return [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", text)]  # a span may wrap lines
 
 
-ALL_CODE = guide_blocks() + docstring_examples()
+ALL_CODE = guide_blocks((GUIDE, *LINKED)) + docstring_examples()
 
 
 # ---------------------------------------------------------------- resolving names
@@ -203,16 +206,17 @@ def test_core_names_in_code_resolve(where: str, code: str) -> None:
 # ---------------------------------------------------------------- the prose
 
 
-def test_dotted_core_names_in_prose_resolve() -> None:
-    names = {n for span in inline_spans() for n in DOTTED.findall(span) if not n.endswith(".json")}
-    assert len(names) > 20
+@pytest.mark.parametrize("page", [GUIDE, *LINKED], ids=lambda p: p.name)
+def test_dotted_core_names_in_prose_resolve(page: Path) -> None:
+    names = {n for span in inline_spans(page) for n in DOTTED.findall(span) if not n.endswith(".json")}
+    assert names or page is not GUIDE
     missing = []
     for name in sorted(names):
         try:
             resolve(name)
         except (LookupError, ImportError) as exc:
             missing.append(f"{name} ({exc})")
-    assert not missing, "docs/plugins.md names what the core does not have: " + "; ".join(missing)
+    assert not missing, f"docs/{page.name} names what the core does not have: " + "; ".join(missing)
 
 
 def test_members_of_core_classes_in_prose_exist() -> None:
