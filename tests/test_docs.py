@@ -203,6 +203,19 @@ def test_core_names_in_code_resolve(where: str, code: str) -> None:
     assert not missing, f"{where} names what the core does not have: {'; '.join(missing)}"
 
 
+@pytest.mark.parametrize(("where", "code"), ALL_CODE, ids=[w for w, _ in ALL_CODE])
+def test_plugin_modules_declare_the_plugin_api(where: str, code: str) -> None:
+    """A shown plugin module (one that imports ``hookimpl``) declares an API this core supports: a
+    module without ``FASTVIDEO_PLUGIN_API`` is loaded as a broken plugin."""
+    if "from fastvideo import hookimpl" not in code:
+        return
+    from fastvideo.hookspecs import SUPPORTED_PLUGIN_APIS
+
+    declared = [int(v) for v in re.findall(r"^\s*FASTVIDEO_PLUGIN_API = (\d+)", code, flags=re.M)]
+    assert declared, f"{where}: a plugin module without FASTVIDEO_PLUGIN_API (the core marks it broken)"
+    assert set(declared) <= SUPPORTED_PLUGIN_APIS, f"{where}: FASTVIDEO_PLUGIN_API {declared}"
+
+
 # ---------------------------------------------------------------- the prose
 
 
