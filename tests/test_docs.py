@@ -203,6 +203,22 @@ def test_core_names_in_code_resolve(where: str, code: str) -> None:
     assert not missing, f"{where} names what the core does not have: {'; '.join(missing)}"
 
 
+RUNNABLE = guide_blocks() + docstring_examples()  # the linked pages' blocks generate videos: not run
+
+
+@pytest.mark.parametrize(("where", "code"), RUNNABLE, ids=[w for w, _ in RUNNABLE])
+def test_code_runs_as_far_as_it_is_complete(where: str, code: str) -> None:
+    """Run the block (module level only: class bodies, so ``Preset(...)``, ``BackendOption(...)``,
+    ``ModelRole(...)``, ``SequenceParallelPlan(...)`` are really constructed). A fragment may stop at
+    a name it never defines, but not at a core name it forgot to import, nor at anything else."""
+    try:
+        exec(compile(code, where, "exec"), {"__name__": f"docs_{abs(hash(where))}"})
+    except NameError as exc:
+        assert exc.name not in namespace(), f"{where}: uses {exc.name} without importing it"
+    except ModuleNotFoundError as exc:  # a plugin of the examples, when it is not installed
+        assert not str(exc.name).startswith("fastvideo."), f"{where}: {exc}"
+
+
 @pytest.mark.parametrize(("where", "code"), ALL_CODE, ids=[w for w, _ in ALL_CODE])
 def test_plugin_modules_declare_the_plugin_api(where: str, code: str) -> None:
     """A shown plugin module (one that imports ``hookimpl``) declares an API this core supports: a
