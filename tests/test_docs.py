@@ -1,13 +1,16 @@
 """The plugin guide (docs/plugins.md) and the complete plugins in the docstrings of
 ``fastvideo.interfaces`` stay true to the code.
 
-For every ```python block of the guide and every ``::`` example of an interfaces module: it compiles,
-and every core name it imports or spells out (``from fastvideo.x import Y``, ``fastvideo.x.y``)
-resolves. In the guide's prose, every inline ``fastvideo.x.y`` name and every ``Class.member`` of a
-documented core class resolves, every inline signature of a core callable (``load_component(folder,
-model_index, name, *, dtype=None, device="cpu")``, a stage's constructor) matches the real parameters
-(names, kinds, defaults), every call (``Preset(name=..., local_path=...)``) binds to them, and every
-repository path it names exists. Only imports run: no model is built.
+Every ```python block of the guide (and of docs/parallel.md and docs/training.md, which it links) and
+every ``::`` example of an interfaces module compiles, and every core name it imports or spells out
+(``from fastvideo.x import Y``, ``fastvideo.x.y``) resolves. The guide's blocks and the docstring
+examples also run at module level (class bodies construct their ``Preset``, ``BackendOption``,
+``ModelRole``...; fragments may stop only at names they never define), and each shown plugin module
+declares a supported ``FASTVIDEO_PLUGIN_API``. In the guide's prose, every inline ``fastvideo.x.y``
+name and every ``Class.member`` of a core class resolves, every inline signature of a core callable
+(``load_component(folder, model_index, name, *, dtype=None, device="cpu")``, the stage table's
+constructors) matches the real parameters (names, kinds, defaults), every call (``ModelRole(shard=
+False)``) binds, and every repository path exists. Nothing heavier than imports runs.
 """
 
 from __future__ import annotations
