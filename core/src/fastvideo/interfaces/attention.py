@@ -17,6 +17,7 @@ A complete tiny backend plugin::
 
     # my_attn/plugin.py
     from fastvideo import hookimpl
+    FASTVIDEO_PLUGIN_API = 1
 
     @hookimpl
     def fv_register_attention_backends():
