@@ -14,7 +14,7 @@ x0-prediction re-noising, for DMD2-distilled students).
 A complete tiny sampler plugin (flow-matching Euler on an unshifted linear schedule)::
 
     # my_sampler/sampler.py  (no torch import at module level)
-    from fastvideo.interfaces import Sampler
+    from fastvideo.interfaces import Sampler, flow_euler_step
 
     class LinearEuler(Sampler):
         name = "linear-euler"
@@ -25,8 +25,8 @@ A complete tiny sampler plugin (flow-matching Euler on an unshifted linear sched
             return self.sigmas[:-1] * self.num_train_timesteps   # what the DiT sees
 
         def step(self, model_output, timestep, sample, *, step_index, generator=None):
-            dt = self.sigmas[step_index + 1] - self.sigmas[step_index]
-            return sample + dt * model_output               # x_{t+dt} = x_t + dt * v
+            # x <- x + (sigma_next - sigma) * v
+            return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])
 
     # my_sampler/plugin.py
     from fastvideo import hookimpl
@@ -123,3 +123,17 @@ class Sampler(ABC):
         :param generator: the request's seeded CPU generator, for samplers that draw noise.
         Called once per step, in order; a sampler may keep state between calls (multistep).
         """
+
+
+def flow_euler_step(
+    sample: torch.Tensor, model_output: torch.Tensor, sigma: Any, sigma_next: Any
+) -> torch.Tensor:
+    """One flow-matching Euler step: ``sample + (sigma_next - sigma) * model_output``, the DiT's
+    velocity ``v = noise - x0`` carrying the latents from ``sigma`` to ``sigma_next``.
+
+    The sum is taken in fp32 (as diffusers' ``FlowMatchEulerDiscreteScheduler`` does) and returned in
+    ``sample``'s dtype. ``sigma`` and ``sigma_next`` are floats or 0-d tensors.
+    """
+    import torch
+
+    return (sample.to(torch.float32) + (sigma_next - sigma) * model_output).to(sample.dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastvideo.interfaces import Sampler
+from fastvideo.interfaces import Sampler, flow_euler_step
 
 if TYPE_CHECKING:
     import torch
@@ -47,5 +47,5 @@ class ExampleLinearSampler(Sampler):
         step_index: int,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        dt = self.sigmas[step_index + 1] - self.sigmas[step_index]
-        return sample + dt * model_output.to(sample.dtype)
+        # the core's flow-matching Euler update, x <- x + (sigma_{i+1} - sigma_i) * v
+        return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])
