@@ -11,6 +11,8 @@
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`corrupt_copy` (truncated, bit-flipped, dropped or reshaped tensors), :func:`rewrite_checkpoint`,
   :func:`assert_same_placeholders`: checkpoint test helpers.
+* :mod:`fastvideo.testing.loras`: a random LoRA file written by our layers, and the load / merge /
+  unmerge / unload checks of LoRA files in a pipeline against a reference video.
 * :mod:`fastvideo.testing.conformance`: ``DiTConformance``, the tests every model family's DiT
   passes against its diffusers reference (imported on its own: it needs torch and pytest).
 
