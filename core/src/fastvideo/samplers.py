@@ -21,7 +21,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fastvideo.interfaces.sampler import Sampler, flow_euler_step
+from fastvideo.interfaces.sampler import FlowMatchingSampler, Sampler
 
 if TYPE_CHECKING:
     import torch
@@ -117,7 +117,7 @@ class CheckpointSampler(DiffusersSampler):
 # ---------------------------------------------------------------- flow-matching Euler (ours)
 
 
-class FlowEulerSampler(Sampler):
+class FlowEulerSampler(FlowMatchingSampler):
     """Flow-matching Euler: the DiT predicts the velocity ``v = noise - x0``; each step moves
     ``x <- x + (sigma_next - sigma) * v`` in fp32, ending at sigma 0.
 
@@ -129,14 +129,7 @@ class FlowEulerSampler(Sampler):
     name = "flow-euler"
     description = "flow-matching Euler with the (shifted) linear sigma schedule"
 
-    def set_timesteps(
-        self,
-        num_steps: int,
-        *,
-        device: Any = None,
-        shift: float | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> torch.Tensor:
+    def sigma_schedule(self, num_steps: int, device: Any, shift: float | None, sigmas: Any) -> torch.Tensor:
         import numpy as np
         import torch
 
@@ -148,20 +141,7 @@ class FlowEulerSampler(Sampler):
             base = np.linspace(n_train, smallest * n_train, num_steps) / n_train  # fp64
         else:
             base = np.asarray(list(sigmas), dtype=np.float32)
-        shifted = torch.from_numpy(flow_shift(base, s)).to(dtype=torch.float32, device=device)
-        self.sigmas = torch.cat([shifted, torch.zeros(1, device=shifted.device)])  # (n + 1,)
-        return shifted * n_train
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor,
-        sample: torch.Tensor,
-        *,
-        step_index: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])
+        return torch.from_numpy(flow_shift(base, s)).to(dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------- UniPC (diffusers)

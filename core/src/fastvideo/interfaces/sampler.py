@@ -37,7 +37,9 @@ A complete tiny sampler plugin (flow-matching Euler on an unshifted linear sched
         from my_sampler.sampler import LinearEuler
         return [LinearEuler]
 
-Then ``fv generate --sampler linear-euler ...``.
+Then ``fv generate --sampler linear-euler ...``. A flow-matching sampler like this one can instead
+subclass :class:`FlowMatchingSampler` and only give its sigmas (``sigma_schedule``), as the example
+plugin's ``example-linear`` and the core's ``flow-euler`` do.
 """
 
 from __future__ import annotations
@@ -137,3 +139,39 @@ def flow_euler_step(
     import torch
 
     return (sample.to(torch.float32) + (sigma_next - sigma) * model_output).to(sample.dtype)
+
+
+class FlowMatchingSampler(Sampler):
+    """A flow-matching sampler given by its sigma schedule: subclasses implement
+    :meth:`sigma_schedule`; the DiT sees ``t = sigma * num_train_timesteps`` and each step is
+    :func:`flow_euler_step` from one sigma to the next, the last one to sigma 0."""
+
+    @abstractmethod
+    def sigma_schedule(self, num_steps: int, device: Any, shift: float | None, sigmas: Any) -> torch.Tensor:
+        """The ``num_steps`` sigmas of one request, from (about) 1 down, without the final 0 (1-D fp32,
+        on ``device``); ``shift`` and ``sigmas`` are :meth:`Sampler.set_timesteps`'s."""
+
+    def set_timesteps(
+        self,
+        num_steps: int,
+        *,
+        device: Any = None,
+        shift: float | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        import torch
+
+        schedule = self.sigma_schedule(num_steps, device, shift, sigmas)
+        self.sigmas = torch.cat([schedule, schedule.new_zeros(1)])  # (n + 1,)
+        return schedule * self.num_train_timesteps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        step_index: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])
