@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from fastvideo.testing import fake_plugins
-from fastvideo.testing.loras import check_lora_round_trip, check_scaled_loras, random_lora
+from fastvideo.testing.loras import (
+    check_foreign_lora_is_refused,
+    check_lora_round_trip,
+    check_scaled_loras,
+    random_lora,
+)
 from fastvideo.training import lora as L
 from fastvideo_example import plugin as example_plugin
 
@@ -160,24 +165,4 @@ def test_several_loras_with_scales_match_the_weights_changed_by_hand(ckpt: Path,
 
 
 def test_bad_lora_files_give_one_line_errors(ckpt: Path, tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from fastvideo.errors import CheckpointError
-
-    gen = _ours(ckpt)
-    path = tmp_path / "other.safetensors"
-    save_file(
-        {
-            "transformer.unet.down.0.lora_A.weight": torch.zeros(2, 4),
-            "transformer.unet.down.0.lora_B.weight": torch.zeros(4, 2),
-        },
-        str(path),
-    )
-    with pytest.raises(
-        CheckpointError,
-        match=r"match no module of the example DiT: unet.down.0 \(is this LoRA for another model",
-    ) as info:
-        gen.load_lora(path)
-    assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="does not exist"):
-        gen.load_lora(tmp_path / "missing.safetensors")
+    check_foreign_lora_is_refused(_ours(ckpt), tmp_path, "example")

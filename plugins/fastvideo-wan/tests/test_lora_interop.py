@@ -24,6 +24,7 @@ import torch
 from fastvideo.testing.loras import (
     TOL,
     assert_lora_changes_video,
+    check_foreign_lora_is_refused,
     check_lora_round_trip,
     check_scaled_loras,
     frame_error,
@@ -81,6 +82,14 @@ def _frames(gen) -> np.ndarray:
     return gen.generate_video(PROMPT, latents=_latents(), **KW).frames.astype(np.float64)
 
 
+def _our_lora(
+    ckpt: Path, path: Path, *, rank: int, alpha: float, seed: int, targets: tuple[str, ...] = ()
+) -> Path:
+    """:func:`random_lora` on Wan's DiT (adapters of std 0.2); ``targets`` default to the family's."""
+    targets = targets or _family().lora_target_modules
+    return random_lora(_family(), ckpt, path, rank=rank, alpha=alpha, seed=seed, targets=targets, std=0.2)
+
+
 @pytest.fixture(scope="module")
 def base_frames(ckpt: Path) -> np.ndarray:
     return _diffusers_frames(ckpt, [])
@@ -90,16 +99,7 @@ def base_frames(ckpt: Path) -> np.ndarray:
 
 
 def test_our_lora_loads_in_diffusers_and_matches(ckpt: Path, base_frames: np.ndarray, tmp_path: Path) -> None:
-    path = random_lora(
-        _family(),
-        ckpt,
-        tmp_path / "ours",
-        rank=4,
-        alpha=8.0,
-        seed=1,
-        targets=_family().lora_target_modules,
-        std=0.2,
-    )
+    path = _our_lora(ckpt, tmp_path / "ours", rank=4, alpha=8.0, seed=1)
     tensors, meta = L.read_lora_file(path.parent)
     assert all(
         k.startswith("transformer.blocks.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
@@ -111,19 +111,8 @@ def test_our_lora_loads_in_diffusers_and_matches(ckpt: Path, base_frames: np.nda
 
 
 def test_several_loras_with_scales_match_diffusers_set_adapters(ckpt: Path, tmp_path: Path) -> None:
-    one = random_lora(
-        _family(),
-        ckpt,
-        tmp_path / "one",
-        rank=4,
-        alpha=4.0,
-        seed=2,
-        targets=("blocks.*.self_attn.*",),
-        std=0.2,
-    )
-    two = random_lora(
-        _family(), ckpt, tmp_path / "two", rank=2, alpha=4.0, seed=3, targets=("blocks.*.ffn.*",), std=0.2
-    )
+    one = _our_lora(ckpt, tmp_path / "one", rank=4, alpha=4.0, seed=2, targets=("blocks.*.self_attn.*",))
+    two = _our_lora(ckpt, tmp_path / "two", rank=2, alpha=4.0, seed=3, targets=("blocks.*.ffn.*",))
     ref = _diffusers_frames(ckpt, [(one, 0.7), (two, -0.5)])
     check_scaled_loras(_ours(ckpt), one, two, scales=(0.7, -0.5), frames=_frames, ref=ref)
 
@@ -189,41 +178,14 @@ def test_lora_in_the_official_wan_naming_matches_diffusers(
 
 
 def test_bad_lora_files_give_one_line_errors(ckpt: Path, tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from fastvideo.errors import CheckpointError
-
-    gen = _ours(ckpt)
-    path = tmp_path / "other.safetensors"
-    save_file(
-        {
-            "transformer.unet.down.0.lora_A.weight": torch.zeros(2, 4),
-            "transformer.unet.down.0.lora_B.weight": torch.zeros(4, 2),
-        },
-        str(path),
-    )
-    with pytest.raises(
-        CheckpointError, match=r"match no module of the wan DiT: unet.down.0 \(is this LoRA for another model"
-    ):
-        gen.load_lora(path)
-    with pytest.raises(ValueError, match="does not exist"):
-        gen.load_lora(tmp_path / "missing.safetensors")
+    check_foreign_lora_is_refused(_ours(ckpt), tmp_path, "wan")
 
 
 def test_fv_generate_lora_flag_matches_diffusers(ckpt: Path, tmp_path: Path) -> None:
     """``fv generate --lora PATH:scale`` (merged) against diffusers with the same LoRA at that scale."""
     from fastvideo.video import read_mp4
 
-    path = random_lora(
-        _family(),
-        ckpt,
-        tmp_path / "cli",
-        rank=4,
-        alpha=4.0,
-        seed=7,
-        targets=_family().lora_target_modules,
-        std=0.2,
-    )
+    path = _our_lora(ckpt, tmp_path / "cli", rank=4, alpha=4.0, seed=7)
     latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(42))  # what --seed 42 draws
     from diffusers import WanPipeline
 

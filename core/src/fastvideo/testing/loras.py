@@ -99,3 +99,29 @@ def check_scaled_loras(
     assert frame_error(frames(gen), ref) <= tol
     gen.merge_loras()
     assert frame_error(frames(gen), ref) <= tol
+
+
+def check_foreign_lora_is_refused(gen: Any, tmp_path: Path, model: str) -> None:
+    """A LoRA file for another architecture (UNet names) is refused with a one-line
+    :class:`~fastvideo.errors.CheckpointError` naming ``model``'s DiT and the module, and a missing
+    file with a ``ValueError``."""
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from fastvideo.errors import CheckpointError
+
+    path = tmp_path / "other.safetensors"
+    save_file(
+        {
+            "transformer.unet.down.0.lora_A.weight": torch.zeros(2, 4),
+            "transformer.unet.down.0.lora_B.weight": torch.zeros(4, 2),
+        },
+        str(path),
+    )
+    expected = rf"match no module of the {model} DiT: unet.down.0 \(is this LoRA for another model"
+    with pytest.raises(CheckpointError, match=expected) as info:
+        gen.load_lora(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        gen.load_lora(tmp_path / "missing.safetensors")
