@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
-from fastvideo.interfaces.attention import AttentionBackend, LayerModule
 from fastvideo.parallel.plan import SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import assert_close, fake_plugins, plugin_module
 from fastvideo.testing.parallel import SMALL_TILES, assert_ranks_match_one_process, tiny_generation
+from fastvideo.testing.toys import FrameLocal
 from fastvideo_example import plugin as example_plugin
 
 HEIGHT, WIDTH = 48, 80
@@ -67,37 +67,6 @@ def sequence_parallel_example() -> Iterator[None]:
     backends = plugin_module("frame-local", fv_register_attention_backends=lambda: [FrameLocal])
     with fake_plugins(example_plugin, backends):
         yield
-
-
-def _extra_projection(layer: nn.Module) -> nn.Module:
-    dim = layer.qkv.in_features
-    return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
-
-
-class FrameLocal(AttentionBackend):
-    """A sparse backend that needs the whole token grid, as block-sparse ones (vsa) do: each query
-    attends only to the keys of its own latent frame (``step.grid``), plus a per-layer module's
-    output (like vsa's gate), which must travel with q, k, v."""
-
-    name = "frame-local"
-    sparse = True
-    priority = -100
-    layer_modules = (LayerModule(name="extra", build=_extra_projection),)
-
-    def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
-        return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
-
-    def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
-        import torch.nn.functional as F
-
-        assert step is not None and step.grid is not None, "frame-local needs the token grid"
-        t, h, w = step.grid
-        if q.shape[1] != t * h * w:
-            raise AssertionError(f"frame-local got {q.shape[1]} tokens, not the whole grid {step.grid}")
-        frame = torch.arange(t * h * w, device=q.device) // (h * w)
-        mask = frame[:, None] == frame[None, :]  # (L, L)
-        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), mask, scale=scale)
-        return out.transpose(1, 2) + (extra if extra is not None else 0)
 
 
 # ---------------------------------------------------------------- what every rank runs
