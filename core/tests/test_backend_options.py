@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastvideo.attention import ALL, DENSE, StepContext, attention, selector, step_context, use_backend
+from fastvideo.attention import DENSE, StepContext, attention, selector, step_context, use_backend
 from fastvideo.attention.layers import attach_layer_modules, checkpoint_mapping, to_their_names
 from fastvideo.attention.options import check_options, cli_flags, resolve_options
 from fastvideo.interfaces.attention import AttentionBackend, BackendOption, LayerModule
 from fastvideo.loader.mapping import NameMapping
 from fastvideo.testing import assert_close, fake_plugins, plugin_module
+from fastvideo.testing.toys import SelfAttention
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -155,18 +156,6 @@ def test_fv_generate_has_the_declared_flags(backends: None, capsys: pytest.Captu
 # ---------------------------------------------------------------- per-layer modules
 
 
-class Attn(nn.Module):
-    def __init__(self, dim: int = 32, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, L, H, Dh)
-        return self.out(attention(q, k, v, allow=ALL).flatten(2))
-
-
 class Cross(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = x.unflatten(-1, (2, -1))
@@ -176,7 +165,7 @@ class Cross(nn.Module):
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.attn, self.cross, self.ff = Attn(), Cross(), nn.Linear(32, 32)
+        self.attn, self.cross, self.ff = SelfAttention(), Cross(), nn.Linear(32, 32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(x)

@@ -26,20 +26,14 @@ import torch
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
-from fastvideo.interfaces.attention import AttentionBackend, LayerModule
 from fastvideo.parallel.plan import SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import assert_close, fake_plugins, plugin_module
+from fastvideo.testing.parallel import SMALL_TILES, assert_ranks_match_one_process, tiny_generation
+from fastvideo.testing.toys import FrameLocal
 from fastvideo_example import plugin as example_plugin
 
-PROMPT, NEGATIVE = "a red circle moving left on a black background", "blue square"
-FRAMES, HEIGHT, WIDTH, STEPS = 9, 48, 80, 2
-TILES = dict(
-    tile_sample_min_height=32,
-    tile_sample_min_width=32,
-    tile_sample_stride_height=16,
-    tile_sample_stride_width=16,
-)
+HEIGHT, WIDTH = 48, 80
 RTOL = 1e-5
 
 #: case name -> (checkpoint, VideoGenerator parallel options); the 2- and 4-rank suites.
@@ -75,37 +69,6 @@ def sequence_parallel_example() -> Iterator[None]:
         yield
 
 
-def _extra_projection(layer: nn.Module) -> nn.Module:
-    dim = layer.qkv.in_features
-    return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
-
-
-class FrameLocal(AttentionBackend):
-    """A sparse backend that needs the whole token grid, as block-sparse ones (vsa) do: each query
-    attends only to the keys of its own latent frame (``step.grid``), plus a per-layer module's
-    output (like vsa's gate), which must travel with q, k, v."""
-
-    name = "frame-local"
-    sparse = True
-    priority = -100
-    layer_modules = (LayerModule(name="extra", build=_extra_projection),)
-
-    def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
-        return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
-
-    def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
-        import torch.nn.functional as F
-
-        assert step is not None and step.grid is not None, "frame-local needs the token grid"
-        t, h, w = step.grid
-        if q.shape[1] != t * h * w:
-            raise AssertionError(f"frame-local got {q.shape[1]} tokens, not the whole grid {step.grid}")
-        frame = torch.arange(t * h * w, device=q.device) // (h * w)
-        mask = frame[:, None] == frame[None, :]  # (L, L)
-        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), mask, scale=scale)
-        return out.transpose(1, 2) + (extra if extra is not None else 0)
-
-
 # ---------------------------------------------------------------- what every rank runs
 
 
@@ -122,19 +85,8 @@ def generate(
     assert gen.pipeline.transforms == (expected if parallel else [])  # applied on every rank
     vae = gen.pipeline.components["vae"]
     # no VAE splitter is registered here (Wan's is fastvideo-wan's): each rank decodes all the tiles
-    vae.enable_tiling(**TILES)
-    result = gen.generate_video(
-        PROMPT,
-        negative_prompt=NEGATIVE,
-        num_frames=FRAMES,
-        height=size[0],
-        width=size[1],
-        num_inference_steps=STEPS,
-        guidance_scale=3.0,
-        seed=7,
-    )
-    assert result.latents is not None
-    return result.latents, result.frames
+    vae.enable_tiling(**SMALL_TILES)
+    return tiny_generation(gen, size)
 
 
 class ToyJointBlock(nn.Module):
@@ -402,32 +354,17 @@ def ranks4(ckpts: dict[str, str]) -> list[dict[str, Any]]:
     return run_ranks(f"{__file__}:suite", 4, args=(ckpts, [*CASES_4, *EXTRA_4]))
 
 
-def _check_generation(name: str, ref: tuple[torch.Tensor, np.ndarray], runs: list[dict[str, Any]]) -> None:
-    ref_latents, ref_frames = ref
-    assert float(ref_latents.std()) > 0.1 and ref_frames.std() > 5, (
-        "flat reference: the test would see nothing"
-    )
-    for rank, result in enumerate(runs):
-        latents, frames = result[name]
-        assert_close(f"{name} rank {rank} latents", ref_latents, latents, RTOL)
-        assert frames.shape == ref_frames.shape and frames.dtype == np.uint8
-        diff = np.abs(frames.astype(np.int16) - ref_frames.astype(np.int16))
-        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (
-            f"{name} rank {rank}: frames differ ({diff.max()})"
-        )
-
-
 # ---------------------------------------------------------------- tests
 
 
 @pytest.mark.parametrize("case", list(CASES_2))
 def test_two_ranks_match_one_process(case: str, ranks2: list[dict[str, Any]], refs: dict[str, Any]) -> None:
-    _check_generation(case, refs[CASES_2[case][0]], ranks2)
+    assert_ranks_match_one_process(case, refs[CASES_2[case][0]], ranks2)
 
 
 @pytest.mark.parametrize("case", list(CASES_4))
 def test_four_ranks_match_one_process(case: str, ranks4: list[dict[str, Any]], refs: dict[str, Any]) -> None:
-    _check_generation(case, refs[CASES_4[case][0]], ranks4)
+    assert_ranks_match_one_process(case, refs[CASES_4[case][0]], ranks4)
 
 
 @pytest.mark.parametrize(

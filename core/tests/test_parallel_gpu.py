@@ -16,44 +16,15 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from fastvideo.interfaces.attention import AttentionBackend, LayerModule
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import fake_plugins, plugin_module
+from fastvideo.testing.toys import FrameLocal
 from fastvideo_example import plugin as example_plugin
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 # head-group plans for the 8 heads of the model below: 4 per rank on 2 GPUs, 2 per rank on 4
 PLANS: dict[int, list[Any]] = {2: [1, 2, (1, 3), 4], 4: [1, 2, (1, 1)]}
-
-
-def _extra_projection(layer: nn.Module) -> nn.Module:
-    dim = layer.qkv.in_features
-    return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
-
-
-class FrameLocal(AttentionBackend):
-    """A sparse backend that needs the whole token grid: each query attends to the keys of its own
-    latent frame (``step.grid``), plus its per-layer module's output (like vsa's gate)."""
-
-    name = "frame-local"
-    sparse = True
-    priority = -100
-    layer_modules = (LayerModule(name="extra", build=_extra_projection),)
-
-    def layer_inputs(self, layer, hidden, q):  # type: ignore[no-untyped-def]
-        return {"extra": layer.extra(hidden).unflatten(-1, q.shape[2:])}
-
-    def forward(self, q, k, v, *, attn_mask=None, scale=None, is_causal=False, step=None, extra=None):  # type: ignore[no-untyped-def]
-        import torch.nn.functional as F
-
-        t, h, w = step.grid
-        assert q.shape[1] == t * h * w, f"frame-local got {q.shape[1]} tokens, not the grid {step.grid}"
-        frame = torch.arange(t * h * w, device=q.device) // (h * w)
-        mask = frame[:, None] == frame[None, :]  # (L, L)
-        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), mask, scale=scale)
-        return out.transpose(1, 2) + (extra if extra is not None else 0)
 
 
 @contextmanager

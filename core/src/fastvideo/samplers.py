@@ -17,10 +17,11 @@ Torch and diffusers are imported inside the methods.
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fastvideo.interfaces.sampler import Sampler
+from fastvideo.interfaces.sampler import FlowMatchingSampler, Sampler
 
 if TYPE_CHECKING:
     import torch
@@ -51,14 +52,21 @@ def flow_shift(sigmas: Any, shift: float) -> Any:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-# ---------------------------------------------------------------- the checkpoint's scheduler
+# ---------------------------------------------------------------- diffusers schedulers, run as they are
 
 
-class CheckpointSampler(Sampler):
-    """Runs the checkpoint's diffusers scheduler as the pipelines always did (the default)."""
+class DiffusersSampler(Sampler):
+    """A sampler that runs a diffusers scheduler: :meth:`make_scheduler` builds it for the request's
+    shift, then its ``set_timesteps`` and ``step`` are called as diffusers' pipelines call them.
 
-    name = "checkpoint"
-    description = "the checkpoint's own diffusers scheduler (model_index.json)"
+    ``uses_sigmas``: whether a family's explicit ``sigmas`` list is passed to ``set_timesteps``
+    (else it is ignored)."""
+
+    uses_sigmas: ClassVar[bool] = True
+
+    @abstractmethod
+    def make_scheduler(self, shift: float | None) -> Any:
+        """The diffusers scheduler of one request (``shift``: the request's flow shift, or None)."""
 
     def set_timesteps(
         self,
@@ -68,20 +76,15 @@ class CheckpointSampler(Sampler):
         shift: float | None = None,
         sigmas: Sequence[float] | None = None,
     ) -> torch.Tensor:
-        if self.scheduler is None:
-            raise ValueError(
-                "the 'checkpoint' sampler needs the checkpoint's scheduler, and model_index.json names "
-                "none; pick another sampler (--sampler flow-euler)"
-            )
-        scheduler = scheduler_with_shift(self.scheduler, shift)
-        if sigmas is None:
+        scheduler = self.make_scheduler(shift)
+        if sigmas is None or not self.uses_sigmas:
             scheduler.set_timesteps(num_steps, device=device)
         else:
             scheduler.set_timesteps(sigmas=list(sigmas), device=device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         self.active = scheduler
-        self.init_noise_sigma = getattr(scheduler, "init_noise_sigma", 1.0)
+        self.init_noise_sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))
         return scheduler.timesteps
 
     def step(
@@ -96,10 +99,25 @@ class CheckpointSampler(Sampler):
         return self.active.step(model_output, timestep, sample, return_dict=False)[0]
 
 
+class CheckpointSampler(DiffusersSampler):
+    """Runs the checkpoint's diffusers scheduler as the pipelines always did (the default)."""
+
+    name = "checkpoint"
+    description = "the checkpoint's own diffusers scheduler (model_index.json)"
+
+    def make_scheduler(self, shift: float | None) -> Any:
+        if self.scheduler is None:
+            raise ValueError(
+                "the 'checkpoint' sampler needs the checkpoint's scheduler, and model_index.json names "
+                "none; pick another sampler (--sampler flow-euler)"
+            )
+        return scheduler_with_shift(self.scheduler, shift)
+
+
 # ---------------------------------------------------------------- flow-matching Euler (ours)
 
 
-class FlowEulerSampler(Sampler):
+class FlowEulerSampler(FlowMatchingSampler):
     """Flow-matching Euler: the DiT predicts the velocity ``v = noise - x0``; each step moves
     ``x <- x + (sigma_next - sigma) * v`` in fp32, ending at sigma 0.
 
@@ -111,14 +129,7 @@ class FlowEulerSampler(Sampler):
     name = "flow-euler"
     description = "flow-matching Euler with the (shifted) linear sigma schedule"
 
-    def set_timesteps(
-        self,
-        num_steps: int,
-        *,
-        device: Any = None,
-        shift: float | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> torch.Tensor:
+    def sigma_schedule(self, num_steps: int, device: Any, shift: float | None, sigmas: Any) -> torch.Tensor:
         import numpy as np
         import torch
 
@@ -130,29 +141,13 @@ class FlowEulerSampler(Sampler):
             base = np.linspace(n_train, smallest * n_train, num_steps) / n_train  # fp64
         else:
             base = np.asarray(list(sigmas), dtype=np.float32)
-        shifted = torch.from_numpy(flow_shift(base, s)).to(dtype=torch.float32, device=device)
-        self.sigmas = torch.cat([shifted, torch.zeros(1, device=shifted.device)])  # (n + 1,)
-        return shifted * n_train
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor,
-        sample: torch.Tensor,
-        *,
-        step_index: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        import torch
-
-        dt = self.sigmas[step_index + 1] - self.sigmas[step_index]
-        return (sample.to(torch.float32) + dt * model_output).to(sample.dtype)
+        return torch.from_numpy(flow_shift(base, s)).to(dtype=torch.float32, device=device)
 
 
 # ---------------------------------------------------------------- UniPC (diffusers)
 
 
-class UniPCSampler(Sampler):
+class UniPCSampler(DiffusersSampler):
     """diffusers' ``UniPCMultistepScheduler`` for flow matching (``prediction_type="flow_prediction"``,
     ``use_flow_sigmas=True``, the shift as ``flow_shift``), as the Wan checkpoints ship it. The
     checkpoint's own UniPC settings (solver order, ...) are kept when it is a UniPC scheduler.
@@ -160,6 +155,7 @@ class UniPCSampler(Sampler):
 
     name = "unipc"
     description = "diffusers' UniPC multistep solver configured for flow matching"
+    uses_sigmas = False
 
     def make_scheduler(self, shift: float | None) -> Any:
         from diffusers import UniPCMultistepScheduler
@@ -174,31 +170,6 @@ class UniPCSampler(Sampler):
             flow_shift=self.default_shift() if shift is None else float(shift),
         )
         return UniPCMultistepScheduler.from_config(base)
-
-    def set_timesteps(
-        self,
-        num_steps: int,
-        *,
-        device: Any = None,
-        shift: float | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> torch.Tensor:
-        self.active = self.make_scheduler(shift)
-        self.active.set_timesteps(num_steps, device=device)
-        self.active.set_begin_index(0)
-        self.init_noise_sigma = float(self.active.init_noise_sigma)
-        return self.active.timesteps
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor,
-        sample: torch.Tensor,
-        *,
-        step_index: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return self.active.step(model_output, timestep, sample, return_dict=False)[0]
 
 
 # ---------------------------------------------------------------- few-step lists (distilled students)

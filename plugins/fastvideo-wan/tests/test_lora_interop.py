@@ -21,11 +21,19 @@ import numpy as np
 import pytest
 import torch
 
+from fastvideo.testing.loras import (
+    TOL,
+    assert_lora_changes_video,
+    check_foreign_lora_is_refused,
+    check_lora_round_trip,
+    check_scaled_loras,
+    frame_error,
+    random_lora,
+)
 from fastvideo.training import lora as L
 
 PROMPT = "a red circle moving left on a black background"
 FRAMES, SIZE, STEPS = 9, 64, 3
-TOL = 1.0 / 255
 KW = dict(num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=3.0)
 
 
@@ -74,24 +82,12 @@ def _frames(gen) -> np.ndarray:
     return gen.generate_video(PROMPT, latents=_latents(), **KW).frames.astype(np.float64)
 
 
-def _err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).mean() / 255)
-
-
-def _random_lora(
-    ckpt: Path, path: Path, *, rank: int, alpha: float, seed: int, targets: tuple[str, ...]
+def _our_lora(
+    ckpt: Path, path: Path, *, rank: int, alpha: float, seed: int, targets: tuple[str, ...] = ()
 ) -> Path:
-    """A LoRA trained by us in spirit: our layers on our DiT, with random (non-zero) adapters."""
-    family = _family()
-    from fastvideo.resolve import resolve
-
-    model = family.load_transformer(resolve(str(ckpt)), dtype="fp32")
-    L.add_trainable_lora(model, targets, rank=rank, alpha=alpha, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for layer in L.lora_layers(model).values():
-            layer.lora_B["default"].copy_(torch.randn(layer.lora_B["default"].shape, generator=gen) * 0.2)
-    return L.save_lora_file(L.lora_tensors(model), family, path)
+    """:func:`random_lora` on Wan's DiT (adapters of std 0.2); ``targets`` default to the family's."""
+    targets = targets or _family().lora_target_modules
+    return random_lora(_family(), ckpt, path, rank=rank, alpha=alpha, seed=seed, targets=targets, std=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +99,7 @@ def base_frames(ckpt: Path) -> np.ndarray:
 
 
 def test_our_lora_loads_in_diffusers_and_matches(ckpt: Path, base_frames: np.ndarray, tmp_path: Path) -> None:
-    path = _random_lora(
-        ckpt, tmp_path / "ours", rank=4, alpha=8.0, seed=1, targets=_family().lora_target_modules
-    )
+    path = _our_lora(ckpt, tmp_path / "ours", rank=4, alpha=8.0, seed=1)
     tensors, meta = L.read_lora_file(path.parent)
     assert all(
         k.startswith("transformer.blocks.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
@@ -113,34 +107,14 @@ def test_our_lora_loads_in_diffusers_and_matches(ckpt: Path, base_frames: np.nda
     )
     assert "transformer.blocks.0.attn1.to_q.lora_A.weight" in tensors and "transformer.r" in meta
     ref = _diffusers_frames(ckpt, [(path, 1.0)])
-    assert _err(ref, base_frames) > 3 * TOL, (
-        "the LoRA barely changes the video; the test would not detect errors"
-    )
-    gen = _ours(ckpt)
-    w0 = {k: v.clone() for k, v in gen.pipeline.components["transformer"].state_dict().items()}
-    name = gen.load_lora(path)
-    assert gen.loras == {name: 1.0}
-    assert _err(_frames(gen), ref) <= TOL
-    gen.merge_loras()
-    assert _err(_frames(gen), ref) <= TOL
-    gen.unmerge_loras()
-    gen.unload_lora(name)
-    state = gen.pipeline.components["transformer"].state_dict()
-    assert set(state) == set(w0) and all(torch.equal(state[k], w0[k]) for k in w0)
-    assert _err(_frames(gen), base_frames) <= TOL
+    check_lora_round_trip(_ours(ckpt), path, frames=_frames, ref=ref, base=base_frames)
 
 
 def test_several_loras_with_scales_match_diffusers_set_adapters(ckpt: Path, tmp_path: Path) -> None:
-    one = _random_lora(ckpt, tmp_path / "one", rank=4, alpha=4.0, seed=2, targets=("blocks.*.self_attn.*",))
-    two = _random_lora(ckpt, tmp_path / "two", rank=2, alpha=4.0, seed=3, targets=("blocks.*.ffn.*",))
+    one = _our_lora(ckpt, tmp_path / "one", rank=4, alpha=4.0, seed=2, targets=("blocks.*.self_attn.*",))
+    two = _our_lora(ckpt, tmp_path / "two", rank=2, alpha=4.0, seed=3, targets=("blocks.*.ffn.*",))
     ref = _diffusers_frames(ckpt, [(one, 0.7), (two, -0.5)])
-    gen = _ours(ckpt)
-    gen.load_lora(f"{one}:0.7")
-    gen.load_lora(two, 1.0)
-    gen.set_lora_scale("pytorch_lora_weights-1", -0.5)
-    assert gen.loras == {"pytorch_lora_weights": 0.7, "pytorch_lora_weights-1": -0.5}
-    gen.merge_loras()
-    assert _err(_frames(gen), ref) <= TOL
+    check_scaled_loras(_ours(ckpt), one, two, scales=(0.7, -0.5), frames=_frames, ref=ref)
 
 
 def test_lora_saved_by_diffusers_and_peft_loads_in_ours(
@@ -166,10 +140,10 @@ def test_lora_saved_by_diffusers_and_peft_loads_in_ours(
         transformer_lora_adapter_metadata=pipe.transformer.peft_config["default"].to_dict(),
     )
     ref = np.asarray(pipe(prompt=PROMPT, latents=_latents(), output_type="np", **KW).frames[0]) * 255
-    assert _err(ref, base_frames) > 3 * TOL
+    assert_lora_changes_video(ref, base_frames)
     gen = _ours(ckpt)
     gen.load_lora(tmp_path)  # alpha/r = 3 comes from the file's peft metadata
-    assert _err(_frames(gen), ref) <= TOL
+    assert frame_error(_frames(gen), ref) <= TOL
 
 
 def test_lora_in_the_official_wan_naming_matches_diffusers(
@@ -197,41 +171,21 @@ def test_lora_in_the_official_wan_naming_matches_diffusers(
     path = tmp_path / "wan_lora.safetensors"
     save_file(tensors, str(path))
     ref = _diffusers_frames(ckpt, [(path, 1.0)])
-    assert _err(ref, base_frames) > 3 * TOL
+    assert_lora_changes_video(ref, base_frames)
     gen = _ours(ckpt)
     gen.load_lora(path)
-    assert _err(_frames(gen), ref) <= TOL
+    assert frame_error(_frames(gen), ref) <= TOL
 
 
 def test_bad_lora_files_give_one_line_errors(ckpt: Path, tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    from fastvideo.errors import CheckpointError
-
-    gen = _ours(ckpt)
-    path = tmp_path / "other.safetensors"
-    save_file(
-        {
-            "transformer.unet.down.0.lora_A.weight": torch.zeros(2, 4),
-            "transformer.unet.down.0.lora_B.weight": torch.zeros(4, 2),
-        },
-        str(path),
-    )
-    with pytest.raises(
-        CheckpointError, match=r"match no module of the wan DiT: unet.down.0 \(is this LoRA for another model"
-    ):
-        gen.load_lora(path)
-    with pytest.raises(ValueError, match="does not exist"):
-        gen.load_lora(tmp_path / "missing.safetensors")
+    check_foreign_lora_is_refused(_ours(ckpt), tmp_path, "wan")
 
 
 def test_fv_generate_lora_flag_matches_diffusers(ckpt: Path, tmp_path: Path) -> None:
     """``fv generate --lora PATH:scale`` (merged) against diffusers with the same LoRA at that scale."""
     from fastvideo.video import read_mp4
 
-    path = _random_lora(
-        ckpt, tmp_path / "cli", rank=4, alpha=4.0, seed=7, targets=_family().lora_target_modules
-    )
+    path = _our_lora(ckpt, tmp_path / "cli", rank=4, alpha=4.0, seed=7)
     latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(42))  # what --seed 42 draws
     from diffusers import WanPipeline
 
@@ -277,7 +231,7 @@ def test_fv_generate_lora_flag_matches_diffusers(ckpt: Path, tmp_path: Path) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["frames"] == FRAMES
-    assert _err(read_mp4(out).astype(np.float64), ref) <= TOL
+    assert frame_error(read_mp4(out).astype(np.float64), ref) <= TOL
     bad = subprocess.run([*cmd[:-1], "nope.safetensors", "--overwrite"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "--lora 'nope.safetensors'" in bad.stderr

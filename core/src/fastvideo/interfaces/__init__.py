@@ -1,15 +1,17 @@
-"""The abstract base classes that plugins subclass: one per kind of extension."""
+"""The abstract base classes that plugins subclass: one per kind of extension (and
+:func:`flow_euler_step`, the flow-matching update that samplers share)."""
 
 from fastvideo.interfaces.attention import AttentionBackend, BackendOption, LayerModule
 from fastvideo.interfaces.model_family import ModelFamily, Preset
 from fastvideo.interfaces.parallel import ParallelStrategy
-from fastvideo.interfaces.sampler import Sampler
+from fastvideo.interfaces.sampler import FlowMatchingSampler, Sampler, flow_euler_step
 from fastvideo.interfaces.training import ModelRole, TrainingAlgorithm
 from fastvideo.interfaces.transform import PipelineTransform
 
 __all__ = [
     "AttentionBackend",
     "BackendOption",
+    "FlowMatchingSampler",
     "LayerModule",
     "ModelFamily",
     "ModelRole",
@@ -18,4 +20,5 @@ __all__ = [
     "Preset",
     "Sampler",
     "TrainingAlgorithm",
+    "flow_euler_step",
 ]

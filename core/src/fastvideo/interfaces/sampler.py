@@ -14,7 +14,7 @@ x0-prediction re-noising, for DMD2-distilled students).
 A complete tiny sampler plugin (flow-matching Euler on an unshifted linear schedule)::
 
     # my_sampler/sampler.py  (no torch import at module level)
-    from fastvideo.interfaces import Sampler
+    from fastvideo.interfaces import Sampler, flow_euler_step
 
     class LinearEuler(Sampler):
         name = "linear-euler"
@@ -25,8 +25,8 @@ A complete tiny sampler plugin (flow-matching Euler on an unshifted linear sched
             return self.sigmas[:-1] * self.num_train_timesteps   # what the DiT sees
 
         def step(self, model_output, timestep, sample, *, step_index, generator=None):
-            dt = self.sigmas[step_index + 1] - self.sigmas[step_index]
-            return sample + dt * model_output               # x_{t+dt} = x_t + dt * v
+            # x <- x + (sigma_next - sigma) * v
+            return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])
 
     # my_sampler/plugin.py
     from fastvideo import hookimpl
@@ -37,7 +37,9 @@ A complete tiny sampler plugin (flow-matching Euler on an unshifted linear sched
         from my_sampler.sampler import LinearEuler
         return [LinearEuler]
 
-Then ``fv generate --sampler linear-euler ...``.
+Then ``fv generate --sampler linear-euler ...``. A flow-matching sampler like this one can instead
+subclass :class:`FlowMatchingSampler` and only give its sigmas (``sigma_schedule``), as the example
+plugin's ``example-linear`` and the core's ``flow-euler`` do.
 """
 
 from __future__ import annotations
@@ -123,3 +125,53 @@ class Sampler(ABC):
         :param generator: the request's seeded CPU generator, for samplers that draw noise.
         Called once per step, in order; a sampler may keep state between calls (multistep).
         """
+
+
+def flow_euler_step(
+    sample: torch.Tensor, model_output: torch.Tensor, sigma: Any, sigma_next: Any
+) -> torch.Tensor:
+    """One flow-matching Euler step: ``sample + (sigma_next - sigma) * model_output``, the DiT's
+    velocity ``v = noise - x0`` carrying the latents from ``sigma`` to ``sigma_next``.
+
+    The sum is taken in fp32 (as diffusers' ``FlowMatchEulerDiscreteScheduler`` does) and returned in
+    ``sample``'s dtype. ``sigma`` and ``sigma_next`` are floats or 0-d tensors.
+    """
+    import torch
+
+    return (sample.to(torch.float32) + (sigma_next - sigma) * model_output).to(sample.dtype)
+
+
+class FlowMatchingSampler(Sampler):
+    """A flow-matching sampler given by its sigma schedule: subclasses implement
+    :meth:`sigma_schedule`; the DiT sees ``t = sigma * num_train_timesteps`` and each step is
+    :func:`flow_euler_step` from one sigma to the next, the last one to sigma 0."""
+
+    @abstractmethod
+    def sigma_schedule(self, num_steps: int, device: Any, shift: float | None, sigmas: Any) -> torch.Tensor:
+        """The ``num_steps`` sigmas of one request, from (about) 1 down, without the final 0 (1-D fp32,
+        on ``device``); ``shift`` and ``sigmas`` are :meth:`Sampler.set_timesteps`'s."""
+
+    def set_timesteps(
+        self,
+        num_steps: int,
+        *,
+        device: Any = None,
+        shift: float | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> torch.Tensor:
+        import torch
+
+        schedule = self.sigma_schedule(num_steps, device, shift, sigmas)
+        self.sigmas = torch.cat([schedule, schedule.new_zeros(1)])  # (n + 1,)
+        return schedule * self.num_train_timesteps
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        step_index: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return flow_euler_step(sample, model_output, self.sigmas[step_index], self.sigmas[step_index + 1])

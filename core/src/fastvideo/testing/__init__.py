@@ -11,6 +11,12 @@
 * :func:`write_hf_cache`: a Hugging Face cache entry on disk, for offline resolution tests.
 * :func:`corrupt_copy` (truncated, bit-flipped, dropped or reshaped tensors), :func:`rewrite_checkpoint`,
   :func:`assert_same_placeholders`: checkpoint test helpers.
+* :mod:`fastvideo.testing.loras`: a random LoRA file written by our layers, and the load / merge /
+  unmerge / unload checks of LoRA files in a pipeline against a reference video.
+* :mod:`fastvideo.testing.parallel`: the tiny generation of parallel tests and the check of every
+  rank's latents and frames against one process.
+* :mod:`fastvideo.testing.toys`: ``SelfAttention``, a toy layer through the attention seam for
+  tests of backends and their per-layer modules (imported on its own: it imports torch).
 * :mod:`fastvideo.testing.conformance`: ``DiTConformance``, the tests every model family's DiT
   passes against its diffusers reference (imported on its own: it needs torch and pytest).
 

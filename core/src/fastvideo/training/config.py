@@ -24,7 +24,6 @@ from fastvideo.configs import normalize_dtype
 ALGORITHM_DEFAULT = "finetune"
 SCHEDULERS = ("constant", "linear", "cosine")
 TIMESTEP_SAMPLING = ("uniform", "logit_normal")
-PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -232,13 +232,6 @@ def add_trainable_lora(
     return modules
 
 
-def adapter_names(model: nn.Module) -> list[str]:
-    names: list[str] = []
-    for layer in lora_layers(model).values():
-        names += [n for n in layer.lora_A if n not in names]
-    return names
-
-
 def set_adapter_scale(model: nn.Module, name: str, scale: float, *, base_scales: Mapping[str, float]) -> None:
     """Set adapter ``name``'s user weight: each layer's scale becomes ``base_scales[layer] * scale``."""
     for layer_name, layer in lora_layers(model).items():
@@ -551,14 +544,3 @@ def save_lora_file(
     os.chmod(tmp, 0o644)
     tmp.replace(path)
     return path
-
-
-def parse_lora_arg(value: str) -> tuple[str, float]:
-    """``PATH[:scale]`` -> ``(PATH, scale)``; the scale defaults to 1."""
-    path, sep, tail = value.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return value, 1.0

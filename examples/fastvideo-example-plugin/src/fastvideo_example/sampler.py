@@ -5,47 +5,32 @@ Flow-matching Euler on the *unshifted* linear schedule ``sigma_i = 1 - i / n``: 
 The request's ``flow_shift`` and a family's explicit sigmas are ignored, which is what makes it
 different from the core's ``flow-euler``. Use it with ``fv generate --sampler example-linear``.
 
+A flow-matching sampler only has to give its sigma schedule: the core's
+:class:`~fastvideo.interfaces.FlowMatchingSampler` turns it into the timesteps the DiT sees and runs
+the Euler update (:func:`~fastvideo.interfaces.flow_euler_step`). A sampler with another update rule
+subclasses :class:`~fastvideo.interfaces.Sampler` and writes ``set_timesteps`` and ``step`` itself.
+
 This module is imported during plugin registration, so torch is imported inside the methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fastvideo.interfaces import Sampler
+from fastvideo.interfaces import FlowMatchingSampler
 
 if TYPE_CHECKING:
     import torch
 
 
-class ExampleLinearSampler(Sampler):
+class ExampleLinearSampler(FlowMatchingSampler):
     """Euler steps on ``linspace(1, 0, n + 1)``, no shift."""
 
     name = "example-linear"
     description = "flow-matching Euler on an unshifted linear schedule (example plugin)"
 
-    def set_timesteps(
-        self,
-        num_steps: int,
-        *,
-        device: Any = None,
-        shift: float | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> torch.Tensor:
+    def sigma_schedule(self, num_steps: int, device: Any, shift: float | None, sigmas: Any) -> torch.Tensor:
         import torch
 
-        self.sigmas = torch.linspace(1.0, 0.0, num_steps + 1, device=device)  # (n + 1,)
-        return self.sigmas[:-1] * self.num_train_timesteps
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor,
-        sample: torch.Tensor,
-        *,
-        step_index: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        dt = self.sigmas[step_index + 1] - self.sigmas[step_index]
-        return sample + dt * model_output.to(sample.dtype)
+        # 1, 1 - 1/n, ..., 1/n (the base class appends the final 0); shift and sigmas are ignored
+        return torch.linspace(1.0, 0.0, num_steps + 1, device=device)[:-1]

@@ -6,23 +6,18 @@ templates (diffusers name, our name) whose placeholders ``{i}`` (a block index) 
 (see :class:`fastvideo.loader.mapping.NameMapping`), so ``ours_to_diffusers(diffusers_to_ours(sd))
 == sd`` by construction. Tensors are renamed, never reshaped or split.
 
-:class:`DiffusersCheckpoint` reads a diffusers folder (``diffusion_pytorch_model.safetensors`` or a
-sharded ``...safetensors.index.json``) and checks names and shapes against a model before any tensor
-data is read.
+Our DiT reads a diffusers folder through :data:`MAPPING` (its ``name_mapping``; see
+:meth:`fastvideo.models.DiT.open_checkpoint`), which checks names and shapes before any tensor data
+is read.
 """
 
 from __future__ import annotations
 
-from fastvideo.loader import checkpoint
-from fastvideo.loader.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from fastvideo.loader.mapping import NameMapping, UnmappedKeysError
 
 __all__ = [
-    "INDEX_NAME",
     "MAPPING",
     "RULES",
-    "WEIGHTS_NAME",
-    "DiffusersCheckpoint",
     "UnmappedKeysError",
     "diffusers_to_ours",
     "ours_to_diffusers",
@@ -101,9 +96,3 @@ MAPPING = NameMapping(
 #: ``diffusers_to_ours(sd)`` / ``ours_to_diffusers(sd)``: rename (values untouched), raising
 #: :class:`UnmappedKeysError` with every name that no rule matches.
 diffusers_to_ours, ours_to_diffusers = MAPPING.to_ours, MAPPING.to_theirs
-
-
-class DiffusersCheckpoint(checkpoint.DiffusersCheckpoint):
-    """A diffusers ``HunyuanVideoTransformer3DModel`` folder, indexed by our parameter names."""
-
-    mapping = MAPPING
