@@ -6,6 +6,7 @@ checkpoint written by ``fv example make-checkpoint``): a plugin never imports an
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import json
 import math
@@ -39,6 +40,8 @@ class ReferenceVSA(VSABackend):
 
     name = "vsa-ref"
     calls: list[tuple[int, bool]] = []  # noqa: RUF012 - shared record of (tokens, had a gate)
+    # vsa's options without their fv generate flags, which stay vsa's
+    options = tuple(dataclasses.replace(o, cli_flags=()) for o in VSABackend.options)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
