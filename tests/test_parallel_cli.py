@@ -248,6 +248,20 @@ def test_bad_layouts_fail_before_any_worker_starts(args: list[str], message: str
     assert proc.stderr.splitlines() == [f"error: {message}"]
 
 
+def test_heads_not_divisible_fail_before_any_worker_starts(tmp_path: Path) -> None:
+    """wan-toy's DiT has 2 heads: a Ulysses degree of 3 is refused from its config, before the
+    launcher starts a worker (none of whose output would then appear)."""
+    proc = run_fv(
+        ["generate", "--model", "wan-toy", "--prompt", PROMPT, "--num-gpus", "3"], env=_env(), cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        "error: WanTransformer3DModel has 2 attention heads, which Ulysses degree sp_size=3 does not divide; "
+        "use --sp-size 1 --ring-size 3 (ring attention)"
+    ]
+    assert not list(tmp_path.rglob("*.mp4"))
+
+
 def test_python_api_outside_a_launcher_says_how_to_launch() -> None:
     from fastvideo import VideoGenerator
 

@@ -434,9 +434,26 @@ def preflight(
         repo_id=where if isinstance(where, str) else None,
     )
     sampler_name(config, source)  # an unknown sampler fails before loading
+    _check_heads(family, source, config)
     params = family.sampling_defaults(source).with_overrides(sampling_overrides)
     if validate:
         family.validate(params, source)
     # a Hub repo's configs are not here yet: the generator checks again once they are downloaded
     local = validate and not isinstance(where, str)
     return Plan(family=family, preset=preset, where=where, backend=backend, params=params, validated=local)
+
+
+def _check_heads(family: type[ModelFamily], source: ModelSource, config: PipelineConfig) -> None:
+    """A Ulysses degree that does not divide the DiT's heads fails here, before any worker starts
+    (the sequence-parallel strategy checks the loaded model again)."""
+    from types import SimpleNamespace
+
+    from fastvideo.parallel.sequence import head_message
+
+    par = config.parallel
+    found = family.attention_heads(source) if par.ulysses_size > 1 else None
+    if found is not None and found[1] % par.ulysses_size:
+        layout = SimpleNamespace(
+            ulysses_size=par.ulysses_size, world_size=par.num_gpus, cfg_size=par.cfg_degree
+        )
+        raise ValueError(head_message(found[0], found[1], layout))  # type: ignore[arg-type]

@@ -166,6 +166,17 @@ class ModelFamily(ABC):
         return min(limits, default=None)
 
     @classmethod
+    def attention_heads(cls, source: ModelSource) -> tuple[str, int] | None:
+        """``(DiT class name, attention heads)`` read from the checkpoint's ``transformer/config.json``
+        (``num_attention_heads`` or ``num_heads``), or None where it is not on disk yet. A parallel
+        run checks the Ulysses degree against it before any worker starts."""
+        config = source.read_json("transformer/config.json")
+        heads = None if config is None else config.get("num_attention_heads", config.get("num_heads"))
+        if not isinstance(heads, int) or isinstance(heads, bool):
+            return None
+        return str(config.get("_class_name") or "the DiT"), heads
+
+    @classmethod
     def validate(cls, params: SamplingParams, source: ModelSource) -> None:
         """Raise ``ValueError`` for a request this checkpoint cannot serve (before any weights load)."""
         spatial, temporal = cls.factors(source)
