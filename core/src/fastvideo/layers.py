@@ -8,6 +8,7 @@ Model files import these instead of each carrying a copy; they are plain functio
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,8 @@ class MLP(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
+        activation: Any = ACTIVATIONS[self.act]
+        return self.fc2(activation(self.fc1(x)))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

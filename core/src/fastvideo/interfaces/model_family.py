@@ -171,7 +171,9 @@ class ModelFamily(ABC):
         (``num_attention_heads`` or ``num_heads``), or None where it is not on disk yet. A parallel
         run checks the Ulysses degree against it before any worker starts."""
         config = source.read_json("transformer/config.json")
-        heads = None if config is None else config.get("num_attention_heads", config.get("num_heads"))
+        if config is None:
+            return None
+        heads = config.get("num_attention_heads", config.get("num_heads"))
         if not isinstance(heads, int) or isinstance(heads, bool):
             return None
         return str(config.get("_class_name") or "the DiT"), heads

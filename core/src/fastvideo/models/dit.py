@@ -114,7 +114,7 @@ class DiT(nn.Module):
         defaults, norms at one). Families extend it for their own parameters (modulation tables)."""
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+                m.reset_parameters()  # type: ignore[operator]
 
     def compile_blocks(self: D, **kwargs: Any) -> D:
         """Regional compilation: ``torch.compile`` each block in place (one graph per block class,

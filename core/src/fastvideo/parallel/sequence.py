@@ -216,9 +216,9 @@ class SequenceSharding:
         assert group is not None
         spec = self.plan.output
         if isinstance(output, torch.Tensor):
-            return comm.gather_unpad(output, int(spec), self.length, group)
+            return comm.gather_unpad(output, int(spec), self.length, group)  # type: ignore[arg-type]
         out = list(output)
-        for index, dim in dict(spec).items():
+        for index, dim in dict(spec).items():  # type: ignore[arg-type]
             out[index] = comm.gather_unpad(out[index], dim, self.length, group)
         return type(output)(out)
 

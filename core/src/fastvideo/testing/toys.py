@@ -13,6 +13,8 @@ fv_register_attention_backends=lambda: [FrameLocal])``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,7 +36,7 @@ class SelfAttention(nn.Module):
         return self.out(attention(q, k, v, allow=ALL).flatten(2))  # (B, L, D)
 
 
-def _extra_projection(layer: nn.Module) -> nn.Module:
+def _extra_projection(layer: Any) -> nn.Module:
     dim = layer.qkv.in_features
     return nn.Linear(dim, dim, device=layer.qkv.weight.device, dtype=layer.qkv.weight.dtype)
 
