@@ -502,3 +502,27 @@ def test_registration_hooks_are_called_through_pluggy() -> None:
     assert ["fvtest-plain"] in sampler_calls  # each plugin alone
     assert ["Wrapped", "Wrapped"] in sampler_calls or ["fvtest-wrapped", "fvtest-wrapped"] in sampler_calls
     assert Wrapped.seen == ["wrapped"]
+
+
+def test_cli_main_twice_in_one_process_keeps_the_core_and_its_commands() -> None:
+    """``fv``'s entry point run again in the same process (tests, notebooks) registers nothing twice:
+    the core's own commands are not taken for a hijack, so its samplers and backends stay."""
+    import sys
+
+    from fastvideo import cli
+    from fastvideo.plugins import plugin_infos
+    from fastvideo.registry import get_registry
+    from fastvideo.testing import fake_plugins
+
+    with fake_plugins():
+        for _ in range(2):
+            argv, sys.argv = sys.argv, ["fv", "plugins", "list"]
+            try:
+                with pytest.raises(SystemExit) as exit_:
+                    cli.main()
+            finally:
+                sys.argv = argv
+            assert exit_.value.code == 0
+        core = next(i for i in plugin_infos() if i.dist == "fastvideo-core")
+        assert core.broken is None and core.commands == ["train", "preprocess"]
+        assert "checkpoint" in get_registry().names("sampler")

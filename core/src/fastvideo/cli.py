@@ -607,6 +607,9 @@ def _register_plugin_commands() -> None:
     for info, impl in ordered_hookimpls("fv_register_commands"):
         if info.broken:
             continue
+        if info.dist in _COMMANDS_ADDED:  # registered by an earlier main() in this process: not a hijack
+            info.commands.extend(n for n in _COMMANDS_ADDED[info.dist] if n not in info.commands)
+            continue
         before = (list(app.registered_commands), list(app.registered_groups))
         try:
             run_guarded(info, "fv_register_commands", hook_of(impl, "fv_register_commands", app=app))
@@ -623,6 +626,11 @@ def _register_plugin_commands() -> None:
             continue
         info.commands.extend(names)
         taken.update(names)
+        _COMMANDS_ADDED[info.dist] = names
+
+
+#: Distribution -> the commands it added to :data:`app` (once per process: ``app`` is global).
+_COMMANDS_ADDED: dict[str, list[str]] = {}
 
 
 def _restore_commands(before: tuple[list[Any], list[Any]]) -> None:
