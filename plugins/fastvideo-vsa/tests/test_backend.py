@@ -24,6 +24,7 @@ from fastvideo.attention.layers import attach_layer_modules, checkpoint_mapping,
 from fastvideo.attention.options import resolve_options
 from fastvideo.registry import get_registry
 from fastvideo.testing import assert_close, fake_plugins, plugin_env, plugin_module, run_fv
+from fastvideo.testing.toys import SelfAttention  # self-attention through the seam, fused qkv
 from fastvideo_vsa.backend import VSABackend
 from fastvideo_vsa.ops import CubeGeometry, topk_for, vsa_attention, vsa_attention_reference, vsa_select
 from fastvideo_vsa.schedule import sparsity_at
@@ -189,26 +190,12 @@ def test_training_ramp_linear_and_staircase(vsa_plugins: None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class TinyAttention(nn.Module):
-    """Self-attention through the seam, with a fused qkv projection."""
-
-    def __init__(self, dim: int = 32, heads: int = 2) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, L, H, Dh)
-        return self.out(attention(q, k, v, allow=ALL).flatten(2))  # (B, L, D)
-
-
 class TinyModel(nn.Module):
     sparse_attention_layers = ("layers.*",)
 
     def __init__(self) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(TinyAttention() for _ in range(2))
+        self.layers = nn.ModuleList(SelfAttention() for _ in range(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
