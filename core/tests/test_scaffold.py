@@ -35,7 +35,16 @@ def _venv(root: Path) -> Path:
     python = root / "bin" / "python"
     code = "import sysconfig; print(sysconfig.get_path('purelib'))"
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout
-    parents = [p for p in sys.path if p.endswith("site-packages")]
+    # this environment's site-packages and what its .pth files added (editable installs' src folders),
+    # not the standard library (the venv has its own)
+    stdlib = Path(sys.base_prefix).resolve()
+    parents = [
+        p
+        for p in sys.path
+        if p
+        and Path(p).is_dir()
+        and (p.endswith("site-packages") or not Path(p).resolve().is_relative_to(stdlib))
+    ]
     (Path(out.strip()) / "_fastvideo_test_parent.pth").write_text("\n".join(parents) + "\n")
     return python
 

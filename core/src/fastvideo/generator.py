@@ -446,13 +446,13 @@ def preflight(
 def _check_heads(family: type[ModelFamily], source: ModelSource, config: PipelineConfig) -> None:
     """A Ulysses degree that does not divide the DiT's heads fails here, before any worker starts
     (the sequence-parallel strategy checks the loaded model again)."""
-    from types import SimpleNamespace
-
-    from fastvideo.parallel.sequence import head_message
-
     par = config.parallel
     found = family.attention_heads(source) if par.ulysses_size > 1 else None
     if found is not None and found[1] % par.ulysses_size:
+        from types import SimpleNamespace
+
+        from fastvideo.parallel.sequence import head_message  # torch: only on this error path
+
         layout = SimpleNamespace(
             ulysses_size=par.ulysses_size, world_size=par.num_gpus, cfg_size=par.cfg_degree
         )
