@@ -1,9 +1,10 @@
-"""The example text-to-video pipeline, composed from the core stages.
+"""The example text-to-video pipeline: loading, then the core's composition.
 
-Nothing here is specific to a kernel or a device layout: the components are loaded with
-:mod:`fastvideo.loader`, and the stages of :mod:`fastvideo.pipelines.stages` are reused as they are.
-The family supplies only what differs between families; the latent geometry and the VAE's latent
-normalisation are read from the VAE's config by :class:`fastvideo.models.LatentGeometry`.
+Nothing here is specific to a kernel or a device layout: the library components are loaded with
+:func:`fastvideo.pipelines.compose.load_components`, our DiT by its own ``from_pretrained``, and
+:func:`fastvideo.pipelines.compose.text_to_video` lays out the core stages around them. The latent
+geometry and the VAE's latent normalisation are read from the VAE's config by
+:class:`fastvideo.models.LatentGeometry`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastvideo.errors import CheckpointError
-from fastvideo.loader import load_component
 from fastvideo.loader.components import torch_dtype
 from fastvideo.models import LatentGeometry, default_dtypes, pick_device
+from fastvideo.pipelines.compose import load_components, text_to_video
 from fastvideo.pipelines.composed import ComposedPipeline
-from fastvideo.pipelines.stages import (
-    DecodingStage,
-    DenoisingStage,
-    InputValidationStage,
-    LatentPreparationStage,
-    T5TextEncoder,
-    TextEncodingStage,
-    TimestepPreparationStage,
-)
+from fastvideo.pipelines.stages import DenoisingStage, T5TextEncoder
 from fastvideo_example.model import ExampleTransformer
 
 if TYPE_CHECKING:
@@ -49,30 +42,23 @@ def load_transformer(source: ModelSource, dtype: str, device: torch.device) -> E
 def build_example_pipeline(
     family: type[ModelFamily], source: ModelSource, config: PipelineConfig
 ) -> ComposedPipeline:
-    """Load every component of an example checkpoint and compose the text-to-video stages."""
+    """Load every component of an example checkpoint, then compose the core's text-to-video stages."""
     device = pick_device(config)
     dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)  # bf16/bf16/fp32 on GPU, fp32 on CPU
-    folder, index = source.path, source.model_index
-    tokenizer = load_component(folder, index, "tokenizer")
-    text_encoder = load_component(folder, index, "text_encoder", dtype=text_dtype, device=device)
-    vae = load_component(folder, index, "vae", dtype=vae_dtype, device=device)
-    scheduler = load_component(folder, index, "scheduler")
+    parts = load_components(
+        source, device, tokenizer=None, text_encoder=text_dtype, vae=vae_dtype, scheduler=None
+    )
     transformer = load_transformer(source, dit_dtype, device)
-    latents = LatentGeometry.from_vae(vae)  # channels, strides and normalisation of its (Wan) VAE
-    stages = [
-        InputValidationStage(family, source),
-        TextEncodingStage([T5TextEncoder(tokenizer, text_encoder)]),
-        TimestepPreparationStage(scheduler),
-        LatentPreparationStage(latents.shape),
-        DenoisingStage(transformer, num_train_timesteps=int(scheduler.config.num_train_timesteps)),
-        DecodingStage(vae, latents.denormalize),
-    ]
-    components = {
-        "device": device,
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "vae": vae,
-        "scheduler": scheduler,
-        "transformer": transformer,
-    }
-    return ComposedPipeline(stages, components)
+    scheduler = parts["scheduler"]
+    stages = text_to_video(
+        family,
+        source,
+        text_encoders=[T5TextEncoder(parts["tokenizer"], parts["text_encoder"])],
+        scheduler=scheduler,
+        geometry=LatentGeometry.from_vae(
+            parts["vae"]
+        ),  # channels, strides and normalisation of its (Wan) VAE
+        denoising=DenoisingStage(transformer, num_train_timesteps=int(scheduler.config.num_train_timesteps)),
+        vae=parts["vae"],
+    )
+    return ComposedPipeline(stages, {"device": device, **parts, "transformer": transformer})

@@ -11,20 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastvideo.loader.components import load_component, torch_dtype
+from fastvideo.loader.components import torch_dtype
 from fastvideo.models import LatentGeometry, default_dtypes, pick_device
 from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo.pipelines.compose import compile_if_asked, load_components, text_to_video
 from fastvideo.pipelines.composed import ComposedPipeline
 from fastvideo.pipelines.stages import (
-    DecodingStage,
     DenoisingStage,
-    InputValidationStage,
     LanguageModelTextEncoder,
-    LatentPreparationStage,
     PooledTextEncoder,
     PromptTemplate,
-    TextEncodingStage,
-    TimestepPreparationStage,
 )
 from fastvideo_hunyuan.model import HunyuanTransformer
 
@@ -78,47 +74,44 @@ class HunyuanDenoisingStage(DenoisingStage):
 def build_hunyuan_pipeline(
     family: type[ModelFamily], source: ModelSource, config: PipelineConfig
 ) -> ComposedPipeline:
-    """Load every component of a HunyuanVideo checkpoint and compose the text-to-video stages."""
+    """Load every component of a HunyuanVideo checkpoint, then compose the text-to-video stages."""
     device = pick_device(config)
     # bf16 DiT, fp16 text encoders and VAE on GPU: HunyuanVideo's release settings
     dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device, text="fp16", vae="fp16")
-    index, path = source.model_index, source.path
-    tokenizer = load_component(path, index, "tokenizer")
-    text_encoder = load_component(path, index, "text_encoder", dtype=text_dtype, device=device)
-    tokenizer_2 = load_component(path, index, "tokenizer_2")
-    text_encoder_2 = load_component(path, index, "text_encoder_2", dtype=text_dtype, device=device)
-    vae = load_component(path, index, "vae", dtype=vae_dtype, device=device)
-    scheduler = load_component(path, index, "scheduler")
-    transformer = HunyuanTransformer.from_pretrained(
-        path / "transformer", dtype=torch_dtype(dit_dtype), device=device
+    parts = load_components(
+        source,
+        device,
+        tokenizer=None,
+        text_encoder=text_dtype,
+        tokenizer_2=None,
+        text_encoder_2=text_dtype,
+        vae=vae_dtype,
+        scheduler=None,
     )
-    if config.compile or (config.compile is None and device.type == "cuda"):
-        transformer.compile_blocks()  # regional: each block compiles once, shapes are reused per step
-    geometry = LatentGeometry.from_vae(vae, channels=transformer.config.in_channels)
+    transformer = HunyuanTransformer.from_pretrained(
+        source.path / "transformer", dtype=torch_dtype(dit_dtype), device=device
+    )
+    compile_if_asked([transformer], config, device)
     encoders = [
         LanguageModelTextEncoder(
-            tokenizer, text_encoder, template=PROMPT_TEMPLATE, hidden_layer=LLAMA_HIDDEN_LAYER
+            parts["tokenizer"],
+            parts["text_encoder"],
+            template=PROMPT_TEMPLATE,
+            hidden_layer=LLAMA_HIDDEN_LAYER,
         ),
-        PooledTextEncoder(tokenizer_2, text_encoder_2, max_length=CLIP_MAX_LENGTH),
+        PooledTextEncoder(parts["tokenizer_2"], parts["text_encoder_2"], max_length=CLIP_MAX_LENGTH),
     ]
-    stages = [
-        InputValidationStage(family, source),
-        TextEncodingStage(encoders, cfg=False),
-        TimestepPreparationStage(scheduler, sigmas=flow_sigmas),
-        LatentPreparationStage(geometry.shape),
-        HunyuanDenoisingStage(
-            transformer, num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)), cfg=False
-        ),
-        DecodingStage(vae, geometry.denormalize, tiling=config.vae_tiling),  # None: tiled above 480x832
-    ]
-    components = {
-        "device": device,
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "tokenizer_2": tokenizer_2,
-        "text_encoder_2": text_encoder_2,
-        "vae": vae,
-        "scheduler": scheduler,
-        "transformer": transformer,
-    }
-    return ComposedPipeline(stages, components)
+    steps = int(parts["scheduler"].config.get("num_train_timesteps", 1000))
+    stages = text_to_video(
+        family,
+        source,
+        text_encoders=encoders,
+        cfg=False,  # guidance-distilled: the scale is a DiT input, no negative branch
+        scheduler=parts["scheduler"],
+        sigmas=flow_sigmas,
+        geometry=LatentGeometry.from_vae(parts["vae"], channels=transformer.config.in_channels),
+        denoising=HunyuanDenoisingStage(transformer, num_train_timesteps=steps, cfg=False),
+        vae=parts["vae"],
+        tiling=config.vae_tiling,  # None: tiled above 480x832
+    )
+    return ComposedPipeline(stages, {"device": device, **parts, "transformer": transformer})

@@ -11,18 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fastvideo.loader.components import load_component, torch_dtype
+from fastvideo.loader.components import torch_dtype
 from fastvideo.models import LatentGeometry, default_dtypes, pick_device
 from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo.pipelines.compose import compile_if_asked, load_components, text_to_video
 from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.pipelines.stages import (
-    DecodingStage,
     DenoisingStage,
-    InputValidationStage,
-    LatentPreparationStage,
     T5TextEncoder,
-    TextEncodingStage,
-    TimestepPreparationStage,
 )
 from fastvideo_wan.model import WanTransformer
 from fastvideo_wan.presets import NEGATIVE_PROMPT
@@ -174,60 +170,54 @@ def _transformer(source: ModelSource, name: str, dtype: str, device: torch.devic
 def build_wan_pipeline(
     family: type[ModelFamily], source: ModelSource, config: PipelineConfig
 ) -> ComposedPipeline:
-    """Load every component of a Wan checkpoint and compose the stages of its workload."""
+    """Load every component of a Wan checkpoint, then compose the stages of its workload."""
     device = pick_device(config)
     dit_dtype, text_dtype, vae_dtype = default_dtypes(config, device)
     index = source.model_index
     expand = bool(index.get("expand_timesteps"))
     i2v = index.get("_class_name") == "WanImageToVideoPipeline"
-    tokenizer = load_component(source.path, index, "tokenizer")
-    text_encoder = load_component(source.path, index, "text_encoder", dtype=text_dtype, device=device)
-    vae = load_component(source.path, index, "vae", dtype=vae_dtype, device=device)
-    scheduler = load_component(source.path, index, "scheduler")
+    parts = load_components(
+        source, device, tokenizer=None, text_encoder=text_dtype, vae=vae_dtype, scheduler=None
+    )
     transformer = _transformer(source, "transformer", dit_dtype, device)
     transformer_2 = _transformer(source, "transformer_2", dit_dtype, device)
     if transformer is None:  # Wan2.2 checkpoints may ship only the low-noise expert
         transformer, transformer_2 = transformer_2, None
     assert transformer is not None
-    if config.compile or (config.compile is None and device.type == "cuda"):
-        for dit in (transformer, transformer_2):
-            if dit is not None:
-                dit.compile_blocks()  # regional: each block compiles once, shapes are reused per step
+    compile_if_asked([transformer, transformer_2], config, device)
+    vae, scheduler = parts["vae"], parts["scheduler"]
     geometry = wan_latents(vae)
-    stages: list[PipelineStage] = [
-        InputValidationStage(family, source),
-        TextEncodingStage([T5TextEncoder(tokenizer, text_encoder)], default_negative_prompt=NEGATIVE_PROMPT),
-    ]
-    image_encoder = None
+    image_encoder, after_text, after_latents = None, [], []
     if i2v and _present(index, "image_encoder") and transformer.config.image_dim is not None:
-        image_processor = load_component(source.path, index, "image_processor")
-        image_encoder = load_component(
-            source.path,
-            index,
-            "image_encoder",
-            dtype=text_dtype if device.type == "cuda" else "fp32",
-            device=device,
-        )
-        stages.append(WanImageEncodingStage(image_processor, image_encoder))
-    stages += [TimestepPreparationStage(scheduler), LatentPreparationStage(geometry.shape)]
+        image_dtype = text_dtype if device.type == "cuda" else "fp32"
+        image = load_components(source, device, image_processor=None, image_encoder=image_dtype)
+        image_encoder = image["image_encoder"]
+        after_text.append(WanImageEncodingStage(image["image_processor"], image_encoder))
     if i2v or expand:
-        stages.append(WanImageLatentStage(vae, geometry, expand_timesteps=expand))
-    stages += [
-        WanDenoisingStage(
-            transformer,
-            transformer_2=transformer_2,
-            boundary_ratio=index.get("boundary_ratio"),
-            num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
-            expand_timesteps=expand,
-        ),
-        DecodingStage(vae, geometry.denormalize, tiling=config.vae_tiling),
-    ]
+        after_latents.append(WanImageLatentStage(vae, geometry, expand_timesteps=expand))
+    denoising = WanDenoisingStage(
+        transformer,
+        transformer_2=transformer_2,
+        boundary_ratio=index.get("boundary_ratio"),
+        num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
+        expand_timesteps=expand,
+    )
+    stages = text_to_video(
+        family,
+        source,
+        text_encoders=[T5TextEncoder(parts["tokenizer"], parts["text_encoder"])],
+        default_negative_prompt=NEGATIVE_PROMPT,
+        after_text=after_text,
+        scheduler=scheduler,
+        geometry=geometry,
+        after_latents=after_latents,
+        denoising=denoising,
+        vae=vae,
+        tiling=config.vae_tiling,
+    )
     components = {
         "device": device,
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "vae": vae,
-        "scheduler": scheduler,
+        **parts,
         "transformer": transformer,
         "transformer_2": transformer_2,
         "image_encoder": image_encoder,
