@@ -3,6 +3,8 @@
 # the Wan DiT on the new DiT base against diffusers (eager and compiled blocks), a training step through
 # the split trainer (dense and vsa with its gate attached as a backend layer module), and a tiny
 # end-to-end generation on CUDA with each built-in sampler. Results go to $OUT.
+# WAN_ARGS (default --compile) and TRAIN_ARGS pass through to the two benchmarks (a short run:
+# WAN_ARGS="" TRAIN_ARGS="--warmup 1 --iters 3").
 set -uo pipefail
 source benchmarks/gpu_env.sh
 out=${OUT:-/tmp/out}
@@ -37,8 +39,8 @@ for sampler in ("checkpoint", "flow-euler", "unipc"):
 PY
 
 echo "== Wan DiT forward: ours (DiT base) vs diffusers"
-python3 benchmarks/bench_wan_dit.py --compile 2>&1 | grep -v -i warning | tee "$out/bench_wan_dit.txt" | tail -12
+python3 benchmarks/bench_wan_dit.py ${WAN_ARGS---compile} 2>&1 | grep -v -i warning | tee "$out/bench_wan_dit.txt" | tail -12
 
 echo "== training step through the split trainer: dense and vsa"
-python3 benchmarks/bench_train_step.py 2>&1 | grep -v -i warning | tee "$out/bench_train_step.txt" | tail -12
+python3 benchmarks/bench_train_step.py ${TRAIN_ARGS-} 2>&1 | grep -v -i warning | tee "$out/bench_train_step.txt" | tail -12
 cp docs/benchmarks.md "$out/benchmarks.md"
