@@ -238,8 +238,30 @@ class ModelFamily(ABC):
         ``encoder_hidden_states``) and its ``config`` describes it (see :meth:`transformer_config`).
         ``attention_backend`` is the backend it will train with: attach the per-layer modules it
         declares (``fastvideo.attention.layers.attach_layer_modules``, e.g. ``vsa``'s gate projections).
+
+        The default loads :meth:`dit_class` from ``source.path / component`` with its
+        ``from_pretrained`` (a :class:`fastvideo.models.DiT` does all of the above).
         """
-        raise cls._no_training("load_transformer")
+        dit = cls.dit_class()
+        if dit is None:
+            raise cls._no_training("load_transformer")
+        from fastvideo.loader.components import torch_dtype
+
+        folder = source.path / component
+        if not (folder / "config.json").is_file():
+            listed = sorted(k for k, v in source.model_index.items() if isinstance(v, list) and v and v[0])
+            raise ValueError(
+                f"{source.path} has no component {component!r} to train (it has {', '.join(listed) or 'none'})"
+            )
+        return dit.from_pretrained(
+            folder, dtype=torch_dtype(dtype), device=device, attention_backend=attention_backend
+        )
+
+    @classmethod
+    def dit_class(cls) -> Any:
+        """The family's DiT class (a :class:`fastvideo.models.DiT` subclass, imported inside this
+        method: registration must not import torch), or None; :meth:`load_transformer` loads it."""
+        return None
 
     @classmethod
     def training_objective(cls, source: ModelSource) -> Any:

@@ -62,10 +62,11 @@ class ExampleFamily(ModelFamily):
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
 
     @classmethod
-    def load_transformer(cls, source: ModelSource, **kwargs: Any) -> Any:
-        from fastvideo_example import training
+    def dit_class(cls) -> Any:
+        """The example DiT: ``ModelFamily.load_transformer`` loads it for training."""
+        from fastvideo_example.model import ExampleTransformer
 
-        return training.load_transformer(source, **kwargs)
+        return ExampleTransformer
 
     @classmethod
     def training_objective(cls, source: ModelSource) -> Any:

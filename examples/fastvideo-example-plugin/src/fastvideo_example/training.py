@@ -32,29 +32,6 @@ LORA_TARGET_MODULES: tuple[str, ...] = (
 )
 
 
-def load_transformer(
-    source: ModelSource,
-    *,
-    component: str = "transformer",
-    dtype: str = "fp32",
-    device: Any = "cpu",
-    attention_backend: str | None = None,
-) -> Any:
-    """The example DiT of ``component``, with the per-layer modules ``attention_backend`` declares."""
-    from fastvideo.loader.components import torch_dtype
-    from fastvideo_example.model import ExampleTransformer
-
-    folder = source.path / component
-    if not (folder / "config.json").is_file():
-        listed = sorted(k for k, v in source.model_index.items() if isinstance(v, list) and v and v[0])
-        raise ValueError(
-            f"{source.path} has no component {component!r} to train (it has {', '.join(listed) or 'none'})"
-        )
-    return ExampleTransformer.from_pretrained(
-        folder, dtype=torch_dtype(dtype), device=device, attention_backend=attention_backend
-    )
-
-
 def training_objective(source: ModelSource) -> Any:
     """Flow matching, shifted as the checkpoint samples: the preset's ``flow_shift``, else the scheduler's."""
     from fastvideo.training.objectives import FlowMatchingObjective

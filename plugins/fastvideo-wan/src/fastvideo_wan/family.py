@@ -77,29 +77,12 @@ class WanFamily(ModelFamily):
     )
 
     @classmethod
-    def load_transformer(
-        cls,
-        source: ModelSource,
-        *,
-        component: str = "transformer",
-        dtype: str = "fp32",
-        device: Any = "cpu",
-        attention_backend: str | None = None,
-    ) -> Any:
-        """Our DiT, with the per-layer modules ``attention_backend`` declares (zeros where the
-        checkpoint has none; see ``WanTransformer.from_pretrained``)."""
-        from fastvideo.loader.components import torch_dtype
+    def dit_class(cls) -> Any:
+        """Our DiT, which ``ModelFamily.load_transformer`` loads for training (with the per-layer
+        modules of the training backend, zeros where the checkpoint has none)."""
         from fastvideo_wan.model import WanTransformer
 
-        folder = source.path / component
-        if not (folder / "config.json").is_file():
-            listed = sorted(k for k, v in source.model_index.items() if isinstance(v, list) and v and v[0])
-            raise ValueError(
-                f"{source.path} has no component {component!r} to train (it has {', '.join(listed)})"
-            )
-        return WanTransformer.from_pretrained(
-            folder, dtype=torch_dtype(dtype), device=device, attention_backend=attention_backend
-        )
+        return WanTransformer
 
     @classmethod
     def training_objective(cls, source: ModelSource) -> Any:
