@@ -1,6 +1,8 @@
 """Sequence-parallel (Ulysses) training: the trainer with ``parallel.sp_size: 2`` over 2 gloo processes
 (FSDP2 over the same 2 ranks) computes the same per-step losses, gradient norms and final weights as
-one process, on the example plugin's tiny checkpoint with a token count (45) that 2 does not divide.
+one process, on the example plugin's tiny checkpoint with a token count (45) that 2 does not divide;
+so does a run of 4 processes as 2 data-parallel replicas of 2 sequence-parallel ranks each, sharded
+HSDP-style (2 replicas x 2 shards), all on the one ``init_parallel`` layout of ``fv generate``.
 
 The example DiT does not declare sequence parallelism itself (yet): :func:`sequence_parallel_example`
 opts it in from outside, as a model file would (a ``sequence_parallel_plan`` and
@@ -37,7 +39,7 @@ def sequence_parallel_example() -> Iterator[None]:
         yield
 
 
-def _config(ckpt: str, data: str, out: str, sp_size: int) -> Any:
+def _config(ckpt: str, data: str, out: str, sp_size: int, hsdp_shard_size: int | None = None) -> Any:
     return load_config(
         None,
         {
@@ -56,13 +58,21 @@ def _config(ckpt: str, data: str, out: str, sp_size: int) -> Any:
             "logging.every_steps": 100,
             "attention.backend": "sdpa",
             "parallel.sp_size": sp_size,
+            "parallel.hsdp_shard_size": hsdp_shard_size,
         },
     )
 
 
-def _train(ckpt: str, data: str, out: str, sp_size: int) -> dict[str, Any]:
+def _train(
+    ckpt: str, data: str, out: str, sp_size: int, hsdp_shard_size: int | None = None
+) -> dict[str, Any]:
     with sequence_parallel_example():
-        trainer = Trainer(_config(ckpt, data, out, sp_size))
+        trainer = Trainer(_config(ckpt, data, out, sp_size, hsdp_shard_size))
+        state = trainer.setup().runtime.parallel
+        layout = None
+        if state is not None:
+            shape = tuple(state.fsdp_mesh.shape)
+            layout = (state.dp_size, state.dp_rank, state.ulysses_size, state.ulysses_rank, shape)
         trainer.train()
     records = (
         [r for r in read_metrics(Path(out) / "metrics.jsonl") if "loss" in r] if trainer.rank == 0 else []
@@ -75,14 +85,17 @@ def _train(ckpt: str, data: str, out: str, sp_size: int) -> dict[str, Any]:
         "loss": [r["loss"] for r in records],
         "grad_norm": [r["grad_norm"] for r in records],
         "weights": weights,
+        "layout": layout,
     }
 
 
-def sp_rank(rank: int, world: int, ckpt: str, data: str, out: str) -> dict[str, Any]:
-    """One rank of the sequence-parallel run (the process group is up: ``run_ranks``)."""
+def sp_rank(
+    rank: int, world: int, ckpt: str, data: str, out: str, sp_size: int, hsdp: int | None
+) -> dict[str, Any]:
+    """One rank of a parallel run (the process group is up: ``run_ranks``)."""
     from fastvideo.parallel.state import teardown
 
-    result = _train(ckpt, data, out, sp_size=world)
+    result = _train(ckpt, data, out, sp_size=sp_size, hsdp_shard_size=hsdp)
     teardown()
     return result
 
@@ -102,12 +115,21 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(ckpt), str(data)
 
 
-def test_ulysses_training_equals_one_process(paths: tuple[str, str], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def runs(paths: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ckpt, data = paths
-    # the 2-rank run first: its processes fork from a pytest process that has not trained yet
-    ranks = run_ranks(f"{__file__}:sp_rank", 2, args=(ckpt, data, str(tmp_path / "sp")), timeout=60)
-    ref = _train(ckpt, data, str(tmp_path / "one"), sp_size=1)
-    sp = ranks[0]
+    out = tmp_path_factory.mktemp("runs")
+    # the parallel runs first: their processes fork from a pytest process that has not trained yet
+    sp = run_ranks(f"{__file__}:sp_rank", 2, args=(ckpt, data, str(out / "sp"), 2, None), timeout=60)
+    dp_sp = run_ranks(f"{__file__}:sp_rank", 4, args=(ckpt, data, str(out / "dp_sp"), 2, 2), timeout=120)
+    ref = _train(ckpt, data, str(out / "one"), sp_size=1)
+    with sequence_parallel_example():
+        initial = Trainer(_config(ckpt, data, str(out / "init"), 1)).setup().algorithm.model.state_dict()
+    return {"sp": sp, "dp_sp": dp_sp, "ref": ref, "initial": initial}
+
+
+def _assert_same_training(ranks: list[dict[str, Any]], ref: dict[str, Any], initial: dict[str, Any]) -> None:
+    par = ranks[0]
     assert len(ref["loss"]) == STEPS and all(np.isfinite(ref["loss"]))
     # Tolerance: fp32 throughout; the sharded run differs from one process only in summation order
     # (attention over all-to-all'd head shards, FSDP2's reduce-scatter of per-shard gradients, the
@@ -115,9 +137,9 @@ def test_ulysses_training_equals_one_process(paths: tuple[str, str], tmp_path: P
     # 3 AdamW steps: measured <= 1e-7 relative on losses and weights. rtol 1e-4 is ~1000x that, yet
     # a sharding bug shows far above it: the old x sp_size gradient scaling moved the losses by
     # 4e-3 relative (and grad_norm by 2x); padding tokens that attend or leak move them more.
-    np.testing.assert_allclose(sp["loss"], ref["loss"], rtol=1e-4)
-    np.testing.assert_allclose(sp["grad_norm"], ref["grad_norm"], rtol=1e-4)
-    assert ref["weights"].keys() == sp["weights"].keys()
+    np.testing.assert_allclose(par["loss"], ref["loss"], rtol=1e-4)
+    np.testing.assert_allclose(par["grad_norm"], ref["grad_norm"], rtol=1e-4)
+    assert ref["weights"].keys() == par["weights"].keys()
     for rank, result in enumerate(ranks):
         for name, w in ref["weights"].items():
             torch.testing.assert_close(
@@ -127,7 +149,19 @@ def test_ulysses_training_equals_one_process(paths: tuple[str, str], tmp_path: P
                 atol=1e-6,
                 msg=lambda m, n=name, r=rank: f"rank {r} {n}: {m}",
             )
-    with sequence_parallel_example():
-        initial = Trainer(_config(ckpt, data, str(tmp_path / "init"), 1)).setup().algorithm.model.state_dict()
     moved = max(float((w - initial[n]).abs().max()) for n, w in ref["weights"].items())
     assert moved > 1e-4, "the weights did not move: nothing was compared"
+
+
+def test_ulysses_training_equals_one_process(runs: dict[str, Any]) -> None:
+    assert [r["layout"] for r in runs["sp"]] == [(1, 0, 2, 0, (2,)), (1, 0, 2, 1, (2,))]
+    _assert_same_training(runs["sp"], runs["ref"], runs["initial"])
+
+
+def test_data_parallel_replicas_of_sequence_parallel_ranks_equal_one_process(runs: dict[str, Any]) -> None:
+    """dp 2 x ulysses 2 on 4 ranks, HSDP (2 replicas x 2 shards): the rank layout is the one of
+    ``init_parallel`` (dp outermost) and the training matches one process (a replica fed the other's
+    micro-batch, or gradients averaged over the wrong group, would not)."""
+    layouts = [r["layout"] for r in runs["dp_sp"]]
+    assert layouts == [(2, d, 2, u, (2, 2)) for d in (0, 1) for u in (0, 1)]
+    _assert_same_training(runs["dp_sp"], runs["ref"], runs["initial"])

@@ -194,13 +194,16 @@ class SamplingParams:
 class ParallelConfig:
     """How one generation is spread over processes (one per GPU); see docs/parallel.md.
 
-    The DiT's ranks form a mesh ``cfg x ring x ulysses`` whose product is ``num_gpus``. Text
-    encoders are tensor-parallel over groups of ``tp_size`` consecutive ranks; FSDP shards the
-    DiT's weights over groups of ``hsdp_shard_size`` ranks (HSDP when fewer than ``num_gpus``).
+    The ranks form a mesh ``dp x cfg x ring x ulysses`` whose product is ``num_gpus``: ``dp_size``
+    data-parallel replicas (training runs; a generation uses 1), each splitting the DiT's work over
+    CFG branches and sequence shards. Text encoders are tensor-parallel over groups of ``tp_size``
+    consecutive ranks; FSDP shards weights over groups of ``hsdp_shard_size`` ranks (HSDP when fewer
+    than ``num_gpus``).
     """
 
     num_gpus: int = 1
-    sp_size: int | None = None  # Ulysses degree; None = num_gpus / (ring_size * cfg degree)
+    dp_size: int = 1  # data-parallel replicas (training); each holds cfg x ring x ulysses ranks
+    sp_size: int | None = None  # Ulysses degree; None = num_gpus / (dp_size * ring_size * cfg degree)
     ring_size: int = 1  # ring-attention degree (USP when sp_size > 1 too)
     cfg_parallel: bool = False  # conditional and unconditional branches on different ranks
     fsdp: bool = False  # shard DiT weights with FSDP2
@@ -210,21 +213,23 @@ class ParallelConfig:
     strategies: tuple[str, ...] = ()  # extra (plugin) parallel strategies to apply, by name
 
     _RANGES: ClassVar[dict[str, _Range]] = {
-        name: _Range(1) for name in ("num_gpus", "sp_size", "ring_size", "hsdp_shard_size", "tp_size")
+        name: _Range(1)
+        for name in ("num_gpus", "dp_size", "sp_size", "ring_size", "hsdp_shard_size", "tp_size")
     } | {"timeout_s": _Range(1.0)}
 
     def __post_init__(self) -> None:
         _check_fields(self, self._RANGES)
-        n, ring, cfg = self.num_gpus, self.ring_size, self.cfg_degree
-        if self.sp_size is None and n % (ring * cfg):
+        n, ring, cfg, dp = self.num_gpus, self.ring_size, self.cfg_degree, self.dp_size
+        outer = ring * cfg * dp
+        named = f"ring_size={ring} x cfg degree={cfg}" + (f" x dp_size={dp}" if dp > 1 else "")
+        if self.sp_size is None and n % outer:
             raise ValueError(
-                f"num_gpus={n} is not divisible by ring_size={ring} x cfg degree={cfg}; "
-                f"use a num_gpus that is a multiple of {ring * cfg}"
+                f"num_gpus={n} is not divisible by {named}; use a num_gpus that is a multiple of {outer}"
             )
-        if self.sp_size is not None and self.sp_size * ring * cfg != n:
+        if self.sp_size is not None and self.sp_size * outer != n:
             raise ValueError(
-                f"sp_size={self.sp_size} x ring_size={ring} x cfg degree={cfg} = {self.sp_size * ring * cfg} "
-                f"must equal num_gpus={n}; e.g. sp_size={max(1, n // (ring * cfg))} or leave sp_size unset"
+                f"sp_size={self.sp_size} x {named} = {self.sp_size * outer} "
+                f"must equal num_gpus={n}; e.g. sp_size={max(1, n // outer)} or leave sp_size unset"
             )
         for name in ("tp_size", "hsdp_shard_size"):
             value = getattr(self, name)
@@ -241,7 +246,7 @@ class ParallelConfig:
         """The Ulysses degree: ``sp_size``, or what is left of ``num_gpus`` after ring and CFG."""
         if self.sp_size is not None:
             return self.sp_size
-        return self.num_gpus // (self.ring_size * self.cfg_degree)
+        return self.num_gpus // (self.ring_size * self.cfg_degree * self.dp_size)
 
 
 @dataclass(frozen=True, kw_only=True)

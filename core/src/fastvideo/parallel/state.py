@@ -1,13 +1,15 @@
 """The process groups and device meshes of one parallel run, and the process's current state.
 
-Layout: the DiT's ranks form the mesh ``("cfg", "ring", "ulysses")`` with the Ulysses dimension
-innermost, so global rank ``= (cfg * R + ring) * U + ulysses``. The sequence-parallel group is
-``ring x ulysses`` flattened (sp rank ``= ring * U + ulysses``), which is the order tokens are
-sharded in. Text encoders use groups of ``tp_size`` consecutive ranks, FSDP a
-``("replicate", "shard")`` mesh.
+Layout: the ranks form the mesh ``("dp", "cfg", "ring", "ulysses")`` with the Ulysses dimension
+innermost, so global rank ``= ((dp * C + cfg) * R + ring) * U + ulysses``. ``dp`` is data
+parallelism (the replicas of a training run, each fed its own micro-batches; 1 in a generation).
+The sequence-parallel group is ``ring x ulysses`` flattened (sp rank ``= ring * U + ulysses``), which
+is the order tokens are sharded in. Text encoders use groups of ``tp_size`` consecutive ranks, FSDP
+a ``("replicate", "shard")`` mesh.
 
-:func:`init_parallel` is called once per process (by the launcher, or by ``VideoGenerator`` under
-torchrun); the stages read :func:`current` to decide whether to split CFG branches or VAE tiles.
+:func:`init_parallel` is called once per process (by the launcher, by ``VideoGenerator`` under
+torchrun, or by the training runtime); the stages read :func:`current` to decide whether to split
+CFG branches or VAE tiles.
 This module imports torch only inside functions.
 """
 
@@ -38,7 +40,8 @@ class ParallelState:
     local_rank: int
     device: torch.device
     backend: str  # "nccl" or "gloo"
-    mesh: DeviceMesh  # ("cfg", "ring", "ulysses")
+    mesh: DeviceMesh  # ("dp", "cfg", "ring", "ulysses")
+    dp_group: ProcessGroup | None
     cfg_group: ProcessGroup | None
     ring_group: ProcessGroup | None
     ulysses_group: ProcessGroup | None
@@ -46,6 +49,10 @@ class ParallelState:
     tp_group: ProcessGroup | None
     fsdp_mesh: DeviceMesh | None  # ("replicate", "shard") or ("shard",), only with fsdp
     owns_process_group: bool  # whether init_parallel created the default group (and tears it down)
+
+    @property
+    def dp_size(self) -> int:
+        return self.config.dp_size
 
     @property
     def cfg_size(self) -> int:
@@ -68,8 +75,12 @@ class ParallelState:
         return self.config.tp_size
 
     @property
+    def dp_rank(self) -> int:
+        return self.rank // (self.cfg_size * self.sp_size)
+
+    @property
     def cfg_rank(self) -> int:
-        return self.rank // self.sp_size
+        return (self.rank // self.sp_size) % self.cfg_size
 
     @property
     def sp_rank(self) -> int:
@@ -176,8 +187,8 @@ def init_parallel(config: ParallelConfig, device: str | None = None) -> Parallel
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.timeout_s))
     backend = str(dist.get_backend())
     rank = dist.get_rank()
-    shape = (config.cfg_degree, config.ring_size, config.ulysses_size)
-    mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("cfg", "ring", "ulysses"))
+    shape = (config.dp_size, config.cfg_degree, config.ring_size, config.ulysses_size)
+    mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("dp", "cfg", "ring", "ulysses"))
     fsdp_mesh = None
     if config.fsdp:
         shard = config.hsdp_shard_size or world
@@ -195,6 +206,7 @@ def init_parallel(config: ParallelConfig, device: str | None = None) -> Parallel
         device=dev,
         backend=backend,
         mesh=mesh,
+        dp_group=_groups(mesh, ("dp",)),
         cfg_group=_groups(mesh, ("cfg",)),
         ring_group=_groups(mesh, ("ring",)),
         ulysses_group=_groups(mesh, ("ulysses",)),
@@ -222,10 +234,12 @@ def teardown() -> None:
 
 
 def describe(state: ParallelState) -> str:
-    """One line naming the layout, e.g. ``4 ranks: cfg 2 x ring 1 x ulysses 2, tp 1, fsdp off``."""
+    """One line naming the layout, e.g. ``4 ranks: cfg 2 x ring 1 x ulysses 2, tp 1, fsdp off``
+    (``dp N x`` first when there are several data-parallel replicas)."""
     c = state.config
     fsdp = "off" if not c.fsdp else f"shard {c.hsdp_shard_size or state.world_size}"
+    dp = f"dp {state.dp_size} x " if state.dp_size > 1 else ""
     return (
-        f"{state.world_size} ranks ({state.backend}): cfg {state.cfg_size} x ring {state.ring_size} x "
+        f"{state.world_size} ranks ({state.backend}): {dp}cfg {state.cfg_size} x ring {state.ring_size} x "
         f"ulysses {state.ulysses_size}, tp {state.tp_size}, fsdp {fsdp}"
     )

@@ -189,11 +189,16 @@ class ParallelSection:
     """Sharding and memory savers. Process count comes from torchrun (``WORLD_SIZE``)."""
 
     fsdp: bool | None = None  # FSDP2 over the data-parallel ranks; None = on when there are several
-    sp_size: int = 1  # sequence-parallel degree (needs a registered "ulysses" parallel strategy)
+    hsdp_shard_size: int | None = (
+        None  # FSDP shard group size (HSDP replicas across groups); None = all ranks
+    )
+    sp_size: int = 1  # sequence-parallel degree inside each data-parallel replica (a "ulysses" strategy)
     activation_checkpointing: bool = False  # recompute each block in the backward pass
 
     def __post_init__(self) -> None:
         _positive("parallel.sp_size", self.sp_size)
+        if self.hsdp_shard_size is not None:
+            _positive("parallel.hsdp_shard_size", self.hsdp_shard_size)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,9 +5,11 @@ process group (joined once), the data-parallel x sequence-parallel layout, mixed
 a model is made ready to train (activation checkpointing, sequence parallelism through the
 registered ``ulysses`` strategy, FSDP2 through the ``fsdp`` strategy's ``shard_model``).
 
-Sequence parallelism reuses :func:`fastvideo.parallel.state.init_parallel` (one call per run,
-however many models are wrapped), so the attention seam and the inference stages see the same
-:class:`~fastvideo.parallel.state.ParallelState` as in ``fv generate``.
+The layout is the one of ``fv generate``: :func:`fastvideo.parallel.state.init_parallel` is called
+once per run with a :class:`~fastvideo.configs.ParallelConfig` of ``dp_size`` data-parallel replicas
+of ``sp_size`` sequence-parallel ranks each, and its :class:`~fastvideo.parallel.state.ParallelState`
+(mesh ``("dp", "cfg", "ring", "ulysses")``, Ulysses groups, the FSDP/HSDP mesh) serves every model
+role, the attention seam and validation alike.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class TrainingRuntime:
 
     Attributes after :meth:`start`: ``device``, ``rank``, ``world_size``, ``local_rank``,
     ``dp_size``/``dp_rank`` (data parallel), ``sp_size``, ``fsdp`` (whether trainable models are
-    sharded) and ``mesh`` (``("dp", "sp")``, only with several processes).
+    sharded), ``parallel`` (the run's :class:`~fastvideo.parallel.state.ParallelState`, only with
+    several processes) and ``mesh`` (its ``("dp", "cfg", "ring", "ulysses")`` device mesh).
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -56,30 +59,35 @@ class TrainingRuntime:
         self.dp_size, self.dp_rank, self.sp_size = 1, 0, 1
         self.fsdp = False
         self.mesh: Any = None
-        self._sp_state: ParallelState | None = None
-        self.owns_process_group = False
+        self.parallel: ParallelState | None = None
 
     # ---------------------------------------------------------------- setup
 
     def start(self) -> TrainingRuntime:
-        """Pick the device, join the process group (torchrun's env), check the layout, seed."""
+        """Pick the device, join the process group (torchrun's env) through ``init_parallel``, check
+        the layout, seed."""
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = self._pick_device()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            self.owns_process_group = True
-        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+        self.world_size = world
         self._check_layout()
-        if self.world_size > 1:
-            from torch.distributed.device_mesh import init_device_mesh
+        if world > 1:
+            from fastvideo.configs import ParallelConfig
+            from fastvideo.parallel.state import init_parallel
 
-            self.mesh = init_device_mesh(
-                self.device.type, (self.dp_size, self.sp_size), mesh_dim_names=("dp", "sp")
+            par = self.config.parallel
+            config = ParallelConfig(
+                num_gpus=world,
+                dp_size=self.dp_size,
+                sp_size=self.sp_size,
+                fsdp=self.fsdp,
+                hsdp_shard_size=par.hsdp_shard_size,
             )
+            self.parallel = init_parallel(config, device=str(self.device))
+            self.mesh = self.parallel.mesh
+            self.rank, self.dp_rank = self.parallel.rank, self.parallel.dp_rank
         self.seed_everything(self.config.seed)
         return self
 
@@ -94,25 +102,29 @@ class TrainingRuntime:
 
     def _check_layout(self) -> None:
         cfg = self.config
-        sp = cfg.parallel.sp_size
-        if self.world_size % sp:
-            raise ValueError(f"parallel.sp_size={sp} must divide the number of processes ({self.world_size})")
-        if sp > 1 and sp != self.world_size:
+        sp, world = cfg.parallel.sp_size, self.world_size
+        if world % sp:
             raise ValueError(
-                f"parallel.sp_size={sp} with {self.world_size} processes: sequence parallelism inside several "
-                f"data-parallel groups is not supported yet; use sp_size = the number of processes"
+                f"parallel.sp_size={sp} must divide the number of processes ({world}); "
+                f"use a divisor of {world}"
             )
         self.sp_size = sp
-        self.dp_size, self.dp_rank = self.world_size // sp, self.rank // sp
+        self.dp_size = world // sp
         data = cfg.data
         if data.batch_size % (data.grad_accum_steps * self.dp_size):
             raise ValueError(
                 f"data.batch_size={data.batch_size} must be a multiple of data.grad_accum_steps "
                 f"({data.grad_accum_steps}) x data-parallel ranks ({self.dp_size})"
             )
-        self.fsdp = cfg.parallel.fsdp if cfg.parallel.fsdp is not None else self.world_size > 1
-        if self.world_size > 1 and not self.fsdp:
+        self.fsdp = cfg.parallel.fsdp if cfg.parallel.fsdp is not None else world > 1
+        if world > 1 and not self.fsdp:
             raise ValueError("several processes need parallel.fsdp: true (plain DDP is not provided)")
+        shard = cfg.parallel.hsdp_shard_size
+        if shard is not None and (world % shard or not self.fsdp):
+            raise ValueError(
+                f"parallel.hsdp_shard_size={shard} needs parallel.fsdp and must divide the number of "
+                f"processes ({world}); use a divisor of {world} or leave it unset (shard over all ranks)"
+            )
 
     @staticmethod
     def seed_everything(seed: int) -> None:
@@ -123,14 +135,10 @@ class TrainingRuntime:
     # ---------------------------------------------------------------- models
 
     def sequence_parallel_state(self) -> ParallelState:
-        """The run's :class:`ParallelState` for Ulysses (``init_parallel`` once, reused by every model)."""
-        if self._sp_state is None:
-            from fastvideo.configs import ParallelConfig
-            from fastvideo.parallel.state import init_parallel
-
-            config = ParallelConfig(num_gpus=self.world_size, sp_size=self.sp_size)
-            self._sp_state = init_parallel(config, device=str(self.device))
-        return self._sp_state
+        """The run's :class:`ParallelState` (built once by :meth:`start`; every model shares it)."""
+        if self.parallel is None:
+            raise RuntimeError("the parallel state exists only in a run of several processes, after start()")
+        return self.parallel
 
     def apply_sequence_parallel(self, model: nn.Module) -> nn.Module:
         """Ulysses sequence parallelism through the registered ``ulysses`` strategy of
@@ -166,8 +174,10 @@ class TrainingRuntime:
         if shard:
             from fastvideo.parallel.fsdp import shard_model  # the fsdp strategy's own sharding
 
-            mesh = self.mesh["dp", "sp"]._flatten("dp_sp") if self.sp_size > 1 else self.mesh["dp"]
-            model = shard_model(model, mesh)  # parameters stay fp32: autocast does the bf16 compute
+            assert self.parallel is not None and self.parallel.fsdp_mesh is not None
+            model = shard_model(
+                model, self.parallel.fsdp_mesh
+            )  # parameters stay fp32: autocast does the bf16 compute
         else:
             model = model.to(self.device)
         return model.train() if trainable else model.eval()
@@ -200,6 +210,10 @@ class TrainingRuntime:
             torch.cuda.synchronize(self.device)
 
     def close(self) -> None:
-        """Leave the process group (the one this run joined, or torchrun's)."""
+        """Forget the parallel state and leave the process group (the one this run joined, or torchrun's)."""
+        from fastvideo.parallel.state import teardown
+
+        teardown()
+        self.parallel = None
         if dist.is_initialized():
             dist.destroy_process_group()
