@@ -1,0 +1,29 @@
+"""Run diffusers' Cosmos reference where torchvision cannot be imported (the CPU test machines).
+
+diffusers' ``CosmosTransformer3DModel`` resizes the padding mask with
+``torchvision.transforms.functional.resize(..., NEAREST)``; :func:`patch_diffusers_resize` gives
+its module a torch-only stand-in with the same result (nearest-neighbour interpolation) when
+torchvision is missing. Used by the tests and the benchmark, never by the pipelines.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+
+def _resize(img: Any, size: list[int], interpolation: Any = None) -> Any:
+    import torch.nn.functional as F
+
+    return F.interpolate(img[None] if img.ndim == 3 else img, size=list(size), mode="nearest")
+
+
+def patch_diffusers_resize() -> None:
+    """Give diffusers' Cosmos transformer module a ``transforms`` namespace if torchvision is absent."""
+    from diffusers.models.transformers import transformer_cosmos
+
+    if getattr(transformer_cosmos, "transforms", None) is None:
+        transformer_cosmos.transforms = SimpleNamespace(  # type: ignore[attr-defined]
+            functional=SimpleNamespace(resize=_resize),
+            InterpolationMode=SimpleNamespace(NEAREST="nearest"),
+        )
