@@ -45,3 +45,81 @@ def tiny_dit(seed: int = 0, **overrides: Any) -> Any:
     model = CosmosTransformer3DModel(**{**TINY_DIT, **overrides}).eval()
     randomize(model, seed)
     return model
+
+
+#: A small vocabulary for test and demo prompts.
+WORDS = (
+    "a an the of on in with and to is red green blue robot arm picks up cup table kitchen car road "
+    "driving city night day camera moves slowly forward ball rolling left right video world"
+).split()
+
+
+class StandInSafetyChecker:
+    """A no-op stand-in for ``cosmos_guardrail.CosmosSafetyChecker`` (diffusers' Cosmos pipelines
+    refuse to run without a checker): every prompt is safe, frames pass unchanged."""
+
+    def to(self, *args: Any, **kwargs: Any) -> StandInSafetyChecker:
+        return self
+
+    def check_text_safety(self, prompt: str) -> bool:
+        return True
+
+    def check_video_safety(self, frames: Any) -> Any:
+        return frames
+
+
+def tiny_t5() -> tuple[Any, Any]:
+    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab = specials + [("▁" + w, -float(i + 1)) for i, w in enumerate(WORDS)]
+    vocab += [(c, -100.0 - i) for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")]
+    tokenizer = T5TokenizerFast(vocab=vocab, extra_ids=0)
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+    )
+    return tokenizer, T5EncoderModel(config).eval()
+
+
+def tiny_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    return vae
+
+
+def tiny_predict2(kind: str = "video2world", seed: int = 0) -> Any:
+    """A diffusers ``Cosmos2VideoToWorldPipeline`` (``kind="video2world"``) or
+    ``Cosmos2TextToImagePipeline`` (``"text2image"``) of tiny random components, with the stand-in
+    safety checker; ``save_pretrained`` writes the real checkpoint format."""
+    from diffusers import (
+        Cosmos2TextToImagePipeline,
+        Cosmos2VideoToWorldPipeline,
+        FlowMatchEulerDiscreteScheduler,
+    )
+
+    tokenizer, text_encoder = tiny_t5()
+    video = kind == "video2world"
+    dit = tiny_dit(
+        seed, in_channels=17 if video else 16, rope_scale=(1.0, 3.0, 3.0) if video else (1.0, 4.0, 4.0)
+    )
+    cls = Cosmos2VideoToWorldPipeline if video else Cosmos2TextToImagePipeline
+    return cls(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=dit,
+        vae=tiny_vae(),
+        scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
+        safety_checker=StandInSafetyChecker(),
+    )
