@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -169,7 +169,7 @@ def test_guardrail_missing_is_one_line_unless_turned_off(
 
 
 class _Recording:
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
     def check_text_safety(self, prompt: str) -> bool:
         self.calls.append("text")

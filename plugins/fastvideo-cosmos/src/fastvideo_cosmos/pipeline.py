@@ -120,7 +120,7 @@ class CosmosConditionStage(PipelineStage):
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
         p, extra = batch.params, batch.family_extra("cosmos")
         assert batch.latents is not None
-        b, _, t_lat, h_lat, w_lat = batch.latents.shape
+        b, _, t_lat = batch.latents.shape[:3]
         extra["noise"] = batch.latents
         if p.image is None:
             extra["indicator"] = torch.zeros(b, 1, t_lat, 1, 1, device=batch.device)
