@@ -123,3 +123,76 @@ def tiny_predict2(kind: str = "video2world", seed: int = 0) -> Any:
         scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
         safety_checker=StandInSafetyChecker(),
     )
+
+
+#: A chat template in Qwen2.5-VL's format (system / user turns, text parts only).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_tokenizer() -> Any:
+    """A word-level Qwen2-style tokenizer with the chat template, built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    extra = "you are helpful assistant who will provide prompts image generator".split()
+    words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", *dict.fromkeys(WORDS + extra), "."]
+    vocab = {w: i for i, w in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Qwen2TokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>", eos_token="<|im_end|>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_qwen(vocab_size: int) -> Any:
+    """A 2-layer Qwen2.5-VL (32 wide, a 1-block vision tower) with random weights."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=256,
+            rope_parameters={"rope_theta": 10000.0, "rope_type": "default", "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32),
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_predict25(seed: int = 0) -> Any:
+    """A diffusers ``Cosmos2_5_PredictBasePipeline`` of tiny random components (Qwen2.5-VL of 2 x 32
+    features -> crossattn_proj_in_channels 64), the published UniPC settings, the stand-in checker."""
+    from diffusers import Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
+
+    from fastvideo_cosmos.samplers import PREDICT25_UNIPC
+
+    tokenizer = tiny_qwen_tokenizer()
+    dit = tiny_dit(
+        seed,
+        in_channels=17,
+        use_crossattn_projection=True,
+        crossattn_proj_in_channels=64,
+        encoder_hidden_states_channels=32,
+    )
+    return Cosmos2_5_PredictBasePipeline(
+        text_encoder=tiny_qwen(len(tokenizer)),
+        tokenizer=tokenizer,
+        transformer=dit,
+        vae=tiny_vae(),
+        scheduler=UniPCMultistepScheduler(**PREDICT25_UNIPC),
+        safety_checker=StandInSafetyChecker(),
+    )
