@@ -234,3 +234,31 @@ def test_predict25_text_to_world_matches_diffusers(predict25: Path) -> None:
     ).frames[0]
     _assert_frames_match(ours, ref)
     assert np.abs(_ours(predict25, FRAMES, latents=_noise(FRAMES, seed=4), **kw) - ours).max() > 2.0
+
+
+def test_predict25_image_to_world_matches_diffusers(predict25: Path, image_path: Path) -> None:
+    """An image followed by black frames, encoded at the posterior mode, fixes the first latent frame,
+    whose velocity is the ground truth (noise - image latents)."""
+    from diffusers import Cosmos2_5_PredictBasePipeline
+    from fastvideo_cosmos.compat import patch_diffusers_to_tensor
+    from PIL import Image
+
+    patch_diffusers_to_tensor()
+    pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(predict25, safety_checker=StandInSafetyChecker())
+    noise = _noise(FRAMES)
+    kw = {**COMMON, "max_sequence_length": 24}
+    ours = _ours(predict25, FRAMES, image=str(image_path), latents=noise.clone(), **kw)
+    ref = pipe(
+        image=Image.open(image_path).convert("RGB"),
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_frames=FRAMES,
+        latents=noise.clone(),
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+        **kw,
+    ).frames[0]
+    _assert_frames_match(ours, ref)
+    assert (
+        np.abs(_ours(predict25, FRAMES, latents=noise.clone(), **kw) - ours).max() > 2.0
+    )  # the image matters

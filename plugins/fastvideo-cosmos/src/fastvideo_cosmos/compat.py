@@ -27,3 +27,21 @@ def patch_diffusers_resize() -> None:
             functional=SimpleNamespace(resize=_resize),
             InterpolationMode=SimpleNamespace(NEAREST="nearest"),
         )
+
+
+def _to_tensor(image: Any) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def patch_diffusers_to_tensor() -> None:
+    """Give diffusers' Predict2.5 pipeline module ``torchvision.transforms.functional.to_tensor``
+    (PIL -> float CHW in [0, 1]) if torchvision is absent (its image-to-world path calls it)."""
+    from diffusers.pipelines.cosmos import pipeline_cosmos2_5_predict as module
+
+    if getattr(module, "torchvision", None) is None:
+        module.torchvision = SimpleNamespace(  # type: ignore[attr-defined]
+            transforms=SimpleNamespace(functional=SimpleNamespace(to_tensor=_to_tensor))
+        )
