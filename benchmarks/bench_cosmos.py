@@ -136,11 +136,7 @@ def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
         rows.append(
             _row(args, "regional compile (each block)", tokens, results["ours"], results["diffusers"])
         )
-    del ref, ours
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return rows
+    return rows  # the models go with this frame
 
 
 def _row(args: argparse.Namespace, variant: str, tokens: int, ours: Any, theirs: Any) -> list[Any]:
@@ -301,6 +297,9 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     rows = bench_dit(args, device, dtype)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     gen_row = None if args.skip_generation else bench_generation(args, device)
     if args.no_record:
         return
