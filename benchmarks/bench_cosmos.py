@@ -193,7 +193,9 @@ def write_checkpoint(folder: Path, args: argparse.Namespace, device: torch.devic
         module.to_empty(device=device)
         with torch.no_grad():
             for name, p in module.named_parameters():
-                p.normal_(1.0 if "norm" in name or "layer_norm" in name else 0.0, 0.02)
+                p.normal_(
+                    1.0 if name.endswith(("norm_q.weight", "norm_k.weight", "norm.weight")) else 0.0, 0.02
+                )
             for b in module.buffers():
                 b.zero_()
         return module.to(torch.bfloat16)
