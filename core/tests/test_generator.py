@@ -206,7 +206,7 @@ def test_a_request_is_resolved_and_validated_once(folder: Path, monkeypatch: pyt
 def test_guardrail_choice_reaches_the_family_from_api_and_cli(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``guardrail=False`` / ``--no-guardrail`` (a family's safety checker, e.g. Cosmos') is a
+    """``guardrail=False`` / ``--no-guardrail`` (a family's safety checker) is a
     PipelineConfig field the family reads in build_pipeline; None when not given. ``--video`` is a
     conditioning clip carried as ``params.image``; giving both is one line."""
     from typer.testing import CliRunner

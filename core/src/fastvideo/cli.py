@@ -171,7 +171,7 @@ def generate(
     flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
     image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
     video: Annotated[
-        Optional[str], typer.Option(help="Conditioning clip, for families that take one (Cosmos).")
+        Optional[str], typer.Option(help="Conditioning clip, for families that take one.")
     ] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
     output: Annotated[
@@ -204,9 +204,7 @@ def generate(
     ] = None,
     guardrail: Annotated[
         Optional[bool],
-        typer.Option(
-            "--guardrail/--no-guardrail", help="A family's safety checker (Cosmos) [on where it has one]."
-        ),
+        typer.Option("--guardrail/--no-guardrail", help="A family's safety checker [on where it has one]."),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
