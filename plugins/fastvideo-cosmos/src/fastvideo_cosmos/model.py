@@ -169,7 +169,7 @@ class CosmosModulation(nn.Module):
 
 def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``LayerNorm(x) * (1 + scale) + shift`` (no affine, eps 1e-6), as diffusers orders it."""
-    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=1e-6), 1 + scale)  # one pass over x
 
 
 class CosmosAttention(nn.Module):
@@ -249,11 +249,11 @@ class CosmosBlock(nn.Module):
         if pos is not None:
             x = x + pos  # (B, L, D)
         shift, scale, gate = self.mod_self(emb, temb)  # 3 x (B, Lm, D)
-        x = x + gate * self.self_attn(adaln(x, shift, scale), cos=cos, sin=sin)  # (B, L, D)
+        x = torch.addcmul(x, gate, self.self_attn(adaln(x, shift, scale), cos=cos, sin=sin))  # (B, L, D)
         shift, scale, gate = self.mod_cross(emb, temb)
-        x = x + gate * self.cross_attn(adaln(x, shift, scale), context)  # (B, L, D)
+        x = torch.addcmul(x, gate, self.cross_attn(adaln(x, shift, scale), context))  # (B, L, D)
         shift, scale, gate = self.mod_ff(emb, temb)
-        return x + gate * self.ffn(adaln(x, shift, scale))  # (B, L, D)
+        return torch.addcmul(x, gate, self.ffn(adaln(x, shift, scale)))  # (B, L, D)
 
 
 class CosmosHead(nn.Module):
