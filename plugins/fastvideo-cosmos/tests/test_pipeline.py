@@ -262,3 +262,29 @@ def test_predict25_image_to_world_matches_diffusers(predict25: Path, image_path:
     assert (
         np.abs(_ours(predict25, FRAMES, latents=noise.clone(), **kw) - ours).max() > 2.0
     )  # the image matters
+
+
+def test_predict25_video_to_world_matches_diffusers(predict25: Path, tmp_path: Path) -> None:
+    """A 7-frame clip: its last 5 frames (two latent frames) condition, padded with the last frame."""
+    import imageio.v3 as iio
+    from diffusers import Cosmos2_5_PredictBasePipeline
+    from PIL import Image
+
+    pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(predict25, safety_checker=StandInSafetyChecker())
+    clip = tmp_path / "clip.gif"
+    iio.imwrite(clip, np.random.default_rng(2).integers(0, 255, (7, H, W, 3), dtype=np.uint8), loop=0)
+    frames = [Image.fromarray(f).convert("RGB") for f in iio.imread(clip)]
+    noise = _noise(FRAMES)
+    kw = {**COMMON, "max_sequence_length": 24}
+    ours = _ours(predict25, FRAMES, image=str(clip), latents=noise.clone(), **kw)
+    ref = pipe(
+        video=[frames],
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_frames=FRAMES,
+        latents=noise.clone(),
+        generator=torch.Generator().manual_seed(5),
+        output_type="np",
+        **kw,
+    ).frames[0]
+    _assert_frames_match(ours, ref)
