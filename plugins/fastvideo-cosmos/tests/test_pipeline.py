@@ -172,6 +172,10 @@ def test_guardrail_missing_is_one_line_unless_turned_off(
 class _Recording:
     calls: ClassVar[list[str]] = []
 
+    def to(self, device: Any) -> _Recording:
+        self.calls.append(f"to {device}")
+        return self
+
     def check_text_safety(self, prompt: str) -> bool:
         self.calls.append("text")
         return "unsafe" not in prompt
@@ -190,10 +194,13 @@ def test_installed_guardrail_checks_prompt_and_frames(ckpts: dict, monkeypatch: 
     _Recording.calls = []
     gen = VideoGenerator.from_pretrained(ckpts["text2image"][0], progress=False)
     out = gen.generate_video(PROMPT, output_path=None, num_frames=1, **COMMON)
-    assert _Recording.calls == ["text", f"video uint8 (1, {H}, {W}, 3)"] and not out.frames.any()
+    video = f"video uint8 (1, {H}, {W}, 3)"
+    # on the generation's device while checking, back on the CPU after (as diffusers moves it)
+    assert _Recording.calls == ["to cpu", "text", "to cpu", "to cpu", video, "to cpu"]
+    assert not out.frames.any()  # what the guardrail returned is the result
     with pytest.raises(ValueError, match="found the prompt unsafe"):
         gen.generate_video("an unsafe prompt", output_path=None, num_frames=1, **COMMON)
-    assert _Recording.calls[-1] == "text"  # stopped before any encoding
+    assert _Recording.calls[-2:] == ["text", "to cpu"]  # stopped before any encoding
 
 
 def test_requests_are_checked_before_loading(ckpts: dict) -> None:

@@ -10,7 +10,9 @@ guardrail=False)``), and says so once per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fastvideo.errors import BackendUnavailableError
@@ -46,6 +48,19 @@ def load_guardrail(wanted: bool | None) -> Any:
     return CosmosSafetyChecker()
 
 
+@contextlib.contextmanager
+def on_device(checker: Any, device: Any) -> Iterator[None]:
+    """Run the checker's models on the generation's device, then back on the CPU (as diffusers does)."""
+    move = callable(getattr(checker, "to", None)) and device is not None
+    if move:
+        checker.to(device)
+    try:
+        yield
+    finally:
+        if move:
+            checker.to("cpu")
+
+
 class GuardrailTextStage(PipelineStage):
     """Refuses an unsafe prompt before anything is encoded."""
 
@@ -55,7 +70,9 @@ class GuardrailTextStage(PipelineStage):
         self.checker = checker
 
     def forward(self, batch: ForwardBatch) -> ForwardBatch:
-        if not self.checker.check_text_safety(batch.params.prompt):
+        with on_device(self.checker, batch.device):
+            safe = self.checker.check_text_safety(batch.params.prompt)
+        if not safe:
             raise ValueError(
                 "Cosmos Guardrail found the prompt unsafe; change the prompt (the NVIDIA Open Model License "
                 "asks for the check)"

@@ -22,7 +22,7 @@ from fastvideo.pipelines.compose import compile_if_asked, load_components, text_
 from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.pipelines.stages import DecodingStage, DenoisingStage, T5TextEncoder, TimestepPreparationStage
 from fastvideo_cosmos.family import workload
-from fastvideo_cosmos.guardrail import GuardrailTextStage, load_guardrail
+from fastvideo_cosmos.guardrail import GuardrailTextStage, load_guardrail, on_device
 from fastvideo_cosmos.model import CosmosTransformer
 from fastvideo_cosmos.presets import DEFAULT_NEGATIVE_PROMPT
 from fastvideo_cosmos.samplers import edm_scalings
@@ -271,7 +271,8 @@ class CosmosDecodingStage(DecodingStage):
         video = (video.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0) * 255  # (T, H, W, 3)
         frames = (video if self.floor else video.round()).to(torch.uint8).cpu().numpy()
         if self.guardrail is not None:
-            frames = np.asarray(self.guardrail.check_video_safety(frames), dtype=np.uint8)
+            with on_device(self.guardrail, batch.device):
+                frames = np.asarray(self.guardrail.check_video_safety(frames), dtype=np.uint8)
         batch.frames = frames
         return batch
 
