@@ -44,7 +44,7 @@ class CosmosConfig(DiffusersConfigMixin):
     in_channels: int = 16  # latent channels (+1 condition mask for Video2World / Predict2.5)
     out_channels: int = 16
     num_attention_heads: int = 32
-    attention_head_dim: int = 128  # split (t, h, w) = (Dh - 2*(Dh//6*2)/2..., ) by the RoPE, see rope_axes
+    attention_head_dim: int = 128  # the RoPE splits it over (t, h, w): see rope_axes
     num_layers: int = 28
     mlp_ratio: float = 4.0
     text_embed_dim: int = 1024  # T5-11B width (Predict2.5: the projection's output width)
