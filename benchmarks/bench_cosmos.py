@@ -302,16 +302,19 @@ def main() -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    gen_row = None if args.skip_generation else bench_generation(args, device)
-    if args.no_record:
-        return
-    from harness import append_row, environment
+    if not args.no_record:  # recorded (and copied to $OUT) before the longer generation starts
+        from harness import append_row
 
-    for row in rows:
-        append_row(
-            "Cosmos-Predict2-2B Video2World DiT forward: ours vs diffusers (random weights)", HEADER, row
-        )
-    if gen_row is not None:
+        for row in rows:
+            append_row(
+                "Cosmos-Predict2-2B Video2World DiT forward: ours vs diffusers (random weights)", HEADER, row
+            )
+    if args.skip_generation:
+        return
+    gen_row = bench_generation(args, device)
+    if not args.no_record:
+        from harness import append_row, environment
+
         env = environment()
         append_row(
             "Cosmos-Predict2-2B Video2World generation, stage by stage (random weights, eager DiT, bf16)",
