@@ -9,5 +9,6 @@ source benchmarks/gpu_env.sh
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
-python3 benchmarks/bench_cosmos.py "$@" 2>&1 | grep -v -i warning | tee "$out/bench_cosmos.log"
+# bounded so that the copy below runs; each recorded row is also in $out/bench_rows.jsonl at once
+timeout 540 python3 benchmarks/bench_cosmos.py "$@" 2>&1 | grep -v -i warning | tee "$out/bench_cosmos.log"
 cp docs/benchmarks.md "$out/benchmarks.md"
