@@ -68,7 +68,7 @@ class TestCosmosConformance(DiTConformance):
     grad_case = (P25, {})
     metadata_overrides = LEARNABLE
     fp32_expected = ("pos_embed.t",)
-    sp_case = (LEARNABLE, {})  # per-frame timesteps: emb and temb carry every token too
+    sp_case = (LEARNABLE, {})  # per-frame timesteps: frames (and the position table) carry every token too
     bad_configs = (
         (dict(attention_head_dim=10), "attention_head_dim=10"),
         (dict(patch_size=(2, 2, 2)), "the temporal patch must be 1"),

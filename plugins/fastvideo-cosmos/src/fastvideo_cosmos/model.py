@@ -161,10 +161,14 @@ class CosmosModulation(nn.Module):
         self.down = nn.Linear(dim, lora_dim, bias=False)
         self.up = nn.Linear(lora_dim, n * dim, bias=False)
 
-    def forward(self, emb: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # emb (B, Lm, D); temb (B, Lm, 3D) -> n x (B, Lm, D)
-        mod = self.up(self.down(F.silu(emb))) + temb[..., : self.up.out_features]
-        return mod.chunk(self.n, dim=-1)
+    def forward(
+        self, emb: torch.Tensor, temb: torch.Tensor, frames: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        # emb (B, Tm, D); temb (B, Tm, 3D); frames (L,) the frame of each token, or None (Tm = 1)
+        mod = self.up(self.down(F.silu(emb))) + temb[..., : self.up.out_features]  # (B, Tm, nD)
+        if frames is not None:  # computed once per frame, then laid out per token
+            mod = mod.index_select(1, frames)  # (B, L, nD)
+        return mod.chunk(self.n, dim=-1)  # n x (B, L or 1, D)
 
 
 def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -244,15 +248,17 @@ class CosmosBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         pos: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # x (B, L, D); context (B, S, Dt); emb (B, Lm, D); temb (B, Lm, 3D); Lm = 1 or L
+        # x (B, L, D); context (B, S, Dt); emb (B, Tm, D); temb (B, Tm, 3D): one row per sample (Tm = 1)
+        # or per latent frame, with frames (L,) the frame of each token
         if pos is not None:
             x = x + pos  # (B, L, D)
-        shift, scale, gate = self.mod_self(emb, temb)  # 3 x (B, Lm, D)
+        shift, scale, gate = self.mod_self(emb, temb, frames)  # 3 x (B, L or 1, D)
         x = torch.addcmul(x, gate, self.self_attn(adaln(x, shift, scale), cos=cos, sin=sin))  # (B, L, D)
-        shift, scale, gate = self.mod_cross(emb, temb)
+        shift, scale, gate = self.mod_cross(emb, temb, frames)
         x = torch.addcmul(x, gate, self.cross_attn(adaln(x, shift, scale), context))  # (B, L, D)
-        shift, scale, gate = self.mod_ff(emb, temb)
+        shift, scale, gate = self.mod_ff(emb, temb, frames)
         return torch.addcmul(x, gate, self.ffn(adaln(x, shift, scale)))  # (B, L, D)
 
 
@@ -264,8 +270,10 @@ class CosmosHead(nn.Module):
         self.mod = CosmosModulation(cfg.dim, cfg.adaln_lora_dim, 2)
         self.proj = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size), bias=False)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.mod(emb, temb)  # 2 x (B, Lm, D)
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, temb: torch.Tensor, frames: torch.Tensor | None
+    ) -> torch.Tensor:
+        shift, scale = self.mod(emb, temb, frames)  # 2 x (B, L or 1, D)
         return self.proj(adaln(x, shift, scale))  # (B, L, ph*pw*pt*C)
 
 
@@ -303,9 +311,10 @@ class CosmosTransformer(DiT):
     #: diffusers' ``_keep_in_fp32_modules``
     fp32_modules: ClassVar[tuple[str, ...]] = ("pos_embed",)
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
-    #: Block arguments with a token dim: x, emb and temb (when per-token), cos and sin, pos.
+    #: Block arguments with a token dim: x, cos and sin, pos, and frames (each token's latent frame, which
+    #: picks its row of the per-frame modulation); emb and temb have one row per sample or frame.
     sequence_parallel_plan = SequenceParallelPlan(
-        blocks="blocks", shard={"x": 1, "emb": 1, "temb": 1, "cos": 0, "sin": 0, "pos": 1}
+        blocks="blocks", shard={"x": 1, "cos": 0, "sin": 0, "pos": 1, "frames": 0}
     )
 
     def __init__(self, config: CosmosConfig, *, rope_fps: bool = True) -> None:
@@ -376,13 +385,13 @@ class CosmosTransformer(DiT):
         cos, sin = rope_tables(grid, self.config, fps if self.rope_fps else None, x.device)
         pos = self.pos_embed(grid, self.dtype) if self.pos_embed is not None else None
         x = self.patch_embed(self._patchify(x.to(self.dtype)))  # (B, L, D)
-        emb, temb = self._embed_time(timestep, b, grid)  # (B, Lm, D), (B, Lm, 3D)
+        emb, temb, frames = self._embed_time(timestep, b, grid)  # (B, Tm, D), (B, Tm, 3D), (L,) or None
         context = encoder_hidden_states.to(self.dtype)
         if self.text_proj is not None:
             context = F.gelu(self.text_proj(context))  # (B, S, Dt)
         for block in self.blocks:
-            x = block(x, context, emb, temb, cos, sin, pos)  # (B, L, D)
-        x = self.head(x, emb, temb)  # (B, L, ph*pw*pt*C)
+            x = block(x, context, emb, temb, cos, sin, pos, frames)  # (B, L, D)
+        x = self.head(x, emb, temb, frames)  # (B, L, ph*pw*pt*C)
         return self._unpatchify(x, grid)  # (B, C_out, T, H, W)
 
     def _input_channels(
@@ -420,7 +429,7 @@ class CosmosTransformer(DiT):
 
     def _embed_time(
         self, timestep: torch.Tensor, batch: int, grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         t, h, w = grid
         if timestep.ndim == 1 and timestep.shape[0] == batch:
             steps = timestep
@@ -434,8 +443,8 @@ class CosmosTransformer(DiT):
         temb = self.time_embed(freqs)  # (N, 3D)
         emb = rms_norm(freqs, self.time_norm, 1e-6)  # (N, D)
         if timestep.ndim == 1:
-            return emb[:, None], temb[:, None]  # (B, 1, D), (B, 1, 3D)
-        # one row per frame -> one per token (B, L, .), as diffusers lays them out
-        return tuple(  # type: ignore[return-value]
-            e.view(batch, t, 1, -1).expand(-1, -1, h * w, -1).flatten(1, 2) for e in (emb, temb)
-        )
+            return emb[:, None], temb[:, None], None  # (B, 1, D), (B, 1, 3D)
+        # One row per frame; the blocks modulate each token with its frame's row (diffusers repeats the
+        # rows per token first and runs the modulation projections on every token: same values).
+        frames = torch.arange(t, device=emb.device).repeat_interleave(h * w)  # (L,)
+        return emb.view(batch, t, -1), temb.view(batch, t, -1), frames
