@@ -242,3 +242,7 @@ def test_guardrail_choice_reaches_the_family_from_api_and_cli(
     assert both.output.strip().splitlines() == [
         "error: --image and --video both given; pass one conditioning input"
     ]
+    missing = tmp_path / "none.mp4"
+    absent = CliRunner().invoke(app, [*base, "--video", str(missing)])
+    assert absent.exit_code == 2
+    assert absent.output.strip().splitlines() == [f"error: --video {str(missing)!r} does not exist"]

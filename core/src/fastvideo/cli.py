@@ -269,7 +269,9 @@ def generate(
         params = plan.params
         path = output if output is not None else _default_output(params.prompt, params.seed)
         if params.image is not None and not Path(params.image).is_file():
-            raise ValueError(f"--image {params.image!r} does not exist")
+            raise ValueError(
+                f"{'--video' if video is not None else '--image'} {params.image!r} does not exist"
+            )
         from fastvideo.generator import parse_lora_spec
 
         for spec in lora or []:
