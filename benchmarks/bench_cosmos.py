@@ -225,6 +225,8 @@ def bench_generation(args: argparse.Namespace, device: torch.device) -> list[Any
 
     from fastvideo import VideoGenerator
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the generation's own peak, not the DiT benchmark's
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "cosmos-v2w"
         start = time.perf_counter()
