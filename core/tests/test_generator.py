@@ -201,3 +201,48 @@ def test_a_request_is_resolved_and_validated_once(folder: Path, monkeypatch: pyt
     assert counts == {"validate": 1, "resolve_family": 1, "backend": 1}
     gen.generate_video(num_frames=7)
     assert counts["validate"] == 2
+
+
+def test_guardrail_choice_reaches_the_family_from_api_and_cli(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``guardrail=False`` / ``--no-guardrail`` (a family's safety checker) is a
+    PipelineConfig field the family reads in build_pipeline; None when not given. ``--video`` is a
+    conditioning clip carried as ``params.image``; giving both is one line."""
+    from typer.testing import CliRunner
+
+    from fastvideo.cli import app
+
+    seen: list[Any] = []
+    real = StubFamily.build_pipeline.__func__  # type: ignore[attr-defined]
+
+    def build(cls: type, source: Any, config: Any) -> Any:
+        seen.append(config.guardrail)
+        return real(cls, source, config)
+
+    def validate(cls: type, params: Any, source: Any) -> None:
+        images.append(params.image)
+
+    images: list[Any] = []
+    monkeypatch.setattr(StubFamily, "build_pipeline", classmethod(build))
+    monkeypatch.setattr(StubFamily, "validate", classmethod(validate))
+    VideoGenerator.from_pretrained(folder, device="cpu", progress=False)
+    VideoGenerator.from_pretrained(folder, device="cpu", progress=False, guardrail=False)
+    assert seen == [None, False]
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    base = ["generate", "--model", str(folder), "--prompt", "x", "--device", "cpu", "--no-progress", "--json"]
+    result = CliRunner().invoke(
+        app, [*base, "--no-guardrail", "--video", str(clip), "-o", str(tmp_path / "a.mp4")]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen[-1] is False and images[-1] == str(clip)
+    both = CliRunner().invoke(app, [*base, "--image", str(clip), "--video", str(clip)])
+    assert result.exit_code == 0 and both.exit_code == 2
+    assert both.output.strip().splitlines() == [
+        "error: --image and --video both given; pass one conditioning input"
+    ]
+    missing = tmp_path / "none.mp4"
+    absent = CliRunner().invoke(app, [*base, "--video", str(missing)])
+    assert absent.exit_code == 2
+    assert absent.output.strip().splitlines() == [f"error: --video {str(missing)!r} does not exist"]

@@ -131,6 +131,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "video"
 
 
+def _image_or_video(image: str | None, video: str | None) -> str | None:
+    """The conditioning input: ``--video`` is a clip given where a family conditions on frames
+    (it travels as ``SamplingParams.image``, which such families read as an image or a clip)."""
+    if image is not None and video is not None:
+        raise ValueError("--image and --video both given; pass one conditioning input")
+    return video if video is not None else image
+
+
 def _default_output(prompt: str, seed: int | None) -> Path:
     """``outputs/<prompt-slug>-<seed>.mp4``, numbered so an existing file is never replaced."""
     base = Path("outputs") / f"{_slug(prompt)}{'' if seed is None else f'-{seed}'}"
@@ -162,6 +170,9 @@ def generate(
     fps: Annotated[Optional[int], typer.Option(help="Frames per second of the mp4.")] = None,
     flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
     image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
+    video: Annotated[
+        Optional[str], typer.Option(help="Conditioning clip, for families that take one.")
+    ] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")
@@ -190,6 +201,10 @@ def generate(
     compile: Annotated[
         Optional[bool],
         typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA]."),
+    ] = None,
+    guardrail: Annotated[
+        Optional[bool],
+        typer.Option("--guardrail/--no-guardrail", help="A family's safety checker [on where it has one]."),
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
@@ -223,7 +238,7 @@ def generate(
             "seed": seed,
             "fps": fps,
             "flow_shift": flow_shift,
-            "image": image,
+            "image": _image_or_video(image, video),
             "max_sequence_length": max_sequence_length,
             "backend_options": ctx.meta.get(_BACKEND_OPTIONS) or None,
         }
@@ -234,6 +249,7 @@ def generate(
             compile=compile,
             attention_backend=attention_backend,
             sampler=sampler,
+            guardrail=guardrail,
             revision=revision,
             progress=progress and not as_json,
             parallel=ParallelConfig(
@@ -253,7 +269,9 @@ def generate(
         params = plan.params
         path = output if output is not None else _default_output(params.prompt, params.seed)
         if params.image is not None and not Path(params.image).is_file():
-            raise ValueError(f"--image {params.image!r} does not exist")
+            raise ValueError(
+                f"{'--video' if video is not None else '--image'} {params.image!r} does not exist"
+            )
         from fastvideo.generator import parse_lora_spec
 
         for spec in lora or []:

@@ -265,6 +265,7 @@ class PipelineConfig:
     progress: bool = True  # rich progress bars
     compile: bool | None = None  # regional torch.compile of the DiT blocks; None = on for CUDA devices
     sampler: str | None = None  # registered sampler name; None = the preset's, family's or "checkpoint"
+    guardrail: bool | None = None  # a family's safety checker; None = the family's default, False = off
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
