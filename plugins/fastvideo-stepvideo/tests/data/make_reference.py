@@ -1,0 +1,209 @@
+"""Write the official-code reference fixtures of fastvideo-stepvideo's tests (run once, by hand).
+
+The official modules are imported from the folder given with ``--official``, a throwaway checkout of
+``stepfun-ai/Step-Video-T2V`` (the commit is recorded in ``README.md`` next to this file) plus
+CPU shims of the CUDA-only packages it imports (see ``README.md``); no official code is part of this
+file or of this repository. Everything runs on CPU in fp32 with seeded random weights::
+
+    python make_reference.py --official /tmp/stepref [--only dit,sampling,shapes,vae,llm]
+
+Outputs (in this folder): ``dit/`` (a tiny transformer folder as released: ``config.json`` +
+``diffusion_pytorch_model.safetensors`` with the released key names), ``dit_io.safetensors``
+(inputs and outputs of the official forward), ``sampling.safetensors`` (the official pipeline's
+per-step latents), ``vae/`` + ``vae_io.safetensors``, ``step_llm/`` + ``step_llm_io.safetensors``
+and ``released_shapes.json`` (name -> shape of every parameter of the real-size official modules,
+built on ``meta``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HERE = Path(__file__).resolve().parent
+
+#: The tiny DiT: 2 heads of 16 (RoPE split 8/4/4), 2 layers, LLM width 24, CLIP width 12.
+DIT_CONFIG = {
+    "num_attention_heads": 2,
+    "attention_head_dim": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_layers": 2,
+    "dropout": 0.0,
+    "patch_size": 1,
+    "norm_type": "ada_norm_single",
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "use_additional_conditions": False,
+    "caption_channels": [24, 12],
+    "attention_type": "torch",
+}
+
+
+def randomize(module: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
+    """Seeded random values in every parameter (the official constructors skip initialisation)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            noise = torch.randn(p.shape, generator=g) * scale
+            if name.endswith(("norm.weight", "_norm.weight")) or (
+                ".norm" in name and name.endswith("weight")
+            ):
+                p.copy_(1.0 + noise * 0.5)
+            else:
+                p.copy_(noise)
+
+
+def official_dit(cfg: dict, seed: int):
+    from stepvideo.modules.model import StepVideoModel
+
+    model = StepVideoModel(**cfg)
+    hd = cfg["attention_head_dim"]
+    for block in model.transformer_blocks:  # the official split is [64, 32, 32] for head dim 128
+        block.attn1.rope_ch_split = [hd // 2, hd // 4, hd // 4]
+    randomize(model, seed)
+    return model.eval()
+
+
+def dit_inputs(cfg: dict, seed: int, frames=3, height=4, width=6):
+    g = torch.Generator().manual_seed(seed)
+    llm, clip = cfg["caption_channels"]
+    b, l_llm, l_clip = 2, 7, 5
+    x = torch.randn(b, frames, cfg["in_channels"], height, width, generator=g)  # official (B, F, C, H, W)
+    t = torch.tensor([0.3, 0.85])
+    y = torch.randn(b, l_llm, llm, generator=g)
+    y2 = torch.randn(b, l_clip, clip, generator=g)
+    mask = torch.zeros(b, l_clip + l_llm)
+    mask[0, : l_clip + 4] = 1  # sample 0: 4 valid LLM tokens, sample 1: all 7
+    mask[1, :] = 1
+    return x, t, y, y2, mask
+
+
+def make_dit(out: Path) -> None:
+    cfg = dict(DIT_CONFIG)
+    model = official_dit(cfg, seed=0)
+    folder = out / "dit"
+    folder.mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        folder / "diffusion_pytorch_model.safetensors",
+    )
+    (folder / "config.json").write_text(json.dumps({"_class_name": "StepVideoModel", **cfg}, indent=2) + "\n")
+    tensors = {}
+    for case, (frames, h, w) in {"a": (3, 4, 6), "b": (2, 3, 5)}.items():
+        x, t, y, y2, mask = dit_inputs(cfg, seed=1 if case == "a" else 2, frames=frames, height=h, width=w)
+        with torch.no_grad():
+            y_out = model(
+                hidden_states=x,
+                timestep=t,
+                encoder_hidden_states=y,
+                encoder_hidden_states_2=y2,
+                encoder_attention_mask=mask,
+                return_dict=False,
+            )
+        tensors.update(
+            {
+                f"{case}.hidden_states": x,
+                f"{case}.timestep": t,
+                f"{case}.encoder_hidden_states": y,
+                f"{case}.encoder_hidden_states_2": y2,
+                f"{case}.encoder_attention_mask": mask,
+                f"{case}.output": y_out.contiguous().clone(),
+            }
+        )
+    save_file(tensors, out / "dit_io.safetensors")
+
+
+def make_sampling(out: Path) -> None:
+    """The official ``StepVideoPipeline.__call__`` (CFG, time shift, Euler) on the tiny DiT, with
+    the caption server replaced by fixed embeddings; every scheduler step's output recorded."""
+    from stepvideo.diffusion.scheduler import FlowMatchDiscreteScheduler
+    from stepvideo.diffusion.video_pipeline import StepVideoPipeline
+
+    cfg = dict(DIT_CONFIG)
+    model = official_dit(cfg, seed=0)
+    g = torch.Generator().manual_seed(5)
+    llm, clip = cfg["caption_channels"]
+    y = torch.randn(2, 7, llm, generator=g)  # [prompt, negative prompt]
+    y2 = torch.randn(2, 5, clip, generator=g)
+    mask = torch.ones(2, 12)
+    mask[1, 5 + 3 :] = 0  # the negative prompt has 3 valid LLM tokens
+    # noise as the official pipeline holds it: rounded to bf16 (prepare_latents casts to bf16)
+    noise = torch.randn(1, 3, cfg["in_channels"], 4, 6, generator=g).to(torch.bfloat16).float()
+    tensors = {"prompt_embeds": y, "clip_embeds": y2, "mask": mask, "noise": noise}
+    for reverse in (True, False):
+        scheduler = FlowMatchDiscreteScheduler(num_train_timesteps=1, reverse=reverse)
+        pipe = StepVideoPipeline(model, scheduler, save_path=tempfile.mkdtemp())
+
+        async def caption(prompts, *a, **k):
+            return {"y": y, "y_mask": mask, "clip_embedding": y2}
+
+        pipe.caption = caption
+        steps = []
+        original = scheduler.step
+
+        def step(*a, original=original, steps=steps, **k):
+            res = original(*a, **k)
+            steps.append(res.clone())
+            return res
+
+        scheduler.step = step
+        latents = pipe(
+            prompt="p",
+            num_frames=17,
+            height=64,
+            width=96,
+            num_inference_steps=4,
+            guidance_scale=9.0,
+            time_shift=13.0,
+            latents=noise.clone(),
+            output_type="latent",
+            return_dict=False,
+        )[0]
+        key = "reverse" if reverse else "forward"
+        tensors[f"{key}.timesteps"] = scheduler.timesteps.clone()
+        tensors[f"{key}.steps"] = torch.stack(steps)
+        tensors[f"{key}.final"] = latents.contiguous().clone()
+    save_file(tensors, out / "sampling.safetensors")
+
+
+def make_shapes(out: Path) -> None:
+    """Every parameter name and shape of the released modules (real-size defaults), built on meta."""
+    from stepvideo.modules.model import StepVideoModel
+
+    with torch.device("meta"):
+        model = StepVideoModel.__new__(StepVideoModel)
+        StepVideoModel.__init__.__wrapped__(model)  # skip the official empty-init wrapper (it forces CPU)
+    shapes = {"transformer": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    path = out / "released_shapes.json"
+    if path.exists():
+        shapes = {**json.loads(path.read_text()), **shapes}
+    path.write_text(json.dumps(shapes, separators=(",", ":"), sort_keys=True) + "\n")
+
+
+MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--official", required=True, help="folder holding the official stepvideo package + shims"
+    )
+    parser.add_argument("--only", default=",".join(MAKERS), help="comma-separated parts to write")
+    args = parser.parse_args()
+    root = Path(args.official)
+    sys.path[:0] = [str(root), str(root / "shims"), str(root / "deps")]
+    torch.set_grad_enabled(False)
+    for part in args.only.split(","):
+        MAKERS[part](HERE)
+        print("wrote", part)
+
+
+if __name__ == "__main__":
+    main()
