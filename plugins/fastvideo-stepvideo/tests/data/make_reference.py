@@ -181,13 +181,85 @@ def make_shapes(out: Path) -> None:
         model = StepVideoModel.__new__(StepVideoModel)
         StepVideoModel.__init__.__wrapped__(model)  # skip the official empty-init wrapper (it forces CPU)
     shapes = {"transformer": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    from stepvideo.vae import vae as V
+
+    with torch.device("meta"):  # AutoencoderKL(z_channels=64, version=2)'s encoder and decoder
+        enc = V.VideoEncoder(z_channels=64, version=2)
+        dec = V.VideoDecoder(z_channels=64, version=2)
+    vae = {f"encoder.{k}": list(v.shape) for k, v in enc.state_dict().items()}
+    vae.update(
+        {
+            f"decoder.{k}".replace("decoder.conv_out.conv.", "decoder.conv_out."): list(v.shape)
+            for k, v in dec.state_dict().items()
+        }
+    )
+    shapes["vae"] = vae  # released names (vae_v2.safetensors stores decoder.conv_out.*)
     path = out / "released_shapes.json"
     if path.exists():
         shapes = {**json.loads(path.read_text()), **shapes}
     path.write_text(json.dumps(shapes, separators=(",", ":"), sort_keys=True) + "\n")
 
 
-MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes}
+#: The tiny VAE: z 2, widths 32 at every level, 1 ResNet per encoder level (2 per decoder level).
+VAE_CONFIG = {
+    "z_channels": 2,
+    "num_res_blocks": 1,
+    "version": 2,
+    "frame_len": 17,
+    "encoder_ch": 32,
+    "encoder_ch_mult": [1, 1, 1, 1],
+    "decoder_ch": 32,
+    "decoder_ch_mult": [1, 1, 1, 1],
+}
+
+
+def official_vae(cfg: dict, seed: int):
+    """The official AutoencoderKL (version 2) with tiny widths: its encoder and decoder built with the
+    widths the released constructor hard-codes (32 x [4, 8, 16, 16] and 128 x [1, 2, 4, 4]) replaced."""
+    from refweights import seeded_state
+    from stepvideo.vae import vae as V
+
+    V.base_group_norm.spatial = True  # what AutoencoderKL(version=2) switches on
+    vae = V.AutoencoderKL.__new__(V.AutoencoderKL)
+    torch.nn.Module.__init__(vae)
+    z, n = cfg["z_channels"], cfg["num_res_blocks"]
+    vae.encoder = V.VideoEncoder(
+        ch=cfg["encoder_ch"], ch_mult=tuple(cfg["encoder_ch_mult"]), num_res_blocks=n, z_channels=z, version=2
+    )
+    vae.decoder = V.VideoDecoder(
+        ch=cfg["decoder_ch"], ch_mult=tuple(cfg["decoder_ch_mult"]), z_channels=z, num_res_blocks=n, version=2
+    )
+    vae.frame_len, vae.latent_len, vae.world_size = 17, 3, 1
+    shapes = [(k, list(v.shape)) for k, v in sorted(vae.state_dict().items())]
+    vae.load_state_dict(seeded_state(shapes, seed))
+    return vae.eval(), shapes
+
+
+def make_vae(out: Path) -> None:
+    vae, shapes = official_vae(VAE_CONFIG, seed=7)
+    # the released file stores decoder.conv_out.* (the official loader renames it to conv_out.conv.*)
+    released = [(k.replace("decoder.conv_out.conv.", "decoder.conv_out."), s) for k, s in shapes]
+    recipe = {
+        "config": VAE_CONFIG,
+        "seed": 7,
+        "official_order": shapes,
+        "released_names": [k for k, _ in released],
+    }
+    (out / "vae_recipe.json").write_text(json.dumps(recipe, separators=(",", ":")) + "\n")
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(1, 6, VAE_CONFIG["z_channels"], 1, 2, generator=g)  # official (B, T', C, h, w): 2 chunks
+    video = torch.rand(1, 34, 3, 16, 32, generator=g) * 2 - 1  # official (B, T, C, H, W): 2 chunks
+    decoded = vae.decode(z.clone())
+    encoded = torch.cat(
+        [vae.naive_encode(c) for c in video.split(17, dim=1)], dim=1
+    )  # encode() before sampling
+    save_file(
+        {"z": z, "decoded": decoded.contiguous(), "video": video, "encoded": encoded.contiguous()},
+        out / "vae_io.safetensors",
+    )
+
+
+MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes, "vae": make_vae}
 
 
 def main() -> None:
@@ -198,7 +270,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(MAKERS), help="comma-separated parts to write")
     args = parser.parse_args()
     root = Path(args.official)
-    sys.path[:0] = [str(root), str(root / "shims"), str(root / "deps")]
+    sys.path[:0] = [str(root), str(root / "shims"), str(root / "deps"), str(HERE)]
     torch.set_grad_enabled(False)
     for part in args.only.split(","):
         MAKERS[part](HERE)
