@@ -259,7 +259,92 @@ def make_vae(out: Path) -> None:
     )
 
 
-MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes, "vae": make_vae}
+#: The tiny Step-LLM: width 32, 4 heads in 2 key/value groups, 2 layers, SwiGLU 256, 64 tokens.
+LLM_CONFIG = {
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "num_attention_groups": 2,
+    "num_layers": 2,
+    "ffn_hidden_size": 256,
+    "layernorm_epsilon": 1e-5,
+    "padded_vocab_size": 64,
+    "seq_length": 64,
+    "use_flash_attn": True,
+    "attention_dropout": 0.0,
+    "hidden_dropout": 0.0,
+    "fp32_residual_connection": False,
+    "embedding_weights_in_fp32": False,
+}
+
+
+def make_llm(out: Path) -> None:
+    """The official Step1Model (its attention: the Optimus stand-in of ``shims/optimus_shim.py``) and
+    the official tokenizer wrapper on a tiny SentencePiece model trained here."""
+    import optimus_shim
+    from refweights import seeded_state
+
+    optimus_shim.install()
+    import transformers.modeling_utils
+
+    # transformers 5 moved PretrainedConfig out of modeling_utils, where the official code imports it from
+    transformers.modeling_utils.PretrainedConfig = transformers.PretrainedConfig
+    argv, sys.argv = sys.argv, sys.argv[:1]  # stepvideo.text_encoder parses the command line on import
+    try:
+        from stepvideo.text_encoder.stepllm import Step1Model
+        from stepvideo.text_encoder.tokenizer import Wrapped_StepChatTokenizer
+    finally:
+        sys.argv = argv
+    from transformers import PretrainedConfig
+
+    config = PretrainedConfig(**LLM_CONFIG, params_dtype=torch.float32)
+    model = Step1Model(config).eval()
+    shapes = [(k, list(v.shape)) for k, v in sorted(model.state_dict().items())]
+    model.load_state_dict(seeded_state(shapes, 11))
+    (out / "step_llm_recipe.json").write_text(
+        json.dumps({"config": LLM_CONFIG, "seed": 11, "order": shapes}, separators=(",", ":")) + "\n"
+    )
+    g = torch.Generator().manual_seed(12)
+    ids = torch.randint(3, 64, (2, 9), generator=g)
+    hidden = model(ids).transpose(0, 1)  # (S, B, D) -> (B, S, D), as STEP1TextEncoder returns it
+    tensors = {"input_ids": ids, "hidden_states": hidden.contiguous()}
+
+    import sentencepiece as spm
+
+    specials = ["<|BOT|>", "<|EOT|>", "<|CALL_START|>", "<|CALL_END|>", "<|THINK_START|>", "<|THINK_END|>"]
+    text = [
+        "a cat walks on the moon",
+        "an astronaut finds a shining stone",
+        "the red ball bounces",
+        "stepfun video",
+    ]
+    model_file = out / "tiny_tokenizer.model"
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(text * 20) + "\n")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(Path(tmp) / "tok"),
+            vocab_size=60,
+            model_type="bpe",
+            control_symbols=specials,
+            user_defined_symbols=["<|MASK_1e69f|>", "<|UNMASK_1e69f|>"],
+            bos_id=1,
+            eos_id=2,
+            unk_id=0,
+            pad_id=-1,
+            normalization_rule_name="identity",
+        )
+        model_file.write_bytes((Path(tmp) / "tok.model").read_bytes())
+    tok = Wrapped_StepChatTokenizer(str(model_file))
+    prompts = ["a cat walks on the moon", "stepfun video, red ball bounces on the moon with a cat"]
+    toks = tok(prompts, max_length=20)
+    tensors.update({"tok.input_ids": toks.input_ids, "tok.attention_mask": toks.attention_mask})
+    empty = tok([], max_length=12)
+    tensors.update({"tok_empty.input_ids": empty.input_ids, "tok_empty.attention_mask": empty.attention_mask})
+    save_file(tensors, out / "step_llm_io.safetensors", metadata={"prompts": json.dumps(prompts)})
+
+
+MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes, "vae": make_vae, "llm": make_llm}
 
 
 def main() -> None:
