@@ -7,4 +7,13 @@ FASTVIDEO_PLUGIN_API = 1
 
 @hookimpl
 def fv_register_model_families():  # type: ignore[no-untyped-def]
-    return []  # the family registers once its pipeline lands
+    from fastvideo_stepvideo.family import StepVideoFamily
+
+    return [StepVideoFamily]
+
+
+@hookimpl
+def fv_register_samplers():  # type: ignore[no-untyped-def]
+    from fastvideo_stepvideo.sampler import StepVideoFlowSampler
+
+    return [StepVideoFlowSampler]

@@ -1,0 +1,59 @@
+"""``StepVideoFamily``: the Step-Video presets, checkpoint detection, request checks and pipeline.
+
+Imported during plugin registration: no torch here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
+from fastvideo_stepvideo.presets import PRESETS
+
+if TYPE_CHECKING:
+    from fastvideo.configs import PipelineConfig
+    from fastvideo.pipelines.composed import ComposedPipeline
+
+FRAMES_PER_CHUNK = 17
+
+
+class StepVideoFamily(ModelFamily):
+    """Step-Video-T2V (and Turbo): 17-frame chunks, 16x16 spatial compression, CFG with a negative prompt."""
+
+    name = "stepvideo"
+    presets: ClassVar[tuple[Preset, ...]] = PRESETS
+    pipeline_class_names = ("StepVideoPipeline",)
+    spatial_factor = 16  # VAE stride 16 x patch 1
+    temporal_factor = 1  # frames are checked in chunks of 17 by validate
+    default_sampler = "stepvideo-flow"
+    default_sampling: ClassVar[dict[str, Any]] = {
+        "num_frames": 204,
+        "height": 544,
+        "width": 992,
+        "num_inference_steps": 50,
+        "guidance_scale": 9.0,
+        "flow_shift": 13.0,
+        "fps": 25,
+    }
+
+    @classmethod
+    def validate(cls, params: Any, source: ModelSource) -> None:
+        super().validate(params, source)
+        if params.num_frames % FRAMES_PER_CHUNK:
+            k = max(1, params.num_frames // FRAMES_PER_CHUNK)
+            raise ValueError(
+                f"num_frames={params.num_frames} is invalid for stepvideo: the VAE decodes chunks of "
+                f"{FRAMES_PER_CHUNK} frames; use a multiple of {FRAMES_PER_CHUNK} (e.g. {FRAMES_PER_CHUNK * k} or "
+                f"{FRAMES_PER_CHUNK * (k + 1)})"
+            )
+        if (source.preset is not None and source.preset.name == "stepvideo-ti2v") or params.image is not None:
+            raise ValueError(
+                "Step-Video-TI2V (image-to-video) is not runnable in fastvideo-stepvideo yet: its first-frame "
+                "conditioning and motion score are not implemented; use --model stepvideo-t2v without --image"
+            )
+
+    @classmethod
+    def build_pipeline(cls, source: ModelSource, config: PipelineConfig) -> ComposedPipeline:
+        from fastvideo_stepvideo.pipeline import build_stepvideo_pipeline
+
+        return build_stepvideo_pipeline(cls, source, config)
