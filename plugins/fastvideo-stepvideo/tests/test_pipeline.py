@@ -1,0 +1,81 @@
+"""The whole Step-Video pipeline on tiny checkpoints (fastvideo_stepvideo.tiny) in both layouts: the
+official one and FastVideo's diffusers-style mirror. The numerics of each part are checked against
+the official code elsewhere (test_model, test_vae, test_stepllm, test_sampling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastvideo_stepvideo.pipeline import NEG_MAGIC, POS_MAGIC, component_paths
+from fastvideo_stepvideo.tiny import make_tiny_stepvideo
+
+from fastvideo.configs import SamplingParams
+from fastvideo.errors import CheckpointError
+from fastvideo.pipelines.batch import ForwardBatch
+
+KW = dict(num_frames=17, height=32, width=32, num_inference_steps=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stepvideo")
+    return {layout: make_tiny_stepvideo(root / layout, layout=layout) for layout in ("official", "diffusers")}
+
+
+@pytest.fixture(scope="module")
+def generators(folders: dict[str, Path]) -> dict:
+    from fastvideo import VideoGenerator
+
+    return {
+        k: VideoGenerator.from_pretrained(str(v), device="cpu", progress=False) for k, v in folders.items()
+    }
+
+
+def test_both_layouts_generate_the_same_video(generators: dict) -> None:
+    frames = {
+        k: np.asarray(g.generate_video("a cat walks on the moon", **KW).frames) for k, g in generators.items()
+    }
+    assert frames["official"].shape == (17, 32, 32, 3) and frames["official"].dtype == np.uint8
+    assert np.array_equal(frames["official"], frames["diffusers"])
+    again = np.asarray(generators["official"].generate_video("a cat walks on the moon", **KW).frames)
+    assert np.array_equal(again, frames["official"])
+    other = np.asarray(generators["official"].generate_video("a red ball bounces", **KW).frames)
+    assert not np.array_equal(other, frames["official"])
+
+
+def test_text_stage_uses_the_magic_prompts(generators: dict) -> None:
+    gen = generators["official"]
+    stage = gen.pipeline.stages[gen.pipeline.index("text_encoding")]
+    batch = ForwardBatch(
+        params=SamplingParams(prompt="a cat", guidance_scale=9.0), device=torch.device("cpu")
+    )
+    batch = stage(batch)
+    llm_tok = stage.encoders[0].tokenizer
+    assert int(batch.prompt_masks[0].sum()) == len(llm_tok.sp.encode_as_ids("a cat" + POS_MAGIC)[:318]) + 2
+    assert int(batch.negative_prompt_masks[0].sum()) == len(llm_tok.sp.encode_as_ids(NEG_MAGIC)[:318]) + 2
+    assert batch.prompt_embeds[0].shape == (1, 320, 32)  # Step-LLM, 320 tokens
+    assert batch.prompt_embeds[1].shape == (1, 77, 16)  # CLIP last hidden state, every position attended
+    assert int(batch.prompt_masks[1].sum()) == 77
+
+
+def test_requests_are_checked_before_loading(folders: dict[str, Path]) -> None:
+    from fastvideo_stepvideo.family import StepVideoFamily
+
+    from fastvideo.resolve import resolve
+
+    source = resolve(str(folders["official"]))
+    with pytest.raises(ValueError, match="multiple of 17"):
+        StepVideoFamily.validate(SamplingParams(prompt="x", num_frames=33, height=32, width=32), source)
+    with pytest.raises(ValueError, match="not divisible by 16"):
+        StepVideoFamily.validate(SamplingParams(prompt="x", num_frames=34, height=40, width=32), source)
+    StepVideoFamily.validate(SamplingParams(prompt="x", num_frames=34, height=32, width=32), source)
+
+
+def test_a_folder_missing_a_component_says_which(folders: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "transformer").mkdir()
+    with pytest.raises(CheckpointError, match="no vae, step_llm, clip, clip_tokenizer folder"):
+        component_paths(tmp_path)
+    assert component_paths(folders["diffusers"])["step_llm"].name == "text_encoder"
