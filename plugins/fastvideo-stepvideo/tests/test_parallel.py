@@ -9,19 +9,23 @@ from pathlib import Path
 from fastvideo.parallel.testing import run_ranks
 
 DATA = Path(__file__).parent / "data"
-CASES = {"ulysses-a": (dict(sp_size=2), "a"), "ulysses-b": (dict(sp_size=2), "b"), "ring-a": (dict(ring_size=2), "a")}
+CASES = {
+    "ulysses-a": (dict(sp_size=2), "a"),
+    "ulysses-b": (dict(sp_size=2), "b"),
+    "ring-a": (dict(ring_size=2), "a"),
+}
 
 
 def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     """On each rank: every case's max |sharded - official| / max |official|."""
     import torch
+    from fastvideo_stepvideo.model import StepVideoTransformer
     from safetensors.torch import load_file
 
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import init_parallel, teardown
-    from fastvideo_stepvideo.model import StepVideoTransformer
 
     torch.set_num_threads(1)
     model = StepVideoTransformer.from_pretrained(Path(folder) / "dit", dtype=torch.float32)

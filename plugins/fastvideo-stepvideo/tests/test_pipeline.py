@@ -79,3 +79,27 @@ def test_a_folder_missing_a_component_says_which(folders: dict[str, Path], tmp_p
     with pytest.raises(CheckpointError, match="no vae, step_llm, clip, clip_tokenizer folder"):
         component_paths(tmp_path)
     assert component_paths(folders["diffusers"])["step_llm"].name == "text_encoder"
+
+
+@pytest.mark.slow
+def test_fv_generate_on_two_ranks_with_fsdp_and_ulysses(
+    folders: dict[str, Path], generators: dict, tmp_path: Path
+) -> None:
+    """``fv generate --num-gpus 2 --fsdp`` (gloo on CPU: FSDP2 over the DiT, Ulysses over its 2 heads)
+    gives the one-process frames (up to one level of rounding)."""
+    import json
+
+    from fastvideo.testing import run_fv
+    from fastvideo.video import read_mp4
+
+    out = tmp_path / "two.mp4"
+    args = ["generate", "--model", str(folders["official"]), "--prompt", "a cat walks on the moon", "--device", "cpu",
+            "--lossless", "--json", "--output", str(out), "--num-gpus", "2", "--fsdp", "--num-frames", "17",
+            "--height", "32", "--width", "32", "--num-inference-steps", "2", "--seed", "3"]  # fmt: skip
+    proc = run_fv(args, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["path"] == str(out)
+    one = np.asarray(generators["official"].generate_video("a cat walks on the moon", **KW).frames).astype(
+        int
+    )
+    assert np.abs(read_mp4(out).astype(int) - one).max() <= 1
