@@ -53,7 +53,7 @@ def build(cfg: dict[str, Any], device: torch.device, state: Any, dtype: torch.dt
     model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             local = p.to_local() if hasattr(p, "to_local") else p
             if local.ndim == 1:
                 local.copy_(
