@@ -142,7 +142,6 @@ def test_wrong_class_name_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "words"),
     [
-        ({"use_additional_conditions": True}, "use_additional_conditions=True"),
         ({"attention_head_dim": 12}, "multiple of 8"),
         ({"caption_channels": [1, 2, 3]}, r"\[llm_width, clip_width\]"),
         ({"norm_type": "layer_norm"}, "ada_norm_single"),
@@ -182,3 +181,36 @@ def test_metadata_names_real_modules(tiny: StepVideoTransformer) -> None:
     names = {n for n, _ in tiny.named_modules()}
     assert {"blocks.0.self_attn", "blocks.1.self_attn"} <= names
     assert tiny.token_grid((1, 4, 3, 4, 6)) == (3, 4, 6)
+
+
+# ---- Step-Video-TI2V's DiT (the official TI2V repository's StepVideoModel, use_additional_conditions=True)
+
+
+def test_ti2v_forward_matches_official_fp32() -> None:
+    """Image latents concatenated along the channels, the motion score embedded beside the timestep."""
+    model = StepVideoTransformer.from_pretrained(DATA / "dit_ti2v", dtype=torch.float32)
+    io = load_file(DATA / "dit_ti2v_io.safetensors")
+    p = lambda x: x.permute(0, 2, 1, 3, 4)  # noqa: E731
+    args = (
+        p(io["hidden_states"]),
+        io["timestep"],
+        io["encoder_hidden_states"],
+        io["encoder_hidden_states_2"],
+    )
+    with use_backend("sdpa"), torch.no_grad():
+        out = model(
+            *args, io["encoder_attention_mask"], p(io["condition_hidden_states"]), float(io["motion_score"])
+        )
+        other = model(*args, io["encoder_attention_mask"], p(io["condition_hidden_states"]), 10.0)
+    assert_close("TI2V output", p(io["output"]), out, 1e-4)
+    assert (other - out).norm() / out.norm() > 1e-3  # the motion score matters
+    with pytest.raises(ValueError, match="condition_hidden_states"):
+        model(*args, io["encoder_attention_mask"])
+
+
+def test_ti2v_real_size_names_and_shapes_are_the_released_ones() -> None:
+    released = json.loads((DATA / "released_shapes.json").read_text())["transformer_ti2v"]
+    model = StepVideoTransformer.from_config({**RELEASED, "use_additional_conditions": True})
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert convert.ours_to_released(ours) == released
+    assert released["pos_embed.proj.weight"] == [6144, 128, 1, 1]

@@ -18,6 +18,8 @@ RULES: tuple[tuple[str, str], ...] = (
     ("pos_embed.proj.{p}", "patch_embed.{p}"),
     ("adaln_single.emb.timestep_embedder.linear_1.{p}", "time_embed.fc1.{p}"),
     ("adaln_single.emb.timestep_embedder.linear_2.{p}", "time_embed.fc2.{p}"),
+    ("adaln_single.emb.motion_score_embedder.linear_1.{p}", "motion_embed.fc1.{p}"),  # TI2V
+    ("adaln_single.emb.motion_score_embedder.linear_2.{p}", "motion_embed.fc2.{p}"),
     ("adaln_single.linear.{p}", "time_mod.{p}"),
     ("caption_projection.linear_1.{p}", "text_embed.fc1.{p}"),
     ("caption_projection.linear_2.{p}", "text_embed.fc2.{p}"),

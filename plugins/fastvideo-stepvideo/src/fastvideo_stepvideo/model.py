@@ -51,7 +51,7 @@ class StepVideoConfig(DiffusersConfigMixin):
     norm_type: str = "ada_norm_single"
     norm_elementwise_affine: bool = False  # the output and caption LayerNorms
     norm_eps: float = 1e-6
-    use_additional_conditions: bool = False
+    use_additional_conditions: bool = False  # True: Step-Video-TI2V (image latents + motion score)
     caption_channels: int | tuple[int, ...] = (6144, 1024)  # (Step-LLM width, CLIP width), or an int: no CLIP
     attention_type: str = "parallel"  # the reference's attention choice; attention here goes through the seam
 
@@ -71,11 +71,6 @@ class StepVideoConfig(DiffusersConfigMixin):
         if self.norm_type != "ada_norm_single":
             raise ValueError(
                 f"norm_type={self.norm_type!r} is not supported; Step-Video uses 'ada_norm_single'"
-            )
-        if self.use_additional_conditions:
-            raise ValueError(
-                "use_additional_conditions=True (resolution/frame/fps embeddings) is not in any released "
-                "Step-Video checkpoint; set it to false"
             )
         channels = self.caption_channels
         if isinstance(channels, tuple) and len(channels) != 2:
@@ -286,8 +281,11 @@ class StepVideoTransformer(DiT):
         super().__init__()
         self.config = cfg = config
         dim, p = cfg.dim, cfg.patch_size
-        self.patch_embed = nn.Conv2d(cfg.in_channels, dim, kernel_size=p, stride=p)
+        # TI2V: the image latents are concatenated to the noisy latents along the channels
+        cin = cfg.in_channels * (2 if cfg.use_additional_conditions else 1)
+        self.patch_embed = nn.Conv2d(cin, dim, kernel_size=p, stride=p)
         self.time_embed = MLP(FREQ_DIM, dim, dim, "silu")
+        self.motion_embed = MLP(FREQ_DIM, dim, dim, "silu") if cfg.use_additional_conditions else None
         self.time_mod = nn.Linear(dim, 6 * dim)
         self.caption_norm = nn.LayerNorm(
             cfg.text_channels, eps=cfg.norm_eps, elementwise_affine=cfg.norm_elementwise_affine
@@ -316,6 +314,8 @@ class StepVideoTransformer(DiT):
         encoder_hidden_states: torch.Tensor,
         encoder_hidden_states_2: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        condition_hidden_states: torch.Tensor | None = None,
+        motion_score: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
@@ -325,6 +325,10 @@ class StepVideoTransformer(DiT):
         :param encoder_hidden_states_2: ``(B, L_clip, clip_width)`` HunyuanCLIP states (None: none).
         :param encoder_attention_mask: ``(B, L_clip + L_llm)`` over the concatenated text tokens (CLIP
             first); sample ``b`` attends to its first ``mask[b].sum()`` tokens (None: all).
+        :param condition_hidden_states: TI2V only: ``(B, C, T, H, W)`` image latents (the first frame's
+            latent, zeros after), concatenated to ``hidden_states`` along the channels.
+        :param motion_score: TI2V only: the motion score (a float or ``(B,)``), embedded like a
+            timestep (not scaled) and added to the timestep embedding.
         :returns: ``(B, C_out, T, H, W)`` in the model's dtype.
         """
         if hidden_states.ndim != 5:
@@ -339,6 +343,20 @@ class StepVideoTransformer(DiT):
         dtype = self.dtype
         timestep = timestep.reshape(-1).expand(b) if timestep.numel() == 1 else timestep.reshape(b)
         emb = self.time_embed(timestep_embedding(timestep * TIME_SCALE, FREQ_DIM).to(dtype))  # (B, D)
+        if self.motion_embed is not None:
+            if condition_hidden_states is None or motion_score is None:
+                raise ValueError(
+                    "this Step-Video-TI2V DiT (use_additional_conditions=True) needs condition_hidden_states "
+                    "(B, C, T, H, W) image latents and a motion_score"
+                )
+            score = torch.as_tensor(motion_score, device=timestep.device, dtype=dtype).reshape(-1).expand(b)
+            emb = emb + self.motion_embed(timestep_embedding(score, FREQ_DIM).to(dtype))
+            if condition_hidden_states.shape != hidden_states.shape:
+                raise ValueError(
+                    f"condition_hidden_states must be shaped like hidden_states {tuple(hidden_states.shape)}, "
+                    f"got {tuple(condition_hidden_states.shape)}"
+                )
+            hidden_states = torch.cat([hidden_states.to(dtype), condition_hidden_states.to(dtype)], dim=1)
         temb = self.time_mod(F.silu(emb)).unflatten(-1, (6, -1))  # (B, 6, D)
         text, text_mask = self._text(
             encoder_hidden_states, encoder_hidden_states_2, encoder_attention_mask, b

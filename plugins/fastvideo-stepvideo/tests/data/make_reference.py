@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import torch
@@ -344,7 +345,65 @@ def make_llm(out: Path) -> None:
     save_file(tensors, out / "step_llm_io.safetensors", metadata={"prompts": json.dumps(prompts)})
 
 
-MAKERS = {"dit": make_dit, "sampling": make_sampling, "shapes": make_shapes, "vae": make_vae, "llm": make_llm}
+def make_ti2v(out: Path) -> None:
+    """Step-Video-TI2V's DiT (``use_additional_conditions=True``: image latents concatenated along the
+    channels, a motion-score embedding), from the TI2V repository given with ``--official-ti2v``."""
+    cfg = {**DIT_CONFIG, "use_additional_conditions": True}
+    model = official_dit(cfg, seed=20)
+    folder = out / "dit_ti2v"
+    folder.mkdir(exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        folder / "diffusion_pytorch_model.safetensors",
+    )
+    (folder / "config.json").write_text(json.dumps({"_class_name": "StepVideoModel", **cfg}, indent=2) + "\n")
+    x, t, y, y2, mask = dit_inputs(cfg, seed=21)
+    cond = torch.zeros_like(x)
+    cond[:, :1] = torch.randn(
+        x[:, :1].shape, generator=torch.Generator().manual_seed(22)
+    )  # first latent frame
+    out_t = model(
+        hidden_states=x,
+        timestep=t,
+        encoder_hidden_states=y,
+        encoder_hidden_states_2=y2,
+        encoder_attention_mask=mask,
+        condition_hidden_states=cond,
+        motion_score=5.0,
+        return_dict=False,
+    )
+    save_file(
+        {
+            "hidden_states": x,
+            "timestep": t,
+            "encoder_hidden_states": y,
+            "encoder_hidden_states_2": y2,
+            "encoder_attention_mask": mask,
+            "condition_hidden_states": cond,
+            "motion_score": torch.tensor(5.0),
+            "output": out_t.contiguous().clone(),
+        },
+        out / "dit_ti2v_io.safetensors",
+    )
+    from stepvideo.modules.model import StepVideoModel
+
+    with torch.device("meta"):
+        real = StepVideoModel.__new__(StepVideoModel)
+        StepVideoModel.__init__.__wrapped__(real, use_additional_conditions=True)
+    path = out / "released_shapes.json"
+    shapes = json.loads(path.read_text()) if path.exists() else {}
+    shapes["transformer_ti2v"] = {k: list(v.shape) for k, v in real.state_dict().items()}
+    path.write_text(json.dumps(shapes, separators=(",", ":"), sort_keys=True) + "\n")
+
+
+MAKERS = {
+    "dit": make_dit,
+    "sampling": make_sampling,
+    "shapes": make_shapes,
+    "vae": make_vae,
+    "llm": make_llm,
+    "ti2v": make_ti2v,
+}
 
 
 def main() -> None:
@@ -352,12 +411,19 @@ def main() -> None:
     parser.add_argument(
         "--official", required=True, help="folder holding the official stepvideo package + shims"
     )
+    parser.add_argument("--official-ti2v", help="the same for stepfun-ai/Step-Video-TI2V (the ti2v part)")
     parser.add_argument("--only", default=",".join(MAKERS), help="comma-separated parts to write")
     args = parser.parse_args()
-    root = Path(args.official)
-    sys.path[:0] = [str(root), str(root / "shims"), str(root / "deps"), str(HERE)]
     torch.set_grad_enabled(False)
     for part in args.only.split(","):
+        root = Path(args.official_ti2v if part == "ti2v" else args.official)
+        sys.path[:0] = [str(root / "shims"), str(root / "deps"), str(HERE)]
+        # the package's __init__ imports the whole pipeline (torchvision, aiohttp); load the modules without it
+        for name in [m for m in sys.modules if m == "stepvideo" or m.startswith("stepvideo.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("stepvideo")
+        pkg.__path__ = [str(root / "stepvideo")]
+        sys.modules["stepvideo"] = pkg
         MAKERS[part](HERE)
         print("wrote", part)
 
