@@ -103,3 +103,67 @@ def test_fv_generate_on_two_ranks_with_fsdp_and_ulysses(
         int
     )
     assert np.abs(read_mp4(out).astype(int) - one).max() <= 1
+
+
+# ---- Step-Video-TI2V (the DiT's numerics: test_model; the one-image encode: test_vae)
+
+
+@pytest.fixture(scope="module")
+def ti2v(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ti2v")
+    folder = make_tiny_stepvideo(root / "ckpt", ti2v=True)
+    rng = np.random.RandomState(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray((rng.rand(40, 70, 3) * 255).astype("uint8")).save(root / name)
+    return folder, root / "a.png", root / "b.png"
+
+
+def test_ti2v_generates_from_the_image_and_the_motion_score(ti2v: tuple[Path, Path, Path]) -> None:
+    from fastvideo import VideoGenerator
+
+    folder, a, b = ti2v
+    gen = VideoGenerator.from_pretrained(str(folder), device="cpu", progress=False)
+    first = np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames)
+    assert first.shape == (17, 32, 32, 3)
+    assert np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+    assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(b), **KW).frames))
+    stage = gen.pipeline.stages[gen.pipeline.index("denoising")]
+    assert stage.motion_score == 5.0
+    stage.motion_score = 20.0
+    assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+
+
+def test_ti2v_needs_an_image_and_t2v_takes_none(
+    ti2v: tuple[Path, Path, Path], folders: dict[str, Path]
+) -> None:
+    from fastvideo_stepvideo.family import StepVideoFamily
+
+    from fastvideo.resolve import resolve
+
+    folder, a, _ = ti2v
+    kw = dict(prompt="x", num_frames=17, height=32, width=32)
+    with pytest.raises(ValueError, match="pass --image PATH"):
+        StepVideoFamily.validate(SamplingParams(**kw), resolve(str(folder)))
+    with pytest.raises(ValueError, match="takes no --image"):
+        StepVideoFamily.validate(SamplingParams(**kw, image=str(a)), resolve(str(folders["official"])))
+
+
+def test_image_is_scaled_to_cover_and_center_cropped(tmp_path: Path) -> None:
+    """A 40x80 image with 10-pixel red borders left and right, to 32x32: scaled by 0.8 (to cover the
+    height), 64 wide, the middle 32 columns kept: only blue is left."""
+    from fastvideo_stepvideo.pipeline import load_image
+    from PIL import Image
+
+    arr = np.zeros((40, 80, 3), dtype=np.uint8)
+    arr[:, :10, 0] = arr[:, 70:, 0] = 255
+    arr[:, 10:70, 2] = 255
+    Image.fromarray(arr).save(tmp_path / "x.png")
+    x = load_image(str(tmp_path / "x.png"), 32, 32)
+    assert x.shape == (3, 32, 32)
+    assert torch.allclose(x[2], torch.ones(32, 32), atol=1e-3) and torch.allclose(
+        x[0], -torch.ones(32, 32), atol=1e-3
+    )
+    with pytest.raises(ValueError, match="cannot be read as an image"):
+        load_image(str(tmp_path / "missing.png"), 32, 32)

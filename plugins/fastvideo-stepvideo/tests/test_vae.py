@@ -64,6 +64,14 @@ def test_encode_matches_official(vae: StepVideoVAE, io: dict) -> None:
     assert_close("posterior parameters", io["encoded"].permute(0, 2, 1, 3, 4), out, 1e-4)
 
 
+def test_encode_of_one_image_matches_official(vae: StepVideoVAE, io: dict) -> None:
+    """TI2V encodes its first frame alone: one latent frame."""
+    with torch.no_grad():
+        out = vae.encode(io["video"][:, :1].permute(0, 2, 1, 3, 4))
+    assert out.shape == (1, 4, 1, 1, 2)
+    assert_close("image posterior parameters", io["encoded_image"].permute(0, 2, 1, 3, 4), out, 1e-4)
+
+
 def test_blend_is_what_separates_the_chunks(vae: StepVideoVAE, io: dict) -> None:
     """Without the blend the border frames differ from the official ones; elsewhere they agree."""
     z = io["z"].permute(0, 2, 1, 3, 4)

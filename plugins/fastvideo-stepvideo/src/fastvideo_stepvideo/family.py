@@ -18,7 +18,8 @@ FRAMES_PER_CHUNK = 17
 
 
 class StepVideoFamily(ModelFamily):
-    """Step-Video-T2V (and Turbo): 17-frame chunks, 16x16 spatial compression, CFG with a negative prompt."""
+    """Step-Video-T2V, T2V-Turbo and TI2V: 17-frame chunks, 16x16 spatial compression, CFG with a
+    negative prompt; TI2V checkpoints (``use_additional_conditions`` in the DiT config) take ``--image``."""
 
     name = "stepvideo"
     presets: ClassVar[tuple[Preset, ...]] = PRESETS
@@ -46,11 +47,21 @@ class StepVideoFamily(ModelFamily):
                 f"{FRAMES_PER_CHUNK} frames; use a multiple of {FRAMES_PER_CHUNK} (e.g. {FRAMES_PER_CHUNK * k} or "
                 f"{FRAMES_PER_CHUNK * (k + 1)})"
             )
-        if (source.preset is not None and source.preset.name == "stepvideo-ti2v") or params.image is not None:
+        if cls.is_ti2v(source):
+            if params.image is None:
+                raise ValueError("Step-Video-TI2V is image-to-video: pass --image PATH (the first frame)")
+        elif params.image is not None:
             raise ValueError(
-                "Step-Video-TI2V (image-to-video) is not runnable in fastvideo-stepvideo yet: its first-frame "
-                "conditioning and motion score are not implemented; use --model stepvideo-t2v without --image"
+                "this Step-Video checkpoint is text-to-video and takes no --image; use --model stepvideo-ti2v"
             )
+
+    @classmethod
+    def is_ti2v(cls, source: ModelSource) -> bool:
+        """Whether the checkpoint's DiT is Step-Video-TI2V's (image latents + motion score)."""
+        cfg = source.read_json("transformer/config.json")
+        if cfg is None:  # a Hub repo not downloaded yet: the preset says
+            return source.preset is not None and source.preset.workload == "i2v"
+        return bool(cfg.get("use_additional_conditions"))
 
     @classmethod
     def build_pipeline(cls, source: ModelSource, config: PipelineConfig) -> ComposedPipeline:

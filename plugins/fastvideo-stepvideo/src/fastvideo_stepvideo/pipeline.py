@@ -29,7 +29,7 @@ from fastvideo.loader.components import torch_dtype
 from fastvideo.models import default_dtypes, pick_device
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.compose import compile_if_asked, text_to_video
-from fastvideo.pipelines.composed import ComposedPipeline
+from fastvideo.pipelines.composed import ComposedPipeline, PipelineStage
 from fastvideo.pipelines.stages import DenoisingStage, TextEncodingStage
 from fastvideo_stepvideo.model import StepVideoTransformer
 from fastvideo_stepvideo.stepllm import (
@@ -110,6 +110,75 @@ class StepVideoDenoisingStage(DenoisingStage):
         return {"encoder_hidden_states": llm, "encoder_hidden_states_2": clip, "encoder_attention_mask": mask}
 
 
+class StepVideoImageStage(PipelineStage):
+    """TI2V: the first frame's latent. The image is scaled to cover the requested size (bilinear,
+    antialiased, as torchvision's ``Resize`` on tensors), center-cropped, encoded by the VAE and
+    sampled from its posterior with the request's generator; the condition latents are that frame
+    followed by zeros (the reference's ``prepare_condition_hidden_states``)."""
+
+    name = "image_latents"
+
+    def __init__(self, vae: StepVideoVAE) -> None:
+        self.vae = vae
+
+    def forward(self, batch: ForwardBatch) -> ForwardBatch:
+        p = batch.params
+        if p.image is None:
+            raise ValueError("this Step-Video-TI2V checkpoint is image-to-video: pass --image PATH")
+        image = load_image(p.image, p.height, p.width)  # (3, H, W) in [-1, 1]
+        video = image[None, :, None].to(device=next(self.vae.parameters()).device)  # (1, 3, 1, H, W)
+        with torch.no_grad():
+            mean, logvar = self.vae.encode(video).float().chunk(2, dim=1)  # (1, C, 1, h, w) each
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        noise = torch.randn(mean.shape, generator=batch.generator, dtype=torch.float32).to(mean.device)
+        first = mean + std * noise
+        assert batch.latents is not None
+        cond = torch.zeros_like(batch.latents)
+        cond[:, :, :1] = first.to(cond)
+        batch.family_extra("stepvideo")["condition"] = cond
+        return batch
+
+
+def load_image(path: str, height: int, width: int) -> torch.Tensor:
+    """``path`` as ``(3, height, width)`` in [-1, 1]: scaled to cover, then center-cropped.
+
+    :raises ValueError: the file cannot be read as an image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"--image {path}: cannot be read as an image ({e}); pass a PNG or JPEG file"
+        ) from None
+    x = torch.from_numpy(arr).permute(2, 0, 1) * 2 - 1  # (3, h, w)
+    h, w = x.shape[1:]
+    scale = width / w if w / h < width / height else height / h
+    sh, sw = round(h * scale), round(w * scale)
+    x = torch.nn.functional.interpolate(
+        x[None], size=(sh, sw), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    top, left = (sh - height) // 2, (sw - width) // 2
+    return x[:, top : top + height, left : left + width]
+
+
+class StepVideoTI2VDenoisingStage(StepVideoDenoisingStage):
+    """TI2V: also passes the image latents and the motion score (default 5, the published setting:
+    2 steadier, 10 or 20 more motion; set ``stage.motion_score``) to the DiT."""
+
+    def __init__(self, transformer: Any, *, motion_score: float = 5.0, **kw: Any) -> None:
+        super().__init__(transformer, **kw)
+        self.motion_score = motion_score
+
+    def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        inputs = super().model_inputs(batch, latents, t)
+        cond = batch.family_extra("stepvideo")["condition"]
+        return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": self.motion_score}
+
+
 def _first(root: Path, *candidates: str) -> Path | None:
     return next((root / c for c in candidates if (root / c).exists()), None)
 
@@ -178,14 +247,19 @@ def build_stepvideo_pipeline(
     ]
     scheduler = scheduler_of(source)
     channels = transformer.config.in_channels
+    ti2v = transformer.config.use_additional_conditions
+    denoising = (StepVideoTI2VDenoisingStage if ti2v else StepVideoDenoisingStage)(
+        transformer, num_train_timesteps=1
+    )
     stages = text_to_video(
         family,
         source,
         text_encoders=encoders,
         scheduler=scheduler,
         geometry=SimpleNamespace(shape=lambda p: latent_shape(p, channels), denormalize=lambda z: z),  # type: ignore[arg-type]
-        denoising=StepVideoDenoisingStage(transformer, num_train_timesteps=1),
+        denoising=denoising,
         vae=vae,
+        after_latents=[StepVideoImageStage(vae)] if ti2v else (),
     )
     stages[1] = StepVideoTextStage(encoders)
     decoding = stages[-1]

@@ -47,8 +47,11 @@ def _train_tokenizer(path: Path) -> None:
         path.write_bytes((Path(tmp) / "tok.model").read_bytes())
 
 
-def make_tiny_stepvideo(folder: str | Path, *, layout: str = "official", seed: int = 0) -> Path:
-    """Write a tiny Step-Video checkpoint into ``folder`` (``layout``: ``official`` or ``diffusers``)."""
+def make_tiny_stepvideo(
+    folder: str | Path, *, layout: str = "official", seed: int = 0, ti2v: bool = False
+) -> Path:
+    """Write a tiny Step-Video checkpoint into ``folder`` (``layout``: ``official`` or ``diffusers``;
+    ``ti2v``: Step-Video-TI2V's DiT, image latents + motion score)."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
     if layout not in ("official", "diffusers"):
@@ -66,10 +69,13 @@ def make_tiny_stepvideo(folder: str | Path, *, layout: str = "official", seed: i
         (root / d).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    dit = StepVideoTransformer.from_config(DIT, device="cpu")
+    dit_cfg = {**DIT, "use_additional_conditions": ti2v}
+    dit = StepVideoTransformer.from_config(dit_cfg, device="cpu")
     state = convert.ours_to_released({k: v.contiguous() for k, v in dit.state_dict().items()})
     save_file(state, root / "transformer" / "diffusion_pytorch_model.safetensors")
-    (root / "transformer" / "config.json").write_text(json.dumps({"_class_name": "StepVideoModel", **DIT}))
+    (root / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "StepVideoModel", **dit_cfg})
+    )
 
     vae = StepVideoVAE(StepVideoVAEConfig.from_json(VAE))
     vstate = {

@@ -447,18 +447,17 @@ class StepVideoVAE(nn.Module):
         return blend_chunks(torch.cat(chunks, dim=2), cfg.frame_len)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Video ``(B, 3, T, H, W)`` in [-1, 1] (``T`` a multiple of ``frame_len``) -> the posterior's
-        mean and log-variance ``(B, 2 * z_channels, T', h, w)`` (mean first), chunk by chunk."""
+        """Video ``(B, 3, T, H, W)`` in [-1, 1] -> the posterior's mean and log-variance
+        ``(B, 2 * z_channels, T', h, w)`` (mean first), chunk by chunk of ``frame_len`` frames (a last,
+        shorter chunk too: one image gives one latent frame, as TI2V encodes its first frame)."""
         if self.encoder is None:
             raise RuntimeError(
                 "this VAE was loaded from decoder-only weights (text-to-video), so it cannot encode; load "
                 "the full vae_v2.safetensors (encoder.* tensors included) for image-to-video"
             )
         cfg = self.config
-        if x.ndim != 5 or x.shape[2] % cfg.frame_len:
-            raise ValueError(
-                f"encode takes video (B, 3, T, H, W) with T a multiple of {cfg.frame_len}, got {tuple(x.shape)}"
-            )
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"encode takes video (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
         x = x.to(self.dtype)
         return torch.cat([self.encoder(c) for c in x.split(cfg.frame_len, dim=2)], dim=2)
 

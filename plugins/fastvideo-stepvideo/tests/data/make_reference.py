@@ -254,10 +254,9 @@ def make_vae(out: Path) -> None:
     encoded = torch.cat(
         [vae.naive_encode(c) for c in video.split(17, dim=1)], dim=1
     )  # encode() before sampling
-    save_file(
-        {"z": z, "decoded": decoded.contiguous(), "video": video, "encoded": encoded.contiguous()},
-        out / "vae_io.safetensors",
-    )
+    image = vae.naive_encode(video[:, :1])  # one frame: TI2V's first-frame latent (before sampling)
+    tensors = {"z": z, "decoded": decoded.contiguous(), "video": video, "encoded": encoded.contiguous()}
+    save_file({**tensors, "encoded_image": image.contiguous()}, out / "vae_io.safetensors")
 
 
 #: The tiny Step-LLM: width 32, 4 heads in 2 key/value groups, 2 layers, SwiGLU 256, 64 tokens.
