@@ -27,6 +27,8 @@ class StepVideoFamily(ModelFamily):
     spatial_factor = 16  # VAE stride 16 x patch 1
     temporal_factor = 1  # frames are checked in chunks of 17 by validate
     default_sampler = "stepvideo-flow"
+    #: ``fv generate --num-gpus N``: the VAE's latent chunks are decoded on different ranks
+    vae_splitters: ClassVar[dict[str, str]] = {"StepVideoVAE": "fastvideo_stepvideo.vae:StepVideoVAESplitter"}
     default_sampling: ClassVar[dict[str, Any]] = {
         "num_frames": 204,
         "height": 544,

@@ -480,3 +480,21 @@ def _our_name(key: str) -> str:
     if key.startswith("decoder.conv_out.") and not key.startswith("decoder.conv_out.conv."):
         return "decoder.conv_out.conv." + key[len("decoder.conv_out.") :]
     return key
+
+
+class StepVideoVAESplitter:
+    """The parallel VAE decode's per-class part (``fastvideo.parallel.vae``): the tiles are the
+    latent chunks (3 latent frames each), decoded one by one and blended at the borders, which is
+    exactly :meth:`StepVideoVAE.decode`; the core spreads the chunks over the ranks."""
+
+    def split(self, vae: StepVideoVAE, z: torch.Tensor) -> list[torch.Tensor] | None:
+        n = vae.config.latent_len
+        if z.ndim != 5 or z.shape[2] % n or z.shape[2] <= n:
+            return None  # one chunk (or not chunkable): decoded whole on every rank
+        return list(z.split(n, dim=2))
+
+    def decode_tile(self, vae: StepVideoVAE, tile: torch.Tensor) -> torch.Tensor:
+        return vae.decode_chunk(tile)
+
+    def assemble(self, vae: StepVideoVAE, z: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        return blend_chunks(torch.cat(tiles, dim=2), vae.config.frame_len)
