@@ -167,3 +167,18 @@ def test_image_is_scaled_to_cover_and_center_cropped(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="cannot be read as an image"):
         load_image(str(tmp_path / "missing.png"), 32, 32)
+
+
+def test_clip_without_safetensors_is_a_one_line_checkpoint_error(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from fastvideo import VideoGenerator
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folders["official"], broken)
+    (broken / "hunyuan_clip" / "clip_text_encoder" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"cannot load HunyuanCLIP .*model\.safetensors") as info:
+        VideoGenerator.from_pretrained(str(broken), device="cpu", progress=False)
+    assert "\n" not in str(info.value)

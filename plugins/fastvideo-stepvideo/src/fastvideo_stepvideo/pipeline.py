@@ -234,12 +234,18 @@ def build_stepvideo_pipeline(
     )
     compile_if_asked([transformer], config, device)
     llm = StepLLM.from_pretrained(paths["step_llm"], dtype=torch_dtype(text_dtype), device=device)
-    clip = (
-        BertModel.from_pretrained(paths["clip"], torch_dtype=torch.float32, use_safetensors=True)
-        .to(device)
-        .eval()
-    )
-    clip_tok = BertTokenizer.from_pretrained(paths["clip_tokenizer"])
+    try:
+        clip = (
+            BertModel.from_pretrained(paths["clip"], dtype=torch.float32, use_safetensors=True)
+            .to(device)
+            .eval()
+        )
+        clip_tok = BertTokenizer.from_pretrained(paths["clip_tokenizer"])
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{paths['clip']}: cannot load HunyuanCLIP (a BertModel with safetensors weights, and its tokenizer): {first}"
+        ) from None
     vae = StepVideoVAE.from_pretrained(paths["vae"], dtype=torch_dtype(vae_dtype), device=device)
     encoders = [
         StepLLMTextEncoder(StepLLMTokenizer(paths["tokenizer"]), llm, max_length=LLM_MAX_LENGTH),
