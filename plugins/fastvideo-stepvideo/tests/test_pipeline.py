@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fastvideo_stepvideo.pipeline import NEG_MAGIC, POS_MAGIC, component_paths
+from fastvideo_stepvideo.pipeline import NEG_MAGIC, POS_MAGIC, TI2V_NEG_MAGIC, TI2V_POS_MAGIC, component_paths
 from fastvideo_stepvideo.tiny import make_tiny_stepvideo
 
 from fastvideo.configs import SamplingParams
@@ -129,6 +129,8 @@ def test_ti2v_generates_from_the_image_and_the_motion_score(ti2v: tuple[Path, Pa
     assert first.shape == (17, 32, 32, 3)
     assert np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
     assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(b), **KW).frames))
+    text = gen.pipeline.stages[gen.pipeline.index("text_encoding")]
+    assert (text.pos_magic, text.default_negative_prompt) == (TI2V_POS_MAGIC, TI2V_NEG_MAGIC)  # TI2V's own
     stage = gen.pipeline.stages[gen.pipeline.index("denoising")]
     assert stage.motion_score == 5.0
     stage.motion_score = 20.0

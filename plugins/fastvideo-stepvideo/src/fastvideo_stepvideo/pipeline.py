@@ -50,6 +50,9 @@ POS_MAGIC = "超高清、HDR 视频、环境光、杜比全景声、画面稳定
 NEG_MAGIC = (
     "画面暗、低分辨率、不良手、文本、缺少手指、多余的手指、裁剪、低质量、颗粒状、签名、水印、用户名、模糊。"
 )
+#: Step-Video-TI2V's (its ``stepvideo/config.py``).
+TI2V_POS_MAGIC = "画面中的主体动作表现生动自然、画面流畅、生动细节、光线统一柔和、超真实动态捕捉、大师级运镜、整体不变形、超高清、画面稳定、逼真的细节、专业级构图、超细节、清晰。"
+TI2V_NEG_MAGIC = "动画、模糊、变形、毁容、低质量、拼贴、粒状、标志、抽象、插图、计算机生成、扭曲、动作不流畅、面部有褶皱、表情僵硬、畸形手指"
 LLM_MAX_LENGTH = 320
 CLIP_MAX_LENGTH = 77
 FRAMES_PER_CHUNK = 17
@@ -267,7 +270,8 @@ def build_stepvideo_pipeline(
         vae=vae,
         after_latents=[StepVideoImageStage(vae)] if ti2v else (),
     )
-    stages[1] = StepVideoTextStage(encoders)
+    magic = {"pos_magic": TI2V_POS_MAGIC, "neg_magic": TI2V_NEG_MAGIC} if ti2v else {}
+    stages[1] = StepVideoTextStage(encoders, **magic)
     decoding = stages[-1]
     decoding.vae_decode = lambda v, z: v.decode(z)  # type: ignore[attr-defined]
     parts = {
