@@ -5,14 +5,14 @@ The official modules are imported from the folder given with ``--official``, a t
 CPU shims of the CUDA-only packages it imports (see ``README.md``); no official code is part of this
 file or of this repository. Everything runs on CPU in fp32 with seeded random weights::
 
-    python make_reference.py --official /tmp/stepref [--only dit,sampling,shapes,vae,llm]
+    python make_reference.py --official /tmp/stepref --official-ti2v /tmp/stepref_ti2v [--only dit,sampling,shapes,vae,llm,ti2v]
 
 Outputs (in this folder): ``dit/`` (a tiny transformer folder as released: ``config.json`` +
 ``diffusion_pytorch_model.safetensors`` with the released key names), ``dit_io.safetensors``
 (inputs and outputs of the official forward), ``sampling.safetensors`` (the official pipeline's
 per-step latents), ``vae/`` + ``vae_io.safetensors``, ``step_llm/`` + ``step_llm_io.safetensors``
-and ``released_shapes.json`` (name -> shape of every parameter of the real-size official modules,
-built on ``meta``).
+``dit_ti2v/`` + ``dit_ti2v_io.safetensors`` (Step-Video-TI2V's DiT) and ``released_shapes.json``
+(name -> shape of every parameter of the real-size official modules, built on ``meta``).
 """
 
 from __future__ import annotations
