@@ -12,6 +12,9 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/card.txt"
 gpus=$(nvidia-smi -L | wc -l)
 
+echo "== fastvideo-stepvideo GPU tests (tiny DiT on CUDA vs the official outputs)"
+timeout 120 python3 -m pytest -q -m gpu plugins/fastvideo-stepvideo/tests/test_gpu.py 2>&1 | tail -3 | tee "$out/stepvideo_gpu_tests.txt"
+
 echo "== Step-Video DiT forward, $gpus GPU(s)"
 if [ "$gpus" -gt 1 ]; then
   timeout 420 torchrun --nproc-per-node "$gpus" benchmarks/bench_stepvideo_dit.py ${BENCH_ARGS:-} 2>&1 | grep -v -i warning | tee "$out/stepvideo_dit.txt"
