@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 5e-3), (torch.bfloat16, 5e-2)])
 def test_dit_on_cuda_matches_official(dtype: torch.dtype, tol: float) -> None:
     model = StepVideoTransformer.from_pretrained(DATA / "dit", dtype=dtype, device="cuda")
     io = {k: v.cuda() for k, v in load_file(DATA / "dit_io.safetensors").items()}
