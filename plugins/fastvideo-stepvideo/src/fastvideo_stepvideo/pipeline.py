@@ -1,9 +1,11 @@
-"""The Step-Video text-to-video pipeline, composed from the core stages.
+"""The Step-Video text-to-video (and TI2V image-to-video) pipeline, composed from the core stages.
 
 validation -> text (Step-LLM, 320 tokens, and HunyuanCLIP, 77 tokens; the prompt gets the positive
 "magic" suffix, the negative prompt defaults to the negative magic) -> timesteps (``stepvideo-flow``:
 time-shifted flow sigmas) -> latents ``(64, T/17*3, H/16, W/16)`` -> denoising with CFG (the DiT takes
 the Step-LLM states, the CLIP states and the mask over both) -> decoding (the chunked Step-Video VAE).
+TI2V checkpoints (``use_additional_conditions`` in the DiT config) add the first frame's latent after
+the latents stage and pass it, with the motion score, to the DiT; their magic prompts are TI2V's own.
 
 Two checkpoint layouts load:
 
