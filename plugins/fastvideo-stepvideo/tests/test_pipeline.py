@@ -184,3 +184,51 @@ def test_clip_without_safetensors_is_a_one_line_checkpoint_error(
     with pytest.raises(CheckpointError, match=r"cannot load HunyuanCLIP .*model\.safetensors") as info:
         VideoGenerator.from_pretrained(str(broken), device="cpu", progress=False)
     assert "\n" not in str(info.value)
+
+
+def _bin_clip(folders: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tiny checkpoint whose HunyuanCLIP is a pytorch_model.bin only, as released."""
+    import shutil
+
+    from transformers import BertModel
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(folders["official"], ckpt)
+    clip = ckpt / "hunyuan_clip" / "clip_text_encoder"
+    torch.save(BertModel.from_pretrained(clip).state_dict(), clip / "pytorch_model.bin")
+    (clip / "model.safetensors").unlink()
+    return ckpt, clip
+
+
+def test_released_clip_bin_is_refused_with_the_fix_then_converted(
+    folders: dict[str, Path], generators: dict, tmp_path: Path
+) -> None:
+    """Loading says which command converts the .bin; the conversion (restricted unpickler) gives the
+    same video; a second conversion is refused."""
+    from fastvideo_stepvideo.commands import convert_clip
+
+    from fastvideo import VideoGenerator
+
+    ckpt, clip = _bin_clip(folders, tmp_path)
+    with pytest.raises(CheckpointError, match="fv stepvideo convert-clip"):
+        VideoGenerator.from_pretrained(str(ckpt), device="cpu", progress=False)
+    assert convert_clip(clip) == clip / "model.safetensors"
+    with pytest.raises(ValueError, match="exists already"):
+        convert_clip(clip)
+    gen = VideoGenerator.from_pretrained(str(ckpt), device="cpu", progress=False)
+    a = np.asarray(gen.generate_video("a cat walks on the moon", **KW).frames)
+    assert np.array_equal(
+        a, np.asarray(generators["official"].generate_video("a cat walks on the moon", **KW).frames)
+    )
+
+
+@pytest.mark.slow
+def test_convert_clip_command(folders: dict[str, Path], tmp_path: Path) -> None:
+    from fastvideo.testing import run_fv
+
+    _, clip = _bin_clip(folders, tmp_path)
+    proc = run_fv(["stepvideo", "convert-clip", str(clip)])
+    assert proc.returncode == 0 and (clip / "model.safetensors").is_file(), proc.stderr
+    again = run_fv(["stepvideo", "convert-clip", str(clip)])
+    assert again.returncode == 2 and again.stderr.startswith("error:") and "exists already" in again.stderr
+    assert "Traceback" not in again.stderr

@@ -239,6 +239,11 @@ def build_stepvideo_pipeline(
     )
     compile_if_asked([transformer], config, device)
     llm = StepLLM.from_pretrained(paths["step_llm"], dtype=torch_dtype(text_dtype), device=device)
+    if not any(paths["clip"].glob("*.safetensors")) and (paths["clip"] / "pytorch_model.bin").exists():
+        raise CheckpointError(
+            f"{paths['clip']}: HunyuanCLIP is released as pytorch_model.bin only and fastvideo loads safetensors; "
+            f"convert it once with: fv stepvideo convert-clip {paths['clip']}"
+        )
     try:
         clip = (
             BertModel.from_pretrained(paths["clip"], dtype=torch.float32, use_safetensors=True)

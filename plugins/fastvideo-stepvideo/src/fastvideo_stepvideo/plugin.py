@@ -17,3 +17,10 @@ def fv_register_samplers():  # type: ignore[no-untyped-def]
     from fastvideo_stepvideo.sampler import StepVideoFlowSampler
 
     return [StepVideoFlowSampler]
+
+
+@hookimpl
+def fv_register_commands(app):  # type: ignore[no-untyped-def]
+    from fastvideo_stepvideo.commands import stepvideo_app
+
+    app.add_typer(stepvideo_app, name="stepvideo")
