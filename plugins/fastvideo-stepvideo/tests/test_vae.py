@@ -1,0 +1,134 @@
+"""StepVideoVAE against the official ``AutoencoderKL`` (version 2): decode of two latent chunks (the
+border blend included) and encode, on the tiny weights of ``tests/data/vae_recipe.json``; the released
+names and shapes on ``meta``; decoder-only loading and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fastvideo_stepvideo.vae import StepVideoVAE, StepVideoVAEConfig, blend_chunks
+from safetensors.torch import load_file, save_file
+
+from fastvideo.errors import CheckpointError
+from fastvideo.testing import assert_close
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+from refweights import seeded_state  # noqa: E402
+
+
+def released_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """The tiny official VAE's weights under their released names, and its config."""
+    recipe = json.loads((DATA / "vae_recipe.json").read_text())
+    state = seeded_state([tuple(x) for x in recipe["official_order"]], recipe["seed"])
+    return dict(zip(recipe["released_names"], state.values(), strict=True)), recipe["config"]
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    state, config = released_state()
+    folder = tmp_path_factory.mktemp("vae")
+    save_file(state, folder / "vae_v2.safetensors")
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def io() -> dict[str, torch.Tensor]:
+    return load_file(DATA / "vae_io.safetensors")
+
+
+@pytest.fixture(scope="module")
+def vae(vae_folder: Path) -> StepVideoVAE:
+    return StepVideoVAE.from_pretrained(vae_folder)
+
+
+def test_decode_across_a_chunk_border_matches_official(vae: StepVideoVAE, io: dict) -> None:
+    """6 latent frames = 2 chunks -> 34 frames; frames 16 and 17 are the blended border."""
+    with torch.no_grad():
+        out = vae.decode(io["z"].permute(0, 2, 1, 3, 4))  # official (B, T', C, h, w) -> ours
+    ref = io["decoded"].permute(0, 2, 1, 3, 4)
+    assert out.shape == (1, 3, 34, 16, 32)
+    assert_close("decoded", ref, out, 1e-4)
+    assert_close("border frames", ref[:, :, 16:18], out[:, :, 16:18], 1e-4)
+
+
+def test_encode_matches_official(vae: StepVideoVAE, io: dict) -> None:
+    with torch.no_grad():
+        out = vae.encode(io["video"].permute(0, 2, 1, 3, 4))
+    assert_close("posterior parameters", io["encoded"].permute(0, 2, 1, 3, 4), out, 1e-4)
+
+
+def test_encode_of_one_image_matches_official(vae: StepVideoVAE, io: dict) -> None:
+    """TI2V encodes its first frame alone: one latent frame."""
+    with torch.no_grad():
+        out = vae.encode(io["video"][:, :1].permute(0, 2, 1, 3, 4))
+    assert out.shape == (1, 4, 1, 1, 2)
+    assert_close("image posterior parameters", io["encoded_image"].permute(0, 2, 1, 3, 4), out, 1e-4)
+
+
+def test_blend_is_what_separates_the_chunks(vae: StepVideoVAE, io: dict) -> None:
+    """Without the blend the border frames differ from the official ones; elsewhere they agree."""
+    z = io["z"].permute(0, 2, 1, 3, 4)
+    with torch.no_grad():
+        raw = torch.cat([vae.decode_chunk(c) for c in z.split(3, dim=2)], dim=2)
+    ref = io["decoded"].permute(0, 2, 1, 3, 4)
+    assert not torch.allclose(raw[:, :, 16:18], ref[:, :, 16:18], atol=1e-3)
+    assert_close("blended", ref, blend_chunks(raw, 17), 1e-4)
+
+
+def test_decoder_only_weights_load_and_encode_says_why_not(
+    tmp_path: Path, io: dict, vae: StepVideoVAE
+) -> None:
+    state, config = released_state()
+    save_file(
+        {k: v for k, v in state.items() if k.startswith("decoder.")},
+        tmp_path / "diffusion_pytorch_model.safetensors",
+    )
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    dec = StepVideoVAE.from_pretrained(tmp_path)
+    assert dec.encoder is None
+    z = io["z"].permute(0, 2, 1, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(dec.decode(z), vae.decode(z))
+    with pytest.raises(RuntimeError, match="decoder-only"):
+        dec.encode(io["video"].permute(0, 2, 1, 3, 4))
+
+
+def test_real_size_names_and_shapes_are_the_released_ones() -> None:
+    released = json.loads((DATA / "released_shapes.json").read_text())["vae"]
+    with torch.device("meta"):
+        model = StepVideoVAE(StepVideoVAEConfig())
+    ours = {
+        k.replace("decoder.conv_out.conv.", "decoder.conv_out."): list(v.shape)
+        for k, v in model.state_dict().items()
+    }
+    assert ours == released
+    assert 490e6 < sum(math.prod(s) for s in released.values()) < 510e6
+
+
+def test_weights_that_do_not_match_the_config_name_the_tensor(tmp_path: Path) -> None:
+    state, config = released_state()
+    save_file(state, tmp_path / "vae_v2.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({**config, "z_channels": 4}))
+    with pytest.raises(
+        CheckpointError, match=r"decoder\.conv_in\.conv\.bias has shape \(64,\), the config needs \(128,\)"
+    ):
+        StepVideoVAE.from_pretrained(tmp_path)
+    (tmp_path / "vae_v2.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"vae_v2\.safetensors"):
+        StepVideoVAE.from_pretrained(tmp_path)
+
+
+def test_bad_inputs_say_what_to_pass(vae: StepVideoVAE) -> None:
+    with pytest.raises(ValueError, match="multiple of 3 latent frames"):
+        vae.decode(torch.zeros(1, 2, 4, 1, 2))
+    with pytest.raises(ValueError, match=r"\(B, 2, T', h, w\)"):
+        vae.decode(torch.zeros(1, 5, 3, 1, 2))
+    with pytest.raises(ValueError, match="version=1"):
+        StepVideoVAEConfig(version=1)
