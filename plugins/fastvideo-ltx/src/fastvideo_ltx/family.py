@@ -44,6 +44,15 @@ class LTXVideoFamily(ModelFamily):
         return spatial * int(dit_cfg.get("patch_size", 1)), temporal * int(dit_cfg.get("patch_size_t", 1))
 
     @classmethod
+    def validate(cls, params: Any, source: ModelSource) -> None:
+        super().validate(params, source)  # sizes: multiples of the VAE stride (32); frames: 8k + 1
+        # --image turns any LTX-Video checkpoint into image-to-video (the same weights serve both)
+        if source.class_name == "LTXImageToVideoPipeline" and params.image is None:
+            raise ValueError(
+                "this LTX-Video checkpoint is image-to-video: pass --image PATH (the first frame)"
+            )
+
+    @classmethod
     def dit_class(cls) -> Any:
         from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 

@@ -1,0 +1,67 @@
+"""LTX-Video options beyond the generic sampling parameters (no torch: presets import this module)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastvideo.interfaces.model_family import ModelSource
+
+
+@dataclass(frozen=True, kw_only=True)
+class LTXVideoOptions:
+    """LTX-Video settings beyond the generic sampling parameters: a preset's (``PRESET_OPTIONS``),
+    with a folder's ``fastvideo.json`` ``"ltx"`` entries on top. Defaults are diffusers' pipelines'.
+    """
+
+    decode_timestep: float = 0.0  # timestep of the conditioned decoder (>= 0.9.1 VAEs)
+    decode_noise_scale: float | None = None  # decode-time noise mix; None = decode_timestep
+    guidance_rescale: float = 0.0  # CFG rescale (arXiv 2305.08891), 0 = off
+    timesteps: tuple[float, ...] | None = None  # explicit first-pass timesteps (distilled), replaces steps
+    # ---- distilled multi-scale chain (runs when upsampler is set)
+    upsampler: str | None = None  # repo id or folder of the LTXLatentUpsamplerModel (latent_upsampler/)
+    downscale: float = 2 / 3  # first pass at this fraction of the requested size
+    refine_timesteps: tuple[float, ...] = (1000.0, 909.0, 725.0, 421.0, 0.0)
+    refine_strength: float = 0.999  # the refine pass starts at this fraction of its schedule
+    tone_map_compression_ratio: float = 0.0  # 0.9.8: compress upsampled latents' peaks
+    adain_factor: float = 0.0  # blend of AdaIN to the first pass's statistics after upsampling
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps", "refine_timesteps"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if not 0 < self.downscale <= 1:
+            raise ValueError(f"downscale={self.downscale} must be in (0, 1]")
+        for name in ("refine_strength", "tone_map_compression_ratio", "adain_factor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+
+    @property
+    def noise_scale(self) -> float:
+        return self.decode_timestep if self.decode_noise_scale is None else self.decode_noise_scale
+
+    def with_overrides(self, overrides: dict[str, Any], where: str) -> LTXVideoOptions:
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown LTX-Video option(s) {unknown}; valid: {', '.join(sorted(names))}"
+            )
+        return replace(self, **overrides)
+
+
+def options_for(source: ModelSource) -> LTXVideoOptions:
+    """The options of ``source``: its preset's, then its folder's ``fastvideo.json`` ``"ltx"`` entries."""
+    from fastvideo_ltx.ltxv.presets import PRESET_OPTIONS
+
+    opts = PRESET_OPTIONS.get(source.preset.name, LTXVideoOptions()) if source.preset else LTXVideoOptions()
+    path = source.path / "fastvideo.json" if str(source.path) not in ("", ".") else None
+    if path is not None and path.is_file():
+        extra = json.loads(path.read_text()).get("ltx") or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f'{path}: "ltx" must be an object of LTX-Video options, got {extra!r}')
+        opts = opts.with_overrides(extra, str(path))
+    return opts
