@@ -100,11 +100,13 @@ class LTXLatents:
 
 class LTXTextEncoder:
     """T5 as LTX-Video's pipelines run it: the prompt padded to ``max_length``, the encoder run
-    without an attention mask (padding positions keep their values), the mask returned for the DiT."""
+    without an attention mask (``LTXPipeline``, ``LTXImageToVideoPipeline``) or with it (``masked``:
+    ``LTXConditionPipeline``); padding positions keep their values, the mask is returned for the DiT."""
 
-    def __init__(self, tokenizer: Any, model: Any) -> None:
+    def __init__(self, tokenizer: Any, model: Any, *, masked: bool = False) -> None:
         self.tokenizer = tokenizer
         self.model = model
+        self.masked = masked
 
     def __call__(self, prompts: list[str], max_length: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer(
@@ -116,8 +118,11 @@ class LTXTextEncoder:
             return_tensors="pt",
         )
         model_device = next(self.model.parameters()).device
-        hidden = self.model(tokens.input_ids.to(model_device))[0]  # (B, L, D)
-        return hidden.to(device), tokens.attention_mask.bool().to(device)
+        mask = tokens.attention_mask.bool().to(model_device)
+        hidden = self.model(tokens.input_ids.to(model_device), attention_mask=mask if self.masked else None)[
+            0
+        ]
+        return hidden.to(device), mask.to(device)  # (B, L, D), (B, L)
 
 
 # ---------------------------------------------------------------- timesteps
