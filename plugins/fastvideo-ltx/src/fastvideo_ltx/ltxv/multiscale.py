@@ -276,7 +276,8 @@ def multiscale_stages(
         raise ValueError("the multi-scale chain needs the first pass's timestep list (option 'timesteps')")
     vae, scheduler, transformer = parts["vae"], parts["scheduler"], parts["transformer"]
     geometry = LTXLatents.from_vae(vae)
-    parts["latent_upsampler"] = load_upsampler(source, options, parts["device"], transformer.dtype)
+    if parts.get("latent_upsampler") is None:  # a caller may hand one in (benchmarks build it in memory)
+        parts["latent_upsampler"] = load_upsampler(source, options, parts["device"], transformer.dtype)
     steps = int(scheduler.config.get("num_train_timesteps", 1000))
 
     def denoise(name: str) -> LTXConditionDenoisingStage:
