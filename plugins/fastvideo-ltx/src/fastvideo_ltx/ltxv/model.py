@@ -167,8 +167,11 @@ def drop_text_padding(
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without weights, computed in fp32 and returned in x's dtype (diffusers' ``RMSNorm``)."""
-    return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+    """RMSNorm without weights in x's dtype (diffusers' ``RMSNorm``: statistics in fp32, one rounding).
+
+    torch's ``rms_norm`` accumulates low-precision inputs in fp32 itself (one fused kernel on CUDA),
+    so no fp32 copy of ``x`` is made."""
+    return F.rms_norm(x, x.shape[-1:], eps=eps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,19 +27,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastvideo import progress
-from fastvideo.interfaces.sampler import Sampler
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.composed import PipelineStage
 from fastvideo.pipelines.stages import InputValidationStage, LatentPreparationStage, TextEncodingStage
+from fastvideo_ltx.ltxv.condition import LTXConditionDenoisingStage, TimestepListStage
 from fastvideo_ltx.ltxv.options import LTXVideoOptions
-from fastvideo_ltx.ltxv.pipeline import (
-    FAMILY,
-    LTXDecodingStage,
-    LTXDenoisingStage,
-    LTXLatents,
-    LTXTextEncoder,
-    request_scheduler,
-)
+from fastvideo_ltx.ltxv.pipeline import FAMILY, LTXDecodingStage, LTXLatents, LTXTextEncoder
 
 if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig
@@ -73,109 +66,6 @@ class PassSizeStage(PipelineStage):
         h, w = pass_sizes(*size, self.options.downscale, self.stride)[self.which]
         batch.params = dataclasses.replace(batch.params, height=h, width=w)
         return batch
-
-
-# ---------------------------------------------------------------- timestep lists
-
-
-class TimestepListSampler(Sampler):
-    """Euler on an explicit timestep list as ``LTXConditionPipeline`` steps it: the checkpoint's
-    scheduler gives the sigma table of the list; at timestep ``t`` the current sigma is ``t / 1000``
-    and the next one the largest table sigma below it. ``start`` skips the list's first timesteps
-    (a refine pass that begins part-way)."""
-
-    name = "ltx-timestep-list"
-
-    def __init__(self, scheduler: Any, timesteps: tuple[float, ...], start: int = 0) -> None:
-        super().__init__(scheduler)
-        self.timesteps = timesteps
-        self.start = start
-
-    def set_timesteps(
-        self, num_steps: int, *, device: Any = None, shift: Any = None, sigmas: Any = None
-    ) -> torch.Tensor:
-        sched = type(self.scheduler).from_config(self.scheduler.config)
-        sched.set_timesteps(timesteps=list(self.timesteps), device=device)
-        self.table = sched.sigmas.to(torch.float32)
-        self.first_sigma = self.table[self.start]
-        return sched.timesteps[self.start :]
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor,
-        sample: torch.Tensor,
-        *,
-        step_index: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        current = timestep.to(torch.float32) / self.num_train_timesteps
-        table = self.table.to(sample.device)
-        lower = torch.where(table < current - 1e-6, table, torch.zeros_like(table)).max()
-        return sample.to(torch.float32) + (lower - current) * model_output.to(torch.float32)
-
-
-class TimestepListStage(PipelineStage):
-    """This pass's sampler and timesteps; a refine pass (``strength`` < 1) also re-noises the
-    latents in ``batch.latents`` to the first kept sigma, with noise drawn from the request's generator."""
-
-    def __init__(
-        self,
-        name: str,
-        scheduler: Any,
-        geometry: LTXLatents,
-        timesteps: tuple[float, ...],
-        strength: float = 1.0,
-    ) -> None:
-        self.name = name
-        self.scheduler = scheduler
-        self.geometry = geometry
-        self.timesteps = timesteps
-        self.strength = strength
-
-    def forward(self, batch: ForwardBatch) -> ForwardBatch:
-        n = len(self.timesteps)
-        start = n - min(int(n * self.strength), n)
-        scheduler = request_scheduler(self.scheduler, self.geometry.tokens(batch.params))
-        sampler = TimestepListSampler(scheduler, self.timesteps, start)
-        batch.timesteps = sampler.set_timesteps(n, device=batch.device)
-        batch.sampler = sampler
-        if self.strength < 1:
-            assert batch.latents is not None
-            noise = torch.randn(batch.latents.shape, generator=batch.generator, dtype=torch.float32)
-            sigma = sampler.first_sigma.to(batch.device)
-            batch.latents = sigma * noise.to(batch.device) + (1 - sigma) * batch.latents
-        return batch
-
-
-# ---------------------------------------------------------------- denoising with explicit coordinates
-
-
-def causal_video_coords(
-    shape: tuple[int, ...], geometry: LTXLatents, fps: float, device: Any
-) -> torch.Tensor:
-    """``LTXConditionPipeline``'s RoPE coordinates ``(1, 3, T*H*W)``: latent indices times the VAE
-    strides, the first frame's causal fix ``max(8 t + 1 - 8, 0)``, frames divided by the frame rate."""
-    t, h, w = shape[-3:]
-    axes = [torch.arange(n, device=device) for n in (t, h, w)]
-    ids = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).reshape(1, 3, -1)
-    strides = torch.tensor([geometry.temporal, geometry.spatial, geometry.spatial], device=device)
-    coords = ids * strides[None, :, None]
-    coords[:, 0] = (coords[:, 0] + 1 - geometry.temporal).clamp(min=0)
-    coords = coords.float()
-    coords[:, 0] = coords[:, 0] * (1.0 / fps)
-    return coords
-
-
-class LTXConditionDenoisingStage(LTXDenoisingStage):
-    """The sampling loop of one pass with ``LTXConditionPipeline``'s RoPE coordinates."""
-
-    def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
-        inputs = super().model_inputs(batch, latents, t)
-        del inputs["rope_interpolation_scale"]
-        coords = causal_video_coords(latents.shape, self.geometry, batch.params.fps, latents.device)
-        inputs["video_coords"] = coords.expand(latents.shape[0], -1, -1)
-        return inputs
 
 
 # ---------------------------------------------------------------- upsampling
@@ -272,8 +162,6 @@ def multiscale_stages(
     options: LTXVideoOptions,
     config: PipelineConfig,
 ) -> list[PipelineStage]:
-    if options.timesteps is None:
-        raise ValueError("the multi-scale chain needs the first pass's timestep list (option 'timesteps')")
     vae, scheduler, transformer = parts["vae"], parts["scheduler"], parts["transformer"]
     geometry = LTXLatents.from_vae(vae)
     if parts.get("latent_upsampler") is None:  # a caller may hand one in (benchmarks build it in memory)

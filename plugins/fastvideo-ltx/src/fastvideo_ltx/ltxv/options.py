@@ -19,6 +19,7 @@ class LTXVideoOptions:
     decode_timestep: float = 0.0  # timestep of the conditioned decoder (>= 0.9.1 VAEs)
     decode_noise_scale: float | None = None  # decode-time noise mix; None = decode_timestep
     guidance_rescale: float = 0.0  # CFG rescale (arXiv 2305.08891), 0 = off
+    image_cond_noise_scale: float = 0.15  # conditioning pipeline: noise re-added to hard conditions
     timesteps: tuple[float, ...] | None = None  # explicit first-pass timesteps (distilled), replaces steps
     # ---- distilled multi-scale chain (runs when upsampler is set)
     upsampler: str | None = None  # repo id or folder of the LTXLatentUpsamplerModel (latent_upsampler/)
@@ -65,3 +66,19 @@ def options_for(source: ModelSource) -> LTXVideoOptions:
             raise ValueError(f'{path}: "ltx" must be an object of LTX-Video options, got {extra!r}')
         opts = opts.with_overrides(extra, str(path))
     return opts
+
+
+def linear_quadratic_schedule(num_steps: int, threshold: float = 0.025) -> list[float]:
+    """``LTXConditionPipeline``'s default sigmas: linear from 1 to ``1 - threshold`` over the first
+    half of the steps, then quadratic down towards 0 (the final 0 not included)."""
+    if num_steps < 2:
+        return [1.0]
+    lin = num_steps // 2
+    schedule = [i * threshold / lin for i in range(lin)]
+    diff = lin - threshold * num_steps
+    quad = num_steps - lin
+    a = diff / (lin * quad**2)
+    b = threshold / lin - 2 * diff / quad**2
+    c = a * lin**2
+    schedule += [a * i**2 + b * i + c for i in range(lin, num_steps)]
+    return [1.0 - x for x in schedule]

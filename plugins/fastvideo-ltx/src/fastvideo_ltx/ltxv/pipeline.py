@@ -377,6 +377,10 @@ def build_ltx_pipeline(
         from fastvideo_ltx.ltxv.multiscale import multiscale_stages
 
         stages = multiscale_stages(family, source, parts, options, config)
+    elif source.class_name == "LTXConditionPipeline":
+        from fastvideo_ltx.ltxv.condition import condition_stages
+
+        stages = condition_stages(family, source, parts, options, config)
     else:
         stages = ltx_stages(family, source, parts, options, config)
     return ComposedPipeline(stages, parts)
