@@ -1,0 +1,85 @@
+"""The ``ltx`` family: registration without torch, presets and their options, detection, and request
+validation against the real checkpoints' strides (32 x 32 x 8) with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastvideo_ltx.family import LTXVideoFamily
+from fastvideo_ltx.ltxv.configs import CONFIGS, VAE_095
+from fastvideo_ltx.ltxv.options import LTXVideoOptions
+from fastvideo_ltx.ltxv.presets import PRESET_OPTIONS, PRESETS
+
+from fastvideo.configs import SamplingParams
+from fastvideo.interfaces.model_family import ModelSource
+
+
+def test_registration_imports_no_torch() -> None:
+    code = (
+        "import sys; from fastvideo.registry import get_registry; reg = get_registry(); "
+        "assert 'ltx' in reg.names('model_family'), reg.names('model_family'); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_preset_has_options_and_valid_sampling() -> None:
+    assert {p.name for p in PRESETS} == set(PRESET_OPTIONS)
+    for preset in PRESETS:
+        params = SamplingParams().with_overrides(dict(preset.sampling))
+        assert (params.num_frames - 1) % 8 == 0 and params.height % 32 == 0 and params.width % 32 == 0
+        opts = PRESET_OPTIONS[preset.name]
+        assert isinstance(opts, LTXVideoOptions)
+        if "distilled" in preset.name:
+            assert params.guidance_scale == 1.0 and opts.upsampler and opts.timesteps is not None
+    assert PRESET_OPTIONS["ltx-video-0.9.8-13b-distilled"].tone_map_compression_ratio == 0.6
+
+
+@pytest.fixture
+def real_layout(tmp_path: Path) -> ModelSource:
+    """A folder with the real 0.9.5 VAE and 2B DiT configs (no weights): what validation reads."""
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(
+        json.dumps({"_class_name": "AutoencoderKLLTXVideo", **VAE_095})
+    )
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(CONFIGS["ltx-video-2b"]))
+    index = {"_class_name": "LTXConditionPipeline"}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert LTXVideoFamily.detect(index) and not LTXVideoFamily.detect({"_class_name": "WanPipeline"})
+    return ModelSource(family=LTXVideoFamily, path=tmp_path, model_index=index)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        (dict(num_frames=120), "num_frames=120 is invalid for ltx: it must be 8*k+1 (e.g. 113 or 121)"),
+        (dict(height=500), "height=500 is not divisible by 32, which ltx requires; use 480 or 512"),
+        (dict(width=700), "width=700 is not divisible by 32, which ltx requires; use 672 or 704"),
+    ],
+)
+def test_real_strides_validate_with_one_line_errors(
+    real_layout: ModelSource, override: dict, words: str
+) -> None:
+    assert LTXVideoFamily.factors(real_layout) == (32, 8)
+    params = SamplingParams(num_frames=121, height=512, width=704).with_overrides(override)
+    with pytest.raises(ValueError, match=re.escape(words)) as info:
+        LTXVideoFamily.validate(params, real_layout)
+    assert "\n" not in str(info.value)
+    LTXVideoFamily.validate(SamplingParams(num_frames=121, height=512, width=704), real_layout)
+
+
+def test_make_tiny_command_writes_a_loadable_folder(tmp_path: Path) -> None:
+    from fastvideo_ltx.commands import ltx_app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(ltx_app, [str(tmp_path / "tiny")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tiny" / "model_index.json").read_text())["_class_name"] == "LTXPipeline"
+    again = CliRunner().invoke(ltx_app, [str(tmp_path / "tiny")])
+    assert again.exit_code == 2 and "pass --overwrite" in again.output
