@@ -1,9 +1,9 @@
 """LTX-Video 0.9.x on the GPU with random weights: the DiT forward against diffusers, and the distilled
 multi-scale chain end to end.
 
-    python benchmarks/bench_ltx.py dit --config ltx-video-2b --frames 161 --height 512 --width 704 --compile
+    python benchmarks/bench_ltx.py dit --config ltx-video-2b --shapes 161x512x704,121x704x1216 --compile
     python benchmarks/bench_ltx.py chain --dit ltx-video-13b --frames 161 --height 512 --width 704
-    python benchmarks/bench_ltx.py dit --tiny --device cpu --no-record     # dry run on CPU
+    python benchmarks/bench_ltx.py dit --tiny --device cpu --no-record --shapes 17x128x160   # CPU dry run
 
 ``dit``: diffusers' ``LTXVideoTransformer3DModel`` with random weights and ours with the same weights
 (through the declared name mapping), both bf16 on the card; outputs compared, then each timed eager,
@@ -78,19 +78,31 @@ def build_pair(cfg: dict[str, Any], dtype: torch.dtype, device: str) -> tuple[An
     return ref, ours.eval()
 
 
-def bench_dit(args: argparse.Namespace) -> None:
+def shape_inputs(
+    cfg: dict[str, Any], shape: str, text_valid: int, device: str, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Inputs of one ``FxHxW`` request (pixels): latents, 128 T5 tokens (``text_valid`` unmasked), t = 500."""
+    frames, height, width = (int(v) for v in shape.split("x"))
+    f, h, w = (frames - 1) // 8 + 1, height // 32, width // 32
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(1, cfg["in_channels"], f, h, w, device=device, generator=gen, dtype=dtype)
+    text = torch.randn(1, 128, cfg["caption_channels"], device=device, generator=gen, dtype=dtype)
+    mask = (torch.arange(128, device=device) < text_valid).long()[None]
+    return {
+        "shape": shape,
+        "x": x,
+        "text": text,
+        "mask": mask,
+        "t": torch.tensor([500.0], device=device),
+        "grid": (f, h, w),
+        "tokens": f * h * w,
+    }
+
+
+def runners(ref: Any, ours: Any, inp: dict[str, Any]) -> tuple[Any, Any]:
     from fastvideo.attention import use_backend
 
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    cfg = dit_config(args.config, args.tiny)
-    ref, ours = build_pair(cfg, dtype, args.device)
-    f, h, w = (args.frames - 1) // 8 + 1, args.height // 32, args.width // 32
-    tokens = f * h * w
-    gen = torch.Generator(device=args.device).manual_seed(1)
-    x = torch.randn(1, cfg["in_channels"], f, h, w, device=args.device, generator=gen, dtype=dtype)
-    text = torch.randn(1, 128, cfg["caption_channels"], device=args.device, generator=gen, dtype=dtype)
-    mask = (torch.arange(128, device=args.device) < args.text_valid).long()[None]
-    t = torch.tensor([500.0], device=args.device)
+    x, text, t, mask, (f, h, w) = inp["x"], inp["text"], inp["t"], inp["mask"], inp["grid"]
     scale = (8 / 25, 32.0, 32.0)
     packed = x.flatten(2).transpose(1, 2)
 
@@ -103,31 +115,49 @@ def bench_dit(args: argparse.Namespace) -> None:
         with torch.inference_mode(), use_backend(None):  # as the pipeline runs it
             return ours(x, text, t, mask, scale)
 
+    return run_ref, run_ours
+
+
+def bench_dit(args: argparse.Namespace) -> None:
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    cfg = dit_config(args.config, args.tiny)
+    ref, ours = build_pair(cfg, dtype, args.device)
+    inputs = [shape_inputs(cfg, s, args.text_valid, args.device, dtype) for s in args.shapes.split(",")]
     if args.device != "cuda":  # dry run: one call each, outputs compared
-        d = (run_ours().float() - run_ref().float()).abs().max().item()
-        print(f"dry run ({args.device}): tokens={tokens}, max |ours - diffusers| = {d:.3g}")
+        for inp in inputs:
+            run_ref, run_ours = runners(ref, ours, inp)
+            d = (run_ours().float() - run_ref().float()).abs().max().item()
+            print(
+                f"dry run ({args.device}) {inp['shape']}: tokens={inp['tokens']}, max |ours - diffusers| = {d:.3g}"
+            )
         return
     env = environment()
     ours.to("cuda")
     rows = []
-    t_ref, out_ref = time_cuda("diffusers", run_ref, warmup=args.warmup, iters=args.iters)
-    t_ours, out = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
-    rows.append(("eager", t_ours, t_ref, out, out_ref))
+    for inp in inputs:  # eager
+        run_ref, run_ours = runners(ref, ours, inp)
+        t_ref, out_ref = time_cuda("diffusers", run_ref, warmup=args.warmup, iters=args.iters)
+        t_ours, out = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
+        rows.append((inp, "eager", t_ours, t_ref, out, out_ref))
     if args.compile:
         ref.compile_repeated_blocks()
         ours.compile_blocks()
-        t_rc, out_rc = time_cuda("diffusers-compiled", run_ref, warmup=max(args.warmup, 2), iters=args.iters)
-        t_oc, out_c = time_cuda("ours-compiled", run_ours, warmup=max(args.warmup, 2), iters=args.iters)
-        rows.append(
-            ("compiled (ours compile_blocks, diffusers compile_repeated_blocks)", t_oc, t_rc, out_c, out_rc)
-        )
-    print(f"{env['card']} torch {env['torch']} diffusers {env['diffusers']} {args.config} tokens={tokens}")
-    for variant, tm, tr, o, r in rows:
+        for inp in inputs:
+            run_ref, run_ours = runners(ref, ours, inp)
+            t_rc, out_rc = time_cuda(
+                "diffusers-compiled", run_ref, warmup=max(args.warmup, 2), iters=args.iters
+            )
+            t_oc, out_c = time_cuda("ours-compiled", run_ours, warmup=max(args.warmup, 2), iters=args.iters)
+            variant = "compiled (ours compile_blocks, diffusers compile_repeated_blocks)"
+            rows.append((inp, variant, t_oc, t_rc, out_c, out_rc))
+    print(f"{env['card']} torch {env['torch']} diffusers {env['diffusers']} {args.config}")
+    for inp, variant, tm, tr, o, r in rows:
         diff = (o.float() - r.float()).abs()
         ratio = tm.median_ms / tr.median_ms
         print(
-            f"[{variant}] ours {tm.median_ms:.1f} ms (peak {tm.peak_gib:.2f} GiB), diffusers {tr.median_ms:.1f} ms "
-            f"(peak {tr.peak_gib:.2f} GiB), ratio {ratio:.3f}, max|d| {diff.max():.4g}, ref scale {r.float().abs().max():.3g}"
+            f"{inp['shape']} ({inp['tokens']} tokens) [{variant}] ours {tm.median_ms:.1f} ms (peak {tm.peak_gib:.2f} GiB), "
+            f"diffusers {tr.median_ms:.1f} ms (peak {tr.peak_gib:.2f} GiB), ratio {ratio:.3f}, max|d| {diff.max():.4g}, "
+            f"ref scale {r.float().abs().max():.3g}"
         )
         if not args.no_record:
             append_row(
@@ -137,7 +167,7 @@ def bench_dit(args: argparse.Namespace) -> None:
                     env["date"],
                     env["card"],
                     args.config,
-                    f"{args.frames}x{args.height}x{args.width}, {tokens}",
+                    f"{inp['shape']}, {inp['tokens']}",
                     "bf16",
                     variant,
                     f"{tm.median_ms:.1f}",
@@ -174,17 +204,25 @@ def build_chain(dit: str, device: str, tiny: bool) -> Any:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     dev = torch.device(device)
-    with dev:
-        if tiny:
-            text_encoder, vae = tiny_mod.tiny_text_encoder(), tiny_mod.tiny_vae(timestep_conditioning=True)
-            upsampler = tiny_mod.tiny_upsampler()
-            dit_cfg = dit_config(dit, True)
-        else:
-            text_encoder = T5EncoderModel(T5Config(**configs.T5_XXL))
-            vae = AutoencoderKLLTXVideo(**configs.VAE_095)
-            upsampler = LTXLatentUpsamplerModel(**configs.UPSAMPLER_097)
-            dit_cfg = dit_config(dit, False)
-    transformer = LTXVideoTransformer.from_config(dit_cfg, device=device).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 directly: a 13B fp32 copy would not fit beside it
+    try:
+        with dev:
+            if tiny:
+                text_encoder, vae = (
+                    tiny_mod.tiny_text_encoder(),
+                    tiny_mod.tiny_vae(timestep_conditioning=True),
+                )
+                upsampler = tiny_mod.tiny_upsampler()
+                dit_cfg = dit_config(dit, True)
+            else:
+                text_encoder = T5EncoderModel(T5Config(**configs.T5_XXL))
+                vae = AutoencoderKLLTXVideo(**configs.VAE_095)
+                upsampler = LTXLatentUpsamplerModel(**configs.UPSAMPLER_097)
+                dit_cfg = dit_config(dit, False)
+        transformer = LTXVideoTransformer.from_config(dit_cfg, device=device).eval()
+    finally:
+        torch.set_default_dtype(default)
     parts = {
         "device": dev,
         "tokenizer": tiny_mod.tiny_tokenizer(),
@@ -257,7 +295,10 @@ def main() -> None:
     ap.add_argument("what", choices=["dit", "chain"])
     ap.add_argument("--config", default="ltx-video-2b", help="dit: the DiT config")
     ap.add_argument("--dit", default="ltx-video-13b", help="chain: the DiT config")
-    ap.add_argument("--frames", type=int, default=161)
+    ap.add_argument(
+        "--shapes", default="161x512x704,121x704x1216", help="dit: FxHxW requests, comma-separated"
+    )
+    ap.add_argument("--frames", type=int, default=161, help="chain: the request")
     ap.add_argument("--height", type=int, default=512)
     ap.add_argument("--width", type=int, default=704)
     ap.add_argument("--text-valid", type=int, default=96, help="unmasked text tokens of 128")

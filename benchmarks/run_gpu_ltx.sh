@@ -13,13 +13,10 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 
-echo "== LTX-Video 2B DiT forward, 161x512x704"
-timeout 170 python3 benchmarks/bench_ltx.py dit --config ltx-video-2b --frames 161 --height 512 --width 704 \
-    --compile 2>&1 | grep -v -i warn | tee "$out/ltx_dit_512.log"
-echo "== LTX-Video 2B DiT forward, 121x704x1216"
-timeout 170 python3 benchmarks/bench_ltx.py dit --config ltx-video-2b --frames 121 --height 704 --width 1216 \
-    --compile 2>&1 | grep -v -i warn | tee "$out/ltx_dit_704.log"
+echo "== LTX-Video 2B DiT forward, 161x512x704 and 121x704x1216, eager then compiled"
+timeout 290 python3 benchmarks/bench_ltx.py dit --config ltx-video-2b --shapes 161x512x704,121x704x1216 \
+    --compile 2>&1 | grep -v -i warn | tee "$out/ltx_dit.log"
 echo "== LTX-Video 0.9.8-distilled multi-scale chain (13B), 161x512x704"
-timeout 200 python3 benchmarks/bench_ltx.py chain --dit ltx-video-13b --frames 161 --height 512 --width 704 \
+timeout 170 python3 benchmarks/bench_ltx.py chain --dit ltx-video-13b --frames 161 --height 512 --width 704 \
     2>&1 | grep -v -i warn | tee "$out/ltx_chain.log"
 cp docs/benchmarks.md "$out/benchmarks.md"
