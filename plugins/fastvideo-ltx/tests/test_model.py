@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -156,3 +157,22 @@ def test_config_reads_diffusers_json_and_13b_width() -> None:
     assert 12.5e9 < n < 14e9, n  # 13B
     n2 = sum(p.numel() for p in LTXVideoTransformer.from_config(CONFIGS["ltx-video-2b"]).parameters())
     assert 1.8e9 < n2 < 2.1e9, n2
+
+
+def test_bf16_error_no_worse_than_diffusers_bf16(tmp_path: Path) -> None:
+    """Against the fp32 output, our bf16 forward (RoPE tables rounded to bf16, fused norms) is as
+    accurate as diffusers' own bf16 forward (fp32 RoPE), at a width with real head sizes."""
+    from diffusers import LTXVideoTransformer3DModel
+    from fastvideo_ltx.ltxv.tiny import tiny_dit
+
+    ref = tiny_dit(3, num_attention_heads=4, attention_head_dim=64, cross_attention_dim=256)
+    ref.save_pretrained(tmp_path)
+    ours = LTXVideoTransformer.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    ref_bf16 = LTXVideoTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    x, text, t, mask, scale = make_inputs(ref.config, batch=2, latent=(4, 8, 8))
+    low = (x.bfloat16(), text.bfloat16(), t, mask, scale)
+    with torch.no_grad(), use_backend("sdpa"):
+        exact = packed_reference(ref, (x, text, t, mask, scale))
+        err_ours = rel_err(ours(*low), exact)
+        err_ref = rel_err(packed_reference(ref_bf16, low), exact)
+    assert err_ours <= 1.25 * err_ref + 1e-3, (err_ours, err_ref)

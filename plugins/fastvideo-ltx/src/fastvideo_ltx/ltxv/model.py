@@ -376,7 +376,10 @@ class LTXVideoTransformer(DiT):
                 )
             base = torch.tensor(ROPE_BASE, device=device)
             coords = video_coords.float().transpose(1, 2) / base  # (B, L, 3)
-        return rope_tables_full_width(coords, self.config.dim)
+        cos, sin = rope_tables_full_width(coords, self.config.dim)  # fp32 angles
+        # rounded once to the compute dtype, as Wan's tables: mixed-dtype elementwise ops over
+        # (L, D) cost twice the memory traffic, and RoPE is most of a block's elementwise work
+        return cos.to(self.dtype), sin.to(self.dtype)
 
     def _timestep(self, timestep: torch.Tensor, b: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(temb (B, Lm, 6, D), embedded timestep (B, Lm, D))``, ``Lm`` = 1 or the token count."""
