@@ -134,3 +134,85 @@ def test_chain_rejects_an_image(folder: Path, tmp_path: Path) -> None:
             width=WIDTH,
             image=str(tmp_path / "x.png"),
         )
+
+
+@pytest.mark.slow
+def test_dev_chain_matches_diffusers_recipe(folder: Path, tmp_path: Path) -> None:
+    """0.9.7-dev's chain: CFG with a negative prompt and rescale, the conditioning pipeline's
+    linear-quadratic schedule in the first pass, no AdaIN, and a refine pass on its 10-step schedule
+    from strength 0.4 (the last 4 steps)."""
+    import shutil
+
+    from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
+    from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from fastvideo_ltx.ltxv.presets import DEV_REFINE_TIMESTEPS
+
+    dev = tmp_path / "dev"
+    shutil.copytree(folder, dev)
+    options = {
+        "decode_timestep": 0.05,
+        "decode_noise_scale": 0.025,
+        "guidance_rescale": 0.7,
+        "image_cond_noise_scale": 0.0,
+        "upsampler": "upsampler",
+        "refine_timesteps": list(DEV_REFINE_TIMESTEPS),
+        "refine_strength": 0.4,
+    }
+    (dev / "fastvideo.json").write_text(json.dumps({"ltx": options}))
+    neg = "worst quality, blurry"
+    ours = (
+        VideoGenerator.from_pretrained(str(dev), device="cpu")
+        .generate_video(
+            "a red ball",
+            negative_prompt=neg,
+            output_path=None,
+            num_frames=FRAMES,
+            height=HEIGHT,
+            width=WIDTH,
+            num_inference_steps=4,
+            guidance_scale=5.0,
+            seed=SEED,
+            fps=24,
+            max_sequence_length=16,
+        )
+        .frames
+    )
+    pipe = LTXConditionPipeline.from_pretrained(dev)
+    upsampler = LTXLatentUpsamplerModel.from_pretrained(dev / "upsampler" / "latent_upsampler")
+    upsample = LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
+    g = torch.Generator().manual_seed(SEED)
+    common = dict(
+        negative_prompt=neg,
+        num_frames=FRAMES,
+        decode_timestep=0.05,
+        decode_noise_scale=0.025,
+        image_cond_noise_scale=0.0,
+        guidance_scale=5.0,
+        guidance_rescale=0.7,
+        max_sequence_length=16,
+        frame_rate=24,
+    )
+    low = pipe(
+        prompt="a red ball",
+        height=64,
+        width=96,
+        num_inference_steps=4,
+        generator=g,
+        output_type="latent",
+        **common,
+    ).frames
+    up = upsample(latents=low, output_type="latent").frames
+    video = pipe(
+        prompt="a red ball",
+        height=128,
+        width=192,
+        denoise_strength=0.4,
+        num_inference_steps=10,
+        latents=up,
+        generator=g,
+        output_type="pil",
+        **common,
+    ).frames[0]
+    ref = np.stack([np.asarray(frame.resize((WIDTH, HEIGHT))) for frame in video])
+    diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+    assert diff.mean() <= 0.03 and diff.max() <= 2, (diff.mean(), diff.max())
