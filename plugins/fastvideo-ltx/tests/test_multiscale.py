@@ -22,6 +22,7 @@ OPTIONS = {
     "decode_timestep": 0.05,
     "decode_noise_scale": 0.025,
     "guidance_rescale": 0.7,
+    "image_cond_noise_scale": 0.0,
     "timesteps": list(DISTILLED_TIMESTEPS),
     "upsampler": "upsampler",
     "refine_timesteps": list(REFINE_TIMESTEPS),
@@ -40,16 +41,29 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     make_tiny_upsampler(path / "upsampler")
     (path / "fastvideo.json").write_text(json.dumps({"ltx": OPTIONS}))
+    from PIL import Image
+
+    pixels = np.random.default_rng(2).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path.parent / "first.png")
     return path
 
 
-def test_chain_matches_diffusers_recipe(folder: Path) -> None:
+@pytest.mark.parametrize(
+    "with_image", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["t2v", "image"]
+)
+def test_chain_matches_diffusers_recipe(folder: Path, with_image: bool) -> None:
+    """With an image, its condition applies to both passes, as the documented recipe passes it."""
     from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+    from PIL import Image
 
+    image = str(folder.parent / "first.png") if with_image else None
+    conditions = [LTXVideoCondition(image=Image.open(image), frame_index=0)] if image else None
     gen = VideoGenerator.from_pretrained(str(folder), device="cpu")
     result = gen.generate_video(
         "a red ball",
+        image=image,
         output_path=None,
         num_frames=FRAMES,
         height=HEIGHT,
@@ -79,6 +93,7 @@ def test_chain_matches_diffusers_recipe(folder: Path) -> None:
         guidance_rescale=0.7,
         max_sequence_length=16,
         frame_rate=24,
+        conditions=conditions,
     )
     low = pipe(
         prompt="a red ball",
@@ -121,19 +136,6 @@ def test_adain_and_tone_map_match_diffusers() -> None:
 def test_pass_sizes_round_to_the_stride() -> None:
     assert pass_sizes(480, 832, 2 / 3, 32) == ((320, 544), (640, 1088))  # diffusers' docs example
     assert pass_sizes(32, 32, 2 / 3, 32) == ((32, 32), (64, 64))
-
-
-def test_chain_rejects_an_image(folder: Path, tmp_path: Path) -> None:
-    gen = VideoGenerator.from_pretrained(str(folder), device="cpu")
-    with pytest.raises(ValueError, match="multi-scale chain is text-to-video here; drop --image"):
-        gen.generate_video(
-            "a red ball",
-            output_path=None,
-            num_frames=FRAMES,
-            height=HEIGHT,
-            width=WIDTH,
-            image=str(tmp_path / "x.png"),
-        )
 
 
 @pytest.mark.slow

@@ -47,11 +47,6 @@ class LTXVideoFamily(ModelFamily):
     def validate(cls, params: Any, source: ModelSource) -> None:
         super().validate(params, source)  # sizes: multiples of the VAE stride (32); frames: 8k + 1
         # --image turns any LTX-Video checkpoint into image-to-video (the same weights serve both)
-        if params.image is not None and _options(source).upsampler is not None:
-            raise ValueError(
-                "the distilled multi-scale chain is text-to-video here; drop --image, or run the checkpoint "
-                'without the chain (a folder whose fastvideo.json sets "ltx": {"upsampler": null})'
-            )
         if source.class_name == "LTXImageToVideoPipeline" and params.image is None:
             raise ValueError(
                 "this LTX-Video checkpoint is image-to-video: pass --image PATH (the first frame)"
@@ -68,12 +63,6 @@ class LTXVideoFamily(ModelFamily):
         from fastvideo_ltx.ltxv.pipeline import build_ltx_pipeline
 
         return build_ltx_pipeline(cls, source, config)
-
-
-def _options(source: ModelSource) -> Any:
-    from fastvideo_ltx.ltxv.options import options_for
-
-    return options_for(source)
 
 
 def vae_strides(vae_cfg: dict[str, Any]) -> tuple[int, int]:

@@ -11,11 +11,14 @@ As diffusers' documentation runs the distilled checkpoints (``LTXConditionPipeli
    kept by ``refine_strength`` of the refine timestep list, then denoised on the rest of it;
 4. decoding, and a resize of the frames to the requested size.
 
+Conditions (``--image``, as in :mod:`fastvideo_ltx.ltxv.condition`) apply to both passes, encoded at
+each pass's size, as diffusers' documentation passes them to both ``LTXConditionPipeline`` calls.
+
 The passes follow ``LTXConditionPipeline``'s conventions: T5 run with its attention mask, RoPE on
 explicit coordinates (latent index x VAE stride, the causal first-frame fix, frames / frame rate),
 and the Euler update on the timestep list (current sigma ``t / 1000``, next sigma the largest
-schedule sigma below it). Every random draw (first-pass noise, refine noise, decode noise) comes
-from the request's generator, in that order.
+schedule sigma below it). Every random draw (first-pass noise and conditions, refine noise and
+conditions, decode noise) comes from the request's generator, in that order.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from fastvideo import progress
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.composed import PipelineStage
 from fastvideo.pipelines.stages import InputValidationStage, LatentPreparationStage, TextEncodingStage
-from fastvideo_ltx.ltxv.condition import LTXConditionDenoisingStage, TimestepListStage
+from fastvideo_ltx.ltxv.condition import (
+    LTXConditionDenoisingStage,
+    LTXConditionLatentStage,
+    TimestepListStage,
+)
 from fastvideo_ltx.ltxv.options import LTXVideoOptions
 from fastvideo_ltx.ltxv.pipeline import FAMILY, LTXDecodingStage, LTXLatents, LTXTextEncoder
 
@@ -170,8 +177,17 @@ def multiscale_stages(
 
     def denoise(name: str) -> LTXConditionDenoisingStage:
         stage = LTXConditionDenoisingStage(
-            transformer, geometry, guidance_rescale=options.guidance_rescale, num_train_timesteps=steps
+            transformer,
+            geometry,
+            guidance_rescale=options.guidance_rescale,
+            num_train_timesteps=steps,
+            image_cond_noise_scale=options.image_cond_noise_scale,
         )
+        stage.name = name
+        return stage
+
+    def conditions(name: str) -> LTXConditionLatentStage:
+        stage = LTXConditionLatentStage(vae, geometry)  # a no-op without --image
         stage.name = name
         return stage
 
@@ -181,6 +197,7 @@ def multiscale_stages(
         PassSizeStage("first_pass_size", 0, options, geometry.spatial),
         TimestepListStage("first_pass_timesteps", scheduler, geometry, options.timesteps),
         LatentPreparationStage(geometry.shape),
+        conditions("first_pass_conditions"),
         denoise("first_pass"),
         LTXUpsampleStage(parts["latent_upsampler"], geometry, options),
         PassSizeStage("refine_size", 1, options, geometry.spatial),
@@ -191,6 +208,7 @@ def multiscale_stages(
             options.refine_timesteps,
             strength=options.refine_strength,
         ),
+        conditions("refine_conditions"),  # the same conditions, encoded again at the refine size
         denoise("refine"),
         LTXDecodingStage(vae, geometry, options, tiling=config.vae_tiling),
         ResizeFramesStage(),
