@@ -63,6 +63,7 @@ def dit_config(name: str, tiny: bool) -> dict[str, Any]:
 def build_pair(cfg: dict[str, Any], dtype: torch.dtype, device: str) -> tuple[Any, Any]:
     """diffusers' model with random weights (N(0, 0.02)) and ours holding the very same tensors' values."""
     from diffusers import LTXVideoTransformer3DModel
+
     from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 
     torch.manual_seed(0)
@@ -189,17 +190,17 @@ def build_chain(dit: str, device: str, tiny: bool) -> Any:
     """The 0.9.8-distilled chain's pipeline from real configs (or the tiny ones) with random weights."""
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+    from transformers import T5Config, T5EncoderModel
+
+    from fastvideo.configs import PipelineConfig
+    from fastvideo.interfaces.model_family import ModelSource
+    from fastvideo.pipelines.composed import ComposedPipeline
     from fastvideo_ltx.family import LTXVideoFamily
     from fastvideo_ltx.ltxv import configs
     from fastvideo_ltx.ltxv import tiny as tiny_mod
     from fastvideo_ltx.ltxv.model import LTXVideoTransformer
     from fastvideo_ltx.ltxv.multiscale import multiscale_stages
     from fastvideo_ltx.ltxv.presets import PRESET_OPTIONS
-    from transformers import T5Config, T5EncoderModel
-
-    from fastvideo.configs import PipelineConfig
-    from fastvideo.interfaces.model_family import ModelSource
-    from fastvideo.pipelines.composed import ComposedPipeline
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)

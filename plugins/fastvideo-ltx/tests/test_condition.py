@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from fastvideo import VideoGenerator
 from fastvideo_ltx.ltxv.condition import Condition, parse_conditions
 from fastvideo_ltx.ltxv.options import linear_quadratic_schedule
 from fastvideo_ltx.ltxv.tiny import make_tiny_ltx
-
-from fastvideo import VideoGenerator
 
 FRAMES, HEIGHT, WIDTH, STEPS, SEED = 17, 64, 96, 4, 5
 OPTIONS = {
@@ -52,8 +52,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_conditions_match_diffusers(folder: Path, spec: str) -> None:
     from diffusers import LTXConditionPipeline
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
-    from fastvideo_ltx.ltxv.condition import read_clip
     from PIL import Image
+
+    from fastvideo_ltx.ltxv.condition import read_clip
 
     spec = ";".join(str(folder.parent / s) for s in spec.split(";"))
     gen = VideoGenerator.from_pretrained(str(folder), device="cpu")

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fastvideo.configs import SamplingParams
+from fastvideo.interfaces.model_family import ModelSource
 from fastvideo_ltx.family import LTXVideoFamily
 from fastvideo_ltx.ltxv.configs import CONFIGS, VAE_095
 from fastvideo_ltx.ltxv.options import LTXVideoOptions
 from fastvideo_ltx.ltxv.presets import PRESET_OPTIONS, PRESETS
-
-from fastvideo.configs import SamplingParams
-from fastvideo.interfaces.model_family import ModelSource
 
 
 def test_registration_imports_no_torch() -> None:
@@ -75,8 +75,9 @@ def test_real_strides_validate_with_one_line_errors(
 
 
 def test_make_tiny_command_writes_a_loadable_folder(tmp_path: Path) -> None:
-    from fastvideo_ltx.commands import ltx_app
     from typer.testing import CliRunner
+
+    from fastvideo_ltx.commands import ltx_app
 
     result = CliRunner().invoke(ltx_app, [str(tmp_path / "tiny")])
     assert result.exit_code == 0, result.output

@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from fastvideo_ltx.ltxv import convert
-from fastvideo_ltx.ltxv.configs import CONFIGS
-from fastvideo_ltx.ltxv.model import LTXVideoConfig, LTXVideoTransformer, drop_text_padding
 
 from fastvideo.attention import use_backend
 from fastvideo.testing.conformance import DiTConformance, rel_err
+from fastvideo_ltx.ltxv import convert
+from fastvideo_ltx.ltxv.configs import CONFIGS
+from fastvideo_ltx.ltxv.model import LTXVideoConfig, LTXVideoTransformer, drop_text_padding
 
 
 def make_inputs(
@@ -163,6 +163,7 @@ def test_bf16_error_no_worse_than_diffusers_bf16(tmp_path: Path) -> None:
     """Against the fp32 output, our bf16 forward (RoPE tables rounded to bf16, fused norms) is as
     accurate as diffusers' own bf16 forward (fp32 RoPE), at a width with real head sizes."""
     from diffusers import LTXVideoTransformer3DModel
+
     from fastvideo_ltx.ltxv.tiny import tiny_dit
 
     ref = tiny_dit(3, num_attention_heads=4, attention_head_dim=64, cross_attention_dim=256)

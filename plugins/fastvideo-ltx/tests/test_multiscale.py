@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from fastvideo import VideoGenerator
 from fastvideo_ltx.ltxv.multiscale import adain, pass_sizes, tone_map
 from fastvideo_ltx.ltxv.presets import DISTILLED_TIMESTEPS, REFINE_TIMESTEPS
 from fastvideo_ltx.ltxv.tiny import make_tiny_ltx, make_tiny_upsampler
-
-from fastvideo import VideoGenerator
 
 FRAMES, HEIGHT, WIDTH, SEED = 9, 96, 144, 3
 OPTIONS = {
@@ -147,6 +147,7 @@ def test_dev_chain_matches_diffusers_recipe(folder: Path, tmp_path: Path) -> Non
 
     from diffusers import LTXConditionPipeline, LTXLatentUpsamplePipeline
     from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
+
     from fastvideo_ltx.ltxv.presets import DEV_REFINE_TIMESTEPS
 
     dev = tmp_path / "dev"

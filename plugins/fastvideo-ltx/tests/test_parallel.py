@@ -24,12 +24,12 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     from pathlib import Path
 
     import torch
-    from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_model import make_inputs

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fastvideo_ltx.ltxv.tiny import make_tiny_ltx
 
 from fastvideo import VideoGenerator
+from fastvideo_ltx.ltxv.tiny import make_tiny_ltx
 
 FRAMES, HEIGHT, WIDTH, STEPS, SEED = 9, 64, 96, 3, 7
 LATENT = (1, 8, 3, 16, 24)  # tiny VAE: 8 channels, 4x4x4 compression
