@@ -159,3 +159,6 @@ def test_unknown_folder_option_is_named(tmp_path: Path, folders: dict[str, Path]
     (folder / "fastvideo.json").write_text(json.dumps({"ltx": {"decode_steps": 3}}))
     with pytest.raises(ValueError, match=r"fastvideo.json: unknown LTX-Video option\(s\) \['decode_steps'\]"):
         VideoGenerator.from_pretrained(str(folder), device="cpu")
+    (folder / "fastvideo.json").write_text(json.dumps({"ltx": {"refine_strength": 3}}))
+    with pytest.raises(ValueError, match=r"fastvideo.json: refine_strength=3 must be in \[0, 1\]"):
+        VideoGenerator.from_pretrained(str(folder), device="cpu")

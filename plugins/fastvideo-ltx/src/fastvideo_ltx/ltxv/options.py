@@ -51,7 +51,10 @@ class LTXVideoOptions:
             raise ValueError(
                 f"{where}: unknown LTX-Video option(s) {unknown}; valid: {', '.join(sorted(names))}"
             )
-        return replace(self, **overrides)
+        try:
+            return replace(self, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def options_for(source: ModelSource) -> LTXVideoOptions:
