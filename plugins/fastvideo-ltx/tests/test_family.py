@@ -84,3 +84,27 @@ def test_make_tiny_command_writes_a_loadable_folder(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "tiny" / "model_index.json").read_text())["_class_name"] == "LTXPipeline"
     again = CliRunner().invoke(ltx_app, [str(tmp_path / "tiny")])
     assert again.exit_code == 2 and "pass --overwrite" in again.output
+
+
+def test_image_files_are_each_condition_file() -> None:
+    assert LTXVideoFamily.image_files("a.png; clip.gif@32:0.5") == ["a.png", "clip.gif"]
+
+
+@pytest.mark.slow
+def test_fv_generate_checks_every_condition_file(tmp_path: Path) -> None:
+    """``fv generate`` checks every file of a conditioning ``--image`` before anything loads (~13 s)."""
+    from fastvideo.testing import plugin_env, run_fv
+    from fastvideo_ltx.ltxv.tiny import make_tiny_ltx
+
+    folder = make_tiny_ltx(tmp_path / "tiny", pipeline="LTXConditionPipeline")
+    (tmp_path / "first.png").write_bytes(b"")
+    spec = f"{tmp_path / 'first.png'};{tmp_path / 'missing.png'}@8:0.5"
+    env = plugin_env(FASTVIDEO_PLUGINS="fastvideo-ltx", HF_HUB_OFFLINE="1", FASTVIDEO_DEBUG=None)
+    args = ["generate", "--model", str(folder), "--prompt", "a", "--image", spec, "--num-frames", "9"]
+    proc = run_fv([*args, "--height", "64", "--width", "64"], env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: --image '{tmp_path / 'missing.png'}' does not exist"
+    bad = run_fv(
+        [*args[:6], "first.png@x", *args[7:], "--height", "64", "--width", "64"], env=env, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "is not PATH[@FRAME[:STRENGTH]]" in bad.stderr

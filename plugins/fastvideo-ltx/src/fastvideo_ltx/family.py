@@ -44,9 +44,18 @@ class LTXVideoFamily(ModelFamily):
         return spatial * int(dit_cfg.get("patch_size", 1)), temporal * int(dit_cfg.get("patch_size_t", 1))
 
     @classmethod
+    def image_files(cls, image: str) -> list[str]:
+        """``--image`` is ``PATH[@FRAME[:STRENGTH]]``, several separated by ``;`` (conditioning)."""
+        from fastvideo_ltx.ltxv.options import parse_conditions
+
+        return [c.path for c in parse_conditions(image)]
+
+    @classmethod
     def validate(cls, params: Any, source: ModelSource) -> None:
         super().validate(params, source)  # sizes: multiples of the VAE stride (32); frames: 8k + 1
         # --image turns any LTX-Video checkpoint into image-to-video (the same weights serve both)
+        if params.image is not None:
+            cls.image_files(params.image)  # its syntax, before anything loads
         if source.class_name == "LTXImageToVideoPipeline" and params.image is None:
             raise ValueError(
                 "this LTX-Video checkpoint is image-to-video: pass --image PATH (the first frame)"

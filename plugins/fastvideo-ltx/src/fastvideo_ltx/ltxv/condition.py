@@ -17,7 +17,6 @@ the frame rate. The update is Euler on the timestep list as its scheduler steps 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,7 +25,7 @@ from fastvideo.interfaces.sampler import Sampler
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.composed import PipelineStage
 from fastvideo.pipelines.stages import InputValidationStage, LatentPreparationStage, TextEncodingStage
-from fastvideo_ltx.ltxv.options import LTXVideoOptions, linear_quadratic_schedule
+from fastvideo_ltx.ltxv.options import Condition, LTXVideoOptions, linear_quadratic_schedule, parse_conditions
 from fastvideo_ltx.ltxv.pipeline import (
     FAMILY,
     LTXDecodingStage,
@@ -155,33 +154,6 @@ def per_fps(coords: torch.Tensor, fps: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- conditions
-
-
-@dataclass(frozen=True)
-class Condition:
-    """An image or clip to condition on: its file, the frame it starts at, and its strength."""
-
-    path: str
-    frame: int = 0
-    strength: float = 1.0
-
-
-def parse_conditions(spec: str) -> list[Condition]:
-    """``PATH[@FRAME[:STRENGTH]]``, several separated by ``;``, as :class:`Condition` s."""
-    out = []
-    for item in filter(None, (s.strip() for s in spec.split(";"))):
-        path, _, rest = item.rpartition("@") if "@" in item else (item, "", "")
-        frame, _, strength = rest.partition(":")
-        try:
-            cond = Condition(path, int(frame or 0), float(strength or 1.0))
-        except ValueError:
-            raise ValueError(
-                f"--image {item!r} is not PATH[@FRAME[:STRENGTH]] (e.g. first.png or clip.mp4@32:0.8)"
-            ) from None
-        if cond.frame < 0 or not 0.0 <= cond.strength <= 1.0:
-            raise ValueError(f"--image {item!r}: FRAME must be >= 0 and STRENGTH in [0, 1]")
-        out.append(cond)
-    return out
 
 
 def read_clip(path: str) -> list[Any]:

@@ -85,3 +85,30 @@ def linear_quadratic_schedule(num_steps: int, threshold: float = 0.025) -> list[
     c = a * lin**2
     schedule += [a * i**2 + b * i + c for i in range(lin, num_steps)]
     return [1.0 - x for x in schedule]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """An image or clip to condition on: its file, the frame it starts at, and its strength."""
+
+    path: str
+    frame: int = 0
+    strength: float = 1.0
+
+
+def parse_conditions(spec: str) -> list[Condition]:
+    """``PATH[@FRAME[:STRENGTH]]``, several separated by ``;``, as :class:`Condition` s."""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        path, _, rest = item.rpartition("@") if "@" in item else (item, "", "")
+        frame, _, strength = rest.partition(":")
+        try:
+            cond = Condition(path, int(frame or 0), float(strength or 1.0))
+        except ValueError:
+            raise ValueError(
+                f"--image {item!r} is not PATH[@FRAME[:STRENGTH]] (e.g. first.png or clip.mp4@32:0.8)"
+            ) from None
+        if cond.frame < 0 or not 0.0 <= cond.strength <= 1.0:
+            raise ValueError(f"--image {item!r}: FRAME must be >= 0 and STRENGTH in [0, 1]")
+        out.append(cond)
+    return out
