@@ -108,3 +108,20 @@ def test_fv_generate_checks_every_condition_file(tmp_path: Path) -> None:
         [*args[:6], "first.png@x", *args[7:], "--height", "64", "--width", "64"], env=env, cwd=tmp_path
     )
     assert bad.returncode == 2 and "is not PATH[@FRAME[:STRENGTH]]" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("cls", "image", "words"),
+    [
+        ("LTXConditionPipeline", "a.png@121", "placed at frame 121, past the video's 121 frames"),
+        ("LTXPipeline", "a.png;b.png@8", "conditions on one first frame (--image PATH)"),
+        ("LTXPipeline", "a.png@0:0.5", "need an LTXConditionPipeline checkpoint"),
+    ],
+)
+def test_bad_conditions_are_one_line_errors(tmp_path: Path, cls: str, image: str, words: str) -> None:
+    source = ModelSource(family=LTXVideoFamily, path=tmp_path, model_index={"_class_name": cls})
+    params = SamplingParams(num_frames=121, height=512, width=704, image=image)
+    with pytest.raises(ValueError, match=re.escape(words)) as info:
+        LTXVideoFamily.validate(params, source)
+    assert "\n" not in str(info.value)
+    LTXVideoFamily.validate(SamplingParams(num_frames=121, height=512, width=704, image="a.png"), source)

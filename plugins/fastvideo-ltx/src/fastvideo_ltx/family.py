@@ -55,7 +55,7 @@ class LTXVideoFamily(ModelFamily):
         super().validate(params, source)  # sizes: multiples of the VAE stride (32); frames: 8k + 1
         # --image turns any LTX-Video checkpoint into image-to-video (the same weights serve both)
         if params.image is not None:
-            cls.image_files(params.image)  # its syntax, before anything loads
+            _check_conditions(params, source)
         if source.class_name == "LTXImageToVideoPipeline" and params.image is None:
             raise ValueError(
                 "this LTX-Video checkpoint is image-to-video: pass --image PATH (the first frame)"
@@ -72,6 +72,26 @@ class LTXVideoFamily(ModelFamily):
         from fastvideo_ltx.ltxv.pipeline import build_ltx_pipeline
 
         return build_ltx_pipeline(cls, source, config)
+
+
+def _check_conditions(params: Any, source: ModelSource) -> None:
+    """``--image`` is one first frame for ``LTXPipeline`` / ``LTXImageToVideoPipeline`` checkpoints;
+    conditions at other frames (or several) need the conditioning pipeline; frames inside the video."""
+    from fastvideo_ltx.ltxv.options import options_for, parse_conditions
+
+    conditions = parse_conditions(params.image)
+    for c in conditions:
+        if c.frame >= params.num_frames:
+            raise ValueError(
+                f"--image {c.path!r} is placed at frame {c.frame}, past the video's {params.num_frames} frames; "
+                f"use a frame below {params.num_frames}"
+            )
+    conditioning = source.class_name == "LTXConditionPipeline" or options_for(source).upsampler is not None
+    if not conditioning and (len(conditions) > 1 or conditions[0].frame or conditions[0].strength != 1.0):
+        raise ValueError(
+            f"this {source.class_name or 'LTX-Video'} checkpoint conditions on one first frame (--image PATH); "
+            "conditions at other frames or with a strength need an LTXConditionPipeline checkpoint"
+        )
 
 
 def vae_strides(vae_cfg: dict[str, Any]) -> tuple[int, int]:
