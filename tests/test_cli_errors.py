@@ -129,3 +129,8 @@ def test_unknown_sampler(cwd: Path) -> None:
         "error: Unknown sampler 'unipcc'. Available: checkpoint, few-step, flow-euler, unipc. "
         "Did you mean 'unipc'?"
     )
+
+
+def test_missing_image(cwd: Path) -> None:
+    line = fv_error(cwd, "--model", "wan2.1-i2v-14b-480p", "--image", "nope.png")
+    assert line == "error: --image 'nope.png' does not exist"

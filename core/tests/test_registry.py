@@ -152,3 +152,10 @@ def test_unknown_name_of_an_official_plugin_says_what_to_install(isolated_plugin
         reg.get("model_family", "hunyuan")
     msg = registry.unknown_name_message("attention_backend", "flash-attn", ["sdpa"])
     assert msg.endswith("'flash-attn' is provided by flash-attn (pip install flash-attn).")
+
+
+def test_model_family_image_files_default_is_the_image_itself() -> None:
+    """``fv generate`` checks each file ``ModelFamily.image_files`` names; by default ``--image`` is one path."""
+    from fastvideo.interfaces.model_family import ModelFamily
+
+    assert ModelFamily.image_files("a;b@3.png") == ["a;b@3.png"]

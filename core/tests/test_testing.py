@@ -241,3 +241,20 @@ def test_corrupt_copy_bad_arguments_are_one_line(single: Any, tmp_path: Any) -> 
         corrupt_copy(single, tmp_path / "y", "drop", tensor="nope")
     with pytest.raises(ValueError, match=r"has no file 'w\.safetensors'"):
         corrupt_copy(single, tmp_path / "z", "drop", file="w.safetensors")
+
+
+def test_conformance_reference_forward_calls_diffusers_convention_by_default() -> None:
+    """The kit's reference call is ``ref(*args, return_dict=False)[0]`` unless a family overrides it."""
+    import torch
+
+    from fastvideo.testing.conformance import DiTConformance
+
+    seen = {}
+
+    def ref(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(args=args, kwargs=kwargs)
+        return (args[0] * 2,)
+
+    x = torch.ones(2)
+    out = DiTConformance().reference_forward(ref, (x, 3))
+    assert torch.equal(out, x * 2) and seen == {"args": (x, 3), "kwargs": {"return_dict": False}}

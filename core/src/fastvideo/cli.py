@@ -268,10 +268,10 @@ def generate(
         plan = preflight(model, sampling, config)  # resolved and validated once, before anything loads
         params = plan.params
         path = output if output is not None else _default_output(params.prompt, params.seed)
-        if params.image is not None and not Path(params.image).is_file():
-            raise ValueError(
-                f"{'--video' if video is not None else '--image'} {params.image!r} does not exist"
-            )
+        flag = "--video" if video is not None else "--image"
+        for image in plan.family.image_files(params.image) if params.image is not None else ():
+            if not Path(image).is_file():
+                raise ValueError(f"{flag} {image!r} does not exist")
         from fastvideo.generator import parse_lora_spec
 
         for spec in lora or []:

@@ -179,6 +179,12 @@ class ModelFamily(ABC):
         return str(config.get("_class_name") or "the DiT"), heads
 
     @classmethod
+    def image_files(cls, image: str) -> list[str]:
+        """The files a request's ``image`` names (``fv generate`` checks that each exists). A family
+        whose ``--image`` takes more (several files, frame positions) parses its syntax here."""
+        return [image]
+
+    @classmethod
     def validate(cls, params: SamplingParams, source: ModelSource) -> None:
         """Raise ``ValueError`` for a request this checkpoint cannot serve (before any weights load)."""
         spatial, temporal = cls.factors(source)

@@ -150,6 +150,11 @@ class DiTConformance:
         """The model's positional inputs for a diffusers config (seeded, CPU, fp32)."""
         raise NotImplementedError
 
+    def reference_forward(self, ref: Any, args: Inputs) -> torch.Tensor:
+        """The diffusers model's output for our inputs ``args``; a family whose DiT takes other
+        inputs than diffusers' (LTX-Video's packed tokens) converts them here, and the output back."""
+        return ref(*args, return_dict=False)[0]
+
     # ---- pytest plumbing ------------------------------------------------------------------------
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
@@ -226,7 +231,7 @@ class DiTConformance:
         ours = self.load(folder)
         args = self.make_inputs(ref.config, **inputs)
         with torch.no_grad():
-            expected = ref(*args, return_dict=False)[0]
+            expected = self.reference_forward(ref, args)
             out = ours(*args)
         assert out.shape == expected.shape == (args[0].shape[0], ref.config.out_channels, *args[0].shape[2:])
         assert rel_err(out, expected) <= self.parity_tolerance
@@ -257,7 +262,7 @@ class DiTConformance:
         assert set(self.fp32_expected) <= fp32
         args = self.low_precision_inputs(self.make_inputs(ref.config, **inputs))
         with torch.no_grad():
-            out, expected_out = ours(*args), ref(*args, return_dict=False)[0]
+            out, expected_out = ours(*args), self.reference_forward(ref, args)
         assert out.dtype == torch.bfloat16
         assert rel_err(out, expected_out) <= self.low_precision_tolerance
 
