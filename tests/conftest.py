@@ -14,7 +14,7 @@ SERVE_MAX_QUEUE = 20
 
 @pytest.fixture(scope="session")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """One ``fv serve --model wan-toy`` for the session (API key, queue of 20), ready."""
+    """One ``fv serve --model wan-toy`` for the session (API key, queue of 20, requests up to 1 MiB), ready."""
     pytest.importorskip(
         "fastapi", reason="fv serve needs the serve extra: pip install 'fastvideo-core[serve]'"
     )
@@ -30,6 +30,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         str(SERVE_MAX_QUEUE),
         "--api-key",
         SERVE_KEY,
+        "--max-request-mb",
+        "1",
     ]
     server = ServeProcess(args, data_dir=data, api_key=SERVE_KEY)
     server.start()

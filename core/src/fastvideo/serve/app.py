@@ -138,22 +138,26 @@ class Limits:
 
 def create_app(settings: ServeSettings, store: JobStore, validator: Validator) -> FastAPI:
     """The application; ``store`` and ``validator`` are shared by every request."""
+    from starlette.exceptions import HTTPException
+
     app = FastAPI(title="fastvideo", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Limits, settings=settings)
+    app.state.max_request_bytes = settings.max_request_bytes
     workers_per_model = settings.workers
 
     @app.exception_handler(RequestError)
     async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
         return error(exc.status, str(exc), code="invalid_value", param=exc.param)
 
-    @app.exception_handler(404)
-    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-        return error(
-            404, f"no route {request.method} {request.url.path}; see docs/serve.md", code="not_found"
-        )
-
-    @app.exception_handler(405)
-    async def _not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        return error(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see docs/serve.md"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail).splitlines()[0]
+        return error(exc.status_code, message, code="not_found" if exc.status_code == 404 else "bad_request")
 
     def job_or_404(video_id: str) -> dict[str, Any]:
         job = store.get(video_id)
@@ -356,7 +360,7 @@ async def _read_body(request: Request) -> tuple[dict[str, Any], tuple[str, bytes
             f"send the request as multipart/form-data or JSON, got content-type {kind or 'none'!r}",
             status=415,
         )
-    form = await request.form()
+    form = await request.form(max_part_size=request.app.state.max_request_bytes)
     fields: dict[str, Any] = {}
     upload = None
     for key, value in form.multi_items():
