@@ -1,0 +1,94 @@
+"""``fv serve`` killed with SIGKILL mid-generation, then restarted on the same data directory: queued
+jobs run, the interrupted one is reported (or re-queued with --requeue-interrupted), finished videos
+still download, and no worker outlives the killed server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="fv serve needs the serve extra: pip install 'fastvideo-core[serve]'")
+httpx = pytest.importorskip("httpx")
+
+SMALL = {"size": "32x32", "num_frames": 5, "steps": 2}
+#: About 1 s of denoising on an idle CPU: long enough to be killed in the middle.
+LONG = {"num_frames": 17, "steps": 120}
+
+
+def _wait(http, video_id, until=("completed", "failed"), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/videos/{video_id}").json()
+        if job["status"] in until and (
+            job["status"] != "in_progress" or (job["fastvideo"]["step"] or 0) >= 1
+        ):
+            return job
+        time.sleep(0.02)
+    raise TimeoutError(job)
+
+
+def test_sigkill_mid_generation_then_restart(tmp_path):
+    from fastvideo.testing.serve import ServeProcess
+
+    data = tmp_path / "data"
+    server = ServeProcess(["--model", "wan-toy", "--device", "cpu"], data_dir=data).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            finished = http.post("/v1/videos", data={"prompt": "finished before", **SMALL}).json()["id"]
+            assert _wait(http, finished)["status"] == "completed"
+            before = http.get(f"/v1/videos/{finished}/content").content
+            running = http.post("/v1/videos", data={"prompt": "killed mid-way", **LONG}).json()["id"]
+            queued = [
+                http.post("/v1/videos", data={"prompt": f"queued {i}", **SMALL}).json()["id"]
+                for i in range(2)
+            ]
+            job = _wait(http, running, until=("in_progress",))
+            assert job["fastvideo"]["stage"] == "denoising" and job["progress"] < 90
+        server.kill()  # and checks that its worker died with it
+    finally:
+        server.stop()
+    assert [p.name for p in (data / "videos").iterdir() if p.suffix == ".mp4"] == [f"{finished}.mp4"]
+
+    restarted = ServeProcess(["--model", "wan-toy", "--device", "cpu"], data_dir=data).start()
+    try:
+        with httpx.Client(base_url=restarted.url, timeout=60) as http:
+            interrupted = http.get(f"/v1/videos/{running}").json()
+            assert interrupted["status"] == "failed" and interrupted["error"]["code"] == "interrupted"
+            assert "server stopped while this job was running" in interrupted["error"]["message"]
+            assert "--requeue-interrupted" in interrupted["error"]["message"]
+            assert all(_wait(http, q)["status"] == "completed" for q in queued)
+            assert http.get(f"/v1/videos/{finished}/content").content == before
+            assert http.get(f"/v1/videos/{running}/content").status_code == 409
+        assert f"1 job(s) interrupted by the last stop marked failed: {running}" in restarted.log()
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.slow
+def test_requeue_interrupted_runs_the_killed_job_again(tmp_path):
+    """``--requeue-interrupted``: the job a SIGKILL interrupted runs again after the restart, once."""
+    from fastvideo.testing.serve import ServeProcess
+
+    data = tmp_path / "data"
+    server = ServeProcess(["--model", "wan-toy", "--device", "cpu"], data_dir=data).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            again = http.post("/v1/videos", data={"prompt": "requeued", **LONG}).json()["id"]
+            _wait(http, again, until=("in_progress",))
+        server.kill()
+    finally:
+        server.stop()
+    restarted = ServeProcess(
+        ["--model", "wan-toy", "--device", "cpu", "--requeue-interrupted"], data_dir=data
+    )
+    try:
+        restarted.start()
+        with httpx.Client(base_url=restarted.url, timeout=60) as http:
+            job = _wait(http, again)
+            assert job["status"] == "completed" and job["fastvideo"]["attempts"] == 2
+        log = restarted.log()
+        assert f"re-queued: {again}" in log
+        assert log.count(f"job {again} started") == 1 and log.count(f"job {again} completed") == 1
+    finally:
+        restarted.stop()
