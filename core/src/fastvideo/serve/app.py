@@ -221,7 +221,9 @@ def create_app(settings: ServeSettings, store: JobStore, validator: Validator) -
         try:
             rows, more = store.page(after=after or None, limit=count, order=order)
         except KeyError:
-            raise RequestError(f"after={after[:80]!r} is no video id of this server", param="after") from None
+            raise RequestError(
+                f"after={(after or '')[:80]!r} is no video id of this server", param="after"
+            ) from None
         data = [video_object(r) for r in rows]
         return JSONResponse(
             {
@@ -366,7 +368,7 @@ async def _read_body(request: Request) -> tuple[dict[str, Any], tuple[str, bytes
     for key, value in form.multi_items():
         if key in fields:
             raise RequestError(f"{key} is given twice", param=key)
-        if hasattr(value, "read"):  # an UploadFile
+        if not isinstance(value, str):  # an UploadFile
             if key != "input_reference":
                 raise RequestError(f"only input_reference may be a file, got a file for {key!r}", param=key)
             data = await value.read()
