@@ -92,3 +92,36 @@ def test_requeue_interrupted_runs_the_killed_job_again(tmp_path):
         assert log.count(f"job {again} started") == 1 and log.count(f"job {again} completed") == 1
     finally:
         restarted.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_spanning_two_processes_matches_one(tmp_path):
+    """``--num-gpus 2`` on the CPU: one worker of two ranks (gloo, Ulysses over wan-toy's 2 heads) makes
+    the video one process makes for the same request."""
+    import numpy as np
+
+    from fastvideo import VideoGenerator
+    from fastvideo.testing.serve import ServeProcess
+    from fastvideo.video import read_mp4
+
+    server = ServeProcess(
+        ["--model", "wan-toy", "--device", "cpu", "--num-gpus", "2"], data_dir=tmp_path / "data"
+    )
+    try:
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            job = http.post(
+                "/v1/videos", data={"prompt": "a red square moving right", **SMALL, "seed": 5}
+            ).json()
+            assert _wait(http, job["id"])["status"] == "completed"
+            (tmp_path / "out.mp4").write_bytes(http.get(f"/v1/videos/{job['id']}/content").content)
+        workers = server.get("/v1/fastvideo/models")["data"][0]["workers"]
+        assert len(workers) == 1 and "2 processes" in server.log()
+    finally:
+        server.stop()
+    frames = read_mp4(tmp_path / "out.mp4")
+    ref = VideoGenerator.from_pretrained("wan-toy", device="cpu", progress=False).generate_video(
+        "a red square moving right", num_frames=5, height=32, width=32, num_inference_steps=2, seed=5
+    )
+    assert frames.shape == ref.frames.shape
+    assert np.abs(frames.astype(np.float32) - ref.frames.astype(np.float32)).mean() < 4.0

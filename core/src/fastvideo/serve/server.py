@@ -58,7 +58,7 @@ class WorkerPool:
     def __init__(self, settings: ServeSettings, store: JobStore) -> None:
         self.settings = settings
         self.store = store
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}  # a worker's processes (one per GPU)
         self.models: dict[str, str] = {}
         self.slots: dict[str, int] = {}
         self.fatal: str | None = None
@@ -103,17 +103,34 @@ class WorkerPool:
         return env
 
     def _spawn(self, name: str) -> None:
+        """Start worker ``name``: one process, or one per GPU (ranks of one process group, as torchrun
+        would start them) when ``--num-gpus`` > 1."""
         cmd = [sys.executable, "-m", "fastvideo.serve.worker", self.payload, name, self.models[name]]
-        self.procs[name] = subprocess.Popen(cmd, env=self._env(name), stdin=subprocess.DEVNULL)
+        env = self._env(name)
+        world = self.settings.num_gpus
+        if world > 1:
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world))
+            env.update(LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0")
+        procs = []
+        for rank in range(world):
+            if world > 1:
+                env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+        self.procs[name] = procs
 
     def watch(self, server: Any) -> None:
         """Until the server stops: fail the job of a worker that died and restart it; a worker that
         dies before its model loaded stops the server."""
         while not self.stopping:
-            for name, proc in list(self.procs.items()):
-                code = proc.poll()
+            for name, procs in list(self.procs.items()):
+                codes = [p.poll() for p in procs]
+                code = next((c for c in codes if c is not None), None)
                 if code is None or self.stopping:
                     continue
+                for p in procs:  # a parallel worker that lost a rank is restarted whole
+                    if p.poll() is None:
+                        p.kill()
+                    p.wait()
                 states = {w["name"]: w for w in self.store.workers()}
                 info = states.get(name, {})
                 if info.get("state") != "ready":
@@ -133,16 +150,25 @@ class WorkerPool:
 
     def stop(self) -> None:
         self.stopping = True
-        for proc in self.procs.values():
+        everyone = [p for procs in self.procs.values() for p in procs]
+        for proc in everyone:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for proc in self.procs.values():
+        for proc in everyone:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(settings: ServeSettings) -> None:

@@ -39,9 +39,10 @@ class Progress:
     #: Percent reached when each stage starts and ends; the rest (loading text, latents) is below 2 %.
     SPANS: ClassVar[dict[str, tuple[int, int]]] = {"denoising": (2, 90), "decoding": (90, 99)}
 
-    def __init__(self, store: JobStore, claim: Claim) -> None:
+    def __init__(self, store: JobStore, claim: Claim, *, stop_if_deleted: bool = True) -> None:
         self.store = store
         self.claim = claim
+        self.stop_if_deleted = stop_if_deleted  # False in a parallel worker: its ranks must stay in step
         self.started: dict[str, float] = {}
         self.last_write = 0.0
 
@@ -66,7 +67,7 @@ class Progress:
             steps=total,
             eta_s=None if eta is None else round(eta, 3),
         )
-        if not alive:
+        if not alive and self.stop_if_deleted:
             raise Cancelled(self.claim.id)
 
 
@@ -88,12 +89,13 @@ def load(settings: dict[str, Any], model: str) -> Any:
     from fastvideo.generator import VideoGenerator
 
     overrides = {k: settings[k] for k in ("device", "dtype", "attention_backend") if settings.get(k)}
-    if settings.get("num_gpus", 1) > 1:
-        overrides["num_gpus"] = settings["num_gpus"]
+    # a parallel worker: its ranks were started with RANK/WORLD_SIZE, which set the GPU count
     return VideoGenerator.from_pretrained(model, progress=False, **overrides)
 
 
-def run_job(gen: Any, store: JobStore, claim: Claim, videos: Path, name: str) -> str:
+def run_job(
+    gen: Any, store: JobStore, claim: Claim, videos: Path, name: str, *, stoppable: bool = True
+) -> str:
     """Generate one claimed job; returns what happened (completed, failed, cancelled)."""
     from fastvideo import progress
 
@@ -101,7 +103,7 @@ def run_job(gen: Any, store: JobStore, claim: Claim, videos: Path, name: str) ->
     start = time.monotonic()
     _log(name, f"job {claim.id} started")
     try:
-        with progress.listen(Progress(store, claim)):
+        with progress.listen(Progress(store, claim, stop_if_deleted=stoppable)):
             gen.generate_video(output_path=path, overwrite=True, **claim.params)
     except Cancelled:
         path.unlink(missing_ok=True)
@@ -127,21 +129,28 @@ def main(argv: list[str]) -> int:
     settings, name, model = json.loads(argv[0]), argv[1], argv[2]
     _die_with_parent()
     parent = os.getppid()
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     store = JobStore(settings["db_path"])
-    store.set_worker(name, model=model, pid=os.getpid(), state="loading", error=None)
+    if rank == 0:  # rank 0 speaks for a parallel worker
+        store.set_worker(name, model=model, pid=os.getpid(), state="loading", error=None)
     try:
         gen = load(settings, model)
     except Exception as exc:
-        store.set_worker(name, model=model, state="exited", error=_one_line(exc))
+        if rank == 0:
+            store.set_worker(name, model=model, state="exited", error=_one_line(exc))
         _log(name, f"could not load {model}: {_one_line(exc)}")
         if os.environ.get("FASTVIDEO_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
         return 3
-    device = str(gen.pipeline.components.get("device") or "")
-    store.set_worker(name, model=model, state="ready", backend=gen.backend, device=device)
-    _log(name, f"{model} loaded ({gen.backend} attention{', ' + device if device else ''})")
     videos = Path(settings["videos_dir"])
     poll = float(settings.get("poll_s", 0.05))
+    if rank == 0:
+        device = str(gen.pipeline.components.get("device") or "")
+        gpus = f", {world} processes" if world > 1 else ""
+        store.set_worker(name, model=model, state="ready", backend=gen.backend, device=device)
+        _log(name, f"{model} loaded ({gen.backend} attention{', ' + device if device else ''}{gpus})")
+    if world > 1:
+        return _parallel_loop(gen, store, model, name, videos, poll, parent, rank)
     while os.getppid() == parent:
         claim = store.claim(model, name)
         if claim is None:
@@ -149,6 +158,39 @@ def main(argv: list[str]) -> int:
             continue
         run_job(gen, store, claim, videos, name)
     return 0
+
+
+def _parallel_loop(
+    gen: Any, store: JobStore, model: str, name: str, videos: Path, poll: float, parent: int, rank: int
+) -> int:
+    """One rank of a worker spanning several GPUs: rank 0 claims a job (or says there is none, at least
+    every half second) and broadcasts it; every rank generates it; rank 0 writes and reports. A
+    deleted job runs to its end (the ranks must stay in step) and its video is discarded."""
+    import torch.distributed as dist
+
+    while True:
+        message: list[Any] = [None]
+        if rank == 0:
+            deadline = time.monotonic() + 0.5
+            while os.getppid() == parent and message[0] is None and time.monotonic() < deadline:
+                message[0] = store.claim(model, name)
+                if message[0] is None:
+                    time.sleep(poll)
+            if os.getppid() != parent:
+                message[0] = "stop"
+        dist.broadcast_object_list(message, src=0)
+        item = message[0]
+        if item == "stop" or os.getppid() != parent:
+            return 0
+        if item is None:
+            continue
+        if rank == 0:
+            run_job(gen, store, item, videos, name, stoppable=False)
+        else:
+            try:
+                gen.generate_video(output_path=None, **item.params)
+            except Exception as exc:  # rank 0 fails the job with its own error
+                _log(f"{name} rank {rank}", f"job {item.id}: {_one_line(exc)}")
 
 
 if __name__ == "__main__":
