@@ -125,3 +125,34 @@ def test_a_worker_spanning_two_processes_matches_one(tmp_path):
     )
     assert frames.shape == ref.frames.shape
     assert np.abs(frames.astype(np.float32) - ref.frames.astype(np.float32)).mean() < 4.0
+
+
+def _serve_error(args, tmp_path):
+    from fastvideo.testing import run_fv
+
+    proc = run_fv(["serve", *args], env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_start_up_errors_are_one_line_before_anything_is_created(tmp_path):
+    import fcntl
+    import os
+
+    data = tmp_path / "data"
+    line = _serve_error(["--model", "no-such-model", "--data-dir", str(data)], tmp_path)
+    assert "no-such-model" in line and not data.exists()
+    assert _serve_error(["--model", "wan-toy", "--port", "70000"], tmp_path) == (
+        "error: --port must be at most 65535, got 70000"
+    )
+    data.mkdir()
+    with open(data / "server.lock", "w") as held:  # another server holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(str(os.getpid()))
+        held.flush()
+        line = _serve_error(["--model", "wan-toy", "--data-dir", str(data)], tmp_path)
+    assert line == (
+        f"error: another fv serve (pid {os.getpid()}) is using the data directory {str(data)!r}; "
+        "stop it or pass another --data-dir"
+    )

@@ -571,6 +571,10 @@ def serve(
     ] = False,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA]."),
+    ] = None,
     attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
 ) -> None:
     """Serve models over HTTP: the OpenAI videos API, a job queue that survives restarts, a web page at /.
@@ -602,6 +606,7 @@ def serve(
             requeue_interrupted=requeue_interrupted,
             device=device,
             dtype=dtype,
+            compile=compile,
             attention_backend=attention_backend,
         )
         from fastvideo.serve.server import run

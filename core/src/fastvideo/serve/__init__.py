@@ -38,6 +38,7 @@ class ServeSettings:
     requeue_interrupted: bool = False
     device: str | None = None
     dtype: str | None = None
+    compile: bool | None = None  # torch.compile of the DiT blocks; None: on for CUDA (as fv generate)
     attention_backend: str | None = None
     poll_s: float = 0.05  # how often an idle worker looks for a job
 

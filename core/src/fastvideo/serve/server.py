@@ -69,6 +69,7 @@ class WorkerPool:
             "device": settings.device,
             "dtype": settings.dtype,
             "attention_backend": settings.attention_backend,
+            "compile": settings.compile,
             "num_gpus": settings.num_gpus,
             "poll_s": settings.poll_s,
         }
@@ -85,11 +86,11 @@ class WorkerPool:
                 self._spawn(name)
 
     def _env(self, name: str) -> dict[str, str]:
-        """This worker's GPUs: its slice of ``CUDA_VISIBLE_DEVICES`` (or of 0..N-1) when there are
-        several workers."""
-        env = dict(os.environ)
+        """This worker's GPUs. One GPU per worker: the worker takes ``cuda:(slot % GPUs)`` itself
+        (several workers may share a GPU). Several: its slice of ``CUDA_VISIBLE_DEVICES`` (or of 0..N-1)."""
+        env = dict(os.environ, FASTVIDEO_SERVE_SLOT=str(self.slots[name]))
         total = len(self.slots)
-        if total > 1 and not (self.settings.device or "").startswith("cpu"):
+        if total > 1 and self.settings.num_gpus > 1 and not (self.settings.device or "").startswith("cpu"):
             visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
             need = total * self.settings.num_gpus
             if visible and len(visible) < need:
@@ -180,16 +181,18 @@ def run(settings: ServeSettings) -> None:
     from fastvideo.serve.params import Validator
     from fastvideo.video import remove_stale_temps
 
-    for folder in (settings.data_dir, settings.videos_dir, settings.inputs_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    lock = DataDirLock(settings.data_dir)
     config = PipelineConfig(
         device=settings.device,
         dtype=settings.dtype,
+        compile=settings.compile,
         attention_backend=settings.attention_backend,
         progress=False,
     )
+    # an unknown model or backend fails here, before anything is created or bound
     validator = Validator(settings.models, config, max_prompt_chars=settings.max_prompt_chars)
+    for folder in (settings.data_dir, settings.videos_dir, settings.inputs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(settings.data_dir)
     store = JobStore(settings.db_path)
     queued, interrupted = store.recover(requeue=settings.requeue_interrupted)
     if interrupted:

@@ -89,6 +89,14 @@ def load(settings: dict[str, Any], model: str) -> Any:
     from fastvideo.generator import VideoGenerator
 
     overrides = {k: settings[k] for k in ("device", "dtype", "attention_backend") if settings.get(k)}
+    if settings.get("compile") is not None:
+        overrides["compile"] = settings["compile"]
+    slot = os.environ.get("FASTVIDEO_SERVE_SLOT")
+    if slot is not None and settings.get("num_gpus", 1) == 1 and settings.get("device") in (None, "cuda"):
+        import torch
+
+        if torch.cuda.is_available():  # workers take the GPUs in turn (several may share one)
+            overrides["device"] = f"cuda:{int(slot) % torch.cuda.device_count()}"
     # a parallel worker: its ranks were started with RANK/WORLD_SIZE, which set the GPU count
     return VideoGenerator.from_pretrained(model, progress=False, **overrides)
 
