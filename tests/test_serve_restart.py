@@ -156,3 +156,30 @@ def test_start_up_errors_are_one_line_before_anything_is_created(tmp_path):
         f"error: another fv serve (pid {os.getpid()}) is using the data directory {str(data)!r}; "
         "stop it or pass another --data-dir"
     )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_fails_that_job_and_is_restarted(tmp_path):
+    import os
+    import signal
+
+    from fastvideo.testing.serve import ServeProcess
+
+    server = ServeProcess(["--model", "wan-toy", "--device", "cpu"], data_dir=tmp_path / "data")
+    try:
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            running = http.post("/v1/videos", data={"prompt": "its worker dies", **LONG}).json()["id"]
+            _wait(http, running, until=("in_progress",))
+            (worker,) = server.get("/v1/fastvideo/models")["data"][0]["workers"]
+            os.kill(worker["pid"], signal.SIGKILL)
+            job = _wait(http, running)
+            assert job["status"] == "failed" and job["error"]["code"] == "worker_died"
+            assert job["error"]["message"] == "the worker running this job died (signal 9); submit it again"
+            after = http.post("/v1/videos", data={"prompt": "after the restart", **SMALL}).json()["id"]
+            assert _wait(http, after)["status"] == "completed"
+            (again,) = server.get("/v1/fastvideo/models")["data"][0]["workers"]
+            assert again["pid"] != worker["pid"] and again["state"] == "ready"
+        assert "worker 0 died (signal 9)" in server.log()
+    finally:
+        server.stop()
