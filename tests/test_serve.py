@@ -340,3 +340,21 @@ def test_50_concurrent_submissions_against_a_queue_of_20(serve):
         assert len(re.findall(rf"job {job_id} completed", log)) == 1
     assert f"job {blocker['id']} cancelled" in log
     assert not (serve.data_dir / "videos" / f"{blocker['id']}.mp4").exists()
+
+
+def test_the_sdk_example_of_the_docs_runs(serve, tmp_path, monkeypatch):
+    """docs/serve.md's Python example, against this server (its URL and key swapped in)."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert 'base_url="http://127.0.0.1:8000/v1"' in code and 'api_key="KEY"' in code
+    code = code.replace("http://127.0.0.1:8000/v1", serve.base_url).replace('"KEY"', repr(serve.api_key))
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scope: dict = {}
+        exec(compile(code, "docs/serve.md", "exec"), scope)
+    assert scope["video"].status == "completed" and scope["video"].seconds == "2"
+    assert (tmp_path / "square.mp4").stat().st_size > 0
