@@ -545,7 +545,7 @@ def serve(
         list[str], typer.Option("--model", "-m", help="Preset or local folder to serve; repeatable.")
     ],
     host: Annotated[
-        str, typer.Option(help="Address to bind; another than 127.0.0.1 exposes the server.")
+        str, typer.Option(help="Address to bind; any other than 127.0.0.1 exposes the server.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: a free one, printed at start-up).")] = 8000,
     workers: Annotated[

@@ -159,11 +159,14 @@ def main(argv: list[str]) -> int:
         _log(name, f"{model} loaded ({gen.backend} attention{', ' + device if device else ''}{gpus})")
     if world > 1:
         return _parallel_loop(gen, store, model, name, videos, poll, parent, rank)
+    wait = poll
     while os.getppid() == parent:
         claim = store.claim(model, name)
         if claim is None:
-            time.sleep(poll)
+            time.sleep(wait)
+            wait = min(wait * 1.25, 0.25)  # idle: look less often (at most 4 times a second)
             continue
+        wait = poll
         run_job(gen, store, claim, videos, name)
     return 0
 
