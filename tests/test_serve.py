@@ -120,6 +120,18 @@ def test_progress_events_stream_until_done(serve):
     assert events[-1][1]["status"] == "completed" and events[-1][1]["id"] == job["id"]
 
 
+def test_a_client_that_disconnects_loses_nothing(serve):
+    """The event stream closed after its first event: the job still runs, and waits to be fetched."""
+    with _http(serve) as http:
+        job = http.post("/v1/videos", data={"prompt": "nobody watches", "size": "32x32", "steps": 20}).json()
+        with http.stream("GET", f"/v1/fastvideo/videos/{job['id']}/events") as response:
+            next(line for line in response.iter_lines() if line.startswith("data: "))
+    with _http(serve) as again:  # a new connection, later
+        done = _wait(again, job["id"])
+        assert done["status"] == "completed"
+        assert again.get(f"/v1/videos/{job['id']}/content").content[4:8] == b"ftyp"  # an mp4
+
+
 def test_health_models_and_backends(serve):
     with _http(serve, key=None) as anonymous:
         health = anonymous.get("/health").json()  # the one route without a key
