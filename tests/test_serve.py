@@ -370,3 +370,28 @@ def test_the_sdk_example_of_the_docs_runs(serve, tmp_path, monkeypatch):
         exec(compile(code, "docs/serve.md", "exec"), scope)
     assert scope["video"].status == "completed" and scope["video"].seconds == "2"
     assert (tmp_path / "square.mp4").stat().st_size > 0
+
+
+def test_requests_are_checked_against_the_served_models_and_limits():
+    """fastvideo.serve.params in-process (no server): resolved against wan-toy's defaults; our limits."""
+    import re
+
+    from fastvideo.configs import PipelineConfig
+    from fastvideo.serve.params import RequestError, Validator
+
+    validator = Validator(("wan-toy",), PipelineConfig(), max_prompt_chars=20, max_pixels=5 * 64 * 64)
+    job = validator.parse({"prompt": "a dot", "size": "64x32", "frames": "5", "seed": "9", "priority": "3"})
+    assert job.overrides == {"prompt": "a dot", "width": 64, "height": 32, "num_frames": 5, "seed": 9}
+    assert (job.size, job.seconds, job.priority, job.model) == ("64x32", "0.5", 3, "wan-toy")
+    assert (
+        validator.parse({"prompt": "a dot", "seconds": "2", "size": "32x32"}).overrides["num_frames"] == 17
+    )  # 2 s at 8 fps
+    for fields, message in [
+        ({"size": "128x128"}, "is 278528 pixels; this server makes at most 20480 (fv serve --max-pixels)"),
+        ({"prompt": "x" * 21}, "prompt has 21 characters; this server takes at most 20"),
+        ({"model": "../../etc"}, "model '../../etc' is not served here; this server serves: wan-toy"),
+        ({"seed": str(2**64)}, "seed must be 0 to 2**64-1, got 18446744073709551616"),
+        ({"priority": "5000"}, "priority must be -1000 to 1000, got 5000"),
+    ]:
+        with pytest.raises(RequestError, match=re.escape(message)):
+            validator.parse({"prompt": "a dot", **fields})

@@ -44,7 +44,8 @@ def test_the_page_submits_shows_progress_and_plays_the_video(serve):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=executable,
-            args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"],  # CI runs as root
+            # CI runs as root, in a container with a small /dev/shm
+            args=["--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"],
         )
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 760})

@@ -562,6 +562,10 @@ def serve(
         ),
     ] = None,
     max_queue: Annotated[int, typer.Option(min=1, help="Jobs waiting or running; beyond it 429.")] = 64,
+    max_pixels: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Largest video, frames x height x width [what the model takes]."),
+    ] = None,
     max_request_mb: Annotated[
         float, typer.Option(min=0.001, help="Largest request body (an image upload), MiB.")
     ] = 20.0,
@@ -603,6 +607,7 @@ def serve(
             api_key=api_key,
             max_queue=max_queue,
             max_request_bytes=int(max_request_mb * 2**20),
+            max_pixels=max_pixels,
             requeue_interrupted=requeue_interrupted,
             device=device,
             dtype=dtype,

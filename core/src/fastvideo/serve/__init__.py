@@ -35,6 +35,7 @@ class ServeSettings:
     max_queue: int = 64  # jobs waiting or running; beyond it 429
     max_request_bytes: int = 20 * 2**20
     max_prompt_chars: int = 4000
+    max_pixels: int | None = None  # frames x height x width of one video; None: what the model takes
     requeue_interrupted: bool = False
     device: str | None = None
     dtype: str | None = None
@@ -50,6 +51,7 @@ class ServeSettings:
             ("--num-gpus", self.num_gpus, 1),
             ("--max-queue", self.max_queue, 1),
             ("--port", self.port, 0),
+            ("--max-pixels", self.max_pixels if self.max_pixels is not None else 1, 1),
         ):
             if value < low:
                 raise ValueError(f"{name} must be at least {low}, got {value}")

@@ -79,12 +79,20 @@ def _float(name: str, value: Any) -> float:
 class Validator:
     """Checks requests against the models the server was started with (their defaults read once)."""
 
-    def __init__(self, models: tuple[str, ...], config: Any, *, max_prompt_chars: int = 4000) -> None:
+    def __init__(
+        self,
+        models: tuple[str, ...],
+        config: Any,
+        *,
+        max_prompt_chars: int = 4000,
+        max_pixels: int | None = None,
+    ) -> None:
         from fastvideo.generator import preflight
 
         self.models = models
         self.config = config
         self.max_prompt_chars = max_prompt_chars
+        self.max_pixels = max_pixels  # frames x height x width of one video
         self.plans = {m: preflight(m, {}, config, validate=False) for m in models}
 
     def family(self, model: str) -> str:
@@ -164,6 +172,12 @@ class Validator:
             else 0
         )
         params = self._check(model, overrides)
+        pixels = params.num_frames * params.height * params.width
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise RequestError(
+                f"a video of {params.num_frames} frames of {params.width}x{params.height} is {pixels} pixels; this "
+                f"server makes at most {self.max_pixels} (fv serve --max-pixels): ask for fewer frames or a smaller size"
+            )
         video_seconds = (
             str(seconds).strip() if seconds not in (None, "") else f"{(params.num_frames - 1) / params.fps:g}"
         )

@@ -189,7 +189,9 @@ def run(settings: ServeSettings) -> None:
         progress=False,
     )
     # an unknown model or backend fails here, before anything is created or bound
-    validator = Validator(settings.models, config, max_prompt_chars=settings.max_prompt_chars)
+    validator = Validator(
+        settings.models, config, max_prompt_chars=settings.max_prompt_chars, max_pixels=settings.max_pixels
+    )
     for folder in (settings.data_dir, settings.videos_dir, settings.inputs_dir):
         folder.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(settings.data_dir)
