@@ -183,3 +183,42 @@ def test_a_worker_killed_mid_job_fails_that_job_and_is_restarted(tmp_path):
         assert "worker 0 died (signal 9)" in server.log()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_load_stops_the_server_with_its_error(tmp_path):
+    """A checkpoint that resolves (its model_index.json is fine) but whose DiT file is truncated: the
+    worker cannot load it, and fv serve exits with that error on one line instead of serving nothing."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import fastvideo_wan
+    from fastvideo.testing import corrupt_copy, fv_command
+
+    toy = Path(fastvideo_wan.__file__).parent / "assets" / "wan-toy"
+    model = tmp_path / "broken-toy"
+    shutil.copytree(toy, model, ignore=shutil.ignore_patterns("transformer"))
+    corrupt_copy(toy / "transformer", model / "transformer", "truncate")
+    proc = subprocess.run(
+        [
+            *fv_command(),
+            "serve",
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: worker 0 could not load {model}: "), errors
+    assert "diffusion_pytorch_model.safetensors" in errors[0]
