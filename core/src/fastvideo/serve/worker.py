@@ -71,6 +71,12 @@ class Progress:
             raise Cancelled(self.claim.id)
 
 
+def _free_cached_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the server that started it dies."""
     if not sys.platform.startswith("linux"):
@@ -119,6 +125,7 @@ def run_job(
         return "cancelled"
     except Exception as exc:  # the job fails, the worker lives on
         path.unlink(missing_ok=True)
+        _free_cached_memory()  # e.g. after running out of GPU memory
         if os.environ.get("FASTVIDEO_DEBUG", "") not in ("", "0"):
             traceback.print_exc()
         code = "invalid_request" if isinstance(exc, ValueError) else "generation_failed"
