@@ -12,8 +12,8 @@ pytest.importorskip("fastapi", reason="fv serve needs the serve extra: pip insta
 httpx = pytest.importorskip("httpx")
 
 SMALL = {"size": "32x32", "num_frames": 5, "steps": 2}
-#: About 1 s of denoising on an idle CPU: long enough to be killed in the middle.
-LONG = {"num_frames": 17, "steps": 120}
+#: About 3 s of denoising on an idle CPU: long enough to be killed in the middle, with room to spare.
+LONG = {"num_frames": 17, "steps": 400}
 
 
 def _wait(http, video_id, until=("completed", "failed"), timeout=120):
