@@ -269,6 +269,17 @@ def test_a_missing_or_wrong_key_gets_401_on_every_protected_route(serve, auth):
         )
 
 
+def test_a_browser_on_another_site_is_refused(serve):
+    """A form another site makes the browser post to this server (CSRF) is refused, key or not; the
+    page's own calls (same origin) pass."""
+    with _http(serve) as http:
+        for origin in ("http://evil.example", "null", f"{serve.url}.evil.example"):
+            response = http.post("/v1/videos", data={"prompt": "x"}, headers={"Origin": origin})
+            assert response.status_code == 403 and response.json()["error"]["code"] == "cross_origin"
+        same = http.get("/v1/videos", headers={"Origin": serve.url})
+        assert same.status_code == 200
+
+
 def test_the_protected_list_is_every_route_of_the_app(tmp_path):
     """The 401 test covers every route the app has (a new route cannot forget the key)."""
     from fastvideo.configs import PipelineConfig

@@ -89,6 +89,16 @@ class Limits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if origin is not None and origin.partition("://")[2].rstrip("/") != headers.get("host", ""):
+            # a browser on another site (a form posted to localhost): refused, the page's own calls pass
+            response = error(
+                403,
+                f"cross-origin request from {origin[:80]!r} refused: use the page this server serves, or a "
+                "client that sends no Origin header (the SDK, curl)",
+                code="cross_origin",
+            )
+            return await response(scope, receive, send)
         if self.key is not None and scope["path"] not in PUBLIC:
             given = headers.get("authorization", "")
             token = given[7:].strip() if given[:7].lower() == "bearer " else ""
