@@ -46,6 +46,11 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("fv serve needs at least one --model (a preset name or a local folder)")
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:
+            raise ValueError(
+                f"--model {twice[0]} is given twice; give each model once (--workers sets how many run it)"
+            )
         for name, value, low in (
             ("--workers", self.workers, 1),
             ("--num-gpus", self.num_gpus, 1),
