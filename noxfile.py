@@ -37,11 +37,20 @@ def _install(session: nox.Session, *packages: str) -> None:
 def tests(session: nox.Session) -> None:
     """The CPU test suite of core, every plugin and the cross-package tests (what CI runs)."""
     # the example plugin: core's and vsa's tests use it as an installed plugin (entry points, `fv example`)
-    _install(session, "core", *(f"plugins/{p}" for p in PLUGINS), EXAMPLE)
+    _install(session, "core[serve]", *(f"plugins/{p}" for p in PLUGINS), EXAMPLE)
     session.install(
-        "pytest>=8", "setuptools>=68", "wheel", "peft>=0.15", "triton", "scikit-image"
+        "pytest>=8",
+        "setuptools>=68",
+        "wheel",
+        "peft>=0.15",
+        "triton",
+        "scikit-image",
+        "openai",
+        "httpx",
+        "playwright",
     )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU;
-    # scikit-image: the independent SSIM reference
+    # scikit-image: the independent SSIM reference; openai, httpx, playwright: fv serve's clients (the
+    # browser is the system's Chromium, which .ci/run installs; playwright downloads none)
     # one intra-op thread per test process: the tiny CPU shapes gain nothing from more, and the
     # multi-process (gloo) tests would oversubscribe a small CI machine (measured: 6:03 -> 4:59 on 2 cores)
     env = {"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

@@ -554,6 +554,89 @@ def doctor() -> None:
         _doctor_plugins()
 
 
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        list[str], typer.Option("--model", "-m", help="Preset or local folder to serve; repeatable.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; any other than 127.0.0.1 exposes the server.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one, printed at start-up).")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes per model, each with the model loaded.")
+    ] = 1,
+    num_gpus: Annotated[int, typer.Option(min=1, help="GPUs per worker.")] = 1,
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Jobs (SQLite) and videos [~/.cache/fastvideo/serve].")
+    ] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="FASTVIDEO_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health."
+        ),
+    ] = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="Jobs waiting or running; beyond it 429.")] = 64,
+    max_pixels: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Largest video, frames x height x width [what the model takes]."),
+    ] = None,
+    max_request_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest request body (an image upload), MiB.")
+    ] = 20.0,
+    requeue_interrupted: Annotated[
+        bool,
+        typer.Option(help="Run again the jobs a stopped server left running (default: mark them failed)."),
+    ] = False,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="DiT dtype: bf16, fp16 or fp32.")] = None,
+    compile: Annotated[
+        Optional[bool],
+        typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA]."),
+    ] = None,
+    attention_backend: Annotated[Optional[str], typer.Option(help="sdpa, flash-attn, or a plugin's.")] = None,
+) -> None:
+    """Serve models over HTTP: the OpenAI videos API, a job queue that survives restarts, a web page at /.
+
+    Needs the serve extra: pip install 'fastvideo-core[serve]'. See docs/serve.md.
+    """
+    with _clean_errors():
+        import importlib.util
+
+        from fastvideo.serve import INSTALL_HINT, ServeSettings, default_data_dir
+
+        for dist, module in (
+            ("fastapi", "fastapi"),
+            ("uvicorn", "uvicorn"),
+            ("python-multipart", "python_multipart"),
+        ):
+            if importlib.util.find_spec(module) is None:
+                raise _err(f"fv serve needs {dist}, which is not installed: {INSTALL_HINT}", 1)
+        settings = ServeSettings(
+            models=tuple(model),
+            host=host,
+            port=port,
+            workers=workers,
+            num_gpus=num_gpus,
+            data_dir=(data_dir or default_data_dir()).expanduser(),
+            api_key=api_key,
+            max_queue=max_queue,
+            max_request_bytes=int(max_request_mb * 2**20),
+            max_pixels=max_pixels,
+            requeue_interrupted=requeue_interrupted,
+            device=device,
+            dtype=dtype,
+            compile=compile,
+            attention_backend=attention_backend,
+        )
+        from fastvideo.serve.server import run
+
+        run(settings)
+
+
 def _doctor_plugins() -> None:
     """Plugins (broken ones with their reason) and distributions that fight over ``fastvideo``."""
     from fastvideo.plugins import plugin_infos

@@ -33,9 +33,45 @@ def _interval() -> float:
         return DEFAULT_INTERVAL_S
 
 
+#: Callbacks ``(description, done, total)`` told of every task's start and advances (see :func:`listen`).
+_LISTENERS: list[Callable[[str, int, int | None], None]] = []
+
+
+@contextlib.contextmanager
+def listen(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Call ``callback(description, done, total)`` when a task starts (``done=0``) and after each
+    advance, in this process, while the block runs, whether or not progress is shown (``fv serve``
+    reports a job's progress with it). An exception the callback raises stops the task."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
 @contextlib.contextmanager
 def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a bar (or plain lines) on stderr while the block runs."""
+    with _shown(description, total) as show:
+        if not _LISTENERS:
+            yield show
+            return
+        done = [0]
+
+        def advance(n: int = 1) -> None:
+            show(n)
+            done[0] += n
+            for callback in list(_LISTENERS):
+                callback(description, done[0], total)
+
+        for callback in list(_LISTENERS):
+            callback(description, 0, total)
+        yield advance
+
+
+@contextlib.contextmanager
+def _shown(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """The bar or plain lines of :func:`task` (nothing when progress is off)."""
     if not enabled():
         yield _no_advance
         return

@@ -15,6 +15,8 @@
   unmerge / unload checks of LoRA files in a pipeline against a reference video.
 * :mod:`fastvideo.testing.parallel`: the tiny generation of parallel tests and the check of every
   rank's latents and frames against one process.
+* :mod:`fastvideo.testing.serve`: ``ServeProcess``, ``fv serve`` in a subprocess on a free port (started,
+  waited for, killed with its workers, stopped), for tests of the server.
 * :mod:`fastvideo.testing.toys`: ``SelfAttention``, a toy layer through the attention seam for
   tests of backends and their per-layer modules (imported on its own: it imports torch).
 * :mod:`fastvideo.testing.conformance`: ``DiTConformance``, the tests every model family's DiT
