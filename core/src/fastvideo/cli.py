@@ -163,6 +163,9 @@ def generate(
     flow_shift: Annotated[Optional[float], typer.Option(help="Flow-matching timestep shift.")] = None,
     image: Annotated[Optional[str], typer.Option(help="Conditioning image (I2V / TI2V).")] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
+    audio: Annotated[
+        Optional[bool], typer.Option("--audio/--no-audio", help="Decode and write the soundtrack [on].")
+    ] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")
     ] = None,
@@ -225,6 +228,7 @@ def generate(
             "flow_shift": flow_shift,
             "image": image,
             "max_sequence_length": max_sequence_length,
+            "audio": audio,
             "backend_options": ctx.meta.get(_BACKEND_OPTIONS) or None,
         }
         sampling = {k: v for k, v in sampling.items() if v is not None}
