@@ -1,0 +1,1 @@
+"""fastvideo-ltx: Lightricks' LTX models for fastvideo."""
