@@ -1,0 +1,109 @@
+"""Text to audio-video against diffusers' LTX2Pipeline on a tiny checkpoint written by its own
+save_pretrained (tiny Gemma 3, connectors, DiT, video VAE, audio VAE, vocoder): the same prompt and
+initial video and audio noise give the same frames and the same waveform; --no-audio, the mp4 with
+sound, bad noise shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fastvideo_ltx.plugin
+import numpy as np
+import pytest
+import torch
+from fastvideo_ltx.ltx2.pipeline import Guidance, set_guidance
+from fastvideo_ltx.ltx2.tiny import build_pipeline
+
+from fastvideo import VideoGenerator
+from fastvideo.testing import fake_plugins
+from fastvideo.video import read_mp4, read_mp4_audio
+
+REQUEST = {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 2, "max_sequence_length": 16}
+PROMPT, NEGATIVE = "a cat plays piano in the rain", "blurry"
+
+
+@pytest.fixture(autouse=True)
+def _plugin() -> Iterator[None]:
+    with fake_plugins(fastvideo_ltx.plugin):
+        yield
+
+
+def _noise(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # 9 frames at 64x64 -> (16, 2, 2, 2); 9/24 s of audio at 16 kHz, hop 160, 4x -> 9 latents x 4 mel bins
+    return torch.randn(1, 16, 2, 2, 2, generator=g), torch.randn(1, 4, 9, 4, generator=g)
+
+
+def _diffusers_run(pipe: Any, video: torch.Tensor, audio: torch.Tensor, guidance: Guidance, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        frames, wave = pipe(
+            prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=9, height=64, width=64, num_inference_steps=2,
+            frame_rate=24.0, guidance_scale=scale, audio_guidance_scale=guidance.audio_scale,
+            stg_scale=guidance.stg_scale, audio_stg_scale=guidance.audio_stg_scale,
+            modality_scale=guidance.modality_scale, audio_modality_scale=guidance.audio_modality_scale,
+            guidance_rescale=guidance.rescale, audio_guidance_rescale=guidance.audio_rescale,
+            spatio_temporal_guidance_blocks=list(guidance.stg_blocks), use_cross_timestep=guidance.use_cross_timestep,
+            latents=video.clone(), audio_latents=audio.clone(), max_sequence_length=16,
+            generator=torch.Generator().manual_seed(0), output_type="pil", return_dict=False,
+        )  # fmt: skip
+    return np.stack([np.asarray(f) for f in frames[0]]), wave[0].float().T.numpy()
+
+
+CASES = [
+    pytest.param(False, Guidance(), 3.0, id="ltx2-defaults"),
+    pytest.param(True, Guidance(stg_blocks=(1,)), 3.0, id="ltx2.3-stg-modality"),
+    pytest.param(False, Guidance(audio_scale=None, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
+                                 audio_modality_scale=1.0, rescale=0.0, audio_rescale=0.0,
+                                 use_cross_timestep=False), 1.0, id="no-guidance"),
+]
+
+
+@pytest.mark.parametrize(("ltx23", "guidance", "scale"), CASES)
+def test_matches_diffusers_ltx2_pipeline(tmp_path: Path, ltx23: bool, guidance: Guidance, scale: float) -> None:
+    pipe = build_pipeline(ltx23=ltx23)
+    pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    video, audio = _noise()
+    ref_frames, ref_wave = _diffusers_run(pipe, video, audio, guidance, scale)
+    gen = VideoGenerator.from_pretrained(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    set_guidance(gen.pipeline, guidance)
+    out = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, guidance_scale=scale, latents=video,
+                             audio_latents=audio, **REQUEST)  # fmt: skip
+    assert out.frames.shape == ref_frames.shape == (9, 64, 64, 3)
+    diff = np.abs(out.frames.astype(np.int16) - ref_frames.astype(np.int16))
+    assert diff.mean() <= 0.03 and diff.max() <= 2, (diff.mean(), diff.max())
+    assert out.audio is not None and out.audio.shape == ref_wave.shape and out.audio.dtype == np.float32
+    assert out.sample_rate == pipe.vocoder.config.output_sampling_rate
+    assert np.abs(out.audio - ref_wave).max() <= 1e-4, np.abs(out.audio - ref_wave).max()
+    assert np.abs(ref_wave).max() > 1e-3  # a real signal, not silence
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ltx2") / "ckpt"
+    build_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def test_mp4_holds_both_streams_and_no_audio_skips_them(tiny: Path, tmp_path: Path) -> None:
+    gen = VideoGenerator.from_pretrained(str(tiny), device="cpu", progress=False)
+    video, audio = _noise()
+    out = gen.generate_video(PROMPT, latents=video, audio_latents=audio, output_path=tmp_path / "av.mp4", **REQUEST)
+    assert out.path is not None
+    np.testing.assert_array_equal(read_mp4(out.path).shape, out.frames.shape)
+    back, rate = read_mp4_audio(out.path)
+    assert rate == out.sample_rate and back.shape == out.audio.shape
+    mute = gen.generate_video(PROMPT, latents=video, audio_latents=audio, audio=False, **REQUEST)
+    assert mute.audio is None and mute.sample_rate is None
+    np.testing.assert_array_equal(mute.frames, out.frames)
+
+
+def test_noise_of_the_wrong_shape_is_one_line(tiny: Path) -> None:
+    gen = VideoGenerator.from_pretrained(str(tiny), device="cpu", progress=False)
+    with pytest.raises(ValueError) as err:
+        gen.generate_video(PROMPT, audio_latents=torch.zeros(1, 4, 5, 4), **REQUEST)
+    assert str(err.value) == (
+        "audio_latents must be a float tensor (1, C, L, M) = (1, 4, 9, 4) for this request, "
+        "got torch.float32 (1, 4, 5, 4)"
+    )
