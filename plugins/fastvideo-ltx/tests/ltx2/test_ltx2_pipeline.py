@@ -36,7 +36,9 @@ def _noise(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(1, 16, 2, 2, 2, generator=g), torch.randn(1, 4, 9, 4, generator=g)
 
 
-def _diffusers_run(pipe: Any, video: torch.Tensor, audio: torch.Tensor, guidance: Guidance, scale: float) -> tuple[np.ndarray, np.ndarray]:
+def _diffusers_run(
+    pipe: Any, video: torch.Tensor, audio: torch.Tensor, guidance: Guidance, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         frames, wave = pipe(
             prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=9, height=64, width=64, num_inference_steps=2,
@@ -54,14 +56,28 @@ def _diffusers_run(pipe: Any, video: torch.Tensor, audio: torch.Tensor, guidance
 CASES = [
     pytest.param(False, Guidance(), 3.0, id="ltx2-defaults"),
     pytest.param(True, Guidance(stg_blocks=(1,)), 3.0, id="ltx2.3-stg-modality"),
-    pytest.param(False, Guidance(audio_scale=None, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
-                                 audio_modality_scale=1.0, rescale=0.0, audio_rescale=0.0,
-                                 use_cross_timestep=False), 1.0, id="no-guidance"),
+    pytest.param(
+        False,
+        Guidance(
+            audio_scale=None,
+            stg_scale=0.0,
+            audio_stg_scale=0.0,
+            modality_scale=1.0,
+            audio_modality_scale=1.0,
+            rescale=0.0,
+            audio_rescale=0.0,
+            use_cross_timestep=False,
+        ),
+        1.0,
+        id="no-guidance",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("ltx23", "guidance", "scale"), CASES)
-def test_matches_diffusers_ltx2_pipeline(tmp_path: Path, ltx23: bool, guidance: Guidance, scale: float) -> None:
+def test_matches_diffusers_ltx2_pipeline(
+    tmp_path: Path, ltx23: bool, guidance: Guidance, scale: float
+) -> None:
     pipe = build_pipeline(ltx23=ltx23)
     pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
     video, audio = _noise()
@@ -89,7 +105,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_mp4_holds_both_streams_and_no_audio_skips_them(tiny: Path, tmp_path: Path) -> None:
     gen = VideoGenerator.from_pretrained(str(tiny), device="cpu", progress=False)
     video, audio = _noise()
-    out = gen.generate_video(PROMPT, latents=video, audio_latents=audio, output_path=tmp_path / "av.mp4", **REQUEST)
+    out = gen.generate_video(
+        PROMPT, latents=video, audio_latents=audio, output_path=tmp_path / "av.mp4", **REQUEST
+    )
     assert out.path is not None
     np.testing.assert_array_equal(read_mp4(out.path).shape, out.frames.shape)
     back, rate = read_mp4_audio(out.path)
@@ -107,3 +125,39 @@ def test_noise_of_the_wrong_shape_is_one_line(tiny: Path) -> None:
         "audio_latents must be a float tensor (1, C, L, M) = (1, 4, 9, 4) for this request, "
         "got torch.float32 (1, 4, 5, 4)"
     )
+
+
+def _image(path: Path) -> Path:
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:80, 0:96]
+    rgb = np.stack([xx * 2, yy * 3, (xx + yy) % 255], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_image_to_audio_video_matches_diffusers(tmp_path: Path) -> None:
+    from diffusers import LTX2ImageToVideoPipeline
+    from PIL import Image
+
+    pipe = build_pipeline()
+    pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    i2v = LTX2ImageToVideoPipeline(**{k: v for k, v in pipe.components.items() if v is not None})
+    image = _image(tmp_path / "start.png")
+    video = torch.randn(1, 16, 2, 2, 2, generator=torch.Generator().manual_seed(0))  # what diffusers draws
+    _, audio = _noise()
+    with torch.no_grad():
+        frames, wave = i2v(
+            image=Image.open(image).convert("RGB"), image_crf=0, prompt=PROMPT, negative_prompt=NEGATIVE,
+            num_frames=9, height=64, width=64, num_inference_steps=2, frame_rate=24.0, audio_latents=audio.clone(),
+            max_sequence_length=16, generator=torch.Generator().manual_seed(0), output_type="pil", return_dict=False,
+        )  # fmt: skip
+    ref = np.stack([np.asarray(f) for f in frames[0]])
+    gen = VideoGenerator.from_pretrained(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    out = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, image=str(image), latents=video, audio_latents=audio,
+                             **REQUEST)  # fmt: skip
+    diff = np.abs(out.frames.astype(np.int16) - ref.astype(np.int16))
+    assert diff.mean() <= 0.03 and diff.max() <= 2, (diff.mean(), diff.max())
+    assert np.abs(out.audio - wave[0].float().T.numpy()).max() <= 1e-4
+    t2v = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, latents=video, audio_latents=audio, **REQUEST)
+    assert np.abs(t2v.frames.astype(np.int16) - out.frames.astype(np.int16)).mean() > 1.0  # the image matters

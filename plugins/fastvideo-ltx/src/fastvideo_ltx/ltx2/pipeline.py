@@ -57,7 +57,12 @@ class Geometry:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def video_shape(self, p: Any) -> tuple[int, int, int, int]:
-        return (self.latent_channels, (p.num_frames - 1) // self.temporal + 1, p.height // self.spatial, p.width // self.spatial)
+        return (
+            self.latent_channels,
+            (p.num_frames - 1) // self.temporal + 1,
+            p.height // self.spatial,
+            p.width // self.spatial,
+        )
 
     def audio_shape(self, p: Any) -> tuple[int, int, int]:
         per_second = self.audio_rate / self.audio_hop / float(self.audio_temporal)
@@ -81,10 +86,17 @@ class GemmaConnectorStage(PipelineStage):
     def __init__(
         self, tokenizer: Any, text_encoder: Any, connectors: Any, guidance: Guidance, *, dtype: torch.dtype
     ) -> None:
-        self.tokenizer, self.text_encoder, self.connectors, self.dtype = tokenizer, text_encoder, connectors, dtype
+        self.tokenizer, self.text_encoder, self.connectors, self.dtype = (
+            tokenizer,
+            text_encoder,
+            connectors,
+            dtype,
+        )
         self.guidance = guidance
 
-    def encode(self, prompts: list[str], max_length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, prompts: list[str], max_length: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.tokenizer
         tok.padding_side = "left"
         if tok.pad_token is None:
@@ -111,18 +123,47 @@ class GemmaConnectorStage(PipelineStage):
 
 
 class LTX2LatentStage(PipelineStage):
-    """The initial video and audio noise, normalized as diffusers does for given latents."""
+    """The initial video and audio noise, normalized as diffusers does for given latents. With an
+    image (I2AV) its VAE latent is the first latent frame, kept clean (``cond_mask``); the given video
+    noise is then the raw noise of the other frames, as diffusers' image-to-video pipeline draws it."""
 
     name = "latent_preparation"
 
-    def __init__(self, geometry: Geometry) -> None:
-        self.geometry = geometry
+    def __init__(self, geometry: Geometry, vae: Any) -> None:
+        self.geometry, self.vae = geometry, vae
+
+    def encode_image(self, batch: Any, shape: tuple[int, ...]) -> torch.Tensor:
+        from diffusers.video_processor import VideoProcessor
+        from PIL import Image
+
+        p, g = batch.params, self.geometry
+        with Image.open(p.image) as im:
+            image = im.convert("RGB")
+        pixels = VideoProcessor(vae_scale_factor=g.spatial, resample="bilinear").preprocess(
+            image, height=p.height, width=p.width
+        )
+        pixels = pixels.to(batch.device, self.vae.dtype).unsqueeze(2)  # (1, 3, 1, H, W)
+        latent = self.vae.encode(pixels).latent_dist.mode().float()  # (1, C, 1, H', W')
+        mean = g.stats["mean"].to(batch.device).view(1, -1, 1, 1, 1)
+        std = g.stats["std"].to(batch.device).view(1, -1, 1, 1, 1)
+        return ((latent - mean) / std).repeat(1, 1, shape[2], 1, 1)
 
     def forward(self, batch: Any) -> Any:
         p, g = batch.params, self.geometry
         vshape, ashape = (1, *g.video_shape(p)), (1, *g.audio_shape(p))
         stats = {k: v.to(batch.device) for k, v in g.stats.items()}
-        if batch.latents is None:
+        if p.image is not None:
+            image = self.encode_image(batch, vshape)
+            if batch.latents is None:
+                noise = torch.randn(vshape, generator=batch.generator, dtype=torch.float32).to(batch.device)
+            else:
+                _check("latents", batch.latents, vshape, "(1, C, T', H', W')")
+                noise = batch.latents.float().to(batch.device)
+            cond = torch.zeros((1, 1, *vshape[2:]), device=batch.device)
+            cond[:, :, 0] = 1.0
+            batch.family_extra(FAMILY)["cond_mask"] = cond
+            video = image * cond + noise * (1 - cond)
+        elif batch.latents is None:
             video = torch.randn(vshape, generator=batch.generator, dtype=torch.float32).to(batch.device)
         else:
             _check("latents", batch.latents, vshape, "(1, C, T', H', W')")
@@ -173,8 +214,6 @@ class LTX2DenoisingStage(PipelineStage):
         return video, audio
 
     def forward(self, batch: Any) -> Any:
-        from fastvideo.attention.context import StepContext, step_context
-
         p, extra, gd = batch.params, batch.family_extra(FAMILY), self.guidance
         model = self.transformer
         dtype = model.dtype
@@ -194,20 +233,14 @@ class LTX2DenoisingStage(PipelineStage):
         pos = slice(b, 2 * b) if cfg else slice(0, b)
         grid = model.token_grid(video.shape)
         timesteps = sched_v.timesteps
+        cond = extra.get("cond_mask")  # (1, 1, T', H', W') 1 on the image's latent frame (I2AV), or None
+        keep = None if cond is None else video[:, :, :1].clone()
         for i, t in enumerate(timesteps):
             sigma_v, sigma_a = sched_v.sigmas[i], sched_a.sigmas[i]
+            step = _Step(self, batch, i, len(timesteps), t, grid, cond)
 
-            def run(v_in: torch.Tensor, a_in: torch.Tensor, sl: slice, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
-                n = v_in.shape[0]
-                tt = t.expand(n).to(video.device)
-                ctx = StepContext(grid=grid, step_index=i, num_steps=len(timesteps), timestep=float(t), options=p.backend_options)
-                with step_context(ctx):
-                    ov, oa = model(
-                        v_in.to(dtype), a_in.to(dtype), text[sl], audio_text[sl], tt, sigma=tt,
-                        encoder_attention_mask=mask[sl], audio_encoder_attention_mask=mask[sl], fps=float(p.fps),
-                        use_cross_timestep=gd.use_cross_timestep, **kw,
-                    )  # fmt: skip
-                return ov.float(), oa.float()
+            def run(v_in: torch.Tensor, a_in: torch.Tensor, sl: slice, step: _Step = step, **kw: Any) -> Any:
+                return step.run(v_in, a_in, text[sl], audio_text[sl], mask[sl], **kw)
 
             def x0(sample: torch.Tensor, vel: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
                 return sample - vel * sigma
@@ -239,8 +272,46 @@ class LTX2DenoisingStage(PipelineStage):
             vel_v, vel_a = (video - guided_v) / sigma_v, (audio - guided_a) / sigma_a
             video = sched_v.step(vel_v, t, video, return_dict=False)[0]
             audio = sched_a.step(vel_a, t, audio, return_dict=False)[0]
+            if keep is not None:  # the image's latent frame is never denoised (Euler steps are elementwise)
+                video = torch.cat([keep, video[:, :, 1:]], dim=2)
         batch.latents, batch.audio_latents = video, audio
         return batch
+
+
+class _Step:
+    """One denoising step's DiT call: timesteps (per video token under image conditioning), the step
+    context for attention backends."""
+
+    def __init__(self, stage: LTX2DenoisingStage, batch: Any, i: int, n: int, t: torch.Tensor, grid: Any,
+                 cond: torch.Tensor | None) -> None:  # fmt: skip
+        self.stage, self.batch, self.i, self.n, self.t, self.grid, self.cond = (
+            stage,
+            batch,
+            i,
+            n,
+            t,
+            grid,
+            cond,
+        )
+
+    def run(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, audio_text: torch.Tensor,
+            mask: torch.Tensor, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        from fastvideo.attention.context import StepContext, step_context
+
+        model, p, gd = self.stage.transformer, self.batch.params, self.stage.guidance
+        b = video.shape[0]
+        tt = self.t.expand(b).to(video.device)
+        vt = tt if self.cond is None else tt[:, None] * (1 - self.cond.flatten(1).to(video.device))  # (B, Lv)
+        ctx = StepContext(grid=self.grid, step_index=self.i, num_steps=self.n, timestep=float(self.t),
+                          options=p.backend_options)  # fmt: skip
+        dtype = model.dtype
+        with step_context(ctx):
+            ov, oa = model(
+                video.to(dtype), audio.to(dtype), text, audio_text, vt, audio_timestep=tt, sigma=tt,
+                encoder_attention_mask=mask, audio_encoder_attention_mask=mask, fps=float(p.fps),
+                use_cross_timestep=gd.use_cross_timestep, **kw,
+            )  # fmt: skip
+        return ov.float(), oa.float()
 
 
 def _or(value: float | None, default: float) -> float:
@@ -267,7 +338,9 @@ class LTX2DecodingStage(PipelineStage):
         batch.frames = (video.permute(1, 2, 3, 0) * 255).round().to(torch.uint8).cpu().numpy()
         if batch.params.audio:
             packed = pack_audio(batch.audio_latents) * stats["audio_std"] + stats["audio_mean"]
-            mel = self.audio_vae.decode(unpack_audio(packed, g.mel_bins).to(self.audio_vae.dtype), return_dict=False)[0]
+            mel = self.audio_vae.decode(
+                unpack_audio(packed, g.mel_bins).to(self.audio_vae.dtype), return_dict=False
+            )[0]
             wave = self.vocoder(mel.to(next(self.vocoder.parameters()).dtype))  # (B, channels, N)
             batch.audio = wave[0].float().T.contiguous().cpu().numpy()  # (N, channels)
             batch.sample_rate = int(self.vocoder.config.output_sampling_rate)
@@ -286,16 +359,25 @@ def load_parts(source: Any, config: Any) -> dict[str, Any]:
     mi = source.model_index
     parts: dict[str, Any] = {"device": device}
     parts["tokenizer"] = load_component(source.path, mi, "tokenizer")
-    parts["text_encoder"] = load_component(source.path, mi, "text_encoder", dtype=text_dtype, device=device).eval()
+    parts["text_encoder"] = load_component(
+        source.path, mi, "text_encoder", dtype=text_dtype, device=device
+    ).eval()
     parts["scheduler"] = load_component(source.path, mi, "scheduler")
     parts["vae"] = load_component(source.path, mi, "vae", dtype=vae_dtype, device=device).eval()
     parts["audio_vae"] = load_component(source.path, mi, "audio_vae", dtype=vae_dtype, device=device).eval()
     for name in ("connectors", "vocoder"):
         cls = getattr(ltx2_pipelines, mi[name][1])
         dtype = text_dtype if name == "connectors" else vae_dtype
-        parts[name] = cls.from_pretrained(source.path / name, torch_dtype=torch_dtype(dtype), use_safetensors=True).to(device).eval()
+        parts[name] = (
+            cls.from_pretrained(source.path / name, torch_dtype=torch_dtype(dtype), use_safetensors=True)
+            .to(device)
+            .eval()
+        )
     parts["transformer"] = LTX2Transformer.from_pretrained(
-        source.path / "transformer", dtype=torch_dtype(dit_dtype), device=device, attention_backend=config.attention_backend
+        source.path / "transformer",
+        dtype=torch_dtype(dit_dtype),
+        device=device,
+        attention_backend=config.attention_backend,
     )
     parts["text_dtype"] = torch_dtype(text_dtype)
     return parts
@@ -334,9 +416,13 @@ def build(family: Any, source: Any, config: Any, *, guidance: Guidance | None = 
     stages = [
         InputValidationStage(family, source),
         GemmaConnectorStage(
-            parts["tokenizer"], parts["text_encoder"], parts["connectors"], guidance, dtype=parts["text_dtype"]
+            parts["tokenizer"],
+            parts["text_encoder"],
+            parts["connectors"],
+            guidance,
+            dtype=parts["text_dtype"],
         ),
-        LTX2LatentStage(geometry),
+        LTX2LatentStage(geometry, parts["vae"]),
         LTX2DenoisingStage(parts["transformer"], parts["scheduler"], guidance),
         LTX2DecodingStage(parts["vae"], parts["audio_vae"], parts["vocoder"], geometry),
     ]
