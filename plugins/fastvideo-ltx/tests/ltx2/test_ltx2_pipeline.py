@@ -161,3 +161,44 @@ def test_image_to_audio_video_matches_diffusers(tmp_path: Path) -> None:
     assert np.abs(out.audio - wave[0].float().T.numpy()).max() <= 1e-4
     t2v = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, latents=video, audio_latents=audio, **REQUEST)
     assert np.abs(t2v.frames.astype(np.int16) - out.frames.astype(np.int16)).mean() > 1.0  # the image matters
+
+
+def test_two_stage_matches_diffusers_stage_by_stage(tmp_path: Path) -> None:
+    """Half size with full guidance, latent upsample, 3 distilled refinement steps at full size: as
+    LTX2Pipeline(output_type="latent") -> LTX2LatentUpsamplePipeline -> LTX2Pipeline(sigmas=stage 2)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2LatentUpsamplePipeline, LTX2Pipeline
+    from fastvideo_ltx.ltx2.pipeline import STAGE_2_SIGMAS
+    from fastvideo_ltx.ltx2.tiny import build_upsampler
+
+    pipe = build_pipeline()
+    pipe.save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    upsampler = build_upsampler()
+    upsampler.save_pretrained(tmp_path / "ckpt" / "latent_upsampler", safe_serialization=True)
+    video, audio = _noise()  # stage-1 size: 64x64 of a 128x128 request
+    with torch.no_grad():
+        v1, a1 = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=9, height=64, width=64,
+                      num_inference_steps=2, latents=video.clone(), audio_latents=audio.clone(),
+                      max_sequence_length=16, generator=torch.Generator().manual_seed(5), output_type="latent",
+                      return_dict=False)  # fmt: skip
+        up = LTX2LatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
+        v_up = up(latents=v1, output_type="latent", return_dict=False)[0]
+        stage2 = LTX2Pipeline(**{k: v for k, v in pipe.components.items() if v is not None})
+        stage2.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, use_dynamic_shifting=False, shift_terminal=None
+        )
+        frames, wave = stage2(
+            prompt=PROMPT, num_frames=9, height=128, width=128, latents=v_up, audio_latents=a1,
+            noise_scale=STAGE_2_SIGMAS[0], sigmas=list(STAGE_2_SIGMAS), num_inference_steps=3, guidance_scale=1.0,
+            audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
+            audio_modality_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0, max_sequence_length=16,
+            generator=torch.Generator().manual_seed(1024), output_type="pil", return_dict=False,
+        )  # fmt: skip
+    ref = np.stack([np.asarray(f) for f in frames[0]])
+    gen = VideoGenerator.from_pretrained(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    out = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, latents=video, audio_latents=audio, seed=1024,
+                             **{**REQUEST, "height": 128, "width": 128})  # fmt: skip
+    assert out.frames.shape == ref.shape == (9, 128, 128, 3)
+    assert {"denoising", "latent_upsample", "refine", "decoding"} <= set(out.timings)
+    diff = np.abs(out.frames.astype(np.int16) - ref.astype(np.int16))
+    assert diff.mean() <= 0.03 and diff.max() <= 2, (diff.mean(), diff.max())
+    assert np.abs(out.audio - wave[0].float().T.numpy()).max() <= 1e-4

@@ -41,6 +41,12 @@ class LTX2Family(ModelFamily):
     }  # fmt: skip
 
     @classmethod
+    def factors(cls, source: Any) -> tuple[int, int]:
+        """A checkpoint with a latent upsampler runs its first stage at half the size: 64-pixel steps."""
+        two_stage = source.read_json("latent_upsampler/config.json") is not None
+        return (64 if two_stage else cls.spatial_factor, cls.temporal_factor)
+
+    @classmethod
     def build_pipeline(cls, source: Any, config: Any) -> Any:
         from fastvideo_ltx.ltx2.pipeline import build
 

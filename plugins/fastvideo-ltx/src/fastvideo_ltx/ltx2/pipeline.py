@@ -56,13 +56,11 @@ class Geometry:
     audio_temporal: int
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    downscale: int = 1  # two-stage: the first stage runs at 1/2 the size, the upsampler doubles it
+
     def video_shape(self, p: Any) -> tuple[int, int, int, int]:
-        return (
-            self.latent_channels,
-            (p.num_frames - 1) // self.temporal + 1,
-            p.height // self.spatial,
-            p.width // self.spatial,
-        )
+        s = self.spatial * self.downscale
+        return (self.latent_channels, (p.num_frames - 1) // self.temporal + 1, p.height // s, p.width // s)
 
     def audio_shape(self, p: Any) -> tuple[int, int, int]:
         per_second = self.audio_rate / self.audio_hop / float(self.audio_temporal)
@@ -140,7 +138,7 @@ class LTX2LatentStage(PipelineStage):
         with Image.open(p.image) as im:
             image = im.convert("RGB")
         pixels = VideoProcessor(vae_scale_factor=g.spatial, resample="bilinear").preprocess(
-            image, height=p.height, width=p.width
+            image, height=p.height // g.downscale, width=p.width // g.downscale
         )
         pixels = pixels.to(batch.device, self.vae.dtype).unsqueeze(2)  # (1, 3, 1, H, W)
         latent = self.vae.encode(pixels).latent_dist.mode().float()  # (1, C, 1, H', W')
@@ -198,15 +196,21 @@ class LTX2DenoisingStage(PipelineStage):
 
     name = "denoising"
 
-    def __init__(self, transformer: LTX2Transformer, scheduler: Any, guidance: Guidance) -> None:
+    def __init__(
+        self, transformer: LTX2Transformer, scheduler: Any, guidance: Guidance, *, sigmas: Any = None,
+        guided: bool = True, name: str = "denoising",
+    ) -> None:  # fmt: skip
         self.transformer, self.scheduler, self.guidance = transformer, scheduler, guidance
+        self.sigmas, self.guided, self.name = sigmas, guided, name
 
     def schedules(self, num_steps: int, num_video_tokens: int, device: torch.device) -> tuple[Any, Any]:
         cfg = self.scheduler.config
         base, top = cfg.get("base_image_seq_len", 1024), cfg.get("max_image_seq_len", 4096)
         lo, hi = cfg.get("base_shift", 0.95), cfg.get("max_shift", 2.05)
         mu = num_video_tokens * (hi - lo) / (top - base) + lo - (hi - lo) / (top - base) * base
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        sigmas = (
+            np.linspace(1.0, 1 / num_steps, num_steps) if self.sigmas is None else np.asarray(self.sigmas)
+        )
         video, audio = copy.deepcopy(self.scheduler), copy.deepcopy(self.scheduler)
         for s in (video, audio):
             s.set_timesteps(sigmas=sigmas, device=device, mu=mu)
@@ -219,18 +223,22 @@ class LTX2DenoisingStage(PipelineStage):
         dtype = model.dtype
         video, audio = batch.latents, batch.audio_latents
         b = video.shape[0]
-        sched_v, sched_a = self.schedules(p.num_inference_steps, math.prod(video.shape[2:]), video.device)
+        steps = p.num_inference_steps if self.sigmas is None else len(self.sigmas)
+        sched_v, sched_a = self.schedules(steps, math.prod(video.shape[2:]), video.device)
         text, audio_text, mask = extra["text"].to(dtype), extra["audio_text"].to(dtype), extra["text_mask"]
-        cfg = extra["cfg"]
+        cfg = extra["cfg"] and self.guided
         scales = {
             "cfg": (p.guidance_scale, _or(gd.audio_scale, p.guidance_scale)),
             "stg": (gd.stg_scale, _or(gd.audio_stg_scale, gd.stg_scale)),
             "mod": (gd.modality_scale, _or(gd.audio_modality_scale, gd.modality_scale)),
         }
         rescale = (gd.rescale, _or(gd.audio_rescale, gd.rescale))
+        if not self.guided:  # the distilled refinement: the conditional prediction alone
+            scales = {"cfg": (1.0, 1.0), "stg": (0.0, 0.0), "mod": (1.0, 1.0)}
+            rescale = (0.0, 0.0)
         do_stg = scales["stg"][0] > 0 or scales["stg"][1] > 0
         do_mod = scales["mod"][0] > 1 or scales["mod"][1] > 1
-        pos = slice(b, 2 * b) if cfg else slice(0, b)
+        pos = slice(b, 2 * b) if extra["cfg"] else slice(0, b)
         grid = model.token_grid(video.shape)
         timesteps = sched_v.timesteps
         cond = extra.get("cond_mask")  # (1, 1, T', H', W') 1 on the image's latent frame (I2AV), or None
@@ -347,6 +355,56 @@ class LTX2DecodingStage(PipelineStage):
         return batch
 
 
+#: diffusers' ``STAGE_2_DISTILLED_SIGMA_VALUES``: the refinement schedule of the two-stage path
+STAGE_2_SIGMAS = (0.909375, 0.725, 0.421875)
+
+
+def _packed_noise(shape: tuple[int, ...], generator: Any, device: torch.device, video: bool) -> torch.Tensor:
+    """Standard-normal noise drawn in diffusers' packed token layout, returned in ours (so the same
+    generator gives the same values per element as diffusers' ``_create_noised_state``)."""
+    if video:
+        b, c, t, h, w = shape
+        flat = torch.randn((b, t * h * w, c), generator=generator, dtype=torch.float32)
+        return flat.transpose(1, 2).reshape(shape).to(device)
+    b, c, length, mel = shape
+    flat = torch.randn((b, length, c * mel), generator=generator, dtype=torch.float32)
+    return unpack_audio(flat, mel).to(device)
+
+
+class LTX2UpsampleStage(PipelineStage):
+    """Two-stage path: the first stage's video latents doubled in size by the latent upsampler
+    (optionally AdaIN-matched to them), then both streams re-noised to the refinement's first sigma."""
+
+    name = "latent_upsample"
+
+    def __init__(
+        self, upsampler: Any, geometry: Geometry, *, sigmas: Any = STAGE_2_SIGMAS, adain: float = 0.0
+    ) -> None:
+        self.upsampler, self.geometry, self.sigmas, self.adain = upsampler, geometry, sigmas, adain
+
+    def forward(self, batch: Any) -> Any:
+        g = self.geometry
+        stats = {k: v.to(batch.device) for k, v in g.stats.items()}
+        mean, std = stats["mean"].view(1, -1, 1, 1, 1), stats["std"].view(1, -1, 1, 1, 1)
+        raw = batch.latents * std / stats["scaling"] + mean
+        dtype = next(self.upsampler.parameters()).dtype
+        up = self.upsampler(raw.to(dtype)).float()
+        if self.adain > 0:
+            dims = (2, 3, 4)
+            r_std, r_mean = torch.std_mean(raw, dim=dims, keepdim=True)
+            u_std, u_mean = torch.std_mean(up, dim=dims, keepdim=True)
+            up = torch.lerp(up, (up - u_mean) / u_std * r_std + r_mean, self.adain)
+        video = (up - mean) * stats["scaling"] / std
+        packed = pack_audio(batch.audio_latents) * stats["audio_std"] + stats["audio_mean"]
+        audio = unpack_audio((packed - stats["audio_mean"]) / stats["audio_std"], g.mel_bins)
+        s = float(self.sigmas[0])
+        noise_v = _packed_noise(tuple(video.shape), batch.generator, batch.device, video=True)
+        noise_a = _packed_noise(tuple(audio.shape), batch.generator, batch.device, video=False)
+        batch.latents = s * noise_v + (1 - s) * video
+        batch.audio_latents = s * noise_a + (1 - s) * audio
+        return batch
+
+
 def load_parts(source: Any, config: Any) -> dict[str, Any]:
     """Every component of an LTX-2 diffusers folder, on the config's device and dtypes."""
     import diffusers.pipelines.ltx2 as ltx2_pipelines
@@ -380,6 +438,12 @@ def load_parts(source: Any, config: Any) -> dict[str, Any]:
         attention_backend=config.attention_backend,
     )
     parts["text_dtype"] = torch_dtype(text_dtype)
+    if (source.path / "latent_upsampler" / "config.json").is_file():  # the two-stage path
+        from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+        parts["latent_upsampler"] = LTX2LatentUpsamplerModel.from_pretrained(
+            source.path / "latent_upsampler", torch_dtype=torch_dtype(vae_dtype), use_safetensors=True
+        ).to(device).eval()  # fmt: skip
     return parts
 
 
@@ -406,14 +470,18 @@ def geometry_of(parts: dict[str, Any]) -> Geometry:
 
 
 def build(family: Any, source: Any, config: Any, *, guidance: Guidance | None = None) -> ComposedPipeline:
-    """The text-to-audio-video pipeline of an LTX-2 checkpoint."""
+    """The text/image-to-audio-video pipeline of an LTX-2 checkpoint; two-stage (half size, latent
+    upsample, distilled refinement) when the folder holds a ``latent_upsampler``."""
     from fastvideo.pipelines.compose import compile_if_asked
 
     parts = load_parts(source, config)
     guidance = guidance or Guidance()
     geometry = geometry_of(parts)
     compile_if_asked([parts["transformer"]], config, parts["device"])
-    stages = [
+    upsampler = parts.get("latent_upsampler")
+    if upsampler is not None:
+        geometry.downscale = 2
+    stages: list[PipelineStage] = [
         InputValidationStage(family, source),
         GemmaConnectorStage(
             parts["tokenizer"],
@@ -424,8 +492,20 @@ def build(family: Any, source: Any, config: Any, *, guidance: Guidance | None = 
         ),
         LTX2LatentStage(geometry, parts["vae"]),
         LTX2DenoisingStage(parts["transformer"], parts["scheduler"], guidance),
-        LTX2DecodingStage(parts["vae"], parts["audio_vae"], parts["vocoder"], geometry),
     ]
+    if upsampler is not None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        refine = FlowMatchEulerDiscreteScheduler.from_config(
+            parts["scheduler"].config, use_dynamic_shifting=False, shift_terminal=None
+        )
+        stages += [
+            LTX2UpsampleStage(upsampler, geometry),
+            LTX2DenoisingStage(
+                parts["transformer"], refine, guidance, sigmas=STAGE_2_SIGMAS, guided=False, name="refine"
+            ),
+        ]
+    stages.append(LTX2DecodingStage(parts["vae"], parts["audio_vae"], parts["vocoder"], geometry))
     components = {k: v for k, v in parts.items() if k != "text_dtype"}
     return ComposedPipeline(stages, components)
 

@@ -193,3 +193,14 @@ def make_checkpoint(path: str | Path, *, ltx23: bool = False, seed: int = 0) -> 
     path = Path(path)
     build_pipeline(ltx23=ltx23, seed=seed).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_upsampler(seed: int = 0) -> Any:
+    """A tiny ``LTX2LatentUpsamplerModel`` (2x spatial) for the tiny checkpoint's 16 latent channels."""
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    torch.manual_seed(seed)
+    model = LTX2LatentUpsamplerModel(in_channels=16, mid_channels=32, num_blocks_per_stage=1, dims=3,
+                                     spatial_upsample=True, use_rational_resampler=False).eval()  # fmt: skip
+    _randomize(model, seed + 99)
+    return model
