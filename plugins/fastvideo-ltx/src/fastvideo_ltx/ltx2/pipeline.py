@@ -475,9 +475,16 @@ def build(family: Any, source: Any, config: Any, *, guidance: Guidance | None = 
     from fastvideo.pipelines.compose import compile_if_asked
 
     parts = load_parts(source, config)
+    compile_if_asked([parts["transformer"]], config, parts["device"])
+    return compose(family, source, parts, guidance=guidance)
+
+
+def compose(
+    family: Any, source: Any, parts: dict[str, Any], *, guidance: Guidance | None = None
+) -> ComposedPipeline:
+    """The stages over loaded components (``load_parts``' dict; benchmarks build it from random weights)."""
     guidance = guidance or Guidance()
     geometry = geometry_of(parts)
-    compile_if_asked([parts["transformer"]], config, parts["device"])
     upsampler = parts.get("latent_upsampler")
     if upsampler is not None:
         geometry.downscale = 2
