@@ -84,10 +84,11 @@ def test_write_mp4_without_audio_has_no_audio_stream(tmp_path: Path) -> None:
             "audio must be float samples (N,) or (N, channels) with 1 to 8 channels, got (4, 3, 2)",
         ),
         (np.zeros((0, 2)), RATE, "audio must be float samples (N,) or (N, channels)"),
+        (np.full(100, np.nan), RATE, "audio has NaN or infinite samples"),
         (np.zeros(100), None, "sample_rate must be a positive int (Hz) when audio is given, got None"),
         (np.zeros(100), 0, "sample_rate must be a positive int (Hz) when audio is given, got 0"),
     ],
-    ids=["3d", "empty", "no-rate", "zero-rate"],
+    ids=["3d", "empty", "nan", "no-rate", "zero-rate"],
 )
 def test_write_mp4_checks_the_audio(tmp_path: Path, audio: np.ndarray, rate: Any, message: str) -> None:
     with pytest.raises(ValueError) as err:

@@ -138,6 +138,10 @@ def _check_audio(audio: Any, sample_rate: Any) -> Any:
         raise ValueError(
             f"audio must be float samples (N,) or (N, channels) with 1 to 8 channels, got {tuple(arr.shape)}"
         )
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            "audio has NaN or infinite samples; the model diverged (check the request) or pass audio=None"
+        )
     if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int (Hz) when audio is given, got {sample_rate!r}")
     return np.ascontiguousarray(arr.clip(-1.0, 1.0))

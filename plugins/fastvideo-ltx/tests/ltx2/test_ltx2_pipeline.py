@@ -202,3 +202,29 @@ def test_two_stage_matches_diffusers_stage_by_stage(tmp_path: Path) -> None:
     diff = np.abs(out.frames.astype(np.int16) - ref.astype(np.int16))
     assert diff.mean() <= 0.03 and diff.max() <= 2, (diff.mean(), diff.max())
     assert np.abs(out.audio - wave[0].float().T.numpy()).max() <= 1e-4
+
+
+def test_fv_generate_writes_video_with_sound(tiny: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fastvideo.cli import app
+
+    args = ["generate", "--model", str(tiny), "--prompt", PROMPT, "--num-frames", "9", "--height", "64",
+            "--width", "64", "--steps", "2", "--max-sequence-length", "16", "--device", "cpu", "--json"]  # fmt: skip
+    loud = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "loud.mp4")])
+    assert loud.exit_code == 0, loud.output
+    summary = json.loads(loud.output)
+    assert summary["audio"]["channels"] == 2 and summary["audio"]["sample_rate"] == 16000
+    back, rate = read_mp4_audio(tmp_path / "loud.mp4")
+    assert rate == 16000 and back.shape[1] == 2
+    mute = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "mute.mp4"), "--no-audio"])
+    assert mute.exit_code == 0, mute.output
+    assert "audio" not in json.loads(mute.output)
+    with pytest.raises(ValueError, match="has no audio stream"):
+        read_mp4_audio(tmp_path / "mute.mp4")
+    bad = CliRunner().invoke(app, [*args[:-1], "--height", "48", "--output", str(tmp_path / "bad.mp4")])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and "32" in bad.output
+    one = CliRunner().invoke(app, [*args, "--steps", "1", "--output", str(tmp_path / "one.mp4")])
+    assert one.exit_code == 2 and "needs at least 2 steps" in one.output and "\n" not in one.output.strip()

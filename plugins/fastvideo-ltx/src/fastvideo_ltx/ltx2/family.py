@@ -41,6 +41,15 @@ class LTX2Family(ModelFamily):
     }  # fmt: skip
 
     @classmethod
+    def validate(cls, params: Any, source: Any) -> None:
+        if params.num_inference_steps < 2:
+            raise ValueError(
+                f"num_inference_steps={params.num_inference_steps}: LTX-2's schedule (stretched to its terminal "
+                "sigma) needs at least 2 steps; use --steps 2 or more"
+            )
+        super().validate(params, source)
+
+    @classmethod
     def factors(cls, source: Any) -> tuple[int, int]:
         """A checkpoint with a latent upsampler runs its first stage at half the size: 64-pixel steps."""
         two_stage = source.read_json("latent_upsampler/config.json") is not None
