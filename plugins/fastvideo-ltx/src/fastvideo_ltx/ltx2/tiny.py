@@ -154,16 +154,26 @@ def build_pipeline(*, ltx23: bool = False, seed: int = 0) -> Any:
         sample_rate=16000,
         mel_hop_length=160,
     )
-    vocoder = LTX2Vocoder(
-        in_channels=2 * 16,
-        hidden_channels=16,
-        out_channels=2,
-        upsample_kernel_sizes=[4, 4],
-        upsample_factors=[2, 2],
-        resnet_kernel_sizes=[3],
-        resnet_dilations=[[1, 3]],
-        output_sampling_rate=16000,
-    )
+    if ltx23:  # LTX-2.3's vocoder: 16 kHz, then a bandwidth extension to 48 kHz
+        from diffusers.pipelines.ltx2.vocoder import LTX2VocoderWithBWE
+
+        vocoder = LTX2VocoderWithBWE(
+            in_channels=2 * 16, hidden_channels=32, upsample_kernel_sizes=[10, 8, 8, 4], upsample_factors=[5, 4, 4, 2],
+            resnet_kernel_sizes=[3], resnet_dilations=[[1, 3]], bwe_in_channels=2 * 16, bwe_hidden_channels=64,
+            bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1, 3]], filter_length=160, hop_length=80,
+            window_length=160, num_mel_channels=16,
+        )  # fmt: skip
+    else:
+        vocoder = LTX2Vocoder(
+            in_channels=2 * 16,
+            hidden_channels=16,
+            out_channels=2,
+            upsample_kernel_sizes=[4, 4],
+            upsample_factors=[2, 2],
+            resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3]],
+            output_sampling_rate=16000,
+        )
     for i, module in enumerate((text_encoder, connectors, transformer, vae, audio_vae, vocoder)):
         _randomize(module, seed + i)
     with torch.no_grad():  # latent statistics that are not the identity, so (de)normalization is exercised
