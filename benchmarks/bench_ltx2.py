@@ -163,6 +163,7 @@ def bench_dit(
         tr, ro = time_cuda("diffusers", run_ref, warmup=args.warmup, iters=args.iters)
         to, oo = time_cuda("ours", run_ours, warmup=args.warmup, iters=args.iters)
         ms_ours, ms_ref, peak = to.median_ms, tr.median_ms, max(to.peak_gib, tr.peak_gib)
+
     else:
         t0 = time.perf_counter()
         ro = run_ref()
@@ -178,6 +179,25 @@ def bench_dit(
         "rel_diff": float((oo[0].float() - rv).norm() / rv.norm()),
     }  # fmt: skip
     print("DiT forward:", json.dumps(out["dit"]))
+    return run_ours
+
+
+def bench_compiled(parts: dict[str, Any], run_ours: Any, args: argparse.Namespace, out: dict) -> None:
+    """Our DiT with regional torch.compile (one graph for the identical blocks), same inputs."""
+    from harness import time_cuda
+
+    ours = parts["transformer"]
+    try:
+        ours.compile_blocks()
+        tc, _ = time_cuda("ours compiled", run_ours, warmup=2, iters=args.iters)
+        out["dit_compiled_ms"] = round(tc.median_ms, 2)
+        out["dit_compiled_ratio"] = round(tc.median_ms / out["dit"]["diffusers_ms"], 3)
+        print(
+            f"DiT compiled: {tc.median_ms:.1f} ms ({out['dit_compiled_ratio']}x diffusers eager)", flush=True
+        )
+    except Exception as exc:  # report and keep the other results
+        out["dit_compiled_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        print("compile failed:", out["dit_compiled_error"])
 
 
 def bench_generation(
@@ -231,6 +251,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--skip-generation", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time our DiT with compile_blocks()")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run at toy sizes")
     args = ap.parse_args()
     if args.tiny:
@@ -243,18 +264,22 @@ def main() -> None:
     from harness import environment
 
     out: dict[str, Any] = {"env": environment(), "args": vars(args)}
-    bench_dit(parts, ref, args, device, out)
+    run_ours = bench_dit(parts, ref, args, device, out)
     del ref  # our DiT holds the same tensors
-    if not args.skip_generation:
-        bench_generation(parts, args, device, out)
     folder = Path(os.environ.get("OUT", "/tmp/out"))
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ltx2_bench.json").write_text(json.dumps(out, indent=2))  # partial results survive a timeout
+    if not args.skip_generation:
+        bench_generation(parts, args, device, out)
+        (folder / "ltx2_bench.json").write_text(json.dumps(out, indent=2))
+    if args.compile and device.type == "cuda":
+        bench_compiled(parts, run_ours, args, out)
     (folder / "ltx2_bench.json").write_text(json.dumps(out, indent=2))
     env, dit = out["env"], out["dit"]
     rows = [
         f"| {env['date']} | {env['card']} | LTX-2 DiT ({args.layers} layers) fwd | {args.frames}x{args.height}x{args.width} "
         f"({dit['tokens']['video']} + {dit['tokens']['audio']} tokens) | {dit['ours_ms']} ms | {dit['diffusers_ms']} ms "
-        f"(eager) | {dit['ratio']} | rel diff {dit['rel_diff']:.2e} |"
+        f"(eager) | {dit['ratio']} (compiled: {out.get('dit_compiled_ratio', '-')}) | rel diff {dit['rel_diff']:.2e} |"
     ]  # fmt: skip
     if "generation" in out:
         gen = out["generation"]

@@ -3,14 +3,14 @@
 # diffusers' eager LTX2VideoTransformer3DModel (same tensors, one forward, bf16), then the two-stage
 # text-to-audio-video generation end to end, stage by stage. Results: $OUT/ltx2_bench.json and
 # $OUT/ltx2_rows.md (rows for docs/benchmarks.md). Falls back to 24 DiT layers if 48 do not fit.
-# LTX2_ARGS passes extra flags to benchmarks/bench_ltx2.py (e.g. "--steps 20").
+# Last, our DiT again with compiled blocks (--compile). LTX2_ARGS passes extra flags to benchmarks/bench_ltx2.py (e.g. "--steps 20").
 set -uo pipefail
 source benchmarks/gpu_env.sh
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/card.txt"
 cd benchmarks
-if ! timeout 420 python3 bench_ltx2.py --frames 121 --height 768 --width 1280 ${LTX2_ARGS:-} 2>&1 \
+if ! timeout 420 python3 bench_ltx2.py --frames 121 --height 768 --width 1280 --compile ${LTX2_ARGS:-} 2>&1 \
     | grep -v -i -E "warning|torchao|it/s" | tee "$out/ltx2.log"; then
   echo "48-layer run failed (see ltx2.log)" | tee -a "$out/ltx2.log"
 fi
