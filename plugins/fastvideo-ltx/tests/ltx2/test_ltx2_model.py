@@ -179,3 +179,85 @@ def test_bad_config_is_one_line() -> None:
         LTX2Config(**{**TINY, "audio_cross_attention_dim": 7})
     assert "audio_cross_attention_dim=7 must equal the audio width" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_bf16_load_matches_diffusers_dtypes_and_is_close(tmp_path: Path) -> None:
+    from diffusers import LTX2VideoTransformer3DModel
+
+    cfg = {**TINY, **LTX23}
+    _ours(_diffusers(cfg), tmp_path)  # writes the checkpoint
+    ours = LTX2Transformer.from_pretrained(tmp_path / "transformer", dtype=torch.bfloat16)
+    ref = LTX2VideoTransformer3DModel.from_pretrained(tmp_path / "transformer", torch_dtype=torch.bfloat16)
+    expected = LTX2Transformer.name_mapping.to_ours({k: v.dtype for k, v in ref.state_dict().items()})
+    assert {k: v.dtype for k, v in ours.state_dict().items()} == expected
+    inp = _inputs(cfg)
+    inp = {k: v.bfloat16() if k in ("video", "audio", "text", "audio_text") else v for k, v in inp.items()}
+    ov, rv, oa, ra = _run_both(ref, ours, inp)
+    assert ov.dtype == torch.bfloat16
+    assert _rel(ov.float(), rv.float()) < 3e-2 and _rel(oa.float(), ra.float()) < 3e-2
+
+
+def test_gradients_reach_every_parameter_and_sparse_layers_are_video_self_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fnmatch
+
+    from fastvideo.attention import ALL, selector
+
+    cfg = {**TINY, **LTX23}
+    model = _ours(_diffusers(cfg), tmp_path)
+    inp = _inputs(cfg)
+    names: list[str] = []
+    calls: list[tuple[str, Any]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, n=name: names.append(n)))
+        hooks.append(module.register_forward_hook(lambda m, a, o: [names.pop(), None][1], always_call=True))
+    local = selector.attention_local
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw: Any) -> torch.Tensor:
+        calls.append((names[-1], kw.get("allow")))
+        return local(q, k, v, **kw)
+
+    monkeypatch.setattr(selector, "attention_local", spy)
+    model.train()
+    video, audio = model(inp["video"], inp["audio"], inp["text"], inp["audio_text"], inp["t"], sigma=inp["sigma"],
+                         encoder_attention_mask=inp["mask"], audio_encoder_attention_mask=inp["mask"])  # fmt: skip
+    (video.square().mean() + audio.square().mean()).backward()
+    for h in hooks:
+        h.remove()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    sparse = {n for n, allow in calls if allow == ALL}
+    assert sparse == {f"blocks.{i}.self_attn" for i in range(cfg["num_layers"])}
+    assert all(fnmatch.fnmatch(n, LTX2Transformer.sparse_attention_layers[0]) for n in sparse)
+    assert len(calls) == 6 * cfg["num_layers"]  # self x2, text x2, audio<->video x2 per block
+
+
+@pytest.mark.slow  # dynamo tracing: ~18 s on CI's cores
+def test_compiled_blocks_give_the_same_output(tmp_path: Path) -> None:
+    cfg = dict(TINY)
+    model = _ours(_diffusers(cfg), tmp_path)
+    inp = _inputs(cfg, batch=1)
+    args = (inp["video"], inp["audio"], inp["text"], inp["audio_text"], inp["t"])
+    with torch.no_grad():
+        eager = model(*args, sigma=inp["sigma"])
+        compiled = model.compile_blocks(backend="eager")(*args, sigma=inp["sigma"])
+    assert torch.allclose(eager[0], compiled[0], atol=1e-5) and torch.allclose(
+        eager[1], compiled[1], atol=1e-5
+    )
+
+
+def test_a_mis_shaped_tensor_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from fastvideo.errors import CheckpointError
+
+    _ours(_diffusers(dict(TINY)), tmp_path)
+    path = next((tmp_path / "transformer").glob("*.safetensors"))
+    state = load_file(path)
+    state["transformer_blocks.1.attn1.to_q.weight"] = torch.zeros(3, 3)
+    save_file(state, path)
+    with pytest.raises(CheckpointError, match=r"transformer_blocks\.1\.attn1\.to_q\.weight") as err:
+        LTX2Transformer.from_pretrained(tmp_path / "transformer", dtype=torch.float32)
+    assert "\n" not in str(err.value)
