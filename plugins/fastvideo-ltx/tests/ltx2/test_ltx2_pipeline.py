@@ -228,3 +228,27 @@ def test_fv_generate_writes_video_with_sound(tiny: Path, tmp_path: Path) -> None
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "32" in bad.output
     one = CliRunner().invoke(app, [*args, "--steps", "1", "--output", str(tmp_path / "one.mp4")])
     assert one.exit_code == 2 and "needs at least 2 steps" in one.output and "\n" not in one.output.strip()
+
+
+def test_two_stage_image_to_audio_video_keeps_the_first_frame_clean(tmp_path: Path) -> None:
+    from fastvideo_ltx.ltx2.tiny import build_upsampler
+
+    build_pipeline().save_pretrained(tmp_path / "ckpt", safe_serialization=True)
+    build_upsampler().save_pretrained(tmp_path / "ckpt" / "latent_upsampler", safe_serialization=True)
+    gen = VideoGenerator.from_pretrained(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    seen = []
+    refine = next(s for s in gen.pipeline.stages if s.name == "refine")
+    upsample = next(s for s in gen.pipeline.stages if s.name == "latent_upsample")
+    forward = upsample.forward
+
+    def spy(batch: Any) -> Any:
+        out = forward(batch)
+        seen.append(out.latents[:, :, :1].clone())
+        return out
+
+    upsample.forward = spy  # type: ignore[method-assign]
+    out = gen.generate_video(
+        PROMPT, image=str(_image(tmp_path / "a.png")), **{**REQUEST, "height": 128, "width": 128}
+    )
+    assert out.frames.shape == (9, 128, 128, 3) and out.audio is not None
+    assert refine.name == "refine" and torch.equal(out.latents[:, :, :1], seen[0])  # never denoised

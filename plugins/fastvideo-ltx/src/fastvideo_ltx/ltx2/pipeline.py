@@ -400,7 +400,14 @@ class LTX2UpsampleStage(PipelineStage):
         s = float(self.sigmas[0])
         noise_v = _packed_noise(tuple(video.shape), batch.generator, batch.device, video=True)
         noise_a = _packed_noise(tuple(audio.shape), batch.generator, batch.device, video=False)
-        batch.latents = s * noise_v + (1 - s) * video
+        extra = batch.family_extra(FAMILY)
+        sv: Any = s
+        if extra.get("cond_mask") is not None:  # I2AV: the first latent frame stays clean at full size too
+            cond = torch.zeros((1, 1, *video.shape[2:]), device=batch.device)
+            cond[:, :, 0] = 1.0
+            extra["cond_mask"] = cond
+            sv = s * (1 - cond)
+        batch.latents = sv * noise_v + (1 - sv) * video
         batch.audio_latents = s * noise_a + (1 - s) * audio
         return batch
 
