@@ -236,7 +236,9 @@ class LTX2DenoisingStage(PipelineStage):
         if not self.guided:  # the distilled refinement: the conditional prediction alone
             scales = {"cfg": (1.0, 1.0), "stg": (0.0, 0.0), "mod": (1.0, 1.0)}
             rescale = (0.0, 0.0)
-        do_stg = scales["stg"][0] > 0 or scales["stg"][1] > 0
+        # STG skips self-attention only where the DiT was built for it (perturbed_attn); elsewhere the
+        # perturbed pass equals the conditional one (diffusers still runs it: a zero term), so it is skipped
+        do_stg = (scales["stg"][0] > 0 or scales["stg"][1] > 0) and model.config.perturbed_attn
         do_mod = scales["mod"][0] > 1 or scales["mod"][1] > 1
         pos = slice(b, 2 * b) if extra["cfg"] else slice(0, b)
         grid = model.token_grid(video.shape)
