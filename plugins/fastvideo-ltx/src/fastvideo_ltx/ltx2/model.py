@@ -81,6 +81,7 @@ class LTX2Config(DiffusersConfigMixin):
     ff_bias: bool = True
     audio_ff_bias: bool = True
     use_prompt_adaln_single: bool = True
+    use_keyframes_abs_pos_embedding: bool = False  # LTX-2.5's keyframe embedding: not supported
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vae_scale_factors", tuple(self.vae_scale_factors))
@@ -106,6 +107,10 @@ class LTX2Config(DiffusersConfigMixin):
         if self.activation_fn != "gelu-approximate":
             raise ValueError(
                 f"activation_fn={self.activation_fn!r} is not supported; LTX-2 uses 'gelu-approximate'"
+            )
+        if self.use_keyframes_abs_pos_embedding:
+            raise ValueError(
+                "use_keyframes_abs_pos_embedding=True (LTX-2.5 keyframes) is not supported; use an LTX-2 or 2.3 checkpoint"
             )
         if self.norm_elementwise_affine:
             raise ValueError("norm_elementwise_affine=True is not supported; LTX-2 checkpoints use False")
