@@ -243,7 +243,7 @@ def test_corrupt_copy_bad_arguments_are_one_line(single: Any, tmp_path: Any) -> 
         corrupt_copy(single, tmp_path / "z", "drop", file="w.safetensors")
 
 
-def test_conformance_reference_forward_calls_diffusers_convention_by_default() -> None:
+def test_conformance_run_reference_calls_diffusers_convention_by_default() -> None:
     """The kit's reference call is ``ref(*args, return_dict=False)[0]`` unless a family overrides it."""
     import torch
 
@@ -256,5 +256,5 @@ def test_conformance_reference_forward_calls_diffusers_convention_by_default() -
         return (args[0] * 2,)
 
     x = torch.ones(2)
-    out = DiTConformance().reference_forward(ref, (x, 3))
+    out = DiTConformance().run_reference(ref, (x, 3))
     assert torch.equal(out, x * 2) and seen == {"args": (x, 3), "kwargs": {"return_dict": False}}

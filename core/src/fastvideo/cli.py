@@ -174,6 +174,9 @@ def generate(
         Optional[str], typer.Option(help="Conditioning clip, for families that take one.")
     ] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option(help="Text tokens.")] = None,
+    audio: Annotated[
+        Optional[bool], typer.Option("--audio/--no-audio", help="Decode and write the soundtrack [on].")
+    ] = None,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="mp4 path [outputs/<prompt>-<seed>.mp4].")
     ] = None,
@@ -240,6 +243,7 @@ def generate(
             "flow_shift": flow_shift,
             "image": _image_or_video(image, video),
             "max_sequence_length": max_sequence_length,
+            "audio": audio,
             "backend_options": ctx.meta.get(_BACKEND_OPTIONS) or None,
         }
         sampling = {k: v for k, v in sampling.items() if v is not None}

@@ -146,6 +146,7 @@ class SamplingParams:
     flow_shift: float | None = None  # None = the checkpoint scheduler's own shift
     image: str | None = None  # conditioning image path (I2V, TI2V)
     max_sequence_length: int = 512  # text tokens
+    audio: bool = True  # decode and write the soundtrack of families that generate one (--no-audio)
     # options of the attention backend, {backend: {option: value}}, checked against its declaration
     # when a generation starts (fastvideo.attention.options); merged option by option on override
     backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

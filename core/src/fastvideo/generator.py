@@ -39,11 +39,13 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)  # per stage, seconds
     params: SamplingParams | None = None
     latents: torch.Tensor | None = None  # final denoised latents (B, C, T', H', W')
+    audio: np.ndarray | None = None  # float32 (N, channels) in [-1, 1]; None: no soundtrack
+    sample_rate: int | None = None  # of ``audio``, Hz
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly summary (what ``fv generate --json`` prints)."""
         t, h, w, _ = self.frames.shape
-        return {
+        summary = {
             "path": str(self.path) if self.path else None,
             "frames": t,
             "height": h,
@@ -52,6 +54,10 @@ class GenerationResult:
             "seed": self.params.seed if self.params else None,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
+        if self.audio is not None and self.sample_rate:
+            summary["audio"] = {"seconds": round(len(self.audio) / self.sample_rate, 4),
+                                "channels": int(self.audio.shape[-1]), "sample_rate": self.sample_rate}  # fmt: skip
+        return summary
 
 
 def model_name(model: Any) -> str:
@@ -241,6 +247,7 @@ class VideoGenerator:
         prompt: str | None = None,
         *,
         latents: torch.Tensor | None = None,
+        audio_latents: torch.Tensor | None = None,
         output_path: str | Path | None = None,
         overwrite: bool = False,
         lossless: bool = False,
@@ -252,6 +259,8 @@ class VideoGenerator:
         ``backend_options={"<backend>": {"<option>": value}}`` for the selected attention backend.
 
         :param latents: fixes the initial noise ``(1, C, T', H', W')`` (parity tests use it).
+        :param audio_latents: the same for the audio of audio-video families, in the layout of their
+            audio VAE's latents; families without audio refuse it.
         :param output_path: where to write the mp4 (checked before any work); None writes nothing.
         :param overwrite: replace an existing ``output_path``.
         :param lossless: write RGB H.264 at CRF 0 (bit-exact frames; larger files).
@@ -262,12 +271,20 @@ class VideoGenerator:
 
         params = self.sampling_params(prompt, **sampling_overrides)
         check_latents(latents)
+        if audio_latents is not None and not self.source.family.audio:
+            name = self.source.family.name
+            raise ValueError(
+                f"audio_latents were given, but family {name!r} makes no audio; leave them unset"
+            )
         state = self._parallelize()
         if state is not None and not state.is_main:
             output_path = None  # rank 0 writes the video
         if output_path is not None:
             check_output_path(output_path, overwrite=overwrite)
-        batch = ForwardBatch(params=params, device=self.pipeline.components.get("device"), latents=latents)
+        batch = ForwardBatch(
+            params=params, device=self.pipeline.components.get("device"), latents=latents,
+            audio_latents=audio_latents,
+        )  # fmt: skip
         start = time.perf_counter()
         with use_backend(self.backend):
             batch = self.pipeline(batch)
@@ -275,10 +292,17 @@ class VideoGenerator:
         path = None
         if output_path is not None:
             t0 = time.perf_counter()
-            path = write_mp4(batch.frames, output_path, params.fps, overwrite=overwrite, lossless=lossless)
+            path = write_mp4(
+                batch.frames, output_path, params.fps, overwrite=overwrite, lossless=lossless,
+                audio=batch.audio if params.audio else None, sample_rate=batch.sample_rate,
+            )  # fmt: skip
             batch.timings["write_mp4"] = time.perf_counter() - t0
         batch.timings["total"] = time.perf_counter() - start
-        return GenerationResult(batch.frames, params.fps, path, batch.timings, params, batch.latents)
+        audio = batch.audio if params.audio else None
+        return GenerationResult(
+            batch.frames, params.fps, path, batch.timings, params, batch.latents, audio,
+            batch.sample_rate if audio is not None else None,
+        )  # fmt: skip
 
     def set_transformer(self, model: Any, component: str = "transformer") -> None:
         """Run the pipeline with ``model`` as its ``component`` DiT from now on (training validation

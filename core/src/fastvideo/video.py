@@ -128,17 +128,46 @@ def _check_frames(frames: Any, *, lossless: bool) -> Any:
     return arr
 
 
+def _check_audio(audio: Any, sample_rate: Any) -> Any:
+    import numpy as np
+
+    arr = np.asarray(audio, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or not 1 <= arr.shape[1] <= 8:
+        raise ValueError(
+            f"audio must be float samples (N,) or (N, channels) with 1 to 8 channels, got {tuple(arr.shape)}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(
+            "audio has NaN or infinite samples; the model diverged (check the request) or pass audio=None"
+        )
+    if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int (Hz) when audio is given, got {sample_rate!r}")
+    return np.ascontiguousarray(arr.clip(-1.0, 1.0))
+
+
 def write_mp4(
-    frames: Any, path: str | Path, fps: int, *, overwrite: bool = False, lossless: bool = False
+    frames: Any,
+    path: str | Path,
+    fps: int,
+    *,
+    overwrite: bool = False,
+    lossless: bool = False,
+    audio: Any = None,
+    sample_rate: int | None = None,
 ) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as H.264 mp4, atomically (temp file + rename).
 
     ``lossless=True`` writes RGB H.264 at CRF 0 (``libx264rgb``): the frames read back bit-exact,
-    for evaluation and regression tests; some players cannot show it.
+    for evaluation and regression tests; some players cannot show it. ``audio`` (float samples in
+    [-1, 1], ``(N,)`` or ``(N, channels)``, at ``sample_rate`` Hz) adds an AAC audio track.
     """
     import imageio.v2 as imageio
 
     frames = _check_frames(frames, lossless=lossless)
+    if audio is not None:
+        audio = _check_audio(audio, sample_rate)
     path = check_output_path(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)
@@ -156,11 +185,60 @@ def write_mp4(
                 writer.append_data(frame)
         if not os.path.exists(tmp) or os.path.getsize(tmp) == 0:
             raise OSError(f"ffmpeg wrote nothing for {str(path)!r} (frames {tuple(frames.shape)})")
+        if audio is not None:
+            _mux_audio(tmp, audio, sample_rate or 0, muxed=str(_temp_path(path)))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _mux_audio(video: str, audio: Any, sample_rate: int, *, muxed: str) -> None:
+    """Add ``audio`` (float32 ``(N, channels)``) to the mp4 ``video`` as an AAC track, in place: the
+    video stream is copied, the muxed file replaces ``video`` only when ffmpeg succeeded."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", video,
+        "-f", "f32le", "-ar", str(sample_rate), "-ac", str(audio.shape[1]), "-i", "pipe:0",
+        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+        "-movflags", "+faststart", muxed,
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, input=audio.astype("<f4").tobytes(), capture_output=True, check=False)
+        if done.returncode != 0 or not os.path.exists(muxed) or os.path.getsize(muxed) == 0:
+            err = done.stderr.decode(errors="replace").strip().splitlines()
+            raise OSError(f"ffmpeg could not add the audio track: {err[-1] if err else done.returncode}")
+        os.replace(muxed, video)
+    finally:
+        if os.path.exists(muxed):
+            os.unlink(muxed)
+
+
+def read_mp4_audio(path: str | Path, *, sample_rate: int | None = None) -> tuple[Any, int]:
+    """The first audio stream of ``path`` decoded to float32 ``(N, channels)`` and its sample rate
+    (resampled to ``sample_rate`` when given); ValueError when the file has no audio."""
+    import re as _re
+    import subprocess
+
+    import imageio_ffmpeg
+    import numpy as np
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    probe = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, check=False)
+    info = probe.stderr.decode(errors="replace")
+    match = _re.search(r"Audio: .*?(\d+) Hz, (mono|stereo|(\d+) channels)", info)
+    if match is None:
+        raise ValueError(f"{str(path)!r} has no audio stream")
+    rate = sample_rate or int(match[1])
+    channels = {"mono": 1, "stereo": 2}.get(match[2]) or int(match[3])
+    cmd = [exe, "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-ar", str(rate),
+           "-ac", str(channels), "pipe:1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, check=True)
+    return np.frombuffer(done.stdout, dtype="<f4").reshape(-1, channels).copy(), rate
 
 
 def read_mp4(path: str | Path) -> Any:

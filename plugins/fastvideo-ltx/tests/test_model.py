@@ -105,7 +105,7 @@ class TestLTXVideoConformance(DiTConformance):
         x, text, t, mask, scale = args  # diffusers' order: the timestep is argument 2
         return x.bfloat16(), text.bfloat16(), t, mask, scale
 
-    def reference_forward(self, ref: Any, args: tuple[Any, ...]) -> torch.Tensor:
+    def run_reference(self, ref: Any, args: tuple[Any, ...]) -> torch.Tensor:
         return packed_reference(ref, args)
 
     def _latent_cases(self) -> list[Any]:

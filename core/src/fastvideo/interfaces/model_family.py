@@ -122,6 +122,7 @@ class ModelFamily(ABC):
     default_sampling: ClassVar[Mapping[str, Any]] = {}
     default_sampler: ClassVar[str | None] = None
     vae_splitters: ClassVar[Mapping[str, str]] = {}
+    audio: ClassVar[bool] = False  # its pipelines also make a soundtrack (batch.audio, audio_latents)
 
     @classmethod
     def detect(cls, model_index: Mapping[str, Any]) -> bool:

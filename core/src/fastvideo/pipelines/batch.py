@@ -30,8 +30,11 @@ class ForwardBatch:
     sampler: Sampler | None = None  # this request's schedule and update rule (the timestep stage's)
     timesteps: torch.Tensor | None = None
     latents: torch.Tensor | None = None  # (B, C, T, H, W) noise in, denoised latents out
+    audio_latents: torch.Tensor | None = None  # audio-video families: the audio noise in, latents out
     # output
     frames: np.ndarray | None = None  # uint8 (T, H, W, 3)
+    audio: np.ndarray | None = None  # float32 (N, channels) in [-1, 1]; None: a silent video
+    sample_rate: int | None = None  # of ``audio``, Hz
     extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # stage name -> seconds
 

@@ -150,9 +150,15 @@ class DiTConformance:
         """The model's positional inputs for a diffusers config (seeded, CPU, fp32)."""
         raise NotImplementedError
 
-    def reference_forward(self, ref: Any, args: Inputs) -> torch.Tensor:
-        """The diffusers model's output for our inputs ``args``; a family whose DiT takes other
-        inputs than diffusers' (LTX-Video's packed tokens) converts them here, and the output back."""
+    def run(self, model: Any, args: Inputs) -> torch.Tensor:
+        """Our model's prediction on ``make_inputs``' arguments, shaped like the latents ``args[0]``
+        (override for a DiT with other outputs, e.g. a video and an audio stream)."""
+        return model(*args)
+
+    def run_reference(self, ref: Any, args: Inputs) -> torch.Tensor:
+        """diffusers' prediction on the same arguments, in :meth:`run`'s layout; a family whose DiT
+        takes other inputs than diffusers' (LTX-Video's packed tokens) converts them here, and the
+        output back."""
         return ref(*args, return_dict=False)[0]
 
     # ---- pytest plumbing ------------------------------------------------------------------------
@@ -231,8 +237,8 @@ class DiTConformance:
         ours = self.load(folder)
         args = self.make_inputs(ref.config, **inputs)
         with torch.no_grad():
-            expected = self.reference_forward(ref, args)
-            out = ours(*args)
+            expected = self.run_reference(ref, args)
+            out = self.run(ours, args)
         assert out.shape == expected.shape == (args[0].shape[0], ref.config.out_channels, *args[0].shape[2:])
         assert rel_err(out, expected) <= self.parity_tolerance
 
@@ -262,7 +268,7 @@ class DiTConformance:
         assert set(self.fp32_expected) <= fp32
         args = self.low_precision_inputs(self.make_inputs(ref.config, **inputs))
         with torch.no_grad():
-            out, expected_out = ours(*args), self.reference_forward(ref, args)
+            out, expected_out = self.run(ours, args), self.run_reference(ref, args)
         assert out.dtype == torch.bfloat16
         assert rel_err(out, expected_out) <= self.low_precision_tolerance
 
@@ -272,9 +278,9 @@ class DiTConformance:
         model = self.load(folder)
         args = self.make_inputs(ref.config, **inputs)
         with torch.no_grad():
-            assert torch.equal(model(*args), model(*args))
+            assert torch.equal(self.run(model, args), self.run(model, args))
         model.train()
-        model(*args).square().mean().backward()
+        self.run(model, args).square().mean().backward()
         for name, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
         cfg = self.tiny_config(ref)
@@ -290,7 +296,7 @@ class DiTConformance:
         assert all(torch.isfinite(p).all() and p.device.type == "cpu" for p in model.parameters())
         args = self.make_inputs(ref.config)
         with torch.no_grad():
-            out = model(*args)
+            out = self.run(model, args)
         assert out.shape == (args[0].shape[0], ref.config.out_channels, *args[0].shape[2:])
         assert torch.isfinite(out).all()
 
@@ -300,8 +306,8 @@ class DiTConformance:
         args = self.make_inputs(ref.config)
         names = list(model.state_dict())
         with torch.no_grad():
-            eager = model(*args)
-            compiled = model.compile_blocks(backend="eager")(*args)
+            eager = self.run(model, args)
+            compiled = self.run(model.compile_blocks(backend="eager"), args)
         assert list(model.state_dict()) == names
         torch.testing.assert_close(compiled, eager)
 
@@ -505,7 +511,7 @@ class DiTConformance:
         model = self.load(folder)
         args = edit(self.make_inputs(ref.config))
         with pytest.raises(ValueError, match=words) as info, torch.no_grad():
-            model(*args)
+            self.run(model, args)
         assert "\n" not in str(info.value)  # one line
 
     # ---- declared metadata --------------------------------------------------------------------------
@@ -548,7 +554,7 @@ class DiTConformance:
         monkeypatch.setattr(selector, "attention_local", spy)
         try:
             with torch.no_grad():
-                model(*self.make_inputs(ref.config, **inputs))
+                self.run(model, self.make_inputs(ref.config, **inputs))
         finally:
             stack.remove()
         assert calls
@@ -580,7 +586,7 @@ class DiTConformance:
 
         handles = [b.register_forward_hook(check, with_kwargs=True) for b in blocks]
         with torch.no_grad():
-            model(*args)
+            self.run(model, args)
         for h in handles:
             h.remove()
         assert seen == [dict.fromkeys(plan.shard, tokens)] * len(blocks)

@@ -8,8 +8,9 @@ FASTVIDEO_PLUGIN_API = 1
 @hookimpl
 def fv_register_model_families():  # type: ignore[no-untyped-def]
     from fastvideo_ltx.family import LTXVideoFamily
+    from fastvideo_ltx.ltx2.family import LTX2Family
 
-    return [LTXVideoFamily]
+    return [LTXVideoFamily, LTX2Family]
 
 
 @hookimpl
