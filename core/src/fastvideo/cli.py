@@ -191,6 +191,22 @@ def generate(
         Optional[bool],
         typer.Option("--compile/--no-compile", help="torch.compile the DiT blocks [on for CUDA]."),
     ] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="fp8 (FP8 linears in the DiT blocks) or fp8-storage (weights only).")
+    ] = None,
+    cache: Annotated[
+        Optional[str], typer.Option(help="Step cache: teacache, firstblock or magcache.")
+    ] = None,
+    cache_threshold: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Step-cache threshold [the cache's published default].")
+    ] = None,
+    text_kv_cache: Annotated[
+        bool, typer.Option(help="Reuse cross-attention keys/values per prompt (lossless).")
+    ] = True,
+    offload: Annotated[
+        Optional[str],
+        typer.Option(help="layer: DiT blocks streamed from CPU, encoders/VAE offloaded when idle."),
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
@@ -233,6 +249,11 @@ def generate(
             dtype=dtype,
             compile=compile,
             attention_backend=attention_backend,
+            quantize=quantize,
+            cache=cache,
+            cache_threshold=cache_threshold,
+            text_kv_cache=text_kv_cache,
+            offload=offload,
             sampler=sampler,
             revision=revision,
             progress=progress and not as_json,

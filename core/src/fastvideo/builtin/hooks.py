@@ -39,9 +39,10 @@ def fv_register_samplers():  # type: ignore[no-untyped-def]
 
 @hookimpl
 def fv_register_pipeline_transforms():  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.transforms import BUILTIN
     from fastvideo.parallel.transforms import CFGParallelTransform, ParallelVAETransform
 
-    return [CFGParallelTransform, ParallelVAETransform]
+    return [CFGParallelTransform, ParallelVAETransform, *BUILTIN]
 
 
 @hookimpl
