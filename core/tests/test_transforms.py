@@ -181,7 +181,13 @@ def test_transforms_run_in_order_when_they_apply() -> None:
 def test_core_parallel_transforms_do_not_apply_in_one_process() -> None:
     from fastvideo.registry import get_registry
 
-    assert get_registry().names("pipeline_transform") == ["cfg-parallel", "fp8", "parallel-vae"]
+    assert get_registry().names("pipeline_transform") == [
+        "cfg-parallel",
+        "fp8",
+        "parallel-vae",
+        "step-cache",
+        "text-kv-cache",
+    ]
     stage = DenoisingStage(ToyDiT())
     pipeline = ComposedPipeline([stage], {})
     assert apply_transforms(pipeline, PipelineConfig()) == []

@@ -54,4 +54,57 @@ class FP8Transform(PipelineTransform):
             logger.info("%s: %d linears in FP8 (%s via %s)", key, info["linears"], info["mode"], info["via"])
 
 
-BUILTIN = (FP8Transform,)
+def _denoising_stages(pipeline: ComposedPipeline) -> list[Any]:
+    from fastvideo.pipelines.stages import DenoisingStage
+
+    return [s for s in pipeline.stages if isinstance(s, DenoisingStage)]
+
+
+class TextKVCacheTransform(PipelineTransform):
+    """Text-only projections (the DiT's ``text_kv_layers``) computed once per prompt; lossless."""
+
+    name = "text-kv-cache"
+    order = 750  # after fp8, which replaces the linears
+
+    def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
+        return config.text_kv_cache and any(
+            getattr(m, "text_kv_layers", ()) for _, m in pipeline_dits(pipeline)
+        )
+
+    def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
+        from fastvideo.optimize.cache import enable_text_kv_cache, memo_reset_hook
+
+        memos = [memo for _, model in pipeline_dits(pipeline) for memo in enable_text_kv_cache(model)]
+        for stage in _denoising_stages(pipeline):
+            stage.step_hooks.append(memo_reset_hook(memos))
+        pipeline.components["text_kv_memos"] = memos
+
+
+class StepCacheTransform(PipelineTransform):
+    """A step cache on each denoising stage (``cache="teacache" | "firstblock" | "magcache"``)."""
+
+    name = "step-cache"
+    order = 600
+
+    def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
+        return config.cache is not None and bool(_denoising_stages(pipeline))
+
+    def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
+        from fastvideo.optimize.cache import CachedGuidance, step_hook_for
+        from fastvideo.parallel.state import current
+
+        state = current()
+        if config.cache == "firstblock" and state is not None and state.sp_size > 1:
+            raise ValueError(
+                "--cache firstblock compares a block's output, which sequence parallelism splits over the "
+                "ranks; use --cache teacache or magcache with --sp-size/--ring-size"
+            )
+        assert config.cache is not None
+        for stage in _denoising_stages(pipeline):
+            guidance = CachedGuidance(stage.guidance, config.cache, config.cache_threshold)
+            stage.guidance = guidance
+            stage.step_hooks.insert(0, step_hook_for(guidance))
+            stage.step_cache = guidance  # stats: stage.step_cache.stats
+
+
+BUILTIN = (TextKVCacheTransform, StepCacheTransform, FP8Transform)

@@ -56,6 +56,7 @@ class ToyDiT(DiT):
     diffusers_class = "ToyDiT"
     name_mapping = None
     text_kv_layers = ("text_embed", "blocks.*.ck", "blocks.*.cv")
+    timestep_modulation = "time_embed"
 
     def __init__(self, cfg: ToyConfig) -> None:
         super().__init__()
