@@ -156,7 +156,14 @@ def test_disable_autoload_keeps_only_builtins(dummy_site: Path) -> None:
         "parallel_strategy": ["ulysses", "ring", "usp", "cfg", "fsdp", "tp"],
         "training_algorithm": ["finetune", "lora", "vae"],
         "sampler": ["checkpoint", "flow-euler", "unipc", "few-step"],
-        "pipeline_transform": ["cfg-parallel", "parallel-vae"],
+        "pipeline_transform": [
+            "cfg-parallel",
+            "parallel-vae",
+            "text-kv-cache",
+            "step-cache",
+            "fp8",
+            "layer-offload",
+        ],
     }
     models = run_fv(["models", "list"], env=plugin_env(dummy_site, FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert "no model families installed (pip install fastvideo-wan)" in models.stdout

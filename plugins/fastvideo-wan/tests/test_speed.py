@@ -76,3 +76,12 @@ def test_lossy_options_run_through_the_generator(ckpts: dict[str, Path], options
     else:
         stats = next(s for s in gen.pipeline.stages if hasattr(s, "step_cache")).step_cache.stats
         assert stats["reused"] > 0 and stats["computed"] + stats["reused"] == 2 * KW["num_inference_steps"]
+
+
+def test_layer_offload_gives_identical_frames(ckpts: dict[str, Path]) -> None:
+    base, _ = _frames(ckpts["t2v"])
+    frames, gen = _frames(ckpts["t2v"], offload="layer")
+    offload = gen.pipeline.components["offload"]
+    assert offload["layers"]["transformer"].stats["copies"] >= 2 * KW["num_inference_steps"] * 2
+    assert len(offload["idle"]) == 2  # the text encoding and the decoding stages
+    assert np.array_equal(frames, base)

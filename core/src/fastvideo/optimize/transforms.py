@@ -107,4 +107,45 @@ class StepCacheTransform(PipelineTransform):
             stage.step_cache = guidance  # stats: stage.step_cache.stats
 
 
-BUILTIN = (TextKVCacheTransform, StepCacheTransform, FP8Transform)
+class LayerOffloadTransform(PipelineTransform):
+    """``offload="layer"``: DiT blocks streamed from pinned CPU memory; encoders and VAE on the CPU
+    except while their stage runs."""
+
+    name = "layer-offload"
+    order = 800
+
+    def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
+        return config.offload == "layer"
+
+    def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
+        import torch
+
+        from fastvideo.optimize.offload import LayerOffload, offload_stage, referenced
+        from fastvideo.pipelines.stages import DenoisingStage
+
+        if config.parallel.fsdp:
+            raise ValueError(
+                "--offload layer keeps whole blocks on the CPU; it cannot run with --fsdp (drop one)"
+            )
+        dits = pipeline_dits(pipeline)
+        if not dits:
+            raise ValueError("--offload layer needs a pipeline with a fastvideo DiT")
+        device = torch.device(pipeline.components.get("device") or next(dits[0][1].parameters()).device)
+        offloads = {key: LayerOffload(model, device) for key, model in dits}
+        dit_ids = {id(m) for _, m in dits}
+        others = [
+            v
+            for k, v in pipeline.components.items()
+            if isinstance(v, torch.nn.Module) and id(v) not in dit_ids and k != "device"
+        ]
+        idle = []
+        for stage in pipeline.stages:
+            if isinstance(stage, DenoisingStage):
+                continue
+            used = referenced(stage, others)
+            if used:
+                idle.append(offload_stage(stage, used, device))
+        pipeline.components["offload"] = {"layers": offloads, "idle": idle}
+
+
+BUILTIN = (TextKVCacheTransform, StepCacheTransform, FP8Transform, LayerOffloadTransform)
