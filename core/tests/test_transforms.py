@@ -184,6 +184,7 @@ def test_core_parallel_transforms_do_not_apply_in_one_process() -> None:
     assert get_registry().names("pipeline_transform") == [
         "cfg-parallel",
         "fp8",
+        "layer-offload",
         "parallel-vae",
         "step-cache",
         "text-kv-cache",
