@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fastvideo.attention import attention, use_backend
 from fastvideo.attention.sage import SageBackend, sage_attention_reference
-from fastvideo.attention.sage_triton import interpreting, sage_attention_triton
+from fastvideo.attention.sage_triton import block_config, interpreting, sage_attention_triton
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() or interpreting()), reason="needs CUDA or TRITON_INTERPRET=1"
@@ -42,7 +42,8 @@ def test_kernel_matches_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> No
     q, k, v = _inputs(b, lq, lk, h, d, dtype, offset)
     out = sage_attention_triton(q, k, v)
     assert out.shape == q.shape and out.dtype == dtype
-    ref = sage_attention_reference(q, k, v)
+    block_m, block_n, _, _ = block_config()
+    ref = sage_attention_reference(q, k, v, block_m=block_m, block_n=block_n)
     exact = _sdpa(q, k, v)
     # the kernel computes the spec's math (fp16 rounding of P relative to a running max aside)
     rounding = 2 * torch.finfo(dtype).eps * float(ref.float().abs().max())  # one ulp of the output either way

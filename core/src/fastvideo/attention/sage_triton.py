@@ -30,6 +30,11 @@ GPU_CONFIG = (128, 64, 8, 3)
 INTERPRETER_CONFIG = (64, 64, 4, 1)
 
 
+def block_config() -> tuple[int, int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` the launcher uses here (the quantization blocks)."""
+    return INTERPRETER_CONFIG if interpreting() else GPU_CONFIG
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -131,7 +136,7 @@ def sage_attention_triton(
     """8-bit attention of ``[B, L, H, D]`` tensors (any L, D <= 256); returns ``q``'s dtype and layout."""
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    block_m, block_n, warps, stages = INTERPRETER_CONFIG if interpreting() else GPU_CONFIG
+    block_m, block_n, warps, stages = block_config()
     scale = d**-0.5 if scale is None else scale
     qq, qs = quantize_blocks(q, block_m, scale * LOG2E)
     kq, ks = quantize_blocks(smooth_k(k), block_n)
@@ -145,7 +150,7 @@ def sage_attention_triton(
         h, lq, lk, nbq, nbk, d,
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, 1 << math.ceil(math.log2(d))),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(32, 1 << math.ceil(math.log2(d))),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

@@ -84,7 +84,11 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "compute" and x.is_cuda:
-            return self._forward_fp8(x)
+            try:
+                return self._forward_fp8(x)
+            except RuntimeError as exc:  # a torch / GPU without row-wise scaled FP8 matmul
+                _warn_fallback(exc)
+                self.mode = "storage"
         w = dequantize_rows(self.weight, self.weight_scale, x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)
@@ -98,6 +102,14 @@ class FP8Linear(nn.Module):
             xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.t(), bias=bias, out_dtype=out_dtype
         )  # (M, N)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+def _warn_fallback(exc: Exception) -> None:
+    import warnings
+
+    warnings.warn(
+        f"FP8 matmul unavailable ({exc}); using FP8 storage with bf16 math", RuntimeWarning, stacklevel=3
+    )
 
 
 def _fp8_shape_ok(linear: nn.Linear) -> bool:
