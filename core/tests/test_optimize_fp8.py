@@ -98,3 +98,77 @@ def test_fp8_compute_on_gpu_matches_dequantized_math() -> None:
     ref = FP8Linear.from_linear(lin, "storage")(x).float()
     out = FP8Linear.from_linear(lin, "compute")(x).float()
     assert (out - ref).abs().max() < 0.08 * ref.abs().max()  # activation quantization error only
+
+
+# ---------------------------------------------------------------- pre-quantized checkpoints
+
+
+def _export_fp8(model: nn.Module, path, style: str) -> nn.Module:  # type: ignore[no-untyped-def]
+    """Write ``model`` as an FP8 checkpoint in ``style`` (lightx2v: per-channel ``weight_scale``; kijai:
+    per-tensor ``scale_weight``; cast: no scale) and return the model it stands for (dequantized weights)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    reference = copy.deepcopy(model)
+    names = {id(m): n for n, m in reference.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for _, _, linear in block_linears(reference):
+        key = f"{names[id(linear)]}.weight"
+        w = linear.weight.detach()
+        if style == "lightx2v":
+            q, scale = quantize_rows(w)
+            state[key[: -len("weight")] + "weight_scale"] = scale
+        elif style == "kijai":
+            scale = w.abs().max().float() / 448.0
+            q = (w.float() / scale).to(FP8)
+            state[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            q, scale = w.float().clamp(-448, 448).to(FP8), torch.ones(())
+        state[key] = q
+        linear.weight.data = (q.float() * scale.reshape(-1, 1) if scale.ndim else q.float() * scale).to(
+            w.dtype
+        )
+    if style == "kijai":
+        state["scaled_fp8"] = torch.zeros(2, dtype=FP8)
+    save_file(state, str(path))
+    return reference
+
+
+@pytest.mark.parametrize("style", ["lightx2v", "kijai", "cast"])
+def test_load_prequantized_checkpoint_equals_its_dequantized_model(tmp_path, style: str) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.fp8 import load_prequantized
+
+    reference = _export_fp8(toy_dit(seed=1), tmp_path / "dit_fp8.safetensors", style)
+    model = toy_dit(seed=2)  # other weights: everything must come from the file
+    tensors = len(model.state_dict())
+    info = load_prequantized(model, tmp_path / "dit_fp8.safetensors")
+    # 24 block linears (weight and bias each) from the file as FP8, every other tensor copied
+    assert info == {"fp8_linears": 24, "other_tensors": tensors - 2 * 24, "mode": "storage"}
+    assert isinstance(model.blocks[0].qkv, FP8Linear) and model.blocks[0].qkv.weight.dtype == FP8
+    x, t, text = torch.randn(1, 4, 2, 3, 3), torch.tensor([300.0]), torch.randn(1, 6, 16)
+    assert torch.equal(model(x, t, text), reference(x, t, text))
+
+
+def test_fp8_transform_loads_a_checkpoint_and_rejects_a_foreign_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    reference = _export_fp8(toy_dit(seed=1), tmp_path / "a.safetensors", "lightx2v")
+    model = toy_dit(seed=2)
+    pipe = ComposedPipeline([], {"transformer": model})
+    config = PipelineConfig(fp8_checkpoint=str(tmp_path / "a.safetensors"))
+    assert FP8Transform().applies(pipe, config)
+    FP8Transform().apply(pipe, config)
+    x, t, text = torch.randn(1, 4, 2, 3, 3), torch.tensor([300.0]), torch.randn(1, 6, 16)
+    assert torch.equal(model(x, t, text), reference(x, t, text))
+    save_file({"unet.conv_in.weight": torch.zeros(2)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(ValueError, match="names are neither ToyDiT's own"):
+        FP8Transform().apply(
+            ComposedPipeline([], {"transformer": toy_dit()}),
+            PipelineConfig(fp8_checkpoint=str(tmp_path / "b.safetensors")),
+        )
+    with pytest.raises(ValueError, match=r"must be a \.safetensors file or a folder"):
+        FP8Transform().apply(
+            ComposedPipeline([], {"transformer": toy_dit()}),
+            PipelineConfig(fp8_checkpoint=str(tmp_path / "none")),
+        )

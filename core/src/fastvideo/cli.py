@@ -194,6 +194,9 @@ def generate(
     quantize: Annotated[
         Optional[str], typer.Option(help="fp8 (FP8 linears in the DiT blocks) or fp8-storage (weights only).")
     ] = None,
+    fp8_checkpoint: Annotated[
+        Optional[str], typer.Option(help="Pre-quantized FP8 DiT .safetensors (LightX2V / Kijai) to load.")
+    ] = None,
     cache: Annotated[
         Optional[str], typer.Option(help="Step cache: teacache, firstblock or magcache.")
     ] = None,
@@ -250,6 +253,7 @@ def generate(
             compile=compile,
             attention_backend=attention_backend,
             quantize=quantize,
+            fp8_checkpoint=fp8_checkpoint,
             cache=cache,
             cache_threshold=cache_threshold,
             text_kv_cache=text_kv_cache,

@@ -263,6 +263,7 @@ class PipelineConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # speed and memory options (fastvideo.optimize; docs/speed.md)
     quantize: str | None = None  # "fp8" (FP8 linears in the DiT blocks) | "fp8-storage" (weights only)
+    fp8_checkpoint: str | None = None  # a pre-quantized FP8 DiT file (LightX2V / Kijai) loaded over the DiT
     cache: str | None = None  # step cache: "teacache" | "firstblock" | "magcache"
     cache_threshold: float | None = None  # the step cache's threshold; None = its published default
     text_kv_cache: bool = True  # reuse text-only projections (cross-attention k/v) per prompt; lossless

@@ -85,3 +85,52 @@ def test_layer_offload_gives_identical_frames(ckpts: dict[str, Path]) -> None:
     assert offload["layers"]["transformer"].stats["copies"] >= 2 * KW["num_inference_steps"] * 2
     assert len(offload["idle"]) == 2  # the text encoding and the decoding stages
     assert np.array_equal(frames, base)
+
+
+@pytest.mark.parametrize("scale", ["weight_scale", "scale_weight", None], ids=["lightx2v", "kijai", "cast"])
+def test_fp8_checkpoint_in_the_original_wan_naming_loads(tmp_path: Path, scale: str | None) -> None:
+    """LightX2V / Kijai FP8 files use the original Wan release's names (blocks.N.ffn.0, norm3, head.head)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fastvideo.optimize.fp8 import FP8, FP8Linear, block_linears, load_prequantized, quantize_rows
+    from fastvideo_wan.convert import ORIGINAL_MAPPING
+    from fastvideo_wan.model import WanConfig, WanTransformer
+
+    cfg = WanConfig(
+        num_attention_heads=2, attention_head_dim=16, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2
+    )
+    torch.manual_seed(0)
+    reference = WanTransformer.from_config(cfg, device="cpu").eval()
+    names = {id(m): n for n, m in reference.named_modules()}
+    state = dict(reference.state_dict())
+    scales = {}
+    for _, _, linear in block_linears(reference):
+        key = f"{names[id(linear)]}.weight"
+        q, s = quantize_rows(linear.weight.detach()) if scale != "scale_weight" else (None, None)
+        if scale == "scale_weight":
+            s = linear.weight.detach().abs().max() / 448.0
+            q = (linear.weight.detach() / s).to(FP8)
+        if scale is None:
+            q, s = linear.weight.detach().to(FP8), torch.ones(())
+        state[key] = q
+        if scale is not None:
+            scales[key.removesuffix("weight") + scale] = s
+        linear.weight.data = (q.float() * (s if s.ndim else s.reshape(()))).to(linear.weight.dtype)
+    original = ORIGINAL_MAPPING.to_theirs(state)
+    assert (
+        "blocks.0.ffn.0.weight" in original
+        and "head.head.weight" in original
+        and "blocks.0.norm3.weight" in original
+    )
+    for key, value in scales.items():  # scale names follow their weight's original name
+        weight = ORIGINAL_MAPPING.to_theirs({key.rsplit(".", 1)[0] + ".weight": 0})
+        original[next(iter(weight)).removesuffix("weight") + key.rsplit(".", 1)[1]] = value
+    save_file({k: v.contiguous() for k, v in original.items()}, str(tmp_path / "wan_fp8.safetensors"))
+    torch.manual_seed(1)
+    model = WanTransformer.from_config(cfg, device="cpu").eval()
+    info = load_prequantized(model, tmp_path / "wan_fp8.safetensors")
+    assert info["fp8_linears"] == 2 * 10 and isinstance(model.blocks[1].ffn.fc2, FP8Linear)
+    x, t, text = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 7, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, text), reference(x, t, text))

@@ -172,3 +172,119 @@ def quantize_fp8(model: nn.Module, mode: str = "fp8", *, use_torchao: bool | Non
         "mode": "compute" if compute else "storage",
         "via": "scaled_mm" if compute else "dequant",
     }
+
+
+# ---------------------------------------------------------------- pre-quantized checkpoints
+
+
+def read_safetensors(path: str | Any) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.safetensors`` file, or of all such files in a folder."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise ValueError(
+            f"FP8 checkpoint {str(path)!r} must be a .safetensors file or a folder of them; none found"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+#: Suffixes of the scales that FP8 checkpoints store next to ``<layer>.weight``: LightX2V writes one per
+#: output channel as ``<layer>.weight_scale`` (N, 1); ComfyUI / Kijai "scaled" files one per tensor as
+#: ``<layer>.scale_weight``; plain cast files (Kijai ``*_fp8_e4m3fn``) none (scale 1).
+_SCALE_SUFFIXES = (".weight_scale", ".scale_weight")
+_IGNORED_KEYS = ("scaled_fp8",)  # ComfyUI's marker tensor
+
+
+def split_scales(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(tensors, scales keyed by the ``<layer>.weight`` they scale) of an FP8 checkpoint."""
+    tensors, scales = {}, {}
+    for key, value in state.items():
+        suffix = next((s for s in _SCALE_SUFFIXES if key.endswith(s)), None)
+        if suffix is not None:
+            scales[key[: -len(suffix)] + ".weight"] = value
+        elif key not in _IGNORED_KEYS and not key.endswith((".scale_input", ".input_scale")):
+            tensors[key] = value
+    return tensors, scales
+
+
+def _rename(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``tensors`` under our names, through the first of the DiT's name mappings that maps them all."""
+    ours = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    if set(tensors) <= ours:
+        return None, tensors
+    candidates = [getattr(model, "name_mapping", None), *getattr(model, "checkpoint_mappings", ())]
+    errors = []
+    for mapping in candidates:
+        if mapping is None:
+            continue
+        try:
+            return mapping, mapping.to_ours(tensors)
+        except Exception as exc:  # UnmappedKeysError: try the next naming
+            errors.append(str(exc).split(";")[0])
+    raise ValueError(
+        f"the FP8 checkpoint's names are neither {type(model).__name__}'s own nor any naming it declares "
+        f"(name_mapping, checkpoint_mappings): {errors[0] if errors else 'no mapping declared'}"
+    )
+
+
+def load_prequantized(model: nn.Module, path: str | Any, mode: str = "fp8") -> dict[str, Any]:
+    """Load a pre-quantized FP8 checkpoint of ``model`` (LightX2V or Kijai / ComfyUI format) in place.
+
+    FP8 weights of the block linears become :class:`FP8Linear` s with their stored scales (per output
+    channel, per tensor, or 1); every other tensor of the file is copied into the model's parameter of
+    that name (cast to its dtype). Names may be ours, diffusers' (the DiT's ``name_mapping``) or any
+    naming the DiT declares in ``checkpoint_mappings`` (Wan: the original release's).
+
+    :returns: ``{"fp8_linears": n, "other_tensors": m, "mode": "compute"|"storage"}``.
+    :raises ValueError: unknown names, or a shape that does not match the model.
+    """
+    tensors, scales = split_scales(read_safetensors(path))
+    mapping, tensors = _rename(model, tensors)
+    if scales and mapping is not None:
+        scales = mapping.to_ours(scales)
+    device = next(model.parameters()).device
+    compute = mode == "fp8" and fp8_math_available(device)
+    names = {id(m): n for n, m in model.named_modules()}
+    count = 0
+    for parent, attr, linear in list(block_linears(model)):
+        key = f"{names[id(linear)]}.weight"
+        w = tensors.pop(key, None)
+        if w is None or w.dtype != FP8:
+            if w is not None:
+                tensors[key] = w  # a high-precision weight: copied below
+            continue
+        if tuple(w.shape) != tuple(linear.weight.shape):
+            raise ValueError(
+                f"FP8 checkpoint: {key} has shape {tuple(w.shape)}, the model {tuple(linear.weight.shape)}"
+            )
+        scale = scales.get(key, torch.ones(()))
+        scale = scale.float().reshape(-1, 1).expand(w.shape[0], 1).contiguous()  # scalar or (N,) or (N, 1)
+        fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
+                        mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
+        fp8.weight.data, fp8.weight_scale.data = w.to(device), scale.to(device)
+        bias_key = f"{names[id(linear)]}.bias"
+        if fp8.bias is not None:
+            fp8.bias.data = tensors.pop(bias_key, linear.bias).to(device, linear.weight.dtype)  # type: ignore[union-attr]
+        setattr(parent, attr, fp8)
+        count += 1
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"FP8 checkpoint has {len(unknown)} tensor(s) the model does not: {unknown[:5]}")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            target = params[key]
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"FP8 checkpoint: {key} has shape {tuple(value.shape)}, the model {tuple(target.shape)}"
+                )
+            stored = value.float() * scales[key].float() if key in scales else value
+            target.copy_(stored.to(target.dtype))
+    return {"fp8_linears": count, "other_tensors": len(tensors), "mode": "compute" if compute else "storage"}

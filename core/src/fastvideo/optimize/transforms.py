@@ -44,13 +44,26 @@ class FP8Transform(PipelineTransform):
     order = 700
 
     def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
-        return config.quantize is not None and bool(pipeline_dits(pipeline))
+        wanted = config.quantize is not None or config.fp8_checkpoint is not None
+        return wanted and bool(pipeline_dits(pipeline))
 
     def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
-        from fastvideo.optimize.fp8 import quantize_fp8
+        from fastvideo.optimize.fp8 import load_prequantized, quantize_fp8
 
-        for key, model in pipeline_dits(pipeline):
-            info = quantize_fp8(model, config.quantize or "fp8")
+        dits = pipeline_dits(pipeline)
+        if config.fp8_checkpoint is not None:
+            if len(dits) > 1:
+                raise ValueError(
+                    "--fp8-checkpoint holds one DiT; this pipeline has several (an MoE): quantize with --quantize fp8"
+                )
+            info = load_prequantized(dits[0][1], config.fp8_checkpoint, config.quantize or "fp8")
+            logger.info(
+                "%s: %d FP8 linears loaded from %s", dits[0][0], info["fp8_linears"], config.fp8_checkpoint
+            )
+        if config.quantize is None:
+            return
+        for key, model in dits:
+            info = quantize_fp8(model, config.quantize)  # (after a file: what it left in high precision)
             logger.info("%s: %d linears in FP8 (%s via %s)", key, info["linears"], info["mode"], info["via"])
 
 

@@ -232,6 +232,7 @@ class WanTransformer(DiT):
     config_class = WanConfig
     diffusers_class = "WanTransformer3DModel"
     name_mapping = convert.MAPPING
+    checkpoint_mappings = (convert.ORIGINAL_MAPPING,)  # single files in the original naming (FP8 releases)
     fsdp_units: ClassVar[tuple[str, ...]] = ("WanBlock",)
     #: diffusers' ``_keep_in_fp32_modules``
     fp32_modules: ClassVar[tuple[str, ...]] = (
