@@ -133,3 +133,13 @@ def test_offload_on_gpu_is_exact_and_holds_two_blocks_at_most() -> None:
     torch.cuda.synchronize()
     assert torch.equal(out, expected)
     assert offload.stats["max_resident"] <= 2 and block_bytes > 0
+
+
+def test_offload_works_with_regionally_compiled_blocks() -> None:
+    expected = toy_dit()(*_inputs(2))
+    model = toy_dit()
+    offload = LayerOffload(model, "cpu")
+    model.compile_blocks(backend="eager")  # dynamo traces the blocks; the offload hooks run eagerly
+    for _ in range(2):
+        assert torch.equal(model(*_inputs(2)), expected)
+    assert offload.stats["copies"] == 2 * 3 + 1
