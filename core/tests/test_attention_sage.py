@@ -54,6 +54,24 @@ def test_kernel_matches_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> No
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
 
 
+@pytest.mark.parametrize(
+    ("length", "d", "block", "dtype"), [(100, 64, 64, torch.bfloat16), (33, 48, 32, torch.float32)]
+)
+def test_fused_quantization_matches_the_torch_one(
+    length: int, d: int, block: int, dtype: torch.dtype
+) -> None:
+    from fastvideo.attention.sage_triton import quantize_blocks, quantize_blocks_triton
+
+    x = _inputs(2, length, length, 3, d, dtype, offset=2.0)[1]
+    mean = x.float().mean(dim=1).contiguous()  # (B, H, D)
+    q, s = quantize_blocks_triton(x, block, 0.5, mean=mean)
+    ref_q, ref_s = quantize_blocks(x.float() - mean.unsqueeze(1), block, 0.5)
+    assert q.dtype == torch.int8 and q.shape == ref_q.shape and s.shape == ref_s.shape
+    torch.testing.assert_close(s, ref_s, rtol=1e-6, atol=0)
+    assert (q.int() - ref_q.int()).abs().max() <= 1  # rounding ties aside, the same integers
+    assert (q != ref_q).float().mean() < 1e-3
+
+
 def test_smoothing_is_what_keeps_a_key_bias_harmless() -> None:
     """A large bias shared by all keys eats the INT8 range unless K is smoothed (SageAttention's reason)."""
     from fastvideo.attention.sage_triton import quantize_blocks, smooth_k
@@ -68,7 +86,7 @@ def test_smoothing_is_what_keeps_a_key_bias_harmless() -> None:
         )
 
     assert quantization_error(smooth_k(k)) < quantization_error(k) / 5
-    assert torch.allclose(smooth_k(k).mean(1), torch.zeros(1, 1, 64), atol=1e-4)
+    assert torch.allclose(smooth_k(k).mean(1).cpu(), torch.zeros(1, 1, 64), atol=1e-4)
     out = sage_attention_triton(q, k, v)
     assert (out - _sdpa(q, k, v)).abs().max() < 0.04
 

@@ -48,7 +48,7 @@ def sage_attention_reference(
     for b in range(q.shape[0]):
         for h in range(q.shape[2]):
             qh, kh, vh = q[b, :, h].double() * scale, k[b, :, h].double(), v[b, :, h]
-            kh = kh - k[b, :, h].float().mean(0).to(k.dtype).double()
+            kh = kh - k[b, :, h].float().mean(0).double()  # the mean over tokens, in fp32
             qi, qs = _quantize_rows_in_blocks(qh, block_m)
             ki, ks = _quantize_rows_in_blocks(kh, block_n)
             logits = (qi @ ki.T) * (qs[:, None] * ks[None, :])  # (Lq, Lk), exact integer products

@@ -104,6 +104,46 @@ def _sage_fwd(
     tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=(rows < Lq)[:, None] & dmask[None, :])
 
 
+@triton.jit
+def _quantize_fwd(
+    X,
+    MEAN,
+    Q,
+    S,  # [B, L, H, D] (strided), fp32 [B, H, D] or unused, int8 [B, H, NB * BLOCK, D], fp32 [B, H, NB]
+    H,
+    L,
+    NB,
+    D,
+    s_xb,
+    s_xl,
+    s_xh,
+    multiplier,
+    HAS_MEAN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh - b * H
+    rows = block * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < L)[:, None] & (cols < D)[None, :]
+    x_ptr = X + b.to(tl.int64) * s_xb + h * s_xh + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
+    x = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+    if HAS_MEAN:
+        mean = tl.load(MEAN + bh * D + cols, mask=cols < D, other=0.0)
+        x = tl.where(mask, x - mean[None, :], 0.0)
+    x = x * multiplier
+    scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-12) / 127.0
+    y = x / scale
+    y = tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5))  # round half away from zero
+    y = tl.minimum(tl.maximum(y, -127.0), 127.0)
+    q_ptr = Q + (bh.to(tl.int64) * NB * BLOCK + rows[:, None]) * D + cols[None, :]
+    tl.store(q_ptr, y.to(tl.int8), mask=(cols < D)[None, :])
+    tl.store(S + bh * NB + block, scale)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +165,25 @@ def quantize_blocks(
     return q.view(b, h, nb * block, d), scale.contiguous()
 
 
+def quantize_blocks_triton(
+    x: torch.Tensor, block: int, multiplier: float = 1.0, *, mean: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_blocks` of ``x - mean`` (``mean`` fp32 [B, H, D], broadcast over tokens) in one
+    Triton pass over ``x``."""
+    b, length, h, d = x.shape
+    nb = triton.cdiv(length, block)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    q = torch.empty(b, h, nb * block, d, dtype=torch.int8, device=x.device)
+    scale = torch.empty(b, h, nb, dtype=torch.float32, device=x.device)
+    _quantize_fwd[(nb, b * h)](
+        x, mean if mean is not None else scale, q, scale,
+        h, length, nb, d, x.stride(0), x.stride(1), x.stride(2), float(multiplier),
+        HAS_MEAN=mean is not None, BLOCK=block, BLOCK_D=max(32, 1 << math.ceil(math.log2(d))),
+    )  # fmt: skip
+    return q, scale
+
+
 def smooth_k(k: torch.Tensor) -> torch.Tensor:
     """``k`` minus its mean over tokens (per batch, head and channel); attention is unchanged."""
     return k - k.float().mean(dim=1, keepdim=True).to(k.dtype)
@@ -138,8 +197,8 @@ def sage_attention_triton(
     lk = k.shape[1]
     block_m, block_n, warps, stages = block_config()
     scale = d**-0.5 if scale is None else scale
-    qq, qs = quantize_blocks(q, block_m, scale * LOG2E)
-    kq, ks = quantize_blocks(smooth_k(k), block_n)
+    qq, qs = quantize_blocks_triton(q, block_m, scale * LOG2E)
+    kq, ks = quantize_blocks_triton(k, block_n, mean=k.float().mean(dim=1).contiguous())
     if v.stride(-1) != 1:
         v = v.contiguous()
     out = torch.empty_like(q) if q.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -97,10 +97,11 @@ class FP8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)  # (M, K)
         xq, xs = quantize_rows(x2)  # (M, K) fp8, (M, 1) fp32
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        bias = None if self.bias is None else self.bias.to(out_dtype)
         out = torch._scaled_mm(
-            xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.t(), bias=bias, out_dtype=out_dtype
-        )  # (M, N)
+            xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.t(), out_dtype=out_dtype
+        )  # (M, N); the bias is added apart (row-wise scaling takes none in some torch versions)
+        if self.bias is not None:
+            out = out + self.bias.to(out_dtype)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
