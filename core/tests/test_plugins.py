@@ -182,7 +182,7 @@ def test_discovery_imports_no_heavy_modules(dummy_site: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "['flash-attn', 'good-attn', 'sdpa'] ['good-family', 'wan']"
+    assert lines[0] == "['flash-attn', 'good-attn', 'sage', 'sdpa'] ['good-family', 'wan']"
     assert lines[1] == "[]"
 
 
