@@ -79,6 +79,9 @@ class DiT(nn.Module):
     text_kv_layers: ClassVar[tuple[str, ...]] = ()
     #: The module whose output is the per-step timestep modulation (TeaCache's change indicator).
     timestep_modulation: ClassVar[str | None] = None
+    #: Linears inside the blocks that FP8 quantization leaves in their dtype (globs over module names):
+    #: modulation projections, and layers whose ``weight`` the model reads itself.
+    fp8_exclude: ClassVar[tuple[str, ...]] = ()
     #: Other namings of single-file checkpoints this DiT can read (e.g. the original release's), tried
     #: after :attr:`name_mapping` by loaders of such files (FP8 checkpoints: fastvideo.optimize.fp8).
     checkpoint_mappings: ClassVar[tuple[NameMapping, ...]] = ()

@@ -119,13 +119,24 @@ def _fp8_shape_ok(linear: nn.Linear) -> bool:
 
 
 def block_linears(model: nn.Module) -> Iterable[tuple[nn.Module, str, nn.Linear]]:
-    """``(parent, attribute, linear)`` for every ``nn.Linear`` inside the model's blocks."""
-    blocks = model.blocks_in_order() if hasattr(model, "blocks_in_order") else []
-    for block in blocks:
-        for parent in block.modules():
-            for name, child in parent.named_children():
-                if type(child) is nn.Linear:
-                    yield parent, name, child
+    """``(parent, attribute, linear)`` for every ``nn.Linear`` inside the model's blocks, except those
+    its ``fp8_exclude`` globs name (modulation projections, layers whose weight the model reads itself)."""
+    import fnmatch
+
+    blocks = {id(b) for b in model.blocks_in_order()} if hasattr(model, "blocks_in_order") else set()
+    exclude = tuple(getattr(model, "fp8_exclude", ()))
+    modules = dict(model.named_modules())
+    inside = set()
+    for name, module in modules.items():
+        if id(module) in blocks:
+            inside.add(name + ".")
+    for name, child in modules.items():
+        if type(child) is not nn.Linear or not any(name.startswith(p) for p in inside):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+            continue
+        parent, _, attr = name.rpartition(".")
+        yield modules[parent], attr, child
 
 
 def _torchao_quantize(model: nn.Module) -> bool:
@@ -136,8 +147,8 @@ def _torchao_quantize(model: nn.Module) -> bool:
     except ImportError:
         return False
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
-    for block in model.blocks_in_order():  # type: ignore[operator]
-        quantize_(block, config, filter_fn=lambda m, _fqn: type(m) is nn.Linear and _fp8_shape_ok(m))
+    chosen = {id(lin) for _, _, lin in block_linears(model)}
+    quantize_(model, config, filter_fn=lambda m, _fqn: id(m) in chosen and _fp8_shape_ok(m))
     return True
 
 

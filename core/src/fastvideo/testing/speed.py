@@ -57,6 +57,7 @@ class ToyDiT(DiT):
     name_mapping = None
     text_kv_layers = ("text_embed", "blocks.*.ck", "blocks.*.cv")
     timestep_modulation = "time_embed"
+    fp8_exclude = ("blocks.*.mod",)  # the modulation projection stays in its dtype
 
     def __init__(self, cfg: ToyConfig) -> None:
         super().__init__()
