@@ -22,6 +22,7 @@ CONFIGS = {
     "firstblock": {"cache": "firstblock"},
     "magcache": {"cache": "magcache"},
     "teacache-0.2": {"cache": "teacache", "cache_threshold": 0.2},
+    "firstblock-0.07": {"cache": "firstblock", "cache_threshold": 0.07},
     "firstblock-0.1": {"cache": "firstblock", "cache_threshold": 0.1},
     "magcache-0.12": {"cache": "magcache", "cache_threshold": 0.12},
     "offload": {"offload": "layer"},

@@ -135,6 +135,7 @@ def test_offload_on_gpu_is_exact_and_holds_two_blocks_at_most() -> None:
     assert offload.stats["max_resident"] <= 2 and block_bytes > 0
 
 
+@pytest.mark.slow  # dynamo tracing the toy's blocks: ~6-9 s on 2 cores
 def test_offload_works_with_regionally_compiled_blocks() -> None:
     expected = toy_dit()(*_inputs(2))
     model = toy_dit()
