@@ -103,3 +103,46 @@ def test_seam_dispatches_to_sage_and_falls_back_for_a_mask(monkeypatch: pytest.M
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     assert torch.allclose(masked, F.scaled_dot_product_attention(qt, kt, vt, mask).transpose(1, 2), atol=1e-3)
     assert SageBackend().supports(q, k, v, attn_mask=mask) == "sage takes no attention mask"
+
+
+def ulysses_suite(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """On each rank: the small DiT's forward with ``sage``, its blocks under Ulysses over ``world`` ranks."""
+    from fastvideo.configs import ParallelConfig
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.testing.speed import toy_dit
+
+    SageBackend.unavailable_reason = classmethod(lambda cls: None)  # type: ignore[method-assign]  # interpreter
+    model = toy_dit(num_layers=2, heads=4, dim=64)
+    state = init_parallel(ParallelConfig(num_gpus=world, sp_size=world), "cpu")
+    SequenceSharding(model, state).apply(model)
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(1, 4, 2, 5, 7, generator=g), torch.randn(1, 6, 16, generator=g)
+    with use_backend("sage"), torch.no_grad():
+        out = model(x, torch.tensor([400.0]), text)
+    teardown()
+    return {"out": out}
+
+
+@pytest.mark.slow  # two processes over gloo, kernels in the interpreter: ~10 s
+def test_sage_under_ulysses_is_as_accurate_as_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ulysses hands each rank whole sequences of half the heads (self-attention); cross-attention runs
+    on each rank's token shard, so its query blocks (and their INT8 scales) differ from one process:
+    the outputs differ by quantization noise, never by more than sage's own error."""
+    from fastvideo.parallel.testing import run_ranks
+    from fastvideo.testing.speed import toy_dit
+
+    monkeypatch.setattr(SageBackend, "unavailable_reason", classmethod(lambda cls: None))
+    model = toy_dit(num_layers=2, heads=4, dim=64)
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(1, 4, 2, 5, 7, generator=g), torch.randn(1, 6, 16, generator=g)
+    with use_backend("sage"), torch.no_grad():
+        one_process = model(x, torch.tensor([400.0]), text)
+    with use_backend("sdpa"), torch.no_grad():
+        exact = model(x, torch.tensor([400.0]), text)
+    sage_error = float((one_process - exact).abs().max())
+    assert sage_error > 0  # sage really ran
+    for result in run_ranks(f"{__file__}:ulysses_suite", world=2):
+        error = float((result["out"] - exact).abs().max())
+        assert error < 2 * sage_error, (error, sage_error)
+        assert float((result["out"] - one_process).abs().max()) < 2 * sage_error

@@ -12,7 +12,7 @@ from torch import nn
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import timestep_embedding
-from fastvideo.models import DiT
+from fastvideo.models import DiT, SequenceParallelPlan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +40,7 @@ class ToyBlock(nn.Module):
         shift, scale, gate = self.mod(temb).unsqueeze(1).chunk(3, dim=-1)  # 3 x (B, 1, D)
         h = F.layer_norm(x, x.shape[-1:]) * (1 + scale) + shift
         q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)  # 3 x (B, L, H, Dh)
-        x = x + gate * self.o(attention(q, k, v, allow=ALL).flatten(2))
+        x = x + gate * self.o(attention(q, k, v, allow=ALL, sequence_parallel=True).flatten(2))
         heads = (self.heads, -1)
         cq, ck, cv = (
             self.cq(x).unflatten(-1, heads),
@@ -58,6 +58,7 @@ class ToyDiT(DiT):
     text_kv_layers = ("text_embed", "blocks.*.ck", "blocks.*.cv")
     timestep_modulation = "time_embed"
     fp8_exclude = ("blocks.*.mod",)  # the modulation projection stays in its dtype
+    sequence_parallel_plan = SequenceParallelPlan(blocks="blocks", shard={"x": 1})
 
     def __init__(self, cfg: ToyConfig) -> None:
         super().__init__()
