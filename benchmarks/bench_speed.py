@@ -58,8 +58,19 @@ def timed(fn: Any, warmup: int = 1, iters: int = 3) -> tuple[float, float, Any]:
 
 def free() -> None:
     gc.collect()
+    torch._dynamo.reset()  # each variant compiles its own blocks
     if DEV == "cuda":
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def guarded(section: str, label: str):  # type: ignore[no-untyped-def]
+    """Record a failing variant as an error line and go on with the next one."""
+    try:
+        yield
+    except Exception as exc:  # a variant this card or torch cannot run: say so, keep measuring
+        record(section, variant=label, error=f"{type(exc).__name__}: {str(exc)[:400]}")
+        free()
 
 
 def card() -> str:
@@ -232,24 +243,36 @@ def section_dit(tiny: bool, iters: int) -> None:
     if tiny:
         variants = [v for v in variants if "compiled" not in v[0]]
     for name, options, backend in variants:
-        model = ours(cfg)
-        apply_options(model, options)
-        free()
-        t, peak, _ = timed(
-            functools.partial(run_dit, model, kw, backend),
-            warmup=2 if options.get("compile") else 1,
-            iters=iters,
-        )
-        record(
-            "dit",
-            card=card(),
-            model=f"ours {name}",
-            forward_s=round(t, 4),
-            step_cfg_s=round(2 * t, 4),
-            peak_gib=round(peak, 2),
-        )
-        del model
-        free()
+        with guarded("dit", name):
+            _dit_variant(cfg, kw, name, options, backend, iters)
+
+
+def _dit_variant(
+    cfg: dict[str, Any],
+    kw: dict[str, Any],
+    name: str,
+    options: dict[str, Any],
+    backend: str | None,
+    iters: int,
+) -> None:
+    model = ours(cfg)
+    apply_options(model, options)
+    free()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, backend),
+        warmup=2 if options.get("compile") else 1,
+        iters=iters,
+    )
+    record(
+        "dit",
+        card=card(),
+        model=f"ours {name}",
+        forward_s=round(t, 4),
+        step_cfg_s=round(2 * t, 4),
+        peak_gib=round(peak, 2),
+    )
+    del model
+    free()
 
 
 def _diffusers_forward(ref: Any, kw: dict[str, Any]) -> Any:
@@ -312,39 +335,44 @@ def section_quality(tiny: bool, steps: int) -> None:
         ("firstblock", {"cache": "firstblock"}, None),
         ("magcache", {"cache": "magcache"}, None),
     ]
-    base_lat = base_frames = None
+    base: dict[str, torch.Tensor] = {}
     for name, options, backend in variants:
-        model = ours(cfg)
-        t0 = time.perf_counter()
-        lat, cache = _denoise(model, options, backend, shape, steps, text)
-        sync()
-        wall = time.perf_counter() - t0
-        video = decode(lat)
-        if base_lat is None:
-            base_lat, base_frames = lat, video
-        mse = float(((video - base_frames) ** 2).mean())
-        row = {
-            "card": card(),
-            "variant": name,
-            "steps": steps,
-            "latent_rel_err": round(float((lat - base_lat).norm() / base_lat.norm()), 5),
-            "frames_mean_abs": round(float((video - base_frames).abs().mean()), 3),
-            "frames_psnr_db": round(10 * torch.log10(torch.tensor(255.0**2 / mse)).item(), 2)
-            if mse > 0
-            else "inf",
-            "denoise_s": round(wall, 2),
-        }
-        if cache is not None:
-            row["dit_calls"] = cache.stats
-        record("quality", **row)
-        del model
-        free()
+        with guarded("quality", name):
+            _quality_variant(cfg, name, options, backend, shape, steps, text, decode, base)
+
+
+def _quality_variant(cfg, name, options, backend, shape, steps, text, decode, base) -> None:  # type: ignore[no-untyped-def]
+    model = ours(cfg)
+    t0 = time.perf_counter()
+    lat, cache = _denoise(model, options, backend, shape, steps, text)
+    sync()
+    wall = time.perf_counter() - t0
+    video = decode(lat)
+    if not base:
+        base.update(lat=lat, frames=video)
+    base_lat, base_frames = base["lat"], base["frames"]
+    mse = float(((video - base_frames) ** 2).mean())
+    row = {
+        "card": card(),
+        "variant": name,
+        "steps": steps,
+        "latent_rel_err": round(float((lat - base_lat).norm() / base_lat.norm()), 5),
+        "frames_mean_abs": round(float((video - base_frames).abs().mean()), 3),
+        "frames_psnr_db": round(10 * torch.log10(torch.tensor(255.0**2 / mse)).item(), 2)
+        if mse > 0
+        else "inf",
+        "denoise_s": round(wall, 2),
+    }
+    if cache is not None:
+        row["dit_calls"] = cache.stats
+    record("quality", **row)
+    del model
+    free()
 
 
 def section_offload(tiny: bool, iters: int) -> None:
     """Resident vs ``--offload layer``: per-forward time and peak memory (1.3B at 81x480x832; 14B at
     81x720x1280 with 8 of its 40 blocks, extrapolated)."""
-    from fastvideo.optimize.offload import LayerOffload
 
     cases = [("wan2.1-t2v-1.3b", None, (81, 480, 832)), ("wan2.1-t2v-14b", 8, (81, 720, 1280))]
     if tiny:
@@ -353,36 +381,42 @@ def section_offload(tiny: bool, iters: int) -> None:
         cfg = wan_config(name, tiny, layers)
         kw = inputs(cfg, frames, height, width)
         for mode in ("resident", "offload", "offload compiled"):
-            model = ours(cfg)
-            weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
-            if mode != "resident":
-                _offload = LayerOffload(model, DEV)
-            if "compiled" in mode:
-                if tiny:
-                    continue
-                model.compile_blocks()
-            free()
-            if DEV == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t, peak, _ = timed(
-                functools.partial(run_dit, model, kw, None),
-                warmup=2 if "compiled" in mode else 1,
-                iters=iters,
-            )
-            row = {"card": card(), "model": name, "layers": cfg["num_layers"], "shape": f"{frames}x{height}x{width}", "mode": mode,
-                   "forward_s": round(t, 3), "peak_gib": round(peak, 2), "weights_gib": round(weights, 2)}  # fmt: skip
-            if layers is not None:
-                scale = 40 / layers
-                row["forward_s_40_layers_extrapolated"] = round(t * scale, 2)
-                if mode == "resident":
-                    row["peak_gib_40_layers_extrapolated"] = round(peak + weights * (scale - 1), 2)
-                else:
-                    row["peak_gib_40_layers_extrapolated"] = round(
-                        peak, 2
-                    )  # two blocks resident, whatever the depth
-            record("offload", **row)
-            del model
-            free()
+            if "compiled" in mode and tiny:
+                continue
+            with guarded("offload", f"{name} {mode}"):
+                _offload_variant(cfg, name, layers, mode, kw, iters, (frames, height, width))
+
+
+def _offload_variant(cfg, name, layers, mode, kw, iters, shape) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.offload import LayerOffload
+
+    frames, height, width = shape
+    model = ours(cfg)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    if mode != "resident":
+        _offload = LayerOffload(model, DEV)
+    if "compiled" in mode:
+        model.compile_blocks()
+    free()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, None),
+        warmup=2 if "compiled" in mode else 1,
+        iters=iters,
+    )
+    row = {"card": card(), "model": name, "layers": cfg["num_layers"], "shape": f"{frames}x{height}x{width}", "mode": mode,
+           "forward_s": round(t, 3), "peak_gib": round(peak, 2), "weights_gib": round(weights, 2)}  # fmt: skip
+    if layers is not None:
+        scale = 40 / layers
+        row["forward_s_40_layers_extrapolated"] = round(t * scale, 2)
+        if mode == "resident":
+            row["peak_gib_40_layers_extrapolated"] = round(peak + weights * (scale - 1), 2)
+        else:
+            row["peak_gib_40_layers_extrapolated"] = round(peak, 2)  # two blocks resident, whatever the depth
+    record("offload", **row)
+    del model
+    free()
 
 
 def section_i2v14b(tiny: bool, iters: int) -> None:
@@ -410,24 +444,36 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
     if tiny:
         variants = [("bf16", {}, None), ("fp8+sage", {"quantize": "fp8"}, "sage")]
     for name, options, backend in variants:
-        model = ours(cfg)
-        apply_options(model, options)
-        free()
-        t, peak, _ = timed(
-            functools.partial(run_dit, model, kw, backend),
-            warmup=2 if options.get("compile") else 1,
-            iters=iters,
-        )
-        record(
-            "i2v14b",
-            card=card(),
-            model=f"ours {name}",
-            forward_s=round(t, 3),
-            step_cfg_s=round(2 * t, 3),
-            peak_gib=round(peak, 2),
-        )
-        del model
-        free()
+        with guarded("i2v14b", name):
+            _i2v_variant(cfg, kw, name, options, backend, iters)
+
+
+def _i2v_variant(
+    cfg: dict[str, Any],
+    kw: dict[str, Any],
+    name: str,
+    options: dict[str, Any],
+    backend: str | None,
+    iters: int,
+) -> None:
+    model = ours(cfg)
+    apply_options(model, options)
+    free()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, backend),
+        warmup=2 if options.get("compile") else 1,
+        iters=iters,
+    )
+    record(
+        "i2v14b",
+        card=card(),
+        model=f"ours {name}",
+        forward_s=round(t, 3),
+        step_cfg_s=round(2 * t, 3),
+        peak_gib=round(peak, 2),
+    )
+    del model
+    free()
 
 
 def main() -> None:
