@@ -134,3 +134,33 @@ def test_fp8_checkpoint_in_the_original_wan_naming_loads(tmp_path: Path, scale: 
     x, t, text = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 7, 32)
     with torch.no_grad():
         assert torch.equal(model(x, t, text), reference(x, t, text))
+
+
+def test_fv_generate_flags_apply_the_transforms(ckpts: dict[str, Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``fv generate --quantize ... --cache ... --cache-threshold ... --offload ...`` reach the transforms."""
+    from typer.testing import CliRunner
+
+    import fastvideo.transforms
+    from fastvideo.cli import app
+
+    applied: list[list[str]] = []
+    original = fastvideo.transforms.apply_transforms
+
+    def spy(pipeline, config):  # type: ignore[no-untyped-def]
+        applied.append(original(pipeline, config))
+        assert (config.quantize, config.cache, config.cache_threshold, config.offload) == (
+            "fp8-storage", "magcache", 0.5, "layer"
+        )  # fmt: skip
+        return applied[-1]
+
+    monkeypatch.setattr(fastvideo.transforms, "apply_transforms", spy)
+    out = tmp_path / "v.mp4"
+    args = ["generate", "-m", str(ckpts["t2v"]), "-p", PROMPT, "--device", "cpu", "-o", str(out), "--json",
+            "--num-frames", "5", "--height", "32", "--width", "32", "--steps", "4", "--no-progress",
+            "--quantize", "fp8-storage", "--cache", "magcache", "--cache-threshold", "0.5", "--offload", "layer"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert applied == [["step-cache", "fp8", "text-kv-cache", "layer-offload"]]  # by their order
+    assert out.is_file()
+    bad = CliRunner().invoke(app, [*args[:9], "--cache-threshold", "0.5"])
+    assert bad.exit_code == 2 and "needs a cache" in bad.output
