@@ -144,6 +144,14 @@ def _quantize_fwd(
     tl.store(S + bh * NB + block, scale)
 
 
+#: On the GPU, warps and pipeline stages are searched at the first call of each (head dim, key
+#: length); the block sizes stay fixed (they are the quantization blocks).
+GPU_TUNING = [
+    triton.Config({}, num_warps=w, num_stages=n) for w, n in ((8, 3), (4, 3), (8, 2), (4, 2), (8, 4))
+]
+_sage_fwd_tuned = triton.autotune(configs=GPU_TUNING, key=["D", "Lk"])(_sage_fwd)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------
@@ -204,12 +212,15 @@ def sage_attention_triton(
     out = torch.empty_like(q) if q.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     nbq, nbk = qs.shape[-1], ks.shape[-1]
     grid = (nbq, b * h)
-    _sage_fwd[grid](
+    args = (
         qq, kq, v, out, qs, ks,
         h, lq, lk, nbq, nbk, d,
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(32, 1 << math.ceil(math.log2(d))),
-        num_warps=warps, num_stages=stages,
     )  # fmt: skip
+    blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": max(32, 1 << math.ceil(math.log2(d)))}
+    if interpreting():
+        _sage_fwd[grid](*args, **blocks, num_warps=warps, num_stages=stages)
+    else:
+        _sage_fwd_tuned[grid](*args, **blocks)
     return out
