@@ -14,6 +14,7 @@ and the output projection live outside the blocks and stay in their dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,8 +40,26 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
 
 
 def fp8_math_available(device: torch.device) -> bool:
-    """Whether ``device`` multiplies in FP8 (CUDA compute capability >= 8.9: Ada, Hopper, Blackwell)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    """Whether ``device`` multiplies in FP8 with row-wise scales (CUDA compute capability >= 8.9:
+    Ada, Hopper, Blackwell, and a torch whose ``_scaled_mm`` takes them; probed once per device)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return False
+    return _scaled_mm_works(str(device))
+
+
+@functools.cache
+def _scaled_mm_works(device: str) -> bool:
+    try:
+        a = torch.ones(16, 32, device=device).to(FP8)
+        b = torch.ones(16, 32, device=device).to(FP8)
+        sa, sb = torch.ones(16, 1, device=device), torch.ones(1, 16, device=device)
+        out = torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+        return bool(torch.all(out == 32))
+    except (RuntimeError, TypeError) as exc:
+        import warnings
+
+        warnings.warn(f"FP8 matmul unavailable here ({exc}); using FP8 storage with bf16 math", stacklevel=2)
+        return False
 
 
 class FP8Linear(nn.Module):
@@ -84,11 +103,7 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "compute" and x.is_cuda:
-            try:
-                return self._forward_fp8(x)
-            except RuntimeError as exc:  # a torch / GPU without row-wise scaled FP8 matmul
-                _warn_fallback(exc)
-                self.mode = "storage"
+            return self._forward_fp8(x)
         w = dequantize_rows(self.weight, self.weight_scale, x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)
