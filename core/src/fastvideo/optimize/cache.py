@@ -352,12 +352,13 @@ class _Memo:
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args or kwargs or not isinstance(x, torch.Tensor) or torch.is_grad_enabled():
             return self.forward(x, *args, **kwargs)
-        for i, (inp, out) in enumerate(self.entries):
-            if self._same(inp, x):
-                self.hits += 1
-                if i:  # most recent first
-                    self.entries.insert(0, self.entries.pop(i))
-                return out
+        # the same tensor first (no device sync: the usual case, step after step), then an equal one
+        hit = next((i for i, (inp, _) in enumerate(self.entries) if inp is x), None)
+        if hit is None:
+            hit = next((i for i, (inp, _) in enumerate(self.entries) if self._same(inp, x)), None)
+        if hit is not None:
+            self.hits += 1
+            return self.entries[hit][1]
         self.misses += 1
         out = self.forward(x)
         self.entries = [(x, out), *self.entries][: self.slots]
