@@ -476,9 +476,137 @@ def _i2v_variant(
     free()
 
 
+# ---------------------------------------------------------------- end to end
+
+
+def make_wan_pipeline(folder: str, tiny: bool) -> None:
+    """A diffusers-format Wan2.1-T2V-1.3B pipeline with random weights: the DiT, umT5-XXL and the Wan
+    VAE at their real configurations (the tokenizer is the tiny test one: it only maps words to ids)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from fastvideo_wan.tiny import make_tiny_wan, tiny_tokenizer
+
+    if tiny:
+        make_tiny_wan(folder, seed=3)
+        return
+    umt5 = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                      relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # fmt: skip
+    with torch.device(DEV), default_dtype(torch.bfloat16):
+        text_encoder = UMT5EncoderModel(umt5)
+        transformer = WanTransformer3DModel(**wan_config("wan2.1-t2v-1.3b", False))
+    with torch.no_grad():
+        for p in [*text_encoder.parameters(), *transformer.parameters()]:
+            p.normal_(0, 0.02)
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to(DEV)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(folder)
+
+
+def section_e2e(tiny: bool, steps: int, variants: str) -> None:
+    """Wan2.1-T2V-1.3B 81x480x832 with CFG, text encoding + denoising + decoding: diffusers' WanPipeline
+    against ours (compiled blocks) without and with the step cache and FP8 + sage, random weights."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="wan13b-")
+    t0 = time.perf_counter()
+    make_wan_pipeline(folder, tiny)
+    free()
+    record("e2e", card=card(), built_s=round(time.perf_counter() - t0, 1), folder_gib=round(_du(folder), 2))
+    frames, height, width = (5, 32, 32) if tiny else (81, 480, 832)
+    request = dict(prompt="a corgi surfing a wave at sunset", negative_prompt="blurry", num_frames=frames,
+                   height=height, width=width, guidance_scale=5.0)  # fmt: skip
+    if "diffusers" in variants:
+        with guarded("e2e", "diffusers"):
+            _e2e_diffusers(folder, request, steps)
+    options = {
+        "bf16": {},
+        "teacache": {"cache": "teacache"},
+        "fp8+sage+teacache": {"quantize": "fp8", "attention_backend": "sage", "cache": "teacache"},
+    }
+    for name, opts in options.items():
+        if name in variants.split(","):
+            with guarded("e2e", name):
+                _e2e_ours(folder, request, steps, name, opts)
+
+
+def _du(folder: str) -> float:
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**30
+
+
+def _e2e_diffusers(folder: str, request: dict[str, Any], steps: int) -> None:
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16).to(DEV)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(n: int, pipe: Any = pipe) -> Any:
+        with torch.inference_mode():
+            return pipe(
+                **request,
+                num_inference_steps=n,
+                output_type="np",
+                generator=torch.Generator(DEV).manual_seed(0),
+            )
+
+    run(2)  # warm-up
+    sync()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run(steps)
+    sync()
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    record("e2e", card=card(), variant="diffusers WanPipeline (bf16, eager)", steps=steps, total_s=round(wall, 2),
+           per_step_s=round(wall / steps, 3), peak_gib=round(peak, 2))  # fmt: skip
+    del pipe
+    free()
+
+
+def _e2e_ours(folder: str, request: dict[str, Any], steps: int, name: str, options: dict[str, Any]) -> None:
+    from fastvideo import VideoGenerator
+
+    t0 = time.perf_counter()
+    gen = VideoGenerator.from_pretrained(folder, device=DEV, progress=False, **options)
+    loaded = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen.generate_video(**request, num_inference_steps=2, seed=0)  # warm-up (compiles the blocks)
+    warm = time.perf_counter() - t0
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    stage = next((s for s in gen.pipeline.stages if hasattr(s, "step_cache")), None)
+    before = dict(stage.step_cache.stats) if stage is not None else {}
+    result = gen.generate_video(**request, num_inference_steps=steps, seed=0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    calls = {k: v - before[k] for k, v in stage.step_cache.stats.items()} if stage is not None else None
+    timings = {k: round(v, 3) for k, v in result.timings.items()}
+    record("e2e", card=card(), variant=f"ours {name} (compiled blocks)", steps=steps, total_s=timings.get("total"),
+           per_step_s=round(result.timings.get("denoising", 0.0) / steps, 3), stages_s=timings,
+           load_s=round(loaded, 1), warmup_s=round(warm, 1), peak_gib=round(peak, 2),
+           dit_calls=calls)  # fmt: skip
+    del gen
+    free()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--section", required=True, choices=["kernel", "dit", "quality", "offload", "i2v14b"])
+    ap.add_argument(
+        "--section", required=True, choices=["kernel", "dit", "quality", "offload", "i2v14b", "e2e"]
+    )
+    ap.add_argument("--variants", default="diffusers,bf16,teacache,fp8+sage+teacache", help="e2e: which runs")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
@@ -494,6 +622,8 @@ def main() -> None:
         section_dit(args.tiny, args.iters)
     elif args.section == "quality":
         section_quality(args.tiny, args.steps)
+    elif args.section == "e2e":
+        section_e2e(args.tiny, args.steps, args.variants)
     elif args.section == "offload":
         section_offload(args.tiny, args.iters)
     else:
