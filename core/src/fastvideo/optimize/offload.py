@@ -1,7 +1,9 @@
 """Layerwise offload: the DiT blocks live in (pinned) CPU memory and are copied to the GPU one group
 ahead of use, on a side CUDA stream, so that copies overlap the previous group's compute; a group's
 GPU copies are dropped right after it ran. The DiT's other modules (embeddings, head) stay on the
-GPU. Text encoders, image encoders and the VAE live on the CPU and are moved to the GPU only while
+GPU. The host waits for the GPU to finish a group before it starts copying the one after next, so no
+more than about two groups are on the GPU however far ahead the host could queue kernels. Text
+encoders, image encoders and the VAE live on the CPU and are moved to the GPU only while
 the stage that uses them runs.
 
 Weights are never changed: offloading swaps each parameter's storage between a CPU copy made once
@@ -82,6 +84,7 @@ class LayerOffload:
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
         self.pending: dict[int, tuple[list[torch.Tensor], Any]] = {}
+        self.done: dict[int, Any] = {}  # group -> CUDA event recorded after its block(s) ran
         self.stats = {"copies": 0, "max_resident": 0}
         self.handles = []
         for g, i in enumerate(range(0, len(blocks), group_size)):
@@ -100,6 +103,10 @@ class LayerOffload:
         @torch.compiler.disable
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             self.groups[g].offload()
+            if self.cuda:  # when the GPU is done with this group, its copies can be freed
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self.device))
+                self.done[g] = event
 
         return hook
 
@@ -128,9 +135,12 @@ class LayerOffload:
             for t in copies:
                 t.record_stream(current)  # the allocator keeps them until the compute stream is done
         self.groups[g].load(copies)
-        self._fetch(
-            (g + 1) % len(self.groups)
-        )  # prefetch (after the last group: the first, for the next call)
+        # Throttle: the host waits until the GPU finished the previous group before it starts the next
+        # copy, else it would queue copies (and keep their memory) as far ahead as it queues kernels.
+        previous = self.done.pop((g - 1) % len(self.groups), None)
+        if previous is not None:
+            previous.synchronize()
+        self._fetch((g + 1) % len(self.groups))  # prefetch; after the last group, the first (next call)
         resident = sum(grp.resident for grp in self.groups) + len(self.pending)
         self.stats["max_resident"] = max(self.stats["max_resident"], resident)
 
