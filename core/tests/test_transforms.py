@@ -181,7 +181,14 @@ def test_transforms_run_in_order_when_they_apply() -> None:
 def test_core_parallel_transforms_do_not_apply_in_one_process() -> None:
     from fastvideo.registry import get_registry
 
-    assert get_registry().names("pipeline_transform") == ["cfg-parallel", "parallel-vae"]
+    assert get_registry().names("pipeline_transform") == [
+        "cfg-parallel",
+        "fp8",
+        "layer-offload",
+        "parallel-vae",
+        "step-cache",
+        "text-kv-cache",
+    ]
     stage = DenoisingStage(ToyDiT())
     pipeline = ComposedPipeline([stage], {})
     assert apply_transforms(pipeline, PipelineConfig()) == []

@@ -209,6 +209,25 @@ def generate(
         Optional[bool],
         typer.Option("--guardrail/--no-guardrail", help="A family's safety checker [on where it has one]."),
     ] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="fp8 (FP8 linears in the DiT blocks) or fp8-storage (weights only).")
+    ] = None,
+    fp8_checkpoint: Annotated[
+        Optional[str], typer.Option(help="Pre-quantized FP8 DiT .safetensors (LightX2V / Kijai) to load.")
+    ] = None,
+    cache: Annotated[
+        Optional[str], typer.Option(help="Step cache: teacache, firstblock or magcache.")
+    ] = None,
+    cache_threshold: Annotated[
+        Optional[float], typer.Option(min=0.0, help="Step-cache threshold [the cache's published default].")
+    ] = None,
+    text_kv_cache: Annotated[
+        bool, typer.Option(help="Reuse cross-attention keys/values per prompt (lossless).")
+    ] = True,
+    offload: Annotated[
+        Optional[str],
+        typer.Option(help="layer: DiT blocks streamed from CPU, encoders/VAE offloaded when idle."),
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:N or cpu [cuda when available].")] = None,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the result.")] = False,
@@ -252,6 +271,12 @@ def generate(
             dtype=dtype,
             compile=compile,
             attention_backend=attention_backend,
+            quantize=quantize,
+            fp8_checkpoint=fp8_checkpoint,
+            cache=cache,
+            cache_threshold=cache_threshold,
+            text_kv_cache=text_kv_cache,
+            offload=offload,
             sampler=sampler,
             guardrail=guardrail,
             revision=revision,

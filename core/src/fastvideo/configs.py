@@ -268,13 +268,29 @@ class PipelineConfig:
     sampler: str | None = None  # registered sampler name; None = the preset's, family's or "checkpoint"
     guardrail: bool | None = None  # a family's safety checker; None = the family's default, False = off
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # speed and memory options (fastvideo.optimize; docs/speed.md)
+    quantize: str | None = None  # "fp8" (FP8 linears in the DiT blocks) | "fp8-storage" (weights only)
+    fp8_checkpoint: str | None = None  # a pre-quantized FP8 DiT file (LightX2V / Kijai) loaded over the DiT
+    cache: str | None = None  # step cache: "teacache" | "firstblock" | "magcache"
+    cache_threshold: float | None = None  # the step cache's threshold; None = its published default
+    text_kv_cache: bool = True  # reuse text-only projections (cross-attention k/v) per prompt; lossless
+    offload: str | None = None  # "layer": DiT blocks streamed from pinned CPU memory, encoders/VAE when idle
 
     def __post_init__(self) -> None:
+        from fastvideo.optimize import CACHES, OFFLOAD, QUANTIZE, check_choice
+
         for name in ("dtype", "vae_dtype", "text_encoder_dtype"):
             object.__setattr__(self, name, normalize_dtype(getattr(self, name), name))
+        check_choice("quantize", self.quantize, QUANTIZE, "--quantize")
+        check_choice("cache", self.cache, CACHES, "--cache")
+        check_choice("offload", self.offload, OFFLOAD, "--offload")
+        if self.cache_threshold is not None and self.cache is None:
+            raise ValueError(
+                f"cache_threshold={self.cache_threshold} needs a cache; pass --cache teacache (or another)"
+            )
         if type(self.device).__module__ == "torch" and type(self.device).__name__ == "device":
             object.__setattr__(self, "device", str(self.device))  # torch.device("cuda", 1) -> "cuda:1"
-        _check_fields(self, {})
+        _check_fields(self, {"cache_threshold": _Range(0.0)})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> PipelineConfig:
         names = {f.name for f in dataclasses.fields(self)}

@@ -64,11 +64,13 @@ def resolve_backend_name(requested: str | None = None) -> str:
         return name
     # Sparse backends are never chosen automatically, so their availability (which may need torch
     # or a GPU probe) is not even asked.
+    # Dense ones are asked best first, and no further than the first that can run (a low-priority
+    # backend's probe may import torch).
     dense = sorted((c for c in classes.values() if not c.sparse), key=lambda c: (-c.priority, c.name))
-    avail = [c.name for c in dense if c.is_available()]
-    if not avail:
+    best = next((c.name for c in dense if c.is_available()), None)
+    if best is None:
         raise BackendUnavailableError("No attention backend can run here; install torch>=2.5 for 'sdpa'")
-    return avail[0]
+    return best
 
 
 def get_backend(name: str) -> AttentionBackend:

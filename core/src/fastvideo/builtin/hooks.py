@@ -11,8 +11,9 @@ FASTVIDEO_PLUGIN_API = PLUGIN_API_VERSION
 @hookimpl
 def fv_register_attention_backends():  # type: ignore[no-untyped-def]
     from fastvideo.attention.backends import FlashAttnBackend, SDPABackend
+    from fastvideo.attention.sage import SageBackend
 
-    return [SDPABackend, FlashAttnBackend]
+    return [SDPABackend, FlashAttnBackend, SageBackend]
 
 
 @hookimpl
@@ -39,9 +40,10 @@ def fv_register_samplers():  # type: ignore[no-untyped-def]
 
 @hookimpl
 def fv_register_pipeline_transforms():  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.transforms import BUILTIN
     from fastvideo.parallel.transforms import CFGParallelTransform, ParallelVAETransform
 
-    return [CFGParallelTransform, ParallelVAETransform]
+    return [CFGParallelTransform, ParallelVAETransform, *BUILTIN]
 
 
 @hookimpl

@@ -72,6 +72,19 @@ class DiT(nn.Module):
     sequence_parallel_plan: ClassVar[SequenceParallelPlan | None] = None
     #: The module whose weight dtype is the compute dtype (inputs are cast to it).
     dtype_module: ClassVar[str] = "patch_embed"
+    #: Modules whose input is text (or image) conditioning only, constant over the steps of one
+    #: generation (globs over module names: the text embedding, cross-attention key and value
+    #: projections); the lossless text key/value cache computes them once per prompt and branch.
+    #: They must not change their output tensors in place.
+    text_kv_layers: ClassVar[tuple[str, ...]] = ()
+    #: The module whose output is the per-step timestep modulation (TeaCache's change indicator).
+    timestep_modulation: ClassVar[str | None] = None
+    #: Linears inside the blocks that FP8 quantization leaves in their dtype (globs over module names):
+    #: modulation projections, and layers whose ``weight`` the model reads itself.
+    fp8_exclude: ClassVar[tuple[str, ...]] = ()
+    #: Other namings of single-file checkpoints this DiT can read (e.g. the original release's), tried
+    #: after :attr:`name_mapping` by loaders of such files (FP8 checkpoints: fastvideo.optimize.fp8).
+    checkpoint_mappings: ClassVar[tuple[NameMapping, ...]] = ()
 
     config: Any
 
@@ -101,6 +114,12 @@ class DiT(nn.Module):
     def dtype(self) -> torch.dtype:
         """The compute dtype (that of :attr:`dtype_module`'s weight); inputs are cast to it."""
         return getattr(self, self.dtype_module).weight.dtype
+
+    def teacache_coefficients(self) -> tuple[float, ...] | None:
+        """TeaCache's polynomial (highest degree first) rescaling the relative change of the
+        :attr:`timestep_modulation` output into the change of the model's output, fitted per model
+        by the TeaCache authors; None: no rescaling."""
+        return None
 
     def blocks_in_order(self) -> Iterator[nn.Module]:
         """Every block of :attr:`block_lists`, in call order."""

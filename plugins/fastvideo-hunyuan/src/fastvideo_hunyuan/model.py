@@ -330,6 +330,14 @@ class HunyuanTransformer(DiT):
     #: Attention layers whose joint attention admits sparse backends (video tokens first, in raster
     #: order over the step context's grid, then the text tokens).
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("double_blocks.*.attn", "single_blocks.*.attn")
+    #: FP8 (fastvideo.optimize) leaves the modulation projections and the single blocks' output
+    #: projection (whose weight ``_out`` splits itself) in their dtype
+    fp8_exclude: ClassVar[tuple[str, ...]] = (
+        "*.video_mod",
+        "*.text_mod",
+        "single_blocks.*.mod",
+        "single_blocks.*.out",
+    )
     #: Sequence parallelism (fastvideo.parallel.sequence): every block takes ``(x, txt, cond, cos, sin,
     #: text_mask)``; video tokens ``x`` and the RoPE tables are sharded, text tokens stay whole on every
     #: rank (replicated tokens of the joint attention); the last block's video output is gathered.

@@ -19,6 +19,7 @@ from fastvideo.loader.mapping import NameMapping, UnmappedKeysError
 __all__ = [
     "IGNORED_DIFFUSERS_KEYS",
     "MAPPING",
+    "ORIGINAL_MAPPING",
     "RULES",
     "UnmappedKeysError",
     "diffusers_to_ours",
@@ -81,3 +82,43 @@ MAPPING = NameMapping(
 #: ``diffusers_to_ours(sd)`` / ``ours_to_diffusers(sd)``: rename (values untouched), raising
 #: :class:`UnmappedKeysError` with every name that no rule matches.
 diffusers_to_ours, ours_to_diffusers = MAPPING.to_ours, MAPPING.to_theirs
+
+
+#: (original Wan release name, our name): the naming of single-file checkpoints in the original
+#: format (``Wan-AI/Wan2.1-*`` repos, and the FP8 files LightX2V and Kijai publish from them).
+ORIGINAL_RULES: tuple[tuple[str, str], ...] = (
+    ("patch_embedding.{p}", "patch_embed.{p}"),
+    ("text_embedding.0.{p}", "text_embed.fc1.{p}"),
+    ("text_embedding.2.{p}", "text_embed.fc2.{p}"),
+    ("time_embedding.0.{p}", "time_embed.fc1.{p}"),
+    ("time_embedding.2.{p}", "time_embed.fc2.{p}"),
+    ("time_projection.1.{p}", "time_mod.{p}"),
+    ("img_emb.proj.0.{p}", "image_embed.norm_in.{p}"),
+    ("img_emb.proj.1.{p}", "image_embed.fc1.{p}"),
+    ("img_emb.proj.3.{p}", "image_embed.fc2.{p}"),
+    ("img_emb.proj.4.{p}", "image_embed.norm_out.{p}"),
+    ("img_emb.emb_pos", "image_embed.pos_embed"),
+    ("blocks.{i}.modulation", "blocks.{i}.modulation"),
+    *(
+        (f"blocks.{{i}}.{attn}.{name}.{{p}}", f"blocks.{{i}}.{attn}.{name}.{{p}}")
+        for attn in ("self_attn", "cross_attn")
+        for name in ("q", "k", "v", "o", "norm_q", "norm_k")
+    ),
+    ("blocks.{i}.cross_attn.k_img.{p}", "blocks.{i}.cross_attn.k_img.{p}"),
+    ("blocks.{i}.cross_attn.v_img.{p}", "blocks.{i}.cross_attn.v_img.{p}"),
+    ("blocks.{i}.cross_attn.norm_k_img.{p}", "blocks.{i}.cross_attn.norm_k_img.{p}"),
+    ("blocks.{i}.norm3.{p}", "blocks.{i}.norm_cross.{p}"),
+    ("blocks.{i}.ffn.0.{p}", "blocks.{i}.ffn.fc1.{p}"),
+    ("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.fc2.{p}"),
+    ("head.head.{p}", "head.proj.{p}"),
+    ("head.modulation", "head.modulation"),
+)
+
+ORIGINAL_MAPPING = NameMapping(
+    ORIGINAL_RULES,
+    rules_name="fastvideo_wan.convert.ORIGINAL_RULES",
+    ours="fastvideo_wan",
+    theirs="original Wan",
+    their_class="WanModel (original release)",
+    our_class="WanTransformer",
+)

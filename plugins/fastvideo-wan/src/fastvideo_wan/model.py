@@ -232,6 +232,7 @@ class WanTransformer(DiT):
     config_class = WanConfig
     diffusers_class = "WanTransformer3DModel"
     name_mapping = convert.MAPPING
+    checkpoint_mappings = (convert.ORIGINAL_MAPPING,)  # single files in the original naming (FP8 releases)
     fsdp_units: ClassVar[tuple[str, ...]] = ("WanBlock",)
     #: diffusers' ``_keep_in_fp32_modules``
     fp32_modules: ClassVar[tuple[str, ...]] = (
@@ -243,6 +244,17 @@ class WanTransformer(DiT):
     )
     #: backends that need per-layer modules get them attached here (fastvideo.attention.layers)
     sparse_attention_layers: ClassVar[tuple[str, ...]] = ("blocks.*.self_attn",)
+    #: text/image-only modules: computed once per prompt by the text key/value cache (fastvideo.optimize)
+    text_kv_layers: ClassVar[tuple[str, ...]] = (
+        "text_embed",
+        "image_embed",
+        "blocks.*.cross_attn.k",
+        "blocks.*.cross_attn.v",
+        "blocks.*.cross_attn.k_img",
+        "blocks.*.cross_attn.v_img",
+    )
+    #: the per-step modulation e0, TeaCache's indicator (its "ret steps" mode)
+    timestep_modulation: ClassVar[str | None] = "time_mod"
     #: Block arguments with a token dim: x (B, L, D), temb6 (B, Lm, 6, D) when Lm = L, cos and sin
     #: (L, 1, Dh); the last block's output is gathered on dim 1.
     sequence_parallel_plan = SequenceParallelPlan(
@@ -271,6 +283,17 @@ class WanTransformer(DiT):
                 nn.init.normal_(p, std=self.config.dim**-0.5)
             elif name.endswith("pos_embed"):
                 nn.init.zeros_(p)
+
+    def teacache_coefficients(self) -> tuple[float, ...] | None:
+        """TeaCache4Wan2.1's published polynomials ("ret steps" mode, e0 indicator), by model size."""
+        cfg = self.config
+        if cfg.dim == 1536:  # T2V 1.3B
+            return (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
+        if cfg.dim == 5120 and cfg.image_dim is not None:  # I2V 14B 480P
+            return (2.57151496e05, -3.54229917e04, 1.40286849e03, -1.35890334e01, 1.32517977e-01)
+        if cfg.dim == 5120:  # T2V 14B
+            return (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01)
+        return None
 
     def check_grid(self, grid: tuple[int, int, int]) -> None:
         if max(grid) > self.config.rope_max_seq_len:

@@ -1,0 +1,634 @@
+"""The speed options on the GPU (issue #24): 8-bit attention kernel vs SDPA, Wan DiT per-forward time
+with FP8 / sage / compile against diffusers, quality of each lossy option against bf16 on random-weight
+Wan 1.3B, the step caches' DiT-call savings, layerwise offload's peak memory and time.
+
+    python benchmarks/bench_speed.py --section kernel|dit|quality|offload|i2v14b [--tiny]
+
+``--tiny`` runs every section at toy sizes (a CPU dry run of the code paths, TRITON_INTERPRET=1 for sage).
+Each section prints its lines and appends them to ${OUT}/speed.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import os
+import time
+from typing import Any
+
+import torch
+
+OUT = os.environ.get("OUT", "/tmp/out")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def record(section: str, **row: Any) -> None:
+    row = {"section": section, **row}
+    print(json.dumps(row), flush=True)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "speed.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, warmup: int = 1, iters: int = 3) -> tuple[float, float, Any]:
+    """(median seconds, peak GiB over the timed calls, last output)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    sync()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    return sorted(times)[len(times) // 2], peak, out
+
+
+def free() -> None:
+    gc.collect()
+    torch._dynamo.reset()  # each variant compiles its own blocks
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def guarded(section: str, label: str):  # type: ignore[no-untyped-def]
+    """Record a failing variant as an error line and go on with the next one."""
+    try:
+        yield
+    except Exception as exc:  # a variant this card or torch cannot run: say so, keep measuring
+        record(section, variant=label, error=f"{type(exc).__name__}: {str(exc)[:400]}")
+        free()
+
+
+def card() -> str:
+    return torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+
+
+# ---------------------------------------------------------------- models
+
+
+def wan_config(name: str, tiny: bool, layers: int | None = None) -> dict[str, Any]:
+    from fastvideo_wan.configs import CONFIGS
+
+    cfg = {k: v for k, v in CONFIGS[name].items() if not k.startswith("_")}
+    if tiny:
+        cfg.update(num_attention_heads=2, attention_head_dim=64, ffn_dim=256, num_layers=2, text_dim=64)
+        if cfg.get("image_dim"):
+            cfg.update(image_dim=32, added_kv_proj_dim=128)
+    if layers is not None and not tiny:
+        cfg["num_layers"] = layers
+    return cfg
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def ours(cfg: dict[str, Any], seed: int = 0, device: str = DEV) -> Any:
+    """Our WanTransformer with random weights N(0, 0.02) (fp32 modules in fp32, the rest bf16)."""
+    from fastvideo_wan.model import WanTransformer
+
+    with torch.device("meta"), default_dtype(torch.bfloat16):
+        model = WanTransformer(WanTransformer.parse_config(cfg))
+    model.to_empty(device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.02, generator=g)
+            if model.is_fp32_param(name):
+                p.data = p.data.float()
+    return model.eval().requires_grad_(False)
+
+
+def diffusers_dit(cfg: dict[str, Any]) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    with torch.device(DEV), default_dtype(torch.bfloat16):
+        ref = WanTransformer3DModel(**cfg)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.02)
+    return ref.eval().requires_grad_(False)
+
+
+def inputs(cfg: dict[str, Any], frames: int, height: int, width: int, image: bool = False) -> dict[str, Any]:
+    g = torch.Generator(device=DEV).manual_seed(1)
+    t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    kw = {
+        "hidden_states": torch.randn(
+            1, cfg["in_channels"], t, h, w, device=DEV, generator=g, dtype=torch.bfloat16
+        ),
+        "timestep": torch.tensor([700.0], device=DEV),
+        "encoder_hidden_states": torch.randn(
+            1, 512, cfg["text_dim"], device=DEV, generator=g, dtype=torch.bfloat16
+        ),
+    }
+    if image:
+        kw["encoder_hidden_states_image"] = torch.randn(
+            1, 257, cfg["image_dim"], device=DEV, generator=g, dtype=torch.bfloat16
+        )
+    return kw
+
+
+def apply_options(model: Any, options: dict[str, Any]) -> Any:
+    """The pipeline transforms of ``options`` applied to a one-DiT pipeline (as VideoGenerator does)."""
+    from fastvideo.configs import PipelineConfig
+    from fastvideo.pipelines.composed import ComposedPipeline
+    from fastvideo.pipelines.stages import DenoisingStage
+    from fastvideo.transforms import apply_transforms
+
+    config = PipelineConfig(**{k: v for k, v in options.items() if k not in ("attention_backend", "compile")})
+    stage = DenoisingStage(model)
+    pipe = ComposedPipeline([stage], {"transformer": model, "device": torch.device(DEV)})
+    apply_transforms(pipe, config)
+    if options.get("compile"):
+        model.compile_blocks()
+    return pipe
+
+
+def run_dit(model: Any, kw: dict[str, Any], backend: str | None) -> Any:
+    from fastvideo.attention import use_backend
+
+    with torch.inference_mode(), use_backend(backend):
+        return model(**kw)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def section_kernel(tiny: bool) -> None:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from fastvideo.attention.sage_triton import sage_attention_triton
+
+    shapes = (
+        [(12, 32760, 128), (40, 32760, 128), (24, 32760, 64)] if not tiny else [(2, 200, 64), (2, 130, 128)]
+    )
+    for heads, length, d in shapes:
+        g = torch.Generator(device=DEV).manual_seed(0)
+        q, k, v = (
+            torch.randn(1, length, heads, d, device=DEV, generator=g, dtype=torch.bfloat16) for _ in range(3)
+        )
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        row: dict[str, Any] = {"card": card(), "heads": heads, "tokens": length, "head_dim": d}
+        t_s, _, out = timed(functools.partial(sage_attention_triton, q, k, v), iters=5)
+        row["sage_ms"] = round(t_s * 1e3, 2)
+        exact = (
+            F.scaled_dot_product_attention(qt.float(), kt.float(), vt.float()).transpose(1, 2)
+            if length * heads <= 12 * 32760
+            else None
+        )
+        for name, kern in (("cudnn", "CUDNN_ATTENTION"), ("flash", "FLASH_ATTENTION")):
+            if DEV != "cuda":
+                continue
+            with contextlib.suppress(RuntimeError), sdpa_kernel([getattr(SDPBackend, kern)]):
+                t, _, _ = timed(functools.partial(F.scaled_dot_product_attention, qt, kt, vt), iters=5)
+                row[f"sdpa_{name}_ms"] = round(t * 1e3, 2)
+        if exact is not None:
+            err = (out.float() - exact).abs()
+            row.update(max_abs_err=round(float(err.max()), 4), mean_abs_err=round(float(err.mean()), 5))
+            row["cos_sim"] = round(
+                float(F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0)), 6
+            )
+        record("kernel", **row)
+        free()
+
+
+def section_dit(tiny: bool, iters: int) -> None:
+    """Per-forward DiT time at Wan2.1-T2V-1.3B 81x480x832 (one CFG branch; a step with CFG is two)."""
+    cfg = wan_config("wan2.1-t2v-1.3b", tiny)
+    frames, height, width = (5, 64, 64) if tiny else (81, 480, 832)
+    kw = inputs(cfg, frames, height, width)
+    if not tiny:
+        ref = diffusers_dit(cfg)
+        t, peak, _ = timed(lambda: _diffusers_forward(ref, kw), iters=iters)
+        record(
+            "dit",
+            card=card(),
+            model="diffusers WanTransformer3DModel (bf16, eager)",
+            forward_s=round(t, 4),
+            peak_gib=round(peak, 2),
+        )
+        del ref
+        free()
+    variants = [
+        ("bf16", {}, None),
+        ("bf16 compiled", {"compile": True}, None),
+        ("fp8", {"quantize": "fp8"}, None),
+        ("sage", {}, "sage"),
+        ("fp8+sage", {"quantize": "fp8"}, "sage"),
+        ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage"),
+        ("fp8-storage", {"quantize": "fp8-storage"}, None),
+    ]
+    if tiny:
+        variants = [v for v in variants if "compiled" not in v[0]]
+    for name, options, backend in variants:
+        with guarded("dit", name):
+            _dit_variant(cfg, kw, name, options, backend, iters)
+
+
+def _dit_variant(
+    cfg: dict[str, Any],
+    kw: dict[str, Any],
+    name: str,
+    options: dict[str, Any],
+    backend: str | None,
+    iters: int,
+) -> None:
+    model = ours(cfg)
+    apply_options(model, options)
+    free()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, backend),
+        warmup=2 if options.get("compile") else 1,
+        iters=iters,
+    )
+    record(
+        "dit",
+        card=card(),
+        model=f"ours {name}",
+        forward_s=round(t, 4),
+        step_cfg_s=round(2 * t, 4),
+        peak_gib=round(peak, 2),
+    )
+    del model
+    free()
+
+
+def _diffusers_forward(ref: Any, kw: dict[str, Any]) -> Any:
+    with torch.inference_mode():
+        return ref(**kw, return_dict=False)[0]
+
+
+def _denoise(
+    model: Any, options: dict[str, Any], backend: str | None, shape: tuple, steps: int, text: tuple
+) -> tuple[torch.Tensor, Any]:
+    from fastvideo.attention import use_backend
+    from fastvideo.configs import SamplingParams
+    from fastvideo.pipelines.batch import ForwardBatch
+    from fastvideo.samplers import FlowEulerSampler
+
+    pipe = apply_options(model, options)
+    stage = pipe.stages[0]
+    batch = ForwardBatch(
+        params=SamplingParams(num_inference_steps=steps, guidance_scale=5.0), device=torch.device(DEV)
+    )
+    batch.sampler = FlowEulerSampler(None)
+    batch.timesteps = batch.sampler.set_timesteps(steps, device=torch.device(DEV), shift=3.0)
+    batch.latents = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(DEV)
+    batch.prompt_embeds, batch.negative_prompt_embeds = [text[0]], [text[1]]
+    with torch.inference_mode(), use_backend(backend):
+        out = stage(batch).latents
+    return out, getattr(stage, "step_cache", None)
+
+
+def section_quality(tiny: bool, steps: int) -> None:
+    """Random-weight Wan 1.3B, 33x480x832, ``steps`` steps with CFG: each lossy option's latents and decoded
+    frames (random-weight Wan VAE) against bf16."""
+    from diffusers import AutoencoderKLWan
+
+    cfg = wan_config("wan2.1-t2v-1.3b", tiny)
+    frames, height, width = (5, 64, 64) if tiny else (33, 480, 832)
+    shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    g = torch.Generator(device=DEV).manual_seed(3)
+    text = tuple(
+        torch.randn(1, 512, cfg["text_dim"], device=DEV, generator=g, dtype=torch.bfloat16) for _ in range(2)
+    )
+    vae_kw = {"base_dim": 8, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1} if tiny else {}
+    torch.manual_seed(4)
+    vae = AutoencoderKLWan(**vae_kw).to(DEV).eval()
+
+    def decode(lat: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            video = vae.decode(lat.float(), return_dict=False)[0]
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round()
+
+    variants = [
+        ("bf16", {}, None),
+        ("no text-kv cache", {"text_kv_cache": False}, None),
+        ("offload layer", {"offload": "layer"}, None),
+        ("fp8", {"quantize": "fp8"}, None),
+        ("fp8-storage", {"quantize": "fp8-storage"}, None),
+        ("sage", {}, "sage"),
+        ("fp8+sage", {"quantize": "fp8"}, "sage"),
+        ("teacache", {"cache": "teacache"}, None),
+        ("firstblock", {"cache": "firstblock"}, None),
+        ("magcache", {"cache": "magcache"}, None),
+    ]
+    base: dict[str, torch.Tensor] = {}
+    for name, options, backend in variants:
+        with guarded("quality", name):
+            _quality_variant(cfg, name, options, backend, shape, steps, text, decode, base)
+
+
+def _quality_variant(cfg, name, options, backend, shape, steps, text, decode, base) -> None:  # type: ignore[no-untyped-def]
+    model = ours(cfg)
+    t0 = time.perf_counter()
+    lat, cache = _denoise(model, options, backend, shape, steps, text)
+    sync()
+    wall = time.perf_counter() - t0
+    video = decode(lat)
+    if not base:
+        base.update(lat=lat, frames=video)
+    base_lat, base_frames = base["lat"], base["frames"]
+    mse = float(((video - base_frames) ** 2).mean())
+    row = {
+        "card": card(),
+        "variant": name,
+        "steps": steps,
+        "latent_rel_err": round(float((lat - base_lat).norm() / base_lat.norm()), 5),
+        "frames_mean_abs": round(float((video - base_frames).abs().mean()), 3),
+        "frames_psnr_db": round(10 * torch.log10(torch.tensor(255.0**2 / mse)).item(), 2)
+        if mse > 0
+        else "inf",
+        "denoise_s": round(wall, 2),
+    }
+    if cache is not None:
+        row["dit_calls"] = cache.stats
+    record("quality", **row)
+    del model
+    free()
+
+
+def section_offload(tiny: bool, iters: int) -> None:
+    """Resident vs ``--offload layer``: per-forward time and peak memory (1.3B at 81x480x832; 14B at
+    81x720x1280 with 8 of its 40 blocks, extrapolated)."""
+
+    cases = [("wan2.1-t2v-1.3b", None, (81, 480, 832)), ("wan2.1-t2v-14b", 8, (81, 720, 1280))]
+    if tiny:
+        cases = [("wan2.1-t2v-1.3b", None, (5, 64, 64))]
+    for name, layers, (frames, height, width) in cases:
+        cfg = wan_config(name, tiny, layers)
+        kw = inputs(cfg, frames, height, width)
+        for mode in ("resident", "offload", "offload compiled"):
+            if "compiled" in mode and tiny:
+                continue
+            with guarded("offload", f"{name} {mode}"):
+                _offload_variant(cfg, name, layers, mode, kw, iters, (frames, height, width))
+
+
+def _offload_variant(cfg, name, layers, mode, kw, iters, shape) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.offload import LayerOffload
+
+    frames, height, width = shape
+    model = ours(cfg)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    if mode != "resident":
+        _offload = LayerOffload(model, DEV)
+    if "compiled" in mode:
+        model.compile_blocks()
+    free()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, None),
+        warmup=2 if "compiled" in mode else 1,
+        iters=iters,
+    )
+    row = {"card": card(), "model": name, "layers": cfg["num_layers"], "shape": f"{frames}x{height}x{width}", "mode": mode,
+           "forward_s": round(t, 3), "peak_gib": round(peak, 2), "weights_gib": round(weights, 2)}  # fmt: skip
+    if layers is not None:
+        scale = 40 / layers
+        row["forward_s_40_layers_extrapolated"] = round(t * scale, 2)
+        if mode == "resident":
+            row["peak_gib_40_layers_extrapolated"] = round(peak + weights * (scale - 1), 2)
+        else:
+            row["peak_gib_40_layers_extrapolated"] = round(peak, 2)  # two blocks resident, whatever the depth
+    record("offload", **row)
+    del model
+    free()
+
+
+def section_i2v14b(tiny: bool, iters: int) -> None:
+    """Wan2.1-I2V-14B-480P per step (CFG: two forwards) at 81x480x832, random weights."""
+    cfg = wan_config("wan2.1-i2v-14b-480p", tiny)
+    frames, height, width = (5, 64, 64) if tiny else (81, 480, 832)
+    kw = inputs(cfg, frames, height, width, image=True)
+    if not tiny:
+        ref = diffusers_dit(cfg)
+        t, peak, _ = timed(lambda: _diffusers_forward(ref, kw), iters=iters)
+        record(
+            "i2v14b",
+            card=card(),
+            model="diffusers (bf16, eager)",
+            forward_s=round(t, 3),
+            step_cfg_s=round(2 * t, 3),
+            peak_gib=round(peak, 2),
+        )
+        del ref
+        free()
+    variants = [
+        ("bf16 compiled", {"compile": True}, None),
+        ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage"),
+    ]
+    if tiny:
+        variants = [("bf16", {}, None), ("fp8+sage", {"quantize": "fp8"}, "sage")]
+    for name, options, backend in variants:
+        with guarded("i2v14b", name):
+            _i2v_variant(cfg, kw, name, options, backend, iters)
+
+
+def _i2v_variant(
+    cfg: dict[str, Any],
+    kw: dict[str, Any],
+    name: str,
+    options: dict[str, Any],
+    backend: str | None,
+    iters: int,
+) -> None:
+    model = ours(cfg)
+    apply_options(model, options)
+    free()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, backend),
+        warmup=2 if options.get("compile") else 1,
+        iters=iters,
+    )
+    record(
+        "i2v14b",
+        card=card(),
+        model=f"ours {name}",
+        forward_s=round(t, 3),
+        step_cfg_s=round(2 * t, 3),
+        peak_gib=round(peak, 2),
+    )
+    del model
+    free()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def make_wan_pipeline(folder: str, tiny: bool) -> None:
+    """A diffusers-format Wan2.1-T2V-1.3B pipeline with random weights: the DiT, umT5-XXL and the Wan
+    VAE at their real configurations (the tokenizer is the tiny test one: it only maps words to ids)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from fastvideo_wan.tiny import make_tiny_wan, tiny_tokenizer
+
+    if tiny:
+        make_tiny_wan(folder, seed=3)
+        return
+    umt5 = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                      relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # fmt: skip
+    with torch.device(DEV), default_dtype(torch.bfloat16):
+        text_encoder = UMT5EncoderModel(umt5)
+        transformer = WanTransformer3DModel(**wan_config("wan2.1-t2v-1.3b", False))
+    with torch.no_grad():
+        for p in [*text_encoder.parameters(), *transformer.parameters()]:
+            p.normal_(0, 0.02)
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan().to(DEV)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    pipe = WanPipeline(
+        tokenizer=tiny_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(folder)
+
+
+def section_e2e(tiny: bool, steps: int, variants: str) -> None:
+    """Wan2.1-T2V-1.3B 81x480x832 with CFG, text encoding + denoising + decoding: diffusers' WanPipeline
+    against ours (compiled blocks) without and with the step cache and FP8 + sage, random weights."""
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="wan13b-")
+    t0 = time.perf_counter()
+    make_wan_pipeline(folder, tiny)
+    free()
+    record("e2e", card=card(), built_s=round(time.perf_counter() - t0, 1), folder_gib=round(_du(folder), 2))
+    frames, height, width = (5, 32, 32) if tiny else (81, 480, 832)
+    request = dict(prompt="a corgi surfing a wave at sunset", negative_prompt="blurry", num_frames=frames,
+                   height=height, width=width, guidance_scale=5.0)  # fmt: skip
+    if "diffusers" in variants:
+        with guarded("e2e", "diffusers"):
+            _e2e_diffusers(folder, request, steps)
+    options = {
+        "bf16": {},
+        "teacache": {"cache": "teacache"},
+        "fp8+sage+teacache": {"quantize": "fp8", "attention_backend": "sage", "cache": "teacache"},
+    }
+    for name, opts in options.items():
+        if name in variants.split(","):
+            with guarded("e2e", name):
+                _e2e_ours(folder, request, steps, name, opts)
+
+
+def _du(folder: str) -> float:
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**30
+
+
+def _e2e_diffusers(folder: str, request: dict[str, Any], steps: int) -> None:
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16).to(DEV)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(n: int, pipe: Any = pipe) -> Any:
+        with torch.inference_mode():
+            return pipe(
+                **request,
+                num_inference_steps=n,
+                output_type="np",
+                generator=torch.Generator(DEV).manual_seed(0),
+            )
+
+    run(2)  # warm-up
+    sync()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run(steps)
+    sync()
+    wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    record("e2e", card=card(), variant="diffusers WanPipeline (bf16, eager)", steps=steps, total_s=round(wall, 2),
+           per_step_s=round(wall / steps, 3), peak_gib=round(peak, 2))  # fmt: skip
+    del pipe
+    free()
+
+
+def _e2e_ours(folder: str, request: dict[str, Any], steps: int, name: str, options: dict[str, Any]) -> None:
+    from fastvideo import VideoGenerator
+
+    t0 = time.perf_counter()
+    gen = VideoGenerator.from_pretrained(folder, device=DEV, progress=False, **options)
+    loaded = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen.generate_video(**request, num_inference_steps=2, seed=0)  # warm-up (compiles the blocks)
+    warm = time.perf_counter() - t0
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    stage = next((s for s in gen.pipeline.stages if hasattr(s, "step_cache")), None)
+    before = dict(stage.step_cache.stats) if stage is not None else {}
+    result = gen.generate_video(**request, num_inference_steps=steps, seed=0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    calls = {k: v - before[k] for k, v in stage.step_cache.stats.items()} if stage is not None else None
+    timings = {k: round(v, 3) for k, v in result.timings.items()}
+    record("e2e", card=card(), variant=f"ours {name} (compiled blocks)", steps=steps, total_s=timings.get("total"),
+           per_step_s=round(result.timings.get("denoising", 0.0) / steps, 3), stages_s=timings,
+           load_s=round(loaded, 1), warmup_s=round(warm, 1), peak_gib=round(peak, 2),
+           dit_calls=calls)  # fmt: skip
+    del gen
+    free()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--section", required=True, choices=["kernel", "dit", "quality", "offload", "i2v14b", "e2e"]
+    )
+    ap.add_argument("--variants", default="diffusers,bf16,teacache,fp8+sage+teacache", help="e2e: which runs")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=12)
+    args = ap.parse_args()
+    if args.tiny and DEV == "cpu":  # the CPU dry run: sage through the Triton interpreter
+        from fastvideo.attention.sage import SageBackend
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        SageBackend.unavailable_reason = classmethod(lambda cls: None)  # type: ignore[method-assign]
+    if args.section == "kernel":
+        section_kernel(args.tiny)
+    elif args.section == "dit":
+        section_dit(args.tiny, args.iters)
+    elif args.section == "quality":
+        section_quality(args.tiny, args.steps)
+    elif args.section == "e2e":
+        section_e2e(args.tiny, args.steps, args.variants)
+    elif args.section == "offload":
+        section_offload(args.tiny, args.iters)
+    else:
+        section_i2v14b(args.tiny, args.iters)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The ``sage`` attention backend: 8-bit attention as SageAttention computes it (Zhang et al.,
+"SageAttention: Accurate 8-Bit Attention for Plug-and-play Inference Acceleration", ICLR 2025):
+``K`` smoothed by its mean over tokens, ``Q K^T`` in INT8 with one scale per block of tokens,
+softmax in fp32, ``P V`` in fp16 with fp32 accumulation. Our own Triton kernel
+(:mod:`fastvideo.attention.sage_triton`); :func:`sage_attention_reference` is the plain-PyTorch spec.
+
+It is a dense backend (every layer may use it, cross-attention included) and lossy; it is never
+picked automatically (``--attention-backend sage``). Under sequence parallelism it runs like any
+backend, on the gathered sequence of each rank's heads. Masked or causal calls fall back to a dense
+backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import TYPE_CHECKING, Any
+
+from fastvideo.interfaces.attention import AttentionBackend
+
+if TYPE_CHECKING:
+    import torch
+
+    from fastvideo.attention.context import StepContext
+
+
+def sage_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    *,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """The math of the kernel in plain PyTorch, written for clarity (the spec the kernel is tested against).
+
+    Shapes ``[B, L, H, D]``. For each (batch, head): ``k <- k - mean_tokens(k)``; ``q`` (times
+    ``scale``) and ``k`` are quantized to int8 per block of ``block_m`` / ``block_n`` tokens
+    (``s = amax / 127``, round to nearest); logits are the exact integer products times both
+    scales; ``P = softmax`` in fp32, rounded to fp16 (unnormalized, relative to each row's max) and
+    multiplied with ``v`` rounded to fp16; the output is divided by the fp32 row sums.
+    """
+    import torch
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for b in range(q.shape[0]):
+        for h in range(q.shape[2]):
+            qh, kh, vh = q[b, :, h].double() * scale, k[b, :, h].double(), v[b, :, h]
+            kh = kh - k[b, :, h].float().mean(0).double()  # the mean over tokens, in fp32
+            qi, qs = _quantize_rows_in_blocks(qh, block_m)
+            ki, ks = _quantize_rows_in_blocks(kh, block_n)
+            logits = (qi @ ki.T) * (qs[:, None] * ks[None, :])  # (Lq, Lk), exact integer products
+            p = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+            num = p.half().double() @ vh.half().double()
+            out[b, :, h] = (num / p.sum(dim=1, keepdim=True)).to(q.dtype)
+    return out
+
+
+def _quantize_rows_in_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (L, D) -> (integer-valued (L, D), per-row scale (L,)): one scale per block of rows."""
+    import torch
+
+    ints, scales = torch.empty_like(x), torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, x.shape[0], block):
+        rows = x[start : start + block]
+        s = max(float(rows.float().abs().max()) / 127.0, 1e-12)
+        ints[start : start + block] = (rows.float() / s).round().clamp(-127, 127).double()
+        scales[start : start + block] = s
+    return ints, scales
+
+
+class SageBackend(AttentionBackend):
+    """INT8 ``Q K^T`` + fp16 ``P V`` attention (our Triton kernel); lossy, chosen only by name."""
+
+    name = "sage"
+    priority = -20  # lossy: never the automatic choice
+    requires = "triton"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "sage needs a CUDA GPU"
+        return None
+
+    def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
+        import torch
+
+        if kwargs.get("attn_mask") is not None:
+            return "sage takes no attention mask"
+        if kwargs.get("is_causal"):
+            return "sage is not causal"
+        if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return f"sage needs fp16/bf16/fp32 inputs, got {q.dtype}"
+        if q.shape[-1] > 256:
+            return f"sage supports head dims up to 256, got {q.shape[-1]}"
+        if q.device.type != "cuda" and not _interpreting():
+            return "sage runs on CUDA tensors"
+        return None
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+        is_causal: bool = False,
+        step: StepContext | None = None,
+    ) -> torch.Tensor:
+        from fastvideo.attention.sage_triton import sage_attention_triton
+
+        return sage_attention_triton(q, k, v, scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+
+
+def _interpreting() -> bool:
+    from fastvideo.attention.sage_triton import interpreting
+
+    return interpreting()

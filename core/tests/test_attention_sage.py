@@ -1,0 +1,148 @@
+"""The ``sage`` backend: its Triton kernel (under TRITON_INTERPRET=1 on CPU) against the plain-PyTorch
+spec and against SDPA, and its dispatch through the seam."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastvideo.attention import attention, use_backend
+from fastvideo.attention.sage import SageBackend, sage_attention_reference
+from fastvideo.attention.sage_triton import block_config, interpreting, sage_attention_triton
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() or interpreting()), reason="needs CUDA or TRITON_INTERPRET=1"
+)
+DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    qt, kt, vt = (x.transpose(1, 2).float() for x in (q, k, v))
+    return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+
+
+def _inputs(b: int, lq: int, lk: int, h: int, d: int, dtype: torch.dtype, offset: float = 0.0):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(lq * 7 + d)
+    q, k, v = (torch.randn(b, n, h, d, generator=g) for n in (lq, lk, lk))
+    k = k + offset * torch.randn(1, 1, h, d, generator=g)  # a channel bias shared by all keys
+    return tuple(x.to(DEVICE, dtype) for x in (q, k, v))
+
+
+CASES = [
+    pytest.param(1, 100, 77, 2, 64, torch.float16, 0.0, id="B1-Lq100-Lk77-H2-D64-fp16"),
+    pytest.param(2, 130, 130, 1, 128, torch.float16, 4.0, id="B2-L130-H1-D128-fp16-kbias"),
+    pytest.param(1, 65, 40, 2, 64, torch.bfloat16, 4.0, id="B1-Lq65-Lk40-H2-D64-bf16-kbias"),
+    pytest.param(1, 33, 33, 1, 48, torch.float32, 0.0, id="B1-L33-H1-D48-fp32"),
+]
+
+
+@pytest.mark.parametrize(("b", "lq", "lk", "h", "d", "dtype", "offset"), CASES)
+def test_kernel_matches_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> None:  # type: ignore[no-untyped-def]
+    q, k, v = _inputs(b, lq, lk, h, d, dtype, offset)
+    out = sage_attention_triton(q, k, v)
+    assert out.shape == q.shape and out.dtype == dtype
+    block_m, block_n, _, _ = block_config()
+    ref = sage_attention_reference(q, k, v, block_m=block_m, block_n=block_n)
+    exact = _sdpa(q, k, v)
+    # the kernel computes the spec's math (fp16 rounding of P relative to a running max aside)
+    rounding = 2 * torch.finfo(dtype).eps * float(ref.float().abs().max())  # one ulp of the output either way
+    assert (out.float() - ref.float()).abs().max() < 4e-3 + rounding
+    # 8-bit Q K^T stays close to exact attention; smoothing keeps a large key bias harmless
+    err = (out.float() - exact).abs()
+    assert err.max() < 0.04 and err.mean() < 6e-3
+    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize(
+    ("length", "d", "block", "dtype"), [(100, 64, 64, torch.bfloat16), (33, 48, 32, torch.float32)]
+)
+def test_fused_quantization_matches_the_torch_one(
+    length: int, d: int, block: int, dtype: torch.dtype
+) -> None:
+    from fastvideo.attention.sage_triton import quantize_blocks, quantize_blocks_triton
+
+    x = _inputs(2, length, length, 3, d, dtype, offset=2.0)[1]
+    mean = x.float().mean(dim=1).contiguous()  # (B, H, D)
+    q, s = quantize_blocks_triton(x, block, 0.5, mean=mean)
+    ref_q, ref_s = quantize_blocks(x.float() - mean.unsqueeze(1), block, 0.5)
+    assert q.dtype == torch.int8 and q.shape == ref_q.shape and s.shape == ref_s.shape
+    torch.testing.assert_close(s, ref_s, rtol=1e-6, atol=0)
+    assert (q.int() - ref_q.int()).abs().max() <= 1  # rounding ties aside, the same integers
+    assert (q != ref_q).float().mean() < 1e-3
+
+
+def test_smoothing_is_what_keeps_a_key_bias_harmless() -> None:
+    """A large bias shared by all keys eats the INT8 range unless K is smoothed (SageAttention's reason)."""
+    from fastvideo.attention.sage_triton import quantize_blocks, smooth_k
+
+    q, k, v = _inputs(1, 64, 64, 1, 64, torch.float32)
+    k = k + 30.0
+
+    def quantization_error(x: torch.Tensor) -> float:
+        xq, xs = quantize_blocks(x, 64)  # (B, H, L, D) int8, (B, H, nb)
+        return float(
+            (xq.float() * xs[..., None, None].squeeze(-1)[..., None] - x.transpose(1, 2)).abs().max()
+        )
+
+    assert quantization_error(smooth_k(k)) < quantization_error(k) / 5
+    assert torch.allclose(smooth_k(k).mean(1).cpu(), torch.zeros(1, 1, 64), atol=1e-4)
+    out = sage_attention_triton(q, k, v)
+    assert (out - _sdpa(q, k, v)).abs().max() < 0.04
+
+
+def test_seam_dispatches_to_sage_and_falls_back_for_a_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(SageBackend, "unavailable_reason", classmethod(lambda cls: None))  # CPU: interpreter
+    q, k, v = _inputs(1, 40, 40, 2, 64, torch.float16)
+    with use_backend("sage"):
+        out = attention(q, k, v)
+        assert torch.equal(out, SageBackend().forward(q, k, v))
+        mask = torch.ones(40, 40, dtype=torch.bool, device=DEVICE).tril()
+        with pytest.warns(RuntimeWarning, match="sage takes no attention mask"):
+            masked = attention(q, k, v, attn_mask=mask)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    assert torch.allclose(masked, F.scaled_dot_product_attention(qt, kt, vt, mask).transpose(1, 2), atol=1e-3)
+    assert SageBackend().supports(q, k, v, attn_mask=mask) == "sage takes no attention mask"
+
+
+def ulysses_suite(rank: int, world: int) -> dict[str, torch.Tensor]:
+    """On each rank: the small DiT's forward with ``sage``, its blocks under Ulysses over ``world`` ranks."""
+    from fastvideo.configs import ParallelConfig
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.testing.speed import toy_dit
+
+    SageBackend.unavailable_reason = classmethod(lambda cls: None)  # type: ignore[method-assign]  # interpreter
+    model = toy_dit(num_layers=2, heads=4, dim=64)
+    state = init_parallel(ParallelConfig(num_gpus=world, sp_size=world), "cpu")
+    SequenceSharding(model, state).apply(model)
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(1, 4, 2, 5, 7, generator=g), torch.randn(1, 6, 16, generator=g)
+    with use_backend("sage"), torch.no_grad():
+        out = model(x, torch.tensor([400.0]), text)
+    teardown()
+    return {"out": out}
+
+
+@pytest.mark.slow  # two processes over gloo, kernels in the interpreter: ~10 s
+def test_sage_under_ulysses_is_as_accurate_as_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ulysses hands each rank whole sequences of half the heads (self-attention); cross-attention runs
+    on each rank's token shard, so its query blocks (and their INT8 scales) differ from one process:
+    the outputs differ by quantization noise, never by more than sage's own error."""
+    from fastvideo.parallel.testing import run_ranks
+    from fastvideo.testing.speed import toy_dit
+
+    monkeypatch.setattr(SageBackend, "unavailable_reason", classmethod(lambda cls: None))
+    model = toy_dit(num_layers=2, heads=4, dim=64)
+    g = torch.Generator().manual_seed(5)
+    x, text = torch.randn(1, 4, 2, 5, 7, generator=g), torch.randn(1, 6, 16, generator=g)
+    with use_backend("sage"), torch.no_grad():
+        one_process = model(x, torch.tensor([400.0]), text)
+    with use_backend("sdpa"), torch.no_grad():
+        exact = model(x, torch.tensor([400.0]), text)
+    sage_error = float((one_process - exact).abs().max())
+    assert sage_error > 0  # sage really ran
+    for result in run_ranks(f"{__file__}:ulysses_suite", world=2):
+        error = float((result["out"] - exact).abs().max())
+        assert error < 2 * sage_error, (error, sage_error)
+        assert float((result["out"] - one_process).abs().max()) < 2 * sage_error

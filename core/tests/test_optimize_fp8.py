@@ -1,0 +1,175 @@
+"""FP8 linears (fastvideo.optimize.fp8) against dequantized math, and the ``fp8`` pipeline transform."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastvideo.configs import PipelineConfig
+from fastvideo.optimize.fp8 import FP8, FP8Linear, block_linears, quantize_fp8, quantize_rows
+from fastvideo.optimize.transforms import FP8Transform
+from fastvideo.pipelines.composed import ComposedPipeline
+from fastvideo.testing.speed import toy_dit
+
+
+def test_quantize_rows_scales_each_row_to_the_fp8_range() -> None:
+    w = torch.randn(8, 32) * torch.logspace(-3, 2, 8)[:, None]  # rows of very different sizes
+    q, scale = quantize_rows(w)
+    assert q.dtype == FP8 and scale.shape == (8, 1)
+    assert torch.allclose(q.float().abs().amax(dim=1), torch.full((8,), 448.0))
+    rel = ((q.float() * scale - w).abs() / w.abs().amax(dim=1, keepdim=True)).amax()
+    assert rel < 2**-4  # e4m3: 3 mantissa bits, each row at its own scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_linear_equals_dequantized_math(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 48).to(dtype)
+    x = torch.randn(2, 5, 32, dtype=dtype)
+    fp8 = FP8Linear.from_linear(lin)
+    q, scale = quantize_rows(lin.weight)
+    ref = F.linear(x, (q.float() * scale).to(dtype), lin.bias)  # plain reference: dequantize, then matmul
+    out = fp8(x)
+    assert out.dtype == dtype and torch.equal(out, ref)
+    assert fp8.weight.dtype == FP8 and fp8.weight.element_size() == 1
+    exact = lin(x).float()
+    assert (out.float() - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_quantize_fp8_touches_only_block_linears() -> None:
+    model = toy_dit()
+    x = torch.randn(1, 4, 2, 3, 3)
+    t, text = torch.tensor([500.0]), torch.randn(1, 6, 16)
+    ref = model(x, t, text)
+    n = len(list(block_linears(model)))
+    info = quantize_fp8(model, "fp8")  # on CPU: FP8 storage
+    assert info == {"linears": n, "mode": "storage", "via": "dequant"} and n == 3 * 7  # 8 a block but `mod`
+    assert all(
+        type(m) is nn.Linear for m in (model.patch_embed, model.time_embed, model.text_embed, model.head)
+    )
+    assert all(isinstance(m, FP8Linear) for b in model.blocks for m in (b.qkv, b.o, b.fc1, b.cv))
+    assert all(type(b.mod) is nn.Linear for b in model.blocks)  # fp8_exclude: the modulation projection
+    out = model(x, t, text)
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max() and not torch.equal(out, ref)
+
+
+def test_quantize_fp8_rejects_a_model_without_blocks() -> None:
+    with pytest.raises(TypeError, match="needs a fastvideo DiT"):
+        quantize_fp8(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="'fp8' or 'fp8-storage'"):
+        quantize_fp8(toy_dit(), "int4")
+
+
+def test_fp8_transform_applies_only_when_asked() -> None:
+    model = toy_dit()
+    pipe = ComposedPipeline([], {"transformer": model, "vae": nn.Linear(2, 2)})
+    assert not FP8Transform().applies(pipe, PipelineConfig())
+    config = PipelineConfig(quantize="fp8-storage")
+    assert FP8Transform().applies(pipe, config)
+    FP8Transform().apply(pipe, config)
+    assert isinstance(model.blocks[0].qkv, FP8Linear) and model.blocks[0].qkv.mode == "storage"
+    assert type(pipe.components["vae"]) is nn.Linear
+
+
+def test_pipeline_config_checks_the_speed_options() -> None:
+    with pytest.raises(ValueError, match="quantize must be one of fp8, fp8-storage, got 'int8'"):
+        PipelineConfig(quantize="int8")
+    with pytest.raises(ValueError, match="cache must be one of teacache"):
+        PipelineConfig(cache="deepcache")
+    with pytest.raises(ValueError, match="offload must be one of layer"):
+        PipelineConfig(offload="model")
+    with pytest.raises(ValueError, match="needs a cache"):
+        PipelineConfig(cache_threshold=0.1)
+    with pytest.raises(ValueError, match=r"cache_threshold must be a number >= 0\.0"):
+        PipelineConfig(cache="teacache", cache_threshold=-1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp8_compute_on_gpu_matches_dequantized_math() -> None:
+    from fastvideo.optimize.fp8 import fp8_math_available
+
+    if not fp8_math_available(torch.device("cuda")):
+        pytest.skip("needs compute capability >= 8.9")
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512).cuda().bfloat16()
+    x = torch.randn(4, 64, 256, device="cuda", dtype=torch.bfloat16)
+    ref = FP8Linear.from_linear(lin, "storage")(x).float()
+    out = FP8Linear.from_linear(lin, "compute")(x).float()
+    assert (out - ref).abs().max() < 0.08 * ref.abs().max()  # activation quantization error only
+
+
+# ---------------------------------------------------------------- pre-quantized checkpoints
+
+
+def _export_fp8(model: nn.Module, path, style: str) -> nn.Module:  # type: ignore[no-untyped-def]
+    """Write ``model`` as an FP8 checkpoint in ``style`` (lightx2v: per-channel ``weight_scale``; kijai:
+    per-tensor ``scale_weight``; cast: no scale) and return the model it stands for (dequantized weights)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    reference = copy.deepcopy(model)
+    names = {id(m): n for n, m in reference.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for _, _, linear in block_linears(reference):
+        key = f"{names[id(linear)]}.weight"
+        w = linear.weight.detach()
+        if style == "lightx2v":
+            q, scale = quantize_rows(w)
+            state[key[: -len("weight")] + "weight_scale"] = scale
+        elif style == "kijai":
+            scale = w.abs().max().float() / 448.0
+            q = (w.float() / scale).to(FP8)
+            state[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            q, scale = w.float().clamp(-448, 448).to(FP8), torch.ones(())
+        state[key] = q
+        linear.weight.data = (q.float() * scale.reshape(-1, 1) if scale.ndim else q.float() * scale).to(
+            w.dtype
+        )
+    if style == "kijai":
+        state["scaled_fp8"] = torch.zeros(2, dtype=FP8)
+    save_file(state, str(path))
+    return reference
+
+
+@pytest.mark.parametrize("style", ["lightx2v", "kijai", "cast"])
+def test_load_prequantized_checkpoint_equals_its_dequantized_model(tmp_path, style: str) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.optimize.fp8 import load_prequantized
+
+    reference = _export_fp8(toy_dit(seed=1), tmp_path / "dit_fp8.safetensors", style)
+    model = toy_dit(seed=2)  # other weights: everything must come from the file
+    tensors = len(model.state_dict())
+    info = load_prequantized(model, tmp_path / "dit_fp8.safetensors")
+    # 21 block linears (weight and bias each) from the file as FP8, every other tensor copied
+    assert info == {"fp8_linears": 21, "other_tensors": tensors - 2 * 21, "mode": "storage"}
+    assert isinstance(model.blocks[0].qkv, FP8Linear) and model.blocks[0].qkv.weight.dtype == FP8
+    x, t, text = torch.randn(1, 4, 2, 3, 3), torch.tensor([300.0]), torch.randn(1, 6, 16)
+    assert torch.equal(model(x, t, text), reference(x, t, text))
+
+
+def test_fp8_transform_loads_a_checkpoint_and_rejects_a_foreign_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    reference = _export_fp8(toy_dit(seed=1), tmp_path / "a.safetensors", "lightx2v")
+    model = toy_dit(seed=2)
+    pipe = ComposedPipeline([], {"transformer": model})
+    config = PipelineConfig(fp8_checkpoint=str(tmp_path / "a.safetensors"))
+    assert FP8Transform().applies(pipe, config)
+    FP8Transform().apply(pipe, config)
+    x, t, text = torch.randn(1, 4, 2, 3, 3), torch.tensor([300.0]), torch.randn(1, 6, 16)
+    assert torch.equal(model(x, t, text), reference(x, t, text))
+    save_file({"unet.conv_in.weight": torch.zeros(2)}, str(tmp_path / "b.safetensors"))
+    with pytest.raises(ValueError, match="names are neither ToyDiT's own"):
+        FP8Transform().apply(
+            ComposedPipeline([], {"transformer": toy_dit()}),
+            PipelineConfig(fp8_checkpoint=str(tmp_path / "b.safetensors")),
+        )
+    with pytest.raises(ValueError, match=r"must be a \.safetensors file or a folder"):
+        FP8Transform().apply(
+            ComposedPipeline([], {"transformer": toy_dit()}),
+            PipelineConfig(fp8_checkpoint=str(tmp_path / "none")),
+        )
