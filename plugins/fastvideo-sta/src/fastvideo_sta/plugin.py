@@ -1,0 +1,12 @@
+"""Entry point of the fastvideo-sta plugin: registrations only, heavy imports inside hooks."""
+
+from fastvideo import hookimpl
+
+FASTVIDEO_PLUGIN_API = 1
+
+
+@hookimpl
+def fv_register_attention_backends():  # type: ignore[no-untyped-def]
+    from fastvideo_sta.backend import STABackend
+
+    return [STABackend]
