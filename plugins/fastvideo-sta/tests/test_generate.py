@@ -6,7 +6,6 @@ reference gives, and differ from dense attention."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +21,6 @@ from fastvideo.testing import assert_close, fake_plugins, plugin_env, run_fv
 DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan")
 SHAPE = dict(num_frames=9, height=64, width=64)  # token grid (3, 4, 4) with (1, 2, 2) patches
 TILE = "1,4,4"  # tile grid (3, 1, 1): window 1 keeps a third of the frames
-
-
-def _installed() -> None:
-    for dist in DISTRIBUTIONS:
-        try:
-            md.distribution(dist)
-        except md.PackageNotFoundError:
-            pytest.fail(f"{dist} is not installed: pip install -e 'plugins/fastvideo-sta[test]'")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """``checkpoints(family)``: the folder of a tiny checkpoint of ``family``, written on first use."""
-    from fastvideo.cli import main
-
-    _installed()
-    root = tmp_path_factory.mktemp("tiny")
-
-    def get(family: str) -> Path:
-        if not (root / family).exists():
-            with fake_plugins(autoload=DISTRIBUTIONS):
-                try:
-                    main([family, "make-tiny", str(root / family)])
-                except SystemExit as exc:
-                    assert exc.code in (0, None)
-        return root / family
-
-    return get
 
 
 def reference_attend(self: STABackend, q, k, v, geom, windows, attn_mask, scale):  # type: ignore[no-untyped-def]
