@@ -164,3 +164,63 @@ def test_bad_inputs_are_one_line_errors() -> None:
         sta_attention(q, q, q, (3, 5, 7), [(1, 1, 1)] * 3)
     with pytest.raises(ValueError, match=">= 1"):
         sta_attention(q, q, q, (3, 5, 7), (0, 1, 1))
+
+
+def test_rows_mask_is_the_mask_of_those_rows() -> None:
+    from fastvideo_sta.ops.reference import rows_mask
+
+    geom = TileGeometry((5, 6, 9), (2, 4, 4))
+    rows = torch.tensor([0, 7, 33, 100, 269, 270, 273])
+    for window in ((1, 1, 1), (2, 1, 3), (3, 2, 2)):
+        assert torch.equal(rows_mask(geom, window, rows, text_len=4), sta_mask(geom, window, 4)[0][rows])
+
+
+# ---- GPU: real shapes ------------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+HUNYUAN_WINDOWS = ((5, 3, 3), (1, 6, 10), (3, 3, 5), (5, 1, 10), (5, 6, 1), (3, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("grid", [(12, 24, 40), (13, 21, 37)], ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_forward_and_gradients_at_a_medium_shape(grid, dtype) -> None:  # type: ignore[no-untyped-def]
+    case = Case(1, grid, (6, 8, 8), ((3, 3, 3), (1, 6, 10)), 128, dtype, text=64, pad=16)
+    xs, dout, mask = inputs(case)
+    truth = run(sta_attention_reference, case, xs, dout, mask, torch.float32)
+    got = run(sta_attention, case, xs, dout, mask, DTYPES[dtype])
+    plain = run(sta_attention_reference, case, xs, dout, mask, DTYPES[dtype])
+    for name, ref, out, base in zip(("out", "dq", "dk", "dv"), truth, got, plain, strict=True):
+        assert_no_worse(name, ref, out, base, factor=2.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("grid", [(30, 48, 80), (32, 45, 80)], ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_hunyuan_shape_rows_against_the_reference(grid) -> None:  # type: ignore[no-untyped-def]
+    """24 heads x (grid + 256 text) x 128 in bf16, one window per head: sampled query rows (corners,
+    centre, partial tiles, text) against the reference over every key, and the whole-grid window
+    against cuDNN's dense attention."""
+    from fastvideo_sta.ops.reference import rows_mask
+
+    torch.manual_seed(0)
+    geom = TileGeometry(grid)
+    n, lt, heads = geom.num_tokens, 256, 24
+    q, k, v = (torch.randn(1, n + lt, heads, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    mask = torch.ones(1, lt, dtype=torch.bool, device="cuda")
+    mask[:, 200:] = False
+    windows = [HUNYUAN_WINDOWS[h % len(HUNYUAN_WINDOWS)] for h in range(heads)]
+    out = sta_attention(q, k, v, grid, windows, text_mask=mask)
+    rows = torch.cat(
+        [torch.arange(0, 64), torch.arange(n // 2, n // 2 + 64), torch.arange(n - 64, n + 40)]
+    ).cuda()
+    for h in (0, 1, 4, 5):
+        keep = rows_mask(geom, windows[h], rows, lt, device="cuda")
+        keep[:, n + 200 :] = False
+        logits = (q[0, rows, h].float() @ k[0, :, h].float().T) * 128**-0.5
+        ref = torch.softmax(logits.masked_fill(~keep, float("-inf")), -1) @ v[0, :, h].float()
+        assert_close(f"head {h} rows", ref, out[0, rows, h].float(), 2e-2)
+    full = sta_attention(q, k, v, grid, geom.tile_grid)
+    dense = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+    assert_close("whole-grid window vs dense", dense.float(), full.float(), 2e-2)

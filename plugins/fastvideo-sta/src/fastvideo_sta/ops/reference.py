@@ -49,6 +49,30 @@ def video_mask(geom: TileGeometry, window: Window, device: torch.device | str = 
     return allowed
 
 
+def rows_mask(
+    geom: TileGeometry,
+    window: Window,
+    rows: torch.Tensor,
+    text_len: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``(len(rows), L)`` bool: the mask of :func:`sta_mask` for the query ``rows`` only (so that the
+    reference fits at real sizes: a few query rows against every key)."""
+    n = geom.num_tokens
+    coords = tile_coords(geom, device)  # (N, 3)
+    rows = rows.to(device)
+    mask = torch.ones(len(rows), n + text_len, dtype=torch.bool, device=device)
+    video = rows < n
+    qc = coords[rows.clamp(max=n - 1)]  # (R, 3)
+    for axis, (w, nt) in enumerate(zip(window, geom.tile_grid, strict=True)):
+        w = min(int(w), nt)
+        start = (qc[:, axis] - (w - 1) // 2).clamp(0, nt - w)
+        kc = coords[:, axis]
+        keep = (kc[None, :] >= start[:, None]) & (kc[None, :] < start[:, None] + w)
+        mask[:, :n] &= keep | ~video[:, None]
+    return mask
+
+
 def sta_mask(
     geom: TileGeometry,
     window: Window,
