@@ -91,13 +91,19 @@ def window_near(geom: Any, kept: float) -> tuple[int, int, int]:
 
 
 def time_any(name: str, fn: Any, warmup: int, iters: int) -> Timing:
+    return time_out(name, fn, warmup, iters)[0]
+
+
+def time_out(name: str, fn: Any, warmup: int, iters: int) -> tuple[Timing, Any]:
+    """``(timing, last output)``: CUDA events on a GPU, wall time elsewhere."""
     if torch.cuda.is_available():
-        return time_cuda(name, fn, warmup=warmup, iters=iters)[0]
+        return time_cuda(name, fn, warmup=warmup, iters=iters)
     start = time.perf_counter()
+    out = None
     for _ in range(warmup + iters):
-        fn()
+        out = fn()
     ms = (time.perf_counter() - start) * 1e3 / (warmup + iters)
-    return Timing(name, ms, ms, 0.0, [ms])
+    return Timing(name, ms, ms, 0.0, [ms]), out
 
 
 def one_shape(
@@ -286,8 +292,8 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
     timings = {}
     outs = {}
     for backend in ("sdpa", "sta"):
-        tm = time_any(backend, lambda b=backend: run(b), 1, 1)
-        outs[backend] = run(backend).float()
+        tm, out = time_out(backend, lambda b=backend: run(b), 1, 1)
+        outs[backend] = out.float()
         timings[backend] = tm
         log(f"DiT forward {backend}: {tm.median_ms:.1f} ms, peak {tm.peak_gib:.2f} GiB")
     rel = ((outs["sta"] - outs["sdpa"]).norm() / outs["sdpa"].norm()).item()
