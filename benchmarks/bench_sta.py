@@ -217,9 +217,6 @@ def kernel_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtyp
 
 def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: torch.dtype) -> list[str]:
     """HunyuanVideo DiT forward: dense sdpa vs sta at the anchor's strategy (a sparse step)."""
-    from fastvideo_sta.strategy import load_strategy
-    from fastvideo_sta.tiles import TileGeometry
-
     from fastvideo.attention import StepContext, step_context, use_backend
     from fastvideo.attention.layers import attach_layer_modules
     from fastvideo.attention.options import resolve_options
@@ -227,6 +224,8 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
     from fastvideo_hunyuan.configs import CONFIGS
     from fastvideo_hunyuan.model import HunyuanTransformer
     from fastvideo_hunyuan.tiny import TINY_DIT
+    from fastvideo_sta.strategy import load_strategy
+    from fastvideo_sta.tiles import TileGeometry
 
     load_plugins()
     config = dict(TINY_DIT) if args.tiny else dict(CONFIGS["hunyuanvideo-t2v-13b"])

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvideo_sta import plugin as sta_plugin
-from fastvideo_sta.backend import STABackend
-from fastvideo_sta.ops import sta_attention_reference
-from fastvideo_sta.strategy import Strategy, load_strategy, parse_strategy, save_strategy
-from fastvideo_sta.tiles import TileGeometry
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, joint_attention, step_context, use_backend
 from fastvideo.attention.layers import attach_layer_modules, sparse_layer_index
 from fastvideo.attention.options import check_options, resolve_options
 from fastvideo.testing import assert_close, fake_plugins
+from fastvideo_sta import plugin as sta_plugin
+from fastvideo_sta.backend import STABackend
+from fastvideo_sta.ops import sta_attention_reference
+from fastvideo_sta.strategy import Strategy, load_strategy, parse_strategy, save_strategy
+from fastvideo_sta.tiles import TileGeometry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

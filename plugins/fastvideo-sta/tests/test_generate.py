@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+
+from fastvideo.testing import assert_close, fake_plugins, plugin_env, run_fv
 from fastvideo_sta.backend import STABackend
 from fastvideo_sta.ops import sta_attention_reference
 from fastvideo_sta.strategy import Strategy, save_strategy
-
-from fastvideo.testing import assert_close, fake_plugins, plugin_env, run_fv
 
 #: This plugin and the families the tests generate with (test dependencies, see pyproject's test extra).
 DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan")
@@ -46,7 +46,7 @@ def generate(gen: Any, **options: Any) -> torch.Tensor:
     return result.latents
 
 
-@pytest.mark.parametrize("family", ["wan", pytest.param("hunyuan", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
 def test_generation_with_sta_matches_the_reference_and_differs_from_dense(
     family: str, checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+
+from fastvideo.testing import assert_close, assert_no_worse
 from fastvideo_sta.ops import sta_attention, sta_attention_reference
 from fastvideo_sta.ops.reference import sta_mask, tile_coords
 from fastvideo_sta.tiles import TileGeometry, query_range, window_start
-
-from fastvideo.testing import assert_close, assert_no_worse
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

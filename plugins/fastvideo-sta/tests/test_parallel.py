@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
-from fastvideo_sta import plugin as sta_plugin
-from fastvideo_sta.strategy import Strategy, save_strategy
 from torch import nn
 
 from fastvideo.attention import ALL, DENSE, StepContext, attention, joint_attention, step_context, use_backend
@@ -20,6 +17,8 @@ from fastvideo.layers import patchify, unpatchify
 from fastvideo.models import DiT, SequenceParallelPlan
 from fastvideo.parallel.testing import run_ranks
 from fastvideo.testing import assert_close, fake_plugins
+from fastvideo_sta import plugin as sta_plugin
+from fastvideo_sta.strategy import Strategy, save_strategy
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -118,7 +117,6 @@ def rank_forward(rank: int, world: int, folder: str) -> torch.Tensor:
     return sta_forward(True, folder)
 
 
-@pytest.mark.slow
 def test_ulysses_with_per_head_windows_equals_one_process(tmp_path: Path) -> None:
     windows = {(0, layer, h): WINDOWS[(h + layer) % HEADS] for layer in range(2) for h in range(HEADS)}
     save_strategy(Strategy(windows), tmp_path / "strategy.json")

@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 import torch
-from fastvideo_sta import plugin as sta_plugin
-from fastvideo_sta.ops import sta_attention_reference
-from fastvideo_sta.search import RECORDER, choose, search
-from fastvideo_sta.strategy import load_strategy
-from fastvideo_sta.tiles import TileGeometry
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
 from fastvideo.attention.layers import attach_layer_modules
 from fastvideo.attention.options import resolve_options
 from fastvideo.testing import fake_plugins
+from fastvideo_sta import plugin as sta_plugin
+from fastvideo_sta.ops import sta_attention_reference
+from fastvideo_sta.search import RECORDER, choose, search
+from fastvideo_sta.strategy import load_strategy
+from fastvideo_sta.tiles import TileGeometry
 
 DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan")
 GRID, TILE = (3, 5, 7), (2, 4, 4)

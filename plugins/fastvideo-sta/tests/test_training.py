@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvideo_sta import plugin as sta_plugin
-from fastvideo_sta.backend import STABackend
-from fastvideo_sta.ops import sta_attention_reference
 from torch import nn
 
 from fastvideo.attention import ALL, StepContext, attention, step_context, use_backend
 from fastvideo.attention.options import resolve_options
 from fastvideo.testing import assert_close, fake_plugins, plugin_env, run_fv
+from fastvideo_sta import plugin as sta_plugin
+from fastvideo_sta.backend import STABackend
+from fastvideo_sta.ops import sta_attention_reference
 
 GRID, HEADS, DIM = (3, 5, 7), 2, 16
 
@@ -32,7 +32,6 @@ class _Self(nn.Module):
         return attention(q, k, v, allow=ALL).flatten(2)
 
 
-@pytest.mark.slow
 def test_gradients_under_torch_compile_match_the_reference() -> None:
     torch.manual_seed(0)
     layer = _Self()

@@ -304,53 +304,47 @@ class STABackend(AttentionBackend):
 
 # ---- helpers kept out of torch.compile graphs (python ints of the step and layer) -------------------
 
+_EAGER: dict[Any, Any] = {}
 
-def _disable(fn):  # type: ignore[no-untyped-def]
-    import torch
 
-    return torch.compiler.disable(fn)
+def _eager(fn: Any) -> Any:
+    """``fn`` under ``torch.compiler.disable`` (wrapped on first use: this module must not import
+    torch), so that compiled blocks call it eagerly instead of specialising on step and layer numbers."""
+    if fn not in _EAGER:
+        import torch
+
+        _EAGER[fn] = torch.compiler.disable(fn)
+    return _EAGER[fn]
 
 
 def _layer_tag(layer: nn.Module, q: torch.Tensor, values: Mapping[str, Any]) -> torch.Tensor:
-    return _layer_tag_eager()(layer, q, values)
+    return _eager(_layer_tag_eager)(layer, q, values)
 
 
-_TAG_FN: list[Any] = []
+def _layer_tag_eager(layer: nn.Module, q: torch.Tensor, values: Mapping[str, Any]) -> torch.Tensor:
+    import torch
 
-
-def _layer_tag_eager():  # type: ignore[no-untyped-def]
-    if not _TAG_FN:
-
-        def tag(layer: nn.Module, q: torch.Tensor, values: Mapping[str, Any]) -> torch.Tensor:
-            import torch
-
-            index = getattr(getattr(layer, "sta_layer", None), "index", None)
-            if index is None:
-                raise ValueError(
-                    f"sta's per-layer windows need the layer's number, but {type(layer).__name__} was not "
-                    "numbered; attach the backend's modules with fastvideo.attention.layers.attach_layer_modules"
-                )
-            batch, length, heads, dim = q.shape
-            if values.get("strategy"):
-                strategy = load_strategy(values["strategy"])
-                if index >= strategy.num_layers or heads != strategy.num_heads:
-                    raise ValueError(
-                        f"the sta strategy {values['strategy']!r} has {strategy.num_layers} layers x "
-                        f"{strategy.num_heads} heads, but layer {index} of this model has {heads} heads; "
-                        "use a strategy searched for this model (fv sta search)"
-                    )
-            if dim < 2:
-                raise ValueError("sta's per-head windows need a head dim of at least 2")
-            small = torch.zeros(heads, dim, dtype=q.dtype, device=q.device)
-            small[:, 0] = torch.arange(heads, dtype=q.dtype, device=q.device)
-            small[:, 1] = float(index)
-            return small.view(1, 1, heads, dim).expand(batch, length, heads, dim)
-
-        _TAG_FN.append(_disable(tag))
-    return _TAG_FN[0]
-
-
-_WINDOWS_FN: list[Any] = []
+    index = getattr(getattr(layer, "sta_layer", None), "index", None)
+    if index is None:
+        raise ValueError(
+            f"sta's per-layer windows need the layer's number, but {type(layer).__name__} was not "
+            "numbered; attach the backend's modules with fastvideo.attention.layers.attach_layer_modules"
+        )
+    batch, length, heads, dim = q.shape
+    if values.get("strategy"):
+        strategy = load_strategy(values["strategy"])
+        if index >= strategy.num_layers or heads != strategy.num_heads:
+            raise ValueError(
+                f"the sta strategy {values['strategy']!r} has {strategy.num_layers} layers x "
+                f"{strategy.num_heads} heads, but layer {index} of this model has {heads} heads; "
+                "use a strategy searched for this model (fv sta search)"
+            )
+    if dim < 2:
+        raise ValueError("sta's per-head windows need a head dim of at least 2")
+    small = torch.zeros(heads, dim, dtype=q.dtype, device=q.device)
+    small[:, 0] = torch.arange(heads, dtype=q.dtype, device=q.device)  # exact in bf16 up to 256
+    small[:, 1] = float(index)
+    return small.view(1, 1, heads, dim).expand(batch, length, heads, dim)  # laid out like q, no copy
 
 
 def _windows(
@@ -361,9 +355,7 @@ def _windows(
     values: Mapping[str, Any],
     tag: torch.Tensor | None,
 ) -> Any:
-    if not _WINDOWS_FN:
-        _WINDOWS_FN.append(_disable(_windows_eager))
-    return _WINDOWS_FN[0](backend, q, geom, step, values, tag)
+    return _eager(_windows_eager)(backend, q, geom, step, values, tag)
 
 
 def _windows_eager(

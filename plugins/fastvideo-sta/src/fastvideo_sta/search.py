@@ -13,16 +13,14 @@ those steps is at most ``1 - sparsity`` (the whole grid is always a candidate, a
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastvideo_sta.strategy import Strategy
+from fastvideo_sta.strategy import Strategy, save_strategy, write_json_atomic
 from fastvideo_sta.tiles import TileGeometry, Window, parse_triple
 
 if TYPE_CHECKING:
@@ -173,27 +171,6 @@ def choose(
     return strategy, summary
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """``data`` as JSON at ``path``, written to a temporary file then renamed.
-
-    :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
-    """
-    p = Path(path).expanduser()
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{str(p)!r} exists; pass --overwrite to replace it or choose another path")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=None)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
 def errors_json(errors: Mapping[tuple[int, int, int], Mapping[Window, float]]) -> dict[str, dict[str, float]]:
     """``{"step_layer_head": {"t,h,w": error}}``: the recorded errors, for the record."""
     return {
@@ -252,7 +229,7 @@ def search(
     finally:
         RECORDER.clear()
     strategy, summary = choose(errors, geom, sparsity, full_steps)
-    write_json_atomic(strategy.to_json(), output, overwrite=overwrite)
+    save_strategy(strategy, output, overwrite=overwrite)
     result: dict[str, Any] = {**summary, "output": str(output), "grid": list(geom.grid)}
     if errors_path is not None:
         write_json_atomic(errors_json(errors), errors_path, overwrite=overwrite)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastvideo_sta.tiles import TileGeometry, Window
 
@@ -127,8 +128,8 @@ def load_strategy(path: str | os.PathLike[str]) -> Strategy:
     return _CACHE[key]
 
 
-def save_strategy(strategy: Strategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write ``strategy`` as JSON atomically (a temporary file in the same folder, then a rename).
+def write_json_atomic(data: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``data`` as JSON at ``path``, written to a temporary file then renamed.
 
     :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
     """
@@ -139,10 +140,18 @@ def save_strategy(strategy: Strategy, path: str | os.PathLike[str], *, overwrite
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(strategy.to_json(), f)
+            json.dump(data, f, indent=None)
             f.write("\n")
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def save_strategy(strategy: Strategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``strategy`` as JSON atomically (:func:`write_json_atomic`).
+
+    :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    return write_json_atomic(strategy.to_json(), path, overwrite=overwrite)
