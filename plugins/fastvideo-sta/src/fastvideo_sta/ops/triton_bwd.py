@@ -3,9 +3,9 @@
 Two kernels, reading and writing ``[B, L, H, D]`` in raster order like the forward (``delta =
 rowsum(dout * out)`` is one torch reduction before them):
 
-1. ``_dq_kernel``: the forward's programs (query tile slices, then text blocks) walk the same keys,
+1. ``_dq_kernel``: the forward's programs (text blocks, then query tile slices) walk the same keys,
    recompute ``p`` from the saved log-sum-exp, and accumulate ``dq = scale * (p * (dout v^T - delta)) k``.
-2. ``_dkdv_kernel``: one program per key tile slice group (then text key blocks) walks the query
+2. ``_dkdv_kernel``: one program per key tile slice group (after the text key blocks) walks the query
    tiles whose window holds its tile. Along an axis of ``n`` tiles with window ``w`` they form one
    interval (:func:`fastvideo_sta.tiles.query_range`), so the inverse of the sliding window needs no
    table. Then every text query (they attend to all keys). ``dv = p^T dout``, ``dk = scale * ds^T q``.
@@ -200,10 +200,10 @@ def _dkdv_kernel(
     wh = tl.minimum(tl.load(WIN + h * 3 + 1), NH)
     ww = tl.minimum(tl.load(WIN + h * 3 + 2), NW)
     nkb = (TT + KS - 1) // KS
-    n_video = NT * NH * NW * nkb
-    if pid < n_video:  # a slice group of a video key tile: the queries whose window holds the tile
-        tile = pid // nkb
-        first = (pid % nkb) * KS
+    n_text = (LT + BLOCK_N - 1) // BLOCK_N  # text key blocks first: every query attends to them
+    if pid >= n_text:  # a slice group of a video key tile: the queries whose window holds the tile
+        tile = (pid - n_text) // nkb
+        first = ((pid - n_text) % nkb) * KS
         ct = tile // (NH * NW)
         ch = (tile // NW) % NH
         cw = tile % NW
@@ -218,7 +218,7 @@ def _dkdv_kernel(
         live = first < tl.minimum(TT, T - ct * TT)
         en_t = tl.where(live, en_t, st_t)
     else:  # a block of text keys: every query
-        rows = (pid - n_video) * BLOCK_N + rn
+        rows = pid * BLOCK_N + rn
         ktok = (N + rows).to(tl.int64)
         kstore = rows < LT  # padded text keys get zero gradients, written
         kvalid = kstore
@@ -277,7 +277,7 @@ _dkdv_tuned = triton.autotune(DKDV_CONFIGS, key=["D_PAD", "SLICE", "F32DOT", "HA
 
 
 def key_programs(geom: TileGeometry, text_len: int, ks: int, slice_: int) -> int:
-    """Programs of a key-side launch: ``ceil(tt / ks)`` per tile, then the text key blocks."""
+    """Programs of a key-side launch: the text key blocks, then ``ceil(tt / ks)`` per tile."""
     return geom.num_tiles * ceil_div(geom.tile[0], ks) + ceil_div(text_len, ks * slice_)
 
 

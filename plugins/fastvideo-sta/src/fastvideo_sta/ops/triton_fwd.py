@@ -6,9 +6,9 @@ and any grid works (rows of partial tiles are masked). One program handles ``QS`
 ``t``-slices of one query tile (a slice is the tile's ``th x tw`` tokens of one frame, ``SLICE`` rows
 rounded up to a power of two) of one (batch, head); it walks the key tiles of its window (read from a
 per-head window table, so one launch serves heads with different windows) in ``KS`` slices per step,
-then the text keys. Text queries (programs after the video ones) attend to every key. bf16/fp16
-``tl.dot`` with fp32 accumulation, exp2 online softmax; the log-sum-exp (base 2, of the scaled logits)
-is stored for the backward pass.
+then the text keys. Text queries attend to every key; their programs come first, so that their long
+walks start early instead of trailing the launch. bf16/fp16 ``tl.dot`` with fp32 accumulation, exp2
+online softmax; the log-sum-exp (base 2, of the scaled logits) is stored for the backward pass.
 """
 
 from __future__ import annotations
@@ -100,17 +100,18 @@ def _fwd_step(q, k_base, v_base, ktok, kvalid, dd, dmask, skl, svl, m_i, l_i, ac
 @triton.jit
 def query_block(pid, h, WIN, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT,
                 QS: tl.constexpr, SLICE: tl.constexpr):  # fmt: skip
-    """Rows of query program ``pid`` (video tiles first, then text blocks) and the key-tile window
-    ``[st, en)`` per axis it attends to (empty when the program holds no row)."""
+    """Rows of query program ``pid`` (text blocks first: they attend to every key, so they start
+    early instead of trailing the launch; then the video tiles) and the key-tile window ``[st, en)``
+    per axis it attends to (empty when the program holds no row)."""
     nqb = (TT + QS - 1) // QS
-    n_video = NT * NH * NW * nqb
+    n_text = (LT + QS * SLICE - 1) // (QS * SLICE)
     r = tl.arange(0, QS * SLICE)
     wt = tl.minimum(tl.load(WIN + h * 3), NT)
     wh = tl.minimum(tl.load(WIN + h * 3 + 1), NH)
     ww = tl.minimum(tl.load(WIN + h * 3 + 2), NW)
-    if pid < n_video:
-        tile = pid // nqb
-        first = (pid % nqb) * QS
+    if pid >= n_text:
+        tile = (pid - n_text) // nqb
+        first = ((pid - n_text) % nqb) * QS
         ct = tile // (NH * NW)
         ch = (tile // NW) % NH
         cw = tile % NW
@@ -123,7 +124,7 @@ def query_block(pid, h, WIN, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT,
         en_h = st_h + wh
         en_w = st_w + ww
     else:
-        rows = (pid - n_video) * (QS * SLICE) + r
+        rows = pid * (QS * SLICE) + r
         qtok = (N + rows).to(tl.int64)
         qvalid = rows < LT
         st_t = wt * 0
@@ -231,7 +232,7 @@ def geometry_args(geom: TileGeometry, text_len: int, length: int) -> tuple[int, 
 
 
 def query_programs(geom: TileGeometry, text_len: int, qs: int, slice_: int) -> int:
-    """Programs of a query-side launch: ``ceil(tt / qs)`` per tile, then the text blocks."""
+    """Programs of a query-side launch: the text blocks, then ``ceil(tt / qs)`` per tile."""
     return geom.num_tiles * ceil_div(geom.tile[0], qs) + ceil_div(text_len, qs * slice_)
 
 
