@@ -137,3 +137,36 @@ def test_fv_sta_search_writes_a_strategy_that_generates(checkpoints: Any, tmp_pa
             "a red ball", backend_options={"sta": {"strategy": str(out), "tile": "1,4,4"}}, **shape
         )
         assert torch.isfinite(result.latents).all()
+
+
+def _fv(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from fastvideo.cli import main
+
+    with fake_plugins(sta_plugin):
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_fv_sta_fixed_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "fixed.json"
+    args = ["sta", "fixed", str(path), "--window", "3,3,3", "--steps", "4", "--layers", "2", "--heads", "3"]
+    code, out, _ = _fv([*args, "--full-steps", "1", "--full", "5,6,10"], capsys)
+    assert code == 0 and "4 steps x 2 layers x 3 heads" in out
+    s = load_strategy(path)
+    assert s.window(0, 1, 2) == (5, 6, 10) and s.window(3, 0, 0) == (3, 3, 3)
+    code, _, err = _fv(args, capsys)  # exists: refused, one line, nothing changed
+    assert (
+        code == 2
+        and err.strip()
+        == f"error: {str(path)!r} exists; pass --overwrite to replace it or choose another path"
+    )
+    code, _, err = _fv([*args[:-2], "--heads", "3", "--window", "3,3"], capsys)
+    assert code == 2 and err.strip().startswith("error: --window must be three positive integers")
+    code, out, _ = _fv(["sta", "info", str(path), "--grid", "30,48,80"], capsys)
+    kept = TileGeometry((30, 48, 80)).kept_fraction((3, 3, 3))
+    assert code == 0 and f"sparsity {0.75 * (1 - kept):.3f}" in out

@@ -179,6 +179,13 @@ class STABackend(AttentionBackend):
         values = super().option_values(options)
         if values["window"] and values["strategy"]:
             raise ValueError("sta takes --sta-window or --sta-strategy, not both")
+        if step is not None and (
+            values["strategy"] or values["search"]
+        ):  # training: steps are optimizer steps
+            raise ValueError(
+                "sta's strategy and search are per denoising step, which training does not have; train with "
+                "one window (attention.window: t,h,w)"
+            )
         return values
 
     # ---- availability -------------------------------------------------------------------------
