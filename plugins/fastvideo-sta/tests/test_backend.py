@@ -100,7 +100,7 @@ def test_options_are_checked_with_one_line_errors(sta, tmp_path: Path) -> None: 
         resolve_options("sta", {"sta": {"window": "1,1,1", "strategy": str(path)}})
     with pytest.raises(ValueError, match="--sta-full-steps"):
         check_options("sta", {"sta": {"full_steps": -1}})
-    with pytest.raises(ValueError, match="attention.window"):
+    with pytest.raises(ValueError, match=r"attention\.window"):
         resolve_options("sta", {"sta": {"strategy": str(path)}}, step=3, total=10)  # training
     values = resolve_options("sta", {"sta": {"window": "3x3x3"}})["sta"]
     assert values == {"window": "3x3x3", "strategy": "", "tile": "6,8,8", "full_steps": 0, "search": ""}
