@@ -31,6 +31,7 @@ from fastvideo_sta.ops.triton_fwd import (
     query_programs,
     slice_rows,
     tile_rows,
+    window_block,
 )
 from fastvideo_sta.tiles import TileGeometry, ceil_div
 
@@ -40,11 +41,11 @@ from fastvideo_sta.tiles import TileGeometry, ceil_div
 
 DQ_CONFIGS = [
     triton.Config({"QS": qs, "KS": ks}, num_warps=w, num_stages=s)
-    for qs, ks, w, s in ((1, 1, 4, 2), (2, 1, 8, 2), (1, 1, 4, 3))
+    for qs, ks, w, s in ((2, 1, 8, 2), (1, 1, 4, 3))
 ]
 DKDV_CONFIGS = [
     triton.Config({"QS": qs, "KS": ks}, num_warps=w, num_stages=s)
-    for qs, ks, w, s in ((1, 1, 4, 2), (1, 2, 8, 2), (1, 1, 4, 3))
+    for qs, ks, w, s in ((1, 2, 8, 2), (1, 1, 4, 3))
 ]
 INTERPRETER_CONFIG = {"QS": 2, "KS": 2}
 
@@ -113,16 +114,14 @@ def _dq_kernel(
     k_base = K + b * skb + h * skh
     v_base = V + b * svb + h * svh
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-    for kt in range(st_t, en_t):
-        n_slices = tl.minimum(TT, T - kt * TT)
-        for kh in range(st_h, en_h):
-            for kw in range(st_w, en_w):
-                for first in range(0, n_slices, KS):
-                    ktok, kvalid = tile_rows(kt, kh, kw, first, rn, T, HG, W, TT, TH, TW, SLICE)
-                    dq = _dq_step(
-                        q, do, lse, delta, k_base, v_base, ktok, kvalid, dd, dmask, skl, svl, dq,
-                        qk_scale, F32DOT, BLOCK_M, BLOCK_N,
-                    )  # fmt: skip
+    nsb = (TT + KS - 1) // KS
+    for j in range(0, (en_t - st_t) * (en_h - st_h) * (en_w - st_w) * nsb):  # the window's key blocks
+        kt, kh, kw, first = window_block(j, st_t, st_h, st_w, en_h - st_h, en_w - st_w, nsb, KS)
+        ktok, kvalid = tile_rows(kt, kh, kw, first, rn, T, HG, W, TT, TH, TW, SLICE)
+        dq = _dq_step(
+            q, do, lse, delta, k_base, v_base, ktok, kvalid, dd, dmask, skl, svl, dq,
+            qk_scale, F32DOT, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
     for j in range(0, LT, BLOCK_N):
         rows = j + rn
         kvalid = rows < LT
@@ -242,16 +241,14 @@ def _dkdv_kernel(
     delta_bh = DELTA + bh.to(tl.int64) * L
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
-    for qt in range(st_t, en_t):
-        n_slices = tl.minimum(TT, T - qt * TT)
-        for qh in range(st_h, en_h):
-            for qw in range(st_w, en_w):
-                for qf in range(0, n_slices, QS):
-                    qtok, qvalid = tile_rows(qt, qh, qw, qf, rm, T, HG, W, TT, TH, TW, SLICE)
-                    dk, dv = _dkdv_step(
-                        k, v, q_base, do_base, lse_bh, delta_bh, qtok, qvalid, kvalid, dd, dmask, sql, sdl,
-                        dk, dv, qk_scale, F32DOT, BLOCK_M, BLOCK_N,
-                    )  # fmt: skip
+    nsb = (TT + QS - 1) // QS
+    for j in range(0, (en_t - st_t) * (en_h - st_h) * (en_w - st_w) * nsb):  # the query blocks
+        qt, qh, qw, qf = window_block(j, st_t, st_h, st_w, en_h - st_h, en_w - st_w, nsb, QS)
+        qtok, qvalid = tile_rows(qt, qh, qw, qf, rm, T, HG, W, TT, TH, TW, SLICE)
+        dk, dv = _dkdv_step(
+            k, v, q_base, do_base, lse_bh, delta_bh, qtok, qvalid, kvalid, dd, dmask, sql, sdl,
+            dk, dv, qk_scale, F32DOT, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
     for i in range(0, LT, BLOCK_M):  # text queries attend to every key
         rows_q = i + rm
         dk, dv = _dkdv_step(
