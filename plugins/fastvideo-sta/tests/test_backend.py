@@ -98,6 +98,8 @@ def test_options_are_checked_with_one_line_errors(sta, tmp_path: Path) -> None: 
     path = save_strategy(Strategy({(0, 0, 0): (1, 1, 1)}), tmp_path / "s.json")
     with pytest.raises(ValueError, match="not both"):
         resolve_options("sta", {"sta": {"window": "1,1,1", "strategy": str(path)}})
+    with pytest.raises(ValueError, match=r"--sta-tile.*h\*w <= 128"):
+        check_options("sta", {"sta": {"tile": "1,16,16"}})
     with pytest.raises(ValueError, match="--sta-full-steps"):
         check_options("sta", {"sta": {"full_steps": -1}})
     with pytest.raises(ValueError, match=r"attention\.window"):

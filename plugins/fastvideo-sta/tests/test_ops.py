@@ -164,6 +164,8 @@ def test_bad_inputs_are_one_line_errors() -> None:
         sta_attention(q, q, q, (3, 5, 7), [(1, 1, 1)] * 3)
     with pytest.raises(ValueError, match=">= 1"):
         sta_attention(q, q, q, (3, 5, 7), (0, 1, 1))
+    with pytest.raises(ValueError, match="at most 128"):
+        sta_attention(q, q, q, (3, 5, 7), (1, 1, 1), tile=(1, 16, 16))
 
 
 def test_rows_mask_is_the_mask_of_those_rows() -> None:

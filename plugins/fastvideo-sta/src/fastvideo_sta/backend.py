@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from fastvideo.attention.context import StepContext
 
 MAX_HEAD_DIM = 256
+MAX_TILE_FACE = 128  # h*w tokens of one frame of a tile: the kernels' block rows
 #: Why the build of a CUDA kernel is not offered (``fv doctor`` prints it).
 CUDA_BUILD = (
     "not provided: Triton path only (no CUDA/C++ kernel is built or shipped, so nothing is ABI-pinned "
@@ -61,9 +62,11 @@ def _window(value: str) -> str | None:
 
 def _tile(value: str) -> str | None:
     try:
-        parse_triple(value, "tile")
+        _, th, tw = parse_triple(value, "tile")
     except ValueError:
         return "must be three positive integers t,h,w in tokens (e.g. 6,8,8)"
+    if th * tw > MAX_TILE_FACE:
+        return f"must have h*w <= {MAX_TILE_FACE} tokens (one frame of a tile is one kernel block)"
     return None
 
 

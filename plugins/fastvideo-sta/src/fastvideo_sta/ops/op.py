@@ -21,6 +21,7 @@ from fastvideo_sta.tiles import DEFAULT_TILE, TileGeometry
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
+MAX_TILE_FACE = 128
 
 
 @torch.library.custom_op("fastvideo_sta::sta_fwd", mutates_args=())
@@ -177,6 +178,11 @@ def sta_attention(
     """
     geom = TileGeometry(grid, tile)
     _check(q, k, v, geom)
+    if geom.tile[1] * geom.tile[2] > MAX_TILE_FACE:
+        raise ValueError(
+            f"tile {geom.tile} has {geom.tile[1] * geom.tile[2]} tokens per frame; at most {MAX_TILE_FACE} "
+            "(one frame of a tile is one kernel block): use a smaller h or w"
+        )
     heads = q.shape[2]
     table = window_table(windows, heads, q.device)
     text_len = q.shape[1] - geom.num_tokens
