@@ -21,6 +21,7 @@ import triton.language as tl
 
 from fastvideo_sta.ops.triton_fwd import (
     LOG2E,
+    SHAPE_ARGS,
     d_pad,
     dot_in_f32,
     geometry_args,
@@ -77,7 +78,7 @@ def _dq_step(q, do, lse, delta, k_base, v_base, ktok, kvalid, dd, dmask, skl, sv
     return mm(ds.to(k.dtype), k, dq, F32DOT)  # (M, D)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, WIN, TV,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sdb, sdl, sdh, sxb, sxl, sxh,
@@ -171,7 +172,7 @@ def query_last(kt, w, n):
     return tl.where(kt >= n - w, n - 1, tl.minimum(kt + (w - 1) // 2, n - 1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, WIN, TV,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sdb, sdl, sdh, skxb, skxl, skxh, svxb, svxl, svxh,

@@ -152,7 +152,11 @@ def query_block(pid, h, WIN, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT,
     return qtok, qvalid, st_t, en_t, st_h, en_h, st_w, en_w
 
 
-@triton.jit
+#: Geometry arguments that change with every video shape: not specialised on (no recompile per shape).
+SHAPE_ARGS = ["H", "T", "HG", "W", "TT", "TH", "TW", "NT", "NH", "NW", "N", "LT", "L"]
+
+
+@triton.jit(do_not_specialize=SHAPE_ARGS)
 def _fwd_kernel(
     Q, K, V, OUT, LSE, WIN, TV,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh,
