@@ -299,3 +299,75 @@ def test_checkpoint_modules_are_attached_whichever_backend_runs(backends: None) 
         dense = Model()
     assert attach_layer_modules(dense, "sdpa", stored=["blocks.0.ff.weight"]) == []
     assert not hasattr(dense.blocks[0].attn, "bias_proj")
+
+
+# ---------------------------------------------------------------- layer numbers, joint attention, doctor
+
+
+def test_sparse_layers_are_numbered_in_module_order(backends: None) -> None:
+    from fastvideo.attention.layers import sparse_layer_index
+
+    model = model_with_modules()
+    assert [sparse_layer_index(b.attn) for b in model.blocks] == [0, 1]
+    assert sparse_layer_index(model.blocks[0].cross) is None  # not a sparse attention layer
+
+
+class JointLayer(nn.Module):
+    """Joint attention over video tokens and text tokens, through the seam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(32, 96)
+
+    def forward(self, x: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from fastvideo.attention import joint_attention
+
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, -1)).unbind(2)
+        qt, kt, vt = self.qkv(txt).unflatten(-1, (3, 2, -1)).unbind(2)
+        return joint_attention(q, k, v, qt, kt, vt)
+
+
+class JointModel(nn.Module):
+    sparse_attention_layers = ("layer",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = JointLayer()
+
+
+def test_joint_attention_hands_the_modules_output_on_with_zeros_for_text(backends: None) -> None:
+    torch.manual_seed(0)
+    model = JointModel()
+    attach_layer_modules(model, "biased")
+    with torch.no_grad():
+        model.layer.bias_proj.weight.normal_(0, 0.3)
+    x, txt = torch.randn(1, 8, 32), torch.randn(1, 3, 32)
+    with (
+        torch.no_grad(),
+        use_backend("biased"),
+        step_context(StepContext(options={"biased": {"weight": 1.0}})),
+    ):
+        out, out_txt = model.layer(x, txt)
+        q, k, v = (
+            torch.cat(p, 1)
+            for p in zip(
+                *(model.layer.qkv(t).unflatten(-1, (3, 2, -1)).unbind(2) for t in (x, txt)), strict=True
+            )
+        )
+        dense = sdpa(q, k, v)
+        bias = model.layer.bias_proj(x).unflatten(-1, (2, -1))
+    assert Biased.calls == [True]
+    assert_close("video tokens", dense[:, :8] + bias, out, 1e-6)
+    assert_close("text tokens (zero extras)", dense[:, 8:], out_txt, 1e-6)
+
+
+def test_doctor_prints_a_backends_notes(backends: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fastvideo.cli import app
+
+    monkeypatch.setattr(Biased, "doctor_notes", classmethod(lambda cls: ["kernels: toy path"]), raising=False)
+    result = CliRunner().invoke(app, ["doctor"])
+    lines = result.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("biased"))
+    assert lines[at + 1].strip() == "kernels: toy path"

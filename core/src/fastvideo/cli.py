@@ -579,6 +579,8 @@ def doctor() -> None:
         for name, cls in sorted(_classes().items(), key=lambda kv: -kv[1].priority):
             reason = cls.unavailable_reason()
             typer.echo(f"  {name:12s} {'available' if reason is None else 'unavailable: ' + reason}")
+            for line in cls.doctor_notes():
+                typer.echo(f"  {'':12s} {line}")
         typer.echo(f"default: {resolve_backend_name(None)}")
         _doctor_plugins()
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fastvideo.loader.mapping import NameMapping, Rule
 
 _HOOKED = "_fastvideo_layer_hooks"
+_INDEX = "_fastvideo_sparse_index"
 
 
 def sparse_layer_globs(model: Any) -> tuple[str, ...]:
@@ -178,6 +179,8 @@ def attach_layer_modules(
         return []
     stored = set(stored)
     layers = [(n, m) for n, m in model.named_modules() if n and _is_layer(n, globs)]
+    for index, (_, layer) in enumerate(layers):
+        object.__setattr__(layer, _INDEX, index)
     wanted: set[str] = {backend} & set(backends) if backend is not None else set()
     for name, cls in backends.items():
         prefixes = tuple(f"{layer}.{m.name}." for layer, _ in layers for m in cls.layer_modules)
@@ -196,6 +199,14 @@ def attach_layer_modules(
                         _zero(module)
                 hook_layer(layer)
     return fresh
+
+
+def sparse_layer_index(layer: nn.Module) -> int | None:
+    """The position of ``layer`` among its model's sparse attention layers, in module order (Wan's
+    ``blocks.N.self_attn`` is ``N``; HunyuanVideo's double blocks come before its single blocks), as
+    :func:`attach_layer_modules` recorded it; ``None`` for a layer it never saw. Backends whose
+    settings differ per layer (window sizes) read it from the layer :meth:`layer_inputs` gets."""
+    return getattr(layer, _INDEX, None)
 
 
 def _zero(module: nn.Module) -> None:

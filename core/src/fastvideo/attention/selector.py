@@ -225,17 +225,26 @@ def joint_local(
     *,
     scale: float | None = None,
     allow: str | Collection[str] = DENSE,
+    extras: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over ``[q; replicated q]`` etc. (tokens then replicated tokens), split back in two."""
+    """Attention over ``[q; replicated q]`` etc. (tokens then replicated tokens), split back in two.
+
+    ``extras`` (per-token tensors laid out like ``q``, see :func:`attention_local`) are extended with
+    zeros for the replicated tokens."""
     import torch
 
     n = q.shape[1]
     q, k, v = (torch.cat((a, b), dim=1) for a, b in zip((q, k, v), replicated, strict=True))
+    if extras:
+        extras = {
+            key: torch.cat((t, t.new_zeros(t.shape[0], q.shape[1] - n, *t.shape[2:])), dim=1)
+            for key, t in extras.items()
+        }
     mask = None
     if replicated_mask is not None:  # key mask over [tokens; replicated tokens], True = attend
         keep = torch.ones(replicated_mask.shape[0], n, dtype=torch.bool, device=replicated_mask.device)
         mask = torch.cat((keep, replicated_mask.bool()), dim=1)[:, None, None, :]  # (B, 1, 1, Lk)
-    out = attention_local(q, k, v, attn_mask=mask, scale=scale, allow=allow)
+    out = attention_local(q, k, v, attn_mask=mask, scale=scale, allow=allow, extras=extras)
     return out[:, :n], out[:, n:]
 
 
@@ -300,7 +309,7 @@ def attention(
             raise ValueError(
                 "attention with replicated tokens takes replicated_mask, not attn_mask or is_causal"
             )
-        return joint_local(q, k, v, replicated, replicated_mask, scale=scale, allow=allow)
+        return joint_local(q, k, v, replicated, replicated_mask, scale=scale, allow=allow, extras=extras)
     return attention_local(
         q, k, v, attn_mask=attn_mask, scale=scale, is_causal=is_causal, allow=allow, extras=extras
     )

@@ -209,6 +209,12 @@ class AttentionBackend(ABC):
         """Why the backend cannot run here (``None`` when it can). Shown by ``fv doctor``."""
         return None
 
+    @classmethod
+    def doctor_notes(cls) -> list[str]:
+        """Extra lines ``fv doctor`` prints under the backend (which kernel path runs and why, e.g.
+        whether an optional compiled kernel was built). Must not fail; the default has none."""
+        return []
+
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
         """Why this backend cannot take these inputs (dtype, head dim, mask...), or ``None``.
 

@@ -325,7 +325,7 @@ class SequenceSharding:
             rep_out = None
         else:
             out, rep_out = selector.joint_local(
-                q, k, v, replicated, replicated_mask, scale=scale, allow=allow
+                q, k, v, replicated, replicated_mask, scale=scale, allow=allow, extras=extras
             )
         if padded > n:
             out = torch.cat([out, out.new_zeros(out.shape[0], padded - n, *out.shape[2:])], dim=1)
