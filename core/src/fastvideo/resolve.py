@@ -115,7 +115,8 @@ def folder_settings(source: ModelSource) -> dict[str, Any]:
     sampling = {
         k: v
         for k, v in dataclasses.asdict(params).items()
-        if k not in ("prompt", "image") and v is not None and v != {}  # no empty backend_options
+        # the request's own inputs and switches (the soundtrack toggle) are no model default
+        if k not in ("prompt", "image", "audio") and v is not None and v != {}  # no empty backend_options
     }
     preset = source.preset.name if source.preset is not None else None
     if preset is not None and find_preset(preset) is None:
