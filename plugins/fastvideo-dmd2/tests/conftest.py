@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # vsa's kernels on the CPU (the sparse-student test)
-
 DISTRIBUTIONS = ("fastvideo-dmd2", "fastvideo-wan", "fastvideo-vsa")
 LATENT = (8, 3, 8, 8)  # wan-toy: 8 latent channels; token grid (3, 4, 4) with its (1, 2, 2) patches
 TEXT_DIM = 64  # wan-toy's text encoder width
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # vsa's kernels on the CPU (the sparse-student test)
 
 
 @pytest.fixture
@@ -41,7 +41,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def dmd2_config(dataset: Path, out: Path, **overrides: Any) -> Any:
+@pytest.fixture
+def dmd2_config() -> Any:
+    """``dmd2_config(dataset, out, **overrides)``: the TrainConfig of a small dmd2 run on ``wan-toy``."""
+    return _config
+
+
+def _config(dataset: Path, out: Path, **overrides: Any) -> Any:
     from fastvideo.training.config import load_config
 
     base = {

@@ -9,15 +9,21 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import dmd2_config
 
 from fastvideo.training.trainer import Trainer, sample_generator
 
 pytestmark = pytest.mark.usefixtures("plugins")
 
 
-def _trainer(dataset: Path, tmp_path: Path, **overrides: Any) -> Trainer:
-    return Trainer(dmd2_config(dataset, tmp_path / "run", **overrides)).setup()
+@pytest.fixture
+def make(dmd2_config: Any, dataset: Path, tmp_path: Path) -> Any:
+    """``make(**overrides)``: a set-up Trainer of a small dmd2 run."""
+
+    def build(**overrides: Any) -> Trainer:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        return Trainer(dmd2_config(dataset, out, **overrides)).setup()
+
+    return build
 
 
 def _first_micro(trainer: Trainer) -> dict[str, Any]:
@@ -34,8 +40,8 @@ def _draw(gens: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens])
 
 
-def test_roles_and_options(dataset: Path, tmp_path: Path) -> None:
-    trainer = _trainer(dataset, tmp_path)
+def test_roles_and_options(make: Any) -> None:
+    trainer = make()
     alg = trainer.algorithm
     assert set(trainer.registry) == {"student", "teacher", "critic"}
     assert trainer.registry["teacher"].optimizer is None and not alg.teacher.training
@@ -46,14 +52,14 @@ def test_roles_and_options(dataset: Path, tmp_path: Path) -> None:
             assert torch.equal(p, q), n
     assert [g["lr"] for g in alg.student_optimizer.param_groups] == [1e-3]
     with pytest.raises(ValueError, match="student_timesteps must be a decreasing list"):
-        _trainer(dataset, tmp_path / "bad", **{"algorithm_options.student_timesteps": [500, 900]})
+        make(**{"algorithm_options.student_timesteps": [500, 900]})
 
 
-def test_student_loss_and_gradient_match_a_hand_computation(dataset: Path, tmp_path: Path) -> None:
+def test_student_loss_and_gradient_match_a_hand_computation(make: Any) -> None:
     """The DMD2 loss of FastVideo's DMD2Method written out by hand: simulate the student's rollout from
     noise to the target step, noise its x0 to a random shifted level, take the critic's and the CFG
     teacher's x0, grad = ((x - real) - (x - fake)) / mean|x - real|, loss = 0.5 mse(x, x - grad)."""
-    trainer = _trainer(dataset, tmp_path)
+    trainer = make()
     alg = trainer.algorithm
     trainer.step = 5
     micro = _first_micro(trainer)
@@ -98,8 +104,8 @@ def test_student_loss_and_gradient_match_a_hand_computation(dataset: Path, tmp_p
     assert max(float(g.abs().max()) for g in ours.values()) > 0
 
 
-def test_the_critic_trains_every_step_and_the_student_every_fifth(dataset: Path, tmp_path: Path) -> None:
-    trainer = _trainer(dataset, tmp_path, **{"algorithm_options.student_update_every": 3})
+def test_the_critic_trains_every_step_and_the_student_every_fifth(make: Any) -> None:
+    trainer = make(**{"algorithm_options.student_update_every": 3})
     alg = trainer.algorithm
     batches = trainer._batches()
 
@@ -124,10 +130,8 @@ def test_the_critic_trains_every_step_and_the_student_every_fifth(dataset: Path,
     assert trainer.registry["student"].scheduler.last_epoch == 2  # its lr schedule counts its own steps
 
 
-def test_a_simulated_rollout_carries_gradient_through_its_last_step_only(
-    dataset: Path, tmp_path: Path
-) -> None:
-    trainer = _trainer(dataset, tmp_path)
+def test_a_simulated_rollout_carries_gradient_through_its_last_step_only(make: Any) -> None:
+    trainer = make()
     alg = trainer.algorithm
     alg.target_step = lambda: 2  # type: ignore[method-assign]  # the deepest rollout: steps 0 and 1 first
     calls: list[tuple[bool, torch.Tensor, float]] = []
@@ -155,7 +159,7 @@ def test_a_simulated_rollout_carries_gradient_through_its_last_step_only(
         torch.testing.assert_close(a, p.grad)
 
 
-def test_the_export_samples_in_few_steps_without_cfg(dataset: Path, tmp_path: Path) -> None:
+def test_the_export_samples_in_few_steps_without_cfg(dmd2_config: Any, dataset: Path, tmp_path: Path) -> None:
     import json
 
     from fastvideo.configs import PipelineConfig
