@@ -197,3 +197,54 @@ def test_the_export_samples_in_few_steps_without_cfg(dmd2_config: Any, dataset: 
     result = gen.generate_video("a red circle moving left on a black background", seed=0)
     assert result.frames.shape == (17, 64, 64, 3)
     assert list(result.timings)  # it ran
+
+
+def test_the_sparse_student_runs_vsa_while_teacher_and_critic_run_dense(make: Any) -> None:
+    """``attention.backend: vsa`` sparsifies the student only: every attention call is recorded with
+    the backend the registry dispatched it to and the model that made it."""
+    from fastvideo.attention import get_backend
+
+    trainer = make(
+        **{
+            "attention.backend": "vsa",
+            "attention.sparsity": 0.5,
+            "algorithm_options.student_update_every": 1,
+        }
+    )
+    alg = trainer.algorithm
+    assert alg.student_backend == "vsa" and not get_backend(alg.dense_backend).sparse
+    # the student carries vsa's gate projections; teacher and critic do not
+    assert hasattr(alg.student.blocks[0].self_attn, "gate_compress")
+    assert not hasattr(alg.teacher.blocks[0].self_attn, "gate_compress")
+    assert not hasattr(alg.critic.blocks[0].self_attn, "gate_compress")
+    running: list[str] = []
+    calls: list[tuple[str, str]] = []
+    for role in ("student", "teacher", "critic"):
+        model = getattr(alg, role)
+        model.register_forward_pre_hook(lambda m, a, role=role: running.append(role))
+        model.register_forward_hook(lambda m, a, o: running.pop() and None)  # None: keep the output
+    originals = {}
+    for name in ("vsa", alg.dense_backend):
+        backend = get_backend(name)
+        originals[name] = backend.forward
+
+        def spy(*args: Any, _name: str = name, **kwargs: Any) -> Any:
+            calls.append((running[-1] if running else "?", _name))
+            return originals[_name](*args, **kwargs)
+
+        backend.forward = spy  # type: ignore[method-assign]
+    try:
+        trainer.step = 1
+        _, micro_batches = next(trainer._batches())
+        metrics = trainer.run_step(micro_batches)
+    finally:
+        for name, forward in originals.items():
+            get_backend(name).forward = forward  # type: ignore[method-assign]
+    assert "dmd_loss" in metrics
+    by_role = {role: {b for r, b in calls if r == role} for role in ("student", "teacher", "critic")}
+    assert by_role["student"] == {"vsa", alg.dense_backend}  # self-attention sparse, cross-attention dense
+    assert by_role["teacher"] == {alg.dense_backend}
+    assert by_role["critic"] == {alg.dense_backend}
+    blocks = len(alg.student.blocks)
+    student_vsa = sum(1 for r, b in calls if r == "student" and b == "vsa")
+    assert student_vsa % blocks == 0 and student_vsa >= 2 * blocks  # the student's rollouts, every block
