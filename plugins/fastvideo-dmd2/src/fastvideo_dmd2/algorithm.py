@@ -120,6 +120,7 @@ class DMD2Algorithm(TrainingAlgorithm):
         teacher = self._load(teacher_dtype, dense)
         student = self._load("fp32", self.student_backend)
         critic = self._load("fp32", dense)
+        self._template = None  # an injected model's copies are made
         self.guidance_scale = (
             opts.guidance_scale
             if opts.guidance_scale is not None
