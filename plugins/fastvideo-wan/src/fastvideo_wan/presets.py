@@ -51,6 +51,16 @@ PRESETS: tuple[Preset, ...] = (
         ),
     ),
     Preset(
+        name="wan-toy-fast",
+        local_path="assets/wan-toy-fast",
+        sampling=TOY_FAST_SAMPLING,
+        sampler="few-step",
+        description=(
+            "wan-toy distilled by DMD2 into a 3-step student without CFG (3 DiT forwards instead of 40); "
+            "shares wan-toy's VAE and text encoder"
+        ),
+    ),
+    Preset(
         name="wan2.1-t2v-1.3b",
         repo_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         aliases=("wan", "wan2.1"),
