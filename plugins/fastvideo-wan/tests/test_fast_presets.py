@@ -128,3 +128,21 @@ def test_wan_toy_fast_follows_held_out_prompts() -> None:
     assert result["count"] == 56
     for attribute, floor in FAST_FLOORS.items():
         assert result["accuracy"][attribute] >= floor, (attribute, result["accuracy"])
+
+
+def test_a_copy_of_wan_toy_fast_samples_like_the_preset(tmp_path: Path) -> None:
+    """Its ``fastvideo.json`` is what an export of the preset writes, and a copied folder (links followed)
+    gets the preset's defaults and the few-step sampler from its own files."""
+    import shutil
+
+    from fastvideo.configs import PipelineConfig
+    from fastvideo.resolve import folder_settings, resolve
+    from fastvideo.samplers import sampler_name
+
+    preset = resolve("wan-toy-fast")
+    assert json.loads((preset.path / "fastvideo.json").read_text()) == folder_settings(preset)
+    copy = tmp_path / "my-student"
+    shutil.copytree(preset.path, copy)
+    source = resolve(str(copy))
+    assert source.family.sampling_defaults(source) == preset.family.sampling_defaults(preset)
+    assert sampler_name(PipelineConfig(), source) == "few-step"
