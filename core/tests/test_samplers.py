@@ -219,3 +219,49 @@ def test_use_sampler_sets_the_timestep_stages() -> None:
     no_steps = ComposedPipeline([DenoisingStage(torch.nn.Linear(1, 1))], {})
     with pytest.raises(ValueError, match="has no timestep stage"):
         use_sampler(no_steps, PipelineConfig(sampler="unipc"))
+
+
+# ---------------------------------------------------------------- a checkpoint that says how to sample it
+
+
+def _student_folder(tmp_path, sampling) -> ModelSource:  # type: ignore[no-untyped-def]
+    """A folder whose scheduler config carries ``_fastvideo_sampling`` (what a DMD2 export writes),
+    saved and read back by diffusers itself."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.register_to_config(_fastvideo_sampling=sampling)
+    scheduler.save_pretrained(tmp_path / "scheduler")
+    return ModelSource(family=_Family, path=tmp_path, model_index={}, preset=None)
+
+
+def test_the_scheduler_config_names_the_sampler_and_its_timesteps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    source = _student_folder(tmp_path, {"sampler": "few-step", "timesteps": [1000, 800, 400, 100]})
+    # config, then preset, then the checkpoint's scheduler config, then the family's default
+    assert sampler_name(PipelineConfig(), source) == "few-step"
+    assert sampler_name(PipelineConfig(sampler="unipc"), source) == "unipc"
+    preset = Preset(name="p", repo_id="x/y", sampler="flow-euler")
+    assert (
+        sampler_name(PipelineConfig(), ModelSource(**{**source.__dict__, "preset": preset})) == "flow-euler"
+    )
+    from fastvideo.pipelines.composed import ComposedPipeline
+    from fastvideo.pipelines.stages import TimestepPreparationStage
+
+    stage = TimestepPreparationStage(None, sampler="unipc")
+    use_sampler(ComposedPipeline([stage], {}), PipelineConfig(), source)
+    assert stage.sampler == "few-step"  # the checkpoint's own word beats a family stage's choice
+    loaded = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler")
+    assert FewStepSampler(loaded).set_timesteps(3).tolist() == [1000.0, 800.0, 400.0, 100.0]
+
+
+@pytest.mark.parametrize("bad", [[1000, 1000], [0, -1], "1000,500", [2000, 10]])
+def test_a_malformed_timestep_list_is_one_line(tmp_path, bad) -> None:  # type: ignore[no-untyped-def]
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    _student_folder(tmp_path, {"sampler": "few-step", "timesteps": bad})
+    loaded = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler")
+    with pytest.raises(ValueError, match=r"_fastvideo_sampling\.timesteps must be a decreasing list") as err:
+        FewStepSampler(loaded).set_timesteps(3)
+    assert "\n" not in str(err.value)

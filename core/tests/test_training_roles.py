@@ -213,3 +213,24 @@ def test_role_errors_are_one_line(plugin: Any, data: Path, tmp_path: Path) -> No
         _trainer(data, tmp_path / "c", roles={"critic": {"optim": {"lr": -1.0}}})
     with pytest.raises(ValueError, match=r"unknown config key 'roles\.critic\.optimizer'"):
         _trainer(data, tmp_path / "d", roles={"critic": {"optimizer": {"lr": 1.0}}})
+
+
+def test_load_transformer_takes_a_role_s_attention_backend(tmp_path: Path) -> None:
+    """A distillation's dense teacher is loaded without the run's (sparse) backend's layer modules:
+    ``load_transformer(attention_backend=...)`` reaches the family's loader, the run's backend by default."""
+    calls: list[str | None] = []
+
+    class Family:
+        @classmethod
+        def load_transformer(cls, source: Any, **kwargs: Any) -> nn.Module:
+            calls.append(kwargs["attention_backend"])
+            return nn.Linear(1, 1)
+
+    cfg = load_config(
+        None, {"model.path": "m", "data.path": "d", "max_steps": 1, "output_dir": str(tmp_path)}
+    )
+    trainer = Trainer(cfg)
+    trainer.family, trainer.backend = Family, "the-runs-backend"
+    trainer.load_transformer()
+    trainer.load_transformer(attention_backend="dense-one")
+    assert calls == ["the-runs-backend", "dense-one"]

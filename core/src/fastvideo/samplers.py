@@ -16,6 +16,7 @@ Torch and diffusers are imported inside the methods.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -33,6 +34,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLER = "checkpoint"
+
+#: The key of a checkpoint's ``scheduler_config.json`` that says how fastvideo samples it, written by
+#: distillation exports: ``{"sampler": "few-step", "timesteps": [1000, 757, 522]}``. diffusers keeps
+#: keys that start with ``_`` in the scheduler's config without using them.
+SAMPLING_KEY = "_fastvideo_sampling"
+
+
+def checkpoint_sampling(source: ModelSource | None) -> dict[str, Any]:
+    """The :data:`SAMPLING_KEY` entry of ``source``'s scheduler config (empty when it has none)."""
+    if source is None:
+        return {}
+    config = source.read_json("scheduler/scheduler_config.json") or {}
+    value = config.get(SAMPLING_KEY)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def scheduler_with_shift(scheduler: Any, shift: float | None) -> Any:
@@ -184,8 +199,10 @@ class FewStepSampler(Sampler):
     step returns ``x0``. This is the update FastVideo's DMD denoising stage uses (it looks the sigmas
     up on a 1000-step grid, which equals ``t / 1000`` up to the grid spacing).
 
-    The list is the class attribute ``timesteps``; a plugin subclasses to change it. It replaces
-    ``num_inference_steps`` (a different count is logged) and ignores ``flow_shift``.
+    The list is the checkpoint scheduler config's ``_fastvideo_sampling.timesteps`` (what a
+    distillation export writes, :data:`SAMPLING_KEY`), else the class attribute ``timesteps``; a
+    plugin subclasses to change the default. It replaces ``num_inference_steps`` (a different count
+    is logged) and ignores ``flow_shift``.
     """
 
     name = "few-step"
@@ -202,16 +219,36 @@ class FewStepSampler(Sampler):
     ) -> torch.Tensor:
         import torch
 
-        if num_steps != len(self.timesteps):
+        timesteps = self.checkpoint_timesteps() or self.timesteps
+        if num_steps != len(timesteps):
             logger.info(
                 "the %r sampler runs its %d timesteps %s; num_inference_steps=%d is not used",
                 self.name,
-                len(self.timesteps),
-                list(self.timesteps),
+                len(timesteps),
+                list(timesteps),
                 num_steps,
             )
-        self.schedule = torch.tensor(self.timesteps, dtype=torch.float32, device=device)
+        self.schedule = torch.tensor(timesteps, dtype=torch.float32, device=device)
         return self.schedule
+
+    def checkpoint_timesteps(self) -> tuple[float, ...]:
+        """The timesteps the checkpoint's scheduler config lists under :data:`SAMPLING_KEY` (or none);
+        a malformed list is a one-line ``ValueError``."""
+        value = (self.scheduler_config().get(SAMPLING_KEY) or {}).get("timesteps")
+        if value is None:
+            return ()
+        n_train = self.num_train_timesteps
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(t, (int, float)) and 0 < t <= n_train for t in value)
+            or any(a <= b for a, b in itertools.pairwise(value))
+        ):
+            raise ValueError(
+                f"scheduler_config.json {SAMPLING_KEY}.timesteps must be a decreasing list of numbers in "
+                f"(0, {n_train}], got {value!r}; fix the checkpoint's scheduler config"
+            )
+        return tuple(float(t) for t in value)
 
     def step(
         self,
@@ -251,6 +288,7 @@ def sampler_name(config: PipelineConfig, source: ModelSource | None = None) -> s
     if name is None and source is not None:
         preset = source.preset
         name = getattr(preset, "sampler", None) if preset is not None else None
+        name = name or checkpoint_sampling(source).get("sampler")
         name = name or getattr(source.family, "default_sampler", None)
     name = name or DEFAULT_SAMPLER
     get_registry().get("sampler", name)
@@ -274,7 +312,11 @@ def use_sampler(pipeline: ComposedPipeline, config: PipelineConfig, source: Mode
 
     name = sampler_name(config, source)
     preset = source.preset if source is not None else None
-    explicit = config.sampler is not None or getattr(preset, "sampler", None) is not None
+    explicit = (
+        config.sampler is not None
+        or getattr(preset, "sampler", None) is not None
+        or "sampler" in checkpoint_sampling(source)
+    )
     stages = [s for s in pipeline.stages if isinstance(s, TimestepPreparationStage)]
     if not stages and explicit:
         raise ValueError(

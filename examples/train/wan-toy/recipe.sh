@@ -11,6 +11,9 @@
 # 4. latents: `fv preprocess` with that VAE and the frozen text encoder -> WORKDIR/latents
 # 5. dit:     `fv train` algorithm finetune (from scratch) on the latents -> WORKDIR/dit/export  (the model)
 # 6. eval:    `fv wan toy-eval` of the VAE alone and of the model on the 56 held-out prompts
+# 7. distill (not in the default stages; needs fastvideo-dmd2): DMD2 of the model into the 3-step student
+#    `wan-toy-fast` (dmd2.yaml; its latents: 1024 clips with the empty negative prompt), then its eval
+#    (STAGES="distill" after the others, or DISTILL_TEACHER=wan-toy STAGES="distill" for the shipped one)
 #
 # Environment: STAGES (the stages to run, default "data init vae latents dit eval"; a later stage reads
 # what the earlier ones left in WORKDIR), CLIPS (training clips, 8192), VAE_ARGS / DIT_ARGS (extra
@@ -59,5 +62,17 @@ if want eval; then
         >"$work/vae-eval.json"
     stamp "evaluate the model on held-out prompts"
     fv wan toy-eval "$work/dit/export" --num "${EVAL_NUM:-56}" "${device[@]}" --json >"$work/eval.json"
+fi
+if want distill; then
+    teacher=${DISTILL_TEACHER:-$work/dit/export}
+    stamp "distill $teacher into a 3-step student (DMD2)"
+    fv wan toy-dataset "$work/distill-clips" --num 1024 --format npy --seed 1 --overwrite
+    fv preprocess -m "$teacher" --videos "$work/distill-clips" --captions "$work/distill-clips/captions.json" \
+        -o "$work/distill-latents" --num-frames 17 --height 64 --width 64 --max-sequence-length 16 \
+        --shard-size 1024 --encode-batch-size 64 --overwrite --no-progress --negative-prompt ""
+    # shellcheck disable=SC2086
+    fv train --config "$here/dmd2.yaml" --model.path "$teacher" --data.path "$work/distill-latents" \
+        --output_dir "$work/distill" ${DISTILL_ARGS:-}
+    fv wan toy-eval "$work/distill/export" --num "${EVAL_NUM:-56}" "${device[@]}" --json >"$work/distill-eval.json"
 fi
 stamp "done"

@@ -217,16 +217,24 @@ class Trainer:
             )
 
     # -- services for algorithms
-    def load_transformer(self, component: str | None = None, *, dtype: str = "fp32") -> nn.Module:
+    def load_transformer(
+        self, component: str | None = None, *, dtype: str = "fp32", attention_backend: str | None = None
+    ) -> nn.Module:
         """The family's DiT (ours) for ``component`` (default ``model.component``), in ``dtype``, on
-        this rank's device (on the CPU when it will be sharded: FSDP2 moves the shards)."""
+        this rank's device (on the CPU when it will be sharded: FSDP2 moves the shards), with the
+        per-layer modules of ``attention_backend`` (default: the run's backend; a distillation's dense
+        teacher passes a dense one)."""
         if self.injected_model is not None:
             model, self.injected_model = self.injected_model, None
             return model
         device = "cpu" if self.fsdp else self.device
         comp = component or self.config.model.component
         return self.family.load_transformer(
-            self.source, component=comp, dtype=dtype, device=device, attention_backend=self.backend
+            self.source,
+            component=comp,
+            dtype=dtype,
+            device=device,
+            attention_backend=attention_backend or self.backend,
         )
 
     def prepare_model(self, model: nn.Module, *, role: str | None = None) -> nn.Module:

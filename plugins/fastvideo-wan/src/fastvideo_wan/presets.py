@@ -29,6 +29,14 @@ TOY_SAMPLING = {
     "max_sequence_length": 16,  # the longest caption is 10 tokens with </s>
 }
 
+#: ``wan-toy-fast``: wan-toy distilled by DMD2 (fastvideo-dmd2, examples/train/wan-toy/dmd2.yaml) into a
+#: 3-step student sampled without CFG by the ``few-step`` sampler (timesteps in its scheduler config).
+TOY_FAST_SAMPLING = {**TOY_SAMPLING, "num_inference_steps": 3, "guidance_scale": 1.0}
+
+#: The VSA sparsity the FastWan2.1 1.3B student was distilled at (FastVideo's sparse-distill recipe);
+#: run it with ``--attention-backend vsa --vsa-sparsity 0.8`` where VSA is installed.
+FASTWAN_VSA_SPARSITY = 0.8
+
 _480P = {"height": 480, "width": 832}
 _720P = {"height": 720, "width": 1280}
 
@@ -40,6 +48,16 @@ PRESETS: tuple[Preset, ...] = (
         description=(
             "our toy Wan2.1-architecture T2V model trained on procedural clips of moving coloured shapes "
             "(17 frames, 64x64; ships with fastvideo-wan, runs offline on a CPU)"
+        ),
+    ),
+    Preset(
+        name="wan-toy-fast",
+        local_path="assets/wan-toy-fast",
+        sampling=TOY_FAST_SAMPLING,
+        sampler="few-step",
+        description=(
+            "wan-toy distilled by DMD2 into a 3-step student without CFG (3 DiT forwards instead of 40); "
+            "shares wan-toy's VAE and text encoder"
         ),
     ),
     Preset(
@@ -111,6 +129,41 @@ PRESETS: tuple[Preset, ...] = (
             "fps": 24,
         },
         description="Wan2.2 text/image-to-video, 5B dense, 48-channel VAE, 720P",
+    ),
+    Preset(
+        name="fastwan2.1-t2v-1.3b",
+        repo_id="FastVideo/FastWan2.1-T2V-1.3B-Diffusers",
+        aliases=("fastwan", "fastwan2.1"),
+        sampler="few-step",  # DMD timesteps 1000, 757, 522 (the few-step sampler's default)
+        sampling={
+            "num_frames": 61,
+            "height": 448,
+            "width": 832,
+            "num_inference_steps": 3,
+            "guidance_scale": 1.0,
+            "flow_shift": 8.0,
+            "fps": 16,
+        },
+        description=(
+            "FastWan2.1 text-to-video 1.3B: Wan2.1-1.3B distilled by DMD2 with VSA (sparsity 0.8), 3 steps, "
+            "no CFG, 448x832; sparse with --attention-backend vsa --vsa-sparsity 0.8"
+        ),
+    ),
+    Preset(
+        name="fastwan2.2-ti2v-5b",
+        repo_id="FastVideo/FastWan2.2-TI2V-5B-FullAttn-Diffusers",
+        workload="ti2v",
+        sampler="few-step",
+        sampling={
+            "num_frames": 121,
+            "height": 704,
+            "width": 1280,
+            "num_inference_steps": 3,
+            "guidance_scale": 1.0,
+            "flow_shift": 5.0,
+            "fps": 24,
+        },
+        description="FastWan2.2 TI2V 5B (full attention): Wan2.2-TI2V-5B distilled by DMD2, 3 steps, no CFG, 720P",
     ),
     Preset(
         name="wan2.2-t2v-a14b",
