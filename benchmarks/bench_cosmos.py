@@ -75,11 +75,11 @@ def dit_config(tiny: bool) -> dict[str, Any]:
 
 def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[list[Any]]:
     from diffusers import CosmosTransformer3DModel
+
+    from fastvideo.attention import use_backend
     from fastvideo_cosmos.compat import patch_diffusers_resize
     from fastvideo_cosmos.convert import MAPPING
     from fastvideo_cosmos.model import CosmosTransformer
-
-    from fastvideo.attention import use_backend
 
     patch_diffusers_resize()
     cfg = dit_config(args.tiny)
@@ -170,8 +170,9 @@ def _row(args: argparse.Namespace, variant: str, tokens: int, ours: Any, theirs:
 def write_checkpoint(folder: Path, args: argparse.Namespace, device: torch.device) -> None:
     """A diffusers Cosmos2VideoToWorldPipeline folder of random weights (real sizes unless --tiny)."""
     from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
-    from fastvideo_cosmos.tiny import StandInSafetyChecker, tiny_predict2, tiny_t5
     from transformers import T5Config, T5EncoderModel
+
+    from fastvideo_cosmos.tiny import StandInSafetyChecker, tiny_predict2, tiny_t5
 
     if args.tiny:
         tiny_predict2("video2world").save_pretrained(folder)

@@ -87,7 +87,6 @@ def _vsa_registered() -> Any:
 
     try:
         import fastvideo_dmd2.plugin as dmd2
-
         import fastvideo_vsa.plugin as vsa
     except ImportError:
         return contextlib.nullcontext()

@@ -39,9 +39,10 @@ def real_parts(
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
     from fastvideo_ltx.ltx2.configs import LTX2
     from fastvideo_ltx.ltx2.tiny import tiny_tokenizer
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -203,11 +204,10 @@ def bench_compiled(parts: dict[str, Any], run_ours: Any, args: argparse.Namespac
 def bench_generation(
     parts: dict[str, Any], args: argparse.Namespace, device: torch.device, out: dict
 ) -> None:
-    from fastvideo_ltx.ltx2.family import LTX2Family
-    from fastvideo_ltx.ltx2.pipeline import compose
-
     from fastvideo.configs import SamplingParams
     from fastvideo.pipelines import ForwardBatch
+    from fastvideo_ltx.ltx2.family import LTX2Family
+    from fastvideo_ltx.ltx2.pipeline import compose
 
     pipeline = compose(LTX2Family, None, parts)
     params = SamplingParams(

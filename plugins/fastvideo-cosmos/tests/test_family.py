@@ -7,16 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-import fastvideo_cosmos.plugin
 import numpy as np
 import pytest
 import torch
-from fastvideo_cosmos.family import CosmosFamily
-from fastvideo_cosmos.samplers import PREDICT25_UNIPC, CosmosEDMSampler, CosmosUniPCSampler
 
+import fastvideo_cosmos.plugin
 from fastvideo.interfaces.model_family import ModelSource
 from fastvideo.registry import get_registry
 from fastvideo.testing import fake_plugins, run_fv
+from fastvideo_cosmos.family import CosmosFamily
+from fastvideo_cosmos.samplers import PREDICT25_UNIPC, CosmosEDMSampler, CosmosUniPCSampler
 
 
 def test_registers_the_family_and_its_samplers_without_torch() -> None:
@@ -105,9 +105,8 @@ def test_unipc_sampler_runs_predict25_schedule() -> None:
 def test_fv_generate_text2image_needs_no_guardrail_flag(tmp_path: Path) -> None:
     """Through the installed entry point: without cosmos_guardrail, ``fv generate`` is a one-line error
     naming --no-guardrail (exit 2); with the flag it writes the image as a one-frame mp4."""
-    from fastvideo_cosmos.tiny import tiny_predict2
-
     from fastvideo.video import read_mp4
+    from fastvideo_cosmos.tiny import tiny_predict2
 
     folder = tmp_path / "t2i"
     tiny_predict2("text2image", seed=4).save_pretrained(folder)

@@ -8,13 +8,13 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+
+from fastvideo.attention import ALL, DENSE
+from fastvideo.testing.conformance import DiTConformance
 from fastvideo_cosmos import convert
 from fastvideo_cosmos import model as cosmos_model
 from fastvideo_cosmos.configs import CONFIGS
 from fastvideo_cosmos.model import CosmosConfig, CosmosTransformer
-
-from fastvideo.attention import ALL, DENSE
-from fastvideo.testing.conformance import DiTConformance
 
 T2I = dict(in_channels=16, rope_scale=(1.0, 4.0, 4.0))
 LEARNABLE = dict(in_channels=16, extra_pos_embed_type="learnable")

@@ -22,13 +22,13 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))  # the ranks import this file by path
-    from fastvideo_cosmos.model import CosmosTransformer
     from test_model import make_inputs
 
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo_cosmos.model import CosmosTransformer
 
     torch.set_num_threads(1)  # two ranks share the CPU cores
     model = CosmosTransformer.from_pretrained(folder, dtype=torch.float32)

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from fastvideo_cosmos.tiny import StandInSafetyChecker, tiny_predict2, tiny_predict25
 
 from fastvideo.errors import BackendUnavailableError
+from fastvideo_cosmos.tiny import StandInSafetyChecker, tiny_predict2, tiny_predict25
 
 PROMPT = "a robot arm picks up a red cup"
 NEGATIVE = "blue car"
@@ -247,8 +247,9 @@ def test_predict25_image_to_world_matches_diffusers(predict25: Path, image_path:
     """An image followed by black frames, encoded at the posterior mode, fixes the first latent frame,
     whose velocity is the ground truth (noise - image latents)."""
     from diffusers import Cosmos2_5_PredictBasePipeline
-    from fastvideo_cosmos.compat import patch_diffusers_to_tensor
     from PIL import Image
+
+    from fastvideo_cosmos.compat import patch_diffusers_to_tensor
 
     patch_diffusers_to_tensor()
     pipe = Cosmos2_5_PredictBasePipeline.from_pretrained(predict25, safety_checker=StandInSafetyChecker())

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvideo_stepvideo.model import StepVideoTransformer
 from safetensors.torch import load_file
 
 from fastvideo.testing import assert_close
+from fastvideo_stepvideo.model import StepVideoTransformer
 
 DATA = Path(__file__).parent / "data"
 pytestmark = [

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvideo_stepvideo import convert
-from fastvideo_stepvideo.model import StepVideoBlock, StepVideoConfig, StepVideoTransformer
 from safetensors.torch import load_file, save_file
 
 from fastvideo.attention import use_backend
 from fastvideo.errors import CheckpointError
 from fastvideo.testing import assert_close
+from fastvideo_stepvideo import convert
+from fastvideo_stepvideo.model import StepVideoBlock, StepVideoConfig, StepVideoTransformer
 
 DATA = Path(__file__).parent / "data"
 #: The released transformer/config.json (stepfun-ai/stepvideo-t2v; the Turbo and TI2V DiTs share the sizes).

@@ -19,13 +19,13 @@ CASES = {
 def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     """On each rank: every case's max |sharded - official| / max |official|."""
     import torch
-    from fastvideo_stepvideo.model import StepVideoTransformer
     from safetensors.torch import load_file
 
     from fastvideo.attention import use_backend
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.sequence import SequenceSharding
     from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo_stepvideo.model import StepVideoTransformer
 
     torch.set_num_threads(1)
     model = StepVideoTransformer.from_pretrained(Path(folder) / "dit", dtype=torch.float32)
@@ -67,12 +67,12 @@ def vae_suite(rank: int, world: int, folder: str) -> float:
     import sys
 
     import torch
-    from fastvideo_stepvideo.vae import StepVideoVAE, StepVideoVAEConfig
     from safetensors.torch import load_file
 
     from fastvideo.configs import ParallelConfig
     from fastvideo.parallel.state import init_parallel, teardown
     from fastvideo.parallel.vae import ParallelVAEDecode
+    from fastvideo_stepvideo.vae import StepVideoVAE, StepVideoVAEConfig
 
     torch.set_num_threads(1)
     sys.path.insert(0, folder)

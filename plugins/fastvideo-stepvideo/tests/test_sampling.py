@@ -9,9 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fastvideo_stepvideo.model import StepVideoTransformer
-from fastvideo_stepvideo.pipeline import StepVideoDenoisingStage
-from fastvideo_stepvideo.sampler import StepVideoFlowSampler
 from safetensors.torch import load_file
 
 from fastvideo.attention import use_backend
@@ -19,6 +16,9 @@ from fastvideo.configs import SamplingParams
 from fastvideo.pipelines.batch import ForwardBatch
 from fastvideo.pipelines.stages import StepHook
 from fastvideo.testing import assert_close
+from fastvideo_stepvideo.model import StepVideoTransformer
+from fastvideo_stepvideo.pipeline import StepVideoDenoisingStage
+from fastvideo_stepvideo.sampler import StepVideoFlowSampler
 
 DATA = Path(__file__).parent / "data"
 KEYS = {"reverse": True, "forward": False}

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
+from fastvideo.attention import use_backend
+from fastvideo.errors import CheckpointError
+from fastvideo.testing import assert_close
 from fastvideo_stepvideo.stepllm import (
     StepLLM,
     StepLLMConfig,
@@ -17,11 +22,6 @@ from fastvideo_stepvideo.stepllm import (
     StepLLMTokenizer,
     alibi_slopes,
 )
-from safetensors.torch import load_file, save_file
-
-from fastvideo.attention import use_backend
-from fastvideo.errors import CheckpointError
-from fastvideo.testing import assert_close
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fastvideo_stepvideo.vae import StepVideoVAE, StepVideoVAEConfig, blend_chunks
 from safetensors.torch import load_file, save_file
 
 from fastvideo.errors import CheckpointError
 from fastvideo.testing import assert_close
+from fastvideo_stepvideo.vae import StepVideoVAE, StepVideoVAEConfig, blend_chunks
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))

@@ -138,7 +138,8 @@ def block_linears(model: nn.Module) -> Iterable[tuple[nn.Module, str, nn.Linear]
     its ``fp8_exclude`` globs name (modulation projections, layers whose weight the model reads itself)."""
     import fnmatch
 
-    blocks = {id(b) for b in model.blocks_in_order()} if hasattr(model, "blocks_in_order") else set()
+    blocks_in_order = getattr(model, "blocks_in_order", None)
+    blocks = {id(b) for b in blocks_in_order()} if callable(blocks_in_order) else set()
     exclude = tuple(getattr(model, "fp8_exclude", ()))
     modules = dict(model.named_modules())
     inside = set()

@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from fastvideo_ltx.ltx2.configs import TRANSFORMER_CONFIGS
-from fastvideo_ltx.ltx2.model import LTX2Transformer
 
 from fastvideo.testing.conformance import DiTConformance
+from fastvideo_ltx.ltx2.configs import TRANSFORMER_CONFIGS
+from fastvideo_ltx.ltx2.model import LTX2Transformer
 
 LTX23 = {"gated_attn": True, "cross_attn_mod": True, "audio_gated_attn": True, "audio_cross_attn_mod": True,
          "rope_type": "split", "perturbed_attn": True, "use_prompt_embeddings": False}  # fmt: skip

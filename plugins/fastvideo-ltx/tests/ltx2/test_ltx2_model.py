@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from fastvideo_ltx.ltx2.configs import TRANSFORMER_CONFIGS
 from fastvideo_ltx.ltx2.model import LTX2Config, LTX2Transformer
 

@@ -9,16 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fastvideo_ltx.plugin
 import numpy as np
 import pytest
 import torch
-from fastvideo_ltx.ltx2.pipeline import Guidance, set_guidance
-from fastvideo_ltx.ltx2.tiny import build_pipeline
 
+import fastvideo_ltx.plugin
 from fastvideo import VideoGenerator
 from fastvideo.testing import fake_plugins
 from fastvideo.video import read_mp4, read_mp4_audio
+from fastvideo_ltx.ltx2.pipeline import Guidance, set_guidance
+from fastvideo_ltx.ltx2.tiny import build_pipeline
 
 REQUEST = {"num_frames": 9, "height": 64, "width": 64, "num_inference_steps": 2, "max_sequence_length": 16}
 PROMPT, NEGATIVE = "a cat plays piano in the rain", "blurry"
@@ -167,6 +167,7 @@ def test_two_stage_matches_diffusers_stage_by_stage(tmp_path: Path) -> None:
     """Half size with full guidance, latent upsample, 3 distilled refinement steps at full size: as
     LTX2Pipeline(output_type="latent") -> LTX2LatentUpsamplePipeline -> LTX2Pipeline(sigmas=stage 2)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, LTX2LatentUpsamplePipeline, LTX2Pipeline
+
     from fastvideo_ltx.ltx2.pipeline import STAGE_2_SIGMAS
     from fastvideo_ltx.ltx2.tiny import build_upsampler
 
