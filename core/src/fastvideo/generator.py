@@ -178,7 +178,7 @@ class VideoGenerator:
         from fastvideo.parallel.strategies import check_strategies
         from fastvideo.resolve import fetch_source
         from fastvideo.samplers import use_sampler
-        from fastvideo.transforms import apply_transforms
+        from fastvideo.transforms import apply_transforms, load_policy
 
         if not isinstance(config, PipelineConfig):
             raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
@@ -199,7 +199,8 @@ class VideoGenerator:
             token=config.token,
             local_files_only=config.local_files_only,
         )
-        pipeline = source.family.build_pipeline(source, config)
+        with load_policy(config).active():  # transforms may place/read the DiTs' weights as they load
+            pipeline = source.family.build_pipeline(source, config)
         use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})
