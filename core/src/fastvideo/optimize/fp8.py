@@ -194,7 +194,8 @@ def quantize_fp8(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     compute = mode == "fp8" and fp8_math_available(device)
     linears = list(block_linears(model))
-    if compute and use_torchao is not False and _torchao_quantize(model):
+    resident = all(lin.weight.device == device for _, _, lin in linears)  # else: blocks kept in CPU memory
+    if compute and resident and use_torchao is not False and _torchao_quantize(model):
         return {
             "linears": sum(_fp8_shape_ok(lin) for _, _, lin in linears),
             "mode": "compute",
