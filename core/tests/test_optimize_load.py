@@ -210,7 +210,9 @@ def test_the_transforms_set_the_policy_and_the_fp8_transform_does_not_load_twice
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_the_load_peak_is_the_resident_parts_and_outputs_match(tmp_path: Path) -> None:
     """A 12-block DiT loaded for offload (with --quantize fp8, quantized block by block) never holds its
-    blocks on the GPU while loading; outputs equal the former path (load whole, then offload)."""
+    blocks on the GPU while loading; outputs match the resident FP8 model's."""
+    from fastvideo.optimize.fp8 import quantize_fp8
+
     source = toy_dit(seed=1, num_layers=12, dim=1024)
     folder = _save_folder(source, tmp_path / "transformer")
     blocks = sum(p.numel() * p.element_size() for b in source.blocks for p in b.parameters())
@@ -227,12 +229,9 @@ def test_on_the_gpu_the_load_peak_is_the_resident_parts_and_outputs_match(tmp_pa
     # the resident parts plus the temporaries of quantizing one linear on the GPU, never the 12 blocks
     assert load_peak < rest + 3 * blocks / 12 + 2**20, (load_peak, rest, blocks)
     assert all(p.device.type == "cpu" and p.is_pinned() for p in model.blocks[0].parameters())
-    before = ToyDiT.from_pretrained(folder, dtype=None, device="cuda")
-    pipe2 = ComposedPipeline([], {"transformer": before, "device": "cuda"})
-    FP8Transform().apply(pipe2, PipelineConfig(quantize="fp8", offload="layer"))
-    LayerOffloadTransform().apply(pipe2, PipelineConfig(offload="layer"))
+    before = ToyDiT.from_pretrained(folder, dtype=None, device="cuda")  # resident, quantized on the GPU
+    quantize_fp8(before, "fp8", use_torchao=False)
     x, t, text = (v.cuda() for v in _inputs())
     with torch.no_grad():
         a, b = model(x, t, text), before(x, t, text)
-    # the same FP8 weights; torchao (when installed) may run the former path's matmuls
-    assert (a - b).abs().max() <= 0.02 * b.abs().max()
+    assert (a - b).abs().max() <= 1e-3 * b.abs().max()  # the same FP8 weights and kernels
