@@ -235,3 +235,17 @@ def test_on_the_gpu_the_load_peak_is_the_resident_parts_and_outputs_match(tmp_pa
     with torch.no_grad():
         a, b = model(x, t, text), before(x, t, text)
     assert (a - b).abs().max() <= 1e-3 * b.abs().max()  # the same FP8 weights and kernels
+
+
+def test_a_streamed_dit_that_is_no_component_is_moved_whole(tmp_path: Path) -> None:
+    folder = _save_folder(toy_dit(seed=1), tmp_path / "transformer")
+    policy = LoadPolicy(stream_blocks=True)
+    with policy.active():
+        kept = ToyDiT.from_pretrained(folder, dtype=None, device=META)
+        stray = ToyDiT.from_pretrained(folder, dtype=None, device=META)  # held by a stage, say
+    assert policy.streamed == [kept, stray] and stray.blocks[0].qkv.weight.device.type == "cpu"
+    pipe = ComposedPipeline([], {"transformer": kept, "device": META})
+    pipe.load_policy = policy
+    LayerOffloadTransform().apply(pipe, PipelineConfig(offload="layer"))
+    assert all(p.device == META for p in stray.parameters())
+    assert kept.blocks[0].qkv.weight.device.type == "cpu"  # streamed by the offload

@@ -199,8 +199,11 @@ class VideoGenerator:
             token=config.token,
             local_files_only=config.local_files_only,
         )
-        with load_policy(config).active():  # transforms may place/read the DiTs' weights as they load
+        with load_policy(
+            config
+        ).active() as policy:  # transforms may place/read the DiTs' weights as they load
             pipeline = source.family.build_pipeline(source, config)
+        pipeline.load_policy = policy
         use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})

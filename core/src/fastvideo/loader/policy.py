@@ -49,6 +49,8 @@ class LoadPolicy:
     fp8_mode: str = "fp8"
     #: ``(component path, info)`` of each DiT loaded through the policy (for the logs and the tests).
     loaded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: the DiTs whose blocks were left in CPU memory (the offload transform streams those it finds).
+    streamed: list[Any] = field(default_factory=list)
 
     def is_default(self) -> bool:
         return not self.stream_blocks and self.fp8_checkpoint is None
@@ -128,6 +130,8 @@ class LoadPolicy:
             state[name] = place(name, cast(name, zero))
         model.load_state_dict(state, strict=True, assign=True)
         self.loaded.append((str(ckpt.folder), info))
+        if streamed:
+            self.streamed.append(model)
         return model.eval()
 
 

@@ -164,6 +164,15 @@ class LayerOffloadTransform(PipelineTransform):
         device = torch.device(pipeline.components.get("device") or next(dits[0][1].parameters()).device)
         offloads = {key: LayerOffload(model, device) for key, model in dits}
         dit_ids = {id(m) for _, m in dits}
+        policy = getattr(pipeline, "load_policy", None)
+        for model in getattr(
+            policy, "streamed", ()
+        ):  # loaded with its blocks in CPU memory, but no component
+            if id(model) not in dit_ids:
+                logger.warning(
+                    "a DiT outside the pipeline's components is not offloaded: moved to %s", device
+                )
+                model.to(device)
         others = [
             v
             for k, v in pipeline.components.items()
