@@ -199,9 +199,8 @@ class VideoGenerator:
             token=config.token,
             local_files_only=config.local_files_only,
         )
-        with load_policy(
-            config
-        ).active() as policy:  # transforms may place/read the DiTs' weights as they load
+        # transforms may place or read the DiTs' weights as they load (offload, FP8 checkpoints)
+        with load_policy(config).active() as policy:
             pipeline = source.family.build_pipeline(source, config)
         pipeline.load_policy = policy
         use_sampler(pipeline, config, source)
