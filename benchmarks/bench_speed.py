@@ -1,6 +1,7 @@
 """The speed options on the GPU (issue #24): 8-bit attention kernel vs SDPA, Wan DiT per-forward time
 with FP8 / sage / compile against diffusers, quality of each lossy option against bf16 on random-weight
-Wan 1.3B, the step caches' DiT-call savings, layerwise offload's peak memory and time.
+Wan 1.3B, the step caches' DiT-call savings, layerwise offload's peak memory (while loading and
+while running) and time.
 
     python benchmarks/bench_speed.py --section kernel|dit|quality|offload|i2v14b [--tiny]
 
@@ -371,8 +372,12 @@ def _quality_variant(cfg, name, options, backend, shape, steps, text, decode, ba
 
 
 def section_offload(tiny: bool, iters: int) -> None:
-    """Resident vs ``--offload layer``: per-forward time and peak memory (1.3B at 81x480x832; 14B at
-    81x720x1280 with 8 of its 40 blocks, extrapolated)."""
+    """Resident vs ``--offload layer`` (also with an FP8 checkpoint): peak memory while the DiT LOADS from
+    a safetensors folder (the load policy the transforms set, as ``VideoGenerator`` does) and while it
+    runs, and per-forward time (1.3B at 81x480x832; 14B at 81x720x1280 with 8 of its 40 blocks,
+    extrapolated)."""
+    import tempfile
+    from pathlib import Path
 
     cases = [("wan2.1-t2v-1.3b", None, (81, 480, 832)), ("wan2.1-t2v-14b", 8, (81, 720, 1280))]
     if tiny:
@@ -380,21 +385,68 @@ def section_offload(tiny: bool, iters: int) -> None:
     for name, layers, (frames, height, width) in cases:
         cfg = wan_config(name, tiny, layers)
         kw = inputs(cfg, frames, height, width)
-        for mode in ("resident", "offload", "offload compiled"):
-            if "compiled" in mode and tiny:
-                continue
-            with guarded("offload", f"{name} {mode}"):
-                _offload_variant(cfg, name, layers, mode, kw, iters, (frames, height, width))
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            with guarded("offload", f"{name} checkpoint"):
+                folder, fp8_file = _write_checkpoint(cfg, Path(tmp))
+            for mode in ("resident", "offload", "offload compiled", "offload fp8-checkpoint"):
+                if "compiled" in mode and tiny:
+                    continue
+                with guarded("offload", f"{name} {mode}"):
+                    _offload_variant(
+                        cfg, name, layers, mode, kw, iters, (frames, height, width), folder, fp8_file
+                    )
 
 
-def _offload_variant(cfg, name, layers, mode, kw, iters, shape) -> None:  # type: ignore[no-untyped-def]
+def _write_checkpoint(cfg: dict[str, Any], root: Any) -> tuple[Any, Any]:
+    """A diffusers folder of a random-weight Wan DiT (bf16) and an FP8 file of its block linears
+    (LightX2V style: per-row ``weight_scale``, our names)."""
+    from safetensors.torch import save_file
+
+    from fastvideo.optimize.fp8 import block_linears, quantize_rows
+    from fastvideo_wan.model import WanTransformer
+
+    model = ours(cfg)
+    folder = root / "transformer"
+    folder.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(
+        WanTransformer.name_mapping.to_theirs(state), str(folder / "diffusion_pytorch_model.safetensors")
+    )
+    (folder / "config.json").write_text(json.dumps({"_class_name": "WanTransformer3DModel", **cfg}))
+    names = {id(m): n for n, m in model.named_modules()}
+    fp8 = {}
+    for _, _, linear in block_linears(model):
+        q, scale = quantize_rows(linear.weight)
+        key = f"{names[id(linear)]}.weight"
+        fp8[key], fp8[key + "_scale"] = q.cpu().contiguous(), scale.cpu().contiguous()
+    save_file(fp8, str(root / "dit_fp8.safetensors"))
+    del model, state, fp8
+    free()
+    return folder, root / "dit_fp8.safetensors"
+
+
+def _offload_variant(cfg, name, layers, mode, kw, iters, shape, folder, fp8_file) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.configs import PipelineConfig
     from fastvideo.optimize.offload import LayerOffload
+    from fastvideo.transforms import load_policy
+    from fastvideo_wan.model import WanTransformer
 
     frames, height, width = shape
-    model = ours(cfg)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    options: dict[str, Any] = {} if mode == "resident" else {"offload": "layer"}
+    if "fp8" in mode:
+        options["fp8_checkpoint"] = str(fp8_file)
+    free()
+    if DEV == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with load_policy(PipelineConfig(**options)).active():  # what VideoGenerator does around build_pipeline
+        model = WanTransformer.from_pretrained(folder, dtype=torch.bfloat16, device=DEV)
     if mode != "resident":
         _offload = LayerOffload(model, DEV)
+    sync()
+    load_s = time.perf_counter() - t0
+    load_peak = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     if "compiled" in mode:
         model.compile_blocks()
     free()
@@ -406,14 +458,17 @@ def _offload_variant(cfg, name, layers, mode, kw, iters, shape) -> None:  # type
         iters=iters,
     )
     row = {"card": card(), "model": name, "layers": cfg["num_layers"], "shape": f"{frames}x{height}x{width}", "mode": mode,
-           "forward_s": round(t, 3), "peak_gib": round(peak, 2), "weights_gib": round(weights, 2)}  # fmt: skip
+           "forward_s": round(t, 3), "peak_gib": round(peak, 2), "load_peak_gib": round(load_peak, 2),
+           "load_s": round(load_s, 2), "weights_gib": round(weights, 2)}  # fmt: skip
     if layers is not None:
         scale = 40 / layers
         row["forward_s_40_layers_extrapolated"] = round(t * scale, 2)
         if mode == "resident":
             row["peak_gib_40_layers_extrapolated"] = round(peak + weights * (scale - 1), 2)
-        else:
-            row["peak_gib_40_layers_extrapolated"] = round(peak, 2)  # two blocks resident, whatever the depth
+            row["load_peak_gib_40_layers_extrapolated"] = round(load_peak + weights * (scale - 1), 2)
+        else:  # two blocks resident, whatever the depth; the load puts only the non-block parts there
+            row["peak_gib_40_layers_extrapolated"] = round(peak, 2)
+            row["load_peak_gib_40_layers_extrapolated"] = round(load_peak, 2)
     record("offload", **row)
     del model
     free()

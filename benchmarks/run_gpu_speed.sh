@@ -3,14 +3,16 @@
 # the sage kernel against SDPA (cuDNN, flash) at Wan shapes; Wan2.1-T2V-1.3B 81x480x832 per-forward time
 # (bf16, compiled, FP8, FP8+sage) against diffusers; each lossy option's latents and frames against bf16 on
 # random-weight 1.3B (33x480x832, 12 steps, CFG) with the step caches' DiT calls saved; layerwise offload's
-# peak memory and time (1.3B, and 14B at 81x720x1280 with 8 of 40 blocks, extrapolated); Wan2.1-I2V-14B-480P
+# peak memory while the DiT loads from a safetensors folder and while it runs, and time (resident, offload,
+# offload with an FP8 checkpoint; 1.3B, and 14B at 81x720x1280 with 8 of 40 blocks, extrapolated); Wan2.1-I2V-14B-480P
 # seconds per step (CFG) at 81x480x832; wan-toy accuracy with FP8 and sage on the GPU; and (e2e) the whole
 # Wan2.1-T2V-1.3B generation, 81x480x832, 50 steps with CFG (text encoder, DiT, VAE timed), diffusers'
 # WanPipeline against ours without and with TeaCache and FP8 + sage (random umT5-XXL, DiT and VAE).
 # All random weights. Results: $OUT/speed.jsonl (one JSON line per measurement) and $OUT/*.txt.
-# SECTIONS picks the parts (default: all, about 16 min on one H100); three calls that each fit 8 minutes:
+# SECTIONS picks the parts (default: all, about 18 min on one H100); four calls that each fit 8 minutes:
 #   SECTIONS="tests kernel dit quality toy" bash benchmarks/run_gpu_speed.sh
-#   SECTIONS="offload i2v14b" bash benchmarks/run_gpu_speed.sh
+#   SECTIONS="offload" bash benchmarks/run_gpu_speed.sh    (load and run peaks; writes ~6 GB under BENCH_TMP or /tmp)
+#   SECTIONS="i2v14b" bash benchmarks/run_gpu_speed.sh
 #   SECTIONS="e2e" bash benchmarks/run_gpu_speed.sh     (E2E_STEPS=50 by default; fewer to fit a budget)
 set -uo pipefail
 source benchmarks/gpu_env.sh
@@ -33,12 +35,12 @@ run() {  # run NAME SECONDS CMD...: one part, time-limited, its output kept
 
 for s in $sections; do
     case $s in
-    tests) run tests 150 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py core/tests/test_optimize_offload.py ;;
+    tests) run tests 150 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py core/tests/test_optimize_offload.py core/tests/test_optimize_load.py ;;
     kernel) run kernel 90 python3 benchmarks/bench_speed.py --section kernel ;;
     dit) run dit 240 python3 benchmarks/bench_speed.py --section dit --iters 3 ;;
     quality) run quality 150 python3 benchmarks/bench_speed.py --section quality --steps 12 ;;
     toy) run toy 150 python3 benchmarks/speed_toy_eval.py --device cuda --configs baseline,fp8,sage,fp8+sage,teacache,firstblock,magcache ;;
-    offload) run offload 200 python3 benchmarks/bench_speed.py --section offload --iters 2 ;;
+    offload) run offload 420 python3 benchmarks/bench_speed.py --section offload --iters 2 ;;
     i2v14b) run i2v14b 280 python3 benchmarks/bench_speed.py --section i2v14b --iters 2 ;;
     e2e) run e2e 470 python3 benchmarks/bench_speed.py --section e2e --steps "${E2E_STEPS:-50}" ;;
     *) echo "unknown section $s" ;;

@@ -178,7 +178,7 @@ class VideoGenerator:
         from fastvideo.parallel.strategies import check_strategies
         from fastvideo.resolve import fetch_source
         from fastvideo.samplers import use_sampler
-        from fastvideo.transforms import apply_transforms
+        from fastvideo.transforms import apply_transforms, load_policy
 
         if not isinstance(config, PipelineConfig):
             raise TypeError(f"config must be a PipelineConfig, got {type(config).__name__}")
@@ -199,7 +199,10 @@ class VideoGenerator:
             token=config.token,
             local_files_only=config.local_files_only,
         )
-        pipeline = source.family.build_pipeline(source, config)
+        # transforms may place or read the DiTs' weights as they load (offload, FP8 checkpoints)
+        with load_policy(config).active() as policy:
+            pipeline = source.family.build_pipeline(source, config)
+        pipeline.load_policy = policy
         use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})

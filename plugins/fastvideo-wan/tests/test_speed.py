@@ -78,9 +78,34 @@ def test_lossy_options_run_through_the_generator(ckpts: dict[str, Path], options
         assert stats["reused"] > 0 and stats["computed"] + stats["reused"] == 2 * KW["num_inference_steps"]
 
 
-def test_layer_offload_gives_identical_frames(ckpts: dict[str, Path]) -> None:
+def _spy_policy(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """What each DiT load under a LoadPolicy did; the whole-model load path fails the test."""
+    from fastvideo.loader.policy import LoadPolicy
+    from fastvideo_wan.model import WanTransformer
+
+    loads: list[dict] = []
+    plain = LoadPolicy.load
+
+    def spy(self, model, ckpt, **kw):  # type: ignore[no-untyped-def]
+        out = plain(self, model, ckpt, **kw)
+        loads.append(dict(self.loaded[-1][1]))
+        return out
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the DiT was loaded whole")
+
+    monkeypatch.setattr(LoadPolicy, "load", spy)
+    monkeypatch.setattr(WanTransformer, "load_checkpoint", classmethod(refuse))
+    return loads
+
+
+def test_layer_offload_gives_identical_frames(
+    ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     base, _ = _frames(ckpts["t2v"])
+    loads = _spy_policy(monkeypatch)
     frames, gen = _frames(ckpts["t2v"], offload="layer")
+    assert len(loads) == 1 and loads[0]["streamed_tensors"] > 0  # blocks read into CPU memory
     offload = gen.pipeline.components["offload"]
     assert offload["layers"]["transformer"].stats["copies"] >= 2 * KW["num_inference_steps"] * 2
     assert len(offload["idle"]) == 2  # the text encoding and the decoding stages
@@ -134,6 +159,50 @@ def test_fp8_checkpoint_in_the_original_wan_naming_loads(tmp_path: Path, scale: 
     x, t, text = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 7, 32)
     with torch.no_grad():
         assert torch.equal(model(x, t, text), reference(x, t, text))
+
+
+def test_fp8_checkpoint_through_the_generator_reads_no_high_precision_copy(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fp8_checkpoint`` (with offload): the FP8 linears come from the file as the DiT loads; frames equal
+    the former path's (the whole DiT loaded from the folder, then the file loaded into it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fastvideo.loader.checkpoint import DiffusersCheckpoint
+    from fastvideo.optimize.fp8 import block_linears, quantize_rows
+    from fastvideo_wan.model import WanTransformer
+
+    model = WanTransformer.from_pretrained(ckpts["t2v"] / "transformer", dtype=None)
+    names = {id(m): n for n, m in model.named_modules()}
+    state = {}
+    for _, _, linear in block_linears(model):  # only the block linears: the rest comes from the folder
+        q, scale = quantize_rows(linear.weight.detach())
+        state[f"{names[id(linear)]}.weight"], state[f"{names[id(linear)]}.weight_scale"] = q, scale
+    path = str(tmp_path / "wan_fp8.safetensors")
+    save_file(state, path)
+    from fastvideo.loader.policy import LoadPolicy
+
+    with monkeypatch.context() as m:  # the former path: no load policy, the file loaded after the folder
+        m.setattr("fastvideo.transforms.load_policy", lambda config: LoadPolicy())
+        former, old = _frames(ckpts["t2v"], fp8_checkpoint=path, quantize="fp8-storage", offload="layer")
+    assert not hasattr(old.pipeline.components["transformer"], "fp8_checkpoint_loaded")
+    read: list[str] = []
+    plain = DiffusersCheckpoint.tensors
+
+    def spy(self, device="cpu", names=None):  # type: ignore[no-untyped-def]
+        for name, tensor in plain(self, device, names):
+            read.append(name)
+            yield name, tensor
+
+    monkeypatch.setattr(DiffusersCheckpoint, "tensors", spy)
+    loads = _spy_policy(monkeypatch)
+    frames, gen = _frames(ckpts["t2v"], fp8_checkpoint=path, quantize="fp8-storage", offload="layer")
+    assert loads[0]["fp8_linears"] == len(state) // 2 and loads[0]["streamed_tensors"] > 0
+    assert not set(state) & set(read)  # the folder's weights of the FP8 linears were never read
+    assert isinstance(gen.pipeline.components["transformer"].blocks[0].ffn.fc1.weight, torch.Tensor)
+    assert gen.pipeline.components["transformer"].blocks[0].ffn.fc1.weight.dtype == torch.float8_e4m3fn
+    assert np.array_equal(frames, former)
 
 
 def test_fv_generate_flags_apply_the_transforms(ckpts: dict[str, Path], tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig
+    from fastvideo.loader.policy import LoadPolicy
     from fastvideo.pipelines.composed import ComposedPipeline
 
 
@@ -84,6 +85,12 @@ class PipelineTransform(ABC):
     def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
         """Whether to apply this transform to ``pipeline`` built with ``config``. Must not change
         anything; in a parallel run it is asked on every rank and must answer the same on all."""
+
+    def prepare_load(self, config: PipelineConfig, policy: LoadPolicy) -> None:
+        """Before the family loads its components (optional): set fields of ``policy`` to change how
+        the DiTs' weights are read and placed (:class:`fastvideo.loader.policy.LoadPolicy`: e.g. blocks
+        kept in CPU memory for offload, FP8 weights read from a pre-quantized file). Default: nothing."""
+        return None
 
     @abstractmethod
     def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:

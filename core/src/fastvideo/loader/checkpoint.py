@@ -115,13 +115,19 @@ class DiffusersCheckpoint:
         """
         compare_tensors(expected, self._stored(), config=self.folder / "config.json", display=self._theirs)
 
-    def tensors(self, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(our name, tensor)`` for every mapped tensor, file by file, on ``device``.
+    def tensors(
+        self, device: str | torch.device = "cpu", names: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(our name, tensor)`` for every mapped tensor (those of ``names`` only, when given; the
+        others are never read), file by file, on ``device``.
 
         :raises CheckpointError: unreadable data, or NaN values (bit rot: no trained weight is NaN).
         """
         by_file: dict[Path, list[tuple[str, str]]] = {}
+        only = None if names is None else set(names)
         for ours, (theirs, path) in self.source.items():
+            if only is not None and ours not in only:
+                continue
             by_file.setdefault(path, []).append((ours, theirs))
         for path, names in by_file.items():
             with _open(path, str(device)) as f:

@@ -240,12 +240,18 @@ class DiT(nn.Module):
         """
         from fastvideo.attention.layers import attach_layer_modules
         from fastvideo.loader.checkpoint import build_checked
+        from fastvideo.loader.policy import current_policy
 
         folder = Path(folder)
         config = cls.read_config(folder)
         model = build_checked(folder, lambda: cls.from_config(config))  # stops absurd configs early
         ckpt = cls.open_checkpoint(folder, model)
         zeros = attach_layer_modules(model, attention_backend, stored=ckpt.shapes)
+        policy = current_policy()  # set by transforms (offload, FP8 checkpoint) while a pipeline loads
+        if policy is not None and policy.applies_to(model):
+            return policy.load(
+                model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros
+            )
         return cls.load_checkpoint(model, ckpt, dtype=dtype, device=device, zero_init=zeros)
 
 

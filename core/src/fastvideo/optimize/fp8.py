@@ -85,17 +85,24 @@ class FP8Linear(nn.Module):
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mode: str = "storage") -> FP8Linear:
-        """Quantize ``linear``'s weight per output row (its bias is kept as it is)."""
+    def from_linear(cls, linear: nn.Linear, mode: str = "storage", work_device: Any = None) -> FP8Linear:
+        """Quantize ``linear``'s weight per output row (its bias is kept as it is); the result lives
+        where the weight does (computed on ``work_device`` when given)."""
         w = linear.weight
-        out = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=w.dtype, mode=mode
-        )
-        out = out.to(w.device)
-        q, scale = quantize_rows(w)
-        out.weight.data, out.weight_scale.data = q, scale
+        with torch.device("meta"):
+            out = cls(
+                linear.in_features,
+                linear.out_features,
+                bias=linear.bias is not None,
+                dtype=w.dtype,
+                mode=mode,
+            )
+        q, scale = quantize_rows(w if work_device is None else w.to(work_device))
+        q, scale = q.to(w.device), scale.to(w.device)
+        out.weight = nn.Parameter(q, requires_grad=False)
+        out.weight_scale = nn.Parameter(scale, requires_grad=False)
         if linear.bias is not None:
-            out.bias.data = linear.bias.detach()  # type: ignore[union-attr]
+            out.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
         return out
 
     def extra_repr(self) -> str:
@@ -168,23 +175,28 @@ def _torchao_quantize(model: nn.Module) -> bool:
     return True
 
 
-def quantize_fp8(model: nn.Module, mode: str = "fp8", *, use_torchao: bool | None = None) -> dict[str, Any]:
+def quantize_fp8(
+    model: nn.Module, mode: str = "fp8", *, use_torchao: bool | None = None, device: Any = None
+) -> dict[str, Any]:
     """Replace the linears of ``model``'s blocks by FP8 ones, in place.
 
     :param mode: ``"fp8"``: FP8 math where the model's device has it (torchao when installed, else
         ``torch._scaled_mm``), else FP8 storage; ``"fp8-storage"``: FP8 weights, math in the
         activation dtype, on any device.
     :param use_torchao: None: when importable (FP8 math only).
+    :param device: where the model runs (None: where its first parameter is); block weights kept in
+        CPU memory (layer offload) are quantized there, one linear at a time, and stay in CPU memory.
     :returns: ``{"linears": how many were quantized, "mode": "compute"|"storage", "via": ...}``.
     """
     if mode not in ("fp8", "fp8-storage"):
         raise ValueError(f"quantize must be 'fp8' or 'fp8-storage', got {mode!r}")
     if not hasattr(model, "blocks_in_order"):
         raise TypeError(f"FP8 quantization needs a fastvideo DiT (with blocks), got {type(model).__name__}")
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     compute = mode == "fp8" and fp8_math_available(device)
     linears = list(block_linears(model))
-    if compute and use_torchao is not False and _torchao_quantize(model):
+    resident = all(lin.weight.device == device for _, _, lin in linears)  # else: blocks kept in CPU memory
+    if compute and resident and use_torchao is not False and _torchao_quantize(model):
         return {
             "linears": sum(_fp8_shape_ok(lin) for _, _, lin in linears),
             "mode": "compute",
@@ -193,7 +205,9 @@ def quantize_fp8(model: nn.Module, mode: str = "fp8", *, use_torchao: bool | Non
     count = 0
     for parent, name, linear in linears:
         fits = _fp8_shape_ok(linear) or not compute
-        setattr(parent, name, FP8Linear.from_linear(linear, "compute" if compute and fits else "storage"))
+        setattr(
+            parent, name, FP8Linear.from_linear(linear, "compute" if compute and fits else "storage", device)
+        )
         count += 1
     return {
         "linears": count,
@@ -316,3 +330,56 @@ def load_prequantized(model: nn.Module, path: str | Any, mode: str = "fp8") -> d
             stored = value.float() * scales[key].float() if key in scales else value
             target.copy_(stored.to(target.dtype))
     return {"fp8_linears": count, "other_tensors": len(tensors), "mode": "compute" if compute else "storage"}
+
+
+def prequantized_on_meta(
+    model: nn.Module, path: str | Any, mode: str, device: torch.device
+) -> tuple[dict[str, torch.Tensor], set[str], int]:
+    """Prepare ``model`` (built on ``meta``, not yet loaded) for an FP8 checkpoint: each block linear the
+    file stores in FP8 is replaced by an :class:`FP8Linear` on ``meta``; nothing is loaded.
+
+    :returns: ``(state, fp8_names, count)``: every tensor of the file under the model's names (FP8
+        weights and their fp32 ``weight_scale`` as stored, others dequantized when the file scales them),
+        the names that must keep their dtype (FP8 weights, scales), and how many linears were replaced.
+        The caller loads ``state`` (cast, placed) with the folder's tensors for what the file lacks.
+    :raises ValueError: unknown names, or a shape that does not match the model.
+    """
+    tensors, scales = split_scales(read_safetensors(path))
+    mapping, tensors = _rename(model, tensors)
+    if scales and mapping is not None:
+        scales = mapping.to_ours(scales)
+    compute = mode == "fp8" and fp8_math_available(device)
+    names = {id(m): n for n, m in model.named_modules()}
+    state: dict[str, torch.Tensor] = {}
+    kept: set[str] = set()
+    count = 0
+    for parent, attr, linear in list(block_linears(model)):
+        key = f"{names[id(linear)]}.weight"
+        w = tensors.get(key)
+        if w is None or w.dtype != FP8:
+            continue
+        if tuple(w.shape) != tuple(linear.weight.shape):
+            raise ValueError(
+                f"FP8 checkpoint: {key} has shape {tuple(w.shape)}, the model {tuple(linear.weight.shape)}"
+            )
+        del tensors[key]
+        scale = scales.get(key, torch.ones(()))
+        scale = scale.float().reshape(-1, 1).expand(w.shape[0], 1).contiguous()  # scalar or (N,) or (N, 1)
+        with torch.device("meta"):
+            fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                            dtype=linear.weight.dtype, mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
+        setattr(parent, attr, fp8)
+        state[key], state[key + "_scale"] = w, scale
+        kept |= {key, key + "_scale"}
+        count += 1
+    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValueError(f"FP8 checkpoint has {len(unknown)} tensor(s) the model does not: {unknown[:5]}")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(params[key].shape):
+            raise ValueError(
+                f"FP8 checkpoint: {key} has shape {tuple(value.shape)}, the model {tuple(params[key].shape)}"
+            )
+        state[key] = value.float() * scales[key].float() if key in scales else value
+    return state, kept, count

@@ -19,6 +19,7 @@ from fastvideo.interfaces.transform import PipelineTransform
 
 if TYPE_CHECKING:
     from fastvideo.configs import PipelineConfig
+    from fastvideo.loader.policy import LoadPolicy
     from fastvideo.pipelines.composed import ComposedPipeline
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,20 @@ class FP8Transform(PipelineTransform):
         wanted = config.quantize is not None or config.fp8_checkpoint is not None
         return wanted and bool(pipeline_dits(pipeline))
 
+    def prepare_load(self, config: PipelineConfig, policy: LoadPolicy) -> None:
+        """With ``fp8_checkpoint``: the DiT's FP8 linears are filled from the file as it loads (the
+        high-precision weights they replace are never read)."""
+        if config.fp8_checkpoint is not None:
+            policy.fp8_checkpoint, policy.fp8_mode = config.fp8_checkpoint, config.quantize or "fp8"
+
     def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
         from fastvideo.optimize.fp8 import load_prequantized, quantize_fp8
 
         dits = pipeline_dits(pipeline)
-        if config.fp8_checkpoint is not None:
+        path = None if config.fp8_checkpoint is None else str(config.fp8_checkpoint)
+        if path is not None and len(dits) == 1 and getattr(dits[0][1], "fp8_checkpoint_loaded", None) == path:
+            logger.info("%s: FP8 linears loaded from %s as it loaded", dits[0][0], config.fp8_checkpoint)
+        elif config.fp8_checkpoint is not None:
             if len(dits) > 1:
                 raise ValueError(
                     "--fp8-checkpoint holds one DiT; this pipeline has several (an MoE): quantize with --quantize fp8"
@@ -63,7 +73,9 @@ class FP8Transform(PipelineTransform):
         if config.quantize is None:
             return
         for key, model in dits:
-            info = quantize_fp8(model, config.quantize)  # (after a file: what it left in high precision)
+            info = quantize_fp8(
+                model, config.quantize, device=pipeline.components.get("device")
+            )  # (after a file: what it left in high precision)
             logger.info("%s: %d linears in FP8 (%s via %s)", key, info["linears"], info["mode"], info["via"])
 
 
@@ -130,6 +142,12 @@ class LayerOffloadTransform(PipelineTransform):
     def applies(self, pipeline: ComposedPipeline, config: PipelineConfig) -> bool:
         return config.offload == "layer"
 
+    def prepare_load(self, config: PipelineConfig, policy: LoadPolicy) -> None:
+        """The DiTs' blocks are read into (pinned) CPU memory, never onto the device (FSDP: refused in
+        :meth:`apply`)."""
+        if config.offload == "layer" and not config.parallel.fsdp:
+            policy.stream_blocks = True
+
     def apply(self, pipeline: ComposedPipeline, config: PipelineConfig) -> None:
         import torch
 
@@ -146,6 +164,15 @@ class LayerOffloadTransform(PipelineTransform):
         device = torch.device(pipeline.components.get("device") or next(dits[0][1].parameters()).device)
         offloads = {key: LayerOffload(model, device) for key, model in dits}
         dit_ids = {id(m) for _, m in dits}
+        policy = getattr(pipeline, "load_policy", None)
+        for model in getattr(
+            policy, "streamed", ()
+        ):  # loaded with its blocks in CPU memory, but no component
+            if id(model) not in dit_ids:
+                logger.warning(
+                    "a DiT outside the pipeline's components is not offloaded: moved to %s", device
+                )
+                model.to(device)
         others = [
             v
             for k, v in pipeline.components.items()
