@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fastvideo_stepvideo.pipeline import NEG_MAGIC, POS_MAGIC, TI2V_NEG_MAGIC, TI2V_POS_MAGIC, component_paths
-from fastvideo_stepvideo.tiny import make_tiny_stepvideo
 
 from fastvideo.configs import SamplingParams
 from fastvideo.errors import CheckpointError
 from fastvideo.pipelines.batch import ForwardBatch
+from fastvideo_stepvideo.pipeline import NEG_MAGIC, POS_MAGIC, TI2V_NEG_MAGIC, TI2V_POS_MAGIC, component_paths
+from fastvideo_stepvideo.tiny import make_tiny_stepvideo
 
 KW = dict(num_frames=17, height=32, width=32, num_inference_steps=2, seed=3)
 
@@ -62,9 +62,8 @@ def test_text_stage_uses_the_magic_prompts(generators: dict) -> None:
 
 
 def test_requests_are_checked_before_loading(folders: dict[str, Path]) -> None:
-    from fastvideo_stepvideo.family import StepVideoFamily
-
     from fastvideo.resolve import resolve
+    from fastvideo_stepvideo.family import StepVideoFamily
 
     source = resolve(str(folders["official"]))
     with pytest.raises(ValueError, match="multiple of 17"):
@@ -140,9 +139,8 @@ def test_ti2v_generates_from_the_image_and_the_motion_score(ti2v: tuple[Path, Pa
 def test_ti2v_needs_an_image_and_t2v_takes_none(
     ti2v: tuple[Path, Path, Path], folders: dict[str, Path]
 ) -> None:
-    from fastvideo_stepvideo.family import StepVideoFamily
-
     from fastvideo.resolve import resolve
+    from fastvideo_stepvideo.family import StepVideoFamily
 
     folder, a, _ = ti2v
     kw = dict(prompt="x", num_frames=17, height=32, width=32)
@@ -155,8 +153,9 @@ def test_ti2v_needs_an_image_and_t2v_takes_none(
 def test_image_is_scaled_to_cover_and_center_cropped(tmp_path: Path) -> None:
     """A 40x80 image with 10-pixel red borders left and right, to 32x32: scaled by 0.8 (to cover the
     height), 64 wide, the middle 32 columns kept: only blue is left."""
-    from fastvideo_stepvideo.pipeline import load_image
     from PIL import Image
+
+    from fastvideo_stepvideo.pipeline import load_image
 
     arr = np.zeros((40, 80, 3), dtype=np.uint8)
     arr[:, :10, 0] = arr[:, 70:, 0] = 255
@@ -205,9 +204,8 @@ def test_released_clip_bin_is_refused_with_the_fix_then_converted(
 ) -> None:
     """Loading says which command converts the .bin; the conversion (restricted unpickler) gives the
     same video; a second conversion is refused."""
-    from fastvideo_stepvideo.commands import convert_clip
-
     from fastvideo import VideoGenerator
+    from fastvideo_stepvideo.commands import convert_clip
 
     ckpt, clip = _bin_clip(folders, tmp_path)
     with pytest.raises(CheckpointError, match="fv stepvideo convert-clip"):
@@ -232,3 +230,22 @@ def test_convert_clip_command(folders: dict[str, Path], tmp_path: Path) -> None:
     again = run_fv(["stepvideo", "convert-clip", str(clip)])
     assert again.returncode == 2 and again.stderr.startswith("error:") and "exists already" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_vae_tiling_setting_reaches_the_step_video_vae(folders: dict[str, Path], generators: dict) -> None:
+    """``vae_tiling=True`` (PipelineConfig) makes the decoding stage tile the Step-Video VAE: the frames
+    come out in tiles, not equal to the untiled ones (test_vae bounds the difference); without the
+    setting a 64 x 64 request is not tiled (below the stage's automatic threshold)."""
+    from fastvideo import VideoGenerator
+
+    kw = {**KW, "height": 64, "width": 64}
+    plain = np.asarray(generators["official"].generate_video("a cat", **kw).frames)
+    gen = VideoGenerator.from_pretrained(
+        str(folders["official"]), device="cpu", progress=False, vae_tiling=True
+    )
+    vae = gen.pipeline.stages[gen.pipeline.index("decoding")].vae
+    vae.enable_tiling(32, 16)  # 3 x 3 tiles of a 64 x 64 frame; the stage keeps these sizes
+    tiled = np.asarray(gen.generate_video("a cat", **kw).frames)
+    assert vae.use_tiling
+    assert tiled.shape == plain.shape == (17, 64, 64, 3)
+    assert not np.array_equal(tiled, plain)  # decoded in tiles

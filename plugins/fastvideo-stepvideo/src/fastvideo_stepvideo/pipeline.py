@@ -276,6 +276,7 @@ def build_stepvideo_pipeline(
         denoising=denoising,
         vae=vae,
         after_latents=[StepVideoImageStage(vae)] if ti2v else (),
+        tiling=config.vae_tiling,
     )
     magic = {"pos_magic": TI2V_POS_MAGIC, "neg_magic": TI2V_NEG_MAGIC} if ti2v else {}
     stages[1] = StepVideoTextStage(encoders, **magic)
