@@ -130,10 +130,18 @@ def test_ti2v_generates_from_the_image_and_the_motion_score(ti2v: tuple[Path, Pa
     assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(b), **KW).frames))
     text = gen.pipeline.stages[gen.pipeline.index("text_encoding")]
     assert (text.pos_magic, text.default_negative_prompt) == (TI2V_POS_MAGIC, TI2V_NEG_MAGIC)  # TI2V's own
+    # the motion score: the request's (fv generate --motion-score), default 5
+    five = {"family_options": {"stepvideo": {"motion_score": 5}}}
+    assert np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW, **five).frames))
+    twenty = {"family_options": {"stepvideo": {"motion_score": "20"}}}
+    moved = np.asarray(gen.generate_video("a cat", image=str(a), **KW, **twenty).frames)
+    assert not np.array_equal(first, moved)
     stage = gen.pipeline.stages[gen.pipeline.index("denoising")]
-    assert stage.motion_score == 5.0
-    stage.motion_score = 20.0
-    assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+    stage.motion_score = 20.0  # a fixed score set on the stage wins over the request's
+    try:
+        assert np.array_equal(moved, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+    finally:
+        stage.motion_score = None
 
 
 def test_ti2v_needs_an_image_and_t2v_takes_none(
@@ -148,6 +156,12 @@ def test_ti2v_needs_an_image_and_t2v_takes_none(
         StepVideoFamily.validate(SamplingParams(**kw), resolve(str(folder)))
     with pytest.raises(ValueError, match="takes no --image"):
         StepVideoFamily.validate(SamplingParams(**kw, image=str(a)), resolve(str(folders["official"])))
+    score = {"family_options": {"stepvideo": {"motion_score": 10}}}
+    with pytest.raises(ValueError, match=r"^--motion-score is a Step-Video-TI2V setting; .*text-to-video"):
+        StepVideoFamily.validate(SamplingParams(**kw, **score), resolve(str(folders["official"])))
+    bad = {"family_options": {"stepvideo": {"motion_score": -1}}}
+    with pytest.raises(ValueError, match=r"^stepvideo option 'motion_score' \(--motion-score\) must be >= 0"):
+        StepVideoFamily.validate(SamplingParams(**kw, image=str(a), **bad), resolve(str(folder)))
 
 
 def test_image_is_scaled_to_cover_and_center_cropped(tmp_path: Path) -> None:

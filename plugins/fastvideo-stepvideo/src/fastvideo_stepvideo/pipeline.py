@@ -171,17 +171,23 @@ def load_image(path: str, height: int, width: int) -> torch.Tensor:
 
 
 class StepVideoTI2VDenoisingStage(StepVideoDenoisingStage):
-    """TI2V: also passes the image latents and the motion score (default 5, the published setting:
-    2 steadier, 10 or 20 more motion; set ``stage.motion_score``) to the DiT."""
+    """TI2V: also passes the image latents and the motion score to the DiT: the request's
+    (``--motion-score``, ``family_options={"stepvideo": {"motion_score": x}}``; default 5, the
+    published setting: 2 steadier, 10 or 20 more motion), unless ``stage.motion_score`` is set."""
 
-    def __init__(self, transformer: Any, *, motion_score: float = 5.0, **kw: Any) -> None:
+    def __init__(self, transformer: Any, *, motion_score: float | None = None, **kw: Any) -> None:
         super().__init__(transformer, **kw)
         self.motion_score = motion_score
 
     def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        from fastvideo_stepvideo.family import StepVideoFamily
+
         inputs = super().model_inputs(batch, latents, t)
         cond = batch.family_extra("stepvideo")["condition"]
-        return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": self.motion_score}
+        score = self.motion_score
+        if score is None:
+            score = StepVideoFamily.option_values(batch.params)["motion_score"]
+        return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": score}
 
 
 def _first(root: Path, *candidates: str) -> Path | None:
