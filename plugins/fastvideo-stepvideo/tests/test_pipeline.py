@@ -263,3 +263,17 @@ def test_vae_tiling_setting_reaches_the_step_video_vae(folders: dict[str, Path],
     assert vae.use_tiling
     assert tiled.shape == plain.shape == (17, 64, 64, 3)
     assert not np.array_equal(tiled, plain)  # decoded in tiles
+
+
+def test_vae_tiles_automatically_only_above_the_official_sizes(generators: dict) -> None:
+    """vae_tiling=None: 544x992 and 768x768 decode untiled (the official numerics), larger frames in tiles."""
+    stage = generators["official"].pipeline.stages[generators["official"].pipeline.index("decoding")]
+    vae = stage.vae
+    try:
+        for (height, width), tiled in (((544, 992), False), ((768, 768), False), ((1088, 1984), True)):
+            stage._set_tiling(
+                ForwardBatch(params=SamplingParams(height=height, width=width), device=torch.device("cpu"))
+            )
+            assert vae.use_tiling is tiled, (height, width)
+    finally:
+        vae.disable_tiling()

@@ -190,6 +190,12 @@ class StepVideoTI2VDenoisingStage(StepVideoDenoisingStage):
         return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": score}
 
 
+#: The largest frame the official code decodes (768x768; 544x992 is smaller): the VAE's per-frame
+#: GroupNorms make a tiled decode differ from it, so frames up to this size decode untiled unless
+#: ``vae_tiling=True`` asks for tiles; larger ones are tiled to bound memory.
+OFFICIAL_UNTILED_PIXELS = 768 * 768
+
+
 def _first(root: Path, *candidates: str) -> Path | None:
     return next((root / c for c in candidates if (root / c).exists()), None)
 
@@ -288,6 +294,8 @@ def build_stepvideo_pipeline(
     stages[1] = StepVideoTextStage(encoders, **magic)
     decoding = stages[-1]
     decoding.vae_decode = lambda v, z: v.decode(z)  # type: ignore[attr-defined]
+    # automatic tiling (vae_tiling=None) only above the official sizes, which decode untiled as released
+    decoding.tile_above = OFFICIAL_UNTILED_PIXELS  # type: ignore[attr-defined]
     parts = {
         "vae": vae,
         "text_encoder": llm,
