@@ -189,3 +189,26 @@ def test_tiling_sizes_are_checked(vae: StepVideoVAE) -> None:
     with pytest.raises(ValueError, match="tile_size / 2 <= tile_stride < tile_size"):
         vae.enable_tiling(256, 256)
     assert not vae.use_tiling
+
+
+def test_splitter_pieces_put_together_equal_the_decode(vae: StepVideoVAE) -> None:
+    """What the parallel decode does with the splitter, in one process: split, decode every piece,
+    assemble; equal to ``decode`` with tiling off (chunks), on with several tiles (chunk x tile
+    pieces), and on with a frame one tile covers (chunks again)."""
+    from fastvideo_stepvideo.vae import StepVideoVAESplitter
+
+    splitter = StepVideoVAESplitter()
+    z = torch.randn(1, 2, 6, 3, 4, generator=torch.Generator().manual_seed(1))
+    try:
+        for tiling, pieces in ((None, 2), ((48, 32), 4), ((64, 48), 2)):
+            if tiling is None:
+                vae.disable_tiling()
+            else:
+                vae.enable_tiling(*tiling)
+            with torch.no_grad():
+                tiles = splitter.split(vae, z)
+                assert tiles is not None and len(tiles) == pieces, tiling
+                video = splitter.assemble(vae, z, [splitter.decode_tile(vae, t) for t in tiles])
+                assert torch.equal(video, vae.decode(z)), tiling
+    finally:
+        vae.disable_tiling()

@@ -539,17 +539,23 @@ def _geometry(vae: StepVideoVAE, z: torch.Tensor) -> tuple[list[int], list[int],
     return _starts(h, tile, stride), _starts(w, tile, stride), tile, stride, r
 
 
+def _is_tiled(vae: StepVideoVAE, z: torch.Tensor) -> bool:
+    """Whether :func:`spatial_tiles` cuts ``z``'s frames (tiling on and more than one tile)."""
+    if not vae.use_tiling:
+        return False
+    rows, cols, _, _, _ = _geometry(vae, z)
+    return len(rows) > 1 or len(cols) > 1
+
+
 def spatial_tiles(vae: StepVideoVAE, z: torch.Tensor) -> list[torch.Tensor] | None:
     """The tiles of a tiled decode of latents ``z``: for each chunk of ``latent_len`` frames, its mid
     block output (:meth:`VideoDecoder.head`, whole: the attention spans the chunk) cut in windows of
     ``tile_size`` output pixels started every ``tile_stride`` (raster order; the last ones shorter
     where they reach the edge); each goes through :meth:`VideoDecoder.tail`. None when tiling is off
     or one tile covers a frame."""
-    if not vae.use_tiling:
+    if not _is_tiled(vae, z):
         return None
     rows, cols, tile, _, _ = _geometry(vae, z)
-    if len(rows) == 1 and len(cols) == 1:
-        return None
     tiles = []
     for c in z.split(vae.config.latent_len, dim=2):
         h = vae.decoder.head(c.to(vae.dtype))
@@ -613,11 +619,12 @@ class StepVideoVAESplitter:
         return list(z.split(n, dim=2))
 
     def decode_tile(self, vae: StepVideoVAE, tile: torch.Tensor) -> torch.Tensor:
-        if vae.use_tiling:
-            return vae.decoder.tail(tile)  # a tile of a chunk's mid block output
-        return vae.decode_chunk(tile)
+        cfg = vae.config
+        if tile.shape[1] == cfg.z_channels and tile.shape[2] == cfg.latent_len:
+            return vae.decode_chunk(tile)  # a latent chunk
+        return vae.decoder.tail(tile)  # a spatial tile of a chunk's mid block output
 
     def assemble(self, vae: StepVideoVAE, z: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
-        if spatial_tiles(vae, z) is not None:
+        if _is_tiled(vae, z):
             return assemble_tiles(vae, z, tiles)
         return blend_chunks(torch.cat(tiles, dim=2), vae.config.frame_len)
