@@ -5,7 +5,7 @@ The official modules are imported from the folder given with ``--official``, a t
 CPU shims of the CUDA-only packages it imports (see ``README.md``); no official code is part of this
 file or of this repository. Everything runs on CPU in fp32 with seeded random weights::
 
-    python make_reference.py --official /tmp/stepref --official-ti2v /tmp/stepref_ti2v [--only dit,sampling,shapes,vae,llm,ti2v]
+    python make_reference.py --official /tmp/stepref --official-ti2v /tmp/stepref_ti2v [--only dit,sampling,shapes,vae,llm,llm_shapes,ti2v]
 
 Outputs (in this folder): ``dit/`` (a tiny transformer folder as released: ``config.json`` +
 ``diffusion_pytorch_model.safetensors`` with the released key names), ``dit_io.safetensors``
