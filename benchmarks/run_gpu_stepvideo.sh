@@ -3,7 +3,7 @@
 # official 204x544x992 (75,888 video tokens). One GPU: a layer subset timed and extrapolated to 48
 # layers, then all 48 layers if they fit (58.7 GB of weights). Several GPUs: FSDP2 + Ulysses over all of
 # them (torchrun), the wrapping `fv generate --num-gpus N --fsdp` applies. Then a tiny end-to-end
-# generation on CUDA (bf16) against CPU (fp32). Results go to $OUT (and rows to docs/benchmarks.md).
+# generation on CUDA (bf16) against CPU (fp32), and the VAE decode at 204x544x992 untiled vs tiled. Results go to $OUT (and rows to docs/benchmarks.md).
 # Under 8 minutes on one H100. BENCH_ARGS pass through (e.g. "--subset 4 --no-full" for a short run).
 set -uo pipefail
 source benchmarks/gpu_env.sh
@@ -21,6 +21,9 @@ if [ "$gpus" -gt 1 ]; then
 else
   timeout 420 python3 benchmarks/bench_stepvideo_dit.py ${BENCH_ARGS:-} 2>&1 | grep -v -i warning | tee "$out/stepvideo_dit.txt"
 fi
+
+echo "== Step-Video VAE decode at 204x544x992: untiled vs spatially tiled (peak memory, time)"
+timeout 150 python3 benchmarks/bench_stepvideo_vae.py 2>&1 | grep -v -i warning | tee "$out/stepvideo_vae.txt"
 
 echo "== tiny Step-Video pipeline on CUDA (bf16) vs CPU (fp32)"
 timeout 120 python3 - <<'PY' 2>&1 | grep -v -i warning | tee "$out/stepvideo_e2e.txt"

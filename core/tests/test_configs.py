@@ -70,7 +70,7 @@ def test_with_overrides_rejects_unknown_keys() -> None:
     with pytest.raises(TypeError) as err:
         SamplingParams().with_overrides({"steps": 4, "num_frame": 9})
     assert str(err.value).startswith(
-        "unknown sampling parameter(s) ['num_frame', 'steps']; valid: audio, backend_options, flow_shift,"
+        "unknown sampling parameter(s) ['num_frame', 'steps']; valid: audio, backend_options, family_options, flow_shift,"
     )
     assert "num_inference_steps" in str(err.value)
 

@@ -239,8 +239,8 @@ def generate(
 ) -> None:
     """Generate a video and write it as mp4.
 
-    The installed attention backends add their options' flags (e.g. --vsa-sparsity); see the end
-    of the option list.
+    The installed attention backends and model families add their options' flags (e.g.
+    --vsa-sparsity, --motion-score); see the end of the option list.
     """
     started = time.perf_counter()
     with _clean_errors():
@@ -264,6 +264,7 @@ def generate(
             "max_sequence_length": max_sequence_length,
             "audio": audio,
             "backend_options": ctx.meta.get(_BACKEND_OPTIONS) or None,
+            "family_options": ctx.meta.get(_FAMILY_OPTIONS) or None,
         }
         sampling = {k: v for k, v in sampling.items() if v is not None}
         config = PipelineConfig(
@@ -353,33 +354,51 @@ def _check_device(device: str | None) -> None:
 
 #: ``ctx.meta`` key under which the flags of attention backends' options collect their values.
 _BACKEND_OPTIONS = "fastvideo.backend_options"
+#: the same for model families' ``sampling_options`` (``--motion-score``).
+_FAMILY_OPTIONS = "fastvideo.family_options"
+
+
+def _option_flags() -> list[tuple[tuple[str, ...], str, Any, str, str]]:
+    """``(flags, owner, option, ctx.meta key, owner kind)`` of every option that declares flags: the
+    attention backends', then the model families' (a flag already taken stays with the first)."""
+    from fastvideo.attention.options import cli_flags
+    from fastvideo.registry import get_registry
+
+    out = [
+        (flags, backend, option, _BACKEND_OPTIONS, "attention backend")
+        for flags, backend, option in cli_flags()
+    ]
+    for family in sorted(get_registry().classes("model_family"), key=lambda c: c.name):
+        for option in getattr(family, "sampling_options", ()):
+            if option.cli_flags:
+                out.append((tuple(option.cli_flags), family.name, option, _FAMILY_OPTIONS, "model family"))
+    return out
 
 
 def _with_backend_option_flags(func: Callable[..., Any]) -> Callable[..., Any]:
     """``fv generate``'s callback with one more option per flag set that registered attention
     backends declare for their options (``BackendOption.cli_flags``, e.g. ``--vsa-sparsity``). Given
     values are collected, as typed, into ``ctx.meta[_BACKEND_OPTIONS]`` (``{backend: {option:
-    value}}``) and checked later against the selected backend. Flags ``fv generate`` has are skipped."""
-    from fastvideo.attention.options import cli_flags
-
+    value}}``) and checked later against the selected backend; model families' ``sampling_options``
+    flags likewise into ``ctx.meta[_FAMILY_OPTIONS]``. Flags ``fv generate`` has are skipped."""
     signature = inspect.signature(func, eval_str=True)
     params = list(signature.parameters.values())
     taken = {"--" + p.name.replace("_", "-") for p in params}
     for p in params:
         info = next((m for m in getattr(p.annotation, "__metadata__", ()) if hasattr(m, "param_decls")), None)
         taken.update(d for d in getattr(info, "param_decls", ()) or () if d.startswith("-"))
-    added: dict[str, tuple[str, str]] = {}
-    for flags, backend, option in cli_flags():
+    added: dict[str, tuple[str, str, str]] = {}
+    for flags, backend, option, key, kind in _option_flags():
         free = [f for f in flags if f not in taken]
         if not free:
             continue
         taken.update(free)
         name = f"backend_option_{len(added)}"
-        added[name] = (backend, option.name)
+        added[name] = (backend, option.name, key)
         flag = typer.Option(
             *free,
             metavar=option.type.__name__.upper(),
-            help=f"{option.help} [attention backend {backend}; default {option.default}]",
+            help=f"{option.help} [{kind} {backend}; default {option.default}]",
         )
         params.append(
             inspect.Parameter(
@@ -391,12 +410,12 @@ def _with_backend_option_flags(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        given: dict[str, dict[str, Any]] = {}
-        for name, (backend, option) in added.items():
+        given: dict[str, dict[str, dict[str, Any]]] = {_BACKEND_OPTIONS: {}, _FAMILY_OPTIONS: {}}
+        for name, (backend, option, key) in added.items():
             value = kwargs.pop(name, None)
             if value is not None:
-                given.setdefault(backend, {})[option] = value
-        kwargs["ctx"].meta[_BACKEND_OPTIONS] = given
+                given[key].setdefault(backend, {})[option] = value
+        kwargs["ctx"].meta.update(given)
         return func(*args, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
@@ -405,7 +424,7 @@ def _with_backend_option_flags(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _add_backend_option_flags() -> None:
-    """Give ``fv generate`` the flags of the registered attention backends' options."""
+    """Give ``fv generate`` the flags of the registered attention backends' and model families' options."""
     for info in app.registered_commands:
         if getattr(info.callback, "__wrapped__", info.callback) is generate:  # again: the registry may differ
             info.callback = _with_backend_option_flags(generate)

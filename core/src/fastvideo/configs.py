@@ -150,6 +150,9 @@ class SamplingParams:
     # options of the attention backend, {backend: {option: value}}, checked against its declaration
     # when a generation starts (fastvideo.attention.options); merged option by option on override
     backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # a model family's own settings, {family: {option: value}} (ModelFamily.sampling_options, e.g.
+    # stepvideo's motion_score), checked against the family's declaration by its validate
+    family_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     _RANGES: ClassVar[dict[str, _Range]] = {
         "num_frames": _Range(1),
@@ -171,6 +174,9 @@ class SamplingParams:
         from fastvideo.attention.options import check_shape
 
         object.__setattr__(self, "backend_options", check_shape(self.backend_options))
+        object.__setattr__(
+            self, "family_options", check_shape(self.family_options, "family_options", "model family")
+        )
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SamplingParams:
         """A copy with the given fields replaced; ``None`` values and unknown keys are rejected
@@ -184,6 +190,11 @@ class SamplingParams:
             from fastvideo.attention.options import check_shape, merge
 
             changes["backend_options"] = merge(self.backend_options, check_shape(changes["backend_options"]))
+        if "family_options" in changes:
+            from fastvideo.attention.options import check_shape, merge
+
+            given = check_shape(changes["family_options"], "family_options", "model family")
+            changes["family_options"] = merge(self.family_options, given)
         return dataclasses.replace(self, **changes)
 
     @property

@@ -61,7 +61,7 @@ def test_sequence_parallel_matches_official() -> None:
             assert err <= 1e-5, f"rank {rank}, {name}: max |sharded - official| / max |official| = {err:.3g}"
 
 
-def vae_suite(rank: int, world: int, folder: str) -> float:
+def vae_suite(rank: int, world: int, folder: str) -> tuple[float, float]:
     """On each rank: the VAE decode with its chunks spread over the ranks, max error vs the official decode."""
     import json
     import sys
@@ -92,17 +92,32 @@ def vae_suite(rank: int, world: int, folder: str) -> float:
         calls.append(1)
         return v.decode(z)
 
+    # spatial tiles too: 2 chunks x 2 tiles of 48 px (mid block whole on every rank, up levels split)
+    z = torch.randn(1, 2, 6, 3, 4, generator=torch.Generator().manual_seed(0))
     pstate = init_parallel(ParallelConfig(num_gpus=world, sp_size=world), device="cpu")
     try:
         with torch.no_grad():
             video = ParallelVAEDecode(pstate, whole)(vae, io["z"].permute(0, 2, 1, 3, 4))
+            vae.enable_tiling(48, 32)
+            tiled = ParallelVAEDecode(pstate, whole)(vae, z)
     finally:
         teardown()
-    assert not calls  # the chunks were split, not decoded whole
+    with torch.no_grad():
+        one_process = vae.decode(z)  # tiled, in this process alone
+        vae.disable_tiling()
+        untiled = vae.decode(z)
+    assert not calls  # the chunks and tiles were split, not decoded whole
+    assert not torch.allclose(one_process, untiled, atol=1e-3)  # the tiles are a different decode
     ref = io["decoded"].permute(0, 2, 1, 3, 4)
-    return ((video - ref).abs().max() / ref.abs().max()).item()
+    return (
+        ((video - ref).abs().max() / ref.abs().max()).item(),
+        ((tiled - one_process).abs().max() / one_process.abs().max()).item(),
+    )
 
 
 def test_vae_chunks_decoded_on_two_ranks_match_official() -> None:
-    for rank, err in enumerate(run_ranks(f"{__file__}:vae_suite", world=2, args=(str(DATA),))):
+    """Chunks over 2 ranks equal the official decode; with spatial tiling on, chunk x tile pieces over
+    2 ranks equal one process's tiled decode."""
+    for rank, (err, tiled_err) in enumerate(run_ranks(f"{__file__}:vae_suite", world=2, args=(str(DATA),))):
         assert err <= 1e-5, f"rank {rank}: max |parallel - official| / max |official| = {err:.3g}"
+        assert tiled_err <= 1e-6, f"rank {rank}: max |parallel tiled - one process| / max = {tiled_err:.3g}"

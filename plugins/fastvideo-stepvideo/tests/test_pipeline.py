@@ -130,10 +130,18 @@ def test_ti2v_generates_from_the_image_and_the_motion_score(ti2v: tuple[Path, Pa
     assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(b), **KW).frames))
     text = gen.pipeline.stages[gen.pipeline.index("text_encoding")]
     assert (text.pos_magic, text.default_negative_prompt) == (TI2V_POS_MAGIC, TI2V_NEG_MAGIC)  # TI2V's own
+    # the motion score: the request's (fv generate --motion-score), default 5
+    five = {"family_options": {"stepvideo": {"motion_score": 5}}}
+    assert np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW, **five).frames))
+    twenty = {"family_options": {"stepvideo": {"motion_score": "20"}}}
+    moved = np.asarray(gen.generate_video("a cat", image=str(a), **KW, **twenty).frames)
+    assert not np.array_equal(first, moved)
     stage = gen.pipeline.stages[gen.pipeline.index("denoising")]
-    assert stage.motion_score == 5.0
-    stage.motion_score = 20.0
-    assert not np.array_equal(first, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+    stage.motion_score = 20.0  # a fixed score set on the stage wins over the request's
+    try:
+        assert np.array_equal(moved, np.asarray(gen.generate_video("a cat", image=str(a), **KW).frames))
+    finally:
+        stage.motion_score = None
 
 
 def test_ti2v_needs_an_image_and_t2v_takes_none(
@@ -148,6 +156,12 @@ def test_ti2v_needs_an_image_and_t2v_takes_none(
         StepVideoFamily.validate(SamplingParams(**kw), resolve(str(folder)))
     with pytest.raises(ValueError, match="takes no --image"):
         StepVideoFamily.validate(SamplingParams(**kw, image=str(a)), resolve(str(folders["official"])))
+    score = {"family_options": {"stepvideo": {"motion_score": 10}}}
+    with pytest.raises(ValueError, match=r"^--motion-score is a Step-Video-TI2V setting; .*text-to-video"):
+        StepVideoFamily.validate(SamplingParams(**kw, **score), resolve(str(folders["official"])))
+    bad = {"family_options": {"stepvideo": {"motion_score": -1}}}
+    with pytest.raises(ValueError, match=r"^stepvideo option 'motion_score' \(--motion-score\) must be >= 0"):
+        StepVideoFamily.validate(SamplingParams(**kw, image=str(a), **bad), resolve(str(folder)))
 
 
 def test_image_is_scaled_to_cover_and_center_cropped(tmp_path: Path) -> None:
@@ -230,3 +244,36 @@ def test_convert_clip_command(folders: dict[str, Path], tmp_path: Path) -> None:
     again = run_fv(["stepvideo", "convert-clip", str(clip)])
     assert again.returncode == 2 and again.stderr.startswith("error:") and "exists already" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_vae_tiling_setting_reaches_the_step_video_vae(folders: dict[str, Path], generators: dict) -> None:
+    """``vae_tiling=True`` (PipelineConfig) makes the decoding stage tile the Step-Video VAE: the frames
+    come out in tiles, not equal to the untiled ones (test_vae bounds the difference); without the
+    setting a 64 x 64 request is not tiled (below the stage's automatic threshold)."""
+    from fastvideo import VideoGenerator
+
+    kw = {**KW, "height": 64, "width": 64}
+    plain = np.asarray(generators["official"].generate_video("a cat", **kw).frames)
+    gen = VideoGenerator.from_pretrained(
+        str(folders["official"]), device="cpu", progress=False, vae_tiling=True
+    )
+    vae = gen.pipeline.stages[gen.pipeline.index("decoding")].vae
+    vae.enable_tiling(32, 16)  # 3 x 3 tiles of a 64 x 64 frame; the stage keeps these sizes
+    tiled = np.asarray(gen.generate_video("a cat", **kw).frames)
+    assert vae.use_tiling
+    assert tiled.shape == plain.shape == (17, 64, 64, 3)
+    assert not np.array_equal(tiled, plain)  # decoded in tiles
+
+
+def test_vae_tiles_automatically_only_above_the_official_sizes(generators: dict) -> None:
+    """vae_tiling=None: 544x992 and 768x768 decode untiled (the official numerics), larger frames in tiles."""
+    stage = generators["official"].pipeline.stages[generators["official"].pipeline.index("decoding")]
+    vae = stage.vae
+    try:
+        for (height, width), tiled in (((544, 992), False), ((768, 768), False), ((1088, 1984), True)):
+            stage._set_tiling(
+                ForwardBatch(params=SamplingParams(height=height, width=width), device=torch.device("cpu"))
+            )
+            assert vae.use_tiling is tiled, (height, width)
+    finally:
+        vae.disable_tiling()

@@ -104,3 +104,24 @@ def test_missing_tensor_and_bad_config_are_named(llm_folder: Path, tmp_path: Pat
         StepLLM.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_attention_groups=3"):
         StepLLMConfig(hidden_size=32, num_attention_heads=4, num_attention_groups=3)
+
+
+def test_real_size_defaults_build_the_official_names_and_shapes() -> None:
+    """Our ``StepLLMConfig()`` on meta against the official ``Step1Model`` built on meta with the same
+    values (``released_shapes.json``'s ``step_llm_assumed``; make_reference.py ``llm_shapes``): every
+    name and shape agrees. Of the values themselves only ``hidden_size`` is confirmed by a released
+    file (the DiT's caption projection takes 6144 wide Step-LLM states); the released
+    ``step_llm/config.json`` is not public in any source we could read, so the others are assumed."""
+    import math
+
+    shapes = json.loads((DATA / "released_shapes.json").read_text())
+    assumed = shapes["step_llm_assumed"]
+    cfg = StepLLMConfig()
+    assert StepLLMConfig.from_json(assumed["config"]) == cfg
+    with torch.device("meta"):
+        model = StepLLM(cfg)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == assumed["shapes"]
+    assert 18.8e9 < sum(math.prod(s) for s in ours.values()) < 18.9e9
+    # the one value a released file confirms: the DiT's caption projection input width
+    assert shapes["transformer"]["caption_projection.linear_1.weight"][1] == cfg.hidden_size

@@ -31,17 +31,17 @@ def backend_class(name: str) -> type[AttentionBackend]:
     return entries[name].cls  # type: ignore[return-value]
 
 
-def check_shape(options: Any, what: str = "backend_options") -> dict[str, dict[str, Any]]:
-    """``options`` as a plain ``{backend: {option: value}}`` dict, or a one-line ``TypeError``."""
+def check_shape(
+    options: Any, what: str = "backend_options", owner: str = "attention backend"
+) -> dict[str, dict[str, Any]]:
+    """``options`` as a plain ``{owner: {option: value}}`` dict, or a one-line ``TypeError``."""
     if options is None:
         return {}
     if not isinstance(options, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Mapping) and all(isinstance(n, str) for n in v)
         for k, v in options.items()
     ):
-        raise TypeError(
-            f"{what} must map attention backend names to {{option: value}} mappings, got {options!r}"
-        )
+        raise TypeError(f"{what} must map {owner} names to {{option: value}} mappings, got {options!r}")
     return {k: dict(v) for k, v in options.items()}
 
 

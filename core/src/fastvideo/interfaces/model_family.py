@@ -112,6 +112,11 @@ class ModelFamily(ABC):
         vae_splitters: VAE class name -> ``"module:attr"`` of a
             :class:`fastvideo.parallel.vae.VAESplitter`, for parallel tiled decoding of that VAE
             class (in any family's pipeline).
+        sampling_options: the family's own request settings, declared as attention backends declare
+            theirs (:class:`fastvideo.interfaces.attention.BackendOption`: name, type, default, help,
+            ``cli_flags`` added to ``fv generate``, validate). Requests carry them in
+            ``SamplingParams.family_options`` (``{family: {option: value}}``); :meth:`validate` checks
+            them and the pipeline reads them with :meth:`option_values`.
     """
 
     name: ClassVar[str]
@@ -122,6 +127,7 @@ class ModelFamily(ABC):
     default_sampling: ClassVar[Mapping[str, Any]] = {}
     default_sampler: ClassVar[str | None] = None
     vae_splitters: ClassVar[Mapping[str, str]] = {}
+    sampling_options: ClassVar[tuple[Any, ...]] = ()  # BackendOption s
     audio: ClassVar[bool] = False  # its pipelines also make a soundtrack (batch.audio, audio_latents)
 
     @classmethod
@@ -197,6 +203,7 @@ class ModelFamily(ABC):
                     f"{dim}={value} is not divisible by {spatial}, which {cls.name} requires; "
                     f"use {lower} or {lower + spatial}"
                 )
+        cls.option_values(params)
         limit = cls.max_sequence_length(source)
         if limit is not None and params.max_sequence_length > limit:
             raise ValueError(
@@ -209,6 +216,32 @@ class ModelFamily(ABC):
                 f"num_frames={params.num_frames} is invalid for {cls.name}: it must be "
                 f"{temporal}*k+1 (e.g. {temporal * k + 1} or {temporal * (k + 1) + 1})"
             )
+
+    @classmethod
+    def option_values(cls, params: SamplingParams) -> dict[str, Any]:
+        """Every :attr:`sampling_options` value of this request, checked and typed (defaults filled in).
+
+        :raises ValueError: options given for another family, an option the family does not declare,
+            or a value its declaration refuses (one line, naming the flag).
+        """
+        given = dict(getattr(params, "family_options", None) or {})
+        others = sorted(k for k in given if k != cls.name and given[k])
+        if others:
+            raise ValueError(
+                f"options of model family {', '.join(others)} were given ({given[others[0]]}), but this "
+                f"checkpoint is a {cls.name} model; drop them"
+            )
+        declared = {o.name: o for o in cls.sampling_options}
+        mine = given.get(cls.name, {})
+        unknown = sorted(set(mine) - set(declared))
+        if unknown:
+            raise ValueError(
+                f"model family {cls.name} has no option {unknown[0]!r} (its options: "
+                f"{', '.join(sorted(declared)) or 'none'})"
+            )
+        return {
+            name: o.check(mine[name], cls.name) if name in mine else o.default for name, o in declared.items()
+        }
 
     @classmethod
     @abstractmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fastvideo.interfaces.attention import BackendOption
 from fastvideo.interfaces.model_family import ModelFamily, ModelSource, Preset
 from fastvideo_stepvideo.presets import PRESETS
 
@@ -29,6 +30,17 @@ class StepVideoFamily(ModelFamily):
     default_sampler = "stepvideo-flow"
     #: ``fv generate --num-gpus N``: the VAE's latent chunks are decoded on different ranks
     vae_splitters: ClassVar[dict[str, str]] = {"StepVideoVAE": "fastvideo_stepvideo.vae:StepVideoVAESplitter"}
+    #: ``fv generate --motion-score`` / ``family_options={"stepvideo": {"motion_score": 10.0}}`` (TI2V only)
+    sampling_options: ClassVar[tuple[BackendOption, ...]] = (
+        BackendOption(
+            name="motion_score",
+            type=float,
+            default=5.0,
+            help="Step-Video-TI2V's motion score: 2 steadier, 5 the published default, 10 or 20 more motion",
+            cli_flags=("--motion-score",),
+            validate=lambda v: None if v >= 0 else "must be >= 0",
+        ),
+    )
     default_sampling: ClassVar[dict[str, Any]] = {
         "num_frames": 204,
         "height": 544,
@@ -52,10 +64,16 @@ class StepVideoFamily(ModelFamily):
         if cls.is_ti2v(source):
             if params.image is None:
                 raise ValueError("Step-Video-TI2V is image-to-video: pass --image PATH (the first frame)")
-        elif params.image is not None:
-            raise ValueError(
-                "this Step-Video checkpoint is text-to-video and takes no --image; use --model stepvideo-ti2v"
-            )
+        else:
+            if params.image is not None:
+                raise ValueError(
+                    "this Step-Video checkpoint is text-to-video and takes no --image; use --model stepvideo-ti2v"
+                )
+            if "motion_score" in params.family_options.get(cls.name, {}):
+                raise ValueError(
+                    "--motion-score is a Step-Video-TI2V setting; this checkpoint is text-to-video (drop it, "
+                    "or use --model stepvideo-ti2v)"
+                )
 
     @classmethod
     def is_ti2v(cls, source: ModelSource) -> bool:

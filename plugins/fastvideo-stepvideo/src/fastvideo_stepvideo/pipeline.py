@@ -171,17 +171,29 @@ def load_image(path: str, height: int, width: int) -> torch.Tensor:
 
 
 class StepVideoTI2VDenoisingStage(StepVideoDenoisingStage):
-    """TI2V: also passes the image latents and the motion score (default 5, the published setting:
-    2 steadier, 10 or 20 more motion; set ``stage.motion_score``) to the DiT."""
+    """TI2V: also passes the image latents and the motion score to the DiT: the request's
+    (``--motion-score``, ``family_options={"stepvideo": {"motion_score": x}}``; default 5, the
+    published setting: 2 steadier, 10 or 20 more motion), unless ``stage.motion_score`` is set."""
 
-    def __init__(self, transformer: Any, *, motion_score: float = 5.0, **kw: Any) -> None:
+    def __init__(self, transformer: Any, *, motion_score: float | None = None, **kw: Any) -> None:
         super().__init__(transformer, **kw)
         self.motion_score = motion_score
 
     def model_inputs(self, batch: ForwardBatch, latents: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        from fastvideo_stepvideo.family import StepVideoFamily
+
         inputs = super().model_inputs(batch, latents, t)
         cond = batch.family_extra("stepvideo")["condition"]
-        return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": self.motion_score}
+        score = self.motion_score
+        if score is None:
+            score = StepVideoFamily.option_values(batch.params)["motion_score"]
+        return {**inputs, "condition_hidden_states": cond.to(self.dtype), "motion_score": score}
+
+
+#: The largest frame the official code decodes (768x768; 544x992 is smaller): the VAE's per-frame
+#: GroupNorms make a tiled decode differ from it, so frames up to this size decode untiled unless
+#: ``vae_tiling=True`` asks for tiles; larger ones are tiled to bound memory.
+OFFICIAL_UNTILED_PIXELS = 768 * 768
 
 
 def _first(root: Path, *candidates: str) -> Path | None:
@@ -276,11 +288,14 @@ def build_stepvideo_pipeline(
         denoising=denoising,
         vae=vae,
         after_latents=[StepVideoImageStage(vae)] if ti2v else (),
+        tiling=config.vae_tiling,
     )
     magic = {"pos_magic": TI2V_POS_MAGIC, "neg_magic": TI2V_NEG_MAGIC} if ti2v else {}
     stages[1] = StepVideoTextStage(encoders, **magic)
     decoding = stages[-1]
     decoding.vae_decode = lambda v, z: v.decode(z)  # type: ignore[attr-defined]
+    # automatic tiling (vae_tiling=None) only above the official sizes, which decode untiled as released
+    decoding.tile_above = OFFICIAL_UNTILED_PIXELS  # type: ignore[attr-defined]
     parts = {
         "vae": vae,
         "text_encoder": llm,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHT_FILES = ("vae_v2.safetensors", "diffusion_pytorch_model.safetensors")
+DEFAULT_TILE, DEFAULT_TILE_STRIDE = 256, 192  # pixels: latent tiles of 16 started every 12
 TEMPORAL_UP_LAYERS = (2, 3)  # decoder levels that upsample time too
 ENCODER_TIME_DOWN_LAYERS = (1, 2)  # encoder levels that downsample time too
 
@@ -302,9 +303,16 @@ class VideoDecoder(nn.Module):
         self.crop = 3  # the reference's temporal_downsample - 1
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.head(z))
+
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent chunk -> the mid block's output ``(B, 4 * ch, 5, 2h, 2w)`` (its attention sees the whole chunk)."""
         h = self.conv_in(z) + duplicate_shuffle(z, self.patch_channels, 1)
         h = pixel_shuffle_3d(self.conv_unpatchify.conv(h), 2) + duplicate_shuffle(h, self.block_in, 2)
-        h = self.mid(h)
+        return self.mid(h)
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """The mid block's output -> video (the up levels: convolutions and per-frame norms, where the memory goes)."""
         for i in reversed(range(len(self.up))):
             level = self.up[i]
             for block in level.block:
@@ -367,6 +375,29 @@ class StepVideoVAE(nn.Module):
         self.config = cfg = config or StepVideoVAEConfig()
         self.decoder = VideoDecoder(cfg)
         self.encoder = VideoEncoder(cfg) if with_encoder else None
+        self.use_tiling = False
+        self.tile_size, self.tile_stride = DEFAULT_TILE, DEFAULT_TILE_STRIDE
+
+    # ---- spatial tiling (the core's DecodingStage switches it with enable_tiling / disable_tiling) --
+
+    def enable_tiling(self, tile_size: int | None = None, tile_stride: int | None = None) -> None:
+        """Decode each latent chunk in overlapping spatial tiles of ``tile_size`` pixels (default 256)
+        started every ``tile_stride`` pixels (default 192), blended linearly across the overlap. Both
+        are multiples of the 16x spatial compression, with ``tile_size / 2 <= tile_stride < tile_size``.
+        Sizes set earlier are kept when called without arguments."""
+        size = self.tile_size if tile_size is None else tile_size
+        stride = self.tile_stride if tile_stride is None else tile_stride
+        ratio = self.config.spatial_compression_ratio
+        if size % ratio or stride % ratio or not (size / 2 <= stride < size):
+            raise ValueError(
+                f"tile_size={size}, tile_stride={stride}: both must be multiples of {ratio} pixels with "
+                f"tile_size / 2 <= tile_stride < tile_size; e.g. enable_tiling(256, 192)"
+            )
+        self.tile_size, self.tile_stride = size, stride
+        self.use_tiling = True
+
+    def disable_tiling(self) -> None:
+        self.use_tiling = False
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -434,7 +465,10 @@ class StepVideoVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, C, T', h, w)`` (``T'`` a multiple of ``latent_len``) -> frames ``(B, 3, T, H, W)``,
-        chunk by chunk, blended at the chunk borders as the reference does. Unclamped."""
+        chunk by chunk, blended at the chunk borders as the reference does. Unclamped. With
+        :meth:`enable_tiling`, each chunk's mid block runs whole (its attention spans the chunk) and the
+        up levels, where the memory goes, run in overlapping spatial tiles (:func:`spatial_tiles`)
+        blended across the overlaps (:func:`assemble_tiles`), so memory is bounded by the tile size."""
         cfg = self.config
         if z.ndim != 5 or z.shape[1] != cfg.z_channels:
             raise ValueError(f"decode takes latents (B, {cfg.z_channels}, T', h, w), got {tuple(z.shape)}")
@@ -443,8 +477,11 @@ class StepVideoVAE(nn.Module):
                 f"decode takes a multiple of {cfg.latent_len} latent frames (chunks of {cfg.frame_len} video "
                 f"frames), got {z.shape[2]}"
             )
-        chunks = [self.decode_chunk(c) for c in z.split(cfg.latent_len, dim=2)]
-        return blend_chunks(torch.cat(chunks, dim=2), cfg.frame_len)
+        tiles = spatial_tiles(self, z)
+        if tiles is None:
+            chunks = [self.decode_chunk(c) for c in z.split(cfg.latent_len, dim=2)]
+            return blend_chunks(torch.cat(chunks, dim=2), cfg.frame_len)
+        return assemble_tiles(self, z, [self.decoder.tail(t) for t in tiles])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Video ``(B, 3, T, H, W)`` in [-1, 1] -> the posterior's mean and log-variance
@@ -482,19 +519,112 @@ def _our_name(key: str) -> str:
     return key
 
 
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile starts along one latent axis: every ``stride``, until a tile reaches the end."""
+    starts = [0]
+    while starts[-1] + tile < length:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+MID_SCALE = 2  # the mid block's output is 2x the latents spatially (the unpatchify shuffle)
+
+
+def _geometry(vae: StepVideoVAE, z: torch.Tensor) -> tuple[list[int], list[int], int, int, int]:
+    """Tile starts along the mid output's rows and columns, tile size and stride there, and the
+    output pixels per mid pixel."""
+    r = vae.config.spatial_compression_ratio // MID_SCALE
+    tile, stride = vae.tile_size // r, vae.tile_stride // r
+    h, w = z.shape[3] * MID_SCALE, z.shape[4] * MID_SCALE
+    return _starts(h, tile, stride), _starts(w, tile, stride), tile, stride, r
+
+
+def _is_tiled(vae: StepVideoVAE, z: torch.Tensor) -> bool:
+    """Whether :func:`spatial_tiles` cuts ``z``'s frames (tiling on and more than one tile)."""
+    if not vae.use_tiling:
+        return False
+    rows, cols, _, _, _ = _geometry(vae, z)
+    return len(rows) > 1 or len(cols) > 1
+
+
+def spatial_tiles(vae: StepVideoVAE, z: torch.Tensor) -> list[torch.Tensor] | None:
+    """The tiles of a tiled decode of latents ``z``: for each chunk of ``latent_len`` frames, its mid
+    block output (:meth:`VideoDecoder.head`, whole: the attention spans the chunk) cut in windows of
+    ``tile_size`` output pixels started every ``tile_stride`` (raster order; the last ones shorter
+    where they reach the edge); each goes through :meth:`VideoDecoder.tail`. None when tiling is off
+    or one tile covers a frame."""
+    if not _is_tiled(vae, z):
+        return None
+    rows, cols, tile, _, _ = _geometry(vae, z)
+    tiles = []
+    for c in z.split(vae.config.latent_len, dim=2):
+        h = vae.decoder.head(c.to(vae.dtype))
+        tiles += [h[:, :, :, i : i + tile, j : j + tile] for i in rows for j in cols]
+    return tiles
+
+
+def _ramp(size: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
+    """A tile's blend weights along one axis (``size`` pixels): rising linearly over the ``overlap``
+    pixels it shares with the previous tile, falling over those it shares with the next one."""
+    w = torch.ones(size, dtype=torch.float64)
+    ramp = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap
+    if not first:
+        w[:overlap] = ramp
+    if not last:
+        w[size - overlap :] = ramp.flip(0)
+    return w
+
+
+def assemble_tiles(vae: StepVideoVAE, z: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+    """The video from the decoded tiles of :func:`spatial_tiles` (same order): each chunk's tiles
+    summed with weights that cross-fade linearly over every overlap (they sum to 1 everywhere), the
+    chunks then blended at their borders as :meth:`StepVideoVAE.decode` does."""
+    rows, cols, tile, stride, r = _geometry(vae, z)
+    s = vae.config.spatial_compression_ratio
+    height, width, overlap = z.shape[3] * s, z.shape[4] * s, (tile - stride) * r
+    per_chunk = len(rows) * len(cols)
+    chunks = []
+    for c in range(len(tiles) // per_chunk):
+        mine = tiles[c * per_chunk : (c + 1) * per_chunk]
+        b, ch, t = mine[0].shape[:3]
+        out = torch.zeros(b, ch, t, height, width, dtype=torch.float64, device=mine[0].device)
+        for k, piece in enumerate(mine):
+            i, j = divmod(k, len(cols))
+            y, x = rows[i] * r, cols[j] * r
+            h, w = piece.shape[3], piece.shape[4]
+            wy = _ramp(h, overlap, i == 0, i == len(rows) - 1)
+            wx = _ramp(w, overlap, j == 0, j == len(cols) - 1)
+            weight = (wy[:, None] * wx[None, :]).to(out.device)
+            out[:, :, :, y : y + h, x : x + w] += piece.double() * weight
+        chunks.append(out.to(mine[0].dtype))
+    return blend_chunks(torch.cat(chunks, dim=2), vae.config.frame_len)
+
+
 class StepVideoVAESplitter:
     """The parallel VAE decode's per-class part (``fastvideo.parallel.vae``): the tiles are the
-    latent chunks (3 latent frames each), decoded one by one and blended at the borders, which is
-    exactly :meth:`StepVideoVAE.decode`; the core spreads the chunks over the ranks."""
+    latent chunks (3 latent frames each) or, with spatial tiling on, the spatial tiles of each chunk's
+    mid block output (every rank runs the mid blocks, which are small); the
+    core spreads them over the ranks and :func:`assemble_tiles` / :func:`blend_chunks` put them
+    together exactly as :meth:`StepVideoVAE.decode` does in one process."""
 
     def split(self, vae: StepVideoVAE, z: torch.Tensor) -> list[torch.Tensor] | None:
         n = vae.config.latent_len
-        if z.ndim != 5 or z.shape[2] % n or z.shape[2] <= n:
-            return None  # one chunk (or not chunkable): decoded whole on every rank
+        if z.ndim != 5 or z.shape[2] % n:
+            return None  # not chunkable: decode says why, on every rank
+        tiles = spatial_tiles(vae, z)
+        if tiles is not None:
+            return tiles
+        if z.shape[2] <= n:
+            return None  # one chunk, one tile: decoded whole on every rank
         return list(z.split(n, dim=2))
 
     def decode_tile(self, vae: StepVideoVAE, tile: torch.Tensor) -> torch.Tensor:
-        return vae.decode_chunk(tile)
+        cfg = vae.config
+        if tile.shape[1] == cfg.z_channels and tile.shape[2] == cfg.latent_len:
+            return vae.decode_chunk(tile)  # a latent chunk
+        return vae.decoder.tail(tile)  # a spatial tile of a chunk's mid block output
 
     def assemble(self, vae: StepVideoVAE, z: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        if _is_tiled(vae, z):
+            return assemble_tiles(vae, z, tiles)
         return blend_chunks(torch.cat(tiles, dim=2), vae.config.frame_len)

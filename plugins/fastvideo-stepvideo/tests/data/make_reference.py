@@ -5,7 +5,7 @@ The official modules are imported from the folder given with ``--official``, a t
 CPU shims of the CUDA-only packages it imports (see ``README.md``); no official code is part of this
 file or of this repository. Everything runs on CPU in fp32 with seeded random weights::
 
-    python make_reference.py --official /tmp/stepref --official-ti2v /tmp/stepref_ti2v [--only dit,sampling,shapes,vae,llm,ti2v]
+    python make_reference.py --official /tmp/stepref --official-ti2v /tmp/stepref_ti2v [--only dit,sampling,shapes,vae,llm,llm_shapes,ti2v]
 
 Outputs (in this folder): ``dit/`` (a tiny transformer folder as released: ``config.json`` +
 ``diffusion_pytorch_model.safetensors`` with the released key names), ``dit_io.safetensors``
@@ -395,12 +395,55 @@ def make_ti2v(out: Path) -> None:
     path.write_text(json.dumps(shapes, separators=(",", ":"), sort_keys=True) + "\n")
 
 
+#: Step-LLM's real size as this plugin ASSUMES it (``StepLLMConfig``'s defaults): the released
+#: ``step_llm/config.json`` is not in the official repository, so only ``hidden_size`` is confirmed
+#: (by the DiT's ``caption_channels[0]``); the rest is unverified (docs/stepvideo.md says so).
+LLM_ASSUMED_REAL_SIZE = {
+    **LLM_CONFIG,
+    "hidden_size": 6144,
+    "num_attention_heads": 48,
+    "num_attention_groups": 4,
+    "num_layers": 48,
+    "ffn_hidden_size": 16384,
+    "padded_vocab_size": 65536,
+    "seq_length": 320,
+}
+
+
+def make_llm_shapes(out: Path) -> None:
+    """The official Step1Model at ``LLM_ASSUMED_REAL_SIZE``, built on meta: ``released_shapes.json``'s
+    ``step_llm_assumed`` (names and shapes as the official code makes them for those values)."""
+    import optimus_shim
+
+    optimus_shim.install()
+    import transformers.modeling_utils
+
+    transformers.modeling_utils.PretrainedConfig = transformers.PretrainedConfig
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        from stepvideo.text_encoder.stepllm import Step1Model
+    finally:
+        sys.argv = argv
+    from transformers import PretrainedConfig
+
+    with torch.device("meta"):
+        model = Step1Model(PretrainedConfig(**LLM_ASSUMED_REAL_SIZE, params_dtype=torch.bfloat16))
+    path = out / "released_shapes.json"
+    shapes = json.loads(path.read_text()) if path.exists() else {}
+    shapes["step_llm_assumed"] = {
+        "config": LLM_ASSUMED_REAL_SIZE,
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+    }
+    path.write_text(json.dumps(shapes, separators=(",", ":"), sort_keys=True) + "\n")
+
+
 MAKERS = {
     "dit": make_dit,
     "sampling": make_sampling,
     "shapes": make_shapes,
     "vae": make_vae,
     "llm": make_llm,
+    "llm_shapes": make_llm_shapes,
     "ti2v": make_ti2v,
 }
 
