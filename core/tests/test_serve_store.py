@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from fastvideo.serve.store import JobStore, QueueFull
+from fastvideo.testing.serve import claim_until_empty
 
 
 def _add(store, prompt, **kw):
@@ -67,22 +68,13 @@ def test_recover_fails_running_jobs_with_the_reason_and_keeps_the_rest(tmp_path)
     assert store.get(done)["status"] == "completed" and store.get(waiting)["status"] == "queued"
 
 
-def _claim_all(path, name, out):
-    store = JobStore(path)
-    got = []
-    while (claim := store.claim("m", name)) is not None:
-        got.append(claim.id)
-        store.finish(claim, video_path=f"{claim.id}.mp4")
-    out.put(got)
-
-
 def test_concurrent_workers_never_claim_the_same_job(tmp_path):
     path = tmp_path / "q.db"
     store = JobStore(path)
     ids = {_add(store, str(i))["id"] for i in range(60)}
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(path, f"w{i}", out)) for i in range(3)]
+    procs = [ctx.Process(target=claim_until_empty, args=(path, f"w{i}", out)) for i in range(3)]
     for p in procs:
         p.start()
     claimed = [i for _ in procs for i in out.get(timeout=60)]

@@ -152,3 +152,17 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def claim_until_empty(path: str | Path, worker: str, out: Any) -> None:
+    """A worker process's loop over the job store at ``path``: claim and finish jobs until none is
+    queued, then put the claimed ids on ``out`` (a multiprocessing queue). Importable by spawned
+    processes, unlike a function defined in a test module."""
+    from fastvideo.serve.store import JobStore
+
+    store = JobStore(path)
+    got = []
+    while (claim := store.claim("m", worker)) is not None:
+        got.append(claim.id)
+        store.finish(claim, video_path=f"{claim.id}.mp4")
+    out.put(got)
