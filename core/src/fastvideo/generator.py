@@ -202,7 +202,7 @@ class VideoGenerator:
         # transforms may place or read the DiTs' weights as they load (offload, FP8 checkpoints)
         with load_policy(config).active() as policy:
             pipeline = source.family.build_pipeline(source, config)
-        pipeline.load_policy = policy
+        pipeline.load_policy = policy  # type: ignore[attr-defined]
         use_sampler(pipeline, config, source)
         apply_transforms(pipeline, config)  # step caches, FP8, offload; CFG-parallel guidance, parallel VAE
         defaults = source.family.sampling_defaults(source).with_overrides(sampling_overrides or {})

@@ -17,40 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastvideo.testing.kernels import poisoned_empty
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-_REAL = {"empty": torch.empty, "empty_like": torch.empty_like, "new_empty": torch.Tensor.new_empty}
-
-
-def _poison(t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point():
-        t.fill_(float("nan"))
-    elif t.dtype in (torch.int32, torch.int64):
-        t.fill_(-(2**30))
-    return t
-
-
-def _forget_constructors() -> None:
-    """``with torch.device(...)`` caches the identity of ``torch.empty`` & co. on first use; a cache
-    filled while they are patched would break every later ``torch.device`` block in the session."""
-    cached = getattr(getattr(torch.utils, "_device", None), "_device_constructors", None)
-    if cached is not None and hasattr(cached, "cache_clear"):
-        cached.cache_clear()
-
 
 @pytest.fixture(autouse=True)
-def nan_empty(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def nan_empty() -> Iterator[None]:
     """Uninitialised memory reads as NaN (ints: a large negative index) during the test."""
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: _poison(_REAL["empty"](*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: _poison(_REAL["empty_like"](*a, **k)))
-    monkeypatch.setattr(
-        torch.Tensor, "new_empty", lambda self, *a, **k: _poison(_REAL["new_empty"](self, *a, **k))
-    )
-    _forget_constructors()
-    yield
-    monkeypatch.undo()
-    _forget_constructors()
+    with poisoned_empty():
+        yield
 
 
 #: This plugin and the families the tests generate with (test dependencies, see pyproject's test extra).

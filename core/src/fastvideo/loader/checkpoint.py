@@ -129,9 +129,9 @@ class DiffusersCheckpoint:
             if only is not None and ours not in only:
                 continue
             by_file.setdefault(path, []).append((ours, theirs))
-        for path, names in by_file.items():
+        for path, pairs in by_file.items():
             with _open(path, str(device)) as f:
-                for ours, theirs in names:
+                for ours, theirs in pairs:
                     try:
                         tensor = f.get_tensor(theirs)
                     except Exception as e:  # safetensors raises its own error types for bad data

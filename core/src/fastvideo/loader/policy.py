@@ -119,9 +119,8 @@ class LoadPolicy:
             for name, tensor in fp8_state.items():
                 state[name] = place(name, tensor if name in fp8_names else cast(name, tensor))
             info.update(fp8_linears=count, fp8_checkpoint=str(self.fp8_checkpoint))
-            model.fp8_checkpoint_loaded = str(
-                self.fp8_checkpoint
-            )  # the FP8 transform has nothing left to load
+            # the FP8 transform has nothing left to load
+            setattr(model, "fp8_checkpoint_loaded", str(self.fp8_checkpoint))  # noqa: B010
         wanted = {name for name in model.state_dict() if name not in state and name not in zeros}
         for name, tensor in ckpt.tensors(device=cpu, names=wanted):  # one tensor at a time, then placed
             state[name] = place(name, cast(name, tensor))

@@ -249,7 +249,7 @@ class DiT(nn.Module):
         zeros = attach_layer_modules(model, attention_backend, stored=ckpt.shapes)
         policy = current_policy()  # set by transforms (offload, FP8 checkpoint) while a pipeline loads
         if policy is not None and policy.applies_to(model):
-            return policy.load(
+            return policy.load(  # type: ignore[return-value]
                 model, ckpt, dtype=dtype, device=device, keep_fp32=cls.is_fp32_param, zero_init=zeros
             )
         return cls.load_checkpoint(model, ckpt, dtype=dtype, device=device, zero_init=zeros)

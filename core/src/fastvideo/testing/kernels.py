@@ -1,0 +1,50 @@
+"""Helpers for kernel tests (the attention plugins' Triton kernels, run in the CPU interpreter).
+
+:func:`poisoned_empty` makes uninitialised memory read as NaN (integers: a large negative index) while
+it is active, so a kernel that leaves part of an output unwritten fails its comparison instead of
+passing on whatever the allocator returned. A plugin's ``conftest.py`` uses it as an autouse fixture::
+
+    @pytest.fixture(autouse=True)
+    def nan_empty():
+        with poisoned_empty():
+            yield
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        t.fill_(float("nan"))
+    elif t.dtype in (torch.int32, torch.int64):
+        t.fill_(-(2**30))
+    return t
+
+
+def _forget_constructors() -> None:
+    """``with torch.device(...)`` caches the identity of ``torch.empty`` & co. on first use; a cache
+    filled while they are patched would break every later ``torch.device`` block in the process."""
+    cached = getattr(getattr(torch.utils, "_device", None), "_device_constructors", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+
+
+@contextmanager
+def poisoned_empty() -> Iterator[None]:
+    """``torch.empty``, ``torch.empty_like`` and ``Tensor.new_empty`` return poisoned memory inside."""
+    real = (torch.empty, torch.empty_like, torch.Tensor.new_empty)
+    empty, empty_like, new_empty = real
+    torch.empty = lambda *a, **k: _poison(empty(*a, **k))  # type: ignore[assignment]
+    torch.empty_like = lambda *a, **k: _poison(empty_like(*a, **k))  # type: ignore[assignment]
+    torch.Tensor.new_empty = lambda self, *a, **k: _poison(new_empty(self, *a, **k))  # type: ignore[method-assign,misc]
+    _forget_constructors()
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = real  # type: ignore[misc,method-assign]
+        _forget_constructors()
