@@ -136,9 +136,10 @@ def test_toy_evaluation_samples_a_student_as_it_ships(monkeypatch: pytest.Monkey
     assert len(calls) == 3
 
 
-#: Regression floors a little under what the shipped student measured on the 56 held-out prompts
-#: (colour 96.4%, shape 96.4%, direction 96.4%, background 100%; docs/dmd2.md).
-FAST_FLOORS = {"colour": 0.92, "shape": 0.95, "direction": 0.94, "background": 0.98}
+#: The acceptance bar of issue 18: within 3 points of the teacher (100%, 98.2%, 100% on colour, shape,
+#: direction) on the 56 held-out prompts, sampled as shipped (3 steps, no CFG). The shipped student
+#: measured 98.2%, 100%, 100%, 100% (docs/dmd2.md).
+FAST_FLOORS = {"colour": 0.97, "shape": 0.952, "direction": 0.97, "background": 0.98}
 
 
 @pytest.mark.slow
