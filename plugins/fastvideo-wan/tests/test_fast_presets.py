@@ -115,9 +115,31 @@ def test_wan_toy_fast_generates_in_three_dit_forwards() -> None:
     }
 
 
-#: Regression floors a little under what the shipped student measured on the 56 held-out prompts
-#: (colour 96.4%, shape 96.4%, direction 96.4%, background 100%; docs/dmd2.md).
-FAST_FLOORS = {"colour": 0.92, "shape": 0.95, "direction": 0.94, "background": 0.98}
+def test_toy_evaluation_samples_a_student_as_it_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fv wan toy-eval`` scores the model with its own steps and guidance: a 3-step student
+    without CFG runs 3 DiT forwards, not wan-toy's CFG 2 on top of them (6)."""
+    import fastvideo
+    from fastvideo_wan.toy import held_out_prompts
+    from fastvideo_wan.toy_model import evaluate_model
+
+    calls: list[int] = []
+    original = fastvideo.VideoGenerator.from_pretrained
+
+    def counting(*args: object, **kwargs: object) -> object:
+        gen = original(*args, **kwargs)
+        gen.pipeline.components["transformer"].register_forward_pre_hook(lambda m, a: calls.append(1))
+        return gen
+
+    monkeypatch.setattr(fastvideo.VideoGenerator, "from_pretrained", counting)
+    prompt = held_out_prompts()[:1]
+    evaluate_model("wan-toy-fast", prompt, device="cpu")
+    assert len(calls) == 3
+
+
+#: The acceptance bar of issue 18: within 3 points of the teacher (100%, 98.2%, 100% on colour, shape,
+#: direction) on the 56 held-out prompts, sampled as shipped (3 steps, no CFG). The shipped student
+#: measured 98.2%, 100%, 100%, 100% (docs/dmd2.md).
+FAST_FLOORS = {"colour": 0.97, "shape": 0.952, "direction": 0.97, "background": 0.98}
 
 
 @pytest.mark.slow

@@ -124,6 +124,14 @@ def make_toy_scaffold(
     return path
 
 
+#: What :func:`evaluate_model` fixes for every model: the clip the evaluator reads (frames, size, fps,
+#: text length, the empty negative prompt). Steps, guidance and shift stay the model's own (a few-step
+#: student samples without CFG; wan-toy's 20 steps with CFG 2 would add a CFG branch to it).
+CLIP_SAMPLING = {
+    k: v for k, v in SAMPLING.items() if k not in ("num_inference_steps", "guidance_scale", "flow_shift")
+}
+
+
 def evaluate_model(
     model: str,
     prompts: list[str] | None = None,
@@ -132,7 +140,8 @@ def evaluate_model(
     device: str | None = None,
     **sampling: Any,
 ) -> dict[str, Any]:
-    """Generate each prompt (default: the held-out ones) once and score it from its pixels.
+    """Generate each prompt (default: the held-out ones) once and score it from its pixels, with the
+    model's own steps, guidance and shift unless ``sampling`` overrides them.
 
     Returns ``{"accuracy": {attribute: fraction}, "count": n, "failures": [(prompt, detected)]}``.
     """
@@ -140,7 +149,9 @@ def evaluate_model(
     from fastvideo_wan.toy import detect, evaluate, held_out_prompts, score_clip
 
     prompts = list(prompts) if prompts is not None else held_out_prompts()
-    gen = VideoGenerator.from_pretrained(model, device=device, progress=False, **{**SAMPLING, **sampling})
+    gen = VideoGenerator.from_pretrained(
+        model, device=device, progress=False, **{**CLIP_SAMPLING, **sampling}
+    )
     pairs, failures = [], []
     for i, prompt in enumerate(prompts):
         frames = gen.generate_video(prompt, seed=seed + i).frames
