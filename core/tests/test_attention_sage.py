@@ -125,7 +125,9 @@ def ulysses_suite(rank: int, world: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow  # two processes over gloo, kernels in the interpreter: ~10 s
-@pytest.mark.skipif(not interpreting(), reason="gloo ranks hold CPU tensors: sage runs on them only in the interpreter")
+@pytest.mark.skipif(
+    not interpreting(), reason="gloo ranks hold CPU tensors: sage runs on them only in the interpreter"
+)
 def test_sage_under_ulysses_is_as_accurate_as_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ulysses hands each rank whole sequences of half the heads (self-attention); cross-attention runs
     on each rank's token shard, so its query blocks (and their INT8 scales) differ from one process:

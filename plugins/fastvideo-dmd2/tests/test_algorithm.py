@@ -248,3 +248,18 @@ def test_the_sparse_student_runs_vsa_while_teacher_and_critic_run_dense(make: An
     blocks = len(alg.student.blocks)
     student_vsa = sum(1 for r, b in calls if r == "student" and b == "vsa")
     assert student_vsa % blocks == 0 and student_vsa >= 2 * blocks  # the student's rollouts, every block
+
+
+@pytest.mark.parametrize("recipe", ["dmd2-wan2.1-t2v-1.3b-vsa.yaml", "wan-toy/dmd2.yaml"])
+def test_the_shipped_recipes_load_with_valid_options(recipe: str) -> None:
+    from fastvideo.training.config import load_config, parse_algorithm_options
+    from fastvideo_dmd2.algorithm import DMD2Options
+
+    # recipe.sh passes the toy recipe's paths on the command line, as here
+    overrides = (
+        {"model.path": "wan-toy", "data.path": "latents", "output_dir": "out"} if "/" in recipe else None
+    )
+    cfg = load_config(Path(__file__).resolve().parents[3] / "examples" / "train" / recipe, overrides)
+    assert cfg.algorithm == "dmd2"
+    opts = parse_algorithm_options(DMD2Options, cfg.algorithm_options)
+    assert list(opts.student_timesteps) == sorted(opts.student_timesteps, reverse=True)
