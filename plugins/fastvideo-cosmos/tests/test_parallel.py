@@ -25,9 +25,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     from test_model import make_inputs
 
     from fastvideo.attention import use_backend
-    from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.sequence import SequenceSharding
-    from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.testing.parallel import sharded_forward
     from fastvideo_cosmos.model import CosmosTransformer
 
     torch.set_num_threads(1)  # two ranks share the CPU cores
@@ -37,14 +35,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
         args = make_inputs(model.config, **inputs)
         with torch.no_grad(), use_backend("sdpa"):
             whole = model(*args)
-            state = init_parallel(ParallelConfig(num_gpus=world, **par), device="cpu")
-            sharding = SequenceSharding(model, state)
-            sharding.apply(model)
-            try:
-                sharded = model(*args)
-            finally:
-                sharding.remove(model)
-                teardown()
+            sharded = sharded_forward(model, world, par, *args)
         errors[name] = ((sharded - whole).abs().max() / whole.abs().max()).item()
     return errors
 

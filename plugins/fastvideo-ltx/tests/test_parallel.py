@@ -26,9 +26,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     import torch
 
     from fastvideo.attention import use_backend
-    from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.sequence import SequenceSharding
-    from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.testing.parallel import sharded_forward
     from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -41,14 +39,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
         args = make_inputs(model.config, **inputs)
         with torch.no_grad(), use_backend("sdpa"):
             whole = model(*args)
-            state = init_parallel(ParallelConfig(num_gpus=world, **par), device="cpu")
-            sharding = SequenceSharding(model, state)
-            sharding.apply(model)
-            try:
-                sharded = model(*args)
-            finally:
-                sharding.remove(model)
-                teardown()
+            sharded = sharded_forward(model, world, par, *args)
         errors[name] = ((sharded - whole).abs().max() / whole.abs().max()).item()
     return errors
 

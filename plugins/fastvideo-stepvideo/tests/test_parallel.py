@@ -22,9 +22,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
     from safetensors.torch import load_file
 
     from fastvideo.attention import use_backend
-    from fastvideo.configs import ParallelConfig
-    from fastvideo.parallel.sequence import SequenceSharding
-    from fastvideo.parallel.state import init_parallel, teardown
+    from fastvideo.testing.parallel import sharded_forward
     from fastvideo_stepvideo.model import StepVideoTransformer
 
     torch.set_num_threads(1)
@@ -41,14 +39,7 @@ def suite(rank: int, world: int, folder: str) -> dict[str, float]:
         )
         ref = io[f"{case}.output"].permute(0, 2, 1, 3, 4)
         with torch.no_grad(), use_backend("sdpa"):
-            state = init_parallel(ParallelConfig(num_gpus=world, **par), device="cpu")
-            sharding = SequenceSharding(model, state)
-            sharding.apply(model)
-            try:
-                out = model(*args)
-            finally:
-                sharding.remove(model)
-                teardown()
+            out = sharded_forward(model, world, par, *args)
         errors[name] = ((out - ref).abs().max() / ref.abs().max()).item()
     return errors
 

@@ -62,3 +62,22 @@ def assert_ranks_match_one_process(
         assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (
             f"{name} rank {rank}: frames differ ({diff.max()})"
         )
+
+
+def sharded_forward(model: Any, world: int, parallel: dict[str, Any], *args: Any) -> Any:
+    """``model(*args)`` on this rank with the model's declared sequence-parallel plan applied over a
+    ``ParallelConfig(num_gpus=world, **parallel)`` layout (Ulysses, ring or both), then the plan
+    removed and the layout torn down: a DiT's sharded output, to compare with its one-process output
+    (run inside :func:`fastvideo.parallel.testing.run_ranks`)."""
+    from fastvideo.configs import ParallelConfig
+    from fastvideo.parallel.sequence import SequenceSharding
+    from fastvideo.parallel.state import init_parallel, teardown
+
+    state = init_parallel(ParallelConfig(num_gpus=world, **parallel), device="cpu")
+    sharding = SequenceSharding(model, state)
+    sharding.apply(model)
+    try:
+        return model(*args)
+    finally:
+        sharding.remove(model)
+        teardown()
