@@ -52,6 +52,9 @@ def timed(fn: Any, device: torch.device, warmup: int, iters: int) -> tuple[float
     for _ in range(warmup):
         out = fn()
     if device.type == "cuda":
+        from harness import profile_once
+
+        profile_once("dit", fn)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []

@@ -32,11 +32,35 @@ class Timing:
     times_ms: list[float] = field(default_factory=list)
 
 
+_profiled: dict[str, int] = {}
+
+
+def profile_once(name: str, fn: Callable[[], Any]) -> None:
+    """With ``BENCH_PROFILE=DIR`` set, profile one call of ``fn`` (after its warm-up) and write the
+    CUDA kernels by total time to ``DIR/<name>_<n>.txt`` (printing the top 20): where a forward's
+    time goes, ours against the reference's, in the same run."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if not folder or not torch.cuda.is_available():
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    n = _profiled[name] = _profiled.get(name, 0) + 1
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{name.replace(' ', '_')}_{n}.txt").write_text(table)
+    print(f"-- profile of {name} (call {n}):\n" + "\n".join(table.splitlines()[:24]), flush=True)
+
+
 def time_cuda(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5) -> tuple[Timing, Any]:
     """Median time of ``fn()`` over ``iters`` runs after ``warmup`` runs, with peak memory."""
     out = None
     for _ in range(warmup):
         out = fn()
+    profile_once(name, fn)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times = []
