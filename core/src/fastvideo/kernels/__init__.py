@@ -70,6 +70,10 @@ def forced(on: bool = True) -> Iterator[None]:
         _force = before
 
 
+def _on_gpu(tensors: list[torch.Tensor]) -> bool:
+    return all(t.is_cuda for t in tensors)
+
+
 def active(*tensors: torch.Tensor | None) -> bool:
     """Whether the fused kernels run for these inputs (see the module docstring)."""
     if _force is False or torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -78,7 +82,7 @@ def active(*tensors: torch.Tensor | None) -> bool:
     if _force is None:
         if os.environ.get(ENV, "1").strip() == "0":
             return False
-        if not all(t.is_cuda for t in present):
+        if not _on_gpu(present):
             return False
     return available()
 
