@@ -158,6 +158,28 @@ def test_rms_norm_rope_full_width_batched_tables() -> None:
     )
 
 
+@needs_triton
+def test_rms_norm_rope_split_half_width_per_head_tables() -> None:
+    """LTX-2's split RoPE: norm across heads, then rotate-half per head by (B, H, L, Dh/2) tables."""
+    gen = torch.Generator().manual_seed(6)
+    b, length, heads, dh = 2, 5, 3, 16
+    r = dh // 2
+    q = torch.randn(b, length, heads * dh, generator=gen)
+    w = torch.randn(heads * dh, generator=gen)
+    angles = torch.rand(b, heads, length, r, generator=gen) * 6
+    cos, sin = angles.cos(), angles.sin()
+    normed = F.rms_norm(q, (heads * dh,), w, 1e-6).reshape(b, length, heads, 2, r)
+    c, s = cos.transpose(1, 2), sin.transpose(1, 2)  # (B, L, H, r)
+    first, second = normed[..., 0, :], normed[..., 1, :]
+    expected = torch.stack((first * c - second * s, second * c + first * s), dim=-2).reshape(
+        b, length, heads, dh
+    )
+    args = (q.unflatten(-1, (heads, dh)), w, c, s, 1e-6, heads * dh)
+    for impl in (lambda *a, **k: fused(kernels.rms_norm_rope, *a, **k), kernels.rms_norm_rope):
+        out = impl(*args, layout="half", signed_sin=False)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs_raise_one_line_value_errors() -> None:
     x = torch.zeros(1, 4, 8)
     cases = [
@@ -167,6 +189,7 @@ def test_bad_inputs_raise_one_line_value_errors() -> None:
         (lambda: kernels.rms_norm_rope(x, None, x, x, 1e-6, 3), "group=3"),
         (lambda: kernels.rms_norm_rope(x, None, torch.zeros(4, 3), x, 1e-6, 8), "does not broadcast"),
         (lambda: kernels.rms_norm_rope(x, torch.ones(4), x, x, 1e-6, 8), r"weight must be \(8,\)"),
+        (lambda: kernels.rms_norm_rope(x, None, x[..., :4], x[..., :4], 1e-6, 8), "full-width tables"),
         (lambda: kernels.gated_residual(x, x, torch.zeros(1, 3, 8)), "gate must be"),
     ]
     for fn, match in cases:

@@ -165,20 +165,24 @@ def adaln_modulate(
 # --------------------------------------------------------------------------------------------------
 
 
-def table_layout(tab: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int, int, int]:
-    """A RoPE table broadcast to x's ``shape`` ``(B, L, ...)``: (tensor, batch stride, token stride,
-    period), where channel ``i`` of a token's row reads entry ``i % period`` of its table row."""
+def table_layout(tab: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int, int, int, int]:
+    """A RoPE table for x of ``shape`` ``(B, L, D)`` or ``(B, L, H, Dh)``, as (tensor, batch stride,
+    token stride, head stride, width): channel ``j`` of head ``h`` of token ``(b, l)`` reads entry
+    ``j % width`` of the table row at ``(b, l, h)``. Full tables have the rotation width (D or Dh);
+    half-width tables (rotate-half only) one entry per angle."""
+    width = tab.shape[-1] if tab.ndim else 0
     try:
-        t = tab.expand(shape)
+        if width not in (shape[-1], shape[-1] // 2):
+            raise RuntimeError
+        t = tab.expand(*shape[:-1], width)
     except RuntimeError:
         raise ValueError(
-            f"RoPE table {tuple(tab.shape)} does not broadcast to x {tuple(shape)}; pass (L, 1, Dh) / "
-            "(B or 1, L, D) tables of x's layout"
+            f"RoPE table {tuple(tab.shape)} does not broadcast to x {tuple(shape)}; pass (L, 1, Dh), "
+            "(B or 1, L, D) or (B or 1, L, H, Dh or Dh/2) tables of x's layout"
         ) from None
-    if t.stride(-1) == 1 and all(s == 0 for s in t.stride()[2:-1]):  # one row per token, shared by heads
-        return t, t.stride(0), t.stride(1), shape[-1]
-    t = t.reshape(shape[0], shape[1], -1).contiguous()  # varies across heads: one row per token
-    return t, t.stride(0), t.stride(1), t.shape[-1]
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, t.stride(0), t.stride(1), t.stride(2) if len(shape) == 4 else 0, width
 
 
 def rms_norm_rope(
@@ -197,16 +201,18 @@ def rms_norm_rope(
 
     :param x: ``(B, L, D)`` or ``(B, L, H, Dh)`` (q or k); the RoPE tables broadcast to its shape.
     :param weight: the norm's ``(group,)`` weight, or None.
-    :param cos: / ``sin``: e.g. ``(L, 1, Dh)`` (shared by the heads) or ``(B or 1, L, D)`` tables of one
-        value per channel. ``interleaved``: channel pairs ``(2i, 2i+1)`` rotate together, the format of
+    :param cos: / ``sin``: tables broadcasting to x's shape, the rotation running over x's last dim:
+        e.g. ``(L, 1, Dh)`` (shared by the heads), ``(B or 1, L, D)``, or per head ``(B, L, H, Dh)``.
+        ``interleaved``: channel pairs ``(2i, 2i+1)`` rotate together, the format of
         :func:`fastvideo.layers.rope_tables` (``signed_sin``: ``sin`` already holds ``(-s, +s)`` per pair;
-        False: ``(s, s)``). ``half``: rotate-half, channel ``i`` with ``i + Dh/2`` in each table period
-        (``cos = [c, c]``, ``sin = [s, s]``, or ``[-s, s]`` with ``signed_sin``).
+        False: ``(s, s)``). ``half``: rotate-half, channel ``i`` with ``i + Dh/2`` (``cos = [c, c]``,
+        ``sin = [s, s]``, or ``[-s, s]`` with ``signed_sin``), or half-width tables ``(..., Dh/2)``
+        (``c``, ``s`` once per angle, e.g. a ``(B, H, L, Dh/2)`` table transposed to ``(B, L, H, Dh/2)``).
     :param group: channels per RMS statistic: ``Dh`` for per-head norms, ``H * Dh`` across heads.
     """
     if layout not in ("interleaved", "half"):
         raise ValueError(f"layout={layout!r} must be 'interleaved' or 'half'")
-    if x.ndim < 3:
+    if x.ndim not in (3, 4):
         raise ValueError(f"x must be (B, L, D) or (B, L, H, Dh), got shape {tuple(x.shape)}")
     width = math.prod(x.shape[2:])
     if group < 2 or group % 2 or width % group:
@@ -214,34 +220,38 @@ def rms_norm_rope(
     if weight is not None and tuple(weight.shape) != (group,):
         raise ValueError(f"weight must be ({group},) (the norm's width), got {tuple(weight.shape)}")
     cos_l, sin_l = table_layout(cos, x.shape), table_layout(sin, x.shape)
-    period = cos_l[3]
-    if period != sin_l[3] or period % 2 or (layout == "half" and group % period):
+    period = x.shape[-1]  # the rotation width: Dh per head, or D
+    if cos_l[4] != sin_l[4] or period % 2 or (layout == "half" and group % period):
         raise ValueError(
             f"RoPE tables {tuple(cos.shape)} / {tuple(sin.shape)} for x {tuple(x.shape)}: the rotation "
             f"width must be even{' and divide group=' + str(group) if layout == 'half' else ''}"
         )
+    if layout == "interleaved" and cos_l[4] != period:
+        raise ValueError(
+            f"interleaved RoPE needs full-width tables ({period} per row), got {tuple(cos.shape)}"
+        )
     if active(x, weight, cos, sin):
         from fastvideo.kernels import _triton
 
-        tables = (cos_l[:3], sin_l[:3])
-        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, tables)
+        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
     shape = x.shape
     xg = x.float().reshape(*shape[:2], -1, group)
     y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:
         y = y * weight.float()
-    y = y.reshape(*shape[:2], -1, period)  # (B, L, n, period)
+    y = y.reshape(shape)
+    c, s = cos_l[0].float(), sin_l[0].float()
     if layout == "interleaved":
         partner = y.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
         sign = torch.tensor([-1.0, 1.0], device=x.device).repeat(period // 2)
     else:
         partner = torch.cat(y.chunk(2, dim=-1)[::-1], dim=-1)
         sign = torch.tensor([-1.0, 1.0], device=x.device).repeat_interleave(period // 2)
-    c = cos_l[0].float().reshape(*shape[:2], -1, period)
-    s = sin_l[0].float().reshape(*shape[:2], -1, period)
+        if cos_l[4] != period:  # half-width tables
+            c, s = torch.cat([c, c], dim=-1), torch.cat([s, s], dim=-1)
     if not signed_sin:
         s = s * sign
-    return (y * c + partner * s).reshape(shape).to(x.dtype)
+    return (y * c + partner * s).to(x.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, group: int) -> torch.Tensor:
@@ -257,7 +267,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, group: in
     if active(x, weight):
         from fastvideo.kernels import _triton
 
-        return _triton.rms_rope(x, weight, eps, group, False, True, 2, None)
+        return _triton.rms_rope(x, weight, eps, group, False, True, 2, None)  # no tables: no rotation
     xg = x.float().reshape(*x.shape[:2], -1, group)
     y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:

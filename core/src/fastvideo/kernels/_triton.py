@@ -154,8 +154,10 @@ def _rms_rope_kernel(
     sxl,
     scb,
     scl,
+    sch,
     ssb,
     ssl,
+    ssh,
     sob,
     sol,
     NG: tl.constexpr,
@@ -163,6 +165,7 @@ def _rms_rope_kernel(
     GROUP: tl.constexpr,
     G_BLOCK: tl.constexpr,
     R: tl.constexpr,
+    TW: tl.constexpr,
     HALF: tl.constexpr,
     SIGNED: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -193,8 +196,10 @@ def _rms_rope_kernel(
         yp = tl.load(xrow + pc, mask=mask, other=0.0).to(tl.float32) * rstd
         if HAS_W:
             yp = yp * tl.load(W + pc, mask=mask, other=0.0).to(tl.float32)
-        cs = tl.load(COS + b * scb + t * scl + r, mask=mask, other=0.0).to(tl.float32)
-        sn = tl.load(SIN + b * ssb + t * ssl + r, mask=mask, other=0.0).to(tl.float32)
+        hi = col // R  # the table row of a head (stride 0 when the heads share it)
+        ti = r % TW  # half-width tables: both halves use the same angle
+        cs = tl.load(COS + b * scb + t * scl + hi * sch + ti, mask=mask, other=0.0).to(tl.float32)
+        sn = tl.load(SIN + b * ssb + t * ssl + hi * ssh + ti, mask=mask, other=0.0).to(tl.float32)
         if not SIGNED:
             sn = tl.where(first, -sn, sn)
         out = y * cs + yp * sn
@@ -211,7 +216,7 @@ def rms_rope(
     half: bool,
     signed: bool,
     period: int,
-    tables: tuple[tuple[torch.Tensor, int, int], tuple[torch.Tensor, int, int]] | None,
+    tables: tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int]] | None,
 ) -> torch.Tensor:
     """Launch :func:`_rms_rope_kernel` on ``x`` ``(B, L, ...)``; rows of ``prod(...)`` channels; the
     tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller)."""
@@ -223,7 +228,8 @@ def rms_rope(
     )
     if x.stride(-1) != 1 or not inner_contiguous:
         x = x.contiguous()
-    (cos_t, scb, scl), (sin_t, ssb, ssl) = tables if tables is not None else ((x, 0, 0), (x, 0, 0))
+    none = (x, 0, 0, 0, 2)
+    (cos_t, scb, scl, sch, tw), (sin_t, ssb, ssl, ssh, _) = tables if tables is not None else (none, none)
     out = torch.empty(shape, device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
@@ -241,8 +247,10 @@ def rms_rope(
         x.stride(1),
         scb,
         scl,
+        sch,
         ssb,
         ssl,
+        ssh,
         out.stride(0),
         out.stride(1),
         NG=ng,
@@ -250,6 +258,7 @@ def rms_rope(
         GROUP=group,
         G_BLOCK=g_block,
         R=period,
+        TW=tw,
         HALF=half,
         SIGNED=signed,
         HAS_W=weight is not None,
