@@ -144,8 +144,8 @@ def adaln_modulate(
             index = None  # one row for every token
         elif index is not None:
             index = index.to(device=x.device, dtype=torch.int64).contiguous()
-            m = max(shift.shape[1], scale.shape[1])
-            shift, scale = shift.expand(-1, m, -1), scale.expand(-1, m, -1)
+            table_rows = max(shift.shape[1], scale.shape[1])
+            shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
         return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
     if index is not None:
         shift, scale = shift.index_select(1, index), scale.index_select(1, index)
