@@ -1,6 +1,6 @@
 """Fused Triton kernels for the memory-bound elementwise work of the DiTs' eager inference forward.
 
-Two ops, each one read of its input and one write of its output with fp32 math and a single rounding:
+Each op is one read of its inputs and one write of its output, with fp32 math and a single rounding:
 
 - :func:`adaln_modulate`: LayerNorm or RMSNorm (fp32 statistics, optional affine) then
   ``* (1 + scale) + shift`` with per-sample, per-token or per-row-of-a-table (``index``) modulation.
@@ -10,9 +10,8 @@ Two ops, each one read of its input and one write of its output with fp32 math a
 
 Dispatch (:func:`active`): the Triton kernel runs only for CUDA tensors, when Triton imports, when no
 autograd graph can be built (grad mode off: ``torch.no_grad`` / ``inference_mode``; training keeps the
-PyTorch path, the kernels have no backward),
-outside ``torch.compile`` tracing (Inductor fuses the reference code itself), and unless the environment
-sets ``FASTVIDEO_FUSED=0``. Otherwise the functions compute a plain PyTorch reference (fp32 math, one
+PyTorch path, the kernels have no backward), outside ``torch.compile`` tracing (Inductor fuses the
+reference code itself), and unless the environment sets ``FASTVIDEO_FUSED=0``. Otherwise the functions compute a plain PyTorch reference (fp32 math, one
 rounding). Model files call them behind ``if active(...)`` and keep their own code in the ``else``, so
 everything that is not a CUDA inference forward runs exactly as without this module.
 :func:`forced` switches the kernels on for any device (CPU tensors run under ``TRITON_INTERPRET=1``) or
