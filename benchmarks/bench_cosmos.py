@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -150,6 +151,8 @@ def _row(args: argparse.Namespace, variant: str, tokens: int, ours: Any, theirs:
         if args.device == "cuda"
         else {"date": "-", "card": "cpu", "torch": torch.__version__, "diffusers": "-"}
     )
+    if variant == "eager" and args.device == "cuda":  # our eager forward with or without fastvideo.kernels
+        variant += ", FASTVIDEO_FUSED=0" if os.environ.get("FASTVIDEO_FUSED") == "0" else ", fused kernels"
     diff = (ours[2] - theirs[2]).abs().max().item()
     scale = theirs[2].abs().max().item()
     print(f"ours/diffusers [{variant}]: {ours[0] / theirs[0]:.3f}; max|d| {diff:.3g} (ref scale {scale:.3g})")

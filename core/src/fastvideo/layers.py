@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal features ``[cos(t * f_i), sin(t * f_i)]`` with ``f_i = max_period^(-i / (dim/2))``.
@@ -102,10 +104,13 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: flo
     :param x: ``(B, L, D)`` tokens.
     :param shift: / ``scale``: per sample ``(B, D)`` or per token ``(B, L or 1, D)``, in any dtype:
         ``1 + scale`` is formed in their dtype (fp32 modulation tables stay exact), then rounded to
-        x's. The normalisation and the multiply-add each read x once.
+        x's. The normalisation and the multiply-add each read x once; on CUDA at inference
+        :func:`fastvideo.kernels.adaln_modulate` does both in one pass (fp32, rounded once).
     """
     if shift.ndim == x.ndim - 1:  # (B, D) -> (B, 1, D)
         shift, scale = shift.unsqueeze(1), scale.unsqueeze(1)
+    if x.ndim == 3 and kernels.active(x, shift, scale):  # CUDA inference: one fused Triton kernel
+        return kernels.adaln_modulate(x, shift, scale, eps)
     normed = F.layer_norm(x, x.shape[-1:], eps=eps)
     return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
 

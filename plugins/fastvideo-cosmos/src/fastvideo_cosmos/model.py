@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import timestep_embedding
@@ -162,11 +163,16 @@ class CosmosModulation(nn.Module):
         self.up = nn.Linear(lora_dim, n * dim, bias=False)
 
     def forward(
-        self, emb: torch.Tensor, temb: torch.Tensor, frames: torch.Tensor | None = None
+        self,
+        emb: torch.Tensor,
+        temb: torch.Tensor,
+        frames: torch.Tensor | None = None,
+        *,
+        per_token: bool = True,
     ) -> tuple[torch.Tensor, ...]:
         # emb (B, Tm, D); temb (B, Tm, 3D); frames (L,) the frame of each token, or None (Tm = 1)
         mod = self.up(self.down(F.silu(emb))) + temb[..., : self.up.out_features]  # (B, Tm, nD)
-        if frames is not None:  # computed once per frame, then laid out per token
+        if frames is not None and per_token:  # computed once per frame, then laid out per token
             mod = mod.index_select(1, frames)  # (B, L, nD)
         return mod.chunk(self.n, dim=-1)  # n x (B, L or 1, D)
 
@@ -202,6 +208,8 @@ class CosmosAttention(nn.Module):
     ) -> torch.Tensor:
         src = x if context is None else context
         heads = (self.num_heads, -1)
+        if kernels.active(x, src):  # CUDA inference: norm (+ RoPE) in one Triton kernel each
+            return self._fused(x, src, context is None, cos, sin)
         q = rms_norm(self.q(x).unflatten(-1, heads), self.norm_q, 1e-5)  # (B, L, H, Dh)
         k = rms_norm(self.k(src).unflatten(-1, heads), self.norm_k, 1e-5)  # (B, S, H, Dh)
         v = self.v(src).unflatten(-1, heads)  # (B, S, H, Dh)
@@ -211,6 +219,32 @@ class CosmosAttention(nn.Module):
             out = attention(q, k, v, allow=ALL, sequence_parallel=True)  # (B, L, H, Dh)
         else:
             out = attention(q, k, v, allow=DENSE)  # (B, L, H, Dh)
+        return self.o(out.flatten(2).type_as(q))  # (B, L, D)
+
+    def _fused(
+        self,
+        x: torch.Tensor,
+        src: torch.Tensor,
+        is_self: bool,
+        cos: torch.Tensor | None,
+        sin: torch.Tensor | None,
+    ) -> torch.Tensor:
+        heads = (self.num_heads, -1)
+        q, k, v = (
+            self.q(x).unflatten(-1, heads),
+            self.k(src).unflatten(-1, heads),
+            self.v(src).unflatten(-1, heads),
+        )
+        dh = q.shape[-1]
+        if is_self:
+            assert cos is not None and sin is not None
+            rope = {"layout": "half", "signed_sin": False}
+            q = kernels.rms_norm_rope(q, self.norm_q, cos, sin, 1e-5, dh, **rope)  # (B, L, H, Dh)
+            k = kernels.rms_norm_rope(k, self.norm_k, cos, sin, 1e-5, dh, **rope)
+            out = attention(q, k, v, allow=ALL, sequence_parallel=True)
+        else:
+            q, k = kernels.rms_norm(q, self.norm_q, 1e-5, dh), kernels.rms_norm(k, self.norm_k, 1e-5, dh)
+            out = attention(q, k, v, allow=DENSE)
         return self.o(out.flatten(2).type_as(q))  # (B, L, D)
 
 
@@ -254,12 +288,36 @@ class CosmosBlock(nn.Module):
         # or per latent frame, with frames (L,) the frame of each token
         if pos is not None:
             x = x + pos  # (B, L, D)
+        if kernels.active(x, emb, temb):  # CUDA inference: fused adaLN and gated residuals
+            return self._fused(x, context, emb, temb, cos, sin, frames)
         shift, scale, gate = self.mod_self(emb, temb, frames)  # 3 x (B, L or 1, D)
         x = torch.addcmul(x, gate, self.self_attn(adaln(x, shift, scale), cos=cos, sin=sin))  # (B, L, D)
         shift, scale, gate = self.mod_cross(emb, temb, frames)
         x = torch.addcmul(x, gate, self.cross_attn(adaln(x, shift, scale), context))  # (B, L, D)
         shift, scale, gate = self.mod_ff(emb, temb, frames)
         return torch.addcmul(x, gate, self.ffn(adaln(x, shift, scale)))  # (B, L, D)
+
+    def _fused(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        emb: torch.Tensor,
+        temb: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        frames: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame."""
+        layers = (
+            (self.mod_self, lambda h: self.self_attn(h, cos=cos, sin=sin)),
+            (self.mod_cross, lambda h: self.cross_attn(h, context)),
+            (self.mod_ff, self.ffn),
+        )
+        for mod, layer in layers:
+            shift, scale, gate = mod(emb, temb, frames, per_token=False)  # 3 x (B, Tm, D)
+            h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
+            x = kernels.gated_residual(x, layer(h), gate, index=frames)
+        return x
 
 
 class CosmosHead(nn.Module):
@@ -273,6 +331,9 @@ class CosmosHead(nn.Module):
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor, temb: torch.Tensor, frames: torch.Tensor | None
     ) -> torch.Tensor:
+        if kernels.active(x, emb, temb):
+            shift, scale = self.mod(emb, temb, frames, per_token=False)  # 2 x (B, Tm, D)
+            return self.proj(kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames))
         shift, scale = self.mod(emb, temb, frames)  # 2 x (B, L or 1, D)
         return self.proj(adaln(x, shift, scale))  # (B, L, ph*pw*pt*C)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
 from fastvideo.attention import DENSE, attention, joint_attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import MLP, gelu_tanh, modulate, rope_apply, rope_tables, timestep_embedding, unpatchify
@@ -112,6 +113,14 @@ def heads_qkv(
     """``(B, L, D)`` -> q, k, v ``(B, L, H, Dh)``: projected, q and k RMS-normed per head, then
     rotated by ``rope = (cos, sin)`` (video tokens; text tokens get no RoPE)."""
     heads = (num_heads, -1)
+    if rope is not None and kernels.active(x, *rope):  # CUDA inference: per-head RMSNorm + RoPE fused
+        q, k = (
+            kernels.rms_norm_rope(
+                p(x).unflatten(-1, heads), norm.weight, *rope, norm.eps or 1e-6, rope[0].shape[-1]
+            )
+            for p, norm in zip(proj[:2], norms, strict=True)
+        )
+        return q, k, proj[2](x).unflatten(-1, heads)
     q, k = (norm(p(x).unflatten(-1, heads)) for p, norm in zip(proj[:2], norms, strict=True))
     if rope is not None:
         q, k = rope_apply(q, *rope), rope_apply(k, *rope)

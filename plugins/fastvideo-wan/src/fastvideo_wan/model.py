@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import MLP, modulate, rope_apply, rope_tables, timestep_embedding, unpatchify
@@ -110,13 +111,23 @@ class WanSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.eps = num_heads, eps
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
+        if kernels.active(x, cos, sin):  # CUDA inference: RMSNorm across heads + RoPE in one kernel each
+            dim = x.shape[-1]
+            q = kernels.rms_norm_rope(
+                self.q(x).unflatten(-1, heads), self.norm_q.weight, cos, sin, self.eps, dim
+            )
+            k = kernels.rms_norm_rope(
+                self.k(x).unflatten(-1, heads), self.norm_k.weight, cos, sin, self.eps, dim
+            )
+            out = attention(q, k, self.v(x).unflatten(-1, heads), allow=ALL, sequence_parallel=True)
+            return self.o(out.flatten(2))  # (B, L, D)
         q = rope_apply(self.norm_q(self.q(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         k = rope_apply(self.norm_k(self.k(x)).unflatten(-1, heads), cos, sin)  # (B, L, H, Dh)
         v = self.v(x).unflatten(-1, heads)  # (B, L, H, Dh)

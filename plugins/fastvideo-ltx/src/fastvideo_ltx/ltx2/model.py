@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import timestep_embedding
@@ -145,6 +146,14 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
 
 
+def rms_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """``rms_norm(x) * (1 + scale) + shift``; one fused Triton kernel on CUDA inference."""
+    same = torch.promote_types(torch.promote_types(shift.dtype, scale.dtype), x.dtype) == x.dtype
+    if same and kernels.active(x, shift, scale):
+        return kernels.adaln_modulate(x, shift, scale, eps, norm="rms")
+    return rms_norm(x, eps) * (1 + scale) + shift
+
+
 def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (2i, 2i+1) of ``x`` ``(B, L, D)`` by the ``(B, L, D)`` tables (pairs repeated)."""
     x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, D/2) each
@@ -170,6 +179,17 @@ class RopeTables:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (rope_split if self.split else rope_interleaved)(x, self.cos, self.sin)
+
+    def norm_rope(self, x: torch.Tensor, norm: nn.RMSNorm, eps: float) -> torch.Tensor:
+        """``self(norm(x))`` for ``x`` ``(B, L, inner)`` in one fused Triton kernel (CUDA inference)."""
+        if self.split:  # rotate-half per head by (B, H, L, Dh/2) tables
+            c, s = self.cos.transpose(1, 2), self.sin.transpose(1, 2)  # (B, L, H, Dh/2)
+            xh = x.unflatten(-1, (self.cos.shape[1], -1))
+            out = kernels.rms_norm_rope(
+                xh, norm.weight, c, s, eps, x.shape[-1], layout="half", signed_sin=False
+            )
+            return out.flatten(2)
+        return kernels.rms_norm_rope(x, norm.weight, self.cos, self.sin, eps, x.shape[-1], signed_sin=False)
 
 
 def rope_frequencies(
@@ -270,6 +290,7 @@ class LTX2Attention(nn.Module):
         self.o = nn.Linear(inner, dim, bias=cfg.attention_out_bias)
         self.norm_q = nn.RMSNorm(inner, eps=cfg.norm_eps)
         self.norm_k = nn.RMSNorm(inner, eps=cfg.norm_eps)
+        self.eps = cfg.norm_eps
         self.gate = nn.Linear(dim, heads) if gated else None
 
     def forward(
@@ -289,10 +310,14 @@ class LTX2Attention(nn.Module):
         if skip:
             out = v
         else:
-            q, k = self.norm_q(self.q(x)), self.norm_k(self.k(context))  # (B, L, inner), (B, Lk, inner)
-            if q_rope is not None:
-                q = q_rope(q)
-                k = (k_rope or q_rope)(k)
+            if q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
+                q = q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
+                k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
+            else:
+                q, k = self.norm_q(self.q(x)), self.norm_k(self.k(context))  # (B, L, inner), (B, Lk, inner)
+                if q_rope is not None:
+                    q = q_rope(q)
+                    k = (k_rope or q_rope)(k)
             heads = (self.heads, -1)
             q, k, v = q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads)  # (B, L, H, Dh)
             if seam:  # video self-attention: any backend, sparse ones included
@@ -375,9 +400,9 @@ class LTX2Block(nn.Module):
         eps, skip = self.eps, stg and self.perturbed_attn
         vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
         # 1. self-attention
-        h = rms_norm(x, eps) * (1 + vm[1]) + vm[0]
+        h = rms_modulate(x, vm[0], vm[1], eps)
         x = x + self.self_attn(h, q_rope=rope, skip=skip, seam=True) * vm[2]
-        h = rms_norm(a, eps) * (1 + am[1]) + am[0]
+        h = rms_modulate(a, am[0], am[1], eps)
         a = a + self.audio_self_attn(h, q_rope=audio_rope, skip=skip) * am[2]
         # 2. cross-attention to the text
         if self.video_text_mod or self.audio_text_mod:
@@ -385,14 +410,10 @@ class LTX2Block(nn.Module):
             pa = self._prompt_mods(self.audio_prompt_modulation, audio_prompt_temb, a)
             text = text * (1 + pv[1]) + pv[0]
             audio_text = audio_text * (1 + pa[1]) + pa[0]
-        h = rms_norm(x, eps)
-        if self.video_text_mod:
-            h = h * (1 + vm[7]) + vm[6]
+        h = rms_modulate(x, vm[6], vm[7], eps) if self.video_text_mod else rms_norm(x, eps)
         out = self.text_attn(h, text, mask=text_mask)
         x = x + (out * vm[8] if self.video_text_mod else out)
-        h = rms_norm(a, eps)
-        if self.audio_text_mod:
-            h = h * (1 + am[7]) + am[6]
+        h = rms_modulate(a, am[6], am[7], eps) if self.audio_text_mod else rms_norm(a, eps)
         out = self.audio_text_attn(h, audio_text, mask=audio_text_mask)
         a = a + (out * am[8] if self.audio_text_mod else out)
         # 3. audio <-> video
@@ -411,8 +432,8 @@ class LTX2Block(nn.Module):
             kv = hv * (1 + v_scale_v2a) + v_shift_v2a
             a = a + v2a_gate * self.v2a_attn(q, kv, q_rope=audio_cross_rope, k_rope=cross_rope)
         # 4. feed-forward
-        x = x + self.ff(rms_norm(x, eps) * (1 + vm[4]) + vm[3]) * vm[5]
-        a = a + self.audio_ff(rms_norm(a, eps) * (1 + am[4]) + am[3]) * am[5]
+        x = x + self.ff(rms_modulate(x, vm[3], vm[4], eps)) * vm[5]
+        a = a + self.audio_ff(rms_modulate(a, am[3], am[4], eps)) * am[5]
         return x, a
 
     @staticmethod

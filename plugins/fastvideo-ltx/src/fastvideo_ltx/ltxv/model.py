@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastvideo import kernels
 from fastvideo.attention import ALL, DENSE, attention
 from fastvideo.configs import DiffusersConfigMixin
 from fastvideo.layers import MLP, modulate, rope_apply, timestep_embedding
@@ -204,7 +205,13 @@ class LTXVideoAttention(nn.Module):
     ) -> torch.Tensor:
         # x (B, L, D); context (B, Lt, D) or None (self-attention); rope cos/sin (Bc, L, D)
         src = x if context is None else context
-        q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(src)), self.v(src)  # (B, L|Lt, D)
+        if rope is not None and kernels.active(x, *rope):  # CUDA inference: norm + RoPE in one kernel
+            q, k, v = self.q(x), self.k(src), self.v(src)  # (B, L, D)
+            q = kernels.rms_norm_rope(q, self.norm_q.weight, *rope, 1e-5, q.shape[-1])
+            k = kernels.rms_norm_rope(k, self.norm_k.weight, *rope, 1e-5, k.shape[-1])
+            rope = None
+        else:
+            q, k, v = self.norm_q(self.q(x)), self.norm_k(self.k(src)), self.v(src)  # (B, L|Lt, D)
         if rope is not None:
             q, k = rope_apply(q, *rope), rope_apply(k, *rope)
         heads = (self.num_heads, -1)
@@ -244,10 +251,17 @@ class LTXVideoBlock(nn.Module):
         # x (B, L, D); text (B, Lt, D); temb (B, Lm, 6, D) with Lm = 1 or L; cos/sin (Bc, L, D)
         mod = self.modulation.to(temb.dtype) + temb  # (B, Lm, 6, D)
         shift, scale, gate, m_shift, m_scale, m_gate = mod.unbind(dim=2)  # (B, Lm, D) x 6
-        h = torch.addcmul(shift, rms_norm(x, self.eps), 1 + scale)  # (B, L, D)
+        fuse = kernels.active(x, mod)  # CUDA inference: RMSNorm + modulation in one Triton kernel
+        if fuse:
+            h = kernels.adaln_modulate(x, shift, scale, self.eps, norm="rms")
+        else:
+            h = torch.addcmul(shift, rms_norm(x, self.eps), 1 + scale)  # (B, L, D)
         x = torch.addcmul(x, self.self_attn(h, rope=(cos, sin)), gate)
         x = x + self.cross_attn(x, text, bias=text_bias)  # raw residual, no gate
-        h = torch.addcmul(m_shift, rms_norm(x, self.eps), 1 + m_scale)
+        if fuse:
+            h = kernels.adaln_modulate(x, m_shift, m_scale, self.eps, norm="rms")
+        else:
+            h = torch.addcmul(m_shift, rms_norm(x, self.eps), 1 + m_scale)
         return torch.addcmul(x, self.ff(h), m_gate)  # (B, L, D)
 
 

@@ -1,0 +1,318 @@
+"""Fused Triton kernels for the memory-bound elementwise work of the DiTs' eager inference forward.
+
+Each op is one read of its inputs and one write of its output, with fp32 math and a single rounding:
+
+- :func:`adaln_modulate`: LayerNorm or RMSNorm (fp32 statistics, optional affine) then
+  ``* (1 + scale) + shift`` with per-sample, per-token or per-row-of-a-table (``index``) modulation.
+- :func:`rms_norm_rope`: RMSNorm over groups of channels (one head, or the whole width) with its weight,
+  then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE.
+- :func:`gated_residual`: ``x + gate * y`` with the gate per sample, per token or per row of a table.
+
+Dispatch (:func:`active`): the Triton kernel runs only for CUDA tensors, when Triton imports, when no
+autograd graph can be built (grad mode off: ``torch.no_grad`` / ``inference_mode``; training keeps the
+PyTorch path, the kernels have no backward), outside ``torch.compile`` tracing (Inductor fuses the
+reference code itself), and unless the environment sets ``FASTVIDEO_FUSED=0``. Otherwise the functions compute a plain PyTorch reference (fp32 math, one
+rounding). Model files call them behind ``if active(...)`` and keep their own code in the ``else``, so
+everything that is not a CUDA inference forward runs exactly as without this module.
+:func:`forced` switches the kernels on for any device (CPU tensors run under ``TRITON_INTERPRET=1``) or
+off, for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ENV",
+    "active",
+    "adaln_modulate",
+    "available",
+    "forced",
+    "gated_residual",
+    "rms_norm",
+    "rms_norm_rope",
+]
+
+#: Set to ``0`` to disable the fused kernels (the PyTorch code of the model files runs).
+ENV = "FASTVIDEO_FUSED"
+
+_force: bool | None = None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the Triton kernels import (Triton installed, and a GPU or ``TRITON_INTERPRET=1``)."""
+    try:
+        from fastvideo.kernels import _triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@contextmanager
+def forced(on: bool = True) -> Iterator[None]:
+    """Force the kernels on (any device, ``FASTVIDEO_FUSED`` ignored; CPU tensors need
+    ``TRITON_INTERPRET=1``) or off, inside the block. Grad mode still takes the PyTorch path (the
+    kernels have no backward): call under ``torch.no_grad()``."""
+    global _force
+    before, _force = _force, on
+    try:
+        yield
+    finally:
+        _force = before
+
+
+def _on_gpu(tensors: list[torch.Tensor]) -> bool:
+    return all(t.is_cuda for t in tensors)
+
+
+def active(*tensors: torch.Tensor | None) -> bool:
+    """Whether the fused kernels run for these inputs (see the module docstring)."""
+    if _force is False or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    present = [t for t in tensors if t is not None]
+    if _force is None:
+        if os.environ.get(ENV, "1").strip() == "0":
+            return False
+        if not _on_gpu(present):
+            return False
+    return available()
+
+
+# --------------------------------------------------------------------------------------------------
+# adaLN
+# --------------------------------------------------------------------------------------------------
+
+
+def adaln_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    norm: str = "layer",
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``norm(x) * (1 + scale) + shift`` in fp32, rounded once to x's dtype.
+
+    :param x: ``(B, L, D)`` tokens (unit stride over D; any batch / token strides).
+    :param shift: / ``scale``: per sample ``(B, D)`` or ``(B, 1, D)``, per token ``(B, L, D)``, or, with
+        ``index``, a table ``(B, M, D)`` of which token ``l`` uses row ``index[l]``; any dtype and
+        strides (fp32 tables are used exactly); a batch of 1 broadcasts.
+    :param norm: ``"layer"`` (LayerNorm: mean and variance) or ``"rms"`` (RMSNorm), both fp32 statistics.
+    :param weight: / ``bias``: the norm's optional affine ``(D,)``, applied before the modulation.
+    :param index: ``(L,)`` integer rows of shift / scale (e.g. each token's latent frame).
+    """
+    if norm not in ("layer", "rms"):
+        raise ValueError(f"norm={norm!r} must be 'layer' or 'rms'")
+    if x.ndim != 3:
+        raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
+    b, length, d = x.shape
+    shift, scale = (m.unsqueeze(1) if m.ndim == 2 else m for m in (shift, scale))
+    rows = length if index is None else None
+    for name, m in (("shift", shift), ("scale", scale)):
+        ok = m.ndim == 3 and m.shape[0] in (1, b) and m.shape[-1] == d
+        ok = ok and (m.shape[1] in (1, length) if rows is not None else True)
+        if not ok:
+            want = (
+                f"(B, M, {d}) with index"
+                if index is not None
+                else f"({b}, {d}), ({b}, 1, {d}) or ({b}, {length}, {d})"
+            )
+            raise ValueError(f"{name} must be {want} for x {tuple(x.shape)}, got {tuple(m.shape)}")
+    if index is not None and (index.ndim != 1 or index.shape[0] != length or index.is_floating_point()):
+        raise ValueError(
+            f"index must be ({length},) integer rows of shift / scale, got {index.dtype} {tuple(index.shape)}"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (d,):
+            raise ValueError(f"{name} must be ({d},) for x {tuple(x.shape)}, got {tuple(p.shape)}")
+    if active(x, shift, scale, weight, bias, index):
+        from fastvideo.kernels import _triton
+
+        if index is not None and shift.shape[1] == 1 and scale.shape[1] == 1:
+            index = None  # one row for every token
+        elif index is not None:
+            index = index.to(device=x.device, dtype=torch.int64).contiguous()
+            table_rows = max(shift.shape[1], scale.shape[1])
+            shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
+        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+    if index is not None:
+        shift, scale = shift.index_select(1, index), scale.index_select(1, index)
+    xf = x.float()
+    w = weight.float() if weight is not None else None
+    if norm == "rms":
+        normed = F.rms_norm(xf, (d,), w, eps)
+        if bias is not None:
+            normed = normed + bias.float()
+    else:
+        normed = F.layer_norm(xf, (d,), w, bias.float() if bias is not None else None, eps)
+    return (normed * (1 + scale.float()) + shift.float()).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# RMSNorm + RoPE
+# --------------------------------------------------------------------------------------------------
+
+
+def table_layout(tab: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int, int, int, int]:
+    """A RoPE table for x of ``shape`` ``(B, L, D)`` or ``(B, L, H, Dh)``, as (tensor, batch stride,
+    token stride, head stride, width): channel ``j`` of head ``h`` of token ``(b, l)`` reads entry
+    ``j % width`` of the table row at ``(b, l, h)``. Full tables have the rotation width (D or Dh);
+    half-width tables (rotate-half only) one entry per angle."""
+    width = tab.shape[-1] if tab.ndim else 0
+    try:
+        if width not in (shape[-1], shape[-1] // 2):
+            raise RuntimeError
+        t = tab.expand(*shape[:-1], width)
+    except RuntimeError:
+        raise ValueError(
+            f"RoPE table {tuple(tab.shape)} does not broadcast to x {tuple(shape)}; pass (L, 1, Dh), "
+            "(B or 1, L, D) or (B or 1, L, H, Dh or Dh/2) tables of x's layout"
+        ) from None
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, t.stride(0), t.stride(1), t.stride(2) if len(shape) == 4 else 0, width
+
+
+def rms_norm_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    group: int,
+    *,
+    layout: str = "interleaved",
+    signed_sin: bool = True,
+) -> torch.Tensor:
+    """RMSNorm over consecutive groups of ``group`` channels (times ``weight``), then RoPE; fp32 math,
+    rounded once to x's dtype.
+
+    :param x: ``(B, L, D)`` or ``(B, L, H, Dh)`` (q or k); the RoPE tables broadcast to its shape.
+    :param weight: the norm's ``(group,)`` weight, or None.
+    :param cos: / ``sin``: tables broadcasting to x's shape, the rotation running over x's last dim:
+        e.g. ``(L, 1, Dh)`` (shared by the heads), ``(B or 1, L, D)``, or per head ``(B, L, H, Dh)``.
+        ``interleaved``: channel pairs ``(2i, 2i+1)`` rotate together, the format of
+        :func:`fastvideo.layers.rope_tables` (``signed_sin``: ``sin`` already holds ``(-s, +s)`` per pair;
+        False: ``(s, s)``). ``half``: rotate-half, channel ``i`` with ``i + Dh/2`` (``cos = [c, c]``,
+        ``sin = [s, s]``, or ``[-s, s]`` with ``signed_sin``), or half-width tables ``(..., Dh/2)``
+        (``c``, ``s`` once per angle, e.g. a ``(B, H, L, Dh/2)`` table transposed to ``(B, L, H, Dh/2)``).
+    :param group: channels per RMS statistic: ``Dh`` for per-head norms, ``H * Dh`` across heads.
+    """
+    if layout not in ("interleaved", "half"):
+        raise ValueError(f"layout={layout!r} must be 'interleaved' or 'half'")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"x must be (B, L, D) or (B, L, H, Dh), got shape {tuple(x.shape)}")
+    width = math.prod(x.shape[2:])
+    if group < 2 or group % 2 or width % group:
+        raise ValueError(f"group={group} must be an even divisor of the row width {width} (Dh or H*Dh)")
+    if weight is not None and tuple(weight.shape) != (group,):
+        raise ValueError(f"weight must be ({group},) (the norm's width), got {tuple(weight.shape)}")
+    cos_l, sin_l = table_layout(cos, x.shape), table_layout(sin, x.shape)
+    period = x.shape[-1]  # the rotation width: Dh per head, or D
+    if cos_l[4] != sin_l[4] or period % 2 or (layout == "half" and group % period):
+        raise ValueError(
+            f"RoPE tables {tuple(cos.shape)} / {tuple(sin.shape)} for x {tuple(x.shape)}: the rotation "
+            f"width must be even{' and divide group=' + str(group) if layout == 'half' else ''}"
+        )
+    if layout == "interleaved" and cos_l[4] != period:
+        raise ValueError(
+            f"interleaved RoPE needs full-width tables ({period} per row), got {tuple(cos.shape)}"
+        )
+    if active(x, weight, cos, sin):
+        from fastvideo.kernels import _triton
+
+        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
+    shape = x.shape
+    xg = x.float().reshape(*shape[:2], -1, group)
+    y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    y = y.reshape(shape)
+    c, s = cos_l[0].float(), sin_l[0].float()
+    if layout == "interleaved":
+        partner = y.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        sign = torch.tensor([-1.0, 1.0], device=x.device).repeat(period // 2)
+    else:
+        partner = torch.cat(y.chunk(2, dim=-1)[::-1], dim=-1)
+        sign = torch.tensor([-1.0, 1.0], device=x.device).repeat_interleave(period // 2)
+        if cos_l[4] != period:  # half-width tables
+            c, s = torch.cat([c, c], dim=-1), torch.cat([s, s], dim=-1)
+    if not signed_sin:
+        s = s * sign
+    return (y * c + partner * s).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, group: int) -> torch.Tensor:
+    """RMSNorm over consecutive groups of ``group`` channels of ``x`` ``(B, L, ...)`` times ``weight``
+    ``(group,)``; fp32 math, rounded once to x's dtype (:func:`rms_norm_rope` without the rotation)."""
+    if x.ndim < 3:
+        raise ValueError(f"x must be (B, L, D) or (B, L, H, Dh), got shape {tuple(x.shape)}")
+    width = math.prod(x.shape[2:])
+    if group < 1 or width % group:
+        raise ValueError(f"group={group} must divide the row width {width} (Dh or H*Dh)")
+    if weight is not None and tuple(weight.shape) != (group,):
+        raise ValueError(f"weight must be ({group},) (the norm's width), got {tuple(weight.shape)}")
+    if active(x, weight):
+        from fastvideo.kernels import _triton
+
+        return _triton.rms_rope(x, weight, eps, group, False, True, 2, None)  # no tables: no rotation
+    xg = x.float().reshape(*x.shape[:2], -1, group)
+    y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.reshape(x.shape).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gated residual
+# --------------------------------------------------------------------------------------------------
+
+
+def gated_residual(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, *, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x + gate * y`` in fp32, rounded once to x's dtype (a new tensor).
+
+    :param x: / ``y``: ``(B, L, D)`` (y may broadcast over the batch).
+    :param gate: ``(B, D)``, ``(B, 1, D)``, ``(B, L, D)``, or with ``index`` a table ``(B, M, D)`` of which
+        token ``l`` uses row ``index[l]``; any dtype and strides.
+    """
+    if x.ndim != 3:
+        raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
+    b, length, d = x.shape
+    gate = gate.unsqueeze(1) if gate.ndim == 2 else gate
+    if (
+        gate.ndim != 3
+        or gate.shape[0] not in (1, b)
+        or gate.shape[-1] != d
+        or (index is None and gate.shape[1] not in (1, length))
+    ):
+        raise ValueError(
+            f"gate must be ({b}, {d}), ({b}, 1, {d}) or ({b}, {length}, {d}), got {tuple(gate.shape)}"
+        )
+    if index is not None and (index.ndim != 1 or index.shape[0] != length or index.is_floating_point()):
+        raise ValueError(
+            f"index must be ({length},) integer rows of gate, got {index.dtype} {tuple(index.shape)}"
+        )
+    if active(x, y, gate, index):
+        from fastvideo.kernels import _triton
+
+        if index is not None and gate.shape[1] == 1:
+            index = None
+        elif index is not None:
+            index = index.to(device=x.device, dtype=torch.int64).contiguous()
+        return _triton.gated_residual(x, y, gate, index)
+    if index is not None:
+        gate = gate.index_select(1, index)
+    return (x.float() + gate.float() * y.float()).to(x.dtype)

@@ -1,0 +1,343 @@
+"""Triton kernels of :mod:`fastvideo.kernels`: one program per token row, the whole row in registers
+(``BLOCK = next_power_of_2(width)``), statistics and arithmetic in fp32, one read of the input and one
+write of the output, rounded once to the output's dtype.
+
+Imported lazily (only when a fused op runs), so importing :mod:`fastvideo.kernels` never needs Triton.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _warps(block: int) -> int:
+    """Warps per program: about 8 to 16 elements per thread (16-byte vector loads in bf16)."""
+    return max(1, min(16, block // 512))
+
+
+# --------------------------------------------------------------------------------------------------
+# adaLN: norm then modulate
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _adaln_kernel(
+    X,
+    SHIFT,
+    SCALE,
+    INDEX,
+    W,
+    BIAS,
+    OUT,
+    L,
+    D,
+    eps,
+    sxb,
+    sxl,
+    ssb,
+    ssl,
+    scb,
+    scl,
+    sob,
+    sol,
+    BLOCK: tl.constexpr,
+    RMS: tl.constexpr,
+    HAS_INDEX: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b = row // L
+    t = row % L
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    x = tl.load(X + b * sxb + t * sxl + cols, mask=mask, other=0.0).to(tl.float32)
+    if RMS:
+        xn = x * tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+    else:
+        xc = tl.where(mask, x - tl.sum(x, axis=0) / D, 0.0)
+        xn = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / D + eps)
+    if HAS_W:
+        xn = xn * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        xn = xn + tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
+    m = t
+    if HAS_INDEX:
+        m = tl.load(INDEX + t).to(tl.int64)
+    shift = tl.load(SHIFT + b * ssb + m * ssl + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + b * scb + m * scl + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xn * (1.0 + scale) + shift
+    tl.store(OUT + b * sob + t * sol + cols, y.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _mod_strides(m: torch.Tensor, b: int, rows: int, name: str) -> tuple[torch.Tensor, int, int]:
+    """``m`` broadcast to ``(B, rows, D)``: (tensor with unit last stride, batch stride, row stride)."""
+    m = m.expand(b, rows, m.shape[-1])
+    if m.stride(-1) != 1:
+        m = m.contiguous()
+    return m, m.stride(0), m.stride(1)
+
+
+def adaln(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    rms: bool,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+) -> torch.Tensor:
+    """Launch :func:`_adaln_kernel` on ``x`` ``(B, L, D)``; shift / scale ``(B or 1, Lm, D)``."""
+    b, length, d = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    rows = shift.shape[1] if index is not None else length
+    shift, ssb, ssl = _mod_strides(shift, b, rows, "shift")
+    scale, scb, scl = _mod_strides(scale, b, rows, "scale")
+    out = torch.empty((b, length, d), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    block = triton.next_power_of_2(d)
+    _adaln_kernel[(b * length,)](
+        x,
+        shift,
+        scale,
+        index if index is not None else x,
+        weight if weight is not None else x,
+        bias if bias is not None else x,
+        out,
+        length,
+        d,
+        eps,
+        x.stride(0),
+        x.stride(1),
+        ssb,
+        ssl,
+        scb,
+        scl,
+        out.stride(0),
+        out.stride(1),
+        BLOCK=block,
+        RMS=rms,
+        HAS_INDEX=index is not None,
+        HAS_W=weight is not None,
+        HAS_B=bias is not None,
+        num_warps=_warps(block),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# RMSNorm (grouped) then RoPE
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rms_rope_kernel(
+    X,
+    W,
+    COS,
+    SIN,
+    OUT,
+    L,
+    eps,
+    sxb,
+    sxl,
+    scb,
+    scl,
+    sch,
+    ssb,
+    ssl,
+    ssh,
+    sob,
+    sol,
+    NG: tl.constexpr,
+    NG_BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
+    G_BLOCK: tl.constexpr,
+    R: tl.constexpr,
+    TW: tl.constexpr,
+    HALF: tl.constexpr,
+    SIGNED: tl.constexpr,
+    HAS_W: tl.constexpr,
+    ROPE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b = row // L
+    t = row % L
+    g = tl.arange(0, NG_BLOCK)[:, None]
+    c = tl.arange(0, G_BLOCK)[None, :]
+    mask = (g < NG) & (c < GROUP)
+    col = g * GROUP + c  # (NG_BLOCK, G_BLOCK): one group per row of the tile
+    xrow = X + b * sxb + t * sxl + g * GROUP
+    x = tl.load(xrow + c, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / GROUP + eps)[:, None]
+    y = x * rstd
+    if HAS_W:
+        y = y * tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
+    if ROPE:
+        # the rotation partner of each channel (same group: R divides GROUP); its load hits the cache
+        r = col % R
+        if HALF:
+            pc = tl.where(r < R // 2, c + R // 2, c - R // 2)
+            first = r < R // 2
+        else:
+            pc = c ^ 1
+            first = (c % 2) == 0
+        yp = tl.load(xrow + pc, mask=mask, other=0.0).to(tl.float32) * rstd
+        if HAS_W:
+            yp = yp * tl.load(W + pc, mask=mask, other=0.0).to(tl.float32)
+        hi = col // R  # the table row of a head (stride 0 when the heads share it)
+        ti = r % TW  # half-width tables: both halves use the same angle
+        cs = tl.load(COS + b * scb + t * scl + hi * sch + ti, mask=mask, other=0.0).to(tl.float32)
+        sn = tl.load(SIN + b * ssb + t * ssl + hi * ssh + ti, mask=mask, other=0.0).to(tl.float32)
+        if not SIGNED:
+            sn = tl.where(first, -sn, sn)
+        out = y * cs + yp * sn
+    else:
+        out = y
+    tl.store(OUT + b * sob + t * sol + col, out.to(OUT.dtype.element_ty), mask=mask)
+
+
+def rms_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    group: int,
+    half: bool,
+    signed: bool,
+    period: int,
+    tables: tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int]] | None,
+) -> torch.Tensor:
+    """Launch :func:`_rms_rope_kernel` on ``x`` ``(B, L, ...)``; rows of ``prod(...)`` channels; the
+    tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller)."""
+    shape = x.shape
+    b, length = shape[0], shape[1]
+    width = x[0, 0].numel() if x.numel() else 1
+    inner_contiguous = x.ndim < 4 or all(
+        x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(2, x.ndim - 1)
+    )
+    if x.stride(-1) != 1 or not inner_contiguous:
+        x = x.contiguous()
+    none = (x, 0, 0, 0, 2)
+    (cos_t, scb, scl, sch, tw), (sin_t, ssb, ssl, ssh, _) = tables if tables is not None else (none, none)
+    out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    ng = width // group
+    ng_block, g_block = triton.next_power_of_2(ng), triton.next_power_of_2(group)
+    _rms_rope_kernel[(b * length,)](
+        x,
+        weight if weight is not None else x,
+        cos_t,
+        sin_t,
+        out,
+        length,
+        eps,
+        x.stride(0),
+        x.stride(1),
+        scb,
+        scl,
+        sch,
+        ssb,
+        ssl,
+        ssh,
+        out.stride(0),
+        out.stride(1),
+        NG=ng,
+        NG_BLOCK=ng_block,
+        GROUP=group,
+        G_BLOCK=g_block,
+        R=period,
+        TW=tw,
+        HALF=half,
+        SIGNED=signed,
+        HAS_W=weight is not None,
+        ROPE=tables is not None,
+        num_warps=_warps(ng_block * g_block),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Gated residual
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gated_residual_kernel(
+    X,
+    Y,
+    GATE,
+    INDEX,
+    OUT,
+    L,
+    D,
+    sxb,
+    sxl,
+    syb,
+    syl,
+    sgb,
+    sgl,
+    sob,
+    sol,
+    BLOCK: tl.constexpr,
+    HAS_INDEX: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b = row // L
+    t = row % L
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    m = t
+    if HAS_INDEX:
+        m = tl.load(INDEX + t).to(tl.int64)
+    x = tl.load(X + b * sxb + t * sxl + cols, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + b * syb + t * syl + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(GATE + b * sgb + m * sgl + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + b * sob + t * sol + cols, (x + gate * y).to(OUT.dtype.element_ty), mask=mask)
+
+
+def gated_residual(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
+    """Launch :func:`_gated_residual_kernel`: ``x + gate * y``, x / y ``(B, L, D)``, gate ``(B or 1, M, D)``."""
+    b, length, d = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    y = y.expand(b, length, d)
+    y = y if y.stride(-1) == 1 else y.contiguous()
+    gate, sgb, sgl = _mod_strides(gate, b, gate.shape[1] if index is not None else length, "gate")
+    out = torch.empty((b, length, d), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    block = triton.next_power_of_2(d)
+    _gated_residual_kernel[(b * length,)](
+        x,
+        y,
+        gate,
+        index if index is not None else x,
+        out,
+        length,
+        d,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        sgb,
+        sgl,
+        out.stride(0),
+        out.stride(1),
+        BLOCK=block,
+        HAS_INDEX=index is not None,
+        num_warps=_warps(block),
+    )
+    return out
