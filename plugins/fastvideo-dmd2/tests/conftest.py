@@ -56,6 +56,7 @@ def _config(dataset: Path, out: Path, **overrides: Any) -> Any:
         "data.path": str(dataset),
         "output_dir": str(out),
         "max_steps": 10,
+        "device": "cpu",  # the hand computations run on the CPU, also on a machine with a GPU
         "mixed_precision": "fp32",
         "data.batch_size": 2,
         "logging.every_steps": 100,
