@@ -20,8 +20,10 @@ import triton
 import triton.language as tl
 
 from fastvideo_sta.ops.triton_fwd import (
+    ENV_BWD_CONFIG,
     LOG2E,
     SHAPE_ARGS,
+    LaunchConfig,
     d_pad,
     dot_in_f32,
     geometry_args,
@@ -30,6 +32,7 @@ from fastvideo_sta.ops.triton_fwd import (
     mm,
     query_block,
     query_programs,
+    resolve_config,
     slice_rows,
     tile_rows,
     window_block,
@@ -290,14 +293,16 @@ def sta_backward(
     text_valid: torch.Tensor | None,
     geom: TileGeometry,
     scale: float,
-    config: dict | None = None,
+    config: LaunchConfig | dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv)``, each like its input."""
+    """``(dq, dk, dv)``, each like its input. ``config``: both kernels' launch config (BLOCK_M the query
+    block, BLOCK_N the key block; default: :data:`ENV_BWD_CONFIG` if set, else autotuned)."""
     batch, length, heads, dim = q.shape
     text_len = length - geom.num_tokens
     delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (B, H, L)
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     slice_ = slice_rows(geom)
+    config = resolve_config(config, slice_, ENV_BWD_CONFIG)
     tv = text_valid if text_valid is not None else windows
     strides = (
         q.stride(0), q.stride(1), q.stride(2),
