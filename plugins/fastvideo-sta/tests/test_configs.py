@@ -28,11 +28,12 @@ from fastvideo_sta.ops.triton_fwd import (
     resolve_config,
     slice_rows,
     sta_forward,
+    tma_supported,
 )
 from fastvideo_sta.tiles import TileGeometry
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BLOCKS = sorted({(c.block_m, c.block_n) for c in (*SWEEP_FWD_CONFIGS, *FWD_CANDIDATES)})
+BLOCKS = sorted({(c.block_m, c.block_n, c.tma) for c in (*SWEEP_FWD_CONFIGS, *FWD_CANDIDATES)})
 
 # (grid, tile, windows per head, text tokens): 8x8 faces (64-row slices, as HunyuanVideo's and Wan's)
 SHAPES = {
@@ -72,29 +73,51 @@ def test_shapes_cover_both_key_paths() -> None:
 
 
 def forward_cases() -> list:  # type: ignore[type-arg]
-    """Every block pair on both even shapes; on the ragged one the square blocks by default (one and
-    two key slices a step), the others under ``slow`` (interpreter time)."""
+    """Every block pair (gathered, and read by TMA boxes) on every shape; by default the gathered pairs
+    on the even shapes and the square ones on the ragged shape (one and two key slices a step), TMA
+    with one and two key slices on the even and ragged shapes, the others under ``slow``
+    (interpreter time)."""
     cases = []
     for blocks in BLOCKS:
         for shape in ("even", "even-t3", "ragged"):
-            slow = shape == "ragged" and blocks[0] != blocks[1]
-            cases.append(pytest.param(shape, blocks, marks=[pytest.mark.slow] if slow else []))
+            square = blocks[0] == blocks[1]
+            slow = (shape == "ragged" and not square) if not blocks[2] else (shape == "even-t3" or not square)
+            name = f"{shape}-{blocks[0]}x{blocks[1]}" + ("-tma" if blocks[2] else "")
+            cases.append(pytest.param(shape, blocks, marks=[pytest.mark.slow] if slow else [], id=name))
     return cases
 
 
-@pytest.mark.parametrize(
-    ("shape", "blocks"), forward_cases(), ids=lambda x: x if isinstance(x, str) else f"{x[0]}x{x[1]}"
-)
-def test_forward_of_every_sweep_config_matches_the_reference(shape: str, blocks: tuple[int, int]) -> None:
+@pytest.mark.parametrize(("shape", "blocks"), forward_cases())
+def test_forward_of_every_sweep_config_matches_the_reference(
+    shape: str, blocks: tuple[int, int, bool]
+) -> None:
     q, k, v, grid, tile, windows, mask, table = make(shape)
     geom = TileGeometry(grid, tile)
     truth = sta_attention_reference(
         *(x.double() for x in (q, k, v)), grid, list(windows), tile=tile, text_mask=mask
     )
-    config = LaunchConfig(*blocks, 4, 2)
+    config = LaunchConfig(blocks[0], blocks[1], 4, 2, tma=blocks[2])
+    if blocks[2]:
+        assert tma_supported(q, k, v, geom, 64)
     out, lse = sta_forward(q, k, v, table, valid_of(mask), geom, 16**-0.5, config)
     assert_close(f"{shape} {config}", truth, out, 1e-5)
     assert torch.isfinite(lse).all()
+
+
+def test_tma_falls_back_to_the_gather_where_the_shape_does_not_allow_it() -> None:
+    gen = torch.Generator().manual_seed(4)
+    grid, tile = (3, 5, 7), (2, 4, 3)  # a 12-token face: slices of 16 rows, not one TMA box
+    q, k, v = (torch.randn(1, math.prod(grid) + 3, 2, 16, generator=gen).to(DEVICE) for _ in range(3))
+    geom = TileGeometry(grid, tile)
+    assert not tma_supported(q, k, v, geom, slice_rows(geom))
+    kt = torch.randn(1, math.prod(grid) + 3, 16, 2, generator=gen).to(DEVICE).transpose(2, 3)  # head-strided
+    assert not tma_supported(q, kt, v, TileGeometry(grid, (2, 4, 4)), 16)
+    table = torch.tensor([(1, 2, 1), (2, 1, 2)], dtype=torch.int32, device=DEVICE)
+    out, _ = sta_forward(q, k, v, table, None, geom, 0.25, LaunchConfig(64, 64, tma=True))
+    truth = sta_attention_reference(
+        *(x.double() for x in (q, k, v)), grid, [(1, 2, 1), (2, 1, 2)], tile=tile, scale=0.25
+    )
+    assert_close("tma fallback", truth, out, 1e-5)
 
 
 def test_a_negative_scale_is_exact() -> None:
@@ -155,3 +178,5 @@ def test_config_text_round_trips() -> None:
     assert parse_config(None) is None and parse_config(" auto ") is None
     for config in (*SWEEP_FWD_CONFIGS, *FWD_CANDIDATES):
         assert parse_config(str(config)) == config
+    assert parse_config("128,64,8,3,TMA") == LaunchConfig(128, 64, 8, 3, tma=True)
+    assert any(c.tma for c in SWEEP_FWD_CONFIGS) and not any(c.tma for c in FWD_CANDIDATES)  # default: gather

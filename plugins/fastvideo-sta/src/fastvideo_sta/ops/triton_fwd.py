@@ -48,9 +48,15 @@ class LaunchConfig:
     block_n: int
     num_warps: int = 4
     num_stages: int = 3
+    #: Forward only: read the video keys and values with TMA (Hopper tensor descriptors: one 5-d box
+    #: ``[1, KS, th, tw, D]`` of the ``[B, T, Hg, W, H*D]`` view a step) instead of gathering rows with
+    #: ``cp.async``. Where the shape does not allow it (see :func:`tma_supported`) the gather runs.
+    tma: bool = False
 
     def __str__(self) -> str:
-        return f"{self.block_m},{self.block_n},{self.num_warps},{self.num_stages}"
+        return f"{self.block_m},{self.block_n},{self.num_warps},{self.num_stages}" + (
+            ",tma" if self.tma else ""
+        )
 
     def slices(self, slice_: int) -> tuple[int, int]:
         """``(QS, KS)``: query and key slices per block for slices of ``slice_`` rows."""
@@ -59,17 +65,24 @@ class LaunchConfig:
     def meta(self, slice_: int) -> dict[str, int]:
         """The kernels' launch arguments for slices of ``slice_`` rows."""
         qs, ks = self.slices(slice_)
-        return {"QS": qs, "KS": ks, "num_warps": self.num_warps, "num_stages": self.num_stages}
+        meta = {"QS": qs, "KS": ks, "num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.tma:
+            meta["TMA"] = True
+        return meta
 
 
 def parse_config(text: str | None, what: str = ENV_FWD_CONFIG) -> LaunchConfig | None:
-    """``"BLOCK_M,BLOCK_N,num_warps,num_stages"`` as a :class:`LaunchConfig`; ``None`` for unset or ``auto``.
+    """``"BLOCK_M,BLOCK_N,num_warps,num_stages[,tma]"`` as a :class:`LaunchConfig`; ``None`` for unset
+    or ``auto``.
 
     :raises ValueError: anything else (one line: what was expected, what was given).
     """
     if text is None or text.strip().lower() in ("", "auto"):
         return None
     parts = [p.strip() for p in text.split(",")]
+    tma = len(parts) == 5 and parts[4].lower() == "tma"
+    if tma:
+        parts = parts[:4]
     try:
         values = [int(p) for p in parts]
     except ValueError:
@@ -84,10 +97,10 @@ def parse_config(text: str | None, what: str = ENV_FWD_CONFIG) -> LaunchConfig |
         or not 1 <= values[3] <= 8
     ):
         raise ValueError(
-            f"{what} must be BLOCK_M,BLOCK_N,num_warps,num_stages (blocks powers of two in 16..512, warps a "
-            f"power of two <= 16, stages 1..8; e.g. 128,64,8,3) or auto, got {text!r}"
+            f"{what} must be BLOCK_M,BLOCK_N,num_warps,num_stages[,tma] (blocks powers of two in 16..512, warps "
+            f"a power of two <= 16, stages 1..8; e.g. 128,64,8,3) or auto, got {text!r}"
         )
-    return LaunchConfig(*values)
+    return LaunchConfig(*values, tma=tma)
 
 
 def env_config(name: str) -> LaunchConfig | None:
@@ -95,20 +108,23 @@ def env_config(name: str) -> LaunchConfig | None:
     return parse_config(os.environ.get(name), name)
 
 
-#: The forward's autotune candidates (the default). The previous list's three configs, which gave
-#: 89.7 ms at HunyuanVideo's 30x48x80 + 256 with the paper windows on one H100, plus a 128 x 128 block
-#: (half the loop trips and half the rescales of the accumulator per key) and two stages at 8 warps.
-#: Each compiles on first use; ``benchmarks/sta_config_sweep.py`` times a wider grid.
+#: The forward's autotune candidates (the default; each compiles on first use). Chosen from what
+#: ptxas reports for sm_90 (compiled on a CPU machine with triton 3.9, bf16, head dim 128, 64-row
+#: slices; the GPU machine's triton 3.6 may differ): 128 x 64 blocks at 8 warps use ~210 registers and
+#: spill nothing (one 8-warp CTA per SM); 64 x 64 at 4 warps (~225 registers, 80-112 KB of shared
+#: memory) fits two CTAs per SM, so one's softmax can overlap the other's matmuls. 128-row blocks at 4
+#: warps and 128-key blocks at 8 warps spill (and 128 x 128 at three stages needs 224 KB of shared
+#: memory): sweep only. The previous list ((128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)) gave
+#: 89.7 ms at HunyuanVideo's 30x48x80 + 256 with the paper windows on one H100.
 FWD_CANDIDATES = (
     LaunchConfig(128, 64, 8, 3),
-    LaunchConfig(128, 128, 8, 3),
     LaunchConfig(128, 64, 8, 2),
-    LaunchConfig(128, 64, 4, 3),
     LaunchConfig(64, 64, 4, 3),
+    LaunchConfig(64, 64, 4, 2),
 )
 #: The grid ``benchmarks/sta_config_sweep.py`` times (forward): query blocks of one or two 64-row
 #: slices (three 128-row programs per 6-frame tile; 256 rows would leave a quarter of the last program
-#: empty), key blocks of one or two slices, 4 or 8 warps, 2 to 4 stages.
+#: empty), key blocks of one or two slices, 4 or 8 warps, 2 to 4 stages; then TMA variants.
 SWEEP_FWD_CONFIGS = tuple(
     LaunchConfig(*c)
     for c in (
@@ -116,6 +132,9 @@ SWEEP_FWD_CONFIGS = tuple(
         (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2),
         (64, 128, 4, 3), (64, 64, 8, 3),
     )
+) + tuple(
+    LaunchConfig(*c, tma=True)
+    for c in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 128, 8, 2))
 )  # fmt: skip
 #: ... and the backward (``None``: its autotuned default).
 SWEEP_BWD_CONFIGS = (
@@ -287,9 +306,50 @@ def query_block(pid, h, WIN, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT,
     return qtok, qvalid, st_t, en_t, st_h, en_h, st_w, en_w
 
 
+@triton.jit
+def video_block(q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
+                m_i, l_i, acc, kt, kh, kw, first, st_h, st_w, en_h, en_w, bh, h,
+                H, T, HG, W, TT, TH, TW, qk_scale,
+                D: tl.constexpr, D_PAD: tl.constexpr, KS: tl.constexpr, FULL: tl.constexpr,
+                MASK_D: tl.constexpr, TMA: tl.constexpr, F32DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Key block ``(kt, kh, kw, first)`` of a window walk into the online softmax; returns the state
+    and the next block (slice group ``first + KS``; past the tile's last, the next tile along w, h, t:
+    counters, no divisions)."""
+    corner = (((kt * TT + first) * HG + kh * TH) * W + kw * TW).to(tl.int64)
+    if FULL:
+        kvalid = real
+    else:
+        kvalid = (
+            real
+            & (dt < tl.minimum(TT - first, T - kt * TT - first))
+            & (dh < HG - kh * TH)
+            & (dw < W - kw * TW)
+        )
+    if TMA:  # one box [1, KS, th, tw, D] of the [B, T, Hg, W, H*D] view (zeros outside the grid)
+        box = [bh // H, kt * TT + first, kh * TH, kw * TW, h * D]
+        k = tl.reshape(K_DESC.load(box), [BLOCK_N, D_PAD])
+        v = tl.reshape(V_DESC.load(box), [BLOCK_N, D_PAD])
+    else:
+        k = load_rows(k_base + corner * skl + k_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
+        v = load_rows(v_base + corner * svl + v_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
+    m_i, l_i, acc = softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, not FULL, F32DOT, BLOCK_M, BLOCK_N)
+    first = first + KS
+    wrap = first >= TT
+    first = tl.where(wrap, 0, first)
+    kw = kw + wrap.to(tl.int32)
+    wrap = kw >= en_w
+    kw = tl.where(wrap, st_w, kw)
+    kh = kh + wrap.to(tl.int32)
+    wrap = kh >= en_h
+    kh = tl.where(wrap, st_h, kh)
+    kt = kt + wrap.to(tl.int32)
+    return m_i, l_i, acc, kt, kh, kw, first
+
+
 @triton.jit(do_not_specialize=SHAPE_ARGS)
 def _fwd_kernel(
-    Q, K, V, OUT, LSE, WIN, TV,
+    Q, K, V, OUT, LSE, WIN, TV, K_DESC, V_DESC,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh, sob, sol, soh,
     H, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT, L,
     qk_scale,
@@ -302,6 +362,7 @@ def _fwd_kernel(
     TILE_T: tl.constexpr,
     QS: tl.constexpr,
     KS: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):  # fmt: skip
     # EVEN: the grid is a whole number of tiles and a tile's frame fills its slice (th * tw == SLICE);
     # then TILE_T is tt, and when KS divides it no block of a window walk holds a missing row (FULL):
@@ -345,32 +406,14 @@ def _fwd_kernel(
     kh = st_h
     kw = st_w
     first = st_t * 0
-    for _ in range(0, (en_t - st_t) * (en_h - st_h) * (en_w - st_w) * nsb):
-        corner = (((kt * TT + first) * HG + kh * TH) * W + kw * TW).to(tl.int64)
-        if FULL:
-            kvalid = real
-        else:
-            kvalid = (
-                real
-                & (dt < tl.minimum(TT - first, T - kt * TT - first))
-                & (dh < HG - kh * TH)
-                & (dw < W - kw * TW)
-            )
-        k = load_rows(k_base + corner * skl + k_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
-        v = load_rows(v_base + corner * svl + v_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
-        m_i, l_i, acc = softmax_step(
-            q, k, v, kvalid, m_i, l_i, acc, qk_scale, not FULL, F32DOT, BLOCK_M, BLOCK_N
-        )
-        first = first + KS  # next slice group; past the tile's last: next tile along w, h, t
-        wrap = first >= TT
-        first = tl.where(wrap, 0, first)
-        kw = kw + wrap.to(tl.int32)
-        wrap = kw >= en_w
-        kw = tl.where(wrap, st_w, kw)
-        kh = kh + wrap.to(tl.int32)
-        wrap = kh >= en_h
-        kh = tl.where(wrap, st_h, kh)
-        kt = kt + wrap.to(tl.int32)
+    n_blocks = (en_t - st_t) * (en_h - st_h) * (en_w - st_w) * nsb
+    for _ in range(0, n_blocks):
+        m_i, l_i, acc, kt, kh, kw, first = video_block(
+            q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
+            m_i, l_i, acc, kt, kh, kw, first, st_h, st_w, en_h, en_w, bh, h,
+            H, T, HG, W, TT, TH, TW, qk_scale,
+            D, D_PAD, KS, FULL, MASK_D, TMA, F32DOT, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
     for j in range(0, LT, BLOCK_N):  # text keys, attended by every query
         rows = j + rn
         tvalid = rows < LT
@@ -460,6 +503,41 @@ def even_grid(geom: TileGeometry, slice_: int) -> bool:
     return grid_even and geom.tile[1] * geom.tile[2] == slice_
 
 
+def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: TileGeometry, slice_: int) -> bool:
+    """Whether the forward can read k and v with TMA boxes: a tile face of ``SLICE`` rows (th, tw powers
+    of two), a power-of-two head dim >= 16 contiguous with the heads (``[.., H, D]`` strides ``(D, 1)``),
+    16-byte aligned bases and strides; CUDA capability >= 9 (or the interpreter)."""
+    if geom.tile[1] * geom.tile[2] != slice_ or (geom.tile[1] & (geom.tile[1] - 1)):
+        return False
+    dim = q.shape[-1]
+    if dim != d_pad(dim):
+        return False
+    for x in (k, v):
+        size = x.element_size()
+        if x.stride(3) != 1 or x.stride(2) != dim or x.data_ptr() % 16:
+            return False
+        if (x.stride(0) * size) % 16 or (x.stride(1) * size) % 16:
+            return False
+    if interpreting():
+        return True
+    return q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+
+
+def kv_descriptors(k: torch.Tensor, v: torch.Tensor, geom: TileGeometry, ks: int):  # type: ignore[no-untyped-def]
+    """Tensor descriptors of the video keys and values as ``[B, T, Hg, W, H*D]``, boxes ``[1, ks, th, tw, D]``."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    t, hg, w = geom.grid
+    _, th, tw = geom.tile
+
+    def desc(x: torch.Tensor):  # type: ignore[no-untyped-def]
+        sb, sl = x.stride(0), x.stride(1)
+        shape = [x.shape[0], t, hg, w, x.shape[2] * x.shape[3]]
+        return TensorDescriptor(x, shape, [sb, hg * w * sl, w * sl, sl, 1], [1, ks, th, tw, x.shape[3]])
+
+    return desc(k), desc(v)
+
+
 def resolve_config(config: LaunchConfig | dict | None, slice_: int, env: str) -> dict | None:
     """Kernel launch arguments: ``config`` (a :class:`LaunchConfig`, or a dict of ``QS``/``KS``/...),
     else the config pinned by environment variable ``env``, else ``None`` (autotune)."""
@@ -492,8 +570,15 @@ def sta_forward(
     tv = text_valid if text_valid is not None else windows
     if scale < 0:  # the kernel's unmasked softmax wants a scale >= 0: (-q) . k * |scale| is exact
         q, scale = -q, -scale
+    cfg = resolve_config(config, slice_, ENV_FWD_CONFIG)
+    k_desc, v_desc = k, v
+    if cfg is not None and cfg.get("TMA"):
+        if tma_supported(q, k, v, geom, slice_):
+            k_desc, v_desc = kv_descriptors(k, v, geom, cfg["KS"])
+        else:  # the gather path
+            cfg = {key: val for key, val in cfg.items() if key != "TMA"}
     args = (
-        q, k, v, out, lse, windows, tv,
+        q, k, v, out, lse, windows, tv, k_desc, v_desc,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -510,7 +595,6 @@ def sta_forward(
     def grid(cfg):  # type: ignore[no-untyped-def]
         return (query_programs(geom, text_len, cfg["QS"], slice_), batch * heads)
 
-    cfg = resolve_config(config, slice_, ENV_FWD_CONFIG)
     if cfg is None and not interpreting():
         fwd_tuned(slice_)[grid](*args, **meta)
     else:
