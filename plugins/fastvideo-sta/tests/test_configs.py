@@ -180,3 +180,30 @@ def test_config_text_round_trips() -> None:
         assert parse_config(str(config)) == config
     assert parse_config("128,64,8,3,TMA") == LaunchConfig(128, 64, 8, 3, tma=True)
     assert any(c.tma for c in SWEEP_FWD_CONFIGS) and not any(c.tma for c in FWD_CANDIDATES)  # default: gather
+
+
+# ---- GPU: the TMA variant at a medium shape --------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("grid", [(12, 24, 40), (13, 21, 37)], ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("config", [c for c in SWEEP_FWD_CONFIGS if c.tma][:2], ids=str)
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_tma_forward_matches_the_reference(config: LaunchConfig, grid: tuple[int, int, int]) -> None:
+    """bf16, head dim 128, text with padding, two windows; whole tiles and partial ones (TMA boxes
+    reaching past the grid read zeros, which the key mask drops)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    geom, text, windows = TileGeometry(grid), 64, [(3, 3, 3), (1, 6, 10)]
+    q, k, v = (
+        torch.randn(1, geom.num_tokens + text, 2, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+        for _ in range(3)
+    )
+    mask = torch.ones(1, text, dtype=torch.bool, device="cuda")
+    mask[:, 48:] = False
+    table = torch.tensor(windows, dtype=torch.int32, device="cuda")
+    assert tma_supported(q, k, v, geom, 64)
+    out, _ = sta_forward(q, k, v, table, valid_of(mask), geom, 128**-0.5, config)
+    truth = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, text_mask=mask)
+    assert_close(f"{config} at {grid}", truth, out.float(), 2e-2)

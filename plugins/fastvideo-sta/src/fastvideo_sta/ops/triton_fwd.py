@@ -9,6 +9,14 @@ per-head window table, so one launch serves heads with different windows) in ``K
 then the text keys. Text queries attend to every key; their programs come first, so that their long
 walks start early instead of trailing the launch. bf16/fp16 ``tl.dot`` with fp32 accumulation, exp2
 online softmax; the log-sum-exp (base 2, of the scaled logits) is stored for the backward pass.
+
+The key loop does no index arithmetic per row: a key block's row offsets from its tile corner are the
+same for every block, computed once per program, and the walk carries its tile and slice as counters
+(no divisions in the loop). On a grid of whole tiles whose frame fills a slice (HunyuanVideo's
+30x48x80 with 6x8x8 tiles) and a key block that divides the tile's frames, the key loads and logits
+go unmasked (``EVEN``) and the softmax takes one FMA per logit (the max of the raw logits, scaled
+after). Launch configs: :class:`LaunchConfig`, pinned by ``FASTVIDEO_STA_CONFIG`` or autotuned over
+:data:`FWD_CANDIDATES`; ``tma`` reads the video keys and values as TMA boxes (Hopper) instead.
 """
 
 from __future__ import annotations
@@ -236,14 +244,12 @@ def load_rows(ptr, rmask, dmask, MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, F32DOT: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """One block of keys into the online softmax (base 2; ``qk_scale`` >= 0 holds log2(e)). Unmasked
-    blocks (``MASKED`` false: every key real) take the max of the raw logits and one FMA per logit."""
+def softmax_pv(qk, v, kvalid, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, F32DOT: tl.constexpr):
+    """Logits ``qk`` of one block of keys (values ``v``) into the online softmax (base 2; ``qk_scale``
+    >= 0 holds log2(e)). Unmasked blocks (``MASKED`` false: every key real) take the max of the raw
+    logits and one FMA per logit."""
     if F32DOT:
-        k = k.to(tl.float32)
         v = v.to(tl.float32)
-    qk = mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32DOT)  # (M, N)
     if MASKED:
         s = tl.where(kvalid[None, :], qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -255,6 +261,22 @@ def softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr,
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = mm(p.to(v.dtype), v, acc * alpha[:, None], F32DOT)  # (M, D)
     return m_new, l_i, acc
+
+
+@triton.jit
+def logits(q, k, F32DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``q @ k^T`` in fp32, ``(M, N)``."""
+    if F32DOT:
+        k = k.to(tl.float32)
+    return mm(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), F32DOT)
+
+
+@triton.jit
+def softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, F32DOT: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """One block of keys into the online softmax."""
+    qk = logits(q, k, F32DOT, BLOCK_M, BLOCK_N)
+    return softmax_pv(qk, v, kvalid, m_i, l_i, acc, qk_scale, MASKED, F32DOT)
 
 
 @triton.jit
@@ -307,15 +329,11 @@ def query_block(pid, h, WIN, T, HG, W, TT, TH, TW, NT, NH, NW, N, LT,
 
 
 @triton.jit
-def video_block(q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
-                m_i, l_i, acc, kt, kh, kw, first, st_h, st_w, en_h, en_w, bh, h,
-                H, T, HG, W, TT, TH, TW, qk_scale,
-                D: tl.constexpr, D_PAD: tl.constexpr, KS: tl.constexpr, FULL: tl.constexpr,
-                MASK_D: tl.constexpr, TMA: tl.constexpr, F32DOT: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """Key block ``(kt, kh, kw, first)`` of a window walk into the online softmax; returns the state
-    and the next block (slice group ``first + KS``; past the tile's last, the next tile along w, h, t:
-    counters, no divisions)."""
+def block_kv(k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
+             kt, kh, kw, first, bh, h, H, T, HG, W, TT, TH, TW,
+             D: tl.constexpr, D_PAD: tl.constexpr, FULL: tl.constexpr, MASK_D: tl.constexpr,
+             TMA: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Keys, values ``(N, D)`` and key validity of block ``(kt, kh, kw, first)`` of a window walk."""
     corner = (((kt * TT + first) * HG + kh * TH) * W + kw * TW).to(tl.int64)
     if FULL:
         kvalid = real
@@ -331,9 +349,15 @@ def video_block(q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, rea
         k = tl.reshape(K_DESC.load(box), [BLOCK_N, D_PAD])
         v = tl.reshape(V_DESC.load(box), [BLOCK_N, D_PAD])
     else:
-        k = load_rows(k_base + corner * skl + k_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
-        v = load_rows(v_base + corner * svl + v_off, kvalid, dmask, not FULL, MASK_D)  # (N, D)
-    m_i, l_i, acc = softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, not FULL, F32DOT, BLOCK_M, BLOCK_N)
+        k = load_rows(k_base + corner * skl + k_off, kvalid, dmask, not FULL, MASK_D)
+        v = load_rows(v_base + corner * svl + v_off, kvalid, dmask, not FULL, MASK_D)
+    return k, v, kvalid
+
+
+@triton.jit
+def advance(kt, kh, kw, first, st_h, st_w, en_h, en_w, TT, KS: tl.constexpr):
+    """The block after ``(kt, kh, kw, first)``: slice group ``first + KS``; past the tile's last, the
+    next tile along w, then h, then t (counters: no divisions)."""
     first = first + KS
     wrap = first >= TT
     first = tl.where(wrap, 0, first)
@@ -344,6 +368,24 @@ def video_block(q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, rea
     wrap = kh >= en_h
     kh = tl.where(wrap, st_h, kh)
     kt = kt + wrap.to(tl.int32)
+    return kt, kh, kw, first
+
+
+@triton.jit
+def video_block(q, k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
+                m_i, l_i, acc, kt, kh, kw, first, st_h, st_w, en_h, en_w, bh, h,
+                H, T, HG, W, TT, TH, TW, qk_scale,
+                D: tl.constexpr, D_PAD: tl.constexpr, KS: tl.constexpr, FULL: tl.constexpr,
+                MASK_D: tl.constexpr, TMA: tl.constexpr, F32DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Key block ``(kt, kh, kw, first)`` of a window walk into the online softmax; returns the state
+    and the next block."""
+    k, v, kvalid = block_kv(
+        k_base, v_base, K_DESC, V_DESC, k_off, v_off, dt, dh, dw, real, dmask, skl, svl,
+        kt, kh, kw, first, bh, h, H, T, HG, W, TT, TH, TW, D, D_PAD, FULL, MASK_D, TMA, BLOCK_N,
+    )  # fmt: skip
+    m_i, l_i, acc = softmax_step(q, k, v, kvalid, m_i, l_i, acc, qk_scale, not FULL, F32DOT, BLOCK_M, BLOCK_N)
+    kt, kh, kw, first = advance(kt, kh, kw, first, st_h, st_w, en_h, en_w, TT, KS)
     return m_i, l_i, acc, kt, kh, kw, first
 
 
