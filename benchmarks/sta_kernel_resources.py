@@ -68,6 +68,8 @@ def compile_forward(config, ragged: bool, arch: int):  # type: ignore[no-untyped
         attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned},
     )
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.maxnreg:
+        options["maxnreg"] = config.maxnreg
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 

@@ -167,7 +167,19 @@ def test_the_environment_pins_the_config(monkeypatch: pytest.MonkeyPatch) -> Non
     assert_close("env config", truth, out, 1e-5)
 
 
-@pytest.mark.parametrize("text", ["64,64,4", "64,64,4,3,1", "96,64,4,3", "64,64,3,3", "64,64,4,0", "a,b,c,d"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "64,64,4",
+        "64,64,4,3,1",
+        "96,64,4,3",
+        "64,64,3,3",
+        "64,64,4,0",
+        "a,b,c,d",
+        "64,64,4,3,r12",
+        "64,64,4,3,tma,tma",
+    ],
+)
 def test_bad_configs_are_one_line_errors(text: str) -> None:
     with pytest.raises(ValueError, match="BLOCK_M,BLOCK_N,num_warps,num_stages") as err:
         parse_config(text)
@@ -179,6 +191,8 @@ def test_config_text_round_trips() -> None:
     for config in (*SWEEP_FWD_CONFIGS, *FWD_CANDIDATES):
         assert parse_config(str(config)) == config
     assert parse_config("128,64,8,3,TMA") == LaunchConfig(128, 64, 8, 3, tma=True)
+    assert parse_config("128,64,8,2,r128,tma") == LaunchConfig(128, 64, 8, 2, tma=True, maxnreg=128)
+    assert LaunchConfig(128, 64, 8, 2, maxnreg=128).meta(64)["maxnreg"] == 128
     assert any(c.tma for c in SWEEP_FWD_CONFIGS) and not any(c.tma for c in FWD_CANDIDATES)  # default: gather
 
 

@@ -60,11 +60,13 @@ class LaunchConfig:
     #: ``[1, KS, th, tw, D]`` of the ``[B, T, Hg, W, H*D]`` view a step) instead of gathering rows with
     #: ``cp.async``. Where the shape does not allow it (see :func:`tma_supported`) the gather runs.
     tma: bool = False
+    #: Registers per thread ptxas may use (``None``: its choice). ``128`` lets two 8-warp CTAs share an
+    #: SM (one's softmax then overlaps the other's matmuls) at the price of some spills.
+    maxnreg: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.block_m},{self.block_n},{self.num_warps},{self.num_stages}" + (
-            ",tma" if self.tma else ""
-        )
+        flags = (",tma" if self.tma else "") + (f",r{self.maxnreg}" if self.maxnreg else "")
+        return f"{self.block_m},{self.block_n},{self.num_warps},{self.num_stages}{flags}"
 
     def slices(self, slice_: int) -> tuple[int, int]:
         """``(QS, KS)``: query and key slices per block for slices of ``slice_`` rows."""
@@ -76,28 +78,35 @@ class LaunchConfig:
         meta = {"QS": qs, "KS": ks, "num_warps": self.num_warps, "num_stages": self.num_stages}
         if self.tma:
             meta["TMA"] = True
+        if self.maxnreg:
+            meta["maxnreg"] = self.maxnreg
         return meta
 
 
 def parse_config(text: str | None, what: str = ENV_FWD_CONFIG) -> LaunchConfig | None:
-    """``"BLOCK_M,BLOCK_N,num_warps,num_stages[,tma]"`` as a :class:`LaunchConfig`; ``None`` for unset
-    or ``auto``.
+    """``"BLOCK_M,BLOCK_N,num_warps,num_stages[,tma][,rN]"`` as a :class:`LaunchConfig` (``rN``: at
+    most N registers per thread); ``None`` for unset or ``auto``.
 
     :raises ValueError: anything else (one line: what was expected, what was given).
     """
     if text is None or text.strip().lower() in ("", "auto"):
         return None
-    parts = [p.strip() for p in text.split(",")]
-    tma = len(parts) == 5 and parts[4].lower() == "tma"
-    if tma:
-        parts = parts[:4]
+    parts = [p.strip().lower() for p in text.split(",")]
+    flags, parts = parts[4:], parts[:4]
+    tma = "tma" in flags
+    regs = [f[1:] for f in flags if f.startswith("r")]
     try:
         values = [int(p) for p in parts]
+        maxnreg = int(regs[0]) if regs else None
     except ValueError:
-        values = []
+        values, maxnreg = [], None
+    bad_flags = (
+        len(flags) != int(tma) + len(regs) or len(regs) > 1 or not (maxnreg is None or 24 <= maxnreg <= 255)
+    )
     pow2 = [v > 0 and v & (v - 1) == 0 for v in values]
     if (
-        len(values) != 4
+        bad_flags
+        or len(values) != 4
         or not all(pow2[:3])
         or not 16 <= values[0] <= 512
         or not 16 <= values[1] <= 512
@@ -105,10 +114,10 @@ def parse_config(text: str | None, what: str = ENV_FWD_CONFIG) -> LaunchConfig |
         or not 1 <= values[3] <= 8
     ):
         raise ValueError(
-            f"{what} must be BLOCK_M,BLOCK_N,num_warps,num_stages[,tma] (blocks powers of two in 16..512, warps "
-            f"a power of two <= 16, stages 1..8; e.g. 128,64,8,3) or auto, got {text!r}"
+            f"{what} must be BLOCK_M,BLOCK_N,num_warps,num_stages[,tma][,rN] (blocks powers of two in 16..512, "
+            f"warps a power of two <= 16, stages 1..8, N registers 24..255; e.g. 128,64,8,3) or auto, got {text!r}"
         )
-    return LaunchConfig(*values, tma=tma)
+    return LaunchConfig(*values, tma=tma, maxnreg=maxnreg)
 
 
 def env_config(name: str) -> LaunchConfig | None:
@@ -130,19 +139,21 @@ FWD_CANDIDATES = (
     LaunchConfig(64, 64, 4, 3),
     LaunchConfig(64, 64, 4, 2),
 )
-#: The grid ``benchmarks/sta_config_sweep.py`` times (forward): query blocks of one or two 64-row
-#: slices (three 128-row programs per 6-frame tile; 256 rows would leave a quarter of the last program
-#: empty), key blocks of one or two slices, 4 or 8 warps, 2 to 4 stages; then TMA variants.
+#: The grid ``benchmarks/sta_config_sweep.py`` times (forward), most promising first (the sweep has a
+#: time budget): query blocks of one or two 64-row slices (three 128-row programs per 6-frame tile; 256
+#: rows would leave a quarter of the last program empty), key blocks of one or two slices, 4 or 8 warps,
+#: 2 to 4 stages, gathered or TMA, ptxas's register choice or 128.
 SWEEP_FWD_CONFIGS = tuple(
-    LaunchConfig(*c)
+    LaunchConfig(*c[:4], tma="tma" in c[4:], maxnreg=128 if "r128" in c[4:] else None)
     for c in (
-        (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2),
-        (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2),
-        (64, 128, 4, 3), (64, 64, 8, 3),
+        # the autotune candidates, then their TMA variants, then two 8-warp CTAs per SM (128 registers)
+        (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
+        (128, 64, 8, 3, "tma"), (128, 64, 8, 2, "tma"), (64, 64, 4, 3, "tma"), (64, 64, 4, 2, "tma"),
+        (128, 64, 8, 2, "r128"), (128, 64, 8, 2, "tma", "r128"),
+        # the rest: more stages, 128-key blocks, 64-row blocks at 8 warps, 128-row blocks at 4 warps
+        (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (128, 128, 8, 2, "tma"), (64, 64, 8, 3),
+        (128, 64, 4, 2),
     )
-) + tuple(
-    LaunchConfig(*c, tma=True)
-    for c in ((128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 128, 8, 2))
 )  # fmt: skip
 #: ... and the backward (``None``: its autotuned default).
 SWEEP_BWD_CONFIGS = (
@@ -514,6 +525,7 @@ def launch(kernel, tuned, grid, args, meta, config, default):
     if interpreting():
         cfg.pop("num_warps", None)
         cfg.pop("num_stages", None)
+        cfg.pop("maxnreg", None)
     return kernel[grid(cfg)](*args, **meta, **cfg)
 
 
