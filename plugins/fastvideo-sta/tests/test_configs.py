@@ -135,7 +135,7 @@ BWD_BLOCKS = sorted({(c.block_m, c.block_n): c for c in SWEEP_BWD_CONFIGS if c i
 
 @pytest.mark.parametrize(
     "config",
-    [pytest.param(c, marks=[] if i == 0 else [pytest.mark.slow]) for i, c in enumerate(BWD_BLOCKS)],
+    [pytest.param(c, marks=[pytest.mark.slow]) for c in BWD_BLOCKS],  # by default: the environment test
     ids=str,
 )
 def test_backward_of_every_sweep_config_matches_the_reference(config: LaunchConfig) -> None:
@@ -158,6 +158,17 @@ def test_the_environment_pins_the_config(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_config(None, 64, ENV_BWD_CONFIG) is None  # autotune
     # an explicit config wins; blocks below one slice are one slice
     assert resolve_config(LaunchConfig(16, 32, 4, 2), 64, ENV_FWD_CONFIG)["QS"] == 1
+    # the backward takes the same text and ignores the forward's TMA flag
+    monkeypatch.setenv(ENV_BWD_CONFIG, "64,128,4,2,tma,r128")
+    q, k, v, grid, tile, windows, mask, table = make("ragged-small", seed=5)
+    geom = TileGeometry(grid, tile)
+    xs = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = sta_attention_reference(*xs, grid, list(windows), tile=tile, text_mask=mask)
+    dout = torch.randn_like(ref)
+    out, lse = sta_forward(q, k, v, table, valid_of(mask), geom, 16**-0.5, LaunchConfig(64, 64, tma=True))
+    got = sta_backward(dout.float(), q, k, v, out, lse, table, valid_of(mask), geom, 16**-0.5)
+    for name, ref_g, g in zip(("dq", "dk", "dv"), torch.autograd.grad(ref, xs, dout), got, strict=True):
+        assert_close(f"env {name}", ref_g, g, 1e-5)
     monkeypatch.setenv(ENV_FWD_CONFIG, "64,128,4,2")
     q, k, v, grid, tile, windows, mask, table = make("even")
     out, _ = sta_forward(q, k, v, table, valid_of(mask), TileGeometry(grid, tile), 0.25)

@@ -303,6 +303,8 @@ def sta_backward(
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     slice_ = slice_rows(geom)
     config = resolve_config(config, slice_, ENV_BWD_CONFIG)
+    if config is not None:  # the TMA variant is the forward's
+        config = {key: val for key, val in config.items() if key != "TMA"}
     tv = text_valid if text_valid is not None else windows
     strides = (
         q.stride(0), q.stride(1), q.stride(2),
