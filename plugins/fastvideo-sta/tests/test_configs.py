@@ -43,7 +43,8 @@ SHAPES = {
     "ragged": ((5, 11, 10), (3, 8, 8), ((2, 1, 1), (1, 2, 2)), 5),
     # whole tiles of 3 frames: unmasked with one-slice key blocks, masked with two
     "even-t3": ((6, 8, 16), (3, 8, 8), ((2, 1, 2),), 0),
-    # a small ragged grid for the backward
+    # small grids for the backward: whole tiles (its unmasked paths), ragged
+    "even-small": ((2, 16, 16), (2, 8, 8), ((1, 1, 2),), 6),
     "ragged-small": ((4, 9, 10), (3, 8, 8), ((2, 2, 1),), 3),
 }
 
@@ -66,7 +67,13 @@ def valid_of(mask):  # type: ignore[no-untyped-def]
 
 
 def test_shapes_cover_both_key_paths() -> None:
-    for name, expect in (("even", True), ("ragged", False), ("even-t3", True), ("ragged-small", False)):
+    for name, expect in (
+        ("even", True),
+        ("ragged", False),
+        ("even-t3", True),
+        ("even-small", True),
+        ("ragged-small", False),
+    ):
         geom = TileGeometry(SHAPES[name][0], SHAPES[name][1])
         assert slice_rows(geom) == 64
         assert even_grid(geom, 64) is expect
@@ -149,6 +156,23 @@ def test_backward_of_every_sweep_config_matches_the_reference(config: LaunchConf
     got = sta_backward(dout.float(), q, k, v, out, lse, table, valid_of(mask), geom, 16**-0.5, config)
     for name, ref_g, g in zip(("dq", "dk", "dv"), truth, got, strict=True):
         assert_close(f"{name} {config}", ref_g, g, 1e-5)
+
+
+@pytest.mark.parametrize("blocks", [(128, 64), (64, 128)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_backward_on_whole_tiles_matches_the_reference(blocks: tuple[int, int]) -> None:
+    """The backward's unmasked paths (dq's key blocks, dk/dv's query blocks), padded text keys included."""
+    q, k, v, grid, tile, windows, mask, table = make("even-small", seed=6)
+    geom = TileGeometry(grid, tile)
+    xs = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = sta_attention_reference(*xs, grid, list(windows), tile=tile, text_mask=mask)
+    dout = torch.randn_like(ref)
+    out, lse = sta_forward(q, k, v, table, valid_of(mask), geom, 16**-0.5, LaunchConfig(64, 64))
+    config = LaunchConfig(*blocks)
+    got = sta_backward(dout.float(), q, k, v, out, lse, table, valid_of(mask), geom, 16**-0.5, config)
+    for name, ref_g, g in zip(("dq", "dk", "dv"), torch.autograd.grad(ref, xs, dout), got, strict=True):
+        assert_close(f"{name} {config}", ref_g, g, 1e-5)
+    n = math.prod(grid)
+    assert torch.all(got[1][1, n + 4 :] == 0) and torch.all(got[2][1, n + 4 :] == 0)  # padded text keys
 
 
 def test_the_environment_pins_the_config(monkeypatch: pytest.MonkeyPatch) -> None:

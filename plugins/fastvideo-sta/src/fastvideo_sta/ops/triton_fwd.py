@@ -158,10 +158,10 @@ SWEEP_FWD_CONFIGS = tuple(
 #: ... and the backward (``None``: its autotuned default).
 SWEEP_BWD_CONFIGS = (
     None,
+    LaunchConfig(64, 64, 8, 2),
     LaunchConfig(128, 64, 8, 2),
     LaunchConfig(64, 128, 8, 2),
     LaunchConfig(64, 64, 4, 3),
-    LaunchConfig(64, 64, 4, 2),
 )
 #: The interpreter takes no autotuning: one config (tests pass others explicitly).
 INTERPRETER_CONFIG = {"QS": 2, "KS": 2}
