@@ -40,7 +40,7 @@ SHAPES = {
     # whole tiles: the unmasked key path (when BLOCK_N's slices divide the tile's 2 frames)
     "even": ((4, 16, 16), (2, 8, 8), ((1, 1, 2), (2, 2, 1)), 6),
     # partial tiles on every axis, 3-frame tiles (key blocks of two slices reach past a tile)
-    "ragged": ((5, 11, 10), (3, 8, 8), ((2, 1, 1), (1, 2, 2)), 5),
+    "ragged": ((4, 11, 10), (3, 8, 8), ((2, 1, 1), (1, 2, 2)), 5),
     # whole tiles of 3 frames: unmasked with one-slice key blocks, masked with two
     "even-t3": ((6, 8, 16), (3, 8, 8), ((2, 1, 2),), 0),
     # small grids for the backward: whole tiles (its unmasked paths), ragged
