@@ -4,10 +4,11 @@
 #    (and backward) at HunyuanVideo's 30x48x80 + 256 and Wan's 21x30x52 over a grid of
 #    BLOCK_M,BLOCK_N,num_warps,num_stages against the autotuned default and cuDNN dense x kept fraction
 #    ($OUT/sta_sweep.json, $OUT/sta_sweep.txt);
-# 1. the plugin's gpu tests (test_ops.py; test_configs.py: the TMA variant against the reference) (forward and every gradient at medium shapes against the reference; sampled
-#    rows at HunyuanVideo's 30x48x80 and 32x45x80 grids + text against the reference over every key;
-#    the whole-grid window against cuDNN);
-# 2. kernel timings (forward, forward+backward) at 30x48x80+256 (24 heads), 32x45x80+256 (24 heads) and
+# 1. the plugin's gpu tests: test_ops.py (forward and every gradient at medium shapes against the
+#    reference; sampled rows at HunyuanVideo's 30x48x80 and 32x45x80 grids + text against the reference
+#    over every key; the whole-grid window against cuDNN), test_configs.py (the TMA variant against the
+#    reference, whole and partial tiles);
+# 2. kernel timings with the default (autotuned) configs (forward, forward+backward) at 30x48x80+256 (24 heads), 32x45x80+256 (24 heads) and
 #    Wan's 21x30x52 (12 heads), the paper's windows and a ~91 % sparse window, against SDPA cuDNN and
 #    flash in the same run: kept fraction and time / (cuDNN dense x kept);
 # 3. HunyuanVideo 13B DiT forward (random weights, bf16) at 125x720x1280 with sta at the anchor's
