@@ -54,6 +54,61 @@ def test_kernel_matches_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> No
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
 
 
+@pytest.mark.parametrize(("b", "lq", "lk", "h", "d", "dtype", "offset"), CASES)
+def test_fp8_pv_matches_its_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> None:  # type: ignore[no-untyped-def]
+    """SageAttention 2's P V: V e4m3 per channel, P * 448 in e4m3, fp32 sums."""
+    q, k, v = _inputs(b, lq, lk, h, d, dtype, offset)
+    out = sage_attention_triton(q, k, v, pv="fp8")
+    assert out.shape == q.shape and out.dtype == dtype
+    block_m, block_n, _, _ = block_config()
+    ref = sage_attention_reference(q, k, v, block_m=block_m, block_n=block_n, pv="fp8")
+    exact = _sdpa(q, k, v)
+    diff = (out.float() - ref.float()).abs()
+    rounding = 2 * torch.finfo(dtype).eps * float(ref.float().abs().max())
+    if lk <= block_n:  # one key block: the running max is the row max, P rounds as in the spec
+        assert diff.max() < 1e-3 + rounding
+    else:  # P is rounded to e4m3 relative to a running max: the same error size, not the same values
+        assert diff.max() < 0.03 and diff.mean() < 1.5e-3
+    err = (out.float() - exact).abs()
+    assert err.max() < 0.08 and err.mean() < 0.01
+    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
+
+
+def test_prepare_v_fp8_is_v_over_its_channel_scale() -> None:
+    from fastvideo.attention.sage_triton import prepare_v
+
+    v = _inputs(2, 10, 70, 3, 48, torch.bfloat16)[2]
+    v8, vs = prepare_v(v, 64, "fp8")
+    assert v8.dtype == torch.float8_e4m3fn and v8.shape == (2, 3, 64, 128) and vs.shape == (2, 3, 64)
+    scale = (v.float().abs().amax(dim=1) / 448.0).clamp(min=1e-12)  # (B, H, D)
+    torch.testing.assert_close(vs[..., :48] * 448.0, scale, rtol=1e-6, atol=0)
+    ref = (v.float() / scale[:, None]).to(torch.float8_e4m3fn).float().permute(0, 2, 3, 1)  # (B, H, D, L)
+    assert torch.equal(v8[:, :, :48, :70].float(), ref)
+    assert not v8[:, :, 48:].float().any() and not v8[..., 70:].float().any()  # padding: zeros
+    v16, none = prepare_v(v, 64, "fp16")
+    assert none is None and v16.shape == (2, 3, 128, 64)
+    assert torch.equal(v16[:, :, :70, :48], v.half().transpose(1, 2)) and not v16[:, :, 70:].any()
+
+
+def test_pv_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.attention.sage_triton import parse_config, resolve_pv
+
+    assert resolve_pv("fp8", torch.device("cpu")) == "fp8"
+    assert resolve_pv("auto", torch.device("cpu")) == "fp16"
+    monkeypatch.setenv("FASTVIDEO_SAGE_PV", "fp8")
+    assert resolve_pv("auto", torch.device("cpu")) == "fp8"
+    with pytest.raises(ValueError, match="sage pv must be one of"):
+        resolve_pv("int4", torch.device("cpu"))
+    assert parse_config("128,64,8,3") == (128, 64, 8, 3)
+    for bad in ("128,64,8", "96,64,8,3", "a,b,c,d"):
+        with pytest.raises(ValueError, match="sage config"):
+            parse_config(bad)
+    option = SageBackend.options[0]
+    assert option.check("fp8", "sage") == "fp8"
+    with pytest.raises(ValueError, match=r"sage option 'pv' \(--sage-pv\) must be auto, fp16 or fp8"):
+        option.check("fp4", "sage")
+
+
 @pytest.mark.parametrize(
     ("length", "d", "block", "dtype"), [(100, 64, 64, torch.bfloat16), (33, 48, 32, torch.float32)]
 )
@@ -103,6 +158,16 @@ def test_seam_dispatches_to_sage_and_falls_back_for_a_mask(monkeypatch: pytest.M
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     assert torch.allclose(masked, F.scaled_dot_product_attention(qt, kt, vt, mask).transpose(1, 2), atol=1e-3)
     assert SageBackend().supports(q, k, v, attn_mask=mask) == "sage takes no attention mask"
+
+
+def test_backend_option_pv_picks_the_fp8_product() -> None:
+    from fastvideo.attention.context import StepContext
+
+    q, k, v = _inputs(1, 40, 40, 2, 64, torch.float16)
+    step = StepContext(options={"sage": {"pv": "fp8"}})
+    out = SageBackend().forward(q, k, v, step=step)
+    assert torch.equal(out, sage_attention_triton(q, k, v, pv="fp8"))
+    assert not torch.equal(out, sage_attention_triton(q, k, v, pv="fp16"))
 
 
 def ulysses_suite(rank: int, world: int) -> dict[str, torch.Tensor]:
