@@ -103,6 +103,10 @@ def test_pv_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("128,64,8", "96,64,8,3", "a,b,c,d"):
         with pytest.raises(ValueError, match="sage config"):
             parse_config(bad)
+    from fastvideo.attention.options import check_options, cli_flags
+
+    assert any(flags == ("--sage-pv",) and backend == "sage" for flags, backend, _ in cli_flags())
+    assert check_options("sage", {"sage": {"pv": "fp8"}}) == {"pv": "fp8"}
     option = SageBackend.options[0]
     assert option.check("fp8", "sage") == "fp8"
     with pytest.raises(ValueError, match=r"sage option 'pv' \(--sage-pv\) must be auto, fp16 or fp8"):

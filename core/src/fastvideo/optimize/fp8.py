@@ -102,6 +102,20 @@ def rowwise_bias_works(device: str) -> bool:
 
 
 @functools.cache
+def rowwise_fast_accum_works(device: str) -> bool:
+    """Whether ``torch._scaled_mm`` with row-wise scales takes ``use_fast_accum=True`` here; probed once."""
+    try:
+        a = torch.ones(16, 32, device=device).to(FP8)
+        sa, sb = torch.ones(16, 1, device=device), torch.ones(1, 16, device=device)
+        out = torch._scaled_mm(
+            a, a.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=True
+        )
+        return bool(torch.all(out == 32))
+    except (RuntimeError, TypeError):
+        return False
+
+
+@functools.cache
 def _scaled_mm_works(device: str) -> bool:
     try:
         a = torch.ones(16, 32, device=device).to(FP8)
@@ -128,7 +142,8 @@ class FP8Linear(nn.Module):
     """
 
     #: ``torch._scaled_mm``'s ``use_fast_accum`` (Hopper: no periodic promotion of the FP8 sums; faster,
-    #: as torchao's inference default). Class-wide; set ``FP8Linear.use_fast_accum = False`` to compare.
+    #: as torchao's inference default). Set per layer where FP8 math is enabled (probed:
+    #: :func:`rowwise_fast_accum_works`); ``FASTVIDEO_FP8_FAST_ACCUM=0`` turns it off.
     use_fast_accum = True
 
     def __init__(
@@ -205,6 +220,16 @@ def _warn_fallback(exc: Exception) -> None:
     )
 
 
+def _rowwise_features(device: torch.device, compute: bool) -> tuple[bool, bool]:
+    """(bias inside ``_scaled_mm``, fast accumulation) for FP8 layers computing on ``device``."""
+    import os
+
+    if not compute:
+        return False, False
+    fast = os.environ.get("FASTVIDEO_FP8_FAST_ACCUM", "1") != "0" and rowwise_fast_accum_works(str(device))
+    return rowwise_bias_works(str(device)), fast
+
+
 def _fp8_shape_ok(linear: nn.Linear) -> bool:
     """``torch._scaled_mm`` needs both sizes to be multiples of 16."""
     return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
@@ -273,11 +298,11 @@ def quantize_fp8(
             "via": "torchao",
         }
     count = 0
-    fused_bias = compute and rowwise_bias_works(str(device))
+    fused_bias, fast_accum = _rowwise_features(device, compute)
     for parent, name, linear in linears:
         fits = _fp8_shape_ok(linear) or not compute
         fp8 = FP8Linear.from_linear(linear, "compute" if compute and fits else "storage", device)
-        fp8.fused_bias = fused_bias
+        fp8.fused_bias, fp8.use_fast_accum = fused_bias, fast_accum
         setattr(parent, name, fp8)
         count += 1
     return {
@@ -382,7 +407,7 @@ def load_prequantized(model: nn.Module, path: str | Any, mode: str = "fp8") -> d
         fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
                         mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
         fp8.weight.data, fp8.weight_scale.data = w.to(device), scale.to(device)
-        fp8.fused_bias = compute and rowwise_bias_works(str(device))
+        fp8.fused_bias, fp8.use_fast_accum = _rowwise_features(device, compute)
         bias_key = f"{names[id(linear)]}.bias"
         if fp8.bias is not None:
             fp8.bias.data = tensors.pop(bias_key, linear.bias).to(device, linear.weight.dtype)  # type: ignore[union-attr]
@@ -440,7 +465,7 @@ def prequantized_on_meta(
         with torch.device("meta"):
             fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                             dtype=linear.weight.dtype, mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
-        fp8.fused_bias = compute and rowwise_bias_works(str(device))
+        fp8.fused_bias, fp8.use_fast_accum = _rowwise_features(device, compute)
         setattr(parent, attr, fp8)
         state[key], state[key + "_scale"] = w, scale
         kept |= {key, key + "_scale"}
