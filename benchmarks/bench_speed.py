@@ -570,6 +570,11 @@ def section_linear14b(tiny: bool, iters: int) -> None:
         fp8 = FP8Linear.from_linear(lin, "compute")
         fp8.fused_bias = True
         row: dict[str, Any] = {"card": card(), "tokens": m, "in": k, "out": n}
+        if DEV == "cuda":
+            from fastvideo.optimize.fp8 import rowwise_bias_works, rowwise_fast_accum_works
+
+            row["bias_in_scaled_mm"] = rowwise_bias_works(DEV)
+            row["fast_accum"] = rowwise_fast_accum_works(DEV)
         t, _, _ = timed(functools.partial(F.linear, x, lin.weight, lin.bias), iters=iters)
         row["bf16_ms"] = round(t * 1e3, 3)
         for label, quant, fast in (("fp8", "triton", True), ("fp8_torch_quant", "torch", True), ("fp8_exact_accum", "triton", False)):  # fmt: skip
