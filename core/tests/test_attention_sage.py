@@ -74,6 +74,17 @@ def test_fp8_pv_matches_its_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
 
 
+def test_fast_int_to_float_conversion_is_exact() -> None:
+    """The logits' int32 -> fp32 by the 1.5 * 2**23 bit trick equal the conversion instruction's."""
+    q, k, v = _inputs(1, 70, 70, 2, 128, torch.bfloat16, 4.0)
+    q = q * 50  # large logits: int32 sums far from zero
+    for pv in ("fp16", "fp8"):
+        assert torch.equal(
+            sage_attention_triton(q, k, v, pv=pv, fast_i2f=True),
+            sage_attention_triton(q, k, v, pv=pv, fast_i2f=False),
+        )
+
+
 def test_prepare_v_fp8_is_v_over_its_channel_scale() -> None:
     from fastvideo.attention.sage_triton import prepare_v
 

@@ -121,13 +121,19 @@ def _sage_step(
     PV_FP8: tl.constexpr,
     MASKED: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
+    FAST_I2F: tl.constexpr,
 ):
     """One block of ``BLOCK_N`` keys: logits, online softmax, ``P V`` accumulated (fp32)."""
     keys = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     k = tl.load(K + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
     k_scale = tl.load(KS + bh * NBK + nblock)
-    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (q_scale * k_scale)  # (BLOCK_M, BLOCK_N), base-2 logits
+    s = tl.dot(q, tl.trans(k))  # int32 (BLOCK_M, BLOCK_N), |s| <= 127 * 127 * 256 < 2**22
+    if FAST_I2F:  # int32 -> fp32 by full-rate integer add + float subtract (I2F runs at a quarter rate):
+        s = (s + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0  # bits of 1.5 * 2**23 + s, exact
+    else:
+        s = s.to(tl.float32)
+    s = s * (q_scale * k_scale)  # base-2 logits
     if MASKED:  # the last, partial block: padded keys (zeros) must not count
         s = tl.where((keys < Lk)[None, :], s, -float("inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -167,6 +173,7 @@ def _sage_fwd(
     BLOCK_D: tl.constexpr,
     PV_FP8: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
+    FAST_I2F: tl.constexpr,
 ):
     mblock = tl.program_id(0)
     bh = tl.program_id(1)
@@ -185,12 +192,12 @@ def _sage_fwd(
     for nblock in range(0, n_full):  # full blocks: no masks
         acc, l_i, m_i = _sage_step(
             acc, l_i, m_i, q, q_scale, K, KS, V, bh, nblock, Lk, lkp, NBK,
-            BLOCK_N, BLOCK_D, PV_FP8, False, EXACT_ROUND,
+            BLOCK_N, BLOCK_D, PV_FP8, False, EXACT_ROUND, FAST_I2F,
         )  # fmt: skip
     if n_full < NBK:
         acc, l_i, m_i = _sage_step(
             acc, l_i, m_i, q, q_scale, K, KS, V, bh, n_full, Lk, lkp, NBK,
-            BLOCK_N, BLOCK_D, PV_FP8, True, EXACT_ROUND,
+            BLOCK_N, BLOCK_D, PV_FP8, True, EXACT_ROUND, FAST_I2F,
         )  # fmt: skip
     out = acc * (1.0 / l_i)[:, None]
     if PV_FP8:  # undo V's per-channel scale and P's factor 448
@@ -283,7 +290,7 @@ def _prepare_v(
 GPU_TUNING = [
     triton.Config({}, num_warps=w, num_stages=n) for w, n in ((8, 3), (4, 3), (8, 2), (4, 2), (8, 4))
 ]
-_sage_fwd_tuned = triton.autotune(configs=GPU_TUNING, key=["D", "Lk", "PV_FP8"])(_sage_fwd)
+_sage_fwd_tuned = triton.autotune(configs=GPU_TUNING, key=["D", "Lk", "PV_FP8", "FAST_I2F"])(_sage_fwd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,12 +385,15 @@ def sage_attention_triton(
     *,
     pv: str = "auto",
     config: tuple[int, int, int, int] | None = None,
+    fast_i2f: bool = True,
 ) -> torch.Tensor:
     """8-bit attention of ``[B, L, H, D]`` tensors (any L, D <= 256); returns ``q``'s dtype and layout.
 
     :param pv: ``fp16``, ``fp8`` or ``auto`` (:func:`resolve_pv`).
     :param config: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, fixed (no autotuning); default
         :func:`block_config` (on the GPU warps and stages autotuned unless ``FASTVIDEO_SAGE_CONFIG``).
+    :param fast_i2f: convert the int32 logits to fp32 with an integer add and a float subtract (exact
+        for head dims <= 256) instead of the quarter-rate conversion instruction; False for comparison.
     """
     b, lq, h, d = q.shape
     lk = k.shape[1]
@@ -410,6 +420,7 @@ def sage_attention_triton(
         "BLOCK_D": bd,
         "PV_FP8": pv == "fp8",
         "EXACT_ROUND": pv == "fp8" and interpreting(),
+        "FAST_I2F": bool(fast_i2f),
     }
     if fixed:
         _sage_fwd[grid](*args, **blocks, num_warps=warps, num_stages=stages)
