@@ -12,10 +12,11 @@
 # with accuracy (about 2 min); linear14b: the 14B block's GEMMs at 32760 tokens, bf16 against FP8 (fused
 # Triton or PyTorch activation quantization, fast or exact accumulation; 20 s); block14b: 3 blocks of
 # Wan2.1-I2V-14B-480P at 32760 tokens, bf16 / FP8 / sage / FP8+sage, eager and compiled, with the 40-block
-# forward and CFG step they imply (about 3 min; BLOCK_VARIANTS="bf16,fp8 compiled" picks variants).
+# forward and CFG step they imply (about 3 min, eager variants first; BLOCK_VARIANTS="bf16,fp8 compiled" picks).
 # All random weights. Results: $OUT/speed.jsonl (one JSON line per measurement) and $OUT/*.txt.
 # SECTIONS picks the parts (default: all, about 24 min on one H100); five calls that each fit 8 minutes:
-#   SECTIONS="tests sweep linear14b block14b" bash benchmarks/run_gpu_speed.sh   (= benchmarks/run_gpu_fp8.sh)
+#   SECTIONS="tests-fp8 sweep linear14b block14b" bash benchmarks/run_gpu_speed.sh   (= benchmarks/run_gpu_fp8.sh;
+#   tests-fp8: the GPU tests of the sage kernel and FP8 linears only)
 #   SECTIONS="tests kernel dit quality toy" bash benchmarks/run_gpu_speed.sh
 #   SECTIONS="offload" bash benchmarks/run_gpu_speed.sh    (load and run peaks; writes ~6 GB under BENCH_TMP or /tmp)
 #   SECTIONS="i2v14b" bash benchmarks/run_gpu_speed.sh
@@ -42,9 +43,10 @@ run() {  # run NAME SECONDS CMD...: one part, time-limited, its output kept
 for s in $sections; do
     case $s in
     tests) run tests 150 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py core/tests/test_optimize_offload.py core/tests/test_optimize_load.py ;;
-    sweep) run sweep 200 python3 benchmarks/sage_config_sweep.py ;;
-    linear14b) run linear14b 60 python3 benchmarks/bench_speed.py --section linear14b --iters 5 ;;
-    block14b) run block14b 260 python3 benchmarks/bench_speed.py --section block14b --iters 3 ;;
+    tests-fp8) run tests-fp8 100 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py ;;
+    sweep) run sweep 150 python3 benchmarks/sage_config_sweep.py ;;
+    linear14b) run linear14b 45 python3 benchmarks/bench_speed.py --section linear14b --iters 5 ;;
+    block14b) run block14b 210 python3 benchmarks/bench_speed.py --section block14b --iters 3 ;;
     kernel) run kernel 90 python3 benchmarks/bench_speed.py --section kernel ;;
     dit) run dit 240 python3 benchmarks/bench_speed.py --section dit --iters 3 ;;
     quality) run quality 150 python3 benchmarks/bench_speed.py --section quality --steps 12 ;;
