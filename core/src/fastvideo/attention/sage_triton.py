@@ -142,7 +142,10 @@ def _sage_step(
     l_i = l_i * alpha + tl.sum(p, 1)
     if PV_FP8:  # V^T e4m3 [BLOCK_D, Lkp] (keys contiguous: the K-major operand FP8 MMA wants)
         vt = tl.load(V + (bh.to(tl.int64) * BLOCK_D + cols[:, None]) * lkp + keys[None, :])
-        pv = tl.dot(_to_e4m3(p * 448.0, EXACT_ROUND), tl.trans(vt))
+        # times 1/448 (P's factor) here, not on the output: the product is then no operand of the add,
+        # so Triton does not accumulate it in the MMA's accumulator, whose FP8 sums keep ~14 bits on
+        # Hopper; the block's sum (64 keys) is added to ``acc`` in fp32 (SageAttention 2's two levels)
+        pv = tl.dot(_to_e4m3(p * 448.0, EXACT_ROUND), tl.trans(vt)) * (1.0 / 448.0)
     else:  # V fp16 [Lkp, BLOCK_D]
         v = tl.load(V + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
         pv = tl.dot(p.to(tl.float16), v)
@@ -200,7 +203,7 @@ def _sage_fwd(
             BLOCK_N, BLOCK_D, PV_FP8, True, EXACT_ROUND, FAST_I2F,
         )  # fmt: skip
     out = acc * (1.0 / l_i)[:, None]
-    if PV_FP8:  # undo V's per-channel scale and P's factor 448
+    if PV_FP8:  # undo V's per-channel scale
         out = out * tl.load(VS + bh * BLOCK_D + cols)[None, :]
     o_ptr = Out + b.to(tl.int64) * s_ob + h * s_oh + rows[:, None].to(tl.int64) * s_ol + cols[None, :]
     tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=(rows < Lq)[:, None] & (cols < D)[None, :])
@@ -348,7 +351,7 @@ def quantize_blocks_triton(
 def prepare_v(v: torch.Tensor, block: int, pv: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``v`` [B, L, H, D] as the kernel reads it (one pass; tokens padded to a multiple of ``block``):
     ``fp16``: fp16 [B, H, Lkp, BD], no scale; ``fp8``: e4m3 ``v / scale`` transposed [B, H, BD, Lkp]
-    and fp32 ``scale / 448`` [B, H, BD] (``scale = amax over tokens / 448`` per channel; 1 in padding)."""
+    and fp32 ``scale`` [B, H, BD] (``amax over tokens / 448`` per channel; 1 in padding)."""
     b, length, h, d = v.shape
     bd = _block_d(d)
     lkp = triton.cdiv(length, block) * block
@@ -367,8 +370,6 @@ def prepare_v(v: torch.Tensor, block: int, pv: str) -> tuple[torch.Tensor, torch
         v, vs if vs is not None else out, out, h, length, d, lkp, v.stride(0), v.stride(1), v.stride(2),
         BLOCK=block, BLOCK_D=bd, FP8=fp8, EXACT_ROUND=fp8 and interpreting(),
     )  # fmt: skip
-    if vs is not None:
-        vs = vs / 448.0  # what the kernel multiplies its output by (P was scaled by 448)
     return out, vs
 
 
