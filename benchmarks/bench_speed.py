@@ -494,10 +494,15 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         free()
     variants = [
         ("bf16 compiled", {"compile": True}, None),
+        ("fp8 compiled", {"quantize": "fp8", "compile": True}, None),
         ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage"),
     ]
     if tiny:
-        variants = [("bf16", {}, None), ("fp8+sage", {"quantize": "fp8"}, "sage")]
+        variants = [
+            ("bf16", {}, None),
+            ("fp8", {"quantize": "fp8"}, None),
+            ("fp8+sage", {"quantize": "fp8"}, "sage"),
+        ]
     for name, options, backend in variants:
         with guarded("i2v14b", name):
             _i2v_variant(cfg, kw, name, options, backend, iters)
