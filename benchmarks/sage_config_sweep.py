@@ -164,7 +164,11 @@ def main() -> None:
                 record(**base, **row)
                 rows.append(row)
         for pv in pvs:  # the int32 -> fp32 conversion instruction instead of the bit trick (as before)
-            ms = timed_ms(functools.partial(sage_attention_triton, q, k, v, pv=pv, fast_i2f=False), iters)
+            try:
+                ms = timed_ms(functools.partial(sage_attention_triton, q, k, v, pv=pv, fast_i2f=False), iters)
+            except Exception as exc:
+                record(**base, pv=pv, fast_i2f=False, error=f"{type(exc).__name__}: {exc}"[:300])
+                continue
             record(**base, config="default (autotuned)", pv=pv, fast_i2f=False, sage_ms=round(ms, 3))
         if rows:
             fastest = min(rows, key=lambda r: r["sage_ms"])
