@@ -283,3 +283,24 @@ def test_act_quant_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "fast")
     with pytest.raises(ValueError, match="FASTVIDEO_FP8_ACT_QUANT must be one of"):
         act_quant_mode()
+
+
+def test_under_torch_compile_activations_are_quantized_by_pytorch_ops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``auto``: inside a compiled graph the quantization is PyTorch ops (inductor fuses them with what
+    precedes), not the Triton kernel."""
+    import fastvideo.optimize.fp8_triton as kernels
+    from fastvideo.optimize.fp8 import quantize_activation
+
+    def no_triton(x: torch.Tensor) -> None:
+        raise AssertionError("the Triton kernel ran inside a compiled graph")
+
+    monkeypatch.setattr(kernels, "quantize_rows_triton", no_triton)
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "auto")
+    torch._dynamo.reset()
+    x = torch.randn(6, 32)
+    q, s = torch.compile(quantize_activation, backend="eager", fullgraph=True)(x)
+    ref_q, ref_s = quantize_rows(x)
+    assert torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
+    torch._dynamo.reset()
