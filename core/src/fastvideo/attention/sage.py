@@ -110,6 +110,9 @@ class SageBackend(AttentionBackend):
 
         if not torch.cuda.is_available():
             return "sage needs a CUDA GPU"
+        from fastvideo.attention.sage_triton import device_capability
+
+        device_capability(torch.device("cuda"))  # read here, before any compiled graph needs it
         return None
 
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
@@ -138,15 +141,10 @@ class SageBackend(AttentionBackend):
         is_causal: bool = False,
         step: StepContext | None = None,
     ) -> torch.Tensor:
-        import torch
-
         from fastvideo.attention.sage_triton import sage_attention_triton
 
-        pv = self.option(step, "pv")
-        if pv == "fp8" and q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (8, 9):
-            pv = "fp16"  # no FP8 tensor cores before Ada
         scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
-        return sage_attention_triton(q, k, v, scale, pv=pv)
+        return sage_attention_triton(q, k, v, scale, pv=self.option(step, "pv"))
 
 
 def _interpreting() -> bool:

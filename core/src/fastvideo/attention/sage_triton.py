@@ -65,15 +65,35 @@ def parse_config(text: str) -> tuple[int, int, int, int]:
     return m, n, w, st
 
 
+#: Compute capability per CUDA device index, read once outside compiled graphs (a capability query
+#: inside one would break the graph; a dict lookup does not).
+_CAPABILITY: dict[int, tuple[int, int]] = {}
+
+
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """``device``'s compute capability ((0, 0) off CUDA), cached (see :data:`_CAPABILITY`)."""
+    if device.type != "cuda":
+        return (0, 0)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))  # type: ignore[assignment]
+    return _CAPABILITY[index]
+
+
 def resolve_pv(pv: str, device: torch.device) -> str:
-    """``pv`` with ``auto`` resolved: ``FASTVIDEO_SAGE_PV`` when set, else the default of ``device``."""
+    """``pv`` with ``auto`` resolved (``FASTVIDEO_SAGE_PV`` when set, else the default of ``device``);
+    ``fp8`` becomes ``fp16`` on CUDA cards without FP8 tensor cores (before compute capability 8.9)."""
     if pv == "auto":
         pv = os.environ.get("FASTVIDEO_SAGE_PV", "auto")
     if pv == "auto":
-        hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
-        pv = SM90_DEFAULT_PV if hopper else OTHER_DEFAULT_PV
+        if SM90_DEFAULT_PV == OTHER_DEFAULT_PV:  # no capability query needed
+            pv = OTHER_DEFAULT_PV
+        else:
+            pv = SM90_DEFAULT_PV if device_capability(device) == (9, 0) else OTHER_DEFAULT_PV
     if pv not in PV_CHOICES:
         raise ValueError(f"sage pv must be one of {('auto', *PV_CHOICES)}, got {pv!r}")
+    if pv == "fp8" and device.type == "cuda" and device_capability(device) < (8, 9):
+        pv = "fp16"
     return pv
 
 
