@@ -142,11 +142,16 @@ def _sage_step(
     MASKED: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
     FAST_I2F: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    """One block of ``BLOCK_N`` keys: logits, online softmax, ``P V`` accumulated (fp32)."""
+    """One block of ``BLOCK_N`` keys: logits, online softmax, ``P V`` accumulated (fp32). With ``TMA``,
+    ``K`` and ``V`` are tensor descriptors of the same buffers seen as 2-D (rows: (b, h, token))."""
     keys = nblock * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
-    k = tl.load(K + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
+    if TMA:
+        k = K.load([bh * lkp + nblock * BLOCK_N, 0])
+    else:
+        k = tl.load(K + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
     k_scale = tl.load(KS + bh * NBK + nblock)
     s = tl.dot(q, tl.trans(k))  # int32 (BLOCK_M, BLOCK_N), |s| <= 127 * 127 * 256 < 2**22
     if FAST_I2F:  # int32 -> fp32 by full-rate integer add + float subtract (I2F runs at a quarter rate):
@@ -161,13 +166,19 @@ def _sage_step(
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     if PV_FP8:  # V^T e4m3 [BLOCK_D, Lkp] (keys contiguous: the K-major operand FP8 MMA wants)
-        vt = tl.load(V + (bh.to(tl.int64) * BLOCK_D + cols[:, None]) * lkp + keys[None, :])
+        if TMA:
+            vt = V.load([bh * BLOCK_D, nblock * BLOCK_N])
+        else:
+            vt = tl.load(V + (bh.to(tl.int64) * BLOCK_D + cols[:, None]) * lkp + keys[None, :])
         # times 1/448 (P's factor) here, not on the output: the product is then no operand of the add,
         # so Triton does not accumulate it in the MMA's accumulator, whose FP8 sums keep ~14 bits on
         # Hopper; the block's sum (64 keys) is added to ``acc`` in fp32 (SageAttention 2's two levels)
         pv = tl.dot(_to_e4m3(p * 448.0, EXACT_ROUND), tl.trans(vt)) * (1.0 / 448.0)
     else:  # V fp16 [Lkp, BLOCK_D]
-        v = tl.load(V + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
+        if TMA:
+            v = V.load([bh * lkp + nblock * BLOCK_N, 0])
+        else:
+            v = tl.load(V + (bh.to(tl.int64) * lkp + keys[:, None]) * BLOCK_D + cols[None, :])
         pv = tl.dot(p.to(tl.float16), v)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
@@ -197,6 +208,7 @@ def _sage_fwd(
     PV_FP8: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
     FAST_I2F: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     mblock = tl.program_id(0)
     bh = tl.program_id(1)
@@ -206,7 +218,10 @@ def _sage_fwd(
     cols = tl.arange(0, BLOCK_D)
     lqp = NBQ * BLOCK_M
     lkp = NBK * BLOCK_N
-    q = tl.load(Q + (bh.to(tl.int64) * lqp + rows[:, None]) * BLOCK_D + cols[None, :])
+    if TMA:
+        q = Q.load([bh * lqp + mblock * BLOCK_M, 0])
+    else:
+        q = tl.load(Q + (bh.to(tl.int64) * lqp + rows[:, None]) * BLOCK_D + cols[None, :])
     q_scale = tl.load(QS + bh * NBQ + mblock)
     m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -215,12 +230,12 @@ def _sage_fwd(
     for nblock in range(0, n_full):  # full blocks: no masks
         acc, l_i, m_i = _sage_step(
             acc, l_i, m_i, q, q_scale, K, KS, V, bh, nblock, Lk, lkp, NBK,
-            BLOCK_N, BLOCK_D, PV_FP8, False, EXACT_ROUND, FAST_I2F,
+            BLOCK_N, BLOCK_D, PV_FP8, False, EXACT_ROUND, FAST_I2F, TMA,
         )  # fmt: skip
     if n_full < NBK:
         acc, l_i, m_i = _sage_step(
             acc, l_i, m_i, q, q_scale, K, KS, V, bh, n_full, Lk, lkp, NBK,
-            BLOCK_N, BLOCK_D, PV_FP8, True, EXACT_ROUND, FAST_I2F,
+            BLOCK_N, BLOCK_D, PV_FP8, True, EXACT_ROUND, FAST_I2F, TMA,
         )  # fmt: skip
     out = acc * (1.0 / l_i)[:, None]
     if PV_FP8:  # undo V's per-channel scale
@@ -313,7 +328,7 @@ def _prepare_v(
 GPU_TUNING = [
     triton.Config({}, num_warps=w, num_stages=n) for w, n in ((8, 3), (4, 3), (8, 2), (4, 2), (8, 4))
 ]
-_sage_fwd_tuned = triton.autotune(configs=GPU_TUNING, key=["D", "Lk", "PV_FP8", "FAST_I2F"])(_sage_fwd)
+_sage_fwd_tuned = triton.autotune(configs=GPU_TUNING, key=["D", "Lk", "PV_FP8", "FAST_I2F", "TMA"])(_sage_fwd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,6 +422,7 @@ def sage_attention_triton(
     pv: str = "auto",
     config: tuple[int, int, int, int] | None = None,
     fast_i2f: bool = True,
+    tma: bool = False,
 ) -> torch.Tensor:
     """8-bit attention of ``[B, L, H, D]`` tensors (any L, D <= 256); returns ``q``'s dtype and layout.
 
@@ -415,6 +431,8 @@ def sage_attention_triton(
         :func:`block_config` (on the GPU warps and stages autotuned unless ``FASTVIDEO_SAGE_CONFIG``).
     :param fast_i2f: convert the int32 logits to fp32 with an integer add and a float subtract (exact
         for head dims <= 256) instead of the quarter-rate conversion instruction; False for comparison.
+    :param tma: load Q, K, V blocks through tensor descriptors (TMA on Hopper) instead of pointers;
+        measured by the sweep, off by default (not traced by ``torch.compile``).
     """
     b, lq, h, d = q.shape
     lk = k.shape[1]
@@ -430,8 +448,15 @@ def sage_attention_triton(
     out = torch.empty_like(q) if q.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
     nbq, nbk = qs.shape[-1], ks.shape[-1]
     grid = (nbq, b * h)
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        qd = TensorDescriptor.from_tensor(qq.view(-1, bd), [block_m, bd])
+        kd = TensorDescriptor.from_tensor(kq.view(-1, bd), [block_n, bd])
+        two_d = vp.view(-1, vp.shape[-1])
+        vd = TensorDescriptor.from_tensor(two_d, [bd, block_n] if pv == "fp8" else [block_n, bd])
     args = (
-        qq, kq, vp, out, qs, ks, vs if vs is not None else qs,
+        qd if tma else qq, kd if tma else kq, vd if tma else vp, out, qs, ks, vs if vs is not None else qs,
         h, lq, lk, nbq, nbk, d,
         out.stride(0), out.stride(1), out.stride(2),
     )  # fmt: skip
@@ -442,6 +467,7 @@ def sage_attention_triton(
         "PV_FP8": pv == "fp8",
         "EXACT_ROUND": pv == "fp8" and interpreting(),
         "FAST_I2F": bool(fast_i2f),
+        "TMA": bool(tma),
     }
     if fixed:
         _sage_fwd[grid](*args, **blocks, num_warps=warps, num_stages=stages)
