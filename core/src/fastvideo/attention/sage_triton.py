@@ -39,6 +39,8 @@ PV_CHOICES = ("fp16", "fp8")
 #: What ``pv="auto"`` means on Hopper (sm90) and on other cards; set from the sweep's results.
 SM90_DEFAULT_PV = "fp16"
 OTHER_DEFAULT_PV = "fp16"
+#: Whether Q / K / V blocks are loaded through tensor descriptors (TMA) by default.
+DEFAULT_TMA = False
 
 
 def block_config() -> tuple[int, int, int, int]:
@@ -422,7 +424,7 @@ def sage_attention_triton(
     pv: str = "auto",
     config: tuple[int, int, int, int] | None = None,
     fast_i2f: bool = True,
-    tma: bool = False,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """8-bit attention of ``[B, L, H, D]`` tensors (any L, D <= 256); returns ``q``'s dtype and layout.
 
@@ -432,8 +434,11 @@ def sage_attention_triton(
     :param fast_i2f: convert the int32 logits to fp32 with an integer add and a float subtract (exact
         for head dims <= 256) instead of the quarter-rate conversion instruction; False for comparison.
     :param tma: load Q, K, V blocks through tensor descriptors (TMA on Hopper) instead of pointers;
-        measured by the sweep, off by default (not traced by ``torch.compile``).
+        None: ``FASTVIDEO_SAGE_TMA=1`` or :data:`DEFAULT_TMA` (off until the sweep shows it pays and it
+        is checked under ``torch.compile``).
     """
+    if tma is None:
+        tma = os.environ.get("FASTVIDEO_SAGE_TMA", "1" if DEFAULT_TMA else "0") not in ("", "0")
     b, lq, h, d = q.shape
     lk = k.shape[1]
     pv = resolve_pv(pv, q.device)
