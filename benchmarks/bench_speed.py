@@ -613,6 +613,7 @@ BLOCK_VARIANTS = [
 EXTRA_BLOCK_VARIANTS = [
     ("fp8+sage pv=fp8 compiled", {"quantize": "fp8", "compile": True}, "sage", {"FASTVIDEO_SAGE_PV": "fp8"}),
     ("sage compiled", {"compile": True}, "sage", {"FASTVIDEO_SAGE_PV": "fp16"}),
+    ("fp8+sage tma", {"quantize": "fp8"}, "sage", {"FASTVIDEO_SAGE_PV": "fp16", "FASTVIDEO_SAGE_TMA": "1"}),
 ]
 
 
