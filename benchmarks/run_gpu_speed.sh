@@ -43,10 +43,10 @@ run() {  # run NAME SECONDS CMD...: one part, time-limited, its output kept
 for s in $sections; do
     case $s in
     tests) run tests 150 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py core/tests/test_optimize_offload.py core/tests/test_optimize_load.py ;;
-    tests-fp8) run tests-fp8 90 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py ;;
+    tests-fp8) run tests-fp8 120 python3 -m pytest -q core/tests/test_attention_sage.py core/tests/test_optimize_fp8.py ;;
     sweep) run sweep 160 python3 benchmarks/sage_config_sweep.py ;;
     linear14b) run linear14b 45 python3 benchmarks/bench_speed.py --section linear14b --iters 5 ;;
-    block14b) run block14b 210 python3 benchmarks/bench_speed.py --section block14b --iters 3 ;;
+    block14b) run block14b 200 python3 benchmarks/bench_speed.py --section block14b --iters 3 ;;
     kernel) run kernel 90 python3 benchmarks/bench_speed.py --section kernel ;;
     dit) run dit 240 python3 benchmarks/bench_speed.py --section dit --iters 3 ;;
     quality) run quality 150 python3 benchmarks/bench_speed.py --section quality --steps 12 ;;

@@ -17,6 +17,16 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _fixed_gpu_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the GPU: the default blocks, warps and stages, not autotuned (one compile per variant; the
+    sweep, benchmarks/sage_config_sweep.py, exercises autotuning)."""
+    if DEVICE == "cuda":
+        from fastvideo.attention.sage_triton import GPU_CONFIG
+
+        monkeypatch.setenv("FASTVIDEO_SAGE_CONFIG", ",".join(map(str, GPU_CONFIG)))
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     qt, kt, vt = (x.transpose(1, 2).float() for x in (q, k, v))
     return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
