@@ -3,7 +3,7 @@ with FP8 / sage / compile against diffusers, quality of each lossy option agains
 Wan 1.3B, the step caches' DiT-call savings, layerwise offload's peak memory (while loading and
 while running) and time.
 
-    python benchmarks/bench_speed.py --section kernel|dit|quality|offload|i2v14b [--tiny]
+    python benchmarks/bench_speed.py --section kernel|dit|quality|offload|i2v14b|linear14b|block14b [--tiny]
 
 ``--tiny`` runs every section at toy sizes (a CPU dry run of the code paths, TRITON_INTERPRET=1 for sage).
 Each section prints its lines and appends them to ${OUT}/speed.jsonl.
@@ -494,10 +494,15 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         free()
     variants = [
         ("bf16 compiled", {"compile": True}, None),
+        ("fp8 compiled", {"quantize": "fp8", "compile": True}, None),
         ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage"),
     ]
     if tiny:
-        variants = [("bf16", {}, None), ("fp8+sage", {"quantize": "fp8"}, "sage")]
+        variants = [
+            ("bf16", {}, None),
+            ("fp8", {"quantize": "fp8"}, None),
+            ("fp8+sage", {"quantize": "fp8"}, "sage"),
+        ]
     for name, options, backend in variants:
         with guarded("i2v14b", name):
             _i2v_variant(cfg, kw, name, options, backend, iters)
@@ -529,6 +534,132 @@ def _i2v_variant(
     )
     del model
     free()
+
+
+# ---------------------------------------------------------------- 14B blocks: does FP8 / sage pay?
+
+
+@contextlib.contextmanager
+def env(**values: str):  # type: ignore[no-untyped-def]
+    """Environment variables set for the duration (the FP8 / sage switches read them per call)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def section_linear14b(tiny: bool, iters: int) -> None:
+    """The 14B block's GEMMs at 32760 tokens: bf16 ``F.linear`` against FP8 (activation quantization +
+    row-wise ``_scaled_mm``), the quantization through the fused Triton kernel or PyTorch ops, with and
+    without fast accumulation; and the quantization alone."""
+    import torch.nn.functional as F
+
+    from fastvideo.optimize.fp8 import FP8Linear, fp8_math_available, quantize_rows
+    from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+    if not fp8_math_available(torch.device(DEV)) and not tiny:
+        record("linear14b", card=card(), error="no FP8 math on this device")
+        return
+    m = 32760 if not tiny else 40
+    shapes = [(5120, 5120), (5120, 13824), (13824, 5120)] if not tiny else [(64, 64), (64, 128)]
+    for k, n in shapes:
+        g = torch.Generator(device=DEV).manual_seed(0)
+        lin = torch.nn.Linear(k, n, device=DEV, dtype=torch.bfloat16)
+        x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, generator=g)
+        fp8 = FP8Linear.from_linear(lin, "compute")
+        fp8.fused_bias = True
+        row: dict[str, Any] = {"card": card(), "tokens": m, "in": k, "out": n}
+        if DEV == "cuda":
+            from fastvideo.optimize.fp8 import rowwise_bias_works, rowwise_fast_accum_works
+
+            row["bias_in_scaled_mm"] = rowwise_bias_works(DEV)
+            row["fast_accum"] = rowwise_fast_accum_works(DEV)
+        t, _, _ = timed(functools.partial(F.linear, x, lin.weight, lin.bias), iters=iters)
+        row["bf16_ms"] = round(t * 1e3, 3)
+        for label, quant, fast in (("fp8", "triton", True), ("fp8_torch_quant", "torch", True), ("fp8_exact_accum", "triton", False)):  # fmt: skip
+            with guarded("linear14b", label), env(FASTVIDEO_FP8_ACT_QUANT=quant), torch.inference_mode():
+                fp8.use_fast_accum = fast
+                t, _, _ = timed(functools.partial(fp8._forward_fp8, x), iters=iters)
+                row[f"{label}_ms"] = round(t * 1e3, 3)
+        t, _, _ = timed(functools.partial(quantize_rows_triton, x), iters=iters)
+        row["quant_triton_ms"] = round(t * 1e3, 3)
+        t, _, _ = timed(functools.partial(quantize_rows, x), iters=iters)
+        row["quant_torch_ms"] = round(t * 1e3, 3)
+        record("linear14b", **row)
+        del lin, fp8, x
+        free()
+
+
+#: (name, options, attention backend, environment) of the block14b section.
+BLOCK_VARIANTS = [
+    ("bf16", {}, None, {}),
+    ("fp8", {"quantize": "fp8"}, None, {}),
+    ("fp8 torch-quant", {"quantize": "fp8"}, None, {"FASTVIDEO_FP8_ACT_QUANT": "torch"}),
+    ("sage", {}, "sage", {"FASTVIDEO_SAGE_PV": "fp16"}),
+    ("sage pv=fp8", {}, "sage", {"FASTVIDEO_SAGE_PV": "fp8"}),
+    ("fp8+sage", {"quantize": "fp8"}, "sage", {"FASTVIDEO_SAGE_PV": "fp16"}),
+    ("fp8+sage pv=fp8", {"quantize": "fp8"}, "sage", {"FASTVIDEO_SAGE_PV": "fp8"}),
+    ("bf16 compiled", {"compile": True}, None, {}),
+    ("fp8 compiled", {"quantize": "fp8", "compile": True}, None, {}),
+    ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage", {"FASTVIDEO_SAGE_PV": "fp16"}),
+]
+#: Also measured when named in BLOCK_VARIANTS (not by default: each compiled variant costs ~30-60 s).
+EXTRA_BLOCK_VARIANTS = [
+    ("fp8+sage pv=fp8 compiled", {"quantize": "fp8", "compile": True}, "sage", {"FASTVIDEO_SAGE_PV": "fp8"}),
+    ("sage compiled", {"compile": True}, "sage", {"FASTVIDEO_SAGE_PV": "fp16"}),
+    ("fp8+sage tma", {"quantize": "fp8"}, "sage", {"FASTVIDEO_SAGE_PV": "fp16", "FASTVIDEO_SAGE_TMA": "1"}),
+]
+
+
+def section_block14b(tiny: bool, iters: int, layers: int = 3) -> None:
+    """Wan2.1-I2V-14B-480P with ``layers`` blocks at 81x480x832 (32760 tokens), random weights, one
+    forward per variant: bf16 / FP8 / sage / FP8+sage, eager and compiled. A 1-block bf16 forward gives
+    the time outside the blocks; each line also estimates the 40-block forward and step (CFG) from it.
+    ``BLOCK_VARIANTS="bf16,fp8 compiled"`` (comma-separated names) picks variants."""
+    frames, height, width = (5, 64, 64) if tiny else (81, 480, 832)
+    cfg = wan_config("wan2.1-i2v-14b-480p", tiny, layers=layers)
+    cfg["num_layers"] = layers
+    kw = inputs(cfg, frames, height, width, image=True)
+    picked = os.environ.get("BLOCK_VARIANTS")
+    variants = (
+        BLOCK_VARIANTS
+        if picked is None
+        else [v for v in BLOCK_VARIANTS + EXTRA_BLOCK_VARIANTS if v[0] in picked.split(",")]
+    )
+    if tiny:
+        variants = [v for v in variants if "compiled" not in v[0] and "pv=fp8" not in v[0]]
+    times = {}
+    for n in (1, layers):  # bf16 eager with 1 and with `layers` blocks: the time outside the blocks
+        model = ours(dict(cfg, num_layers=n))
+        times[n], _, _ = timed(functools.partial(run_dit, model, kw, None), iters=iters)
+        del model
+        free()
+    outside = max(0.0, times[1] - (times[layers] - times[1]) / (layers - 1))
+    for name, options, backend, environment in variants:
+        with guarded("block14b", name), env(**environment):
+            model = ours(cfg)
+            apply_options(model, options)
+            free()
+            t, peak, _ = timed(
+                functools.partial(run_dit, model, kw, backend),
+                warmup=2 if options.get("compile") else 1,
+                iters=iters,
+            )
+            per_block = (t - outside) / layers
+            est = outside + 40 * per_block
+            record(
+                "block14b", card=card(), model=f"ours {name}", layers=layers, forward_s=round(t, 4),
+                per_block_ms=round(per_block * 1e3, 2), outside_blocks_ms=round(outside * 1e3, 2),
+                est_40_block_forward_s=round(est, 3), est_step_cfg_s=round(2 * est, 3), peak_gib=round(peak, 2),
+            )  # fmt: skip
+            del model
+            free()
 
 
 # ---------------------------------------------------------------- end to end
@@ -659,7 +790,9 @@ def _e2e_ours(folder: str, request: dict[str, Any], steps: int, name: str, optio
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--section", required=True, choices=["kernel", "dit", "quality", "offload", "i2v14b", "e2e"]
+        "--section",
+        required=True,
+        choices=["kernel", "dit", "quality", "offload", "i2v14b", "e2e", "linear14b", "block14b"],
     )
     ap.add_argument("--variants", default="diffusers,bf16,teacache,fp8+sage+teacache", help="e2e: which runs")
     ap.add_argument("--tiny", action="store_true")
@@ -681,6 +814,10 @@ def main() -> None:
         section_e2e(args.tiny, args.steps, args.variants)
     elif args.section == "offload":
         section_offload(args.tiny, args.iters)
+    elif args.section == "linear14b":
+        section_linear14b(args.tiny, args.iters)
+    elif args.section == "block14b":
+        section_block14b(args.tiny, args.iters)
     else:
         section_i2v14b(args.tiny, args.iters)
 

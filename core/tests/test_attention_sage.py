@@ -17,6 +17,16 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _fixed_gpu_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the GPU: the default blocks, warps and stages, not autotuned (one compile per variant; the
+    sweep, benchmarks/sage_config_sweep.py, exercises autotuning)."""
+    if DEVICE == "cuda":
+        from fastvideo.attention.sage_triton import GPU_CONFIG
+
+        monkeypatch.setenv("FASTVIDEO_SAGE_CONFIG", ",".join(map(str, GPU_CONFIG)))
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     qt, kt, vt = (x.transpose(1, 2).float() for x in (q, k, v))
     return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
@@ -52,6 +62,86 @@ def test_kernel_matches_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> No
     err = (out.float() - exact).abs()
     assert err.max() < 0.04 and err.mean() < 6e-3
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize(("b", "lq", "lk", "h", "d", "dtype", "offset"), CASES)
+def test_fp8_pv_matches_its_reference_and_sdpa(b, lq, lk, h, d, dtype, offset) -> None:  # type: ignore[no-untyped-def]
+    """SageAttention 2's P V: V e4m3 per channel, P * 448 in e4m3, fp32 sums."""
+    q, k, v = _inputs(b, lq, lk, h, d, dtype, offset)
+    out = sage_attention_triton(q, k, v, pv="fp8")
+    assert out.shape == q.shape and out.dtype == dtype
+    block_m, block_n, _, _ = block_config()
+    ref = sage_attention_reference(q, k, v, block_m=block_m, block_n=block_n, pv="fp8")
+    exact = _sdpa(q, k, v)
+    diff = (out.float() - ref.float()).abs()
+    rounding = 2 * torch.finfo(dtype).eps * float(ref.float().abs().max())
+    if lk <= block_n and DEVICE == "cpu":  # one key block: the running max is the row max, P rounds as in
+        assert diff.max() < 1e-3 + rounding  # the spec (the GPU's exp2 may flip an e4m3 rounding of P)
+    else:  # P is rounded to e4m3 relative to a running max: the same error size, not the same values
+        assert diff.max() < 0.04 and diff.mean() < 2e-3
+    err = (out.float() - exact).abs()
+    assert err.max() < 0.08 and err.mean() < 0.01
+    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.999
+
+
+def test_fast_int_to_float_conversion_is_exact() -> None:
+    """The logits' int32 -> fp32 by the 1.5 * 2**23 bit trick equal the conversion instruction's."""
+    q, k, v = _inputs(1, 70, 70, 2, 128, torch.bfloat16, 4.0)
+    q = q * 50  # large logits: int32 sums far from zero
+    for pv in ("fp16", "fp8"):
+        assert torch.equal(
+            sage_attention_triton(q, k, v, pv=pv, fast_i2f=True),
+            sage_attention_triton(q, k, v, pv=pv, fast_i2f=False),
+        )
+
+
+def test_tensor_descriptor_loads_give_the_same_output() -> None:
+    """The TMA variant (Q, K, V blocks through tensor descriptors) reads the same blocks as pointers."""
+    q, k, v = _inputs(2, 100, 77, 3, 64, torch.bfloat16, 2.0)
+    for pv in ("fp16", "fp8"):
+        assert torch.equal(
+            sage_attention_triton(q, k, v, pv=pv, tma=True), sage_attention_triton(q, k, v, pv=pv)
+        )
+
+
+def test_prepare_v_fp8_is_v_over_its_channel_scale() -> None:
+    from fastvideo.attention.sage_triton import prepare_v
+
+    v = _inputs(2, 10, 70, 3, 48, torch.bfloat16)[2]
+    v8, vs = prepare_v(v, 64, "fp8")
+    assert v8.dtype == torch.float8_e4m3fn and v8.shape == (2, 3, 64, 128) and vs.shape == (2, 3, 64)
+    scale = (v.float().abs().amax(dim=1) / 448.0).clamp(min=1e-12)  # (B, H, D)
+    torch.testing.assert_close(vs[..., :48], scale, rtol=1e-6, atol=0)
+    assert bool((vs[..., 48:] == 1).all())
+    ref = (v.float() / scale[:, None]).to(torch.float8_e4m3fn).float().permute(0, 2, 3, 1)  # (B, H, D, L)
+    assert torch.equal(v8[:, :, :48, :70].float(), ref)
+    assert not v8[:, :, 48:].float().any() and not v8[..., 70:].float().any()  # padding: zeros
+    v16, none = prepare_v(v, 64, "fp16")
+    assert none is None and v16.shape == (2, 3, 128, 64)
+    assert torch.equal(v16[:, :, :70, :48], v.half().transpose(1, 2)) and not v16[:, :, 70:].any()
+
+
+def test_pv_choice_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.attention.sage_triton import parse_config, resolve_pv
+
+    assert resolve_pv("fp8", torch.device("cpu")) == "fp8"
+    assert resolve_pv("auto", torch.device("cpu")) == "fp16"
+    monkeypatch.setenv("FASTVIDEO_SAGE_PV", "fp8")
+    assert resolve_pv("auto", torch.device("cpu")) == "fp8"
+    with pytest.raises(ValueError, match="sage pv must be one of"):
+        resolve_pv("int4", torch.device("cpu"))
+    assert parse_config("128,64,8,3") == (128, 64, 8, 3)
+    for bad in ("128,64,8", "96,64,8,3", "a,b,c,d"):
+        with pytest.raises(ValueError, match="sage config"):
+            parse_config(bad)
+    from fastvideo.attention.options import check_options, cli_flags
+
+    assert any(flags == ("--sage-pv",) and backend == "sage" for flags, backend, _ in cli_flags())
+    assert check_options("sage", {"sage": {"pv": "fp8"}}) == {"pv": "fp8"}
+    option = SageBackend.options[0]
+    assert option.check("fp8", "sage") == "fp8"
+    with pytest.raises(ValueError, match=r"sage option 'pv' \(--sage-pv\) must be auto, fp16 or fp8"):
+        option.check("fp4", "sage")
 
 
 @pytest.mark.parametrize(
@@ -103,6 +193,16 @@ def test_seam_dispatches_to_sage_and_falls_back_for_a_mask(monkeypatch: pytest.M
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     assert torch.allclose(masked, F.scaled_dot_product_attention(qt, kt, vt, mask).transpose(1, 2), atol=1e-3)
     assert SageBackend().supports(q, k, v, attn_mask=mask) == "sage takes no attention mask"
+
+
+def test_backend_option_pv_picks_the_fp8_product() -> None:
+    from fastvideo.attention.context import StepContext
+
+    q, k, v = _inputs(1, 40, 40, 2, 64, torch.float16)
+    step = StepContext(options={"sage": {"pv": "fp8"}})
+    out = SageBackend().forward(q, k, v, step=step)
+    assert torch.equal(out, sage_attention_triton(q, k, v, pv="fp8"))
+    assert not torch.equal(out, sage_attention_triton(q, k, v, pv="fp16"))
 
 
 def ulysses_suite(rank: int, world: int) -> dict[str, torch.Tensor]:

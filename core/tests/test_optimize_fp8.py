@@ -173,3 +173,134 @@ def test_fp8_transform_loads_a_checkpoint_and_rejects_a_foreign_one(tmp_path) ->
             ComposedPipeline([], {"transformer": toy_dit()}),
             PipelineConfig(fp8_checkpoint=str(tmp_path / "none")),
         )
+
+
+# ---------------------------------------------------------------- fused activation quantization (Triton)
+
+_triton_runs = pytest.mark.skipif(
+    not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+
+
+@_triton_runs
+@pytest.mark.parametrize(
+    ("m", "k", "dtype"),
+    [(37, 1536, torch.bfloat16), (5, 96, torch.float32), (3, 20000, torch.bfloat16)],
+    ids=["rows-in-registers-bf16", "narrow-fp32", "two-pass-long-rows"],
+)
+def test_fused_activation_quantization_matches_the_torch_one(m: int, k: int, dtype: torch.dtype) -> None:
+    """One Triton pass against quantize_rows (plain PyTorch): the same scales and the same e4m3 values
+    (rounded to nearest, ties to even), except that the interpreter may flush e4m3 subnormals to 0."""
+    from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(k)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, m)[:, None]).to(device, dtype)
+    x[0, 7] = 0.0
+    q, scale = quantize_rows_triton(x)
+    ref_q, ref_scale = quantize_rows(x)
+    assert q.dtype == FP8 and q.shape == (m, k) and scale.shape == (m, 1) and scale.dtype == torch.float32
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    normal = ref_q.float().abs() >= 2.0**-6
+    assert torch.equal(q.float()[normal], ref_q.float()[normal])
+    assert bool(((q.float() - ref_q.float()).abs() <= 2.0**-6).all())
+    assert float(q.float().abs().amax(dim=1).min()) == 448.0  # each row spans the e4m3 range
+
+
+@_triton_runs
+def test_fused_activation_quantization_takes_strided_rows_and_zero_rows() -> None:
+    from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(6, 64, device=device)
+    x[2] = 0.0  # an all-zero row: scale 1e-12, values 0
+    q, scale = quantize_rows_triton(x[:, :48])  # rows of a wider tensor: stride 64
+    ref_q, ref_scale = quantize_rows(x[:, :48])
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    assert float(scale[2]) == pytest.approx(1e-12) and bool((q[2].float() == 0).all())
+    assert torch.equal(q.float(), ref_q.float())
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_rows_triton(x[None])
+    empty_q, empty_s = quantize_rows_triton(x[:0])
+    assert empty_q.shape == (0, 64) and empty_s.shape == (0, 1)
+
+
+def _scaled_mm_on_cpu() -> bool:
+    try:
+        a = torch.ones(16, 32).to(FP8)
+        torch._scaled_mm(
+            a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16
+        )
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+@_triton_runs
+@pytest.mark.parametrize("fused_bias", [True, False])
+def test_fp8_compute_path_equals_quantized_math(monkeypatch: pytest.MonkeyPatch, fused_bias: bool) -> None:
+    """The compute path (fused quantization + row-wise _scaled_mm with the bias inside) against plain
+    math on the same FP8 values: x and W quantized per row, dequantized, multiplied in fp32, plus bias."""
+    import fastvideo.optimize.fp8_triton as kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not _scaled_mm_on_cpu():
+        pytest.skip("this torch has no CPU torch._scaled_mm")
+    if fused_bias and device == "cuda":
+        from fastvideo.optimize.fp8 import rowwise_bias_works
+
+        if not rowwise_bias_works("cuda"):
+            pytest.skip("this torch's row-wise _scaled_mm takes no bias")
+    calls = []
+    real = kernels.quantize_rows_triton
+    monkeypatch.setattr(kernels, "quantize_rows_triton", lambda x: calls.append(x.shape) or real(x))
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).to(device, torch.bfloat16)
+    x = torch.randn(3, 7, 64, device=device, dtype=torch.bfloat16)
+    fp8 = FP8Linear.from_linear(lin, "compute")
+    fp8.fused_bias = fused_bias
+    out = fp8._forward_fp8(x)
+    assert calls == [(21, 64)]  # the fused kernel quantized the activation
+    assert out.shape == (3, 7, 48) and out.dtype == torch.bfloat16
+    xq, xs = quantize_rows(x.reshape(-1, 64))
+    ref = (xq.float() * xs) @ (fp8.weight.float() * fp8.weight_scale).T + lin.bias.float()
+    ref = ref.reshape(3, 7, 48)
+    # the same FP8 operands; bf16 output rounding
+    assert (out.float() - ref).abs().max() < 0.02 * ref.abs().max()
+    exact = lin(x).float()
+    assert (out.float() - exact).abs().max() < 0.08 * exact.abs().max()
+
+
+def test_act_quant_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.optimize.fp8 import act_quant_mode, quantize_activation
+
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "torch")
+    x = torch.randn(4, 32)
+    q, s = quantize_activation(x)  # plain PyTorch: identical to quantize_rows
+    ref_q, ref_s = quantize_rows(x)
+    assert torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "fast")
+    with pytest.raises(ValueError, match="FASTVIDEO_FP8_ACT_QUANT must be one of"):
+        act_quant_mode()
+
+
+def test_under_torch_compile_activations_are_quantized_by_pytorch_ops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``auto``: inside a compiled graph the quantization is PyTorch ops (inductor fuses them with what
+    precedes), not the Triton kernel."""
+    import fastvideo.optimize.fp8_triton as kernels
+    from fastvideo.optimize.fp8 import quantize_activation
+
+    def no_triton(x: torch.Tensor) -> None:
+        raise AssertionError("the Triton kernel ran inside a compiled graph")
+
+    monkeypatch.setattr(kernels, "quantize_rows_triton", no_triton)
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "auto")
+    torch._dynamo.reset()
+    x = torch.randn(6, 32)
+    q, s = torch.compile(quantize_activation, backend="eager", fullgraph=True)(x)
+    ref_q, ref_s = quantize_rows(x)
+    assert torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
+    torch._dynamo.reset()

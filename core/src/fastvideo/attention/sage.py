@@ -1,7 +1,8 @@
 """The ``sage`` attention backend: 8-bit attention as SageAttention computes it (Zhang et al.,
 "SageAttention: Accurate 8-Bit Attention for Plug-and-play Inference Acceleration", ICLR 2025):
 ``K`` smoothed by its mean over tokens, ``Q K^T`` in INT8 with one scale per block of tokens,
-softmax in fp32, ``P V`` in fp16 with fp32 accumulation. Our own Triton kernel
+softmax in fp32, ``P V`` in fp16 (or, option ``pv=fp8``, in e4m3 as SageAttention 2) with fp32
+accumulation. Our own Triton kernel
 (:mod:`fastvideo.attention.sage_triton`); :func:`sage_attention_reference` is the plain-PyTorch spec.
 
 It is a dense backend (every layer may use it, cross-attention included) and lossy; it is never
@@ -16,7 +17,7 @@ import importlib.util
 import math
 from typing import TYPE_CHECKING, Any
 
-from fastvideo.interfaces.attention import AttentionBackend
+from fastvideo.interfaces.attention import AttentionBackend, BackendOption
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +33,7 @@ def sage_attention_reference(
     *,
     block_m: int = 64,
     block_n: int = 64,
+    pv: str = "fp16",
 ) -> torch.Tensor:
     """The math of the kernel in plain PyTorch, written for clarity (the spec the kernel is tested against).
 
@@ -40,6 +42,8 @@ def sage_attention_reference(
     (``s = amax / 127``, round to nearest); logits are the exact integer products times both
     scales; ``P = softmax`` in fp32, rounded to fp16 (unnormalized, relative to each row's max) and
     multiplied with ``v`` rounded to fp16; the output is divided by the fp32 row sums.
+    ``pv="fp8"`` (SageAttention 2): ``v`` is divided by one scale per channel (its amax over tokens /
+    448) and ``P`` multiplied by 448, both rounded to e4m3, and the product is scaled back.
     """
     import torch
 
@@ -53,7 +57,13 @@ def sage_attention_reference(
             ki, ks = _quantize_rows_in_blocks(kh, block_n)
             logits = (qi @ ki.T) * (qs[:, None] * ks[None, :])  # (Lq, Lk), exact integer products
             p = torch.exp(logits - logits.amax(dim=1, keepdim=True))
-            num = p.half().double() @ vh.half().double()
+            if pv == "fp8":
+                vs = (vh.float().abs().amax(dim=0) / 448.0).clamp(min=1e-12)  # (D,) one scale per channel
+                v8 = (vh.float() / vs).to(torch.float8_e4m3fn).double()
+                p8 = (p.float() * 448.0).to(torch.float8_e4m3fn).double()
+                num = (p8 @ v8) * (vs.double() / 448.0)
+            else:
+                num = p.half().double() @ vh.half().double()
             out[b, :, h] = (num / p.sum(dim=1, keepdim=True)).to(q.dtype)
     return out
 
@@ -71,12 +81,26 @@ def _quantize_rows_in_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor,
     return ints, scales
 
 
+def _check_pv(value: str) -> str | None:
+    return None if value in ("auto", "fp16", "fp8") else "must be auto, fp16 or fp8"
+
+
 class SageBackend(AttentionBackend):
-    """INT8 ``Q K^T`` + fp16 ``P V`` attention (our Triton kernel); lossy, chosen only by name."""
+    """INT8 ``Q K^T`` + fp16 (or FP8) ``P V`` attention (our Triton kernel); lossy, chosen only by name."""
 
     name = "sage"
     priority = -20  # lossy: never the automatic choice
     requires = "triton"
+    options = (
+        BackendOption(
+            name="pv",
+            type=str,
+            default="auto",
+            help="P V precision: fp16, fp8 (e4m3, sm89+) or auto (the card's default)",
+            cli_flags=("--sage-pv",),
+            validate=_check_pv,
+        ),
+    )
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -86,6 +110,9 @@ class SageBackend(AttentionBackend):
 
         if not torch.cuda.is_available():
             return "sage needs a CUDA GPU"
+        from fastvideo.attention.sage_triton import device_capability
+
+        device_capability(torch.device("cuda"))  # read here, before any compiled graph needs it
         return None
 
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
@@ -116,7 +143,8 @@ class SageBackend(AttentionBackend):
     ) -> torch.Tensor:
         from fastvideo.attention.sage_triton import sage_attention_triton
 
-        return sage_attention_triton(q, k, v, scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+        scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+        return sage_attention_triton(q, k, v, scale, pv=self.option(step, "pv"))
 
 
 def _interpreting() -> bool:

@@ -28,10 +28,50 @@ FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``w`` (N, K) -> (FP8 (N, K), fp32 scales (N, 1)) with ``w ~= q.float() * scale`` per row."""
-    amax = w.detach().float().abs().amax(dim=-1, keepdim=True)  # (N, 1)
-    scale = (amax / FP8_MAX).clamp(min=1e-12)
-    q = (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    wf = w.detach().float()  # one fp32 copy (under torch.compile the whole function is one kernel)
+    scale = (wf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (N, 1)
+    q = (wf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return q, scale
+
+
+#: How activations are quantized before an FP8 product: ``auto`` (the fused Triton kernel in eager
+#: mode, PyTorch ops under ``torch.compile``, which fuses them with what comes before), ``triton`` or
+#: ``torch`` everywhere. Environment: ``FASTVIDEO_FP8_ACT_QUANT``.
+ACT_QUANT_CHOICES = ("auto", "triton", "torch")
+
+
+def act_quant_mode() -> str:
+    import os
+
+    mode = os.environ.get("FASTVIDEO_FP8_ACT_QUANT", "auto")
+    if mode not in ACT_QUANT_CHOICES:
+        raise ValueError(f"FASTVIDEO_FP8_ACT_QUANT must be one of {ACT_QUANT_CHOICES}, got {mode!r}")
+    return mode
+
+
+def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (M, K) -> (FP8 (M, K), fp32 (M, 1)) as :func:`quantize_rows`, through the fused Triton
+    kernel (one read of ``x``) where it runs and :func:`act_quant_mode` allows it."""
+    mode = act_quant_mode()
+    use_triton = mode == "triton" or (mode == "auto" and not torch.compiler.is_compiling())
+    if use_triton and (x.is_cuda or _triton_interpreting()) and _has_triton():
+        from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+        return quantize_rows_triton(x)
+    return quantize_rows(x)
+
+
+@functools.cache
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -45,6 +85,34 @@ def fp8_math_available(device: torch.device) -> bool:
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
         return False
     return _scaled_mm_works(str(device))
+
+
+@functools.cache
+def rowwise_bias_works(device: str) -> bool:
+    """Whether ``torch._scaled_mm`` with row-wise scales adds a bf16 bias itself here (then no pass over
+    the output follows the product); probed once per device."""
+    try:
+        a = torch.ones(16, 32, device=device).to(FP8)
+        sa, sb = torch.ones(16, 1, device=device), torch.ones(1, 16, device=device)
+        bias = torch.full((16,), 2.0, device=device, dtype=torch.bfloat16)
+        out = torch._scaled_mm(a, a.t(), scale_a=sa, scale_b=sb, bias=bias, out_dtype=torch.bfloat16)
+        return bool(torch.all(out == 34))
+    except (RuntimeError, TypeError):
+        return False
+
+
+@functools.cache
+def rowwise_fast_accum_works(device: str) -> bool:
+    """Whether ``torch._scaled_mm`` with row-wise scales takes ``use_fast_accum=True`` here; probed once."""
+    try:
+        a = torch.ones(16, 32, device=device).to(FP8)
+        sa, sb = torch.ones(16, 1, device=device), torch.ones(1, 16, device=device)
+        out = torch._scaled_mm(
+            a, a.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16, use_fast_accum=True
+        )
+        return bool(torch.all(out == 32))
+    except (RuntimeError, TypeError):
+        return False
 
 
 @functools.cache
@@ -66,8 +134,17 @@ class FP8Linear(nn.Module):
     """A linear layer whose weight is stored in FP8 (``weight`` (N, K), ``weight_scale`` (N, 1) fp32).
 
     ``mode="storage"`` dequantizes the weight in ``forward``; ``mode="compute"`` quantizes the
-    input per row and multiplies in FP8 with fp32 accumulation (CUDA, compute capability >= 8.9).
+    input per row (:func:`quantize_activation`: one fused pass) and multiplies in FP8 with fp32
+    accumulation (CUDA, compute capability >= 8.9): ``torch._scaled_mm`` applies both row-wise scales
+    and, where ``fused_bias`` (probed: :func:`rowwise_bias_works`), the bias, and writes the output
+    dtype, so no pass over the output follows. ``weight`` (N, K) row-major is, transposed, the
+    column-major (K, N) operand ``_scaled_mm`` wants: a view, no copy per call.
     """
+
+    #: ``torch._scaled_mm``'s ``use_fast_accum`` (Hopper: no periodic promotion of the FP8 sums; faster,
+    #: as torchao's inference default). Set per layer where FP8 math is enabled (probed:
+    #: :func:`rowwise_fast_accum_works`); ``FASTVIDEO_FP8_FAST_ACCUM=0`` turns it off.
+    use_fast_accum = True
 
     def __init__(
         self, in_features: int, out_features: int, *, bias: bool, dtype: torch.dtype, mode: str = "storage"
@@ -83,6 +160,7 @@ class FP8Linear(nn.Module):
         self.bias = (
             nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
         )
+        self.fused_bias = False  # whether _scaled_mm adds the bias (set where FP8 math is enabled)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "storage", work_device: Any = None) -> FP8Linear:
@@ -117,12 +195,19 @@ class FP8Linear(nn.Module):
 
     def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        xq, xs = quantize_rows(x2)  # (M, K) fp8, (M, 1) fp32
+        xq, xs = quantize_activation(x2)  # (M, K) fp8, (M, 1) fp32
         out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        fuse = self.bias is not None and self.fused_bias and self.bias.dtype == out_dtype
         out = torch._scaled_mm(
-            xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.t(), out_dtype=out_dtype
-        )  # (M, N); the bias is added apart (row-wise scaling takes none in some torch versions)
-        if self.bias is not None:
+            xq,
+            self.weight.t(),  # (K, N) column-major: a view of the stored (N, K)
+            scale_a=xs,
+            scale_b=self.weight_scale.t(),  # (1, N)
+            bias=self.bias if fuse else None,
+            out_dtype=out_dtype,
+            use_fast_accum=self.use_fast_accum,
+        )  # (M, N)
+        if self.bias is not None and not fuse:
             out = out + self.bias.to(out_dtype)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -133,6 +218,16 @@ def _warn_fallback(exc: Exception) -> None:
     warnings.warn(
         f"FP8 matmul unavailable ({exc}); using FP8 storage with bf16 math", RuntimeWarning, stacklevel=3
     )
+
+
+def _rowwise_features(device: torch.device, compute: bool) -> tuple[bool, bool]:
+    """(bias inside ``_scaled_mm``, fast accumulation) for FP8 layers computing on ``device``."""
+    import os
+
+    if not compute:
+        return False, False
+    fast = os.environ.get("FASTVIDEO_FP8_FAST_ACCUM", "1") != "0" and rowwise_fast_accum_works(str(device))
+    return rowwise_bias_works(str(device)), fast
 
 
 def _fp8_shape_ok(linear: nn.Linear) -> bool:
@@ -203,11 +298,12 @@ def quantize_fp8(
             "via": "torchao",
         }
     count = 0
+    fused_bias, fast_accum = _rowwise_features(device, compute)
     for parent, name, linear in linears:
         fits = _fp8_shape_ok(linear) or not compute
-        setattr(
-            parent, name, FP8Linear.from_linear(linear, "compute" if compute and fits else "storage", device)
-        )
+        fp8 = FP8Linear.from_linear(linear, "compute" if compute and fits else "storage", device)
+        fp8.fused_bias, fp8.use_fast_accum = fused_bias, fast_accum
+        setattr(parent, name, fp8)
         count += 1
     return {
         "linears": count,
@@ -311,6 +407,7 @@ def load_prequantized(model: nn.Module, path: str | Any, mode: str = "fp8") -> d
         fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, dtype=linear.weight.dtype,
                         mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
         fp8.weight.data, fp8.weight_scale.data = w.to(device), scale.to(device)
+        fp8.fused_bias, fp8.use_fast_accum = _rowwise_features(device, compute)
         bias_key = f"{names[id(linear)]}.bias"
         if fp8.bias is not None:
             fp8.bias.data = tensors.pop(bias_key, linear.bias).to(device, linear.weight.dtype)  # type: ignore[union-attr]
@@ -368,6 +465,7 @@ def prequantized_on_meta(
         with torch.device("meta"):
             fp8 = FP8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                             dtype=linear.weight.dtype, mode="compute" if compute and _fp8_shape_ok(linear) else "storage")  # fmt: skip
+        fp8.fused_bias, fp8.use_fast_accum = _rowwise_features(device, compute)
         setattr(parent, attr, fp8)
         state[key], state[key + "_scale"] = w, scale
         kept |= {key, key + "_scale"}
