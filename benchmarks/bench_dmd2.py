@@ -245,6 +245,10 @@ def student(args: argparse.Namespace) -> None:
         attach_layer_modules(dit, backend)
         dit.to(device)
     dit = dit.to(dtype).eval()
+    if args.quantize:
+        from fastvideo.optimize.fp8 import quantize_fp8
+
+        print("quantized:", quantize_fp8(dit, args.quantize, use_torchao=False), flush=True)
     if args.compile:
         dit.compile_blocks()
     sampler = FewStepSampler(None)
@@ -280,7 +284,9 @@ def student(args: argparse.Namespace) -> None:
     vae_ms = time_fn(decode, warmup=0, iters=max(1, args.iters // 2))[0]
     total = text_ms + dit_ms + vae_ms
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    attention = f"vsa @ {args.sparsity}" if backend else "dense"
+    attention = (f"vsa @ {args.sparsity}" if backend else "dense") + (
+        f", {args.quantize} linears" if args.quantize else ""
+    )
     print(
         f"{card} {name} 3-step student {tuple(video.shape)} ({tokens} tokens), {attention}, compiled {args.compile}: "
         f"text {text_ms:.0f} ms, DiT {dit_ms:.0f} ms, VAE decode {vae_ms:.0f} ms, total {total:.0f} ms"
@@ -309,6 +315,9 @@ def main() -> None:
         "--sparsity", type=float, default=None, help="vsa sparsity (iteration: 0 = dense; student: 0.875)"
     )
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument(
+        "--quantize", choices=["fp8", "fp8-storage"], default=None, help="student: FP8 block linears"
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--output-dir", default="/tmp/bench-dmd2")

@@ -34,6 +34,9 @@ python3 benchmarks/bench_dmd2.py student ${STUDENT_ARGS-} 2>&1 | grep -v -i warn
 echo "== the same, dense (for comparison)"
 python3 benchmarks/bench_dmd2.py student --sparsity 0 ${STUDENT_ARGS-} 2>&1 | grep -v -i warning | tee "$out/dmd2_student_dense.txt" | tail -3
 
+echo "== the same student with FP8 linears (vsa 0.875, compiled blocks)"
+python3 benchmarks/bench_dmd2.py student --quantize fp8 ${STUDENT_ARGS-} 2>&1 | grep -v -i warning | tee "$out/dmd2_student_fp8.txt" | tail -3
+
 echo "== dmd2 tests on CUDA-less paths stay green here too"
 python3 -m pytest -q plugins/fastvideo-dmd2/tests/test_algorithm.py -x 2>&1 | tail -2 | tee "$out/dmd2_tests.txt"
 cp docs/benchmarks.md "$out/benchmarks.md"
