@@ -28,7 +28,7 @@ def test_fused_forward_matches_diffusers(
     ref = _diffusers(cfg)
     ours = _ours(ref, tmp_path)
     calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope"):
+    for name in ("adaln_modulate", "rms_norm_rope", "rms_norm", "gated_residual"):
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with kernels.forced():
@@ -38,5 +38,10 @@ def test_fused_forward_matches_diffusers(
     n = cfg["num_layers"]
     # per block: q and k of video / audio self-attention and of the two audio<->video attentions
     assert calls.count("rms_norm_rope") == 8 * n
-    # per block: self-attention and feed-forward of each stream (+ text attention with LTX-2.3's modulation)
-    assert calls.count("adaln_modulate") == (6 if overrides else 4) * n
+    # per block: self-attention and feed-forward of each stream (+ text attention with LTX-2.3's
+    # modulation), and the four norm + modulations of the audio<->video attention's inputs
+    assert calls.count("adaln_modulate") == (6 if overrides else 4) * n + 4 * n
+    # per block: text attention's q and k of each stream, and (without text modulation) its input norm
+    assert calls.count("rms_norm") == (4 if overrides else 6) * n
+    # per block: self-attention, audio<->video and feed-forward of each stream (+ text with modulation)
+    assert calls.count("gated_residual") == (8 if overrides else 6) * n

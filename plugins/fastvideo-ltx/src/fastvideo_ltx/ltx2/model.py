@@ -142,8 +142,18 @@ class LTX2Config(DiffusersConfigMixin):
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without weights, computed in fp32 and returned in x's dtype."""
+    """RMSNorm without weights, computed in fp32 and returned in x's dtype (one Triton pass on CUDA
+    inference instead of the cast, the norm and the cast back)."""
+    if kernels.active(x):
+        return kernels.rms_norm(x, None, eps, x.shape[-1])
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+
+
+def gated_add(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + out * gate`` (gate ``(B, 1 or L, D)``); one fused Triton pass on CUDA inference."""
+    if x.dtype == out.dtype == gate.dtype and kernels.active(x, out, gate):
+        return kernels.gated_residual(x, out, gate)
+    return x + out * gate
 
 
 def rms_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -271,7 +281,10 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(4 * dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = self.fc1(x)  # (B, L, 4D)
+        if kernels.active(h):  # CUDA inference: in place, no second (L, 4D) buffer
+            return self.fc2(torch.ops.aten.gelu_(h, approximate="tanh"))
+        return self.fc2(F.gelu(h, approximate="tanh"))
 
 
 class LTX2Attention(nn.Module):
@@ -313,6 +326,10 @@ class LTX2Attention(nn.Module):
             if q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
                 q = q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
                 k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
+            elif q_rope is None and kernels.active(x, context):  # CUDA inference: one pass each
+                q, k = self.q(x), self.k(context)  # (B, L, inner), (B, Lk, inner)
+                q = kernels.rms_norm(q, self.norm_q.weight, self.eps, q.shape[-1])
+                k = kernels.rms_norm(k, self.norm_k.weight, self.eps, k.shape[-1])
             else:
                 q, k = self.norm_q(self.q(x)), self.norm_k(self.k(context))  # (B, L, inner), (B, Lk, inner)
                 if q_rope is not None:
@@ -401,9 +418,9 @@ class LTX2Block(nn.Module):
         vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
         # 1. self-attention
         h = rms_modulate(x, vm[0], vm[1], eps)
-        x = x + self.self_attn(h, q_rope=rope, skip=skip, seam=True) * vm[2]
+        x = gated_add(x, self.self_attn(h, q_rope=rope, skip=skip, seam=True), vm[2])
         h = rms_modulate(a, am[0], am[1], eps)
-        a = a + self.audio_self_attn(h, q_rope=audio_rope, skip=skip) * am[2]
+        a = gated_add(a, self.audio_self_attn(h, q_rope=audio_rope, skip=skip), am[2])
         # 2. cross-attention to the text
         if self.video_text_mod or self.audio_text_mod:
             pv = self._prompt_mods(self.prompt_modulation, prompt_temb, x)
@@ -412,28 +429,38 @@ class LTX2Block(nn.Module):
             audio_text = audio_text * (1 + pa[1]) + pa[0]
         h = rms_modulate(x, vm[6], vm[7], eps) if self.video_text_mod else rms_norm(x, eps)
         out = self.text_attn(h, text, mask=text_mask)
-        x = x + (out * vm[8] if self.video_text_mod else out)
+        x = gated_add(x, out, vm[8]) if self.video_text_mod else x + out
         h = rms_modulate(a, am[6], am[7], eps) if self.audio_text_mod else rms_norm(a, eps)
         out = self.audio_text_attn(h, audio_text, mask=audio_text_mask)
-        a = a + (out * am[8] if self.audio_text_mod else out)
+        a = gated_add(a, out, am[8]) if self.audio_text_mod else a + out
         # 3. audio <-> video
         if cross_modal:
-            hv, ha = rms_norm(x, eps), rms_norm(a, eps)
             v_scale_a2v, v_shift_a2v, v_scale_v2a, v_shift_v2a = _mods(self.cross_modulation[:4], cross_temb)
             (a2v_gate,) = _mods(self.cross_modulation[4:], cross_gate_temb)
             a_scale_a2v, a_shift_a2v, a_scale_v2a, a_shift_v2a = _mods(
                 self.audio_cross_modulation[:4], audio_cross_temb
             )
             (v2a_gate,) = _mods(self.audio_cross_modulation[4:], audio_cross_gate_temb)
-            q = hv * (1 + v_scale_a2v) + v_shift_a2v
-            kv = ha * (1 + a_scale_a2v) + a_shift_a2v
-            x = x + a2v_gate * self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope)
-            q = ha * (1 + a_scale_v2a) + a_shift_v2a
-            kv = hv * (1 + v_scale_v2a) + v_shift_v2a
-            a = a + v2a_gate * self.v2a_attn(q, kv, q_rope=audio_cross_rope, k_rope=cross_rope)
+            if kernels.active(x, a):  # CUDA inference: norm + modulation in one pass per output
+                q, kv_v2a = (
+                    rms_modulate(x, v_shift_a2v, v_scale_a2v, eps),
+                    rms_modulate(x, v_shift_v2a, v_scale_v2a, eps),
+                )
+                kv, q_v2a = (
+                    rms_modulate(a, a_shift_a2v, a_scale_a2v, eps),
+                    rms_modulate(a, a_shift_v2a, a_scale_v2a, eps),
+                )
+            else:
+                hv, ha = rms_norm(x, eps), rms_norm(a, eps)
+                q, kv = hv * (1 + v_scale_a2v) + v_shift_a2v, ha * (1 + a_scale_a2v) + a_shift_a2v
+                q_v2a, kv_v2a = ha * (1 + a_scale_v2a) + a_shift_v2a, hv * (1 + v_scale_v2a) + v_shift_v2a
+            x = gated_add(x, self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope), a2v_gate)
+            a = gated_add(
+                a, self.v2a_attn(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope), v2a_gate
+            )
         # 4. feed-forward
-        x = x + self.ff(rms_modulate(x, vm[3], vm[4], eps)) * vm[5]
-        a = a + self.audio_ff(rms_modulate(a, am[3], am[4], eps)) * am[5]
+        x = gated_add(x, self.ff(rms_modulate(x, vm[3], vm[4], eps)), vm[5])
+        a = gated_add(a, self.audio_ff(rms_modulate(a, am[3], am[4], eps)), am[5])
         return x, a
 
     @staticmethod
