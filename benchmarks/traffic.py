@@ -142,18 +142,19 @@ class _FakeKernel:
     """Stands for a ``@triton.jit`` kernel: ``kernel[grid](*args)`` tallies one read of each tensor
     argument (each once) and one write of the output argument."""
 
-    def __init__(self, name: str, out_index: int, tally: Tally) -> None:
-        self.name, self.out_index, self.tally = name, out_index, tally
+    def __init__(self, name: str, outs: tuple[int, ...], tally: Tally) -> None:
+        self.name, self.outs, self.tally = name, outs, tally
 
     def __getitem__(self, grid: Any) -> Callable[..., None]:
         def launch(*args: Any, **kwargs: Any) -> None:
             seen: dict[int, torch.Tensor] = {}
             for i, a in enumerate(args):
-                if isinstance(a, torch.Tensor) and i != self.out_index:
+                if isinstance(a, torch.Tensor) and i not in self.outs:
                     seen[id(a)] = a
-            out = args[self.out_index]
-            seen.pop(id(out), None)
-            self.tally.add(f"fused:{self.name}", sum(span_bytes(t) for t in seen.values()), span_bytes(out))
+            for i in self.outs:
+                seen.pop(id(args[i]), None)
+            written = sum(span_bytes(args[i]) for i in self.outs)
+            self.tally.add(f"fused:{self.name}", sum(span_bytes(t) for t in seen.values()), written)
 
         return launch
 
@@ -179,8 +180,15 @@ def counting(tally: Tally, fused: bool, rms_composite: bool) -> Iterator[Counter
             return q.new_empty(*q.shape[:-1], v.shape[-1])
 
     patch(SDPABackend, "forward", sdpa_stub)
-    for name, out_index in (("_adaln_kernel", 6), ("_rms_rope_kernel", 4), ("_gated_residual_kernel", 4)):
-        patch(_triton, name, _FakeKernel(name.strip("_").removesuffix("_kernel"), out_index, tally))
+    kernel_outputs = {
+        "_adaln_kernel": (6,),
+        "_rms_rope_kernel": (4,),
+        "_gated_residual_kernel": (4,),
+        "_gated_residual_adaln_kernel": (6, 7),
+    }
+    for name, outs in kernel_outputs.items():
+        if hasattr(_triton, name):  # (a checkout without the newer kernels)
+            patch(_triton, name, _FakeKernel(name.strip("_").removesuffix("_kernel"), outs, tally))
     if not rms_composite:
         rms = F.rms_norm
 

@@ -7,6 +7,8 @@ Each op is one read of its inputs and one write of its output, with fp32 math an
 - :func:`rms_norm_rope`: RMSNorm over groups of channels (one head, or the whole width) with its weight,
   then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE.
 - :func:`gated_residual`: ``x + gate * y`` with the gate per sample, per token or per row of a table.
+- :func:`gated_residual_adaln`: the two above back to back (the residual of one sub-layer, then the
+  next sub-layer's norm and modulation), reading the residual stream once.
 
 Dispatch (:func:`active`): the Triton kernel runs only for CUDA tensors, when Triton imports, when no
 autograd graph can be built (grad mode off: ``torch.no_grad`` / ``inference_mode``; training keeps the
@@ -36,6 +38,7 @@ __all__ = [
     "available",
     "forced",
     "gated_residual",
+    "gated_residual_adaln",
     "rms_norm",
     "rms_norm_rope",
 ]
@@ -112,6 +115,33 @@ def adaln_modulate(
     :param weight: / ``bias``: the norm's optional affine ``(D,)``, applied before the modulation.
     :param index: ``(L,)`` integer rows of shift / scale (e.g. each token's latent frame).
     """
+    shift, scale = _check_modulation(x, shift, scale, norm, index)
+    d = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (d,):
+            raise ValueError(f"{name} must be ({d},) for x {tuple(x.shape)}, got {tuple(p.shape)}")
+    if active(x, shift, scale, weight, bias, index):
+        from fastvideo.kernels import _triton
+
+        shift, scale, index = _table_rows(x, shift, scale, index)
+        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+    if index is not None:
+        shift, scale = shift.index_select(1, index), scale.index_select(1, index)
+    xf = x.float()
+    w = weight.float() if weight is not None else None
+    if norm == "rms":
+        normed = F.rms_norm(xf, (d,), w, eps)
+        if bias is not None:
+            normed = normed + bias.float()
+    else:
+        normed = F.layer_norm(xf, (d,), w, bias.float() if bias is not None else None, eps)
+    return (normed * (1 + scale.float()) + shift.float()).to(x.dtype)
+
+
+def _check_modulation(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, norm: str, index: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate :func:`adaln_modulate`'s arguments; returns shift and scale as ``(B or 1, M, D)``."""
     if norm not in ("layer", "rms"):
         raise ValueError(f"norm={norm!r} must be 'layer' or 'rms'")
     if x.ndim != 3:
@@ -133,30 +163,20 @@ def adaln_modulate(
         raise ValueError(
             f"index must be ({length},) integer rows of shift / scale, got {index.dtype} {tuple(index.shape)}"
         )
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and tuple(p.shape) != (d,):
-            raise ValueError(f"{name} must be ({d},) for x {tuple(x.shape)}, got {tuple(p.shape)}")
-    if active(x, shift, scale, weight, bias, index):
-        from fastvideo.kernels import _triton
+    return shift, scale
 
-        if index is not None and shift.shape[1] == 1 and scale.shape[1] == 1:
-            index = None  # one row for every token
-        elif index is not None:
-            index = index.to(device=x.device, dtype=torch.int64).contiguous()
-            table_rows = max(shift.shape[1], scale.shape[1])
-            shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
-        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+
+def _table_rows(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, index: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """shift / scale / index as the kernels take them (no index when one row serves every token)."""
+    if index is not None and shift.shape[1] == 1 and scale.shape[1] == 1:
+        return shift, scale, None
     if index is not None:
-        shift, scale = shift.index_select(1, index), scale.index_select(1, index)
-    xf = x.float()
-    w = weight.float() if weight is not None else None
-    if norm == "rms":
-        normed = F.rms_norm(xf, (d,), w, eps)
-        if bias is not None:
-            normed = normed + bias.float()
-    else:
-        normed = F.layer_norm(xf, (d,), w, bias.float() if bias is not None else None, eps)
-    return (normed * (1 + scale.float()) + shift.float()).to(x.dtype)
+        index = index.to(device=x.device, dtype=torch.int64).contiguous()
+        table_rows = max(shift.shape[1], scale.shape[1])
+        shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
+    return shift, scale, index
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,6 +308,22 @@ def gated_residual(
     :param gate: ``(B, D)``, ``(B, 1, D)``, ``(B, L, D)``, or with ``index`` a table ``(B, M, D)`` of which
         token ``l`` uses row ``index[l]``; any dtype and strides.
     """
+    gate = _check_gate(x, gate, index)
+    if active(x, y, gate, index):
+        from fastvideo.kernels import _triton
+
+        if index is not None and gate.shape[1] == 1:
+            index = None
+        elif index is not None:
+            index = index.to(device=x.device, dtype=torch.int64).contiguous()
+        return _triton.gated_residual(x, y, gate, index)
+    if index is not None:
+        gate = gate.index_select(1, index)
+    return (x.float() + gate.float() * y.float()).to(x.dtype)
+
+
+def _check_gate(x: torch.Tensor, gate: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Validate :func:`gated_residual`'s x / gate / index; returns gate as ``(B or 1, M, D)``."""
     if x.ndim != 3:
         raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
     b, length, d = x.shape
@@ -305,14 +341,43 @@ def gated_residual(
         raise ValueError(
             f"index must be ({length},) integer rows of gate, got {index.dtype} {tuple(index.shape)}"
         )
-    if active(x, y, gate, index):
+    return gate
+
+
+def gated_residual_adaln(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    norm: str = "layer",
+    index: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gated_residual` then :func:`adaln_modulate` of its result, in one pass over the tokens:
+    returns ``(s, h)`` with ``s = x + gate * y`` (rounded to x's dtype) and
+    ``h = norm(s) * (1 + scale) + shift`` (computed from the rounded ``s``, so exactly the two calls'
+    results). The residual stream is read once instead of twice between two sub-layers.
+
+    :param gate: / ``shift`` / ``scale``: as in :func:`gated_residual` / :func:`adaln_modulate`;
+        ``index`` (per-token rows of the tables) is shared by all three.
+    """
+    gate = _check_gate(x, gate, index)
+    shift, scale = _check_modulation(x, shift, scale, norm, index)
+    if tuple(y.shape[1:]) != tuple(x.shape[1:]) or y.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"y must be (B or 1, L, D) for x {tuple(x.shape)}, got {tuple(y.shape)}")
+    if active(x, y, gate, shift, scale, index):
         from fastvideo.kernels import _triton
 
-        if index is not None and gate.shape[1] == 1:
-            index = None
+        if index is not None and gate.shape[1] == 1 and shift.shape[1] == 1 and scale.shape[1] == 1:
+            index = None  # one row for every token
         elif index is not None:
-            index = index.to(device=x.device, dtype=torch.int64).contiguous()
-        return _triton.gated_residual(x, y, gate, index)
-    if index is not None:
-        gate = gate.index_select(1, index)
-    return (x.float() + gate.float() * y.float()).to(x.dtype)
+            rows = max(gate.shape[1], shift.shape[1], scale.shape[1])
+            gate = gate.expand(-1, rows, -1)
+            shift, scale, index = _table_rows(
+                x, shift.expand(-1, rows, -1), scale.expand(-1, rows, -1), index
+            )
+        return _triton.gated_residual_adaln(x, y, gate, shift, scale, eps, norm == "rms", index)
+    s = gated_residual(x, y, gate, index=index)
+    return s, adaln_modulate(s, shift, scale, eps, norm=norm, index=index)

@@ -341,3 +341,119 @@ def gated_residual(
         num_warps=_warps(block),
     )
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Gated residual, then the next sub-layer's adaLN
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gated_residual_adaln_kernel(
+    X,
+    Y,
+    GATE,
+    SHIFT,
+    SCALE,
+    INDEX,
+    SOUT,
+    HOUT,
+    L,
+    D,
+    eps,
+    sxb,
+    sxl,
+    syb,
+    syl,
+    sgb,
+    sgl,
+    ssb,
+    ssl,
+    scb,
+    scl,
+    sob,
+    sol,
+    BLOCK: tl.constexpr,
+    RMS: tl.constexpr,
+    HAS_INDEX: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    b = row // L
+    t = row % L
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    m = t
+    if HAS_INDEX:
+        m = tl.load(INDEX + t).to(tl.int64)
+    x = tl.load(X + b * sxb + t * sxl + cols, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + b * syb + t * syl + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(GATE + b * sgb + m * sgl + cols, mask=mask, other=0.0).to(tl.float32)
+    s = (x + gate * y).to(SOUT.dtype.element_ty)
+    tl.store(SOUT + b * sob + t * sol + cols, s, mask=mask)
+    s = s.to(tl.float32)  # the norm sees the rounded sum, as the two separate kernels would
+    if RMS:
+        sn = s * tl.rsqrt(tl.sum(s * s, axis=0) / D + eps)
+    else:
+        sc = tl.where(mask, s - tl.sum(s, axis=0) / D, 0.0)
+        sn = sc * tl.rsqrt(tl.sum(sc * sc, axis=0) / D + eps)
+    shift = tl.load(SHIFT + b * ssb + m * ssl + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + b * scb + m * scl + cols, mask=mask, other=0.0).to(tl.float32)
+    h = sn * (1.0 + scale) + shift
+    tl.store(HOUT + b * sob + t * sol + cols, h.to(HOUT.dtype.element_ty), mask=mask)
+
+
+def gated_residual_adaln(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    rms: bool,
+    index: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch :func:`_gated_residual_adaln_kernel`: ``s = x + gate * y``, ``h = adaLN(s)``; x / y
+    ``(B, L, D)``, gate / shift / scale ``(B or 1, M, D)`` (M = L without index)."""
+    b, length, d = x.shape
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    y = y.expand(b, length, d)
+    y = y if y.stride(-1) == 1 else y.contiguous()
+    rows = gate.shape[1] if index is not None else length
+    gate, sgb, sgl = _mod_strides(gate, b, rows, "gate")
+    shift, ssb, ssl = _mod_strides(shift, b, rows, "shift")
+    scale, scb, scl = _mod_strides(scale, b, rows, "scale")
+    s_out = torch.empty((b, length, d), device=x.device, dtype=x.dtype)
+    h_out = torch.empty_like(s_out)
+    if s_out.numel() == 0:
+        return s_out, h_out
+    block = triton.next_power_of_2(d)
+    _gated_residual_adaln_kernel[(b * length,)](
+        x,
+        y,
+        gate,
+        shift,
+        scale,
+        index if index is not None else x,
+        s_out,
+        h_out,
+        length,
+        d,
+        eps,
+        x.stride(0),
+        x.stride(1),
+        y.stride(0),
+        y.stride(1),
+        sgb,
+        sgl,
+        ssb,
+        ssl,
+        scb,
+        scl,
+        s_out.stride(0),
+        s_out.stride(1),
+        BLOCK=block,
+        RMS=rms,
+        HAS_INDEX=index is not None,
+        num_warps=_warps(block),
+    )
+    return s_out, h_out

@@ -257,7 +257,10 @@ class CosmosFeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        h = self.fc1(x)  # (B, L, 4D)
+        if kernels.active(h):  # CUDA inference: in place, no second (L, 4D) buffer
+            return self.fc2(torch.ops.aten.gelu_(h))
+        return self.fc2(F.gelu(h))
 
 
 class CosmosBlock(nn.Module):
@@ -307,17 +310,23 @@ class CosmosBlock(nn.Module):
         sin: torch.Tensor,
         frames: torch.Tensor | None,
     ) -> torch.Tensor:
-        """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame."""
+        """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame, and
+        each sub-layer's gated residual and the next one's adaLN are one pass over the tokens."""
+        mods = [m(emb, temb, frames, per_token=False) for m in (self.mod_self, self.mod_cross, self.mod_ff)]
         layers = (
-            (self.mod_self, lambda h: self.self_attn(h, cos=cos, sin=sin)),
-            (self.mod_cross, lambda h: self.cross_attn(h, context)),
-            (self.mod_ff, self.ffn),
+            lambda h: self.self_attn(h, cos=cos, sin=sin),
+            lambda h: self.cross_attn(h, context),
+            self.ffn,
         )
-        for mod, layer in layers:
-            shift, scale, gate = mod(emb, temb, frames, per_token=False)  # 3 x (B, Tm, D)
-            h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
-            x = kernels.gated_residual(x, layer(h), gate, index=frames)
-        return x
+        shift, scale, _ = mods[0]  # 3 x (B, Tm, D)
+        h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
+        for i, layer in enumerate(layers):
+            y, gate = layer(h), mods[i][2]
+            if i + 1 == len(layers):
+                return kernels.gated_residual(x, y, gate, index=frames)
+            shift, scale, _ = mods[i + 1]
+            x, h = kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, index=frames)
+        raise AssertionError("unreachable")
 
 
 class CosmosHead(nn.Module):
