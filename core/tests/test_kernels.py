@@ -97,26 +97,33 @@ def test_gated_residual_per_sample_token_and_index() -> None:
 @needs_triton
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 @pytest.mark.parametrize("per", ["sample", "token", "index"])
-def test_gated_residual_adaln_matches_plain_pytorch(norm: str, per: str) -> None:
+@pytest.mark.parametrize("variant", ["gate", "no-gate", "two-mods"])
+def test_gated_residual_adaln_matches_plain_pytorch(norm: str, per: str, variant: str) -> None:
     gen = torch.Generator().manual_seed(3)
     b, length, d = 2, 11, 40
     x, y = torch.randn(b, length, d, generator=gen) * 2, torch.randn(b, length, d, generator=gen)
     rows = {"sample": 1, "token": length, "index": 3}[per]
-    gate, shift, scale = (torch.randn(b, rows, d, generator=gen) for _ in range(3))
+    gate, shift, scale, shift2, scale2 = (torch.randn(b, rows, d, generator=gen) for _ in range(5))
     index = torch.arange(length) % 3 if per == "index" else None
-    s, h = fused(kernels.gated_residual_adaln, x, y, gate, shift, scale, 1e-6, norm=norm, index=index)
+    gate = None if variant == "no-gate" else gate
+    second = (shift2, scale2) if variant == "two-mods" else None
+    args = (x, y, gate, shift, scale, 1e-6)
+    out = fused(kernels.gated_residual_adaln, *args, norm=norm, index=index, second=second)
     pick = (lambda t: t[:, index]) if index is not None else (lambda t: t)
-    want_s = x + pick(gate) * y
+    want_s = x + (pick(gate) * y if gate is not None else y)
     if norm == "rms":
         normed = want_s * torch.rsqrt(want_s.pow(2).mean(-1, keepdim=True) + 1e-6)
     else:
         centred = want_s - want_s.mean(-1, keepdim=True)
         normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-6)
-    torch.testing.assert_close(s, want_s, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(h, normed * (1 + pick(scale)) + pick(shift), rtol=1e-5, atol=1e-5)
+    want = [want_s, normed * (1 + pick(scale)) + pick(shift)]
+    if second is not None:
+        want.append(normed * (1 + pick(scale2)) + pick(shift2))
+    assert len(out) == len(want)
+    torch.testing.assert_close(list(out), want, rtol=1e-5, atol=1e-5)
     # not active (grad mode): the reference path gives the same
-    s_ref, h_ref = kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, norm=norm, index=index)
-    torch.testing.assert_close((s_ref, h_ref), (s, h), rtol=1e-5, atol=1e-5)
+    ref = kernels.gated_residual_adaln(*args, norm=norm, index=index, second=second)
+    torch.testing.assert_close(list(ref), want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -347,37 +347,46 @@ def _check_gate(x: torch.Tensor, gate: torch.Tensor, index: torch.Tensor | None)
 def gated_residual_adaln(
     x: torch.Tensor,
     y: torch.Tensor,
-    gate: torch.Tensor,
+    gate: torch.Tensor | None,
     shift: torch.Tensor,
     scale: torch.Tensor,
     eps: float = 1e-6,
     *,
     norm: str = "layer",
     index: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    second: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...]:
     """:func:`gated_residual` then :func:`adaln_modulate` of its result, in one pass over the tokens:
-    returns ``(s, h)`` with ``s = x + gate * y`` (rounded to x's dtype) and
-    ``h = norm(s) * (1 + scale) + shift`` (computed from the rounded ``s``, so exactly the two calls'
-    results). The residual stream is read once instead of twice between two sub-layers.
+    returns ``(s, h)`` with ``s = x + gate * y`` (``x + y`` when ``gate`` is None; fp32, rounded to
+    x's dtype) and ``h = norm(s) * (1 + scale) + shift`` computed from the rounded ``s``, so exactly
+    the separate calls' results. The residual stream is read once instead of twice between two
+    sub-layers.
 
     :param gate: / ``shift`` / ``scale``: as in :func:`gated_residual` / :func:`adaln_modulate`;
-        ``index`` (per-token rows of the tables) is shared by all three.
+        ``index`` (per-token rows of the tables) is shared by all of them.
+    :param second: another ``(shift, scale)`` pair: returns ``(s, h, h2)``, ``h2`` the same norm
+        modulated by it (two sub-layer inputs from one read, e.g. LTX-2's audio<->video attention).
     """
-    gate = _check_gate(x, gate, index)
-    shift, scale = _check_modulation(x, shift, scale, norm, index)
+    pairs = [(shift, scale)] + ([second] if second is not None else [])
+    if gate is not None:
+        gate = _check_gate(x, gate, index)
+    pairs = [_check_modulation(x, sh, sc, norm, index) for sh, sc in pairs]
     if tuple(y.shape[1:]) != tuple(x.shape[1:]) or y.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"y must be (B or 1, L, D) for x {tuple(x.shape)}, got {tuple(y.shape)}")
-    if active(x, y, gate, shift, scale, index):
+    tables = [t for pair in pairs for t in pair] + ([gate] if gate is not None else [])
+    if active(x, y, index, *tables):
         from fastvideo.kernels import _triton
 
-        if index is not None and gate.shape[1] == 1 and shift.shape[1] == 1 and scale.shape[1] == 1:
+        if index is not None and all(t.shape[1] == 1 for t in tables):
             index = None  # one row for every token
         elif index is not None:
-            rows = max(gate.shape[1], shift.shape[1], scale.shape[1])
-            gate = gate.expand(-1, rows, -1)
-            shift, scale, index = _table_rows(
-                x, shift.expand(-1, rows, -1), scale.expand(-1, rows, -1), index
-            )
-        return _triton.gated_residual_adaln(x, y, gate, shift, scale, eps, norm == "rms", index)
-    s = gated_residual(x, y, gate, index=index)
-    return s, adaln_modulate(s, shift, scale, eps, norm=norm, index=index)
+            rows = max(t.shape[1] for t in tables)
+            index = index.to(device=x.device, dtype=torch.int64).contiguous()
+            gate = gate.expand(-1, rows, -1) if gate is not None else None
+            pairs = [(sh.expand(-1, rows, -1), sc.expand(-1, rows, -1)) for sh, sc in pairs]
+        return _triton.gated_residual_adaln(x, y, gate, pairs, eps, norm == "rms", index)
+    if gate is not None:
+        s = gated_residual(x, y, gate, index=index)
+    else:
+        s = (x.float() + y.float()).to(x.dtype)
+    return (s, *(adaln_modulate(s, sh, sc, eps, norm=norm, index=index) for sh, sc in pairs))

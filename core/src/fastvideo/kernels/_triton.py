@@ -355,9 +355,12 @@ def _gated_residual_adaln_kernel(
     GATE,
     SHIFT,
     SCALE,
+    SHIFT2,
+    SCALE2,
     INDEX,
     SOUT,
     HOUT,
+    HOUT2,
     L,
     D,
     eps,
@@ -371,11 +374,17 @@ def _gated_residual_adaln_kernel(
     ssl,
     scb,
     scl,
+    s2b,
+    s2l,
+    c2b,
+    c2l,
     sob,
     sol,
     BLOCK: tl.constexpr,
     RMS: tl.constexpr,
     HAS_INDEX: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    TWO: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b = row // L
@@ -387,8 +396,9 @@ def _gated_residual_adaln_kernel(
         m = tl.load(INDEX + t).to(tl.int64)
     x = tl.load(X + b * sxb + t * sxl + cols, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + b * syb + t * syl + cols, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.load(GATE + b * sgb + m * sgl + cols, mask=mask, other=0.0).to(tl.float32)
-    s = (x + gate * y).to(SOUT.dtype.element_ty)
+    if HAS_GATE:
+        y = y * tl.load(GATE + b * sgb + m * sgl + cols, mask=mask, other=0.0).to(tl.float32)
+    s = (x + y).to(SOUT.dtype.element_ty)
     tl.store(SOUT + b * sob + t * sol + cols, s, mask=mask)
     s = s.to(tl.float32)  # the norm sees the rounded sum, as the two separate kernels would
     if RMS:
@@ -400,42 +410,53 @@ def _gated_residual_adaln_kernel(
     scale = tl.load(SCALE + b * scb + m * scl + cols, mask=mask, other=0.0).to(tl.float32)
     h = sn * (1.0 + scale) + shift
     tl.store(HOUT + b * sob + t * sol + cols, h.to(HOUT.dtype.element_ty), mask=mask)
+    if TWO:
+        shift = tl.load(SHIFT2 + b * s2b + m * s2l + cols, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.load(SCALE2 + b * c2b + m * c2l + cols, mask=mask, other=0.0).to(tl.float32)
+        h = sn * (1.0 + scale) + shift
+        tl.store(HOUT2 + b * sob + t * sol + cols, h.to(HOUT2.dtype.element_ty), mask=mask)
 
 
 def gated_residual_adaln(
     x: torch.Tensor,
     y: torch.Tensor,
-    gate: torch.Tensor,
-    shift: torch.Tensor,
-    scale: torch.Tensor,
+    gate: torch.Tensor | None,
+    mods: list[tuple[torch.Tensor, torch.Tensor]],
     eps: float,
     rms: bool,
     index: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch :func:`_gated_residual_adaln_kernel`: ``s = x + gate * y``, ``h = adaLN(s)``; x / y
-    ``(B, L, D)``, gate / shift / scale ``(B or 1, M, D)`` (M = L without index)."""
+) -> tuple[torch.Tensor, ...]:
+    """Launch :func:`_gated_residual_adaln_kernel`: ``s = x + gate * y`` (``x + y`` without a gate),
+    then ``adaLN(s)`` with each of the one or two ``(shift, scale)`` pairs of ``mods``; x / y
+    ``(B, L, D)``, gate / shift / scale ``(B or 1, M, D)`` (M = L without index). Returns (s, h[, h2])."""
     b, length, d = x.shape
     x = x if x.stride(-1) == 1 else x.contiguous()
     y = y.expand(b, length, d)
     y = y if y.stride(-1) == 1 else y.contiguous()
-    rows = gate.shape[1] if index is not None else length
-    gate, sgb, sgl = _mod_strides(gate, b, rows, "gate")
-    shift, ssb, ssl = _mod_strides(shift, b, rows, "shift")
-    scale, scb, scl = _mod_strides(scale, b, rows, "scale")
-    s_out = torch.empty((b, length, d), device=x.device, dtype=x.dtype)
-    h_out = torch.empty_like(s_out)
-    if s_out.numel() == 0:
-        return s_out, h_out
+    rows = mods[0][0].shape[1] if index is not None else length
+    sgb = sgl = 0
+    if gate is not None:
+        gate, sgb, sgl = _mod_strides(gate, b, rows, "gate")
+    tables = [_mod_strides(m, b, rows, "mod") for pair in mods for m in pair]
+    if len(tables) == 2:
+        tables += tables
+    outs = [torch.empty((b, length, d), device=x.device, dtype=x.dtype) for _ in range(1 + len(mods))]
+    if x.numel() == 0:
+        return tuple(outs)
     block = triton.next_power_of_2(d)
+    (sh, ssb, ssl), (sc, scb, scl), (sh2, s2b, s2l), (sc2, c2b, c2l) = tables
     _gated_residual_adaln_kernel[(b * length,)](
         x,
         y,
-        gate,
-        shift,
-        scale,
+        gate if gate is not None else x,
+        sh,
+        sc,
+        sh2,
+        sc2,
         index if index is not None else x,
-        s_out,
-        h_out,
+        outs[0],
+        outs[1],
+        outs[-1],
         length,
         d,
         eps,
@@ -449,11 +470,17 @@ def gated_residual_adaln(
         ssl,
         scb,
         scl,
-        s_out.stride(0),
-        s_out.stride(1),
+        s2b,
+        s2l,
+        c2b,
+        c2l,
+        outs[0].stride(0),
+        outs[0].stride(1),
         BLOCK=block,
         RMS=rms,
         HAS_INDEX=index is not None,
+        HAS_GATE=gate is not None,
+        TWO=len(mods) == 2,
         num_warps=_warps(block),
     )
-    return s_out, h_out
+    return tuple(outs)

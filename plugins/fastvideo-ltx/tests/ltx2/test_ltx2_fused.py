@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not i
     [
         pytest.param({}, {}, id="ltx2-interleaved"),
         pytest.param(LTX23, {"use_cross_timestep": True}, id="ltx2.3-split"),
+        pytest.param(LTX23, {"isolate_modalities": True, "stg_blocks": [0]}, id="ltx2.3-isolated-stg"),
     ],
 )
 def test_fused_forward_matches_diffusers(
@@ -28,7 +29,8 @@ def test_fused_forward_matches_diffusers(
     ref = _diffusers(cfg)
     ours = _ours(ref, tmp_path)
     calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope", "rms_norm", "gated_residual"):
+    names = ("adaln_modulate", "rms_norm_rope", "rms_norm", "gated_residual", "gated_residual_adaln")
+    for name in names:
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with kernels.forced():
@@ -36,12 +38,48 @@ def test_fused_forward_matches_diffusers(
     assert _rel(ov, rv) <= 1e-4, _rel(ov, rv)
     assert _rel(oa, ra) <= 1e-4, _rel(oa, ra)
     n = cfg["num_layers"]
+    cross = not kwargs.get("isolate_modalities", False)
+    stg = len(kwargs.get("stg_blocks", ()))  # those blocks' self-attention passes the values through
     # per block: q and k of video / audio self-attention and of the two audio<->video attentions
-    assert calls.count("rms_norm_rope") == 8 * n
-    # per block: self-attention and feed-forward of each stream (+ text attention with LTX-2.3's
-    # modulation), and the four norm + modulations of the audio<->video attention's inputs
-    assert calls.count("adaln_modulate") == (6 if overrides else 4) * n + 4 * n
-    # per block: text attention's q and k of each stream, and (without text modulation) its input norm
-    assert calls.count("rms_norm") == (4 if overrides else 6) * n
-    # per block: self-attention, audio<->video and feed-forward of each stream (+ text with modulation)
-    assert calls.count("gated_residual") == (8 if overrides else 6) * n
+    assert calls.count("rms_norm_rope") == 4 * (n - stg) + (4 * n if cross else 0)
+    # per block and stream: the self-attention's adaLN; the residual + next norm / modulation between
+    # self and text attention, text and audio<->video attention, audio<->video attention and
+    # feed-forward; the feed-forward's residual; text attention's q and k norms
+    assert calls.count("adaln_modulate") == 2 * n
+    assert calls.count("gated_residual_adaln") == (6 if cross else 4) * n
+    assert calls.count("gated_residual") == 2 * n
+    assert calls.count("rms_norm") == 4 * n
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overrides", [{}, LTX23], ids=["ltx2", "ltx2.3"])
+def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict) -> None:
+    """bf16 on CUDA at moderate widths: the fused eager path against our PyTorch path (same weights)."""
+    import torch
+
+    from fastvideo_ltx.ltx2.model import LTX2Transformer
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cfg = {**TINY, **overrides, "num_attention_heads": 8, "attention_head_dim": 64, "cross_attention_dim": 512,
+           "audio_num_attention_heads": 8, "audio_attention_head_dim": 32, "audio_cross_attention_dim": 256}  # fmt: skip
+    if not overrides:
+        cfg["caption_channels"] = 64
+    torch.manual_seed(0)
+    model = LTX2Transformer.from_config(cfg, device="cuda").to(torch.bfloat16).eval()
+    inp = {k: v.cuda() for k, v in _inputs(cfg, batch=1, latent=(4, 8, 8), audio_len=20, text_len=16).items()}
+    if not overrides:
+        inp["text"] = torch.randn(1, 16, 64, device="cuda")
+        inp["audio_text"] = torch.randn(1, 16, 64, device="cuda")
+    args = (inp["video"], inp["audio"], inp["text"], inp["audio_text"], inp["t"])
+    kw = {
+        "sigma": inp["sigma"],
+        "encoder_attention_mask": inp["mask"],
+        "audio_encoder_attention_mask": inp["mask"],
+    }
+    with torch.no_grad():
+        with kernels.forced(False):
+            ev, ea = model(*args, **kw)
+        ov, oa = model(*args, **kw)
+    assert _rel(ov.float(), ev.float()) < 2e-2, _rel(ov.float(), ev.float())
+    assert _rel(oa.float(), ea.float()) < 2e-2, _rel(oa.float(), ea.float())

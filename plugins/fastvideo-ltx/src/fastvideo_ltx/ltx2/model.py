@@ -142,18 +142,8 @@ class LTX2Config(DiffusersConfigMixin):
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without weights, computed in fp32 and returned in x's dtype (one Triton pass on CUDA
-    inference instead of the cast, the norm and the cast back)."""
-    if kernels.active(x):
-        return kernels.rms_norm(x, None, eps, x.shape[-1])
+    """RMSNorm without weights, computed in fp32 and returned in x's dtype."""
     return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
-
-
-def gated_add(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + out * gate`` (gate ``(B, 1 or L, D)``); one fused Triton pass on CUDA inference."""
-    if x.dtype == out.dtype == gate.dtype and kernels.active(x, out, gate):
-        return kernels.gated_residual(x, out, gate)
-    return x + out * gate
 
 
 def rms_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -415,24 +405,113 @@ class LTX2Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # x (B, Lv, D) video tokens; a (B, La, Da) audio tokens; *temb (B, 1 or L, n*D)
         eps, skip = self.eps, stg and self.perturbed_attn
+        if x.dtype == a.dtype == temb.dtype == self.modulation.dtype and kernels.active(x, a, temb):
+            return self._fused(
+                x, a, text, audio_text, temb, audio_temb, cross_temb, audio_cross_temb, cross_gate_temb,
+                audio_cross_gate_temb, prompt_temb, audio_prompt_temb, rope, audio_rope, cross_rope,
+                audio_cross_rope, text_mask, audio_text_mask, cross_modal, skip,
+            )  # fmt: skip
         vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
         # 1. self-attention
         h = rms_modulate(x, vm[0], vm[1], eps)
-        x = gated_add(x, self.self_attn(h, q_rope=rope, skip=skip, seam=True), vm[2])
+        x = x + self.self_attn(h, q_rope=rope, skip=skip, seam=True) * vm[2]
         h = rms_modulate(a, am[0], am[1], eps)
-        a = gated_add(a, self.audio_self_attn(h, q_rope=audio_rope, skip=skip), am[2])
+        a = a + self.audio_self_attn(h, q_rope=audio_rope, skip=skip) * am[2]
         # 2. cross-attention to the text
+        text, audio_text = self._modulate_text(text, audio_text, prompt_temb, audio_prompt_temb, x, a)
+        h = rms_modulate(x, vm[6], vm[7], eps) if self.video_text_mod else rms_norm(x, eps)
+        out = self.text_attn(h, text, mask=text_mask)
+        x = x + (out * vm[8] if self.video_text_mod else out)
+        h = rms_modulate(a, am[6], am[7], eps) if self.audio_text_mod else rms_norm(a, eps)
+        out = self.audio_text_attn(h, audio_text, mask=audio_text_mask)
+        a = a + (out * am[8] if self.audio_text_mod else out)
+        # 3. audio <-> video
+        if cross_modal:
+            hv, ha = rms_norm(x, eps), rms_norm(a, eps)
+            v_scale_a2v, v_shift_a2v, v_scale_v2a, v_shift_v2a = _mods(self.cross_modulation[:4], cross_temb)
+            (a2v_gate,) = _mods(self.cross_modulation[4:], cross_gate_temb)
+            a_scale_a2v, a_shift_a2v, a_scale_v2a, a_shift_v2a = _mods(
+                self.audio_cross_modulation[:4], audio_cross_temb
+            )
+            (v2a_gate,) = _mods(self.audio_cross_modulation[4:], audio_cross_gate_temb)
+            q = hv * (1 + v_scale_a2v) + v_shift_a2v
+            kv = ha * (1 + a_scale_a2v) + a_shift_a2v
+            x = x + a2v_gate * self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope)
+            q = ha * (1 + a_scale_v2a) + a_shift_v2a
+            kv = hv * (1 + v_scale_v2a) + v_shift_v2a
+            a = a + v2a_gate * self.v2a_attn(q, kv, q_rope=audio_cross_rope, k_rope=cross_rope)
+        # 4. feed-forward
+        x = x + self.ff(rms_modulate(x, vm[3], vm[4], eps)) * vm[5]
+        a = a + self.audio_ff(rms_modulate(a, am[3], am[4], eps)) * am[5]
+        return x, a
+
+    def _modulate_text(
+        self,
+        text: torch.Tensor,
+        audio_text: torch.Tensor,
+        prompt_temb: torch.Tensor | None,
+        audio_prompt_temb: torch.Tensor | None,
+        x: torch.Tensor,
+        a: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LTX-2.3's prompt modulation of the text contexts (unchanged without ``cross_attn_mod``)."""
         if self.video_text_mod or self.audio_text_mod:
             pv = self._prompt_mods(self.prompt_modulation, prompt_temb, x)
             pa = self._prompt_mods(self.audio_prompt_modulation, audio_prompt_temb, a)
             text = text * (1 + pv[1]) + pv[0]
             audio_text = audio_text * (1 + pa[1]) + pa[0]
-        h = rms_modulate(x, vm[6], vm[7], eps) if self.video_text_mod else rms_norm(x, eps)
-        out = self.text_attn(h, text, mask=text_mask)
-        x = gated_add(x, out, vm[8]) if self.video_text_mod else x + out
-        h = rms_modulate(a, am[6], am[7], eps) if self.audio_text_mod else rms_norm(a, eps)
-        out = self.audio_text_attn(h, audio_text, mask=audio_text_mask)
-        a = gated_add(a, out, am[8]) if self.audio_text_mod else a + out
+        return text, audio_text
+
+    def _fused(
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        text: torch.Tensor,
+        audio_text: torch.Tensor,
+        temb: torch.Tensor,
+        audio_temb: torch.Tensor,
+        cross_temb: torch.Tensor,
+        audio_cross_temb: torch.Tensor,
+        cross_gate_temb: torch.Tensor,
+        audio_cross_gate_temb: torch.Tensor,
+        prompt_temb: torch.Tensor | None,
+        audio_prompt_temb: torch.Tensor | None,
+        rope: RopeTables,
+        audio_rope: RopeTables,
+        cross_rope: RopeTables,
+        audio_cross_rope: RopeTables,
+        text_mask: torch.Tensor | None,
+        audio_text_mask: torch.Tensor | None,
+        cross_modal: bool,
+        skip: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the Triton kernels (CUDA inference): between two sub-layers, the
+        residual of the first and the norm + modulation(s) of the second are one pass over the
+        stream (:func:`fastvideo.kernels.gated_residual_adaln`), so each stream is read once per
+        boundary; the audio<->video attention takes both of its inputs of a stream from that pass."""
+        eps, rms = self.eps, "rms"
+        vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
+        step = kernels.gated_residual_adaln
+
+        def text_mods(m: list[torch.Tensor], s: torch.Tensor, on: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            if on:
+                return m[6], m[7]  # shift, scale
+            zero = s.new_zeros(1, 1, s.shape[-1])  # a plain RMSNorm
+            return zero, zero
+
+        # 1. self-attention
+        hx = kernels.adaln_modulate(x, vm[0], vm[1], eps, norm=rms)
+        ha = kernels.adaln_modulate(a, am[0], am[1], eps, norm=rms)
+        ox = self.self_attn(hx, q_rope=rope, skip=skip, seam=True)
+        oa = self.audio_self_attn(ha, q_rope=audio_rope, skip=skip)
+        # 2. cross-attention to the text
+        text, audio_text = self._modulate_text(text, audio_text, prompt_temb, audio_prompt_temb, x, a)
+        x, hx = step(x, ox, vm[2], *text_mods(vm, x, self.video_text_mod), eps, norm=rms)
+        a, ha = step(a, oa, am[2], *text_mods(am, a, self.audio_text_mod), eps, norm=rms)
+        ox = self.text_attn(hx, text, mask=text_mask)
+        oa = self.audio_text_attn(ha, audio_text, mask=audio_text_mask)
+        gx = vm[8] if self.video_text_mod else None
+        ga = am[8] if self.audio_text_mod else None
         # 3. audio <-> video
         if cross_modal:
             v_scale_a2v, v_shift_a2v, v_scale_v2a, v_shift_v2a = _mods(self.cross_modulation[:4], cross_temb)
@@ -441,26 +520,20 @@ class LTX2Block(nn.Module):
                 self.audio_cross_modulation[:4], audio_cross_temb
             )
             (v2a_gate,) = _mods(self.audio_cross_modulation[4:], audio_cross_gate_temb)
-            if kernels.active(x, a):  # CUDA inference: norm + modulation in one pass per output
-                q, kv_v2a = (
-                    rms_modulate(x, v_shift_a2v, v_scale_a2v, eps),
-                    rms_modulate(x, v_shift_v2a, v_scale_v2a, eps),
-                )
-                kv, q_v2a = (
-                    rms_modulate(a, a_shift_a2v, a_scale_a2v, eps),
-                    rms_modulate(a, a_shift_v2a, a_scale_v2a, eps),
-                )
-            else:
-                hv, ha = rms_norm(x, eps), rms_norm(a, eps)
-                q, kv = hv * (1 + v_scale_a2v) + v_shift_a2v, ha * (1 + a_scale_a2v) + a_shift_a2v
-                q_v2a, kv_v2a = ha * (1 + a_scale_v2a) + a_shift_v2a, hv * (1 + v_scale_v2a) + v_shift_v2a
-            x = gated_add(x, self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope), a2v_gate)
-            a = gated_add(
-                a, self.v2a_attn(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope), v2a_gate
+            x, q, kv_v2a = step(
+                x, ox, gx, v_shift_a2v, v_scale_a2v, eps, norm=rms, second=(v_shift_v2a, v_scale_v2a)
             )
+            a, kv, q_v2a = step(
+                a, oa, ga, a_shift_a2v, a_scale_a2v, eps, norm=rms, second=(a_shift_v2a, a_scale_v2a)
+            )
+            ox = self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope)
+            oa = self.v2a_attn(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope)
+            gx, ga = a2v_gate, v2a_gate
         # 4. feed-forward
-        x = gated_add(x, self.ff(rms_modulate(x, vm[3], vm[4], eps)), vm[5])
-        a = gated_add(a, self.audio_ff(rms_modulate(a, am[3], am[4], eps)), am[5])
+        x, hx = step(x, ox, gx, vm[3], vm[4], eps, norm=rms)
+        a, ha = step(a, oa, ga, am[3], am[4], eps, norm=rms)
+        x = kernels.gated_residual(x, self.ff(hx), vm[5])
+        a = kernels.gated_residual(a, self.audio_ff(ha), am[5])
         return x, a
 
     @staticmethod
