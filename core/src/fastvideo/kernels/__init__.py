@@ -5,7 +5,8 @@ Each op is one read of its inputs and one write of its output, with fp32 math an
 - :func:`adaln_modulate`: LayerNorm or RMSNorm (fp32 statistics, optional affine) then
   ``* (1 + scale) + shift`` with per-sample, per-token or per-row-of-a-table (``index``) modulation.
 - :func:`rms_norm_rope`: RMSNorm over groups of channels (one head, or the whole width) with its weight,
-  then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE.
+  then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE;
+  :func:`rms_norm_rope_pair` does q and k of a self-attention in one launch (the tables read once).
 - :func:`gated_residual`: ``x + gate * y`` with the gate per sample, per token or per row of a table.
 - :func:`gated_residual_adaln`: the two above back to back (the residual of one sub-layer, then the
   next sub-layer's norm and modulation), reading the residual stream once.
@@ -41,6 +42,7 @@ __all__ = [
     "gated_residual_adaln",
     "rms_norm",
     "rms_norm_rope",
+    "rms_norm_rope_pair",
 ]
 
 #: Set to ``0`` to disable the fused kernels (the PyTorch code of the model files runs).
@@ -229,6 +231,57 @@ def rms_norm_rope(
         (``c``, ``s`` once per angle, e.g. a ``(B, H, L, Dh/2)`` table transposed to ``(B, L, H, Dh/2)``).
     :param group: channels per RMS statistic: ``Dh`` for per-head norms, ``H * Dh`` across heads.
     """
+    cos_l, sin_l, period = _check_rope(x, weight, cos, sin, group, layout)
+    if active(x, weight, cos, sin):
+        from fastvideo.kernels import _triton
+
+        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
+    return _rms_norm_rope_reference(x, weight, cos_l, sin_l, eps, group, layout, signed_sin, period)
+
+
+def rms_norm_rope_pair(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    group: int,
+    *,
+    layout: str = "interleaved",
+    signed_sin: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_rope` of ``q`` and of ``k`` (same shape, same tables: self-attention) in one
+    launch that reads the RoPE tables once for both; returns ``(q, k)``. The two weights are both
+    tensors or both None."""
+    if tuple(q.shape) != tuple(k.shape):
+        raise ValueError(
+            f"q and k must have the same shape (self-attention), got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    if (q_weight is None) != (k_weight is None):
+        raise ValueError("q_weight and k_weight must both be tensors or both be None")
+    cos_l, sin_l, period = _check_rope(q, q_weight, cos, sin, group, layout)
+    _check_rope(k, k_weight, cos, sin, group, layout)
+    if active(q, k, q_weight, k_weight, cos, sin):
+        from fastvideo.kernels import _triton
+
+        half = layout == "half"
+        pair = (k, k_weight)
+        return _triton.rms_rope(q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair)
+    args = (cos_l, sin_l, eps, group, layout, signed_sin, period)
+    return _rms_norm_rope_reference(q, q_weight, *args), _rms_norm_rope_reference(k, k_weight, *args)
+
+
+def _check_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    group: int,
+    layout: str,
+) -> tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int], int]:
+    """Validate :func:`rms_norm_rope`'s arguments; returns the tables' layouts and the rotation width."""
     if layout not in ("interleaved", "half"):
         raise ValueError(f"layout={layout!r} must be 'interleaved' or 'half'")
     if x.ndim not in (3, 4):
@@ -249,10 +302,21 @@ def rms_norm_rope(
         raise ValueError(
             f"interleaved RoPE needs full-width tables ({period} per row), got {tuple(cos.shape)}"
         )
-    if active(x, weight, cos, sin):
-        from fastvideo.kernels import _triton
+    return cos_l, sin_l, period
 
-        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
+
+def _rms_norm_rope_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    cos_l: tuple[torch.Tensor, int, int, int, int],
+    sin_l: tuple[torch.Tensor, int, int, int, int],
+    eps: float,
+    group: int,
+    layout: str,
+    signed_sin: bool,
+    period: int,
+) -> torch.Tensor:
+    """The PyTorch form of :func:`rms_norm_rope` (fp32 math, one rounding)."""
     shape = x.shape
     xg = x.float().reshape(*shape[:2], -1, group)
     y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)

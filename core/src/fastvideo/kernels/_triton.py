@@ -142,12 +142,52 @@ def adaln(
 
 
 @triton.jit
+def _rms_rope_row(
+    X,
+    W,
+    OUT,
+    xoff,
+    ooff,
+    g,
+    c,
+    col,
+    mask,
+    pc,
+    cs,
+    sn,
+    eps,
+    GROUP: tl.constexpr,
+    HAS_W: tl.constexpr,
+    ROPE: tl.constexpr,
+):
+    """One token row of one tensor: grouped RMSNorm (times W), then the rotation by (cs, sn)."""
+    xrow = X + xoff + g * GROUP
+    x = tl.load(xrow + c, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / GROUP + eps)[:, None]
+    y = x * rstd
+    if HAS_W:
+        y = y * tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
+    if ROPE:
+        # the rotation partner of each channel (same group: R divides GROUP); its load hits the cache
+        yp = tl.load(xrow + pc, mask=mask, other=0.0).to(tl.float32) * rstd
+        if HAS_W:
+            yp = yp * tl.load(W + pc, mask=mask, other=0.0).to(tl.float32)
+        out = y * cs + yp * sn
+    else:
+        out = y
+    tl.store(OUT + ooff + col, out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_rope_kernel(
     X,
     W,
     COS,
     SIN,
     OUT,
+    X2,
+    W2,
+    OUT2,
     L,
     eps,
     sxb,
@@ -160,6 +200,8 @@ def _rms_rope_kernel(
     ssh,
     sob,
     sol,
+    s2b,
+    s2l,
     NG: tl.constexpr,
     NG_BLOCK: tl.constexpr,
     GROUP: tl.constexpr,
@@ -170,6 +212,7 @@ def _rms_rope_kernel(
     SIGNED: tl.constexpr,
     HAS_W: tl.constexpr,
     ROPE: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b = row // L
@@ -178,14 +221,10 @@ def _rms_rope_kernel(
     c = tl.arange(0, G_BLOCK)[None, :]
     mask = (g < NG) & (c < GROUP)
     col = g * GROUP + c  # (NG_BLOCK, G_BLOCK): one group per row of the tile
-    xrow = X + b * sxb + t * sxl + g * GROUP
-    x = tl.load(xrow + c, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / GROUP + eps)[:, None]
-    y = x * rstd
-    if HAS_W:
-        y = y * tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
-    if ROPE:
-        # the rotation partner of each channel (same group: R divides GROUP); its load hits the cache
+    pc = c
+    cs = tl.zeros([NG_BLOCK, G_BLOCK], dtype=tl.float32)
+    sn = cs
+    if ROPE:  # the tables are read once per row, for both tensors of a pair
         r = col % R
         if HALF:
             pc = tl.where(r < R // 2, c + R // 2, c - R // 2)
@@ -193,19 +232,25 @@ def _rms_rope_kernel(
         else:
             pc = c ^ 1
             first = (c % 2) == 0
-        yp = tl.load(xrow + pc, mask=mask, other=0.0).to(tl.float32) * rstd
-        if HAS_W:
-            yp = yp * tl.load(W + pc, mask=mask, other=0.0).to(tl.float32)
         hi = col // R  # the table row of a head (stride 0 when the heads share it)
         ti = r % TW  # half-width tables: both halves use the same angle
         cs = tl.load(COS + b * scb + t * scl + hi * sch + ti, mask=mask, other=0.0).to(tl.float32)
         sn = tl.load(SIN + b * ssb + t * ssl + hi * ssh + ti, mask=mask, other=0.0).to(tl.float32)
         if not SIGNED:
             sn = tl.where(first, -sn, sn)
-        out = y * cs + yp * sn
-    else:
-        out = y
-    tl.store(OUT + b * sob + t * sol + col, out.to(OUT.dtype.element_ty), mask=mask)
+    _rms_rope_row(X, W, OUT, b * sxb + t * sxl, b * sob + t * sol, g, c, col, mask, pc, cs, sn, eps,
+                  GROUP, HAS_W, ROPE)  # fmt: skip
+    if PAIR:
+        _rms_rope_row(X2, W2, OUT2, b * s2b + t * s2l, b * sob + t * sol, g, c, col, mask, pc, cs, sn, eps,
+                      GROUP, HAS_W, ROPE)  # fmt: skip
+
+
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """x with unit stride over its channels (dims 2.. flattened without a copy where they can be)."""
+    inner_contiguous = x.ndim < 4 or all(
+        x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(2, x.ndim - 1)
+    )
+    return x if x.stride(-1) == 1 and inner_contiguous else x.contiguous()
 
 
 def rms_rope(
@@ -217,22 +262,24 @@ def rms_rope(
     signed: bool,
     period: int,
     tables: tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int]] | None,
-) -> torch.Tensor:
+    pair: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch :func:`_rms_rope_kernel` on ``x`` ``(B, L, ...)``; rows of ``prod(...)`` channels; the
-    tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller)."""
+    tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller). ``pair``: a second
+    tensor of x's shape and its weight, normalised and rotated in the same launch (the tables read
+    once for both); returns both outputs then."""
     shape = x.shape
     b, length = shape[0], shape[1]
     width = x[0, 0].numel() if x.numel() else 1
-    inner_contiguous = x.ndim < 4 or all(
-        x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(2, x.ndim - 1)
-    )
-    if x.stride(-1) != 1 or not inner_contiguous:
-        x = x.contiguous()
+    x = _rows_contiguous(x)
+    x2, w2 = pair if pair is not None else (x, weight)
+    x2 = _rows_contiguous(x2)
     none = (x, 0, 0, 0, 2)
     (cos_t, scb, scl, sch, tw), (sin_t, ssb, ssl, ssh, _) = tables if tables is not None else (none, none)
     out = torch.empty(shape, device=x.device, dtype=x.dtype)
+    out2 = torch.empty(shape, device=x.device, dtype=x.dtype) if pair is not None else out
     if out.numel() == 0:
-        return out
+        return (out, out2) if pair is not None else out
     ng = width // group
     ng_block, g_block = triton.next_power_of_2(ng), triton.next_power_of_2(group)
     _rms_rope_kernel[(b * length,)](
@@ -241,6 +288,9 @@ def rms_rope(
         cos_t,
         sin_t,
         out,
+        x2,
+        w2 if w2 is not None else x,
+        out2,
         length,
         eps,
         x.stride(0),
@@ -253,6 +303,8 @@ def rms_rope(
         ssh,
         out.stride(0),
         out.stride(1),
+        x2.stride(0),
+        x2.stride(1),
         NG=ng,
         NG_BLOCK=ng_block,
         GROUP=group,
@@ -263,9 +315,10 @@ def rms_rope(
         SIGNED=signed,
         HAS_W=weight is not None,
         ROPE=tables is not None,
+        PAIR=pair is not None,
         num_warps=_warps(ng_block * g_block),
     )
-    return out
+    return (out, out2) if pair is not None else out
 
 
 # --------------------------------------------------------------------------------------------------

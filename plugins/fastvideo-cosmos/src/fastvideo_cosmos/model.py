@@ -239,8 +239,8 @@ class CosmosAttention(nn.Module):
         if is_self:
             assert cos is not None and sin is not None
             rope = {"layout": "half", "signed_sin": False}
-            q = kernels.rms_norm_rope(q, self.norm_q, cos, sin, 1e-5, dh, **rope)  # (B, L, H, Dh)
-            k = kernels.rms_norm_rope(k, self.norm_k, cos, sin, 1e-5, dh, **rope)
+            # q and k in one launch: the RoPE tables are read once for both
+            q, k = kernels.rms_norm_rope_pair(q, k, self.norm_q, self.norm_k, cos, sin, 1e-5, dh, **rope)
             out = attention(q, k, v, allow=ALL, sequence_parallel=True)
         else:
             q, k = kernels.rms_norm(q, self.norm_q, 1e-5, dh), kernels.rms_norm(k, self.norm_k, 1e-5, dh)

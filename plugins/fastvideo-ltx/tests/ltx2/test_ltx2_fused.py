@@ -29,7 +29,8 @@ def test_fused_forward_matches_diffusers(
     ref = _diffusers(cfg)
     ours = _ours(ref, tmp_path)
     calls: list[str] = []
-    names = ("adaln_modulate", "rms_norm_rope", "rms_norm", "gated_residual", "gated_residual_adaln")
+    names = ("adaln_modulate", "rms_norm_rope", "rms_norm_rope_pair", "rms_norm", "gated_residual")
+    names += ("gated_residual_adaln",)
     for name in names:
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
@@ -40,8 +41,10 @@ def test_fused_forward_matches_diffusers(
     n = cfg["num_layers"]
     cross = not kwargs.get("isolate_modalities", False)
     stg = len(kwargs.get("stg_blocks", ()))  # those blocks' self-attention passes the values through
-    # per block: q and k of video / audio self-attention and of the two audio<->video attentions
-    assert calls.count("rms_norm_rope") == 4 * (n - stg) + (4 * n if cross else 0)
+    # per block: q and k of video / audio self-attention (one launch each stream), and of the two
+    # audio<->video attentions
+    assert calls.count("rms_norm_rope_pair") == 2 * (n - stg)
+    assert calls.count("rms_norm_rope") == (4 * n if cross else 0)
     # per block and stream: the self-attention's adaLN; the residual + next norm / modulation between
     # self and text attention, text and audio<->video attention, audio<->video attention and
     # feed-forward; the feed-forward's residual; text attention's q and k norms

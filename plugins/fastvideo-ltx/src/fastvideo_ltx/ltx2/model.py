@@ -191,6 +191,23 @@ class RopeTables:
             return out.flatten(2)
         return kernels.rms_norm_rope(x, norm.weight, self.cos, self.sin, eps, x.shape[-1], signed_sin=False)
 
+    def norm_rope_pair(
+        self, q: torch.Tensor, k: torch.Tensor, norm_q: nn.RMSNorm, norm_k: nn.RMSNorm, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`norm_rope` of q and k of a self-attention in one launch (the tables read once)."""
+        weights = (norm_q.weight, norm_k.weight)
+        if self.split:  # rotate-half per head by (B, H, L, Dh/2) tables
+            c, s = self.cos.transpose(1, 2), self.sin.transpose(1, 2)  # (B, L, H, Dh/2)
+            heads = (self.cos.shape[1], -1)
+            qo, ko = kernels.rms_norm_rope_pair(
+                q.unflatten(-1, heads), k.unflatten(-1, heads), *weights, c, s, eps, q.shape[-1],
+                layout="half", signed_sin=False,
+            )  # fmt: skip
+            return qo.flatten(2), ko.flatten(2)
+        return kernels.rms_norm_rope_pair(
+            q, k, *weights, self.cos, self.sin, eps, q.shape[-1], signed_sin=False
+        )
+
 
 def rope_frequencies(
     positions: torch.Tensor,
@@ -313,7 +330,9 @@ class LTX2Attention(nn.Module):
         if skip:
             out = v
         else:
-            if q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
+            if k_rope is None and context is x and q_rope is not None and kernels.active(x, q_rope.cos):
+                q, k = q_rope.norm_rope_pair(self.q(x), self.k(x), self.norm_q, self.norm_k, self.eps)
+            elif q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
                 q = q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
                 k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
             elif q_rope is None and kernels.active(x, context):  # CUDA inference: one pass each
