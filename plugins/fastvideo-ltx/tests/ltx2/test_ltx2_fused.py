@@ -54,6 +54,33 @@ def test_fused_forward_matches_diffusers(
     assert calls.count("rms_norm") == 4 * n
 
 
+def test_cpu_and_grad_mode_keep_the_pytorch_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No kernel runs for CPU tensors (not forced) or with grad mode on (forced): the PyTorch code runs."""
+    cfg = {**TINY, **LTX23}
+    ref = _diffusers(cfg)
+    ours = _ours(ref, tmp_path)
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("fused kernel called")
+
+    for name in ("adaln_modulate", "rms_norm_rope", "rms_norm_rope_pair", "rms_norm", "gated_residual",
+                 "gated_residual_adaln"):  # fmt: skip
+        monkeypatch.setattr(kernels, name, boom)
+    inp = _inputs(cfg)
+    args = (inp["video"], inp["audio"], inp["text"], inp["audio_text"], inp["t"])
+    kw = {
+        "sigma": inp["sigma"],
+        "encoder_attention_mask": inp["mask"],
+        "audio_encoder_attention_mask": inp["mask"],
+    }
+    import torch
+
+    with torch.no_grad():
+        ours(*args, **kw)  # CPU tensors, not forced
+    with kernels.forced():
+        ours(*args, **kw)  # grad mode on
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("overrides", [{}, LTX23], ids=["ltx2", "ltx2.3"])
 def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict) -> None:
