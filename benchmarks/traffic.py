@@ -62,6 +62,7 @@ class Tally:
     launches_by_op: collections.Counter = field(default_factory=collections.Counter)
     gemm_launches: int = 0
     attention_launches: int = 0
+    small_launches: int = 0  # elementwise launches moving < 4 MiB (the audio stream, the tables)
     on: bool = False
 
     def add(self, name: str, read: int, written: int) -> None:
@@ -69,6 +70,7 @@ class Tally:
             return
         self.bytes_by_op[name] += read + written
         self.launches_by_op[name] += 1
+        self.small_launches += read + written < 4 * 2**20
 
     @property
     def total_bytes(self) -> int:
@@ -343,6 +345,7 @@ def table(family: str, tally: Tally, info: dict[str, Any], fused: bool, top: int
     low, how = minimum_bytes(family, info)
     lines += [
         f"| **total elementwise** | {sum(tally.launches_by_op.values())} | **{tally.total_bytes / gib:.3f}** |",
+        f"| (elementwise launches moving < 4 MiB each) | {tally.small_launches} | |",
         f"| GEMM / attention launches | {tally.gemm_launches} / {tally.attention_launches} | |",
         f"| **all launches** | **{tally.launches}** | |",
         f"| minimum (fully fused, GEMMs as they are) | | {low / gib:.3f} |",
