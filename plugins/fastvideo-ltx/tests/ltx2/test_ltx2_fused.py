@@ -15,15 +15,16 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not i
 
 
 @pytest.mark.parametrize(
-    ("overrides", "kwargs"),
+    ("overrides", "kwargs", "per_token"),
     [
-        pytest.param({}, {}, id="ltx2-interleaved"),
-        pytest.param(LTX23, {"use_cross_timestep": True}, id="ltx2.3-split"),
-        pytest.param(LTX23, {"isolate_modalities": True, "stg_blocks": [0]}, id="ltx2.3-isolated-stg"),
+        pytest.param({}, {}, False, id="ltx2-interleaved"),
+        pytest.param({}, {}, True, id="ltx2-per-token-t"),
+        pytest.param(LTX23, {"use_cross_timestep": True}, False, id="ltx2.3-split"),
+        pytest.param(LTX23, {"isolate_modalities": True, "stg_blocks": [0]}, False, id="ltx2.3-isolated-stg"),
     ],
 )
 def test_fused_forward_matches_diffusers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict, kwargs: dict
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict, kwargs: dict, per_token: bool
 ) -> None:
     cfg = {**TINY, **overrides}
     ref = _diffusers(cfg)
@@ -35,7 +36,7 @@ def test_fused_forward_matches_diffusers(
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with kernels.forced():
-        ov, rv, oa, ra = _run_both(ref, ours, _inputs(cfg), **kwargs)
+        ov, rv, oa, ra = _run_both(ref, ours, _inputs(cfg, per_token=per_token), **kwargs)
     assert _rel(ov, rv) <= 1e-4, _rel(ov, rv)
     assert _rel(oa, ra) <= 1e-4, _rel(oa, ra)
     n = cfg["num_layers"]
@@ -82,8 +83,12 @@ def test_cpu_and_grad_mode_keep_the_pytorch_path(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("overrides", [{}, LTX23], ids=["ltx2", "ltx2.3"])
-def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "per_token"),
+    [({}, False), ({}, True), (LTX23, False)],
+    ids=["ltx2", "ltx2-per-token-t", "ltx2.3"],
+)
+def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict, per_token: bool) -> None:
     """bf16 on CUDA at moderate widths: the fused eager path against our PyTorch path (same weights)."""
     import torch
 
@@ -97,7 +102,12 @@ def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict) -> None:
         cfg["caption_channels"] = 64
     torch.manual_seed(0)
     model = LTX2Transformer.from_config(cfg, device="cuda").to(torch.bfloat16).eval()
-    inp = {k: v.cuda() for k, v in _inputs(cfg, batch=1, latent=(4, 8, 8), audio_len=20, text_len=16).items()}
+    inp = {
+        k: v.cuda()
+        for k, v in _inputs(
+            cfg, batch=1, latent=(4, 8, 8), audio_len=20, text_len=16, per_token=per_token
+        ).items()
+    }
     if not overrides:
         inp["text"] = torch.randn(1, 16, 64, device="cuda")
         inp["audio_text"] = torch.randn(1, 16, 64, device="cuda")
@@ -106,6 +116,7 @@ def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict) -> None:
         "sigma": inp["sigma"],
         "encoder_attention_mask": inp["mask"],
         "audio_encoder_attention_mask": inp["mask"],
+        "audio_timestep": inp["audio_t"],
     }
     with torch.no_grad():
         with kernels.forced(False):
