@@ -42,10 +42,10 @@ def test_fused_forward_matches_diffusers(
     n = cfg["num_layers"]
     cross = not kwargs.get("isolate_modalities", False)
     stg = len(kwargs.get("stg_blocks", ()))  # those blocks' self-attention passes the values through
-    # per block: q and k of video / audio self-attention (one launch each stream), and of the two
-    # audio<->video attentions
-    assert calls.count("rms_norm_rope_pair") == 2 * (n - stg)
-    assert calls.count("rms_norm_rope") == (4 * n if cross else 0)
+    # per block: q and k of video / audio self-attention (one launch each stream); of the two
+    # audio<->video attentions, the projections of the video tokens together, those of the audio apart
+    assert calls.count("rms_norm_rope_pair") == 2 * (n - stg) + (n if cross else 0)
+    assert calls.count("rms_norm_rope") == (2 * n if cross else 0)
     # per block and stream: the self-attention's adaLN; the residual + next norm / modulation between
     # self and text attention, text and audio<->video attention, audio<->video attention and
     # feed-forward; the feed-forward's residual; text attention's q and k norms

@@ -323,14 +323,22 @@ class LTX2Attention(nn.Module):
         mask: torch.Tensor | None = None,
         skip: bool = False,
         seam: bool = False,
+        q_ready: torch.Tensor | None = None,
+        k_ready: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # x (B, L, D); context (B, Lk, Dk) or None (self-attention); skip: STG, the values pass through
+        # x (B, L, D); context (B, Lk, Dk) or None (self-attention); skip: STG, the values pass through;
+        # q_ready / k_ready: q or k already projected, normalised and rotated (the block's fused path)
         context = x if context is None else context
         v = self.v(context)  # (B, Lk, inner)
         if skip:
             out = v
         else:
-            if k_rope is None and context is x and q_rope is not None and kernels.active(x, q_rope.cos):
+            if (q_ready is not None or k_ready is not None) and q_rope is not None:
+                q = q_ready if q_ready is not None else q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
+                k = k_ready
+                if k is None:
+                    k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
+            elif k_rope is None and context is x and q_rope is not None and kernels.active(x, q_rope.cos):
                 q, k = q_rope.norm_rope_pair(self.q(x), self.k(x), self.norm_q, self.norm_k, self.eps)
             elif q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
                 q = q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
@@ -545,8 +553,12 @@ class LTX2Block(nn.Module):
             a, kv, q_v2a = step(
                 a, oa, ga, a_shift_a2v, a_scale_a2v, eps, norm=rms, second=(a_shift_v2a, a_scale_v2a)
             )
-            ox = self.a2v_attn(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope)
-            oa = self.v2a_attn(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope)
+            # the two projections over the video tokens (a2v's q, v2a's k) share the cross RoPE tables:
+            # normalised and rotated in one launch
+            a2v, v2a = self.a2v_attn, self.v2a_attn
+            qv, kv_video = cross_rope.norm_rope_pair(a2v.q(q), v2a.k(kv_v2a), a2v.norm_q, v2a.norm_k, eps)
+            ox = a2v(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope, q_ready=qv)
+            oa = v2a(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope, k_ready=kv_video)
             gx, ga = a2v_gate, v2a_gate
         # 4. feed-forward
         x, hx = step(x, ox, gx, vm[3], vm[4], eps, norm=rms)
