@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastvideo import kernels
+from fastvideo_ltx.ltx2.model import LTX2Transformer
 
 from .test_ltx2_model import LTX23, TINY, _diffusers, _inputs, _ours, _rel, _run_both
 
@@ -19,13 +20,16 @@ pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not i
     [
         pytest.param({}, {}, False, id="ltx2-interleaved"),
         pytest.param({}, {}, True, id="ltx2-per-token-t"),
+        pytest.param({}, {}, "shared", id="ltx2-per-token-t-rows"),
         pytest.param(LTX23, {"use_cross_timestep": True}, False, id="ltx2.3-split"),
         pytest.param(LTX23, {"isolate_modalities": True, "stg_blocks": [0]}, False, id="ltx2.3-isolated-stg"),
     ],
 )
 def test_fused_forward_matches_diffusers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict, kwargs: dict, per_token: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict, kwargs: dict, per_token: bool | str
 ) -> None:
+    """``per_token="shared"``: the samples share their per-token timesteps (one conditioning frame at 0),
+    so the fused path computes the modulation for the 2 distinct values and indexes it per token."""
     cfg = {**TINY, **overrides}
     ref = _diffusers(cfg)
     ours = _ours(ref, tmp_path)
@@ -36,7 +40,19 @@ def test_fused_forward_matches_diffusers(
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with kernels.forced():
-        ov, rv, oa, ra = _run_both(ref, ours, _inputs(cfg, per_token=per_token), **kwargs)
+        inp = _inputs(cfg, per_token=bool(per_token))
+        if per_token == "shared":
+            inp["t"][1], inp["audio_t"][1], inp["sigma"][1] = inp["t"][0], inp["audio_t"][0], inp["sigma"][0]
+        rows: list = []
+        find_rows = LTX2Transformer._timestep_rows
+        monkeypatch.setattr(
+            LTX2Transformer, "_timestep_rows", staticmethod(lambda *a: rows.append(find_rows(*a)) or rows[-1])
+        )
+        ov, rv, oa, ra = _run_both(ref, ours, inp, **kwargs)
+    if per_token == "shared":
+        assert rows[0] is not None and rows[0][0].tolist() == [0.0, float(inp["t"][0, -1])]
+    else:
+        assert rows == [None]
     assert _rel(ov, rv) <= 1e-4, _rel(ov, rv)
     assert _rel(oa, ra) <= 1e-4, _rel(oa, ra)
     n = cfg["num_layers"]

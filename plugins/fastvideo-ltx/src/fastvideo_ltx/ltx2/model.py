@@ -429,15 +429,22 @@ class LTX2Block(nn.Module):
         audio_text_mask: torch.Tensor | None,
         cross_modal: bool = True,
         stg: bool = False,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x (B, Lv, D) video tokens; a (B, La, Da) audio tokens; *temb (B, 1 or L, n*D)
+        # x (B, Lv, D) video tokens; a (B, La, Da) audio tokens; *temb (B, 1 or L, n*D); index (Lv,):
+        # with it, the video tables temb / cross_temb / cross_gate_temb have one row per distinct
+        # timestep (1, M, n*D) and token l uses row index[l] (per-token timesteps, fused path)
         eps, skip = self.eps, stg and self.perturbed_attn
         if x.dtype == a.dtype == temb.dtype == self.modulation.dtype and kernels.active(x, a, temb):
             return self._fused(
                 x, a, text, audio_text, temb, audio_temb, cross_temb, audio_cross_temb, cross_gate_temb,
                 audio_cross_gate_temb, prompt_temb, audio_prompt_temb, rope, audio_rope, cross_rope,
-                audio_cross_rope, text_mask, audio_text_mask, cross_modal, skip,
+                audio_cross_rope, text_mask, audio_text_mask, cross_modal, skip, index,
             )  # fmt: skip
+        if index is not None:  # the PyTorch path takes per-token tables
+            temb, cross_temb, cross_gate_temb = (
+                t.index_select(1, index) if t.shape[1] > 1 else t for t in (temb, cross_temb, cross_gate_temb)
+            )
         vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
         # 1. self-attention
         h = rms_modulate(x, vm[0], vm[1], eps)
@@ -511,6 +518,7 @@ class LTX2Block(nn.Module):
         audio_text_mask: torch.Tensor | None,
         cross_modal: bool,
         skip: bool,
+        index: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with the Triton kernels (CUDA inference): between two sub-layers, the
         residual of the first and the norm + modulation(s) of the second are one pass over the
@@ -527,13 +535,13 @@ class LTX2Block(nn.Module):
             return zero, zero
 
         # 1. self-attention
-        hx = kernels.adaln_modulate(x, vm[0], vm[1], eps, norm=rms)
+        hx = kernels.adaln_modulate(x, vm[0], vm[1], eps, norm=rms, index=index)
         ha = kernels.adaln_modulate(a, am[0], am[1], eps, norm=rms)
         ox = self.self_attn(hx, q_rope=rope, skip=skip, seam=True)
         oa = self.audio_self_attn(ha, q_rope=audio_rope, skip=skip)
         # 2. cross-attention to the text
         text, audio_text = self._modulate_text(text, audio_text, prompt_temb, audio_prompt_temb, x, a)
-        x, hx = step(x, ox, vm[2], *text_mods(vm, x, self.video_text_mod), eps, norm=rms)
+        x, hx = step(x, ox, vm[2], *text_mods(vm, x, self.video_text_mod), eps, norm=rms, index=index)
         a, ha = step(a, oa, am[2], *text_mods(am, a, self.audio_text_mod), eps, norm=rms)
         ox = self.text_attn(hx, text, mask=text_mask)
         oa = self.audio_text_attn(ha, audio_text, mask=audio_text_mask)
@@ -548,7 +556,15 @@ class LTX2Block(nn.Module):
             )
             (v2a_gate,) = _mods(self.audio_cross_modulation[4:], audio_cross_gate_temb)
             x, q, kv_v2a = step(
-                x, ox, gx, v_shift_a2v, v_scale_a2v, eps, norm=rms, second=(v_shift_v2a, v_scale_v2a)
+                x,
+                ox,
+                gx,
+                v_shift_a2v,
+                v_scale_a2v,
+                eps,
+                norm=rms,
+                second=(v_shift_v2a, v_scale_v2a),
+                index=index,
             )
             a, kv, q_v2a = step(
                 a, oa, ga, a_shift_a2v, a_scale_a2v, eps, norm=rms, second=(a_shift_v2a, a_scale_v2a)
@@ -561,9 +577,9 @@ class LTX2Block(nn.Module):
             oa = v2a(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope, k_ready=kv_video)
             gx, ga = a2v_gate, v2a_gate
         # 4. feed-forward
-        x, hx = step(x, ox, gx, vm[3], vm[4], eps, norm=rms)
+        x, hx = step(x, ox, gx, vm[3], vm[4], eps, norm=rms, index=index)
         a, ha = step(a, oa, ga, am[3], am[4], eps, norm=rms)
-        x = kernels.gated_residual(x, self.ff(hx), vm[5])
+        x = kernels.gated_residual(x, self.ff(hx), vm[5], index=index)
         a = kernels.gated_residual(a, self.audio_ff(ha), am[5])
         return x, a
 
@@ -735,17 +751,24 @@ class LTX2Transformer(DiT):
         def per_batch(mod: torch.Tensor) -> torch.Tensor:
             return mod.view(b, -1, mod.shape[-1])  # (B, 1 or L, n*D)
 
-        temb, emb = self.time_embed(timestep, dtype)
+        rows = self._timestep_rows(timestep, x, a)  # per-token timesteps on the fused path: distinct values
+        video_t = rows[0] if rows is not None else timestep
+
+        def video_mods(mod: torch.Tensor) -> torch.Tensor:
+            return mod.view(1, -1, mod.shape[-1]) if rows is not None else per_batch(mod)  # (1, M, n*D)
+
+        temb, emb = self.time_embed(video_t, dtype)
         audio_temb, audio_emb = self.audio_time_embed(audio_timestep, dtype)
         prompt_temb = audio_prompt_temb = None
         if cfg.prompt_modulation and cfg.use_prompt_adaln_single:
             prompt_temb = per_batch(self.prompt_embed(sigma, dtype)[0])
             audio_prompt_temb = per_batch(self.audio_prompt_embed(audio_sigma, dtype)[0])
         gate_factor = cfg.cross_attn_timestep_scale_multiplier / cfg.timestep_scale_multiplier
-        video_ct = audio_sigma.flatten() if use_cross_timestep else timestep.flatten()
+        video_ct = audio_sigma.flatten() if use_cross_timestep else video_t.flatten()
         audio_ct = sigma.flatten() if use_cross_timestep else audio_timestep.flatten()
-        cross_temb = per_batch(self.cross_time_embed(video_ct, dtype)[0])
-        cross_gate = per_batch(self.cross_gate_embed(video_ct * gate_factor, dtype)[0])
+        cross_rows = per_batch if use_cross_timestep else video_mods
+        cross_temb = cross_rows(self.cross_time_embed(video_ct, dtype)[0])
+        cross_gate = cross_rows(self.cross_gate_embed(video_ct * gate_factor, dtype)[0])
         audio_cross_temb = per_batch(self.audio_cross_time_embed(audio_ct, dtype)[0])
         audio_cross_gate = per_batch(self.audio_cross_gate_embed(audio_ct * gate_factor, dtype)[0])
 
@@ -759,18 +782,37 @@ class LTX2Transformer(DiT):
         stg = set(stg_blocks)
         for i, block in enumerate(self.blocks):
             x, a = block(
-                x, a, text, audio_text, per_batch(temb), per_batch(audio_temb), cross_temb, audio_cross_temb,
+                x, a, text, audio_text, video_mods(temb), per_batch(audio_temb), cross_temb, audio_cross_temb,
                 cross_gate, audio_cross_gate, prompt_temb, audio_prompt_temb, rope, audio_rope, cross_rope,
                 audio_cross_rope, text_mask, audio_text_mask, cross_modal=not isolate_modalities, stg=i in stg,
+                index=rows[1] if rows is not None else None,
             )  # fmt: skip
 
-        shift, scale = (self.head_modulation + per_batch(emb)[:, :, None]).unbind(2)
+        emb = (
+            video_mods(emb).index_select(1, rows[1]) if rows is not None else per_batch(emb)
+        )  # (B or 1, ., D)
+        shift, scale = (self.head_modulation + emb[:, :, None]).unbind(2)
         x = self.head(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)  # (B, Lv, C_out)
         shift, scale = (self.audio_head_modulation + per_batch(audio_emb)[:, :, None]).unbind(2)
         a = self.audio_head(F.layer_norm(a, a.shape[-1:], eps=1e-6) * (1 + scale) + shift)  # (B, La, C_a*M)
         video = x.transpose(1, 2).reshape(b, -1, t, hh, ww)
         audio = a.reshape(b, la, -1, mel).transpose(1, 2)
         return video, audio
+
+    @staticmethod
+    def _timestep_rows(
+        timestep: torch.Tensor, x: torch.Tensor, a: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-token timesteps ``(B, Lv)`` as ``(values (M,), index (Lv,))`` (token l of every sample
+        has ``values[index[l]]``) when the blocks run the fused kernels, which take per-row tables and
+        an index: the modulation is then computed for the M distinct timesteps (2 with a conditioning
+        image) instead of every token. None otherwise (or when the samples' layouts differ)."""
+        if timestep.ndim != 2 or not kernels.active(x, a):
+            return None
+        values, inverse = torch.unique(timestep, return_inverse=True)  # one host sync per forward
+        if timestep.shape[0] > 1 and not bool((inverse == inverse[:1]).all()):
+            return None
+        return values, inverse[0]
 
     @staticmethod
     def _text_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
