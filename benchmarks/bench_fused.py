@@ -205,7 +205,7 @@ def cases(tokens: int, device: torch.device, dtype: torch.dtype) -> list[tuple[s
         xs = kernels.gated_residual(x, y, gate, index=index)
         return xs, kernels.adaln_modulate(xs, shift, scale, 1e-6, index=index)
 
-    def cosmos_boundary_fused() -> tuple[torch.Tensor, torch.Tensor]:
+    def cosmos_boundary_fused() -> tuple[torch.Tensor, ...]:
         gate, shift, scale = mod.chunk(3, dim=-1)
         return kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, index=index)
 

@@ -256,7 +256,7 @@ def cosmos(tokens: int | None, **kw: Any) -> tuple[Tally, dict[str, Any]]:
     t, h, w = 24, 88, 160
     if tokens is not None:  # keep 24 frames, scale the width
         w = max(2, 2 * round(tokens / (t * h / 4) / 2))
-    meta = {"device": "meta", "dtype": torch.bfloat16}
+    meta: dict[str, Any] = {"device": "meta", "dtype": torch.bfloat16}
     latents = torch.empty(1, 16, t, h, w, **meta)
     timestep = torch.empty(1, 1, t, 1, 1, **meta)
     text = torch.empty(1, 512, 1024, **meta)
@@ -279,7 +279,7 @@ def ltx2(tokens: int | None, **kw: Any) -> tuple[Tally, dict[str, Any]]:
     t, h, w = 16, 24, 40
     if tokens is not None:
         w = max(1, round(tokens / (t * h)))
-    meta = {"device": "meta", "dtype": torch.bfloat16}
+    meta: dict[str, Any] = {"device": "meta", "dtype": torch.bfloat16}
     video = torch.empty(1, 128, t, h, w, **meta)
     audio = torch.empty(1, 8, 126, 16, **meta)
     text = torch.empty(1, 1024, 3840, **meta)
@@ -305,7 +305,7 @@ def wan(tokens: int | None, **kw: Any) -> tuple[Tally, dict[str, Any]]:
     t, h, w = 21, 60, 104
     if tokens is not None:
         w = max(2, 2 * round(tokens / (t * h / 4) / 2))
-    meta = {"device": "meta", "dtype": torch.bfloat16}
+    meta: dict[str, Any] = {"device": "meta", "dtype": torch.bfloat16}
     latents = torch.empty(1, 16, t, h, w, **meta)
     text = torch.empty(1, 512, 4096, **meta)
     ts = torch.empty(1, device="meta")

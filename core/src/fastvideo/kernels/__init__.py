@@ -259,6 +259,8 @@ def rms_norm_rope_pair(
         raise ValueError(
             f"q and k must have the same shape (self-attention), got {tuple(q.shape)} and {tuple(k.shape)}"
         )
+    if q.dtype != k.dtype:
+        raise ValueError(f"q and k must have the same dtype, got {q.dtype} and {k.dtype}")
     if (q_weight is None) != (k_weight is None):
         raise ValueError("q_weight and k_weight must both be tensors or both be None")
     cos_l, sin_l, period = _check_rope(q, q_weight, cos, sin, group, layout)
@@ -268,7 +270,7 @@ def rms_norm_rope_pair(
 
         half = layout == "half"
         pair = (k, k_weight)
-        return _triton.rms_rope(q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair)
+        return _triton.rms_rope_pair(q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair)
     args = (cos_l, sin_l, eps, group, layout, signed_sin, period)
     return _rms_norm_rope_reference(q, q_weight, *args), _rms_norm_rope_reference(k, k_weight, *args)
 

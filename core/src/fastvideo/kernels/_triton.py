@@ -253,6 +253,9 @@ def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 and inner_contiguous else x.contiguous()
 
 
+Tables = tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int]]
+
+
 def rms_rope(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -261,13 +264,40 @@ def rms_rope(
     half: bool,
     signed: bool,
     period: int,
-    tables: tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int]] | None,
-    pair: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    tables: Tables | None,
+) -> torch.Tensor:
     """Launch :func:`_rms_rope_kernel` on ``x`` ``(B, L, ...)``; rows of ``prod(...)`` channels; the
-    tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller). ``pair``: a second
-    tensor of x's shape and its weight, normalised and rotated in the same launch (the tables read
-    once for both); returns both outputs then."""
+    tables come from :func:`fastvideo.kernels.table_layout` (checked by the caller)."""
+    return _rms_rope_launch(x, weight, eps, group, half, signed, period, tables, None)[0]
+
+
+def rms_rope_pair(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    group: int,
+    half: bool,
+    signed: bool,
+    period: int,
+    tables: Tables,
+    pair: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_rope` of ``x`` and of ``pair[0]`` (same shape, weight ``pair[1]``) in one launch:
+    the tables are read once for both."""
+    return _rms_rope_launch(x, weight, eps, group, half, signed, period, tables, pair)
+
+
+def _rms_rope_launch(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    group: int,
+    half: bool,
+    signed: bool,
+    period: int,
+    tables: Tables | None,
+    pair: tuple[torch.Tensor, torch.Tensor | None] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     shape = x.shape
     b, length = shape[0], shape[1]
     width = x[0, 0].numel() if x.numel() else 1
@@ -279,7 +309,7 @@ def rms_rope(
     out = torch.empty(shape, device=x.device, dtype=x.dtype)
     out2 = torch.empty(shape, device=x.device, dtype=x.dtype) if pair is not None else out
     if out.numel() == 0:
-        return (out, out2) if pair is not None else out
+        return out, out2
     ng = width // group
     ng_block, g_block = triton.next_power_of_2(ng), triton.next_power_of_2(group)
     _rms_rope_kernel[(b * length,)](
@@ -318,7 +348,7 @@ def rms_rope(
         PAIR=pair is not None,
         num_warps=_warps(ng_block * g_block),
     )
-    return (out, out2) if pair is not None else out
+    return out, out2
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ default follows diffusers; ``rope_fps=False`` at construction gives the checkpoi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -238,9 +239,10 @@ class CosmosAttention(nn.Module):
         dh = q.shape[-1]
         if is_self:
             assert cos is not None and sin is not None
-            rope = {"layout": "half", "signed_sin": False}
             # q and k in one launch: the RoPE tables are read once for both
-            q, k = kernels.rms_norm_rope_pair(q, k, self.norm_q, self.norm_k, cos, sin, 1e-5, dh, **rope)
+            q, k = kernels.rms_norm_rope_pair(
+                q, k, self.norm_q, self.norm_k, cos, sin, 1e-5, dh, layout="half", signed_sin=False
+            )
             out = attention(q, k, v, allow=ALL, sequence_parallel=True)
         else:
             q, k = kernels.rms_norm(q, self.norm_q, 1e-5, dh), kernels.rms_norm(k, self.norm_k, 1e-5, dh)
@@ -313,7 +315,7 @@ class CosmosBlock(nn.Module):
         """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame, and
         each sub-layer's gated residual and the next one's adaLN are one pass over the tokens."""
         mods = [m(emb, temb, frames, per_token=False) for m in (self.mod_self, self.mod_cross, self.mod_ff)]
-        layers = (
+        layers: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
             lambda h: self.self_attn(h, cos=cos, sin=sin),
             lambda h: self.cross_attn(h, context),
             self.ffn,
