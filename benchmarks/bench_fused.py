@@ -192,7 +192,78 @@ def cases(tokens: int, device: torch.device, dtype: torch.dtype) -> list[tuple[s
             2 * length * dw * e,
         )
     )
+    # Cosmos: a sub-layer's gated residual and the next sub-layer's adaLN in one pass (per-frame rows)
+    y = randn(1, length, d)
+
+    def cosmos_boundary_ref() -> tuple[torch.Tensor, torch.Tensor]:
+        gate, shift, scale = mod.index_select(1, index).chunk(3, dim=-1)
+        xs = torch.addcmul(x, gate, y)
+        return xs, torch.addcmul(shift, F.layer_norm(xs, (d,), eps=1e-6), 1 + scale)
+
+    def cosmos_boundary_two_kernels() -> tuple[torch.Tensor, torch.Tensor]:
+        gate, shift, scale = mod.chunk(3, dim=-1)
+        xs = kernels.gated_residual(x, y, gate, index=index)
+        return xs, kernels.adaln_modulate(xs, shift, scale, 1e-6, index=index)
+
+    def cosmos_boundary_fused() -> tuple[torch.Tensor, ...]:
+        gate, shift, scale = mod.chunk(3, dim=-1)
+        return kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, index=index)
+
+    out.append(("cosmos residual + next adaLN, two kernels (before)", shape, cosmos_boundary_ref,
+                cosmos_boundary_two_kernels, 5 * rows))  # fmt: skip
+    out.append(("cosmos residual + next adaLN, gated_residual_adaln", shape, cosmos_boundary_ref,
+                cosmos_boundary_fused, 4 * rows))  # fmt: skip
+    # LTX-2 19B video self-attention q and k: RMSNorm across 32 x 128, split RoPE by (B, H, L, 64) fp32 tables
+    dl, hl, lt = 4096, 32, min(length, 15360)
+    ql, kl = randn(1, lt, dl), randn(1, lt, dl)
+    wq, wk = 1 + randn(dl) * 0.1, 1 + randn(dl) * 0.1
+    ang = torch.rand(1, hl, lt, dl // hl // 2, device=device, generator=gen) * 6
+    scos, ssin = ang.cos(), ang.sin()
+
+    def ltx2_split(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # the model's rms_norm + rope_split
+        n = F.rms_norm(t, (dl,), w, 1e-6)
+        th = n.reshape(1, lt, hl, 2, -1).float()
+        c, sn = scos.transpose(1, 2), ssin.transpose(1, 2)
+        first, second = th[..., 0, :], th[..., 1, :]
+        return (
+            torch.stack((first * c - second * sn, second * c + first * sn), dim=-2)
+            .reshape(1, lt, -1)
+            .to(t.dtype)
+        )
+
+    def ltx2_pair_fused() -> tuple[torch.Tensor, torch.Tensor]:
+        c, sn = scos.transpose(1, 2), ssin.transpose(1, 2)
+        qo, ko = kernels.rms_norm_rope_pair(ql.unflatten(-1, (hl, -1)), kl.unflatten(-1, (hl, -1)), wq, wk, c, sn,
+                                            1e-6, dl, layout="half", signed_sin=False)  # fmt: skip
+        return qo.flatten(2), ko.flatten(2)
+
+    def ltx2_two_kernels() -> tuple[torch.Tensor, torch.Tensor]:
+        c, sn = scos.transpose(1, 2), ssin.transpose(1, 2)
+        kw: dict[str, Any] = {"layout": "half", "signed_sin": False}
+        qo = kernels.rms_norm_rope(ql.unflatten(-1, (hl, -1)), wq, c, sn, 1e-6, dl, **kw)
+        return qo.flatten(2), kernels.rms_norm_rope(
+            kl.unflatten(-1, (hl, -1)), wk, c, sn, 1e-6, dl, **kw
+        ).flatten(2)
+
+    lrows, tables = lt * dl * e, 2 * scos.numel() * 4
+    out.append(("ltx2 q, k RMSNorm + split RoPE, two kernels (before)", f"2x1x{lt}x{dl}",
+                lambda: (ltx2_split(ql, wq), ltx2_split(kl, wk)), ltx2_two_kernels, 4 * lrows + 2 * tables))  # fmt: skip
+    out.append(("ltx2 q, k RMSNorm + split RoPE, rms_norm_rope_pair", f"2x1x{lt}x{dl}",
+                lambda: (ltx2_split(ql, wq), ltx2_split(kl, wk)), ltx2_pair_fused, 4 * lrows + tables))  # fmt: skip
+    # LTX-2 feed-forward fc1 + GELU-tanh (a probe, not used by the model): cuBLASLt's GELU epilogue
+    if device.type == "cuda":
+        xf = randn(lt, dl)
+        w1, b1 = randn(4 * dl, dl) * 0.02, randn(4 * dl) * 0.02
+        out.append(("ltx2 ff fc1 + GELU-tanh: addmm + gelu_ vs _addmm_activation (probe)", f"{lt}x{dl}->{4 * dl}",
+                    lambda: torch.ops.aten.gelu_(F.linear(xf, w1, b1), approximate="tanh"),
+                    lambda: torch._addmm_activation(b1, xf, w1.t(), use_gelu=True), 2 * lt * 4 * dl * e))  # fmt: skip
     return out
+
+
+def _max_diff(got: Any, expected: Any) -> float:
+    if isinstance(got, tuple):
+        return max(_max_diff(g, x) for g, x in zip(got, expected, strict=True))
+    return (got.float() - expected.float()).abs().max().item()
 
 
 def main() -> None:
@@ -202,6 +273,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU dry run at tiny sizes (interpreter)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="run only the ops whose name contains one of these"
+    )
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -212,13 +286,15 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         for op, shape, ref_fn, fused_fn, nbytes in cases(args.tokens, device, dtype):
+            if args.only is not None and not any(word in op for word in args.only):
+                continue
             with kernels.forced(False):
                 ref_ms = timed(ref_fn, device, args.iters)
                 expected = ref_fn()
             with kernels.forced():
                 fused_ms = timed(fused_fn, device, args.iters)
                 got = fused_fn()
-            diff = (got.float() - expected.float()).abs().max().item()
+            diff = _max_diff(got, expected)
             comp_ms = float("nan")
             if args.compile:
                 backend = "inductor" if device.type == "cuda" else "eager"

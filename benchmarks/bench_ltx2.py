@@ -54,6 +54,8 @@ def real_parts(
             with torch.no_grad():
                 for p in ref.parameters():
                     p.normal_(0, 0.02)
+            if args.skip_generation:  # the DiT alone: the other components are not built
+                return {"device": device, "transformer": share_weights(ref, cfg, device)}, ref
             tokenizer = tiny_tokenizer()
             text_cfg = {
                 "vocab_size": len(tokenizer), "hidden_size": 3840, "intermediate_size": 15360,

@@ -94,6 +94,38 @@ def test_gated_residual_per_sample_token_and_index() -> None:
         torch.testing.assert_close(out, torch.addcmul(x, g, y), rtol=1e-5, atol=1e-5)
 
 
+@needs_triton
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("per", ["sample", "token", "index"])
+@pytest.mark.parametrize("variant", ["gate", "no-gate", "two-mods"])
+def test_gated_residual_adaln_matches_plain_pytorch(norm: str, per: str, variant: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    b, length, d = 2, 11, 40
+    x, y = torch.randn(b, length, d, generator=gen) * 2, torch.randn(b, length, d, generator=gen)
+    rows = {"sample": 1, "token": length, "index": 3}[per]
+    gate, shift, scale, shift2, scale2 = (torch.randn(b, rows, d, generator=gen) for _ in range(5))
+    index = torch.arange(length) % 3 if per == "index" else None
+    gate = None if variant == "no-gate" else gate
+    second = (shift2, scale2) if variant == "two-mods" else None
+    args = (x, y, gate, shift, scale, 1e-6)
+    out = fused(kernels.gated_residual_adaln, *args, norm=norm, index=index, second=second)
+    pick = (lambda t: t[:, index]) if index is not None else (lambda t: t)
+    want_s = x + (pick(gate) * y if gate is not None else y)
+    if norm == "rms":
+        normed = want_s * torch.rsqrt(want_s.pow(2).mean(-1, keepdim=True) + 1e-6)
+    else:
+        centred = want_s - want_s.mean(-1, keepdim=True)
+        normed = centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + 1e-6)
+    want = [want_s, normed * (1 + pick(scale)) + pick(shift)]
+    if second is not None:
+        want.append(normed * (1 + pick(scale2)) + pick(shift2))
+    assert len(out) == len(want)
+    torch.testing.assert_close(list(out), want, rtol=1e-5, atol=1e-5)
+    # not active (grad mode): the reference path gives the same
+    ref = kernels.gated_residual_adaln(*args, norm=norm, index=index, second=second)
+    torch.testing.assert_close(list(ref), want, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------
 # rms_norm_rope / rms_norm
 # --------------------------------------------------------------------------------------------------
@@ -180,6 +212,51 @@ def test_rms_norm_rope_split_half_width_per_head_tables() -> None:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_triton
+@pytest.mark.parametrize("case", ["cosmos-per-head-half", "ltx2-split-across-heads", "interleaved-no-weight"])
+def test_rms_norm_rope_pair_matches_two_plain_rotations(case: str) -> None:
+    """q and k in one launch (shared tables) against plain PyTorch norms and rotations of each."""
+    gen = torch.Generator().manual_seed(7)
+    b, length, heads, dh = 2, 6, 3, 16
+    q, k = (torch.randn(b, length, heads, dh, generator=gen) * 2 for _ in range(2))
+    if case == "cosmos-per-head-half":
+        group, wq, wk = dh, torch.randn(dh, generator=gen), torch.randn(dh, generator=gen)
+        angles = torch.rand(length, 1, dh // 2, generator=gen) * 6
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+        kw = {"layout": "half", "signed_sin": False}
+
+        def plain(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+            return rotate_half(F.rms_norm(x, (dh,), w, 1e-6), cos, sin)
+
+    elif case == "ltx2-split-across-heads":
+        group = heads * dh
+        wq, wk = torch.randn(group, generator=gen), torch.randn(group, generator=gen)
+        angles = torch.rand(b, length, heads, dh // 2, generator=gen) * 6
+        cos, sin = angles.cos(), angles.sin()
+        kw = {"layout": "half", "signed_sin": False}
+
+        def plain(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+            normed = F.rms_norm(x.flatten(2), (group,), w, 1e-6).unflatten(-1, (heads, dh))
+            first, second = normed.chunk(2, dim=-1)
+            return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+
+    else:
+        group, wq, wk = heads * dh, None, None
+        angles = torch.rand(length, 1, dh // 2, generator=gen) * 6
+        cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+        kw = {"signed_sin": False}
+
+        def plain(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+            normed = F.rms_norm(x.flatten(2), (group,), w, 1e-6).unflatten(-1, (heads, dh))
+            return interleaved_unsigned(normed, cos, sin)
+
+    expected = (plain(q, wq), plain(k, wk))
+    args = (q, k, wq, wk, cos, sin, 1e-6, group)
+    for impl in (lambda *a, **k: fused(kernels.rms_norm_rope_pair, *a, **k), kernels.rms_norm_rope_pair):
+        out = impl(*args, **kw)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs_raise_one_line_value_errors() -> None:
     x = torch.zeros(1, 4, 8)
     cases = [
@@ -191,6 +268,10 @@ def test_bad_inputs_raise_one_line_value_errors() -> None:
         (lambda: kernels.rms_norm_rope(x, torch.ones(4), x, x, 1e-6, 8), r"weight must be \(8,\)"),
         (lambda: kernels.rms_norm_rope(x, None, x[..., :4], x[..., :4], 1e-6, 8), "full-width tables"),
         (lambda: kernels.gated_residual(x, x, torch.zeros(1, 3, 8)), "gate must be"),
+        (lambda: kernels.rms_norm_rope_pair(x, x[:, :2], None, None, x, x, 1e-6, 8), "same shape"),
+        (lambda: kernels.rms_norm_rope_pair(x, x, torch.ones(8), None, x, x, 1e-6, 8), "both be tensors"),
+        (lambda: kernels.gated_residual_adaln(x, x, x, x, torch.zeros(2, 8, 8)), "scale must be"),
+        (lambda: kernels.gated_residual_adaln(x, x[:, :2], x, x, x), r"y must be \(B or 1, L, D\)"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match) as err:
@@ -309,3 +390,43 @@ def test_gpu_rms_norm_rope_bf16(layout: str) -> None:
                 q, w, cos, sin, 1e-6, group, layout=layout, signed_sin=layout == "interleaved"
             )
     torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_gpu_gated_residual_adaln_bf16(per_frame: bool) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    b, length, d = 1, 8192, 2048
+    x, y = (torch.randn(b, length, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    rows = 8 if per_frame else 1
+    gate, shift, scale = (
+        torch.randn(b, rows, d, device="cuda", dtype=torch.bfloat16) * 0.5 for _ in range(3)
+    )
+    index = torch.arange(length, device="cuda") // (length // rows) if per_frame else None
+    with torch.no_grad():
+        s, h = kernels.gated_residual_adaln(x, y, gate, shift, scale, index=index)
+        with kernels.forced(False):
+            s_ref, h_ref = kernels.gated_residual_adaln(x, y, gate, shift, scale, index=index)
+    torch.testing.assert_close(s.float(), s_ref.float(), rtol=1e-2, atol=2e-2)
+    torch.testing.assert_close(h.float(), h_ref.float(), rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_rms_norm_rope_pair_bf16() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    b, length, heads, dh = 1, 4096, 32, 128
+    q, k = (torch.randn(b, length, heads, dh, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    wq, wk = (torch.rand(heads * dh, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    angles = torch.rand(b, heads, length, dh // 2, device="cuda") * 6  # LTX-2's (B, H, L, Dh/2) fp32 tables
+    cos, sin = angles.cos().transpose(1, 2), angles.sin().transpose(1, 2)
+    args = (q, k, wq, wk, cos, sin, 1e-6, heads * dh)
+    with torch.no_grad():
+        out = kernels.rms_norm_rope_pair(*args, layout="half", signed_sin=False)
+        with kernels.forced(False):
+            expected = kernels.rms_norm_rope_pair(*args, layout="half", signed_sin=False)
+    for o, e in zip(out, expected, strict=True):
+        torch.testing.assert_close(o.float(), e.float(), rtol=1e-2, atol=2e-2)

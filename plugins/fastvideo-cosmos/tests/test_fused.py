@@ -26,7 +26,8 @@ def test_fused_forward_matches_diffusers(
     ours = CosmosTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, latent=(3, 4, 6), per_frame=per_frame)
     calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope", "rms_norm", "gated_residual"):
+    names = ("adaln_modulate", "rms_norm_rope_pair", "rms_norm", "gated_residual", "gated_residual_adaln")
+    for name in names:
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with torch.no_grad():
@@ -35,8 +36,10 @@ def test_fused_forward_matches_diffusers(
             out = ours(*args)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     n = ref.config.num_layers
-    assert calls.count("rms_norm_rope") == 2 * n and calls.count("rms_norm") == 2 * n
-    assert calls.count("adaln_modulate") == 3 * n + 1 and calls.count("gated_residual") == 3 * n
+    assert calls.count("rms_norm_rope_pair") == n and calls.count("rms_norm") == 2 * n
+    # per block: the first adaLN, two gated residuals fused with the next adaLN, the last residual
+    assert calls.count("adaln_modulate") == n + 1 and calls.count("gated_residual") == n
+    assert calls.count("gated_residual_adaln") == 2 * n
 
 
 def test_grad_mode_and_cpu_keep_the_reference_path(
@@ -49,8 +52,8 @@ def test_grad_mode_and_cpu_keep_the_reference_path(
     def boom(*a: Any, **k: Any) -> None:
         raise AssertionError("fused kernel called")
 
-    monkeypatch.setattr(kernels, "adaln_modulate", boom)
-    monkeypatch.setattr(cosmos_model.kernels, "rms_norm_rope", boom)
+    for name in ("adaln_modulate", "rms_norm_rope", "rms_norm_rope_pair", "gated_residual_adaln"):
+        monkeypatch.setattr(cosmos_model.kernels, name, boom)
     with torch.no_grad():
         ours(*args)  # CPU tensors, not forced
     with kernels.forced():

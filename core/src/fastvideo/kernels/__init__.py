@@ -5,8 +5,11 @@ Each op is one read of its inputs and one write of its output, with fp32 math an
 - :func:`adaln_modulate`: LayerNorm or RMSNorm (fp32 statistics, optional affine) then
   ``* (1 + scale) + shift`` with per-sample, per-token or per-row-of-a-table (``index``) modulation.
 - :func:`rms_norm_rope`: RMSNorm over groups of channels (one head, or the whole width) with its weight,
-  then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE.
+  then RoPE (interleaved pairs or rotate-half); :func:`rms_norm` is the same without the RoPE;
+  :func:`rms_norm_rope_pair` does q and k of a self-attention in one launch (the tables read once).
 - :func:`gated_residual`: ``x + gate * y`` with the gate per sample, per token or per row of a table.
+- :func:`gated_residual_adaln`: the two above back to back (the residual of one sub-layer, then the
+  next sub-layer's norm and modulation), reading the residual stream once.
 
 Dispatch (:func:`active`): the Triton kernel runs only for CUDA tensors, when Triton imports, when no
 autograd graph can be built (grad mode off: ``torch.no_grad`` / ``inference_mode``; training keeps the
@@ -36,8 +39,10 @@ __all__ = [
     "available",
     "forced",
     "gated_residual",
+    "gated_residual_adaln",
     "rms_norm",
     "rms_norm_rope",
+    "rms_norm_rope_pair",
 ]
 
 #: Set to ``0`` to disable the fused kernels (the PyTorch code of the model files runs).
@@ -112,6 +117,33 @@ def adaln_modulate(
     :param weight: / ``bias``: the norm's optional affine ``(D,)``, applied before the modulation.
     :param index: ``(L,)`` integer rows of shift / scale (e.g. each token's latent frame).
     """
+    shift, scale = _check_modulation(x, shift, scale, norm, index)
+    d = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (d,):
+            raise ValueError(f"{name} must be ({d},) for x {tuple(x.shape)}, got {tuple(p.shape)}")
+    if active(x, shift, scale, weight, bias, index):
+        from fastvideo.kernels import _triton
+
+        shift, scale, index = _table_rows(x, shift, scale, index)
+        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+    if index is not None:
+        shift, scale = shift.index_select(1, index), scale.index_select(1, index)
+    xf = x.float()
+    w = weight.float() if weight is not None else None
+    if norm == "rms":
+        normed = F.rms_norm(xf, (d,), w, eps)
+        if bias is not None:
+            normed = normed + bias.float()
+    else:
+        normed = F.layer_norm(xf, (d,), w, bias.float() if bias is not None else None, eps)
+    return (normed * (1 + scale.float()) + shift.float()).to(x.dtype)
+
+
+def _check_modulation(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, norm: str, index: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate :func:`adaln_modulate`'s arguments; returns shift and scale as ``(B or 1, M, D)``."""
     if norm not in ("layer", "rms"):
         raise ValueError(f"norm={norm!r} must be 'layer' or 'rms'")
     if x.ndim != 3:
@@ -133,30 +165,20 @@ def adaln_modulate(
         raise ValueError(
             f"index must be ({length},) integer rows of shift / scale, got {index.dtype} {tuple(index.shape)}"
         )
-    for name, p in (("weight", weight), ("bias", bias)):
-        if p is not None and tuple(p.shape) != (d,):
-            raise ValueError(f"{name} must be ({d},) for x {tuple(x.shape)}, got {tuple(p.shape)}")
-    if active(x, shift, scale, weight, bias, index):
-        from fastvideo.kernels import _triton
+    return shift, scale
 
-        if index is not None and shift.shape[1] == 1 and scale.shape[1] == 1:
-            index = None  # one row for every token
-        elif index is not None:
-            index = index.to(device=x.device, dtype=torch.int64).contiguous()
-            table_rows = max(shift.shape[1], scale.shape[1])
-            shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
-        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+
+def _table_rows(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, index: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """shift / scale / index as the kernels take them (no index when one row serves every token)."""
+    if index is not None and shift.shape[1] == 1 and scale.shape[1] == 1:
+        return shift, scale, None
     if index is not None:
-        shift, scale = shift.index_select(1, index), scale.index_select(1, index)
-    xf = x.float()
-    w = weight.float() if weight is not None else None
-    if norm == "rms":
-        normed = F.rms_norm(xf, (d,), w, eps)
-        if bias is not None:
-            normed = normed + bias.float()
-    else:
-        normed = F.layer_norm(xf, (d,), w, bias.float() if bias is not None else None, eps)
-    return (normed * (1 + scale.float()) + shift.float()).to(x.dtype)
+        index = index.to(device=x.device, dtype=torch.int64).contiguous()
+        table_rows = max(shift.shape[1], scale.shape[1])
+        shift, scale = shift.expand(-1, table_rows, -1), scale.expand(-1, table_rows, -1)
+    return shift, scale, index
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +231,59 @@ def rms_norm_rope(
         (``c``, ``s`` once per angle, e.g. a ``(B, H, L, Dh/2)`` table transposed to ``(B, L, H, Dh/2)``).
     :param group: channels per RMS statistic: ``Dh`` for per-head norms, ``H * Dh`` across heads.
     """
+    cos_l, sin_l, period = _check_rope(x, weight, cos, sin, group, layout)
+    if active(x, weight, cos, sin):
+        from fastvideo.kernels import _triton
+
+        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
+    return _rms_norm_rope_reference(x, weight, cos_l, sin_l, eps, group, layout, signed_sin, period)
+
+
+def rms_norm_rope_pair(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    group: int,
+    *,
+    layout: str = "interleaved",
+    signed_sin: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_rope` of ``q`` and of ``k`` (same shape, same tables: self-attention) in one
+    launch that reads the RoPE tables once for both; returns ``(q, k)``. The two weights are both
+    tensors or both None."""
+    if tuple(q.shape) != tuple(k.shape):
+        raise ValueError(
+            f"q and k must have the same shape (self-attention), got {tuple(q.shape)} and {tuple(k.shape)}"
+        )
+    if q.dtype != k.dtype:
+        raise ValueError(f"q and k must have the same dtype, got {q.dtype} and {k.dtype}")
+    if (q_weight is None) != (k_weight is None):
+        raise ValueError("q_weight and k_weight must both be tensors or both be None")
+    cos_l, sin_l, period = _check_rope(q, q_weight, cos, sin, group, layout)
+    _check_rope(k, k_weight, cos, sin, group, layout)
+    if active(q, k, q_weight, k_weight, cos, sin):
+        from fastvideo.kernels import _triton
+
+        half = layout == "half"
+        pair = (k, k_weight)
+        return _triton.rms_rope_pair(q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair)
+    args = (cos_l, sin_l, eps, group, layout, signed_sin, period)
+    return _rms_norm_rope_reference(q, q_weight, *args), _rms_norm_rope_reference(k, k_weight, *args)
+
+
+def _check_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    group: int,
+    layout: str,
+) -> tuple[tuple[torch.Tensor, int, int, int, int], tuple[torch.Tensor, int, int, int, int], int]:
+    """Validate :func:`rms_norm_rope`'s arguments; returns the tables' layouts and the rotation width."""
     if layout not in ("interleaved", "half"):
         raise ValueError(f"layout={layout!r} must be 'interleaved' or 'half'")
     if x.ndim not in (3, 4):
@@ -229,10 +304,21 @@ def rms_norm_rope(
         raise ValueError(
             f"interleaved RoPE needs full-width tables ({period} per row), got {tuple(cos.shape)}"
         )
-    if active(x, weight, cos, sin):
-        from fastvideo.kernels import _triton
+    return cos_l, sin_l, period
 
-        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
+
+def _rms_norm_rope_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    cos_l: tuple[torch.Tensor, int, int, int, int],
+    sin_l: tuple[torch.Tensor, int, int, int, int],
+    eps: float,
+    group: int,
+    layout: str,
+    signed_sin: bool,
+    period: int,
+) -> torch.Tensor:
+    """The PyTorch form of :func:`rms_norm_rope` (fp32 math, one rounding)."""
     shape = x.shape
     xg = x.float().reshape(*shape[:2], -1, group)
     y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
@@ -288,6 +374,22 @@ def gated_residual(
     :param gate: ``(B, D)``, ``(B, 1, D)``, ``(B, L, D)``, or with ``index`` a table ``(B, M, D)`` of which
         token ``l`` uses row ``index[l]``; any dtype and strides.
     """
+    gate = _check_gate(x, gate, index)
+    if active(x, y, gate, index):
+        from fastvideo.kernels import _triton
+
+        if index is not None and gate.shape[1] == 1:
+            index = None
+        elif index is not None:
+            index = index.to(device=x.device, dtype=torch.int64).contiguous()
+        return _triton.gated_residual(x, y, gate, index)
+    if index is not None:
+        gate = gate.index_select(1, index)
+    return (x.float() + gate.float() * y.float()).to(x.dtype)
+
+
+def _check_gate(x: torch.Tensor, gate: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Validate :func:`gated_residual`'s x / gate / index; returns gate as ``(B or 1, M, D)``."""
     if x.ndim != 3:
         raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
     b, length, d = x.shape
@@ -305,14 +407,52 @@ def gated_residual(
         raise ValueError(
             f"index must be ({length},) integer rows of gate, got {index.dtype} {tuple(index.shape)}"
         )
-    if active(x, y, gate, index):
+    return gate
+
+
+def gated_residual_adaln(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    *,
+    norm: str = "layer",
+    index: torch.Tensor | None = None,
+    second: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`gated_residual` then :func:`adaln_modulate` of its result, in one pass over the tokens:
+    returns ``(s, h)`` with ``s = x + gate * y`` (``x + y`` when ``gate`` is None; fp32, rounded to
+    x's dtype) and ``h = norm(s) * (1 + scale) + shift`` computed from the rounded ``s``, so exactly
+    the separate calls' results. The residual stream is read once instead of twice between two
+    sub-layers.
+
+    :param gate: / ``shift`` / ``scale``: as in :func:`gated_residual` / :func:`adaln_modulate`;
+        ``index`` (per-token rows of the tables) is shared by all of them.
+    :param second: another ``(shift, scale)`` pair: returns ``(s, h, h2)``, ``h2`` the same norm
+        modulated by it (two sub-layer inputs from one read, e.g. LTX-2's audio<->video attention).
+    """
+    pairs = [(shift, scale)] + ([second] if second is not None else [])
+    if gate is not None:
+        gate = _check_gate(x, gate, index)
+    pairs = [_check_modulation(x, sh, sc, norm, index) for sh, sc in pairs]
+    if tuple(y.shape[1:]) != tuple(x.shape[1:]) or y.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"y must be (B or 1, L, D) for x {tuple(x.shape)}, got {tuple(y.shape)}")
+    tables = [t for pair in pairs for t in pair] + ([gate] if gate is not None else [])
+    if active(x, y, index, *tables):
         from fastvideo.kernels import _triton
 
-        if index is not None and gate.shape[1] == 1:
-            index = None
+        if index is not None and all(t.shape[1] == 1 for t in tables):
+            index = None  # one row for every token
         elif index is not None:
+            rows = max(t.shape[1] for t in tables)
             index = index.to(device=x.device, dtype=torch.int64).contiguous()
-        return _triton.gated_residual(x, y, gate, index)
-    if index is not None:
-        gate = gate.index_select(1, index)
-    return (x.float() + gate.float() * y.float()).to(x.dtype)
+            gate = gate.expand(-1, rows, -1) if gate is not None else None
+            pairs = [(sh.expand(-1, rows, -1), sc.expand(-1, rows, -1)) for sh, sc in pairs]
+        return _triton.gated_residual_adaln(x, y, gate, pairs, eps, norm == "rms", index)
+    if gate is not None:
+        s = gated_residual(x, y, gate, index=index)
+    else:
+        s = (x.float() + y.float()).to(x.dtype)
+    return (s, *(adaln_modulate(s, sh, sc, eps, norm=norm, index=index) for sh, sc in pairs))

@@ -20,6 +20,7 @@ default follows diffusers; ``rope_fps=False`` at construction gives the checkpoi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -238,9 +239,10 @@ class CosmosAttention(nn.Module):
         dh = q.shape[-1]
         if is_self:
             assert cos is not None and sin is not None
-            rope = {"layout": "half", "signed_sin": False}
-            q = kernels.rms_norm_rope(q, self.norm_q, cos, sin, 1e-5, dh, **rope)  # (B, L, H, Dh)
-            k = kernels.rms_norm_rope(k, self.norm_k, cos, sin, 1e-5, dh, **rope)
+            # q and k in one launch: the RoPE tables are read once for both
+            q, k = kernels.rms_norm_rope_pair(
+                q, k, self.norm_q, self.norm_k, cos, sin, 1e-5, dh, layout="half", signed_sin=False
+            )
             out = attention(q, k, v, allow=ALL, sequence_parallel=True)
         else:
             q, k = kernels.rms_norm(q, self.norm_q, 1e-5, dh), kernels.rms_norm(k, self.norm_k, 1e-5, dh)
@@ -257,7 +259,10 @@ class CosmosFeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        h = self.fc1(x)  # (B, L, 4D)
+        if kernels.active(h):  # CUDA inference: in place, no second (L, 4D) buffer
+            return self.fc2(torch.ops.aten.gelu_(h))
+        return self.fc2(F.gelu(h))
 
 
 class CosmosBlock(nn.Module):
@@ -307,17 +312,23 @@ class CosmosBlock(nn.Module):
         sin: torch.Tensor,
         frames: torch.Tensor | None,
     ) -> torch.Tensor:
-        """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame."""
-        layers = (
-            (self.mod_self, lambda h: self.self_attn(h, cos=cos, sin=sin)),
-            (self.mod_cross, lambda h: self.cross_attn(h, context)),
-            (self.mod_ff, self.ffn),
+        """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame, and
+        each sub-layer's gated residual and the next one's adaLN are one pass over the tokens."""
+        mods = [m(emb, temb, frames, per_token=False) for m in (self.mod_self, self.mod_cross, self.mod_ff)]
+        layers: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
+            lambda h: self.self_attn(h, cos=cos, sin=sin),
+            lambda h: self.cross_attn(h, context),
+            self.ffn,
         )
-        for mod, layer in layers:
-            shift, scale, gate = mod(emb, temb, frames, per_token=False)  # 3 x (B, Tm, D)
-            h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
-            x = kernels.gated_residual(x, layer(h), gate, index=frames)
-        return x
+        shift, scale, _ = mods[0]  # 3 x (B, Tm, D)
+        h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
+        for i, layer in enumerate(layers):
+            y, gate = layer(h), mods[i][2]
+            if i + 1 == len(layers):
+                return kernels.gated_residual(x, y, gate, index=frames)
+            shift, scale, _ = mods[i + 1]
+            x, h = kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, index=frames)
+        raise AssertionError("unreachable")
 
 
 class CosmosHead(nn.Module):

@@ -191,6 +191,23 @@ class RopeTables:
             return out.flatten(2)
         return kernels.rms_norm_rope(x, norm.weight, self.cos, self.sin, eps, x.shape[-1], signed_sin=False)
 
+    def norm_rope_pair(
+        self, q: torch.Tensor, k: torch.Tensor, norm_q: nn.RMSNorm, norm_k: nn.RMSNorm, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`norm_rope` of q and k of a self-attention in one launch (the tables read once)."""
+        weights = (norm_q.weight, norm_k.weight)
+        if self.split:  # rotate-half per head by (B, H, L, Dh/2) tables
+            c, s = self.cos.transpose(1, 2), self.sin.transpose(1, 2)  # (B, L, H, Dh/2)
+            heads = (self.cos.shape[1], -1)
+            qo, ko = kernels.rms_norm_rope_pair(
+                q.unflatten(-1, heads), k.unflatten(-1, heads), *weights, c, s, eps, q.shape[-1],
+                layout="half", signed_sin=False,
+            )  # fmt: skip
+            return qo.flatten(2), ko.flatten(2)
+        return kernels.rms_norm_rope_pair(
+            q, k, *weights, self.cos, self.sin, eps, q.shape[-1], signed_sin=False
+        )
+
 
 def rope_frequencies(
     positions: torch.Tensor,
@@ -271,7 +288,10 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(4 * dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        h = self.fc1(x)  # (B, L, 4D)
+        if kernels.active(h):  # CUDA inference: in place, no second (L, 4D) buffer
+            return self.fc2(torch.ops.aten.gelu_(h, approximate="tanh"))
+        return self.fc2(F.gelu(h, approximate="tanh"))
 
 
 class LTX2Attention(nn.Module):
@@ -303,16 +323,30 @@ class LTX2Attention(nn.Module):
         mask: torch.Tensor | None = None,
         skip: bool = False,
         seam: bool = False,
+        q_ready: torch.Tensor | None = None,
+        k_ready: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # x (B, L, D); context (B, Lk, Dk) or None (self-attention); skip: STG, the values pass through
+        # x (B, L, D); context (B, Lk, Dk) or None (self-attention); skip: STG, the values pass through;
+        # q_ready / k_ready: q or k already projected, normalised and rotated (the block's fused path)
         context = x if context is None else context
         v = self.v(context)  # (B, Lk, inner)
         if skip:
             out = v
         else:
-            if q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
+            if (q_ready is not None or k_ready is not None) and q_rope is not None:
+                q = q_ready if q_ready is not None else q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
+                k = k_ready
+                if k is None:
+                    k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
+            elif k_rope is None and context is x and q_rope is not None and kernels.active(x, q_rope.cos):
+                q, k = q_rope.norm_rope_pair(self.q(x), self.k(x), self.norm_q, self.norm_k, self.eps)
+            elif q_rope is not None and kernels.active(x, context, q_rope.cos):  # CUDA inference: fused
                 q = q_rope.norm_rope(self.q(x), self.norm_q, self.eps)
                 k = (k_rope or q_rope).norm_rope(self.k(context), self.norm_k, self.eps)
+            elif q_rope is None and kernels.active(x, context):  # CUDA inference: one pass each
+                q, k = self.q(x), self.k(context)  # (B, L, inner), (B, Lk, inner)
+                q = kernels.rms_norm(q, self.norm_q.weight, self.eps, q.shape[-1])
+                k = kernels.rms_norm(k, self.norm_k.weight, self.eps, k.shape[-1])
             else:
                 q, k = self.norm_q(self.q(x)), self.norm_k(self.k(context))  # (B, L, inner), (B, Lk, inner)
                 if q_rope is not None:
@@ -395,9 +429,22 @@ class LTX2Block(nn.Module):
         audio_text_mask: torch.Tensor | None,
         cross_modal: bool = True,
         stg: bool = False,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # x (B, Lv, D) video tokens; a (B, La, Da) audio tokens; *temb (B, 1 or L, n*D)
+        # x (B, Lv, D) video tokens; a (B, La, Da) audio tokens; *temb (B, 1 or L, n*D); index (Lv,):
+        # with it, the video tables temb / cross_temb / cross_gate_temb have one row per distinct
+        # timestep (1, M, n*D) and token l uses row index[l] (per-token timesteps, fused path)
         eps, skip = self.eps, stg and self.perturbed_attn
+        if x.dtype == a.dtype == temb.dtype == self.modulation.dtype and kernels.active(x, a, temb):
+            return self._fused(
+                x, a, text, audio_text, temb, audio_temb, cross_temb, audio_cross_temb, cross_gate_temb,
+                audio_cross_gate_temb, prompt_temb, audio_prompt_temb, rope, audio_rope, cross_rope,
+                audio_cross_rope, text_mask, audio_text_mask, cross_modal, skip, index,
+            )  # fmt: skip
+        if index is not None:  # the PyTorch path takes per-token tables
+            temb, cross_temb, cross_gate_temb = (
+                t.index_select(1, index) if t.shape[1] > 1 else t for t in (temb, cross_temb, cross_gate_temb)
+            )
         vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
         # 1. self-attention
         h = rms_modulate(x, vm[0], vm[1], eps)
@@ -405,11 +452,7 @@ class LTX2Block(nn.Module):
         h = rms_modulate(a, am[0], am[1], eps)
         a = a + self.audio_self_attn(h, q_rope=audio_rope, skip=skip) * am[2]
         # 2. cross-attention to the text
-        if self.video_text_mod or self.audio_text_mod:
-            pv = self._prompt_mods(self.prompt_modulation, prompt_temb, x)
-            pa = self._prompt_mods(self.audio_prompt_modulation, audio_prompt_temb, a)
-            text = text * (1 + pv[1]) + pv[0]
-            audio_text = audio_text * (1 + pa[1]) + pa[0]
+        text, audio_text = self._modulate_text(text, audio_text, prompt_temb, audio_prompt_temb, x, a)
         h = rms_modulate(x, vm[6], vm[7], eps) if self.video_text_mod else rms_norm(x, eps)
         out = self.text_attn(h, text, mask=text_mask)
         x = x + (out * vm[8] if self.video_text_mod else out)
@@ -434,6 +477,110 @@ class LTX2Block(nn.Module):
         # 4. feed-forward
         x = x + self.ff(rms_modulate(x, vm[3], vm[4], eps)) * vm[5]
         a = a + self.audio_ff(rms_modulate(a, am[3], am[4], eps)) * am[5]
+        return x, a
+
+    def _modulate_text(
+        self,
+        text: torch.Tensor,
+        audio_text: torch.Tensor,
+        prompt_temb: torch.Tensor | None,
+        audio_prompt_temb: torch.Tensor | None,
+        x: torch.Tensor,
+        a: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LTX-2.3's prompt modulation of the text contexts (unchanged without ``cross_attn_mod``)."""
+        if self.video_text_mod or self.audio_text_mod:
+            pv = self._prompt_mods(self.prompt_modulation, prompt_temb, x)
+            pa = self._prompt_mods(self.audio_prompt_modulation, audio_prompt_temb, a)
+            text = text * (1 + pv[1]) + pv[0]
+            audio_text = audio_text * (1 + pa[1]) + pa[0]
+        return text, audio_text
+
+    def _fused(
+        self,
+        x: torch.Tensor,
+        a: torch.Tensor,
+        text: torch.Tensor,
+        audio_text: torch.Tensor,
+        temb: torch.Tensor,
+        audio_temb: torch.Tensor,
+        cross_temb: torch.Tensor,
+        audio_cross_temb: torch.Tensor,
+        cross_gate_temb: torch.Tensor,
+        audio_cross_gate_temb: torch.Tensor,
+        prompt_temb: torch.Tensor | None,
+        audio_prompt_temb: torch.Tensor | None,
+        rope: RopeTables,
+        audio_rope: RopeTables,
+        cross_rope: RopeTables,
+        audio_cross_rope: RopeTables,
+        text_mask: torch.Tensor | None,
+        audio_text_mask: torch.Tensor | None,
+        cross_modal: bool,
+        skip: bool,
+        index: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the Triton kernels (CUDA inference): between two sub-layers, the
+        residual of the first and the norm + modulation(s) of the second are one pass over the
+        stream (:func:`fastvideo.kernels.gated_residual_adaln`), so each stream is read once per
+        boundary; the audio<->video attention takes both of its inputs of a stream from that pass."""
+        eps, rms = self.eps, "rms"
+        vm, am = _mods(self.modulation, temb), _mods(self.audio_modulation, audio_temb)
+        step = kernels.gated_residual_adaln
+
+        def text_mods(m: list[torch.Tensor], s: torch.Tensor, on: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            if on:
+                return m[6], m[7]  # shift, scale
+            zero = s.new_zeros(1, 1, s.shape[-1])  # a plain RMSNorm
+            return zero, zero
+
+        # 1. self-attention
+        hx = kernels.adaln_modulate(x, vm[0], vm[1], eps, norm=rms, index=index)
+        ha = kernels.adaln_modulate(a, am[0], am[1], eps, norm=rms)
+        ox = self.self_attn(hx, q_rope=rope, skip=skip, seam=True)
+        oa = self.audio_self_attn(ha, q_rope=audio_rope, skip=skip)
+        # 2. cross-attention to the text
+        text, audio_text = self._modulate_text(text, audio_text, prompt_temb, audio_prompt_temb, x, a)
+        x, hx = step(x, ox, vm[2], *text_mods(vm, x, self.video_text_mod), eps, norm=rms, index=index)
+        a, ha = step(a, oa, am[2], *text_mods(am, a, self.audio_text_mod), eps, norm=rms)
+        ox = self.text_attn(hx, text, mask=text_mask)
+        oa = self.audio_text_attn(ha, audio_text, mask=audio_text_mask)
+        gx = vm[8] if self.video_text_mod else None
+        ga = am[8] if self.audio_text_mod else None
+        # 3. audio <-> video
+        if cross_modal:
+            v_scale_a2v, v_shift_a2v, v_scale_v2a, v_shift_v2a = _mods(self.cross_modulation[:4], cross_temb)
+            (a2v_gate,) = _mods(self.cross_modulation[4:], cross_gate_temb)
+            a_scale_a2v, a_shift_a2v, a_scale_v2a, a_shift_v2a = _mods(
+                self.audio_cross_modulation[:4], audio_cross_temb
+            )
+            (v2a_gate,) = _mods(self.audio_cross_modulation[4:], audio_cross_gate_temb)
+            x, q, kv_v2a = step(
+                x,
+                ox,
+                gx,
+                v_shift_a2v,
+                v_scale_a2v,
+                eps,
+                norm=rms,
+                second=(v_shift_v2a, v_scale_v2a),
+                index=index,
+            )
+            a, kv, q_v2a = step(
+                a, oa, ga, a_shift_a2v, a_scale_a2v, eps, norm=rms, second=(a_shift_v2a, a_scale_v2a)
+            )
+            # the two projections over the video tokens (a2v's q, v2a's k) share the cross RoPE tables:
+            # normalised and rotated in one launch
+            a2v, v2a = self.a2v_attn, self.v2a_attn
+            qv, kv_video = cross_rope.norm_rope_pair(a2v.q(q), v2a.k(kv_v2a), a2v.norm_q, v2a.norm_k, eps)
+            ox = a2v(q, kv, q_rope=cross_rope, k_rope=audio_cross_rope, q_ready=qv)
+            oa = v2a(q_v2a, kv_v2a, q_rope=audio_cross_rope, k_rope=cross_rope, k_ready=kv_video)
+            gx, ga = a2v_gate, v2a_gate
+        # 4. feed-forward
+        x, hx = step(x, ox, gx, vm[3], vm[4], eps, norm=rms, index=index)
+        a, ha = step(a, oa, ga, am[3], am[4], eps, norm=rms)
+        x = kernels.gated_residual(x, self.ff(hx), vm[5], index=index)
+        a = kernels.gated_residual(a, self.audio_ff(ha), am[5])
         return x, a
 
     @staticmethod
@@ -604,17 +751,24 @@ class LTX2Transformer(DiT):
         def per_batch(mod: torch.Tensor) -> torch.Tensor:
             return mod.view(b, -1, mod.shape[-1])  # (B, 1 or L, n*D)
 
-        temb, emb = self.time_embed(timestep, dtype)
+        rows = self._timestep_rows(timestep, x, a)  # per-token timesteps on the fused path: distinct values
+        video_t = rows[0] if rows is not None else timestep
+
+        def video_mods(mod: torch.Tensor) -> torch.Tensor:
+            return mod.view(1, -1, mod.shape[-1]) if rows is not None else per_batch(mod)  # (1, M, n*D)
+
+        temb, emb = self.time_embed(video_t, dtype)
         audio_temb, audio_emb = self.audio_time_embed(audio_timestep, dtype)
         prompt_temb = audio_prompt_temb = None
         if cfg.prompt_modulation and cfg.use_prompt_adaln_single:
             prompt_temb = per_batch(self.prompt_embed(sigma, dtype)[0])
             audio_prompt_temb = per_batch(self.audio_prompt_embed(audio_sigma, dtype)[0])
         gate_factor = cfg.cross_attn_timestep_scale_multiplier / cfg.timestep_scale_multiplier
-        video_ct = audio_sigma.flatten() if use_cross_timestep else timestep.flatten()
+        video_ct = audio_sigma.flatten() if use_cross_timestep else video_t.flatten()
         audio_ct = sigma.flatten() if use_cross_timestep else audio_timestep.flatten()
-        cross_temb = per_batch(self.cross_time_embed(video_ct, dtype)[0])
-        cross_gate = per_batch(self.cross_gate_embed(video_ct * gate_factor, dtype)[0])
+        cross_rows = per_batch if use_cross_timestep else video_mods
+        cross_temb = cross_rows(self.cross_time_embed(video_ct, dtype)[0])
+        cross_gate = cross_rows(self.cross_gate_embed(video_ct * gate_factor, dtype)[0])
         audio_cross_temb = per_batch(self.audio_cross_time_embed(audio_ct, dtype)[0])
         audio_cross_gate = per_batch(self.audio_cross_gate_embed(audio_ct * gate_factor, dtype)[0])
 
@@ -628,18 +782,37 @@ class LTX2Transformer(DiT):
         stg = set(stg_blocks)
         for i, block in enumerate(self.blocks):
             x, a = block(
-                x, a, text, audio_text, per_batch(temb), per_batch(audio_temb), cross_temb, audio_cross_temb,
+                x, a, text, audio_text, video_mods(temb), per_batch(audio_temb), cross_temb, audio_cross_temb,
                 cross_gate, audio_cross_gate, prompt_temb, audio_prompt_temb, rope, audio_rope, cross_rope,
                 audio_cross_rope, text_mask, audio_text_mask, cross_modal=not isolate_modalities, stg=i in stg,
+                index=rows[1] if rows is not None else None,
             )  # fmt: skip
 
-        shift, scale = (self.head_modulation + per_batch(emb)[:, :, None]).unbind(2)
+        emb = (
+            video_mods(emb).index_select(1, rows[1]) if rows is not None else per_batch(emb)
+        )  # (B or 1, ., D)
+        shift, scale = (self.head_modulation + emb[:, :, None]).unbind(2)
         x = self.head(F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale) + shift)  # (B, Lv, C_out)
         shift, scale = (self.audio_head_modulation + per_batch(audio_emb)[:, :, None]).unbind(2)
         a = self.audio_head(F.layer_norm(a, a.shape[-1:], eps=1e-6) * (1 + scale) + shift)  # (B, La, C_a*M)
         video = x.transpose(1, 2).reshape(b, -1, t, hh, ww)
         audio = a.reshape(b, la, -1, mel).transpose(1, 2)
         return video, audio
+
+    @staticmethod
+    def _timestep_rows(
+        timestep: torch.Tensor, x: torch.Tensor, a: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-token timesteps ``(B, Lv)`` as ``(values (M,), index (Lv,))`` (token l of every sample
+        has ``values[index[l]]``) when the blocks run the fused kernels, which take per-row tables and
+        an index: the modulation is then computed for the M distinct timesteps (2 with a conditioning
+        image) instead of every token. None otherwise (or when the samples' layouts differ)."""
+        if timestep.ndim != 2 or not kernels.active(x, a):
+            return None
+        values, inverse = torch.unique(timestep, return_inverse=True)  # one host sync per forward
+        if timestep.shape[0] > 1 and not bool((inverse == inverse[:1]).all()):
+            return None
+        return values, inverse[0]
 
     @staticmethod
     def _text_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
