@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 os.environ["TRITON_INTERPRET"] = "0"  # compile, do not interpret
+os.environ.setdefault(
+    "TRITON_DEFAULT_FP_FUSION", "1"
+)  # triton 3.9 warns when unset; 1 is the launchers' default
 
 WIDTHS = (1536, 2048, 3072, 4096, 5120)
 HEAD_DIMS = (64, 128)
@@ -158,14 +161,37 @@ def core_cases() -> Iterator[Case]:
                                   **flags)  # fmt: skip
                     label = f"D={d} Dh={dh} group={group} half={int(flags['HALF'])}"
                     yield Case("core", name, label, k._rms_rope_kernel, rope_types, consts, warps)
+    # other dtypes the ops take (fp16 / fp32 activations, bf16 tables and weights), at one width
+    d, block = 3072, 4096
+    for x_t, tab in (("*fp16", "*fp32"), ("*fp32", "*fp32"), ("*bf16", "*bf16")):
+        label = f"D={d} x={x_t[1:]} tables={tab[1:]}"
+        yield Case(
+            "core", "adaln_modulate", label, k._adaln_kernel,
+            dict(X=x_t, SHIFT=tab, SCALE=tab, INDEX="*i64", W=tab, BIAS=tab, OUT=x_t, eps="fp32"),
+            dict(BLOCK=block, RMS=False, HAS_INDEX=True, HAS_W=True, HAS_B=True), k._warps(block),
+        )  # fmt: skip
+        yield Case(
+            "core", "gated_residual_adaln", label, k._gated_residual_adaln_kernel,
+            dict(X=x_t, Y=x_t, GATE=tab, SHIFT=tab, SCALE=tab, SHIFT2=tab, SCALE2=tab, INDEX="*i64",
+                 SOUT=x_t, HOUT=x_t, HOUT2=x_t, eps="fp32"),
+            dict(BLOCK=block, RMS=True, HAS_INDEX=True, HAS_GATE=True, TWO=True), k._warps(block),
+        )  # fmt: skip
+        yield Case(
+            "core", "rms_norm_rope_pair", label, k._rms_rope_kernel,
+            dict(rope_types, X=x_t, X2=x_t, OUT=x_t, OUT2=x_t, W=tab, W2=tab, COS=tab, SIN=tab),
+            dict(NG=24, NG_BLOCK=32, GROUP=128, G_BLOCK=128, R=128, TW=128, HALF=False, SIGNED=True,
+                 HAS_W=True, ROPE=True, PAIR=True), k._warps(32 * 128),
+        )  # fmt: skip
     # FP8 row quantization of the FP8 linears' activations: the widths and the MLPs' hidden widths
     from fastvideo.optimize import fp8_triton as q
 
-    for width in (*WIDTHS, 8192, 8960, 13824, 16384, 20480):
+    for width, x_t in [(w, "bf16") for w in (*WIDTHS, 8192, 8960, 13824, 16384, 20480)] + [
+        (3072, "fp16"), (3072, "fp32"), (20480, "fp32")
+    ]:  # fmt: skip
         rows, block_k, one_pass, warps = q.launch_config(width)
         yield Case(
-            "core", "fp8_quantize_rows", f"K={width} rows={rows} block={block_k} one_pass={int(one_pass)}",
-            q._quantize_rows_fwd, dict(X="*bf16", Q="*fp8e4nv", S="*fp32"),
+            "core", "fp8_quantize_rows", f"K={width} x={x_t} rows={rows} block={block_k} one_pass={int(one_pass)}",
+            q._quantize_rows_fwd, dict(X=f"*{x_t}", Q="*fp8e4nv", S="*fp32"),
             dict(ROWS=rows, BLOCK_K=block_k, ONE_PASS=one_pass, EXACT_ROUND=False), warps,
         )  # fmt: skip
 

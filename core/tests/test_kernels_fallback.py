@@ -268,20 +268,84 @@ def sm90_compiler() -> str | None:
 
 @pytest.mark.slow
 def test_core_kernels_compile_for_sm90() -> None:
-    """Every kernel of fastvideo.kernels and the FP8 quantization compiles for the H100 at the models'
-    shapes and the launchers' constexprs (a compile error there would only show on a GPU)."""
+    """Every kernel of fastvideo.kernels, the FP8 quantization and sage attention compiles for the H100
+    at the models' shapes and the launchers' constexprs and autotune configs (a compile error there
+    would otherwise show only on a GPU; ~50 s with an empty Triton cache)."""
     reason = sm90_compiler()
     if reason:
         pytest.skip(f"no sm_90 compiler: {reason}")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     script = REPO / "benchmarks" / "compile_check.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--only", "core"], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(script), "--only", "core", "sage"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     lines = done.stdout.splitlines()
     failed = [ln for ln in lines if ln.startswith("FAIL")]
     assert done.returncode == 0 and not failed, "\n".join(failed) or done.stderr[-2000:]
     ok = [ln for ln in lines if ln.startswith("ok")]
     names = {ln.split()[1] for ln in ok}
-    assert names == {*CASES, "fp8_quantize_rows"}, names
-    assert len(ok) >= 100
+    assert names == {*CASES, "fp8_quantize_rows", "sage_quantize", "sage_prepare_v", "sage_fwd"}, names
+    assert len(ok) >= 150
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("d", [1536, 2048, 3072, 4096, 5120])
+def test_gpu_every_op_runs_its_kernel_at_model_widths(d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the GPU (triton 3.6 there), each op builds and launches its kernel at the models' widths in
+    bf16 (strict: a build error raises instead of falling back) and matches the PyTorch reference."""
+    from fastvideo.optimize.fp8 import quantize_rows
+    from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+    monkeypatch.setenv(kernels.STRICT_ENV, "1")
+    gen = torch.Generator(device="cuda").manual_seed(d)
+    dev, bf = "cuda", torch.bfloat16
+
+    def rand(*shape: int, dtype: torch.dtype = bf) -> torch.Tensor:
+        return torch.randn(*shape, device=dev, generator=gen).to(dtype)
+
+    b, length = 2, 300
+    x, y = rand(b, length, d), rand(b, length, d)
+    shift, scale, gate = rand(b, 1, d, dtype=torch.float32), rand(b, 1, d, dtype=torch.float32), rand(b, d)
+    index = torch.arange(length, device=dev) // 100
+    tables = rand(b, 3, d, dtype=torch.float32)
+    calls: list[tuple[Any, ...]] = [
+        (kernels.adaln_modulate, (x, shift, scale), {}),
+        (kernels.adaln_modulate, (x, tables, tables), {"norm": "rms", "weight": rand(d), "index": index}),
+        (kernels.gated_residual, (x, y, gate), {}),
+        (kernels.gated_residual_adaln, (x, y, gate, shift, scale), {"second": (tables[:, :1], shift)}),
+    ]
+    for dh in (64, 128):
+        h = d // dh
+        q, k = rand(b, length, h, dh), rand(b, length, h, dh)
+        angles = torch.rand(length, 1, dh // 2, device=dev, generator=gen) * 6
+        cos, sin = angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1)
+        for group in (dh, d):
+            calls += [
+                (kernels.rms_norm_rope, (q, rand(group), cos, sin, 1e-6, group), {"signed_sin": False}),
+                (
+                    kernels.rms_norm_rope_pair,
+                    (q, k, rand(group), rand(group), cos, sin, 1e-6, group),
+                    {"signed_sin": False},
+                ),
+                (kernels.rms_norm, (q, rand(group), 1e-6, group), {}),
+            ]
+    for fn, args, kwargs in calls:
+        with torch.no_grad():
+            got = as_tuple(fn(*args, **kwargs))
+        with kernels.forced(False), torch.no_grad():
+            want = as_tuple(fn(*args, **kwargs))
+        for g, w in zip(got, want, strict=True):
+            err = (g.float() - w.float()).abs().max().item()
+            assert err <= 0.02 * w.float().abs().max().item() + 1e-2, (fn.__name__, d, err)
+    assert not kernels.failed_ops()
+    for width in (d, 4 * d):
+        a = rand(257, width)
+        qa, sa = quantize_rows_triton(a)
+        qr, sr = quantize_rows(a)
+        torch.testing.assert_close(sa, sr)
+        assert (qa.float() - qr.float()).abs().max() <= 0.07 * qr.float().abs().max()

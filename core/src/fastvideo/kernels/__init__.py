@@ -60,6 +60,9 @@ _force: bool | None = None
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Set to ``1`` to raise a kernel's build or launch error instead of falling back (tests, benchmarks).
+STRICT_ENV = "FASTVIDEO_FUSED_STRICT"
+
 #: Ops whose kernel failed to build or launch in this process: they compute the reference instead.
 _failed: set[str] = set()
 
@@ -87,7 +90,7 @@ def fused_or_reference(
     then one warning names ``op`` and the error, ``op`` computes ``reference()`` for the rest of the
     process, and this call returns ``reference()``. Errors of the caller are not caught: ``ValueError``
     / ``TypeError`` (bad shapes and dtypes are refused before the launch), and out of GPU memory (the
-    reference would need as much)."""
+    reference would need as much). ``FASTVIDEO_FUSED_STRICT=1`` raises every error (no fallback)."""
     if op in _failed:
         return reference()
     try:
@@ -95,6 +98,8 @@ def fused_or_reference(
     except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:  # a Triton compile error, out of resources, an unsupported feature
+        if os.environ.get(STRICT_ENV, "0").strip() not in ("", "0"):
+            raise
         _failed.add(op)
         logger.warning(
             "fused kernel %s failed to build or launch (%s); falling back to PyTorch for this op; %s",
