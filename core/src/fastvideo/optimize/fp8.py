@@ -59,6 +59,8 @@ def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from fastvideo.kernels import fused_or_reference
         from fastvideo.optimize.fp8_triton import quantize_rows_triton
 
+        if torch.compiler.is_compiling():  # traced as a user kernel: no Python fallback in the graph
+            return quantize_rows_triton(x)
         return fused_or_reference(
             "fp8_quantize_rows",
             lambda: quantize_rows_triton(x),
