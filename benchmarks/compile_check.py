@@ -211,7 +211,7 @@ def sage_cases() -> Iterator[Case]:
             yield Case(
                 "sage", "sage_quantize", f"Dh={dh} block={block} mean={int(has_mean)}", s._quantize_fwd,
                 dict(X="*bf16", MEAN="*fp32", Q="*i8", S="*fp32", multiplier="fp32"),
-                dict(HAS_MEAN=has_mean, BLOCK=block, BLOCK_D=bd), 4,
+                dict(HAS_MEAN=has_mean, BLOCK=block, BLOCK_D=bd), s.quantize_warps(block, bd),
             )  # fmt: skip
         for fp8 in (False, True):
             yield Case(
