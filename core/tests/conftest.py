@@ -150,3 +150,17 @@ def isolated_plugins() -> Iterator[None]:
     """Only the core's built-ins: no installed plugin, no FASTVIDEO_* switches, fresh caches."""
     with fake_plugins():
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_silent_kernel_fallback() -> Iterator[None]:
+    """A fused kernel that fails under a test falls back to PyTorch (and the test would pass on the
+    reference): fail the test instead. Tests of the fallback isolate the failed set themselves."""
+    import sys
+
+    yield
+    kernels = sys.modules.get("fastvideo.kernels")
+    if kernels is not None and kernels.failed_ops():
+        failed = sorted(kernels.failed_ops())
+        kernels._failed.clear()
+        pytest.fail(f"fused kernels fell back to PyTorch during this test: {failed} (see the logged warning)")

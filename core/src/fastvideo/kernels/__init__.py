@@ -17,6 +17,10 @@ PyTorch path, the kernels have no backward), outside ``torch.compile`` tracing (
 reference code itself), and unless the environment sets ``FASTVIDEO_FUSED=0``. Otherwise the functions compute a plain PyTorch reference (fp32 math, one
 rounding). Model files call them behind ``if active(...)`` and keep their own code in the ``else``, so
 everything that is not a CUDA inference forward runs exactly as without this module.
+A kernel that fails to build or launch (a Triton compile error, out of resources, a feature the
+GPU or the installed Triton lacks) never fails the call: one warning names the op and the error, the
+call returns the op's PyTorch reference, and that op stays on the reference for the rest of the process
+(:func:`fused_or_reference`; ``benchmarks/compile_check.py`` compiles every kernel for sm_90 ahead of time).
 :func:`forced` switches the kernels on for any device (CPU tensors run under ``TRITON_INTERPRET=1``) or
 off, for tests.
 """
@@ -24,10 +28,12 @@ off, for tests.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +43,9 @@ __all__ = [
     "active",
     "adaln_modulate",
     "available",
+    "failed_ops",
     "forced",
+    "fused_or_reference",
     "gated_residual",
     "gated_residual_adaln",
     "rms_norm",
@@ -49,6 +57,57 @@ __all__ = [
 ENV = "FASTVIDEO_FUSED"
 
 _force: bool | None = None
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Set to ``1`` to raise a kernel's build or launch error instead of falling back (tests, benchmarks).
+STRICT_ENV = "FASTVIDEO_FUSED_STRICT"
+
+#: Ops whose kernel failed to build or launch in this process: they compute the reference instead.
+_failed: set[str] = set()
+
+
+def failed_ops() -> frozenset[str]:
+    """The ops switched to their PyTorch reference after their kernel failed (see :func:`fused_or_reference`)."""
+    return frozenset(_failed)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc`` as ``Type: message`` on one line (a multi-line compiler message: its last line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def fused_or_reference(
+    op: str,
+    launch: Callable[[], T],
+    reference: Callable[[], T],
+    *,
+    switch_off: str = f"{ENV}=0 turns the fused kernels off",
+) -> T:
+    """``launch()`` (a fused kernel, arguments already validated), unless it fails to build or launch:
+    then one warning names ``op`` and the error, ``op`` computes ``reference()`` for the rest of the
+    process, and this call returns ``reference()``. Errors of the caller are not caught: ``ValueError``
+    / ``TypeError`` (bad shapes and dtypes are refused before the launch), and out of GPU memory (the
+    reference would need as much). ``FASTVIDEO_FUSED_STRICT=1`` raises every error (no fallback)."""
+    if op in _failed:
+        return reference()
+    try:
+        return launch()
+    except (ValueError, TypeError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:  # a Triton compile error, out of resources, an unsupported feature
+        if os.environ.get(STRICT_ENV, "0").strip() not in ("", "0"):
+            raise
+        _failed.add(op)
+        logger.warning(
+            "fused kernel %s failed to build or launch (%s); falling back to PyTorch for this op; %s",
+            op,
+            _one_line(exc),
+            switch_off,
+        )
+        return reference()
 
 
 @functools.cache
@@ -125,8 +184,30 @@ def adaln_modulate(
     if active(x, shift, scale, weight, bias, index):
         from fastvideo.kernels import _triton
 
-        shift, scale, index = _table_rows(x, shift, scale, index)
-        return _triton.adaln(x, shift, scale, eps, norm == "rms", weight, bias, index)
+        def launch() -> torch.Tensor:
+            sh, sc, idx = _table_rows(x, shift, scale, index)
+            return _triton.adaln(x, sh, sc, eps, norm == "rms", weight, bias, idx)
+
+        return fused_or_reference(
+            "adaln_modulate",
+            launch,
+            lambda: _adaln_reference(x, shift, scale, eps, norm, weight, bias, index),
+        )
+    return _adaln_reference(x, shift, scale, eps, norm, weight, bias, index)
+
+
+def _adaln_reference(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    norm: str,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+) -> torch.Tensor:
+    """The PyTorch form of :func:`adaln_modulate` (validated arguments; fp32 math, one rounding)."""
+    d = x.shape[-1]
     if index is not None:
         shift, scale = shift.index_select(1, index), scale.index_select(1, index)
     xf = x.float()
@@ -232,11 +313,18 @@ def rms_norm_rope(
     :param group: channels per RMS statistic: ``Dh`` for per-head norms, ``H * Dh`` across heads.
     """
     cos_l, sin_l, period = _check_rope(x, weight, cos, sin, group, layout)
+    args = (x, weight, cos_l, sin_l, eps, group, layout, signed_sin, period)
     if active(x, weight, cos, sin):
         from fastvideo.kernels import _triton
 
-        return _triton.rms_rope(x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l))
-    return _rms_norm_rope_reference(x, weight, cos_l, sin_l, eps, group, layout, signed_sin, period)
+        return fused_or_reference(
+            "rms_norm_rope",
+            lambda: _triton.rms_rope(
+                x, weight, eps, group, layout == "half", signed_sin, period, (cos_l, sin_l)
+            ),
+            lambda: _rms_norm_rope_reference(*args),
+        )
+    return _rms_norm_rope_reference(*args)
 
 
 def rms_norm_rope_pair(
@@ -265,14 +353,24 @@ def rms_norm_rope_pair(
         raise ValueError("q_weight and k_weight must both be tensors or both be None")
     cos_l, sin_l, period = _check_rope(q, q_weight, cos, sin, group, layout)
     _check_rope(k, k_weight, cos, sin, group, layout)
+    args = (cos_l, sin_l, eps, group, layout, signed_sin, period)
+
+    def reference() -> tuple[torch.Tensor, torch.Tensor]:
+        return _rms_norm_rope_reference(q, q_weight, *args), _rms_norm_rope_reference(k, k_weight, *args)
+
     if active(q, k, q_weight, k_weight, cos, sin):
         from fastvideo.kernels import _triton
 
         half = layout == "half"
         pair = (k, k_weight)
-        return _triton.rms_rope_pair(q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair)
-    args = (cos_l, sin_l, eps, group, layout, signed_sin, period)
-    return _rms_norm_rope_reference(q, q_weight, *args), _rms_norm_rope_reference(k, k_weight, *args)
+        return fused_or_reference(
+            "rms_norm_rope_pair",
+            lambda: _triton.rms_rope_pair(
+                q, q_weight, eps, group, half, signed_sin, period, (cos_l, sin_l), pair
+            ),
+            reference,
+        )
+    return reference()
 
 
 def _check_rope(
@@ -352,7 +450,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, group: in
     if active(x, weight):
         from fastvideo.kernels import _triton
 
-        return _triton.rms_rope(x, weight, eps, group, False, True, 2, None)  # no tables: no rotation
+        return fused_or_reference(
+            "rms_norm",
+            lambda: _triton.rms_rope(x, weight, eps, group, False, True, 2, None),  # no tables: no rotation
+            lambda: _rms_norm_reference(x, weight, eps, group),
+        )
+    return _rms_norm_reference(x, weight, eps, group)
+
+
+def _rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float, group: int) -> torch.Tensor:
+    """The PyTorch form of :func:`rms_norm` (fp32 math, one rounding)."""
     xg = x.float().reshape(*x.shape[:2], -1, group)
     y = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:
@@ -378,11 +485,24 @@ def gated_residual(
     if active(x, y, gate, index):
         from fastvideo.kernels import _triton
 
-        if index is not None and gate.shape[1] == 1:
-            index = None
-        elif index is not None:
-            index = index.to(device=x.device, dtype=torch.int64).contiguous()
-        return _triton.gated_residual(x, y, gate, index)
+        def launch() -> torch.Tensor:
+            idx = index
+            if idx is not None and gate.shape[1] == 1:
+                idx = None
+            elif idx is not None:
+                idx = idx.to(device=x.device, dtype=torch.int64).contiguous()
+            return _triton.gated_residual(x, y, gate, idx)
+
+        return fused_or_reference(
+            "gated_residual", launch, lambda: _gated_residual_reference(x, y, gate, index)
+        )
+    return _gated_residual_reference(x, y, gate, index)
+
+
+def _gated_residual_reference(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, index: torch.Tensor | None
+) -> torch.Tensor:
+    """The PyTorch form of :func:`gated_residual` (validated gate ``(B or 1, M, D)``)."""
     if index is not None:
         gate = gate.index_select(1, index)
     return (x.float() + gate.float() * y.float()).to(x.dtype)
@@ -440,19 +560,27 @@ def gated_residual_adaln(
     if tuple(y.shape[1:]) != tuple(x.shape[1:]) or y.shape[0] not in (1, x.shape[0]):
         raise ValueError(f"y must be (B or 1, L, D) for x {tuple(x.shape)}, got {tuple(y.shape)}")
     tables = [t for pair in pairs for t in pair] + ([gate] if gate is not None else [])
+
+    def reference() -> tuple[torch.Tensor, ...]:
+        if gate is not None:
+            s = _gated_residual_reference(x, y, gate, index)
+        else:
+            s = (x.float() + y.float()).to(x.dtype)
+        return (s, *(_adaln_reference(s, sh, sc, eps, norm, None, None, index) for sh, sc in pairs))
+
     if active(x, y, index, *tables):
         from fastvideo.kernels import _triton
 
-        if index is not None and all(t.shape[1] == 1 for t in tables):
-            index = None  # one row for every token
-        elif index is not None:
-            rows = max(t.shape[1] for t in tables)
-            index = index.to(device=x.device, dtype=torch.int64).contiguous()
-            gate = gate.expand(-1, rows, -1) if gate is not None else None
-            pairs = [(sh.expand(-1, rows, -1), sc.expand(-1, rows, -1)) for sh, sc in pairs]
-        return _triton.gated_residual_adaln(x, y, gate, pairs, eps, norm == "rms", index)
-    if gate is not None:
-        s = gated_residual(x, y, gate, index=index)
-    else:
-        s = (x.float() + y.float()).to(x.dtype)
-    return (s, *(adaln_modulate(s, sh, sc, eps, norm=norm, index=index) for sh, sc in pairs))
+        def launch() -> tuple[torch.Tensor, ...]:
+            idx, g, mods = index, gate, pairs
+            if idx is not None and all(t.shape[1] == 1 for t in tables):
+                idx = None  # one row for every token
+            elif idx is not None:
+                rows = max(t.shape[1] for t in tables)
+                idx = idx.to(device=x.device, dtype=torch.int64).contiguous()
+                g = g.expand(-1, rows, -1) if g is not None else None
+                mods = [(sh.expand(-1, rows, -1), sc.expand(-1, rows, -1)) for sh, sc in mods]
+            return _triton.gated_residual_adaln(x, y, g, mods, eps, norm == "rms", idx)
+
+        return fused_or_reference("gated_residual_adaln", launch, reference)
+    return reference()

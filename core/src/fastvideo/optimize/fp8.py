@@ -51,13 +51,22 @@ def act_quant_mode() -> str:
 
 def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (M, K) -> (FP8 (M, K), fp32 (M, 1)) as :func:`quantize_rows`, through the fused Triton
-    kernel (one read of ``x``) where it runs and :func:`act_quant_mode` allows it."""
+    kernel (one read of ``x``) where it runs and :func:`act_quant_mode` allows it; a kernel that fails
+    to build or launch warns once and :func:`quantize_rows` serves the process from then on."""
     mode = act_quant_mode()
     use_triton = mode == "triton" or (mode == "auto" and not torch.compiler.is_compiling())
     if use_triton and (x.is_cuda or _triton_interpreting()) and _has_triton():
+        from fastvideo.kernels import fused_or_reference
         from fastvideo.optimize.fp8_triton import quantize_rows_triton
 
-        return quantize_rows_triton(x)
+        if torch.compiler.is_compiling():  # traced as a user kernel: no Python fallback in the graph
+            return quantize_rows_triton(x)
+        return fused_or_reference(
+            "fp8_quantize_rows",
+            lambda: quantize_rows_triton(x),
+            lambda: quantize_rows(x),
+            switch_off="FASTVIDEO_FP8_ACT_QUANT=torch turns the fused quantization off",
+        )
     return quantize_rows(x)
 
 
