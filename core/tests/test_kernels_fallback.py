@@ -268,16 +268,17 @@ def sm90_compiler() -> str | None:
 
 @pytest.mark.slow
 def test_core_kernels_compile_for_sm90() -> None:
-    """Every kernel of fastvideo.kernels, the FP8 quantization and sage attention compiles for the H100
-    at the models' shapes and the launchers' constexprs and autotune configs (a compile error there
-    would otherwise show only on a GPU; ~50 s with an empty Triton cache)."""
+    """Every kernel of fastvideo.kernels and the FP8 quantization (the default-on paths) compiles for the
+    H100 at the models' shapes and the launchers' constexprs and block sizes (a compile error there would
+    otherwise show only on a GPU; ~17 s with an empty Triton cache). The opt-in sage and sta kernels are
+    checked by ``benchmarks/compile_check.py`` itself (``run_gpu_kcheck.sh``; ~40 s more)."""
     reason = sm90_compiler()
     if reason:
         pytest.skip(f"no sm_90 compiler: {reason}")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     script = REPO / "benchmarks" / "compile_check.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--only", "core", "sage"],
+        [sys.executable, str(script), "--only", "core"],
         env=env,
         capture_output=True,
         text=True,
@@ -288,8 +289,8 @@ def test_core_kernels_compile_for_sm90() -> None:
     assert done.returncode == 0 and not failed, "\n".join(failed) or done.stderr[-2000:]
     ok = [ln for ln in lines if ln.startswith("ok")]
     names = {ln.split()[1] for ln in ok}
-    assert names == {*CASES, "fp8_quantize_rows", "sage_quantize", "sage_prepare_v", "sage_fwd"}, names
-    assert len(ok) >= 150
+    assert names == {*CASES, "fp8_quantize_rows"}, names
+    assert len(ok) >= 100
 
 
 @pytest.mark.gpu
