@@ -22,7 +22,7 @@ def test_fused_forward_matches_diffusers(tiny_checkpoint: Callable, monkeypatch:
     ours = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, lengths=(5, 9))
     calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope"):
+    for name in ("adaln_modulate", "rms_norm_rope_pair"):
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with torch.no_grad():
@@ -31,4 +31,4 @@ def test_fused_forward_matches_diffusers(tiny_checkpoint: Callable, monkeypatch:
             out = ours(*args)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     blocks = ref.config.num_layers + ref.config.num_single_layers
-    assert calls.count("rms_norm_rope") == 2 * blocks and calls.count("adaln_modulate") > blocks
+    assert calls.count("rms_norm_rope_pair") == blocks and calls.count("adaln_modulate") > blocks

@@ -25,7 +25,7 @@ def test_fused_forward_matches_diffusers(
     ours = WanTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, latent=(2, 4, 6), per_token=per_token)
     calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope"):
+    for name in ("adaln_modulate", "rms_norm_rope_pair"):
         fn = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
     with torch.no_grad(), use_backend("sdpa"):
@@ -34,7 +34,7 @@ def test_fused_forward_matches_diffusers(
             out = ours(*args)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     n = ref.config.num_layers
-    assert calls.count("rms_norm_rope") == 2 * n and calls.count("adaln_modulate") == 2 * n + 1
+    assert calls.count("rms_norm_rope_pair") == n and calls.count("adaln_modulate") == 2 * n + 1
 
 
 @pytest.mark.gpu

@@ -20,7 +20,6 @@ default follows diffusers; ``rope_fps=False`` at construction gives the checkpoi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -314,21 +313,15 @@ class CosmosBlock(nn.Module):
     ) -> torch.Tensor:
         """:meth:`forward` with the Triton kernels: the modulation stays one row per sample or frame, and
         each sub-layer's gated residual and the next one's adaLN are one pass over the tokens."""
-        mods = [m(emb, temb, frames, per_token=False) for m in (self.mod_self, self.mod_cross, self.mod_ff)]
-        layers: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = (
-            lambda h: self.self_attn(h, cos=cos, sin=sin),
-            lambda h: self.cross_attn(h, context),
-            self.ffn,
-        )
-        shift, scale, _ = mods[0]  # 3 x (B, Tm, D)
-        h = kernels.adaln_modulate(x, shift, scale, 1e-6, index=frames)  # (B, L, D)
-        for i, layer in enumerate(layers):
-            y, gate = layer(h), mods[i][2]
-            if i + 1 == len(layers):
-                return kernels.gated_residual(x, y, gate, index=frames)
-            shift, scale, _ = mods[i + 1]
-            x, h = kernels.gated_residual_adaln(x, y, gate, shift, scale, 1e-6, index=frames)
-        raise AssertionError("unreachable")
+        (s_shift, s_scale, s_gate), (c_shift, c_scale, c_gate), (f_shift, f_scale, f_gate) = (
+            m(emb, temb, frames, per_token=False) for m in (self.mod_self, self.mod_cross, self.mod_ff)
+        )  # 3 x 3 x (B, Tm, D)
+        h = kernels.adaln_modulate(x, s_shift, s_scale, 1e-6, index=frames)  # (B, L, D)
+        y = self.self_attn(h, cos=cos, sin=sin)
+        x, h = kernels.gated_residual_adaln(x, y, s_gate, c_shift, c_scale, 1e-6, index=frames)
+        y = self.cross_attn(h, context)
+        x, h = kernels.gated_residual_adaln(x, y, c_gate, f_shift, f_scale, 1e-6, index=frames)
+        return kernels.gated_residual(x, self.ffn(h), f_gate, index=frames)
 
 
 class CosmosHead(nn.Module):

@@ -114,11 +114,14 @@ def heads_qkv(
     rotated by ``rope = (cos, sin)`` (video tokens; text tokens get no RoPE)."""
     heads = (num_heads, -1)
     if rope is not None and kernels.active(x, *rope):  # CUDA inference: per-head RMSNorm + RoPE fused
-        q, k = (
-            kernels.rms_norm_rope(
-                p(x).unflatten(-1, heads), norm.weight, *rope, norm.eps or 1e-6, rope[0].shape[-1]
-            )
-            for p, norm in zip(proj[:2], norms, strict=True)
+        q, k = kernels.rms_norm_rope_pair(  # q and k in one launch, the tables read once
+            proj[0](x).unflatten(-1, heads),
+            proj[1](x).unflatten(-1, heads),
+            norms[0].weight,
+            norms[1].weight,
+            *rope,
+            norms[0].eps or 1e-6,  # both norms are built with the same eps
+            rope[0].shape[-1],
         )
         return q, k, proj[2](x).unflatten(-1, heads)
     q, k = (norm(p(x).unflatten(-1, heads)) for p, norm in zip(proj[:2], norms, strict=True))

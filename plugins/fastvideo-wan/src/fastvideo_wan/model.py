@@ -119,12 +119,15 @@ class WanSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         heads = (self.num_heads, -1)
         if kernels.active(x, cos, sin):  # CUDA inference: RMSNorm across heads + RoPE in one kernel each
-            dim = x.shape[-1]
-            q = kernels.rms_norm_rope(
-                self.q(x).unflatten(-1, heads), self.norm_q.weight, cos, sin, self.eps, dim
-            )
-            k = kernels.rms_norm_rope(
-                self.k(x).unflatten(-1, heads), self.norm_k.weight, cos, sin, self.eps, dim
+            q, k = kernels.rms_norm_rope_pair(  # q and k in one launch, the tables read once
+                self.q(x).unflatten(-1, heads),
+                self.k(x).unflatten(-1, heads),
+                self.norm_q.weight,
+                self.norm_k.weight,
+                cos,
+                sin,
+                self.eps,
+                x.shape[-1],
             )
             out = attention(q, k, self.v(x).unflatten(-1, heads), allow=ALL, sequence_parallel=True)
             return self.o(out.flatten(2))  # (B, L, D)
