@@ -245,17 +245,21 @@ def section_dit(tiny: bool, iters: int) -> None:
         variants = [v for v in variants if "compiled" not in v[0]]
     for name, options, backend in variants:
         with guarded("dit", name):
-            _dit_variant(cfg, kw, name, options, backend, iters)
+            _variant("dit", cfg, kw, name, options, backend, iters, digits=4)
 
 
-def _dit_variant(
+def _variant(
+    section: str,
     cfg: dict[str, Any],
     kw: dict[str, Any],
     name: str,
     options: dict[str, Any],
     backend: str | None,
     iters: int,
+    *,
+    digits: int,
 ) -> None:
+    """One of our variants (options, attention backend) of the DiT ``cfg``: time a forward, record it."""
     model = ours(cfg)
     apply_options(model, options)
     free()
@@ -265,11 +269,11 @@ def _dit_variant(
         iters=iters,
     )
     record(
-        "dit",
+        section,
         card=card(),
         model=f"ours {name}",
-        forward_s=round(t, 4),
-        step_cfg_s=round(2 * t, 4),
+        forward_s=round(t, digits),
+        step_cfg_s=round(2 * t, digits),
         peak_gib=round(peak, 2),
     )
     del model
@@ -505,35 +509,7 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         ]
     for name, options, backend in variants:
         with guarded("i2v14b", name):
-            _i2v_variant(cfg, kw, name, options, backend, iters)
-
-
-def _i2v_variant(
-    cfg: dict[str, Any],
-    kw: dict[str, Any],
-    name: str,
-    options: dict[str, Any],
-    backend: str | None,
-    iters: int,
-) -> None:
-    model = ours(cfg)
-    apply_options(model, options)
-    free()
-    t, peak, _ = timed(
-        functools.partial(run_dit, model, kw, backend),
-        warmup=2 if options.get("compile") else 1,
-        iters=iters,
-    )
-    record(
-        "i2v14b",
-        card=card(),
-        model=f"ours {name}",
-        forward_s=round(t, 3),
-        step_cfg_s=round(2 * t, 3),
-        peak_gib=round(peak, 2),
-    )
-    del model
-    free()
+            _variant("i2v14b", cfg, kw, name, options, backend, iters, digits=3)
 
 
 # ---------------------------------------------------------------- 14B blocks: does FP8 / sage pay?
