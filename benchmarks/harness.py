@@ -55,6 +55,39 @@ def profile_once(name: str, fn: Callable[[], Any]) -> None:
     print(f"-- profile of {name} (call {n}):\n" + "\n".join(table.splitlines()[:24]), flush=True)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], *, warmup: int = 1, iters: int = 3
+) -> dict[str, tuple[Timing, Any]]:
+    """Median time and peak memory of each of ``fns``, their timed calls interleaved (A B A B ...).
+
+    A card that has been busy for a while clocks lower (heat, power), so timing one model's calls
+    after the other's favours whichever goes first; alternating the calls gives both the same
+    conditions. Each function is warmed up (and profiled under ``BENCH_PROFILE``) first."""
+    outs: dict[str, Any] = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            outs[name] = fn()
+        profile_once(name, fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    peaks = dict.fromkeys(fns, 0.0)
+    for _ in range(iters):
+        for name, fn in fns.items():
+            outs[name] = None  # the previous output is not held while this call runs
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            outs[name] = fn()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end))
+            peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
+    return {
+        name: (Timing(name, statistics.median(t), min(t), peaks[name], t), outs[name])
+        for name, t in times.items()
+    }
+
+
 def time_cuda(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5) -> tuple[Timing, Any]:
     """Median time of ``fn()`` over ``iters`` runs after ``warmup`` runs, with peak memory."""
     out = None

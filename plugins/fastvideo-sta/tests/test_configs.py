@@ -20,6 +20,7 @@ from fastvideo_sta.ops.triton_fwd import (
     ENV_BWD_CONFIG,
     ENV_FWD_CONFIG,
     FWD_CANDIDATES,
+    FWD_TMA_CANDIDATES,
     SWEEP_BWD_CONFIGS,
     SWEEP_FWD_CONFIGS,
     LaunchConfig,
@@ -28,6 +29,7 @@ from fastvideo_sta.ops.triton_fwd import (
     resolve_config,
     slice_rows,
     sta_forward,
+    tma_key_slices,
     tma_supported,
 )
 from fastvideo_sta.tiles import TileGeometry
@@ -110,6 +112,17 @@ def test_forward_of_every_sweep_config_matches_the_reference(
     out, lse = sta_forward(q, k, v, table, valid_of(mask), geom, 16**-0.5, config)
     assert_close(f"{shape} {config}", truth, out, 1e-5)
     assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("slice_", [16, 32, 64, 128])
+def test_the_tma_candidates_share_one_key_box(slice_: int) -> None:
+    """The default forward builds the key/value descriptors once for all its TMA candidates: their
+    key blocks must be the same number of slices, and each must launch the TMA path."""
+    ks = tma_key_slices(slice_)
+    for cand in FWD_TMA_CANDIDATES:
+        meta = cand.meta(slice_)
+        assert meta["KS"] == ks and meta.get("TMA") is True, (slice_, str(cand), meta)
+    assert len({str(c) for c in FWD_TMA_CANDIDATES}) == len(FWD_TMA_CANDIDATES)
 
 
 def test_tma_falls_back_to_the_gather_where_the_shape_does_not_allow_it() -> None:

@@ -48,14 +48,16 @@ from fastvideo_sta.tiles import TileGeometry, ceil_div
 
 #: Autotune candidates. ptxas for sm_90 (triton 3.9, bf16, head dim 128): dq at (2, 1, 8, 2) and
 #: (1, 1, 8, 2) spills nothing; dk/dv at (1, 2, 8, 2) spills ~1.1 KB a thread (two 128 x 128 fp32
-#: accumulators) and at (1, 1, 4, 3) ~0.5 KB, at (1, 1, 8, 2) 72 bytes.
+#: accumulators) and at (1, 1, 4, 3) ~0.5 KB, at (1, 1, 8, 2) 72 bytes. (2, 1, 8, 2) for dk/dv too: the
+#: sweep on one H100 (2026-12-06) timed 128,64,8,2 for both kernels fastest (212 against 235 ms at
+#: HunyuanVideo's 30x48x80 + 256, 25.0 against 33.6 ms at Wan's 21x30x52).
 DQ_CONFIGS = [
     triton.Config({"QS": qs, "KS": ks}, num_warps=w, num_stages=s)
     for qs, ks, w, s in ((2, 1, 8, 2), (1, 1, 8, 2), (1, 1, 4, 3))
 ]
 DKDV_CONFIGS = [
     triton.Config({"QS": qs, "KS": ks}, num_warps=w, num_stages=s)
-    for qs, ks, w, s in ((1, 1, 8, 2), (1, 2, 8, 2), (1, 1, 4, 3))
+    for qs, ks, w, s in ((1, 1, 8, 2), (1, 2, 8, 2), (1, 1, 4, 3), (2, 1, 8, 2))
 ]
 INTERPRETER_CONFIG = {"QS": 2, "KS": 2}
 

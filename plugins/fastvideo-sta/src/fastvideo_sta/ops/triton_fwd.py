@@ -16,12 +16,14 @@ same for every block, computed once per program, and the walk carries its tile a
 30x48x80 with 6x8x8 tiles) and a key block that divides the tile's frames, the key loads and logits
 go unmasked (``EVEN``) and the softmax takes one FMA per logit (the max of the raw logits, scaled
 after). Launch configs: :class:`LaunchConfig`, pinned by ``FASTVIDEO_STA_CONFIG`` or autotuned over
-:data:`FWD_CANDIDATES`; ``tma`` reads the video keys and values as TMA boxes (Hopper) instead.
+:data:`FWD_CANDIDATES` (:data:`FWD_TMA_CANDIDATES` where TMA applies); ``tma`` reads the video keys
+and values as TMA boxes (Hopper) instead.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +140,17 @@ FWD_CANDIDATES = (
     LaunchConfig(128, 64, 8, 2),
     LaunchConfig(64, 64, 4, 3),
     LaunchConfig(64, 64, 4, 2),
+)
+#: Where the shape allows TMA (:func:`tma_supported`) the default autotunes over these instead. The
+#: sweep on one H100 (triton 3.6, 2026-12-06) put 64 x 64 at 4 warps, 3 stages with TMA first at both
+#: HunyuanVideo's 30x48x80 + 256 (50.3 ms against 56.3 for the gathered candidates' best) and Wan's
+#: 21x30x52 (6.2 against 7.3 ms). All share BLOCK_N = 64, so the key/value descriptors (whose box
+#: is the key block) serve every candidate.
+FWD_TMA_CANDIDATES = (
+    LaunchConfig(64, 64, 4, 3, tma=True),
+    LaunchConfig(128, 64, 8, 3, tma=True),
+    LaunchConfig(128, 64, 8, 2, tma=True),
+    LaunchConfig(64, 64, 4, 2, tma=True),
 )
 #: The grid ``benchmarks/sta_config_sweep.py`` times (forward), most promising first (the sweep has a
 #: time budget): query blocks of one or two 64-row slices (three 128-row programs per 6-frame tile; 256
@@ -529,26 +542,48 @@ def launch(kernel, tuned, grid, args, meta, config, default):
     return kernel[grid(cfg)](*args, **meta, **cfg)
 
 
-_FWD_TUNED: dict[int, triton.runtime.Autotuner] = {}
+_FWD_TUNED: dict[tuple[int, bool], triton.runtime.Autotuner] = {}
+#: Whether the default forward autotunes over :data:`FWD_TMA_CANDIDATES` where the shape allows
+#: (``FASTVIDEO_STA_AUTO_TMA=0`` turns it off; a failed TMA launch turns it off with one warning).
+_AUTO_TMA = [os.environ.get("FASTVIDEO_STA_AUTO_TMA", "1").strip() != "0"]
 
 
-def fwd_tuned(slice_: int) -> triton.runtime.Autotuner:
-    """The forward autotuned over :data:`FWD_CANDIDATES` for slices of ``slice_`` rows (cached)."""
-    if slice_ not in _FWD_TUNED:
+def _disable_auto_tma(err: Exception) -> None:
+    _AUTO_TMA[0] = False
+    warnings.warn(
+        f"sta: the TMA forward failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+        "using the gathered forward from now on (set FASTVIDEO_STA_AUTO_TMA=0 to skip the attempt)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def tma_key_slices(slice_: int) -> int:
+    """``KS`` of every :data:`FWD_TMA_CANDIDATES` entry for slices of ``slice_`` rows (one box size)."""
+    (ks,) = {cand.slices(slice_)[1] for cand in FWD_TMA_CANDIDATES}
+    return ks
+
+
+def fwd_tuned(slice_: int, tma: bool = False) -> triton.runtime.Autotuner:
+    """The forward autotuned over :data:`FWD_CANDIDATES` (``tma``: :data:`FWD_TMA_CANDIDATES`, whose
+    launches take key/value descriptors) for slices of ``slice_`` rows (cached)."""
+    if (slice_, tma) not in _FWD_TUNED:
         configs = {}
-        for cand in FWD_CANDIDATES:
+        for cand in FWD_TMA_CANDIDATES if tma else FWD_CANDIDATES:
             meta = cand.meta(slice_)
             configs.setdefault(tuple(meta.values()), meta)
-        _FWD_TUNED[slice_] = triton.autotune(
+        _FWD_TUNED[slice_, tma] = triton.autotune(
             [
                 triton.Config(
-                    {"QS": m["QS"], "KS": m["KS"]}, num_warps=m["num_warps"], num_stages=m["num_stages"]
+                    {"QS": m["QS"], "KS": m["KS"], **({"TMA": True} if tma else {})},
+                    num_warps=m["num_warps"],
+                    num_stages=m["num_stages"],
                 )
                 for m in configs.values()
             ],
             key=["D_PAD", "SLICE", "F32DOT", "HAS_TV", "EVEN", "TILE_T"],
         )(_fwd_kernel)
-    return _FWD_TUNED[slice_]
+    return _FWD_TUNED[slice_, tma]
 
 
 def even_grid(geom: TileGeometry, slice_: int) -> bool:
@@ -626,11 +661,15 @@ def sta_forward(
         q, scale = -q, -scale
     cfg = resolve_config(config, slice_, ENV_FWD_CONFIG)
     k_desc, v_desc = k, v
+    auto_tma = False
     if cfg is not None and cfg.get("TMA"):
         if tma_supported(q, k, v, geom, slice_):
             k_desc, v_desc = kv_descriptors(k, v, geom, cfg["KS"])
         else:  # the gather path
             cfg = {key: val for key, val in cfg.items() if key != "TMA"}
+    elif cfg is None and not interpreting() and _AUTO_TMA[0] and tma_supported(q, k, v, geom, slice_):
+        auto_tma = True  # autotune over the TMA candidates
+        k_desc, v_desc = kv_descriptors(k, v, geom, tma_key_slices(slice_))
     args = (
         q, k, v, out, lse, windows, tv, k_desc, v_desc,
         q.stride(0), q.stride(1), q.stride(2),
@@ -649,6 +688,13 @@ def sta_forward(
     def grid(cfg):  # type: ignore[no-untyped-def]
         return (query_programs(geom, text_len, cfg["QS"], slice_), batch * heads)
 
+    if auto_tma:
+        try:
+            fwd_tuned(slice_, True)[grid](*args, **meta)
+            return out, lse
+        except Exception as err:  # a Triton or driver without TMA support: gather instead
+            _disable_auto_tma(err)
+            args = (*args[:7], k, v, *args[9:])
     if cfg is None and not interpreting():
         fwd_tuned(slice_)[grid](*args, **meta)
     else:
