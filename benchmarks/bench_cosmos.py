@@ -11,9 +11,10 @@ Video2World step's (per-frame timesteps with the first latent frame conditioned,
 and padding-mask channels, fps 16, 512 text tokens). Each model is timed alone. diffusers 0.42.1's
 Cosmos model declares no ``_repeated_blocks``, so its regional compile is ``block.compile()`` on each
 of its ``transformer_blocks`` (what ``compile_repeated_blocks`` does); ours is ``compile_blocks()``.
-On CUDA the two models' timed calls alternate (diffusers, ours, diffusers, ours, ...): timed one
-after the other, the second ran on a card the first had heated (cuDNN's attention kernel, 85 % of
-the forward, measured 45.1 ms a call in diffusers' forward against 46.9 ms in ours, run second).
+On CUDA the two models' timed calls alternate (diffusers, ours, diffusers, ours, ...) so that both
+run on a card in the same state; timed one model after the other, the second ran on a card the first
+had kept busy. (On one H100, 2026-12-06, the ratio was the same either way: 0.802 interleaved over 5
+calls each, 0.799-0.802 sequential.)
 
 The generation: a diffusers-format Video2World folder of random weights at real sizes (T5-11B
 encoder, Wan VAE, the 2B DiT), loaded by ``VideoGenerator.from_pretrained(..., guardrail=False)``,
