@@ -46,12 +46,19 @@ def profile_once(name: str, fn: Callable[[], Any]) -> None:
 
     n = _profiled[name] = _profiled.get(name, 0) + 1
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         fn()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / f"{name.replace(' ', '_')}_{n}.txt").write_text(table)
+    stem = Path(folder) / f"{name.replace(' ', '_')}_{n}"
+    stem.with_suffix(".txt").write_text(table)
+    # the same ops split by input shapes (self- and cross-attention apart), with whole kernel names
+    stem.with_name(stem.name + "_shapes.txt").write_text(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by="cuda_time_total", row_limit=60, max_name_column_width=300, max_shapes_column_width=200
+        )
+    )
     print(f"-- profile of {name} (call {n}):\n" + "\n".join(table.splitlines()[:24]), flush=True)
 
 

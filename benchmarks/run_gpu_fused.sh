@@ -7,7 +7,10 @@
 #    one now), LTX-2's q and k norm + split RoPE (two launches before, one pair now), and a probe of
 #    cuBLASLt's GELU epilogue for LTX-2's fc1 (not used by the model); reference vs fused vs compiled;
 # 3. the Cosmos-Predict2-2B DiT eager forward at 93x704x1280 (84480 tokens) with the kernels, against
-#    diffusers (the "eager, fused kernels" row is recorded in docs/benchmarks.md);
+#    diffusers, the calls interleaved, and with the model's CROSS_KV_HEAD_MAJOR flipped in the same run
+#    (the "eager, fused kernels" rows are recorded in docs/benchmarks.md), profiled per input shape; before
+#    it, benchmarks/sdpa_layout.py: cuDNN SDPA at Cosmos' self- and cross-attention shapes against the
+#    storage layout of q, k, v (the rest of a gap to diffusers' attention time, issue #21);
 # 4. the LTX-2 19B DiT eager forward (48 layers) at 121x768x1280 against diffusers, the DiT alone
 #    (--skip-generation builds nothing else): $OUT/ltx2_bench.json and $OUT/ltx2_rows.md.
 set -uo pipefail
@@ -23,9 +26,14 @@ timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider core/tests/test_kern
 echo "== bench_fused.py (reference vs fused vs compiled, bf16): the new fusions"
 timeout 110 python3 benchmarks/bench_fused.py --only "two kernels" gated_residual_adaln rms_norm_rope_pair probe \
     2>&1 | grep -v -i warn | tee "$out/bench_fused.log"
-echo "== Cosmos-Predict2-2B DiT eager forward: fused kernels"
+echo "== SDPA (cuDNN) against q/k/v storage layout: Cosmos-2B self-attention and cross-attention to 512 tokens"
+timeout 60 python3 benchmarks/sdpa_layout.py 2>&1 | tee "$out/sdpa_layout.log"
+timeout 30 python3 benchmarks/sdpa_layout.py --kv-tokens 512 2>&1 | tee -a "$out/sdpa_layout.log"
+echo "== Cosmos-Predict2-2B DiT eager forward: fused kernels (profiled: \$OUT/prof/dit_*_shapes.txt)"
+export BENCH_PROFILE="$out/prof"
 timeout 120 python3 benchmarks/bench_cosmos.py --no-compile --skip-generation \
     2>&1 | grep -v -i warn | tee "$out/cosmos_fused.log"
+unset BENCH_PROFILE
 echo "== LTX-2 DiT eager forward (48 layers): fused kernels"
 (cd benchmarks && timeout 150 python3 bench_ltx2.py --frames 121 --height 768 --width 1280 --skip-generation \
     2>&1 | grep -v -i -E "warning|torchao|it/s" | tee "$out/ltx2_fused.log")
