@@ -34,5 +34,6 @@ with ServeProcess(["--model", "wan-toy", "--no-compile"], data_dir=Path(tempfile
                       "mp4_bytes": len(mp4), "models": server.get("/v1/fastvideo/models")["data"]}))
 PY
 else
-    echo "skipped: fastapi/uvicorn/python-multipart are not installed here" | tee "$out/http.txt"
+    why=$(python3 -c "import fastapi, uvicorn, python_multipart" 2>&1 | tail -1)
+    echo "skipped: fastapi/uvicorn/python-multipart do not import here ($why)" | tee "$out/http.txt"
 fi
