@@ -324,6 +324,30 @@ def test_reference_path_when_not_active(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @needs_triton
+def test_testing_helpers_record_calls_and_run_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastvideo.testing.kernels: record_calls counts the wrapped ops and still runs them;
+    fused_and_unfused runs the callable without grad, first as it runs, then with the kernels off."""
+    from fastvideo.testing.kernels import fused_and_unfused, record_calls
+
+    calls = record_calls(monkeypatch, kernels, "adaln_modulate", "gated_residual")
+    x, s = torch.randn(1, 5, 16, requires_grad=True), torch.randn(1, 16)
+    seen: list[tuple[bool, bool]] = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen.append((kernels.active(t), torch.is_grad_enabled()))
+        return kernels.gated_residual(t, kernels.adaln_modulate(t, s, s), s)
+
+    expected = x + s[:, None] * modulate(x, s, s)
+    with kernels.forced():  # stands in for a GPU: active wherever not forced off
+        fused, unfused = fused_and_unfused(fn, x)
+    assert seen == [(False, False), (True, False)]
+    assert calls == ["adaln_modulate", "gated_residual"] * 2
+    torch.testing.assert_close(unfused, expected.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused, expected.detach(), rtol=1e-5, atol=1e-5)  # the interpreted kernels
+    assert not fused.requires_grad and not unfused.requires_grad
+
+
+@needs_triton
 def test_torch_compile_traces_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastvideo.kernels import _triton
 

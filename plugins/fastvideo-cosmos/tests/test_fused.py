@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from fastvideo import kernels
+from fastvideo.testing.kernels import fused_and_unfused, record_calls
+from fastvideo.testing.numeric import rel_error
 from fastvideo_cosmos import model as cosmos_model
 from fastvideo_cosmos.model import CosmosTransformer
 
@@ -30,11 +32,8 @@ def test_fused_forward_matches_diffusers(
     folder, ref = tiny_checkpoint()
     ours = CosmosTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, latent=(3, 4, 6), per_frame=per_frame)
-    calls: list[str] = []
     names = ("adaln_modulate", "rms_norm_rope_pair", "rms_norm", "gated_residual", "gated_residual_adaln")
-    for name in names:
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    calls = record_calls(monkeypatch, kernels, *names)
     with torch.no_grad():
         expected = ref(*args, return_dict=False)[0]
         with kernels.forced():
@@ -84,9 +83,6 @@ def test_fused_block_bf16_cuda_matches_unfused() -> None:
     temb = torch.randn(b, 4, 3 * d, device="cuda", dtype=torch.bfloat16) * 0.1
     frames = torch.arange(4, device="cuda").repeat_interleave(256)
     cos, sin = rope_tables(grid, cfg, 16.0, torch.device("cuda"))
-    with torch.no_grad():
-        with kernels.forced(False):
-            expected = block(x, context, emb, temb, cos, sin, None, frames).float()
-        out = block(x, context, emb, temb, cos, sin, None, frames).float()
-    err = (out - expected).abs().max() / expected.abs().max()
+    out, expected = fused_and_unfused(block, x, context, emb, temb, cos, sin, None, frames)
+    err = rel_error(expected.float(), out.float())
     assert err < 2e-2, err

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastvideo import kernels
+from fastvideo.testing.kernels import record_calls
 from fastvideo_hunyuan.model import HunyuanTransformer
 
 from .test_model import make_inputs
@@ -21,10 +22,7 @@ def test_fused_forward_matches_diffusers(tiny_checkpoint: Callable, monkeypatch:
     folder, ref = tiny_checkpoint()
     ours = HunyuanTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, lengths=(5, 9))
-    calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope_pair"):
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    calls = record_calls(monkeypatch, kernels, "adaln_modulate", "rms_norm_rope_pair")
     with torch.no_grad():
         expected = ref(*args, return_dict=False)[0]
         with kernels.forced():

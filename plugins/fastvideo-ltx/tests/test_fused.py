@@ -10,6 +10,8 @@ import torch
 
 from fastvideo import kernels
 from fastvideo.attention import use_backend
+from fastvideo.testing.kernels import fused_and_unfused, record_calls
+from fastvideo.testing.numeric import rel_error
 from fastvideo_ltx.ltxv.model import LTXVideoTransformer
 
 from .test_model import make_inputs, packed_reference
@@ -24,10 +26,7 @@ def test_fused_forward_matches_diffusers(
     folder, ref = tiny_checkpoint()
     ours = LTXVideoTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, per_token=per_token)
-    calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope"):
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    calls = record_calls(monkeypatch, kernels, "adaln_modulate", "rms_norm_rope")
     with torch.no_grad(), use_backend("sdpa"):
         expected = packed_reference(ref, args)
         with kernels.forced():
@@ -56,9 +55,6 @@ def test_fused_block_bf16_cuda_matches_unfused() -> None:
     x = torch.randn(b, 1024, d, device="cuda", dtype=torch.bfloat16)
     text = torch.randn(b, 7, d, device="cuda", dtype=torch.bfloat16)
     temb = torch.randn(b, 1, 6, d, device="cuda", dtype=torch.bfloat16) * 0.1
-    with torch.no_grad():
-        with kernels.forced(False):
-            expected = block(x, text, temb, cos, sin, None).float()
-        out = block(x, text, temb, cos, sin, None).float()
-    err = (out - expected).abs().max() / expected.abs().max()
+    out, expected = fused_and_unfused(block, x, text, temb, cos, sin, None)
+    err = rel_error(expected.float(), out.float())
     assert err < 2e-2, err

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fastvideo.testing import assert_close, assert_no_worse
+from fastvideo.testing.kernels import record_calls
 from fastvideo_vsa import sparsity_at
 from fastvideo_vsa.ops import CubeGeometry, topk_for, vsa_attention, vsa_attention_reference, vsa_select
 from fastvideo_vsa.ops import op as vsa_op
@@ -558,10 +559,7 @@ def test_hopper_kernels_match_reference_on_gpu(case: Case, monkeypatch: pytest.M
     if not hopper.supported(torch.empty(1, 1, 1, case.dim, device="cuda", dtype=DTYPES[case.dtype])):
         pytest.skip("needs a Hopper GPU and Gluon")
     monkeypatch.setenv("FASTVIDEO_VSA_HOPPER", "1")  # these cases keep few cubes: force the path
-    calls: list[str] = []
-    for name in ("fine_forward", "dq_backward", "dkdv_backward"):
-        real = getattr(hopper, name)
-        monkeypatch.setattr(hopper, name, lambda *a, _f=real, _n=name, **kw: calls.append(_n) or _f(*a, **kw))
+    calls = record_calls(monkeypatch, hopper, "fine_forward", "dq_backward", "dkdv_backward")
     xs = inputs(case, seed=5, device="cuda")
     topk = topk_for(case.sparsity, CubeGeometry(case.grid).num_cubes)
     indices = vsa_select(xs[0], xs[1], case.grid, topk).long()

@@ -10,6 +10,8 @@ import torch
 
 from fastvideo import kernels
 from fastvideo.attention import use_backend
+from fastvideo.testing.kernels import fused_and_unfused, record_calls
+from fastvideo.testing.numeric import rel_error
 from fastvideo_wan.model import WanTransformer
 
 from .test_model import make_inputs
@@ -24,10 +26,7 @@ def test_fused_forward_matches_diffusers(
     folder, ref = tiny_checkpoint()
     ours = WanTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, latent=(2, 4, 6), per_token=per_token)
-    calls: list[str] = []
-    for name in ("adaln_modulate", "rms_norm_rope_pair"):
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    calls = record_calls(monkeypatch, kernels, "adaln_modulate", "rms_norm_rope_pair")
     with torch.no_grad(), use_backend("sdpa"):
         expected = ref(*args, return_dict=False)[0]
         with kernels.forced():
@@ -53,9 +52,6 @@ def test_fused_block_bf16_cuda_matches_unfused() -> None:
     x = torch.randn(b, 1024, d, device="cuda", dtype=torch.bfloat16)
     context = torch.randn(b, 7, d, device="cuda", dtype=torch.bfloat16)
     temb6 = torch.randn(b, 1, 6, d, device="cuda", dtype=torch.bfloat16) * 0.1
-    with torch.no_grad():
-        with kernels.forced(False):
-            expected = block(x, context, None, temb6, cos, sin).float()
-        out = block(x, context, None, temb6, cos, sin).float()
-    err = (out - expected).abs().max() / expected.abs().max()
+    out, expected = fused_and_unfused(block, x, context, None, temb6, cos, sin)
+    err = rel_error(expected.float(), out.float())
     assert err < 2e-2, err

@@ -1,4 +1,5 @@
-"""Helpers for kernel tests (the attention plugins' Triton kernels, run in the CPU interpreter).
+"""Helpers for kernel tests (the attention plugins' Triton kernels, run in the CPU interpreter, and the
+models' use of :mod:`fastvideo.kernels`).
 
 :func:`poisoned_empty` makes uninitialised memory read as NaN (integers: a large negative index) while
 it is active, so a kernel that leaves part of an output unwritten fails its comparison instead of
@@ -8,12 +9,16 @@ passing on whatever the allocator returned. A plugin's ``conftest.py`` uses it a
     def nan_empty():
         with poisoned_empty():
             yield
+
+:func:`record_calls` counts which fused ops a model's forward takes; :func:`fused_and_unfused` runs a
+module both ways (the fused kernels, then its PyTorch path) for a GPU test to compare.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -48,3 +53,24 @@ def poisoned_empty() -> Iterator[None]:
     finally:
         torch.empty, torch.empty_like, torch.Tensor.new_empty = real  # type: ignore[misc,method-assign]
         _forget_constructors()
+
+
+def record_calls(monkeypatch: Any, module: Any, *names: str) -> list[str]:
+    """Wrap ``module.<name>`` for each of ``names`` (a pytest ``monkeypatch`` undoes it) so that every
+    call appends its name to the returned list, then runs the real function."""
+    calls: list[str] = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    return calls
+
+
+def fused_and_unfused(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """``(fused, unfused)``: ``fn(*args, **kwargs)`` without grad as it runs (the fused kernels where
+    they are active) and with :func:`fastvideo.kernels.forced` ``(False)`` (the PyTorch path)."""
+    from fastvideo import kernels
+
+    with torch.no_grad():
+        with kernels.forced(False):
+            unfused = fn(*args, **kwargs)
+        return fn(*args, **kwargs), unfused

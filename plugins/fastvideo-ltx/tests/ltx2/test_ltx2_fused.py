@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fastvideo import kernels
+from fastvideo.testing.kernels import fused_and_unfused, record_calls
 from fastvideo_ltx.ltx2.model import LTX2Transformer
 
 from .test_ltx2_model import LTX23, TINY, _diffusers, _inputs, _ours, _rel, _run_both
@@ -33,12 +34,8 @@ def test_fused_forward_matches_diffusers(
     cfg = {**TINY, **overrides}
     ref = _diffusers(cfg)
     ours = _ours(ref, tmp_path)
-    calls: list[str] = []
     names = ("adaln_modulate", "rms_norm_rope", "rms_norm_rope_pair", "rms_norm", "gated_residual")
-    names += ("gated_residual_adaln",)
-    for name in names:
-        fn = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _f=fn, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    calls = record_calls(monkeypatch, kernels, *names, "gated_residual_adaln")
     with kernels.forced():
         inp = _inputs(cfg, per_token=bool(per_token))
         if per_token == "shared":
@@ -134,9 +131,6 @@ def test_fused_forward_bf16_cuda_matches_unfused(overrides: dict, per_token: boo
         "audio_encoder_attention_mask": inp["mask"],
         "audio_timestep": inp["audio_t"],
     }
-    with torch.no_grad():
-        with kernels.forced(False):
-            ev, ea = model(*args, **kw)
-        ov, oa = model(*args, **kw)
+    (ov, oa), (ev, ea) = fused_and_unfused(model, *args, **kw)
     assert _rel(ov.float(), ev.float()) < 2e-2, _rel(ov.float(), ev.float())
     assert _rel(oa.float(), ea.float()) < 2e-2, _rel(oa.float(), ea.float())
