@@ -59,9 +59,16 @@ def record_calls(monkeypatch: Any, module: Any, *names: str) -> list[str]:
     """Wrap ``module.<name>`` for each of ``names`` (a pytest ``monkeypatch`` undoes it) so that every
     call appends its name to the returned list, then runs the real function."""
     calls: list[str] = []
+
+    def wrap(real: Any, name: str) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return recorded
+
     for name in names:
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(module, name, wrap(getattr(module, name), name))
     return calls
 
 
