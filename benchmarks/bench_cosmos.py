@@ -51,28 +51,6 @@ HEADER = [
 ]
 
 
-def timed(fn: Any, device: torch.device, warmup: int, iters: int) -> tuple[float, float, Any]:
-    """(median ms, peak GiB, last output) of ``fn()``."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    if device.type == "cuda":
-        from harness import profile_once
-
-        profile_once("dit", fn)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    return sorted(times)[len(times) // 2], peak, out
-
-
 def dit_config(tiny: bool) -> dict[str, Any]:
     from fastvideo_cosmos.configs import CONFIGS
     from fastvideo_cosmos.tiny import TINY_DIT
@@ -171,11 +149,13 @@ def _time_both(
             runs = ", ".join(f"{x:.1f}" for x in t.times_ms)
             print(f"{n} {label}: {t.median_ms:.1f} ms (calls {runs}), peak {t.peak_gib:.2f} GiB", flush=True)
         return results
+    from harness import time_cpu
+
     results = {}
     for name, fn in fns.items():
-        ms, peak, out = timed(fn, device, warmup, args.iters)
-        results[name] = (ms, peak, out.float().cpu())
-        print(f"{name} {label}: {ms:.1f} ms, peak {peak:.2f} GiB", flush=True)
+        t, out = time_cpu(name, fn, warmup=warmup, iters=args.iters)
+        results[name] = (t.median_ms, t.peak_gib, out.float().cpu())
+        print(f"{name} {label}: {t.median_ms:.1f} ms", flush=True)
     return results
 
 

@@ -25,42 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 HERE = Path(__file__).resolve().parent
-
-
-def _timer(device: str) -> Any:
-    def time_fn(fn: Any, *, warmup: int, iters: int) -> tuple[float, float, float]:
-        """(median ms, min ms, peak GiB) of ``fn``."""
-        for _ in range(warmup):
-            fn()
-        cuda = torch.device(device).type == "cuda"
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(iters):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1000)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        return statistics.median(times), min(times), peak
-
-    return time_fn
+sys.path.insert(0, str(HERE))
+from harness import append_row, time_call  # noqa: E402
 
 
 def _config(args: argparse.Namespace) -> tuple[dict[str, Any], str, tuple[int, ...], int]:
@@ -96,11 +69,6 @@ def _vsa_registered() -> Any:
 def _record(section: str, header: list[str], row: list[Any], args: argparse.Namespace) -> None:
     if args.no_record or int(os.environ.get("RANK", "0")):
         return
-    import sys
-
-    sys.path.insert(0, str(HERE))
-    from harness import append_row
-
     append_row(section, header, row)
 
 
@@ -165,7 +133,8 @@ def iteration(args: argparse.Namespace) -> None:
         _, micro = next(batches)
         metrics.update(trainer.run_step(micro))
 
-    median, best, peak = _timer(args.device)(step, warmup=args.warmup, iters=args.iters)
+    timing, _ = time_call("dmd2 iteration", step, device=args.device, warmup=args.warmup, iters=args.iters)
+    median, best, peak = timing.median_ms, timing.min_ms, timing.peak_gib
     world = trainer.world_size
     attention = f"student vsa @ {args.sparsity}" if args.sparsity > 0 else "dense"
     if trainer.rank == 0:
@@ -216,7 +185,6 @@ def student(args: argparse.Namespace) -> None:
 
     cfg, name, latent, tokens = _config(args)
     device, dtype = torch.device(args.device), torch.bfloat16 if args.precision == "bf16" else torch.float32
-    time_fn = _timer(args.device)
     torch.manual_seed(0)
     # text encoder: umT5-XXL (random weights; tiny for smoke runs)
     t5 = (
@@ -236,7 +204,7 @@ def student(args: argparse.Namespace) -> None:
             return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
 
     text = encode()
-    text_ms = time_fn(encode, warmup=1, iters=args.iters)[0]
+    text_ms = time_call("text", encode, device=device, warmup=1, iters=args.iters)[0].median_ms
     encoder.to("meta")  # frees its memory for the DiT
     # the DiT: 3 few-step forwards, vsa in the sparse layers, compiled blocks
     dit = WanTransformer.from_config(cfg, device=device)
@@ -268,7 +236,7 @@ def student(args: argparse.Namespace) -> None:
         return x
 
     latents = denoise()  # compiles
-    dit_ms = time_fn(denoise, warmup=1, iters=args.iters)[0]
+    dit_ms = time_call("dit", denoise, device=device, warmup=1, iters=args.iters)[0].median_ms
     dit.to("meta")
     torch.cuda.empty_cache() if device.type == "cuda" else None
     # the VAE decode: Wan2.1's VAE (diffusers' default config), random weights
@@ -281,7 +249,7 @@ def student(args: argparse.Namespace) -> None:
             return vae.decode(latents.to(dtype)).sample
 
     video = decode()
-    vae_ms = time_fn(decode, warmup=0, iters=max(1, args.iters // 2))[0]
+    vae_ms = time_call("vae", decode, device=device, warmup=0, iters=max(1, args.iters // 2))[0].median_ms
     total = text_ms + dit_ms + vae_ms
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     attention = (f"vsa @ {args.sparsity}" if backend else "dense") + (

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import time_call
 
 from fastvideo import kernels
 from fastvideo.layers import rope_apply, rope_tables
@@ -44,26 +43,6 @@ HEADER = [
     "max |diff|",
     "card",
 ]
-
-
-def timed(fn: Callable[[], Any], device: torch.device, iters: int) -> float:
-    """Median ms of ``fn()`` after two warm-up calls (CUDA events on the GPU)."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,10 +268,10 @@ def main() -> None:
             if args.only is not None and not any(word in op for word in args.only):
                 continue
             with kernels.forced(False):
-                ref_ms = timed(ref_fn, device, args.iters)
+                ref_ms = time_call(op, ref_fn, device=device, iters=args.iters)[0].median_ms
                 expected = ref_fn()
             with kernels.forced():
-                fused_ms = timed(fused_fn, device, args.iters)
+                fused_ms = time_call(op, fused_fn, device=device, iters=args.iters)[0].median_ms
                 got = fused_fn()
             diff = _max_diff(got, expected)
             comp_ms = float("nan")
@@ -300,7 +279,7 @@ def main() -> None:
                 backend = "inductor" if device.type == "cuda" else "eager"
                 compiled = torch.compile(ref_fn, backend=backend, dynamic=False)
                 with kernels.forced(False):
-                    comp_ms = timed(compiled, device, args.iters)
+                    comp_ms = time_call(op, compiled, device=device, iters=args.iters)[0].median_ms
             gbs = nbytes / (fused_ms * 1e-3) / 1e9
             row = [op, shape, f"{ref_ms:.3f}", f"{fused_ms:.3f}", f"{comp_ms:.3f}", f"{ref_ms / fused_ms:.2f}x",
                    f"{gbs:.0f}", f"{diff:.2e}", card]  # fmt: skip

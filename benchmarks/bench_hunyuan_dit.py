@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from harness import Timing, append_row, environment, time_cuda
+from harness import append_row, environment, time_cpu, time_cuda
 
 HEADER = [
     "date",
@@ -69,18 +67,6 @@ def build_models(
     ours = HunyuanTransformer.from_config(config, device="meta")
     ours.load_state_dict(diffusers_to_ours(ref.state_dict()), strict=True, assign=True)  # shares storage
     return ref.eval(), ours.eval()
-
-
-def time_cpu(name: str, fn: Callable[[], Any], *, warmup: int, iters: int) -> tuple[Timing, Any]:
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return Timing(name, statistics.median(times), min(times), 0.0, times), out
 
 
 def dense_flops(config: dict[str, Any], video: int, text: int) -> float:

@@ -16,30 +16,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from harness import Timing, append_row, environment, time_cuda
+from harness import append_row, environment, time_cpu, time_cuda
 
 HEADER = ["date", "card", "config", "latents (F x H x W, tokens)", "attention", "activation ckpt", "step ms",
           "min ms", "peak GiB", "loss", "versions", "command"]  # fmt: skip
 SECTION = "Wan DiT training step (finetune, bf16 autocast, fp32 AdamW, random init, batch 1)"
-
-
-def time_cpu(name: str, fn: Any, *, warmup: int, iters: int) -> tuple[Timing, Any]:
-    """CPU stand-in for ``harness.time_cuda`` (smoke runs)."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        out = fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return Timing(name, statistics.median(times), min(times), 0.0, times), out
 
 
 def make_trainer(model: torch.nn.Module, text_dim: int, args: argparse.Namespace, backend: str | None,

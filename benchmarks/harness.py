@@ -12,6 +12,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,17 +83,23 @@ def time_interleaved(
             outs[name] = None  # the previous output is not held while this call runs
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            outs[name] = fn()
-            end.record()
-            torch.cuda.synchronize()
-            times[name].append(start.elapsed_time(end))
+            ms, outs[name] = _event_ms(fn)
+            times[name].append(ms)
             peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / 2**30)
     return {
         name: (Timing(name, statistics.median(t), min(t), peaks[name], t), outs[name])
         for name, t in times.items()
     }
+
+
+def _event_ms(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(ms, output) of one call of ``fn``, timed by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end), out
 
 
 def time_cuda(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5) -> tuple[Timing, Any]:
@@ -105,14 +112,31 @@ def time_cuda(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int =
     torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        ms, out = _event_ms(fn)
+        times.append(ms)
     peak = torch.cuda.max_memory_allocated() / 2**30
     return Timing(name, statistics.median(times), min(times), peak, times), out
+
+
+def time_cpu(name: str, fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5) -> tuple[Timing, Any]:
+    """:func:`time_cuda` for the benchmarks' CPU dry runs: wall-clock time, no peak memory (0)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return Timing(name, statistics.median(times), min(times), 0.0, times), out
+
+
+def time_call(
+    name: str, fn: Callable[[], Any], *, device: str | torch.device, warmup: int = 2, iters: int = 5
+) -> tuple[Timing, Any]:
+    """:func:`time_cuda` on a CUDA ``device``, else :func:`time_cpu`."""
+    timer = time_cuda if torch.device(device).type == "cuda" else time_cpu
+    return timer(name, fn, warmup=warmup, iters=iters)
 
 
 def environment() -> dict[str, str]:
