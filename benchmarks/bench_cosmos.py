@@ -101,17 +101,17 @@ def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 
     fns = {"diffusers": run_ref, "ours": run_ours}
     eager_fns = dict(fns)
-    if device.type == "cuda":  # the cross-attention K/V layout option, A/B in the same interleaved run
-        from fastvideo_cosmos import model as cosmos_model
+    if device.type == "cuda":  # the SDPA cross-attention K/V layout option, A/B in the same interleaved run
+        from fastvideo.attention import backends
 
         def run_ours_kv_head_major() -> torch.Tensor:
-            cosmos_model.CROSS_KV_HEAD_MAJOR = not cosmos_model.CROSS_KV_HEAD_MAJOR
+            backends.CROSS_KV_HEAD_MAJOR = not backends.CROSS_KV_HEAD_MAJOR
             try:
                 return run_ours()
             finally:
-                cosmos_model.CROSS_KV_HEAD_MAJOR = not cosmos_model.CROSS_KV_HEAD_MAJOR
+                backends.CROSS_KV_HEAD_MAJOR = not backends.CROSS_KV_HEAD_MAJOR
 
-        flipped = "on" if not cosmos_model.CROSS_KV_HEAD_MAJOR else "off"
+        flipped = "on" if not backends.CROSS_KV_HEAD_MAJOR else "off"
         eager_fns[f"ours, CROSS_KV_HEAD_MAJOR {flipped}"] = run_ours_kv_head_major
     results = _time_both(eager_fns, device, args, "eager", args.warmup)
     rows = [_row(args, "eager", tokens, results["ours"], results["diffusers"])]

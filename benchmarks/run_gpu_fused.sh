@@ -7,7 +7,7 @@
 #    one now), LTX-2's q and k norm + split RoPE (two launches before, one pair now), and a probe of
 #    cuBLASLt's GELU epilogue for LTX-2's fc1 (not used by the model); reference vs fused vs compiled;
 # 3. the Cosmos-Predict2-2B DiT eager forward at 93x704x1280 (84480 tokens) with the kernels, against
-#    diffusers, the calls interleaved, and with the model's CROSS_KV_HEAD_MAJOR flipped in the same run
+#    diffusers, the calls interleaved, and with fastvideo.attention.backends.CROSS_KV_HEAD_MAJOR flipped in the same run
 #    (the "eager, fused kernels" rows are recorded in docs/benchmarks.md), profiled per input shape; before
 #    it, benchmarks/sdpa_layout.py: cuDNN SDPA at Cosmos' self- and cross-attention shapes against the
 #    storage layout of q, k, v (the rest of a gap to diffusers' attention time, issue #21);

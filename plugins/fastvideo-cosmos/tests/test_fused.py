@@ -20,15 +20,10 @@ from .test_model import make_inputs
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton is not installed")
 
 
-@pytest.mark.parametrize(
-    ("per_frame", "kv_head_major"),
-    [(True, False), (False, False), (True, True)],
-    ids=["per-frame-t", "scalar-t", "per-frame-t-cross-kv-head-major"],
-)
+@pytest.mark.parametrize("per_frame", [True, False], ids=["per-frame-t", "scalar-t"])
 def test_fused_forward_matches_diffusers(
-    tiny_checkpoint: Callable, monkeypatch: pytest.MonkeyPatch, per_frame: bool, kv_head_major: bool
+    tiny_checkpoint: Callable, monkeypatch: pytest.MonkeyPatch, per_frame: bool
 ) -> None:
-    monkeypatch.setattr(cosmos_model, "CROSS_KV_HEAD_MAJOR", kv_head_major)
     folder, ref = tiny_checkpoint()
     ours = CosmosTransformer.from_pretrained(folder, dtype=torch.float32)
     args = make_inputs(ref.config, batch=2, latent=(3, 4, 6), per_frame=per_frame)

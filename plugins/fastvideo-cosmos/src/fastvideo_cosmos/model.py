@@ -182,13 +182,6 @@ def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=1e-6), 1 + scale)  # one pass over x
 
 
-#: On the fused (CUDA inference) path, hand the cross-attention's keys and values to the attention
-#: backend as head-major copies, ``(B, H, S, D)`` storage, the layout diffusers' processor gives cuDNN
-#: (its ``repeat_interleave`` copies them); a copy of 2 x 1 MB at 512 text tokens. Off until measured:
-#: ``benchmarks/bench_cosmos.py`` times the DiT both ways beside diffusers' (issue #21).
-CROSS_KV_HEAD_MAJOR = False
-
-
 class CosmosAttention(nn.Module):
     """Multi-head attention with per-head RMSNorm of q and k (eps 1e-5) and no biases.
 
@@ -252,8 +245,6 @@ class CosmosAttention(nn.Module):
             out = attention(q, k, v, allow=ALL, sequence_parallel=True)
         else:
             q, k = kernels.rms_norm(q, self.norm_q, 1e-5, dh), kernels.rms_norm(k, self.norm_k, 1e-5, dh)
-            if CROSS_KV_HEAD_MAJOR:
-                k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
             out = attention(q, k, v, allow=DENSE)
         return self.o(out.flatten(2).type_as(q))  # (B, L, D)
 
