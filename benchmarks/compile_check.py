@@ -83,8 +83,13 @@ def compile_case(case: Case, arch: int):  # type: ignore[no-untyped-def]
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
+#: Registers and shared memory of one SM (H100; the CTAs-per-SM estimate of :func:`resources`)
+SM_REGS, SM_SMEM = 65536, 232448
+
+
 def resources(kernel) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Registers, spilled bytes (stack + local) and shared memory of a compiled kernel."""
+    """Registers per thread, spilled bytes (stack + local), shared memory and how many CTAs fit on one
+    SM by registers and shared memory, of a compiled kernel (``cuobjdump -res-usage``)."""
     import triton
 
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -97,7 +102,10 @@ def resources(kernel) -> dict[str, int]:  # type: ignore[no-untyped-def]
     if found is None:
         raise RuntimeError(f"cuobjdump printed no resource usage: {text[:200]!r}")
     regs, stack, local = (int(x) for x in found.groups())
-    return {"regs": regs, "spill": stack + local, "smem_kb": kernel.metadata.shared // 1024}
+    warps, smem = kernel.metadata.num_warps, kernel.metadata.shared
+    by_regs = SM_REGS // (-(-regs // 8) * 8 * 32 * warps)
+    by_smem = SM_SMEM // (smem + 1024)
+    return {"regs": regs, "spill": stack + local, "smem_kb": smem // 1024, "ctas": min(by_regs, by_smem)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,9 +255,16 @@ def sta_cases() -> Iterator[tuple[str, str, Callable[[int], Any]]]:
     import sta_kernel_resources as r
 
     from fastvideo_sta.ops import triton_bwd
-    from fastvideo_sta.ops.triton_fwd import FWD_CANDIDATES, SWEEP_FWD_CONFIGS, LaunchConfig
+    from fastvideo_sta.ops.triton_fwd import (
+        FWD_CANDIDATES,
+        FWD_TMA_CANDIDATES,
+        SWEEP_FWD_CONFIGS,
+        LaunchConfig,
+    )
 
-    fwd = list(dict.fromkeys([*FWD_CANDIDATES, *(c for c in SWEEP_FWD_CONFIGS if c.tma)]))
+    fwd = list(
+        dict.fromkeys([*FWD_CANDIDATES, *FWD_TMA_CANDIDATES, *(c for c in SWEEP_FWD_CONFIGS if c.tma)])
+    )
     for config in fwd:
         for ragged in (False, True):
             label = f"{config} {'ragged' if ragged else 'even'}"

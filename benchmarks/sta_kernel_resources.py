@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"  # compile, do not interpret
-
-SM_REGS, SM_SMEM = 65536, 232448
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compile_check import resources
 
 
 def compile_forward(config, ragged: bool, arch: int):  # type: ignore[no-untyped-def]
@@ -110,28 +107,13 @@ def compile_backward(name: str, config, ragged: bool, arch: int):  # type: ignor
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def resources(kernel) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Registers, stack bytes and shared memory of a compiled kernel (``cuobjdump -res-usage``)."""
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(kernel.asm["cubin"])
-        text = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", text)
-    if found is None:
-        raise RuntimeError(f"cuobjdump printed no resource usage: {text[:200]!r}")
-    regs, stack, local = (int(x) for x in found.groups())
-    warps, smem = kernel.metadata.num_warps, kernel.metadata.shared
-    by_regs = SM_REGS // (-(-regs // 8) * 8 * 32 * warps)
-    by_smem = SM_SMEM // (smem + 1024)
-    return {"regs": regs, "stack": stack + local, "smem_kb": smem // 1024, "ctas": min(by_regs, by_smem)}
-
-
 def main() -> None:
-    from fastvideo_sta.ops.triton_fwd import FWD_CANDIDATES, SWEEP_BWD_CONFIGS, SWEEP_FWD_CONFIGS
+    from fastvideo_sta.ops.triton_fwd import (
+        FWD_CANDIDATES,
+        FWD_TMA_CANDIDATES,
+        SWEEP_BWD_CONFIGS,
+        SWEEP_FWD_CONFIGS,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90, help="CUDA capability to compile for (90: Hopper)")
@@ -160,10 +142,14 @@ def main() -> None:
                 first = str(exc).splitlines()[0][:120] if str(exc) else ""
                 print(f"  {kernel:<6} {config!s:<16} {grid:<7} failed: {type(exc).__name__}: {first}")
                 continue
-            note = "default candidate" if kernel == "fwd" and config in FWD_CANDIDATES else ""
-            if r["stack"]:
+            note = (
+                "default candidate"
+                if kernel == "fwd" and config in FWD_CANDIDATES + FWD_TMA_CANDIDATES
+                else ""
+            )
+            if r["spill"]:
                 note = (note + ", " if note else "") + "spills"
-            print(f"  {kernel:<6} {config!s:<16} {grid:<7} {r['regs']:>5} {r['stack']:>8} {r['smem_kb']:>8} "
+            print(f"  {kernel:<6} {config!s:<16} {grid:<7} {r['regs']:>5} {r['spill']:>8} {r['smem_kb']:>8} "
                   f"{r['ctas']:>8}  {note}", flush=True)  # fmt: skip
 
 
