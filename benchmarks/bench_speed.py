@@ -260,14 +260,7 @@ def _variant(
     digits: int,
 ) -> None:
     """One of our variants (options, attention backend) of the DiT ``cfg``: time a forward, record it."""
-    model = ours(cfg)
-    apply_options(model, options)
-    free()
-    t, peak, _ = timed(
-        functools.partial(run_dit, model, kw, backend),
-        warmup=2 if options.get("compile") else 1,
-        iters=iters,
-    )
+    t, peak = _time_variant(cfg, kw, options, backend, iters)
     record(
         section,
         card=card(),
@@ -276,8 +269,24 @@ def _variant(
         step_cfg_s=round(2 * t, digits),
         peak_gib=round(peak, 2),
     )
+
+
+def _time_variant(
+    cfg: dict[str, Any], kw: dict[str, Any], options: dict[str, Any], backend: str | None, iters: int
+) -> tuple[float, float]:
+    """(seconds, peak GiB) of one forward of our DiT ``cfg`` with ``options`` and ``backend`` (built,
+    timed, then freed)."""
+    model = ours(cfg)
+    apply_options(model, options)
+    free()
+    t, peak, _ = timed(
+        functools.partial(run_dit, model, kw, backend),
+        warmup=2 if options.get("compile") else 1,
+        iters=iters,
+    )
     del model
     free()
+    return t, peak
 
 
 def _diffusers_forward(ref: Any, kw: dict[str, Any]) -> Any:
@@ -619,14 +628,7 @@ def section_block14b(tiny: bool, iters: int, layers: int = 3) -> None:
     outside = max(0.0, times[1] - (times[layers] - times[1]) / (layers - 1))
     for name, options, backend, environment in variants:
         with guarded("block14b", name), env(**environment):
-            model = ours(cfg)
-            apply_options(model, options)
-            free()
-            t, peak, _ = timed(
-                functools.partial(run_dit, model, kw, backend),
-                warmup=2 if options.get("compile") else 1,
-                iters=iters,
-            )
+            t, peak = _time_variant(cfg, kw, options, backend, iters)
             per_block = (t - outside) / layers
             est = outside + 40 * per_block
             record(
@@ -634,8 +636,6 @@ def section_block14b(tiny: bool, iters: int, layers: int = 3) -> None:
                 per_block_ms=round(per_block * 1e3, 2), outside_blocks_ms=round(outside * 1e3, 2),
                 est_40_block_forward_s=round(est, 3), est_step_cfg_s=round(2 * est, 3), peak_gib=round(peak, 2),
             )  # fmt: skip
-            del model
-            free()
 
 
 # ---------------------------------------------------------------- end to end
