@@ -247,6 +247,19 @@ def _sage_fwd(
 
 
 @triton.jit
+def _load_rows(X, block, bh, H, L, D, s_xb, s_xl, s_xh, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``block * BLOCK ..`` of head ``bh % H`` of sample ``bh // H`` of ``X`` ``[B, L, H, D]``
+    (strided) in fp32, zeros outside ``L`` x ``D``; with their row and column indices and mask."""
+    b = bh // H
+    h = bh - b * H
+    rows = block * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < L)[:, None] & (cols < D)[None, :]
+    x_ptr = X + b.to(tl.int64) * s_xb + h * s_xh + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
+    return tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32), rows, cols, mask
+
+
+@triton.jit
 def _quantize_fwd(
     X,
     MEAN,
@@ -267,13 +280,7 @@ def _quantize_fwd(
 ):
     block = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
-    rows = block * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows < L)[:, None] & (cols < D)[None, :]
-    x_ptr = X + b.to(tl.int64) * s_xb + h * s_xh + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
-    x = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+    x, rows, cols, mask = _load_rows(X, block, bh, H, L, D, s_xb, s_xl, s_xh, BLOCK, BLOCK_D)
     if HAS_MEAN:
         mean = tl.load(MEAN + bh * D + cols, mask=cols < D, other=0.0)
         x = tl.where(mask, x - mean[None, :], 0.0)
@@ -308,13 +315,7 @@ def _prepare_v(
     ``[B, H, lkp, BD]``, or (``FP8``) ``v / scale`` in e4m3, transposed: ``[B, H, BD, lkp]``."""
     block = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
-    rows = block * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows < L)[:, None] & (cols < D)[None, :]
-    x_ptr = X + b.to(tl.int64) * s_xb + h * s_xh + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
-    x = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+    x, rows, cols, _ = _load_rows(X, block, bh, H, L, D, s_xb, s_xl, s_xh, BLOCK, BLOCK_D)
     if FP8:
         vs = tl.load(VS + bh * BLOCK_D + cols)  # amax / 448 per channel (1 in padded channels)
         y = tl.minimum(tl.maximum(x / vs[None, :], -448.0), 448.0)
