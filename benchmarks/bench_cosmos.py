@@ -100,25 +100,8 @@ def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
             return ours(x, t, text, **kw)
 
     fns = {"diffusers": run_ref, "ours": run_ours}
-    eager_fns = dict(fns)
-    if device.type == "cuda":  # the SDPA cross-attention K/V layout option, A/B in the same interleaved run
-        from fastvideo.attention import backends
-
-        def run_ours_kv_head_major() -> torch.Tensor:
-            backends.CROSS_KV_HEAD_MAJOR = not backends.CROSS_KV_HEAD_MAJOR
-            try:
-                return run_ours()
-            finally:
-                backends.CROSS_KV_HEAD_MAJOR = not backends.CROSS_KV_HEAD_MAJOR
-
-        flipped = "on" if not backends.CROSS_KV_HEAD_MAJOR else "off"
-        eager_fns[f"ours, CROSS_KV_HEAD_MAJOR {flipped}"] = run_ours_kv_head_major
-    results = _time_both(eager_fns, device, args, "eager", args.warmup)
+    results = _time_both(fns, device, args, "eager", args.warmup)
     rows = [_row(args, "eager", tokens, results["ours"], results["diffusers"])]
-    for name in eager_fns.keys() - fns.keys():
-        rows.append(
-            _row(args, f"eager, {name.split(', ', 1)[1]}", tokens, results[name], results["diffusers"])
-        )
     if args.compile:
         for block in ref.transformer_blocks:  # diffusers' regional compile of this model
             block.compile()

@@ -695,6 +695,12 @@ def section_e2e(tiny: bool, steps: int, variants: str) -> None:
         "bf16": {},
         "teacache": {"cache": "teacache"},
         "fp8+sage+teacache": {"quantize": "fp8", "attention_backend": "sage", "cache": "teacache"},
+        # MagCache's skips follow its calibrated magnitude-ratio table, so they happen on random weights too
+        # (TeaCache's and the first-block cache's follow the inputs' change, which random weights keep large)
+        "magcache": {"cache": "magcache"},
+        # our VAE decodes in fp32 by default (Wan's release setting); diffusers' WanPipeline here in bf16
+        "bf16+vae-bf16": {"vae_dtype": "bf16"},
+        "fp8+sage+magcache": {"quantize": "fp8", "attention_backend": "sage", "cache": "magcache"},
     }
     for name, opts in options.items():
         if name in variants.split(","):
@@ -770,7 +776,11 @@ def main() -> None:
         required=True,
         choices=["kernel", "dit", "quality", "offload", "i2v14b", "e2e", "linear14b", "block14b"],
     )
-    ap.add_argument("--variants", default="diffusers,bf16,teacache,fp8+sage+teacache", help="e2e: which runs")
+    ap.add_argument(
+        "--variants",
+        default="diffusers,bf16,teacache,fp8+sage+teacache",
+        help="e2e: which runs (also magcache, fp8+sage+magcache, bf16+vae-bf16)",
+    )
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)

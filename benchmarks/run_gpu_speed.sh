@@ -20,7 +20,8 @@
 #   SECTIONS="tests kernel dit quality toy" bash benchmarks/run_gpu_speed.sh
 #   SECTIONS="offload" bash benchmarks/run_gpu_speed.sh    (load and run peaks; writes ~6 GB under BENCH_TMP or /tmp)
 #   SECTIONS="i2v14b" bash benchmarks/run_gpu_speed.sh
-#   SECTIONS="e2e" bash benchmarks/run_gpu_speed.sh     (E2E_STEPS=50 by default; fewer to fit a budget)
+#   SECTIONS="e2e" bash benchmarks/run_gpu_speed.sh     (E2E_STEPS=50 by default; fewer to fit a budget;
+#   E2E_VARIANTS picks runs: diffusers,bf16,teacache,fp8+sage+teacache,magcache,fp8+sage+magcache,bf16+vae-bf16)
 set -uo pipefail
 source benchmarks/gpu_env.sh
 out=${OUT:-/tmp/out}
@@ -53,7 +54,8 @@ for s in $sections; do
     toy) run toy 150 python3 benchmarks/speed_toy_eval.py --device cuda --configs baseline,fp8,sage,fp8+sage,teacache,firstblock,magcache ;;
     offload) run offload 420 python3 benchmarks/bench_speed.py --section offload --iters 2 ;;
     i2v14b) run i2v14b 420 python3 benchmarks/bench_speed.py --section i2v14b --iters 2 ;;
-    e2e) run e2e 470 python3 benchmarks/bench_speed.py --section e2e --steps "${E2E_STEPS:-50}" ;;
+    e2e) run e2e 470 python3 benchmarks/bench_speed.py --section e2e --steps "${E2E_STEPS:-50}" \
+        --variants "${E2E_VARIANTS:-diffusers,bf16,teacache,fp8+sage+teacache,magcache}" ;;
     *) echo "unknown section $s" ;;
     esac
 done

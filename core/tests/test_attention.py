@@ -77,32 +77,6 @@ def test_attention_matches_softmax_reference(case: str) -> None:
     assert_close(case, reference_attention(q, k, v, **kwargs), out, 1e-5)
 
 
-@pytest.mark.parametrize("lk", [7, 12], ids=["cross", "self"])
-def test_sdpa_cross_kv_head_major_option(monkeypatch: pytest.MonkeyPatch, lk: int) -> None:
-    """backends.CROSS_KV_HEAD_MAJOR: cross-attention's keys and values reach SDPA as head-major copies
-    (self-attention's stay views); the result is the reference's either way."""
-    import torch.nn.functional as F
-
-    from fastvideo.attention import backends
-
-    seen: list[bool] = []
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(k.is_contiguous() and v.is_contiguous())
-        return real(q, k, v, *args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    gen = torch.Generator().manual_seed(3)
-    q = torch.randn(2, 12, 4, 16, generator=gen)
-    k, v = (torch.randn(2, lk, 4, 16, generator=gen) for _ in range(2))
-    for on in (False, True):
-        monkeypatch.setattr(backends, "CROSS_KV_HEAD_MAJOR", on)
-        out = backends.SDPABackend().forward(q, k, v)
-        assert_close(f"on={on}", reference_attention(q, k, v), out, 1e-5)
-    assert seen == [False, lk != q.shape[1]]
-
-
 @pytest.mark.usefixtures("isolated_plugins")
 def test_default_backend_is_sdpa_and_flash_attn_is_unavailable_on_cpu() -> None:
     assert resolve_backend_name(None) == "sdpa"

@@ -74,6 +74,16 @@ def test_text_kv_cache_gives_identical_latents_and_computes_text_once_per_branch
     assert torch.equal(other, other_plain) and not torch.equal(other, cached)
 
 
+def test_text_kv_cache_holds_nothing_after_the_last_step() -> None:
+    """The stored keys and values go when the denoising ends (the VAE decode, where memory peaks, does
+    not carry them); within the loop every step after the first hits."""
+    model = toy_dit()
+    _run(model, PipelineConfig())
+    memos = [module.__dict__["forward"] for _, module in text_kv_modules(model)]
+    assert memos and all(memo.entries == [] for memo in memos)
+    assert all(memo.misses == 2 and memo.hits == 2 * STEPS - 2 for memo in memos)
+
+
 def test_text_kv_cache_compares_contents_only_when_a_new_tensor_comes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -22,14 +22,6 @@ SDPA_KERNELS = {
 }
 
 
-#: Cross-attention (a key length other than the query length) through :class:`SDPABackend` gets its
-#: keys and values as head-major copies, ``(B, H, S, D)`` storage, the layout diffusers' Cosmos
-#: processor gives cuDNN (its ``repeat_interleave`` copies them); 2 x 1 MB at 512 text tokens of
-#: 16 heads x 128. Off until measured: ``benchmarks/bench_cosmos.py`` times a DiT both ways beside
-#: diffusers' in one run (issue #21).
-CROSS_KV_HEAD_MAJOR = False
-
-
 class SDPABackend(AttentionBackend):
     """``torch.nn.functional.scaled_dot_product_attention``.
 
@@ -80,8 +72,6 @@ class SDPABackend(AttentionBackend):
         from torch.nn.attention import sdpa_kernel
 
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-        if CROSS_KV_HEAD_MAJOR and k.shape[2] != q.shape[2]:
-            k, v = k.contiguous(), v.contiguous()
         if q.is_cuda and self._pinned is not None:
             with sdpa_kernel(self._kernel_list()):
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask, scale=scale, is_causal=is_causal)

@@ -315,14 +315,23 @@ def step_hook_for(guidance: CachedGuidance) -> Any:
 
 def memo_reset_hook(memos: list[_Memo]) -> Any:
     """A step hook that empties ``memos`` before the first step of each generation (weights, LoRA
-    scales or the prompt may have changed since the last one)."""
+    scales or the prompt may have changed since the last one) and after its last step, so that the
+    stored keys and values (about 0.2 GiB for Wan 1.3B with CFG) do not sit on the card through the
+    VAE decode, where a generation's memory peaks."""
     from fastvideo.pipelines.stages import StepHook
+
+    def clear() -> None:
+        for memo in memos:
+            memo.entries = []
 
     class _ResetMemos(StepHook):
         def before_step(self, stage: Any, batch: Any, step: Any) -> None:
             if step.index == 0:
-                for memo in memos:
-                    memo.entries = []
+                clear()
+
+        def after_step(self, stage: Any, batch: Any, step: Any, pred: Any, latents: Any) -> None:
+            if step.index == step.num_steps - 1:
+                clear()
 
     return _ResetMemos()
 
