@@ -96,7 +96,7 @@ def bench_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
             return ref(x, t, text, **kw, return_dict=False)[0]
 
     def run_ours() -> torch.Tensor:
-        with torch.inference_mode(), use_backend(None):  # as the pipeline runs it
+        with torch.inference_mode(), use_backend(args.backend):  # as the pipeline runs it (None: the default)
             return ours(x, t, text, **kw)
 
     fns = {"diffusers": run_ref, "ours": run_ours}
@@ -152,6 +152,8 @@ def _row(args: argparse.Namespace, variant: str, tokens: int, ours: Any, theirs:
     )
     if variant == "eager" and args.device == "cuda":  # our eager forward with or without fastvideo.kernels
         variant += ", FASTVIDEO_FUSED=0" if os.environ.get("FASTVIDEO_FUSED") == "0" else ", fused kernels"
+    if args.backend:
+        variant += f", attention backend {args.backend}"
     diff = (ours[2] - theirs[2]).abs().max().item()
     scale = theirs[2].abs().max().item()
     print(f"ours/diffusers [{variant}]: {ours[0] / theirs[0]:.3f}; max|d| {diff:.3g} (ref scale {scale:.3g})")
@@ -300,6 +302,7 @@ def main() -> None:
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (a dry run of this script)")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--backend", default=None, help="our attention backend (default: the pipeline's, sdpa)")
     args = ap.parse_args()
     if args.tiny:
         args.frames, args.height, args.width, args.text_len, args.dtype, args.steps = 9, 32, 48, 16, "fp32", 2

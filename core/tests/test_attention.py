@@ -87,6 +87,101 @@ def test_default_backend_is_sdpa_and_flash_attn_is_unavailable_on_cpu() -> None:
         resolve_backend_name("flash-attn")
 
 
+_FAKE_FLASH = """
+import torch.nn.functional as F
+
+CALLS = []
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+    CALLS.append("{impl}")
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
+    ).transpose(1, 2)
+    return {ret}
+"""
+
+
+@pytest.fixture
+def fake_flash(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Installs stand-ins of the flash-attention packages under ``tmp_path`` on demand; each stand-in
+    computes SDPA in the package's layout and records its name."""
+    import importlib
+    import sys
+
+    def drop() -> None:
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("flash_attn", "flash_attn_interface", "cutlass"):
+                del sys.modules[name]
+
+    def install(*impls: str) -> None:
+        for impl in impls:
+            if impl == "fa3":  # returns (out, lse) as FA3 does
+                (tmp_path / "flash_attn_interface.py").write_text(
+                    _FAKE_FLASH.format(impl=impl, ret="out, None")
+                )
+            elif impl == "fa4":
+                (tmp_path / "flash_attn" / "cute").mkdir(parents=True, exist_ok=True)
+                (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text(
+                    _FAKE_FLASH.format(impl=impl, ret="out, None")
+                )
+                (tmp_path / "cutlass").mkdir(exist_ok=True)
+                (tmp_path / "cutlass" / "__init__.py").write_text("")
+            else:
+                (tmp_path / "flash_attn").mkdir(exist_ok=True)
+                (tmp_path / "flash_attn" / "__init__.py").write_text(_FAKE_FLASH.format(impl=impl, ret="out"))
+        importlib.invalidate_caches()
+
+    drop()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("FASTVIDEO_FLASH_ATTN", raising=False)
+    yield install
+    drop()
+
+
+@pytest.mark.parametrize(
+    ("installed", "pinned", "runs"),
+    [
+        (("fa2",), None, "fa2"),
+        (("fa4",), None, "fa4"),  # flash-attn-4 alone: a flash_attn namespace holding only cute/
+        (("fa2", "fa4"), None, "fa4"),
+        (("fa2", "fa3", "fa4"), None, "fa3"),
+        (("fa2", "fa3", "fa4"), "fa2", "fa2"),
+        (("fa2", "fa4"), "FA4", "fa4"),
+        (("fa2",), "fa4", None),
+        ((), None, None),
+    ],
+)
+def test_flash_attn_backend_picks_fa3_then_fa4_then_fa2(fake_flash, monkeypatch, installed, pinned, runs):  # type: ignore[no-untyped-def]
+    import sys
+
+    from fastvideo.attention import backends
+
+    fake_flash(*installed)
+    if pinned:
+        monkeypatch.setenv("FASTVIDEO_FLASH_ATTN", pinned)
+    assert backends.flash_attn_impl() == runs
+    if runs is None:
+        reason = backends.FlashAttnBackend.unavailable_reason()
+        assert reason is not None and ("not installed" in reason)
+        return
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 9, 2, 16, generator=gen) for _ in range(3))
+    out = backends.FlashAttnBackend().forward(q, k, v, scale=0.3)
+    assert_close(runs, reference_attention(q, k, v, scale=0.3), out, 1e-5)
+    module = sys.modules[backends.FLASH_ATTN_IMPLS[runs]]
+    assert module.CALLS == [runs]
+
+
+def test_flash_attn_backend_names_a_bad_pin(fake_flash, monkeypatch):  # type: ignore[no-untyped-def]
+    from fastvideo.attention import backends
+
+    fake_flash("fa2")
+    monkeypatch.setenv("FASTVIDEO_FLASH_ATTN", "fa5")
+    with pytest.raises(ValueError, match=r"FASTVIDEO_FLASH_ATTN='fa5': expected one of fa3, fa4, fa2"):
+        backends.flash_attn_impl()
+
+
 # ---------------------------------------------------------------- selection with fake backends
 
 

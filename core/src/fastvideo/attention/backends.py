@@ -80,21 +80,59 @@ class SDPABackend(AttentionBackend):
         return out.transpose(1, 2)  # [B, L, H, D]
 
 
+#: The packages of :class:`FlashAttnBackend`, in the order tried: FlashAttention-3 (Hopper build,
+#: module ``flash_attn_interface``), FlashAttention-4 (``pip install flash-attn-4``: CuTe-DSL kernels
+#: for sm_80/90/100/120, module ``flash_attn.cute``), FlashAttention-2 (``pip install flash-attn``).
+#: ``FASTVIDEO_FLASH_ATTN=fa3|fa4|fa2`` pins one.
+FLASH_ATTN_IMPLS = {"fa3": "flash_attn_interface", "fa4": "flash_attn.cute", "fa2": "flash_attn"}
+
+
+def _flash_attn_installed() -> list[str]:
+    """Which of :data:`FLASH_ATTN_IMPLS` are installed, found without importing them (FA2's package
+    loads its CUDA extension on import). FA4 installs ``flash_attn/cute`` beside or without FA2's
+    ``flash_attn/__init__.py``, so the two are told apart by those files."""
+    found = []
+    if importlib.util.find_spec("flash_attn_interface") is not None:
+        found.append("fa3")
+    spec = importlib.util.find_spec("flash_attn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    cute = any(os.path.isfile(os.path.join(loc, "cute", "__init__.py")) for loc in locations)
+    if cute and importlib.util.find_spec("cutlass") is not None:  # FA4 runs on nvidia-cutlass-dsl
+        found.append("fa4")
+    if any(os.path.isfile(os.path.join(loc, "__init__.py")) for loc in locations):
+        found.append("fa2")
+    return found
+
+
+def flash_attn_impl() -> str | None:
+    """The implementation :class:`FlashAttnBackend` runs (a key of :data:`FLASH_ATTN_IMPLS`), or None."""
+    found = _flash_attn_installed()
+    pinned = os.environ.get("FASTVIDEO_FLASH_ATTN", "").strip().lower()
+    if pinned:
+        if pinned not in FLASH_ATTN_IMPLS:
+            raise ValueError(
+                f"FASTVIDEO_FLASH_ATTN={pinned!r}: expected one of {', '.join(FLASH_ATTN_IMPLS)} (or unset)"
+            )
+        return pinned if pinned in found else None
+    return found[0] if found else None
+
+
 class FlashAttnBackend(AttentionBackend):
-    """Tri Dao's ``flash_attn`` package (FA3 ``flash_attn_interface`` when importable, else FA2)."""
+    """Tri Dao's FlashAttention: FA3 (``flash_attn_interface``), else FA4 (``flash_attn.cute``), else
+    FA2 (``flash_attn``); see :data:`FLASH_ATTN_IMPLS`."""
 
     name = "flash-attn"
-    priority = -1  # cuDNN SDPA is faster on Hopper; flash-attn must be asked for
+    priority = -1  # cuDNN SDPA is faster on Hopper than FA2; flash-attn must be asked for
     requires = "flash-attn"
     _HEAD_DIMS: ClassVar[frozenset[int]] = frozenset({32, 64, 96, 128, 160, 192, 224, 256})
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if (
-            importlib.util.find_spec("flash_attn_interface") is None
-            and importlib.util.find_spec("flash_attn") is None
-        ):
-            return "the flash_attn package is not installed"
+        if flash_attn_impl() is None:
+            pinned = os.environ.get("FASTVIDEO_FLASH_ATTN")
+            if pinned:
+                return f"FASTVIDEO_FLASH_ATTN={pinned} but that flash-attention package is not installed"
+            return "the flash_attn package is not installed (FA2, FA3 or flash-attn-4)"
         import torch
 
         if not torch.cuda.is_available():
@@ -123,9 +161,9 @@ class FlashAttnBackend(AttentionBackend):
         is_causal: bool = False,
         step: StepContext | None = None,
     ) -> torch.Tensor:
-        try:
-            from flash_attn_interface import flash_attn_func  # FA3
-        except ImportError:
-            from flash_attn import flash_attn_func  # FA2
+        impl = flash_attn_impl()
+        if impl is None:
+            raise RuntimeError(f"flash-attn: {self.unavailable_reason()}")
+        flash_attn_func = importlib.import_module(FLASH_ATTN_IMPLS[impl]).flash_attn_func
         out = flash_attn_func(q, k, v, softmax_scale=scale, causal=is_causal)
         return out[0] if isinstance(out, tuple) else out  # [B, L, H, D]
