@@ -148,3 +148,25 @@ def test_temp_files_of_killed_writes_are_removed_by_the_next_write(tmp_path: Pat
     assert ours_dead.name not in left and ours_old.name not in left
     assert {ours_live.name, ours_recent.name, link.name, "next.mp4"} <= left
     assert all(p.read_bytes() == b"partial" for p in user_files)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("frames", [1, 8, 13])
+def test_frames_to_uint8_is_the_whole_video_formula_in_chunks(dtype: str, frames: int) -> None:
+    """Chunked and in place: the same bytes as the whole-video expression it replaced (values beyond
+    [-1, 1] included), the caller's tensor untouched, (T, H, W, 3) out."""
+    import torch
+
+    from fastvideo.pipelines.stages import frames_to_uint8
+
+    g = torch.Generator().manual_seed(frames)
+    video = (torch.randn(3, frames, 6, 10, generator=g) * 0.8).to(getattr(torch, dtype))
+    video[0, 0, 0, :4] = torch.tensor([-1.5, 1.5, -1.0, 1.0])
+    before = video.clone()
+    expected = (
+        ((video.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0) * 255).round().to(torch.uint8).numpy()
+    )
+    got = frames_to_uint8(video, chunk=4)
+    assert got.shape == (frames, 6, 10, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, expected)
+    assert torch.equal(video, before)
