@@ -10,11 +10,13 @@ waits on the host.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
+from fastvideo_sta.ops import fa4
 from fastvideo_sta.ops.triton_bwd import sta_backward
 from fastvideo_sta.ops.triton_fwd import interpreting, sta_forward
 from fastvideo_sta.tiles import DEFAULT_TILE, TileGeometry
@@ -44,6 +46,44 @@ def sta_fwd(
 def _(q, k, v, windows, text_valid, grid, tile, scale):
     batch, length, heads, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((batch, heads, length), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastvideo_sta::sta_fwd_fa4", mutates_args=())
+def sta_fwd_fa4(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: torch.Tensor,
+    text_valid: Optional[torch.Tensor],
+    grid: list[int],
+    tile: list[int],
+    scale: float,
+) -> torch.Tensor:
+    """Inference forward through flash-attn-4 (:mod:`fastvideo_sta.ops.fa4`) where it applies, else the
+    Triton kernel (with one warning per reason)."""
+    geom = TileGeometry(tuple(grid), tuple(tile))
+    reason = (
+        fa4.why_not(q, geom, text_valid, grad=False) if fa4.installed() else "flash-attn-4 is not installed"
+    )
+    if reason is None:
+        table = [tuple(w) for w in windows.tolist()]
+        return fa4.sta_forward_fa4(q, k, v, table, text_valid, geom, scale)
+    _warn_once(f"sta: {fa4.ENV}=1 but this call runs the Triton kernel: {reason}")
+    return sta_forward(q, k, v, windows, text_valid, geom, scale)[0]
+
+
+@sta_fwd_fa4.register_fake
+def _(q, k, v, windows, text_valid, grid, tile, scale):
+    return q.new_empty(q.shape)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 @torch.library.custom_op("fastvideo_sta::sta_bwd", mutates_args=())
@@ -198,4 +238,6 @@ def sta_attention(
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_inner_contiguous(x) for x in (q, k, v))
+    if fa4.enabled() and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))):
+        return sta_fwd_fa4(q, k, v, table, valid, list(geom.grid), list(geom.tile), scale)
     return sta_fwd(q, k, v, table, valid, list(geom.grid), list(geom.tile), scale)[0]

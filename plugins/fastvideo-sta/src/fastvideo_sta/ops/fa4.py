@@ -1,0 +1,193 @@
+"""STA's forward through FlashAttention-4's block-sparse kernel (``pip install flash-attn-4``), opt-in.
+
+FlashAttention-4 (``flash_attn.cute``) runs attention over a block-sparse pattern: per batch, head and
+query block, the key blocks to visit (``BlockSparseTensorsTorch``: a count and the block indices packed
+to the left, "full" blocks taking no mask). Sliding tile attention is such a pattern once the tokens are
+in tile-major order: a query tile attends to whole key tiles (the window) and to the text. So this path
+
+* gathers q, k and v into tile-major order (tiles in raster order over the tile grid, the tokens of a tile
+  in raster order inside it), the text after the video;
+* describes each head's windows as key blocks of ``BLOCK_KV`` tokens (a tile is ``tile tokens /
+  BLOCK_KV`` of them), one query block per tile, text query blocks over every key;
+* runs ``flash_attn_func(..., block_sparse_tensors=...)`` and scatters the output back to raster order.
+
+It applies where a tile's tokens are whole key blocks and the grid a whole number of tiles (no partial
+tile: HunyuanVideo's 30x48x80 with 6x8x8 tiles, not 32x45x80), the head dim is one the kernel takes,
+inference only (no gradient: the Triton kernels keep training), and, with padded text (``text_valid``),
+one batch element whose valid text tokens come first (the padded keys are cut off by the key length;
+padded text queries still attend to every valid key, as in :mod:`fastvideo_sta.ops.reference`).
+``FASTVIDEO_STA_FA4=1`` turns it on; otherwise and where it does not apply, the Triton kernels run.
+Not measured on a GPU yet (docs/sta.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Any
+
+import torch
+
+from fastvideo_sta.tiles import TileGeometry, Window, window_start
+
+ENV = "FASTVIDEO_STA_FA4"
+#: Key block of the sparse pattern: FlashAttention-4's key tile at head dim 128 on Hopper.
+BLOCK_KV = 128
+HEAD_DIMS = (64, 96, 128)
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "").strip() == "1"
+
+
+@functools.cache
+def installed() -> bool:
+    """Whether ``flash_attn.cute`` (flash-attn-4) and its compiler (``cutlass``) can be imported, found
+    without importing them."""
+    spec = importlib.util.find_spec("flash_attn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    cute = any(os.path.isfile(os.path.join(loc, "cute", "__init__.py")) for loc in locations)
+    return cute and importlib.util.find_spec("cutlass") is not None
+
+
+def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None, grad: bool) -> str | None:
+    """Why this path cannot take the call (``None``: it can)."""
+    tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
+    if grad:
+        return "a gradient is needed (the Triton kernels run the backward)"
+    if tile_tokens % BLOCK_KV:
+        return f"a tile of {geom.tile} is {tile_tokens} tokens, not a multiple of {BLOCK_KV}"
+    if any(g % t for g, t in zip(geom.grid, geom.tile, strict=True)):
+        return f"grid {geom.grid} is not a whole number of {geom.tile} tiles"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head dim {q.shape[-1]} is not one of {HEAD_DIMS}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"{q.dtype} (flash-attn-4 takes fp16 or bf16)"
+    if text_valid is not None:
+        if q.shape[0] != 1:
+            return "padded text with more than one batch element"
+        valid = text_valid[0].bool()
+        n_valid = int(valid.sum())
+        if not bool(valid[:n_valid].all()):
+            return "the valid text tokens do not come first"
+    return None
+
+
+@functools.cache
+def _tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> torch.Tensor:
+    """``(N,)`` int64: the raster index of each token in tile-major order."""
+    t, h, w = grid
+    tt, th, tw = tile
+    idx = torch.arange(t * h * w).view(t // tt, tt, h // th, th, w // tw, tw)
+    return idx.permute(0, 2, 4, 1, 3, 5).reshape(-1)
+
+
+def tile_order(geom: TileGeometry, device: torch.device) -> torch.Tensor:
+    return _cached_on(device, _tile_order, geom.grid, geom.tile)
+
+
+def block_tables(
+    geom: TileGeometry, windows: list[Window], text_len: int, text_keys: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(count [1, H, M], index [1, H, M, NK])`` int32 of the sparse pattern in tile-major order: query
+    block ``m < num_tiles`` is tile ``m``, the rest are ``ceil(text_len / tile tokens)`` text blocks;
+    key block ``j`` holds tokens ``[j * BLOCK_KV, (j + 1) * BLOCK_KV)`` of the video then ``text_keys``
+    text tokens. Each row's block indices are packed to the left, ascending."""
+    nt, nh, nw = geom.tile_grid
+    tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
+    per_tile = tile_tokens // BLOCK_KV
+    video_blocks = geom.num_tiles * per_tile
+    text_blocks = -(-text_keys // BLOCK_KV)
+    nk = video_blocks + text_blocks
+    text_q = -(-text_len // tile_tokens)
+    m = geom.num_tiles + text_q
+    count = torch.zeros(1, len(windows), m, dtype=torch.int32)
+    index = torch.zeros(1, len(windows), m, nk, dtype=torch.int32)
+    text_ids = torch.arange(video_blocks, nk)
+    for h, window in enumerate(windows):
+        wt, wh, ww = geom.clamp(window)
+        # per axis: the tiles of each query tile's window, (n, w)
+        axes = [
+            torch.tensor([window_start(c, w, n) for c in range(n)])[:, None] + torch.arange(w)[None, :]
+            for w, n in ((wt, nt), (wh, nh), (ww, nw))
+        ]
+        tiles = (
+            axes[0][:, None, None, :, None, None] * (nh * nw)
+            + axes[1][None, :, None, None, :, None] * nw
+            + axes[2][None, None, :, None, None, :]
+        ).reshape(geom.num_tiles, -1)  # (tiles, window tiles), ascending in each row
+        blocks = (tiles[:, :, None] * per_tile + torch.arange(per_tile)).reshape(geom.num_tiles, -1)
+        rows = torch.cat([blocks, text_ids.expand(geom.num_tiles, -1)], dim=1)
+        index[0, h, : geom.num_tiles, : rows.shape[1]] = rows.to(torch.int32)
+        count[0, h, : geom.num_tiles] = rows.shape[1]
+        index[0, h, geom.num_tiles :, :] = torch.arange(nk, dtype=torch.int32)
+        count[0, h, geom.num_tiles :] = nk
+    return count, index
+
+
+_DEVICE_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _cached_on(device: torch.device, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` (tensors) moved to ``device``, cached per arguments and device (a few entries)."""
+    key = (fn.__name__, str(device), *args)
+    if key not in _DEVICE_CACHE:
+        if len(_DEVICE_CACHE) > 16:
+            _DEVICE_CACHE.clear()
+        value = fn(*args)
+        _DEVICE_CACHE[key] = (
+            tuple(x.to(device) for x in value) if isinstance(value, tuple) else value.to(device)
+        )
+    return _DEVICE_CACHE[key]
+
+
+def _block_tables(grid, tile, windows, text_len, text_keys):  # type: ignore[no-untyped-def]
+    return block_tables(TileGeometry(grid, tile), list(windows), text_len, text_keys)
+
+
+def sparse_tensors(
+    geom: TileGeometry, windows: list[Window], text_len: int, text_keys: int, device: torch.device
+) -> Any:
+    """The ``BlockSparseTensorsTorch`` of the pattern (every kept block "full": no mask inside a
+    block; the key length cuts the last text block)."""
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+    key = tuple(tuple(int(x) for x in w) for w in windows)
+    count, index = _cached_on(device, _block_tables, geom.grid, geom.tile, key, text_len, text_keys)
+    tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
+    return BlockSparseTensorsTorch(
+        mask_block_cnt=torch.zeros_like(count),
+        mask_block_idx=torch.zeros_like(index),
+        full_block_cnt=count,
+        full_block_idx=index,
+        block_size=(tile_tokens, BLOCK_KV),
+    )
+
+
+def sta_forward_fa4(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: list[Window],
+    text_valid: torch.Tensor | None,
+    geom: TileGeometry,
+    scale: float,
+) -> torch.Tensor:
+    """STA's output ``[B, L, H, D]`` through flash-attn-4 (the caller checked :func:`why_not`)."""
+    from flash_attn.cute.interface import flash_attn_func
+
+    n = geom.num_tokens
+    text_len = q.shape[1] - n
+    text_keys = text_len if text_valid is None else int(text_valid[0].bool().sum())
+    order = tile_order(geom, q.device)
+    qt = torch.cat([q[:, order], q[:, n:]], dim=1)
+    kt = torch.cat([k[:, order], k[:, n : n + text_keys]], dim=1)
+    vt = torch.cat([v[:, order], v[:, n : n + text_keys]], dim=1)
+    tensors = sparse_tensors(geom, windows, text_len, text_keys, q.device)
+    out = flash_attn_func(qt, kt, vt, softmax_scale=scale, block_sparse_tensors=tensors)
+    out = out[0] if isinstance(out, tuple) else out
+    result = torch.empty_like(q)
+    result[:, order] = out[:, :n]
+    result[:, n:] = out[:, n:]
+    return result

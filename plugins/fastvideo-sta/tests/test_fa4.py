@@ -1,0 +1,223 @@
+"""STA through flash-attn-4's block-sparse kernel (``fastvideo_sta.ops.fa4``, ``FASTVIDEO_STA_FA4=1``).
+
+On CPU: the block tables, expanded to a token mask and put back in raster order, are STA's mask
+(:func:`fastvideo_sta.ops.reference.sta_mask`); and the whole path (tile-major gather, tables, scatter)
+with a stand-in ``flash_attn.cute`` that runs the block-sparse pattern as FlashAttention-4 defines it
+(per query block, the key blocks ``full_block_idx[..., :full_block_cnt]``; keys past the key length
+do not exist) gives :func:`sta_attention_reference`'s output. Calls the path cannot take run the Triton
+kernel, with a warning. On a GPU with flash-attn-4 installed, the real kernel against the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastvideo.testing import assert_close
+from fastvideo_sta.ops import fa4, sta_attention, sta_attention_reference
+from fastvideo_sta.ops.reference import sta_mask
+from fastvideo_sta.tiles import TileGeometry
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _expand(count: torch.Tensor, index: torch.Tensor, rows: int, cols: int, block_q: int) -> torch.Tensor:
+    """``(rows, cols)`` bool token mask of one head's block tables."""
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    for m in range(count.shape[0]):
+        for j in index[m, : int(count[m])].tolist():
+            mask[m * block_q : (m + 1) * block_q, j * fa4.BLOCK_KV : (j + 1) * fa4.BLOCK_KV] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("grid", "tile", "windows", "text"),
+    [
+        ((12, 24, 24), (6, 8, 8), [(1, 1, 1), (2, 3, 3), (1, 2, 3), (5, 5, 5)], 0),
+        ((12, 24, 24), (6, 8, 8), [(1, 3, 1), (2, 2, 2)], 200),
+        ((8, 16, 32), (2, 8, 8), [(1, 1, 3), (3, 2, 1)], 300),
+    ],
+)
+def test_block_tables_are_the_sta_mask_in_tile_major_order(grid, tile, windows, text) -> None:  # type: ignore[no-untyped-def]
+    geom = TileGeometry(grid, tile)
+    n = geom.num_tokens
+    tile_tokens = tile[0] * tile[1] * tile[2]
+    count, index = fa4.block_tables(geom, windows, text, text)
+    order = torch.cat([fa4.tile_order(geom, torch.device("cpu")), torch.arange(n, n + text)])
+    for h, window in enumerate(windows):
+        rows = (geom.num_tiles + -(-text // tile_tokens)) * tile_tokens
+        cols = index.shape[-1] * fa4.BLOCK_KV
+        tiled = _expand(count[0, h], index[0, h], rows, cols, tile_tokens)[: n + text, : n + text]
+        raster = torch.empty_like(tiled)
+        raster[order[:, None], order[None, :]] = tiled  # back to raster order
+        assert torch.equal(raster, sta_mask(geom, window, text)[0]), window
+        rows_idx = index[0, h, : geom.num_tiles]
+        assert bool((rows_idx[:, 1:] > rows_idx[:, :-1])[:, : int(count[0, h, 0]) - 1].all())  # ascending
+
+
+_FAKE = '''
+import torch
+import torch.nn.functional as F
+
+from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+
+CALLS = []
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, block_sparse_tensors=None, **kwargs):
+    """Block-sparse attention as FlashAttention-4 defines it, in fp32 (a stand-in for tests)."""
+    t = block_sparse_tensors
+    bq, bk = t.block_size
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    mask = torch.zeros(t.full_block_cnt.shape[1], lq, lk, dtype=torch.bool)
+    for cnt_t, idx_t in ((t.full_block_cnt, t.full_block_idx), (t.mask_block_cnt, t.mask_block_idx)):
+        for head in range(cnt_t.shape[1]):
+            for m in range(cnt_t.shape[2]):
+                for j in idx_t[0, head, m, : int(cnt_t[0, head, m])].tolist():
+                    mask[head, m * bq : (m + 1) * bq, j * bk : (j + 1) * bk] = True
+    CALLS.append((tuple(q.shape), tuple(k.shape), t.block_size))
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
+        attn_mask=mask[None], scale=softmax_scale,
+    )
+    return out.transpose(1, 2).to(q.dtype), None
+'''
+
+_SPARSITY = """
+from typing import NamedTuple
+
+import torch
+
+
+class BlockSparseTensorsTorch(NamedTuple):
+    mask_block_cnt: torch.Tensor
+    mask_block_idx: torch.Tensor
+    full_block_cnt: torch.Tensor | None = None
+    full_block_idx: torch.Tensor | None = None
+    cu_total_m_blocks: torch.Tensor | None = None
+    cu_block_idx_offsets: torch.Tensor | None = None
+    block_size: tuple[int, int] | None = None
+"""
+
+
+@pytest.fixture
+def fake_fa4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A stand-in flash-attn-4 (``flash_attn/cute`` + ``cutlass``) on ``sys.path``; ``FASTVIDEO_STA_FA4=1``."""
+    cute = tmp_path / "flash_attn" / "cute"
+    cute.mkdir(parents=True)
+    (cute / "__init__.py").write_text("")
+    (cute / "interface.py").write_text(_FAKE)
+    (cute / "block_sparsity.py").write_text(_SPARSITY)
+    (tmp_path / "cutlass").mkdir()
+    (tmp_path / "cutlass" / "__init__.py").write_text("")
+
+    def drop() -> None:
+        for name in list(sys.modules):
+            if name.split(".")[0] in ("flash_attn", "cutlass"):
+                del sys.modules[name]
+
+    drop()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    fa4.installed.cache_clear()
+    monkeypatch.setenv(fa4.ENV, "1")
+    yield lambda: importlib.import_module("flash_attn.cute.interface").CALLS
+    drop()
+    fa4.installed.cache_clear()
+
+
+def _qkv(batch: int, length: int, heads: int, dim: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(batch, length, heads, dim, generator=g).to(torch.bfloat16).to(DEVICE) for _ in range(3)
+    ]
+
+
+@pytest.mark.skipif(
+    DEVICE == "cuda", reason="the stand-in replaces flash-attn-4; on a GPU the real one is tested"
+)
+@pytest.mark.parametrize(
+    ("grid", "tile", "windows", "text", "pad"),
+    [
+        ((12, 16, 16), (6, 8, 8), [(1, 1, 1), (2, 2, 1)], 0, 0),
+        ((8, 16, 32), (2, 8, 8), [(1, 1, 3), (3, 2, 1), (2, 2, 2)], 150, 0),
+        ((8, 16, 32), (2, 8, 8), [(3, 1, 3), (1, 2, 2)], 150, 40),  # padded text: the valid tokens first
+    ],
+)
+def test_sta_through_flash_attn_4_is_the_reference(fake_fa4, grid, tile, windows, text, pad) -> None:  # type: ignore[no-untyped-def]
+    geom = TileGeometry(grid, tile)
+    q, k, v = _qkv(1, geom.num_tokens + text, len(windows))
+    text_mask = None
+    if pad:
+        text_mask = torch.ones(1, text, dtype=torch.bool)
+        text_mask[0, text - pad :] = False
+    with torch.no_grad():
+        out = sta_attention(q, k, v, grid, windows, tile=tile, text_mask=text_mask)
+    calls = fake_fa4()
+    assert len(calls) == 1  # the flash-attn-4 path ran, once
+    assert calls[0][1][1] == geom.num_tokens + text - pad  # padded text keys cut off by the key length
+    ref = sta_attention_reference(
+        *(x.float() for x in (q, k, v)), grid, windows, tile=tile, text_mask=text_mask
+    )
+    assert_close("fa4 path", ref, out.float(), 2e-2)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_calls_the_path_cannot_take_run_the_triton_kernel(fake_fa4) -> None:  # type: ignore[no-untyped-def]
+    # a grid that is not a whole number of tiles: the Triton kernel, one warning saying why
+    grid, tile, windows = (3, 8, 8), (2, 8, 8), [(1, 1, 1)]
+    q, k, v = _qkv(1, 3 * 64, 1)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sta_attention(q, k, v, grid, windows, tile=tile)
+    assert fake_fa4() == []
+    assert any("not a whole number of" in str(w.message) for w in caught)
+    ref = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, tile=tile)
+    assert_close("triton fallback", ref, out.float(), 2e-2)
+    # with a gradient: the differentiable Triton op, the flash-attn-4 path not asked
+    geom = TileGeometry((4, 8, 8), tile)
+    q, k, v = _qkv(1, geom.num_tokens, 1, seed=1)
+    q.requires_grad_(True)
+    out = sta_attention(q, k, v, (4, 8, 8), windows, tile=tile)
+    out.float().sum().backward()
+    assert fake_fa4() == [] and q.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and fa4.installed()), reason="needs a GPU and flash-attn-4"
+)
+def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real kernel at HunyuanVideo's tile and a 12x48x80 grid (paper-like windows per head, 256 text
+    tokens, 64 of them padding), sampled query rows against the fp32 reference."""
+    from fastvideo_sta.ops.reference import rows_mask
+
+    monkeypatch.setenv(fa4.ENV, "1")
+    grid, tile = (12, 48, 80), (6, 8, 8)
+    windows = [(2, 3, 3), (1, 6, 10), (2, 6, 1), (1, 1, 1)]
+    geom = TileGeometry(grid, tile)
+    text, pad = 256, 64
+    q, k, v = _qkv(1, geom.num_tokens + text, len(windows), dim=128, seed=3)
+    text_mask = torch.ones(1, text, dtype=torch.bool, device=DEVICE)
+    text_mask[0, text - pad :] = False
+    with torch.no_grad():
+        out = sta_attention(q, k, v, grid, windows, tile=tile, text_mask=text_mask)
+    rows = torch.cat([torch.randperm(geom.num_tokens, generator=torch.Generator().manual_seed(0))[:192],
+                      torch.arange(geom.num_tokens, geom.num_tokens + text, 37)]).to(DEVICE)  # fmt: skip
+    keys = torch.cat([torch.ones(geom.num_tokens, dtype=torch.bool, device=DEVICE), text_mask[0]])
+    for h, window in enumerate(windows):
+        mask = rows_mask(geom, window, rows, text, device=DEVICE) & keys[None, :]
+        ref = F.scaled_dot_product_attention(
+            q[0, rows, h].float()[None],
+            k[0, :, h].float()[None],
+            v[0, :, h].float()[None],
+            attn_mask=mask[None],
+        )[0]
+        assert_close(f"head {h} {window}", ref, out[0, rows, h].float(), 2e-2)
