@@ -190,6 +190,25 @@ def test_calls_the_path_cannot_take_run_the_triton_kernel(fake_fa4) -> None:  # 
     assert fake_fa4() == [] and q.grad is not None
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_a_failing_flash_attn_4_call_falls_back_with_a_warning(fake_fa4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    fake_fa4()  # imports the stand-in
+    interface = importlib.import_module("flash_attn.cute.interface")
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("Block sparse tensors have block size 384, which must be a multiple of 256.\nmore")
+
+    monkeypatch.setattr(interface, "flash_attn_func", broken)
+    grid, tile, windows = (4, 8, 16), (2, 8, 8), [(1, 1, 1), (2, 1, 1)]
+    q, k, v = _qkv(1, 4 * 8 * 16, 2, seed=2)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sta_attention(q, k, v, grid, windows, tile=tile)
+    assert any("flash-attn-4 failed (ValueError: Block sparse" in str(w.message) for w in caught)
+    ref = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, tile=tile)
+    assert_close("triton after a failed flash-attn-4 call", ref, out.float(), 2e-2)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and fa4.installed()), reason="needs a GPU and flash-attn-4"
@@ -207,7 +226,8 @@ def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPat
     q, k, v = _qkv(1, geom.num_tokens + text, len(windows), dim=128, seed=3)
     text_mask = torch.ones(1, text, dtype=torch.bool, device=DEVICE)
     text_mask[0, text - pad :] = False
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fall back to the Triton kernel fails the test
         out = sta_attention(q, k, v, grid, windows, tile=tile, text_mask=text_mask)
     rows = torch.cat([torch.randperm(geom.num_tokens, generator=torch.Generator().manual_seed(0))[:192],
                       torch.arange(geom.num_tokens, geom.num_tokens + text, 37)]).to(DEVICE)  # fmt: skip

@@ -67,7 +67,11 @@ def sta_fwd_fa4(
     )
     if reason is None:
         table = [tuple(w) for w in windows.tolist()]
-        return fa4.sta_forward_fa4(q, k, v, table, text_valid, geom, scale)
+        try:
+            return fa4.sta_forward_fa4(q, k, v, table, text_valid, geom, scale)
+        except Exception as err:  # a kernel or package that rejects the call: the Triton kernel runs
+            first = str(err).splitlines()[0] if str(err) else ""
+            reason = f"flash-attn-4 failed ({type(err).__name__}: {first[:200]})"
     _warn_once(f"sta: {fa4.ENV}=1 but this call runs the Triton kernel: {reason}")
     return sta_forward(q, k, v, windows, text_valid, geom, scale)[0]
 
