@@ -2,7 +2,7 @@
 # flash-attn-4 on the GPU machine (issues #21, #24): three `run` calls back to back (the machine stays warm
 # 30 s between calls, and keeps /tmp while warm), after `bash benchmarks/flash_attn4_bundle.sh` here:
 #   1. carry [".fa4a"]:  bash benchmarks/run_gpu_flash_attn.sh stash      (part 1 to /tmp/fa4parts)
-#   2. carry [".fa4b"]:  bash benchmarks/run_gpu_flash_attn.sh probe      (unpack to /tmp/fa4site; the flash-attn
+#   2. carry [".fa4b"], timeout_s 600:  bash benchmarks/run_gpu_flash_attn.sh probe      (unpack to /tmp/fa4site; the flash-attn
 #      backend, FA4, against cuDNN SDPA at Cosmos, Wan and HunyuanVideo shapes: benchmarks/flash_attn_probe.py;
 #      then STA through FA4's block-sparse kernel: its GPU test and bench_sta.py's kernel rows, FASTVIDEO_STA_FA4=1)
 #   3. carry [".whl"]:   bash benchmarks/run_gpu_flash_attn.sh cosmos     (Cosmos-Predict2-2B DiT eager with the
@@ -21,14 +21,14 @@ probe)
     export PYTHONPATH=$PWD/core/src
     fa4_path
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
-    FASTVIDEO_FLASH_ATTN=fa4 timeout 240 python3 benchmarks/flash_attn_probe.py 2>&1 | grep -v -i warn \
+    FASTVIDEO_FLASH_ATTN=fa4 timeout 200 python3 benchmarks/flash_attn_probe.py 2>&1 | grep -v -i warn \
         | tee "$out/flash_attn_probe.txt"
     # STA through flash-attn-4's block-sparse kernel: its GPU test, then the kernel timings (the "fwd" rows
     # run it; "fwd+bwd" needs a gradient and runs the Triton kernels)
     export PYTHONPATH=$PYTHONPATH:$PWD/plugins/fastvideo-sta/src
     timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider plugins/fastvideo-sta/tests/test_fa4.py 2>&1 \
         | tail -5 | tee "$out/sta_fa4_test.txt"
-    FASTVIDEO_STA_FA4=1 timeout 200 python3 benchmarks/bench_sta.py --skip-dit --no-record --out "$out" 2>&1 \
+    FASTVIDEO_STA_FA4=1 timeout 250 python3 benchmarks/bench_sta.py --skip-dit --no-record --out "$out" 2>&1 \
         | grep -v -i warn | tee "$out/sta_fa4_bench.txt" ;;
 cosmos)
     [ -d /tmp/fa4site/flash_attn ] || { echo "flash-attn-4 is not unpacked here: run 'stash' and 'probe' first"; exit 3; }
