@@ -209,6 +209,18 @@ def test_a_failing_flash_attn_4_call_falls_back_with_a_warning(fake_fa4, monkeyp
     assert_close("triton after a failed flash-attn-4 call", ref, out.float(), 2e-2)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_the_custom_op_passes_opcheck(fake_fa4) -> None:  # type: ignore[no-untyped-def]
+    """``fastvideo_sta::sta_fwd_fa4``: schema and fake (meta) implementation, as torch.compile uses them."""
+    grid, tile = (4, 8, 16), (2, 8, 8)
+    q, k, v = _qkv(1, 4 * 8 * 16 + 20, 2, seed=4)
+    windows = torch.tensor([[1, 1, 1], [2, 1, 2]], dtype=torch.int32)
+    args = (q, k, v, windows, None, list(grid), list(tile), 0.125)
+    torch.library.opcheck(
+        torch.ops.fastvideo_sta.sta_fwd_fa4.default, args, test_utils=("test_schema", "test_faketensor")
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and fa4.installed()), reason="needs a GPU and flash-attn-4"
