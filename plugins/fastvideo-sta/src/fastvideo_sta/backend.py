@@ -208,9 +208,18 @@ class STABackend(AttentionBackend):
 
     @classmethod
     def doctor_notes(cls) -> list[str]:
-        """The kernel path ``fv doctor`` reports: Triton, and why there is no CUDA build."""
+        """The kernel path ``fv doctor`` reports: Triton, why there is no CUDA build, and whether the
+        inference forward goes through flash-attn-4 (:mod:`fastvideo_sta.ops.fa4`)."""
+        from fastvideo_sta.ops import fa4
+
         path = "Triton (CPU interpreter, TRITON_INTERPRET=1)" if interpreting() else "Triton"
-        return [f"kernels: {path}", f"CUDA build: {CUDA_BUILD}"]
+        have = "installed" if fa4.installed() else "not installed (pip install flash-attn-4)"
+        state = f"on ({fa4.ENV}=1)" if fa4.enabled() else f"off ({fa4.ENV}=1 turns it on)"
+        return [
+            f"kernels: {path}",
+            f"CUDA build: {CUDA_BUILD}",
+            f"flash-attn-4 block-sparse forward (inference, whole tiles): {state}; flash-attn-4 {have}",
+        ]
 
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
         import torch
