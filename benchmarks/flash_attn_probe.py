@@ -1,4 +1,4 @@
-"""The ``flash-attn`` backend (FA3, FA4 or FA2: ``fastvideo.attention.backends.flash_attn_impl``)
+"""The ``flash-attn`` backend (FA3, FA4 or FA2: ``fastvideo.attention.backends.load_flash_attn``)
 against cuDNN SDPA at the shapes our families run, on one GPU: accuracy on 256 query rows against fp32
 attention, and time per call, the two kernels in alternating rounds (best round each). Issue #21:
 attention is 85 % of Cosmos-2B's eager forward; issue #24: Wan2.1-I2V-14B's step.
@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fastvideo.attention.backends import FlashAttnBackend, flash_attn_impl
+from fastvideo.attention.backends import FlashAttnBackend, load_flash_attn
 
 SHAPES = {  # name: (heads, query tokens, key tokens, head dim)
     "cosmos-2b 93x704x1280 self": (16, 84480, 84480, 128),
@@ -62,7 +62,7 @@ def probe(name: str, h: int, n: int, m: int, d: int, iters: int, rounds: int) ->
         sdpa_ms.append(_ms(sdpa, iters))
     flops = 4 * n * m * h * d
     fa, sd = min(fa_ms), min(sdpa_ms)
-    return dict(shape=name, impl=flash_attn_impl(), flash_ms=round(fa, 2), cudnn_ms=round(sd, 2),
+    return dict(shape=name, impl=load_flash_attn()[0], flash_ms=round(fa, 2), cudnn_ms=round(sd, 2),
                 ratio=round(fa / sd, 3), flash_tflops=round(flops / fa / 1e9), cudnn_tflops=round(flops / sd / 1e9),
                 first_call_s=round(first_s, 1), max_err_flash=err_fa, max_err_cudnn=err_sdpa)  # fmt: skip
 
@@ -81,7 +81,7 @@ def main() -> None:
         "torch",
         torch.__version__,
         "flash-attn impl",
-        flash_attn_impl(),
+        load_flash_attn()[0],
         flush=True,
     )
     for name, (h, n, m, d) in SHAPES.items():

@@ -132,11 +132,15 @@ def fake_flash(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
                 (tmp_path / "flash_attn" / "__init__.py").write_text(_FAKE_FLASH.format(impl=impl, ret="out"))
         importlib.invalidate_caches()
 
+    from fastvideo.attention import backends
+
     drop()
+    backends._FLASH_ATTN_LOADED.clear()
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("FASTVIDEO_FLASH_ATTN", raising=False)
     yield install
     drop()
+    backends._FLASH_ATTN_LOADED.clear()
 
 
 @pytest.mark.parametrize(
@@ -171,6 +175,29 @@ def test_flash_attn_backend_picks_fa3_then_fa4_then_fa2(fake_flash, monkeypatch,
     assert_close(runs, reference_attention(q, k, v, scale=0.3), out, 1e-5)
     module = sys.modules[backends.FLASH_ATTN_IMPLS[runs]]
     assert module.CALLS == [runs]
+
+
+def test_an_installed_flash_attn_that_does_not_import_gives_way(fake_flash, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """FA4 present but broken (its compiler does not load here): FA2 runs; pinned, the error names it."""
+    import sys
+
+    from fastvideo.attention import backends
+
+    fake_flash("fa2", "fa4")
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text(
+        "raise ImportError('libcute_dsl_runtime.so: cannot open')"
+    )
+    assert backends.flash_attn_impl() == "fa4"  # found by its files
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 5, 2, 8, generator=gen) for _ in range(3))
+    out = backends.FlashAttnBackend().forward(q, k, v)
+    assert_close("fa2 after a broken fa4", reference_attention(q, k, v), out, 1e-5)
+    assert sys.modules["flash_attn"].CALLS == ["fa2"]
+    monkeypatch.setenv("FASTVIDEO_FLASH_ATTN", "fa4")
+    with pytest.raises(
+        ImportError, match=r"fa4: ImportError: libcute_dsl_runtime.so: cannot open.*pip install"
+    ):
+        backends.FlashAttnBackend().forward(q, k, v)
 
 
 def test_flash_attn_backend_names_a_bad_pin(fake_flash, monkeypatch):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastvideo.testing import assert_close
-from fastvideo_sta.ops import fa4, sta_attention, sta_attention_reference
+from fastvideo_sta.ops import fa4, op, sta_attention, sta_attention_reference
 from fastvideo_sta.ops.reference import sta_mask
 from fastvideo_sta.tiles import TileGeometry
 
@@ -71,21 +71,36 @@ CALLS = []
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, block_sparse_tensors=None, **kwargs):
-    """Block-sparse attention as FlashAttention-4 defines it, in fp32 (a stand-in for tests)."""
+    """Block-sparse attention as FlashAttention-4 (4.0.0b36) runs it on Hopper at head dim <= 128, in fp32,
+    with its checks: tables int32, [B or 1, H or 1, ceil(Lq / bq), ceil(Lk / bk)]; bq a multiple of its
+    128-row tile; a row's blocks walked from the last index down, the key length masked in the first
+    block taken only (so a block the key length cuts must be a row's last entry)."""
     t = block_sparse_tensors
     bq, bk = t.block_size
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    mask = torch.zeros(t.full_block_cnt.shape[1], lq, lk, dtype=torch.bool)
+    assert bq % 128 == 0 and bk == 128, t.block_size
+    m, nk = -(-lq // bq), -(-lk // bk)
+    mask = torch.zeros(b, h, lq, lk, dtype=torch.bool)
     for cnt_t, idx_t in ((t.full_block_cnt, t.full_block_idx), (t.mask_block_cnt, t.mask_block_idx)):
-        for head in range(cnt_t.shape[1]):
-            for m in range(cnt_t.shape[2]):
-                for j in idx_t[0, head, m, : int(cnt_t[0, head, m])].tolist():
-                    mask[head, m * bq : (m + 1) * bq, j * bk : (j + 1) * bk] = True
+        assert cnt_t.dtype == idx_t.dtype == torch.int32
+        assert cnt_t.shape[0] in (1, b) and cnt_t.shape[1] in (1, h) and cnt_t.shape[2] == m, cnt_t.shape
+        assert idx_t.shape[:3] == cnt_t.shape and idx_t.shape[3] == nk, (idx_t.shape, nk)
+        for bi in range(cnt_t.shape[0]):
+            for head in range(cnt_t.shape[1]):
+                for row in range(m):
+                    ids = idx_t[bi, head, row, : int(cnt_t[bi, head, row])].tolist()
+                    for pos, j in enumerate(ids):
+                        assert 0 <= j < nk
+                        if (j + 1) * bk > lk:  # cut by the key length: masked only if taken first
+                            assert pos == len(ids) - 1, (row, ids)
+                        bs = slice(None) if cnt_t.shape[0] == 1 else slice(bi, bi + 1)
+                        hs = slice(None) if cnt_t.shape[1] == 1 else slice(head, head + 1)
+                        mask[bs, hs, row * bq : (row + 1) * bq, j * bk : (j + 1) * bk] = True
     CALLS.append((tuple(q.shape), tuple(k.shape), t.block_size))
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
-        attn_mask=mask[None], scale=softmax_scale,
+        attn_mask=mask, scale=softmax_scale,
     )
     return out.transpose(1, 2).to(q.dtype), None
 '''
@@ -127,10 +142,12 @@ def fake_fa4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     fa4.installed.cache_clear()
+    op._WARNED.clear()
     monkeypatch.setenv(fa4.ENV, "1")
     yield lambda: importlib.import_module("flash_attn.cute.interface").CALLS
     drop()
     fa4.installed.cache_clear()
+    op._WARNED.clear()
 
 
 def _qkv(batch: int, length: int, heads: int, dim: int = 64, seed: int = 0) -> list[torch.Tensor]:
@@ -149,15 +166,17 @@ def _qkv(batch: int, length: int, heads: int, dim: int = 64, seed: int = 0) -> l
         ((12, 16, 16), (6, 8, 8), [(1, 1, 1), (2, 2, 1)], 0, 0),
         ((8, 16, 32), (2, 8, 8), [(1, 1, 3), (3, 2, 1), (2, 2, 2)], 150, 0),
         ((8, 16, 32), (2, 8, 8), [(3, 1, 3), (1, 2, 2)], 150, 40),  # padded text: the valid tokens first
+        ((4, 8, 16), (2, 8, 8), [(1, 1, 1), (2, 1, 2)], 70, 6),  # two batch elements, the same padding
     ],
 )
 def test_sta_through_flash_attn_4_is_the_reference(fake_fa4, grid, tile, windows, text, pad) -> None:  # type: ignore[no-untyped-def]
     geom = TileGeometry(grid, tile)
-    q, k, v = _qkv(1, geom.num_tokens + text, len(windows))
+    batch = 2 if text == 70 else 1
+    q, k, v = _qkv(batch, geom.num_tokens + text, len(windows))
     text_mask = None
     if pad:
-        text_mask = torch.ones(1, text, dtype=torch.bool)
-        text_mask[0, text - pad :] = False
+        text_mask = torch.ones(batch, text, dtype=torch.bool)
+        text_mask[:, text - pad :] = False
     with torch.no_grad():
         out = sta_attention(q, k, v, grid, windows, tile=tile, text_mask=text_mask)
     calls = fake_fa4()
@@ -238,9 +257,18 @@ def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPat
     q, k, v = _qkv(1, geom.num_tokens + text, len(windows), dim=128, seed=3)
     text_mask = torch.ones(1, text, dtype=torch.bool, device=DEVICE)
     text_mask[0, text - pad :] = False
+    import flash_attn.cute.interface as interface
+
+    calls = []
+    real = interface.flash_attn_func
+    monkeypatch.setattr(interface, "flash_attn_func", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    op._WARNED.clear()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")  # a fall back to the Triton kernel fails the test
+        warnings.filterwarnings(
+            "error", message="sta:", category=RuntimeWarning
+        )  # a fall back fails the test
         out = sta_attention(q, k, v, grid, windows, tile=tile, text_mask=text_mask)
+    assert calls == [1]  # the flash-attn-4 kernel ran
     rows = torch.cat([torch.randperm(geom.num_tokens, generator=torch.Generator().manual_seed(0))[:192],
                       torch.arange(geom.num_tokens, geom.num_tokens + text, 37)]).to(DEVICE)  # fmt: skip
     keys = torch.cat([torch.ones(geom.num_tokens, dtype=torch.bool, device=DEVICE), text_mask[0]])

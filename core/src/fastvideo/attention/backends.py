@@ -87,34 +87,71 @@ class SDPABackend(AttentionBackend):
 FLASH_ATTN_IMPLS = {"fa3": "flash_attn_interface", "fa4": "flash_attn.cute", "fa2": "flash_attn"}
 
 
-def _flash_attn_installed() -> list[str]:
-    """Which of :data:`FLASH_ATTN_IMPLS` are installed, found without importing them (FA2's package
-    loads its CUDA extension on import). FA4 installs ``flash_attn/cute`` beside or without FA2's
-    ``flash_attn/__init__.py``, so the two are told apart by those files."""
+def flash_attn_installed() -> list[str]:
+    """Which of :data:`FLASH_ATTN_IMPLS` are installed, in their order, found without importing them
+    (FA2's package loads its CUDA extension on import). FA4 installs ``flash_attn/cute`` beside or
+    without FA2's ``flash_attn/__init__.py`` and runs on ``cutlass`` (nvidia-cutlass-dsl), so the two
+    are told apart by those files."""
     found = []
     if importlib.util.find_spec("flash_attn_interface") is not None:
         found.append("fa3")
     spec = importlib.util.find_spec("flash_attn")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     cute = any(os.path.isfile(os.path.join(loc, "cute", "__init__.py")) for loc in locations)
-    if cute and importlib.util.find_spec("cutlass") is not None:  # FA4 runs on nvidia-cutlass-dsl
+    if cute and importlib.util.find_spec("cutlass") is not None:
         found.append("fa4")
     if any(os.path.isfile(os.path.join(loc, "__init__.py")) for loc in locations):
         found.append("fa2")
     return found
 
 
-def flash_attn_impl() -> str | None:
-    """The implementation :class:`FlashAttnBackend` runs (a key of :data:`FLASH_ATTN_IMPLS`), or None."""
-    found = _flash_attn_installed()
+def _pinned_flash_attn() -> str | None:
     pinned = os.environ.get("FASTVIDEO_FLASH_ATTN", "").strip().lower()
+    if pinned and pinned not in FLASH_ATTN_IMPLS:
+        raise ValueError(
+            f"FASTVIDEO_FLASH_ATTN={pinned!r}: expected one of {', '.join(FLASH_ATTN_IMPLS)} (or unset)"
+        )
+    return pinned or None
+
+
+def flash_attn_impl() -> str | None:
+    """The implementation :class:`FlashAttnBackend` would run (a key of :data:`FLASH_ATTN_IMPLS`), or
+    None: the pinned one if installed, else the first installed. (One that is installed but fails to
+    import is skipped when the backend loads it, unless pinned.)"""
+    found = flash_attn_installed()
+    pinned = _pinned_flash_attn()
     if pinned:
-        if pinned not in FLASH_ATTN_IMPLS:
-            raise ValueError(
-                f"FASTVIDEO_FLASH_ATTN={pinned!r}: expected one of {', '.join(FLASH_ATTN_IMPLS)} (or unset)"
-            )
         return pinned if pinned in found else None
     return found[0] if found else None
+
+
+_FLASH_ATTN_LOADED: dict[str | None, tuple[str, Any]] = {}
+
+
+def load_flash_attn() -> tuple[str, Any]:
+    """``(impl, flash_attn_func)``: the pinned implementation, else the first installed one that imports
+    (an FA4 whose compiler does not load on this Python, say, gives way to FA2). Cached per pin.
+
+    :raises ImportError: none imports (the first error named), or the pinned one does not.
+    """
+    pinned = _pinned_flash_attn()
+    if pinned not in _FLASH_ATTN_LOADED:
+        candidates = [pinned] if pinned else flash_attn_installed()
+        errors = []
+        for impl in candidates:
+            try:
+                module = importlib.import_module(FLASH_ATTN_IMPLS[impl])
+                _FLASH_ATTN_LOADED[pinned] = (impl, module.flash_attn_func)
+                break
+            except (ImportError, OSError, AttributeError) as err:  # a broken install: try the next one
+                errors.append(f"{impl}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        else:
+            raise ImportError(
+                "flash-attn: no FlashAttention package imports here ("
+                + ("; ".join(errors) or "none is installed")
+                + "); pip install flash-attn (FA2) or flash-attn-4, or pick another --attention-backend"
+            )
+    return _FLASH_ATTN_LOADED[pinned]
 
 
 class FlashAttnBackend(AttentionBackend):
@@ -161,9 +198,6 @@ class FlashAttnBackend(AttentionBackend):
         is_causal: bool = False,
         step: StepContext | None = None,
     ) -> torch.Tensor:
-        impl = flash_attn_impl()
-        if impl is None:
-            raise RuntimeError(f"flash-attn: {self.unavailable_reason()}")
-        flash_attn_func = importlib.import_module(FLASH_ATTN_IMPLS[impl]).flash_attn_func
+        _impl, flash_attn_func = load_flash_attn()
         out = flash_attn_func(q, k, v, softmax_scale=scale, causal=is_causal)
         return out[0] if isinstance(out, tuple) else out  # [B, L, H, D]

@@ -500,6 +500,8 @@ def frames_to_uint8(video: torch.Tensor, chunk: int = 8) -> Any:
     twice over: 0.7 GiB at 81x480x832, where a generation's memory peaks)."""
     import torch
 
+    if chunk < 1:
+        raise ValueError(f"frames_to_uint8: chunk must be >= 1 frame, got {chunk}")
     out = torch.empty(video.shape, dtype=torch.uint8, device=video.device)
     for t in range(0, video.shape[1], chunk):
         x = video[:, t : t + chunk].to(torch.float32, copy=True)  # a copy also of fp32 input (in place below)

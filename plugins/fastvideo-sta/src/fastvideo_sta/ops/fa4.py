@@ -13,8 +13,9 @@ in tile-major order: a query tile attends to whole key tiles (the window) and to
 
 It applies where a tile's tokens are whole key blocks and the grid a whole number of tiles (no partial
 tile: HunyuanVideo's 30x48x80 with 6x8x8 tiles, not 32x45x80), the head dim is one the kernel takes,
-inference only (no gradient: the Triton kernels keep training), and, with padded text (``text_valid``),
-one batch element whose valid text tokens come first (the padded keys are cut off by the key length;
+inference only (no gradient: the Triton kernels keep training), Hopper (sm_90: FlashAttention-4's
+block-sparse forward takes 384-row query blocks there), and, with padded text (``text_valid``), the same
+number of valid text tokens in every batch element, first (the padded keys are cut off by the key length;
 padded text queries still attend to every valid key, as in :mod:`fastvideo_sta.ops.reference`).
 ``FASTVIDEO_STA_FA4=1`` turns it on; otherwise and where it does not apply, the Triton kernels run.
 Not measured on a GPU yet (docs/sta.md).
@@ -23,7 +24,6 @@ Not measured on a GPU yet (docs/sta.md).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from typing import Any
 
@@ -43,12 +43,11 @@ def enabled() -> bool:
 
 @functools.cache
 def installed() -> bool:
-    """Whether ``flash_attn.cute`` (flash-attn-4) and its compiler (``cutlass``) can be imported, found
-    without importing them."""
-    spec = importlib.util.find_spec("flash_attn")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    cute = any(os.path.isfile(os.path.join(loc, "cute", "__init__.py")) for loc in locations)
-    return cute and importlib.util.find_spec("cutlass") is not None
+    """Whether flash-attn-4 (``flash_attn.cute`` and its compiler, ``cutlass``) is installed, found
+    without importing it (:func:`fastvideo.attention.backends.flash_attn_installed`)."""
+    from fastvideo.attention.backends import flash_attn_installed
+
+    return "fa4" in flash_attn_installed()
 
 
 def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None, grad: bool) -> str | None:
@@ -56,6 +55,10 @@ def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None
     tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
     if grad:
         return "a gradient is needed (the Triton kernels run the backward)"
+    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] != 9:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        # Blackwell's forward wants query blocks of a multiple of 256 rows, sm_80/120 64-row key tiles
+        return f"flash-attn-4's block-sparse forward takes a tile per query block on Hopper (sm_90) only, not sm_{major}{minor}"
     if tile_tokens % BLOCK_KV:
         return f"a tile of {geom.tile} is {tile_tokens} tokens, not a multiple of {BLOCK_KV}"
     if any(g % t for g, t in zip(geom.grid, geom.tile, strict=True)):
@@ -64,14 +67,20 @@ def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None
         return f"head dim {q.shape[-1]} is not one of {HEAD_DIMS}"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"{q.dtype} (flash-attn-4 takes fp16 or bf16)"
-    if text_valid is not None:
-        if q.shape[0] != 1:
-            return "padded text with more than one batch element"
-        valid = text_valid[0].bool()
-        n_valid = int(valid.sum())
-        if not bool(valid[:n_valid].all()):
-            return "the valid text tokens do not come first"
+    if text_valid is not None and text_keys(text_valid) is None:
+        return "the valid text tokens do not come first, or their number differs across the batch"
     return None
+
+
+def text_keys(text_valid: torch.Tensor) -> int | None:
+    """The valid text tokens of every batch element when each row of ``text_valid`` ``[B, Lt]`` holds the
+    same number and they come first (the key length then cuts the rest off); else ``None``."""
+    valid = text_valid.bool()
+    counts = valid.sum(dim=1)
+    n = int(counts[0]) if len(counts) else 0
+    if bool((counts != n).any()) or not bool(valid[:, :n].all()):
+        return None
+    return n
 
 
 @functools.cache
@@ -84,6 +93,7 @@ def _tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> torch
 
 
 def tile_order(geom: TileGeometry, device: torch.device) -> torch.Tensor:
+    """``(N,)`` int64 on ``device``: the raster index of each token in tile-major order."""
     return _cached_on(device, _tile_order, geom.grid, geom.tile)
 
 
@@ -142,23 +152,44 @@ def _cached_on(device: torch.device, fn: Any, *args: Any) -> Any:
     return _DEVICE_CACHE[key]
 
 
-def _block_tables(grid, tile, windows, text_len, text_keys):  # type: ignore[no-untyped-def]
-    return block_tables(TileGeometry(grid, tile), list(windows), text_len, text_keys)
+def _block_tables(grid, tile, windows, text_len, keys):  # type: ignore[no-untyped-def]
+    """The full-block tables and the (empty) partial-block tables FlashAttention-4 also takes."""
+    count, index = block_tables(TileGeometry(grid, tile), list(windows), text_len, keys)
+    return count, index, torch.zeros_like(count), torch.zeros_like(index)
+
+
+@functools.cache
+def _orders(
+    grid: tuple[int, int, int], tile: tuple[int, int, int], length: int, keys: int
+) -> tuple[torch.Tensor, ...]:
+    """``(query order, key order, inverse)``: the raster rows of the tile-major queries (all ``length``
+    tokens) and keys (the video and the first ``keys`` text tokens), and the tile-major row of each raster
+    query row."""
+    order = _tile_order(grid, tile)
+    n = order.numel()
+    queries = torch.cat([order, torch.arange(n, length)])
+    inverse = torch.empty_like(queries)
+    inverse[queries] = torch.arange(length)
+    return queries, torch.cat([order, torch.arange(n, n + keys)]), inverse
 
 
 def sparse_tensors(
-    geom: TileGeometry, windows: list[Window], text_len: int, text_keys: int, device: torch.device
+    geom: TileGeometry, windows: list[Window], text_len: int, keys: int, device: torch.device
 ) -> Any:
-    """The ``BlockSparseTensorsTorch`` of the pattern (every kept block "full": no mask inside a
-    block; the key length cuts the last text block)."""
+    """The ``BlockSparseTensorsTorch`` of the pattern. Every kept block is "full" (no mask inside it);
+    the key length cuts the last text block, which FlashAttention-4 masks because it walks a row's
+    blocks from the last index down and masks the key length in the first block it takes: the rows are
+    ascending and each one ends with that block (:func:`block_tables`)."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
 
     key = tuple(tuple(int(x) for x in w) for w in windows)
-    count, index = _cached_on(device, _block_tables, geom.grid, geom.tile, key, text_len, text_keys)
+    count, index, no_count, no_index = _cached_on(
+        device, _block_tables, geom.grid, geom.tile, key, text_len, keys
+    )
     tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
     return BlockSparseTensorsTorch(
-        mask_block_cnt=torch.zeros_like(count),
-        mask_block_idx=torch.zeros_like(index),
+        mask_block_cnt=no_count,
+        mask_block_idx=no_index,
         full_block_cnt=count,
         full_block_idx=index,
         block_size=(tile_tokens, BLOCK_KV),
@@ -179,15 +210,12 @@ def sta_forward_fa4(
 
     n = geom.num_tokens
     text_len = q.shape[1] - n
-    text_keys = text_len if text_valid is None else int(text_valid[0].bool().sum())
-    order = tile_order(geom, q.device)
-    qt = torch.cat([q[:, order], q[:, n:]], dim=1)
-    kt = torch.cat([k[:, order], k[:, n : n + text_keys]], dim=1)
-    vt = torch.cat([v[:, order], v[:, n : n + text_keys]], dim=1)
-    tensors = sparse_tensors(geom, windows, text_len, text_keys, q.device)
+    keys = text_len if text_valid is None else text_keys(text_valid)
+    assert keys is not None, "why_not() admits prefix text masks only"
+    queries, key_rows, inverse = _cached_on(q.device, _orders, geom.grid, geom.tile, q.shape[1], keys)
+    # one gather each into tile-major order (the text after the video), one back
+    qt, kt, vt = q.index_select(1, queries), k.index_select(1, key_rows), v.index_select(1, key_rows)
+    tensors = sparse_tensors(geom, windows, text_len, keys, q.device)
     out = flash_attn_func(qt, kt, vt, softmax_scale=scale, block_sparse_tensors=tensors)
     out = out[0] if isinstance(out, tuple) else out
-    result = torch.empty_like(q)
-    result[:, order] = out[:, :n]
-    result[:, n:] = out[:, n:]
-    return result
+    return out.index_select(1, inverse)
