@@ -4,6 +4,8 @@
 # libraries) unpacked into one tree, xz-compressed and split into two parts, .fa4a/ and .fa4b/ (git-ignored).
 # benchmarks/run_gpu_flash_attn.sh then moves them over in two calls. Run here, with network:
 #     bash benchmarks/flash_attn4_bundle.sh
+# CUDA_BINDINGS="==13.0.3" pins cuda-bindings to the GPU machine's driver (CUDA 13.0) if the newest one
+# (13.5, checked to import here) refuses that driver.
 set -euo pipefail
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -14,7 +16,7 @@ pip_dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-ver
 # CUDA 13 compiler library are what it installs for torch cu13x; libs-core holds the `cutlass` front end)
 pip_dl flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
     nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 "apache-tvm-ffi>=0.1.11,<0.2" \
-    quack-kernels==0.6.5 torch-c-dlpack-ext einops "cuda-bindings>=13,<14" cuda-pathfinder
+    quack-kernels==0.6.5 torch-c-dlpack-ext einops "cuda-bindings${CUDA_BINDINGS:->=13,<14}" cuda-pathfinder
 mkdir -p "$work/site"
 for w in "$work"/whl/*.whl; do unzip -q -o "$w" -d "$work/site"; done  # unzip keeps the modes
 rm -rf "$work"/site/nvidia_cutlass_dsl/cu13/lib/stubs "$work"/site/einops/tests
