@@ -88,6 +88,7 @@ def test_default_backend_is_sdpa_and_flash_attn_is_unavailable_on_cpu() -> None:
 
 
 _FAKE_FLASH = """
+import torch
 import torch.nn.functional as F
 
 CALLS = []
@@ -95,6 +96,8 @@ CALLS = []
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
     CALLS.append("{impl}")
+    if "{impl}" == "fa4":  # like FA4's CuTe-DSL launcher, nothing torch.compile can trace
+        torch._dynamo.graph_break()
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale, is_causal=causal
     ).transpose(1, 2)
@@ -358,3 +361,26 @@ def test_choice_follows_registry_changes() -> None:
     with fake_plugins():
         attention(q, k, v)
         assert _ran() == []  # the cached choice was forgotten with the plugin
+
+
+def test_flash_attn_4_runs_as_one_custom_op_under_torch_compile(fake_flash) -> None:  # type: ignore[no-untyped-def]
+    """FA4's launcher is plain Python: the backend calls it through ``fastvideo::flash_attn4_fwd`` in
+    inference, so a compiled block takes it whole (fullgraph: no graph break)."""
+    import sys
+
+    from fastvideo.attention import backends
+
+    fake_flash("fa4")
+    backend = backends.FlashAttnBackend()
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 7, 2, 16, generator=gen) for _ in range(3))
+    torch.library.opcheck(
+        backends._fa4_op(), (q, k, v, 0.25, False), test_utils=("test_schema", "test_faketensor")
+    )
+    with torch.inference_mode():
+        compiled = torch.compile(
+            lambda q, k, v: backend.forward(q, k, v, scale=0.25), fullgraph=True, backend="eager"
+        )
+        out = compiled(q, k, v)
+    assert_close("fa4 compiled", reference_attention(q, k, v, scale=0.25), out, 1e-5)
+    assert "fa4" in sys.modules["flash_attn.cute"].CALLS

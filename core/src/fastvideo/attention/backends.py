@@ -198,6 +198,40 @@ class FlashAttnBackend(AttentionBackend):
         is_causal: bool = False,
         step: StepContext | None = None,
     ) -> torch.Tensor:
-        _impl, flash_attn_func = load_flash_attn()
+        import torch
+
+        impl, flash_attn_func = load_flash_attn()
+        if impl == "fa4" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+            return _fa4_op()(q, k, v, scale, is_causal)  # opaque to torch.compile
         out = flash_attn_func(q, k, v, softmax_scale=scale, causal=is_causal)
         return out[0] if isinstance(out, tuple) else out  # [B, L, H, D]
+
+
+_FA4_OP: list[Any] = []
+
+
+def _fa4_op() -> Any:
+    """FlashAttention-4's forward as the custom op ``fastvideo::flash_attn4_fwd`` (inference), defined on
+    first use: FA2 and FA3 register their own ops, FA4's CuTe-DSL launcher is plain Python that
+    torch.compile cannot trace (the DiT blocks are compiled by default on CUDA)."""
+    if not _FA4_OP:
+        import torch
+
+        @torch.library.custom_op(
+            "fastvideo::flash_attn4_fwd",
+            mutates_args=(),
+            schema="(Tensor q, Tensor k, Tensor v, float? scale, bool causal) -> Tensor",  # annotations are strings here
+        )
+        def flash_attn4_fwd(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, causal: bool
+        ) -> torch.Tensor:
+            _impl, fn = load_flash_attn()
+            out = fn(q, k, v, softmax_scale=scale, causal=causal)
+            return (out[0] if isinstance(out, tuple) else out).contiguous()
+
+        @flash_attn4_fwd.register_fake
+        def _(q, k, v, scale, causal):  # type: ignore[no-untyped-def]
+            return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+        _FA4_OP.append(flash_attn4_fwd)
+    return _FA4_OP[0]
