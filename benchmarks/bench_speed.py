@@ -516,6 +516,13 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
             ("fp8", {"quantize": "fp8"}, None),
             ("fp8+sage", {"quantize": "fp8"}, "sage"),
         ]
+    from fastvideo.attention.backends import FlashAttnBackend
+
+    if not tiny and FlashAttnBackend.unavailable_reason() is None:  # FA3 / flash-attn-4 where installed
+        variants += [
+            ("bf16 compiled, flash-attn", {"compile": True}, "flash-attn"),
+            ("fp8 compiled, flash-attn", {"quantize": "fp8", "compile": True}, "flash-attn"),
+        ]
     for name, options, backend in variants:
         with guarded("i2v14b", name):
             _variant("i2v14b", cfg, kw, name, options, backend, iters, digits=3)
