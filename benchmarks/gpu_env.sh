@@ -5,7 +5,8 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 src=$PWD/core/src
 for p in plugins/*/src; do src=$src:$PWD/$p; done
-export PYTHONPATH=/tmp/site:$src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 FASTVIDEO_PROGRESS=0
+# EXTRA_PYTHONPATH: packages unpacked elsewhere (run_gpu_flash_attn.sh's flash-attn-4)
+export PYTHONPATH=/tmp/site:$src${EXTRA_PYTHONPATH:+:$EXTRA_PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 FASTVIDEO_PROGRESS=0
 python3 - <<'PY'
 import pathlib
 import tomllib

@@ -7,6 +7,8 @@
 #      then STA through FA4's block-sparse kernel: its GPU test and bench_sta.py's kernel rows, FASTVIDEO_STA_FA4=1)
 #   3. carry [".whl"]:   bash benchmarks/run_gpu_flash_attn.sh cosmos     (Cosmos-Predict2-2B DiT eager with the
 #      flash-attn backend against diffusers (cuDNN SDPA), benchmarks/bench_cosmos.py --backend flash-attn)
+#   4. carry [".whl"]:   bash benchmarks/run_gpu_flash_attn.sh i2v14b     (Wan2.1-I2V-14B-480P s/step: the usual
+#      variants plus bf16 / FP8 compiled with the flash-attn backend on FA4; about 7 minutes)
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -32,11 +34,14 @@ probe)
         | tee "$out/sta_fa4_bench.txt" ;;
 cosmos)
     [ -d /tmp/fa4site/flash_attn ] || { echo "flash-attn-4 is not unpacked here: run 'stash' and 'probe' first"; exit 3; }
-    source benchmarks/gpu_env.sh
-    fa4_path
+    EXTRA_PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages source benchmarks/gpu_env.sh
     FASTVIDEO_FLASH_ATTN=fa4 timeout 300 python3 benchmarks/bench_cosmos.py --no-compile --skip-generation \
         --backend flash-attn 2>&1 | tee "$out/cosmos_flash_attn.txt"
     cp docs/benchmarks.md "$out/benchmarks.md" ;;
+i2v14b)
+    [ -d /tmp/fa4site/flash_attn ] || { echo "flash-attn-4 is not unpacked here: run 'stash' and 'probe' first"; exit 3; }
+    EXTRA_PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages FASTVIDEO_FLASH_ATTN=fa4 \
+        SECTIONS=i2v14b bash benchmarks/run_gpu_speed.sh ;;
 *)
-    echo "usage: bash benchmarks/run_gpu_flash_attn.sh stash|probe|cosmos (see the header)"; exit 2 ;;
+    echo "usage: bash benchmarks/run_gpu_flash_attn.sh stash|probe|cosmos|i2v14b (see the header)"; exit 2 ;;
 esac
