@@ -1,6 +1,6 @@
 """The ``flash-attn`` backend (FA3, FA4 or FA2: ``fastvideo.attention.backends.load_flash_attn``)
 against cuDNN SDPA at the shapes our families run, on one GPU: accuracy on 256 query rows against fp32
-attention, and time per call, the two kernels in alternating rounds (best round each). Issue #21:
+attention, and the median time per call, the two kernels' calls interleaved (``harness.time_interleaved``). Issue #21:
 attention is 85 % of Cosmos-2B's eager forward; issue #24: Wan2.1-I2V-14B's step.
 
     python benchmarks/flash_attn_probe.py                   # every shape
@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from harness import time_interleaved
 
 from fastvideo.attention.backends import FlashAttnBackend, load_flash_attn
 
@@ -28,18 +29,7 @@ SHAPES = {  # name: (heads, query tokens, key tokens, head dim)
 }
 
 
-def _ms(fn, iters: int) -> float:  # type: ignore[no-untyped-def]
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / iters
-
-
-def probe(name: str, h: int, n: int, m: int, d: int, iters: int, rounds: int) -> dict:
+def probe(name: str, h: int, n: int, m: int, d: int, iters: int) -> dict:
     backend = FlashAttnBackend()
     q = torch.randn(1, n, h, d, device="cuda", dtype=torch.bfloat16)  # (B, L, H, D), as the seam passes it
     k, v = (torch.randn(1, m, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -56,12 +46,11 @@ def probe(name: str, h: int, n: int, m: int, d: int, iters: int, rounds: int) ->
     )
     err_fa = (out[:, :256].float() - ref).abs().max().item()
     err_sdpa = (sdpa().transpose(1, 2)[:, :256].float() - ref).abs().max().item()
-    fa_ms, sdpa_ms = [], []
-    for _ in range(rounds):
-        fa_ms.append(_ms(lambda: backend.forward(q, k, v), iters))
-        sdpa_ms.append(_ms(sdpa, iters))
+    timed = time_interleaved(
+        {"flash": lambda: backend.forward(q, k, v), "cudnn": sdpa}, warmup=1, iters=iters
+    )
     flops = 4 * n * m * h * d
-    fa, sd = min(fa_ms), min(sdpa_ms)
+    fa, sd = timed["flash"][0].median_ms, timed["cudnn"][0].median_ms
     return dict(shape=name, impl=load_flash_attn()[0], flash_ms=round(fa, 2), cudnn_ms=round(sd, 2),
                 ratio=round(fa / sd, 3), flash_tflops=round(flops / fa / 1e9), cudnn_tflops=round(flops / sd / 1e9),
                 first_call_s=round(first_s, 1), max_err_flash=err_fa, max_err_cudnn=err_sdpa)  # fmt: skip
@@ -69,8 +58,7 @@ def probe(name: str, h: int, n: int, m: int, d: int, iters: int, rounds: int) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=7)
     ap.add_argument("--only", default="", help="shapes whose name contains this")
     a = ap.parse_args()
     reason = FlashAttnBackend.unavailable_reason()
@@ -87,7 +75,7 @@ def main() -> None:
     for name, (h, n, m, d) in SHAPES.items():
         if a.only in name:
             try:
-                print(probe(name, h, n, m, d, a.iters, a.rounds), flush=True)
+                print(probe(name, h, n, m, d, a.iters), flush=True)
             except Exception as exc:  # a probe: say what failed and go on
                 print(f"{name}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             torch.cuda.empty_cache()
