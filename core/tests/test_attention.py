@@ -384,3 +384,19 @@ def test_flash_attn_4_runs_as_one_custom_op_under_torch_compile(fake_flash) -> N
         out = compiled(q, k, v)
     assert_close("fa4 compiled", reference_attention(q, k, v, scale=0.25), out, 1e-5)
     assert "fa4" in sys.modules["flash_attn.cute"].CALLS
+
+
+def test_flash_attn_doctor_notes_say_what_is_installed_and_what_runs(fake_flash, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention import backends
+
+    if not backends.flash_attn_installed():  # (a machine with a real flash-attn skips this line)
+        assert backends.FlashAttnBackend.doctor_notes() == [
+            "installed: none; runs: none (FASTVIDEO_FLASH_ATTN=fa3|fa4|fa2 pins)"
+        ]
+    fake_flash("fa2", "fa4")
+    assert backends.FlashAttnBackend.doctor_notes() == [
+        "installed: fa4, fa2; runs: fa4 (flash_attn.cute) (FASTVIDEO_FLASH_ATTN=fa3|fa4|fa2 pins)"
+    ]
+    monkeypatch.setenv("FASTVIDEO_FLASH_ATTN", "fa9")
+    notes = backends.FlashAttnBackend.doctor_notes()  # a diagnostic: says what is wrong, does not raise
+    assert notes[0] == "installed: fa4, fa2" and "FASTVIDEO_FLASH_ATTN='fa9'" in notes[1]

@@ -176,6 +176,19 @@ class FlashAttnBackend(AttentionBackend):
             return "flash-attn needs a CUDA GPU"
         return None
 
+    @classmethod
+    def doctor_notes(cls) -> list[str]:
+        """Which FlashAttention packages are installed and which one runs."""
+        found = flash_attn_installed()
+        try:
+            runs = flash_attn_impl()
+        except ValueError as err:
+            return [f"installed: {', '.join(found) or 'none'}", str(err)]
+        chosen = f"{runs} ({FLASH_ATTN_IMPLS[runs]})" if runs else "none"
+        return [
+            f"installed: {', '.join(found) or 'none'}; runs: {chosen} (FASTVIDEO_FLASH_ATTN=fa3|fa4|fa2 pins)"
+        ]
+
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
         import torch
 
