@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from fastvideo import errors
 from fastvideo.attention import (
     ALL,
     DENSE,
@@ -16,7 +17,6 @@ from fastvideo.attention import (
     attention,
     available_backends,
     resolve_backend_name,
-    selector,
     step_context,
     use_backend,
 )
@@ -320,7 +320,7 @@ def test_backend_receives_the_step_context(fakes: None) -> None:
 def test_backend_that_declines_the_inputs_falls_back(fakes: None) -> None:
     q, k, v = _qkv()
     mask = torch.ones(1, 1, 5, 7, dtype=torch.bool)
-    selector._WARNED.clear()
+    errors._WARNED.clear()
     with use_backend("fake-dense"):
         with pytest.warns(RuntimeWarning, match=r"'fake-dense' cannot take this call \(.*\); using 'sdpa'"):
             out = attention(q, k, v, attn_mask=mask)

@@ -43,3 +43,17 @@ class CheckpointError(FastVideoError):
 
 class OutputPathError(FastVideoError, ValueError):
     """The output path cannot be written (exists without overwrite, or not writable)."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, *, stacklevel: int = 2) -> None:
+    """A one-line ``RuntimeWarning``, once per distinct message in the process (a fallback that every
+    call would otherwise repeat). ``stacklevel`` counts from the caller of this function, as for
+    :func:`warnings.warn`."""
+    import warnings
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel + 1)

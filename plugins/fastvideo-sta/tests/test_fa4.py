@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fastvideo import errors
 from fastvideo.testing import assert_close
-from fastvideo_sta.ops import fa4, op, sta_attention, sta_attention_reference
+from fastvideo_sta.ops import fa4, sta_attention, sta_attention_reference
 from fastvideo_sta.ops.reference import sta_mask
 from fastvideo_sta.tiles import TileGeometry
 
@@ -142,12 +143,12 @@ def fake_fa4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     fa4.installed.cache_clear()
-    op._WARNED.clear()
+    errors._WARNED.clear()
     monkeypatch.setenv(fa4.ENV, "1")
     yield lambda: importlib.import_module("flash_attn.cute.interface").CALLS
     drop()
     fa4.installed.cache_clear()
-    op._WARNED.clear()
+    errors._WARNED.clear()
 
 
 def _qkv(batch: int, length: int, heads: int, dim: int = 64, seed: int = 0) -> list[torch.Tensor]:
@@ -262,7 +263,7 @@ def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPat
     calls = []
     real = interface.flash_attn_func
     monkeypatch.setattr(interface, "flash_attn_func", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    op._WARNED.clear()
+    errors._WARNED.clear()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings(
             "error", message="sta:", category=RuntimeWarning

@@ -6,11 +6,10 @@ import contextlib
 import functools
 import logging
 import os
-import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
-from fastvideo.errors import BackendUnavailableError, UnknownNameError
+from fastvideo.errors import BackendUnavailableError, UnknownNameError, warn_once
 from fastvideo.registry import get_registry, unknown_name_message
 
 if TYPE_CHECKING:
@@ -147,21 +146,12 @@ def select_backend(
     reason = backend.supports(q, k, v, attn_mask=attn_mask)
     if reason is not None:
         fallback = _dense_fallback(allow, q, k, v, attn_mask)
-        _warn_once(
-            f"attention backend {backend.name!r} cannot take this call ({reason}); using {fallback.name!r}"
+        warn_once(
+            f"attention backend {backend.name!r} cannot take this call ({reason}); using {fallback.name!r}",
+            stacklevel=3,
         )
         return fallback
     return backend
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    """A one-line warning, once per distinct message."""
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 #: The sparse attention layers whose forward is running, innermost last, with their input hidden

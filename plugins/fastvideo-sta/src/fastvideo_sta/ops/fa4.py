@@ -55,8 +55,8 @@ def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None
     tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
     if grad:
         return "a gradient is needed (the Triton kernels run the backward)"
-    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] != 9:
-        major, minor = torch.cuda.get_device_capability(q.device)
+    major, minor = torch.cuda.get_device_capability(q.device) if q.is_cuda else (9, 0)
+    if major != 9:
         # Blackwell's forward wants query blocks of a multiple of 256 rows, sm_80/120 64-row key tiles
         return f"flash-attn-4's block-sparse forward takes a tile per query block on Hopper (sm_90) only, not sm_{major}{minor}"
     if tile_tokens % BLOCK_KV:
@@ -98,17 +98,17 @@ def tile_order(geom: TileGeometry, device: torch.device) -> torch.Tensor:
 
 
 def block_tables(
-    geom: TileGeometry, windows: list[Window], text_len: int, text_keys: int
+    geom: TileGeometry, windows: list[Window], text_len: int, keys: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(count [1, H, M], index [1, H, M, NK])`` int32 of the sparse pattern in tile-major order: query
     block ``m < num_tiles`` is tile ``m``, the rest are ``ceil(text_len / tile tokens)`` text blocks;
-    key block ``j`` holds tokens ``[j * BLOCK_KV, (j + 1) * BLOCK_KV)`` of the video then ``text_keys``
-    text tokens. Each row's block indices are packed to the left, ascending."""
+    key block ``j`` holds tokens ``[j * BLOCK_KV, (j + 1) * BLOCK_KV)`` of the video then ``keys`` text
+    tokens. Each row's block indices are packed to the left, ascending."""
     nt, nh, nw = geom.tile_grid
     tile_tokens = geom.tile[0] * geom.tile[1] * geom.tile[2]
     per_tile = tile_tokens // BLOCK_KV
     video_blocks = geom.num_tiles * per_tile
-    text_blocks = -(-text_keys // BLOCK_KV)
+    text_blocks = -(-keys // BLOCK_KV)
     nk = video_blocks + text_blocks
     text_q = -(-text_len // tile_tokens)
     m = geom.num_tiles + text_q
@@ -158,7 +158,6 @@ def _block_tables(grid, tile, windows, text_len, keys):  # type: ignore[no-untyp
     return count, index, torch.zeros_like(count), torch.zeros_like(index)
 
 
-@functools.cache
 def _orders(
     grid: tuple[int, int, int], tile: tuple[int, int, int], length: int, keys: int
 ) -> tuple[torch.Tensor, ...]:

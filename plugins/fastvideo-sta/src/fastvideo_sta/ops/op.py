@@ -10,12 +10,12 @@ waits on the host.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
+from fastvideo.errors import warn_once
 from fastvideo_sta.ops import fa4
 from fastvideo_sta.ops.triton_bwd import sta_backward
 from fastvideo_sta.ops.triton_fwd import interpreting, sta_forward
@@ -72,22 +72,13 @@ def sta_fwd_fa4(
         except Exception as err:  # a kernel or package that rejects the call: the Triton kernel runs
             first = str(err).splitlines()[0] if str(err) else ""
             reason = f"flash-attn-4 failed ({type(err).__name__}: {first[:200]})"
-    _warn_once(f"sta: {fa4.ENV}=1 but this call runs the Triton kernel: {reason}")
+    warn_once(f"sta: {fa4.ENV}=1 but this call runs the Triton kernel: {reason}")
     return sta_forward(q, k, v, windows, text_valid, geom, scale)[0]
 
 
 @sta_fwd_fa4.register_fake
 def _(q, k, v, windows, text_valid, grid, tile, scale):
     return q.new_empty(q.shape)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 @torch.library.custom_op("fastvideo_sta::sta_bwd", mutates_args=())
