@@ -708,6 +708,14 @@ def section_e2e(tiny: bool, steps: int, variants: str) -> None:
         # our VAE decodes in fp32 by default (Wan's release setting); diffusers' WanPipeline here in bf16
         "bf16+vae-bf16": {"vae_dtype": "bf16"},
         "fp8+sage+magcache": {"quantize": "fp8", "attention_backend": "sage", "cache": "magcache"},
+        # FlashAttention-4 / FA3 where installed (run_gpu_flash_attn.sh e2e)
+        "flash-attn": {"attention_backend": "flash-attn"},
+        "flash-attn+magcache": {"attention_backend": "flash-attn", "cache": "magcache"},
+        "fp8+flash-attn+magcache": {
+            "quantize": "fp8",
+            "attention_backend": "flash-attn",
+            "cache": "magcache",
+        },
     }
     for name, opts in options.items():
         if name in variants.split(","):

@@ -10,7 +10,9 @@
    Windows: the paper's HunyuanVideo windows, one per head in turn ((5,3,3), (1,6,10), (3,3,5),
    (5,1,10), (5,6,1)), and the uniform window nearest to 91 % sparsity on that grid. Each row gives the
    kept fraction of the whole (video + text) score plane and ``time / (cuDNN dense time x kept)``
-   (target: forward <= 1.15).
+   (target: forward <= 1.15). The Triton kernels (``FASTVIDEO_STA_FA4=0``) run every row; where
+   flash-attn-4 is installed and takes the grid (whole tiles), a second forward row runs through its
+   block-sparse kernel (``FASTVIDEO_STA_FA4=1``).
 2. HunyuanVideo DiT (13B, random weights, bf16) forward at 125x720x1280 (32x45x80 tokens + 256 text):
    ``sta`` with the anchor's published strategy (tests/fixtures/mask_strategy_hunyuan.json.xz) at a
    sparse step against dense ``sdpa``, same model and inputs (target: <= 0.5 x dense). ``--num-layers``
@@ -27,6 +29,7 @@ import gc
 import itertools
 import lzma
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,7 +121,7 @@ def one_shape(
     tile: tuple[int, int, int],
 ) -> list[str]:
     """Dense baselines and sta at two window settings on one shape; returns the printed lines."""
-    from fastvideo_sta.ops import sta_attention
+    from fastvideo_sta.ops import fa4, sta_attention
     from fastvideo_sta.tiles import TileGeometry
 
     summary: list[str] = []
@@ -133,6 +136,7 @@ def one_shape(
     if text:
         text_mask = torch.ones(1, text, dtype=torch.bool, device=device)
         text_mask[:, text // 2 + 8 :] = False  # padded prompt tokens, as the pipelines give
+    fa4_here = device == "cuda" and fa4.installed()
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, L, D] for SDPA
 
     def dense(backend: Any) -> Any:
@@ -182,21 +186,36 @@ def one_shape(
             torch.autograd.grad(out, x, do)
 
         kept = kept_fraction(geom, [geom.clamp(w) for w in windows], text)
-        for pass_, fn, i in (("fwd", fwd, 0), ("fwd+bwd", fwd_bwd, 1)):
-            t = time_any(f"sta {pass_}", fn, 1, args.iters).median_ms
+        passes = [("fwd", fwd, 0, "0"), ("fwd+bwd", fwd_bwd, 1, "0")]  # the Triton kernels
+        reason = fa4.why_not(q, geom, text_mask, grad=False) if fa4_here else "flash-attn-4 is not installed"
+        if reason is None:
+            passes.insert(
+                1, ("fwd", fwd, 0, "1")
+            )  # the same forward through flash-attn-4's block-sparse kernel
+        elif fa4_here:
+            log(f"  {label}: no flash-attn-4 row ({reason})")
+        for pass_, fn, i, fa4_env in passes:
+            os.environ[fa4.ENV] = fa4_env
+            kernel = "flash-attn-4" if fa4_env == "1" else "Triton"
+            t = time_any(f"sta {pass_} {kernel}", fn, 1, args.iters).median_ms
             cudnn, flash = (base.get(b, (math.nan, math.nan))[i] for b in ("cudnn", "flash"))
             ratio = t / (cudnn * kept) if cudnn == cudnn else math.nan
             row = [
                 env["date"], env["card"], f"{label}: {'x'.join(map(str, grid))} + {text}, {heads} heads",
-                what, f"{kept:.3f}", pass_, f"{t:.2f}", f"{cudnn:.2f}", f"{flash:.2f}", f"{ratio:.2f}",
+                what, f"{kept:.3f}", f"{pass_} ({kernel})", f"{t:.2f}", f"{cudnn:.2f}", f"{flash:.2f}", f"{ratio:.2f}",
                 f"{t / cudnn:.3f}", f"{t / flash:.3f}", f"torch {env['torch']}, triton {env['triton']}",
             ]  # fmt: skip
-            line = (f"{label} {what} {pass_}: sta {t:.2f} ms, kept {kept:.3f}, cuDNN {cudnn:.2f} ms, "
+            line = (f"{label} {what} {pass_} ({kernel}): sta {t:.2f} ms, kept {kept:.3f}, cuDNN {cudnn:.2f} ms, "
                     f"flash {flash:.2f} ms, sta/(cuDNN x kept) {ratio:.2f}")  # fmt: skip
             log(line)
             summary.append(line)
             if not args.tiny and not args.no_record:
-                append_row("Sliding tile attention kernels (sta, Triton) vs SDPA", KERNEL_HEADER, row)
+                append_row(
+                    "Sliding tile attention kernels (sta: Triton; flash-attn-4 forward) vs SDPA",
+                    KERNEL_HEADER,
+                    row,
+                )
+    os.environ.pop(fa4.ENV, None)
     return summary
 
 
@@ -251,7 +270,7 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
     strategy_path.parent.mkdir(parents=True, exist_ok=True)
     strategy_path.write_bytes(lzma.decompress(STRATEGY.read_bytes()))
     strategy = load_strategy(strategy_path)
-    frames, height, width = (125, 720, 1280) if not args.tiny else (9, 64, 64)
+    frames, height, width = tuple(int(n) for n in args.dit_shape.split("x")) if not args.tiny else (9, 64, 64)
     t_lat, h_lat, w_lat = (frames - 1) // 4 + 1, height // 8, width // 8
     x = torch.randn(1, config["in_channels"], t_lat, h_lat, w_lat, device=device, generator=gen, dtype=dtype)
     text_len = 256 if not args.tiny else 8
@@ -288,19 +307,39 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
         with torch.inference_mode(), use_backend(backend), step_context(ctx):
             return model(x, t, text, mask, pooled, guidance)
 
+    from fastvideo_sta.ops import fa4
+
+    # the default path; where flash-attn-4 takes this grid, the Triton kernels too (FASTVIDEO_STA_FA4=0)
+    variants = [("sdpa", "sdpa", None), ("sta", "sta", None)]
+    head_dim = config.get("attention_head_dim", 128)
+    q_like = torch.empty(1, 1, heads, head_dim, device=device, dtype=dtype)
+    if device == "cuda" and fa4.installed() and fa4.why_not(q_like, geom, mask, grad=False) is None:
+        variants = [("sdpa", "sdpa", None), ("sta (flash-attn-4)", "sta", "1"), ("sta (Triton)", "sta", "0")]
     timings = {}
     outs = {}
-    for backend in ("sdpa", "sta"):
-        tm, out = time_out(backend, lambda b=backend: run(b), 1, 1)
-        outs[backend] = out.float()
-        timings[backend] = tm
-        log(f"DiT forward {backend}: {tm.median_ms:.1f} ms, peak {tm.peak_gib:.2f} GiB")
-    rel = ((outs["sta"] - outs["sdpa"]).norm() / outs["sdpa"].norm()).item()
-    ratio = timings["sta"].median_ms / timings["sdpa"].median_ms
-    full_run = (15 * timings["sdpa"].median_ms + 35 * timings["sta"].median_ms) / (
+    for label, backend, fa4_env in variants:
+        if fa4_env is not None:
+            os.environ[fa4.ENV] = fa4_env
+        tm, out = time_out(label, lambda b=backend: run(b), 1, 1)
+        os.environ.pop(fa4.ENV, None)
+        outs[label] = out.float()
+        timings[label] = tm
+        log(f"DiT forward {label}: {tm.median_ms:.1f} ms, peak {tm.peak_gib:.2f} GiB")
+    lines = [dit_row(args, env, frames, height, width, layers, config, grid, text_len, step, sparsity,
+                     label, timings, outs) for label, _, _ in variants[1:]]  # fmt: skip
+    return lines
+
+
+def dit_row(
+    args, env, frames, height, width, layers, config, grid, text_len, step, sparsity, label, timings, outs
+):  # type: ignore[no-untyped-def]
+    """Log and record one sta variant of the DiT forward against dense sdpa."""
+    rel = ((outs[label] - outs["sdpa"]).norm() / outs["sdpa"].norm()).item()
+    ratio = timings[label].median_ms / timings["sdpa"].median_ms
+    full_run = (15 * timings["sdpa"].median_ms + 35 * timings[label].median_ms) / (
         50 * timings["sdpa"].median_ms
     )
-    line = (f"HunyuanVideo DiT {frames}x{height}x{width} ({layers} blocks): sta {timings['sta'].median_ms:.1f} ms vs dense "
+    line = (f"HunyuanVideo DiT {frames}x{height}x{width} ({layers} blocks): {label} {timings[label].median_ms:.1f} ms vs dense "
             f"{timings['sdpa'].median_ms:.1f} ms = {ratio:.3f} (target <= 0.5); 50 steps with the first 15 dense: "
             f"{full_run:.3f} of dense; ||sta - dense|| / ||dense|| = {rel:.3f}")  # fmt: skip
     log(line)
@@ -312,12 +351,12 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
             [
                 env["date"], env["card"], f"HunyuanVideo 13B{'' if full else f' ({layers} blocks)'}, random weights, bf16",
                 f"{frames}x{height}x{width}, {math.prod(grid)} + {text_len}",
-                f"anchor mask_strategy_hunyuan.json step {step}", f"{sparsity:.3f}",
-                f"{timings['sdpa'].median_ms:.1f}", f"{timings['sta'].median_ms:.1f}", f"{ratio:.3f}",
-                f"{timings['sta'].peak_gib:.2f}", f"torch {env['torch']}, triton {env['triton']}", f"`{env['command']}`",
+                f"anchor mask_strategy_hunyuan.json step {step}{'' if label == 'sta' else ', ' + label}", f"{sparsity:.3f}",
+                f"{timings['sdpa'].median_ms:.1f}", f"{timings[label].median_ms:.1f}", f"{ratio:.3f}",
+                f"{timings[label].peak_gib:.2f}", f"torch {env['torch']}, triton {env['triton']}", f"`{env['command']}`",
             ],
         )  # fmt: skip
-    return [line]
+    return line
 
 
 def main() -> None:
@@ -331,6 +370,7 @@ def main() -> None:
     ap.add_argument("--skip-dit", action="store_true")
     ap.add_argument("--num-layers", type=int, help="dual-stream blocks (default: all 20)")
     ap.add_argument("--num-single-layers", type=int, help="single-stream blocks (default: all 40)")
+    ap.add_argument("--dit-shape", default="125x720x1280", help="FRAMESxHEIGHTxWIDTH of the DiT forward")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--out", default="/tmp/out")
     args = ap.parse_args()

@@ -108,18 +108,21 @@ def test_options_are_checked_with_one_line_errors(sta, tmp_path: Path) -> None: 
     assert values == {"window": "3x3x3", "strategy": "", "tile": "6,8,8", "full_steps": 0, "search": ""}
 
 
-def test_doctor_reports_the_triton_path_and_no_cuda_build(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_the_kernel_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTVIDEO_STA_FA4", raising=False)
     notes = STABackend.doctor_notes()
     assert any(n.startswith("kernels: Triton") for n in notes)
-    assert any("CUDA build: not provided: Triton path only" in n for n in notes)
-    fa4_note = (
-        "flash-attn-4 block-sparse forward (inference, whole tiles): off (FASTVIDEO_STA_FA4=1 turns it on)"
-    )
-    assert any(n.startswith(fa4_note) for n in notes)
+    assert any("CUDA build: none shipped" in n and "no binary is pinned" in n for n in notes)
+    prefix = "flash-attn-4 block-sparse forward (inference, whole tiles): "
+    assert any(n.startswith(prefix + "auto (where it applies") for n in notes)
     monkeypatch.setenv("FASTVIDEO_STA_FA4", "1")
+    assert any(n.startswith(prefix + "on (FASTVIDEO_STA_FA4=1") for n in STABackend.doctor_notes())
+    monkeypatch.setenv("FASTVIDEO_STA_FA4", "0")
+    assert any(n.startswith(prefix + "off (FASTVIDEO_STA_FA4=0)") for n in STABackend.doctor_notes())
+    monkeypatch.setenv("FASTVIDEO_STA_FA4", "yes")
     assert any(
-        "forward (inference, whole tiles): on (FASTVIDEO_STA_FA4=1)" in n for n in STABackend.doctor_notes()
+        n.startswith(prefix + "error: FASTVIDEO_STA_FA4 must be auto, 1 or 0, got 'yes'")
+        for n in STABackend.doctor_notes()
     )
 
 

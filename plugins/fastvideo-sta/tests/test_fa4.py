@@ -1,4 +1,4 @@
-"""STA through flash-attn-4's block-sparse kernel (``fastvideo_sta.ops.fa4``, ``FASTVIDEO_STA_FA4=1``).
+"""STA through flash-attn-4's block-sparse kernel (``fastvideo_sta.ops.fa4``, ``FASTVIDEO_STA_FA4``).
 
 On CPU: the block tables, expanded to a token mask and put back in raster order, are STA's mask
 (:func:`fastvideo_sta.ops.reference.sta_mask`); and the whole path (tile-major gather, tables, scatter)
@@ -85,19 +85,22 @@ def flash_attn_func(q, k, v, softmax_scale=None, block_sparse_tensors=None, **kw
     mask = torch.zeros(b, h, lq, lk, dtype=torch.bool)
     for cnt_t, idx_t in ((t.full_block_cnt, t.full_block_idx), (t.mask_block_cnt, t.mask_block_idx)):
         assert cnt_t.dtype == idx_t.dtype == torch.int32
-        assert cnt_t.shape[0] in (1, b) and cnt_t.shape[1] in (1, h) and cnt_t.shape[2] == m, cnt_t.shape
-        assert idx_t.shape[:3] == cnt_t.shape and idx_t.shape[3] == nk, (idx_t.shape, nk)
-        for bi in range(cnt_t.shape[0]):
-            for head in range(cnt_t.shape[1]):
+        # FlashAttention-4 expands batch / head dims of 1, and takes fewer index columns than key blocks
+        for x in (cnt_t, idx_t):
+            assert x.shape[0] in (1, b) and x.shape[1] in (1, h) and x.shape[2] == m, x.shape
+        assert idx_t.ndim == 4 and idx_t.shape[3] <= nk, (idx_t.shape, nk)
+        cnt_t = cnt_t.expand(b, h, m)
+        idx_t = idx_t.expand(b, h, m, idx_t.shape[3])
+        assert int(cnt_t.max()) <= idx_t.shape[3]
+        for bi in range(b):
+            for head in range(h):
                 for row in range(m):
                     ids = idx_t[bi, head, row, : int(cnt_t[bi, head, row])].tolist()
                     for pos, j in enumerate(ids):
                         assert 0 <= j < nk
                         if (j + 1) * bk > lk:  # cut by the key length: masked only if taken first
                             assert pos == len(ids) - 1, (row, ids)
-                        bs = slice(None) if cnt_t.shape[0] == 1 else slice(bi, bi + 1)
-                        hs = slice(None) if cnt_t.shape[1] == 1 else slice(head, head + 1)
-                        mask[bs, hs, row * bq : (row + 1) * bq, j * bk : (j + 1) * bk] = True
+                        mask[bi, head, row * bq : (row + 1) * bq, j * bk : (j + 1) * bk] = True
     CALLS.append((tuple(q.shape), tuple(k.shape), t.block_size))
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(),
@@ -211,6 +214,80 @@ def test_calls_the_path_cannot_take_run_the_triton_kernel(fake_fa4) -> None:  # 
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_sparse_tensors_stack_cached_head_rows(fake_fa4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A layer's tables are the per-head rows of :func:`fa4.block_tables`, built once per window and
+    stacked on the device; the partial-block tables are one broadcast zero table."""
+    fake_fa4()
+    geom = TileGeometry((8, 16, 32), (2, 8, 8))
+    windows = [(1, 1, 3), (3, 2, 1), (1, 1, 3)]
+    fa4._HEAD_ROWS.clear()
+    built = []
+    real = fa4.block_tables
+    monkeypatch.setattr(fa4, "block_tables", lambda *a: built.append(a[1]) or real(*a))
+    tensors = fa4.sparse_tensors(geom, windows, 150, 110, torch.device("cpu"))
+    count, index = real(geom, windows, 150, 110)
+    assert torch.equal(tensors.full_block_cnt, count) and torch.equal(tensors.full_block_idx, index)
+    assert built == [[(1, 1, 3)], [(3, 2, 1)]]  # the repeated window once
+    assert tensors.mask_block_cnt.shape == (1, 1, count.shape[2]) and not tensors.mask_block_cnt.any()
+    assert tensors.mask_block_idx.shape == (1, 1, count.shape[2], 1)
+    again = fa4.sparse_tensors(geom, windows[::-1], 150, 110, torch.device("cpu"))
+    assert len(built) == 2  # nothing rebuilt for the next layer
+    assert torch.equal(again.full_block_idx, real(geom, windows[::-1], 150, 110)[1])
+    monkeypatch.setattr(fa4, "HEAD_ROWS_BYTES", 0)  # over the budget: the cache starts again
+    fa4.sparse_tensors(geom, [(2, 2, 2)], 150, 110, torch.device("cpu"))
+    assert len(fa4._HEAD_ROWS) == 1
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_modes_auto_is_silent_and_0_keeps_the_triton_kernel(fake_fa4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    grid, tile, windows = (4, 8, 16), (2, 8, 8), [(1, 1, 1), (2, 1, 1)]
+    q, k, v = _qkv(1, 4 * 8 * 16, 2, seed=5)
+    ref = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, tile=tile)
+    # auto (unset): offered to flash-attn-4 only for CUDA tensors with it installed; these are CPU tensors
+    monkeypatch.delenv(fa4.ENV)
+    assert fa4.mode() == "auto" and fa4.installed() and not fa4.wanted(q)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: the Triton kernel is auto's answer here
+        out = sta_attention(q, k, v, grid, windows, tile=tile)
+    assert fake_fa4() == []
+    assert_close("auto on CPU tensors", ref, out.float(), 2e-2)
+    assert fa4.wanted(torch.empty(0, device="meta")) is False
+    monkeypatch.setenv(fa4.ENV, "0")
+    with torch.no_grad():
+        sta_attention(q, k, v, grid, windows, tile=tile)
+    assert fake_fa4() == [] and fa4.mode() == "off"
+    monkeypatch.setenv(fa4.ENV, " AUTO ")
+    assert fa4.mode() == "auto"
+    monkeypatch.setenv(fa4.ENV, "true")
+    with pytest.raises(ValueError, match=r"FASTVIDEO_STA_FA4 must be auto, 1 or 0, got 'true'"):
+        sta_attention(q, k, v, grid, windows, tile=tile)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
+def test_auto_falls_back_silently_where_the_path_does_not_apply(fake_fa4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """In ``auto`` a grid the path cannot take runs the Triton kernel without a warning (``1`` warns:
+    test above); the op is reached as on a GPU by offering the call (``wanted``) regardless of device."""
+    monkeypatch.delenv(fa4.ENV)
+    monkeypatch.setattr(fa4, "wanted", lambda q: True)
+    grid, tile, windows = (3, 8, 8), (2, 8, 8), [(1, 1, 1)]
+    q, k, v = _qkv(1, 3 * 64, 1, seed=6)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sta_attention(q, k, v, grid, windows, tile=tile)
+    assert fake_fa4() == []
+    ref = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, tile=tile)
+    assert_close("auto fallback", ref, out.float(), 2e-2)
+    # a grid it takes: the stand-in kernel runs under auto too
+    grid = (4, 8, 8)
+    q, k, v = _qkv(1, 4 * 64, 1, seed=7)
+    with torch.no_grad():
+        out = sta_attention(q, k, v, grid, windows, tile=tile)
+    assert len(fake_fa4()) == 1
+    ref = sta_attention_reference(*(x.float() for x in (q, k, v)), grid, windows, tile=tile)
+    assert_close("auto through the stand-in", ref, out.float(), 2e-2)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the stand-in replaces flash-attn-4")
 def test_a_failing_flash_attn_4_call_falls_back_with_a_warning(fake_fa4, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     fake_fa4()  # imports the stand-in
     interface = importlib.import_module("flash_attn.cute.interface")
@@ -245,12 +322,16 @@ def test_the_custom_op_passes_opcheck(fake_fa4) -> None:  # type: ignore[no-unty
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and fa4.installed()), reason="needs a GPU and flash-attn-4"
 )
-def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("env", ["1", None])  # asked for, and the default (auto)
+def test_flash_attn_4_kernel_against_the_reference(monkeypatch: pytest.MonkeyPatch, env: str | None) -> None:
     """The real kernel at HunyuanVideo's tile and a 12x48x80 grid (paper-like windows per head, 256 text
     tokens, 64 of them padding), sampled query rows against the fp32 reference."""
     from fastvideo_sta.ops.reference import rows_mask
 
-    monkeypatch.setenv(fa4.ENV, "1")
+    if env is None:
+        monkeypatch.delenv(fa4.ENV, raising=False)
+    else:
+        monkeypatch.setenv(fa4.ENV, env)
     grid, tile = (12, 48, 80), (6, 8, 8)
     windows = [(2, 3, 3), (1, 6, 10), (2, 6, 1), (1, 1, 1)]
     geom = TileGeometry(grid, tile)

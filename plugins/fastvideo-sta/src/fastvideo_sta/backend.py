@@ -43,10 +43,11 @@ if TYPE_CHECKING:
 
 MAX_HEAD_DIM = 256
 MAX_TILE_FACE = 128  # h*w tokens of one frame of a tile: the kernels' block rows
-#: Why the build of a CUDA kernel is not offered (``fv doctor`` prints it).
+#: The compiled (non-Triton) path and why nothing is ABI-pinned (``fv doctor`` prints it).
 CUDA_BUILD = (
-    "not provided: Triton path only (no CUDA/C++ kernel is built or shipped, so nothing is ABI-pinned "
-    "to a torch version; the Triton kernels compile on first use for the installed torch and GPU)"
+    "none shipped: on Hopper the inference forward runs flash-attn-4's block-sparse kernel where it "
+    "applies (compiled on first use by its CuTe-DSL compiler for the installed torch and GPU, then cached), "
+    "the rest the Triton kernels (compiled on first use too); no binary is pinned to a torch version"
 )
 
 
@@ -214,7 +215,15 @@ class STABackend(AttentionBackend):
 
         path = "Triton (CPU interpreter, TRITON_INTERPRET=1)" if interpreting() else "Triton"
         have = "installed" if fa4.installed() else "not installed (pip install flash-attn-4)"
-        state = f"on ({fa4.ENV}=1)" if fa4.enabled() else f"off ({fa4.ENV}=1 turns it on)"
+        states = {
+            "auto": f"auto (where it applies and flash-attn-4 is installed; {fa4.ENV}=0 turns it off)",
+            "on": f"on ({fa4.ENV}=1: a call it cannot take warns)",
+            "off": f"off ({fa4.ENV}=0)",
+        }
+        try:
+            state = states[fa4.mode()]
+        except ValueError as err:
+            state = f"error: {err}"
         return [
             f"kernels: {path}",
             f"CUDA build: {CUDA_BUILD}",

@@ -72,7 +72,10 @@ def sta_fwd_fa4(
         except Exception as err:  # a kernel or package that rejects the call: the Triton kernel runs
             first = str(err).splitlines()[0] if str(err) else ""
             reason = f"flash-attn-4 failed ({type(err).__name__}: {first[:200]})"
-    warn_once(f"sta: {fa4.ENV}=1 but this call runs the Triton kernel: {reason}")
+    if fa4.mode() == "on" or reason.startswith("flash-attn-4 failed"):  # auto: silent where it does not apply
+        warn_once(
+            f"sta: the flash-attn-4 forward ({fa4.ENV} {fa4.mode()}) gave way to the Triton kernel: {reason}"
+        )
     return sta_forward(q, k, v, windows, text_valid, geom, scale)[0]
 
 
@@ -233,6 +236,6 @@ def sta_attention(
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     q, k, v = (_inner_contiguous(x) for x in (q, k, v))
-    if fa4.enabled() and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))):
+    if fa4.wanted(q) and not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))):
         return sta_fwd_fa4(q, k, v, table, valid, list(geom.grid), list(geom.tile), scale)
     return sta_fwd(q, k, v, table, valid, list(geom.grid), list(geom.tile), scale)[0]
