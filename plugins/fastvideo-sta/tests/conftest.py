@@ -31,7 +31,7 @@ def nan_empty() -> Iterator[None]:
 
 
 #: This plugin and the families the tests generate with (test dependencies, see pyproject's test extra).
-DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan")
+DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan", "fastvideo-stepvideo")
 
 
 def _installed() -> None:

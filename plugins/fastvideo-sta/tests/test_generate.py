@@ -1,7 +1,7 @@
-"""``sta`` in whole generations: Wan (video self-attention; cross-attention stays dense) and HunyuanVideo
-(joint video+text attention with padded text), on tiny random-weight checkpoints that the installed
-family plugins write (``fv wan make-tiny``, ``fv hunyuan make-tiny``: used as a user would, never
-imported). The Triton kernels (CPU interpreter without a GPU) must give the generation that the plain
+"""``sta`` in whole generations: Wan and Step-Video (video self-attention; cross-attention stays dense)
+and HunyuanVideo (joint video+text attention with padded text), on tiny random-weight checkpoints that the
+installed family plugins write (``fv wan make-tiny``, ``fv hunyuan make-tiny``, ``fv stepvideo make-tiny``:
+used as a user would, never imported). The Triton kernels (CPU interpreter without a GPU) must give the generation that the plain
 reference gives, and differ from dense attention."""
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from fastvideo_sta.ops import sta_attention_reference
 from fastvideo_sta.strategy import Strategy, save_strategy
 
 #: This plugin and the families the tests generate with (test dependencies, see pyproject's test extra).
-DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan")
+DISTRIBUTIONS = ("fastvideo-sta", "fastvideo-wan", "fastvideo-hunyuan", "fastvideo-stepvideo")
 SHAPE = dict(num_frames=9, height=64, width=64)  # token grid (3, 4, 4) with (1, 2, 2) patches
+#: Step-Video's VAE compresses 8x in time and 16x in space, its DiT patches 1x1: grid (3, 4, 4) as well
+SHAPES = {"stepvideo": dict(num_frames=17, height=64, width=64)}
 TILE = "1,4,4"  # tile grid (3, 1, 1): window 1 keeps a third of the frames
 
 
@@ -34,19 +36,19 @@ def reference_attend(self: STABackend, q, k, v, geom, windows, attn_mask, scale)
     )
 
 
-def generate(gen: Any, **options: Any) -> torch.Tensor:
+def generate(gen: Any, family: str, **options: Any) -> torch.Tensor:
     result = gen.generate_video(
         "a red ball moving left",
         num_inference_steps=1,
         guidance_scale=1.0,
         seed=3,
         backend_options={"sta": {"tile": TILE, **options}},
-        **SHAPE,
+        **SHAPES.get(family, SHAPE),
     )
     return result.latents
 
 
-@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+@pytest.mark.parametrize("family", ["wan", "hunyuan", "stepvideo"])
 def test_generation_with_sta_matches_the_reference_and_differs_from_dense(
     family: str, checkpoints: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,22 +59,25 @@ def test_generation_with_sta_matches_the_reference_and_differs_from_dense(
     monkeypatch.setattr(
         STABackend, "attend", lambda self, q, *a: calls.append(tuple(q.shape)) or attend(self, q, *a)
     )
-    layers = 2 if family == "wan" else 4  # hunyuan's tiny DiT: 2 double + 2 single blocks
+    # hunyuan's tiny DiT: 2 double + 2 single blocks
+    layers = {"wan": 2, "hunyuan": 4}.get(family, 0)
     with fake_plugins(autoload=DISTRIBUTIONS):
         gen = VideoGenerator.from_pretrained(str(checkpoints(family)), attention_backend="sta", device="cpu")
-        heads = gen.pipeline.components["transformer"].config.num_attention_heads
+        config = gen.pipeline.components["transformer"].config
+        heads = config.num_attention_heads
+        layers = layers or config.num_layers
         windows = {
             (0, layer, h): (1 + (layer + h) % 2, 1, 1) for layer in range(layers) for h in range(heads)
         }
         strategy = save_strategy(Strategy(windows), tmp_path / "strategy.json")
-        kernel = generate(gen, strategy=str(strategy))
-        fixed = generate(gen, window="1,1,1")
+        kernel = generate(gen, family, strategy=str(strategy))
+        fixed = generate(gen, family, window="1,1,1")
         assert len(calls) == 2 * layers  # every sparse layer, once per generation (no CFG)
         tokens = {shape[1] for shape in calls}
-        assert (tokens == {48}) if family == "wan" else (min(tokens) > 48)  # hunyuan: text after video
-        dense = generate(gen)
+        assert (min(tokens) > 48) if family == "hunyuan" else (tokens == {48})  # hunyuan: text after video
+        dense = generate(gen, family)
         monkeypatch.setattr(STABackend, "attend", reference_attend)
-        reference = generate(gen, strategy=str(strategy))
+        reference = generate(gen, family, strategy=str(strategy))
     assert_close(f"{family} latents", reference, kernel, 1e-4)
     assert (dense - kernel).abs().max() > 1e-3 and (fixed - kernel).abs().max() > 1e-4
 
