@@ -167,9 +167,13 @@ def apply_options(model: Any, options: dict[str, Any]) -> Any:
 
 
 def run_dit(model: Any, kw: dict[str, Any], backend: str | None) -> Any:
-    from fastvideo.attention import use_backend
+    """One forward with ``backend``, which may carry backend options: ``"sage:impl=triton"``."""
+    from fastvideo.attention import StepContext, step_context, use_backend
 
-    with torch.inference_mode(), use_backend(backend):
+    name, _, opts = (backend or "").partition(":")
+    options = dict(o.split("=", 1) for o in opts.split(",") if o)
+    ctx = step_context(StepContext(options={name: options})) if options else contextlib.nullcontext()
+    with torch.inference_mode(), use_backend(name or None), ctx:
         return model(**kw)
 
 
@@ -518,6 +522,11 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         ]
     from fastvideo.attention.backends import FlashAttnBackend
 
+    from fastvideo.attention.sage import sage_package_installed
+
+    if not tiny and sage_package_installed():  # "sage" above runs the package's Hopper kernel: ours too
+        variants += [("fp8+sage compiled, our Triton sage kernel", {"quantize": "fp8", "compile": True}, "sage:impl=triton"),
+                     ("bf16 compiled, sage", {"compile": True}, "sage")]  # fmt: skip
     if not tiny and FlashAttnBackend.unavailable_reason() is None:  # FA3 / flash-attn-4 where installed
         variants += [
             ("bf16 compiled, flash-attn", {"compile": True}, "flash-attn"),

@@ -249,3 +249,144 @@ def test_sage_under_ulysses_is_as_accurate_as_in_one_process(monkeypatch: pytest
         error = float((result["out"] - exact).abs().max())
         assert error < 2 * sage_error, (error, sage_error)
         assert float((result["out"] - one_process).abs().max()) < 2 * sage_error
+
+
+# ---- the sageattention package's Hopper kernel (SageAttention 2), through a stand-in on CPU ---------------
+
+_FAKE_SAGE = '''
+import torch
+import torch.nn.functional as F
+
+CALLS = []
+
+
+def sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **kw):
+    """Exact attention standing in for the package's kernel, with its argument checks."""
+    assert tensor_layout == "NHD" and not is_causal and q.dtype in (torch.float16, torch.bfloat16)
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    CALLS.append((tuple(q.shape), sm_scale))
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), scale=sm_scale
+    )
+    return out.transpose(1, 2).to(q.dtype)
+'''
+
+
+@pytest.fixture
+def fake_sage_package(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A stand-in ``sageattention`` with a ``_qattn_sm90`` extension file on ``sys.path``."""
+    import importlib
+    import sys
+
+    pkg = tmp_path / "sageattention"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(_FAKE_SAGE)
+    (pkg / "_qattn_sm90.cpython-312-x86_64-linux-gnu.so").write_bytes(b"")  # found, never loaded
+    sys.modules.pop("sageattention", None)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    from fastvideo import errors
+
+    errors._WARNED.clear()
+    yield lambda: importlib.import_module("sageattention").CALLS
+    sys.modules.pop("sageattention", None)
+    errors._WARNED.clear()
+
+
+def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention.sage import package_reason, sage_package_installed
+
+    assert sage_package_installed()
+    q = torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16)
+    assert package_reason(q, "cuda", "auto", grad=False) is None
+    assert package_reason(q, "auto", "auto", grad=False) == "CPU tensors"
+    assert package_reason(q, "triton", "auto", grad=False) == "impl=triton"
+    assert "gradient" in package_reason(q, "cuda", "auto", grad=True)
+    assert "pv=fp16" in package_reason(q, "cuda", "fp16", grad=False)
+    assert "head dim 256" in package_reason(
+        torch.zeros(1, 4, 2, 256, dtype=torch.bfloat16), "cuda", "auto", False
+    )
+    assert "float32" in package_reason(q.float(), "cuda", "auto", grad=False)
+    (
+        tmp_path / "sageattention" / "_qattn_sm90.cpython-312-x86_64-linux-gnu.so"
+    ).unlink()  # PyPI 1.0.6: Triton only
+    assert not sage_package_installed()
+    assert "not installed" in package_reason(q, "cuda", "auto", grad=False)
+
+
+def test_impl_cuda_runs_the_package_kernel_as_one_custom_op(fake_sage_package) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention.context import StepContext
+
+    q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
+    out = SageBackend().forward(q, k, v, step=StepContext(options={"sage": {"impl": "cuda"}}))
+    assert fake_sage_package() == [((1, 40, 2, 64), 0.125)]
+    assert torch.allclose(out.float(), _sdpa(q, k, v), atol=1e-2)
+    # auto on CPU tensors, and triton: our kernel, the package untouched
+    for impl in ("auto", "triton"):
+        again = SageBackend().forward(q, k, v, step=StepContext(options={"sage": {"impl": impl}}))
+        assert torch.equal(again, sage_attention_triton(q, k, v))
+    assert len(fake_sage_package()) == 1
+    torch.library.opcheck(
+        torch.ops.fastvideo.sage2_sm90_fwd.default,
+        (q, k, v, 0.125),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_a_failing_package_call_falls_back_to_triton_with_a_warning(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    from fastvideo.attention.context import StepContext
+
+    fake_sage_package()
+    pkg = importlib.import_module("sageattention")
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("SM90 kernel is not available. Make sure you GPUs with compute capability 9.0.")
+
+    monkeypatch.setattr(pkg, "sageattn_qk_int8_pv_fp8_cuda_sm90", broken)
+    q, k, v = _inputs(1, 40, 40, 2, 64, torch.float16)
+    with pytest.warns(RuntimeWarning, match=r"sage: the sageattention package failed \(AssertionError: SM90"):
+        out = SageBackend().forward(q, k, v, step=StepContext(options={"sage": {"impl": "cuda"}}))
+    assert torch.equal(out, sage_attention_triton(q, k, v))
+    # impl=cuda where the package cannot take the call: our kernel, one warning saying why
+    with pytest.warns(RuntimeWarning, match=r"impl=cuda but the Triton kernel runs: pv=fp16"):
+        SageBackend().forward(q, k, v, step=StepContext(options={"sage": {"impl": "cuda", "pv": "fp16"}}))
+
+
+def test_impl_option_is_checked() -> None:
+    from fastvideo.attention.options import check_options, cli_flags
+
+    assert any(flags == ("--sage-impl",) and backend == "sage" for flags, backend, _ in cli_flags())
+    assert check_options("sage", {"sage": {"impl": "triton"}}) == {"impl": "triton"}
+    with pytest.raises(ValueError, match=r"sage option 'impl' \(--sage-impl\) must be auto, cuda or triton"):
+        check_options("sage", {"sage": {"impl": "cudnn"}})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    DEVICE != "cuda" or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="needs a Hopper GPU",
+)
+def test_package_kernel_on_hopper_against_sdpa() -> None:
+    """The real sageattention Hopper kernel where installed (benchmarks/run_gpu_sage2.sh builds it): the
+    default ``impl=auto`` takes it, and its output is SDPA's to 8-bit accuracy."""
+    from fastvideo.attention.sage import sage_package_installed
+
+    if not sage_package_installed():
+        pytest.skip("the sageattention package with its Hopper kernels is not installed")
+    import sageattention
+
+    calls = []
+    real = sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90
+    sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90 = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        q, k, v = _inputs(1, 4096, 4, 128, torch.bfloat16, 2.0)
+        with torch.no_grad():
+            out = SageBackend().forward(q, k, v)
+    finally:
+        sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90 = real
+    assert calls == [1]
+    exact = _sdpa(q, k, v)
+    cos = F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0).item()
+    assert cos > 0.999 and (out.float() - exact).abs().mean() < 2e-3, cos

@@ -2,8 +2,10 @@
 "SageAttention: Accurate 8-Bit Attention for Plug-and-play Inference Acceleration", ICLR 2025):
 ``K`` smoothed by its mean over tokens, ``Q K^T`` in INT8 with one scale per block of tokens,
 softmax in fp32, ``P V`` in fp16 (or, option ``pv=fp8``, in e4m3 as SageAttention 2) with fp32
-accumulation. Our own Triton kernel
-(:mod:`fastvideo.attention.sage_triton`); :func:`sage_attention_reference` is the plain-PyTorch spec.
+accumulation. Our own Triton kernel (:mod:`fastvideo.attention.sage_triton`); on Hopper, where the
+``sageattention`` package is installed with its CUDA kernels (SageAttention 2, built from source: PyPI's
+1.0.6 has none), its ``sageattn_qk_int8_pv_fp8_cuda_sm90`` (INT8 ``Q K^T``, FP8 ``P V``) runs instead
+(option ``impl``: ``auto``, ``cuda``, ``triton``). :func:`sage_attention_reference` is the plain-PyTorch spec.
 
 It is a dense backend (every layer may use it, cross-attention included) and lossy; it is never
 picked automatically (``--attention-backend sage``). Under sequence parallelism it runs like any
@@ -85,6 +87,79 @@ def _check_pv(value: str) -> str | None:
     return None if value in ("auto", "fp16", "fp8") else "must be auto, fp16 or fp8"
 
 
+def _check_impl(value: str) -> str | None:
+    return None if value in ("auto", "cuda", "triton") else "must be auto, cuda or triton"
+
+
+#: The ``sageattention`` package's Hopper kernel (SageAttention 2's CUDA build) and its extension module.
+SAGE_PACKAGE_FN = "sageattn_qk_int8_pv_fp8_cuda_sm90"
+SAGE_PACKAGE_EXT = "_qattn_sm90"
+
+
+def sage_package_installed() -> bool:
+    """Whether ``sageattention`` is installed with its compiled Hopper kernels, found without importing it
+    (the PyPI 1.0.6 release and builds for other GPUs have no ``_qattn_sm90`` extension)."""
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sageattention")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(any(Path(p).glob(f"{SAGE_PACKAGE_EXT}*")) for p in spec.submodule_search_locations)
+
+
+def package_reason(q: torch.Tensor, impl: str, pv: str, grad: bool) -> str | None:
+    """Why the ``sageattention`` package's Hopper kernel does not take a call (``None``: it does); ``impl``
+    is the backend option, ``triton`` never asking for it."""
+    import torch
+
+    if impl == "triton":
+        return "impl=triton"
+    if not sage_package_installed():
+        return "the sageattention package with its Hopper CUDA kernels (SageAttention 2) is not installed"
+    if grad:
+        return "a gradient is needed (the package has no backward)"
+    if pv == "fp16":
+        return "pv=fp16 (the package's Hopper kernel computes P V in FP8)"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"{q.dtype} (the package takes fp16 or bf16)"
+    if q.shape[-1] > 128:
+        return f"head dim {q.shape[-1]} (the package's Hopper kernel takes up to 128)"
+    if q.is_cuda:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        if (major, minor) != (9, 0):
+            return f"sm_{major}{minor} (the package's kernel used here is Hopper's, sm_90)"
+    elif impl == "auto":  # impl=cuda on CPU tensors: a stand-in package in tests
+        return "CPU tensors"
+    return None
+
+
+_SAGE2_OP: list[Any] = []
+
+
+def _sage2_op() -> Any:
+    """The package's Hopper forward as the custom op ``fastvideo::sage2_sm90_fwd``: opaque to torch.compile
+    (the DiT blocks are compiled by default on CUDA), defined on first use."""
+    if not _SAGE2_OP:
+        import torch
+
+        @torch.library.custom_op(
+            "fastvideo::sage2_sm90_fwd",
+            mutates_args=(),
+            schema="(Tensor q, Tensor k, Tensor v, float scale) -> Tensor",
+        )
+        def sage2_sm90_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
+            out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
+            return (out[0] if isinstance(out, tuple) else out).contiguous()
+
+        @sage2_sm90_fwd.register_fake
+        def _(q, k, v, scale):  # type: ignore[no-untyped-def]
+            return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+        _SAGE2_OP.append(sage2_sm90_fwd)
+    return _SAGE2_OP[0]
+
+
 class SageBackend(AttentionBackend):
     """INT8 ``Q K^T`` + fp16 (or FP8) ``P V`` attention (our Triton kernel); lossy, chosen only by name."""
 
@@ -99,6 +174,15 @@ class SageBackend(AttentionBackend):
             help="P V precision: fp16, fp8 (e4m3, sm89+) or auto (the card's default)",
             cli_flags=("--sage-pv",),
             validate=_check_pv,
+        ),
+        BackendOption(
+            name="impl",
+            type=str,
+            default="auto",
+            help="kernel: cuda (the sageattention package's Hopper kernel), triton (ours) or auto (cuda where "
+            "installed and it takes the call, else triton)",
+            cli_flags=("--sage-impl",),
+            validate=_check_impl,
         ),
     )
 
@@ -141,10 +225,33 @@ class SageBackend(AttentionBackend):
         is_causal: bool = False,
         step: StepContext | None = None,
     ) -> torch.Tensor:
+        import torch
+
         from fastvideo.attention.sage_triton import sage_attention_triton
+        from fastvideo.errors import warn_once
 
         scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
-        return sage_attention_triton(q, k, v, scale, pv=self.option(step, "pv"))
+        impl, pv = self.option(step, "impl"), self.option(step, "pv")
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        reason = package_reason(q, impl, pv, grad)
+        if reason is None:
+            try:
+                return _sage2_op()(q, k, v, scale)
+            except Exception as err:  # a build that rejects the call: our kernel runs
+                first = str(err).splitlines()[0][:200] if str(err) else ""
+                reason = f"the sageattention package failed ({type(err).__name__}: {first})"
+                warn_once(f"sage: {reason}; the Triton kernel runs")
+        elif impl == "cuda":
+            warn_once(f"sage: impl=cuda but the Triton kernel runs: {reason}")
+        return sage_attention_triton(q, k, v, scale, pv=pv)
+
+    @classmethod
+    def doctor_notes(cls) -> list[str]:
+        """Which sage kernel runs: the sageattention package's Hopper kernel where installed, else ours."""
+        have = "installed" if sage_package_installed() else "not installed"
+        return [
+            f"sageattention package with Hopper CUDA kernels (SageAttention 2): {have}; impl=auto uses it on sm_90"
+        ]
 
 
 def _interpreting() -> bool:
