@@ -297,6 +297,9 @@ def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # 
     from fastvideo.attention.sage import package_reason, sage_package_installed
 
     assert sage_package_installed()
+    assert SageBackend.doctor_notes() == [
+        "sageattention package with Hopper CUDA kernels (SageAttention 2): installed; impl=auto uses it on sm_90"
+    ]
     q = torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16)
     assert package_reason(q, "cuda", "auto", grad=False) is None
     assert package_reason(q, "auto", "auto", grad=False) == "CPU tensors"
@@ -312,6 +315,7 @@ def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # 
     ).unlink()  # PyPI 1.0.6: Triton only
     assert not sage_package_installed()
     assert "not installed" in package_reason(q, "cuda", "auto", grad=False)
+    assert ": not installed;" in SageBackend.doctor_notes()[0]
 
 
 def test_impl_cuda_runs_the_package_kernel_as_one_custom_op(fake_sage_package) -> None:  # type: ignore[no-untyped-def]
