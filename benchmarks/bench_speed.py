@@ -521,7 +521,6 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
             ("fp8+sage", {"quantize": "fp8"}, "sage"),
         ]
     from fastvideo.attention.backends import FlashAttnBackend
-
     from fastvideo.attention.sage import sage_package_installed
 
     if not tiny and sage_package_installed():  # "sage" above runs the package's Hopper kernel: ours too

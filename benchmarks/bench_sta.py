@@ -25,6 +25,7 @@ whatever device there is (CPU: Triton's interpreter) as a smoke test and records
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import lzma
@@ -32,6 +33,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,21 @@ E2E_HEADER = [
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+@contextlib.contextmanager
+def fa4_setting(value: str | None) -> Iterator[None]:
+    """``FASTVIDEO_STA_FA4=value`` for the block (``None``: as the caller set it), restored after."""
+    name, caller = "FASTVIDEO_STA_FA4", os.environ.get("FASTVIDEO_STA_FA4")
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if caller is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = caller
 
 
 def kept_fraction(geom: Any, windows: list[tuple[int, int, int]], text: int) -> float:
@@ -195,9 +212,9 @@ def one_shape(
         elif fa4_here:
             log(f"  {label}: no flash-attn-4 row ({reason})")
         for pass_, fn, i, fa4_env in passes:
-            os.environ[fa4.ENV] = fa4_env
             kernel = "flash-attn-4" if fa4_env == "1" else "Triton"
-            t = time_any(f"sta {pass_} {kernel}", fn, 1, args.iters).median_ms
+            with fa4_setting(fa4_env):
+                t = time_any(f"sta {pass_} {kernel}", fn, 1, args.iters).median_ms
             cudnn, flash = (base.get(b, (math.nan, math.nan))[i] for b in ("cudnn", "flash"))
             ratio = t / (cudnn * kept) if cudnn == cudnn else math.nan
             row = [
@@ -215,7 +232,6 @@ def one_shape(
                     KERNEL_HEADER,
                     row,
                 )
-    os.environ.pop(fa4.ENV, None)
     return summary
 
 
@@ -318,10 +334,8 @@ def dit_rows(args: argparse.Namespace, env: dict[str, str], device: str, dtype: 
     timings = {}
     outs = {}
     for label, backend, fa4_env in variants:
-        if fa4_env is not None:
-            os.environ[fa4.ENV] = fa4_env
-        tm, out = time_out(label, lambda b=backend: run(b), 1, 1)
-        os.environ.pop(fa4.ENV, None)
+        with fa4_setting(fa4_env):
+            tm, out = time_out(label, lambda b=backend: run(b), 1, 1)
         outs[label] = out.float()
         timings[label] = tm
         log(f"DiT forward {label}: {tm.median_ms:.1f} ms, peak {tm.peak_gib:.2f} GiB")

@@ -286,14 +286,17 @@ def fake_sage_package(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     from fastvideo import errors
+    from fastvideo.attention import sage
 
     errors._WARNED.clear()
+    sage._PACKAGE.clear()
     yield lambda: importlib.import_module("sageattention").CALLS
     sys.modules.pop("sageattention", None)
     errors._WARNED.clear()
+    sage._PACKAGE.clear()
 
 
-def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_package_detection_and_reasons(fake_sage_package, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from fastvideo.attention.sage import package_reason, sage_package_installed
 
     assert sage_package_installed()
@@ -306,6 +309,10 @@ def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # 
     assert package_reason(q, "triton", "auto", grad=False) == "impl=triton"
     assert "gradient" in package_reason(q, "cuda", "auto", grad=True)
     assert "pv=fp16" in package_reason(q, "cuda", "fp16", grad=False)
+    monkeypatch.setenv("FASTVIDEO_SAGE_PV", "fp16")  # auto with fp16 asked through the environment
+    assert "pv=fp16" in package_reason(q, "cuda", "auto", grad=False)
+    assert package_reason(q, "cuda", "fp8", grad=False) is None
+    monkeypatch.delenv("FASTVIDEO_SAGE_PV")
     assert "head dim 256" in package_reason(
         torch.zeros(1, 4, 2, 256, dtype=torch.bfloat16), "cuda", "auto", False
     )
@@ -313,6 +320,10 @@ def test_package_detection_and_reasons(fake_sage_package, tmp_path) -> None:  # 
     (
         tmp_path / "sageattention" / "_qattn_sm90.cpython-312-x86_64-linux-gnu.so"
     ).unlink()  # PyPI 1.0.6: Triton only
+    assert sage_package_installed()  # looked up once
+    from fastvideo.attention import sage
+
+    sage._PACKAGE.clear()
     assert not sage_package_installed()
     assert "not installed" in package_reason(q, "cuda", "auto", grad=False)
     assert ": not installed;" in SageBackend.doctor_notes()[0]
@@ -332,9 +343,39 @@ def test_impl_cuda_runs_the_package_kernel_as_one_custom_op(fake_sage_package) -
     assert len(fake_sage_package()) == 1
     torch.library.opcheck(
         torch.ops.fastvideo.sage2_sm90_fwd.default,
-        (q, k, v, 0.125),
+        (q, k, v, 0.125, "auto"),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+def test_package_path_compiles_whole_and_falls_back_inside_the_graph(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Under torch.compile (the DiT blocks are compiled on CUDA) the package path is one opaque op: no
+    graph break (fullgraph), and a package that fails at run time still falls back to our kernel."""
+    import importlib
+
+    from fastvideo.attention.context import StepContext
+
+    q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
+    backend = SageBackend()  # eager: the package looked up, the op defined
+    ctx = StepContext(options={"sage": {"impl": "cuda"}})
+
+    def fn(q, k, v):  # type: ignore[no-untyped-def]
+        return backend.forward(q, k, v, step=ctx) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    out = compiled(q, k, v)
+    assert len(fake_sage_package()) == 1
+    assert torch.allclose(out.float(), 2 * _sdpa(q, k, v), atol=2e-2)
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("SM90 kernel is not available.")
+
+    monkeypatch.setattr(importlib.import_module("sageattention"), "sageattn_qk_int8_pv_fp8_cuda_sm90", broken)
+    with pytest.warns(RuntimeWarning, match="the sageattention package failed"):
+        again = compiled(q, k, v)
+    assert torch.equal(again, 2 * sage_attention_triton(q, k, v))
+    torch._dynamo.reset()
 
 
 def test_a_failing_package_call_falls_back_to_triton_with_a_warning(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -385,7 +426,7 @@ def test_package_kernel_on_hopper_against_sdpa() -> None:
     real = sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90
     sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90 = lambda *a, **kw: calls.append(1) or real(*a, **kw)
     try:
-        q, k, v = _inputs(1, 4096, 4, 128, torch.bfloat16, 2.0)
+        q, k, v = _inputs(1, 4096, 4096, 4, 128, torch.bfloat16, 2.0)
         with torch.no_grad():
             out = SageBackend().forward(q, k, v)
     finally:

@@ -174,6 +174,8 @@ class FlashAttnBackend(AttentionBackend):
 
         if not torch.cuda.is_available():
             return "flash-attn needs a CUDA GPU"
+        if flash_attn_impl() == "fa4":
+            _fa4_op()  # defined here, in eager code: defining it while a block is traced breaks the graph
         return None
 
     @classmethod

@@ -96,15 +96,32 @@ SAGE_PACKAGE_FN = "sageattn_qk_int8_pv_fp8_cuda_sm90"
 SAGE_PACKAGE_EXT = "_qattn_sm90"
 
 
+#: ``{"installed": bool}`` once looked up: filled in eager code (:meth:`SageBackend.unavailable_reason`,
+#: the backend's construction) so a compiled block reads a dict, not the file system (``find_spec`` and
+#: ``glob`` would break the graph; dynamo re-traces a ``functools.cache`` body).
+_PACKAGE: dict[str, bool] = {}
+
+
 def sage_package_installed() -> bool:
     """Whether ``sageattention`` is installed with its compiled Hopper kernels, found without importing it
-    (the PyPI 1.0.6 release and builds for other GPUs have no ``_qattn_sm90`` extension)."""
-    from pathlib import Path
+    (the PyPI 1.0.6 release and builds for other GPUs have no ``_qattn_sm90`` extension); cached in
+    :data:`_PACKAGE` (``_PACKAGE.clear()`` looks again)."""
+    if "installed" not in _PACKAGE:
+        from pathlib import Path
 
-    spec = importlib.util.find_spec("sageattention")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    return any(any(Path(p).glob(f"{SAGE_PACKAGE_EXT}*")) for p in spec.submodule_search_locations)
+        spec = importlib.util.find_spec("sageattention")
+        places = (spec.submodule_search_locations or []) if spec is not None else []
+        _PACKAGE["installed"] = any(any(Path(p).glob(f"{SAGE_PACKAGE_EXT}*")) for p in places)
+    return _PACKAGE["installed"]
+
+
+def _pv_fp16_asked(pv: str) -> bool:
+    """``pv=fp16``, or ``auto`` with ``FASTVIDEO_SAGE_PV=fp16`` (read when the block is traced or run)."""
+    import os
+
+    return pv == "fp16" or (
+        pv == "auto" and os.environ.get("FASTVIDEO_SAGE_PV", "").strip().lower() == "fp16"
+    )
 
 
 def package_reason(q: torch.Tensor, impl: str, pv: str, grad: bool) -> str | None:
@@ -118,14 +135,16 @@ def package_reason(q: torch.Tensor, impl: str, pv: str, grad: bool) -> str | Non
         return "the sageattention package with its Hopper CUDA kernels (SageAttention 2) is not installed"
     if grad:
         return "a gradient is needed (the package has no backward)"
-    if pv == "fp16":
+    if _pv_fp16_asked(pv):
         return "pv=fp16 (the package's Hopper kernel computes P V in FP8)"
     if q.dtype not in (torch.float16, torch.bfloat16):
         return f"{q.dtype} (the package takes fp16 or bf16)"
     if q.shape[-1] > 128:
         return f"head dim {q.shape[-1]} (the package's Hopper kernel takes up to 128)"
     if q.is_cuda:
-        major, minor = torch.cuda.get_device_capability(q.device)
+        from fastvideo.attention.sage_triton import device_capability
+
+        major, minor = device_capability(q.device)  # cached: no query inside a compiled graph
         if (major, minor) != (9, 0):
             return f"sm_{major}{minor} (the package's kernel used here is Hopper's, sm_90)"
     elif impl == "auto":  # impl=cuda on CPU tensors: a stand-in package in tests
@@ -138,22 +157,37 @@ _SAGE2_OP: list[Any] = []
 
 def _sage2_op() -> Any:
     """The package's Hopper forward as the custom op ``fastvideo::sage2_sm90_fwd``: opaque to torch.compile
-    (the DiT blocks are compiled by default on CUDA), defined on first use."""
+    (the DiT blocks are compiled by default on CUDA). Defined in eager code (the backend's availability
+    check and construction), before any compiled block needs it. A package call that fails (say an
+    extension built for another torch) warns once and runs our Triton kernel, inside the op, so compiled
+    graphs fall back too."""
     if not _SAGE2_OP:
         import torch
 
         @torch.library.custom_op(
             "fastvideo::sage2_sm90_fwd",
             mutates_args=(),
-            schema="(Tensor q, Tensor k, Tensor v, float scale) -> Tensor",
+            schema="(Tensor q, Tensor k, Tensor v, float scale, str pv) -> Tensor",
         )
-        def sage2_sm90_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
-            out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
-            return (out[0] if isinstance(out, tuple) else out).contiguous()
+        def sage2_sm90_fwd(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, pv: str
+        ) -> torch.Tensor:
+            try:
+                fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
+                out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
+                return (out[0] if isinstance(out, tuple) else out).contiguous()
+            except Exception as err:  # any failure of the package: our kernel runs
+                from fastvideo.attention.sage_triton import sage_attention_triton
+                from fastvideo.errors import warn_once
+
+                first = str(err).splitlines()[0][:200] if str(err) else ""
+                warn_once(
+                    f"sage: the sageattention package failed ({type(err).__name__}: {first}); the Triton kernel runs"
+                )
+                return sage_attention_triton(q, k, v, scale, pv=pv)
 
         @sage2_sm90_fwd.register_fake
-        def _(q, k, v, scale):  # type: ignore[no-untyped-def]
+        def _(q, k, v, scale, pv):  # type: ignore[no-untyped-def]
             return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
         _SAGE2_OP.append(sage2_sm90_fwd)
@@ -197,7 +231,14 @@ class SageBackend(AttentionBackend):
         from fastvideo.attention.sage_triton import device_capability
 
         device_capability(torch.device("cuda"))  # read here, before any compiled graph needs it
+        if sage_package_installed():
+            _sage2_op()  # defined here too, in eager code
         return None
+
+    def __init__(self) -> None:
+        super().__init__()
+        if sage_package_installed():  # looked up and the op defined eagerly (see _PACKAGE)
+            _sage2_op()
 
     def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
         import torch
@@ -235,13 +276,8 @@ class SageBackend(AttentionBackend):
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reason = package_reason(q, impl, pv, grad)
         if reason is None:
-            try:
-                return _sage2_op()(q, k, v, scale)
-            except Exception as err:  # a build that rejects the call: our kernel runs
-                first = str(err).splitlines()[0][:200] if str(err) else ""
-                reason = f"the sageattention package failed ({type(err).__name__}: {first})"
-                warn_once(f"sage: {reason}; the Triton kernel runs")
-        elif impl == "cuda":
+            return _sage2_op()(q, k, v, scale, pv)
+        if impl == "cuda":
             warn_once(f"sage: impl=cuda but the Triton kernel runs: {reason}")
         return sage_attention_triton(q, k, v, scale, pv=pv)
 

@@ -205,6 +205,9 @@ class STABackend(AttentionBackend):
 
         if not torch.cuda.is_available():
             return "STA's Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1, Triton's CPU interpreter)"
+        from fastvideo_sta.ops import fa4
+
+        fa4.installed()  # looked up here, in eager code, for the compiled blocks
         return None
 
     @classmethod

@@ -17,7 +17,8 @@ inference only (no gradient: the Triton kernels keep training), Hopper (sm_90: F
 block-sparse forward takes 384-row query blocks there), and, with padded text (``text_valid``), the same
 number of valid text tokens in every batch element, first (the padded keys are cut off by the key length;
 padded text queries still attend to every valid key, as in :mod:`fastvideo_sta.ops.reference`).
-``FASTVIDEO_STA_FA4`` chooses (:func:`mode`): ``auto`` (the default) takes this path for every CUDA call it
+``FASTVIDEO_STA_FA4`` chooses (:func:`mode`; read when a compiled block is traced, so set it before the
+first call): ``auto`` (the default) takes this path for every CUDA call it
 applies to when flash-attn-4 is installed and runs the Triton kernels silently otherwise; ``1`` asks for it
 and warns once per reason a call runs the Triton kernel instead; ``0`` keeps the Triton kernels. Measured on
 an H100 at HunyuanVideo's 30x48x80 + 256 text, paper windows: 40.05 ms against the Triton kernel's 54.36 ms
@@ -61,13 +62,23 @@ def wanted(q: torch.Tensor) -> bool:
     return chosen == "on" or (chosen == "auto" and q.is_cuda and installed())
 
 
-@functools.cache
+#: ``{"fa4": bool}`` once looked up, in eager code (:meth:`fastvideo_sta.backend.STABackend.unavailable_reason`):
+#: a compiled block then reads a dict, not the file system (dynamo re-traces a ``functools.cache`` body).
+_INSTALLED: dict[str, bool] = {}
+
+
 def installed() -> bool:
     """Whether flash-attn-4 (``flash_attn.cute`` and its compiler, ``cutlass``) is installed, found
-    without importing it (:func:`fastvideo.attention.backends.flash_attn_installed`)."""
-    from fastvideo.attention.backends import flash_attn_installed
+    without importing it (:func:`fastvideo.attention.backends.flash_attn_installed`); cached
+    (``installed.cache_clear()`` looks again)."""
+    if "fa4" not in _INSTALLED:
+        from fastvideo.attention.backends import flash_attn_installed
 
-    return "fa4" in flash_attn_installed()
+        _INSTALLED["fa4"] = "fa4" in flash_attn_installed()
+    return _INSTALLED["fa4"]
+
+
+installed.cache_clear = _INSTALLED.clear  # type: ignore[attr-defined]
 
 
 def why_not(q: torch.Tensor, geom: TileGeometry, text_valid: torch.Tensor | None, grad: bool) -> str | None:

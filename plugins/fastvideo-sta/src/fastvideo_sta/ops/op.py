@@ -3,8 +3,9 @@
 Two custom ops, ``fastvideo_sta::sta_fwd`` and ``fastvideo_sta::sta_bwd``, each with a fake (meta)
 implementation, tied together by ``register_autograd``: ``torch.compile`` traces around them (no
 graph break) and autograd differentiates through them. The per-head windows travel as an ``[H, 3]``
-int32 tensor on the inputs' device, so heads with different windows share one launch and nothing
-waits on the host.
+int32 tensor on the inputs' device, so heads with different windows share one launch and the Triton
+path never waits on the host (the flash-attn-4 path, ``fastvideo_sta::sta_fwd_fa4``, reads the window
+table and the valid text count on the host once a call: a sync next to a kernel of tens of ms).
 """
 
 from __future__ import annotations
