@@ -108,6 +108,45 @@ def test_options_are_checked_with_one_line_errors(sta, tmp_path: Path) -> None: 
     assert values == {"window": "3x3x3", "strategy": "", "tile": "6,8,8", "full_steps": 0, "search": ""}
 
 
+def test_availability_on_hopper_says_once_that_flash_attn_4_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a Hopper GPU (faked) without flash-attn-4: available, one warning naming the faster path; with
+    it installed, or FASTVIDEO_STA_FA4=0, nothing; a bad FASTVIDEO_STA_FA4 makes the backend unavailable
+    with the reason."""
+    import warnings
+
+    from fastvideo import errors
+    from fastvideo_sta import backend
+    from fastvideo_sta.ops import fa4
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.delenv(fa4.ENV, raising=False)
+    monkeypatch.setitem(fa4._INSTALLED, "fa4", False)
+    errors._WARNED.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert STABackend.unavailable_reason() is None
+        assert STABackend.unavailable_reason() is None
+    said = [str(w.message) for w in caught if "flash-attn-4 is not installed" in str(w.message)]
+    assert len(said) == 1 and "pip install 'fastvideo-sta[fa4]'" in said[0]
+    errors._WARNED.clear()
+    for setup in ({"installed": True}, {"env": "0"}):
+        monkeypatch.setitem(fa4._INSTALLED, "fa4", bool(setup.get("installed")))
+        if "env" in setup:
+            monkeypatch.setenv(fa4.ENV, setup["env"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert STABackend.unavailable_reason() is None
+    monkeypatch.setenv(fa4.ENV, "2")
+    assert STABackend.unavailable_reason() == (
+        "FASTVIDEO_STA_FA4 must be auto, 1 or 0, got '2'; unset it to use flash-attn-4 where it applies"
+    )
+    errors._WARNED.clear()
+
+
 def test_doctor_reports_the_kernel_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FASTVIDEO_STA_FA4", raising=False)
     notes = STABackend.doctor_notes()

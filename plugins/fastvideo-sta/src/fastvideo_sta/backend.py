@@ -207,7 +207,19 @@ class STABackend(AttentionBackend):
             return "STA's Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1, Triton's CPU interpreter)"
         from fastvideo_sta.ops import fa4
 
-        fa4.installed()  # looked up here, in eager code, for the compiled blocks
+        try:
+            chosen = fa4.mode()
+        except ValueError as err:  # a bad FASTVIDEO_STA_FA4: said before anything runs
+            return str(err)
+        # looked up here, in eager code, for the compiled blocks; its absence said once on Hopper
+        if not fa4.installed() and chosen == "auto" and torch.cuda.get_device_capability() == (9, 0):
+            from fastvideo.errors import warn_once
+
+            warn_once(
+                "sta: flash-attn-4 is not installed, so the Triton kernels run every call; "
+                "pip install 'fastvideo-sta[fa4]' adds its faster Hopper inference forward "
+                f"({fa4.ENV}=0 keeps the Triton kernels without this note)"
+            )
         return None
 
     @classmethod
