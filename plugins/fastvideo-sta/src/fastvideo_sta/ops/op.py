@@ -61,19 +61,20 @@ def sta_fwd_fa4(
     scale: float,
 ) -> torch.Tensor:
     """Inference forward through flash-attn-4 (:mod:`fastvideo_sta.ops.fa4`) where it applies, else the
-    Triton kernel (with one warning per reason)."""
+    Triton kernel (one warning per reason where asked for, ``1``; a failing call warns in every mode)."""
     geom = TileGeometry(tuple(grid), tuple(tile))
     reason = (
         fa4.why_not(q, geom, text_valid, grad=False) if fa4.installed() else "flash-attn-4 is not installed"
     )
+    failed = False
     if reason is None:
         table = [tuple(w) for w in windows.tolist()]
         try:
             return fa4.sta_forward_fa4(q, k, v, table, text_valid, geom, scale)
         except Exception as err:  # a kernel or package that rejects the call: the Triton kernel runs
             first = str(err).splitlines()[0] if str(err) else ""
-            reason = f"flash-attn-4 failed ({type(err).__name__}: {first[:200]})"
-    if fa4.mode() == "on" or reason.startswith("flash-attn-4 failed"):  # auto: silent where it does not apply
+            reason, failed = f"flash-attn-4 failed ({type(err).__name__}: {first[:200]})", True
+    if failed or fa4.mode() == "on":  # auto: silent where the path does not apply
         warn_once(
             f"sta: the flash-attn-4 forward ({fa4.ENV} {fa4.mode()}) gave way to the Triton kernel: {reason}"
         )
