@@ -288,9 +288,38 @@ def _time_variant(
         warmup=2 if options.get("compile") else 1,
         iters=iters,
     )
+    if os.environ.get("PROFILE_TOP") and DEV == "cuda":  # where the forward's GPU time goes
+        profile_top(functools.partial(run_dit, model, kw, backend), int(os.environ["PROFILE_TOP"]))
     del model
     free()
     return t, peak
+
+
+def profile_top(fn: Any, rows: int) -> None:
+    """One call of ``fn`` under the PyTorch profiler: the ``rows`` kernels with the most GPU time, and the
+    total GPU time by kind (GEMM, attention, the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) or 1.0
+    kinds: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        kind = ("attention" if any(w in name for w in ("attn", "flash", "fmha", "sage", "qk_int8")) else
+                "gemm" if any(w in name for w in ("gemm", "sm90_xmma", "cutlass", "scaled_mm", "nvjet", "matmul")) else
+                "other")  # fmt: skip
+        kinds[kind] = kinds.get(kind, 0.0) + e.device_time_total
+    print(
+        f"profile: GPU total {total / 1e3:.1f} ms;",
+        {k: round(v / 1e3, 1) for k, v in kinds.items()},
+        flush=True,
+    )
+    for e in events[:rows]:
+        print(f"  {e.device_time_total / 1e3:9.2f} ms {e.count:6d}x  {e.key[:110]}", flush=True)
 
 
 def _diffusers_forward(ref: Any, kw: dict[str, Any]) -> Any:
@@ -492,11 +521,14 @@ def _offload_variant(cfg, name, layers, mode, kw, iters, shape, folder, fp8_file
 
 
 def section_i2v14b(tiny: bool, iters: int) -> None:
-    """Wan2.1-I2V-14B-480P per step (CFG: two forwards) at 81x480x832, random weights."""
+    """Wan2.1-I2V-14B-480P per step (CFG: two forwards) at 81x480x832, random weights.
+    ``I2V_VARIANTS="diffusers;fp8+sage compiled"`` (names separated by ``;``) picks the runs."""
     cfg = wan_config("wan2.1-i2v-14b-480p", tiny)
     frames, height, width = (5, 64, 64) if tiny else (81, 480, 832)
     kw = inputs(cfg, frames, height, width, image=True)
-    if not tiny:
+    picked = os.environ.get("I2V_VARIANTS")
+    wanted = None if picked is None else {name.strip() for name in picked.split(";")}
+    if not tiny and (wanted is None or "diffusers" in wanted):
         ref = diffusers_dit(cfg)
         t, peak, _ = timed(lambda: _diffusers_forward(ref, kw), iters=iters)
         record(
@@ -509,30 +541,31 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         )
         del ref
         free()
-    variants = [
-        ("bf16 compiled", {"compile": True}, None),
-        ("fp8 compiled", {"quantize": "fp8", "compile": True}, None),
-        ("fp8+sage compiled", {"quantize": "fp8", "compile": True}, "sage"),
+    fp8c = {"quantize": "fp8", "compile": True}
+    variants: list[tuple[str, dict[str, Any], str | None, dict[str, str]]] = [
+        ("bf16 compiled", {"compile": True}, None, {}),
+        ("fp8 compiled", fp8c, None, {}),
+        ("fp8+sage compiled", fp8c, "sage", {}),
     ]
     if tiny:
-        variants = [
-            ("bf16", {}, None),
-            ("fp8", {"quantize": "fp8"}, None),
-            ("fp8+sage", {"quantize": "fp8"}, "sage"),
-        ]
+        variants = [("bf16", {}, None, {}), ("fp8", {"quantize": "fp8"}, None, {}),
+                    ("fp8+sage", {"quantize": "fp8"}, "sage", {})]  # fmt: skip
     from fastvideo.attention.backends import FlashAttnBackend
     from fastvideo.attention.sage import sage_package_installed
 
     if not tiny and sage_package_installed():  # "sage" above runs the package's Hopper kernel: ours too
-        variants += [("fp8+sage compiled, our Triton sage kernel", {"quantize": "fp8", "compile": True}, "sage:impl=triton"),
-                     ("bf16 compiled, sage", {"compile": True}, "sage")]  # fmt: skip
+        variants += [("fp8+sage compiled, our Triton sage kernel", fp8c, "sage:impl=triton", {}),
+                     ("fp8+sage compiled, qk per_warp", fp8c, "sage", {"FASTVIDEO_SAGE_QK_GRAN": "per_warp"}),
+                     ("bf16 compiled, sage", {"compile": True}, "sage", {})]  # fmt: skip
     if not tiny and FlashAttnBackend.unavailable_reason() is None:  # FA3 / flash-attn-4 where installed
         variants += [
-            ("bf16 compiled, flash-attn", {"compile": True}, "flash-attn"),
-            ("fp8 compiled, flash-attn", {"quantize": "fp8", "compile": True}, "flash-attn"),
+            ("bf16 compiled, flash-attn", {"compile": True}, "flash-attn", {}),
+            ("fp8 compiled, flash-attn", fp8c, "flash-attn", {}),
         ]
-    for name, options, backend in variants:
-        with guarded("i2v14b", name):
+    if wanted is not None:
+        variants = [v for v in variants if v[0] in wanted]
+    for name, options, backend, environment in variants:
+        with guarded("i2v14b", name), env(**environment):
             _variant("i2v14b", cfg, kw, name, options, backend, iters, digits=3)
 
 

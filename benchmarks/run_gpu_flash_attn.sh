@@ -9,6 +9,8 @@
 #      flash-attn backend against diffusers (cuDNN SDPA), benchmarks/bench_cosmos.py --backend flash-attn)
 #   4. carry [".whl"]:   bash benchmarks/run_gpu_flash_attn.sh i2v14b     (Wan2.1-I2V-14B-480P s/step: the usual
 #      variants plus bf16 / FP8 compiled with the flash-attn backend on FA4; about 7 minutes)
+#   7. after 1, carry [".fa4b", ".sage"] with the sageattention wheel copied into .sage/: `... sage-probe`
+#      (the package's Hopper kernel against cuDNN, FA4 and ours; its GPU tests); then 4 with I2V_VARIANTS
 #   6. after 1, carry [".fa4b"]: `... unpack`, then carry [".whl"], timeout_s 600: `... e2e` (Wan2.1-T2V-1.3B
 #      81x480x832, 50 steps, whole generation: diffusers, ours bf16 on SDPA, and ours on the flash-attn backend
 #      (FA4) without and with MagCache, FP8 + FA4 + MagCache; bench_speed.py --section e2e)
@@ -80,6 +82,18 @@ sta)
     export PYTHONPATH=$PYTHONPATH:$repo/plugins/fastvideo-hunyuan/src
     timeout 330 python3 benchmarks/bench_sta.py --skip-dit --out "$out" 2>&1 | grep -v "Warning\|exe_args" | tee "$out/sta_bench.txt"
     cp docs/benchmarks.md "$out/benchmarks.md" ;;
+sage-probe)  # after stash, carry [".fa4b", ".sage"] (.sage holding the sageattention wheel): the package's
+    # Hopper kernel (per_thread and per_warp Q/K scales, its parts timed one by one) against cuDNN, FA4 and our
+    # Triton kernel at the Wan shapes (benchmarks/sage2_probe.py), and the sage GPU tests with the package
+    [ -d /tmp/fa4site/flash_attn ] || unpack || exit $?
+    python3 -m pip install -q --no-index --no-deps --target /tmp/sage2-site .sage/sageattention-*.whl || exit 6
+    export PYTHONPATH=/tmp/sage2-site:$PWD/core/src
+    fa4_path
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
+    timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider core/tests/test_attention_sage.py 2>&1 | tail -3 \
+        | tee "$out/sage_gpu_tests.txt"
+    FASTVIDEO_FLASH_ATTN=fa4 timeout 240 python3 benchmarks/sage2_probe.py 2>&1 | grep -v "Warning" \
+        | tee "$out/sage2_probe.txt" ;;
 cosmos)
     [ -d /tmp/fa4site/flash_attn ] || { echo "flash-attn-4 is not unpacked here: run 'stash' and 'probe' first"; exit 3; }
     EXTRA_PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages source benchmarks/gpu_env.sh
@@ -91,5 +105,5 @@ i2v14b)
     EXTRA_PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages FASTVIDEO_FLASH_ATTN=fa4 \
         SECTIONS=i2v14b bash benchmarks/run_gpu_speed.sh ;;
 *)
-    echo "usage: bash benchmarks/run_gpu_flash_attn.sh stash|probe|unpack|sta|sta-dit|e2e|cosmos|i2v14b (see the header)"; exit 2 ;;
+    echo "usage: bash benchmarks/run_gpu_flash_attn.sh stash|probe|unpack|sage-probe|sta|sta-dit|e2e|cosmos|i2v14b (see the header)"; exit 2 ;;
 esac

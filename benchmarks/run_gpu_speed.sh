@@ -53,7 +53,7 @@ for s in $sections; do
     quality) run quality 150 python3 benchmarks/bench_speed.py --section quality --steps 12 ;;
     toy) run toy 150 python3 benchmarks/speed_toy_eval.py --device cuda --configs baseline,fp8,sage,fp8+sage,teacache,firstblock,magcache ;;
     offload) run offload 420 python3 benchmarks/bench_speed.py --section offload --iters 2 ;;
-    i2v14b) run i2v14b 420 python3 benchmarks/bench_speed.py --section i2v14b --iters 2 ;;
+    i2v14b) run i2v14b "${I2V_LIMIT:-420}" python3 benchmarks/bench_speed.py --section i2v14b --iters 2 ;;
     e2e) run e2e 470 python3 benchmarks/bench_speed.py --section e2e --steps "${E2E_STEPS:-50}" \
         --variants "${E2E_VARIANTS:-diffusers,bf16,teacache,fp8+sage+teacache,magcache}" ;;
     *) echo "unknown section $s" ;;

@@ -260,11 +260,14 @@ import torch.nn.functional as F
 CALLS = []
 
 
-def sageattn_qk_int8_pv_fp8_cuda_sm90(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, **kw):
+def sageattn_qk_int8_pv_fp8_cuda_sm90(
+    q, k, v, tensor_layout="HND", is_causal=False, qk_quant_gran="per_thread", sm_scale=None, **kw
+):
     """Exact attention standing in for the package's kernel, with its argument checks."""
     assert tensor_layout == "NHD" and not is_causal and q.dtype in (torch.float16, torch.bfloat16)
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
-    CALLS.append((tuple(q.shape), sm_scale))
+    assert qk_quant_gran in ("per_warp", "per_thread")
+    CALLS.append((tuple(q.shape), sm_scale, qk_quant_gran))
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), scale=sm_scale
     )
@@ -330,11 +333,12 @@ def test_package_detection_and_reasons(fake_sage_package, tmp_path, monkeypatch)
 
 
 def test_impl_cuda_runs_the_package_kernel_as_one_custom_op(fake_sage_package) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention import sage
     from fastvideo.attention.context import StepContext
 
     q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
     out = SageBackend().forward(q, k, v, step=StepContext(options={"sage": {"impl": "cuda"}}))
-    assert fake_sage_package() == [((1, 40, 2, 64), 0.125)]
+    assert fake_sage_package() == [((1, 40, 2, 64), 0.125, sage.SAGE_QK_GRAN)]
     assert torch.allclose(out.float(), _sdpa(q, k, v), atol=1e-2)
     # auto on CPU tensors, and triton: our kernel, the package untouched
     for impl in ("auto", "triton"):
@@ -346,6 +350,20 @@ def test_impl_cuda_runs_the_package_kernel_as_one_custom_op(fake_sage_package) -
         (q, k, v, 0.125, "auto"),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+def test_qk_granularity_from_the_environment(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention.context import StepContext
+
+    q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
+    ctx = StepContext(options={"sage": {"impl": "cuda"}})
+    for value in ("per_warp", " PER_THREAD "):
+        monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", value)
+        SageBackend().forward(q, k, v, step=ctx)
+    assert [call[2] for call in fake_sage_package()] == ["per_warp", "per_thread"]
+    monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_block")  # a typo raises; it does not fall back
+    with pytest.raises(ValueError, match=r"FASTVIDEO_SAGE_QK_GRAN must be per_thread or per_warp, got 'per_block'"):
+        SageBackend().forward(q, k, v, step=ctx)
 
 
 def test_package_path_compiles_whole_and_falls_back_inside_the_graph(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]

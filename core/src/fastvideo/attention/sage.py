@@ -154,6 +154,20 @@ def package_reason(q: torch.Tensor, impl: str, pv: str, grad: bool) -> str | Non
 
 _SAGE2_OP: list[Any] = []
 
+#: The package kernel's Q/K INT8 scale granularity when ``FASTVIDEO_SAGE_QK_GRAN`` is unset.
+SAGE_QK_GRAN = "per_thread"
+
+
+def _qk_gran() -> str:
+    """``FASTVIDEO_SAGE_QK_GRAN`` (per_thread or per_warp; read inside the custom op, so per call), else
+    :data:`SAGE_QK_GRAN`; another value raises, naming both."""
+    import os
+
+    value = os.environ.get("FASTVIDEO_SAGE_QK_GRAN", "").strip().lower() or SAGE_QK_GRAN
+    if value not in ("per_thread", "per_warp"):
+        raise ValueError(f"FASTVIDEO_SAGE_QK_GRAN must be per_thread or per_warp, got {value!r}")
+    return value
+
 
 def _sage2_op() -> Any:
     """The package's Hopper forward as the custom op ``fastvideo::sage2_sm90_fwd``: opaque to torch.compile
@@ -172,9 +186,10 @@ def _sage2_op() -> Any:
         def sage2_sm90_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, pv: str
         ) -> torch.Tensor:
+            gran = _qk_gran()  # a bad value raises here, not into the fallback
             try:
                 fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
-                out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale)
+                out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale, qk_quant_gran=gran)
                 return (out[0] if isinstance(out, tuple) else out).contiguous()
             except Exception as err:  # any failure of the package: our kernel runs
                 from fastvideo.attention.sage_triton import sage_attention_triton
