@@ -293,6 +293,7 @@ def fake_sage_package(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
 
     errors._WARNED.clear()
     sage._PACKAGE.clear()
+    monkeypatch.setattr(sage, "EXACT_KV_TOKENS", 0)  # the tests' short sequences reach the package
     yield lambda: importlib.import_module("sageattention").CALLS
     sys.modules.pop("sageattention", None)
     errors._WARNED.clear()
@@ -364,6 +365,23 @@ def test_qk_granularity_from_the_environment(fake_sage_package, monkeypatch) -> 
     monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_block")  # a typo raises; it does not fall back
     with pytest.raises(ValueError, match=r"FASTVIDEO_SAGE_QK_GRAN must be per_thread or per_warp, got 'per_block'"):
         SageBackend().forward(q, k, v, step=ctx)
+
+
+def test_short_key_calls_run_exact_attention_not_the_package(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Cross-attention (few keys) skips the package kernel for exact SDPA; long key sequences take it."""
+    from fastvideo.attention import sage
+    from fastvideo.attention.context import StepContext
+
+    monkeypatch.setattr(sage, "EXACT_KV_TOKENS", 24)
+    ctx = StepContext(options={"sage": {"impl": "cuda"}})
+    q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
+    out = SageBackend().forward(q, k, v, step=ctx)
+    assert fake_sage_package() == []
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    assert torch.equal(out, want)
+    q, k, v = _inputs(1, 40, 25, 2, 64, torch.bfloat16)
+    SageBackend().forward(q, k, v, step=ctx)
+    assert [call[0] for call in fake_sage_package()] == [(1, 40, 2, 64)]
 
 
 def test_package_path_compiles_whole_and_falls_back_inside_the_graph(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
