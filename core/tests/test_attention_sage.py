@@ -363,7 +363,9 @@ def test_qk_granularity_from_the_environment(fake_sage_package, monkeypatch) -> 
         SageBackend().forward(q, k, v, step=ctx)
     assert [call[2] for call in fake_sage_package()] == ["per_warp", "per_thread"]
     monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_block")  # a typo raises; it does not fall back
-    with pytest.raises(ValueError, match=r"FASTVIDEO_SAGE_QK_GRAN must be per_thread or per_warp, got 'per_block'"):
+    with pytest.raises(
+        ValueError, match=r"FASTVIDEO_SAGE_QK_GRAN must be per_thread or per_warp, got 'per_block'"
+    ):
         SageBackend().forward(q, k, v, step=ctx)
 
 
@@ -377,7 +379,9 @@ def test_short_key_calls_run_exact_attention_not_the_package(fake_sage_package, 
     q, k, v = _inputs(1, 40, 24, 2, 64, torch.bfloat16)
     out = SageBackend().forward(q, k, v, step=ctx)
     assert fake_sage_package() == []
-    want = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    want = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(
+        1, 2
+    )
     assert torch.equal(out, want)
     q, k, v = _inputs(1, 40, 25, 2, 64, torch.bfloat16)
     SageBackend().forward(q, k, v, step=ctx)
