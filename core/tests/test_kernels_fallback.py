@@ -233,7 +233,7 @@ def test_fp8_activation_quantization_falls_back(
     monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "auto")
     calls: list[int] = []
 
-    def broken(x: torch.Tensor) -> Any:
+    def broken(x: torch.Tensor, gelu: bool = False) -> Any:
         calls.append(1)
         raise compile_error()
 

@@ -254,7 +254,9 @@ def test_fp8_compute_path_equals_quantized_math(monkeypatch: pytest.MonkeyPatch,
             pytest.skip("this torch's row-wise _scaled_mm takes no bias")
     calls = []
     real = kernels.quantize_rows_triton
-    monkeypatch.setattr(kernels, "quantize_rows_triton", lambda x: calls.append(x.shape) or real(x))
+    monkeypatch.setattr(
+        kernels, "quantize_rows_triton", lambda x, gelu=False: calls.append(x.shape) or real(x, gelu)
+    )
     torch.manual_seed(0)
     lin = nn.Linear(64, 48).to(device, torch.bfloat16)
     x = torch.randn(3, 7, 64, device=device, dtype=torch.bfloat16)
@@ -293,7 +295,7 @@ def test_under_torch_compile_activations_are_quantized_by_pytorch_ops(
     import fastvideo.optimize.fp8_triton as kernels
     from fastvideo.optimize.fp8 import quantize_activation
 
-    def no_triton(x: torch.Tensor) -> None:
+    def no_triton(x: torch.Tensor, gelu: bool = False) -> None:
         raise AssertionError("the Triton kernel ran inside a compiled graph")
 
     monkeypatch.setattr(kernels, "quantize_rows_triton", no_triton)
@@ -304,3 +306,121 @@ def test_under_torch_compile_activations_are_quantized_by_pytorch_ops(
     ref_q, ref_s = quantize_rows(x)
     assert torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
     torch._dynamo.reset()
+
+
+# ---- the feed-forward's GELU fused into the quantization of its second linear's input ---------------
+
+
+@_triton_runs
+@pytest.mark.parametrize("k", [1536, 20000], ids=["rows-in-registers", "two-pass-long-rows"])
+def test_gelu_fused_quantization_matches_gelu_then_quantize(k: int) -> None:
+    """``quantize_rows_triton(x, gelu=True)`` against fp32 GELU (PyTorch's tanh form) then quantize_rows:
+    the same scales, values within one e4m3 step (the two tanh formulas differ in the last fp32 bits,
+    which can move a value across a rounding boundary), far tails included (|x| up to 40)."""
+    from fastvideo.optimize.fp8_triton import quantize_rows_triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(4, k, generator=g) * torch.tensor([0.1, 1.0, 4.0, 12.0])[:, None]
+    x[3, :4] = torch.tensor([-40.0, 40.0, -9.0, 0.0])
+    x = x.to(device, torch.bfloat16)
+    q, scale = quantize_rows_triton(x, gelu=True)
+    ref_q, ref_scale = quantize_rows(F.gelu(x.float(), approximate="tanh"))
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    deq, ref = q.float() * scale, ref_q.float() * ref_scale
+    step = ref_scale * 448 / 8  # the widest e4m3 step below a row's amax
+    assert bool(((deq - ref).abs() <= step).all())
+    assert float((q.float() != ref_q.float()).float().mean()) < 1e-3
+    assert float(deq[3, 0]) == 0.0 and float(deq[3, 1]) == pytest.approx(40.0, rel=0.07)
+
+
+class _FFNBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from fastvideo.layers import MLP
+
+        self.ffn = MLP(64, 96, 48, "gelu_tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(x)
+
+
+class _FFNModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([_FFNBlock(), _FFNBlock()])
+
+    def blocks_in_order(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+
+def test_fuse_gelu_moves_the_activation_into_compute_fp8_linears_only() -> None:
+    from fastvideo.optimize.fp8 import fuse_gelu
+
+    torch.manual_seed(0)
+    model = _FFNModel().to(torch.bfloat16)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert quantize_fp8(model, "fp8")["mode"] == "storage"  # CPU: FP8 storage, nothing fused
+    assert all(b.ffn.act == "gelu_tanh" and not b.ffn.fc2.gelu_input for b in model.blocks)
+    ref = model.blocks[0].ffn(x)
+    # as on an FP8-math GPU: compute-mode linears; the CPU tensors take the dequantized path, which
+    # applies the moved GELU itself, so the output is unchanged bit for bit
+    for b in model.blocks:
+        b.ffn.fc2.mode = "compute"
+    model.blocks[1].ffn.act = "silu"  # another activation is left alone
+    assert fuse_gelu(model) == 1
+    ffn = model.blocks[0].ffn
+    assert ffn.act == "identity" and ffn.fc2.gelu_input and "gelu_input=True" in repr(ffn.fc2)
+    assert not model.blocks[1].ffn.fc2.gelu_input
+    assert torch.equal(ffn(x), ref)
+
+
+@_triton_runs
+def test_fused_gelu_compute_path_against_the_unfused_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FP8 math with the GELU fused (one kernel reads fc1's output) against the unfused FP8 path (bf16
+    GELU, then quantization): the same product to bf16 / FP8 rounding."""
+    import fastvideo.optimize.fp8_triton as kernels
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not _scaled_mm_on_cpu():
+        pytest.skip("this torch has no CPU torch._scaled_mm")
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).to(device, torch.bfloat16)
+    h = torch.randn(5, 64, device=device, dtype=torch.bfloat16) * 3
+    plain = FP8Linear.from_linear(lin, "compute")
+    fused = FP8Linear.from_linear(lin, "compute")
+    fused.gelu_input = True
+    calls = []
+    real = kernels.quantize_rows_triton
+    monkeypatch.setattr(
+        kernels, "quantize_rows_triton", lambda x, gelu=False: calls.append(gelu) or real(x, gelu)
+    )
+    want = plain._forward_fp8(F.gelu(h, approximate="tanh"))
+    got = fused._forward_fp8(h)
+    assert calls == [False, True]
+    assert (got.float() - want.float()).abs().max() < 0.03 * want.float().abs().max()
+
+
+def test_gelu_quantization_uses_the_kernel_inside_compiled_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` keeps PyTorch ops in compiled graphs for plain activations (inductor fuses them), but the
+    GELU-fused quantization runs the Triton kernel there too (it is 2.4x faster than inductor's fusion
+    at Wan 14B's width); ``torch`` keeps PyTorch ops for both."""
+    import fastvideo.optimize.fp8 as fp8
+    import fastvideo.optimize.fp8_triton as kernels
+
+    calls = []
+    monkeypatch.setattr(
+        kernels, "quantize_rows_triton", lambda x, gelu=False: calls.append(gelu) or quantize_rows(x)
+    )
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(fp8, "_triton_interpreting", lambda: True)
+    monkeypatch.setattr(fp8, "_has_triton", lambda: True)
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "auto")
+    x = torch.randn(4, 32)
+    fp8.quantize_activation(x)
+    fp8.quantize_activation(x, gelu=True)
+    assert calls == [True]
+    monkeypatch.setenv("FASTVIDEO_FP8_ACT_QUANT", "torch")
+    q, s = fp8.quantize_activation(x, gelu=True)
+    ref_q, ref_s = quantize_rows(F.gelu(x, approximate="tanh"))
+    assert calls == [True] and torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)

@@ -75,8 +75,13 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x, approximate="tanh")
 
 
-#: Activations of :class:`MLP`, by name (the name is what a model file passes).
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+#: Activations of :class:`MLP`, by name (the name is what a model file passes; ``identity`` is what
+#: :func:`fastvideo.optimize.fp8.fuse_gelu` leaves where the next linear applies the GELU itself).
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh, "identity": identity}
 
 
 class MLP(nn.Module):

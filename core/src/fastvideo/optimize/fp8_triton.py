@@ -43,6 +43,24 @@ def _to_e4m3(y, EXACT_ROUND: tl.constexpr):
 
 
 @triton.jit
+def _gelu_tanh(x):
+    """GELU, tanh approximation, in fp32: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, with
+    ``tanh(u) = 1 - 2 / (exp(2u) + 1)``, ``u`` clamped to +-40 (where fp32 tanh is already +-1; exp
+    stays finite)."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    u = tl.minimum(tl.maximum(u, -40.0), 40.0)
+    return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
+
+
+@triton.jit
+def _load_rows(ptrs, mask, GELU: tl.constexpr):
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        x = _gelu_tanh(x)
+    return x
+
+
+@triton.jit
 def _quantize_rows_fwd(
     X,
     Q,
@@ -54,6 +72,7 @@ def _quantize_rows_fwd(
     BLOCK_K: tl.constexpr,
     ONE_PASS: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
+    GELU: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < M
@@ -62,7 +81,7 @@ def _quantize_rows_fwd(
     cols = tl.arange(0, BLOCK_K)
     if ONE_PASS:
         mask = row_ok[:, None] & (cols < K)[None, :]
-        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = _load_rows(x_rows + cols[None, :], mask, GELU)
         scale = tl.maximum(tl.max(tl.abs(x), 1) / 448.0, 1e-12)  # (ROWS,)
         y = tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)
         tl.store(q_rows + cols[None, :], _to_e4m3(y, EXACT_ROUND), mask=mask)
@@ -71,13 +90,13 @@ def _quantize_rows_fwd(
         for start in range(0, K, BLOCK_K):
             c = start + cols
             mask = row_ok[:, None] & (c < K)[None, :]
-            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_rows(x_rows + c[None, :], mask, GELU)
             amax = tl.maximum(amax, tl.max(tl.abs(x), 1))
         scale = tl.maximum(amax / 448.0, 1e-12)
         for start in range(0, K, BLOCK_K):
             c = start + cols
             mask = row_ok[:, None] & (c < K)[None, :]
-            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_rows(x_rows + c[None, :], mask, GELU)
             y = tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)
             tl.store(q_rows + c[None, :], _to_e4m3(y, EXACT_ROUND), mask=mask)
     tl.store(S + rows, scale, mask=row_ok)
@@ -93,8 +112,10 @@ def launch_config(k: int) -> tuple[int, int, bool, int]:
     return 1, 4096, False, 8
 
 
-def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` (M, K) (last dim contiguous) -> ``(float8_e4m3fn (M, K), fp32 (M, 1))``, one fused pass."""
+def quantize_rows_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (M, K) (last dim contiguous) -> ``(float8_e4m3fn (M, K), fp32 (M, 1))``, one fused pass;
+    ``gelu``: of ``GELU(x)`` (tanh approximation, computed in fp32 as the rows are read), the
+    feed-forward's activation fused into the quantization of its second linear's input."""
     if x.dim() != 2:
         raise ValueError(
             f"quantize_rows_triton takes a 2-D (rows, features) tensor, got shape {tuple(x.shape)}"
@@ -118,6 +139,7 @@ def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         BLOCK_K=block_k,
         ONE_PASS=one_pass,
         EXACT_ROUND=interpreting(),
+        GELU=gelu,
         num_warps=warps,
     )
     return q, scale
