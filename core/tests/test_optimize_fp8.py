@@ -424,3 +424,33 @@ def test_gelu_quantization_uses_the_kernel_inside_compiled_graphs(monkeypatch: p
     q, s = fp8.quantize_activation(x, gelu=True)
     ref_q, ref_s = quantize_rows(F.gelu(x, approximate="tanh"))
     assert calls == [True] and torch.equal(q.float(), ref_q.float()) and torch.equal(s, ref_s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs FP8 math (sm_89+)",
+)
+def test_fused_gelu_feed_forward_compiles_on_gpu() -> None:
+    """A feed-forward with the GELU fused, compiled: no dynamo warning, and the output of the unfused
+    compiled one (inductor's GELU + quantization) to FP8 rounding."""
+    import warnings
+
+    from fastvideo.layers import MLP
+    from fastvideo.optimize.fp8 import fuse_gelu
+
+    torch.manual_seed(0)
+    fused, plain = (MLP(1024, 2816, 1024).cuda().bfloat16() for _ in range(2))
+    plain.load_state_dict(fused.state_dict())
+    for m in (fused, plain):
+        m.fc2 = FP8Linear.from_linear(m.fc2, "compute")
+    assert fuse_gelu(fused) == 1
+    x = torch.randn(4096, 1024, device="cuda", dtype=torch.bfloat16) * 4
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        out = torch.compile(fused)(x).float()
+    want = torch.compile(plain)(x).float()
+    assert not [w for w in caught if "dynamo" in str(w.filename) or "torch._dynamo" in str(w.message)]
+    assert (out - want).abs().max() < 0.02 * want.abs().max()
+    torch._dynamo.reset()

@@ -79,11 +79,17 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.gelu(x, approximate="tanh")
 
 
-@functools.cache
-def _has_triton() -> bool:
-    import importlib.util
+#: ``{"installed": bool}`` once looked up, in eager code (:func:`fuse_gelu`) before a compiled block
+#: asks: dynamo reads a dict, where it would re-trace a ``functools.cache`` body (and warn).
+_TRITON: dict[str, bool] = {}
 
-    return importlib.util.find_spec("triton") is not None
+
+def _has_triton() -> bool:
+    if "installed" not in _TRITON:
+        import importlib.util
+
+        _TRITON["installed"] = importlib.util.find_spec("triton") is not None
+    return _TRITON["installed"]
 
 
 def _triton_interpreting() -> bool:
@@ -242,6 +248,7 @@ def fuse_gelu(model: nn.Module) -> int:
     written and read back). In place; returns how many feed-forwards changed."""
     from fastvideo.layers import MLP
 
+    _has_triton()  # looked up here, in eager code
     count = 0
     for module in model.modules():
         if (
