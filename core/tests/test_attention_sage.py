@@ -293,11 +293,14 @@ def fake_sage_package(tmp_path, monkeypatch: pytest.MonkeyPatch):  # type: ignor
 
     errors._WARNED.clear()
     sage._PACKAGE.clear()
+    sage._PACKAGE_PARTS.clear()
     monkeypatch.setattr(sage, "EXACT_KV_TOKENS", 0)  # the tests' short sequences reach the package
     yield lambda: importlib.import_module("sageattention").CALLS
-    sys.modules.pop("sageattention", None)
+    for name in ("sageattention", "sageattention.quant", "sageattention.sm90_compile"):
+        sys.modules.pop(name, None)
     errors._WARNED.clear()
     sage._PACKAGE.clear()
+    sage._PACKAGE_PARTS.clear()
 
 
 def test_package_detection_and_reasons(fake_sage_package, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -388,6 +391,109 @@ def test_short_key_calls_run_exact_attention_not_the_package(fake_sage_package, 
     assert [call[0] for call in fake_sage_package()] == [(1, 40, 2, 64)]
 
 
+_FAKE_QUANT = '''
+import torch
+import torch.nn.functional as F
+
+CALLS = []
+
+
+def _rows(x, rows):
+    b, n, h, d = x.shape
+    blocks = -(-n // rows)
+    xf = F.pad(x, (0, 0, 0, 0, 0, blocks * rows - n)).view(b, blocks, rows, h, d)
+    amax = xf.abs().amax(dim=(2, 4)).clamp_min(1e-7)  # (B, blocks, H)
+    q = torch.round(xf * (127.0 / amax)[:, :, None, :, None]).to(torch.int8).view(b, blocks * rows, h, d)
+    return q[:, :n].contiguous(), (amax / 127.0).transpose(1, 2).contiguous()
+
+
+def per_warp_int8(q, k, km=None, BLKQ=128, WARPQ=32, BLKK=64, tensor_layout="HND"):
+    """Q with one scale per WARPQ rows, K (minus km) per BLKK rows, of a head (the package's contract)."""
+    assert tensor_layout == "NHD" and (BLKQ, WARPQ, BLKK) == (64, 16, 128)
+    CALLS.append("per_warp_int8")
+    q8, qs = _rows(q.float(), WARPQ)
+    k8, ks = _rows(k.float() - (km.float() if km is not None else 0.0), BLKK)
+    return q8, qs, k8, ks
+'''
+
+_FAKE_SM90 = '''
+import torch
+import torch.nn.functional as F
+
+#: position p of a group of 16 keys holds key ORDER[p] (the FP8 MMA's order)
+ORDER = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]
+CALLS = []
+
+
+def qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf(q8, k8, v8, o, qs, ks, vs, layout, causal, gran, scale, lse):
+    """Dequantize what the kernel takes and attend exactly; V (B, D, H, Lp) FP8, keys permuted."""
+    assert (layout, causal, gran, lse) == (0, 0, 2, 0) and v8.dtype == torch.float8_e4m3fn
+    CALLS.append(tuple(v8.shape))
+    b, n, h, d = q8.shape
+    m = k8.shape[1]
+    lp = v8.shape[-1]
+    assert lp % 128 == 0 and lp >= m and v8.shape[:3] == (b, d, h)
+    qf = q8.float() * qs.transpose(1, 2).repeat_interleave(16, dim=1)[:, :n, :, None]
+    kf = k8.float() * ks.transpose(1, 2).repeat_interleave(128, dim=1)[:, :m, :, None]
+    where = [ORDER.index(i) for i in range(16)]  # key i sits at position where[i]
+    vf = v8.float().view(b, d, h, lp // 16, 16)[..., where].reshape(b, d, h, lp).permute(0, 3, 2, 1)
+    assert bool((vf[:, m:] == 0).all())  # zeros past the last key
+    vf = vf[:, :m] * vs[:, None]
+    out = F.scaled_dot_product_attention(qf.transpose(1, 2), kf.transpose(1, 2), vf.transpose(1, 2), scale=scale)
+    o.copy_(out.transpose(1, 2).to(o.dtype))
+'''
+
+
+def test_v_pack_kernels_against_the_plain_pytorch_packing() -> None:
+    """Our two Triton passes against the reference packing, bit for bit: a length that is not a whole
+    number of 128 keys (zeros after it), two heads, head dims 64 and 128, an all-zero channel."""
+    from fastvideo.attention.sage_pack import pack_v_reference, pack_v_sm90
+
+    for b, n, h, d in ((1, 200, 2, 64), (2, 130, 3, 128)):
+        g = torch.Generator().manual_seed(n)
+        v = (torch.randn(b, n, h, d, generator=g) * torch.logspace(-1, 1, d)).to(torch.bfloat16)
+        v[:, :, 0, 5] = 0.0
+        v8, vs = pack_v_sm90(v)
+        r8, rs = pack_v_reference(v)
+        assert v8.dtype == torch.float8_e4m3fn and v8.shape == (b, d, h, -(-n // 128) * 128)
+        assert torch.equal(vs, rs) and vs.shape == (b, h, d)
+        assert torch.equal(v8.float(), r8.float())
+        assert float(vs[0, 0, 5]) == 0.0 and bool((v8[:, 5, 0].float() == 0).all())
+    with pytest.raises(ValueError, match="head dim 64 or 128, got 96"):
+        pack_v_sm90(torch.zeros(1, 4, 1, 96))
+
+
+def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With the package's internals present (its per-warp Q/K quantization and kernel: stand-ins that
+    dequantize exactly what they are given), per-warp calls pack V with our kernels and call the kernel;
+    the result is exact attention to 8-bit accuracy, so a wrong V layout or scale fails.
+    FASTVIDEO_SAGE_V_PACK=0 and per-thread scales take the package's public function."""
+    import importlib
+    import sys
+
+    from fastvideo.attention.context import StepContext
+
+    (tmp_path / "sageattention" / "quant.py").write_text(_FAKE_QUANT)
+    (tmp_path / "sageattention" / "sm90_compile.py").write_text(_FAKE_SM90)
+    for name in ("sageattention.quant", "sageattention.sm90_compile"):
+        sys.modules.pop(name, None)
+    ctx = StepContext(options={"sage": {"impl": "cuda"}})
+    q, k, v = _inputs(1, 150, 140, 2, 64, torch.bfloat16, 2.0)
+    out = SageBackend().forward(q, k, v, step=ctx)
+    kernel_calls = importlib.import_module("sageattention.sm90_compile").CALLS
+    assert kernel_calls == [(1, 64, 2, 256)] and importlib.import_module("sageattention.quant").CALLS
+    assert fake_sage_package() == []  # the public function was not called
+    exact = _sdpa(q, k, v)
+    cos = F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0).item()
+    assert cos > 0.999 and (out.float() - exact).abs().max() < 0.05, cos
+    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "0")
+    SageBackend().forward(q, k, v, step=ctx)
+    monkeypatch.delenv("FASTVIDEO_SAGE_V_PACK")
+    monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_thread")
+    SageBackend().forward(q, k, v, step=ctx)
+    assert [c[2] for c in fake_sage_package()] == ["per_warp", "per_thread"] and len(kernel_calls) == 1
+
+
 def test_package_path_compiles_whole_and_falls_back_inside_the_graph(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Under torch.compile (the DiT blocks are compiled on CUDA) the package path is one opaque op: no
     graph break (fullgraph), and a package that fails at run time still falls back to our kernel."""
@@ -453,25 +559,38 @@ def test_impl_option_is_checked() -> None:
     DEVICE != "cuda" or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
     reason="needs a Hopper GPU",
 )
-def test_package_kernel_on_hopper_against_sdpa() -> None:
+def test_package_kernel_on_hopper_against_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real sageattention Hopper kernel where installed (benchmarks/run_gpu_sage2.sh builds it): the
-    default ``impl=auto`` takes it, and its output is SDPA's to 8-bit accuracy."""
+    default ``impl=auto`` takes it, through the package's public function (``FASTVIDEO_SAGE_V_PACK=0``)
+    and with V packed by our kernels (the default; the same values as the package's own packing, bit for
+    bit), and both outputs are SDPA's to 8-bit accuracy."""
     from fastvideo.attention.sage import sage_package_installed
 
     if not sage_package_installed():
         pytest.skip("the sageattention package with its Hopper kernels is not installed")
     import sageattention
+    from sageattention.quant import per_channel_fp8
 
+    from fastvideo.attention.sage_pack import pack_v_sm90
+
+    q, k, v = _inputs(1, 4000, 4000, 4, 128, torch.bfloat16, 2.0)  # 4000: V padded to 4096
     calls = []
     real = sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90
-    sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90 = lambda *a, **kw: calls.append(1) or real(*a, **kw)
-    try:
-        q, k, v = _inputs(1, 4096, 4096, 4, 128, torch.bfloat16, 2.0)
-        with torch.no_grad():
-            out = SageBackend().forward(q, k, v)
-    finally:
-        sageattention.sageattn_qk_int8_pv_fp8_cuda_sm90 = real
-    assert calls == [1]
+    monkeypatch.setattr(
+        sageattention, "sageattn_qk_int8_pv_fp8_cuda_sm90", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
     exact = _sdpa(q, k, v)
-    cos = F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0).item()
-    assert cos > 0.999 and (out.float() - exact).abs().mean() < 2e-3, cos
+    outs = []
+    for pack in ("0", "1"):
+        monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", pack)
+        with torch.no_grad():
+            outs.append(SageBackend().forward(q, k, v).float())
+    assert calls == [1]  # the public function once, with FASTVIDEO_SAGE_V_PACK=0
+    for out in outs:
+        cos = F.cosine_similarity(out.flatten(), exact.flatten(), dim=0).item()
+        assert cos > 0.999 and (out - exact).abs().mean() < 2e-3, cos
+    assert (outs[0] - outs[1]).abs().max() < 1e-2  # the same FP8 V; Q/K quantized by the same code
+    padded = torch.cat([v, v.new_zeros(1, 96, 4, 128)], dim=1)
+    ref8, ref_scale, _ = per_channel_fp8(padded, tensor_layout="NHD", smooth_v=False)
+    v8, v_scale = pack_v_sm90(v)
+    assert torch.equal(v_scale, ref_scale) and torch.equal(v8.float(), ref8.float())

@@ -167,6 +167,50 @@ SAGE_QK_GRAN = "per_warp"
 EXACT_KV_TOKENS = 1024
 
 
+def _v_pack_wanted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gran: str) -> bool:
+    """Whether V is packed by our kernels (:mod:`fastvideo.attention.sage_pack`) and the package's kernel
+    called with the package's own Q/K quantization: per-warp scales, head dim 64 or 128, as many K/V as
+    Q heads, the package's internals importable, and ``FASTVIDEO_SAGE_V_PACK`` not ``0``."""
+    import os
+
+    if os.environ.get("FASTVIDEO_SAGE_V_PACK", "1").strip() == "0" or gran != "per_warp":
+        return False
+    if q.shape[-1] not in (64, 128) or k.shape[2] != q.shape[2] or v.shape[-1] != q.shape[-1]:
+        return False
+    if "parts" not in _PACKAGE_PARTS:
+        try:
+            quant = importlib.import_module("sageattention.quant")
+            sm90 = importlib.import_module("sageattention.sm90_compile")
+            _PACKAGE_PARTS["parts"] = (
+                quant.per_warp_int8,
+                sm90.qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf,
+            )
+        except (ImportError, AttributeError):  # another layout of the package: its public function
+            _PACKAGE_PARTS["parts"] = None
+    return _PACKAGE_PARTS["parts"] is not None
+
+
+#: The package's Q/K quantization and attention kernel, once imported (``None``: not found).
+_PACKAGE_PARTS: dict[str, Any] = {}
+
+
+def _sage2_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """What ``sageattn_qk_int8_pv_fp8_cuda_sm90(..., qk_quant_gran="per_warp")`` computes, with V packed
+    by :func:`fastvideo.attention.sage_pack.pack_v_sm90` (two passes instead of four steps)."""
+    import torch
+
+    from fastvideo.attention.sage_pack import pack_v_sm90
+
+    per_warp_int8, kernel = _PACKAGE_PARTS["parts"]
+    km = k.mean(dim=1, keepdim=True)  # K smoothed by its mean over tokens, as the package does
+    q8, q_scale, k8, k_scale = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
+    v8, v_scale = pack_v_sm90(v)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # layout NHD (0), not causal (0), per-warp Q/K scales (2), no log-sum-exp (0)
+    kernel(q8, k8, v8, out, q_scale, k_scale, v_scale, 0, 0, 2, scale, 0)
+    return out
+
+
 def _qk_gran() -> str:
     """``FASTVIDEO_SAGE_QK_GRAN`` (per_thread or per_warp; read inside the custom op, so per call), else
     :data:`SAGE_QK_GRAN`; another value raises, naming both."""
@@ -197,6 +241,8 @@ def _sage2_op() -> Any:
         ) -> torch.Tensor:
             gran = _qk_gran()  # a bad value raises here, not into the fallback
             try:
+                if _v_pack_wanted(q, k, v, gran):
+                    return _sage2_packed(q, k, v, scale)
                 fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
                 out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale, qk_quant_gran=gran)
                 return (out[0] if isinstance(out, tuple) else out).contiguous()
