@@ -56,20 +56,21 @@ def _v_pack(
     D: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
 ):
-    """OUT[b, :, h, position(key)] = e4m3(v[b, key, h, :] * R[b, h, :]) for the tile's keys (0 past L)."""
+    """OUT[b, :, h, tile positions] = e4m3(v[b, key, h, :] * R[b, h, :]) (0 past L). Each output position
+    reads the key it holds (position ``p`` of a group of 16 holds key ``p // 4 * 2 + (p // 2) % 2 * 8 +
+    p % 2``), so rows load whole and the transposed tile stores contiguous positions."""
     tile, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
-    t = tl.arange(0, BLOCK_L)
-    keys = tile * BLOCK_L + t
+    p = tl.arange(0, BLOCK_L)
+    m = p % 16
+    keys = tile * BLOCK_L + (p // 16) * 16 + (m // 4) * 2 + ((m // 2) % 2) * 8 + m % 2
     ch = tl.arange(0, D)
     ptrs = V + b.to(tl.int64) * s_vb + h * s_vh + keys[:, None].to(tl.int64) * s_vl + ch[None, :]
     x = tl.load(ptrs, mask=(keys < L)[:, None], other=0.0).to(tl.float32)
     recp = tl.load(R + bh.to(tl.int64) * D + ch)  # (D,) fp32
-    q = _to_e4m3(x * recp[None, :], EXACT_ROUND)
-    m = t % 16
-    position = tile * BLOCK_L + (t // 16) * 16 + (m // 8) * 2 + ((m // 2) % 4) * 4 + m % 2
-    dst = OUT + b.to(tl.int64) * D * H * LP + h * LP + ch[None, :].to(tl.int64) * H * LP + position[:, None]
-    tl.store(dst, q)
+    y = tl.trans(x * recp[None, :])  # (D, BLOCK_L): positions contiguous
+    base = OUT + b.to(tl.int64) * D * H * LP + h * LP + tile * BLOCK_L
+    tl.store(base + ch[:, None].to(tl.int64) * H * LP + p[None, :], _to_e4m3(y, EXACT_ROUND))
 
 
 def pack_v_sm90(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,16 +84,24 @@ def pack_v_sm90(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     padded = triton.cdiv(length, 128) * 128
     tiles = triton.cdiv(length, AMAX_BLOCK)
     partial = torch.empty(b * h, tiles, d, dtype=torch.float32, device=v.device)
-    _v_amax[(tiles, b * h)](
-        v, partial, length, h, v.stride(0), v.stride(1), v.stride(2), BLOCK_L=AMAX_BLOCK, D=d
-    )
+    strides = (v.stride(0), v.stride(1), v.stride(2))
+    _v_amax[(tiles, b * h)](v, partial, length, h, *strides, BLOCK_L=AMAX_BLOCK, D=d, num_warps=8)
     amax = partial.amax(dim=1)  # (B*H, D)
     recp = torch.where(amax > 0, 448.0 / amax, torch.zeros_like(amax))
     out = torch.empty(b, d, h, padded, dtype=torch.float8_e4m3fn, device=v.device)
     _v_pack[(padded // PACK_BLOCK, b * h)](
-        v, recp, out, length, h, padded, v.stride(0), v.stride(1), v.stride(2),
-        BLOCK_L=PACK_BLOCK, D=d, EXACT_ROUND=interpreting(),
-    )  # fmt: skip
+        v,
+        recp,
+        out,
+        length,
+        h,
+        padded,
+        *strides,
+        BLOCK_L=PACK_BLOCK,
+        D=d,
+        EXACT_ROUND=interpreting(),
+        num_warps=8,
+    )
     return out, (amax / 448.0).view(b, h, d)
 
 

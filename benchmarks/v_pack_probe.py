@@ -1,0 +1,36 @@
+"""V packing for the sageattention package's Hopper kernel at Wan 14B's self-attention shape, one GPU
+(issue #24): the package's steps (``torch.cat`` to 128 tokens, ``per_channel_fp8``) against ours
+(``fastvideo.attention.sage_pack.pack_v_sm90``), bit for bit and timed.
+
+    PYTHONPATH=/tmp/site:core/src python benchmarks/v_pack_probe.py
+"""
+
+from __future__ import annotations
+
+import torch
+from sage2_probe import time_ms
+
+from fastvideo.attention.sage_pack import pack_v_sm90
+
+
+def package(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from sageattention.quant import per_channel_fp8
+
+    pad = (-v.size(1)) % 128
+    vp = torch.cat([v, v.new_zeros(v.size(0), pad, v.size(2), v.size(3))], dim=1) if pad else v
+    v8, scale, _ = per_channel_fp8(vp, tensor_layout="NHD", smooth_v=False)
+    return v8, scale
+
+
+def main() -> None:
+    for heads in (40, 12):
+        v = torch.randn(1, 32760, heads, 128, device="cuda", dtype=torch.bfloat16)
+        (a8, a_s), (b8, b_s) = package(v), pack_v_sm90(v)
+        same = torch.equal(a_s, b_s) and torch.equal(a8.float(), b8.float())
+        print({"shape": f"1x32760x{heads}x128", "bit-exact": same,
+               "package ms": round(time_ms(lambda v=v: package(v), iters=20), 3),
+               "ours ms": round(time_ms(lambda v=v: pack_v_sm90(v), iters=20), 3)}, flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
