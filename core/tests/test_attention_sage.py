@@ -465,9 +465,10 @@ def test_v_pack_kernels_against_the_plain_pytorch_packing() -> None:
 
 def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """With the package's internals present (its per-warp Q/K quantization and kernel: stand-ins that
-    dequantize exactly what they are given), per-warp calls pack V with our kernels and call the kernel;
-    the result is exact attention to 8-bit accuracy, so a wrong V layout or scale fails.
-    FASTVIDEO_SAGE_V_PACK=0 and per-thread scales take the package's public function."""
+    dequantize exactly what they are given), per-warp calls with FASTVIDEO_SAGE_V_PACK=1 pack V with our
+    kernels and call the kernel; the result is exact attention to 8-bit accuracy, so a wrong V layout or
+    scale fails. Without the switch (the default), and with per-thread scales, the package's public
+    function runs."""
     import importlib
     import sys
 
@@ -479,6 +480,7 @@ def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypa
         sys.modules.pop(name, None)
     ctx = StepContext(options={"sage": {"impl": "cuda"}})
     q, k, v = _inputs(1, 150, 140, 2, 64, torch.bfloat16, 2.0)
+    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "1")
     out = SageBackend().forward(q, k, v, step=ctx)
     kernel_calls = importlib.import_module("sageattention.sm90_compile").CALLS
     assert kernel_calls == [(1, 64, 2, 256)] and importlib.import_module("sageattention.quant").CALLS
@@ -486,9 +488,9 @@ def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypa
     exact = _sdpa(q, k, v)
     cos = F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0).item()
     assert cos > 0.999 and (out.float() - exact).abs().max() < 0.05, cos
-    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "0")
-    SageBackend().forward(q, k, v, step=ctx)
     monkeypatch.delenv("FASTVIDEO_SAGE_V_PACK")
+    SageBackend().forward(q, k, v, step=ctx)
+    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "1")
     monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_thread")
     SageBackend().forward(q, k, v, step=ctx)
     assert [c[2] for c in fake_sage_package()] == ["per_warp", "per_thread"] and len(kernel_calls) == 1
@@ -561,9 +563,9 @@ def test_impl_option_is_checked() -> None:
 )
 def test_package_kernel_on_hopper_against_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real sageattention Hopper kernel where installed (benchmarks/run_gpu_sage2.sh builds it): the
-    default ``impl=auto`` takes it, through the package's public function (``FASTVIDEO_SAGE_V_PACK=0``)
-    and with V packed by our kernels (the default; the same values as the package's own packing, bit for
-    bit), and both outputs are SDPA's to 8-bit accuracy."""
+    default ``impl=auto`` takes it, through the package's public function (the default) and with V
+    packed by our kernels (``FASTVIDEO_SAGE_V_PACK=1``; the same values as the package's own packing, bit
+    for bit), and both outputs are SDPA's to 8-bit accuracy."""
     from fastvideo.attention.sage import sage_package_installed
 
     if not sage_package_installed():
@@ -585,7 +587,7 @@ def test_package_kernel_on_hopper_against_sdpa(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", pack)
         with torch.no_grad():
             outs.append(SageBackend().forward(q, k, v).float())
-    assert calls == [1]  # the public function once, with FASTVIDEO_SAGE_V_PACK=0
+    assert calls == [1]  # the public function once: without FASTVIDEO_SAGE_V_PACK=1
     for out in outs:
         cos = F.cosine_similarity(out.flatten(), exact.flatten(), dim=0).item()
         assert cos > 0.999 and (out - exact).abs().mean() < 2e-3, cos

@@ -169,11 +169,12 @@ EXACT_KV_TOKENS = 1024
 
 def _v_pack_wanted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gran: str) -> bool:
     """Whether V is packed by our kernels (:mod:`fastvideo.attention.sage_pack`) and the package's kernel
-    called with the package's own Q/K quantization: per-warp scales, head dim 64 or 128, as many K/V as
-    Q heads, the package's internals importable, and ``FASTVIDEO_SAGE_V_PACK`` not ``0``."""
+    called with the package's own Q/K quantization: ``FASTVIDEO_SAGE_V_PACK=1`` (opt-in: not yet timed on
+    a GPU against the package's packing; ``benchmarks/v_pack_probe.py`` does), per-warp scales, head dim
+    64 or 128, as many K/V as Q heads, and the package's internals importable."""
     import os
 
-    if os.environ.get("FASTVIDEO_SAGE_V_PACK", "1").strip() == "0" or gran != "per_warp":
+    if os.environ.get("FASTVIDEO_SAGE_V_PACK", "0").strip() != "1" or gran != "per_warp":
         return False
     if q.shape[-1] not in (64, 128) or k.shape[2] != q.shape[2] or v.shape[-1] != q.shape[-1]:
         return False
