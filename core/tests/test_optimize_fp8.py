@@ -370,9 +370,11 @@ def test_fuse_gelu_moves_the_activation_into_compute_fp8_linears_only() -> None:
     model.blocks[1].ffn.act = "silu"  # another activation is left alone
     assert fuse_gelu(model) == 1
     ffn = model.blocks[0].ffn
-    assert ffn.act == "identity" and ffn.fc2.gelu_input and "gelu_input=True" in repr(ffn.fc2)
+    assert ffn.act == "gelu_tanh" and ffn.fc2.gelu_input and "gelu_input=True" in repr(ffn.fc2)
     assert not model.blocks[1].ffn.fc2.gelu_input
     assert torch.equal(ffn(x), ref)
+    ffn.fc2 = nn.Linear(96, 48).to(torch.bfloat16)  # fc2 replaced: the MLP applies its GELU again
+    assert torch.equal(ffn(x), ffn.fc2(F.gelu(ffn.fc1(x), approximate="tanh")))
 
 
 @_triton_runs

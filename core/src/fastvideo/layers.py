@@ -75,13 +75,8 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.gelu_(x, approximate="tanh")
 
 
-def identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-#: Activations of :class:`MLP`, by name (the name is what a model file passes; ``identity`` is what
-#: :func:`fastvideo.optimize.fp8.fuse_gelu` leaves where the next linear applies the GELU itself).
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh, "identity": identity}
+#: Activations of :class:`MLP`, by name (the name is what a model file passes).
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 
 class MLP(nn.Module):
@@ -99,8 +94,11 @@ class MLP(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activation: Any = ACTIVATIONS[self.act]
-        return self.fc2(activation(self.fc1(x)))
+        h = self.fc1(x)
+        if not getattr(self.fc2, "gelu_input", False):  # else fc2 applies the GELU as it quantizes h
+            activation: Any = ACTIVATIONS[self.act]
+            h = activation(h)
+        return self.fc2(h)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

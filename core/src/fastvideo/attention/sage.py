@@ -6,8 +6,9 @@ accumulation. Our own Triton kernel (:mod:`fastvideo.attention.sage_triton`); on
 ``sageattention`` package is installed with its CUDA kernels (SageAttention 2, built from source: PyPI's
 1.0.6 has none), its ``sageattn_qk_int8_pv_fp8_cuda_sm90`` (INT8 ``Q K^T``, FP8 ``P V``) runs instead
 (option ``impl``: ``auto``, ``cuda``, ``triton``; Q/K scales per warp unless ``FASTVIDEO_SAGE_QK_GRAN``
-says per_thread), except on calls with at most :data:`EXACT_KV_TOKENS` keys (cross-attention), which run
-exact attention, faster there. :func:`sage_attention_reference` is the plain-PyTorch spec.
+says per_thread), except, under ``impl=auto``, on calls with fewer keys than queries and at most
+:data:`EXACT_KV_TOKENS` keys (cross-attention), which run exact attention, faster there.
+:func:`sage_attention_reference` is the plain-PyTorch spec.
 
 It is a dense backend (every layer may use it, cross-attention included) and lossy; it is never
 picked automatically (``--attention-backend sage``). Under sequence parallelism it runs like any
@@ -161,10 +162,25 @@ _SAGE2_OP: list[Any] = []
 #: (Wan2.1-14B self-attention, 40 x 32760 x 128: 26.78 against 27.71 ms, cosine 0.99923 against 0.99925).
 SAGE_QK_GRAN = "per_warp"
 
-#: Calls with at most this many keys (cross-attention to text or image tokens) run exact bf16 attention
-#: (SDPA: cuDNN) instead of the package kernel, whose quantization passes cost more than they save there
-#: (H100, 32760 queries x 40 heads: 512 keys 0.65 against 0.87 ms, 257 keys 0.57 against 0.79 ms).
+#: Calls with fewer keys than queries and at most this many keys (cross-attention to text or image tokens)
+#: run exact attention (SDPA, cuDNN on Hopper) instead of the package kernel under ``impl=auto``: its
+#: quantization passes cost more than they save there (H100, 32760 queries x 40 heads: 512 keys 0.65
+#: against 0.87 ms, 257 keys 0.57 against 0.79 ms). ``FASTVIDEO_SAGE_EXACT_KV`` overrides it (0: never).
 EXACT_KV_TOKENS = 1024
+
+
+def _exact_kv_tokens() -> int:
+    import os
+
+    text = os.environ.get("FASTVIDEO_SAGE_EXACT_KV", "").strip()
+    if not text:
+        return EXACT_KV_TOKENS
+    try:
+        return max(0, int(text))
+    except ValueError:
+        raise ValueError(
+            f"FASTVIDEO_SAGE_EXACT_KV must be a whole number of keys (0: never), got {text!r}"
+        ) from None
 
 
 def _v_pack_wanted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gran: str) -> bool:
@@ -174,7 +190,8 @@ def _v_pack_wanted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gran: str)
     64 or 128, as many K/V as Q heads, and the package's internals importable."""
     import os
 
-    if os.environ.get("FASTVIDEO_SAGE_V_PACK", "0").strip() != "1" or gran != "per_warp":
+    wanted = os.environ.get("FASTVIDEO_SAGE_V_PACK", "").strip().lower() in ("1", "true", "yes", "on")
+    if not wanted or gran != "per_warp":
         return False
     if q.shape[-1] not in (64, 128) or k.shape[2] != q.shape[2] or v.shape[-1] != q.shape[-1]:
         return False
@@ -191,24 +208,30 @@ def _v_pack_wanted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gran: str)
     return _PACKAGE_PARTS["parts"] is not None
 
 
-#: The package's Q/K quantization and attention kernel, once imported (``None``: not found).
+#: The package's Q/K quantization and attention kernel, once imported (``None``: not found, or the
+#: packed path failed once and the package's public function serves from then on).
 _PACKAGE_PARTS: dict[str, Any] = {}
 
 
 def _sage2_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """What ``sageattn_qk_int8_pv_fp8_cuda_sm90(..., qk_quant_gran="per_warp")`` computes, with V packed
-    by :func:`fastvideo.attention.sage_pack.pack_v_sm90` (two passes instead of four steps)."""
+    by :func:`fastvideo.attention.sage_pack.pack_v_sm90` (two Triton passes and a few small per-channel
+    ops instead of the package's four steps). On the inputs' device, as the package's function sets it
+    (its kernels launch on the current device)."""
+    import contextlib
+
     import torch
 
     from fastvideo.attention.sage_pack import pack_v_sm90
 
     per_warp_int8, kernel = _PACKAGE_PARTS["parts"]
-    km = k.mean(dim=1, keepdim=True)  # K smoothed by its mean over tokens, as the package does
-    q8, q_scale, k8, k_scale = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
-    v8, v_scale = pack_v_sm90(v)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    # layout NHD (0), not causal (0), per-warp Q/K scales (2), no log-sum-exp (0)
-    kernel(q8, k8, v8, out, q_scale, k_scale, v_scale, 0, 0, 2, scale, 0)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        km = k.mean(dim=1, keepdim=True)  # K smoothed by its mean over tokens, as the package does
+        q8, q_scale, k8, k_scale = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
+        v8, v_scale = pack_v_sm90(v)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        # layout NHD (0), not causal (0), per-warp Q/K scales (2), no log-sum-exp (0)
+        kernel(q8, k8, v8, out, q_scale, k_scale, v_scale, 0, 0, 2, scale, 0)
     return out
 
 
@@ -241,15 +264,24 @@ def _sage2_op() -> Any:
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, pv: str
         ) -> torch.Tensor:
             gran = _qk_gran()  # a bad value raises here, not into the fallback
-            try:
-                if _v_pack_wanted(q, k, v, gran):
+            from fastvideo.errors import warn_once
+
+            if _v_pack_wanted(q, k, v, gran):
+                try:
                     return _sage2_packed(q, k, v, scale)
+                except Exception as err:  # our packing or the package's internals: its public function
+                    _PACKAGE_PARTS["parts"] = None
+                    first = str(err).splitlines()[0][:200] if str(err) else ""
+                    warn_once(
+                        f"sage: FASTVIDEO_SAGE_V_PACK=1 failed ({type(err).__name__}: {first}); "
+                        "the sageattention package's own function runs"
+                    )
+            try:
                 fn = getattr(importlib.import_module("sageattention"), SAGE_PACKAGE_FN)
                 out = fn(q, k, v, tensor_layout="NHD", is_causal=False, sm_scale=scale, qk_quant_gran=gran)
                 return (out[0] if isinstance(out, tuple) else out).contiguous()
             except Exception as err:  # any failure of the package: our kernel runs
                 from fastvideo.attention.sage_triton import sage_attention_triton
-                from fastvideo.errors import warn_once
 
                 first = str(err).splitlines()[0][:200] if str(err) else ""
                 warn_once(
@@ -347,7 +379,8 @@ class SageBackend(AttentionBackend):
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         reason = package_reason(q, impl, pv, grad)
         if reason is None:
-            if k.shape[1] <= EXACT_KV_TOKENS:  # short keys: exact attention is faster (see the constant)
+            if impl == "auto" and k.shape[1] < q.shape[1] and k.shape[1] <= _exact_kv_tokens():
+                # cross-attention to a few keys: exact attention is faster (see EXACT_KV_TOKENS)
                 out = torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale
                 )

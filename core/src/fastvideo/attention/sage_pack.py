@@ -8,9 +8,11 @@ The kernel (``qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf``) takes V as f
 ``(B, D, H, Lp)`` for ``(B, L, H, D)`` input (NHD), ``Lp`` = ``L`` rounded up to 128 (zeros past ``L``),
 keys contiguous and, inside each group of 16 keys, in the order its FP8 MMA reads them: key ``m`` of a
 group at position ``m // 8 * 2 + (m // 2) % 4 * 4 + m % 2``. One fp32 scale per (batch, head, channel),
-``amax / 448``, the values ``v * (448 / amax)`` rounded to nearest e4m3: the package's own recipe
-(``per_channel_fp8`` without smoothing), except that an all-zero channel gets scale 0 and zeros where the
-package divides by zero.
+``amax / 448``, the values ``v * (448 / amax)`` rounded to nearest e4m3: the package's recipe
+(``per_channel_fp8`` without smoothing). Its extension is built with fast-math divisions, ours are
+PyTorch's, so a scale may differ in the last bit and a rare value by one e4m3 step; a channel whose
+maxima is zero (or too small for ``448 / amax`` to be finite) gets scale 0 and zeros, where the package
+divides by zero.
 
     pass 1: per (batch x head, 128-key tile) the channel maxima of |v|; the tiles' maxima reduced by torch
     pass 2: per (batch x head, 64-key tile) v times 448 / amax to e4m3, stored transposed and permuted
@@ -37,7 +39,7 @@ def _v_amax(V, P, L, H, s_vb, s_vl, s_vh, BLOCK_L: tl.constexpr, D: tl.constexpr
     b, h = bh // H, bh % H
     keys = tile * BLOCK_L + tl.arange(0, BLOCK_L)
     ch = tl.arange(0, D)
-    ptrs = V + b.to(tl.int64) * s_vb + h * s_vh + keys[:, None].to(tl.int64) * s_vl + ch[None, :]
+    ptrs = V + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh + keys[:, None].to(tl.int64) * s_vl + ch[None, :]
     x = tl.load(ptrs, mask=(keys < L)[:, None], other=0.0).to(tl.float32)
     tl.store(P + (bh.to(tl.int64) * tl.num_programs(0) + tile) * D + ch, tl.max(tl.abs(x), 0))
 
@@ -66,12 +68,18 @@ def _v_pack(
     m = p % 16
     keys = tile * BLOCK_L + (p // 16) * 16 + (m // 4) * 2 + ((m // 2) % 2) * 8 + m % 2
     ch = tl.arange(0, D)
-    ptrs = V + b.to(tl.int64) * s_vb + h * s_vh + keys[:, None].to(tl.int64) * s_vl + ch[None, :]
+    ptrs = V + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh + keys[:, None].to(tl.int64) * s_vl + ch[None, :]
     x = tl.load(ptrs, mask=(keys < L)[:, None], other=0.0).to(tl.float32)
     recp = tl.load(R + bh.to(tl.int64) * D + ch)  # (D,) fp32
     y = tl.trans(x * recp[None, :])  # (D, BLOCK_L): positions contiguous
     base = OUT + b.to(tl.int64) * D * H * LP + h * LP + tile * BLOCK_L
     tl.store(base + ch[:, None].to(tl.int64) * H * LP + p[None, :], _to_e4m3(y, EXACT_ROUND))
+
+
+def _reciprocal(amax: torch.Tensor) -> torch.Tensor:
+    """``448 / amax`` where that is finite, else 0 (the channel packs to zeros)."""
+    finite = amax > 448.0 / torch.finfo(torch.float32).max
+    return torch.where(finite, 448.0 / amax.clamp_min(1e-30), torch.zeros_like(amax))
 
 
 def pack_v_sm90(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +96,7 @@ def pack_v_sm90(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     strides = (v.stride(0), v.stride(1), v.stride(2))
     _v_amax[(tiles, b * h)](v, partial, length, h, *strides, BLOCK_L=AMAX_BLOCK, D=d, num_warps=8)
     amax = partial.amax(dim=1)  # (B*H, D)
-    recp = torch.where(amax > 0, 448.0 / amax, torch.zeros_like(amax))
+    recp = _reciprocal(amax)
     out = torch.empty(b, d, h, padded, dtype=torch.float8_e4m3fn, device=v.device)
     _v_pack[(padded // PACK_BLOCK, b * h)](
         v,
@@ -111,7 +119,7 @@ def pack_v_reference(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, length, h, d = v.shape
     padded = -(-length // 128) * 128
     amax = v.float().abs().amax(dim=1)  # (B, H, D)
-    recp = torch.where(amax > 0, 448.0 / amax, torch.zeros_like(amax))
+    recp = _reciprocal(amax)
     order = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]  # position r holds key order[r] of a group
     x = torch.nn.functional.pad(v.float(), (0, 0, 0, 0, 0, padded - length)) * recp[:, None]
     x = x.view(b, padded // 16, 16, h, d)[:, :, order].to(torch.float8_e4m3fn)

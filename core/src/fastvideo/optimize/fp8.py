@@ -35,8 +35,9 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 #: How activations are quantized before an FP8 product: ``auto`` (the fused Triton kernel in eager
-#: mode, PyTorch ops under ``torch.compile``, which fuses them with what comes before), ``triton`` or
-#: ``torch`` everywhere. Environment: ``FASTVIDEO_FP8_ACT_QUANT``.
+#: mode; under ``torch.compile`` PyTorch ops, which inductor fuses with what comes before, except for a
+#: feed-forward's GELU-fused input, which keeps the kernel), ``triton`` or ``torch`` everywhere.
+#: Environment: ``FASTVIDEO_FP8_ACT_QUANT``.
 ACT_QUANT_CHOICES = ("auto", "triton", "torch")
 
 
@@ -52,14 +53,18 @@ def act_quant_mode() -> str:
 def quantize_activation(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (M, K) -> (FP8 (M, K), fp32 (M, 1)) as :func:`quantize_rows`, through the fused Triton
     kernel (one read of ``x``) where it runs and :func:`act_quant_mode` allows it; a kernel that fails
-    to build or launch warns once and :func:`quantize_rows` serves the process from then on.
+    to build or launch warns once and :func:`quantize_rows` serves the process from then on (graphs
+    compiled after that failure too; a graph compiled before it keeps the kernel it traced).
 
     :param gelu: quantize ``GELU(x)`` (tanh approximation), the feed-forward's activation fused in (see
         :func:`fuse_gelu`). With ``auto`` the Triton kernel then runs inside compiled graphs too: it
         takes 0.64 ms at 32760 x 13824 on an H100 against 1.53 ms for inductor's fusion of the same
         PyTorch ops (``benchmarks/gelu_quant_probe.py``)."""
+    from fastvideo.kernels import failed_ops
+
     mode = act_quant_mode()
     use_triton = mode == "triton" or (mode == "auto" and (gelu or not torch.compiler.is_compiling()))
+    use_triton = use_triton and "fp8_quantize_rows" not in failed_ops()
     if use_triton and (x.is_cuda or _triton_interpreting()) and _has_triton():
         from fastvideo.kernels import fused_or_reference
         from fastvideo.optimize.fp8_triton import quantize_rows_triton
@@ -186,7 +191,8 @@ class FP8Linear(nn.Module):
         )
         self.fused_bias = False  # whether _scaled_mm adds the bias (set where FP8 math is enabled)
         #: Whether the input is first passed through GELU (tanh), fused into the activation's quantization:
-        #: set by :func:`fuse_gelu` on a feed-forward's second linear, whose MLP then skips its activation.
+        #: set by :func:`fuse_gelu` on a feed-forward's second linear; the :class:`~fastvideo.layers.MLP`
+        #: skips its own activation while its ``fc2`` says so (hooks on ``fc2`` see the pre-GELU input).
         self.gelu_input = False
 
     @classmethod
@@ -245,19 +251,20 @@ class FP8Linear(nn.Module):
 def fuse_gelu(model: nn.Module) -> int:
     """Move each feed-forward's GELU (tanh) into its second linear where that is an FP8 linear with FP8
     math: the GELU is then computed inside the activation's quantization (one pass, no bf16 GELU output
-    written and read back). In place; returns how many feed-forwards changed."""
+    written and read back). The flag lives on the linear (``gelu_input``): replace it by another module
+    and the MLP applies its GELU again. In place; returns how many feed-forwards changed."""
     from fastvideo.layers import MLP
 
     _has_triton()  # looked up here, in eager code
     count = 0
     for module in model.modules():
         if (
-            isinstance(module, MLP)
+            type(module) is MLP  # a subclass may have its own forward
             and module.act == "gelu_tanh"
             and isinstance(module.fc2, FP8Linear)
             and module.fc2.mode == "compute"
         ):
-            module.act, module.fc2.gelu_input = "identity", True
+            module.fc2.gelu_input = True
             count += 1
     return count
 
