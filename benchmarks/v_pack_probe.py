@@ -2,7 +2,7 @@
 (issue #24): the package's steps (``torch.cat`` to 128 tokens, ``per_channel_fp8``) against ours
 (``fastvideo.attention.sage_pack.pack_v_sm90``), bit for bit and timed.
 
-    PYTHONPATH=/tmp/site:core/src python benchmarks/v_pack_probe.py
+    bash benchmarks/run_gpu_sage_pack.sh   (or, after source benchmarks/gpu_env.sh: python benchmarks/v_pack_probe.py)
 """
 
 from __future__ import annotations

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Issue #24, the opt-in V packing for the sageattention package's Hopper kernel (FASTVIDEO_SAGE_V_PACK=1,
+# core/src/fastvideo/attention/sage_pack.py), on one H100 in one call (carry [".whl"]: it holds the
+# sageattention wheel built by benchmarks/run_gpu_sage2.sh; about 3 minutes):
+#   1. the sage GPU tests (the packing against the package's per_channel_fp8; both paths against SDPA);
+#   2. benchmarks/v_pack_probe.py: the package's V packing against ours, timed, at Wan 14B / 1.3B shapes;
+#   3. Wan2.1-I2V-14B-480P s/step: diffusers, FP8 + sage compiled with the package's packing and with ours.
+# If ours is faster, make it the default (FASTVIDEO_SAGE_V_PACK's default in sage._v_pack_wanted).
+set -uo pipefail
+source benchmarks/gpu_env.sh
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
+timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider core/tests/test_attention_sage.py 2>&1 | tail -4 \
+    | tee "$out/sage_gpu_tests.txt"
+timeout 60 python3 benchmarks/v_pack_probe.py 2>&1 | grep -v -i warning | tee "$out/v_pack_probe.txt"
+SECTIONS=i2v14b I2V_LIMIT=240 I2V_VARIANTS="diffusers;fp8+sage compiled;fp8+sage compiled, our V packing" \
+    bash benchmarks/run_gpu_speed.sh 2>&1 | grep '"section"'
