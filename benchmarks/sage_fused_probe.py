@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from sage2_probe import time_ms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-#: Token order inside each 16-token group of the package's transposed V (its FP8 MMA layout).
-PERM16 = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]
+from fastvideo.attention.sage_pack import pack_v_reference
 
 
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -40,23 +39,26 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
     k8 = torch.round(kf * (127.0 / ka)[:, :, None, :, None]).to(torch.int8).view(b, nk * 128, h, d)[:, :lk]
     k_scale = (ka / 127.0).transpose(1, 2).contiguous()
     # V: padded to 128 tokens, (B, D, H, L) with tokens permuted in groups of 16, FP8 per channel
-    lp = nk * 128
-    va = v.float().abs().amax(dim=1)  # (B, H, D)
-    vp = F.pad(v, (0, 0, 0, 0, 0, lp - lk)).view(b, lp // 16, 16, h, d)[:, :, PERM16]
-    v8 = (vp.float() * (448.0 / va)[:, None, None]).to(torch.float8_e4m3fn)  # (B, L/16, 16, H, D)
-    v8 = v8.permute(0, 4, 3, 1, 2).reshape(b, d, h, lp).contiguous()
-    return q8.contiguous(), q_scale, k8.contiguous(), k_scale, v8, (va / 448.0).contiguous()
+    v8, v_scale = pack_v_reference(v)
+    return q8.contiguous(), q_scale, k8.contiguous(), k_scale, v8, v_scale
+
+
+def package_v(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The package's V packing as its sm90 function runs it: zeros to 128 tokens, then per_channel_fp8."""
+    from sageattention.quant import per_channel_fp8
+
+    pad = (-v.size(1)) % 128
+    vp = torch.cat([v, v.new_zeros(v.size(0), pad, v.size(2), v.size(3))], dim=1) if pad else v
+    v8, vs, _ = per_channel_fp8(vp, tensor_layout="NHD", smooth_v=False)
+    return v8, vs
 
 
 def package_prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    from sageattention.quant import per_channel_fp8, per_warp_int8
+    from sageattention.quant import per_warp_int8
 
     km = k.mean(dim=1, keepdim=True)
     q8, qs, k8, ks = per_warp_int8(q, k, km, tensor_layout="NHD", BLKQ=64, WARPQ=16, BLKK=128)
-    pad = (-k.size(1)) % 128
-    vp = torch.cat([v, v.new_zeros(v.size(0), pad, v.size(2), v.size(3))], dim=1) if pad else v
-    v8, vs, _ = per_channel_fp8(vp, tensor_layout="NHD", smooth_v=False)
-    return q8, qs, k8, ks, v8, vs
+    return (q8, qs, k8, ks, *package_v(v))
 
 
 def run_kernel(parts: tuple[torch.Tensor, ...], q: torch.Tensor) -> torch.Tensor:

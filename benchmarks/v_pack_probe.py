@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import torch
 from sage2_probe import time_ms
+from sage_fused_probe import package_v
 
 from fastvideo.attention.sage_pack import pack_v_sm90
-
-
-def package(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from sageattention.quant import per_channel_fp8
-
-    pad = (-v.size(1)) % 128
-    vp = torch.cat([v, v.new_zeros(v.size(0), pad, v.size(2), v.size(3))], dim=1) if pad else v
-    v8, scale, _ = per_channel_fp8(vp, tensor_layout="NHD", smooth_v=False)
-    return v8, scale
 
 
 def main() -> None:
     for heads in (40, 12):
         v = torch.randn(1, 32760, heads, 128, device="cuda", dtype=torch.bfloat16)
-        (a8, a_s), (b8, b_s) = package(v), pack_v_sm90(v)
+        (a8, a_s), (b8, b_s) = package_v(v), pack_v_sm90(v)
         differ = int((a8.float() != b8.float()).sum())
         print({"shape": f"1x32760x{heads}x128", "values differing": f"{differ} of {a8.numel()}",
                "scale max rel diff": ((a_s - b_s).abs() / a_s).max().item(),
-               "package ms": round(time_ms(lambda v=v: package(v), iters=20), 3),
+               "package ms": round(time_ms(lambda v=v: package_v(v), iters=20), 3),
                "ours ms": round(time_ms(lambda v=v: pack_v_sm90(v), iters=20), 3)}, flush=True)  # fmt: skip
 
 

@@ -60,13 +60,12 @@ def quantize_activation(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tens
         :func:`fuse_gelu`). With ``auto`` the Triton kernel then runs inside compiled graphs too: it
         takes 0.64 ms at 32760 x 13824 on an H100 against 1.53 ms for inductor's fusion of the same
         PyTorch ops (``benchmarks/gelu_quant_probe.py``)."""
-    from fastvideo.kernels import failed_ops
+    from fastvideo.kernels import failed_ops, fused_or_reference
 
     mode = act_quant_mode()
     use_triton = mode == "triton" or (mode == "auto" and (gelu or not torch.compiler.is_compiling()))
     use_triton = use_triton and "fp8_quantize_rows" not in failed_ops()
     if use_triton and (x.is_cuda or _triton_interpreting()) and _has_triton():
-        from fastvideo.kernels import fused_or_reference
         from fastvideo.optimize.fp8_triton import quantize_rows_triton
 
         if torch.compiler.is_compiling():  # traced as a user kernel: no Python fallback in the graph
