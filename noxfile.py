@@ -21,6 +21,8 @@ TORCH = os.environ.get("FV_TORCH_SPEC", "torch==2.13.0")
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
 EXAMPLE = "examples/fastvideo-example-plugin"
 DEMO_PROMPT = "a blue square moving up on a black background"
+#: At most this many pytest processes (`nox -s tests`): each holds a copy of torch and the tiny models.
+TEST_WORKERS = 4
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -48,13 +50,22 @@ def tests(session: nox.Session) -> None:
         "openai",
         "httpx",
         "playwright",
+        "pytest-xdist>=3.5",
     )  # peft: diffusers' LoRA loading (interop); triton: the VSA kernels, interpreted on CPU;
     # scikit-image: the independent SSIM reference; openai, httpx, playwright: fv serve's clients (the
-    # browser is the system's Chromium, which .ci/run installs; playwright downloads none)
+    # browser is the system's Chromium, which .ci/run installs; playwright downloads none);
+    # pytest-xdist: one test process per core
     # one intra-op thread per test process: the tiny CPU shapes gain nothing from more, and the
     # multi-process (gloo) tests would oversubscribe a small CI machine (measured: 6:03 -> 4:59 on 2 cores)
     env = {"TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    session.run("pytest", "-q", "--durations=25", *session.posargs, env=env)
+    if session.posargs:  # the tests asked for, in this process
+        session.run("pytest", "-q", *session.posargs, env=env)
+        return
+    # every test but those marked `serial` spread over the cores (2 cores: 12:18 -> 7:49 for the whole
+    # suite), then the `serial` ones (they change the environment the others run in) alone
+    workers = str(min(os.cpu_count() or 1, TEST_WORKERS))
+    session.run("pytest", "-q", "-n", workers, "-m", "not serial", "--durations=25", env=env)
+    session.run("pytest", "-q", "-m", "serial", "--durations=5", env=env)
 
 
 def _floor_pins(pyproject: Path) -> list[str]:

@@ -30,6 +30,9 @@ DIST = "fastvideo-example-plugin"
 STEPS = 4
 PLUGIN_ENV_VARS = ("FASTVIDEO_PLUGINS", "FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD", "FASTVIDEO_ATTENTION_BACKEND")
 
+#: It uninstalls the example plugin that other tests use: `nox -s tests` runs it alone, after them.
+pytestmark = pytest.mark.serial
+
 
 # ---------------------------------------------------------------- helpers
 
