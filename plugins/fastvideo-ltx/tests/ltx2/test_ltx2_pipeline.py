@@ -148,7 +148,7 @@ def test_image_to_audio_video_matches_diffusers(tmp_path: Path) -> None:
     _, audio = _noise()
     with torch.no_grad():
         frames, wave = i2v(
-            image=Image.open(image).convert("RGB"), image_crf=0, prompt=PROMPT, negative_prompt=NEGATIVE,
+            image=Image.open(image).convert("RGB"), prompt=PROMPT, negative_prompt=NEGATIVE,  # CRF 33 both
             num_frames=9, height=64, width=64, num_inference_steps=2, frame_rate=24.0, audio_latents=audio.clone(),
             max_sequence_length=16, generator=torch.Generator().manual_seed(0), output_type="pil", return_dict=False,
         )  # fmt: skip
@@ -161,6 +161,9 @@ def test_image_to_audio_video_matches_diffusers(tmp_path: Path) -> None:
     assert np.abs(out.audio - wave[0].float().T.numpy()).max() <= 1e-4
     t2v = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, latents=video, audio_latents=audio, **REQUEST)
     assert np.abs(t2v.frames.astype(np.int16) - out.frames.astype(np.int16)).mean() > 1.0  # the image matters
+    raw = gen.generate_video(PROMPT, negative_prompt=NEGATIVE, image=str(image), latents=video, audio_latents=audio,
+                             family_options={"ltx2": {"image_crf": 0}}, **REQUEST)  # fmt: skip
+    assert not np.array_equal(raw.frames, out.frames)  # the H.264 round trip reached the model
 
 
 def test_two_stage_matches_diffusers_stage_by_stage(tmp_path: Path) -> None:
@@ -253,3 +256,59 @@ def test_two_stage_image_to_audio_video_keeps_the_first_frame_clean(tmp_path: Pa
     )
     assert out.frames.shape == (9, 128, 128, 3) and out.audio is not None
     assert refine.name == "refine" and torch.equal(out.latents[:, :, :1], seen[0])  # never denoised
+
+
+def _photo(height: int, width: int) -> np.ndarray:
+    """A picture with edges, gradients and noise (what H.264 at CRF 33 visibly changes)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(7)
+    rgb = np.stack([xx * 255 // width, yy * 255 // height, ((xx // 8 + yy // 8) % 2) * 200], axis=-1)
+    return np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("crf", [33, 18])
+def test_image_h264_round_trip_matches_diffusers(crf: int) -> None:
+    """Ours against diffusers' LTX-2 ``apply_image_conditioning_crf`` (its port of ltx-pipelines): the same
+    pixels, odd sides cropped to even; CRF 0 leaves the image alone."""
+    pytest.importorskip("av")
+    from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
+    from PIL import Image
+
+    from fastvideo_ltx.media import recompress_h264
+
+    pixels = _photo(81, 97)
+    ours = np.asarray(recompress_h264(Image.fromarray(pixels), crf))
+    ref = apply_image_conditioning_crf(pixels.copy(), crf)
+    assert ours.shape == ref.shape == (80, 96, 3)
+    assert np.array_equal(ours, ref)
+    assert np.abs(ours.astype(int) - pixels[:80, :96]).mean() > 1.0  # it did compress
+    same = recompress_h264(Image.fromarray(pixels).convert("RGBA"), 0)
+    assert same.mode == "RGB" and np.array_equal(np.asarray(same), pixels)
+
+
+def test_image_crf_is_checked_in_one_line(tiny: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from fastvideo.configs import SamplingParams
+    from fastvideo.resolve import resolve
+    from fastvideo_ltx.ltx2.family import LTX2Family
+    from fastvideo_ltx.media import recompress_h264
+
+    image = _image(tmp_path / "start.png")
+    kw = dict(prompt="x", num_frames=9, height=64, width=64, num_inference_steps=2)
+    source = resolve(str(tiny))
+    with pytest.raises(
+        ValueError, match=r"^--image-crf sets how the conditioning image is compressed; pass --image"
+    ):
+        LTX2Family.validate(SamplingParams(**kw, family_options={"ltx2": {"image_crf": 20}}), source)
+    with pytest.raises(
+        ValueError, match=r"^ltx2 option 'image_crf' \(--image-crf\) must be an H.264 CRF from 0"
+    ):
+        LTX2Family.validate(
+            SamplingParams(**kw, image=str(image), family_options={"ltx2": {"image_crf": 52}}), source
+        )
+    LTX2Family.validate(
+        SamplingParams(**kw, image=str(image), family_options={"ltx2": {"image_crf": 0}}), source
+    )
+    with pytest.raises(ValueError, match=r"^image CRF must be an H.264 CRF from 0 \(off\) to 51, got -1$"):
+        recompress_h264(Image.open(image), -1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from fastvideo.interfaces import ModelFamily, Preset
+from fastvideo.interfaces.attention import BackendOption
+from fastvideo_ltx.media import LTX2_IMAGE_CRF, check_crf
 
 PRESETS = (
     Preset(
@@ -39,6 +41,18 @@ class LTX2Family(ModelFamily):
         "num_frames": 121, "height": 512, "width": 768, "num_inference_steps": 30, "guidance_scale": 3.0,
         "fps": 24, "max_sequence_length": 1024,
     }  # fmt: skip
+    #: ``fv generate --image-crf`` / ``family_options={"ltx2": {"image_crf": 0}}`` (with ``--image`` only)
+    sampling_options: ClassVar[tuple[BackendOption, ...]] = (
+        BackendOption(
+            name="image_crf",
+            type=int,
+            default=LTX2_IMAGE_CRF,
+            help=f"H.264 CRF the conditioning image is compressed at first, as LTX-2 was trained (default "
+            f"{LTX2_IMAGE_CRF}; 0 uses it as it is)",
+            cli_flags=("--image-crf",),
+            validate=check_crf,
+        ),
+    )
 
     @classmethod
     def validate(cls, params: Any, source: Any) -> None:
@@ -48,6 +62,10 @@ class LTX2Family(ModelFamily):
                 "sigma) needs at least 2 steps; use --steps 2 or more"
             )
         super().validate(params, source)
+        if params.image is None and "image_crf" in params.family_options.get(cls.name, {}):
+            raise ValueError(
+                "--image-crf sets how the conditioning image is compressed; pass --image PATH or drop it"
+            )
 
     @classmethod
     def factors(cls, source: Any) -> tuple[int, int]:

@@ -123,7 +123,8 @@ class GemmaConnectorStage(PipelineStage):
 class LTX2LatentStage(PipelineStage):
     """The initial video and audio noise, normalized as diffusers does for given latents. With an
     image (I2AV) its VAE latent is the first latent frame, kept clean (``cond_mask``); the given video
-    noise is then the raw noise of the other frames, as diffusers' image-to-video pipeline draws it."""
+    noise is then the raw noise of the other frames, as diffusers' image-to-video pipeline draws it. The
+    image is first compressed as one H.264 frame at ``--image-crf`` (33; :mod:`fastvideo_ltx.media`)."""
 
     name = "latent_preparation"
 
@@ -134,9 +135,12 @@ class LTX2LatentStage(PipelineStage):
         from diffusers.video_processor import VideoProcessor
         from PIL import Image
 
+        from fastvideo_ltx.ltx2.family import LTX2Family
+        from fastvideo_ltx.media import recompress_h264
+
         p, g = batch.params, self.geometry
-        with Image.open(p.image) as im:
-            image = im.convert("RGB")
+        with Image.open(p.image) as im:  # through H.264 first, as in training (--image-crf; 0: as it is)
+            image = recompress_h264(im, LTX2Family.option_values(p)["image_crf"])
         pixels = VideoProcessor(vae_scale_factor=g.spatial, resample="bilinear").preprocess(
             image, height=p.height // g.downscale, width=p.width // g.downscale
         )
