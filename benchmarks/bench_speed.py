@@ -557,6 +557,7 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         variants += [("fp8+sage compiled, our Triton sage kernel", fp8c, "sage:impl=triton", {}),
                      ("fp8+sage compiled, qk per_warp", fp8c, "sage", {"FASTVIDEO_SAGE_QK_GRAN": "per_warp"}),
                      ("fp8+sage compiled, our V packing", fp8c, "sage", {"FASTVIDEO_SAGE_V_PACK": "1"}),
+                     ("fp8+sage compiled, package V packing", fp8c, "sage", {"FASTVIDEO_SAGE_V_PACK": "0"}),
                      ("bf16 compiled, sage", {"compile": True}, "sage", {})]  # fmt: skip
     if not tiny and FlashAttnBackend.unavailable_reason() is None:  # FA3 / flash-attn-4 where installed
         variants += [

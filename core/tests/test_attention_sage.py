@@ -487,9 +487,9 @@ def test_v_pack_kernels_against_the_plain_pytorch_packing() -> None:
 
 def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """With the package's internals present (its per-warp Q/K quantization and kernel: stand-ins that
-    dequantize exactly what they are given), per-warp calls with FASTVIDEO_SAGE_V_PACK=1 pack V with our
-    kernels and call the kernel; the result is exact attention to 8-bit accuracy, so a wrong V layout or
-    scale fails. Without the switch (the default), and with per-thread scales, the package's public
+    dequantize exactly what they are given), per-warp calls (by default, or FASTVIDEO_SAGE_V_PACK=1) pack V
+    with our kernels and call the kernel; the result is exact attention to 8-bit accuracy, so a wrong V
+    layout or scale fails. With FASTVIDEO_SAGE_V_PACK=0, and with per-thread scales, the package's public
     function runs."""
     import importlib
     import sys
@@ -502,7 +502,7 @@ def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypa
         sys.modules.pop(name, None)
     ctx = StepContext(options={"sage": {"impl": "cuda"}})
     q, k, v = _inputs(1, 150, 140, 2, 64, torch.bfloat16, 2.0)
-    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "1")
+    monkeypatch.delenv("FASTVIDEO_SAGE_V_PACK", raising=False)  # the default
     out = SageBackend().forward(q, k, v, step=ctx)
     kernel_calls = importlib.import_module("sageattention.sm90_compile").CALLS
     assert kernel_calls == [(1, 64, 2, 256)] and importlib.import_module("sageattention.quant").CALLS
@@ -510,12 +510,15 @@ def test_package_kernel_with_our_v_packing(fake_sage_package, tmp_path, monkeypa
     exact = _sdpa(q, k, v)
     cos = F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0).item()
     assert cos > 0.999 and (out.float() - exact).abs().max() < 0.05, cos
-    monkeypatch.delenv("FASTVIDEO_SAGE_V_PACK")
+    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "1")
+    SageBackend().forward(q, k, v, step=ctx)
+    assert len(kernel_calls) == 2 and fake_sage_package() == []
+    monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "0")
     SageBackend().forward(q, k, v, step=ctx)
     monkeypatch.setenv("FASTVIDEO_SAGE_V_PACK", "1")
     monkeypatch.setenv("FASTVIDEO_SAGE_QK_GRAN", "per_thread")
     SageBackend().forward(q, k, v, step=ctx)
-    assert [c[2] for c in fake_sage_package()] == ["per_warp", "per_thread"] and len(kernel_calls) == 1
+    assert [c[2] for c in fake_sage_package()] == ["per_warp", "per_thread"] and len(kernel_calls) == 2
 
 
 def test_package_path_compiles_whole_and_falls_back_inside_the_graph(fake_sage_package, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -584,9 +587,9 @@ def test_impl_option_is_checked() -> None:
     reason="needs a Hopper GPU",
 )
 def test_package_kernel_on_hopper_against_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real sageattention Hopper kernel where installed (benchmarks/run_gpu_sage2.sh builds it): the
-    default ``impl=auto`` takes it through the package's public function, and with
-    ``FASTVIDEO_SAGE_V_PACK=1`` through its raw kernel with V packed by ours (no fallback); both outputs
+    """The real sageattention Hopper kernel where installed (benchmarks/run_gpu_sage2.sh builds it) under
+    the default ``impl=auto``: with ``FASTVIDEO_SAGE_V_PACK=0`` through the package's public function, by
+    default (``1``) through its raw kernel with V packed by ours (no fallback); both outputs
     are SDPA's to 8-bit accuracy and nearly each other's, and our V packing is the package's but for its
     fast-math divisions (scales to 3e-7, under 0.1 % of the values one e4m3 step apart)."""
     import warnings
@@ -624,7 +627,8 @@ def test_package_kernel_on_hopper_against_sdpa(monkeypatch: pytest.MonkeyPatch) 
             warnings.simplefilter("error", RuntimeWarning)  # a fallback warns: fail instead
             outs.append(SageBackend().forward(q, k, v).float())
     sage._PACKAGE_PARTS.clear()
-    assert calls == [1] and kernel_calls == [1]  # the public function, then the raw kernel
+    # the public function once (it calls the kernel itself), then the raw kernel directly, no fallback
+    assert calls == [1] and kernel_calls == [1, 1]
     for out in outs:
         cos = F.cosine_similarity(out.flatten(), exact.flatten(), dim=0).item()
         assert cos > 0.999 and (out - exact).abs().mean() < 2e-3, cos

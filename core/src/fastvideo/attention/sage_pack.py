@@ -1,8 +1,9 @@
 """V for the ``sageattention`` package's Hopper kernel, packed by two Triton passes instead of the package's
 four steps (a ``torch.cat`` padding V to 128 tokens, a transpose kernel writing a bf16 copy, a kernel
 reading that copy twice for the channel maxima and the FP8 values): 1.45 ms of the 27 ms a Wan 14B
-self-attention call takes on an H100 (``benchmarks/sage2_probe.py``'s parts). Opt-in
-(``FASTVIDEO_SAGE_V_PACK=1``) until ``benchmarks/v_pack_probe.py`` has timed it on a GPU.
+self-attention call takes on an H100 (``benchmarks/sage2_probe.py``'s parts); these take 0.37 ms
+(``benchmarks/v_pack_probe.py``, H100, 1 x 32760 x 40 x 128). On by default (``FASTVIDEO_SAGE_V_PACK=0``
+turns it off).
 
 The kernel (``qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf``) takes V as float8_e4m3fn of shape
 ``(B, D, H, Lp)`` for ``(B, L, H, D)`` input (NHD), ``Lp`` = ``L`` rounded up to 128 (zeros past ``L``),
