@@ -63,7 +63,8 @@ def tests(session: nox.Session) -> None:
         return
     # every test but those marked `serial` spread over the cores (2 cores: 12:18 -> 7:49 for the whole
     # suite), then the `serial` ones (they change the environment the others run in) alone
-    workers = str(min(os.cpu_count() or 1, TEST_WORKERS))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = str(min(cores, TEST_WORKERS))
     session.run("pytest", "-q", "-n", workers, "-m", "not serial", "--durations=25", env=env)
     session.run("pytest", "-q", "-m", "serial", "--durations=5", env=env)
 
