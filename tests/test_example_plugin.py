@@ -60,6 +60,11 @@ def _installed_from() -> list[str] | None:
     if not url.startswith("file://"):
         return [f"{DIST}=={dist.version}"]
     path = unquote(urlparse(url).path)
+    if not Path(path).exists():  # this test could not put it back after uninstalling it
+        pytest.fail(
+            f"{DIST} is installed from {path}, which no longer exists; reinstall it first: "
+            f"pip install --no-deps -e {EXAMPLE}"
+        )
     return ["-e", path] if direct.get("dir_info", {}).get("editable") else [path]
 
 
