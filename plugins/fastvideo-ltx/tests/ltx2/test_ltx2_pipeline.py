@@ -269,8 +269,8 @@ def _photo(height: int, width: int) -> np.ndarray:
 @pytest.mark.parametrize("crf", [33, 18])
 def test_image_h264_round_trip_matches_diffusers(crf: int) -> None:
     """Ours against diffusers' LTX-2 ``apply_image_conditioning_crf`` (its port of ltx-pipelines): the same
-    pixels, odd sides cropped to even; CRF 0 leaves the image alone."""
-    pytest.importorskip("av")
+    pixels, odd sides cropped to even; CRF 0 leaves the image alone. PyAV is a dependency of the plugin:
+    without it this fails."""
     from diffusers.pipelines.ltx2.utils import apply_image_conditioning_crf
     from PIL import Image
 
