@@ -18,6 +18,8 @@ CONFIGS = {
     "fp8-storage": {"quantize": "fp8-storage"},
     "sage": {"attention_backend": "sage"},
     "fp8+sage": {"quantize": "fp8", "attention_backend": "sage"},
+    "cudnn-fp8": {"attention_backend": "cudnn-fp8"},
+    "fp8+cudnn-fp8": {"quantize": "fp8", "attention_backend": "cudnn-fp8"},
     "teacache": {"cache": "teacache"},
     "firstblock": {"cache": "firstblock"},
     "magcache": {"cache": "magcache"},

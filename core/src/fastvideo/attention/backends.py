@@ -22,6 +22,14 @@ SDPA_KERNELS = {
 }
 
 
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Plain SDPA on ``[B, L, H, D]`` tensors (the lossy backends' path for cross-attention to a few keys)."""
+    import torch.nn.functional as F
+
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
+
+
 class SDPABackend(AttentionBackend):
     """``torch.nn.functional.scaled_dot_product_attention``.
 

@@ -382,11 +382,9 @@ class SageBackend(AttentionBackend):
         reason = package_reason(q, impl, pv, grad)
         if reason is None:
             if impl == "auto" and k.shape[1] < q.shape[1] and k.shape[1] <= _exact_kv_tokens():
-                # cross-attention to a few keys: exact attention is faster (see EXACT_KV_TOKENS)
-                out = torch.nn.functional.scaled_dot_product_attention(
-                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale
-                )
-                return out.transpose(1, 2)
+                from fastvideo.attention.backends import exact_attention
+
+                return exact_attention(q, k, v, scale)  # a few keys: faster exact (see EXACT_KV_TOKENS)
             return _sage2_op()(q, k, v, scale, pv)
         if impl == "cuda":
             warn_once(f"sage: impl=cuda but the Triton kernel runs: {reason}")

@@ -1,0 +1,94 @@
+"""cuDNN's fused FP8 attention (the ``cudnn-fp8`` backend) against SageAttention 2's Hopper kernel (the ``sage``
+backend, our V packing) and cuDNN's bf16 SDPA at Wan's self-attention shapes (1 x 32760 tokens x 40 or 12
+heads x 128), one GPU, same process (issue #24): milliseconds of each whole call, of the FP8 kernel alone
+(inputs already quantized) and of our quantization alone, and each output's error against fp32 attention on
+256 sampled query rows (keys with a shared channel bias and sharper-than-random logits, as real Q/K have).
+
+    source benchmarks/gpu_env.sh && python benchmarks/fp8_attn_probe.py
+(carry ``.whl`` holding ``nvidia_cudnn_frontend-*.whl``: ``bash benchmarks/cudnn_frontend_bundle.sh``)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from sage2_probe import time_ms
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+TOKENS, HEAD_DIM = 32760, 128
+
+
+def _error(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor) -> dict:
+    got = out[:, rows].float().flatten()
+    return {
+        "cos": round(float(F.cosine_similarity(got, ref.flatten(), dim=0)), 6),
+        "rel_l1": round(float((got - ref.flatten()).abs().mean() / ref.abs().mean()), 5),
+    }
+
+
+def main() -> None:
+    from fastvideo.attention import fp8_cudnn
+    from fastvideo.attention.fp8_cudnn import CudnnFP8Backend, _frontend
+
+    reason = CudnnFP8Backend.unavailable_reason()
+    cudnn = _frontend()
+    print({"cudnn-fp8": reason or "available", "cuDNN": fp8_cudnn._FRONTEND.get("version"),
+           "frontend": getattr(cudnn, "__version__", None), "torch": torch.__version__,
+           "card": torch.cuda.get_device_name()}, flush=True)  # fmt: skip
+    for heads in (40, 12):
+        print(shape_row(heads, fp8=reason is None), flush=True)
+
+
+def shape_row(heads: int, fp8: bool) -> dict:
+    """One self-attention shape: each kernel's time, rate and error on sampled rows."""
+    from fastvideo.attention.fp8_cudnn import _frontend, _plan, cudnn_fp8_attention, run_plan
+    from fastvideo.attention.fp8_quant import quantize_qkv
+    from fastvideo.attention.sage import SageBackend, _sage2_op, sage_package_installed
+
+    g = torch.Generator(device="cuda").manual_seed(heads)
+    shape = (1, TOKENS, heads, HEAD_DIM)
+    q = (torch.randn(shape, device="cuda", generator=g) * 1.5).bfloat16()
+    bias = torch.randn(1, 1, heads, HEAD_DIM, device="cuda", generator=g) * 3  # shared by all keys
+    k = (torch.randn(shape, device="cuda", generator=g) * 1.5 + bias).bfloat16()
+    v = torch.randn(shape, device="cuda", generator=g).bfloat16()
+    scale = HEAD_DIM**-0.5
+    rows = torch.randperm(TOKENS, device="cuda", generator=g)[:256]
+    ref = F.scaled_dot_product_attention(
+        *(x.transpose(1, 2).float() for x in (q[:, rows], k, v)), scale=scale
+    ).transpose(1, 2)
+    flops = 4 * TOKENS * TOKENS * heads * HEAD_DIM
+    row: dict = {"shape": f"1x{TOKENS}x{heads}x{HEAD_DIM}"}
+
+    def sdpa() -> torch.Tensor:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    ms = time_ms(sdpa)
+    row.update({"cudnn bf16 ms": round(ms, 3), "cudnn bf16 TFLOPS": round(flops / ms / 1e9)})
+    row["cudnn bf16 err"] = _error(sdpa(), ref, rows)
+    if sage_package_installed() and SageBackend.unavailable_reason() is None:
+        op = _sage2_op()
+        ms = time_ms(lambda: op(q, k, v, scale, "auto"))
+        row.update({"sage ms": round(ms, 3), "sage TOPS": round(flops / ms / 1e9)})
+        row["sage err"] = _error(op(q, k, v, scale, "auto"), ref, rows)
+    if not fp8:
+        return row
+    try:
+        cudnn = _frontend()
+        out = cudnn_fp8_attention(q, k, v, scale)
+        plan = _plan(cudnn, q, k, v, scale)
+        row["fp8 output dtype"] = str(plan.out_dtype)
+        row["fp8 ms"] = round(time_ms(lambda: cudnn_fp8_attention(q, k, v, scale)), 3)
+        row["fp8 err"] = _error(out, ref, rows)
+        row["fp8 quantize ms"] = round(time_ms(lambda: quantize_qkv(q, k, v)), 3)
+        q8, k8, v8, descale = quantize_qkv(q, k, v)
+        ms = time_ms(lambda: run_plan(cudnn, plan, q8, k8, v8, descale))
+        row.update({"fp8 kernel ms": round(ms, 3), "fp8 kernel TFLOPS": round(flops / ms / 1e9)})
+    except Exception as err:  # record what failed; the other rows still print
+        row["fp8 error"] = f"{type(err).__name__}: {str(err)[:400]}"
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""The ``cudnn-fp8`` attention backend: FP8 attention through cuDNN's fused FP8 SDPA (Hopper and newer),
+called with the ``cudnn`` Python frontend (``pip install nvidia-cudnn-frontend``; it loads the cuDNN
+library torch ships). Q, K (smoothed by its mean over tokens) and V are quantized to e4m3 with one scale
+per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`; cuDNN computes ``Q K^T`` in FP8 with
+fp32 accumulation, an online softmax in fp32, rounds ``P`` (relative to the running row maximum, times
+:data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; the output is bf16 (fp16 where cuDNN takes no bf16
+output, then converted). :func:`fp8_attention_reference` is the plain-PyTorch spec.
+
+Where SageAttention 2 (the ``sage`` backend) keeps ``Q K^T`` in INT8 with a scale per block of tokens,
+this backend is FP8 end to end with per-tensor scales: coarser for Q and K (3 mantissa bits against
+INT8's 7), in exchange for cuDNN's FP8 kernel, which runs near Hopper's FP8 tensor-core rate. Lossy, so
+never picked automatically (``--attention-backend cudnn-fp8``). Masked, causal and gradient-needing calls
+fall back to a dense backend; cross-attention to at most :data:`EXACT_KV_TOKENS` keys runs exact SDPA.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import TYPE_CHECKING, Any
+
+from fastvideo.interfaces.attention import AttentionBackend
+
+if TYPE_CHECKING:
+    import torch
+
+    from fastvideo.attention.context import StepContext
+
+#: ``P`` (in [0, 1], relative to its row's running maximum) is multiplied by this before rounding to e4m3;
+#: a power of two, so its descale is exact.
+P_SCALE = 256.0
+#: Calls with fewer keys than queries and at most this many keys (cross-attention to text or image
+#: tokens) run exact attention: the quantization passes cost more than they save there (as for ``sage``).
+EXACT_KV_TOKENS = 1024
+#: Head dims the backend hands to cuDNN's FP8 kernel (Q/K and V alike).
+HEAD_DIMS = (64, 128)
+#: The oldest cuDNN whose fused FP8 attention forward runs on Hopper.
+MIN_CUDNN = 90100
+
+
+def fp8_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """The backend's math in plain PyTorch, written for clarity. Shapes ``[B, L, H, D]``.
+
+    Q, K - mean(K) and V in e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds
+    them; logits = exact products of the e4m3 values times both descales and ``scale``; ``P = exp(logits
+    - row max)`` in fp32, rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8)
+    * v_descale / P_SCALE`` divided by the fp32 row sums of ``P``. (cuDNN rounds ``P`` relative to a
+    running maximum over blocks of keys: the same error size, not always the same values.)
+    """
+    import torch
+
+    from fastvideo.attention.fp8_quant import quantize_qkv_reference
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q8, k8, v8, descale = quantize_qkv_reference(q, k, v)
+    qd, kd, vd = (x.double().transpose(1, 2) for x in (q8, k8, v8))  # [B, H, L, D]
+    logits = (qd @ kd.transpose(-1, -2)) * (float(descale[0]) * float(descale[1]) * scale)
+    p = torch.exp(logits - logits.amax(dim=-1, keepdim=True)).float()
+    p8 = (p * P_SCALE).to(torch.float8_e4m3fn).double()
+    out = (p8 @ vd) * (float(descale[2]) / P_SCALE) / p.double().sum(dim=-1, keepdim=True)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def frontend_installed() -> bool:
+    """Whether the ``cudnn`` Python frontend (``nvidia-cudnn-frontend``) is installed (not imported)."""
+    return importlib.util.find_spec("cudnn") is not None
+
+
+#: ``(cudnn module, backend version)`` once imported; a failed import is remembered as its message.
+_FRONTEND: dict[str, Any] = {}
+
+
+def _frontend() -> Any:
+    """The ``cudnn`` module, imported once (after torch, whose cuDNN library it then shares)."""
+    if "module" not in _FRONTEND:
+        import torch  # noqa: F401  (loads torch's libcudnn first)
+
+        try:
+            module = importlib.import_module("cudnn")
+            _FRONTEND["module"] = module
+            _FRONTEND["version"] = int(module.backend_version())
+        except Exception as err:  # a frontend built for another cuDNN, or no library found
+            _FRONTEND["module"] = None
+            _FRONTEND["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return _FRONTEND["module"]
+
+
+class _Plan:
+    """One built cuDNN graph (a shape, scale and output dtype on one device) with its buffers: the workspace,
+    the two amax outputs (unused) and the constant scalars (P's descale and scale, O's scale 1)."""
+
+    def __init__(self, graph: Any, workspace: Any, amax: Any, consts: Any, out_dtype: Any) -> None:
+        self.graph, self.workspace, self.amax, self.consts, self.out_dtype = (
+            graph,
+            workspace,
+            amax,
+            consts,
+            out_dtype,
+        )
+
+
+#: Built plans by (device index, B, H, Lq, Lk, D, Dv, scale, input dtype); handles by device index.
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_HANDLES: dict[int, Any] = {}
+#: The graph's tensors; the six scalars (descales of Q, K, V and P, scales of P and O) in ``_Plan.scalars``' order.
+_UIDS = {"q": 1, "k": 2, "v": 3, "o": 4, "amax_s": 5, "amax_o": 6}
+_SCALARS = {"descale_q": 7, "descale_k": 8, "descale_v": 9, "descale_s": 10, "scale_s": 11, "scale_o": 12}
+
+
+def _bshd(b: int, h: int, length: int, d: int) -> tuple[int, int, int, int]:
+    """Strides of a contiguous [B, L, H, D] tensor, in cuDNN's (B, H, L, D) dimension order."""
+    return (length * h * d, d, h * d, 1)
+
+
+def _aligned(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (n,) fp32 as an (n, 4) tensor whose row ``i`` starts with ``values[i]``: each scalar handed
+    to cuDNN at its own 16-byte aligned address (``_aligned(x)[i]``, a view of 4 floats, the first read)."""
+    import torch
+
+    out = torch.zeros(values.shape[0], 4, dtype=torch.float32, device=values.device)
+    out[:, 0] = values
+    return out
+
+
+def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any) -> Any:
+    _device, b, h, lq, lk, d, dv, scale, _dtype = key
+    graph = cudnn.pygraph(
+        io_data_type=cudnn.data_type.FP8_E4M3,
+        intermediate_data_type=cudnn.data_type.FLOAT,
+        compute_data_type=cudnn.data_type.FLOAT,
+        handle=handle,
+    )
+    fp8, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+    q = graph.tensor(uid=_UIDS["q"], dim=(b, h, lq, d), stride=_bshd(b, h, lq, d), data_type=fp8)
+    k = graph.tensor(uid=_UIDS["k"], dim=(b, h, lk, d), stride=_bshd(b, h, lk, d), data_type=fp8)
+    v = graph.tensor(uid=_UIDS["v"], dim=(b, h, lk, dv), stride=_bshd(b, h, lk, dv), data_type=fp8)
+    one = {"dim": (1, 1, 1, 1), "stride": (1, 1, 1, 1), "data_type": f32}
+    scalars = {name: graph.tensor(uid=uid, **one) for name, uid in _SCALARS.items()}
+    o, _stats, amax_s, amax_o = graph.sdpa_fp8(
+        q=q,
+        k=k,
+        v=v,
+        **scalars,
+        attn_scale=scale,
+        generate_stats=False,
+    )
+    o.set_uid(_UIDS["o"]).set_output(True).set_dim((b, h, lq, dv)).set_stride(_bshd(b, h, lq, dv))
+    o.set_data_type(out_type)
+    for name, t in (("amax_s", amax_s), ("amax_o", amax_o)):
+        t.set_uid(_UIDS[name]).set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(
+            f32
+        )
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    return graph
+
+
+def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> _Plan:
+    """The built graph for these shapes (built on first use): bf16 output for bf16 inputs where cuDNN takes
+    it, else fp16 (converted after)."""
+    import torch
+
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    b, lq, h, d = q.shape
+    key = (index, b, h, lq, k.shape[1], d, v.shape[-1], float(scale), q.dtype)
+    if key not in _PLANS:
+        if index not in _HANDLES:
+            _HANDLES[index] = cudnn.create_handle()
+        handle = _HANDLES[index]
+        wanted = [(cudnn.data_type.BFLOAT16, torch.bfloat16)] if q.dtype == torch.bfloat16 else []
+        wanted.append((cudnn.data_type.HALF, torch.float16))
+        errors = []
+        for out_type, out_dtype in wanted:
+            try:
+                graph = _build(cudnn, handle, key, out_type)
+                break
+            except Exception as err:  # cudnnGraphNotSupportedError and friends: the next output type
+                errors.append(
+                    f"{out_dtype}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                )
+        else:
+            raise RuntimeError(
+                f"cudnn-fp8: cuDNN {_FRONTEND.get('version')} builds no FP8 attention for "
+                f"B={b} H={h} Lq={lq} Lk={k.shape[1]} D={d} ({'; '.join(errors)}); "
+                "pick another --attention-backend (sage, sdpa)"
+            )
+        workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q.device)
+        amax = _aligned(torch.zeros(2, dtype=torch.float32, device=q.device))
+        consts = _aligned(torch.tensor([1.0 / P_SCALE, P_SCALE, 1.0], dtype=torch.float32, device=q.device))
+        _PLANS[key] = _Plan(graph, workspace, amax, consts, out_dtype)
+    return _PLANS[key]
+
+
+def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """FP8 attention of ``q``, ``k``, ``v`` ([B, L, H, D], fp16/bf16 CUDA tensors; D in :data:`HEAD_DIMS`)
+    through cuDNN, as :func:`fp8_attention_reference` describes; the output is [B, L, H, D] in q's dtype."""
+    import torch
+
+    from fastvideo.attention.fp8_quant import quantize_qkv
+
+    cudnn = _frontend()
+    if cudnn is None:
+        raise RuntimeError(f"cudnn-fp8: the cudnn frontend does not load ({_FRONTEND.get('error')})")
+    with torch.cuda.device(q.device):
+        plan = _plan(cudnn, q, k, v, scale)
+        out = run_plan(cudnn, plan, *quantize_qkv(q, k, v))
+    return out if out.dtype == q.dtype else out.to(q.dtype)
+
+
+def run_plan(
+    cudnn: Any, plan: _Plan, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale: torch.Tensor
+) -> torch.Tensor:
+    """The built cuDNN graph on quantized inputs (:func:`~fastvideo.attention.fp8_quant.quantize_qkv`'s
+    outputs) on the current stream; the output in the plan's dtype, [B, L, H, Dv]."""
+    import torch
+
+    b, lq, h, _ = q8.shape
+    out = torch.empty((b, lq, h, v8.shape[-1]), dtype=plan.out_dtype, device=q8.device)
+    c, d, u, s = plan.consts, _aligned(descale), _UIDS, _SCALARS
+    pack = {
+        u["q"]: q8,
+        u["k"]: k8,
+        u["v"]: v8,
+        u["o"]: out,
+        u["amax_s"]: plan.amax[0],
+        u["amax_o"]: plan.amax[1],
+    }
+    pack.update({s["descale_q"]: d[0], s["descale_k"]: d[1], s["descale_v"]: d[2]})
+    pack.update({s["descale_s"]: c[0], s["scale_s"]: c[1], s["scale_o"]: c[2]})
+    handle = _HANDLES[q8.device.index if q8.device.index is not None else torch.cuda.current_device()]
+    cudnn.set_stream(handle, torch.cuda.current_stream().cuda_stream)
+    plan.graph.execute(pack, plan.workspace, handle=handle)
+    return out
+
+
+_OP: list[Any] = []
+
+
+def _fp8_op() -> Any:
+    """:func:`cudnn_fp8_attention` as the custom op ``fastvideo::cudnn_fp8_attn``, opaque to torch.compile
+    (the DiT blocks are compiled by default on CUDA); defined in eager code, before a compiled block needs it."""
+    if not _OP:
+        import torch
+
+        @torch.library.custom_op(
+            "fastvideo::cudnn_fp8_attn",
+            mutates_args=(),
+            schema="(Tensor q, Tensor k, Tensor v, float scale) -> Tensor",
+        )
+        def cudnn_fp8_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            return cudnn_fp8_attention(q, k, v, scale)
+
+        @cudnn_fp8_attn.register_fake
+        def _(q, k, v, scale):  # type: ignore[no-untyped-def]
+            return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+        _OP.append(cudnn_fp8_attn)
+    return _OP[0]
+
+
+class CudnnFP8Backend(AttentionBackend):
+    """FP8 attention (Q, K smoothed, V and P in e4m3; per-tensor scales) through cuDNN; lossy, chosen only
+    by name."""
+
+    name = "cudnn-fp8"
+    priority = -20  # lossy: never the automatic choice
+    requires = "nvidia-cudnn-frontend"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if not frontend_installed():
+            return "the cudnn Python frontend (nvidia-cudnn-frontend) is not installed"
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cudnn-fp8 needs a CUDA GPU"
+        from fastvideo.attention.sage_triton import device_capability
+
+        major, minor = device_capability(torch.device("cuda"))  # read here, before any compiled graph
+        if major < 9:
+            return f"cudnn-fp8 needs Hopper or newer (sm_90+), this GPU is sm_{major}{minor}"
+        if _frontend() is None:
+            return f"the cudnn frontend does not load ({_FRONTEND.get('error')})"
+        if _FRONTEND["version"] < MIN_CUDNN:
+            return f"cudnn-fp8 needs cuDNN >= 9.1 for FP8 attention, torch's is {_FRONTEND['version']}"
+        _fp8_op()  # defined here, in eager code
+        return None
+
+    def __init__(self) -> None:
+        super().__init__()
+        if frontend_installed():
+            _fp8_op()
+
+    def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
+        import torch
+
+        if kwargs.get("attn_mask") is not None:
+            return "cudnn-fp8 takes no attention mask"
+        if kwargs.get("is_causal"):
+            return "cudnn-fp8 is not causal"
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            return f"cudnn-fp8 needs fp16/bf16 inputs, got {q.dtype}"
+        if q.shape[-1] not in HEAD_DIMS or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
+            return f"cudnn-fp8 takes head dims {' or '.join(map(str, HEAD_DIMS))}, got {q.shape[-1]} / {v.shape[-1]}"
+        if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
+            return f"cudnn-fp8 needs as many K/V heads as Q heads, got {q.shape[2]} / {k.shape[2]}"
+        if q.device.type != "cuda":
+            return "cudnn-fp8 runs on CUDA tensors"
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return "cudnn-fp8 has no backward (inference only)"
+        return None
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+        is_causal: bool = False,
+        step: StepContext | None = None,
+    ) -> torch.Tensor:
+        from fastvideo.attention.backends import exact_attention
+
+        scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+        if k.shape[1] < q.shape[1] and k.shape[1] <= EXACT_KV_TOKENS:
+            return exact_attention(q, k, v, scale)  # cross-attention to a few keys
+        return _fp8_op()(q, k, v, scale)
+
+    @classmethod
+    def doctor_notes(cls) -> list[str]:
+        """Whether the frontend is installed, and the cuDNN it found."""
+        if not frontend_installed():
+            return ["nvidia-cudnn-frontend: not installed"]
+        version = _FRONTEND.get("version")
+        return [f"nvidia-cudnn-frontend: installed; cuDNN {version if version else '(not loaded yet)'}"]

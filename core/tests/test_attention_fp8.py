@@ -1,0 +1,187 @@
+"""The ``cudnn-fp8`` backend: its quantization kernel (under TRITON_INTERPRET=1 on CPU) against plain PyTorch,
+its spec against exact attention, its gating on machines without cuDNN's FP8 attention, and (``gpu``) the
+cuDNN path against the spec and SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastvideo.attention.fp8_cudnn import CudnnFP8Backend, fp8_attention_reference
+from fastvideo.attention.fp8_quant import E4M3_MAX, qkv_scales, quantize_qkv, quantize_qkv_reference
+from fastvideo.attention.sage_triton import interpreting
+
+DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
+needs_triton = pytest.mark.skipif(
+    not (torch.cuda.is_available() or interpreting()), reason="needs CUDA or TRITON_INTERPRET=1"
+)
+
+
+def _inputs(
+    b: int, lq: int, lk: int, h: int, d: int, dtype: torch.dtype, offset: float = 0.0, device: str = DEVICE
+):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(lq * 7 + d + lk)
+    q, k, v = (torch.randn(b, n, h, d, generator=g) for n in (lq, lk, lk))
+    k = k + offset * torch.randn(1, 1, h, d, generator=g)  # a channel bias shared by all keys
+    return tuple(x.to(device, dtype) for x in (q, k, v))
+
+
+def _exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    qt, kt, vt = (x.transpose(1, 2).double() for x in (q, k, v))
+    return F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    ("b", "length", "h", "d", "dtype"),
+    [(1, 70, 2, 64, torch.bfloat16), (2, 33, 3, 128, torch.float16), (1, 40, 1, 64, torch.float32)],
+)
+def test_quantize_kernel_matches_plain_pytorch(b, length, h, d, dtype) -> None:  # type: ignore[no-untyped-def]
+    q, k, v = _inputs(b, length, length + 5, h, d, dtype, offset=3.0)
+    got = quantize_qkv(q, k, v)
+    want = quantize_qkv_reference(q, k, v)
+    for x8, r8, src in zip(got[:3], want[:3], (q, k, v), strict=True):
+        assert x8.dtype == torch.float8_e4m3fn and x8.shape == src.shape and x8.is_contiguous()
+        assert torch.equal(x8.float(), r8.float())  # the same e4m3 values, rounding included
+    torch.testing.assert_close(got[3], want[3], rtol=0, atol=0)
+
+
+@needs_triton
+def test_quantize_reads_strided_views() -> None:
+    """Q, K, V as views of one fused projection (rows strided by 3 x H x D) quantize as their copies do."""
+    b, length, h, d = 2, 37, 2, 64
+    qkv = torch.randn(b, length, 3, h, d).to(DEVICE, torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    got = quantize_qkv(q, k, v)
+    want = quantize_qkv(q.contiguous(), k.contiguous(), v.contiguous())
+    for x, y in zip(got, want, strict=True):
+        assert torch.equal(x.float(), y.float())
+
+
+def test_scales_bound_the_smoothed_keys_and_survive_zeros() -> None:
+    q, k, v = _inputs(1, 20, 30, 2, 64, torch.float32, offset=5.0, device="cpu")
+    scales, mean = qkv_scales(q, k, v)
+    assert mean.shape == (1, 1, 2, 64)
+    torch.testing.assert_close(mean, k.mean(dim=1, keepdim=True))
+    assert float(q.abs().max() * scales[0]) == pytest.approx(E4M3_MAX, rel=1e-6)
+    assert float((k - mean).abs().max() * scales[1]) <= E4M3_MAX  # the bound never overflows e4m3
+    assert float(v.abs().max() * scales[2]) == pytest.approx(E4M3_MAX, rel=1e-6)
+    zeros = torch.zeros(1, 4, 1, 64)
+    scales, _ = qkv_scales(zeros, zeros, zeros)
+    assert bool(torch.isfinite(scales).all())
+    q8, k8, v8, descale = quantize_qkv_reference(zeros, zeros, zeros)
+    assert (
+        not q8.float().any()
+        and not k8.float().any()
+        and not v8.float().any()
+        and bool(torch.isfinite(descale).all())
+    )
+
+
+@pytest.mark.parametrize("offset", [0.0, 6.0])
+def test_reference_is_close_to_exact_attention(offset: float) -> None:
+    """Per-tensor e4m3 for Q, K and V and e4m3 P stay close to exact attention, and smoothing makes a large
+    key bias (shared by all keys) harmless."""
+    q, k, v = _inputs(1, 96, 80, 2, 64, torch.float32, offset=offset, device="cpu")
+    out = fp8_attention_reference(q, k, v).double()
+    exact = _exact(q, k, v)
+    err = (out - exact).abs()
+    assert err.mean() < 0.01 and err.max() < 0.1  # (SageAttention 2's spec here: 0.005, 0.044)
+    assert F.cosine_similarity(out.flatten(), exact.flatten(), dim=0) > 0.998
+
+
+def test_reference_smoothing_is_exact_for_a_key_bias() -> None:
+    """A bias added to every key moves each logit row by a constant: with smoothing the spec's output
+    changes only where the bias changes K's rounding bound."""
+    q, k, v = _inputs(1, 50, 60, 1, 64, torch.float32, device="cpu")
+    bias = torch.randn(1, 1, 1, 64) * 8
+    plain, biased = fp8_attention_reference(q, k, v), fp8_attention_reference(q, k + bias, v)
+    assert (_exact(q, k + bias, v) - _exact(q, k, v)).abs().max() < 1e-5  # exact attention ignores it
+    assert (plain - biased).abs().max() < 0.1
+
+
+def test_backend_is_registered_lossy_and_gated_on_cpu() -> None:
+    from fastvideo.registry import get_registry
+
+    assert "cudnn-fp8" in get_registry().names("attention_backend")
+    assert CudnnFP8Backend.priority < 0  # never the automatic choice
+    if not torch.cuda.is_available():
+        reason = CudnnFP8Backend.unavailable_reason()
+        assert reason is not None and ("cudnn" in reason or "CUDA" in reason)
+
+
+def test_asking_for_it_without_the_frontend_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from fastvideo.attention import resolve_backend_name
+    from fastvideo.errors import BackendUnavailableError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cudnn" else real(name, *a)
+    )
+    with pytest.raises(BackendUnavailableError) as err:
+        resolve_backend_name("cudnn-fp8")
+    assert str(err.value) == (
+        "Attention backend 'cudnn-fp8' cannot run here: the cudnn Python frontend (nvidia-cudnn-frontend) "
+        "is not installed (pip install nvidia-cudnn-frontend)"
+    )
+
+
+def test_supports_names_what_it_cannot_take() -> None:
+    backend = CudnnFP8Backend.__new__(CudnnFP8Backend)  # no GPU needed to ask
+    q, k, v = _inputs(1, 8, 8, 2, 64, torch.bfloat16, device="cpu")
+    assert "mask" in backend.supports(q, k, v, attn_mask=torch.ones(8, 8, dtype=torch.bool))
+    assert "causal" in backend.supports(q, k, v, is_causal=True)
+    assert "fp16/bf16" in backend.supports(q.float(), k.float(), v.float())
+    q96 = torch.zeros(1, 8, 2, 96, dtype=torch.bfloat16)
+    assert "head dims 64 or 128" in backend.supports(q96, q96, q96)
+    assert "K/V heads" in backend.supports(q, k[:, :, :1], v[:, :, :1])
+    assert "CUDA" in backend.supports(q, k, v)
+
+
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.skipif(
+    CudnnFP8Backend.unavailable_reason() is not None, reason="cuDNN FP8 attention not available"
+)
+@pytest.mark.parametrize(
+    ("b", "lq", "lk", "h", "d", "offset"),
+    [(1, 1000, 1000, 2, 128, 0.0), (2, 515, 700, 3, 64, 5.0), (1, 4096, 4096, 4, 128, 2.0)],
+)
+def test_cudnn_matches_the_spec_and_exact_attention(b, lq, lk, h, d, offset) -> None:  # type: ignore[no-untyped-def]
+    from fastvideo.attention.fp8_cudnn import cudnn_fp8_attention
+
+    q, k, v = _inputs(b, lq, lk, h, d, torch.bfloat16, offset=offset, device="cuda")
+    out = cudnn_fp8_attention(q, k, v, d**-0.5)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    ref = fp8_attention_reference(q, k, v).float()
+    exact = _exact(q, k, v).float()
+    # cuDNN rounds P relative to a running maximum: the spec's error size, not always its values
+    assert (out.float() - ref).abs().mean() < 5e-3
+    err = (out.float() - exact).abs()
+    assert err.mean() < 0.02 and err.max() < 0.2
+    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.998
+
+
+@gpu
+@pytest.mark.skipif(
+    CudnnFP8Backend.unavailable_reason() is not None, reason="cuDNN FP8 attention not available"
+)
+def test_backend_through_the_seam_eager_and_compiled() -> None:
+    from fastvideo.attention import attention, use_backend
+
+    q, k, v = _inputs(1, 2048, 2048, 2, 128, torch.bfloat16, offset=2.0, device="cuda")
+    text_k, text_v = k[:, :77], v[:, :77]
+    exact = _exact(q, k, v).float()
+    with use_backend("cudnn-fp8"):
+        eager = attention(q, k, v)
+        cross = attention(q, text_k, text_v)  # few keys: exact SDPA
+        compiled = torch.compile(lambda a, b_, c: attention(a, b_, c), fullgraph=True)(q, k, v)
+    assert F.cosine_similarity(eager.float().flatten(), exact.flatten(), dim=0) > 0.998
+    torch.testing.assert_close(cross.float(), _exact(q, text_k, text_v).float(), atol=2e-2, rtol=2e-2)
+    assert torch.equal(compiled, eager)
