@@ -1,8 +1,9 @@
 """cuDNN's fused FP8 attention (the ``cudnn-fp8`` backend) against SageAttention 2's Hopper kernel (the ``sage``
 backend, our V packing) and cuDNN's bf16 SDPA at Wan's self-attention shapes (1 x 32760 tokens x 40 or 12
-heads x 128), one GPU, same process (issue #24): milliseconds of each whole call, of the FP8 kernel alone
-(inputs already quantized) and of our quantization alone, and each output's error against fp32 attention on
-256 sampled query rows (keys with a shared channel bias and sharper-than-random logits, as real Q/K have).
+heads x 128), one GPU, same process (issue #24): milliseconds of each whole call (FP8 with and without the
+Hadamard rotation of Q and K), of the FP8 kernel alone (inputs already quantized) and of our quantization
+alone, and each output's error against fp32 attention on 256 sampled query rows (keys with a shared channel
+bias, sharper-than-random logits and a few 4x outlier channels in Q and K, as trained models have).
 
     source benchmarks/gpu_env.sh && python benchmarks/fp8_attn_probe.py
 (carry ``.whl`` holding ``nvidia_cudnn_frontend-*.whl``: ``bash benchmarks/cudnn_frontend_bundle.sh``)
@@ -47,9 +48,11 @@ def shape_row(heads: int, fp8: bool) -> dict:
 
     g = torch.Generator(device="cuda").manual_seed(heads)
     shape = (1, TOKENS, heads, HEAD_DIM)
-    q = (torch.randn(shape, device="cuda", generator=g) * 1.5).bfloat16()
+    outliers = torch.ones(HEAD_DIM, device="cuda")
+    outliers[[5, 37, 90]] = 4.0  # a few channels much larger in Q and K
+    q = (torch.randn(shape, device="cuda", generator=g) * outliers).bfloat16()
     bias = torch.randn(1, 1, heads, HEAD_DIM, device="cuda", generator=g) * 3  # shared by all keys
-    k = (torch.randn(shape, device="cuda", generator=g) * 1.5 + bias).bfloat16()
+    k = (torch.randn(shape, device="cuda", generator=g) * outliers + bias).bfloat16()
     v = torch.randn(shape, device="cuda", generator=g).bfloat16()
     scale = HEAD_DIM**-0.5
     rows = torch.randperm(TOKENS, device="cuda", generator=g)[:256]
@@ -81,6 +84,11 @@ def shape_row(heads: int, fp8: bool) -> dict:
         row["fp8 output dtype"] = str(plan.out_dtype)
         row["fp8 ms"] = round(time_ms(lambda: cudnn_fp8_attention(q, k, v, scale)), 3)
         row["fp8 err"] = _error(out, ref, rows)
+        plain = cudnn_fp8_attention(q, k, v, scale, rotate=False)  # Q and K not rotated
+        row["fp8 no-rotation ms"] = round(
+            time_ms(lambda: cudnn_fp8_attention(q, k, v, scale, rotate=False)), 3
+        )
+        row["fp8 no-rotation err"] = _error(plain, ref, rows)
         row["fp8 quantize ms"] = round(time_ms(lambda: quantize_qkv(q, k, v)), 3)
         q8, k8, v8, descale = quantize_qkv(q, k, v)
         ms = time_ms(lambda: run_plan(cudnn, plan, q8, k8, v8, descale))

@@ -2,7 +2,8 @@
 # Issue #24, the `cudnn-fp8` attention backend (cuDNN's fused FP8 attention, core/src/fastvideo/attention/
 # fp8_cudnn.py) on one H100 in one call (carry [".whl"] holding the sageattention wheel and
 # nvidia_cudnn_frontend-*.whl from benchmarks/cudnn_frontend_bundle.sh; about 9 minutes):
-#   1. its GPU tests (cuDNN against the plain-PyTorch spec and exact attention; eager and compiled seam);
+#   1. its tests on the GPU (the quantization kernel against PyTorch; cuDNN against the plain-PyTorch spec and
+#      exact attention; eager and compiled seam);
 #   2. benchmarks/fp8_attn_probe.py: cuDNN FP8 against SageAttention 2's Hopper kernel and cuDNN bf16 at Wan
 #      14B / 1.3B self-attention shapes (ms, TFLOPS, the quantization and the kernel apart, error vs fp32);
 #   3. Wan2.1-I2V-14B-480P s/step: diffusers, FP8 + sage compiled, FP8 + cudnn-fp8 compiled (PROFILE_TOP=8);
@@ -18,7 +19,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backe
 for s in ${STEPS:-tests probe i2v quality toy}; do
     echo "== $s"
     case $s in
-    tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider core/tests/test_attention_fp8.py 2>&1 \
+    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider core/tests/test_attention_fp8.py 2>&1 \
         | tail -15 | tee "$out/fp8_attn_gpu_tests.txt" ;;
     probe) (cd benchmarks && timeout 90 python3 fp8_attn_probe.py 2>&1 | grep -v -i warning | tee "$out/fp8_attn_probe.txt") ;;
     i2v) SECTIONS=i2v14b I2V_LIMIT=300 PROFILE_TOP=${PROFILE_TOP:-8} \

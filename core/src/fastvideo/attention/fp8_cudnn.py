@@ -1,7 +1,9 @@
 """The ``cudnn-fp8`` attention backend: FP8 attention through cuDNN's fused FP8 SDPA (Hopper and newer),
 called with the ``cudnn`` Python frontend (``pip install nvidia-cudnn-frontend``; it loads the cuDNN
 library torch ships). Q, K (smoothed by its mean over tokens) and V are quantized to e4m3 with one scale
-per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`; cuDNN computes ``Q K^T`` in FP8 with
+per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`, Q and K first rotated along the head
+dim by the orthonormal Hadamard matrix (outlier channels spread over all; ``FASTVIDEO_FP8_ATTN_ROTATE=0``
+skips it); cuDNN computes ``Q K^T`` in FP8 with
 fp32 accumulation, an online softmax in fp32, rounds ``P`` (relative to the running row maximum, times
 :data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; the output is bf16 (fp16 where cuDNN takes no bf16
 output, then converted). :func:`fp8_attention_reference` is the plain-PyTorch spec.
@@ -39,12 +41,12 @@ MIN_CUDNN = 90100
 
 
 def fp8_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, rotate: bool = True
 ) -> torch.Tensor:
     """The backend's math in plain PyTorch, written for clarity. Shapes ``[B, L, H, D]``.
 
-    Q, K - mean(K) and V in e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds
-    them; logits = exact products of the e4m3 values times both descales and ``scale``; ``P = exp(logits
+    Q and K - mean(K) (both rotated by the orthonormal Hadamard matrix unless ``rotate=False``) and V in
+    e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds them; logits = exact products of the e4m3 values times both descales and ``scale``; ``P = exp(logits
     - row max)`` in fp32, rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8)
     * v_descale / P_SCALE`` divided by the fp32 row sums of ``P``. (cuDNN rounds ``P`` relative to a
     running maximum over blocks of keys: the same error size, not always the same values.)
@@ -54,13 +56,21 @@ def fp8_attention_reference(
     from fastvideo.attention.fp8_quant import quantize_qkv_reference
 
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q8, k8, v8, descale = quantize_qkv_reference(q, k, v)
+    q8, k8, v8, descale = quantize_qkv_reference(q, k, v, rotate)
     qd, kd, vd = (x.double().transpose(1, 2) for x in (q8, k8, v8))  # [B, H, L, D]
     logits = (qd @ kd.transpose(-1, -2)) * (float(descale[0]) * float(descale[1]) * scale)
     p = torch.exp(logits - logits.amax(dim=-1, keepdim=True)).float()
     p8 = (p * P_SCALE).to(torch.float8_e4m3fn).double()
     out = (p8 @ vd) * (float(descale[2]) / P_SCALE) / p.double().sum(dim=-1, keepdim=True)
     return out.transpose(1, 2).to(q.dtype)
+
+
+def _rotate_wanted() -> bool:
+    """Q and K rotated by the Hadamard matrix before quantization (:mod:`fastvideo.attention.fp8_quant`):
+    on unless ``FASTVIDEO_FP8_ATTN_ROTATE=0`` (read when a block is traced or run)."""
+    import os
+
+    return os.environ.get("FASTVIDEO_FP8_ATTN_ROTATE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def frontend_installed() -> bool:
@@ -196,7 +206,9 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return _PLANS[key]
 
 
-def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+def cudnn_fp8_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool = True
+) -> torch.Tensor:
     """FP8 attention of ``q``, ``k``, ``v`` ([B, L, H, D], fp16/bf16 CUDA tensors; D in :data:`HEAD_DIMS`)
     through cuDNN, as :func:`fp8_attention_reference` describes; the output is [B, L, H, D] in q's dtype."""
     import torch
@@ -208,7 +220,7 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
         raise RuntimeError(f"cudnn-fp8: the cudnn frontend does not load ({_FRONTEND.get('error')})")
     with torch.cuda.device(q.device):
         plan = _plan(cudnn, q, k, v, scale)
-        out = run_plan(cudnn, plan, *quantize_qkv(q, k, v))
+        out = run_plan(cudnn, plan, *quantize_qkv(q, k, v, rotate))
     return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
@@ -250,13 +262,15 @@ def _fp8_op() -> Any:
         @torch.library.custom_op(
             "fastvideo::cudnn_fp8_attn",
             mutates_args=(),
-            schema="(Tensor q, Tensor k, Tensor v, float scale) -> Tensor",
+            schema="(Tensor q, Tensor k, Tensor v, float scale, bool rotate) -> Tensor",
         )
-        def cudnn_fp8_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            return cudnn_fp8_attention(q, k, v, scale)
+        def cudnn_fp8_attn(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool
+        ) -> torch.Tensor:
+            return cudnn_fp8_attention(q, k, v, scale, rotate)
 
         @cudnn_fp8_attn.register_fake
-        def _(q, k, v, scale):  # type: ignore[no-untyped-def]
+        def _(q, k, v, scale, rotate):  # type: ignore[no-untyped-def]
             return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
         _OP.append(cudnn_fp8_attn)
@@ -331,7 +345,7 @@ class CudnnFP8Backend(AttentionBackend):
         scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
         if k.shape[1] < q.shape[1] and k.shape[1] <= EXACT_KV_TOKENS:
             return exact_attention(q, k, v, scale)  # cross-attention to a few keys
-        return _fp8_op()(q, k, v, scale)
+        return _fp8_op()(q, k, v, scale, _rotate_wanted())
 
     @classmethod
     def doctor_notes(cls) -> list[str]:

@@ -1,16 +1,26 @@
 """Q, K and V to float8_e4m3fn with one scale per tensor, for the ``cudnn-fp8`` backend
-(:mod:`fastvideo.attention.fp8_cudnn`): K smoothed by its mean over tokens first (SageAttention's trick;
-softmax is unchanged, every logit of a query row moving by the same amount), then each tensor times
-``448 / bound``, rounded to nearest e4m3. The bounds are amaxes read on the device (no host sync):
-``amax(q)``, ``amax(v)`` and, for the smoothed K, ``amax(k) + amax(mean)``, an upper bound of
-``amax(k - mean)`` that needs no second pass over K (e4m3 is a floating format: a bound up to twice the
-true maximum only moves the values one binade down, far above its subnormals).
+(:mod:`fastvideo.attention.fp8_cudnn`).
+
+K is smoothed by its mean over tokens (SageAttention's trick: softmax is unchanged, every logit of a query
+row moving by the same amount). Q and K are then rotated along the head dim by the orthonormal Hadamard
+matrix ``H = S / sqrt(D)`` (``S`` Sylvester's +-1 matrix; FlashAttention-3's "incoherent processing"):
+``(q H)(k H)^T = q k^T``, so attention is unchanged, while a few outlier channels, which would set the
+per-tensor scale and leave the other channels few significant bits, are spread over all of them (on
+random data with 20x outliers in 4 of 128 channels, the spec's relative error 0.15 -> 0.045;
+``rotate=False`` skips it). Each tensor is then multiplied by ``448 / bound`` and rounded to nearest e4m3.
+The bounds are read on the device (no host sync) and need no second pass over the data: ``amax(v)``;
+``amax(q)`` and ``amax(k) + amax(mean)`` (which bounds ``amax(k - mean)``), times ``sqrt(D)`` when rotated
+(``|x H|`` is at most ``|x|_2 <= sqrt(D) amax(x)``). e4m3 is a floating format: a loose bound only moves the
+values some binades down, far above its subnormals.
 
     stats:  amax(q), amax(k), amax(v) (torch's inf-norm reductions) and mean(k) over tokens, in fp32
-    kernel: per (block of tokens, batch, block of channels) x - mean (K only) times its scale, to e4m3
+    kernel: per (block of tokens, batch x head) x @ S (Q, K; exact products, fp32 sums), minus mean @ S
+            (K), times the scale / sqrt(D), to e4m3, stored contiguous [B, L, H, D]
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -19,78 +29,127 @@ import triton.language as tl
 from fastvideo.attention.sage_triton import _to_e4m3, interpreting
 
 E4M3_MAX = 448.0
-#: Tokens and channels (heads x head dim) per program of the quantization kernel.
-BLOCK_L, BLOCK_C = 32, 128
+#: Tokens per program of the quantization kernel.
+BLOCK_L = 32
 
 
 @triton.jit
 def _quantize(
     X,
+    S,
     MEAN,
     SCALES,
     OUT,
     L,
-    C,
+    H,
     s_xb,
     s_xl,
+    s_xh,
     which,
+    INV_NORM,
+    D: tl.constexpr,
+    ROTATE: tl.constexpr,
     HAS_MEAN: tl.constexpr,
+    IEEE: tl.constexpr,
     BLOCK_L: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
 ):
-    """OUT[b, l, c] = e4m3((X[b, l, c] - MEAN[b, c]) * SCALES[which]); X's channels contiguous, OUT contiguous."""
-    lt, b, ct = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """OUT[b, l, h, :] = e4m3((X[b, l, h, :] @ S - MEAN[b, h, :]) * SCALES[which] * INV_NORM) (no ``@ S``
+    without ROTATE); X's last dim contiguous, OUT contiguous, MEAN (B, H, D) times S too when rotating."""
+    lt, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
     rows = lt * BLOCK_L + tl.arange(0, BLOCK_L)
-    cols = ct * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (rows < L)[:, None] & (cols < C)[None, :]
-    ptrs = X + b.to(tl.int64) * s_xb + rows[:, None].to(tl.int64) * s_xl + cols[None, :]
-    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    ch = tl.arange(0, D)
+    mask = (rows < L)[:, None]
+    base = X + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
+    x = tl.load(base + rows[:, None].to(tl.int64) * s_xl + ch[None, :], mask=mask, other=0.0)
+    if ROTATE:
+        signs = tl.load(S + ch[:, None] * D + ch[None, :])  # (D, D) +-1 in x's dtype: exact products
+        if IEEE:  # fp32 inputs, or the interpreter (whose bf16 dot is wrong): the same sums in fp32
+            y = tl.dot(x.to(tl.float32), signs.to(tl.float32), input_precision="ieee")
+        else:
+            y = tl.dot(x, signs)
+    else:
+        y = x.to(tl.float32)
     if HAS_MEAN:
-        x = x - tl.load(MEAN + b.to(tl.int64) * C + cols, mask=cols < C, other=0.0)[None, :]
-    y = tl.minimum(tl.maximum(x * tl.load(SCALES + which), -448.0), 448.0)
-    out = OUT + (b.to(tl.int64) * L + rows[:, None].to(tl.int64)) * C + cols[None, :]
+        y = y - tl.load(MEAN + bh.to(tl.int64) * D + ch)[None, :]
+    y = tl.minimum(tl.maximum(y * (tl.load(SCALES + which) * INV_NORM), -448.0), 448.0)
+    out = OUT + ((b.to(tl.int64) * L + rows[:, None].to(tl.int64)) * H + h) * D + ch[None, :]
     tl.store(out, _to_e4m3(y, EXACT_ROUND), mask=mask)
+
+
+_SIGNS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def hadamard_signs(
+    d: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Sylvester's (d, d) matrix of +-1 (d a power of two; ``S S^T = d I``), cached per dtype and device."""
+    if d < 1 or d & (d - 1):
+        raise ValueError(f"a Hadamard rotation needs a power-of-two head dim, got {d}")
+    key = (d, dtype, torch.device(device))
+    if key not in _SIGNS:
+        s = torch.ones(1, 1)
+        while s.shape[0] < d:
+            s = torch.cat([torch.cat([s, s], 1), torch.cat([s, -s], 1)], 0)
+        _SIGNS[key] = s.to(device=device, dtype=dtype)
+    return _SIGNS[key]
 
 
 def _amax(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, ord=float("inf"), dtype=torch.float32)
 
 
-def qkv_scales(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def qkv_scales(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scales (3,), mean of k over tokens (B, 1, H, D))``, fp32 on the inputs' device: the factors that map
-    q, k - mean and v into e4m3's range (see the module docstring); a tensor of zeros gets a finite scale."""
+    q, k - mean (both rotated by ``H = S / sqrt(D)`` when ``rotate``) and v into e4m3's range (see the module
+    docstring); a tensor of zeros gets a finite scale."""
     mean = k.mean(dim=1, keepdim=True, dtype=torch.float32)
-    bounds = torch.stack([_amax(q), _amax(k) + _amax(mean), _amax(v)])
+    spread = math.sqrt(q.shape[-1]) if rotate else 1.0
+    bounds = torch.stack([_amax(q) * spread, (_amax(k) + _amax(mean)) * spread, _amax(v)])
     return E4M3_MAX / bounds.clamp_min(1e-30), mean
 
 
 def quantize_qkv(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``q``, ``k``, ``v`` (B, L, H, D), fp16/bf16/fp32 -> e4m3 copies, contiguous, K smoothed, and the three
-    descales (``1 / scale``, fp32 (3,)): ``x ~= e4m3 * descale`` (K: ``k - mean``)."""
-    scales, mean = qkv_scales(q, k, v)
+    """``q``, ``k``, ``v`` (B, L, H, D), fp16/bf16/fp32, D a power of two when ``rotate`` -> e4m3 copies,
+    contiguous (Q and K rotated, K smoothed), and the three descales (``1 / scale``, fp32 (3,)):
+    ``q H ~= q8 * descale[0]``, ``(k - mean) H ~= k8 * descale[1]``, ``v ~= v8 * descale[2]``."""
+    scales, mean = qkv_scales(q, k, v, rotate)
+    d = q.shape[-1]
+    mean = mean.squeeze(1)  # (B, H, D), contiguous
+    if rotate:
+        mean = mean @ hadamard_signs(d, device=mean.device)  # subtracted from k @ S, before the 1 / sqrt(D)
     outs = []
     for which, x in enumerate((q, k, v)):
-        b, length, h, d = x.shape
-        if x.stride(3) != 1 or x.stride(2) != d:  # the kernel reads H x D channels as one contiguous row
+        b, length, h, dx = x.shape
+        if x.stride(3) != 1:
             x = x.contiguous()
         out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-        grid = (triton.cdiv(length, BLOCK_L), b, triton.cdiv(h * d, BLOCK_C))
-        _quantize[grid](
+        turn = rotate and which < 2
+        _quantize[(triton.cdiv(length, BLOCK_L), b * h)](
             x,
-            mean if which == 1 else scales,  # an unused pointer when there is no mean
+            hadamard_signs(dx, x.dtype, x.device)
+            if turn
+            else scales,  # an unused pointer without the rotation
+            mean if which == 1 else scales,  # likewise without a mean
             scales,
             out,
             length,
-            h * d,
+            h,
             x.stride(0),
             x.stride(1),
+            x.stride(2),
             which,
+            1.0 / math.sqrt(dx) if turn else 1.0,
+            D=dx,
+            ROTATE=turn,
             HAS_MEAN=which == 1,
+            IEEE=x.dtype == torch.float32 or interpreting(),
             BLOCK_L=BLOCK_L,
-            BLOCK_C=BLOCK_C,
             EXACT_ROUND=interpreting(),
             num_warps=4,
         )
@@ -99,12 +158,19 @@ def quantize_qkv(
 
 
 def quantize_qkv_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`quantize_qkv` in plain PyTorch (the tests' reference)."""
-    scales, mean = qkv_scales(q, k, v)
+    """:func:`quantize_qkv` in plain PyTorch (the tests' reference), in the kernel's order of operations."""
+    scales, mean = qkv_scales(q, k, v, rotate)
+    d = q.shape[-1]
+    if rotate:
+        signs = hadamard_signs(d)
+        qr, kr = q.float() @ signs, k.float() @ signs - mean @ signs
+        factors = [scales[0] / math.sqrt(d), scales[1] / math.sqrt(d)]
+    else:
+        qr, kr, factors = q.float(), k.float() - mean, [scales[0], scales[1]]
     q8, k8, v8 = (
-        (x.float() * s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        for x, s in ((q, scales[0]), (k.float() - mean, scales[1]), (v, scales[2]))
+        (x * s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        for x, s in ((qr, factors[0]), (kr, factors[1]), (v.float(), scales[2]))
     )
     return q8, k8, v8, 1.0 / scales
