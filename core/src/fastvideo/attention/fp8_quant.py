@@ -30,7 +30,7 @@ from fastvideo.attention.sage_triton import _to_e4m3, interpreting
 
 E4M3_MAX = 448.0
 #: Tokens per program of the quantization kernel.
-BLOCK_L = 32
+BLOCK_L = 64  # (the rotation reads its 32 KB +-1 matrix once per program, from L2)
 
 
 @triton.jit
