@@ -10,7 +10,7 @@ per kernel and config: ``ok`` with registers per thread, spilled bytes and share
 ``FAIL`` with the compile error in one line. Exit status 1 when any compile failed.
 
 Groups (``--only``): ``core`` (:mod:`fastvideo.kernels` and the FP8 row quantization: the default-on
-paths), ``sage`` (the 8-bit attention backend), ``sta`` (the STA plugin's forward and backward).
+paths), ``sage`` (the 8-bit attention backends: sage's kernels and cudnn-fp8's quantization), ``sta`` (the STA plugin's forward and backward).
 The numbers are the installed triton's; the GPU machine (triton 3.6) may allocate differently.
 """
 
@@ -210,7 +210,17 @@ def core_cases() -> Iterator[Case]:
 
 
 def sage_cases() -> Iterator[Case]:
+    from fastvideo.attention import fp8_quant as f
     from fastvideo.attention import sage_triton as s
+
+    for dh in HEAD_DIMS:  # the cudnn-fp8 backend's quantization: Q and K rotated, K with its mean, V plain
+        for rotate, mean in ((True, False), (True, True), (False, False)):
+            yield Case(
+                "sage", "fp8_quantize", f"Dh={dh} rotate={int(rotate)} mean={int(mean)}", f._quantize,
+                dict(X="*bf16", S="*bf16" if rotate else "*fp32", MEAN="*fp32", SCALES="*fp32", OUT="*fp8e4nv",
+                     INV_NORM="fp32"),
+                dict(D=dh, ROTATE=rotate, HAS_MEAN=mean, IEEE=False, BLOCK_L=f.BLOCK_L, EXACT_ROUND=False), 4,
+            )  # fmt: skip
 
     block_m, block_n, warps, stages = s.GPU_CONFIG
     for dh in HEAD_DIMS:
