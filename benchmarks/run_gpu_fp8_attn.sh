@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue #24, the `cudnn-fp8` attention backend (cuDNN's fused FP8 attention, core/src/fastvideo/attention/
-# fp8_cudnn.py) on one H100 in one call (carry [".whl"] holding the sageattention wheel and
+# fp8_cudnn.py) on one H100 (carry [".whl"] holding the sageattention wheel and
 # nvidia_cudnn_frontend-*.whl from benchmarks/cudnn_frontend_bundle.sh), in two calls that each fit the
 # 10-minute limit: `bash benchmarks/run_gpu_fp8_attn.sh` (1-3, about 7 minutes), then
 # `STEPS="quality toy" bash benchmarks/run_gpu_fp8_attn.sh` (4, about 5 minutes):
