@@ -82,6 +82,7 @@ def shape_row(heads: int, fp8: bool) -> dict:
         out = cudnn_fp8_attention(q, k, v, scale)
         plan = _plan(cudnn, q, k, v, scale)
         row["fp8 output dtype"] = str(plan.out_dtype)
+        row["fp8 built with stats"] = plan.stats is not None
         row["fp8 ms"] = round(time_ms(lambda: cudnn_fp8_attention(q, k, v, scale)), 3)
         row["fp8 err"] = _error(out, ref, rows)
         plain = cudnn_fp8_attention(q, k, v, scale, rotate=False)  # Q and K not rotated

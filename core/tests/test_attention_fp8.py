@@ -184,6 +184,34 @@ def test_asking_for_it_without_the_frontend_says_what_to_install(monkeypatch: py
     )
 
 
+def test_the_op_falls_back_to_exact_attention_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cuDNN cannot run a call (here: no frontend, CPU tensors) the custom op warns once and runs exact
+    attention, inside the op, so a compiled graph (no break: the op has a fake) falls back too."""
+    import warnings
+
+    from fastvideo.attention import fp8_cudnn
+    from fastvideo.attention.backends import exact_attention
+    from fastvideo.errors import _WARNED
+
+    monkeypatch.setattr(fp8_cudnn, "_frontend", lambda: None)
+    monkeypatch.setattr(fp8_cudnn, "_FRONTEND", {"error": "ImportError: no cudnn here"})
+    _WARNED.clear()
+    q, k, v = _inputs(1, 20, 24, 2, 64, torch.float32, device="cpu")
+    op = fp8_cudnn._fp8_op()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eager = op(q, k, v, 0.125, True)
+        compiled = torch.compile(
+            lambda a, b_, c: op(a, b_, c, 0.125, True), backend="aot_eager", fullgraph=True
+        )(q, k, v)
+    assert torch.equal(eager, exact_attention(q, k, v, 0.125)) and torch.equal(compiled, eager)
+    messages = [str(w.message) for w in caught if "cudnn-fp8 failed" in str(w.message)]
+    assert messages == [
+        "cudnn-fp8 failed (RuntimeError: cudnn-fp8: the cudnn frontend does not load (ImportError: no cudnn "
+        "here)); exact attention (SDPA) runs"
+    ]
+
+
 def test_supports_names_what_it_cannot_take() -> None:
     backend = CudnnFP8Backend.__new__(CudnnFP8Backend)  # no GPU needed to ask
     q, k, v = _inputs(1, 8, 8, 2, 64, torch.bfloat16, device="cpu")
@@ -228,14 +256,17 @@ def test_cudnn_matches_the_spec_and_exact_attention(b, lq, lk, h, d, offset) -> 
 )
 def test_backend_through_the_seam_eager_and_compiled() -> None:
     from fastvideo.attention import attention, use_backend
+    from fastvideo.attention.fp8_cudnn import cudnn_fp8_attention
 
     q, k, v = _inputs(1, 2048, 2048, 2, 128, torch.bfloat16, offset=2.0, device="cuda")
     text_k, text_v = k[:, :77], v[:, :77]
     exact = _exact(q, k, v).float()
+    direct = cudnn_fp8_attention(q, k, v, 128**-0.5)  # what the op must run (not its exact fallback)
     with use_backend("cudnn-fp8"):
         eager = attention(q, k, v)
         cross = attention(q, text_k, text_v)  # few keys: exact SDPA
         compiled = torch.compile(lambda a, b_, c: attention(a, b_, c), fullgraph=True)(q, k, v)
+    assert torch.equal(eager, direct)
     assert F.cosine_similarity(eager.float().flatten(), exact.flatten(), dim=0) > 0.998
     torch.testing.assert_close(cross.float(), _exact(q, text_k, text_v).float(), atol=2e-2, rtol=2e-2)
     assert torch.equal(compiled, eager)

@@ -99,23 +99,23 @@ def _frontend() -> Any:
 
 class _Plan:
     """One built cuDNN graph (a shape, scale and output dtype on one device) with its buffers: the workspace,
-    the two amax outputs (unused) and the constant scalars (P's descale and scale, O's scale 1)."""
+    the two amax outputs and the softmax statistics where built (unused), and the constant scalars (P's
+    descale and scale, O's scale 1)."""
 
-    def __init__(self, graph: Any, workspace: Any, amax: Any, consts: Any, out_dtype: Any) -> None:
-        self.graph, self.workspace, self.amax, self.consts, self.out_dtype = (
-            graph,
-            workspace,
-            amax,
-            consts,
-            out_dtype,
-        )
+    def __init__(
+        self, graph: Any, workspace: Any, amax: Any, consts: Any, out_dtype: Any, stats: Any
+    ) -> None:
+        self.graph, self.workspace, self.amax, self.consts = graph, workspace, amax, consts
+        self.out_dtype, self.stats = out_dtype, stats
 
 
 #: Built plans by (device index, B, H, Lq, Lk, D, Dv, scale, input dtype); handles by device index.
 _PLANS: dict[tuple[Any, ...], _Plan] = {}
 _HANDLES: dict[int, Any] = {}
+#: Why a shape could not be built (not tried again).
+_FAILED: dict[tuple[Any, ...], str] = {}
 #: The graph's tensors; the six scalars (descales of Q, K, V and P, scales of P and O) in ``_Plan.scalars``' order.
-_UIDS = {"q": 1, "k": 2, "v": 3, "o": 4, "amax_s": 5, "amax_o": 6}
+_UIDS = {"q": 1, "k": 2, "v": 3, "o": 4, "amax_s": 5, "amax_o": 6, "stats": 13}
 _SCALARS = {"descale_q": 7, "descale_k": 8, "descale_v": 9, "descale_s": 10, "scale_s": 11, "scale_o": 12}
 
 
@@ -134,7 +134,7 @@ def _aligned(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any) -> Any:
+def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any, stats: bool) -> Any:
     _device, b, h, lq, lk, d, dv, scale, _dtype = key
     graph = cudnn.pygraph(
         io_data_type=cudnn.data_type.FP8_E4M3,
@@ -148,14 +148,17 @@ def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any) -> Any:
     v = graph.tensor(uid=_UIDS["v"], dim=(b, h, lk, dv), stride=_bshd(b, h, lk, dv), data_type=fp8)
     one = {"dim": (1, 1, 1, 1), "stride": (1, 1, 1, 1), "data_type": f32}
     scalars = {name: graph.tensor(uid=uid, **one) for name, uid in _SCALARS.items()}
-    o, _stats, amax_s, amax_o = graph.sdpa_fp8(
+    o, lse, amax_s, amax_o = graph.sdpa_fp8(
         q=q,
         k=k,
         v=v,
         **scalars,
         attn_scale=scale,
-        generate_stats=False,
+        generate_stats=stats,
     )
+    if stats:  # the softmax statistics, only where a cuDNN build wants them output (unused)
+        lse.set_uid(_UIDS["stats"]).set_output(True).set_dim((b, h, lq, 1)).set_stride((h * lq, lq, 1, 1))
+        lse.set_data_type(f32)
     o.set_uid(_UIDS["o"]).set_output(True).set_dim((b, h, lq, dv)).set_stride(_bshd(b, h, lq, dv))
     o.set_data_type(out_type)
     for name, t in (("amax_s", amax_s), ("amax_o", amax_o)):
@@ -172,37 +175,39 @@ def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any) -> Any:
 
 def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> _Plan:
     """The built graph for these shapes (built on first use): bf16 output for bf16 inputs where cuDNN takes
-    it, else fp16 (converted after)."""
+    it, else fp16 (converted after); without softmax statistics where cuDNN takes that, else with them."""
     import torch
 
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     b, lq, h, d = q.shape
     key = (index, b, h, lq, k.shape[1], d, v.shape[-1], float(scale), q.dtype)
+    if key in _FAILED:
+        raise RuntimeError(_FAILED[key])
     if key not in _PLANS:
         if index not in _HANDLES:
             _HANDLES[index] = cudnn.create_handle()
         handle = _HANDLES[index]
-        wanted = [(cudnn.data_type.BFLOAT16, torch.bfloat16)] if q.dtype == torch.bfloat16 else []
-        wanted.append((cudnn.data_type.HALF, torch.float16))
+        types = [(cudnn.data_type.BFLOAT16, torch.bfloat16)] if q.dtype == torch.bfloat16 else []
+        types.append((cudnn.data_type.HALF, torch.float16))
         errors = []
-        for out_type, out_dtype in wanted:
+        for (out_type, out_dtype), stats in ((t, st) for st in (False, True) for t in types):
             try:
-                graph = _build(cudnn, handle, key, out_type)
+                graph = _build(cudnn, handle, key, out_type, stats)
                 break
-            except Exception as err:  # cudnnGraphNotSupportedError and friends: the next output type
-                errors.append(
-                    f"{out_dtype}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                )
+            except Exception as err:  # cudnnGraphNotSupportedError and friends: the next variant
+                first = str(err).splitlines()[0] if str(err) else ""
+                errors.append(f"{out_dtype}{' with stats' if stats else ''}: {type(err).__name__}: {first}")
         else:
-            raise RuntimeError(
+            _FAILED[key] = (
                 f"cudnn-fp8: cuDNN {_FRONTEND.get('version')} builds no FP8 attention for "
-                f"B={b} H={h} Lq={lq} Lk={k.shape[1]} D={d} ({'; '.join(errors)}); "
-                "pick another --attention-backend (sage, sdpa)"
+                f"B={b} H={h} Lq={lq} Lk={k.shape[1]} D={d} ({'; '.join(errors)})"
             )
+            raise RuntimeError(_FAILED[key])
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q.device)
         amax = _aligned(torch.zeros(2, dtype=torch.float32, device=q.device))
         consts = _aligned(torch.tensor([1.0 / P_SCALE, P_SCALE, 1.0], dtype=torch.float32, device=q.device))
-        _PLANS[key] = _Plan(graph, workspace, amax, consts, out_dtype)
+        lse = torch.empty(b, h, lq, 1, dtype=torch.float32, device=q.device) if stats else None
+        _PLANS[key] = _Plan(graph, workspace, amax, consts, out_dtype, lse)
     return _PLANS[key]
 
 
@@ -244,6 +249,8 @@ def run_plan(
     }
     pack.update({s["descale_q"]: d[0], s["descale_k"]: d[1], s["descale_v"]: d[2]})
     pack.update({s["descale_s"]: c[0], s["scale_s"]: c[1], s["scale_o"]: c[2]})
+    if plan.stats is not None:
+        pack[u["stats"]] = plan.stats
     handle = _HANDLES[q8.device.index if q8.device.index is not None else torch.cuda.current_device()]
     cudnn.set_stream(handle, torch.cuda.current_stream().cuda_stream)
     plan.graph.execute(pack, plan.workspace, handle=handle)
@@ -255,7 +262,9 @@ _OP: list[Any] = []
 
 def _fp8_op() -> Any:
     """:func:`cudnn_fp8_attention` as the custom op ``fastvideo::cudnn_fp8_attn``, opaque to torch.compile
-    (the DiT blocks are compiled by default on CUDA); defined in eager code, before a compiled block needs it."""
+    (the DiT blocks are compiled by default on CUDA); defined in eager code, before a compiled block needs it.
+    A call cuDNN cannot run (no FP8 build for a shape, a frontend that fails) warns once and runs exact
+    attention, inside the op, so compiled blocks fall back too."""
     if not _OP:
         import torch
 
@@ -267,7 +276,15 @@ def _fp8_op() -> Any:
         def cudnn_fp8_attn(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool
         ) -> torch.Tensor:
-            return cudnn_fp8_attention(q, k, v, scale, rotate)
+            try:
+                return cudnn_fp8_attention(q, k, v, scale, rotate)
+            except Exception as err:  # no build for this shape, a frontend that fails: exact attention
+                from fastvideo.attention.backends import exact_attention
+                from fastvideo.errors import warn_once
+
+                first = str(err).splitlines()[0][:300] if str(err) else ""
+                warn_once(f"cudnn-fp8 failed ({type(err).__name__}: {first}); exact attention (SDPA) runs")
+                return exact_attention(q, k, v, scale).contiguous()
 
         @cudnn_fp8_attn.register_fake
         def _(q, k, v, scale, rotate):  # type: ignore[no-untyped-def]
