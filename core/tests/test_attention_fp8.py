@@ -90,6 +90,24 @@ def test_quantize_reads_strided_views() -> None:
         assert torch.equal(x.float(), y.float())
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dequantize_is_e4m3_times_its_descale(dtype: torch.dtype) -> None:
+    """cuDNN's e4m3 output back to the model's dtype in one pass (odd size: the last block masked)."""
+    from fastvideo.attention.fp8_quant import dequantize
+
+    x8 = (torch.randn(3, 1001, 5) * 100).to(torch.float8_e4m3fn).to(DEVICE)
+    descale = torch.tensor([0.0371], device=DEVICE)
+    out = dequantize(x8, descale, dtype)
+    want = (x8.float() * descale).to(dtype)
+    assert out.dtype == dtype and out.shape == x8.shape
+    if dtype == torch.bfloat16 and interpreting():  # the interpreter's fp32 -> bf16 cast truncates
+        ulp = want.float().abs() * 2.0**-7
+        assert bool(((out.float() - want.float()).abs() <= ulp).all())
+    else:
+        assert torch.equal(out, want)
+
+
 def test_scales_bound_the_smoothed_keys_and_survive_zeros() -> None:
     q, k, v = _inputs(1, 20, 30, 2, 64, torch.float32, offset=5.0, device="cpu")
     rotated, _ = qkv_scales(q, k, v)
@@ -146,14 +164,16 @@ def test_rotation_rescues_outlier_channels() -> None:
     assert plain > 0.12 and rotated < 0.06
 
 
-def test_reference_smoothing_is_exact_for_a_key_bias() -> None:
-    """A bias added to every key moves each logit row by a constant: with smoothing the spec's output
-    changes only where the bias changes K's rounding bound."""
+def test_reference_smoothing_makes_a_key_bias_harmless() -> None:
+    """A bias added to every key moves each logit row by a constant, which exact attention ignores; smoothed,
+    the spec's error against exact attention stays what it is without the bias."""
     q, k, v = _inputs(1, 50, 60, 1, 64, torch.float32, device="cpu")
     bias = torch.randn(1, 1, 1, 64) * 8
-    plain, biased = fp8_attention_reference(q, k, v), fp8_attention_reference(q, k + bias, v)
-    assert (_exact(q, k + bias, v) - _exact(q, k, v)).abs().max() < 1e-5  # exact attention ignores it
-    assert (plain - biased).abs().max() < 0.1
+    exact = _exact(q, k, v)
+    assert (_exact(q, k + bias, v) - exact).abs().max() < 1e-5
+    plain = (fp8_attention_reference(q, k, v).double() - exact).abs().mean()
+    biased = (fp8_attention_reference(q, k + bias, v).double() - exact).abs().mean()
+    assert biased < 1.3 * plain < 0.02
 
 
 def test_backend_is_registered_lossy_and_gated_on_cpu() -> None:
@@ -247,7 +267,7 @@ def test_cudnn_matches_the_spec_and_exact_attention(b, lq, lk, h, d, offset) -> 
     assert (out.float() - ref).abs().mean() < 5e-3
     err = (out.float() - exact).abs()
     assert err.mean() < 0.02 and err.max() < 0.2
-    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.998
+    assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.997
 
 
 @gpu
@@ -267,6 +287,6 @@ def test_backend_through_the_seam_eager_and_compiled() -> None:
         cross = attention(q, text_k, text_v)  # few keys: exact SDPA
         compiled = torch.compile(lambda a, b_, c: attention(a, b_, c), fullgraph=True)(q, k, v)
     assert torch.equal(eager, direct)
-    assert F.cosine_similarity(eager.float().flatten(), exact.flatten(), dim=0) > 0.998
+    assert F.cosine_similarity(eager.float().flatten(), exact.flatten(), dim=0) > 0.997
     torch.testing.assert_close(cross.float(), _exact(q, text_k, text_v).float(), atol=2e-2, rtol=2e-2)
     assert torch.equal(compiled, eager)

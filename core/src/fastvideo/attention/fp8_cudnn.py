@@ -5,8 +5,8 @@ per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`, Q and K first 
 dim by the orthonormal Hadamard matrix (outlier channels spread over all; ``FASTVIDEO_FP8_ATTN_ROTATE=0``
 skips it); cuDNN computes ``Q K^T`` in FP8 with
 fp32 accumulation, an online softmax in fp32, rounds ``P`` (relative to the running row maximum, times
-:data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; the output is bf16 (fp16 where cuDNN takes no bf16
-output, then converted). :func:`fp8_attention_reference` is the plain-PyTorch spec.
+:data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; on Hopper it writes O in e4m3 too (see
+:data:`OUT_MARGIN`), which our kernel turns back into the inputs' dtype; on Blackwell it writes bf16. :func:`fp8_attention_reference` is the plain-PyTorch spec.
 
 Where SageAttention 2 (the ``sage`` backend) keeps ``Q K^T`` in INT8 with a scale per block of tokens,
 this backend is FP8 end to end with per-tensor scales: coarser for Q and K (3 mantissa bits against
@@ -29,8 +29,14 @@ if TYPE_CHECKING:
     from fastvideo.attention.context import StepContext
 
 #: ``P`` (in [0, 1], relative to its row's running maximum) is multiplied by this before rounding to e4m3;
-#: a power of two, so its descale is exact.
+#: a power of two, so its descale is exact. Blackwell's kernels may rescale lazily (P up to e^4 before a
+#: new maximum is taken, cuDNN's reference says), so there :data:`P_SCALE_SM100` keeps it within e4m3.
 P_SCALE = 256.0
+P_SCALE_SM100 = 64.0
+#: Hopper's FP8 forward writes O in FP8 (cuDNN takes bf16/fp16 outputs only on Blackwell with 9.13+): O
+#: times ``OUT_MARGIN / descale_v`` (``|O|`` is at most about 1.13 ``amax(v)``: V and P round up by at most
+#: 2^-4 each) is rounded to e4m3, then multiplied back (``fp8_quant.dequantize``).
+OUT_MARGIN = 0.5
 #: Calls with fewer keys than queries and at most this many keys (cross-attention to text or image
 #: tokens) run exact attention: the quantization passes cost more than they save there (as for ``sage``).
 EXACT_KV_TOKENS = 1024
@@ -41,15 +47,21 @@ MIN_CUDNN = 90100
 
 
 def fp8_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, rotate: bool = True
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    rotate: bool = True,
+    out_fp8: bool = True,
 ) -> torch.Tensor:
     """The backend's math in plain PyTorch, written for clarity. Shapes ``[B, L, H, D]``.
 
     Q and K - mean(K) (both rotated by the orthonormal Hadamard matrix unless ``rotate=False``) and V in
     e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds them; logits = exact products of the e4m3 values times both descales and ``scale``; ``P = exp(logits
     - row max)`` in fp32, rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8)
-    * v_descale / P_SCALE`` divided by the fp32 row sums of ``P``. (cuDNN rounds ``P`` relative to a
-    running maximum over blocks of keys: the same error size, not always the same values.)
+    * v_descale / P_SCALE`` divided by the fp32 row sums of ``P``; with ``out_fp8`` (Hopper) it is rounded
+    to e4m3 after multiplying by ``OUT_MARGIN / v_descale`` and multiplied back. (cuDNN rounds ``P``
+    relative to a running maximum over blocks of keys: the same error size, not always the same values.)
     """
     import torch
 
@@ -62,6 +74,9 @@ def fp8_attention_reference(
     p = torch.exp(logits - logits.amax(dim=-1, keepdim=True)).float()
     p8 = (p * P_SCALE).to(torch.float8_e4m3fn).double()
     out = (p8 @ vd) * (float(descale[2]) / P_SCALE) / p.double().sum(dim=-1, keepdim=True)
+    if out_fp8:
+        o_scale = OUT_MARGIN / float(descale[2])
+        out = (out * o_scale).float().to(torch.float8_e4m3fn).double() / o_scale
     return out.transpose(1, 2).to(q.dtype)
 
 
@@ -100,7 +115,8 @@ def _frontend() -> Any:
 class _Plan:
     """One built cuDNN graph (a shape, scale and output dtype on one device) with its buffers: the workspace,
     the two amax outputs and the softmax statistics where built (unused), and the constant scalars (P's
-    descale and scale, O's scale 1)."""
+    descale and scale, O's scale 1 for a bf16/fp16 output). The buffers are shared by the plan's calls: one
+    stream at a time."""
 
     def __init__(
         self, graph: Any, workspace: Any, amax: Any, consts: Any, out_dtype: Any, stats: Any
@@ -174,8 +190,8 @@ def _build(cudnn: Any, handle: Any, key: tuple[Any, ...], out_type: Any, stats: 
 
 
 def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> _Plan:
-    """The built graph for these shapes (built on first use): bf16 output for bf16 inputs where cuDNN takes
-    it, else fp16 (converted after); without softmax statistics where cuDNN takes that, else with them."""
+    """The built graph for these shapes (built on first use). Outputs tried: on Hopper e4m3 (all it takes);
+    on Blackwell bf16 for bf16 inputs, fp16, then e4m3; each without softmax statistics, then with them."""
     import torch
 
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
@@ -187,8 +203,14 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         if index not in _HANDLES:
             _HANDLES[index] = cudnn.create_handle()
         handle = _HANDLES[index]
-        types = [(cudnn.data_type.BFLOAT16, torch.bfloat16)] if q.dtype == torch.bfloat16 else []
-        types.append((cudnn.data_type.HALF, torch.float16))
+        from fastvideo.attention.sage_triton import device_capability
+
+        major = device_capability(q.device)[0]
+        types = [(cudnn.data_type.FP8_E4M3, torch.float8_e4m3fn)]
+        if major >= 10:
+            types[:0] = [(cudnn.data_type.HALF, torch.float16)]
+            if q.dtype == torch.bfloat16:
+                types[:0] = [(cudnn.data_type.BFLOAT16, torch.bfloat16)]
         errors = []
         for (out_type, out_dtype), stats in ((t, st) for st in (False, True) for t in types):
             try:
@@ -205,7 +227,8 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             raise RuntimeError(_FAILED[key])
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q.device)
         amax = _aligned(torch.zeros(2, dtype=torch.float32, device=q.device))
-        consts = _aligned(torch.tensor([1.0 / P_SCALE, P_SCALE, 1.0], dtype=torch.float32, device=q.device))
+        p_scale = P_SCALE if major < 10 else P_SCALE_SM100
+        consts = _aligned(torch.tensor([1.0 / p_scale, p_scale, 1.0], dtype=torch.float32, device=q.device))
         lse = torch.empty(b, h, lq, 1, dtype=torch.float32, device=q.device) if stats else None
         _PLANS[key] = _Plan(graph, workspace, amax, consts, out_dtype, lse)
     return _PLANS[key]
@@ -218,27 +241,33 @@ def cudnn_fp8_attention(
     through cuDNN, as :func:`fp8_attention_reference` describes; the output is [B, L, H, D] in q's dtype."""
     import torch
 
-    from fastvideo.attention.fp8_quant import quantize_qkv
+    from fastvideo.attention.fp8_quant import dequantize, quantize_qkv
 
     cudnn = _frontend()
     if cudnn is None:
         raise RuntimeError(f"cudnn-fp8: the cudnn frontend does not load ({_FRONTEND.get('error')})")
     with torch.cuda.device(q.device):
         plan = _plan(cudnn, q, k, v, scale)
-        out = run_plan(cudnn, plan, *quantize_qkv(q, k, v, rotate))
+        out, out_descale = run_plan(cudnn, plan, *quantize_qkv(q, k, v, rotate))
+        if out_descale is not None:
+            return dequantize(out, out_descale, q.dtype)
     return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
 def run_plan(
     cudnn: Any, plan: _Plan, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale: torch.Tensor
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The built cuDNN graph on quantized inputs (:func:`~fastvideo.attention.fp8_quant.quantize_qkv`'s
-    outputs) on the current stream; the output in the plan's dtype, [B, L, H, Dv]."""
+    outputs) on the current stream: ``(output [B, L, H, Dv] in the plan's dtype, its descale (1,) fp32 when
+    that dtype is e4m3, else None)``."""
     import torch
 
     b, lq, h, _ = q8.shape
     out = torch.empty((b, lq, h, v8.shape[-1]), dtype=plan.out_dtype, device=q8.device)
-    c, d, u, s = plan.consts, _aligned(descale), _UIDS, _SCALARS
+    fp8_out = plan.out_dtype == torch.float8_e4m3fn
+    # descales of Q, K, V and, for an e4m3 output, O's scale OUT_MARGIN / v_descale, each 16-byte aligned
+    d = _aligned(torch.cat([descale, OUT_MARGIN / descale[2:]]) if fp8_out else descale)
+    c, u, s = plan.consts, _UIDS, _SCALARS
     pack = {
         u["q"]: q8,
         u["k"]: k8,
@@ -248,13 +277,13 @@ def run_plan(
         u["amax_o"]: plan.amax[1],
     }
     pack.update({s["descale_q"]: d[0], s["descale_k"]: d[1], s["descale_v"]: d[2]})
-    pack.update({s["descale_s"]: c[0], s["scale_s"]: c[1], s["scale_o"]: c[2]})
+    pack.update({s["descale_s"]: c[0], s["scale_s"]: c[1], s["scale_o"]: d[3] if fp8_out else c[2]})
     if plan.stats is not None:
         pack[u["stats"]] = plan.stats
     handle = _HANDLES[q8.device.index if q8.device.index is not None else torch.cuda.current_device()]
     cudnn.set_stream(handle, torch.cuda.current_stream().cuda_stream)
     plan.graph.execute(pack, plan.workspace, handle=handle)
-    return out
+    return out, (descale[2:] / OUT_MARGIN if fp8_out else None)
 
 
 _OP: list[Any] = []

@@ -96,6 +96,25 @@ def hadamard_signs(
     return _SIGNS[key]
 
 
+@triton.jit
+def _dequantize(X, SCALE, OUT, N, BLOCK: tl.constexpr):
+    """OUT[i] = X[i] * SCALE[0], X e4m3, OUT in its own dtype."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, (x * tl.load(SCALE)).to(OUT.dtype.element_ty), mask=mask)
+
+
+def dequantize(x8: torch.Tensor, descale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x8`` (float8_e4m3fn, contiguous) times ``descale`` (a (1,) fp32 tensor on its device), in ``dtype``:
+    one pass (cuDNN's e4m3 attention output back to the model's dtype)."""
+    out = torch.empty(x8.shape, dtype=dtype, device=x8.device)
+    n = x8.numel()
+    block = 4096
+    _dequantize[(triton.cdiv(n, block),)](x8, descale, out, n, BLOCK=block, num_warps=8)
+    return out
+
+
 def _amax(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, ord=float("inf"), dtype=torch.float32)
 
