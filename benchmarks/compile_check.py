@@ -221,6 +221,8 @@ def sage_cases() -> Iterator[Case]:
                      INV_NORM="fp32"),
                 dict(D=dh, ROTATE=rotate, HAS_MEAN=mean, IEEE=False, BLOCK_L=f.BLOCK_L, EXACT_ROUND=False), 4,
             )  # fmt: skip
+    yield Case("sage", "fp8_dequantize", "bf16 out", f._dequantize, dict(X="*fp8e4nv", SCALE="*fp32", OUT="*bf16"),
+               dict(BLOCK=4096), 8)  # fmt: skip
 
     block_m, block_n, warps, stages = s.GPU_CONFIG
     for dh in HEAD_DIMS:
