@@ -221,6 +221,9 @@ def sage_cases() -> Iterator[Case]:
                      INV_NORM="fp32"),
                 dict(D=dh, ROTATE=rotate, HAS_MEAN=mean, IEEE=False, BLOCK_L=f.BLOCK_L, EXACT_ROUND=False), 4,
             )  # fmt: skip
+    for dh in HEAD_DIMS:
+        yield Case("sage", "fp8_stats", f"Dh={dh}", f._stats, dict(Q="*bf16", K="*bf16", V="*bf16", AMAX="*fp32",
+                   KSUM="*fp32"), dict(D=dh, DV=dh, BLOCK_L=f.BLOCK_L), 4)  # fmt: skip
     yield Case("sage", "fp8_dequantize", "bf16 out", f._dequantize, dict(X="*fp8e4nv", SCALE="*fp32", OUT="*bf16"),
                dict(BLOCK=4096), 8)  # fmt: skip
 

@@ -13,7 +13,8 @@ The bounds are read on the device (no host sync) and need no second pass over th
 (``|x H|`` is at most ``|x|_2 <= sqrt(D) amax(x)``). e4m3 is a floating format: a loose bound only moves the
 values some binades down, far above its subnormals.
 
-    stats:  amax(q), amax(k), amax(v) (torch's inf-norm reductions) and mean(k) over tokens, in fp32
+    stats:  amax(q), amax(k), amax(v) and mean(k) over tokens, in fp32: one Triton pass over the three
+            tensors (partial maxima and sums per block of tokens), then two small reductions
     kernel: per (block of tokens, batch x head) x @ S (Q, K; exact products, fp32 sums), minus mean @ S
             (K), times the scale / sqrt(D), to e4m3, stored contiguous [B, L, H, D]
 """
@@ -115,6 +116,73 @@ def dequantize(x8: torch.Tensor, descale: torch.Tensor, dtype: torch.dtype) -> t
     return out
 
 
+@triton.jit
+def _stats(
+    Q,
+    K,
+    V,
+    AMAX,
+    KSUM,
+    LQ,
+    LK,
+    H,
+    s_qb,
+    s_ql,
+    s_qh,
+    s_kb,
+    s_kl,
+    s_kh,
+    s_vb,
+    s_vl,
+    s_vh,
+    D: tl.constexpr,
+    DV: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """One read of Q, K and V: per program (block of tokens, batch x head) the maxima of |q|, |k|, |v|
+    (AMAX[0 / 1 / 2, program]) and K's sums over its tokens (KSUM[block, batch x head, :]), all fp32."""
+    lt, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    programs = tl.num_programs(0) * tl.num_programs(1)
+    pid = bh * tl.num_programs(0) + lt
+    rows = (lt * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    ch, chv = tl.arange(0, D), tl.arange(0, DV)
+    q_ptrs = Q + b.to(tl.int64) * s_qb + h.to(tl.int64) * s_qh + rows[:, None] * s_ql + ch[None, :]
+    x = tl.load(q_ptrs, mask=(rows < LQ)[:, None], other=0.0).to(tl.float32)
+    tl.store(AMAX + pid, tl.max(tl.max(tl.abs(x), 1), 0))
+    keys = (rows < LK)[:, None]
+    k_ptrs = K + b.to(tl.int64) * s_kb + h.to(tl.int64) * s_kh + rows[:, None] * s_kl + ch[None, :]
+    x = tl.load(k_ptrs, mask=keys, other=0.0).to(tl.float32)
+    tl.store(AMAX + programs + pid, tl.max(tl.max(tl.abs(x), 1), 0))
+    tl.store(KSUM + (lt.to(tl.int64) * tl.num_programs(1) + bh) * D + ch, tl.sum(x, 0))
+    v_ptrs = V + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh + rows[:, None] * s_vl + chv[None, :]
+    x = tl.load(v_ptrs, mask=keys, other=0.0).to(tl.float32)
+    tl.store(AMAX + 2 * programs + pid, tl.max(tl.max(tl.abs(x), 1), 0))
+
+
+def qkv_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(amax of |q|, |k|, |v| (3,), mean of k over tokens (B, 1, H, D))`` in fp32 from one Triton pass over
+    the three tensors (last dims contiguous) and two small reductions of its partial results."""
+    b, lq, h, d = q.shape
+    lk, dv = k.shape[1], v.shape[-1]
+    blocks = triton.cdiv(max(lq, lk), BLOCK_L)
+    amax = torch.empty(3, blocks * b * h, dtype=torch.float32, device=q.device)
+    ksum = torch.empty(blocks, b * h, d, dtype=torch.float32, device=q.device)
+    _stats[(blocks, b * h)](
+        q, k, v, amax, ksum, lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+        k.stride(2), v.stride(0), v.stride(1), v.stride(2), D=d, DV=dv, BLOCK_L=BLOCK_L, num_warps=4,
+    )  # fmt: skip
+    return amax.amax(dim=1), (ksum.sum(dim=0) / lk).view(b, 1, h, d)
+
+
+def _scales_from(
+    amax_q: torch.Tensor, amax_k: torch.Tensor, amax_v: torch.Tensor, mean: torch.Tensor, spread: float
+) -> torch.Tensor:
+    """``448 / bound`` for q, k - mean and v (see the module docstring); a tensor of zeros gets a finite one."""
+    bounds = torch.stack([amax_q * spread, (amax_k + _amax(mean)) * spread, amax_v])
+    return E4M3_MAX / bounds.clamp_min(1e-30)
+
+
 def _amax(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, ord=float("inf"), dtype=torch.float32)
 
@@ -127,8 +195,7 @@ def qkv_scales(
     docstring); a tensor of zeros gets a finite scale."""
     mean = k.mean(dim=1, keepdim=True, dtype=torch.float32)
     spread = math.sqrt(q.shape[-1]) if rotate else 1.0
-    bounds = torch.stack([_amax(q) * spread, (_amax(k) + _amax(mean)) * spread, _amax(v)])
-    return E4M3_MAX / bounds.clamp_min(1e-30), mean
+    return _scales_from(_amax(q), _amax(k), _amax(v), mean, spread), mean
 
 
 def quantize_qkv(
@@ -137,16 +204,16 @@ def quantize_qkv(
     """``q``, ``k``, ``v`` (B, L, H, D), fp16/bf16/fp32, D a power of two when ``rotate`` -> e4m3 copies,
     contiguous (Q and K rotated, K smoothed), and the three descales (``1 / scale``, fp32 (3,)):
     ``q H ~= q8 * descale[0]``, ``(k - mean) H ~= k8 * descale[1]``, ``v ~= v8 * descale[2]``."""
-    scales, mean = qkv_scales(q, k, v, rotate)
+    q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
     d = q.shape[-1]
+    amax, mean = qkv_stats(q, k, v)  # qkv_scales' numbers from one pass (the mean summed in another order)
+    scales = _scales_from(amax[0], amax[1], amax[2], mean, math.sqrt(d) if rotate else 1.0)
     mean = mean.squeeze(1)  # (B, H, D), contiguous
     if rotate:
         mean = mean @ hadamard_signs(d, device=mean.device)  # subtracted from k @ S, before the 1 / sqrt(D)
     outs = []
     for which, x in enumerate((q, k, v)):
         b, length, h, dx = x.shape
-        if x.stride(3) != 1:
-            x = x.contiguous()
         out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
         turn = rotate and which < 2
         _quantize[(triton.cdiv(length, BLOCK_L), b * h)](
