@@ -3,10 +3,10 @@ called with the ``cudnn`` Python frontend (``pip install nvidia-cudnn-frontend``
 library torch ships). Q, K (smoothed by its mean over tokens) and V are quantized to e4m3 with one scale
 per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`, Q and K first rotated along the head
 dim by the orthonormal Hadamard matrix (outlier channels spread over all; ``FASTVIDEO_FP8_ATTN_ROTATE=0``
-skips it); cuDNN computes ``Q K^T`` in FP8 with
-fp32 accumulation, an online softmax in fp32, rounds ``P`` (relative to the running row maximum, times
-:data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; on Hopper it writes O in e4m3 too (see
-:data:`OUT_MARGIN`), which our kernel turns back into the inputs' dtype; on Blackwell it writes bf16. :func:`fp8_attention_reference` is the plain-PyTorch spec.
+skips it). cuDNN computes ``Q K^T`` in FP8 with fp32 accumulation, an online softmax in fp32, rounds
+``P`` (relative to the running row maximum, times :data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; on
+Hopper it writes O in e4m3 too (see :data:`OUT_MARGIN`), which our kernel turns back into the inputs'
+dtype; on Blackwell it writes bf16. :func:`fp8_attention_reference` is the plain-PyTorch spec.
 
 Where SageAttention 2 (the ``sage`` backend) keeps ``Q K^T`` in INT8 with a scale per block of tokens,
 this backend is FP8 end to end with per-tensor scales: coarser for Q and K (3 mantissa bits against
@@ -57,10 +57,11 @@ def fp8_attention_reference(
     """The backend's math in plain PyTorch, written for clarity. Shapes ``[B, L, H, D]``.
 
     Q and K - mean(K) (both rotated by the orthonormal Hadamard matrix unless ``rotate=False``) and V in
-    e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds them; logits = exact products of the e4m3 values times both descales and ``scale``; ``P = exp(logits
-    - row max)`` in fp32, rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8)
-    * v_descale / P_SCALE`` divided by the fp32 row sums of ``P``; with ``out_fp8`` (Hopper) it is rounded
-    to e4m3 after multiplying by ``OUT_MARGIN / v_descale`` and multiplied back. (cuDNN rounds ``P``
+    e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds them; logits = exact
+    products of the e4m3 values times both descales and ``scale``; ``P = exp(logits - row max)`` in fp32,
+    rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8) * v_descale /
+    P_SCALE`` divided by the fp32 row sums of ``P``; with ``out_fp8`` (Hopper) it is rounded to e4m3 after
+    multiplying by ``OUT_MARGIN / v_descale`` and multiplied back. (cuDNN rounds ``P``
     relative to a running maximum over blocks of keys: the same error size, not always the same values.)
     """
     import torch
