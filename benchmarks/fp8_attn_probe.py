@@ -75,6 +75,7 @@ def shape_row(heads: int, fp8: bool) -> dict:
         ms = time_ms(lambda: op(q, k, v, scale, "auto"))
         row.update({"sage ms": round(ms, 3), "sage TOPS": round(flops / ms / 1e9)})
         row["sage err"] = _error(op(q, k, v, scale, "auto"), ref, rows)
+    row.update(_fa3_rows(q, k, v, scale, ref, rows, flops))
     if not fp8:
         return row
     try:
@@ -96,6 +97,34 @@ def shape_row(heads: int, fp8: bool) -> dict:
         row.update({"fp8 kernel ms": round(ms, 3), "fp8 kernel TFLOPS": round(flops / ms / 1e9)})
     except Exception as err:  # record what failed; the other rows still print
         row["fp8 error"] = f"{type(err).__name__}: {str(err)[:400]}"
+    return row
+
+
+def _fa3_rows(q, k, v, scale, ref, rows, flops) -> dict:  # type: ignore[no-untyped-def]
+    """FlashAttention-3 (``flash_attn_interface``, built by run_gpu_fa3.sh) where installed: bf16, and FP8 on our
+    quantization (rotated Q/K, smoothed K, per-tensor scales handed over as per-(batch, head) descales)."""
+    try:
+        import flash_attn_interface as fa3
+    except ImportError:
+        return {}
+    from fastvideo.attention.fp8_quant import quantize_qkv
+
+    def call(*args, **kw):  # type: ignore[no-untyped-def]
+        out = fa3.flash_attn_func(*args, softmax_scale=scale, **kw)
+        return out[0] if isinstance(out, tuple) else out
+
+    row: dict = {}
+    try:
+        ms = time_ms(lambda: call(q, k, v))
+        row.update({"fa3 bf16 ms": round(ms, 3), "fa3 bf16 TFLOPS": round(flops / ms / 1e9)})
+        q8, k8, v8, descale = quantize_qkv(q, k, v)
+        b, h = q.shape[0], q.shape[2]
+        d = {f"{n}_descale": descale[i].expand(b, h).contiguous() for i, n in enumerate("qkv")}
+        row["fa3 fp8 err"] = _error(call(q8, k8, v8, **d), ref, rows)
+        ms = time_ms(lambda: call(q8, k8, v8, **d))
+        row.update({"fa3 fp8 kernel ms": round(ms, 3), "fa3 fp8 kernel TFLOPS": round(flops / ms / 1e9)})
+    except Exception as err:  # record what failed
+        row["fa3 error"] = f"{type(err).__name__}: {str(err)[:400]}"
     return row
 
 
