@@ -55,6 +55,29 @@ def test_quantize_kernel_matches_plain_pytorch(b, length, h, d, dtype, rotate) -
 
 
 @needs_triton
+@pytest.mark.parametrize("rotate", [True, False], ids=["rotate", "plain"])
+def test_per_head_scales_match_plain_pytorch(rotate: bool) -> None:
+    """One scale per (batch, head) (FlashAttention-3's descales): heads of very different sizes each fill
+    e4m3's range, and the kernel rounds as the reference does."""
+    q, k, v = _inputs(2, 45, 50, 3, 64, torch.bfloat16, offset=2.0)
+    sizes = torch.tensor([1.0, 30.0, 0.05], device=DEVICE, dtype=torch.bfloat16).view(1, 1, 3, 1)
+    q, k, v = q * sizes, k * sizes, v * sizes
+    got = quantize_qkv(q, k, v, rotate, per_head=True)
+    want = quantize_qkv_reference(q, k, v, rotate, per_head=True)
+    assert got[3].shape == want[3].shape == (3, 2, 3)
+    torch.testing.assert_close(got[3], want[3], rtol=1e-6, atol=0)
+    for which, (x8, r8) in enumerate(zip(got[:3], want[:3], strict=True)):
+        steps = _e4m3_steps(x8, r8)
+        assert steps.max() <= (1 if which == 1 or (rotate and DEVICE == "cuda") else 0)
+        assert (steps > 0).float().mean() < 0.01
+    v8, v_descale = got[2].float(), got[3][2]  # every head's largest |v| lands near 448
+    assert bool((v8.abs().amax(dim=(1, 3)) > 400).all())
+    err = (v8 * v_descale[:, None, :, None] - v.float()).abs()
+    head_amax = v.float().abs().amax(dim=(1, 3), keepdim=True)  # e4m3: 2^-4 relative, subnormals absolute
+    assert bool((err <= 0.07 * v.float().abs() + 2e-3 * head_amax).all())
+
+
+@needs_triton
 def test_one_pass_stats_match_torch() -> None:
     """The maxima of |q|, |k|, |v| exactly and K's mean over tokens to fp32 rounding, Q and K of different
     lengths and V of another head dim included."""
@@ -67,6 +90,8 @@ def test_one_pass_stats_match_torch() -> None:
     want = torch.stack([x.float().abs().max() for x in (q, k, v)])
     assert torch.equal(amax, want)
     torch.testing.assert_close(mean, k.float().mean(dim=1, keepdim=True), rtol=1e-5, atol=1e-6)
+    per_head, _ = qkv_stats(q, k, v, per_head=True)
+    assert torch.equal(per_head, torch.stack([x.float().abs().amax(dim=(1, 3)).flatten() for x in (q, k, v)]))
 
 
 def _e4m3_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,8 @@ def _quantize(
     s_xl,
     s_xh,
     which,
+    n_scales,
+    head_step,
     INV_NORM,
     D: tl.constexpr,
     ROTATE: tl.constexpr,
@@ -55,8 +57,9 @@ def _quantize(
     BLOCK_L: tl.constexpr,
     EXACT_ROUND: tl.constexpr,
 ):
-    """OUT[b, l, h, :] = e4m3((X[b, l, h, :] @ S - MEAN[b, h, :]) * SCALES[which] * INV_NORM) (no ``@ S``
-    without ROTATE); X's last dim contiguous, OUT contiguous, MEAN (B, H, D) times S too when rotating."""
+    """OUT[b, l, h, :] = e4m3((X[b, l, h, :] @ S - MEAN[b, h, :]) * scale * INV_NORM) (no ``@ S`` without
+    ROTATE), scale = SCALES[which * n_scales + (b * H + h) * head_step] (one per tensor: head_step 0, or per
+    batch and head: 1); X's last dim contiguous, OUT contiguous, MEAN (B, H, D) times S too when rotating."""
     lt, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = lt * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -74,7 +77,8 @@ def _quantize(
         y = x.to(tl.float32)
     if HAS_MEAN:
         y = y - tl.load(MEAN + bh.to(tl.int64) * D + ch)[None, :]
-    y = tl.minimum(tl.maximum(y * (tl.load(SCALES + which) * INV_NORM), -448.0), 448.0)
+    scale = tl.load(SCALES + which * n_scales + bh * head_step)
+    y = tl.minimum(tl.maximum(y * (scale * INV_NORM), -448.0), 448.0)
     out = OUT + ((b.to(tl.int64) * L + rows[:, None].to(tl.int64)) * H + h) * D + ch[None, :]
     tl.store(out, _to_e4m3(y, EXACT_ROUND), mask=mask)
 
@@ -160,9 +164,12 @@ def _stats(
     tl.store(AMAX + 2 * programs + pid, tl.max(tl.max(tl.abs(x), 1), 0))
 
 
-def qkv_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(amax of |q|, |k|, |v| (3,), mean of k over tokens (B, 1, H, D))`` in fp32 from one Triton pass over
-    the three tensors (last dims contiguous) and two small reductions of its partial results."""
+def qkv_stats(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, per_head: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(amax of |q|, |k|, |v| (3,) or, per_head, (3, B * H), mean of k over tokens (B, 1, H, D))`` in fp32
+    from one Triton pass over the three tensors (last dims contiguous) and two small reductions of its
+    partial results."""
     b, lq, h, d = q.shape
     lk, dv = k.shape[1], v.shape[-1]
     blocks = triton.cdiv(max(lq, lk), BLOCK_L)
@@ -172,14 +179,17 @@ def qkv_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
         q, k, v, amax, ksum, lq, lk, h, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
         k.stride(2), v.stride(0), v.stride(1), v.stride(2), D=d, DV=dv, BLOCK_L=BLOCK_L, num_warps=4,
     )  # fmt: skip
-    return amax.amax(dim=1), (ksum.sum(dim=0) / lk).view(b, 1, h, d)
+    mean = (ksum.sum(dim=0) / lk).view(b, 1, h, d)
+    return (amax.view(3, b * h, blocks).amax(dim=2) if per_head else amax.amax(dim=1)), mean
 
 
 def _scales_from(
     amax_q: torch.Tensor, amax_k: torch.Tensor, amax_v: torch.Tensor, mean: torch.Tensor, spread: float
 ) -> torch.Tensor:
-    """``448 / bound`` for q, k - mean and v (see the module docstring); a tensor of zeros gets a finite one."""
-    bounds = torch.stack([amax_q * spread, (amax_k + _amax(mean)) * spread, amax_v])
+    """``448 / bound`` for q, k - mean and v (see the module docstring), (3,) from scalar maxima or (3, B * H)
+    from per-head ones; a tensor of zeros gets a finite scale."""
+    mean_amax = _amax(mean) if amax_q.dim() == 0 else mean.abs().amax(dim=-1).flatten()  # (B * H,)
+    bounds = torch.stack([amax_q * spread, (amax_k + mean_amax) * spread, amax_v])
     return E4M3_MAX / bounds.clamp_min(1e-30)
 
 
@@ -188,26 +198,31 @@ def _amax(x: torch.Tensor) -> torch.Tensor:
 
 
 def qkv_scales(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True, per_head: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scales (3,), mean of k over tokens (B, 1, H, D))``, fp32 on the inputs' device: the factors that map
-    q, k - mean (both rotated by ``H = S / sqrt(D)`` when ``rotate``) and v into e4m3's range (see the module
-    docstring); a tensor of zeros gets a finite scale."""
+    """``(scales (3,) or, per_head, (3, B * H), mean of k over tokens (B, 1, H, D))``, fp32 on the inputs'
+    device: the factors that map q, k - mean (both rotated by ``H = S / sqrt(D)`` when ``rotate``) and v into
+    e4m3's range (see the module docstring); a tensor of zeros gets a finite scale."""
     mean = k.mean(dim=1, keepdim=True, dtype=torch.float32)
     spread = math.sqrt(q.shape[-1]) if rotate else 1.0
+    if per_head:  # maxima over tokens and channels of each (batch, head)
+        aq, ak, av = (x.float().abs().amax(dim=(1, 3)).flatten() for x in (q, k, v))
+        return _scales_from(aq, ak, av, mean, spread), mean
     return _scales_from(_amax(q), _amax(k), _amax(v), mean, spread), mean
 
 
 def quantize_qkv(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True, per_head: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``q``, ``k``, ``v`` (B, L, H, D), fp16/bf16/fp32, D a power of two when ``rotate`` -> e4m3 copies,
-    contiguous (Q and K rotated, K smoothed), and the three descales (``1 / scale``, fp32 (3,)):
-    ``q H ~= q8 * descale[0]``, ``(k - mean) H ~= k8 * descale[1]``, ``v ~= v8 * descale[2]``."""
+    """``q``, ``k``, ``v`` (B, L, H, D), fp16/bf16/fp32, as many K/V heads as Q heads, D a power of two when
+    ``rotate`` -> e4m3 copies, contiguous (Q and K rotated, K smoothed), and the descales (``1 / scale``, fp32,
+    (3,) or with ``per_head`` one per batch and head, (3, B, H)): ``q H ~= q8 * descale[0]``,
+    ``(k - mean) H ~= k8 * descale[1]``, ``v ~= v8 * descale[2]``."""
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
-    d = q.shape[-1]
-    amax, mean = qkv_stats(q, k, v)  # qkv_scales' numbers from one pass (the mean summed in another order)
+    b, d = q.shape[0], q.shape[-1]
+    amax, mean = qkv_stats(q, k, v, per_head)  # qkv_scales' numbers (the mean summed in another order)
     scales = _scales_from(amax[0], amax[1], amax[2], mean, math.sqrt(d) if rotate else 1.0)
+    n_scales = scales.shape[1] if per_head else 1
     mean = mean.squeeze(1)  # (B, H, D), contiguous
     if rotate:
         mean = mean @ hadamard_signs(d, device=mean.device)  # subtracted from k @ S, before the 1 / sqrt(D)
@@ -230,6 +245,8 @@ def quantize_qkv(
             x.stride(1),
             x.stride(2),
             which,
+            n_scales,
+            1 if per_head else 0,
             1.0 / math.sqrt(dx) if turn else 1.0,
             D=dx,
             ROTATE=turn,
@@ -240,15 +257,18 @@ def quantize_qkv(
             num_warps=4,
         )
         outs.append(out)
-    return outs[0], outs[1], outs[2], 1.0 / scales
+    descale = 1.0 / scales
+    return outs[0], outs[1], outs[2], descale.view(3, b, -1) if per_head else descale
 
 
 def quantize_qkv_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate: bool = True, per_head: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`quantize_qkv` in plain PyTorch (the tests' reference), in the kernel's order of operations."""
-    scales, mean = qkv_scales(q, k, v, rotate)
-    d = q.shape[-1]
+    scales, mean = qkv_scales(q, k, v, rotate, per_head)
+    b, _, h, d = q.shape
+    if per_head:  # (3, B * H) -> (3, B, 1, H, 1): broadcast over tokens and channels
+        scales = scales.view(3, b, 1, h, 1)
     if rotate:
         signs = hadamard_signs(d)
         qr, kr = q.float() @ signs, k.float() @ signs - mean @ signs
@@ -259,4 +279,4 @@ def quantize_qkv_reference(
         (x * s).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
         for x, s in ((qr, factors[0]), (kr, factors[1]), (v.float(), scales[2]))
     )
-    return q8, k8, v8, 1.0 / scales
+    return q8, k8, v8, (1.0 / scales).view(3, b, h) if per_head else 1.0 / scales
