@@ -378,8 +378,8 @@ def section_quality(tiny: bool, steps: int) -> None:
         ("fp8-storage", {"quantize": "fp8-storage"}, None),
         ("sage", {}, "sage"),
         ("fp8+sage", {"quantize": "fp8"}, "sage"),
-        ("cudnn-fp8", {}, "cudnn-fp8"),
-        ("fp8+cudnn-fp8", {"quantize": "fp8"}, "cudnn-fp8"),
+        ("fp8-attn", {}, "fp8"),
+        ("fp8+fp8-attn", {"quantize": "fp8"}, "fp8"),
         ("teacache", {"cache": "teacache"}, None),
         ("firstblock", {"cache": "firstblock"}, None),
         ("magcache", {"cache": "magcache"}, None),
@@ -553,12 +553,19 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         variants = [("bf16", {}, None, {}), ("fp8", {"quantize": "fp8"}, None, {}),
                     ("fp8+sage", {"quantize": "fp8"}, "sage", {})]  # fmt: skip
     from fastvideo.attention.backends import FlashAttnBackend
-    from fastvideo.attention.fp8_cudnn import CudnnFP8Backend
+    from fastvideo.attention.fp8_attn import FP8AttentionBackend, fa3_installed
+    from fastvideo.attention.fp8_cudnn import frontend_installed
     from fastvideo.attention.sage import sage_package_installed
 
-    if not tiny and CudnnFP8Backend.unavailable_reason() is None:  # nvidia-cudnn-frontend installed
-        variants += [("fp8+cudnn-fp8 compiled", fp8c, "cudnn-fp8", {}),
-                     ("bf16 compiled, cudnn-fp8", {"compile": True}, "cudnn-fp8", {})]  # fmt: skip
+    if not tiny and FP8AttentionBackend.unavailable_reason() is None:  # cuDNN's frontend or FA3 installed
+        variants += [
+            ("fp8+fp8-attn compiled", fp8c, "fp8", {}),
+            ("bf16 compiled, fp8-attn", {"compile": True}, "fp8", {}),
+        ]
+        if frontend_installed():
+            variants += [("fp8+fp8-attn compiled, cudnn", fp8c, "fp8:impl=cudnn", {})]
+        if fa3_installed():
+            variants += [("fp8+fp8-attn compiled, fa3", fp8c, "fp8:impl=fa3", {})]
     if not tiny and sage_package_installed():  # "sage" above runs the package's Hopper kernel: ours too
         variants += [("fp8+sage compiled, our Triton sage kernel", fp8c, "sage:impl=triton", {}),
                      ("fp8+sage compiled, qk per_warp", fp8c, "sage", {"FASTVIDEO_SAGE_QK_GRAN": "per_warp"}),

@@ -10,7 +10,7 @@ per kernel and config: ``ok`` with registers per thread, spilled bytes and share
 ``FAIL`` with the compile error in one line. Exit status 1 when any compile failed.
 
 Groups (``--only``): ``core`` (:mod:`fastvideo.kernels` and the FP8 row quantization: the default-on
-paths), ``sage`` (the 8-bit attention backends: sage's kernels and cudnn-fp8's quantization), ``sta`` (the STA plugin's forward and backward).
+paths), ``sage`` (the 8-bit attention backends: sage's kernels and the fp8 backend's quantization), ``sta`` (the STA plugin's forward and backward).
 The numbers are the installed triton's; the GPU machine (triton 3.6) may allocate differently.
 """
 
@@ -213,7 +213,9 @@ def sage_cases() -> Iterator[Case]:
     from fastvideo.attention import fp8_quant as f
     from fastvideo.attention import sage_triton as s
 
-    for dh in HEAD_DIMS:  # the cudnn-fp8 backend's quantization: Q and K rotated, K with its mean, V plain
+    for (
+        dh
+    ) in HEAD_DIMS:  # the fp8 attention backend's quantization: Q and K rotated, K with its mean, V plain
         for rotate, mean in ((True, False), (True, True), (False, False)):
             yield Case(
                 "sage", "fp8_quantize", f"Dh={dh} rotate={int(rotate)} mean={int(mean)}", f._quantize,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Puts the cuDNN Python frontend (nvidia-cudnn-frontend, 2 MB; the `cudnn-fp8` attention backend's one
+# Puts the cuDNN Python frontend (nvidia-cudnn-frontend, 2 MB; the `fp8` attention backend's cuDNN kernel's
 # requirement) into .whl/ (git-ignored), which benchmarks/gpu_env.sh installs on the GPU machine (no network
 # there; Python 3.12, x86-64). It loads the cuDNN library torch ships. Run here, with network:
 #     bash benchmarks/cudnn_frontend_bundle.sh

@@ -1,12 +1,14 @@
-"""cuDNN's fused FP8 attention (the ``cudnn-fp8`` backend) against SageAttention 2's Hopper kernel (the ``sage``
-backend, our V packing) and cuDNN's bf16 SDPA at Wan's self-attention shapes (1 x 32760 tokens x 40 or 12
-heads x 128), one GPU, same process (issue #24): milliseconds of each whole call (FP8 with and without the
-Hadamard rotation of Q and K), of the FP8 kernel alone (inputs already quantized) and of our quantization
-alone, and each output's error against fp32 attention on 256 sampled query rows (keys with a shared channel
-bias, sharper-than-random logits and a few 4x outlier channels in Q and K, as trained models have).
+"""The ``fp8`` attention backend's kernels, cuDNN's fused FP8 attention and FlashAttention-3's FP8 forward (where
+installed), against SageAttention 2's Hopper kernel (the ``sage`` backend, our V packing) and bf16 attention
+(cuDNN SDPA, FlashAttention-3) at Wan's self-attention shapes (1 x 32760 tokens x 40 or 12 heads x 128), one
+GPU, same process (issue #24): milliseconds of each whole call (cuDNN FP8 with and without the Hadamard
+rotation of Q and K), of the FP8 kernels alone (inputs already quantized) and of our quantization alone, and
+each output's error against fp32 attention on 256 sampled query rows (keys with a shared channel bias,
+sharper-than-random logits and a few 4x outlier channels in Q and K, as trained models have).
 
     source benchmarks/gpu_env.sh && python benchmarks/fp8_attn_probe.py
-(carry ``.whl`` holding ``nvidia_cudnn_frontend-*.whl``: ``bash benchmarks/cudnn_frontend_bundle.sh``)
+(carry ``.whl`` holding ``nvidia_cudnn_frontend-*.whl``: ``bash benchmarks/cudnn_frontend_bundle.sh``; and for
+FlashAttention-3 its wheel from ``benchmarks/run_gpu_fa3.sh``)
 """
 
 from __future__ import annotations
@@ -29,19 +31,21 @@ def _error(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor) -> dict:
 
 def main() -> None:
     from fastvideo.attention import fp8_cudnn
-    from fastvideo.attention.fp8_cudnn import CudnnFP8Backend, _frontend
+    from fastvideo.attention.fp8_attn import FP8AttentionBackend, _impl_reason
+    from fastvideo.attention.fp8_cudnn import _frontend
 
-    reason = CudnnFP8Backend.unavailable_reason()
+    reason = FP8AttentionBackend.unavailable_reason()
     cudnn = _frontend()
-    print({"cudnn-fp8": reason or "available", "cuDNN": fp8_cudnn._FRONTEND.get("version"),
+    print({"fp8 backend": reason or "available", "cudnn impl": _impl_reason("cudnn") or "available",
+           "fa3 impl": _impl_reason("fa3") or "available", "cuDNN": fp8_cudnn._FRONTEND.get("version"),
            "frontend": getattr(cudnn, "__version__", None), "torch": torch.__version__,
            "card": torch.cuda.get_device_name()}, flush=True)  # fmt: skip
     for heads in (40, 12):
-        print(shape_row(heads, fp8=reason is None), flush=True)
+        print(shape_row(heads, fp8=reason is None and _impl_reason("cudnn") is None), flush=True)
 
 
 def shape_row(heads: int, fp8: bool) -> dict:
-    """One self-attention shape: each kernel's time, rate and error on sampled rows."""
+    """One self-attention shape: each kernel's time, rate and error on sampled rows (``fp8``: cuDNN's rows)."""
     from fastvideo.attention.fp8_cudnn import _frontend, _plan, cudnn_fp8_attention, run_plan
     from fastvideo.attention.fp8_quant import quantize_qkv
     from fastvideo.attention.sage import SageBackend, _sage2_op, sage_package_installed
@@ -101,13 +105,14 @@ def shape_row(heads: int, fp8: bool) -> dict:
 
 
 def _fa3_rows(q, k, v, scale, ref, rows, flops) -> dict:  # type: ignore[no-untyped-def]
-    """FlashAttention-3 (``flash_attn_interface``, built by run_gpu_fa3.sh) where installed: bf16, and FP8 on our
-    quantization (rotated Q/K, smoothed K, per-tensor scales handed over as per-(batch, head) descales)."""
-    try:
-        import flash_attn_interface as fa3
-    except ImportError:
-        return {}
+    """FlashAttention-3 (``flash_attn_interface``, built by run_gpu_fa3.sh) where installed: bf16, and the
+    backend's FP8 path (our quantization with one scale per batch and head, then its FP8 forward)."""
+    from fastvideo.attention.fp8_attn import fa3_fp8_attention, fa3_installed
     from fastvideo.attention.fp8_quant import quantize_qkv
+
+    if not fa3_installed():
+        return {}
+    import flash_attn_interface as fa3
 
     def call(*args, **kw):  # type: ignore[no-untyped-def]
         out = fa3.flash_attn_func(*args, softmax_scale=scale, **kw)
@@ -117,10 +122,11 @@ def _fa3_rows(q, k, v, scale, ref, rows, flops) -> dict:  # type: ignore[no-unty
     try:
         ms = time_ms(lambda: call(q, k, v))
         row.update({"fa3 bf16 ms": round(ms, 3), "fa3 bf16 TFLOPS": round(flops / ms / 1e9)})
-        q8, k8, v8, descale = quantize_qkv(q, k, v)
-        b, h = q.shape[0], q.shape[2]
-        d = {f"{n}_descale": descale[i].expand(b, h).contiguous() for i, n in enumerate("qkv")}
-        row["fa3 fp8 err"] = _error(call(q8, k8, v8, **d), ref, rows)
+        row["fa3 bf16 err"] = _error(call(q, k, v), ref, rows)
+        row["fa3 fp8 ms"] = round(time_ms(lambda: fa3_fp8_attention(q, k, v, scale)), 3)
+        row["fa3 fp8 err"] = _error(fa3_fp8_attention(q, k, v, scale), ref, rows)
+        q8, k8, v8, descale = quantize_qkv(q, k, v, per_head=True)
+        d = {"q_descale": descale[0], "k_descale": descale[1], "v_descale": descale[2]}
         ms = time_ms(lambda: call(q8, k8, v8, **d))
         row.update({"fa3 fp8 kernel ms": round(ms, 3), "fa3 fp8 kernel TFLOPS": round(flops / ms / 1e9)})
     except Exception as err:  # record what failed

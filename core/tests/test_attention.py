@@ -347,7 +347,7 @@ def test_unknown_backend_lists_the_registered_ones(fakes: None) -> None:
     with pytest.raises(UnknownNameError) as err:
         resolve_backend_name("vsa")
     assert str(err.value) == (
-        "Unknown attention backend 'vsa'. Available: cudnn-fp8, fake-dense, fake-missing, fake-sparse, flash-attn, sage, sdpa. "
+        "Unknown attention backend 'vsa'. Available: fake-dense, fake-missing, fake-sparse, flash-attn, fp8, sage, sdpa. "
         "'vsa' is provided by fastvideo-vsa (pip install fastvideo-vsa)."
     )
     with pytest.raises(UnknownNameError, match="Did you mean 'fake-dense'"):

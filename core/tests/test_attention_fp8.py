@@ -1,6 +1,6 @@
-"""The ``cudnn-fp8`` backend: its quantization kernel (under TRITON_INTERPRET=1 on CPU) against plain PyTorch,
-its spec against exact attention, its gating on machines without cuDNN's FP8 attention, and (``gpu``) the
-cuDNN path against the spec and SDPA."""
+"""The ``fp8`` attention backend: its quantization kernels (under TRITON_INTERPRET=1 on CPU) against plain
+PyTorch, its spec against exact attention, its gating, fallback and FlashAttention-3 plumbing (a stand-in
+module) on CPU, and (``gpu``) the cuDNN and FlashAttention-3 kernels against the spec and SDPA."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastvideo.attention.fp8_cudnn import CudnnFP8Backend, fp8_attention_reference
+from fastvideo.attention.fp8_attn import FP8AttentionBackend, fp8_attention_reference
 from fastvideo.attention.fp8_quant import E4M3_MAX, qkv_scales, quantize_qkv, quantize_qkv_reference
 from fastvideo.attention.sage_triton import interpreting
 
@@ -221,37 +221,56 @@ def test_reference_smoothing_makes_a_key_bias_harmless() -> None:
 def test_backend_is_registered_lossy_and_gated_on_cpu() -> None:
     from fastvideo.registry import get_registry
 
-    assert "cudnn-fp8" in get_registry().names("attention_backend")
-    assert CudnnFP8Backend.priority < 0  # never the automatic choice
+    assert "fp8" in get_registry().names("attention_backend")
+    assert FP8AttentionBackend.priority < 0  # never the automatic choice
     if not torch.cuda.is_available():
-        reason = CudnnFP8Backend.unavailable_reason()
+        reason = FP8AttentionBackend.unavailable_reason()
         assert reason is not None and ("cudnn" in reason or "CUDA" in reason)
 
 
-def test_asking_for_it_without_the_frontend_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def _hide(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Make ``names`` look not installed to ``importlib.util.find_spec``."""
     import importlib.util
-
-    from fastvideo.attention import resolve_backend_name
-    from fastvideo.errors import BackendUnavailableError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "cudnn" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a)
     )
+
+
+def test_asking_for_it_without_either_kernel_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.attention import resolve_backend_name
+    from fastvideo.errors import BackendUnavailableError
+
+    _hide(monkeypatch, "cudnn", "flash_attn_interface")
     with pytest.raises(BackendUnavailableError) as err:
-        resolve_backend_name("cudnn-fp8")
+        resolve_backend_name("fp8")
     assert str(err.value) == (
-        "Attention backend 'cudnn-fp8' cannot run here: the cudnn Python frontend (nvidia-cudnn-frontend) "
-        "is not installed (pip install nvidia-cudnn-frontend)"
+        "Attention backend 'fp8' cannot run here: the cudnn Python frontend (nvidia-cudnn-frontend) is not "
+        "installed, nor is FlashAttention-3 (flash_attn_interface) (pip install nvidia-cudnn-frontend)"
     )
+
+
+def test_impl_auto_prefers_flash_attention_3_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastvideo.attention import fp8_attn
+
+    for hidden, want in (((), "fa3"), (("flash_attn_interface",), "cudnn")):
+        monkeypatch.setattr(fp8_attn, "_AUTO", {})
+        monkeypatch.setattr(
+            fp8_attn, "fa3_installed", lambda hidden=hidden: "flash_attn_interface" not in hidden
+        )
+        assert fp8_attn.resolve_impl("auto") == want
+    assert fp8_attn.resolve_impl("cudnn") == "cudnn"
+    with pytest.raises(ValueError, match="must be auto, cudnn or fa3"):
+        FP8AttentionBackend.options[0].check("cuda", "fp8")
 
 
 def test_the_op_falls_back_to_exact_attention_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where cuDNN cannot run a call (here: no frontend, CPU tensors) the custom op warns once and runs exact
-    attention, inside the op, so a compiled graph (no break: the op has a fake) falls back too."""
+    """Where the kernel cannot run a call (here cuDNN: no frontend, CPU tensors) the custom op warns once and
+    runs exact attention, inside the op, so a compiled graph (no break: the op has a fake) falls back too."""
     import warnings
 
-    from fastvideo.attention import fp8_cudnn
+    from fastvideo.attention import fp8_attn, fp8_cudnn
     from fastvideo.attention.backends import exact_attention
     from fastvideo.errors import _WARNED
 
@@ -259,7 +278,7 @@ def test_the_op_falls_back_to_exact_attention_with_one_warning(monkeypatch: pyte
     monkeypatch.setattr(fp8_cudnn, "_FRONTEND", {"error": "ImportError: no cudnn here"})
     _WARNED.clear()
     q, k, v = _inputs(1, 20, 24, 2, 64, torch.float32, device="cpu")
-    op = fp8_cudnn._fp8_op()
+    op = fp8_attn._op("cudnn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         eager = op(q, k, v, 0.125, True)
@@ -267,15 +286,60 @@ def test_the_op_falls_back_to_exact_attention_with_one_warning(monkeypatch: pyte
             lambda a, b_, c: op(a, b_, c, 0.125, True), backend="aot_eager", fullgraph=True
         )(q, k, v)
     assert torch.equal(eager, exact_attention(q, k, v, 0.125)) and torch.equal(compiled, eager)
-    messages = [str(w.message) for w in caught if "cudnn-fp8 failed" in str(w.message)]
+    messages = [str(w.message) for w in caught if "fp8 attention" in str(w.message)]
     assert messages == [
-        "cudnn-fp8 failed (RuntimeError: cudnn-fp8: the cudnn frontend does not load (ImportError: no cudnn "
+        "fp8 attention (cudnn) failed (RuntimeError: the cudnn frontend does not load (ImportError: no cudnn "
         "here)); exact attention (SDPA) runs"
     ]
 
 
+@needs_triton
+def test_flash_attention_3_path_hands_over_e4m3_and_per_head_descales(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fa3 path with a stand-in ``flash_attn_interface`` (the real one needs a Hopper build): it receives
+    e4m3 Q, K, V and (B, H) fp32 descales, and attention on their dequantized values, with P rounded as the
+    kernel does, is the spec with per-head scales and a bf16 output."""
+    import sys
+    import types
+
+    from fastvideo.attention import fp8_attn
+
+    seen: dict = {}
+
+    def flash_attn_func(q8, k8, v8, softmax_scale, q_descale, k_descale, v_descale):  # type: ignore[no-untyped-def]
+        seen.update(
+            dtypes={x.dtype for x in (q8, k8, v8)},
+            shapes=[d.shape for d in (q_descale, k_descale, v_descale)],
+        )
+        q, k, v = (
+            x.double() * d.double()[:, None, :, None]
+            for x, d in ((q8, q_descale), (k8, k_descale), (v8, v_descale))
+        )
+        logits = torch.einsum("blhd,bmhd->bhlm", q, k) * softmax_scale
+        p = torch.exp(logits - logits.amax(dim=-1, keepdim=True)).float()
+        p8 = (p * 256).to(torch.float8_e4m3fn).double() / 256  # FlashAttention-3 scales P by 2^8 for FP8
+        out = torch.einsum("bhlm,bmhd->blhd", p8, v) / p.double().sum(-1).permute(0, 2, 1)[..., None]
+        return out.to(torch.bfloat16)
+
+    monkeypatch.setitem(
+        sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=flash_attn_func)
+    )
+    q, k, v = _inputs(2, 40, 56, 3, 64, torch.bfloat16, offset=2.0)
+    q = q * torch.tensor([1.0, 8.0, 0.2], device=DEVICE, dtype=torch.bfloat16).view(1, 1, 3, 1)
+    out = fp8_attn.fa3_fp8_attention(q, k, v, 0.125)
+    assert seen == {"dtypes": {torch.float8_e4m3fn}, "shapes": [(2, 3)] * 3}
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    ref = fp8_attention_reference(q.cpu(), k.cpu(), v.cpu(), 0.125, out_fp8=False, per_head=True)
+    torch.testing.assert_close(out.float().cpu(), ref.float(), atol=2e-2, rtol=2e-2)
+    exact = _exact(q.cpu(), k.cpu(), v.cpu())
+    assert (
+        F.cosine_similarity(out.double().cpu().flatten(), exact.flatten(), dim=0) > 0.995
+    )  # a head 8x sharper
+
+
 def test_supports_names_what_it_cannot_take() -> None:
-    backend = CudnnFP8Backend.__new__(CudnnFP8Backend)  # no GPU needed to ask
+    backend = FP8AttentionBackend.__new__(FP8AttentionBackend)  # no GPU needed to ask
     q, k, v = _inputs(1, 8, 8, 2, 64, torch.bfloat16, device="cpu")
     assert "mask" in backend.supports(q, k, v, attn_mask=torch.ones(8, 8, dtype=torch.bool))
     assert "causal" in backend.supports(q, k, v, is_causal=True)
@@ -289,42 +353,67 @@ def test_supports_names_what_it_cannot_take() -> None:
 gpu = pytest.mark.gpu
 
 
+def _impls() -> list:  # type: ignore[type-arg]
+    """The kernels installed here, each a test parameter (the GPU run installs both)."""
+    from fastvideo.attention.fp8_attn import _impl_reason
+
+    usable = torch.cuda.is_available() and FP8AttentionBackend.unavailable_reason() is None
+    return [
+        pytest.param(
+            impl, marks=pytest.mark.skipif(not usable or _impl_reason(impl) is not None, reason=f"no {impl}")
+        )
+        for impl in ("cudnn", "fa3")
+    ]
+
+
+def _run(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from fastvideo.attention.fp8_attn import fa3_fp8_attention
+    from fastvideo.attention.fp8_cudnn import cudnn_fp8_attention
+
+    return (cudnn_fp8_attention if impl == "cudnn" else fa3_fp8_attention)(q, k, v, q.shape[-1] ** -0.5)
+
+
 @gpu
-@pytest.mark.skipif(
-    CudnnFP8Backend.unavailable_reason() is not None, reason="cuDNN FP8 attention not available"
-)
+@pytest.mark.parametrize("impl", _impls())
 @pytest.mark.parametrize(
     ("b", "lq", "lk", "h", "d", "offset"),
     [(1, 1000, 1000, 2, 128, 0.0), (2, 515, 700, 3, 64, 5.0), (1, 4096, 4096, 4, 128, 2.0)],
 )
-def test_cudnn_matches_the_spec_and_exact_attention(b, lq, lk, h, d, offset) -> None:  # type: ignore[no-untyped-def]
-    from fastvideo.attention.fp8_cudnn import cudnn_fp8_attention
-
+def test_kernel_matches_the_spec_and_exact_attention(impl, b, lq, lk, h, d, offset) -> None:  # type: ignore[no-untyped-def]
     q, k, v = _inputs(b, lq, lk, h, d, torch.bfloat16, offset=offset, device="cuda")
-    out = cudnn_fp8_attention(q, k, v, d**-0.5)
+    if impl == "fa3" and d == 64 and not _fa3_has_hdim(64):
+        pytest.skip("this FlashAttention-3 build has no head dim 64 (run_gpu_fa3.sh: FA3_HDIM64=1)")
+    out = _run(impl, q, k, v)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
-    ref = fp8_attention_reference(q, k, v).float()
+    ref = fp8_attention_reference(q, k, v, out_fp8=impl == "cudnn", per_head=impl == "fa3").float()
     exact = _exact(q, k, v).float()
-    # cuDNN rounds P relative to a running maximum: the spec's error size, not always its values
+    # the kernels round P relative to a running maximum: the spec's error size, not always its values
     assert (out.float() - ref).abs().mean() < 5e-3
     err = (out.float() - exact).abs()
     assert err.mean() < 0.02 and err.max() < 0.2
     assert F.cosine_similarity(out.float().flatten(), exact.flatten(), dim=0) > 0.997
 
 
+def _fa3_has_hdim(d: int) -> bool:
+    q = torch.zeros(1, 128, 1, d, device="cuda", dtype=torch.bfloat16)
+    try:
+        _run("fa3", q, q, q)
+        return True
+    except Exception:
+        return False
+
+
 @gpu
-@pytest.mark.skipif(
-    CudnnFP8Backend.unavailable_reason() is not None, reason="cuDNN FP8 attention not available"
-)
-def test_backend_through_the_seam_eager_and_compiled() -> None:
+@pytest.mark.parametrize("impl", _impls())
+def test_backend_through_the_seam_eager_and_compiled(impl: str) -> None:
     from fastvideo.attention import attention, use_backend
-    from fastvideo.attention.fp8_cudnn import cudnn_fp8_attention
+    from fastvideo.attention.context import StepContext, step_context
 
     q, k, v = _inputs(1, 2048, 2048, 2, 128, torch.bfloat16, offset=2.0, device="cuda")
     text_k, text_v = k[:, :77], v[:, :77]
     exact = _exact(q, k, v).float()
-    direct = cudnn_fp8_attention(q, k, v, 128**-0.5)  # what the op must run (not its exact fallback)
-    with use_backend("cudnn-fp8"):
+    direct = _run(impl, q, k, v)  # what the op must run (not its exact fallback)
+    with use_backend("fp8"), step_context(StepContext(options={"fp8": {"impl": impl}})):
         eager = attention(q, k, v)
         cross = attention(q, text_k, text_v)  # few keys: exact SDPA
         compiled = torch.compile(lambda a, b_, c: attention(a, b_, c), fullgraph=True)(q, k, v)

@@ -38,12 +38,7 @@ def test_good_plugin_is_listed_with_version_and_registrations(dummy_site: Path) 
     assert good["module"] == "fvtest_good.plugin"
     assert good["registers"] == {"model_family": ["good-family"], "attention_backend": ["good-attn"]}
     assert good["broken"] is None
-    assert rows["fastvideo-core"]["registers"]["attention_backend"] == [
-        "sdpa",
-        "flash-attn",
-        "sage",
-        "cudnn-fp8",
-    ]
+    assert rows["fastvideo-core"]["registers"]["attention_backend"] == ["sdpa", "flash-attn", "sage", "fp8"]
     check = run_fv(
         ["plugins", "list", "--check"], env=plugin_env(dummy_site, FASTVIDEO_PLUGINS="fvtest-good")
     )
@@ -157,7 +152,7 @@ def test_disable_autoload_keeps_only_builtins(dummy_site: Path) -> None:
     rows = _plugins(dummy_site, FASTVIDEO_DISABLE_PLUGIN_AUTOLOAD="1", FASTVIDEO_PLUGINS="fvtest-good")
     assert set(rows) == {"fastvideo-core"}
     assert rows["fastvideo-core"]["registers"] == {
-        "attention_backend": ["sdpa", "flash-attn", "sage", "cudnn-fp8"],
+        "attention_backend": ["sdpa", "flash-attn", "sage", "fp8"],
         "parallel_strategy": ["ulysses", "ring", "usp", "cfg", "fsdp", "tp"],
         "training_algorithm": ["finetune", "lora", "vae"],
         "sampler": ["checkpoint", "flow-euler", "unipc", "few-step"],
@@ -187,7 +182,7 @@ def test_discovery_imports_no_heavy_modules(dummy_site: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "['cudnn-fp8', 'flash-attn', 'good-attn', 'sage', 'sdpa'] ['good-family', 'wan']"
+    assert lines[0] == "['flash-attn', 'fp8', 'good-attn', 'sage', 'sdpa'] ['good-family', 'wan']"
     assert lines[1] == "[]"
 
 

@@ -41,7 +41,7 @@ def _info(dist: str):  # type: ignore[no-untyped-def]
 
 def test_builtins_register_through_the_hooks(isolated_plugins: None) -> None:
     reg = registry.get_registry()
-    assert reg.names("attention_backend") == ["cudnn-fp8", "flash-attn", "sage", "sdpa"]
+    assert reg.names("attention_backend") == ["flash-attn", "fp8", "sage", "sdpa"]
     entry = reg.get("attention_backend", "sdpa")
     assert (entry.cls, entry.dist, entry.qualname) == (
         SDPABackend,
@@ -127,7 +127,7 @@ def test_raising_hook_marks_only_that_plugin_broken() -> None:
             == "fv_register_attention_backends raised RuntimeError: no GPU kernels built"
         )
         assert reg.names("model_family") == ["fake-family"]
-        assert reg.names("attention_backend") == ["cudnn-fp8", "flash-attn", "sage", "sdpa"]
+        assert reg.names("attention_backend") == ["flash-attn", "fp8", "sage", "sdpa"]
 
 
 def test_unknown_name_suggests_close_names(isolated_plugins: None) -> None:
@@ -136,7 +136,7 @@ def test_unknown_name_suggests_close_names(isolated_plugins: None) -> None:
         reg.get("attention_backend", "sdp")
     assert (
         str(err.value)
-        == "Unknown attention backend 'sdp'. Available: cudnn-fp8, flash-attn, sage, sdpa. Did you mean 'sdpa'?"
+        == "Unknown attention backend 'sdp'. Available: flash-attn, fp8, sage, sdpa. Did you mean 'sdpa'?"
     )
     assert isinstance(err.value, ValueError)
 

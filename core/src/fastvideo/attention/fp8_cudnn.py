@@ -1,32 +1,20 @@
-"""The ``cudnn-fp8`` attention backend: FP8 attention through cuDNN's fused FP8 SDPA (Hopper and newer),
-called with the ``cudnn`` Python frontend (``pip install nvidia-cudnn-frontend``; it loads the cuDNN
-library torch ships). Q, K (smoothed by its mean over tokens) and V are quantized to e4m3 with one scale
-per tensor by :func:`fastvideo.attention.fp8_quant.quantize_qkv`, Q and K first rotated along the head
-dim by the orthonormal Hadamard matrix (outlier channels spread over all; ``FASTVIDEO_FP8_ATTN_ROTATE=0``
-skips it). cuDNN computes ``Q K^T`` in FP8 with fp32 accumulation, an online softmax in fp32, rounds
-``P`` (relative to the running row maximum, times :data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; on
-Hopper it writes O in e4m3 too (see :data:`OUT_MARGIN`), which our kernel turns back into the inputs'
-dtype; on Blackwell it writes bf16. :func:`fp8_attention_reference` is the plain-PyTorch spec.
-
-Where SageAttention 2 (the ``sage`` backend) keeps ``Q K^T`` in INT8 with a scale per block of tokens,
-this backend is FP8 end to end with per-tensor scales: coarser for Q and K (3 mantissa bits against
-INT8's 7), in exchange for cuDNN's FP8 kernel, which runs near Hopper's FP8 tensor-core rate. Lossy, so
-never picked automatically (``--attention-backend cudnn-fp8``). Masked, causal and gradient-needing calls
-fall back to a dense backend; cross-attention to at most :data:`EXACT_KV_TOKENS` keys runs exact SDPA.
+"""cuDNN's fused FP8 attention forward (Hopper and newer) for the ``fp8`` attention backend
+(:mod:`fastvideo.attention.fp8_attn`, ``impl=cudnn``), called with the ``cudnn`` Python frontend
+(``pip install nvidia-cudnn-frontend``; it loads the cuDNN library torch ships). Q, K and V arrive
+quantized by :func:`fastvideo.attention.fp8_quant.quantize_qkv` (one scale per tensor: cuDNN takes no other);
+cuDNN computes ``Q K^T`` in FP8 with fp32 accumulation, an online softmax in fp32, rounds ``P`` (relative
+to the running row maximum, times :data:`P_SCALE`) to e4m3 and computes ``P V`` in FP8; on Hopper it writes
+O in e4m3 too (see :data:`OUT_MARGIN`), which our kernel turns back into the inputs' dtype; on Blackwell
+it writes bf16. A built graph is cached per shape, scale and device.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import TYPE_CHECKING, Any
-
-from fastvideo.interfaces.attention import AttentionBackend
 
 if TYPE_CHECKING:
     import torch
-
-    from fastvideo.attention.context import StepContext
 
 #: ``P`` (in [0, 1], relative to its row's running maximum) is multiplied by this before rounding to e4m3;
 #: a power of two, so its descale is exact. Blackwell's kernels may rescale lazily (P up to e^4 before a
@@ -37,56 +25,8 @@ P_SCALE_SM100 = 64.0
 #: times ``OUT_MARGIN / descale_v`` (``|O|`` is at most about 1.13 ``amax(v)``: V and P round up by at most
 #: 2^-4 each) is rounded to e4m3, then multiplied back (``fp8_quant.dequantize``).
 OUT_MARGIN = 0.5
-#: Calls with fewer keys than queries and at most this many keys (cross-attention to text or image
-#: tokens) run exact attention: the quantization passes cost more than they save there (as for ``sage``).
-EXACT_KV_TOKENS = 1024
-#: Head dims the backend hands to cuDNN's FP8 kernel (Q/K and V alike).
-HEAD_DIMS = (64, 128)
 #: The oldest cuDNN whose fused FP8 attention forward runs on Hopper.
 MIN_CUDNN = 90100
-
-
-def fp8_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float | None = None,
-    rotate: bool = True,
-    out_fp8: bool = True,
-) -> torch.Tensor:
-    """The backend's math in plain PyTorch, written for clarity. Shapes ``[B, L, H, D]``.
-
-    Q and K - mean(K) (both rotated by the orthonormal Hadamard matrix unless ``rotate=False``) and V in
-    e4m3 as :func:`~fastvideo.attention.fp8_quant.quantize_qkv_reference` rounds them; logits = exact
-    products of the e4m3 values times both descales and ``scale``; ``P = exp(logits - row max)`` in fp32,
-    rounded to e4m3 after multiplying by :data:`P_SCALE`; the output is ``(P8 @ V8) * v_descale /
-    P_SCALE`` divided by the fp32 row sums of ``P``; with ``out_fp8`` (Hopper) it is rounded to e4m3 after
-    multiplying by ``OUT_MARGIN / v_descale`` and multiplied back. (cuDNN rounds ``P``
-    relative to a running maximum over blocks of keys: the same error size, not always the same values.)
-    """
-    import torch
-
-    from fastvideo.attention.fp8_quant import quantize_qkv_reference
-
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q8, k8, v8, descale = quantize_qkv_reference(q, k, v, rotate)
-    qd, kd, vd = (x.double().transpose(1, 2) for x in (q8, k8, v8))  # [B, H, L, D]
-    logits = (qd @ kd.transpose(-1, -2)) * (float(descale[0]) * float(descale[1]) * scale)
-    p = torch.exp(logits - logits.amax(dim=-1, keepdim=True)).float()
-    p8 = (p * P_SCALE).to(torch.float8_e4m3fn).double()
-    out = (p8 @ vd) * (float(descale[2]) / P_SCALE) / p.double().sum(dim=-1, keepdim=True)
-    if out_fp8:
-        o_scale = OUT_MARGIN / float(descale[2])
-        out = (out * o_scale).float().to(torch.float8_e4m3fn).double() / o_scale
-    return out.transpose(1, 2).to(q.dtype)
-
-
-def _rotate_wanted() -> bool:
-    """Q and K rotated by the Hadamard matrix before quantization (:mod:`fastvideo.attention.fp8_quant`):
-    on unless ``FASTVIDEO_FP8_ATTN_ROTATE=0`` (read when a block is traced or run)."""
-    import os
-
-    return os.environ.get("FASTVIDEO_FP8_ATTN_ROTATE", "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def frontend_installed() -> bool:
@@ -222,7 +162,7 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
                 errors.append(f"{out_dtype}{' with stats' if stats else ''}: {type(err).__name__}: {first}")
         else:
             _FAILED[key] = (
-                f"cudnn-fp8: cuDNN {_FRONTEND.get('version')} builds no FP8 attention for "
+                f"cuDNN {_FRONTEND.get('version')} builds no FP8 attention for "
                 f"B={b} H={h} Lq={lq} Lk={k.shape[1]} D={d} ({'; '.join(errors)})"
             )
             raise RuntimeError(_FAILED[key])
@@ -246,7 +186,7 @@ def cudnn_fp8_attention(
 
     cudnn = _frontend()
     if cudnn is None:
-        raise RuntimeError(f"cudnn-fp8: the cudnn frontend does not load ({_FRONTEND.get('error')})")
+        raise RuntimeError(f"the cudnn frontend does not load ({_FRONTEND.get('error')})")
     with torch.cuda.device(q.device):
         plan = _plan(cudnn, q, k, v, scale)
         out, out_descale = run_plan(cudnn, plan, *quantize_qkv(q, k, v, rotate))
@@ -287,117 +227,13 @@ def run_plan(
     return out, (descale[2:] / OUT_MARGIN if fp8_out else None)
 
 
-_OP: list[Any] = []
-
-
-def _fp8_op() -> Any:
-    """:func:`cudnn_fp8_attention` as the custom op ``fastvideo::cudnn_fp8_attn``, opaque to torch.compile
-    (the DiT blocks are compiled by default on CUDA); defined in eager code, before a compiled block needs it.
-    A call cuDNN cannot run (no FP8 build for a shape, a frontend that fails) warns once and runs exact
-    attention, inside the op, so compiled blocks fall back too."""
-    if not _OP:
-        import torch
-
-        @torch.library.custom_op(
-            "fastvideo::cudnn_fp8_attn",
-            mutates_args=(),
-            schema="(Tensor q, Tensor k, Tensor v, float scale, bool rotate) -> Tensor",
-        )
-        def cudnn_fp8_attn(
-            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool
-        ) -> torch.Tensor:
-            try:
-                return cudnn_fp8_attention(q, k, v, scale, rotate)
-            except Exception as err:  # no build for this shape, a frontend that fails: exact attention
-                from fastvideo.attention.backends import exact_attention
-                from fastvideo.errors import warn_once
-
-                first = str(err).splitlines()[0][:300] if str(err) else ""
-                warn_once(f"cudnn-fp8 failed ({type(err).__name__}: {first}); exact attention (SDPA) runs")
-                return exact_attention(q, k, v, scale).contiguous()
-
-        @cudnn_fp8_attn.register_fake
-        def _(q, k, v, scale, rotate):  # type: ignore[no-untyped-def]
-            return q.new_empty((*q.shape[:-1], v.shape[-1]))
-
-        _OP.append(cudnn_fp8_attn)
-    return _OP[0]
-
-
-class CudnnFP8Backend(AttentionBackend):
-    """FP8 attention (Q, K smoothed, V and P in e4m3; per-tensor scales) through cuDNN; lossy, chosen only
-    by name."""
-
-    name = "cudnn-fp8"
-    priority = -20  # lossy: never the automatic choice
-    requires = "nvidia-cudnn-frontend"
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if not frontend_installed():
-            return "the cudnn Python frontend (nvidia-cudnn-frontend) is not installed"
-        import torch
-
-        if not torch.cuda.is_available():
-            return "cudnn-fp8 needs a CUDA GPU"
-        from fastvideo.attention.sage_triton import device_capability
-
-        major, minor = device_capability(torch.device("cuda"))  # read here, before any compiled graph
-        if major < 9:
-            return f"cudnn-fp8 needs Hopper or newer (sm_90+), this GPU is sm_{major}{minor}"
-        if _frontend() is None:
-            return f"the cudnn frontend does not load ({_FRONTEND.get('error')})"
-        if _FRONTEND["version"] < MIN_CUDNN:
-            return f"cudnn-fp8 needs cuDNN >= 9.1 for FP8 attention, torch's is {_FRONTEND['version']}"
-        _fp8_op()  # defined here, in eager code
-        return None
-
-    def __init__(self) -> None:
-        super().__init__()
-        if frontend_installed():
-            _fp8_op()
-
-    def supports(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> str | None:
-        import torch
-
-        if kwargs.get("attn_mask") is not None:
-            return "cudnn-fp8 takes no attention mask"
-        if kwargs.get("is_causal"):
-            return "cudnn-fp8 is not causal"
-        if q.dtype not in (torch.float16, torch.bfloat16):
-            return f"cudnn-fp8 needs fp16/bf16 inputs, got {q.dtype}"
-        if q.shape[-1] not in HEAD_DIMS or k.shape[-1] != q.shape[-1] or v.shape[-1] != q.shape[-1]:
-            return f"cudnn-fp8 takes head dims {' or '.join(map(str, HEAD_DIMS))}, got {q.shape[-1]} / {v.shape[-1]}"
-        if k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
-            return f"cudnn-fp8 needs as many K/V heads as Q heads, got {q.shape[2]} / {k.shape[2]}"
-        if q.device.type != "cuda":
-            return "cudnn-fp8 runs on CUDA tensors"
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            return "cudnn-fp8 has no backward (inference only)"
-        return None
-
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        attn_mask: torch.Tensor | None = None,
-        scale: float | None = None,
-        is_causal: bool = False,
-        step: StepContext | None = None,
-    ) -> torch.Tensor:
-        from fastvideo.attention.backends import exact_attention
-
-        scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
-        if k.shape[1] < q.shape[1] and k.shape[1] <= EXACT_KV_TOKENS:
-            return exact_attention(q, k, v, scale)  # cross-attention to a few keys
-        return _fp8_op()(q, k, v, scale, _rotate_wanted())
-
-    @classmethod
-    def doctor_notes(cls) -> list[str]:
-        """Whether the frontend is installed, and the cuDNN it found."""
-        if not frontend_installed():
-            return ["nvidia-cudnn-frontend: not installed"]
-        version = _FRONTEND.get("version")
-        return [f"nvidia-cudnn-frontend: installed; cuDNN {version if version else '(not loaded yet)'}"]
+def cudnn_reason() -> str | None:
+    """Why cuDNN's FP8 attention cannot run here (``None``: it can): the frontend missing or not loading, or a
+    cuDNN older than :data:`MIN_CUDNN`. (The GPU itself is checked by the backend.)"""
+    if not frontend_installed():
+        return "the cudnn Python frontend (nvidia-cudnn-frontend) is not installed"
+    if _frontend() is None:
+        return f"the cudnn frontend does not load ({_FRONTEND.get('error')})"
+    if _FRONTEND["version"] < MIN_CUDNN:
+        return f"cuDNN >= 9.1 is needed for FP8 attention, torch's is {_FRONTEND['version']}"
+    return None

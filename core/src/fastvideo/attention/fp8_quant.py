@@ -1,5 +1,5 @@
-"""Q, K and V to float8_e4m3fn with one scale per tensor, for the ``cudnn-fp8`` backend
-(:mod:`fastvideo.attention.fp8_cudnn`).
+"""Q, K and V to float8_e4m3fn with one scale per tensor (or per batch and head), for the ``fp8`` attention
+backend (:mod:`fastvideo.attention.fp8_attn`).
 
 K is smoothed by its mean over tokens (SageAttention's trick: softmax is unchanged, every logit of a query
 row moving by the same amount). Q and K are then rotated along the head dim by the orthonormal Hadamard

@@ -11,10 +11,10 @@ FASTVIDEO_PLUGIN_API = PLUGIN_API_VERSION
 @hookimpl
 def fv_register_attention_backends():  # type: ignore[no-untyped-def]
     from fastvideo.attention.backends import FlashAttnBackend, SDPABackend
-    from fastvideo.attention.fp8_cudnn import CudnnFP8Backend
+    from fastvideo.attention.fp8_attn import FP8AttentionBackend
     from fastvideo.attention.sage import SageBackend
 
-    return [SDPABackend, FlashAttnBackend, SageBackend, CudnnFP8Backend]
+    return [SDPABackend, FlashAttnBackend, SageBackend, FP8AttentionBackend]
 
 
 @hookimpl
