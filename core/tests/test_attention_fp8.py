@@ -382,7 +382,7 @@ def _run(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 def test_kernel_matches_the_spec_and_exact_attention(impl, b, lq, lk, h, d, offset) -> None:  # type: ignore[no-untyped-def]
     q, k, v = _inputs(b, lq, lk, h, d, torch.bfloat16, offset=offset, device="cuda")
     if impl == "fa3" and d == 64 and not _fa3_has_hdim(64):
-        pytest.skip("this FlashAttention-3 build has no head dim 64 (run_gpu_fa3.sh: FA3_HDIM64=1)")
+        pytest.skip("this FlashAttention-3 build has no head dim 64 (run_gpu_fa3.sh without FA3_HDIM64=0)")
     out = _run(impl, q, k, v)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     ref = fp8_attention_reference(q, k, v, out_fp8=impl == "cudnn", per_head=impl == "fa3").float()
