@@ -329,6 +329,7 @@ def test_flash_attention_3_path_hands_over_e4m3_and_per_head_descales(
     q = q * torch.tensor([1.0, 8.0, 0.2], device=DEVICE, dtype=torch.bfloat16).view(1, 1, 3, 1)
     out = fp8_attn.fa3_fp8_attention(q, k, v, 0.125)
     assert seen == {"dtypes": {torch.float8_e4m3fn}, "shapes": [(2, 3)] * 3}
+    assert torch.equal(fp8_attn._op("fa3")(q, k, v, 0.125, True), out)  # the custom op runs the same path
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
     ref = fp8_attention_reference(q.cpu(), k.cpu(), v.cpu(), 0.125, out_fp8=False, per_head=True)
     torch.testing.assert_close(out.float().cpu(), ref.float(), atol=2e-2, rtol=2e-2)
