@@ -553,8 +553,7 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
         variants = [("bf16", {}, None, {}), ("fp8", {"quantize": "fp8"}, None, {}),
                     ("fp8+sage", {"quantize": "fp8"}, "sage", {})]  # fmt: skip
     from fastvideo.attention.backends import FlashAttnBackend
-    from fastvideo.attention.fp8_attn import FP8AttentionBackend, fa3_installed
-    from fastvideo.attention.fp8_cudnn import frontend_installed
+    from fastvideo.attention.fp8_attn import FP8AttentionBackend, _impl_reason
     from fastvideo.attention.sage import sage_package_installed
 
     if not tiny and FP8AttentionBackend.unavailable_reason() is None:  # cuDNN's frontend or FA3 installed
@@ -562,10 +561,8 @@ def section_i2v14b(tiny: bool, iters: int) -> None:
             ("fp8+fp8-attn compiled", fp8c, "fp8", {}),
             ("bf16 compiled, fp8-attn", {"compile": True}, "fp8", {}),
         ]
-        if frontend_installed():
-            variants += [("fp8+fp8-attn compiled, cudnn", fp8c, "fp8:impl=cudnn", {})]
-        if fa3_installed():
-            variants += [("fp8+fp8-attn compiled, fa3", fp8c, "fp8:impl=fa3", {})]
+        variants += [(f"fp8+fp8-attn compiled, {impl}", fp8c, f"fp8:impl={impl}", {})
+                     for impl in ("cudnn", "fa3") if _impl_reason(impl) is None]  # fmt: skip
     if not tiny and sage_package_installed():  # "sage" above runs the package's Hopper kernel: ours too
         variants += [("fp8+sage compiled, our Triton sage kernel", fp8c, "sage:impl=triton", {}),
                      ("fp8+sage compiled, qk per_warp", fp8c, "sage", {"FASTVIDEO_SAGE_QK_GRAN": "per_warp"}),

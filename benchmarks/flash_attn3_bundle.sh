@@ -13,7 +13,7 @@ pin=$(git -C "$fa" ls-tree "$rev" csrc/cutlass | awk '{print $3}')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/src/csrc/cutlass"
-git -C "$fa" archive "$rev" hopper | tar -x -C "$work/src"
+git -C "$fa" archive "$rev" hopper README.md | tar -x -C "$work/src"  # setup.py reads ../README.md
 git -C "$cutlass" archive "$pin" include | tar -x -C "$work/src/csrc/cutlass"
 # the FP8 forward needs neither tests nor benchmarks nor the other architectures' instantiations
 rm -f "$work"/src/hopper/test_*.py "$work"/src/hopper/benchmark_*.py

@@ -2,7 +2,9 @@
 # GPU machine (no network, no install): the carried wheels (.whl: diffusers and its missing deps) go to
 # /tmp/site, core and all plugins under plugins/ run from the checkout, and their entry points are declared
 # with hand-written dist-info folders read from each pyproject.toml.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# (the wheels of every carried folder among .whl, .fp8c and .fa3: benchmarks/fp8_carry.sh makes .fp8c)
+wheels=$(ls .whl/*.whl .fp8c/*.whl .fa3/*.whl 2>/dev/null | awk -F/ '!seen[$NF]++')  # each file once
+[ -z "$wheels" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
 src=$PWD/core/src
 for p in plugins/*/src; do src=$src:$PWD/$p; done
 # EXTRA_PYTHONPATH: packages unpacked elsewhere (run_gpu_flash_attn.sh's flash-attn-4)

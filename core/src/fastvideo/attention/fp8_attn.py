@@ -165,13 +165,27 @@ def _check_impl(value: str) -> str | None:
     return None if value in IMPLS else f"must be {', '.join(IMPLS[:-1])} or {IMPLS[-1]}"
 
 
-def _impl_reason(impl: str) -> str | None:
-    """Why ``impl`` (``cudnn`` or ``fa3``) cannot run here, the GPU aside (``None``: it can)."""
-    if impl == "fa3":
-        return None if fa3_installed() else "FlashAttention-3 (flash_attn_interface) is not installed"
-    from fastvideo.attention.fp8_cudnn import cudnn_reason
+#: FlashAttention-3's import, tried once: ``{"error": message or None}``.
+_FA3: dict[str, str | None] = {}
 
-    return cudnn_reason()
+
+def _impl_reason(impl: str) -> str | None:
+    """Why ``impl`` (``cudnn`` or ``fa3``) cannot run here, the GPU aside (``None``: it can); each package is
+    imported once to know (an installed build that does not load is not usable)."""
+    if impl == "cudnn":
+        from fastvideo.attention.fp8_cudnn import cudnn_reason
+
+        return cudnn_reason()
+    if not fa3_installed():
+        return "FlashAttention-3 (flash_attn_interface) is not installed"
+    if "error" not in _FA3:
+        try:
+            importlib.import_module("flash_attn_interface")
+            _FA3["error"] = None
+        except Exception as err:  # a build for another torch or CUDA
+            first = str(err).splitlines()[0] if str(err) else ""
+            _FA3["error"] = f"FlashAttention-3 does not load ({type(err).__name__}: {first})"
+    return _FA3["error"]
 
 
 #: ``impl=auto``'s choice, once made (looked up in eager code: find_spec and imports break compiled graphs).
@@ -179,7 +193,8 @@ _AUTO: dict[str, str] = {}
 
 
 def resolve_impl(impl: str) -> str:
-    """``impl`` with ``auto`` resolved: ``fa3`` where FlashAttention-3 is installed, else ``cudnn``."""
+    """``impl`` with ``auto`` resolved: ``fa3`` where FlashAttention-3 is installed and loads, else ``cudnn``
+    (decided once, in eager code: the backend's availability check)."""
     if impl != "auto":
         return impl
     if "impl" not in _AUTO:
@@ -220,9 +235,8 @@ class FP8AttentionBackend(AttentionBackend):
         major, minor = device_capability(torch.device("cuda"))  # read here, before any compiled graph
         if major < 9:
             return f"fp8 attention needs Hopper or newer (sm_90+), this GPU is sm_{major}{minor}"
-        for impl, reason in reasons.items():  # the ops defined here, in eager code
-            if reason is None:
-                _op(impl)
+        for impl in reasons:  # both ops defined here, in eager code (an unusable one warns and runs SDPA)
+            _op(impl)
         resolve_impl("auto")
         return None
 
