@@ -98,7 +98,8 @@ def fa3_fp8_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool = True
 ) -> torch.Tensor:
     """FP8 attention through FlashAttention-3's Hopper forward on our quantization (one scale per batch and
-    head, handed over as its descales); the output (bf16) in q's dtype, [B, L, H, D]."""
+    head, handed over as its descales); the output, [B, L, H, D], in q's dtype (FlashAttention-3 writes bf16:
+    an fp16 model's output is rounded to bf16 first)."""
     import flash_attn_interface
 
     from fastvideo.attention.fp8_quant import quantize_qkv
