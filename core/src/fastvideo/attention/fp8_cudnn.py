@@ -178,8 +178,9 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
 def cudnn_fp8_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, rotate: bool = True
 ) -> torch.Tensor:
-    """FP8 attention of ``q``, ``k``, ``v`` ([B, L, H, D], fp16/bf16 CUDA tensors; D in :data:`HEAD_DIMS`)
-    through cuDNN, as :func:`fp8_attention_reference` describes; the output is [B, L, H, D] in q's dtype."""
+    """FP8 attention of ``q``, ``k``, ``v`` ([B, L, H, D], fp16/bf16 CUDA tensors; D a multiple of 16 up to
+    128) through cuDNN, as :func:`fastvideo.attention.fp8_attn.fp8_attention_reference` describes (one scale
+    per tensor, ``out_fp8`` on Hopper); the output is [B, L, H, D] in q's dtype."""
     import torch
 
     from fastvideo.attention.fp8_quant import dequantize, quantize_qkv
