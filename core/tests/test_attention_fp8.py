@@ -246,8 +246,9 @@ def test_asking_for_it_without_either_kernel_says_what_to_install(monkeypatch: p
     with pytest.raises(BackendUnavailableError) as err:
         resolve_backend_name("fp8")
     assert str(err.value) == (
-        "Attention backend 'fp8' cannot run here: the cudnn Python frontend (nvidia-cudnn-frontend) is not "
-        "installed, nor is FlashAttention-3 (flash_attn_interface) (pip install nvidia-cudnn-frontend)"
+        "Attention backend 'fp8' cannot run here: no FP8 attention kernel here (cudnn: the cudnn Python "
+        "frontend (nvidia-cudnn-frontend) is not installed; fa3: FlashAttention-3 (flash_attn_interface) is "
+        "not installed) (pip install nvidia-cudnn-frontend)"
     )
 
 

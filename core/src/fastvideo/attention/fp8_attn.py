@@ -226,7 +226,7 @@ class FP8AttentionBackend(AttentionBackend):
     def unavailable_reason(cls) -> str | None:
         reasons = {impl: _impl_reason(impl) for impl in ("fa3", "cudnn")}
         if all(reasons.values()):
-            return f"{reasons['cudnn']}, nor is FlashAttention-3 (flash_attn_interface)"
+            return f"no FP8 attention kernel here (cudnn: {reasons['cudnn']}; fa3: {reasons['fa3']})"
         import torch
 
         if not torch.cuda.is_available():
@@ -285,10 +285,13 @@ class FP8AttentionBackend(AttentionBackend):
         """Which FP8 kernels are installed, and the cuDNN the frontend found."""
         from fastvideo.attention.fp8_cudnn import _FRONTEND, frontend_installed
 
-        version = _FRONTEND.get("version")
-        cudnn = (
-            f"installed; cuDNN {version if version else '(not loaded yet)'}" if frontend_installed() else "no"
-        )
+        version, error = _FRONTEND.get("version"), _FRONTEND.get("error")
+        if not frontend_installed():
+            cudnn = "no"
+        elif error:
+            cudnn = f"installed but does not load ({error})"
+        else:
+            cudnn = f"installed; cuDNN {version if version else '(not loaded yet)'}"
         return [
             f"nvidia-cudnn-frontend (impl=cudnn): {cudnn}; "
             f"FlashAttention-3 (impl=fa3): {'installed' if fa3_installed() else 'no'}"
