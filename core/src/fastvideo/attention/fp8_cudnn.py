@@ -11,6 +11,7 @@ it writes bf16. A built graph is cached per shape, scale and device.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,17 +54,20 @@ def _frontend() -> Any:
     return _FRONTEND["module"]
 
 
+@dataclass
 class _Plan:
-    """One built cuDNN graph (a shape, scale and output dtype on one device) with its buffers: the workspace,
-    the two amax outputs and the softmax statistics where built (unused), and the constant scalars (P's
-    descale and scale, O's scale 1 for a bf16/fp16 output). The buffers are shared by the plan's calls: one
-    stream at a time."""
+    """One built cuDNN graph (a shape, scale and output dtype on one device), the handle it runs with, and its
+    buffers: the workspace, the two amax outputs and the softmax statistics where built (unused), and the
+    constant scalars (P's descale and scale, O's scale 1 for a bf16/fp16 output). The buffers are shared by
+    the plan's calls: one stream at a time."""
 
-    def __init__(
-        self, graph: Any, workspace: Any, amax: Any, consts: Any, out_dtype: Any, stats: Any
-    ) -> None:
-        self.graph, self.workspace, self.amax, self.consts = graph, workspace, amax, consts
-        self.out_dtype, self.stats = out_dtype, stats
+    graph: Any
+    handle: Any
+    workspace: Any
+    amax: Any
+    consts: Any
+    out_dtype: Any
+    stats: Any
 
 
 #: Built plans by (device index, B, H, Lq, Lk, D, Dv, scale, input dtype); handles by device index.
@@ -71,7 +75,7 @@ _PLANS: dict[tuple[Any, ...], _Plan] = {}
 _HANDLES: dict[int, Any] = {}
 #: Why a shape could not be built (not tried again).
 _FAILED: dict[tuple[Any, ...], str] = {}
-#: The graph's tensors; the six scalars (descales of Q, K, V and P, scales of P and O) in ``_Plan.scalars``' order.
+#: The uids of the graph's tensors and of its six scalars (descales of Q, K, V and P, scales of P and O).
 _UIDS = {"q": 1, "k": 2, "v": 3, "o": 4, "amax_s": 5, "amax_o": 6, "stats": 13}
 _SCALARS = {"descale_q": 7, "descale_k": 8, "descale_v": 9, "descale_s": 10, "scale_s": 11, "scale_o": 12}
 
@@ -171,7 +175,7 @@ def _plan(cudnn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
         p_scale = P_SCALE if major < 10 else P_SCALE_SM100
         consts = _aligned(torch.tensor([1.0 / p_scale, p_scale, 1.0], dtype=torch.float32, device=q.device))
         lse = torch.empty(b, h, lq, 1, dtype=torch.float32, device=q.device) if stats else None
-        _PLANS[key] = _Plan(graph, workspace, amax, consts, out_dtype, lse)
+        _PLANS[key] = _Plan(graph, handle, workspace, amax, consts, out_dtype, lse)
     return _PLANS[key]
 
 
@@ -222,9 +226,8 @@ def run_plan(
     pack.update({s["descale_s"]: c[0], s["scale_s"]: c[1], s["scale_o"]: d[3] if fp8_out else c[2]})
     if plan.stats is not None:
         pack[u["stats"]] = plan.stats
-    handle = _HANDLES[q8.device.index if q8.device.index is not None else torch.cuda.current_device()]
-    cudnn.set_stream(handle, torch.cuda.current_stream().cuda_stream)
-    plan.graph.execute(pack, plan.workspace, handle=handle)
+    cudnn.set_stream(plan.handle, torch.cuda.current_stream().cuda_stream)
+    plan.graph.execute(pack, plan.workspace, handle=plan.handle)
     return out, (descale[2:] / OUT_MARGIN if fp8_out else None)
 
 

@@ -228,14 +228,13 @@ def quantize_qkv(
         mean = mean @ hadamard_signs(d, device=mean.device)  # subtracted from k @ S, before the 1 / sqrt(D)
     outs = []
     for which, x in enumerate((q, k, v)):
-        b, length, h, dx = x.shape
+        length, h, dx = x.shape[1:]
         out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
         turn = rotate and which < 2
+        signs = hadamard_signs(dx, x.dtype, x.device) if turn else scales  # an unused pointer unrotated
         _quantize[(triton.cdiv(length, BLOCK_L), b * h)](
             x,
-            hadamard_signs(dx, x.dtype, x.device)
-            if turn
-            else scales,  # an unused pointer without the rotation
+            signs,
             mean if which == 1 else scales,  # likewise without a mean
             scales,
             out,
