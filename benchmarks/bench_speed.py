@@ -761,7 +761,9 @@ def section_e2e(tiny: bool, steps: int, variants: str) -> None:
         # our VAE decodes in fp32 by default (Wan's release setting); diffusers' WanPipeline here in bf16
         "bf16+vae-bf16": {"vae_dtype": "bf16"},
         "fp8+sage+magcache": {"quantize": "fp8", "attention_backend": "sage", "cache": "magcache"},
+        "fp8+sage": {"quantize": "fp8", "attention_backend": "sage"},
         "fp8+fp8-attn": {"quantize": "fp8", "attention_backend": "fp8"},
+        "fp8+fp8-attn+magcache": {"quantize": "fp8", "attention_backend": "fp8", "cache": "magcache"},
         "fp8+fp8-attn+teacache": {"quantize": "fp8", "attention_backend": "fp8", "cache": "teacache"},
         # FlashAttention-4 / FA3 where installed (run_gpu_flash_attn.sh e2e)
         "flash-attn": {"attention_backend": "flash-attn"},
@@ -849,7 +851,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="diffusers,bf16,teacache,fp8+sage+teacache",
-        help="e2e: which runs (also magcache, fp8+sage+magcache, bf16+vae-bf16, fp8+fp8-attn, fp8+fp8-attn+teacache)",
+        help="e2e: which runs (also magcache, fp8+sage, fp8+sage+magcache, bf16+vae-bf16, fp8+fp8-attn, "
+        "fp8+fp8-attn+magcache, fp8+fp8-attn+teacache)",
     )
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--iters", type=int, default=3)

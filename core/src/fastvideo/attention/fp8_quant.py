@@ -269,7 +269,7 @@ def quantize_qkv_reference(
     if per_head:  # (3, B * H) -> (3, B, 1, H, 1): broadcast over tokens and channels
         scales = scales.view(3, b, 1, h, 1)
     if rotate:
-        signs = hadamard_signs(d)
+        signs = hadamard_signs(d, device=q.device)
         qr, kr = q.float() @ signs, k.float() @ signs - mean @ signs
         factors = [scales[0] / math.sqrt(d), scales[1] / math.sqrt(d)]
     else:
