@@ -11,7 +11,10 @@ through :meth:`LoadPolicy.load`:
   only the other modules (embeddings, head) go to the device, so the whole DiT is never on the device;
 * ``fp8_checkpoint``: the block linears the file stores in FP8 become FP8 linears filled straight from
   the file (weights and scales), never materialised in high precision; the folder's tensors are read
-  only for what the file lacks.
+  only for what the file lacks;
+* ``defer_weights``: nothing is read yet; the DiT stays on ``meta`` (parameters in their final dtypes)
+  with its checkpoint attached, for a sharded training run to fill each rank's shards after FSDP2
+  has split it (:mod:`fastvideo.loader.deferred`).
 
 Families need not know about it; a policy with nothing set loads as before.
 """
@@ -47,13 +50,14 @@ class LoadPolicy:
     stream_blocks: bool = False
     fp8_checkpoint: str | None = None
     fp8_mode: str = "fp8"
+    defer_weights: bool = False
     #: ``(component path, info)`` of each DiT loaded through the policy (for the logs and the tests).
     loaded: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: the DiTs whose blocks were left in CPU memory (the offload transform streams those it finds).
     streamed: list[Any] = field(default_factory=list)
 
     def is_default(self) -> bool:
-        return not self.stream_blocks and self.fp8_checkpoint is None
+        return not self.stream_blocks and self.fp8_checkpoint is None and not self.defer_weights
 
     @contextlib.contextmanager
     def active(self) -> Iterator[LoadPolicy]:
@@ -84,6 +88,16 @@ class LoadPolicy:
         """
         import torch
 
+        if self.defer_weights and dtype is not None:
+            if self.stream_blocks or self.fp8_checkpoint is not None:
+                raise ValueError(
+                    "deferred (sharded) loading does not combine with offload or an FP8 checkpoint"
+                )
+            from fastvideo.loader.deferred import defer
+
+            defer(model, ckpt, dtype=dtype, keep_fp32=keep_fp32, zero_init=zero_init)
+            self.loaded.append((str(ckpt.folder), {"deferred": True}))
+            return model.eval()
         device = torch.device(device)
         cpu = torch.device("cpu")
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

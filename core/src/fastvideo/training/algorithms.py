@@ -46,7 +46,7 @@ class FinetuneAlgorithm(DiffusionTrainingAlgorithm):
     description = "full finetuning of the DiT on the family's objective"
 
     def setup(self) -> None:
-        model = self.ctx.load_transformer(dtype="fp32")
+        model = self.ctx.load_transformer(dtype="fp32", lazy=True)
         model.requires_grad_(True)
         self.model = self.ctx.prepare_model(model)
         self.optimizer = self.ctx.make_optimizer(self.model)

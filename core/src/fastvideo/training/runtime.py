@@ -161,7 +161,8 @@ class TrainingRuntime:
         Trainable models get activation checkpointing (when configured), sequence parallelism and
         FSDP2 (when the run shards), then train mode. Frozen ones (a distillation teacher) get the
         sequence parallelism, FSDP2 only when ``shard`` is true (to save memory), ``eval()`` mode and
-        ``requires_grad_(False)``. ``shard`` defaults to the run's FSDP setting.
+        ``requires_grad_(False)``. ``shard`` defaults to the run's FSDP setting. A model a lazy load
+        left on ``meta`` is filled last, after sharding (see ``Trainer.load_transformer``).
         """
         par = self.config.parallel
         shard = self.fsdp if shard is None else shard and self.world_size > 1
@@ -171,6 +172,8 @@ class TrainingRuntime:
             model.requires_grad_(False)
         if self.sp_size > 1:
             model = self.apply_sequence_parallel(model)
+        from fastvideo.loader.deferred import fill, pending
+
         if shard:
             from fastvideo.parallel.fsdp import shard_model  # the fsdp strategy's own sharding
 
@@ -178,6 +181,10 @@ class TrainingRuntime:
             model = shard_model(
                 model, self.parallel.fsdp_mesh
             )  # parameters stay fp32: autocast does the bf16 compute
+            if pending(model) is not None:  # loaded lazily: each rank reads its shards now
+                fill(model, self.device)
+        elif pending(model) is not None:  # lazily loaded, not sharded (a frozen role)
+            fill(model, self.device)
         else:
             model = model.to(self.device)
         return model.train() if trainable else model.eval()

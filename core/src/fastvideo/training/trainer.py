@@ -218,24 +218,45 @@ class Trainer:
 
     # -- services for algorithms
     def load_transformer(
-        self, component: str | None = None, *, dtype: str = "fp32", attention_backend: str | None = None
+        self,
+        component: str | None = None,
+        *,
+        dtype: str = "fp32",
+        attention_backend: str | None = None,
+        lazy: bool = False,
     ) -> nn.Module:
         """The family's DiT (ours) for ``component`` (default ``model.component``), in ``dtype``, on
         this rank's device (on the CPU when it will be sharded: FSDP2 moves the shards), with the
         per-layer modules of ``attention_backend`` (default: the run's backend; a distillation's dense
-        teacher passes a dense one)."""
+        teacher passes a dense one).
+
+        ``lazy``: when the run shards, the DiT comes back on ``meta`` with its checkpoint attached and
+        :meth:`prepare_model` reads each rank's shards from the files after FSDP2 has split it (one
+        tensor at a time: no process holds the whole model; :mod:`fastvideo.loader.deferred`). Only
+        for a model handed to :meth:`prepare_model` as loaded (LoRA adds adapters first: not lazy).
+        Families whose DiT does not load through :meth:`fastvideo.models.DiT.from_pretrained` load
+        as usual."""
         if self.injected_model is not None:
             model, self.injected_model = self.injected_model, None
             return model
         device = "cpu" if self.fsdp else self.device
         comp = component or self.config.model.component
-        return self.family.load_transformer(
-            self.source,
-            component=comp,
-            dtype=dtype,
-            device=device,
-            attention_backend=attention_backend or self.backend,
-        )
+
+        def load() -> nn.Module:
+            return self.family.load_transformer(
+                self.source,
+                component=comp,
+                dtype=dtype,
+                device=device,
+                attention_backend=attention_backend or self.backend,
+            )
+
+        if not (lazy and self.fsdp):
+            return load()
+        from fastvideo.loader.policy import LoadPolicy
+
+        with LoadPolicy(defer_weights=True).active():
+            return load()
 
     def prepare_model(self, model: nn.Module, *, role: str | None = None) -> nn.Module:
         """Activation checkpointing, sequence parallelism and FSDP2 as configured; train mode. With

@@ -146,8 +146,8 @@ class DMD2Algorithm(TrainingAlgorithm):
         if getattr(self, "_template", None) is None and ctx.injected_model is not None:
             self._template = ctx.load_transformer()
         template = getattr(self, "_template", None)
-        if template is None:
-            model = ctx.load_transformer(dtype=dtype, attention_backend=backend)
+        if template is None:  # lazy: under FSDP2 each rank reads only its shards, in prepare_model
+            model = ctx.load_transformer(dtype=dtype, attention_backend=backend, lazy=True)
         else:
             from fastvideo.attention.layers import attach_layer_modules
 
