@@ -5,6 +5,8 @@
     torchrun --nproc-per-node 4 benchmarks/bench_dmd2.py iteration
     # the 3-step student with VSA 0.875 and compiled blocks: text encoding, DiT and VAE decode timed
     python benchmarks/bench_dmd2.py student
+    # rank 0 of an 8-GPU run of Wan2.1-14B on one card (collectives skipped: memory per GPU, compute time)
+    python benchmarks/bench_dmd2.py iteration --config wan2.1-t2v-14b --simulate-world 8 --sp-size 8
     # CPU smoke runs of both at tiny shapes
     python benchmarks/bench_dmd2.py iteration --tiny --device cpu --frames 9 --height 64 --width 64 --no-record
     python benchmarks/bench_dmd2.py student --tiny --device cpu --frames 9 --height 64 --width 64 --no-record
@@ -14,6 +16,9 @@
 forwards) and backward, then the critic's rollout, flow-matching loss and backward; bf16 autocast, fp32
 master weights and AdamW for student and critic, a bf16 frozen teacher, activation checkpointing of
 every block, FSDP2 over the processes. Reports the median iteration time and the peak memory per GPU.
+The three models are built on ``meta`` and each rank allocates only its shards (as a lazy load does).
+``--simulate-world N``: one process plays rank 0 of N (``harness.simulate_world``): its peak memory is
+a real N-GPU run's per GPU (NCCL's buffers aside); its time is one rank's compute, no communication.
 
 ``student``: what ``fv generate`` runs for a 3-step student, by component: umT5-XXL text encoding
 (random weights, 512 tokens, bf16), three DiT forwards (Wan2.1-1.3B random weights, ``vsa`` at sparsity
@@ -87,9 +92,11 @@ def iteration(args: argparse.Namespace) -> None:
     cfg, name, latent, tokens = _config(args)
     family = get_registry().get("model_family", "wan").cls
     torch.manual_seed(0)  # the same random weights on every rank
-    model = WanTransformer.from_config(
-        cfg, device="cpu" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else args.device
-    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from fastvideo.loader.deferred import defer
+
+    # on meta: each role's copy is allocated (and randomly initialised) once sharded, in prepare_model
+    model = defer(WanTransformer.from_config(cfg), None)
     gen = torch.Generator().manual_seed(0)
     samples = [
         {
@@ -97,7 +104,7 @@ def iteration(args: argparse.Namespace) -> None:
             "text": torch.randn(args.text_len, cfg["text_dim"], generator=gen),
             "text_mask": torch.ones(args.text_len, dtype=torch.long),
         }
-        for _ in range(max(1, int(os.environ.get("WORLD_SIZE", "1"))))
+        for _ in range(max(1, world // args.sp_size))
     ]
     overrides: dict[str, Any] = {
         "algorithm": "dmd2",
@@ -115,6 +122,8 @@ def iteration(args: argparse.Namespace) -> None:
         "algorithm_options.student_update_every": 1,  # every iteration trains both
         "algorithm_options.guidance_scale": 3.5,
         "export.enabled": False,
+        "parallel.sp_size": args.sp_size,
+        "roles.student.ema.decay": args.ema,
     }
     if args.sparsity > 0:
         overrides.update({"attention.backend": "vsa", "attention.sparsity": args.sparsity})
@@ -135,12 +144,16 @@ def iteration(args: argparse.Namespace) -> None:
 
     timing, _ = time_call("dmd2 iteration", step, device=args.device, warmup=args.warmup, iters=args.iters)
     median, best, peak = timing.median_ms, timing.min_ms, timing.peak_gib
-    world = trainer.world_size
     attention = f"student vsa @ {args.sparsity}" if args.sparsity > 0 else "dense"
+    if args.sp_size > 1:
+        attention += f", ulysses {args.sp_size}"
+    if args.ema > 0:
+        attention += ", student EMA"
+    gpus = f"{world} (simulated: rank 0 alone, collectives skipped)" if args.simulate_world else world
     if trainer.rank == 0:
         card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         print(
-            f"{card} x{world} {name} {latent} = {tokens} tokens, {attention}: DMD2 iteration (critic + student) "
+            f"{card} x{gpus} {name} {latent} = {tokens} tokens, {attention}: DMD2 iteration (critic + student) "
             f"{median:.0f} ms (min {best:.0f}), peak {peak:.2f} GiB per GPU; dmd_loss {metrics.get('dmd_loss', 0):.4f} "
             f"critic_loss {metrics['critic_loss']:.4f}"
         )
@@ -158,7 +171,7 @@ def iteration(args: argparse.Namespace) -> None:
             ],
             [
                 card,
-                world,
+                gpus,
                 name,
                 f"{latent} ({tokens})",
                 attention,
@@ -290,7 +303,19 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--output-dir", default="/tmp/bench-dmd2")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--sp-size", type=int, default=1, help="iteration: Ulysses sequence-parallel ranks")
+    ap.add_argument("--ema", type=float, default=0.0, help="iteration: the student's EMA decay (0: none)")
+    ap.add_argument(
+        "--simulate-world",
+        type=int,
+        default=0,
+        help="iteration: run as rank 0 of this many GPUs on one (memory per GPU; compute time only)",
+    )
     args = ap.parse_args()
+    if args.simulate_world > 1:
+        from harness import simulate_world
+
+        simulate_world(args.simulate_world)
     if args.sparsity is None:
         args.sparsity = 0.875 if args.what == "student" else 0.0
     if os.environ.get("LOCAL_RANK") is not None and args.device == "cuda":

@@ -187,3 +187,19 @@ def append_row(section: str, header: list[str], row: list[Any], *, path: Path | 
     if out:
         with open(Path(out) / "bench_rows.jsonl", "a") as f:
             f.write(json.dumps({"section": section, "header": header, "row": row}) + "\n")
+
+
+def simulate_world(world: int) -> None:
+    """Make this one process rank 0 of ``world`` (PyTorch's fake process group: every collective
+    returns at once, leaving its output buffer as allocated).
+
+    Everything is allocated as on rank 0 of a real ``world``-GPU run (FSDP2 shards, all-gathered
+    blocks, Ulysses' head shards), so the peak memory per GPU is that run's, less NCCL's own buffers;
+    the time is the compute of one rank alone, without any communication. What a card of a machine
+    with fewer GPUs can say about a larger one: label its rows as simulated.
+    """
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)

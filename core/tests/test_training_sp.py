@@ -2,7 +2,9 @@
 (FSDP2 over the same 2 ranks) computes the same per-step losses, gradient norms and final weights as
 one process, on the example plugin's tiny checkpoint with a token count (45) that 2 does not divide;
 so does a run of 4 processes as 2 data-parallel replicas of 2 sequence-parallel ranks each, sharded
-HSDP-style (2 replicas x 2 shards), all on the one ``init_parallel`` layout of ``fv generate``.
+HSDP-style (2 replicas x 2 shards), all on the one ``init_parallel`` layout of ``fv generate``, and the
+2-process run with activation checkpointing (each block recomputed in the backward pass, under the
+token sharding of its forward).
 
 The example DiT does not declare sequence parallelism itself (yet): :func:`sequence_parallel_example`
 opts it in from outside, as a model file would (a ``sequence_parallel_plan`` and
@@ -39,7 +41,14 @@ def sequence_parallel_example() -> Iterator[None]:
         yield
 
 
-def _config(ckpt: str, data: str, out: str, sp_size: int, hsdp_shard_size: int | None = None) -> Any:
+def _config(
+    ckpt: str,
+    data: str,
+    out: str,
+    sp_size: int,
+    hsdp_shard_size: int | None = None,
+    checkpointing: bool = False,
+) -> Any:
     return load_config(
         None,
         {
@@ -59,15 +68,21 @@ def _config(ckpt: str, data: str, out: str, sp_size: int, hsdp_shard_size: int |
             "attention.backend": "sdpa",
             "parallel.sp_size": sp_size,
             "parallel.hsdp_shard_size": hsdp_shard_size,
+            "parallel.activation_checkpointing": checkpointing,
         },
     )
 
 
 def _train(
-    ckpt: str, data: str, out: str, sp_size: int, hsdp_shard_size: int | None = None
+    ckpt: str,
+    data: str,
+    out: str,
+    sp_size: int,
+    hsdp_shard_size: int | None = None,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
     with sequence_parallel_example():
-        trainer = Trainer(_config(ckpt, data, out, sp_size, hsdp_shard_size))
+        trainer = Trainer(_config(ckpt, data, out, sp_size, hsdp_shard_size, checkpointing))
         state = trainer.setup().runtime.parallel
         layout = None
         if state is not None:
@@ -90,12 +105,19 @@ def _train(
 
 
 def sp_rank(
-    rank: int, world: int, ckpt: str, data: str, out: str, sp_size: int, hsdp: int | None
+    rank: int,
+    world: int,
+    ckpt: str,
+    data: str,
+    out: str,
+    sp_size: int,
+    hsdp: int | None,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
     """One rank of a parallel run (the process group is up: ``run_ranks``)."""
     from fastvideo.parallel.state import teardown
 
-    result = _train(ckpt, data, out, sp_size=sp_size, hsdp_shard_size=hsdp)
+    result = _train(ckpt, data, out, sp_size=sp_size, hsdp_shard_size=hsdp, checkpointing=checkpointing)
     teardown()
     return result
 
@@ -122,10 +144,13 @@ def runs(paths: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> di
     # the parallel runs first: their processes fork from a pytest process that has not trained yet
     sp = run_ranks(f"{__file__}:sp_rank", 2, args=(ckpt, data, str(out / "sp"), 2, None), timeout=60)
     dp_sp = run_ranks(f"{__file__}:sp_rank", 4, args=(ckpt, data, str(out / "dp_sp"), 2, 2), timeout=120)
+    sp_ac = run_ranks(
+        f"{__file__}:sp_rank", 2, args=(ckpt, data, str(out / "sp_ac"), 2, None, True), timeout=60
+    )
     ref = _train(ckpt, data, str(out / "one"), sp_size=1)
     with sequence_parallel_example():
         initial = Trainer(_config(ckpt, data, str(out / "init"), 1)).setup().algorithm.model.state_dict()
-    return {"sp": sp, "dp_sp": dp_sp, "ref": ref, "initial": initial}
+    return {"sp": sp, "dp_sp": dp_sp, "sp_ac": sp_ac, "ref": ref, "initial": initial}
 
 
 def _assert_same_training(ranks: list[dict[str, Any]], ref: dict[str, Any], initial: dict[str, Any]) -> None:
@@ -165,3 +190,9 @@ def test_data_parallel_replicas_of_sequence_parallel_ranks_equal_one_process(run
     layouts = [r["layout"] for r in runs["dp_sp"]]
     assert layouts == [(2, d, 2, u, (2, 2)) for d in (0, 1) for u in (0, 1)]
     _assert_same_training(runs["dp_sp"], runs["ref"], runs["initial"])
+
+
+def test_ulysses_training_with_activation_checkpointing_equals_one_process(runs: dict[str, Any]) -> None:
+    """The recompute of each block in the backward pass runs under its forward's token sharding (it
+    used to run unsharded after the forward's hooks had ended, and autograd refused the mismatch)."""
+    _assert_same_training(runs["sp_ac"], runs["ref"], runs["initial"])

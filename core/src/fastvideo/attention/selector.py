@@ -248,6 +248,11 @@ def set_sequence_parallel(handler: Callable[..., Any] | None) -> None:
     _SEQUENCE_PARALLEL[0] = handler
 
 
+def sequence_parallel_handler() -> Callable[..., Any] | None:
+    """The handler :func:`set_sequence_parallel` installed, or None outside a sequence-parallel forward."""
+    return _SEQUENCE_PARALLEL[0]
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -21,6 +21,11 @@ Forward hooks then, from outside the model:
   hidden states already sharded by the previous block) passes through;
 * after the last block, all-gather the output and drop the padding.
 
+Activation checkpointing recomputes a block in the backward pass, after the forward's hooks have
+ended: :func:`recompute_contexts` (the checkpoint's ``context_fn``) reinstates, for the recompute,
+the sharding that was live when the block first ran (its handler and token count), and the hooks
+then leave the output sharded (the recomputed output is discarded; no all-gather runs twice).
+
 Inside the blocks, layers call ``fastvideo.attention.attention(..., sequence_parallel=True)`` for
 attention among the sharded tokens (video self-attention). This module's handler then runs
 
@@ -41,8 +46,9 @@ communication. Joint-attention models pass their text tokens as ``replicated=(q,
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -101,6 +107,7 @@ class SequenceSharding:
         self.padded = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(whole) -> (whole, shard)
         self._handles: list[Any] = []
+        self._replaying = False  # inside an activation-checkpoint recompute (see recompute_contexts)
         self._check_heads(model)
 
     def _check_heads(self, model: nn.Module) -> None:
@@ -128,8 +135,22 @@ class SequenceSharding:
         if getattr(model, "_fv_sequence_sharding", None) is self:
             del model._fv_sequence_sharding
 
+    @contextlib.contextmanager
+    def replay(self, length: int, padded: int) -> Iterator[None]:
+        """This sharding as a forward over ``length`` tokens (``padded``) left it, for a recompute."""
+        saved = (selector.sequence_parallel_handler(), self.length, self.padded, self._peer, self._replaying)
+        self.length, self.padded, self._peer, self._replaying = length, padded, None, True
+        selector.set_sequence_parallel(self.attend)
+        try:
+            yield
+        finally:
+            handler, self.length, self.padded, self._peer, self._replaying = saved
+            selector.set_sequence_parallel(handler)
+
     @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
     def _begin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._replaying:  # the recompute of the first block: replay() set the forward's state
+            return
         first = self.plan.first
         x = self._argument(module, args, kwargs, first)
         if not isinstance(x, torch.Tensor):
@@ -211,6 +232,8 @@ class SequenceSharding:
 
     @torch.compiler.disable  # runs eagerly inside regionally compiled blocks
     def _gather_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if self._replaying:  # a recompute's output is discarded: no collective for it
+            return output
         selector.set_sequence_parallel(None)
         group = self.state.sp_group
         assert group is not None
@@ -403,3 +426,17 @@ def head_message(model: str, heads: int, state: ParallelState) -> str:
     ring = f"--sp-size 1 --ring-size {n} (ring attention)"
     fix = ring if best == 1 else f"--sp-size {best} --ring-size {n // best} (USP) or {ring}"
     return f"{model} has {heads} attention heads, which Ulysses degree sp_size={u} does not divide; use {fix}"
+
+
+def recompute_contexts() -> tuple[
+    contextlib.AbstractContextManager[Any], contextlib.AbstractContextManager[Any]
+]:
+    """``context_fn`` for activation checkpointing (``torch.utils.checkpoint``): called as a block
+    starts its forward, it returns a no-op for the forward and, for the block's recompute in the
+    backward pass, the sequence-parallel state live now (:meth:`SequenceSharding.replay`), since the
+    forward's hooks have cleared it by then. Outside a sequence-parallel forward: two no-ops."""
+    handler = selector.sequence_parallel_handler()
+    sharding = getattr(handler, "__self__", None)
+    if not isinstance(sharding, SequenceSharding):
+        return contextlib.nullcontext(), contextlib.nullcontext()
+    return contextlib.nullcontext(), sharding.replay(sharding.length, sharding.padded)

@@ -29,8 +29,13 @@ if TYPE_CHECKING:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute every ``fsdp_units`` block in the backward pass; returns how many were wrapped."""
+    """Recompute every ``fsdp_units`` block in the backward pass; returns how many were wrapped.
+
+    Under sequence parallelism the recompute runs with the token sharding of the block's forward
+    (:func:`fastvideo.parallel.sequence.recompute_contexts`)."""
     from torch.distributed._composable import checkpoint
+
+    from fastvideo.parallel.sequence import recompute_contexts
 
     units = tuple(getattr(model, "fsdp_units", ()))
     blocks = [m for m in model.modules() if m is not model and type(m).__name__ in units]
@@ -39,7 +44,7 @@ def apply_activation_checkpointing(model: nn.Module) -> int:
             f"activation checkpointing needs {type(model).__name__}.fsdp_units (the block class names); it has none"
         )
     for block in blocks:
-        checkpoint(block)
+        checkpoint(block, context_fn=recompute_contexts)
     return len(blocks)
 
 
