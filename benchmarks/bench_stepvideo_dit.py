@@ -3,6 +3,7 @@
 
     python benchmarks/bench_stepvideo_dit.py                      # one GPU: a layer subset, then all 48 if they fit
     torchrun --nproc-per-node 8 benchmarks/bench_stepvideo_dit.py  # FSDP2 + Ulysses over the GPUs
+    python benchmarks/bench_stepvideo_dit.py --simulate-world 8    # rank 0 of that run, on one GPU
     python benchmarks/bench_stepvideo_dit.py --tiny                # CPU dry run at toy sizes
 
 One GPU: the weights alone are 58.7 GB in bf16, so the script first times ``--subset`` layers (per-layer
@@ -11,6 +12,9 @@ the memory for it (an out-of-memory there is recorded, not fatal). Several GPUs 
 built on ``meta``, wrapped by the core's strategies (Ulysses over all ranks, then FSDP2 over the blocks;
 the same wrapping as ``fv generate --num-gpus N --fsdp``), then materialised shard by shard, so each rank
 holds 1/N of the weights. Each timed forward starts at a barrier and ends when every rank is done.
+``--simulate-world N``: one process plays rank 0 of that N-GPU run (``harness.simulate_world``, the
+collectives skipped): its peak memory is a real run's per GPU (NCCL's buffers aside), its time one
+rank's compute alone (no communication); the rows say "simulated".
 
 Rows go to docs/benchmarks.md (rank 0) and ``$OUT/bench_rows.jsonl``; a JSON summary to ``$OUT/stepvideo_dit.json``.
 """
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import append_row, environment
+from harness import append_row, environment, simulate_world
 
 HEADER = ["date", "card", "GPUs", "layers run", "shape (F x H x W, tokens)", "strategy", "forward s (per GPU)",
           "per layer ms", "48-layer forward s", "peak GiB per GPU", "weights GiB per GPU", "note", "command"]  # fmt: skip
@@ -109,7 +113,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
+    ap.add_argument(
+        "--simulate-world",
+        type=int,
+        default=0,
+        help="run as rank 0 of this many GPUs on one (memory per GPU; compute time without communication)",
+    )
     args = ap.parse_args()
+    if args.simulate_world > 1:
+        simulate_world(args.simulate_world)
 
     from fastvideo.attention import use_backend
 
@@ -160,7 +172,8 @@ def main() -> None:
         return {"layers": layers, "seconds": sec, "peak_gib": peak, "weights_gib": weights, "note": note}
 
     if world > 1:
-        r = run(full_layers, "all layers, FSDP2 + Ulysses")
+        simulated = " (simulated: rank 0 of the run alone, collectives skipped)" if args.simulate_world else ""
+        r = run(full_layers, f"all layers, FSDP2 + Ulysses{simulated}")
         r["per_layer_ms"] = None
         r["full_seconds"] = r["seconds"]
         results.append(r)
@@ -201,7 +214,7 @@ def main() -> None:
                     "Step-Video-T2V DiT forward (random weights, bf16)",
                     HEADER,
                     [env["date"], env["card"], world, r["layers"], shape,
-                     "FSDP2 + Ulysses" if world > 1 else "one GPU", f"{r['seconds']:.2f}",
+                     ("FSDP2 + Ulysses, simulated" if args.simulate_world else "FSDP2 + Ulysses") if world > 1 else "one GPU", f"{r['seconds']:.2f}",
                      "" if r.get("per_layer_ms") is None else f"{r['per_layer_ms']:.0f}",
                      f"{r['full_seconds']:.1f}", f"{r['peak_gib']:.1f}", f"{r['weights_gib']:.1f}", r["note"],
                      env["command"]],

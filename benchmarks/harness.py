@@ -196,10 +196,12 @@ def simulate_world(world: int) -> None:
     Everything is allocated as on rank 0 of a real ``world``-GPU run (FSDP2 shards, all-gathered
     blocks, Ulysses' head shards), so the peak memory per GPU is that run's, less NCCL's own buffers;
     the time is the compute of one rank alone, without any communication. What a card of a machine
-    with fewer GPUs can say about a larger one: label its rows as simulated.
+    with fewer GPUs can say about a larger one: label its rows as simulated. Ulysses exchanges take
+    the NCCL path (the peer-memory one needs the other ranks' processes).
     """
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    os.environ["FASTVIDEO_ULYSSES_EXCHANGE"] = "nccl"
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
