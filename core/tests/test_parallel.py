@@ -280,6 +280,17 @@ def _suite(world: int, ckpts: dict[str, str], names: list[str]) -> dict[str, Any
                 dit_forward(8, exchange="peer", sp_size=world)
             except ValueError as exc:
                 out[name]["peer"] = str(exc)
+        elif name == "ulysses-fused":  # the fused Triton kernels (interpreted) on gathered tokens, batch 1
+            import os
+
+            from fastvideo import kernels
+
+            os.environ[kernels.STRICT_ENV] = "1"  # a kernel that cannot launch raises (no quiet fallback)
+            try:
+                with kernels.forced(True):
+                    out[name] = dit_forward(8, sp_size=world)
+            finally:
+                del os.environ[kernels.STRICT_ENV]
         elif name == "sparse-ulysses":
             out[name] = sparse_forward(sp_size=world)
         elif name == "train-fsdp-ulysses":
@@ -303,6 +314,7 @@ EXTRA_2 = [
     "sparse-ulysses",
     "ulysses-groups",
     "peer-exchange-on-cpu",
+    "ulysses-fused",
 ]
 EXTRA_4 = ["joint-usp", "joint-ring", "heads-error"]
 
@@ -341,6 +353,10 @@ def refs(ckpts: dict[str, str]) -> dict[str, Any]:
         out["llama"] = llama_tp(False)
         out["sparse"] = sparse_forward()
         out["dit8"] = dit_forward(8)
+        from fastvideo import kernels
+
+        with kernels.forced(True):
+            out["dit8-fused"] = dit_forward(8)
     return out
 
 
@@ -573,3 +589,13 @@ def test_plan_rejects_unknown_names_and_positions() -> None:
 
     with pytest.raises(ValueError, match="NoPlan declares no sequence_parallel_plan"):
         read_plan(NoPlan())
+
+
+def test_ulysses_output_reaches_fused_kernels_as_plain_tensors(
+    ranks2: list[dict[str, Any]], refs: dict[str, Any]
+) -> None:
+    """With a batch of one the all-gathered output of the last block is a view of the collective's
+    asynchronous result; the fused kernels after it (the head's adaLN) read raw pointers, so it must be
+    waited for first (an illegal memory access on CUDA, an invalid storage in Triton's interpreter)."""
+    for rank, result in enumerate(ranks2):
+        assert_close(f"ulysses-fused rank {rank}", refs["dit8-fused"], result["ulysses-fused"], RTOL)

@@ -141,7 +141,9 @@ def test_deferred_fill_matches_load_pretrained_with_kept_fp32_and_zeros(ckpt: st
         return model, ckpt_
 
     ref, ref_ckpt = meta_model()
-    load_pretrained(ref, ref_ckpt, dtype=torch.bfloat16, keep_fp32=keep, zero_init=["extra.weight", "extra.bias"])
+    load_pretrained(
+        ref, ref_ckpt, dtype=torch.bfloat16, keep_fp32=keep, zero_init=["extra.weight", "extra.bias"]
+    )
     lazy, lazy_ckpt = meta_model()
     defer(lazy, lazy_ckpt, dtype=torch.bfloat16, keep_fp32=keep, zero_init=["extra.weight", "extra.bias"])
     assert pending(lazy) is not None and lazy.time_embed.fc1.weight.dtype == torch.float32

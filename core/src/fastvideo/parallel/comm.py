@@ -17,10 +17,23 @@ if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 
+def ready(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a plain tensor, waiting for the collective that produces it if it is still running.
+
+    A functional collective returns an ``AsyncCollectiveTensor`` that waits when a PyTorch op reads
+    it; views of it stay asynchronous. Triton kernels read raw pointers without going through
+    PyTorch, so a result that may reach one (the gathered output of the last block, a batch-of-one
+    Ulysses exchange that needs no copy) passes through here first. Under autograd the wrapper is
+    what the graph holds and is kept (the fused kernels run without gradients)."""
+    if isinstance(t, funcol.AsyncCollectiveTensor) and not t.requires_grad:
+        return t.wait()
+    return t
+
+
 def all_to_all(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     """Exchange equal chunks of dim 0: chunk ``i`` of ``x`` (``x.shape[0] == group size``) goes to rank
     ``i``; chunk ``i`` of the result came from rank ``i``. Differentiable (its gradient is the same
-    exchange)."""
+    exchange). The result stays asynchronous until read (see :func:`ready`)."""
     flat = x.contiguous().flatten()
     if torch.is_grad_enabled() and x.requires_grad:
         out = funcol.all_to_all_single_autograd(flat, None, None, group)
@@ -38,7 +51,7 @@ def all_gather(x: torch.Tensor, dim: int, group: ProcessGroup) -> torch.Tensor:
     fn = getattr(funcol, f"{name}_autograd" if grad else name)
     out = fn(x.contiguous(), 0, group)  # (P * x.shape[0], ...)
     size = dist.get_world_size(group)
-    return out.view(size, *x.shape).movedim(0, dim).flatten(dim, dim + 1)
+    return ready(out.view(size, *x.shape).movedim(0, dim).flatten(dim, dim + 1))
 
 
 def seq_to_heads(tensors: Sequence[torch.Tensor], group: ProcessGroup) -> list[torch.Tensor]:
@@ -54,7 +67,7 @@ def seq_to_heads(tensors: Sequence[torch.Tensor], group: ProcessGroup) -> list[t
         send[:, i].copy_(t.view(b, lc, u, h // u, d).permute(2, 0, 1, 3, 4))
     y = all_to_all(send, group)  # chunk i: tokens of rank i, our heads
     y = y.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, u * lc, h // u, d)
-    return list(y.unbind(0))
+    return [ready(t) for t in y.unbind(0)]
 
 
 def ulysses_attention(
@@ -90,7 +103,7 @@ def ulysses_attention(
     back = []
     for g, y in zip(groups, received, strict=True):  # y[i]: rank i's tokens of our heads of this group
         parts = y.permute(1, 2, 0, 3, 4, 5).reshape(len(tensors), b, u * lc, g, d).unbind(0)
-        out = attend(*parts)  # (B, U*Lc, g, D)
+        out = attend(*(ready(t) for t in parts))  # (B, U*Lc, g, D)
         back.append(all_to_all(out.reshape(b, u, lc, g, d).transpose(0, 1), group))
     result = tensors[0].new_empty(b, lc, u, hp, d)
     for g, s, y in zip(groups, starts, back, strict=True):  # y[i]: our tokens of rank i's heads of this group
@@ -104,7 +117,7 @@ def heads_to_seq(x: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     u = dist.get_world_size(group)
     x = x.view(b, u, length // u, hh, d).transpose(0, 1)  # (U, B, Lc, H/U, D)
     y = all_to_all(x, group)  # chunk i: our tokens, heads of rank i
-    return y.permute(1, 2, 0, 3, 4).reshape(b, length // u, u * hh, d)
+    return ready(y.permute(1, 2, 0, 3, 4).reshape(b, length // u, u * hh, d))
 
 
 def padded_length(length: int, parts: int) -> int:
