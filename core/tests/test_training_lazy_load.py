@@ -89,8 +89,7 @@ def lazy_rank(rank: int, world: int, ckpt: str, out: str) -> dict[str, Any]:
             "deferred": deferred,
             "filled": pending(frozen) is None,
         }
-        trainer.close()
-    teardown()
+    teardown()  # run_ranks' process group stays for it to close
     return result
 
 

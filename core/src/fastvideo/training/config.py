@@ -132,6 +132,9 @@ class EMASection:
     decay: float = 0.0  # 0 disables EMA; typical 0.999-0.9999
     start_step: int = 0  # copy the weights at this step, average after it
     every_steps: int = 1
+    #: keep the averages in CPU memory (each rank's shards): 4 bytes a parameter of the GPU's shard saved,
+    #: one device-to-host copy of the weights per update (Wan 14B DMD2 on 8 GPUs needs it)
+    offload: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:

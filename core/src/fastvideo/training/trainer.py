@@ -311,7 +311,11 @@ class Trainer:
         ema = None
         if spec.trainable and spec.ema and ema_cfg.decay > 0:
             ema = EMA(
-                model, decay=ema_cfg.decay, start_step=ema_cfg.start_step, every_steps=ema_cfg.every_steps
+                model,
+                decay=ema_cfg.decay,
+                start_step=ema_cfg.start_step,
+                every_steps=ema_cfg.every_steps,
+                offload=ema_cfg.offload,
             )
         self.registry[role] = RoleState(spec, model, optimizer, scheduler, trainable_only, ema)
 
