@@ -6,7 +6,8 @@
     # the 3-step student with VSA 0.875 and compiled blocks: text encoding, DiT and VAE decode timed
     python benchmarks/bench_dmd2.py student
     # rank 0 of an 8-GPU run of Wan2.1-14B on one card (collectives skipped: memory per GPU, compute time)
-    python benchmarks/bench_dmd2.py iteration --config wan2.1-t2v-14b --simulate-world 8 --sp-size 8
+    python benchmarks/bench_dmd2.py iteration --config wan2.1-t2v-14b --simulate-world 8 --sp-size 8 \
+        --ema 0.99 --ema-offload
     # CPU smoke runs of both at tiny shapes
     python benchmarks/bench_dmd2.py iteration --tiny --device cpu --frames 9 --height 64 --width 64 --no-record
     python benchmarks/bench_dmd2.py student --tiny --device cpu --frames 9 --height 64 --width 64 --no-record
@@ -124,6 +125,7 @@ def iteration(args: argparse.Namespace) -> None:
         "export.enabled": False,
         "parallel.sp_size": args.sp_size,
         "roles.student.ema.decay": args.ema,
+        "roles.student.ema.offload": args.ema_offload,
     }
     if args.sparsity > 0:
         overrides.update({"attention.backend": "vsa", "attention.sparsity": args.sparsity})
@@ -148,7 +150,7 @@ def iteration(args: argparse.Namespace) -> None:
     if args.sp_size > 1:
         attention += f", ulysses {args.sp_size}"
     if args.ema > 0:
-        attention += ", student EMA"
+        attention += ", student EMA" + (" (in CPU memory)" if args.ema_offload else "")
     gpus = f"{world} (simulated: rank 0 alone, collectives skipped)" if args.simulate_world else world
     if trainer.rank == 0:
         card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -305,6 +307,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--sp-size", type=int, default=1, help="iteration: Ulysses sequence-parallel ranks")
     ap.add_argument("--ema", type=float, default=0.0, help="iteration: the student's EMA decay (0: none)")
+    ap.add_argument("--ema-offload", action="store_true", help="iteration: the EMA in CPU memory")
     ap.add_argument(
         "--simulate-world",
         type=int,
