@@ -250,7 +250,9 @@ def test_the_sparse_student_runs_vsa_while_teacher_and_critic_run_dense(make: An
     assert student_vsa % blocks == 0 and student_vsa >= 2 * blocks  # the student's rollouts, every block
 
 
-@pytest.mark.parametrize("recipe", ["dmd2-wan2.1-t2v-1.3b-vsa.yaml", "wan-toy/dmd2.yaml"])
+@pytest.mark.parametrize(
+    "recipe", ["dmd2-wan2.1-t2v-1.3b-vsa.yaml", "dmd2-wan2.1-t2v-14b-vsa.yaml", "wan-toy/dmd2.yaml"]
+)
 def test_the_shipped_recipes_load_with_valid_options(recipe: str) -> None:
     from fastvideo.training.config import load_config, parse_algorithm_options
     from fastvideo_dmd2.algorithm import DMD2Options

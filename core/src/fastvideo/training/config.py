@@ -297,8 +297,6 @@ class TrainConfig:
             raise ValueError(
                 "data.path is required: a folder written by `fv preprocess` (or the algorithm's data)"
             )
-        if self.export.use_ema and self.ema.decay == 0:
-            raise ValueError("export.use_ema needs EMA: set ema.decay (e.g. 0.999)")
         for role, section in self.roles.items():
             if not str(role).isidentifier() or not isinstance(section, Mapping):
                 raise ValueError(
@@ -309,6 +307,10 @@ class TrainConfig:
                 raise _unknown(f"roles.{role}.{unknown[0]}", unknown[0], ["optim", "ema"])
             self.optim_for(role)
             self.ema_for(role)
+        if self.export.use_ema and self.ema.decay == 0 and not any(self.ema_for(r).decay for r in self.roles):
+            raise ValueError(
+                "export.use_ema needs EMA: set ema.decay (or roles.<role>.ema.decay; e.g. 0.999)"
+            )
 
     def _role_section(self, role: str | None, name: str) -> Any:
         base = getattr(self, name)
