@@ -54,7 +54,7 @@ class EMA:
         for n in self.names:
             p = params[n]
             if hasattr(p, "device_mesh"):
-                self._layout[n] = (p.device_mesh, p.placements, p.shape, p.stride())
+                self._layout[n] = (p.device_mesh, p.placements, p.shape, p.stride())  # type: ignore[attr-defined]
             local = _local(p.detach()).to("cpu", torch.float32, copy=True)
             self.shadow[n] = local.pin_memory() if pin else local
 
@@ -73,12 +73,12 @@ class EMA:
                 else:
                     self.shadow[n].lerp_(current, 1.0 - self.decay)
             return
-        current = [params[n].detach().float() for n in self.names]
+        values = [params[n].detach().float() for n in self.names]
         shadows = [self.shadow[n] for n in self.names]
         if copy:
-            torch._foreach_copy_(shadows, current)
+            torch._foreach_copy_(shadows, values)
         else:
-            torch._foreach_lerp_(shadows, current, 1.0 - self.decay)
+            torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadows by parameter name; offloaded ones as DTensors over the model's mesh whose local
