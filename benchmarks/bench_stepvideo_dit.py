@@ -172,7 +172,9 @@ def main() -> None:
         return {"layers": layers, "seconds": sec, "peak_gib": peak, "weights_gib": weights, "note": note}
 
     if world > 1:
-        simulated = " (simulated: rank 0 of the run alone, collectives skipped)" if args.simulate_world else ""
+        simulated = (
+            " (simulated: rank 0 of the run alone, collectives skipped)" if args.simulate_world else ""
+        )
         r = run(full_layers, f"all layers, FSDP2 + Ulysses{simulated}")
         r["per_layer_ms"] = None
         r["full_seconds"] = r["seconds"]
