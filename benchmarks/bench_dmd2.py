@@ -39,7 +39,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from harness import append_row, time_call  # noqa: E402
+from harness import add_simulate_world, append_row, simulate_world, time_call  # noqa: E402
 
 
 def _config(args: argparse.Namespace) -> tuple[dict[str, Any], str, tuple[int, ...], int]:
@@ -308,16 +308,9 @@ def main() -> None:
     ap.add_argument("--sp-size", type=int, default=1, help="iteration: Ulysses sequence-parallel ranks")
     ap.add_argument("--ema", type=float, default=0.0, help="iteration: the student's EMA decay (0: none)")
     ap.add_argument("--ema-offload", action="store_true", help="iteration: the EMA in CPU memory")
-    ap.add_argument(
-        "--simulate-world",
-        type=int,
-        default=0,
-        help="iteration: run as rank 0 of this many GPUs on one (memory per GPU; compute time only)",
-    )
+    add_simulate_world(ap, "iteration: ")
     args = ap.parse_args()
     if args.simulate_world > 1:
-        from harness import simulate_world
-
         simulate_world(args.simulate_world)
     if args.sparsity is None:
         args.sparsity = 0.875 if args.what == "student" else 0.0

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import append_row, environment, simulate_world
+from harness import add_simulate_world, append_row, environment, simulate_world
 
 HEADER = ["date", "card", "GPUs", "layers run", "shape (F x H x W, tokens)", "strategy", "forward s (per GPU)",
           "per layer ms", "48-layer forward s", "peak GiB per GPU", "weights GiB per GPU", "note", "command"]  # fmt: skip
@@ -113,12 +113,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
-    ap.add_argument(
-        "--simulate-world",
-        type=int,
-        default=0,
-        help="run as rank 0 of this many GPUs on one (memory per GPU; compute time without communication)",
-    )
+    add_simulate_world(ap)
     args = ap.parse_args()
     if args.simulate_world > 1:
         simulate_world(args.simulate_world)

@@ -205,3 +205,13 @@ def simulate_world(world: int) -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
     os.environ["FASTVIDEO_ULYSSES_EXCHANGE"] = "nccl"
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+
+
+def add_simulate_world(parser: Any, what: str = "") -> None:
+    """``--simulate-world N`` (see :func:`simulate_world`) on a benchmark's argument parser."""
+    parser.add_argument(
+        "--simulate-world",
+        type=int,
+        default=0,
+        help=f"{what}run as rank 0 of this many GPUs on one (memory per GPU; compute time without communication)",
+    )

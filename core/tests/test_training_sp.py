@@ -73,16 +73,10 @@ def _config(
     )
 
 
-def _train(
-    ckpt: str,
-    data: str,
-    out: str,
-    sp_size: int,
-    hsdp_shard_size: int | None = None,
-    checkpointing: bool = False,
-) -> dict[str, Any]:
+def _train(ckpt: str, data: str, out: str, **layout: Any) -> dict[str, Any]:
+    """Train on the example checkpoint with ``layout`` (``_config``'s sp_size, hsdp_shard_size, ...)."""
     with sequence_parallel_example():
-        trainer = Trainer(_config(ckpt, data, out, sp_size, hsdp_shard_size, checkpointing))
+        trainer = Trainer(_config(ckpt, data, out, **layout))
         state = trainer.setup().runtime.parallel
         layout = None
         if state is not None:
